@@ -1,0 +1,53 @@
+/*
+ * config.h - the daemon's JSON configuration file.
+ *
+ * Keys (all optional except where noted; unknown keys and wrong types are refused naming the
+ * key): listen ("127.0.0.1:8470"; a non-loopback address is refused until authentication
+ * exists), data_dir ("var"), plugin_dir ("build/plugins"), policy_dir ("policies"),
+ * map_size_mb (1024), max_body_bytes (1 MiB), decision_workers (2),
+ * policy {memory_kb, instructions, timeout_ms}, connectors (name -> {plugin (required),
+ * config (object), processes (2), timeout_ms (10000)}). Relative paths are resolved against
+ * the directory of the config file.
+ */
+#ifndef CONFIG_H
+#define CONFIG_H
+
+#include <stddef.h>
+#include <jansson.h>
+
+#include "ar.h"
+#include "policy.h"
+
+typedef struct config_connector {
+    char *name;            /* instance name: [a-z0-9_-]{1,64} */
+    char *plugin;          /* plugin name; loaded from <plugin_dir>/<plugin>.so, or a path */
+    char *plugin_path;     /* resolved absolute path of the .so */
+    json_t *config;        /* owned; {} when absent */
+    int processes;         /* 1..64 */
+    int timeout_ms;        /* per call, 1..3600000 */
+} config_connector;
+
+typedef struct config {
+    char *listen_host;     /* "127.0.0.1" or "::1" or "localhost" */
+    int listen_port;       /* 0..65535 (0: any free port, reported by the daemon) */
+    char *data_dir;        /* absolute */
+    char *plugin_dir;      /* absolute */
+    char *policy_dir;      /* absolute */
+    size_t map_size_mb;
+    size_t max_body_bytes;
+    int decision_workers;  /* 1..64 */
+    policy_limits policy;
+    config_connector *connectors;
+    size_t n_connectors;
+} config;
+
+/* Parse and validate. base_dir resolves relative paths (NULL: the current directory).
+ * *out owned by the caller (config_free). Errors: AR_E_INVALID, code "invalid_config", with
+ * the key path in the message ("connectors.shop.processes: expected integer 1..64"). */
+int config_parse(const char *text, const char *base_dir, config **out, ar_error *err);
+/* Read a file and parse it with base_dir = the file's directory. */
+int config_load_file(const char *path, config **out, ar_error *err);
+void config_free(config *cfg);
+const config_connector *config_find_connector(const config *cfg, const char *name);
+
+#endif

@@ -1,0 +1,139 @@
+/*
+ * journal.h - the durable store: LMDB with one writer thread and group commit.
+ *
+ * This is the only module that opens the LMDB environment. All writes go through one writer
+ * thread: callers build a batch of changes (puts, deletes, conditional inserts, callbacks that
+ * read and write inside the transaction), submit it, and are told once the transaction holding
+ * it is committed and synced to disk. The writer packs the batches waiting at that moment into
+ * one transaction (group commit); each batch runs in a nested transaction of its own, so a batch
+ * whose condition fails (or whose callback fails) is rolled back alone while the others commit.
+ *
+ * Reads use read-only transactions (MDB_NOTLS), from any thread.
+ *
+ * Every value written through journal_batch_put* is stored as one format-version byte followed
+ * by the caller's bytes; journal_get/journal_cursor_* strip it and refuse (AR_E_FORMAT) a version
+ * newer than JOURNAL_RECORD_VERSION. The environment carries a schema version in the "meta"
+ * database; opening a newer one is refused with a clear message.
+ *
+ * Another process (aioctl working offline) may open the same directory through this module;
+ * nothing that must be consistent is cached across transactions.
+ */
+#ifndef JOURNAL_H
+#define JOURNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ar.h"
+
+#define JOURNAL_SCHEMA_VERSION 1
+#define JOURNAL_RECORD_VERSION 1
+
+/* The named databases. Keys are raw bytes; the order is LMDB's default (memcmp). */
+typedef enum journal_db {
+    JDB_META = 0,      /* schema version and other environment facts */
+    JDB_ACTIONS,       /* action id -> action record */
+    JDB_IDEMPOTENCY,   /* scope + key -> action id + payload digest */
+    JDB_QUEUE,         /* ready queue: ordering key -> action id */
+    JDB_CHECKPOINTS,   /* action id + attempt -> checkpoint (later issues) */
+    JDB_APPROVALS,
+    JDB_MEMORY,
+    JDB_AUDIT,
+    JDB_CACHE,
+    JDB_COUNT
+} journal_db;
+
+typedef struct journal journal;
+typedef struct journal_batch journal_batch;
+typedef struct journal_txn journal_txn;      /* the writer's transaction, seen by callbacks */
+typedef struct journal_read journal_read;    /* a read-only transaction */
+
+typedef struct journal_opts {
+    const char *dir;          /* created (0700) if missing */
+    size_t map_size_mb;       /* 0: default 1024 */
+    int max_readers;          /* 0: default 256 */
+} journal_opts;
+
+/* Open (creating if needed), clear stale reader slots left by a killed process, check or write
+ * the schema version, start the writer thread. *out owned by the caller (journal_close). */
+int journal_open(const journal_opts *opts, journal **out, ar_error *err);
+/* Finish queued batches, stop the writer, close the environment. NULL is a no-op. */
+void journal_close(journal *j);
+
+/* ---- batches ---------------------------------------------------------------------------- */
+
+/* A batch is owned by the caller until journal_submit/journal_commit takes it. Every add
+ * function copies the bytes it is given. Allocation failures are remembered and reported by
+ * the commit (AR_E_NOMEM), so building needs no checks. */
+journal_batch *journal_batch_new(void);
+void journal_batch_free(journal_batch *b);
+void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t klen,
+                       const void *val, size_t vlen);
+/* Insert unless the key exists. If it exists the whole batch is rolled back and the commit
+ * returns AR_E_EXISTS with the existing value (version byte stripped) copied out: see
+ * journal_batch_conflict. */
+void journal_batch_put_unless_exists(journal_batch *b, journal_db db, const void *key,
+                                     size_t klen, const void *val, size_t vlen);
+void journal_batch_del(journal_batch *b, journal_db db, const void *key, size_t klen);
+
+/* A callback run by the writer thread inside the batch's nested transaction, in order with
+ * the batch's other operations. Return AR_OK to go on; any other status rolls the batch back
+ * and becomes the commit's status (set err for the message). It must not block or call
+ * journal_commit. */
+typedef int (*journal_apply_fn)(journal_txn *txn, void *arg, ar_error *err);
+void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg);
+
+/* After a commit that returned AR_E_EXISTS: the index (0-based, in add order) of the conditional
+ * put that failed and the value found. Borrowed from the batch. */
+int journal_batch_conflict(const journal_batch *b, size_t *op_index, const void **val, size_t *vlen);
+
+/* Inside an apply callback: read and write within the writer's transaction. Values are
+ * versioned as above. journal_txn_get's *val is borrowed until the callback returns. */
+int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                    const void **val, size_t *vlen);
+int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                    const void *val, size_t vlen);
+int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen);
+/* The last key of db (for sequences such as the audit chain): AR_E_NOTFOUND when empty. */
+int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
+                     const void **val, size_t *vlen);
+
+/* Commit synchronously: blocks until the batch is durable (or refused). The caller keeps the
+ * batch and frees it afterwards (so a conflict's value can still be read). Returns AR_OK, AR_E_EXISTS, AR_E_FULL (code "storage_full"),
+ * AR_E_NOMEM, AR_E_CLOSED or a callback's status. */
+int journal_commit(journal *j, journal_batch *b, ar_error *err);
+
+/* Commit asynchronously: done(arg, status, batch, err) runs on the writer thread after the
+ * transaction is synced (or refused); it must not block; it owns the batch and must free it
+ * (journal_batch_free). Returns AR_OK when queued, AR_E_CLOSED after journal_close began. */
+typedef void (*journal_done_fn)(void *arg, int status, journal_batch *b, const ar_error *err);
+int journal_submit(journal *j, journal_batch *b, journal_done_fn done, void *arg);
+
+/* ---- reads ------------------------------------------------------------------------------ */
+
+/* A read-only snapshot, usable from any thread, owned by the caller: end it with
+ * journal_read_end. Values returned from it are borrowed until then. */
+int journal_read_begin(journal *j, journal_read **out, ar_error *err);
+void journal_read_end(journal_read *r);
+int journal_get(journal_read *r, journal_db db, const void *key, size_t klen,
+                const void **val, size_t *vlen);
+
+/* Cursor walk. op: JOURNAL_FIRST, JOURNAL_LAST, JOURNAL_NEXT, JOURNAL_PREV, or
+ * JOURNAL_SEEK_GE (first key >= *key). Returns AR_OK, AR_E_NOTFOUND at the end, AR_E_FORMAT. */
+typedef struct journal_cursor journal_cursor;
+enum { JOURNAL_FIRST, JOURNAL_LAST, JOURNAL_NEXT, JOURNAL_PREV, JOURNAL_SEEK_GE };
+int journal_cursor_open(journal_read *r, journal_db db, journal_cursor **out);
+int journal_cursor_get(journal_cursor *c, int op, const void **key, size_t *klen,
+                       const void **val, size_t *vlen);
+void journal_cursor_close(journal_cursor *c);
+
+/* Statistics for health and benchmarks: transactions committed, batches committed. */
+typedef struct journal_stats {
+    uint64_t commits;
+    uint64_t batches;
+    size_t map_size;
+    size_t map_used;
+} journal_stats;
+void journal_get_stats(journal *j, journal_stats *out);
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * sandbox.h - the daemon's side of the plugin sandbox: a pool of host processes per connector.
+ *
+ * Each connector instance runs in `processes` child processes, each started by posix_spawn of
+ * the sandbox host binary (bin/aiorun-host) with an empty environment and one end of a
+ * socketpair as fd 3 — never by fork of the daemon. The host loads the plugin, checks its ABI
+ * and answers HELLO (descriptor) or REFUSED; the pool validates the connector config against
+ * the declared config schema, sends INIT, and waits for READY. A plugin is never sent a second
+ * call while one is running in the same process.
+ *
+ * A process that crashes, hangs past the call's deadline (killed with SIGKILL), or writes a
+ * malformed frame fails its running call with class plugin_crashed or timeout and is restarted
+ * with exponential backoff (100 ms doubling up to 30 s, reset after 60 s of health). A refused
+ * plugin (ABI, missing entry, bad descriptor, config schema violation, failing init) marks the
+ * pool SANDBOX_REFUSED with the message and is not restarted.
+ *
+ * Threading: everything here runs on the loop's thread, including callbacks, except
+ * sandbox_pool_snapshot which is safe from any thread.
+ */
+#ifndef SANDBOX_H
+#define SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "ar.h"
+#include "loop.h"
+
+typedef struct sandbox_pool sandbox_pool;
+
+typedef enum sandbox_state {
+    SANDBOX_STARTING = 0,  /* no process has answered HELLO + READY yet */
+    SANDBOX_READY = 1,     /* at least one process is serving */
+    SANDBOX_DEGRADED = 2,  /* every process is down and restarting */
+    SANDBOX_REFUSED = 3    /* the plugin cannot be used; see message */
+} sandbox_state;
+
+typedef struct sandbox_pool_opts {
+    const char *connector;     /* instance name (copied) */
+    const char *plugin_path;   /* absolute path to the .so (copied) */
+    const char *host_path;     /* absolute path to aiorun-host (copied) */
+    const json_t *config;      /* the connector's plugin config (copied) */
+    int processes;             /* >= 1 */
+    int timeout_ms;            /* default call deadline */
+    size_t max_frame;          /* 0: FRAME_DEFAULT_MAX_PAYLOAD */
+} sandbox_pool_opts;
+
+typedef struct sandbox_call {
+    const char *action;
+    const char *input_json;    /* JSON text (borrowed for the duration of sandbox_pool_invoke) */
+    size_t input_len;
+    const char *idempotency_key;
+    int attempt;
+    int timeout_ms;            /* 0: the pool's default */
+} sandbox_call;
+
+typedef struct sandbox_result {
+    int ok;                    /* 1: result_json is set; 0: error_class/message are set */
+    const char *result_json;   /* borrowed during the callback */
+    size_t result_len;
+    int error_class;           /* an aiorun_status value */
+    const char *error_message; /* borrowed during the callback */
+    int64_t latency_us;
+} sandbox_result;
+
+typedef void (*sandbox_done_fn)(void *arg, const sandbox_result *res);
+/* Called when the pool's state changes or a process becomes idle (a good moment to dispatch
+ * queued work). */
+typedef void (*sandbox_event_fn)(void *arg, sandbox_pool *pool);
+
+/* Create a pool and start its processes. *out owned by the caller (sandbox_pool_free, which
+ * sends SHUTDOWN, waits briefly and kills what remains). */
+int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_fn on_event,
+                     void *event_arg, sandbox_pool **out, ar_error *err);
+void sandbox_pool_free(sandbox_pool *pool);
+
+/* Send one call to an idle process. AR_OK: done() will be called exactly once (also when the
+ * pool is freed meanwhile: with class plugin_crashed). AR_E_BUSY: no idle process (wait for
+ * the event callback). AR_E_CLOSED: the pool is refused. */
+int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
+                        void *arg);
+
+/* Thread-safe snapshot for the API: state, message ("" when none), the descriptor from HELLO
+ * (a new reference, NULL before the first HELLO), processes configured/serving, restarts. */
+typedef struct sandbox_snapshot {
+    sandbox_state state;
+    char message[512];
+    json_t *descriptor;        /* owned by the caller (json_decref) */
+    int processes;
+    int serving;
+    uint64_t restarts;
+} sandbox_snapshot;
+void sandbox_pool_snapshot(sandbox_pool *pool, sandbox_snapshot *out);
+
+const char *sandbox_state_name(sandbox_state s);
+
+#endif

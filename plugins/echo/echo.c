@@ -1,0 +1,2 @@
+/* placeholder until the echo plugin lands */
+#include <aiorun/plugin.h>
