@@ -1,0 +1,311 @@
+/* action.c - action records, ids, digests and their journal keys (see action.h). */
+#include "action.h"
+
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const state_names[ACTION_STATE_COUNT] = {
+    [ACTION_RECEIVED] = "RECEIVED",
+    [ACTION_DENIED] = "DENIED",
+    [ACTION_SUGGESTED] = "SUGGESTED",
+    [ACTION_PENDING_APPROVAL] = "PENDING_APPROVAL",
+    [ACTION_APPROVED] = "APPROVED",
+    [ACTION_REJECTED] = "REJECTED",
+    [ACTION_EXPIRED] = "EXPIRED",
+    [ACTION_READY] = "READY",
+    [ACTION_DISPATCHED] = "DISPATCHED",
+    [ACTION_RETRY_WAIT] = "RETRY_WAIT",
+    [ACTION_SUCCEEDED] = "SUCCEEDED",
+    [ACTION_FAILED] = "FAILED",
+    [ACTION_UNKNOWN_OUTCOME] = "UNKNOWN_OUTCOME",
+};
+
+const char *action_state_name(action_state s)
+{
+    return (s >= 0 && s < ACTION_STATE_COUNT) ? state_names[s] : "UNKNOWN";
+}
+
+int action_state_from_name(const char *name)
+{
+    for (int i = 0; name && i < ACTION_STATE_COUNT; i++)
+        if (strcmp(state_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+int action_state_terminal(action_state s)
+{
+    switch (s) {
+    case ACTION_DENIED:
+    case ACTION_SUGGESTED:
+    case ACTION_REJECTED:
+    case ACTION_EXPIRED:
+    case ACTION_SUCCEEDED:
+    case ACTION_FAILED:
+    case ACTION_UNKNOWN_OUTCOME:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int action_state_settled(action_state s)
+{
+    return action_state_terminal(s) || s == ACTION_PENDING_APPROVAL;
+}
+
+/* ---- ids ----------------------------------------------------------------------------------- */
+
+static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/* Monotonic ULIDs: within one millisecond the random part is incremented, so ids minted by
+ * this process sort in minting order (the list cursor relies on it). */
+static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t id_last_ms;
+static unsigned char id_last_rand[10];
+
+void action_id_new(char out[ACTION_ID_LEN + 1])
+{
+    int64_t ms = ar_now_ms();
+    unsigned char rnd[10];
+    pthread_mutex_lock(&id_lock);
+    if (ms <= id_last_ms) {
+        ms = id_last_ms;
+        for (int i = 9; i >= 0 && ++id_last_rand[i] == 0; i--)
+            ;
+    } else {
+        id_last_ms = ms;
+        randombytes_buf(id_last_rand, sizeof id_last_rand);
+        id_last_rand[0] &= 0x7f; /* headroom so increments never wrap within a millisecond */
+    }
+    memcpy(rnd, id_last_rand, sizeof rnd);
+    pthread_mutex_unlock(&id_lock);
+
+    unsigned char b[16];
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)((uint64_t)ms >> (8 * (5 - i)));
+    memcpy(b + 6, rnd, 10);
+    /* 128 bits -> 26 base32 digits, most significant first (the first digit holds 3 bits). */
+    for (int i = 0; i < ACTION_ID_LEN; i++) {
+        int bit = 128 - 5 * (ACTION_ID_LEN - i); /* may be negative for the first digit */
+        unsigned v = 0;
+        for (int k = 0; k < 5; k++) {
+            int pos = bit + k;
+            if (pos < 0)
+                continue;
+            v |= (unsigned)((b[pos / 8] >> (7 - pos % 8)) & 1) << (4 - k);
+        }
+        out[i] = crockford[v];
+    }
+    out[ACTION_ID_LEN] = '\0';
+}
+
+int action_payload_digest(const char *action, const json_t *input, unsigned char out[ACTION_DIGEST_LEN])
+{
+    json_t *doc = json_pack("{s:s, s:O}", "action", action, "input", (json_t *)input);
+    if (!doc)
+        return AR_E_NOMEM;
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    json_decref(doc);
+    if (!text)
+        return AR_E_NOMEM;
+    crypto_generichash(out, ACTION_DIGEST_LEN, (const unsigned char *)text, strlen(text), NULL, 0);
+    free(text);
+    return AR_OK;
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+action_state action_record_state(const json_t *rec)
+{
+    int s = action_state_from_name(json_string_value(json_object_get(rec, "state")));
+    return s < 0 ? ACTION_RECEIVED : (action_state)s;
+}
+
+const char *action_record_str(const json_t *rec, const char *field)
+{
+    const char *s = json_string_value(json_object_get(rec, field));
+    return s ? s : "";
+}
+
+void action_record_set_state(json_t *rec, action_state s, int64_t now_ms)
+{
+    json_object_set_new(rec, "state", json_string(action_state_name(s)));
+    json_object_set_new(rec, "updated_ms", json_integer(now_ms));
+    if (action_state_terminal(s))
+        json_object_set_new(rec, "finished_ms", json_integer(now_ms));
+}
+
+static json_t *rfc3339(const json_t *ms_value)
+{
+    if (!json_is_integer(ms_value))
+        return json_null();
+    int64_t ms = json_integer_value(ms_value);
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char buf[80];
+    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return json_string(buf);
+}
+
+json_t *action_render(const json_t *rec)
+{
+    static const char *const copied[] = {"id", "connector", "action", "state", "effect",
+                                         "idempotency_key", "input", "proposer", "priority",
+                                         "decision", "attempts", "result", "error"};
+    json_t *out = json_object();
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < sizeof copied / sizeof copied[0]; i++) {
+        json_t *v = json_object_get(rec, copied[i]);
+        json_object_set(out, copied[i], v ? v : json_null());
+    }
+    json_object_set_new(out, "created_at", rfc3339(json_object_get(rec, "created_ms")));
+    json_object_set_new(out, "updated_at", rfc3339(json_object_get(rec, "updated_ms")));
+    json_object_set_new(out, "finished_at", rfc3339(json_object_get(rec, "finished_ms")));
+    return out;
+}
+
+/* ---- journal ------------------------------------------------------------------------------ */
+
+size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *key)
+{
+    size_t cl = strlen(connector), kl = strlen(key);
+    if (cl + 1 + kl > cap)
+        return 0;
+    memcpy(buf, connector, cl);
+    buf[cl] = '\0';
+    memcpy(buf + cl + 1, key, kl);
+    return cl + 1 + kl;
+}
+
+int action_batch_store(journal_batch *b, const json_t *rec)
+{
+    const char *id = action_record_str(rec, "id");
+    char *text = json_dumps(rec, JSON_COMPACT);
+    if (!text)
+        return AR_E_NOMEM;
+    journal_batch_put(b, JDB_ACTIONS, id, strlen(id), text, strlen(text));
+    free(text);
+    if (action_state_terminal(action_record_state(rec))) {
+        journal_batch_del(b, JDB_QUEUE, id, strlen(id));
+    } else {
+        const char *connector = action_record_str(rec, "connector");
+        journal_batch_put(b, JDB_QUEUE, id, strlen(id), connector, strlen(connector));
+    }
+    return AR_OK;
+}
+
+static int parse_record(const void *val, size_t len, json_t **out, ar_error *err)
+{
+    json_error_t jerr;
+    json_t *rec = json_loadb(val, len, 0, &jerr);
+    if (!json_is_object(rec)) {
+        json_decref(rec);
+        return ar_error_set(err, AR_E_FORMAT, "record_format", "stored action record is not a JSON object: %s", jerr.text);
+    }
+    *out = rec;
+    return AR_OK;
+}
+
+int action_load(journal_read *r, const char *id, json_t **out, ar_error *err)
+{
+    const void *val;
+    size_t len;
+    int rc = journal_get(r, JDB_ACTIONS, id, strlen(id), &val, &len);
+    if (rc == AR_E_NOTFOUND)
+        return ar_error_set(err, rc, "not_found", "no action with id %s", id);
+    if (rc != AR_OK)
+        return ar_error_set(err, rc, "record_format", "action %s cannot be read (status %d)", id, rc);
+    return parse_record(val, len, out, err);
+}
+
+int action_load_by_id(journal *j, const char *id, json_t **out, ar_error *err)
+{
+    journal_read *r;
+    int rc = journal_read_begin(j, &r, err);
+    if (rc != AR_OK)
+        return rc;
+    rc = action_load(r, id, out, err);
+    journal_read_end(r);
+    return rc;
+}
+
+static int record_matches(const json_t *rec, const action_filter *f)
+{
+    if (f && f->state >= 0 && (int)action_record_state(rec) != f->state)
+        return 0;
+    if (f && f->connector && strcmp(action_record_str(rec, "connector"), f->connector) != 0)
+        return 0;
+    return 1;
+}
+
+int action_list(journal *j, const action_filter *f, const char *after, size_t limit,
+                json_t **page, char next_out[ACTION_ID_LEN + 1], ar_error *err)
+{
+    enum { MAX_SCAN = 100000 };
+    journal_read *r;
+    journal_cursor *c = NULL;
+    int rc = journal_read_begin(j, &r, err);
+    if (rc != AR_OK)
+        return rc;
+    json_t *arr = json_array();
+    next_out[0] = '\0';
+    rc = journal_cursor_open(r, JDB_ACTIONS, &c);
+    if (rc != AR_OK)
+        goto done;
+
+    const void *key, *val;
+    size_t klen, vlen;
+    if (after && *after) {
+        key = after;
+        klen = strlen(after);
+        rc = journal_cursor_get(c, JOURNAL_SEEK_GE, &key, &klen, &val, &vlen);
+        if (rc == AR_OK)
+            rc = journal_cursor_get(c, JOURNAL_PREV, &key, &klen, &val, &vlen);
+        else if (rc == AR_E_NOTFOUND) /* after is beyond the newest: start from the newest */
+            rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
+    } else {
+        rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
+    }
+    for (size_t scanned = 0; rc == AR_OK && scanned < MAX_SCAN; scanned++) {
+        json_t *rec;
+        if (parse_record(val, vlen, &rec, err) != AR_OK) {
+            rc = AR_E_FORMAT;
+            break;
+        }
+        if (record_matches(rec, f)) {
+            if (json_array_size(arr) == limit) {
+                json_decref(rec);
+                break; /* a next page exists: next_out names its predecessor */
+            }
+            json_array_append_new(arr, rec);
+            snprintf(next_out, ACTION_ID_LEN + 1, "%.*s", (int)klen, (const char *)key);
+        } else {
+            json_decref(rec);
+        }
+        rc = journal_cursor_get(c, JOURNAL_PREV, &key, &klen, &val, &vlen);
+    }
+    if (rc == AR_E_NOTFOUND || rc == AR_OK) {
+        if (rc == AR_E_NOTFOUND)
+            next_out[0] = '\0'; /* walked to the oldest: no next page */
+        rc = AR_OK;
+    }
+done:
+    if (c)
+        journal_cursor_close(c);
+    journal_read_end(r);
+    if (rc != AR_OK) {
+        json_decref(arr);
+        if (!err || !err->code[0])
+            ar_error_set(err, rc, "internal", "listing actions failed (status %d)", rc);
+        return rc;
+    }
+    *page = arr;
+    return AR_OK;
+}

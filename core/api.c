@@ -1,0 +1,1012 @@
+/* api.c - HTTP API, decision workers and waiting requests (see api.h). */
+#include "api.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "action.h"
+#include "schema.h"
+
+#define MAX_WAIT_MS 60000
+#define MAX_KEY_LEN 256
+#define MAX_LIST_LIMIT 500
+
+/* One HTTP request, from its first byte until libmicrohttpd reports it completed. While the
+ * connection is suspended, exactly one other thread (a worker or the waiter thread) owns the
+ * right to fill `reply` and resume it. */
+typedef struct request {
+    api_server *api;
+    struct MHD_Connection *conn;
+    char *body;
+    size_t body_len, body_cap;
+    int too_large;
+    int suspended;
+    /* the answer, set before resuming */
+    unsigned reply_status;
+    char *reply;                 /* JSON text, malloc'd */
+    /* submission state (POST /v1/actions) */
+    json_t *submission;          /* the parsed, validated body */
+    json_t *descriptor_action;   /* the plugin's action entry (borrowed from descriptor) */
+    json_t *descriptor;          /* owned reference keeping descriptor_action alive */
+    int wait_ms;
+    unsigned done_status;        /* 200 or 201: what to answer once the action settles */
+    char action_id[ACTION_ID_LEN + 1];
+    int64_t wait_until;          /* monotonic ms */
+    struct request *next;        /* in the work queue or the waiter list */
+} request;
+
+struct api_server {
+    const config *cfg;
+    journal *journal;
+    const policy_set *policies;
+    scheduler *sched;
+    struct MHD_Daemon *mhd;
+    int port;
+
+    /* decision workers */
+    pthread_mutex_t work_lock;
+    pthread_cond_t work_cond;
+    request *work_head, *work_tail;
+    int workers_stopping;
+    pthread_t *workers;
+    int n_workers;
+
+    /* requests waiting for an action to settle */
+    pthread_mutex_t wait_lock;
+    pthread_cond_t wait_cond;
+    request *waiters;
+    int waiter_stopping;
+    pthread_t waiter_thread;
+    int waiter_started;
+};
+
+/* ---- replies ---------------------------------------------------------------------------- */
+
+static void set_reply_json(request *rq, unsigned status, json_t *doc /* takes */)
+{
+    free(rq->reply);
+    rq->reply = json_dumps(doc, JSON_COMPACT);
+    rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    json_decref(doc);
+}
+
+static void set_reply_error(request *rq, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void set_reply_error(request *rq, unsigned status, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    set_reply_json(rq, status, json_pack("{s:s, s:s}", "error", code, "message", msg));
+}
+
+static unsigned status_for_error(int rc)
+{
+    switch (rc) {
+    case AR_E_FULL: return MHD_HTTP_SERVICE_UNAVAILABLE;
+    case AR_E_NOTFOUND: return MHD_HTTP_NOT_FOUND;
+    case AR_E_INVALID: return MHD_HTTP_BAD_REQUEST;
+    default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+static void set_reply_ar_error(request *rq, int rc, const ar_error *err)
+{
+    set_reply_error(rq, status_for_error(rc), err->code[0] ? err->code : "internal", "%s",
+                    err->message[0] ? err->message : "internal error");
+}
+
+static void set_reply_action(request *rq, unsigned status, const json_t *rec)
+{
+    set_reply_json(rq, status, action_render(rec));
+}
+
+static enum MHD_Result queue_reply(request *rq)
+{
+    const char *text = rq->reply ? rq->reply : "{\"error\":\"internal\",\"message\":\"no reply\"}";
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                                MHD_RESPMEM_MUST_COPY);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    enum MHD_Result r = MHD_queue_response(rq->conn, rq->reply_status ? rq->reply_status : 500, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+/* Hand a suspended request back to libmicrohttpd with its reply set. After this call the
+ * request belongs to the HTTP thread again: do not touch it. */
+static void resume(request *rq)
+{
+    rq->suspended = 0;
+    MHD_resume_connection(rq->conn);
+}
+
+/* ---- waiting for an action to settle ------------------------------------------------------ */
+
+static void waiter_add(api_server *a, request *rq)
+{
+    pthread_mutex_lock(&a->wait_lock);
+    rq->next = a->waiters;
+    a->waiters = rq;
+    pthread_cond_signal(&a->wait_cond);
+    pthread_mutex_unlock(&a->wait_lock);
+}
+
+/* Remove and return the waiters for id (all of them when id is NULL) as a list. */
+static request *waiters_take(api_server *a, const char *id, int64_t expired_before)
+{
+    request *taken = NULL;
+    pthread_mutex_lock(&a->wait_lock);
+    for (request **pp = &a->waiters; *pp;) {
+        request *rq = *pp;
+        int match = id ? strcmp(rq->action_id, id) == 0 : rq->wait_until <= expired_before;
+        if (match) {
+            *pp = rq->next;
+            rq->next = taken;
+            taken = rq;
+        } else {
+            pp = &rq->next;
+        }
+    }
+    pthread_mutex_unlock(&a->wait_lock);
+    return taken;
+}
+
+/* Answer waiters with the action's current stored state. */
+static void answer_with_stored_state(api_server *a, request *list)
+{
+    while (list) {
+        request *rq = list;
+        list = rq->next;
+        json_t *rec;
+        ar_error err = {0};
+        int rc = action_load_by_id(a->journal, rq->action_id, &rec, &err);
+        if (rc == AR_OK) {
+            set_reply_action(rq, rq->done_status, rec);
+            json_decref(rec);
+        } else {
+            set_reply_ar_error(rq, rc, &err);
+        }
+        resume(rq);
+    }
+}
+
+void api_action_changed(void *arg, const json_t *rec)
+{
+    api_server *a = arg;
+    action_state st = action_record_state(rec);
+    ar_log("info", "action %s %s/%s %s", action_record_str(rec, "id"),
+           action_record_str(rec, "connector"), action_record_str(rec, "action"),
+           action_state_name(st));
+    if (!action_state_settled(st))
+        return;
+    request *list = waiters_take(a, action_record_str(rec, "id"), 0);
+    while (list) {
+        request *rq = list;
+        list = rq->next;
+        set_reply_action(rq, rq->done_status, rec);
+        resume(rq);
+    }
+}
+
+static void *waiter_main(void *arg)
+{
+    api_server *a = arg;
+    pthread_mutex_lock(&a->wait_lock);
+    while (!a->waiter_stopping) {
+        int64_t next = INT64_MAX;
+        for (request *rq = a->waiters; rq; rq = rq->next)
+            if (rq->wait_until < next)
+                next = rq->wait_until;
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&a->wait_cond, &a->wait_lock);
+            continue;
+        }
+        int64_t now = ar_mono_ms();
+        if (next > now) {
+            /* wait_cond uses CLOCK_MONOTONIC (see api_new). */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t ns = (int64_t)ts.tv_nsec + (next - now) * 1000000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&a->wait_cond, &a->wait_lock, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&a->wait_lock);
+        answer_with_stored_state(a, waiters_take(a, NULL, ar_mono_ms()));
+        pthread_mutex_lock(&a->wait_lock);
+    }
+    pthread_mutex_unlock(&a->wait_lock);
+    return NULL;
+}
+
+/* ---- submissions: the decision worker's side ---------------------------------------------- */
+
+static json_t *policy_view(const request *rq)
+{
+    const json_t *s = rq->submission;
+    json_t *view = json_pack("{s:O, s:O, s:O, s:O, s:O}",
+                             "connector", json_object_get(s, "connector"),
+                             "action", json_object_get(s, "action"),
+                             "effect", json_object_get(rq->descriptor_action, "effect"),
+                             "input", json_object_get(s, "input"),
+                             "priority", json_object_get(s, "priority"));
+    json_t *proposer = json_object_get(s, "proposer");
+    if (view)
+        json_object_set_new(view, "proposer", proposer ? json_incref(proposer) : json_object());
+    return view;
+}
+
+static json_t *new_record(const request *rq, const policy_decision *d, const policy_set *ps,
+                          const unsigned char digest[ACTION_DIGEST_LEN])
+{
+    const json_t *s = rq->submission;
+    char id[ACTION_ID_LEN + 1];
+    action_id_new(id);
+    char key[MAX_KEY_LEN + 16];
+    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
+    if (given)
+        snprintf(key, sizeof key, "%s", given);
+    else
+        snprintf(key, sizeof key, "aiorun-%s", id); /* every attempt of this action sends it */
+    char hex[ACTION_DIGEST_LEN * 2 + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, ACTION_DIGEST_LEN);
+    int64_t now = ar_now_ms();
+    json_t *proposer = json_object_get(s, "proposer");
+    json_t *rec = json_pack(
+        "{s:s, s:O, s:O, s:O, s:O, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
+        "id", id,
+        "connector", json_object_get(s, "connector"),
+        "action", json_object_get(s, "action"),
+        "effect", json_object_get(rq->descriptor_action, "effect"),
+        "idempotency", json_object_get(rq->descriptor_action, "idempotency"),
+        "idempotency_key", key,
+        "key_given", given != NULL,
+        "input", json_object_get(s, "input"),
+        "proposer", proposer ? proposer : json_null(),
+        "priority", json_object_get(s, "priority"),
+        "digest", hex,
+        "attempts", 0,
+        "result", "error",
+        "created_ms", (json_int_t)now,
+        "updated_ms", (json_int_t)now,
+        "finished_ms");
+    if (!rec)
+        return NULL;
+    json_object_set_new(rec, "decision", json_pack("{s:s, s:s, s:s, s:s, s:s}",
+        "verdict", d->verdict == POLICY_ALLOW ? "allow" : "deny",
+        "reason", d->reason, "rule", d->rule, "policy", d->file,
+        "policy_version", policy_set_version(ps)));
+    action_record_set_state(rec, d->verdict == POLICY_ALLOW ? ACTION_READY : ACTION_DENIED, now);
+    return rec;
+}
+
+/* The submission matches an existing action with the same key: same payload → that action
+ * (200), another payload → 409. */
+static void answer_existing(api_server *a, request *rq, const char *id,
+                            const unsigned char *stored_digest, const unsigned char *digest)
+{
+    if (sodium_memcmp(stored_digest, digest, ACTION_DIGEST_LEN) != 0) {
+        set_reply_error(rq, MHD_HTTP_CONFLICT, "idempotency_conflict",
+                        "idempotency_key \"%s\" was already used on connector \"%s\" with another "
+                        "action or input (existing action %.*s); use a new key for a new action",
+                        json_string_value(json_object_get(rq->submission, "idempotency_key")),
+                        json_string_value(json_object_get(rq->submission, "connector")),
+                        ACTION_ID_LEN, id);
+        resume(rq);
+        return;
+    }
+    char idz[ACTION_ID_LEN + 1];
+    snprintf(idz, sizeof idz, "%.*s", ACTION_ID_LEN, id);
+    rq->done_status = MHD_HTTP_OK;
+    snprintf(rq->action_id, sizeof rq->action_id, "%s", idz);
+    if (rq->wait_ms > 0) {
+        /* Register first, then look: a change landing in between is not missed. */
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        waiter_add(a, rq);
+        json_t *rec;
+        if (action_load_by_id(a->journal, idz, &rec, NULL) == AR_OK) {
+            if (action_state_settled(action_record_state(rec))) {
+                request *list = waiters_take(a, idz, 0);
+                while (list) { /* may include others waiting on the same action: fine */
+                    request *w = list;
+                    list = w->next;
+                    set_reply_action(w, w->done_status, rec);
+                    resume(w);
+                }
+            }
+            json_decref(rec);
+        }
+        return;
+    }
+    json_t *rec;
+    ar_error err = {0};
+    int rc = action_load_by_id(a->journal, idz, &rec, &err);
+    if (rc == AR_OK) {
+        set_reply_action(rq, MHD_HTTP_OK, rec);
+        json_decref(rec);
+    } else {
+        set_reply_ar_error(rq, rc, &err);
+    }
+    resume(rq);
+}
+
+/* Look the key up in a read snapshot. AR_OK with id/digest copied out, or AR_E_NOTFOUND. */
+static int find_key(api_server *a, const char *k, size_t klen, unsigned char out[ACTION_IDEM_VALUE_LEN])
+{
+    journal_read *r;
+    if (journal_read_begin(a->journal, &r, NULL) != AR_OK)
+        return AR_E_FAIL;
+    const void *val;
+    size_t vlen;
+    int rc = journal_get(r, JDB_IDEMPOTENCY, k, klen, &val, &vlen);
+    if (rc == AR_OK && vlen == ACTION_IDEM_VALUE_LEN)
+        memcpy(out, val, ACTION_IDEM_VALUE_LEN);
+    else if (rc == AR_OK)
+        rc = AR_E_FORMAT;
+    journal_read_end(r);
+    return rc;
+}
+
+static void process_submission(api_server *a, policy_worker *pw, request *rq)
+{
+    const json_t *s = rq->submission;
+    const char *connector = json_string_value(json_object_get(s, "connector"));
+    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
+    unsigned char digest[ACTION_DIGEST_LEN];
+    if (action_payload_digest(json_string_value(json_object_get(s, "action")),
+                              json_object_get(s, "input"), digest) != AR_OK) {
+        set_reply_error(rq, 500, "internal", "out of memory");
+        resume(rq);
+        return;
+    }
+    char idem[MAX_KEY_LEN + 80];
+    size_t idem_len = given ? action_idem_key(idem, sizeof idem, connector, given) : 0;
+    unsigned char found[ACTION_IDEM_VALUE_LEN];
+    if (idem_len && find_key(a, idem, idem_len, found) == AR_OK) {
+        answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
+        return;
+    }
+
+    json_t *view = policy_view(rq);
+    policy_decision d;
+    if (!view) {
+        set_reply_error(rq, 500, "internal", "out of memory");
+        resume(rq);
+        return;
+    }
+    policy_decide(pw, view, &d);
+    json_decref(view);
+    json_t *rec = new_record(rq, &d, a->policies, digest);
+    if (!rec) {
+        set_reply_error(rq, 500, "internal", "out of memory");
+        resume(rq);
+        return;
+    }
+
+    journal_batch *b = journal_batch_new();
+    if (idem_len) {
+        unsigned char value[ACTION_IDEM_VALUE_LEN];
+        memcpy(value, action_record_str(rec, "id"), ACTION_ID_LEN);
+        memcpy(value + ACTION_ID_LEN, digest, ACTION_DIGEST_LEN);
+        journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, idem, idem_len, value, sizeof value);
+    }
+    action_batch_store(b, rec);
+    ar_error err = {0};
+    int rc = journal_commit(a->journal, b, &err);
+    if (rc == AR_E_EXISTS) {
+        /* Another submission with this key won the race. */
+        const void *val;
+        size_t vlen;
+        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
+            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
+            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
+        } else {
+            set_reply_error(rq, 500, "internal", "idempotency record unreadable");
+            resume(rq);
+        }
+        goto out;
+    }
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        resume(rq);
+        goto out;
+    }
+    api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
+    rq->done_status = MHD_HTTP_CREATED;
+    if (action_record_state(rec) != ACTION_READY) {
+        set_reply_action(rq, MHD_HTTP_CREATED, rec);
+        resume(rq);
+        goto out;
+    }
+    /* Keep what the reply needs before the scheduler may change and free its copy. */
+    json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
+    if (rq->wait_ms > 0) {
+        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        waiter_add(a, rq); /* before the scheduler can finish it */
+    }
+    scheduler_enqueue(a->sched, json_incref(rec));
+    if (reply_copy) {
+        set_reply_action(rq, MHD_HTTP_CREATED, reply_copy);
+        json_decref(reply_copy);
+        resume(rq);
+    }
+out:
+    journal_batch_free(b);
+    json_decref(rec);
+}
+
+static void *worker_main(void *arg)
+{
+    api_server *a = arg;
+    policy_worker *pw = NULL;
+    ar_error err = {0};
+    if (policy_worker_new(a->policies, &pw, &err) != AR_OK)
+        ar_log("error", "decision worker cannot start: %s", err.message);
+    for (;;) {
+        pthread_mutex_lock(&a->work_lock);
+        while (!a->work_head && !a->workers_stopping)
+            pthread_cond_wait(&a->work_cond, &a->work_lock);
+        request *rq = a->work_head;
+        if (rq) {
+            a->work_head = rq->next;
+            if (!a->work_head)
+                a->work_tail = NULL;
+        }
+        pthread_mutex_unlock(&a->work_lock);
+        if (!rq)
+            break;
+        if (pw) {
+            process_submission(a, pw, rq);
+        } else {
+            set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s", err.message);
+            resume(rq);
+        }
+    }
+    policy_worker_free(pw);
+    return NULL;
+}
+
+/* ---- request validation (HTTP thread) ----------------------------------------------------- */
+
+static int check_field_type(request *rq, const json_t *body, const char *field, json_type type,
+                            const char *type_name, int required)
+{
+    json_t *v = json_object_get(body, field);
+    if (!v) {
+        if (!required)
+            return 1;
+        set_reply_error(rq, 400, "invalid_request", "field \"%s\" is required (%s)", field, type_name);
+        return 0;
+    }
+    int ok = json_typeof(v) == type || (type == JSON_REAL && json_is_integer(v));
+    if (!ok)
+        set_reply_error(rq, 400, "invalid_request", "field \"%s\" must be %s", field, type_name);
+    return ok;
+}
+
+static int validate_proposer(request *rq, const json_t *p)
+{
+    static const char *const known[] = {"kind", "model", "confidence", "prompt_ref"};
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)p, k, v) {
+        size_t i;
+        for (i = 0; i < 4 && strcmp(k, known[i]) != 0; i++)
+            ;
+        if (i == 4) {
+            set_reply_error(rq, 400, "invalid_request", "proposer: unknown field \"%s\" (known: kind, model, confidence, prompt_ref)", k);
+            return 0;
+        }
+        if (i == 2 ? !json_is_number(v) : !json_is_string(v)) {
+            set_reply_error(rq, 400, "invalid_request", "proposer.%s must be %s", k, i == 2 ? "a number" : "a string");
+            return 0;
+        }
+        if (i == 2 && (json_number_value(v) < 0 || json_number_value(v) > 1)) {
+            set_reply_error(rq, 400, "invalid_request", "proposer.confidence must be between 0 and 1");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Parse and check the body; on success rq->submission holds it with defaults filled in. */
+static int validate_submission(request *rq)
+{
+    static const char *const known[] = {"connector", "action", "input", "idempotency_key",
+                                        "proposer", "priority", "wait_ms"};
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body) {
+        set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s at line %d, column %d",
+                        jerr.text, jerr.line, jerr.column);
+        return 0;
+    }
+    rq->submission = body;
+    if (!json_is_object(body)) {
+        set_reply_error(rq, 400, "invalid_request", "request body must be a JSON object");
+        return 0;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        size_t i, n = sizeof known / sizeof known[0];
+        for (i = 0; i < n && strcmp(k, known[i]) != 0; i++)
+            ;
+        if (i == n) {
+            set_reply_error(rq, 400, "invalid_request", "unknown field \"%s\" (known: connector, action, input, "
+                            "idempotency_key, proposer, priority, wait_ms)", k);
+            return 0;
+        }
+    }
+    if (!check_field_type(rq, body, "connector", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, body, "action", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, body, "input", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, body, "idempotency_key", JSON_STRING, "a string", 0) ||
+        !check_field_type(rq, body, "proposer", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, body, "priority", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, body, "wait_ms", JSON_INTEGER, "an integer", 0))
+        return 0;
+    const char *key = json_string_value(json_object_get(body, "idempotency_key"));
+    if (key && (strlen(key) == 0 || strlen(key) > MAX_KEY_LEN)) {
+        set_reply_error(rq, 400, "invalid_request", "idempotency_key must be 1 to %d bytes", MAX_KEY_LEN);
+        return 0;
+    }
+    json_t *proposer = json_object_get(body, "proposer");
+    if (proposer && !validate_proposer(rq, proposer))
+        return 0;
+    json_int_t wait = json_integer_value(json_object_get(body, "wait_ms"));
+    if (wait < 0 || wait > MAX_WAIT_MS) {
+        set_reply_error(rq, 400, "invalid_request", "wait_ms must be between 0 and %d", MAX_WAIT_MS);
+        return 0;
+    }
+    json_int_t prio = json_integer_value(json_object_get(body, "priority"));
+    if (prio < -1000 || prio > 1000) {
+        set_reply_error(rq, 400, "invalid_request", "priority must be between -1000 and 1000");
+        return 0;
+    }
+    rq->wait_ms = (int)wait;
+    if (!json_object_get(body, "input"))
+        json_object_set_new(body, "input", json_object());
+    if (!json_object_get(body, "priority"))
+        json_object_set_new(body, "priority", json_integer(0));
+    json_object_del(body, "wait_ms");
+    return 1;
+}
+
+static json_t *find_descriptor_action(const json_t *descriptor, const char *name)
+{
+    size_t i;
+    json_t *act;
+    json_array_foreach(json_object_get(descriptor, "actions"), i, act) {
+        const char *n = json_string_value(json_object_get(act, "name"));
+        if (n && strcmp(n, name) == 0)
+            return act;
+    }
+    return NULL;
+}
+
+static void list_action_names(const json_t *descriptor, char *buf, size_t cap)
+{
+    size_t i, used = 0;
+    json_t *act;
+    buf[0] = '\0';
+    json_array_foreach(json_object_get(descriptor, "actions"), i, act) {
+        int n = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "",
+                         json_string_value(json_object_get(act, "name")));
+        if (n < 0 || (size_t)n >= cap - used)
+            break;
+        used += (size_t)n;
+    }
+}
+
+/* Check connector, action and input against the plugin's descriptor. */
+static int validate_against_connector(api_server *a, request *rq)
+{
+    const char *connector = json_string_value(json_object_get(rq->submission, "connector"));
+    const char *action = json_string_value(json_object_get(rq->submission, "action"));
+    sandbox_snapshot snap;
+    if (!a->sched || scheduler_connector(a->sched, connector, &snap) != AR_OK) {
+        set_reply_error(rq, 404, "unknown_connector", "no connector named \"%s\" is configured; "
+                        "GET /v1/connectors lists them", connector);
+        return 0;
+    }
+    rq->descriptor = snap.descriptor; /* owned reference */
+    /* A degraded connector (its processes are restarting) still takes work: the action waits
+     * durably in the queue. Only a refused plugin, or one never started, is unavailable. */
+    if (snap.state == SANDBOX_REFUSED || !snap.descriptor) {
+        set_reply_error(rq, 503, "connector_unavailable", "connector \"%s\" is %s%s%s", connector,
+                        sandbox_state_name(snap.state), snap.message[0] ? ": " : "", snap.message);
+        return 0;
+    }
+    rq->descriptor_action = find_descriptor_action(snap.descriptor, action);
+    if (!rq->descriptor_action) {
+        char names[512];
+        list_action_names(snap.descriptor, names, sizeof names);
+        set_reply_error(rq, 404, "unknown_action", "connector \"%s\" has no action \"%s\" (it has: %s)",
+                        connector, action, names);
+        return 0;
+    }
+    ar_error err = {0};
+    if (schema_validate(json_object_get(rq->descriptor_action, "input_schema"),
+                        json_object_get(rq->submission, "input"), "input", &err) != AR_OK) {
+        set_reply_error(rq, 422, "schema_violation", "%s", err.message);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- routes ------------------------------------------------------------------------------- */
+
+static enum MHD_Result suspend_for_worker(api_server *a, request *rq)
+{
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    pthread_mutex_lock(&a->work_lock);
+    if (a->workers_stopping) {
+        pthread_mutex_unlock(&a->work_lock);
+        set_reply_error(rq, 503, "shutting_down", "the daemon is stopping; submit again after it restarts");
+        resume(rq);
+        return MHD_YES;
+    }
+    rq->next = NULL;
+    if (a->work_tail)
+        a->work_tail->next = rq;
+    else
+        a->work_head = rq;
+    a->work_tail = rq;
+    pthread_cond_signal(&a->work_cond);
+    pthread_mutex_unlock(&a->work_lock);
+    return MHD_YES;
+}
+
+static enum MHD_Result route_submit(api_server *a, request *rq)
+{
+    if (rq->too_large) {
+        set_reply_error(rq, 413, "body_too_large", "request body exceeds max_body_bytes (%zu bytes)",
+                        a->cfg->max_body_bytes);
+        return queue_reply(rq);
+    }
+    if (!validate_submission(rq) || !validate_against_connector(a, rq))
+        return queue_reply(rq);
+    return suspend_for_worker(a, rq);
+}
+
+static void route_get_action(api_server *a, request *rq, const char *id)
+{
+    json_t *rec;
+    ar_error err = {0};
+    if (strlen(id) != ACTION_ID_LEN) {
+        set_reply_error(rq, 404, "not_found", "no action with id \"%s\" (ids are %d characters)", id, ACTION_ID_LEN);
+        return;
+    }
+    int rc = action_load_by_id(a->journal, id, &rec, &err);
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    set_reply_action(rq, 200, rec);
+    json_decref(rec);
+}
+
+static void route_list_actions(api_server *a, request *rq)
+{
+    const char *state = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "state");
+    const char *connector = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "connector");
+    const char *after = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "after");
+    const char *limit_s = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "limit");
+    action_filter f = {.state = -1, .connector = connector && *connector ? connector : NULL};
+    if (state && *state && (f.state = action_state_from_name(state)) < 0) {
+        set_reply_error(rq, 400, "invalid_request", "unknown state \"%s\" (e.g. READY, SUCCEEDED, FAILED, DENIED)", state);
+        return;
+    }
+    long limit = 50;
+    if (limit_s && *limit_s) {
+        char *end;
+        limit = strtol(limit_s, &end, 10);
+        if (*end || limit < 1 || limit > MAX_LIST_LIMIT) {
+            set_reply_error(rq, 400, "invalid_request", "limit must be an integer from 1 to %d", MAX_LIST_LIMIT);
+            return;
+        }
+    }
+    json_t *page;
+    char next[ACTION_ID_LEN + 1];
+    ar_error err = {0};
+    int rc = action_list(a->journal, &f, after, (size_t)limit, &page, next, &err);
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    json_t *rendered = json_array();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(page, i, rec)
+        json_array_append_new(rendered, action_render(rec));
+    json_decref(page);
+    set_reply_json(rq, 200, json_pack("{s:o, s:o}", "actions", rendered,
+                                      "next", next[0] ? json_string(next) : json_null()));
+}
+
+static json_t *render_connector(const config_connector *cc, const sandbox_snapshot *snap)
+{
+    const json_t *d = snap->descriptor;
+    json_t *actions = json_array();
+    size_t i;
+    json_t *act;
+    json_array_foreach(json_object_get(d, "actions"), i, act) {
+        json_array_append_new(actions, json_pack("{s:O, s:O, s:O, s:O}",
+            "name", json_object_get(act, "name"), "summary", json_object_get(act, "summary"),
+            "effect", json_object_get(act, "effect"), "idempotency", json_object_get(act, "idempotency")));
+    }
+    json_t *abi = json_object_get(d, "abi");
+    char abi_s[32] = "";
+    if (abi)
+        snprintf(abi_s, sizeof abi_s, "%lld.%lld", (long long)json_integer_value(json_object_get(abi, "major")),
+                 (long long)json_integer_value(json_object_get(abi, "minor")));
+    json_t *version = json_object_get(d, "version");
+    return json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:i, s:i, s:I, s:o}",
+        "name", cc->name, "plugin", cc->plugin, "version", version ? version : json_null(),
+        "abi", abi_s, "status", sandbox_state_name(snap->state), "message", snap->message,
+        "processes", snap->processes, "serving", snap->serving, "restarts", (json_int_t)snap->restarts,
+        "actions", actions);
+}
+
+static void route_connectors(api_server *a, request *rq)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < a->cfg->n_connectors; i++) {
+        const config_connector *cc = &a->cfg->connectors[i];
+        sandbox_snapshot snap;
+        if (!a->sched || scheduler_connector(a->sched, cc->name, &snap) != AR_OK)
+            continue;
+        json_array_append_new(list, render_connector(cc, &snap));
+        json_decref(snap.descriptor);
+    }
+    set_reply_json(rq, 200, json_pack("{s:o}", "connectors", list));
+}
+
+static void method_not_allowed(request *rq, const char *method, const char *url, const char *allowed)
+{
+    set_reply_error(rq, 405, "method_not_allowed", "%s is not allowed on %s (use %s)", method, url, allowed);
+}
+
+static enum MHD_Result route(api_server *a, request *rq, const char *method, const char *url)
+{
+    int is_get = strcmp(method, "GET") == 0, is_post = strcmp(method, "POST") == 0;
+    if (strcmp(url, "/healthz") == 0) {
+        if (is_get)
+            set_reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
+        else
+            method_not_allowed(rq, method, url, "GET");
+    } else if (strcmp(url, "/v1/actions") == 0) {
+        if (is_post)
+            return route_submit(a, rq);
+        if (is_get)
+            route_list_actions(a, rq);
+        else
+            method_not_allowed(rq, method, url, "GET or POST");
+    } else if (strncmp(url, "/v1/actions/", 12) == 0 && url[12] && !strchr(url + 12, '/')) {
+        if (is_get)
+            route_get_action(a, rq, url + 12);
+        else
+            method_not_allowed(rq, method, url, "GET");
+    } else if (strcmp(url, "/v1/connectors") == 0) {
+        if (is_get)
+            route_connectors(a, rq);
+        else
+            method_not_allowed(rq, method, url, "GET");
+    } else {
+        set_reply_error(rq, 404, "unknown_route", "no route %s %s (see the README's API section)", method, url);
+    }
+    if (rq->too_large) /* a body on a route that takes none: say so rather than ignore it */
+        set_reply_error(rq, 413, "body_too_large", "request body exceeds max_body_bytes (%zu bytes)",
+                        a->cfg->max_body_bytes);
+    return queue_reply(rq);
+}
+
+/* ---- libmicrohttpd glue ------------------------------------------------------------------- */
+
+static int append_body(request *rq, size_t max, const char *data, size_t n)
+{
+    if (rq->too_large || rq->body_len + n > max) {
+        rq->too_large = 1;
+        return 0;
+    }
+    if (rq->body_len + n + 1 > rq->body_cap) {
+        size_t cap = rq->body_cap ? rq->body_cap : 4096;
+        while (cap < rq->body_len + n + 1)
+            cap *= 2;
+        char *b = realloc(rq->body, cap);
+        if (!b)
+            return -1;
+        rq->body = b;
+        rq->body_cap = cap;
+    }
+    memcpy(rq->body + rq->body_len, data, n);
+    rq->body_len += n;
+    rq->body[rq->body_len] = '\0';
+    return 0;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    api_server *a = cls;
+    request *rq = *con_cls;
+    if (!rq) {
+        rq = calloc(1, sizeof *rq);
+        if (!rq)
+            return MHD_NO;
+        rq->api = a;
+        rq->conn = conn;
+        *con_cls = rq;
+        /* Refuse an announced oversized body before reading it. */
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > a->cfg->max_body_bytes)
+            rq->too_large = 1;
+        return MHD_YES;
+    }
+    if (rq->reply && !rq->suspended) /* resumed with an answer, or answered early */
+        return queue_reply(rq);
+    if (*upload_data_size) {
+        if (append_body(rq, a->cfg->max_body_bytes, upload_data, *upload_data_size) < 0)
+            return MHD_NO;
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    return route(a, rq, method, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    request *rq = *con_cls;
+    if (!rq)
+        return;
+    free(rq->body);
+    free(rq->reply);
+    json_decref(rq->submission);
+    json_decref(rq->descriptor);
+    free(rq);
+    *con_cls = NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+int api_new(const config *cfg, journal *j, const policy_set *policies, api_server **out, ar_error *err)
+{
+    api_server *a = calloc(1, sizeof *a);
+    if (!a)
+        return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
+    a->cfg = cfg;
+    a->journal = j;
+    a->policies = policies;
+    pthread_mutex_init(&a->work_lock, NULL);
+    pthread_cond_init(&a->work_cond, NULL);
+    pthread_mutex_init(&a->wait_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->wait_cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    a->workers = calloc((size_t)cfg->decision_workers, sizeof *a->workers);
+    if (!a->workers)
+        goto nomem;
+    for (int i = 0; i < cfg->decision_workers; i++) {
+        if (pthread_create(&a->workers[i], NULL, worker_main, a) != 0)
+            goto nomem;
+        a->n_workers++;
+    }
+    if (pthread_create(&a->waiter_thread, NULL, waiter_main, a) != 0)
+        goto nomem;
+    a->waiter_started = 1;
+    *out = a;
+    return AR_OK;
+nomem:
+    api_free(a);
+    return ar_error_set(err, AR_E_NOMEM, "internal", "cannot start the API's threads");
+}
+
+void api_set_scheduler(api_server *a, scheduler *s) { a->sched = s; }
+
+int api_port(const api_server *a) { return a->port; }
+
+static int resolve_listen(const config *cfg, struct sockaddr_storage *ss, int *ipv6, ar_error *err)
+{
+    memset(ss, 0, sizeof *ss);
+    const char *host = strcmp(cfg->listen_host, "localhost") == 0 ? "127.0.0.1" : cfg->listen_host;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)cfg->listen_port);
+        *ipv6 = 0;
+        return AR_OK;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)cfg->listen_port);
+        *ipv6 = 1;
+        return AR_OK;
+    }
+    return ar_error_set(err, AR_E_INVALID, "invalid_config", "listen: cannot parse address \"%s\"", host);
+}
+
+int api_listen(api_server *a, ar_error *err)
+{
+    struct sockaddr_storage ss;
+    int ipv6;
+    int rc = resolve_listen(a->cfg, &ss, &ipv6, err);
+    if (rc != AR_OK)
+        return rc;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     (ipv6 ? MHD_USE_IPv6 : 0);
+    a->mhd = MHD_start_daemon(flags, (uint16_t)a->cfg->listen_port, NULL, NULL, on_request, a,
+                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                              MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                              MHD_OPTION_END);
+    if (!a->mhd)
+        return ar_error_set(err, AR_E_IO, "listen_failed", "cannot listen on %s:%d (%s): is another daemon "
+                            "running there? change \"listen\" in the config", a->cfg->listen_host,
+                            a->cfg->listen_port, strerror(errno));
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    a->port = info ? info->port : a->cfg->listen_port;
+    return AR_OK;
+}
+
+void api_stop_intake(api_server *a)
+{
+    /* Each worker finishes the submission it holds and the ones queued before it. */
+    pthread_mutex_lock(&a->work_lock);
+    a->workers_stopping = 1;
+    pthread_cond_broadcast(&a->work_cond);
+    pthread_mutex_unlock(&a->work_lock);
+    for (int i = 0; i < a->n_workers; i++)
+        pthread_join(a->workers[i], NULL);
+    a->n_workers = 0;
+}
+
+void api_free(api_server *a)
+{
+    if (!a)
+        return;
+    api_stop_intake(a);
+    free(a->workers);
+    /* Then everyone still waiting gets the state their action has now. */
+    if (a->waiter_started) {
+        pthread_mutex_lock(&a->wait_lock);
+        a->waiter_stopping = 1;
+        pthread_cond_broadcast(&a->wait_cond);
+        pthread_mutex_unlock(&a->wait_lock);
+        pthread_join(a->waiter_thread, NULL);
+    }
+    answer_with_stored_state(a, waiters_take(a, NULL, INT64_MAX));
+    if (a->mhd)
+        MHD_stop_daemon(a->mhd);
+    pthread_mutex_destroy(&a->work_lock);
+    pthread_cond_destroy(&a->work_cond);
+    pthread_mutex_destroy(&a->wait_lock);
+    pthread_cond_destroy(&a->wait_cond);
+    free(a);
+}

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int ar_error_set(ar_error *err, int status, const char *code, const char *fmt, ...)
 {
@@ -35,3 +36,26 @@ static int64_t clock_ms(clockid_t id)
 
 int64_t ar_now_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t ar_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+
+void ar_log(const char *level, const char *fmt, ...)
+{
+    char line[2048];
+    int64_t ms = ar_now_ms();
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ aiorun %s ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(ms % 1000), level);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof line - 2)
+        len = sizeof line - 2;
+    line[len++] = '\n';
+    /* One write(2) per line so that lines from several threads do not interleave. */
+    ssize_t rc = write(STDERR_FILENO, line, len);
+    (void)rc;
+}

@@ -38,6 +38,10 @@ int ar_error_set(ar_error *err, int status, const char *code, const char *fmt, .
 /* Clear an error to empty strings. Safe with NULL. */
 void ar_error_clear(ar_error *err);
 
+/* One log line to stderr: "2026-11-26T17:00:00.123Z aiorun LEVEL message". Thread-safe (one
+ * write per line). Never pass secrets. */
+void ar_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Milliseconds: wall clock since the epoch, and monotonic since an arbitrary start. */
 int64_t ar_now_ms(void);
 int64_t ar_mono_ms(void);

@@ -1,0 +1,589 @@
+/* config.c - the daemon's JSON configuration file (see config.h).
+ *
+ * Everything is checked before anything is used: an unknown key, a wrong type or a value out
+ * of range is refused with the key path, so a typo never silently falls back to a default. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_LISTEN_HOST "127.0.0.1"
+#define DEFAULT_LISTEN_PORT 8470
+#define DEFAULT_MAX_BODY_BYTES ((size_t)1 << 20)
+#define MAX_CONFIG_FILE_BYTES ((size_t)16 << 20)
+
+static const char *const top_keys[] = {
+    "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
+    "decision_workers", "policy", "connectors", NULL
+};
+static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms", NULL };
+static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms", NULL };
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+static int invalid(ar_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int invalid(ar_error *err, const char *fmt, ...)
+{
+    char msg[sizeof err->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return ar_error_set(err, AR_E_INVALID, "invalid_config", "%s", msg);
+}
+
+static int nomem(ar_error *err)
+{
+    return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "config: out of memory");
+}
+
+/* s as a quoted string for a message: quotes, backslashes and control characters escaped,
+ * cut with "..." past the buffer. */
+static const char *quote(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    out[n++] = '"';
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[8];
+        if (*p == '"' || *p == '\\')
+            snprintf(esc, sizeof esc, "\\%c", *p);
+        else if (*p < 0x20)
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+        else
+            snprintf(esc, sizeof esc, "%c", *p);
+        size_t len = strlen(esc);
+        if (n + len + 5 > cap) {
+            memcpy(out + n, "...", 3);
+            n += 3;
+            break;
+        }
+        memcpy(out + n, esc, len);
+        n += len;
+    }
+    out[n++] = '"';
+    out[n] = '\0';
+    return out;
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    case JSON_NULL: return "null";
+    }
+    return "unknown";
+}
+
+/* Refuse any key of obj not in known; where names the object ("config", "policy"). */
+static int check_keys(const json_t *obj, const char *const *known, const char *where,
+                      ar_error *err)
+{
+    const char *key;
+    const json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        bool found = false;
+        for (const char *const *k = known; *k; k++)
+            if (strcmp(key, *k) == 0)
+                found = true;
+        if (found)
+            continue;
+        char list[256] = "", q[96];
+        size_t n = 0;
+        for (const char *const *k = known; *k && n < sizeof list; k++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", k == known ? "" : ", ", *k);
+        return invalid(err, "%s: unknown key %s (known keys: %s)", where,
+                       quote(q, sizeof q, key), list);
+    }
+    return AR_OK;
+}
+
+/* ---- typed fields ------------------------------------------------------------------------ */
+
+/* An integer in [lo, hi]; *out untouched when the key is absent. */
+static int get_int(const json_t *obj, const char *key, const char *path, long long lo,
+                   long long hi, long long *out, ar_error *err)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v)
+        return AR_OK;
+    if (!json_is_integer(v))
+        return invalid(err, "%s: expected integer %lld..%lld, got %s", path, lo, hi, type_name(v));
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return invalid(err, "%s: expected integer %lld..%lld, got %lld", path, lo, hi, x);
+    *out = x;
+    return AR_OK;
+}
+
+/* A non-empty string; *out untouched (and borrowed from obj) when the key is absent. */
+static int get_string(const json_t *obj, const char *key, const char *path, const char **out,
+                      ar_error *err)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v)
+        return AR_OK;
+    if (!json_is_string(v))
+        return invalid(err, "%s: expected string, got %s", path, type_name(v));
+    if (json_string_length(v) == 0)
+        return invalid(err, "%s: must not be empty", path);
+    if (strlen(json_string_value(v)) != json_string_length(v))
+        return invalid(err, "%s: must not contain a NUL character", path);
+    *out = json_string_value(v);
+    return AR_OK;
+}
+
+/* ---- paths ------------------------------------------------------------------------------- */
+
+/* Join rel onto base (unless rel is absolute) and drop empty and "." components. ".." is kept:
+ * resolving it by hand would be wrong across symlinks, and directories may not exist yet.
+ * Returns a malloc'd string or NULL when out of memory. */
+static char *join_path(const char *base, const char *rel)
+{
+    size_t blen = rel[0] == '/' ? 0 : strlen(base);
+    char *joined = malloc(blen + strlen(rel) + 2);
+    if (!joined)
+        return NULL;
+    snprintf(joined, blen + strlen(rel) + 2, "%.*s/%s", (int)blen, base, rel);
+
+    /* Normalize in place: the result is never longer than the input. */
+    char *out = joined;
+    size_t n = 0;
+    const char *p = joined;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        const char *end = strchr(p, '/');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || (len == 1 && p[0] == '.')) {
+            p += len;
+            continue;
+        }
+        out[n++] = '/';
+        memmove(out + n, p, len);
+        n += len;
+        p += len;
+    }
+    if (n == 0)
+        out[n++] = '/';
+    out[n] = '\0';
+    return joined;
+}
+
+/* The current directory, malloc'd; NULL with err set on failure. */
+static char *current_dir(ar_error *err)
+{
+    char *cwd = getcwd(NULL, 0);
+    if (!cwd)
+        ar_error_set(err, AR_E_IO, "invalid_config", "config: cannot read the current directory: %s",
+                     strerror(errno));
+    return cwd;
+}
+
+/* ---- listen ------------------------------------------------------------------------------ */
+
+static bool is_loopback(const char *host)
+{
+    if (strcmp(host, "localhost") == 0)
+        return true;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return memcmp(&a6, &in6addr_loopback, sizeof a6) == 0;
+    return false;
+}
+
+static int parse_listen(const char *text, config *cfg, ar_error *err)
+{
+    char q[160];
+    const char *host, *port;
+    size_t host_len;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':')
+            return invalid(err, "listen: expected \"host:port\" with an IPv6 host in brackets "
+                           "(\"[::1]:8470\"), got %s", quote(q, sizeof q, text));
+        host = text + 1;
+        host_len = (size_t)(close - host);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (!colon || memchr(text, ':', (size_t)(colon - text)))
+            return invalid(err, "listen: expected \"host:port\" (an IPv6 host in brackets, "
+                           "\"[::1]:8470\"), got %s", quote(q, sizeof q, text));
+        host = text;
+        host_len = (size_t)(colon - text);
+        port = colon + 1;
+    }
+
+    size_t digits = strspn(port, "0123456789");
+    if (digits == 0 || port[digits] != '\0' || digits > 5 || atoi(port) > 65535)
+        return invalid(err, "listen: port must be an integer 0..65535, got %s",
+                       quote(q, sizeof q, port));
+    if (host_len == 0)
+        return invalid(err, "listen: missing host in %s (use 127.0.0.1, [::1] or localhost)",
+                       quote(q, sizeof q, text));
+
+    char *h = strndup(host, host_len);
+    if (!h)
+        return nomem(err);
+    /* An IPv6 address must come in brackets and only an IPv6 address may. */
+    struct in6_addr a6;
+    bool is_v6 = inet_pton(AF_INET6, h, &a6) == 1;
+    if (is_v6 != (text[0] == '[')) {
+        invalid(err, "listen: %s is not a valid host (an IPv6 address goes in brackets, "
+                "\"[::1]:8470\", nothing else does)", quote(q, sizeof q, h));
+        free(h);
+        return AR_E_INVALID;
+    }
+    if (!is_loopback(h)) {
+        /* Addresses print as they are; anything odd is quoted. */
+        bool plain = strspn(h, "0123456789abcdefABCDEF.:-_%"
+                               "ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ") == host_len;
+        invalid(err, "listen: %s is not a loopback address; aiorun only listens on loopback "
+                "until token authentication exists", plain ? h : quote(q, sizeof q, h));
+        free(h);
+        return AR_E_INVALID;
+    }
+    free(cfg->listen_host);
+    cfg->listen_host = h;
+    cfg->listen_port = atoi(port);
+    return AR_OK;
+}
+
+/* ---- sections ---------------------------------------------------------------------------- */
+
+static int parse_policy(const json_t *v, policy_limits *out, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "policy: expected object, got %s", type_name(v));
+    int rc = check_keys(v, policy_keys, "policy", err);
+    if (rc != AR_OK)
+        return rc;
+    /* Absent limits stay 0, which policy.h defines as its defaults. */
+    long long memory_kb = 0, instructions = 0, timeout_ms = 0;
+    if ((rc = get_int(v, "memory_kb", "policy.memory_kb", 64, 1048576, &memory_kb, err)) ||
+        (rc = get_int(v, "instructions", "policy.instructions", 1000, 1000000000,
+                      &instructions, err)) ||
+        (rc = get_int(v, "timeout_ms", "policy.timeout_ms", 1, 10000, &timeout_ms, err)))
+        return rc;
+    out->memory_bytes = (size_t)memory_kb * 1024;
+    out->instructions = (uint64_t)instructions;
+    out->timeout_ms = (int)timeout_ms;
+    return AR_OK;
+}
+
+static bool valid_connector_name(const char *name)
+{
+    size_t len = strlen(name);
+    return len >= 1 && len <= 64 && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_-") == len;
+}
+
+static int parse_connector(const char *name, const json_t *v, const char *base_dir,
+                           const char *plugin_dir, config_connector *c, ar_error *err)
+{
+    char path[160];
+    if (!json_is_object(v))
+        return invalid(err, "connectors.%s: expected object, got %s", name, type_name(v));
+    snprintf(path, sizeof path, "connectors.%s", name);
+    int rc = check_keys(v, connector_keys, path, err);
+    if (rc != AR_OK)
+        return rc;
+
+    const char *plugin = NULL;
+    snprintf(path, sizeof path, "connectors.%s.plugin", name);
+    if ((rc = get_string(v, "plugin", path, &plugin, err)) != AR_OK)
+        return rc;
+    if (!plugin)
+        return invalid(err, "%s: required (a plugin name such as \"echo\" or a path to a .so)",
+                       path);
+
+    const json_t *conf = json_object_get(v, "config");
+    if (conf && !json_is_object(conf))
+        return invalid(err, "connectors.%s.config: expected object, got %s", name, type_name(conf));
+
+    long long processes = 2, timeout_ms = 10000;
+    snprintf(path, sizeof path, "connectors.%s.processes", name);
+    if ((rc = get_int(v, "processes", path, 1, 64, &processes, err)) != AR_OK)
+        return rc;
+    snprintf(path, sizeof path, "connectors.%s.timeout_ms", name);
+    if ((rc = get_int(v, "timeout_ms", path, 1, 3600000, &timeout_ms, err)) != AR_OK)
+        return rc;
+
+    c->name = strdup(name);
+    c->plugin = strdup(plugin);
+    if (strchr(plugin, '/')) {
+        c->plugin_path = join_path(base_dir, plugin);
+    } else {
+        size_t len = strlen(plugin_dir) + strlen(plugin) + 5;
+        c->plugin_path = malloc(len);
+        if (c->plugin_path)
+            snprintf(c->plugin_path, len, "%s/%s.so", plugin_dir, plugin);
+    }
+    c->config = conf ? json_deep_copy(conf) : json_object();
+    c->processes = (int)processes;
+    c->timeout_ms = (int)timeout_ms;
+    if (!c->name || !c->plugin || !c->plugin_path || !c->config)
+        return nomem(err);
+    return AR_OK;
+}
+
+static int parse_connectors(const json_t *v, const char *base_dir, config *cfg, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "connectors: expected object, got %s", type_name(v));
+    size_t n = json_object_size(v);
+    if (n == 0)
+        return AR_OK;
+    cfg->connectors = calloc(n, sizeof *cfg->connectors);
+    if (!cfg->connectors)
+        return nomem(err);
+
+    const char *name;
+    const json_t *conn;
+    json_object_foreach((json_t *)v, name, conn) {
+        char q[96];
+        if (!valid_connector_name(name))
+            return invalid(err, "connectors: invalid name %s (use 1 to 64 characters of a-z, "
+                           "0-9, _ and -)", quote(q, sizeof q, name));
+        /* Counted before parsing so config_free also frees a half-filled entry. */
+        config_connector *c = &cfg->connectors[cfg->n_connectors++];
+        int rc = parse_connector(name, conn, base_dir, cfg->plugin_dir, c, err);
+        if (rc != AR_OK)
+            return rc;
+    }
+    return AR_OK;
+}
+
+/* A directory key: the default when absent, resolved against base_dir. */
+static int parse_dir(const json_t *root, const char *key, const char *def, const char *base_dir,
+                     char **out, ar_error *err)
+{
+    const char *value = def;
+    int rc = get_string(root, key, key, &value, err);
+    if (rc != AR_OK)
+        return rc;
+    *out = join_path(base_dir, value);
+    return *out ? AR_OK : nomem(err);
+}
+
+static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_error *err)
+{
+    if (!json_is_object(root))
+        return invalid(err, "config: the top level must be a JSON object, got %s", type_name(root));
+    int rc = check_keys(root, top_keys, "config", err);
+    if (rc != AR_OK)
+        return rc;
+
+    const char *listen = NULL;
+    if ((rc = get_string(root, "listen", "listen", &listen, err)) != AR_OK)
+        return rc;
+    if (listen) {
+        if ((rc = parse_listen(listen, cfg, err)) != AR_OK)
+            return rc;
+    } else {
+        cfg->listen_host = strdup(DEFAULT_LISTEN_HOST);
+        cfg->listen_port = DEFAULT_LISTEN_PORT;
+        if (!cfg->listen_host)
+            return nomem(err);
+    }
+
+    if ((rc = parse_dir(root, "data_dir", "var", base_dir, &cfg->data_dir, err)) ||
+        (rc = parse_dir(root, "plugin_dir", "build/plugins", base_dir, &cfg->plugin_dir, err)) ||
+        (rc = parse_dir(root, "policy_dir", "policies", base_dir, &cfg->policy_dir, err)))
+        return rc;
+
+    long long map_size_mb = 1024, max_body = (long long)DEFAULT_MAX_BODY_BYTES, workers = 2;
+    if ((rc = get_int(root, "map_size_mb", "map_size_mb", 1, 1048576, &map_size_mb, err)) ||
+        (rc = get_int(root, "max_body_bytes", "max_body_bytes", 1024, 64LL << 20, &max_body,
+                      err)) ||
+        (rc = get_int(root, "decision_workers", "decision_workers", 1, 64, &workers, err)))
+        return rc;
+    cfg->map_size_mb = (size_t)map_size_mb;
+    cfg->max_body_bytes = (size_t)max_body;
+    cfg->decision_workers = (int)workers;
+
+    const json_t *v;
+    if ((v = json_object_get(root, "policy")) && (rc = parse_policy(v, &cfg->policy, err)))
+        return rc;
+    /* After plugin_dir, which plugin paths are resolved against. */
+    if ((v = json_object_get(root, "connectors")) &&
+        (rc = parse_connectors(v, base_dir, cfg, err)))
+        return rc;
+    return AR_OK;
+}
+
+/* Parse len bytes of JSON text; base_dir must be absolute. */
+static int parse_buffer(const char *text, size_t len, const char *base_dir, config **out,
+                        ar_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return invalid(err, "config: invalid JSON at line %d, column %d: %s", jerr.line,
+                       jerr.column, jerr.text);
+    config *cfg = calloc(1, sizeof *cfg);
+    if (!cfg) {
+        json_decref(root);
+        return nomem(err);
+    }
+    int rc = parse_root(root, base_dir, cfg, err);
+    json_decref(root);
+    if (rc != AR_OK) {
+        config_free(cfg);
+        return rc;
+    }
+    *out = cfg;
+    return AR_OK;
+}
+
+/* path made absolute (against the current directory when NULL or relative) into *out,
+ * malloc'd and normalized. */
+static int absolute_path(const char *path, char **out, ar_error *err)
+{
+    char *cwd = NULL;
+    if (!path || path[0] != '/') {
+        if (!(cwd = current_dir(err)))
+            return AR_E_IO;
+    }
+    *out = join_path(cwd ? cwd : "/", path ? path : ".");
+    free(cwd);
+    return *out ? AR_OK : nomem(err);
+}
+
+int config_parse(const char *text, const char *base_dir, config **out, ar_error *err)
+{
+    *out = NULL;
+    if (!text)
+        return invalid(err, "config: no text");
+    char *base = NULL;
+    int rc = absolute_path(base_dir, &base, err);
+    if (rc != AR_OK)
+        return rc;
+    rc = parse_buffer(text, strlen(text), base, out, err);
+    free(base);
+    return rc;
+}
+
+/* Read a whole regular file into a malloc'd, NUL-terminated buffer. */
+static int read_file(const char *path, char **data, size_t *len, ar_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ar_error_set(err, AR_E_IO, "invalid_config", "config: cannot open %s: %s", path,
+                            strerror(errno));
+    char *buf = NULL;
+    int rc;
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0) {
+        rc = ar_error_set(err, AR_E_IO, "invalid_config", "config: cannot stat %s: %s", path,
+                          strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ar_error_set(err, AR_E_IO, "invalid_config", "config: %s is not a regular file",
+                          path);
+        goto fail;
+    }
+    if ((size_t)st.st_size > MAX_CONFIG_FILE_BYTES) {
+        rc = invalid(err, "config: %s is larger than %zu bytes", path, MAX_CONFIG_FILE_BYTES);
+        goto fail;
+    }
+    size_t size = (size_t)st.st_size;
+    buf = malloc(size + 1);
+    if (!buf) {
+        rc = nomem(err);
+        goto fail;
+    }
+    if (fread(buf, 1, size, f) != size || ferror(f)) {
+        rc = ar_error_set(err, AR_E_IO, "invalid_config", "config: cannot read %s: %s", path,
+                          ferror(f) ? strerror(errno) : "the file shrank while being read");
+        goto fail;
+    }
+    buf[size] = '\0';
+    fclose(f);
+    *data = buf;
+    *len = size;
+    return AR_OK;
+fail:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+int config_load_file(const char *path, config **out, ar_error *err)
+{
+    *out = NULL;
+    char *data = NULL, *abs_path = NULL, *base = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &data, &len, err);
+    if (rc != AR_OK)
+        return rc;
+
+    /* The path made absolute: a relative one is taken from the current directory. */
+    if ((rc = absolute_path(path, &abs_path, err)) != AR_OK)
+        goto fail;
+    /* The file's directory: abs_path is normalized, so the last '/' ends it. */
+    char *slash = strrchr(abs_path, '/');
+    base = slash == abs_path ? strdup("/") : strndup(abs_path, (size_t)(slash - abs_path));
+    if (!base) {
+        rc = nomem(err);
+        goto fail;
+    }
+
+    rc = parse_buffer(data, len, base, out, err);
+    if (rc != AR_OK && err) {
+        /* Say which file: the message names the key, the caller may not know the path. */
+        ar_error inner = *err;
+        ar_error_set(err, rc, inner.code, "%s: %s", path, inner.message);
+    }
+fail:
+    free(data);
+    free(abs_path);
+    free(base);
+    return rc;
+}
+
+void config_free(config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->listen_host);
+    free(cfg->data_dir);
+    free(cfg->plugin_dir);
+    free(cfg->policy_dir);
+    for (size_t i = 0; i < cfg->n_connectors; i++) {
+        config_connector *c = &cfg->connectors[i];
+        free(c->name);
+        free(c->plugin);
+        free(c->plugin_path);
+        json_decref(c->config);
+    }
+    free(cfg->connectors);
+    free(cfg);
+}
+
+const config_connector *config_find_connector(const config *cfg, const char *name)
+{
+    if (!cfg || !name)
+        return NULL;
+    for (size_t i = 0; i < cfg->n_connectors; i++)
+        if (strcmp(cfg->connectors[i].name, name) == 0)
+            return &cfg->connectors[i];
+    return NULL;
+}

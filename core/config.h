@@ -36,7 +36,7 @@ typedef struct config {
     size_t map_size_mb;
     size_t max_body_bytes;
     int decision_workers;  /* 1..64 */
-    policy_limits policy;
+    policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */
     config_connector *connectors;
     size_t n_connectors;
 } config;
@@ -45,7 +45,9 @@ typedef struct config {
  * *out owned by the caller (config_free). Errors: AR_E_INVALID, code "invalid_config", with
  * the key path in the message ("connectors.shop.processes: expected integer 1..64"). */
 int config_parse(const char *text, const char *base_dir, config **out, ar_error *err);
-/* Read a file and parse it with base_dir = the file's directory. */
+/* Read a file and parse it with base_dir = the file's directory (a relative path is taken from
+ * the current directory). A file that cannot be read is AR_E_IO, code "invalid_config", naming
+ * the path and the system's reason; a parse error is config_parse's, prefixed with the path. */
 int config_load_file(const char *path, config **out, ar_error *err);
 void config_free(config *cfg);
 const config_connector *config_find_connector(const config *cfg, const char *name);

@@ -1,0 +1,159 @@
+/* daemon.c - start-up, the runtime struct, and an orderly stop (see daemon.h). */
+#include "daemon.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <aiorun/version.h>
+
+#include "api.h"
+#include "config.h"
+#include "journal.h"
+#include "policy.h"
+#include "scheduler.h"
+
+/* Everything the daemon keeps alive, in start order. */
+typedef struct runtime {
+    config *cfg;
+    journal *journal;
+    policy_set *policies;
+    api_server *api;
+    scheduler *sched;
+} runtime;
+
+/* The sandbox host sits beside the daemon's own executable (<build>/bin or <prefix>/bin). */
+static int find_host_binary(char *out, size_t cap, ar_error *err)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return ar_error_set(err, AR_E_IO, "host_missing", "cannot read /proc/self/exe");
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    *slash = '\0';
+    if ((size_t)snprintf(out, cap, "%s/aiorun-host", self) >= cap)
+        return ar_error_set(err, AR_E_IO, "host_missing", "path of the sandbox host is too long");
+    if (access(out, X_OK) != 0)
+        return ar_error_set(err, AR_E_IO, "host_missing", "sandbox host %s is missing or not executable; "
+                            "rebuild (cmake --build) or reinstall aiorun", out);
+    return AR_OK;
+}
+
+static int make_dir(const char *path, ar_error *err)
+{
+    if (mkdir(path, 0700) == 0 || access(path, W_OK) == 0)
+        return AR_OK;
+    return ar_error_set(err, AR_E_IO, "data_dir", "cannot create or write %s: %m", path);
+}
+
+static void runtime_stop(runtime *rt)
+{
+    if (rt->api)
+        api_stop_intake(rt->api);
+    scheduler_free(rt->sched);
+    api_free(rt->api);
+    policy_set_free(rt->policies);
+    journal_close(rt->journal);
+    config_free(rt->cfg);
+    memset(rt, 0, sizeof *rt);
+}
+
+static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
+{
+    int rc = config_load_file(config_path, &rt->cfg, err);
+    if (rc != AR_OK)
+        return rc;
+    const config *cfg = rt->cfg;
+    char host[PATH_MAX + 16], dir[PATH_MAX + 16];
+    if ((rc = find_host_binary(host, sizeof host, err)) != AR_OK)
+        return rc;
+    if ((rc = make_dir(cfg->data_dir, err)) != AR_OK)
+        return rc;
+    snprintf(dir, sizeof dir, "%s/journal", cfg->data_dir);
+    journal_opts jo = {.dir = dir, .map_size_mb = cfg->map_size_mb};
+    if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK)
+        return rc;
+    if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK)
+        return rc;
+    ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
+           cfg->policy_dir, policy_set_version(rt->policies));
+    if ((rc = api_new(cfg, rt->journal, rt->policies, &rt->api, err)) != AR_OK)
+        return rc;
+    if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
+        return rc;
+    api_set_scheduler(rt->api, rt->sched);
+    for (size_t i = 0; i < cfg->n_connectors; i++) {
+        sandbox_snapshot snap;
+        scheduler_connector(rt->sched, cfg->connectors[i].name, &snap);
+        ar_log(snap.state == SANDBOX_READY ? "info" : "error", "connector %s (%s): %s%s%s",
+               cfg->connectors[i].name, cfg->connectors[i].plugin_path, sandbox_state_name(snap.state),
+               snap.message[0] ? ": " : "", snap.message);
+        json_decref(snap.descriptor);
+    }
+    scheduler_recovery rec;
+    if ((rc = scheduler_recover(rt->sched, &rec, err)) != AR_OK)
+        return rc;
+    ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu marked UNKNOWN_OUTCOME",
+           rec.resumed, rec.resent, rec.unknown);
+    if ((rc = api_listen(rt->api, err)) != AR_OK)
+        return rc;
+    ar_log("info", "aiorun %s listening on http://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
+           strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host,
+           strchr(cfg->listen_host, ':') ? "]" : "", api_port(rt->api), cfg->data_dir);
+    return AR_OK;
+}
+
+int daemon_run(const char *config_path)
+{
+    /* Signals are taken synchronously by this thread; every thread started below inherits
+     * the mask. SIGPIPE is ignored: a client that hangs up must not kill the daemon. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (sodium_init() < 0) {
+        ar_log("error", "libsodium cannot initialise");
+        return 1;
+    }
+
+    runtime rt = {0};
+    ar_error err = {0};
+    if (runtime_start(&rt, config_path, &err) != AR_OK) {
+        ar_log("error", "cannot start: %s (%s)", err.message, err.code[0] ? err.code : "error");
+        runtime_stop(&rt);
+        return 1;
+    }
+    int sig = 0;
+    sigwait(&stop, &sig);
+    ar_log("info", "stopping (signal %d)", sig);
+    runtime_stop(&rt);
+    ar_log("info", "stopped");
+    return 0;
+}
+
+int daemon_check_config(const char *config_path)
+{
+    config *cfg = NULL;
+    policy_set *ps = NULL;
+    ar_error err = {0};
+    int rc = config_load_file(config_path, &cfg, &err);
+    if (rc == AR_OK)
+        rc = policy_set_load(cfg->policy_dir, &cfg->policy, &ps, &err);
+    if (rc != AR_OK) {
+        fprintf(stderr, "%s: %s\n", config_path, err.message);
+    } else {
+        printf("%s: ok (%zu connector(s), %zu policy file(s))\n", config_path, cfg->n_connectors,
+               policy_set_count(ps));
+    }
+    policy_set_free(ps);
+    config_free(cfg);
+    return rc == AR_OK ? 0 : 1;
+}

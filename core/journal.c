@@ -1,0 +1,982 @@
+/*
+ * journal.c - the durable store: LMDB with one writer thread and group commit (see journal.h).
+ *
+ * On disk: one LMDB environment in opts->dir with the named databases listed in db_names.
+ * Every value is [1 byte record format version][caller bytes]. The schema version is the value
+ * of key "schema_version" in "meta", stored in that same record format: [version byte][uint32
+ * little-endian], written when the environment is created.
+ *
+ * The writer thread takes every batch queued at that moment, runs each one in a nested
+ * transaction of a single write transaction and commits (and syncs) that transaction once, then
+ * reports every batch. A batch that fails on its own (conflict, callback error, bad key) rolls
+ * back its nested transaction only. A failure that may spoil the whole transaction (map full,
+ * transaction full, I/O) abandons it, and the batches are run again one transaction each, so
+ * the ones that fit still commit and only the failing ones get the error.
+ */
+#include "journal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const db_names[JDB_COUNT] = {
+    [JDB_META] = "meta",
+    [JDB_ACTIONS] = "actions",
+    [JDB_IDEMPOTENCY] = "idempotency",
+    [JDB_QUEUE] = "queue",
+    [JDB_CHECKPOINTS] = "checkpoints",
+    [JDB_APPROVALS] = "approvals",
+    [JDB_MEMORY] = "memory",
+    [JDB_AUDIT] = "audit",
+    [JDB_CACHE] = "cache",
+};
+
+#define SCHEMA_KEY "schema_version"
+#define SCHEMA_RECORD_LEN 5 /* version byte + uint32 LE */
+#define DEFAULT_MAP_SIZE_MB 1024
+#define DEFAULT_MAX_READERS 256
+#define MIB ((size_t)1 << 20)
+
+struct journal {
+    MDB_env *env;
+    MDB_dbi dbi[JDB_COUNT];
+    char *dir;
+    size_t map_size_mb;
+    int max_readers;
+    int stale_readers;
+
+    pthread_t writer;
+    pthread_mutex_t mu;       /* guards everything below */
+    pthread_cond_t work_cv;   /* the writer waits here for batches or closing */
+    pthread_cond_t done_cv;   /* journal_commit callers wait here for their batch */
+    journal_batch *head, *tail;
+    bool closing;
+    uint64_t commits, batches;
+};
+
+enum op_kind { OP_PUT, OP_PUT_NEW, OP_DEL, OP_APPLY };
+
+struct op {
+    enum op_kind kind;
+    journal_db db;
+    unsigned char *buf;  /* the key, then the stored value (version byte + caller bytes) */
+    size_t klen, vlen;   /* vlen counts the version byte; 0 for deletes */
+    journal_apply_fn fn;
+    void *arg;
+};
+
+struct journal_batch {
+    struct op *ops;
+    size_t n, cap;
+    bool nomem;          /* an add failed to allocate: the commit reports AR_E_NOMEM */
+    bool bad_db;         /* an add named no database: the commit reports AR_E_INVALID */
+
+    /* Outcome, written by the writer thread. */
+    int status;
+    ar_error err;
+    bool has_conflict;
+    size_t conflict_index;
+    unsigned char *conflict_val;
+    size_t conflict_vlen;
+
+    /* Queueing. */
+    journal_batch *next;
+    journal_done_fn done; /* NULL: a journal_commit caller waits for finished */
+    void *done_arg;
+    bool finished;
+};
+
+/* Copies handed out by journal_txn_get/last, freed when the callback returns (LMDB's own
+ * pointers may change under a later put in the same transaction). */
+struct scratch {
+    struct scratch *next;
+    unsigned char data[];
+};
+
+struct journal_txn {
+    journal *j;
+    MDB_txn *txn;          /* the batch's nested transaction */
+    struct scratch *scratch;
+    int spoiled;           /* first LMDB error after which this transaction may not commit */
+};
+
+struct journal_read {
+    journal *j;
+    MDB_txn *txn;
+};
+
+struct journal_cursor {
+    MDB_cursor *cur;
+};
+
+/* ---- errors ----------------------------------------------------------------------------- */
+
+static int lmdb_error(const journal *j, int rc, ar_error *err)
+{
+    switch (rc) {
+    case MDB_MAP_FULL:
+        return ar_error_set(err, AR_E_FULL, "storage_full",
+                            "the journal is full (map_size_mb = %zu): raise map_size_mb in the config",
+                            j->map_size_mb);
+    case ENOSPC:
+        return ar_error_set(err, AR_E_FULL, "storage_full",
+                            "the disk holding the journal %s is full", j->dir);
+    case MDB_TXN_FULL:
+        return ar_error_set(err, AR_E_FULL, "txn_full",
+                            "a journal batch changes more pages than one transaction can hold: "
+                            "split it into smaller batches");
+    case MDB_KEYEXIST:
+        return ar_error_set(err, AR_E_EXISTS, "already_exists", "the key is already present");
+    case MDB_NOTFOUND:
+        return ar_error_set(err, AR_E_NOTFOUND, "not_found", "no such key in the journal");
+    case MDB_BAD_VALSIZE:
+    case EINVAL:
+        return ar_error_set(err, AR_E_INVALID, "journal_invalid_key",
+                            "a journal key is empty or longer than %d bytes",
+                            mdb_env_get_maxkeysize(j->env));
+    case MDB_READERS_FULL:
+        return ar_error_set(err, AR_E_BUSY, "journal_readers_full",
+                            "all %d journal reader slots are in use: raise max_readers",
+                            j->max_readers);
+    case MDB_MAP_RESIZED:
+        return ar_error_set(err, AR_E_IO, "journal_resized",
+                            "another process grew the journal %s: restart to use the new size",
+                            j->dir);
+    case ENOMEM:
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in the journal");
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+        return ar_error_set(err, AR_E_FORMAT, "journal_format",
+                            "%s does not hold an LMDB environment this build can read: %s",
+                            j->dir, mdb_strerror(rc));
+    default:
+        return ar_error_set(err, AR_E_IO, "journal_io", "journal %s: %s", j->dir,
+                            mdb_strerror(rc));
+    }
+}
+
+/* Errors that leave the transaction usable: they belong to one operation. Anything else (map
+ * or transaction full, I/O, corruption) may have flagged the transaction as failed. */
+static bool spoils_txn(int rc)
+{
+    return rc != 0 && rc != MDB_KEYEXIST && rc != MDB_NOTFOUND && rc != MDB_BAD_VALSIZE &&
+           rc != EINVAL;
+}
+
+static bool valid_db(journal_db db)
+{
+    return (int)db >= 0 && db < JDB_COUNT;
+}
+
+/* Strip and check the record format byte. */
+static int decode(const MDB_val *v, const void **val, size_t *vlen)
+{
+    const unsigned char *p = v->mv_data;
+    if (v->mv_size < 1 || p[0] == 0 || p[0] > JOURNAL_RECORD_VERSION)
+        return AR_E_FORMAT;
+    if (val)
+        *val = p + 1;
+    if (vlen)
+        *vlen = v->mv_size - 1;
+    return AR_OK;
+}
+
+static int record_format_error(ar_error *err)
+{
+    return ar_error_set(err, AR_E_FORMAT, "record_format",
+                        "a journal record has an unknown format version (this build reads %d): "
+                        "it was written by a newer aiorun or is damaged",
+                        JOURNAL_RECORD_VERSION);
+}
+
+/* ---- open ------------------------------------------------------------------------------- */
+
+/* mkdir -p, each missing level 0700. */
+static int make_dir(const char *dir, ar_error *err)
+{
+    char path[PATH_MAX];
+    if (!dir || !*dir || strlen(dir) >= sizeof path)
+        return ar_error_set(err, AR_E_INVALID, "invalid_config",
+                            "the journal directory is empty or too long");
+    strcpy(path, dir);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0700) != 0 && errno != EEXIST)
+            return ar_error_set(err, AR_E_IO, "journal_io", "cannot create %s: %s", path,
+                                strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(path, 0700) != 0 && errno != EEXIST)
+        return ar_error_set(err, AR_E_IO, "journal_io", "cannot create %s: %s", path,
+                            strerror(errno));
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return ar_error_set(err, AR_E_IO, "journal_io", "%s is not a directory", path);
+    return AR_OK;
+}
+
+static int env_setup(journal *j, ar_error *err)
+{
+    int rc = mdb_env_create(&j->env);
+    if (rc)
+        return lmdb_error(j, rc, err);
+    if ((rc = mdb_env_set_maxdbs(j->env, JDB_COUNT)) ||
+        (rc = mdb_env_set_mapsize(j->env, j->map_size_mb * MIB)) ||
+        (rc = mdb_env_set_maxreaders(j->env, (unsigned)j->max_readers)))
+        return lmdb_error(j, rc, err);
+    /* No MDB_NOSYNC / MDB_NOMETASYNC: a commit that returned survives a power cut. MDB_NOTLS:
+     * a read transaction may be begun and ended by pooled threads. */
+    if ((rc = mdb_env_open(j->env, j->dir, MDB_NOTLS, 0600)))
+        return lmdb_error(j, rc, err);
+    /* Reader slots of processes that died (kill -9) pin old pages; free them. */
+    if ((rc = mdb_reader_check(j->env, &j->stale_readers)))
+        return lmdb_error(j, rc, err);
+    return AR_OK;
+}
+
+static int write_schema(journal *j, MDB_txn *txn, ar_error *err)
+{
+    unsigned char rec[SCHEMA_RECORD_LEN] = { JOURNAL_RECORD_VERSION };
+    uint32_t v = JOURNAL_SCHEMA_VERSION;
+    for (int i = 0; i < 4; i++)
+        rec[1 + i] = (unsigned char)(v >> (8 * i));
+    MDB_val k = { strlen(SCHEMA_KEY), SCHEMA_KEY }, d = { sizeof rec, rec };
+    int rc = mdb_put(txn, j->dbi[JDB_META], &k, &d, 0);
+    return rc ? lmdb_error(j, rc, err) : AR_OK;
+}
+
+static int check_schema(journal *j, MDB_txn *txn, ar_error *err)
+{
+    MDB_val k = { strlen(SCHEMA_KEY), SCHEMA_KEY }, d;
+    int rc = mdb_get(txn, j->dbi[JDB_META], &k, &d);
+    if (rc == MDB_NOTFOUND)
+        return write_schema(j, txn, err); /* a fresh environment */
+    if (rc)
+        return lmdb_error(j, rc, err);
+    const unsigned char *p = d.mv_data;
+    if (d.mv_size >= 1 && p[0] > JOURNAL_RECORD_VERSION)
+        return ar_error_set(err, AR_E_FORMAT, "journal_format",
+                            "the journal in %s uses record format %u, newer than the %d this "
+                            "build reads: upgrade aiorun or use another data directory",
+                            j->dir, p[0], JOURNAL_RECORD_VERSION);
+    if (d.mv_size != SCHEMA_RECORD_LEN || p[0] == 0)
+        return ar_error_set(err, AR_E_FORMAT, "journal_format",
+                            "the journal in %s has a damaged schema version record", j->dir);
+    uint32_t version = 0;
+    for (int i = 0; i < 4; i++)
+        version |= (uint32_t)p[1 + i] << (8 * i);
+    if (version > JOURNAL_SCHEMA_VERSION)
+        return ar_error_set(err, AR_E_FORMAT, "journal_format",
+                            "the journal in %s has schema version %u, newer than version %d "
+                            "that this build understands: upgrade aiorun or use another data "
+                            "directory",
+                            j->dir, version, JOURNAL_SCHEMA_VERSION);
+    if (version < 1)
+        return ar_error_set(err, AR_E_FORMAT, "journal_format",
+                            "the journal in %s has an invalid schema version 0", j->dir);
+    /* Version 1 is the first schema: there is nothing older to migrate yet. */
+    return AR_OK;
+}
+
+/* Open (create) the named databases and check the schema, in one write transaction. */
+static int open_databases(journal *j, ar_error *err)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+    if (rc)
+        return lmdb_error(j, rc, err);
+    int status = AR_OK;
+    for (int i = 0; i < JDB_COUNT; i++) {
+        if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &j->dbi[i]))) {
+            status = lmdb_error(j, rc, err);
+            goto fail;
+        }
+    }
+    if ((status = check_schema(j, txn, err)) != AR_OK)
+        goto fail;
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(j, rc, err);
+    return AR_OK;
+fail:
+    mdb_txn_abort(txn);
+    return status;
+}
+
+static void *writer_main(void *arg);
+
+int journal_open(const journal_opts *opts, journal **out, ar_error *err)
+{
+    *out = NULL;
+    if (!opts || (opts->map_size_mb && opts->map_size_mb > SIZE_MAX / MIB) ||
+        opts->max_readers < 0)
+        return ar_error_set(err, AR_E_INVALID, "invalid_config",
+                            "journal options: map_size_mb or max_readers out of range");
+    int status = make_dir(opts->dir, err);
+    if (status != AR_OK)
+        return status;
+    journal *j = calloc(1, sizeof *j);
+    if (!j || !(j->dir = strdup(opts->dir))) {
+        free(j);
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory opening the journal");
+    }
+    j->map_size_mb = opts->map_size_mb ? opts->map_size_mb : DEFAULT_MAP_SIZE_MB;
+    j->max_readers = opts->max_readers ? opts->max_readers : DEFAULT_MAX_READERS;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->work_cv, NULL);
+    pthread_cond_init(&j->done_cv, NULL);
+
+    ar_error local;
+    if (!err)
+        err = &local;
+    if ((status = env_setup(j, err)) != AR_OK)
+        goto fail;
+    if ((status = open_databases(j, err)) != AR_OK)
+        goto fail;
+    if (pthread_create(&j->writer, NULL, writer_main, j) != 0) {
+        status = ar_error_set(err, AR_E_FAIL, "journal_thread",
+                              "cannot start the journal writer thread");
+        goto fail;
+    }
+    ar_error_clear(err);
+    *out = j;
+    return AR_OK;
+fail:
+    if (j->env)
+        mdb_env_close(j->env);
+    pthread_cond_destroy(&j->done_cv);
+    pthread_cond_destroy(&j->work_cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j->dir);
+    free(j);
+    return status;
+}
+
+void journal_close(journal *j)
+{
+    if (!j)
+        return;
+    pthread_mutex_lock(&j->mu);
+    j->closing = true;
+    pthread_cond_signal(&j->work_cv);
+    pthread_mutex_unlock(&j->mu);
+    pthread_join(j->writer, NULL); /* the writer drains the queue before it exits */
+    mdb_env_close(j->env);
+    pthread_cond_destroy(&j->done_cv);
+    pthread_cond_destroy(&j->work_cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j->dir);
+    free(j);
+}
+
+/* ---- batches ---------------------------------------------------------------------------- */
+
+journal_batch *journal_batch_new(void)
+{
+    return calloc(1, sizeof(journal_batch));
+}
+
+static void reset_outcome(journal_batch *b)
+{
+    b->status = AR_OK;
+    ar_error_clear(&b->err);
+    free(b->conflict_val);
+    b->conflict_val = NULL;
+    b->conflict_vlen = 0;
+    b->conflict_index = 0;
+    b->has_conflict = false;
+}
+
+void journal_batch_free(journal_batch *b)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < b->n; i++)
+        free(b->ops[i].buf);
+    free(b->ops);
+    free(b->conflict_val);
+    free(b);
+}
+
+/* Append an op; NULL (and the failure remembered) when out of memory. */
+static struct op *add_op(journal_batch *b, enum op_kind kind, journal_db db)
+{
+    if (!b || b->nomem)
+        return NULL;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 8;
+        struct op *ops = realloc(b->ops, cap * sizeof *ops);
+        if (!ops) {
+            b->nomem = true;
+            return NULL;
+        }
+        b->ops = ops;
+        b->cap = cap;
+    }
+    if (kind != OP_APPLY && !valid_db(db))
+        b->bad_db = true;
+    struct op *op = &b->ops[b->n++];
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    op->db = db;
+    return op;
+}
+
+/* Copy the key and (for puts) the versioned value into one buffer. */
+static void fill_op(journal_batch *b, struct op *op, const void *key, size_t klen,
+                    const void *val, size_t vlen, bool has_value)
+{
+    size_t stored = has_value ? vlen + 1 : 0;
+    /* Sizes that cannot be allocated count as out of memory. The spare byte gives an empty key
+     * and value a buffer too. */
+    if ((has_value && vlen >= SIZE_MAX - 1) || klen > SIZE_MAX - 1 - stored ||
+        !(op->buf = malloc(klen + stored + 1))) {
+        b->nomem = true;
+        return;
+    }
+    if (klen)
+        memcpy(op->buf, key, klen);
+    op->klen = klen;
+    if (has_value) {
+        op->buf[klen] = JOURNAL_RECORD_VERSION;
+        if (vlen)
+            memcpy(op->buf + klen + 1, val, vlen);
+        op->vlen = stored;
+    }
+}
+
+static void add_put(journal_batch *b, enum op_kind kind, journal_db db, const void *key,
+                    size_t klen, const void *val, size_t vlen)
+{
+    struct op *op = add_op(b, kind, db);
+    if (op)
+        fill_op(b, op, key, klen, val, vlen, true);
+}
+
+void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t klen,
+                       const void *val, size_t vlen)
+{
+    add_put(b, OP_PUT, db, key, klen, val, vlen);
+}
+
+void journal_batch_put_unless_exists(journal_batch *b, journal_db db, const void *key,
+                                     size_t klen, const void *val, size_t vlen)
+{
+    add_put(b, OP_PUT_NEW, db, key, klen, val, vlen);
+}
+
+void journal_batch_del(journal_batch *b, journal_db db, const void *key, size_t klen)
+{
+    struct op *op = add_op(b, OP_DEL, db);
+    if (op)
+        fill_op(b, op, key, klen, NULL, 0, false);
+}
+
+void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg)
+{
+    struct op *op = add_op(b, OP_APPLY, JDB_META);
+    if (op) {
+        op->fn = fn;
+        op->arg = arg;
+    }
+}
+
+int journal_batch_conflict(const journal_batch *b, size_t *op_index, const void **val,
+                           size_t *vlen)
+{
+    if (!b || !b->has_conflict)
+        return AR_E_NOTFOUND;
+    if (op_index)
+        *op_index = b->conflict_index;
+    if (val)
+        *val = b->conflict_val;
+    if (vlen)
+        *vlen = b->conflict_vlen;
+    return AR_OK;
+}
+
+/* ---- inside the writer's transaction ---------------------------------------------------- */
+
+static void note_lmdb(journal_txn *t, int rc)
+{
+    if (spoils_txn(rc) && !t->spoiled)
+        t->spoiled = rc;
+}
+
+static const void *keep(journal_txn *t, const void *p, size_t len)
+{
+    struct scratch *s = malloc(sizeof *s + len + 1);
+    if (!s)
+        return NULL;
+    if (len)
+        memcpy(s->data, p, len);
+    s->next = t->scratch;
+    t->scratch = s;
+    return s->data;
+}
+
+static void free_scratch(journal_txn *t)
+{
+    while (t->scratch) {
+        struct scratch *next = t->scratch->next;
+        free(t->scratch);
+        t->scratch = next;
+    }
+}
+
+int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                    const void **val, size_t *vlen)
+{
+    if (!txn || !valid_db(db))
+        return AR_E_INVALID;
+    MDB_val k = { klen, (void *)key }, d;
+    int rc = mdb_get(txn->txn, txn->j->dbi[db], &k, &d);
+    if (rc) {
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    const void *p;
+    size_t n;
+    if (decode(&d, &p, &n) != AR_OK)
+        return AR_E_FORMAT;
+    const void *copy = keep(txn, p, n);
+    if (!copy)
+        return AR_E_NOMEM;
+    if (val)
+        *val = copy;
+    if (vlen)
+        *vlen = n;
+    return AR_OK;
+}
+
+int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                    const void *val, size_t vlen)
+{
+    if (!txn || !valid_db(db) || vlen == SIZE_MAX)
+        return AR_E_INVALID;
+    MDB_val k = { klen, (void *)key }, d = { vlen + 1, NULL };
+    int rc = mdb_put(txn->txn, txn->j->dbi[db], &k, &d, MDB_RESERVE);
+    if (rc) {
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    unsigned char *p = d.mv_data;
+    p[0] = JOURNAL_RECORD_VERSION;
+    if (vlen)
+        memcpy(p + 1, val, vlen);
+    return AR_OK;
+}
+
+int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen)
+{
+    if (!txn || !valid_db(db))
+        return AR_E_INVALID;
+    MDB_val k = { klen, (void *)key };
+    int rc = mdb_del(txn->txn, txn->j->dbi[db], &k, NULL);
+    if (rc == MDB_NOTFOUND)
+        return AR_OK;
+    if (rc) {
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    return AR_OK;
+}
+
+int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
+                     const void **val, size_t *vlen)
+{
+    if (!txn || !valid_db(db))
+        return AR_E_INVALID;
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn->txn, txn->j->dbi[db], &cur);
+    if (rc) {
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    MDB_val k, d;
+    rc = mdb_cursor_get(cur, &k, &d, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc) {
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    const void *p;
+    size_t n;
+    if (decode(&d, &p, &n) != AR_OK)
+        return AR_E_FORMAT;
+    const void *kcopy = keep(txn, k.mv_data, k.mv_size), *vcopy = keep(txn, p, n);
+    if (!kcopy || !vcopy)
+        return AR_E_NOMEM;
+    if (key)
+        *key = kcopy;
+    if (klen)
+        *klen = k.mv_size;
+    if (val)
+        *val = vcopy;
+    if (vlen)
+        *vlen = n;
+    return AR_OK;
+}
+
+/* ---- the writer ------------------------------------------------------------------------- */
+
+static int record_conflict(journal_txn *t, journal_batch *b, size_t index, const MDB_val *found)
+{
+    const void *p;
+    size_t n;
+    if (decode(found, &p, &n) != AR_OK)
+        return record_format_error(&b->err);
+    if (!(b->conflict_val = malloc(n + 1)))
+        return lmdb_error(t->j, ENOMEM, &b->err);
+    if (n)
+        memcpy(b->conflict_val, p, n);
+    b->conflict_vlen = n;
+    b->conflict_index = index;
+    b->has_conflict = true;
+    return ar_error_set(&b->err, AR_E_EXISTS, "already_exists",
+                        "a conditional insert (operation %zu of the batch) found its key present",
+                        index);
+}
+
+static int run_callback(journal_txn *t, journal_batch *b, const struct op *op)
+{
+    ar_error_clear(&b->err);
+    int status = op->fn(t, op->arg, &b->err);
+    free_scratch(t);
+    if (t->spoiled) /* whatever the callback said, its transaction cannot commit */
+        return lmdb_error(t->j, t->spoiled, &b->err);
+    if (status != AR_OK && !b->err.code[0]) {
+        if (status == AR_E_FORMAT)
+            return record_format_error(&b->err);
+        return ar_error_set(&b->err, status, "journal_apply_failed",
+                            "a journal callback failed with status %d", status);
+    }
+    return status;
+}
+
+static int run_op(journal_txn *t, journal_batch *b, size_t index)
+{
+    const struct op *op = &b->ops[index];
+    if (op->kind == OP_APPLY)
+        return run_callback(t, b, op);
+    MDB_dbi dbi = t->j->dbi[op->db];
+    MDB_val k = { op->klen, op->buf }, d = { op->vlen, op->buf + op->klen };
+    int rc;
+    switch (op->kind) {
+    case OP_PUT:
+        rc = mdb_put(t->txn, dbi, &k, &d, 0);
+        break;
+    case OP_PUT_NEW:
+        rc = mdb_put(t->txn, dbi, &k, &d, MDB_NOOVERWRITE);
+        if (rc == MDB_KEYEXIST)
+            return record_conflict(t, b, index, &d);
+        break;
+    default: /* OP_DEL: a missing key is already deleted */
+        rc = mdb_del(t->txn, dbi, &k, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        break;
+    }
+    if (rc) {
+        note_lmdb(t, rc);
+        return lmdb_error(t->j, rc, &b->err);
+    }
+    return AR_OK;
+}
+
+/* Run one batch in a nested transaction of parent; its outcome goes to b->status/err.
+ * Returns the LMDB error that spoiled parent, or 0. */
+static int run_batch(journal *j, MDB_txn *parent, journal_batch *b)
+{
+    reset_outcome(b);
+    if (b->nomem) {
+        b->status = ar_error_set(&b->err, AR_E_NOMEM, "out_of_memory",
+                                 "out of memory while building a journal batch");
+        return 0;
+    }
+    if (b->bad_db) {
+        b->status = ar_error_set(&b->err, AR_E_INVALID, "journal_invalid_db",
+                                 "a journal batch names an unknown database");
+        return 0;
+    }
+    journal_txn t = { .j = j };
+    int rc = mdb_txn_begin(j->env, parent, 0, &t.txn);
+    if (rc) {
+        b->status = lmdb_error(j, rc, &b->err);
+        return rc;
+    }
+    int status = AR_OK;
+    for (size_t i = 0; i < b->n && status == AR_OK; i++)
+        status = run_op(&t, b, i);
+    if (status == AR_OK) {
+        if ((rc = mdb_txn_commit(t.txn))) {
+            t.spoiled = rc;
+            status = lmdb_error(j, rc, &b->err);
+        }
+    } else {
+        mdb_txn_abort(t.txn);
+    }
+    b->status = status;
+    if (status == AR_OK)
+        ar_error_clear(&b->err);
+    return t.spoiled;
+}
+
+/* Run n batches from first in one write transaction and commit it. Returns false when the
+ * transaction was abandoned for a reason that no single batch owns (map full, ...) and n > 1:
+ * nothing was committed, and the caller runs the batches one transaction each. */
+static bool commit_group(journal *j, journal_batch *first, size_t n)
+{
+    MDB_txn *txn;
+    journal_batch *b = first;
+    int rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+    if (rc) {
+        for (size_t i = 0; i < n; i++, b = b->next)
+            b->status = lmdb_error(j, rc, &b->err);
+        return true;
+    }
+    size_t ok = 0;
+    for (size_t i = 0; i < n && !rc; i++, b = b->next) {
+        rc = run_batch(j, txn, b);
+        ok += b->status == AR_OK;
+    }
+    if (rc || ok == 0) {
+        mdb_txn_abort(txn);
+        return !rc || n == 1; /* alone, the batch already carries the error */
+    }
+    if ((rc = mdb_txn_commit(txn))) {
+        if (n > 1)
+            return false;
+        first->status = lmdb_error(j, rc, &first->err);
+        return true;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->commits++;
+    j->batches += ok;
+    pthread_mutex_unlock(&j->mu);
+    return true;
+}
+
+/* Tell every batch of the list its outcome. Sync batches may be freed by their caller as soon as
+ * they are marked finished, and async ones by done: read next first. */
+static void report(journal *j, journal_batch *list)
+{
+    journal_batch *async = NULL, **async_tail = &async, *next;
+    pthread_mutex_lock(&j->mu);
+    for (journal_batch *b = list; b; b = next) {
+        next = b->next;
+        if (b->done) {
+            *async_tail = b;
+            async_tail = &b->next;
+        } else {
+            b->finished = true;
+        }
+    }
+    *async_tail = NULL;
+    pthread_cond_broadcast(&j->done_cv);
+    pthread_mutex_unlock(&j->mu);
+    for (journal_batch *b = async; b; b = next) {
+        next = b->next;
+        b->done(b->done_arg, b->status, b, &b->err);
+    }
+}
+
+static void process(journal *j, journal_batch *list)
+{
+    size_t n = 0;
+    for (journal_batch *b = list; b; b = b->next)
+        n++;
+    if (!commit_group(j, list, n))
+        for (journal_batch *b = list; b; b = b->next)
+            commit_group(j, b, 1);
+    report(j, list);
+}
+
+static void *writer_main(void *arg)
+{
+    journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (!j->head && !j->closing)
+            pthread_cond_wait(&j->work_cv, &j->mu);
+        if (!j->head)
+            break; /* closing and drained */
+        journal_batch *list = j->head;
+        j->head = j->tail = NULL;
+        pthread_mutex_unlock(&j->mu);
+        process(j, list);
+        pthread_mutex_lock(&j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Queue b unless closing; called with j->mu held. */
+static int enqueue(journal *j, journal_batch *b)
+{
+    if (j->closing)
+        return AR_E_CLOSED;
+    b->next = NULL;
+    b->finished = false;
+    if (j->tail)
+        j->tail->next = b;
+    else
+        j->head = b;
+    j->tail = b;
+    pthread_cond_signal(&j->work_cv);
+    return AR_OK;
+}
+
+int journal_commit(journal *j, journal_batch *b, ar_error *err)
+{
+    if (!b)
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory",
+                            "out of memory while building a journal batch");
+    b->done = NULL;
+    pthread_mutex_lock(&j->mu);
+    int status = enqueue(j, b);
+    while (status == AR_OK && !b->finished)
+        pthread_cond_wait(&j->done_cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    if (status != AR_OK)
+        return ar_error_set(err, status, "journal_closed", "the journal is closing");
+    if (b->status == AR_OK)
+        ar_error_clear(err);
+    else if (err)
+        *err = b->err;
+    return b->status;
+}
+
+int journal_submit(journal *j, journal_batch *b, journal_done_fn done, void *arg)
+{
+    if (!b || !done)
+        return b ? AR_E_INVALID : AR_E_NOMEM;
+    b->done = done;
+    b->done_arg = arg;
+    pthread_mutex_lock(&j->mu);
+    int status = enqueue(j, b);
+    pthread_mutex_unlock(&j->mu);
+    return status;
+}
+
+/* ---- reads ------------------------------------------------------------------------------ */
+
+int journal_read_begin(journal *j, journal_read **out, ar_error *err)
+{
+    *out = NULL;
+    journal_read *r = malloc(sizeof *r);
+    if (!r)
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in the journal");
+    r->j = j;
+    int rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &r->txn);
+    if (rc) {
+        free(r);
+        return lmdb_error(j, rc, err);
+    }
+    *out = r;
+    return AR_OK;
+}
+
+void journal_read_end(journal_read *r)
+{
+    if (!r)
+        return;
+    mdb_txn_abort(r->txn);
+    free(r);
+}
+
+int journal_get(journal_read *r, journal_db db, const void *key, size_t klen,
+                const void **val, size_t *vlen)
+{
+    if (!r || !valid_db(db))
+        return AR_E_INVALID;
+    MDB_val k = { klen, (void *)key }, d;
+    int rc = mdb_get(r->txn, r->j->dbi[db], &k, &d);
+    if (rc)
+        return lmdb_error(r->j, rc, NULL);
+    return decode(&d, val, vlen);
+}
+
+int journal_cursor_open(journal_read *r, journal_db db, journal_cursor **out)
+{
+    *out = NULL;
+    if (!r || !valid_db(db))
+        return AR_E_INVALID;
+    journal_cursor *c = malloc(sizeof *c);
+    if (!c)
+        return AR_E_NOMEM;
+    int rc = mdb_cursor_open(r->txn, r->j->dbi[db], &c->cur);
+    if (rc) {
+        free(c);
+        return lmdb_error(r->j, rc, NULL);
+    }
+    *out = c;
+    return AR_OK;
+}
+
+int journal_cursor_get(journal_cursor *c, int op, const void **key, size_t *klen,
+                       const void **val, size_t *vlen)
+{
+    MDB_val k = { 0, NULL }, d;
+    MDB_cursor_op mop;
+    switch (op) {
+    case JOURNAL_FIRST: mop = MDB_FIRST; break;
+    case JOURNAL_LAST: mop = MDB_LAST; break;
+    case JOURNAL_NEXT: mop = MDB_NEXT; break;
+    case JOURNAL_PREV: mop = MDB_PREV; break;
+    case JOURNAL_SEEK_GE:
+        if (!key || !klen)
+            return AR_E_INVALID;
+        k.mv_data = (void *)*key;
+        k.mv_size = *klen;
+        mop = k.mv_size ? MDB_SET_RANGE : MDB_FIRST; /* every key is >= the empty key */
+        break;
+    default:
+        return AR_E_INVALID;
+    }
+    int rc = mdb_cursor_get(c->cur, &k, &d, mop);
+    if (rc == MDB_NOTFOUND)
+        return AR_E_NOTFOUND;
+    if (rc == MDB_BAD_VALSIZE || rc == EINVAL)
+        return AR_E_INVALID;
+    if (rc)
+        return rc == ENOMEM ? AR_E_NOMEM : AR_E_IO;
+    if (key)
+        *key = k.mv_data;
+    if (klen)
+        *klen = k.mv_size;
+    return decode(&d, val, vlen);
+}
+
+void journal_cursor_close(journal_cursor *c)
+{
+    if (!c)
+        return;
+    mdb_cursor_close(c->cur);
+    free(c);
+}
+
+/* ---- statistics ------------------------------------------------------------------------- */
+
+void journal_get_stats(journal *j, journal_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&j->mu);
+    out->commits = j->commits;
+    out->batches = j->batches;
+    pthread_mutex_unlock(&j->mu);
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(j->env, &info) == 0 && mdb_env_stat(j->env, &st) == 0) {
+        out->map_size = info.me_mapsize;
+        out->map_used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+    }
+    out->stale_readers = j->stale_readers;
+}

@@ -13,7 +13,8 @@
  * Every value written through journal_batch_put* is stored as one format-version byte followed
  * by the caller's bytes; journal_get/journal_cursor_* strip it and refuse (AR_E_FORMAT) a version
  * newer than JOURNAL_RECORD_VERSION. The environment carries a schema version in the "meta"
- * database; opening a newer one is refused with a clear message.
+ * database (key "schema_version", a record as above holding a uint32 little-endian); opening a
+ * newer one is refused with a clear message.
  *
  * Another process (aioctl working offline) may open the same directory through this module;
  * nothing that must be consistent is cached across transactions.
@@ -74,12 +75,15 @@ void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t 
  * journal_batch_conflict. */
 void journal_batch_put_unless_exists(journal_batch *b, journal_db db, const void *key,
                                      size_t klen, const void *val, size_t vlen);
+/* Deleting a key that is not there is not an error. */
 void journal_batch_del(journal_batch *b, journal_db db, const void *key, size_t klen);
 
 /* A callback run by the writer thread inside the batch's nested transaction, in order with
  * the batch's other operations. Return AR_OK to go on; any other status rolls the batch back
  * and becomes the commit's status (set err for the message). It must not block or call
- * journal_commit. */
+ * journal_commit. It may run more than once for one commit (when a shared transaction is
+ * abandoned, e.g. on a full map, each batch is run again in a transaction of its own), so
+ * anything it does outside the transaction must be safe to repeat. */
 typedef int (*journal_apply_fn)(journal_txn *txn, void *arg, ar_error *err);
 void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg);
 
@@ -88,13 +92,15 @@ void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg);
 int journal_batch_conflict(const journal_batch *b, size_t *op_index, const void **val, size_t *vlen);
 
 /* Inside an apply callback: read and write within the writer's transaction. Values are
- * versioned as above. journal_txn_get's *val is borrowed until the callback returns. */
+ * versioned as above. journal_txn_get's *val is borrowed until the callback returns (a copy:
+ * later puts do not change it). journal_txn_del of a missing key returns AR_OK. */
 int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t klen,
                     const void **val, size_t *vlen);
 int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
                     const void *val, size_t vlen);
 int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen);
-/* The last key of db (for sequences such as the audit chain): AR_E_NOTFOUND when empty. */
+/* The last key of db (for sequences such as the audit chain): AR_E_NOTFOUND when empty.
+ * *key and *val are borrowed until the callback returns. */
 int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
                      const void **val, size_t *vlen);
 
@@ -105,7 +111,9 @@ int journal_commit(journal *j, journal_batch *b, ar_error *err);
 
 /* Commit asynchronously: done(arg, status, batch, err) runs on the writer thread after the
  * transaction is synced (or refused); it must not block; it owns the batch and must free it
- * (journal_batch_free). Returns AR_OK when queued, AR_E_CLOSED after journal_close began. */
+ * (journal_batch_free). Returns AR_OK when queued, AR_E_CLOSED after journal_close began
+ * (AR_E_NOMEM for a NULL batch, AR_E_INVALID for a NULL done); when it does not return AR_OK,
+ * done is not called and the caller keeps the batch. */
 typedef void (*journal_done_fn)(void *arg, int status, journal_batch *b, const ar_error *err);
 int journal_submit(journal *j, journal_batch *b, journal_done_fn done, void *arg);
 
@@ -127,12 +135,15 @@ int journal_cursor_get(journal_cursor *c, int op, const void **key, size_t *klen
                        const void **val, size_t *vlen);
 void journal_cursor_close(journal_cursor *c);
 
-/* Statistics for health and benchmarks: transactions committed, batches committed. */
+/* Statistics for health and benchmarks: write transactions committed (that carried at least
+ * one batch), batches committed, the map size and the bytes of it in use, and how many stale
+ * reader slots (of processes that died) journal_open cleared. */
 typedef struct journal_stats {
     uint64_t commits;
     uint64_t batches;
     size_t map_size;
     size_t map_used;
+    int stale_readers;
 } journal_stats;
 void journal_get_stats(journal *j, journal_stats *out);
 

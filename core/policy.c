@@ -1,0 +1,1066 @@
+/*
+ * policy.c - decisions by sandboxed Lua 5.4 policies (see policy.h).
+ *
+ * How the sandbox holds together:
+ * - One lua_State per worker, created with a capped allocator. Only base, string, table, math,
+ *   utf8 and os are opened (luaL_requiref, never luaL_openlibs), then cut down to an allowlist.
+ * - The safe globals live in one table G that no policy can reach: it is the __index of the
+ *   metatable of every call's fresh _ENV, and that metatable is protected (__metatable). The
+ *   library tables in G are read-only proxies: empty tables whose protected metatable reads
+ *   through to the real library and raises on writes. rawset is not offered, so a proxy stays
+ *   empty; the string metatable is protected too, so ("").x cannot hand out the real table.
+ * - Every file is compiled once per worker; each decision sets a fresh _ENV as the chunk's
+ *   first upvalue, runs the chunk (which defines decide in that _ENV) and calls decide. A
+ *   policy can therefore assign anything it likes: it is all gone by the next call.
+ * - A count hook charges instructions and checks the wall-clock deadline. Once a call has
+ *   overrun (instructions, deadline or memory), the hook and the sandbox's own pcall/xpcall
+ *   keep re-raising, so a policy cannot catch its way past a limit.
+ * - Policies cannot create finalizers (__gc) and the hook refuses to run Lua outside a call, so
+ *   no code of one call can run during another.
+ */
+#include "policy.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <sodium.h>
+
+#define DEFAULT_MEMORY_BYTES ((size_t)8 << 20)
+#define DEFAULT_INSTRUCTIONS 1000000u
+#define DEFAULT_TIMEOUT_MS 50
+#define MAX_POLICY_FILE_BYTES ((size_t)1 << 20)
+#define HOOK_STEP 1000
+#define MAX_ACTION_DEPTH 32
+#define LOG_LINE_MAX 512
+#define LOG_LINES_PER_SECOND 20
+#define NS_PER_SEC 1000000000LL
+
+typedef struct policy_file {
+    char name[256];
+    char *source;
+    size_t len;
+} policy_file;
+
+struct policy_set {
+    policy_file *files;
+    size_t count;
+    policy_limits limits;   /* defaults applied */
+    char version[17];
+};
+
+/* Why the current call was stopped; sticky until the call ends. */
+enum fail_kind { FAIL_NONE = 0, FAIL_BUDGET, FAIL_DEADLINE, FAIL_MEMORY, FAIL_OUTSIDE };
+
+typedef struct mem_cap {
+    size_t used;
+    size_t cap;
+} mem_cap;
+
+struct policy_worker {
+    const policy_set *set;
+    lua_State *L;
+    mem_cap mem;            /* the allocator's userdata: must not move */
+    int *chunk_refs;        /* registry refs of the compiled chunks, one per file */
+    int env_mt_ref;         /* registry ref of {__index = G, __metatable = false} */
+    int hook_step;
+    /* the call in progress */
+    int in_call;
+    int fail;
+    uint64_t instructions;
+    int64_t deadline_ns;
+    const char *current_file;
+    /* log() rate limit */
+    int64_t log_window_ns;
+    int log_lines;
+    unsigned long log_dropped;
+};
+
+/* What one file's decide returned. */
+enum outcome { OUT_ABSTAIN, OUT_ALLOW, OUT_DENY, OUT_INVALID };
+
+typedef struct run_ctx {
+    policy_worker *w;
+    size_t index;
+    const json_t *action;
+    int validate_only;      /* at load: run the chunk and check decide, do not call it */
+    enum outcome outcome;
+    char reason[sizeof(((policy_decision *)0)->reason)];
+    char rule[sizeof(((policy_decision *)0)->rule)];
+} run_ctx;
+
+/* The process-wide log sink (policy.h: set once at start); NULL means stderr. */
+static _Atomic(policy_log_fn) log_sink;
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
+}
+
+static policy_worker *worker_of(lua_State *L)
+{
+    return *(policy_worker **)lua_getextraspace(L);
+}
+
+static const char *fail_text(int fail)
+{
+    switch (fail) {
+    case FAIL_BUDGET: return "instruction budget exceeded";
+    case FAIL_DEADLINE: return "deadline exceeded";
+    case FAIL_MEMORY: return "memory limit exceeded";
+    case FAIL_OUTSIDE: return "policy code may only run during a decision";
+    default: return "failed";
+    }
+}
+
+/* Raise msg with the position of the Lua code that called the failing C function. */
+static int caller_error(lua_State *L, const char *msg)
+{
+    luaL_where(L, 2);
+    lua_pushstring(L, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* ---- memory cap ----------------------------------------------------------------------- */
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    mem_cap *m = ud;
+    size_t old = ptr ? osize : 0; /* with ptr == NULL, osize is a type tag */
+    if (nsize == 0) {
+        free(ptr);
+        m->used -= old;
+        return NULL;
+    }
+    if (nsize > old && m->used - old + nsize > m->cap)
+        return NULL; /* Lua collects garbage and retries, then raises LUA_ERRMEM */
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return nsize <= old ? ptr : NULL; /* Lua assumes shrinking never fails */
+    m->used = m->used - old + nsize;
+    return p;
+}
+
+static int on_panic(lua_State *L)
+{
+    const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+    fprintf(stderr, "policy: unprotected Lua error: %s\n", msg);
+    return 0; /* Lua aborts */
+}
+
+/* ---- instruction budget and deadline --------------------------------------------------- */
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    policy_worker *w = worker_of(L);
+    w->instructions += (uint64_t)w->hook_step;
+    if (!w->in_call)
+        w->fail = FAIL_OUTSIDE;
+    else if (!w->fail && w->instructions >= w->set->limits.instructions)
+        w->fail = FAIL_BUDGET;
+    else if (!w->fail && mono_ns() > w->deadline_ns)
+        w->fail = FAIL_DEADLINE;
+    if (w->fail)
+        luaL_error(L, "%s", fail_text(w->fail));
+}
+
+static void begin_call(policy_worker *w)
+{
+    w->in_call = 1;
+    w->fail = FAIL_NONE;
+    w->instructions = 0;
+    w->deadline_ns = mono_ns() + (int64_t)w->set->limits.timeout_ms * 1000000LL;
+    lua_sethook(w->L, count_hook, LUA_MASKCOUNT, w->hook_step); /* also resets the counter */
+}
+
+static void end_call(policy_worker *w)
+{
+    w->in_call = 0;
+    w->current_file = NULL;
+    lua_settop(w->L, 0);
+}
+
+/* ---- the sandbox's own base functions --------------------------------------------------- */
+
+/* pcall that cannot swallow an overrun: once the call is over a limit, errors propagate. */
+static int sb_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    policy_worker *w = worker_of(L);
+    if (status == LUA_ERRMEM && !w->fail)
+        w->fail = FAIL_MEMORY;
+    if (status != LUA_OK && w->fail)
+        return lua_error(L);
+    lua_pushboolean(L, status == LUA_OK);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+static int sb_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2); /* f, handler, true, f, args... */
+    int status = lua_pcall(L, n - 2, LUA_MULTRET, 2);
+    policy_worker *w = worker_of(L);
+    if (status == LUA_ERRMEM && !w->fail)
+        w->fail = FAIL_MEMORY;
+    if (status != LUA_OK && w->fail)
+        return lua_error(L);
+    if (status != LUA_OK) {
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - 2;
+}
+
+/* setmetatable without finalizers: a __gc could run policy code during a later call. */
+static int sb_setmetatable(lua_State *L)
+{
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return caller_error(L, "cannot change a protected metatable");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return caller_error(L, "__gc metamethods are not allowed in policies");
+        lua_pop(L, 1);
+    }
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static void emit_log(const char *file, const char *line)
+{
+    policy_log_fn fn = atomic_load(&log_sink);
+    if (fn)
+        fn(file, line);
+    else
+        fprintf(stderr, "policy %s: %s\n", file, line);
+}
+
+/* log(...): one line of tostring'ed arguments, at most LOG_LINE_MAX bytes, rate-limited. */
+static int sb_log(lua_State *L)
+{
+    policy_worker *w = worker_of(L);
+    const char *file = w->current_file ? w->current_file : "?";
+    int64_t now = mono_ns();
+    if (now - w->log_window_ns >= NS_PER_SEC) {
+        if (w->log_dropped) {
+            char note[64];
+            snprintf(note, sizeof note, "... %lu lines dropped", w->log_dropped);
+            emit_log(file, note);
+        }
+        w->log_window_ns = now;
+        w->log_lines = 0;
+        w->log_dropped = 0;
+    }
+    if (w->log_lines >= LOG_LINES_PER_SECOND) {
+        w->log_dropped++;
+        return 0;
+    }
+    w->log_lines++;
+
+    char line[LOG_LINE_MAX + 1];
+    size_t used = 0;
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n && used < LOG_LINE_MAX; i++) {
+        size_t len;
+        const char *s = luaL_tolstring(L, i, &len);
+        if (i > 1)
+            line[used++] = ' ';
+        size_t room = LOG_LINE_MAX - used;
+        if (len > room)
+            len = room;
+        memcpy(line + used, s, len);
+        used += len;
+        lua_pop(L, 1);
+    }
+    line[used] = '\0';
+    for (size_t i = 0; i < used; i++) { /* one line per call: no forged log lines */
+        unsigned char c = (unsigned char)line[i];
+        if (c < 0x20 || c == 0x7f)
+            line[i] = ' ';
+    }
+    emit_log(file, line);
+    return 0;
+}
+
+/* ---- read-only library proxies ------------------------------------------------------------ */
+
+static int ro_newindex(lua_State *L)
+{
+    return caller_error(L, "attempt to modify read-only table");
+}
+
+/* pairs(proxy) walks the real table without ever handing it out. */
+static int ro_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 3))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int ro_pairs(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, ro_next, 1);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Push a read-only proxy of the table at idx. */
+static void push_proxy(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    lua_newtable(L);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, idx);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ro_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, idx);
+    lua_pushcclosure(L, ro_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
+/* ---- building the sandbox ----------------------------------------------------------------- */
+
+static const char *const base_allowed[] = {
+    "assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
+    "rawlen", "select", "tonumber", "tostring", "type", "_VERSION", NULL
+};
+
+static const char *const os_allowed[] = { "time", "clock", "date", NULL };
+
+/* Open lib, apply strip (NULL-terminated names to remove), store a proxy as G[name]. */
+static void add_library(lua_State *L, int g, const char *name, lua_CFunction open,
+                        const char *const *strip)
+{
+    luaL_requiref(L, name, open, 0);
+    for (; strip && *strip; strip++) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, *strip);
+    }
+    push_proxy(L, -1);
+    lua_setfield(L, g, name);
+    lua_pop(L, 1);
+}
+
+typedef struct setup_ctx {
+    policy_worker *w;
+    size_t bad_file;        /* index of a file that did not compile, or SIZE_MAX */
+    char message[400];
+} setup_ctx;
+
+/* Protected: open and cut down the libraries, build G and the env metatable, compile files. */
+static int setup_state(lua_State *L)
+{
+    setup_ctx *sc = lua_touserdata(L, 1);
+    policy_worker *w = sc->w;
+
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 0);
+    int base = lua_gettop(L);
+    lua_newtable(L);
+    int g = lua_gettop(L);
+    for (const char *const *n = base_allowed; *n; n++) {
+        lua_getfield(L, base, *n);
+        lua_setfield(L, g, *n);
+    }
+    lua_pushcfunction(L, sb_pcall);
+    lua_setfield(L, g, "pcall");
+    lua_pushcfunction(L, sb_xpcall);
+    lua_setfield(L, g, "xpcall");
+    lua_pushcfunction(L, sb_setmetatable);
+    lua_setfield(L, g, "setmetatable");
+    lua_pushcfunction(L, sb_log);
+    lua_setfield(L, g, "log");
+
+    static const char *const string_strip[] = { "dump", NULL };
+    static const char *const math_strip[] = { "randomseed", NULL }; /* no state across calls */
+    add_library(L, g, LUA_STRLIBNAME, luaopen_string, string_strip);
+    add_library(L, g, LUA_TABLIBNAME, luaopen_table, NULL);
+    add_library(L, g, LUA_MATHLIBNAME, luaopen_math, math_strip);
+    add_library(L, g, LUA_UTF8LIBNAME, luaopen_utf8, NULL);
+
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
+    lua_createtable(L, 0, 3);
+    for (const char *const *n = os_allowed; *n; n++) {
+        lua_getfield(L, -2, *n);
+        lua_setfield(L, -2, *n);
+    }
+    push_proxy(L, -1);
+    lua_setfield(L, g, LUA_OSLIBNAME);
+    lua_pop(L, 2);
+
+    /* ("").x reads the real string table (already without dump); getmetatable("") hides it */
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, g);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    w->env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    /* The state's own globals are never a policy's _ENV; leave an empty table there. */
+    lua_newtable(L);
+    lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    lua_settop(L, 1);
+
+    for (size_t i = 0; i < w->set->count; i++) {
+        const policy_file *f = &w->set->files[i];
+        char chunkname[sizeof f->name + 1];
+        snprintf(chunkname, sizeof chunkname, "=%s", f->name);
+        if (luaL_loadbufferx(L, f->source, f->len, chunkname, "t") != LUA_OK) {
+            sc->bad_file = i;
+            snprintf(sc->message, sizeof sc->message, "%s",
+                     lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "cannot load");
+            return 0;
+        }
+        const char *up = lua_getupvalue(L, -1, 1);
+        if (!up || strcmp(up, "_ENV") != 0) {
+            sc->bad_file = i;
+            snprintf(sc->message, sizeof sc->message, "the chunk's first upvalue is not _ENV");
+            return 0;
+        }
+        lua_pop(L, 1);
+        w->chunk_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
+/* Create a worker; a file that does not compile is policy_invalid naming it. */
+static int worker_create(const policy_set *set, policy_worker **out, ar_error *err)
+{
+    policy_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+    w->set = set;
+    w->mem.cap = set->limits.memory_bytes;
+    w->hook_step = set->limits.instructions < HOOK_STEP ? (int)set->limits.instructions
+                                                         : HOOK_STEP;
+    w->chunk_refs = calloc(set->count ? set->count : 1, sizeof *w->chunk_refs);
+    if (!w->chunk_refs) {
+        free(w);
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+    }
+    w->L = lua_newstate(capped_alloc, &w->mem);
+    if (!w->L) {
+        free(w->chunk_refs);
+        free(w);
+        return ar_error_set(err, AR_E_NOMEM, "policy_memory",
+                            "policy: cannot create a Lua state within %zu bytes",
+                            set->limits.memory_bytes);
+    }
+    *(policy_worker **)lua_getextraspace(w->L) = w;
+    lua_atpanic(w->L, on_panic);
+
+    setup_ctx sc = { .w = w, .bad_file = SIZE_MAX };
+    lua_pushcfunction(w->L, setup_state);
+    lua_pushlightuserdata(w->L, &sc);
+    int status = lua_pcall(w->L, 1, 0, 0);
+    int rc = AR_OK;
+    if (status == LUA_ERRMEM)
+        rc = ar_error_set(err, AR_E_NOMEM, "policy_memory",
+                          "policy: the policies do not fit the memory limit of %zu bytes",
+                          set->limits.memory_bytes);
+    else if (status != LUA_OK)
+        rc = ar_error_set(err, AR_E_FAIL, "policy_setup", "policy: cannot set up the sandbox: %s",
+                          lua_type(w->L, -1) == LUA_TSTRING ? lua_tostring(w->L, -1) : "?");
+    else if (sc.bad_file != SIZE_MAX)
+        rc = ar_error_set(err, AR_E_INVALID, "policy_invalid", "policy %s does not compile: %s",
+                          set->files[sc.bad_file].name, sc.message);
+    if (rc != AR_OK) {
+        policy_worker_free(w);
+        return rc;
+    }
+    lua_settop(w->L, 0);
+    lua_sethook(w->L, count_hook, LUA_MASKCOUNT, w->hook_step);
+    *out = w;
+    return AR_OK;
+}
+
+/* ---- one file, one decision ----------------------------------------------------------------- */
+
+static void push_json(lua_State *L, json_t *v)
+{
+    luaL_checkstack(L, 3, "action too deep");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *val;
+        lua_createtable(L, 0, (int)json_object_size(v));
+        json_object_foreach(v, key, val) {
+            if (json_is_null(val))
+                continue; /* null reads as nil: absent */
+            lua_pushstring(L, key);
+            push_json(L, val);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            json_t *val = json_array_get(v, i);
+            if (json_is_null(val))
+                continue;
+            push_json(L, val);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, (lua_Number)json_real_value(v));
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    default:
+        lua_pushnil(L);
+        break;
+    }
+}
+
+static int json_too_deep(const json_t *v, int depth)
+{
+    if (depth > MAX_ACTION_DEPTH)
+        return 1;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *val;
+        json_object_foreach((json_t *)v, key, val) {
+            if (json_too_deep(val, depth + 1))
+                return 1;
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (json_too_deep(json_array_get(v, i), depth + 1))
+                return 1;
+    }
+    return 0;
+}
+
+/* Copy the string field key of the table at idx (raw) into buf; 0 absent, 1 copied, -1 not a
+ * string. */
+static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size)
+{
+    lua_pushstring(L, key);
+    int t = lua_rawget(L, idx);
+    int rc = 0;
+    if (t == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (len >= size)
+            len = size - 1;
+        memcpy(buf, s, len);
+        buf[len] = '\0';
+        rc = 1;
+    } else if (t != LUA_TNIL) {
+        rc = -1;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Interpret decide's result (top of the stack) into c; raw reads only, no metamethods. */
+static void read_result(lua_State *L, run_ctx *c)
+{
+    int idx = lua_gettop(L);
+    int t = lua_type(L, idx);
+    if (t == LUA_TNIL) {
+        c->outcome = OUT_ABSTAIN;
+        return;
+    }
+    c->outcome = OUT_INVALID;
+    if (t != LUA_TTABLE) {
+        snprintf(c->reason, sizeof c->reason, "expected nil or a table, got a %s",
+                 lua_typename(L, t));
+        return;
+    }
+    lua_pushliteral(L, "verdict");
+    int vt = lua_rawget(L, idx);
+    size_t vlen = 0;
+    const char *verdict = vt == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
+    int is_allow = verdict && vlen == 5 && memcmp(verdict, "allow", 5) == 0;
+    int is_deny = verdict && vlen == 4 && memcmp(verdict, "deny", 4) == 0;
+    if (!is_allow && !is_deny) {
+        if (vt == LUA_TNIL)
+            snprintf(c->reason, sizeof c->reason, "verdict is missing");
+        else if (!verdict)
+            snprintf(c->reason, sizeof c->reason, "verdict must be \"allow\" or \"deny\", got a %s",
+                     lua_typename(L, vt));
+        else
+            snprintf(c->reason, sizeof c->reason,
+                     "verdict must be \"allow\" or \"deny\", got \"%.64s\"", verdict);
+        return;
+    }
+    lua_pop(L, 1);
+    char reason[sizeof c->reason] = "", rule[sizeof c->rule] = "";
+    if (copy_field(L, idx, "reason", reason, sizeof reason) < 0) {
+        snprintf(c->reason, sizeof c->reason, "reason must be a string");
+        return;
+    }
+    if (copy_field(L, idx, "rule", rule, sizeof rule) < 0) {
+        snprintf(c->reason, sizeof c->reason, "rule must be a string");
+        return;
+    }
+    c->outcome = is_allow ? OUT_ALLOW : OUT_DENY;
+    memcpy(c->reason, reason, sizeof reason);
+    memcpy(c->rule, rule, sizeof rule);
+}
+
+/* Protected: run file c->index's chunk in a fresh _ENV, then its decide(action). */
+static int run_file(lua_State *L)
+{
+    run_ctx *c = lua_touserdata(L, 1);
+    policy_worker *w = c->w;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->chunk_refs[c->index]); /* 2: chunk */
+    lua_createtable(L, 0, 4);                                    /* 3: env */
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 3, LUA_GNAME);                               /* _G is this call's env */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->env_mt_ref);
+    lua_setmetatable(L, 3);
+    lua_pushvalue(L, 3);
+    lua_setupvalue(L, 2, 1);                                     /* the chunk's _ENV */
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 0);
+
+    lua_pushliteral(L, "decide");
+    if (lua_rawget(L, 3) != LUA_TFUNCTION)
+        return luaL_error(L, "%s", c->validate_only ? "does not define a function decide(action)"
+                                                    : "decide is not a function");
+    if (c->validate_only)
+        return 0;
+    push_json(L, (json_t *)c->action);
+    lua_call(L, 1, 1);
+    read_result(L, c);
+    return 0;
+}
+
+/* Run one file under the call's limits. AR_OK: c->outcome is set. Otherwise the policy failed
+ * and message says why. */
+static int run_protected(policy_worker *w, run_ctx *c, char *message, size_t size)
+{
+    lua_State *L = w->L;
+    w->current_file = w->set->files[c->index].name;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, run_file);
+    lua_pushlightuserdata(L, c);
+    int status = lua_pcall(L, 1, 0, 0);
+    if (status == LUA_OK)
+        return AR_OK;
+    if (status == LUA_ERRMEM && !w->fail)
+        w->fail = FAIL_MEMORY;
+    if (w->fail)
+        snprintf(message, size, "%s", fail_text(w->fail));
+    else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
+        snprintf(message, size, "%s", lua_tostring(L, -1));
+    else
+        snprintf(message, size, "error object is a %s value", luaL_typename(L, -1));
+    lua_settop(L, 0);
+    if (w->fail == FAIL_MEMORY) {
+        w->in_call = 0; /* the collection runs no policy code */
+        lua_gc(L, LUA_GCCOLLECT);
+        w->in_call = 1;
+    }
+    return AR_E_FAIL;
+}
+
+/* ---- public API --------------------------------------------------------------------------- */
+
+void policy_set_log(policy_log_fn fn)
+{
+    atomic_store(&log_sink, fn);
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int read_policy_file(int dirfd, policy_file *f, ar_error *err)
+{
+    int fd = openat(dirfd, f->name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return ar_error_set(err, AR_E_IO, "policy_io", "policy %s: cannot open: %s", f->name,
+                            strerror(errno));
+    int rc = AR_OK;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = ar_error_set(err, AR_E_IO, "policy_io", "policy %s: cannot stat: %s", f->name,
+                          strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ar_error_set(err, AR_E_INVALID, "policy_invalid", "policy %s is not a regular file",
+                          f->name);
+        goto fail;
+    }
+    if ((size_t)st.st_size > MAX_POLICY_FILE_BYTES) {
+        rc = ar_error_set(err, AR_E_INVALID, "policy_invalid",
+                          "policy %s is larger than %zu bytes", f->name, MAX_POLICY_FILE_BYTES);
+        goto fail;
+    }
+    f->source = malloc((size_t)st.st_size + 1);
+    if (!f->source) {
+        rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        goto fail;
+    }
+    size_t got = 0;
+    while (got <= MAX_POLICY_FILE_BYTES) { /* read to EOF: the file may have changed size */
+        char *grown = f->source;
+        if (got == (size_t)st.st_size) {
+            grown = realloc(f->source, got + 4096 + 1);
+            if (!grown) {
+                rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+                goto fail;
+            }
+            f->source = grown;
+            st.st_size = (off_t)(got + 4096);
+        }
+        ssize_t n = read(fd, f->source + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = ar_error_set(err, AR_E_IO, "policy_io", "policy %s: cannot read: %s", f->name,
+                              strerror(errno));
+            goto fail;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got > MAX_POLICY_FILE_BYTES) {
+        rc = ar_error_set(err, AR_E_INVALID, "policy_invalid",
+                          "policy %s is larger than %zu bytes", f->name, MAX_POLICY_FILE_BYTES);
+        goto fail;
+    }
+    f->source[got] = '\0';
+    f->len = got;
+fail:
+    close(fd);
+    return rc;
+}
+
+static int list_policy_names(DIR *d, const char *dir, char ***names, size_t *count,
+                             ar_error *err)
+{
+    size_t cap = 0;
+    struct dirent *de;
+    errno = 0;
+    while ((de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        /* hidden files (editor locks, ".#x.lua") are not policies */
+        if (de->d_name[0] == '.' || len <= 4 || strcmp(de->d_name + len - 4, ".lua") != 0)
+            continue;
+        if (len >= sizeof(((policy_file *)0)->name))
+            return ar_error_set(err, AR_E_INVALID, "policy_invalid",
+                                "policy file name too long in %s", dir);
+        if (*count == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            char **grown = realloc(*names, ncap * sizeof *grown);
+            if (!grown)
+                return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+            *names = grown;
+            cap = ncap;
+        }
+        if (!((*names)[*count] = strdup(de->d_name)))
+            return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        (*count)++;
+    }
+    if (errno)
+        return ar_error_set(err, AR_E_IO, "policy_io", "policy: cannot list %s: %s", dir,
+                            strerror(errno));
+    qsort(*names, *count, sizeof **names, cmp_names);
+    return AR_OK;
+}
+
+static void compute_version(policy_set *set)
+{
+    crypto_generichash_state st;
+    unsigned char hash[crypto_generichash_BYTES_MIN];
+    crypto_generichash_init(&st, NULL, 0, sizeof hash);
+    for (size_t i = 0; i < set->count; i++) {
+        const policy_file *f = &set->files[i];
+        unsigned char len[8];
+        for (int b = 0; b < 8; b++)
+            len[b] = (unsigned char)((uint64_t)f->len >> (8 * b));
+        crypto_generichash_update(&st, (const unsigned char *)f->name, strlen(f->name) + 1);
+        crypto_generichash_update(&st, len, sizeof len);
+        crypto_generichash_update(&st, (const unsigned char *)f->source, f->len);
+    }
+    crypto_generichash_final(&st, hash, sizeof hash);
+    sodium_bin2hex(set->version, sizeof set->version, hash, 8);
+}
+
+/* Run every chunk once in a scratch worker: it must run cleanly and define decide. */
+static int validate_set(const policy_set *set, ar_error *err)
+{
+    policy_worker *w;
+    int rc = worker_create(set, &w, err);
+    if (rc != AR_OK)
+        return rc;
+    for (size_t i = 0; i < set->count && rc == AR_OK; i++) {
+        run_ctx c = { .w = w, .index = i, .validate_only = 1 };
+        char message[400];
+        begin_call(w);
+        if (run_protected(w, &c, message, sizeof message) != AR_OK)
+            rc = ar_error_set(err, AR_E_INVALID, "policy_invalid", "policy %s is invalid: %s",
+                              set->files[i].name, message);
+        end_call(w);
+    }
+    policy_worker_free(w);
+    return rc;
+}
+
+int policy_set_load(const char *dir, const policy_limits *limits, policy_set **out,
+                    ar_error *err)
+{
+    if (out)
+        *out = NULL;
+    if (!dir || !out)
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument", "policy: no directory");
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "crypto_init", "policy: libsodium failed to start");
+
+    int rc = AR_OK;
+    char **names = NULL;
+    size_t n_names = 0;
+    DIR *d = NULL;
+    policy_set *set = calloc(1, sizeof *set);
+    if (!set)
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+    if (limits)
+        set->limits = *limits;
+    if (!set->limits.memory_bytes)
+        set->limits.memory_bytes = DEFAULT_MEMORY_BYTES;
+    if (!set->limits.instructions)
+        set->limits.instructions = DEFAULT_INSTRUCTIONS;
+    if (set->limits.timeout_ms <= 0)
+        set->limits.timeout_ms = DEFAULT_TIMEOUT_MS;
+
+    d = opendir(dir);
+    if (!d) {
+        rc = ar_error_set(err, errno == ENOENT ? AR_E_NOTFOUND : AR_E_IO, "policy_io",
+                          "policy: cannot open directory %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    rc = list_policy_names(d, dir, &names, &n_names, err);
+    if (rc != AR_OK)
+        goto fail;
+    set->files = calloc(n_names ? n_names : 1, sizeof *set->files);
+    if (!set->files) {
+        rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n_names; i++) {
+        snprintf(set->files[i].name, sizeof set->files[i].name, "%s", names[i]);
+        set->count = i + 1;
+        rc = read_policy_file(dirfd(d), &set->files[i], err);
+        if (rc != AR_OK)
+            goto fail;
+    }
+    compute_version(set);
+    rc = validate_set(set, err);
+    if (rc != AR_OK)
+        goto fail;
+    *out = set;
+    set = NULL;
+fail:
+    for (size_t i = 0; i < n_names; i++)
+        free(names[i]);
+    free(names);
+    if (d)
+        closedir(d);
+    policy_set_free(set);
+    return rc;
+}
+
+void policy_set_free(policy_set *set)
+{
+    if (!set)
+        return;
+    for (size_t i = 0; i < set->count; i++)
+        free(set->files[i].source);
+    free(set->files);
+    free(set);
+}
+
+size_t policy_set_count(const policy_set *set)
+{
+    return set ? set->count : 0;
+}
+
+const char *policy_set_version(const policy_set *set)
+{
+    return set ? set->version : "";
+}
+
+int policy_worker_new(const policy_set *set, policy_worker **out, ar_error *err)
+{
+    if (out)
+        *out = NULL;
+    if (!set || !out)
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument", "policy: no policy set");
+    return worker_create(set, out, err);
+}
+
+void policy_worker_free(policy_worker *w)
+{
+    if (!w)
+        return;
+    if (w->L) {
+        w->in_call = 0;
+        lua_close(w->L);
+    }
+    free(w->chunk_refs);
+    free(w);
+}
+
+static void set_decision(policy_decision *out, policy_verdict verdict, const char *rule,
+                         const char *file, int policy_error, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void set_decision(policy_decision *out, policy_verdict verdict, const char *rule,
+                         const char *file, int policy_error, const char *fmt, ...)
+{
+    out->verdict = verdict;
+    out->policy_error = policy_error;
+    snprintf(out->rule, sizeof out->rule, "%s", rule);
+    snprintf(out->file, sizeof out->file, "%s", file);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof out->reason, fmt, ap);
+    va_end(ap);
+}
+
+/* A policy that names no rule gets its file name without ".lua". */
+static void rule_or_stem(char *rule, size_t size, const char *file)
+{
+    if (rule[0])
+        return;
+    size_t len = strlen(file);
+    if (len > 4 && strcmp(file + len - 4, ".lua") == 0)
+        len -= 4;
+    if (len >= size)
+        len = size - 1;
+    memcpy(rule, file, len);
+    rule[len] = '\0';
+}
+
+int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!w || !json_is_object(action)) {
+        set_decision(out, POLICY_DENY, "action_invalid", "", 0, "the action is not a JSON object");
+        return AR_OK;
+    }
+    if (json_too_deep(action, 1)) {
+        set_decision(out, POLICY_DENY, "action_invalid", "", 0,
+                     "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
+        return AR_OK;
+    }
+
+    const policy_set *set = w->set;
+    int have_allow = 0;
+    begin_call(w);
+    for (size_t i = 0; i < set->count; i++) {
+        const char *file = set->files[i].name;
+        run_ctx c = { .w = w, .index = i, .action = action };
+        char message[400];
+        if (run_protected(w, &c, message, sizeof message) != AR_OK) {
+            set_decision(out, POLICY_DENY, "policy_error", file, 1, "policy %s failed: %s", file,
+                         message);
+            goto done;
+        }
+        switch (c.outcome) {
+        case OUT_ABSTAIN:
+            break;
+        case OUT_INVALID:
+            set_decision(out, POLICY_DENY, "policy_error", file, 1,
+                         "policy %s returned an invalid decision: %s", file, c.reason);
+            goto done;
+        case OUT_DENY:
+            rule_or_stem(c.rule, sizeof c.rule, file);
+            if (c.reason[0])
+                set_decision(out, POLICY_DENY, c.rule, file, 0, "%s", c.reason);
+            else
+                set_decision(out, POLICY_DENY, c.rule, file, 0, "denied by policy %s", file);
+            goto done;
+        case OUT_ALLOW:
+            if (have_allow)
+                break; /* the first allow (in file order) speaks for all */
+            have_allow = 1;
+            rule_or_stem(c.rule, sizeof c.rule, file);
+            if (c.reason[0])
+                set_decision(out, POLICY_ALLOW, c.rule, file, 0, "%s", c.reason);
+            else
+                set_decision(out, POLICY_ALLOW, c.rule, file, 0, "allowed by policy %s", file);
+            break;
+        }
+    }
+    if (!have_allow) {
+        const char *effect = json_string_value(json_object_get(action, "effect"));
+        if (effect && strcmp(effect, "read") == 0)
+            set_decision(out, POLICY_ALLOW, "default", "", 0,
+                         "no policy objected; read actions are allowed by default");
+        else
+            set_decision(out, POLICY_DENY, "default", "", 0,
+                         "no policy allowed this %s action; write and irreversible actions "
+                         "need an explicit allow",
+                         effect && strcmp(effect, "irreversible") == 0 ? "irreversible"
+                                                                       : "write");
+    }
+done:
+    end_call(w);
+    return AR_OK;
+}

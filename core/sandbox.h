@@ -76,8 +76,11 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
 void sandbox_pool_free(sandbox_pool *pool);
 
 /* Send one call to an idle process. AR_OK: done() will be called exactly once (also when the
- * pool is freed meanwhile: with class plugin_crashed). AR_E_BUSY: no idle process (wait for
- * the event callback). AR_E_CLOSED: the pool is refused. */
+ * pool is freed meanwhile: with class plugin_crashed), never from within this function.
+ * AR_E_BUSY: no idle process (wait for the event callback). AR_E_CLOSED: the pool is refused.
+ * AR_E_INVALID: the call itself is unusable (no action, input that is not JSON, or too large
+ * for a frame). AR_E_NOMEM. The callbacks (done, on_event) may invoke again, but must not
+ * free the pool. */
 int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
                         void *arg);
 

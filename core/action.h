@@ -1,0 +1,97 @@
+/*
+ * action.h - the action record: its states, its stored form, and its journal keys.
+ *
+ * An action is stored in JDB_ACTIONS under its id as a JSON object (the "record"). Ids are
+ * ULIDs (26 Crockford base32 characters: 48-bit millisecond time + 80 random bits), so the
+ * database's key order is creation order and listing newest-first is a backwards cursor walk.
+ * JDB_IDEMPOTENCY maps (connector, idempotency key) to (id, payload digest). JDB_QUEUE holds
+ * every action that is not terminal yet (id -> connector): it is what recovery scans at start,
+ * so start-up cost follows the work in flight, not the size of the history.
+ *
+ * Record fields: id, connector, action, effect, idempotency_key, input, proposer, priority,
+ * digest (hex BLAKE2b-256 of the canonical action+input), decision {verdict, reason, rule,
+ * policy, policy_version}, state, attempts, result, error {class, message}, created_ms,
+ * updated_ms, finished_ms. action_render turns a record into the API's shape.
+ */
+#ifndef ACTION_H
+#define ACTION_H
+
+#include <stddef.h>
+#include <jansson.h>
+
+#include "ar.h"
+#include "journal.h"
+
+#define ACTION_ID_LEN 26
+#define ACTION_DIGEST_LEN 32
+
+typedef enum action_state {
+    ACTION_RECEIVED = 0,
+    ACTION_DENIED,
+    ACTION_SUGGESTED,
+    ACTION_PENDING_APPROVAL,
+    ACTION_APPROVED,
+    ACTION_REJECTED,
+    ACTION_EXPIRED,
+    ACTION_READY,
+    ACTION_DISPATCHED,
+    ACTION_RETRY_WAIT,
+    ACTION_SUCCEEDED,
+    ACTION_FAILED,
+    ACTION_UNKNOWN_OUTCOME,
+    ACTION_STATE_COUNT
+} action_state;
+
+const char *action_state_name(action_state s);
+/* -1 for an unknown name. */
+int action_state_from_name(const char *name);
+/* Terminal: nothing more will happen without an operator. */
+int action_state_terminal(action_state s);
+/* Worth answering a waiting client: terminal, or waiting on a human. */
+int action_state_settled(action_state s);
+
+/* A new ULID into out (ACTION_ID_LEN chars + NUL). Monotonic within this process. */
+void action_id_new(char out[ACTION_ID_LEN + 1]);
+
+/* BLAKE2b-256 over the canonical (sorted keys, compact) JSON of {"action", "input"}. */
+int action_payload_digest(const char *action, const json_t *input,
+                          unsigned char out[ACTION_DIGEST_LEN]);
+
+/* Record accessors (borrowed record). */
+action_state action_record_state(const json_t *rec);
+const char *action_record_str(const json_t *rec, const char *field); /* "" when absent */
+
+/* Set state and updated_ms (and finished_ms when terminal). */
+void action_record_set_state(json_t *rec, action_state s, int64_t now_ms);
+
+/* The API's view of a record: a new reference owned by the caller. Timestamps become
+ * RFC 3339 UTC strings; internal fields (digest, *_ms) are dropped. */
+json_t *action_render(const json_t *rec);
+
+/* ---- journal keys and batch helpers ---------------------------------------------------- */
+
+/* Idempotency key: connector '\0' key. Returns the length written (<= cap) or 0 if too long. */
+size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *key);
+/* Idempotency value: id (26 bytes) followed by the digest (32 bytes). */
+#define ACTION_IDEM_VALUE_LEN (ACTION_ID_LEN + ACTION_DIGEST_LEN)
+
+/* Add "store this record" to a batch (JDB_ACTIONS), and keep JDB_QUEUE in step with its
+ * state: present while non-terminal, deleted once terminal. */
+int action_batch_store(journal_batch *b, const json_t *rec);
+
+/* Load one record by id from a read snapshot; *out is a new reference. AR_E_NOTFOUND. */
+int action_load(journal_read *r, const char *id, json_t **out, ar_error *err);
+/* Same, opening its own snapshot. */
+int action_load_by_id(journal *j, const char *id, json_t **out, ar_error *err);
+
+/* A page of records, newest first, optionally filtered; after: an id to continue after
+ * (exclusive), or NULL. *page is a new JSON array of records; *next the id to continue with
+ * (written into next_out, "" when the walk ended). Scans at most max_scan records. */
+typedef struct action_filter {
+    int state;              /* -1: any */
+    const char *connector;  /* NULL: any */
+} action_filter;
+int action_list(journal *j, const action_filter *f, const char *after, size_t limit,
+                json_t **page, char next_out[ACTION_ID_LEN + 1], ar_error *err);
+
+#endif

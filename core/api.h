@@ -1,0 +1,46 @@
+/*
+ * api.h - the HTTP/JSON API under /v1 (libmicrohttpd), and the decision workers behind it.
+ *
+ * HTTP threads (libmicrohttpd's internal epoll thread pool) parse and validate requests and
+ * never block: a submission is suspended and handed to a decision worker thread (each owns a
+ * policy_worker, so a Lua state); the worker decides, journals received + decided (+ ready) in
+ * one group-committed batch, hands READY work to the scheduler and resumes the connection. A
+ * request with wait_ms stays suspended until the action settles (terminal, or waiting on a
+ * human) — api_action_changed wakes it — or until wait_ms passes.
+ *
+ * Routes: POST /v1/actions, GET /v1/actions/{id}, GET /v1/actions, GET /v1/connectors,
+ * GET /healthz. Every error is {"error": "<stable_code>", "message": "<what to fix>"}.
+ */
+#ifndef API_H
+#define API_H
+
+#include <jansson.h>
+
+#include "ar.h"
+#include "config.h"
+#include "journal.h"
+#include "policy.h"
+#include "scheduler.h"
+
+typedef struct api_server api_server;
+
+/* Create the server and its decision workers; nothing listens yet. cfg, j and policies are
+ * borrowed and must outlive the server. *out owned by the caller (api_free). */
+int api_new(const config *cfg, journal *j, const policy_set *policies, api_server **out,
+            ar_error *err);
+/* Wire the scheduler in (before api_listen). */
+void api_set_scheduler(api_server *a, scheduler *s);
+/* Bind cfg->listen and start serving. */
+int api_listen(api_server *a, ar_error *err);
+/* The bound port (useful with port 0). */
+int api_port(const api_server *a);
+/* A scheduler_notify_fn: an action's new state is durable (arg is the api_server). */
+void api_action_changed(void *arg, const json_t *rec);
+/* Stop taking submissions: later ones get 503 shutting_down; the workers finish what they
+ * hold and exit. Call before stopping the scheduler (whose notifications still reach waiting
+ * clients), then api_free. */
+void api_stop_intake(api_server *a);
+/* Answer every waiting client with the state its action has now, stop the server. */
+void api_free(api_server *a);
+
+#endif

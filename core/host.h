@@ -1,0 +1,76 @@
+/*
+ * host.h - internals of the sandbox host binary (aiorun-host), shared by host_main.c (startup,
+ * lockdown, plugin loading, the serve loop) and host_api.c (the aiorun_host_api table a plugin
+ * calls and the per-call context behind aiorun_call).
+ *
+ * The host is single-threaded from the plugin's point of view: one call at a time, so the call
+ * context is one object reused for every call (a stale aiorun_call pointer kept by a plugin
+ * still points at valid memory; it is just no longer active).
+ */
+#ifndef HOST_H
+#define HOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "aiorun/plugin.h"
+
+/* The socket to the daemon. */
+#define HOST_FD 3
+
+/* Exit statuses of aiorun-host. */
+enum {
+    HOST_EXIT_OK = 0,        /* SHUTDOWN, or the daemon closed the socket */
+    HOST_EXIT_USAGE = 2,     /* bad command line or fd 3 is not a socket */
+    HOST_EXIT_REFUSED = 3,   /* REFUSED was sent: ABI, entry, descriptor, dlopen, init */
+    HOST_EXIT_PROTOCOL = 4,  /* the daemon sent something we do not understand */
+    HOST_EXIT_INTERNAL = 5   /* out of memory or a failing system call */
+};
+
+/* Memory handed to the plugin during one call, freed together when the call ends. */
+typedef struct host_arena_block host_arena_block;
+
+typedef struct host_ctx {
+    int fd;
+    size_t max_frame;
+    const char *connector;     /* from argv */
+    json_t *secrets;           /* object name -> string, from INIT; owned */
+    void *curl;                /* CURL *, created on first http(), reused for keep-alive */
+    /* log rate limit: a fixed one-second window */
+    int64_t log_window_ms;
+    int log_count;
+    int log_dropped;
+} host_ctx;
+
+struct aiorun_call {
+    host_ctx *host;
+    int active;                /* 0 outside init/invoke/lookup */
+    int64_t deadline_ms;       /* epoch ms */
+    const char *idempotency_key;  /* borrowed from the request frame, "" in init */
+    int has_error;
+    char error[2048];          /* the message of the last set_error, valid UTF-8 */
+    json_t *result;            /* from set_result; owned */
+    host_arena_block *arena;
+};
+
+/* The services table handed to init (static, constant). */
+const aiorun_host_api *host_api_table(void);
+
+/* Set up the context (no allocation) and remember it for log() calls made with call == NULL
+ * (e.g. from fini): the one process-wide pointer of the host. */
+void host_ctx_init(host_ctx *h, int fd, size_t max_frame, const char *connector);
+/* Release the curl handle and wipe and free the secrets. */
+void host_ctx_fini(host_ctx *h);
+
+/* Start a call: clears the previous outcome. idempotency_key is borrowed until host_call_end. */
+void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const char *idempotency_key);
+/* End a call: frees the arena and the result, marks the call inactive. */
+void host_call_end(aiorun_call *c);
+
+/* Copy s into dst (size cap, cap >= 1) replacing each byte of an invalid UTF-8 sequence with
+ * '?', so that any plugin text can go into a JSON string; never cuts a character in half.
+ * Always NUL-terminates. */
+void host_sanitize_text(char *dst, size_t cap, const char *s);
+
+#endif

@@ -1,0 +1,16 @@
+-- Integration tests only: rules for the fixture connectors (t_*).
+-- input.deny_me = true        -> deny (rule test_deny)
+-- write_op with input.n < 0   -> abstain, so the default (deny writes) applies
+-- anything else on t_*        -> allow (rule test_allow)
+function decide(action)
+  if string.sub(action.connector, 1, 2) ~= "t_" then
+    return nil
+  end
+  if action.input.deny_me == true then
+    return { verdict = "deny", reason = "the test asked for a deny", rule = "test_deny" }
+  end
+  if action.action == "write_op" and (action.input.n or 0) < 0 then
+    return nil
+  end
+  return { verdict = "allow", reason = "fixture connector", rule = "test_allow" }
+end

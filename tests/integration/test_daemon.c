@@ -1,0 +1,563 @@
+/* test_daemon.c - the real daemon on loopback: submit, idempotency, errors, policies, listing,
+ * misbehaving plugins, restarts, ABI refusal, storage_full, and aioctl's exit codes. */
+#include "test_main.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static harness H;
+
+static int start_default(void **state)
+{
+    (void)state;
+    return harness_start(&H, NULL);
+}
+
+static int stop_daemon(void **state)
+{
+    (void)state;
+    harness_cleanup(&H);
+    return 0;
+}
+
+static const char *str(const json_t *obj, const char *path1, const char *path2)
+{
+    const json_t *v = json_object_get(obj, path1);
+    if (path2)
+        v = json_object_get(v, path2);
+    const char *s = json_string_value(v);
+    return s ? s : "(none)";
+}
+
+/* Fail with the whole reply shown, which is what one needs to see when it breaks. */
+#define assert_status(got, want, reply)                                                     \
+    do {                                                                                     \
+        if ((got) != (want)) {                                                               \
+            char *dump = (reply) ? json_dumps((reply), JSON_COMPACT) : NULL;                 \
+            fail_msg("HTTP status %ld, expected %d; reply: %s", (long)(got), (want),         \
+                     dump ? dump : "(none)");                                                \
+        }                                                                                    \
+    } while (0)
+
+/* ---- the main path ------------------------------------------------------------------------ */
+
+static void submit_and_wait_returns_the_plugins_result(void **state)
+{
+    (void)state;
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i, s:{s:s, s:s, s:f, s:s}}",
+                             "connector", "echo", "action", "echo", "input", "message", "hello",
+                             "wait_ms", 10000, "proposer", "kind", "agent", "model", "test-model",
+                             "confidence", 0.9, "prompt_ref", "prompt-1");
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
+    assert_string_equal(str(r, "decision", "verdict"), "allow");
+    assert_string_equal(str(r, "decision", "policy"), "default.lua");
+    assert_int_equal(json_integer_value(json_object_get(r, "attempts")), 1);
+    assert_string_equal(str(r, "result", "message"), "hello");
+    assert_string_equal(str(r, "proposer", "model"), "test-model");
+    assert_true(json_is_string(json_object_get(r, "finished_at")));
+    assert_int_equal(strlen(str(r, "id", NULL)), 26);
+
+    /* GET shows the same stored action. */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/actions/%s", str(r, "id", NULL));
+    json_t *g;
+    st = harness_http(&H, "GET", path, NULL, &g);
+    assert_status(st, 200, g);
+    assert_string_equal(str(g, "state", NULL), "SUCCEEDED");
+    assert_string_equal(str(g, "result", "message"), "hello");
+    json_decref(g);
+    json_decref(r);
+}
+
+static void submit_without_wait_is_accepted_then_completes(void **state)
+{
+    (void)state;
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}}", "connector", "echo", "action", "echo",
+                             "input", "message", "later");
+    assert_status(st, 201, r);
+    assert_true(strcmp(str(r, "state", NULL), "READY") == 0 ||
+                strcmp(str(r, "state", NULL), "DISPATCHED") == 0 ||
+                strcmp(str(r, "state", NULL), "SUCCEEDED") == 0);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/actions/%s", str(r, "id", NULL));
+    json_t *g = NULL;
+    for (int i = 0; i < 200; i++) {
+        json_decref(g);
+        harness_http(&H, "GET", path, NULL, &g);
+        if (strcmp(str(g, "state", NULL), "SUCCEEDED") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_string_equal(str(g, "state", NULL), "SUCCEEDED");
+    json_decref(g);
+    json_decref(r);
+}
+
+static void idempotent_resubmit_returns_the_same_action(void **state)
+{
+    (void)state;
+    json_t *a, *b;
+    long st = harness_submit(&H, &a, "{s:s, s:s, s:{s:s}, s:s, s:i}", "connector", "echo",
+                             "action", "echo", "input", "message", "once", "idempotency_key", "k-1",
+                             "wait_ms", 10000);
+    assert_status(st, 201, a);
+    st = harness_submit(&H, &b, "{s:s, s:s, s:{s:s}, s:s, s:i}", "connector", "echo",
+                        "action", "echo", "input", "message", "once", "idempotency_key", "k-1",
+                        "wait_ms", 10000);
+    assert_status(st, 200, b);
+    assert_string_equal(str(a, "id", NULL), str(b, "id", NULL));
+    assert_string_equal(str(b, "state", NULL), "SUCCEEDED");
+    assert_int_equal(json_integer_value(json_object_get(b, "attempts")), 1);
+    /* Same key on another connector is another action. */
+    json_t *c;
+    st = harness_submit(&H, &c, "{s:s, s:s, s:{s:s}, s:s}", "connector", "t_ok", "action", "ok",
+                        "input", "message", "once", "idempotency_key", "k-1");
+    assert_status(st, 201, c);
+    assert_string_not_equal(str(a, "id", NULL), str(c, "id", NULL));
+    json_decref(a);
+    json_decref(b);
+    json_decref(c);
+}
+
+static void same_key_with_another_payload_is_a_conflict(void **state)
+{
+    (void)state;
+    json_t *a, *b;
+    long st = harness_submit(&H, &a, "{s:s, s:s, s:{s:s}, s:s}", "connector", "echo", "action",
+                             "echo", "input", "message", "first", "idempotency_key", "k-2");
+    assert_status(st, 201, a);
+    st = harness_submit(&H, &b, "{s:s, s:s, s:{s:s}, s:s}", "connector", "echo", "action", "echo",
+                        "input", "message", "second", "idempotency_key", "k-2");
+    assert_status(st, 409, b);
+    assert_string_equal(str(b, "error", NULL), "idempotency_conflict");
+    assert_non_null(strstr(str(b, "message", NULL), "k-2"));
+    json_decref(a);
+    json_decref(b);
+}
+
+typedef struct {
+    int index;
+    char id[32];
+    long status;
+} racer;
+
+static void *race_submit(void *arg)
+{
+    racer *r = arg;
+    json_t *reply;
+    r->status = harness_submit(&H, &reply, "{s:s, s:s, s:{s:s}, s:s}", "connector", "echo",
+                               "action", "echo", "input", "message", "race", "idempotency_key",
+                               "k-race");
+    snprintf(r->id, sizeof r->id, "%s", str(reply, "id", NULL));
+    json_decref(reply);
+    return NULL;
+}
+
+static void concurrent_submissions_with_one_key_make_one_action(void **state)
+{
+    (void)state;
+    enum { N = 8 };
+    pthread_t t[N];
+    racer r[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = (racer){.index = i};
+        pthread_create(&t[i], NULL, race_submit, &r[i]);
+    }
+    int created = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        assert_true(r[i].status == 201 || r[i].status == 200);
+        created += r[i].status == 201;
+        assert_string_equal(r[i].id, r[0].id);
+    }
+    assert_int_equal(created, 1);
+}
+
+/* ---- every error code ----------------------------------------------------------------------- */
+
+static void expect_error(const char *method, const char *path, const char *body, int status,
+                         const char *code)
+{
+    json_t *r;
+    long st = harness_http(&H, method, path, body, &r);
+    assert_status(st, status, r);
+    assert_string_equal(str(r, "error", NULL), code);
+    assert_true(strlen(str(r, "message", NULL)) > 10);
+    json_decref(r);
+}
+
+static void bad_requests_get_stable_error_codes(void **state)
+{
+    (void)state;
+    expect_error("POST", "/v1/actions", "{\"connector\": ", 400, "invalid_json");
+    expect_error("POST", "/v1/actions", "[1,2]", 400, "invalid_request");
+    expect_error("POST", "/v1/actions", "{\"action\":\"echo\"}", 400, "invalid_request");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":\"x\"},\"colour\":1}",
+                 400, "invalid_request");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":\"x\"},\"wait_ms\":999999}",
+                 400, "invalid_request");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"nope\",\"action\":\"echo\"}", 404, "unknown_connector");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"shout\"}", 404, "unknown_action");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{}}", 422, "schema_violation");
+    expect_error("POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":7}}", 422, "schema_violation");
+    expect_error("GET", "/v1/actions/01ARZ3NDEKTSV4RRFFQ69G5FAV", NULL, 404, "not_found");
+    expect_error("GET", "/v1/nothing", NULL, 404, "unknown_route");
+    expect_error("DELETE", "/v1/actions", NULL, 405, "method_not_allowed");
+    expect_error("GET", "/v1/actions?state=SLEEPING", NULL, 400, "invalid_request");
+    expect_error("GET", "/v1/actions?limit=0", NULL, 400, "invalid_request");
+
+    /* The message of a schema violation says which field is wrong. */
+    json_t *r;
+    harness_http(&H, "POST", "/v1/actions", "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":7}}", &r);
+    assert_non_null(strstr(str(r, "message", NULL), "input.message"));
+    json_decref(r);
+
+    /* Nothing was stored by any of them. */
+    json_t *list;
+    long st = harness_http(&H, "GET", "/v1/actions", NULL, &list);
+    assert_status(st, 200, list);
+    assert_int_equal(json_array_size(json_object_get(list, "actions")), 0);
+    json_decref(list);
+}
+
+static void oversized_body_is_refused(void **state)
+{
+    (void)state;
+    harness_cleanup(&H);
+    harness_opts o = {.max_body_bytes = 4096};
+    assert_int_equal(harness_start(&H, &o), 0);
+    size_t n = 10000;
+    char *body = malloc(n + 100);
+    int len = snprintf(body, n + 100, "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":\"");
+    memset(body + len, 'x', n);
+    strcpy(body + len + n, "\"}}");
+    expect_error("POST", "/v1/actions", body, 413, "body_too_large");
+    free(body);
+    /* The daemon keeps serving. */
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "small", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    json_decref(r);
+}
+
+/* ---- policies --------------------------------------------------------------------------------- */
+
+static void policy_deny_is_stored_with_its_reason(void **state)
+{
+    (void)state;
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "this is forbidden", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "DENIED");
+    assert_string_equal(str(r, "decision", "verdict"), "deny");
+    assert_string_equal(str(r, "decision", "policy"), "default.lua");
+    assert_true(strlen(str(r, "decision", "reason")) > 5);
+    assert_int_equal(json_integer_value(json_object_get(r, "attempts")), 0);
+    assert_true(json_is_null(json_object_get(r, "result")));
+    json_decref(r);
+}
+
+static void writes_nobody_allowed_are_denied_by_default(void **state)
+{
+    (void)state;
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:i}, s:i}", "connector", "t_ok", "action", "write_op",
+                             "input", "n", -1, "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "DENIED");
+    assert_string_equal(str(r, "decision", "rule"), "default");
+    json_decref(r);
+    st = harness_submit(&H, &r, "{s:s, s:s, s:{s:i}, s:i}", "connector", "t_ok", "action", "write_op",
+                        "input", "n", 5, "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "result"), "n")), 5);
+    json_decref(r);
+}
+
+/* ---- listing ---------------------------------------------------------------------------------- */
+
+static void listing_pages_newest_first_with_a_cursor(void **state)
+{
+    (void)state;
+    char ids[5][32];
+    for (int i = 0; i < 5; i++) {
+        json_t *r;
+        char msg[16];
+        snprintf(msg, sizeof msg, "m%d", i);
+        long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action",
+                                 "echo", "input", "message", msg, "wait_ms", 10000);
+        assert_status(st, 201, r);
+        snprintf(ids[i], sizeof ids[i], "%s", str(r, "id", NULL));
+        json_decref(r);
+    }
+    json_t *p1, *p2, *p3;
+    long st = harness_http(&H, "GET", "/v1/actions?limit=2", NULL, &p1);
+    assert_status(st, 200, p1);
+    json_t *a1 = json_object_get(p1, "actions");
+    assert_int_equal(json_array_size(a1), 2);
+    assert_string_equal(str(json_array_get(a1, 0), "id", NULL), ids[4]);
+    assert_string_equal(str(json_array_get(a1, 1), "id", NULL), ids[3]);
+    char path[160];
+    snprintf(path, sizeof path, "/v1/actions?limit=2&after=%s", str(p1, "next", NULL));
+    st = harness_http(&H, "GET", path, NULL, &p2);
+    json_t *a2 = json_object_get(p2, "actions");
+    assert_int_equal(json_array_size(a2), 2);
+    assert_string_equal(str(json_array_get(a2, 0), "id", NULL), ids[2]);
+    assert_string_equal(str(json_array_get(a2, 1), "id", NULL), ids[1]);
+    snprintf(path, sizeof path, "/v1/actions?limit=2&after=%s", str(p2, "next", NULL));
+    st = harness_http(&H, "GET", path, NULL, &p3);
+    json_t *a3 = json_object_get(p3, "actions");
+    assert_int_equal(json_array_size(a3), 1);
+    assert_string_equal(str(json_array_get(a3, 0), "id", NULL), ids[0]);
+    assert_true(json_is_null(json_object_get(p3, "next")));
+    json_decref(p1);
+    json_decref(p2);
+    json_decref(p3);
+
+    /* Filters. */
+    json_t *r;
+    harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                   "input", "message", "forbidden", "wait_ms", 10000);
+    json_decref(r);
+    st = harness_http(&H, "GET", "/v1/actions?state=DENIED", NULL, &r);
+    assert_int_equal(json_array_size(json_object_get(r, "actions")), 1);
+    json_decref(r);
+    st = harness_http(&H, "GET", "/v1/actions?connector=t_ok", NULL, &r);
+    assert_int_equal(json_array_size(json_object_get(r, "actions")), 0);
+    json_decref(r);
+}
+
+/* ---- misbehaving plugins --------------------------------------------------------------------- */
+
+static void submit_wait(const char *connector, const char *action, const char *expect_state,
+                        const char *expect_class)
+{
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{}, s:i}", "connector", connector, "action",
+                             action, "input", "wait_ms", 20000);
+    assert_status(st, 201, r);
+    if (strcmp(str(r, "state", NULL), expect_state) != 0) {
+        char *dump = json_dumps(r, JSON_COMPACT);
+        fail_msg("%s/%s: expected %s, got %s", connector, action, expect_state, dump);
+    }
+    if (expect_class)
+        assert_string_equal(str(r, "error", "class"), expect_class);
+    json_decref(r);
+}
+
+static void echo_still_works(void)
+{
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "still here", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
+    json_decref(r);
+}
+
+static void crashing_plugin_fails_its_call_and_is_restarted(void **state)
+{
+    (void)state;
+    submit_wait("t_crash", "crash", "FAILED", "plugin_crashed");
+    echo_still_works();
+    submit_wait("t_crash", "ok", "SUCCEEDED", NULL); /* after a restart */
+    json_t *r;
+    harness_http(&H, "GET", "/v1/connectors", NULL, &r);
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "connectors"), i, c) {
+        if (strcmp(str(c, "name", NULL), "t_crash") == 0)
+            assert_true(json_integer_value(json_object_get(c, "restarts")) >= 1);
+    }
+    json_decref(r);
+}
+
+static void hanging_plugin_times_out_and_others_keep_serving(void **state)
+{
+    (void)state;
+    submit_wait("t_hang", "hang", "FAILED", "timeout");
+    echo_still_works();
+    submit_wait("t_hang", "ok", "SUCCEEDED", NULL);
+}
+
+static void garbage_from_a_plugin_is_contained(void **state)
+{
+    (void)state;
+    submit_wait("t_garbage", "garbage", "FAILED", "plugin_crashed");
+    echo_still_works();
+    submit_wait("t_garbage", "ok", "SUCCEEDED", NULL);
+}
+
+/* ---- restarts --------------------------------------------------------------------------------- */
+
+static void restart_keeps_every_action(void **state)
+{
+    (void)state;
+    char ids[3][32];
+    const char *msgs[3] = {"a", "b", "forbidden"};
+    for (int i = 0; i < 3; i++) {
+        json_t *r;
+        harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                       "input", "message", msgs[i], "wait_ms", 10000);
+        snprintf(ids[i], sizeof ids[i], "%s", str(r, "id", NULL));
+        json_decref(r);
+    }
+    assert_int_equal(harness_stop(&H), 0);
+    assert_int_equal(harness_restart(&H), 0);
+    harness_kill9(&H); /* and once more the hard way */
+    assert_int_equal(harness_restart(&H), 0);
+    const char *want[3] = {"SUCCEEDED", "SUCCEEDED", "DENIED"};
+    for (int i = 0; i < 3; i++) {
+        char path[128];
+        json_t *g;
+        snprintf(path, sizeof path, "/v1/actions/%s", ids[i]);
+        long st = harness_http(&H, "GET", path, NULL, &g);
+        assert_status(st, 200, g);
+        assert_string_equal(str(g, "state", NULL), want[i]);
+        json_decref(g);
+    }
+    json_t *list;
+    harness_http(&H, "GET", "/v1/actions", NULL, &list);
+    assert_int_equal(json_array_size(json_object_get(list, "actions")), 3);
+    json_decref(list);
+}
+
+/* ---- ABI ----------------------------------------------------------------------------------------- */
+
+static void other_abi_major_is_refused_and_older_minor_loads(void **state)
+{
+    (void)state;
+    harness_cleanup(&H);
+    char p_major[300], extra[400];
+    harness_test_plugin(p_major, sizeof p_major, "t_abi_major");
+    snprintf(extra, sizeof extra, "\"t_major\": {\"plugin\": \"%s\", \"processes\": 1}", p_major);
+    harness_opts o = {.extra_connectors = extra};
+    assert_int_equal(harness_start(&H, &o), 0);
+
+    json_t *r;
+    long st = harness_http(&H, "GET", "/v1/connectors", NULL, &r);
+    assert_status(st, 200, r);
+    int seen = 0;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "connectors"), i, c) {
+        const char *name = str(c, "name", NULL);
+        if (strcmp(name, "t_major") == 0) {
+            seen++;
+            assert_string_equal(str(c, "status", NULL), "refused");
+            const char *msg = str(c, "message", NULL);
+            assert_non_null(strstr(msg, "t_abi_major.so"));
+            assert_non_null(strstr(msg, "2.")); /* its ABI */
+            assert_non_null(strstr(msg, "1.")); /* ours */
+        } else if (strcmp(name, "t_old") == 0) {
+            seen++;
+            assert_string_equal(str(c, "status", NULL), "ready");
+            assert_string_equal(str(c, "abi", NULL), "1.0");
+        } else {
+            assert_string_equal(str(c, "status", NULL), "ready");
+        }
+    }
+    assert_int_equal(seen, 2);
+    json_decref(r);
+
+    expect_error("POST", "/v1/actions", "{\"connector\":\"t_major\",\"action\":\"ok\"}", 503, "connector_unavailable");
+    submit_wait("t_old", "ok", "SUCCEEDED", NULL);
+    echo_still_works();
+}
+
+/* ---- storage ------------------------------------------------------------------------------------ */
+
+static void full_journal_is_a_clean_storage_full_error(void **state)
+{
+    (void)state;
+    harness_cleanup(&H);
+    harness_opts o = {.map_size_mb = 1};
+    assert_int_equal(harness_start(&H, &o), 0);
+    char *big = malloc(60001);
+    memset(big, 'y', 60000);
+    big[60000] = '\0';
+    char first_id[32] = "";
+    long st = 0;
+    json_t *r = NULL;
+    for (int i = 0; i < 64; i++) {
+        json_decref(r);
+        st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}}", "connector", "echo", "action", "echo",
+                            "input", "message", big);
+        if (st != 201)
+            break;
+        if (!first_id[0])
+            snprintf(first_id, sizeof first_id, "%s", str(r, "id", NULL));
+    }
+    free(big);
+    assert_status(st, 503, r);
+    assert_string_equal(str(r, "error", NULL), "storage_full");
+    json_decref(r);
+    /* What was stored before is intact and readable. */
+    char path[128];
+    snprintf(path, sizeof path, "/v1/actions/%s", first_id);
+    st = harness_http(&H, "GET", path, NULL, &r);
+    assert_status(st, 200, r);
+    json_decref(r);
+    st = harness_http(&H, "GET", "/healthz", NULL, NULL);
+    assert_int_equal(st, 200);
+}
+
+/* ---- aioctl ------------------------------------------------------------------------------------- */
+
+static void aioctl_exit_codes_follow_the_outcome(void **state)
+{
+    (void)state;
+    char bin[300], out[8192];
+    harness_bin(bin, sizeof bin, "aioctl");
+    char *ok[] = {bin, "submit", "echo", "echo", "{\"message\":\"cli\"}", "--wait", NULL};
+    assert_int_equal(harness_run(&H, ok, out, sizeof out), 0);
+    assert_non_null(strstr(out, "SUCCEEDED"));
+    char *denied[] = {bin, "submit", "echo", "echo", "{\"message\":\"forbidden\"}", "--wait", NULL};
+    assert_int_equal(harness_run(&H, denied, out, sizeof out), 1);
+    assert_non_null(strstr(out, "DENIED"));
+    char *usage[] = {bin, "submit", "echo", "echo", "{not json", NULL};
+    assert_int_equal(harness_run(&H, usage, out, sizeof out), 2);
+    char *unreachable[] = {bin, "--url", "http://127.0.0.1:1", "connectors", NULL};
+    assert_int_equal(harness_run(&H, unreachable, out, sizeof out), 3);
+    char *refused[] = {bin, "submit", "nope", "echo", NULL};
+    assert_int_equal(harness_run(&H, refused, out, sizeof out), 4);
+    char *json_list[] = {bin, "--json", "list", NULL};
+    assert_int_equal(harness_run(&H, json_list, out, sizeof out), 0);
+    json_t *doc = json_loads(out, 0, NULL);
+    assert_non_null(doc);
+    assert_int_equal(json_array_size(json_object_get(doc, "actions")), 2);
+    json_decref(doc);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(submit_and_wait_returns_the_plugins_result, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(submit_without_wait_is_accepted_then_completes, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(idempotent_resubmit_returns_the_same_action, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(same_key_with_another_payload_is_a_conflict, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(concurrent_submissions_with_one_key_make_one_action, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(bad_requests_get_stable_error_codes, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(oversized_body_is_refused, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(policy_deny_is_stored_with_its_reason, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(writes_nobody_allowed_are_denied_by_default, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(listing_pages_newest_first_with_a_cursor, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(crashing_plugin_fails_its_call_and_is_restarted, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(hanging_plugin_times_out_and_others_keep_serving, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(garbage_from_a_plugin_is_contained, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(restart_keeps_every_action, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(other_abi_major_is_refused_and_older_minor_loads, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(full_journal_is_a_clean_storage_full_error, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(aioctl_exit_codes_follow_the_outcome, start_default, stop_daemon),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,0 +1,3 @@
+function decide(action)
+  return nil
+end

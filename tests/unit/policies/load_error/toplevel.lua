@@ -1,0 +1,5 @@
+local limit = 10
+error("top-level failure")
+function decide(action)
+  return nil
+end

@@ -1,0 +1,526 @@
+/* test_config.c - parsing and validation of aiorun.json. */
+#include "test_main.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#ifndef AIORUN_SOURCE_DIR
+#error "AIORUN_SOURCE_DIR must name the source tree"
+#endif
+
+/* Parse text with base_dir "/base"; it must succeed. */
+static config *parse_ok(const char *text)
+{
+    config *cfg = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = config_parse(text, "/base", &cfg, &err);
+    if (rc != AR_OK)
+        fail_msg("config %s refused: %s", text, err.message);
+    assert_non_null(cfg);
+    return cfg;
+}
+
+/* Parse text; it must be refused as invalid_config with exactly want_msg. */
+static void refused(const char *text, const char *want_msg)
+{
+    config *cfg = (config *)&cfg; /* must be reset to NULL */
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = config_parse(text, "/base", &cfg, &err);
+    if (rc == AR_OK)
+        fail_msg("config %s accepted, wanted \"%s\"", text, want_msg);
+    assert_int_equal(rc, AR_E_INVALID);
+    assert_null(cfg);
+    assert_string_equal(err.code, "invalid_config");
+    assert_string_equal(err.message, want_msg);
+}
+
+/* Like refused, comparing only the start of the message. */
+static void refused_prefix(const char *text, const char *want_prefix)
+{
+    config *cfg = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = config_parse(text, "/base", &cfg, &err);
+    if (rc == AR_OK)
+        fail_msg("config %s accepted, wanted \"%s...\"", text, want_prefix);
+    assert_int_equal(rc, AR_E_INVALID);
+    assert_null(cfg);
+    assert_string_equal(err.code, "invalid_config");
+    if (strncmp(err.message, want_prefix, strlen(want_prefix)) != 0)
+        fail_msg("message \"%s\" does not start with \"%s\"", err.message, want_prefix);
+}
+
+static void shipped_config_parses(void **state)
+{
+    (void)state;
+    config *cfg = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = config_load_file(AIORUN_SOURCE_DIR "/aiorun.json", &cfg, &err);
+    if (rc != AR_OK)
+        fail_msg("shipped aiorun.json refused: %s", err.message);
+
+    char want[PATH_MAX + 64];
+    assert_string_equal(cfg->listen_host, "127.0.0.1");
+    assert_int_equal(cfg->listen_port, 8470);
+    /* CMake's source directory is absolute and normalized, as config.c writes paths */
+    assert_string_equal(cfg->data_dir, AIORUN_SOURCE_DIR "/var");
+    assert_string_equal(cfg->plugin_dir, AIORUN_SOURCE_DIR "/build/plugins");
+    assert_string_equal(cfg->policy_dir, AIORUN_SOURCE_DIR "/policies");
+    assert_int_equal(cfg->map_size_mb, 1024);
+    assert_int_equal(cfg->max_body_bytes, 1 << 20);
+    assert_int_equal(cfg->decision_workers, 2);
+    assert_int_equal(cfg->n_connectors, 1);
+
+    const config_connector *echo = config_find_connector(cfg, "echo");
+    assert_non_null(echo);
+    assert_string_equal(echo->name, "echo");
+    assert_string_equal(echo->plugin, "echo");
+    snprintf(want, sizeof want, "%s/echo.so", cfg->plugin_dir);
+    assert_string_equal(echo->plugin_path, want);
+    assert_true(json_is_object(echo->config));
+    assert_int_equal(json_object_size(echo->config), 0);
+    assert_int_equal(echo->processes, 2);
+    assert_int_equal(echo->timeout_ms, 5000);
+    assert_null(config_find_connector(cfg, "nope"));
+    config_free(cfg);
+}
+
+static void defaults_from_empty_object(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{}");
+    assert_string_equal(cfg->listen_host, "127.0.0.1");
+    assert_int_equal(cfg->listen_port, 8470);
+    assert_string_equal(cfg->data_dir, "/base/var");
+    assert_string_equal(cfg->plugin_dir, "/base/build/plugins");
+    assert_string_equal(cfg->policy_dir, "/base/policies");
+    assert_int_equal(cfg->map_size_mb, 1024);
+    assert_int_equal(cfg->max_body_bytes, 1024 * 1024);
+    assert_int_equal(cfg->decision_workers, 2);
+    /* absent policy limits stay 0: policy.h's defaults apply */
+    assert_int_equal(cfg->policy.memory_bytes, 0);
+    assert_int_equal(cfg->policy.instructions, 0);
+    assert_int_equal(cfg->policy.timeout_ms, 0);
+    assert_int_equal(cfg->n_connectors, 0);
+    assert_null(cfg->connectors);
+    assert_null(config_find_connector(cfg, "echo"));
+    config_free(cfg);
+}
+
+static void null_base_dir_is_current_directory(void **state)
+{
+    (void)state;
+    char cwd[PATH_MAX], want[PATH_MAX + 16];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    config *cfg = NULL;
+    assert_int_equal(config_parse("{\"data_dir\":\"d\"}", NULL, &cfg, NULL), AR_OK);
+    snprintf(want, sizeof want, "%s/d", strcmp(cwd, "/") == 0 ? "" : cwd);
+    assert_string_equal(cfg->data_dir, want);
+    config_free(cfg);
+}
+
+static void all_keys_set(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok(
+        "{\"listen\":\"localhost:0\",\"data_dir\":\"/srv/data\",\"plugin_dir\":\"p\","
+        "\"policy_dir\":\"pol\",\"map_size_mb\":1,\"max_body_bytes\":1024,"
+        "\"decision_workers\":64,\"policy\":{\"memory_kb\":64,\"instructions\":5000,"
+        "\"timeout_ms\":10000},\"connectors\":{\"shop-1\":{\"plugin\":\"shopify\","
+        "\"config\":{\"store\":\"x\",\"n\":[1,2]},\"processes\":64,\"timeout_ms\":3600000},"
+        "\"b_2\":{\"plugin\":\"echo\"}}}");
+    assert_string_equal(cfg->listen_host, "localhost");
+    assert_int_equal(cfg->listen_port, 0);
+    assert_string_equal(cfg->data_dir, "/srv/data");
+    assert_string_equal(cfg->plugin_dir, "/base/p");
+    assert_string_equal(cfg->policy_dir, "/base/pol");
+    assert_int_equal(cfg->map_size_mb, 1);
+    assert_int_equal(cfg->max_body_bytes, 1024);
+    assert_int_equal(cfg->decision_workers, 64);
+    assert_int_equal(cfg->policy.memory_bytes, 64 * 1024);
+    assert_int_equal(cfg->policy.instructions, 5000);
+    assert_int_equal(cfg->policy.timeout_ms, 10000);
+    assert_int_equal(cfg->n_connectors, 2);
+    /* in file order */
+    assert_string_equal(cfg->connectors[0].name, "shop-1");
+    assert_string_equal(cfg->connectors[1].name, "b_2");
+
+    const config_connector *shop = config_find_connector(cfg, "shop-1");
+    assert_ptr_equal(shop, &cfg->connectors[0]);
+    assert_string_equal(shop->plugin, "shopify");
+    assert_string_equal(shop->plugin_path, "/base/p/shopify.so");
+    assert_int_equal(shop->processes, 64);
+    assert_int_equal(shop->timeout_ms, 3600000);
+    json_t *want = json_loads("{\"store\":\"x\",\"n\":[1,2]}", 0, NULL);
+    assert_true(json_equal(shop->config, want));
+    json_decref(want);
+
+    const config_connector *b = config_find_connector(cfg, "b_2");
+    assert_int_equal(b->processes, 2);
+    assert_int_equal(b->timeout_ms, 10000);
+    assert_true(json_is_object(b->config));
+    assert_int_equal(json_object_size(b->config), 0);
+    assert_null(config_find_connector(NULL, "b_2"));
+    assert_null(config_find_connector(cfg, NULL));
+    config_free(cfg);
+    config_free(NULL);
+}
+
+static void invalid_json_names_line_and_column(void **state)
+{
+    (void)state;
+    refused_prefix("{\n  \"listen\": \"127.0.0.1:1\",\n  \"data_dir\" \"x\"\n}",
+                   "config: invalid JSON at line 3, column 16: ':' expected near '\"x\"'");
+    refused_prefix("", "config: invalid JSON at line ");
+    refused_prefix("{\"data_dir\":\"a\",\"data_dir\":\"b\"}", "config: invalid JSON at line 1");
+    /* the parser's own words follow the position */
+    ar_error err;
+    config *cfg = NULL;
+    assert_int_equal(config_parse("{\"a\":", "/base", &cfg, &err), AR_E_INVALID);
+    assert_true(strlen(err.message) > strlen("config: invalid JSON at line 1, column 5: "));
+}
+
+static void top_level_must_be_object(void **state)
+{
+    (void)state;
+    refused("[]", "config: the top level must be a JSON object, got array");
+    refused("[{\"listen\":\"127.0.0.1:1\"}]", "config: the top level must be a JSON object, got array");
+    refused("\"x\"", "config: invalid JSON at line 1, column 3: '[' or '{' expected near '\"x\"'");
+}
+
+static void unknown_keys_named(void **state)
+{
+    (void)state;
+    refused("{\"lisen\":\"127.0.0.1:8470\"}",
+            "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
+            "map_size_mb, max_body_bytes, decision_workers, policy, connectors)");
+    refused("{\"policy\":{\"memory\":100}}",
+            "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms)");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
+            "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
+            "timeout_ms)");
+    /* odd characters in the key are escaped */
+    refused("{\"a\\\"b\\n\":1}",
+            "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
+            "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors)");
+}
+
+static void wrong_types_named(void **state)
+{
+    (void)state;
+    refused("{\"listen\":8470}", "listen: expected string, got integer");
+    refused("{\"data_dir\":5}", "data_dir: expected string, got integer");
+    refused("{\"plugin_dir\":null}", "plugin_dir: expected string, got null");
+    refused("{\"policy_dir\":[\"p\"]}", "policy_dir: expected string, got array");
+    refused("{\"data_dir\":\"\"}", "data_dir: must not be empty");
+    refused("{\"map_size_mb\":\"1024\"}", "map_size_mb: expected integer 1..1048576, got string");
+    refused("{\"map_size_mb\":1.5}", "map_size_mb: expected integer 1..1048576, got number");
+    refused("{\"decision_workers\":true}", "decision_workers: expected integer 1..64, got boolean");
+    refused("{\"policy\":[]}", "policy: expected object, got array");
+    refused("{\"policy\":{\"timeout_ms\":\"5\"}}", "policy.timeout_ms: expected integer 1..10000, got string");
+    refused("{\"connectors\":[]}", "connectors: expected object, got array");
+    refused("{\"connectors\":{\"shop\":\"shopify\"}}", "connectors.shop: expected object, got string");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":3}}}", "connectors.shop.plugin: expected string, got integer");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"config\":[]}}}",
+            "connectors.shop.config: expected object, got array");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"timeout_ms\":1.0}}}",
+            "connectors.shop.timeout_ms: expected integer 1..3600000, got number");
+}
+
+static void ranges_enforced(void **state)
+{
+    (void)state;
+    refused("{\"map_size_mb\":0}", "map_size_mb: expected integer 1..1048576, got 0");
+    refused("{\"map_size_mb\":1048577}", "map_size_mb: expected integer 1..1048576, got 1048577");
+    refused("{\"max_body_bytes\":1023}", "max_body_bytes: expected integer 1024..67108864, got 1023");
+    refused("{\"max_body_bytes\":67108865}", "max_body_bytes: expected integer 1024..67108864, got 67108865");
+    refused("{\"decision_workers\":0}", "decision_workers: expected integer 1..64, got 0");
+    refused("{\"decision_workers\":65}", "decision_workers: expected integer 1..64, got 65");
+    refused("{\"policy\":{\"memory_kb\":63}}", "policy.memory_kb: expected integer 64..1048576, got 63");
+    refused("{\"policy\":{\"instructions\":999}}", "policy.instructions: expected integer 1000..1000000000, got 999");
+    refused("{\"policy\":{\"timeout_ms\":10001}}", "policy.timeout_ms: expected integer 1..10000, got 10001");
+    config *cfg = parse_ok("{\"max_body_bytes\":67108864,\"map_size_mb\":1048576,"
+                           "\"policy\":{\"memory_kb\":1048576,\"instructions\":1000000000,\"timeout_ms\":1}}");
+    assert_int_equal(cfg->max_body_bytes, 64 << 20);
+    assert_int_equal(cfg->map_size_mb, 1048576);
+    assert_int_equal(cfg->policy.memory_bytes, (size_t)1 << 30);
+    assert_int_equal(cfg->policy.instructions, 1000000000);
+    assert_int_equal(cfg->policy.timeout_ms, 1);
+    config_free(cfg);
+}
+
+static void non_loopback_listen_refused(void **state)
+{
+    (void)state;
+    refused("{\"listen\":\"0.0.0.0:8470\"}",
+            "listen: 0.0.0.0 is not a loopback address; aiorun only listens on loopback until "
+            "token authentication exists");
+    refused("{\"listen\":\"192.168.1.10:80\"}",
+            "listen: 192.168.1.10 is not a loopback address; aiorun only listens on loopback until "
+            "token authentication exists");
+    refused("{\"listen\":\"[::]:8470\"}",
+            "listen: :: is not a loopback address; aiorun only listens on loopback until token "
+            "authentication exists");
+    refused("{\"listen\":\"example.com:80\"}",
+            "listen: example.com is not a loopback address; aiorun only listens on loopback until "
+            "token authentication exists");
+    refused_prefix("{\"listen\":\"128.0.0.1:80\"}", "listen: 128.0.0.1 is not a loopback address");
+    /* an IPv4-mapped address is not accepted either: only ::1 */
+    refused_prefix("{\"listen\":\"[::ffff:127.0.0.1]:80\"}", "listen: ::ffff:127.0.0.1 is not a loopback");
+}
+
+static void bad_listen_syntax_refused(void **state)
+{
+    (void)state;
+    refused("{\"listen\":\"127.0.0.1:65536\"}", "listen: port must be an integer 0..65535, got \"65536\"");
+    refused("{\"listen\":\"127.0.0.1:\"}", "listen: port must be an integer 0..65535, got \"\"");
+    refused("{\"listen\":\"127.0.0.1:http\"}", "listen: port must be an integer 0..65535, got \"http\"");
+    refused("{\"listen\":\"127.0.0.1:-1\"}", "listen: port must be an integer 0..65535, got \"-1\"");
+    refused("{\"listen\":\"127.0.0.1:99999999999\"}",
+            "listen: port must be an integer 0..65535, got \"99999999999\"");
+    refused_prefix("{\"listen\":\"127.0.0.1\"}", "listen: expected \"host:port\"");
+    refused_prefix("{\"listen\":\"::1:8470\"}", "listen: expected \"host:port\"");
+    refused_prefix("{\"listen\":\"[::1]8470\"}", "listen: expected \"host:port\" with an IPv6 host in brackets");
+    refused_prefix("{\"listen\":\"[127.0.0.1]:80\"}", "listen: \"127.0.0.1\" is not a valid host");
+    refused_prefix("{\"listen\":\":8470\"}", "listen: missing host");
+}
+
+static void loopback_listen_accepted(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"listen\":\"[::1]:8470\"}");
+    assert_string_equal(cfg->listen_host, "::1");
+    assert_int_equal(cfg->listen_port, 8470);
+    config_free(cfg);
+    cfg = parse_ok("{\"listen\":\"127.4.5.6:65535\"}");
+    assert_string_equal(cfg->listen_host, "127.4.5.6");
+    assert_int_equal(cfg->listen_port, 65535);
+    config_free(cfg);
+    cfg = parse_ok("{\"listen\":\"localhost:1\"}");
+    assert_string_equal(cfg->listen_host, "localhost");
+    assert_int_equal(cfg->listen_port, 1);
+    config_free(cfg);
+}
+
+static void connector_plugin_required(void **state)
+{
+    (void)state;
+    refused_prefix("{\"connectors\":{\"shop\":{}}}", "connectors.shop.plugin: required");
+    refused_prefix("{\"connectors\":{\"shop\":{\"processes\":2}}}", "connectors.shop.plugin: required");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"\"}}}", "connectors.shop.plugin: must not be empty");
+}
+
+static void connector_name_checked(void **state)
+{
+    (void)state;
+    const char *want = "(use 1 to 64 characters of a-z, 0-9, _ and -)";
+    char msg[256];
+    snprintf(msg, sizeof msg, "connectors: invalid name \"Shop\" %s", want);
+    refused("{\"connectors\":{\"Shop\":{\"plugin\":\"s\"}}}", msg);
+    snprintf(msg, sizeof msg, "connectors: invalid name \"\" %s", want);
+    refused("{\"connectors\":{\"\":{\"plugin\":\"s\"}}}", msg);
+    snprintf(msg, sizeof msg, "connectors: invalid name \"a b\" %s", want);
+    refused("{\"connectors\":{\"a b\":{\"plugin\":\"s\"}}}", msg);
+    snprintf(msg, sizeof msg, "connectors: invalid name \"../x\" %s", want);
+    refused("{\"connectors\":{\"../x\":{\"plugin\":\"s\"}}}", msg);
+
+    char name[80], text[200];
+    memset(name, 'a', 64);
+    name[64] = '\0';
+    snprintf(text, sizeof text, "{\"connectors\":{\"%s\":{\"plugin\":\"s\"}}}", name);
+    config *cfg = parse_ok(text);
+    assert_non_null(config_find_connector(cfg, name));
+    config_free(cfg);
+    strcat(name, "a");
+    snprintf(text, sizeof text, "{\"connectors\":{\"%s\":{\"plugin\":\"s\"}}}", name);
+    refused_prefix(text, "connectors: invalid name \"aaaa");
+    /* an error in a later connector frees the earlier, complete ones (checked by ASan) */
+    refused("{\"connectors\":{\"ok\":{\"plugin\":\"s\",\"config\":{\"k\":1}},\"BAD\":{}}}",
+            "connectors: invalid name \"BAD\" (use 1 to 64 characters of a-z, 0-9, _ and -)");
+}
+
+static void connector_ranges(void **state)
+{
+    (void)state;
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"processes\":0}}}",
+            "connectors.shop.processes: expected integer 1..64, got 0");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"processes\":65}}}",
+            "connectors.shop.processes: expected integer 1..64, got 65");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"timeout_ms\":0}}}",
+            "connectors.shop.timeout_ms: expected integer 1..3600000, got 0");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"timeout_ms\":3600001}}}",
+            "connectors.shop.timeout_ms: expected integer 1..3600000, got 3600001");
+}
+
+static void relative_paths_resolved_against_base_dir(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"data_dir\":\"./data/./x/\",\"plugin_dir\":\"../plugins\","
+                           "\"policy_dir\":\"/etc//aiorun/policies\"}");
+    assert_string_equal(cfg->data_dir, "/base/data/x");
+    /* ".." is kept: resolving it by hand is wrong across symlinks */
+    assert_string_equal(cfg->plugin_dir, "/base/../plugins");
+    assert_string_equal(cfg->policy_dir, "/etc/aiorun/policies");
+    config_free(cfg);
+
+    ar_error err;
+    cfg = NULL;
+    assert_int_equal(config_parse("{\"data_dir\":\".\"}", "/srv//app/./", &cfg, &err), AR_OK);
+    assert_string_equal(cfg->data_dir, "/srv/app");
+    assert_string_equal(cfg->policy_dir, "/srv/app/policies");
+    config_free(cfg);
+    assert_int_equal(config_parse("{\"data_dir\":\"d\"}", "/", &cfg, &err), AR_OK);
+    assert_string_equal(cfg->data_dir, "/d");
+    config_free(cfg);
+}
+
+static void plugin_given_as_path(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"plugin_dir\":\"/opt/plugins\",\"connectors\":{"
+                           "\"a\":{\"plugin\":\"./custom/my.so\"},"
+                           "\"b\":{\"plugin\":\"/usr/lib/aiorun/x.so\"},"
+                           "\"c\":{\"plugin\":\"echo\"}}}");
+    assert_string_equal(config_find_connector(cfg, "a")->plugin_path, "/base/custom/my.so");
+    assert_string_equal(config_find_connector(cfg, "a")->plugin, "./custom/my.so");
+    assert_string_equal(config_find_connector(cfg, "b")->plugin_path, "/usr/lib/aiorun/x.so");
+    assert_string_equal(config_find_connector(cfg, "c")->plugin_path, "/opt/plugins/echo.so");
+    config_free(cfg);
+    /* plugin_dir after connectors in the file still applies */
+    cfg = parse_ok("{\"connectors\":{\"c\":{\"plugin\":\"echo\"}},\"plugin_dir\":\"pl\"}");
+    assert_string_equal(cfg->connectors[0].plugin_path, "/base/pl/echo.so");
+    config_free(cfg);
+}
+
+static void load_file_missing_names_path(void **state)
+{
+    (void)state;
+    config *cfg = (config *)&cfg;
+    ar_error err;
+    ar_error_clear(&err);
+    const char *path = "/nonexistent-aiorun-dir/aiorun.json";
+    assert_int_equal(config_load_file(path, &cfg, &err), AR_E_IO);
+    assert_null(cfg);
+    assert_string_equal(err.code, "invalid_config");
+    char want[256];
+    snprintf(want, sizeof want, "config: cannot open %s: %s", path, strerror(ENOENT));
+    assert_string_equal(err.message, want);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A temporary directory for the file tests; teardown removes it even after a failed assert. */
+typedef struct tmpdir {
+    char dir[64];
+    char path[128];    /* dir/aiorun.json */
+    char cwd[PATH_MAX];
+} tmpdir;
+
+static int tmpdir_setup(void **state)
+{
+    tmpdir *t = calloc(1, sizeof *t);
+    if (!t)
+        return -1;
+    snprintf(t->dir, sizeof t->dir, "/tmp/aiorun-test-config-XXXXXX");
+    if (!mkdtemp(t->dir) || !getcwd(t->cwd, sizeof t->cwd)) {
+        free(t);
+        return -1;
+    }
+    snprintf(t->path, sizeof t->path, "%s/aiorun.json", t->dir);
+    *state = t;
+    return 0;
+}
+
+static int tmpdir_teardown(void **state)
+{
+    tmpdir *t = *state;
+    int rc = chdir(t->cwd);
+    unlink(t->path);
+    rc |= rmdir(t->dir);
+    free(t);
+    return rc == 0 ? 0 : -1;
+}
+
+static void load_file_resolves_against_its_directory(void **state)
+{
+    tmpdir *t = *state;
+    const char *dir = t->dir, *path = t->path;
+    char want[256];
+    write_file(path, "{\"data_dir\":\"state\",\"connectors\":{\"x\":{\"plugin\":\"lib/x.so\"}}}");
+
+    config *cfg = NULL;
+    ar_error err;
+    assert_int_equal(config_load_file(path, &cfg, &err), AR_OK);
+    snprintf(want, sizeof want, "%s/state", dir);
+    assert_string_equal(cfg->data_dir, want);
+    snprintf(want, sizeof want, "%s/lib/x.so", dir);
+    assert_string_equal(cfg->connectors[0].plugin_path, want);
+    config_free(cfg);
+
+    /* a relative path is taken from the current directory (teardown restores it) */
+    assert_int_equal(chdir("/tmp"), 0);
+    assert_int_equal(config_load_file(path + strlen("/tmp/"), &cfg, &err), AR_OK);
+    snprintf(want, sizeof want, "%s/state", dir);
+    assert_string_equal(cfg->data_dir, want);
+    config_free(cfg);
+    assert_int_equal(chdir(t->cwd), 0);
+
+    /* an error in the file names the file, then the key */
+    write_file(path, "{\"decision_workers\":0}");
+    cfg = (config *)&cfg;
+    assert_int_equal(config_load_file(path, &cfg, &err), AR_E_INVALID);
+    assert_null(cfg);
+    snprintf(want, sizeof want, "%s: decision_workers: expected integer 1..64, got 0", path);
+    assert_string_equal(err.message, want);
+
+    /* a NUL byte inside the file is invalid JSON, not a silently shorter file */
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite("{}\0{", 1, 4, f), 4);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(config_load_file(path, &cfg, &err), AR_E_INVALID);
+    assert_non_null(strstr(err.message, "invalid JSON"));
+
+    /* a directory is not a config file */
+    assert_int_equal(config_load_file(dir, &cfg, &err), AR_E_IO);
+    assert_non_null(strstr(err.message, dir));
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(shipped_config_parses),
+    cmocka_unit_test(defaults_from_empty_object),
+    cmocka_unit_test(null_base_dir_is_current_directory),
+    cmocka_unit_test(all_keys_set),
+    cmocka_unit_test(invalid_json_names_line_and_column),
+    cmocka_unit_test(top_level_must_be_object),
+    cmocka_unit_test(unknown_keys_named),
+    cmocka_unit_test(wrong_types_named),
+    cmocka_unit_test(ranges_enforced),
+    cmocka_unit_test(non_loopback_listen_refused),
+    cmocka_unit_test(bad_listen_syntax_refused),
+    cmocka_unit_test(loopback_listen_accepted),
+    cmocka_unit_test(connector_plugin_required),
+    cmocka_unit_test(connector_name_checked),
+    cmocka_unit_test(connector_ranges),
+    cmocka_unit_test(relative_paths_resolved_against_base_dir),
+    cmocka_unit_test(plugin_given_as_path),
+    cmocka_unit_test(load_file_missing_names_path),
+    cmocka_unit_test_setup_teardown(load_file_resolves_against_its_directory, tmpdir_setup, tmpdir_teardown),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,0 +1,1229 @@
+/* test_journal.c - the durable store: roundtrips, conditional inserts, group commit, callbacks,
+ * format and schema refusal, a full map, stale reader slots, async submit and close. */
+#include "test_main.h"
+
+#include <ftw.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "journal.h"
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static char *make_tmpdir(void)
+{
+    char tmpl[] = "/tmp/aiorun-journal-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    char *dir = strdup(tmpl);
+    assert_non_null(dir);
+    return dir;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(char *dir)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+}
+
+static journal *open_journal(const char *dir, size_t map_mb)
+{
+    journal_opts opts = { .dir = dir, .map_size_mb = map_mb };
+    journal *j = NULL;
+    ar_error err;
+    int rc = journal_open(&opts, &j, &err);
+    if (rc != AR_OK)
+        fail_msg("journal_open(%s): %d %s: %s", dir, rc, err.code, err.message);
+    return j;
+}
+
+static int put_bytes(journal *j, journal_db db, const char *key, const void *val, size_t vlen,
+                     ar_error *err)
+{
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, db, key, strlen(key), val, vlen);
+    int rc = journal_commit(j, b, err);
+    journal_batch_free(b);
+    return rc;
+}
+
+static int put_str(journal *j, journal_db db, const char *key, const char *val)
+{
+    ar_error err;
+    return put_bytes(j, db, key, val, strlen(val), &err);
+}
+
+/* Read key into out (NUL-terminated); returns journal_get's status. */
+static int get_str(journal *j, journal_db db, const char *key, char *out, size_t cap)
+{
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    int rc = journal_get(r, db, key, strlen(key), &val, &vlen);
+    if (rc == AR_OK) {
+        assert_true(vlen < cap);
+        memcpy(out, val, vlen);
+        out[vlen] = '\0';
+    }
+    journal_read_end(r);
+    return rc;
+}
+
+static void assert_value(journal *j, journal_db db, const char *key, const char *expected)
+{
+    char buf[256];
+    int rc = get_str(j, db, key, buf, sizeof buf);
+    if (rc != AR_OK)
+        fail_msg("key %s: status %d, expected value %s", key, rc, expected);
+    assert_string_equal(buf, expected);
+}
+
+static void assert_absent(journal *j, journal_db db, const char *key)
+{
+    char buf[256];
+    assert_int_equal(get_str(j, db, key, buf, sizeof buf), AR_E_NOTFOUND);
+}
+
+/* The outcome of an async batch, filled by on_done on the writer thread. */
+struct outcome {
+    int status;
+    int calls;
+    char code[48];
+    bool conflict;
+    size_t conflict_index;
+    char conflict_val[64];
+    sem_t *done;
+};
+
+static void on_done(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    struct outcome *o = arg;
+    o->status = status;
+    o->calls++;
+    snprintf(o->code, sizeof o->code, "%s", err ? err->code : "");
+    const void *val;
+    size_t vlen;
+    if (journal_batch_conflict(b, &o->conflict_index, &val, &vlen) == AR_OK) {
+        o->conflict = true;
+        snprintf(o->conflict_val, sizeof o->conflict_val, "%.*s", (int)vlen, (const char *)val);
+    }
+    journal_batch_free(b);
+    if (o->done)
+        sem_post(o->done);
+}
+
+/* A gate holds the writer inside a callback, so that the batches submitted meanwhile are all
+ * taken together as the next group. */
+struct gate {
+    sem_t entered, release;
+    struct outcome outcome;
+};
+
+static int wait_at_gate(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn; (void)err;
+    struct gate *g = arg;
+    sem_post(&g->entered);
+    sem_wait(&g->release);
+    return AR_OK;
+}
+
+static void hold_writer(journal *j, struct gate *g)
+{
+    memset(g, 0, sizeof *g);
+    sem_init(&g->entered, 0, 0);
+    sem_init(&g->release, 0, 0);
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, wait_at_gate, g);
+    assert_int_equal(journal_submit(j, b, on_done, &g->outcome), AR_OK);
+    sem_wait(&g->entered);
+}
+
+static void release_writer(struct gate *g)
+{
+    sem_post(&g->release);
+}
+
+static void destroy_gate(struct gate *g)
+{
+    assert_int_equal(g->outcome.calls, 1);
+    assert_int_equal(g->outcome.status, AR_OK);
+    sem_destroy(&g->entered);
+    sem_destroy(&g->release);
+}
+
+static void submit(journal *j, journal_batch *b, struct outcome *o)
+{
+    assert_int_equal(journal_submit(j, b, on_done, o), AR_OK);
+}
+
+/* Write a raw LMDB value, bypassing the journal (which must be closed). */
+static void raw_put(const char *dir, const char *db, const char *key, const void *val, size_t vlen)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+    MDB_val k = { strlen(key), (void *)key }, v = { vlen, (void *)val };
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* ---- roundtrip -------------------------------------------------------------------------- */
+
+static void roundtrip_and_reopen(void **state)
+{
+    (void)state;
+    char *root = make_tmpdir();
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/data/journal", root); /* missing levels are created */
+    journal *j = open_journal(dir, 0);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "a1", 2, "first", 5);
+    journal_batch_put(b, JDB_ACTIONS, "a2", 2, "second", 6);
+    journal_batch_put(b, JDB_QUEUE, "a1", 2, "queued", 6);
+    journal_batch_put(b, JDB_CACHE, "empty", 5, "", 0);
+    journal_batch_put(b, JDB_ACTIONS, "gone", 4, "x", 1);
+    journal_batch_del(b, JDB_ACTIONS, "gone", 4);
+    journal_batch_del(b, JDB_ACTIONS, "never-there", 11); /* not an error */
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    assert_string_equal(err.code, "");
+    assert_int_equal(journal_batch_conflict(b, NULL, NULL, NULL), AR_E_NOTFOUND);
+    journal_batch_free(b);
+
+    /* A read snapshot does not see later commits; a new one does. */
+    journal_read *old;
+    assert_int_equal(journal_read_begin(j, &old, NULL), AR_OK);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "a1", "first-updated"), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(old, JDB_ACTIONS, "a1", 2, &val, &vlen), AR_OK);
+    assert_int_equal(vlen, 5);
+    assert_memory_equal(val, "first", 5);
+    journal_read_end(old);
+    assert_value(j, JDB_ACTIONS, "a1", "first-updated");
+
+    journal_stats stats;
+    journal_get_stats(j, &stats);
+    assert_int_equal(stats.commits, 2);
+    assert_int_equal(stats.batches, 2);
+    assert_int_equal(stats.map_size, (size_t)1024 << 20);
+    assert_true(stats.map_used > 0 && stats.map_used < stats.map_size);
+    journal_close(j);
+
+    j = open_journal(dir, 0);
+    assert_value(j, JDB_ACTIONS, "a1", "first-updated");
+    assert_value(j, JDB_ACTIONS, "a2", "second");
+    assert_value(j, JDB_QUEUE, "a1", "queued");
+    assert_value(j, JDB_CACHE, "empty", "");
+    assert_absent(j, JDB_ACTIONS, "gone");
+    assert_absent(j, JDB_APPROVALS, "a1");
+    /* The schema version record reads like any other record: uint32 LE 1. */
+    assert_int_equal(journal_read_begin(j, &old, NULL), AR_OK);
+    assert_int_equal(journal_get(old, JDB_META, "schema_version", 14, &val, &vlen), AR_OK);
+    assert_int_equal(vlen, 4);
+    assert_memory_equal(val, "\x01\x00\x00\x00", 4);
+    journal_read_end(old);
+    journal_close(j);
+    journal_close(NULL);
+    rm_rf(root);
+}
+
+/* ---- conditional inserts ---------------------------------------------------------------- */
+
+static void conflict_rolls_back_its_batch_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_IDEMPOTENCY, "taken", "original"), AR_OK);
+
+    /* Synchronous: the conflict's value comes back with the batch. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "s1", 2, "v", 1);
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "taken", 5, "mine", 4);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_EXISTS);
+    assert_string_equal(err.code, "already_exists");
+    size_t index;
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_batch_conflict(b, &index, &val, &vlen), AR_OK);
+    assert_int_equal(index, 1);
+    assert_int_equal(vlen, 8);
+    assert_memory_equal(val, "original", 8);
+    journal_batch_free(b);
+    assert_absent(j, JDB_ACTIONS, "s1");
+
+    /* In one group with an unrelated batch: the conflicting batch rolls back whole (also the
+     * puts after the conflict), the other commits. */
+    struct gate g;
+    hold_writer(j, &g);
+    struct outcome conflicting = { 0 }, unrelated = { 0 };
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "c1", 2, "one", 3);
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "fresh", 5, "new", 3);
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "taken", 5, "again", 5);
+    journal_batch_put(b, JDB_ACTIONS, "c2", 2, "two", 3);
+    submit(j, b, &conflicting);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "u1", 2, "unrelated", 9);
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "other", 5, "yes", 3);
+    submit(j, b, &unrelated);
+    release_writer(&g);
+    journal_close(j); /* drains */
+    destroy_gate(&g);
+
+    assert_int_equal(conflicting.calls, 1);
+    assert_int_equal(conflicting.status, AR_E_EXISTS);
+    assert_string_equal(conflicting.code, "already_exists");
+    assert_true(conflicting.conflict);
+    assert_int_equal(conflicting.conflict_index, 2);
+    assert_string_equal(conflicting.conflict_val, "original");
+    assert_int_equal(unrelated.calls, 1);
+    assert_int_equal(unrelated.status, AR_OK);
+    assert_false(unrelated.conflict);
+
+    j = open_journal(dir, 0);
+    assert_absent(j, JDB_ACTIONS, "c1");
+    assert_absent(j, JDB_ACTIONS, "c2");
+    assert_absent(j, JDB_IDEMPOTENCY, "fresh");
+    assert_value(j, JDB_IDEMPOTENCY, "taken", "original");
+    assert_value(j, JDB_ACTIONS, "u1", "unrelated");
+    assert_value(j, JDB_IDEMPOTENCY, "other", "yes");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+#define RACERS 8
+#define RACE_ROUNDS 20
+
+struct racer {
+    journal *j;
+    pthread_barrier_t *start;
+    int id;
+    int status[RACE_ROUNDS];
+    char seen[RACE_ROUNDS][32];
+};
+
+static void *race_main(void *arg)
+{
+    struct racer *r = arg;
+    pthread_barrier_wait(r->start);
+    for (int round = 0; round < RACE_ROUNDS; round++) {
+        char key[32], val[32];
+        snprintf(key, sizeof key, "race-%d", round);
+        snprintf(val, sizeof val, "racer-%d", r->id);
+        journal_batch *b = journal_batch_new();
+        journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, key, strlen(key), val, strlen(val));
+        r->status[round] = journal_commit(r->j, b, NULL);
+        const void *found;
+        size_t flen;
+        if (r->status[round] == AR_E_EXISTS &&
+            journal_batch_conflict(b, NULL, &found, &flen) == AR_OK)
+            snprintf(r->seen[round], sizeof r->seen[round], "%.*s", (int)flen,
+                     (const char *)found);
+        else
+            snprintf(r->seen[round], sizeof r->seen[round], "%s", val);
+        journal_batch_free(b);
+    }
+    return NULL;
+}
+
+static void conditional_insert_race(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, RACERS);
+    struct racer racers[RACERS];
+    pthread_t threads[RACERS];
+    for (int i = 0; i < RACERS; i++) {
+        racers[i] = (struct racer){ .j = j, .start = &start, .id = i };
+        assert_int_equal(pthread_create(&threads[i], NULL, race_main, &racers[i]), 0);
+    }
+    for (int i = 0; i < RACERS; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&start);
+
+    for (int round = 0; round < RACE_ROUNDS; round++) {
+        char key[32], stored[32];
+        snprintf(key, sizeof key, "race-%d", round);
+        assert_int_equal(get_str(j, JDB_IDEMPOTENCY, key, stored, sizeof stored), AR_OK);
+        int winners = 0;
+        for (int i = 0; i < RACERS; i++) {
+            if (racers[i].status[round] == AR_OK)
+                winners++;
+            else
+                assert_int_equal(racers[i].status[round], AR_E_EXISTS);
+            assert_string_equal(racers[i].seen[round], stored); /* everyone sees the winner */
+        }
+        assert_int_equal(winners, 1);
+    }
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- group commit ----------------------------------------------------------------------- */
+
+#define WRITERS 16
+#define WRITES_EACH 200
+
+struct writer_arg {
+    journal *j;
+    int id;
+    int failures;
+};
+
+static void *writer_main(void *arg)
+{
+    struct writer_arg *w = arg;
+    for (int i = 0; i < WRITES_EACH; i++) {
+        char key[32], val[32];
+        snprintf(key, sizeof key, "w%02d-%04d", w->id, i);
+        snprintf(val, sizeof val, "value %d/%d", w->id, i);
+        if (put_str(w->j, JDB_ACTIONS, key, val) != AR_OK)
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void group_commit_many_threads(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    pthread_t threads[WRITERS];
+    struct writer_arg args[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        args[i] = (struct writer_arg){ .j = j, .id = i };
+        assert_int_equal(pthread_create(&threads[i], NULL, writer_main, &args[i]), 0);
+    }
+    for (int i = 0; i < WRITERS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    journal_stats stats;
+    journal_get_stats(j, &stats);
+    assert_int_equal(stats.batches, WRITERS * WRITES_EACH);
+    assert_true(stats.commits > 0);
+    assert_true(stats.commits < stats.batches);
+    print_message("group commit: %llu batches in %llu transactions\n",
+                  (unsigned long long)stats.batches, (unsigned long long)stats.commits);
+
+    for (int w = 0; w < WRITERS; w++) {
+        for (int i = 0; i < WRITES_EACH; i++) {
+            char key[32], val[32];
+            snprintf(key, sizeof key, "w%02d-%04d", w, i);
+            snprintf(val, sizeof val, "value %d/%d", w, i);
+            assert_value(j, JDB_ACTIONS, key, val);
+        }
+    }
+    /* And nothing else. */
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, JDB_ACTIONS, &c), AR_OK);
+    int count = 0;
+    for (int op = JOURNAL_FIRST; journal_cursor_get(c, op, NULL, NULL, NULL, NULL) == AR_OK;
+         op = JOURNAL_NEXT)
+        count++;
+    assert_int_equal(count, WRITERS * WRITES_EACH);
+    journal_cursor_close(c);
+    journal_read_end(r);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- apply callbacks -------------------------------------------------------------------- */
+
+#define COUNTERS 8
+#define INCREMENTS 100
+
+static uint64_t load_be64(const void *p)
+{
+    const unsigned char *b = p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void store_be64(unsigned char *b, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        b[i] = (unsigned char)v;
+}
+
+/* Increment the counter, and append an audit entry keyed one past the last. */
+static int increment(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)arg;
+    const void *val;
+    size_t vlen;
+    uint64_t n = 0;
+    int rc = journal_txn_get(txn, JDB_META, "counter", 7, &val, &vlen);
+    bool found = rc == AR_OK;
+    if (found) {
+        if (vlen != 8)
+            return ar_error_set(err, AR_E_FORMAT, "bad_counter", "counter of %zu bytes", vlen);
+        n = load_be64(val);
+    } else if (rc != AR_E_NOTFOUND) {
+        return rc;
+    }
+    unsigned char buf[8];
+    store_be64(buf, n + 1);
+    if ((rc = journal_txn_put(txn, JDB_META, "counter", 7, buf, 8)) != AR_OK)
+        return rc;
+    /* The value read before the put is a copy: it still says n. */
+    if (found && load_be64(val) != n)
+        return ar_error_set(err, AR_E_FAIL, "borrowed_changed", "a borrowed value changed");
+
+    const void *key;
+    size_t klen;
+    uint64_t seq = 0;
+    rc = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
+    if (rc == AR_OK)
+        seq = load_be64(key);
+    else if (rc != AR_E_NOTFOUND)
+        return rc;
+    store_be64(buf, seq + 1);
+    return journal_txn_put(txn, JDB_AUDIT, buf, 8, "entry", 5);
+}
+
+static void *counter_main(void *arg)
+{
+    journal *j = arg;
+    for (int i = 0; i < INCREMENTS; i++) {
+        journal_batch *b = journal_batch_new();
+        journal_batch_apply(b, increment, NULL);
+        ar_error err;
+        int rc = journal_commit(j, b, &err);
+        journal_batch_free(b);
+        if (rc != AR_OK)
+            return (void *)"commit failed";
+    }
+    return NULL;
+}
+
+static void apply_reads_then_writes(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    pthread_t threads[COUNTERS];
+    for (int i = 0; i < COUNTERS; i++)
+        assert_int_equal(pthread_create(&threads[i], NULL, counter_main, j), 0);
+    for (int i = 0; i < COUNTERS; i++) {
+        void *res;
+        pthread_join(threads[i], &res);
+        assert_null(res);
+    }
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_META, "counter", 7, &val, &vlen), AR_OK);
+    assert_int_equal(vlen, 8);
+    assert_int_equal(load_be64(val), COUNTERS * INCREMENTS);
+    /* The audit sequence is 1..N without gaps. */
+    journal_cursor *c;
+    assert_int_equal(journal_cursor_open(r, JDB_AUDIT, &c), AR_OK);
+    uint64_t expect = 1;
+    const void *key;
+    size_t klen;
+    for (int op = JOURNAL_FIRST; journal_cursor_get(c, op, &key, &klen, &val, &vlen) == AR_OK;
+         op = JOURNAL_NEXT, expect++) {
+        assert_int_equal(klen, 8);
+        assert_int_equal(load_be64(key), expect);
+    }
+    assert_int_equal(expect - 1, COUNTERS * INCREMENTS);
+    journal_cursor_close(c);
+    journal_read_end(r);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int put_then_fail(journal_txn *txn, void *arg, ar_error *err)
+{
+    int rc = journal_txn_put(txn, JDB_ACTIONS, "b2", 2, "from callback", 13);
+    if (rc != AR_OK)
+        return rc;
+    if (arg) /* fail with a message */
+        return ar_error_set(err, AR_E_INVALID, "callback_refused", "the callback said no");
+    return AR_E_BUSY; /* fail without one */
+}
+
+static void apply_failure_rolls_back_its_batch_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    journal_stats before, after;
+    journal_get_stats(j, &before);
+
+    struct gate g;
+    hold_writer(j, &g);
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome a = { .done = &done }, failing = { .done = &done }, quiet = { .done = &done },
+                   c = { .done = &done };
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "a", 1, "A", 1);
+    submit(j, b, &a);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "b1", 2, "B1", 2);
+    journal_batch_apply(b, put_then_fail, "with message");
+    journal_batch_put(b, JDB_ACTIONS, "b3", 2, "B3", 2);
+    submit(j, b, &failing);
+    b = journal_batch_new();
+    journal_batch_apply(b, put_then_fail, NULL);
+    submit(j, b, &quiet);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "c", 1, "C", 1);
+    submit(j, b, &c);
+    release_writer(&g);
+    for (int i = 0; i < 4; i++)
+        sem_wait(&done);
+    sem_destroy(&done);
+    assert_int_equal(a.status, AR_OK);
+    assert_int_equal(c.status, AR_OK);
+    assert_int_equal(failing.status, AR_E_INVALID);
+    assert_string_equal(failing.code, "callback_refused");
+    assert_int_equal(quiet.status, AR_E_BUSY);
+    assert_string_equal(quiet.code, "journal_apply_failed");
+    assert_value(j, JDB_ACTIONS, "a", "A");
+    assert_value(j, JDB_ACTIONS, "c", "C");
+    assert_absent(j, JDB_ACTIONS, "b1");
+    assert_absent(j, JDB_ACTIONS, "b2");
+    assert_absent(j, JDB_ACTIONS, "b3");
+
+    /* The gate, then [a, failing, quiet, c] as one transaction. */
+    journal_get_stats(j, &after);
+    assert_int_equal(after.commits - before.commits, 2);
+    assert_int_equal(after.batches - before.batches, 3);
+    journal_close(j);
+    destroy_gate(&g);
+    rm_rf(dir);
+}
+
+/* ---- formats ---------------------------------------------------------------------------- */
+
+static int read_bad(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)arg; (void)err;
+    return journal_txn_get(txn, JDB_ACTIONS, "bad99", 5, NULL, NULL);
+}
+
+static void record_format_refusal(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "good", "fine"), AR_OK);
+    journal_close(j);
+    raw_put(dir, "actions", "bad99", "\x63payload", 8); /* version byte 99 */
+    raw_put(dir, "actions", "bad0", "\x00payload", 8);  /* version byte 0 */
+    raw_put(dir, "actions", "empty", "", 0);            /* no version byte */
+
+    j = open_journal(dir, 0);
+    assert_value(j, JDB_ACTIONS, "good", "fine");
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "bad99", 5, &val, &vlen), AR_E_FORMAT);
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "bad0", 4, &val, &vlen), AR_E_FORMAT);
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "empty", 5, &val, &vlen), AR_E_FORMAT);
+    /* A cursor reports the bad record and moves on past it. Order: bad0 bad99 empty good. */
+    journal_cursor *c;
+    assert_int_equal(journal_cursor_open(r, JDB_ACTIONS, &c), AR_OK);
+    const void *key;
+    size_t klen;
+    assert_int_equal(journal_cursor_get(c, JOURNAL_FIRST, &key, &klen, &val, &vlen), AR_E_FORMAT);
+    assert_int_equal(journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen), AR_E_FORMAT);
+    assert_int_equal(journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen), AR_E_FORMAT);
+    assert_int_equal(journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen), AR_OK);
+    assert_int_equal(klen, 4);
+    assert_memory_equal(key, "good", 4);
+    journal_cursor_close(c);
+    journal_read_end(r);
+
+    /* A conflict on a bad record and a callback reading one report record_format. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put_unless_exists(b, JDB_ACTIONS, "bad99", 5, "x", 1);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "record_format");
+    journal_batch_free(b);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "side", 4, "effect", 6);
+    journal_batch_apply(b, read_bad, NULL);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "record_format");
+    journal_batch_free(b);
+    assert_absent(j, JDB_ACTIONS, "side");
+    /* Overwriting a bad record with a good one is allowed. */
+    assert_int_equal(put_str(j, JDB_ACTIONS, "bad99", "repaired"), AR_OK);
+    assert_value(j, JDB_ACTIONS, "bad99", "repaired");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void schema_version_refusal(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    journal_close(j);
+    /* One schema version newer than ours. */
+    unsigned char newer[5] = { JOURNAL_RECORD_VERSION, JOURNAL_SCHEMA_VERSION + 1, 0, 0, 0 };
+    raw_put(dir, "meta", "schema_version", newer, sizeof newer);
+
+    journal_opts opts = { .dir = dir };
+    ar_error err;
+    j = (journal *)&err; /* must be reset to NULL */
+    assert_int_equal(journal_open(&opts, &j, &err), AR_E_FORMAT);
+    assert_null(j);
+    assert_string_equal(err.code, "journal_format");
+    char expect[64];
+    snprintf(expect, sizeof expect, "schema version %d", JOURNAL_SCHEMA_VERSION + 1);
+    assert_non_null(strstr(err.message, expect));
+    snprintf(expect, sizeof expect, "version %d", JOURNAL_SCHEMA_VERSION);
+    assert_non_null(strstr(err.message, expect));
+    assert_non_null(strstr(err.message, dir));
+
+    /* A schema record in a newer record format is refused too. */
+    unsigned char newer_record[5] = { 99, 1, 0, 0, 0 };
+    raw_put(dir, "meta", "schema_version", newer_record, sizeof newer_record);
+    assert_int_equal(journal_open(&opts, &j, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "journal_format");
+
+    /* Our own version opens again. */
+    unsigned char ours[5] = { JOURNAL_RECORD_VERSION, JOURNAL_SCHEMA_VERSION, 0, 0, 0 };
+    raw_put(dir, "meta", "schema_version", ours, sizeof ours);
+    j = open_journal(dir, 0);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- a full map ------------------------------------------------------------------------- */
+
+#define BIG 4000
+
+static void fill_value(char *buf, int i)
+{
+    memset(buf, 'a' + i % 26, BIG);
+}
+
+static void assert_big(journal *j, int i)
+{
+    char key[32], expect[BIG];
+    snprintf(key, sizeof key, "big-%05d", i);
+    fill_value(expect, i);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_CACHE, key, strlen(key), &val, &vlen), AR_OK);
+    assert_int_equal(vlen, BIG);
+    assert_memory_equal(val, expect, BIG);
+    journal_read_end(r);
+}
+
+static int put_big(journal *j, int i, ar_error *err)
+{
+    char key[32], val[BIG];
+    snprintf(key, sizeof key, "big-%05d", i);
+    fill_value(val, i);
+    return put_bytes(j, JDB_CACHE, key, val, BIG, err);
+}
+
+static void map_full_is_a_clean_error(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 1);
+    ar_error err;
+    int stored = 0, rc;
+    while ((rc = put_big(j, stored, &err)) == AR_OK) {
+        stored++;
+        assert_true(stored < 1000); /* 1 MiB cannot hold 4 MB */
+    }
+    assert_int_equal(rc, AR_E_FULL);
+    assert_string_equal(err.code, "storage_full");
+    assert_non_null(strstr(err.message, "map_size_mb = 1"));
+    assert_true(stored > 10);
+    for (int i = 0; i < stored; i++)
+        assert_big(j, i);
+
+    /* Freeing room makes writes that fit succeed again. */
+    journal_batch *b = journal_batch_new();
+    for (int i = 0; i < 20; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "big-%05d", i);
+        journal_batch_del(b, JDB_CACHE, key, strlen(key));
+    }
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "small", "fits"), AR_OK);
+    assert_int_equal(put_big(j, 0, &err), AR_OK);
+
+    journal_stats stats;
+    journal_get_stats(j, &stats);
+    assert_int_equal(stats.map_size, (size_t)1 << 20);
+    journal_close(j);
+
+    j = open_journal(dir, 1);
+    for (int i = 20; i < stored; i++)
+        assert_big(j, i);
+    assert_big(j, 0);
+    assert_value(j, JDB_ACTIONS, "small", "fits");
+    journal_close(j);
+
+    /* Raising the map size is the fix the message names. */
+    j = open_journal(dir, 4);
+    for (int i = stored; i < stored + 100; i++)
+        assert_int_equal(put_big(j, i, &err), AR_OK);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int put_huge(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    return journal_txn_put(txn, JDB_CACHE, "huge-cb", 7, arg, (size_t)2 << 20);
+}
+
+static void map_full_fails_only_the_batch_that_does_not_fit(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 1);
+    size_t huge_len = (size_t)2 << 20;
+    char *huge = calloc(1, huge_len);
+    assert_non_null(huge);
+    journal_stats before, after;
+    journal_get_stats(j, &before);
+
+    /* One group: two small batches around one that cannot fit, and a callback that overfills. */
+    struct gate g;
+    hold_writer(j, &g);
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome small1 = { .done = &done }, big = { .done = &done },
+                   small2 = { .done = &done }, cb = { .done = &done };
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "s1", 2, "one", 3);
+    submit(j, b, &small1);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "with-huge", 9, "x", 1);
+    journal_batch_put(b, JDB_CACHE, "huge", 4, huge, huge_len);
+    submit(j, b, &big);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "s2", 2, "two", 3);
+    submit(j, b, &small2);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "with-cb", 7, "x", 1);
+    journal_batch_apply(b, put_huge, huge);
+    submit(j, b, &cb);
+    release_writer(&g);
+    for (int i = 0; i < 4; i++)
+        sem_wait(&done);
+    sem_destroy(&done);
+
+    assert_int_equal(small1.status, AR_OK);
+    assert_int_equal(small2.status, AR_OK);
+    assert_int_equal(big.status, AR_E_FULL);
+    assert_string_equal(big.code, "storage_full");
+    assert_int_equal(cb.status, AR_E_FULL);
+    assert_string_equal(cb.code, "storage_full");
+    assert_int_equal(small1.calls + small2.calls + big.calls + cb.calls, 4);
+    /* The gate's transaction, then the group's was abandoned and its batches run one
+     * transaction each: s1 and s2 committed. */
+    journal_get_stats(j, &after);
+    assert_int_equal(after.commits - before.commits, 3);
+    assert_int_equal(after.batches - before.batches, 3);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "after", "ok"), AR_OK);
+    journal_close(j);
+    destroy_gate(&g);
+
+    j = open_journal(dir, 1);
+    assert_value(j, JDB_ACTIONS, "s1", "one");
+    assert_value(j, JDB_ACTIONS, "s2", "two");
+    assert_value(j, JDB_ACTIONS, "after", "ok");
+    assert_absent(j, JDB_ACTIONS, "with-huge");
+    assert_absent(j, JDB_ACTIONS, "with-cb");
+    assert_absent(j, JDB_CACHE, "huge");
+    assert_absent(j, JDB_CACHE, "huge-cb");
+    journal_close(j);
+    free(huge);
+    rm_rf(dir);
+}
+
+/* ---- stale readers ---------------------------------------------------------------------- */
+
+static MDB_env *child_env(const char *dir)
+{
+    MDB_env *env;
+    if (mdb_env_create(&env) || mdb_env_set_maxdbs(env, 16) || mdb_env_open(env, dir, 0, 0600))
+        _exit(2);
+    return env;
+}
+
+static void stale_reader_slots_are_cleared(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "before", "1"), AR_OK);
+    journal_close(j);
+
+    /* A keeper process holds the environment open, so its lock table (with the dead reader's
+     * slot) survives until the journal opens; otherwise LMDB would reset it on a lone open. */
+    int ready[2], stop[2];
+    assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(stop), 0);
+    pid_t keeper = fork();
+    assert_true(keeper >= 0);
+    if (keeper == 0) {
+        close(ready[0]);
+        close(stop[1]);
+        MDB_env *env = child_env(dir);
+        char c = 'r';
+        if (write(ready[1], &c, 1) != 1)
+            _exit(3);
+        while (read(stop[0], &c, 1) > 0) {
+        }
+        mdb_env_close(env);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(stop[0]);
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+
+    /* A reader that dies with its read transaction open (as after kill -9). */
+    pid_t reader = fork();
+    assert_true(reader >= 0);
+    if (reader == 0) {
+        MDB_env *env = child_env(dir);
+        MDB_txn *txn;
+        if (mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+            _exit(4);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(reader, &status, 0), reader);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    j = open_journal(dir, 0);
+    journal_stats stats;
+    journal_get_stats(j, &stats);
+    assert_int_equal(stats.stale_readers, 1);
+    assert_value(j, JDB_ACTIONS, "before", "1");
+    assert_int_equal(put_str(j, JDB_ACTIONS, "after", "2"), AR_OK);
+    assert_value(j, JDB_ACTIONS, "after", "2");
+    journal_close(j);
+
+    close(stop[1]);
+    assert_int_equal(waitpid(keeper, &status, 0), keeper);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(ready[0]);
+
+    j = open_journal(dir, 0);
+    journal_get_stats(j, &stats);
+    assert_int_equal(stats.stale_readers, 0);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- async submit and close ------------------------------------------------------------- */
+
+#define ASYNC 50
+
+static void async_submit_reports_once(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_IDEMPOTENCY, "dup", "first"), AR_OK);
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome outcomes[ASYNC];
+    memset(outcomes, 0, sizeof outcomes);
+    for (int i = 0; i < ASYNC; i++) {
+        outcomes[i].done = &done;
+        char key[32];
+        snprintf(key, sizeof key, "async-%02d", i);
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, key, strlen(key), "v", 1);
+        if (i % 10 == 3)
+            journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "dup", 3, "again", 5);
+        submit(j, b, &outcomes[i]);
+    }
+    for (int i = 0; i < ASYNC; i++)
+        sem_wait(&done);
+    for (int i = 0; i < ASYNC; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "async-%02d", i);
+        assert_int_equal(outcomes[i].calls, 1);
+        if (i % 10 == 3) {
+            assert_int_equal(outcomes[i].status, AR_E_EXISTS);
+            assert_string_equal(outcomes[i].conflict_val, "first");
+            assert_absent(j, JDB_ACTIONS, key);
+        } else {
+            assert_int_equal(outcomes[i].status, AR_OK);
+            assert_value(j, JDB_ACTIONS, key, "v");
+        }
+    }
+    /* Refused arguments leave the batch with the caller and call nothing. */
+    assert_int_equal(journal_submit(j, NULL, on_done, &outcomes[0]), AR_E_NOMEM);
+    journal_batch *b = journal_batch_new();
+    assert_int_equal(journal_submit(j, b, NULL, NULL), AR_E_INVALID);
+    journal_batch_free(b);
+    journal_close(j);
+    for (int i = 0; i < ASYNC; i++)
+        assert_int_equal(outcomes[i].calls, 1);
+    sem_destroy(&done);
+    rm_rf(dir);
+}
+
+static void *close_main(void *arg)
+{
+    journal_close(arg);
+    return NULL;
+}
+
+#define IN_FLIGHT 100
+
+static void close_completes_batches_in_flight(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    struct gate g;
+    hold_writer(j, &g);
+    struct outcome outcomes[IN_FLIGHT];
+    memset(outcomes, 0, sizeof outcomes);
+    for (int i = 0; i < IN_FLIGHT; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "flight-%03d", i);
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_QUEUE, key, strlen(key), key, strlen(key));
+        submit(j, b, &outcomes[i]);
+    }
+    /* Close while the writer is busy: new batches are refused, queued ones still commit. The
+     * journal stays allocated until the writer (held at the gate) has finished. */
+    pthread_t closer;
+    assert_int_equal(pthread_create(&closer, NULL, close_main, j), 0);
+    journal_batch *late = journal_batch_new();
+    journal_batch_put(late, JDB_QUEUE, "late", 4, "x", 1);
+    struct outcome late_outcome = { 0 };
+    int rc;
+    while ((rc = journal_submit(j, late, on_done, &late_outcome)) == AR_OK) {
+        /* queued before close began: it will complete; try again with a fresh batch */
+        late = journal_batch_new();
+        journal_batch_put(late, JDB_QUEUE, "late", 4, "x", 1);
+        usleep(1000);
+    }
+    assert_int_equal(rc, AR_E_CLOSED);
+    ar_error err;
+    assert_int_equal(journal_commit(j, late, &err), AR_E_CLOSED);
+    assert_string_equal(err.code, "journal_closed");
+    journal_batch_free(late);
+    release_writer(&g);
+    pthread_join(closer, NULL);
+    destroy_gate(&g);
+    for (int i = 0; i < IN_FLIGHT; i++) {
+        assert_int_equal(outcomes[i].calls, 1);
+        assert_int_equal(outcomes[i].status, AR_OK);
+    }
+
+    j = open_journal(dir, 0);
+    for (int i = 0; i < IN_FLIGHT; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "flight-%03d", i);
+        assert_value(j, JDB_QUEUE, key, key);
+    }
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- cursors ---------------------------------------------------------------------------- */
+
+static void expect_at(journal_cursor *c, int op, const char *seek, const char *key_expected)
+{
+    const void *key = seek, *val;
+    size_t klen = seek ? strlen(seek) : 0, vlen;
+    int rc = journal_cursor_get(c, op, &key, &klen, &val, &vlen);
+    if (!key_expected) {
+        assert_int_equal(rc, AR_E_NOTFOUND);
+        return;
+    }
+    assert_int_equal(rc, AR_OK);
+    assert_int_equal(klen, strlen(key_expected));
+    assert_memory_equal(key, key_expected, klen);
+    char val_expected[32];
+    snprintf(val_expected, sizeof val_expected, "val-%s", key_expected);
+    assert_int_equal(vlen, strlen(val_expected));
+    assert_memory_equal(val, val_expected, vlen);
+}
+
+static void cursor_walk_and_seek(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    journal_batch *b = journal_batch_new();
+    for (int i = 0; i < 10; i++) {
+        char key[8], val[16];
+        snprintf(key, sizeof key, "k%02d", i * 2);
+        snprintf(val, sizeof val, "val-%s", key);
+        journal_batch_put(b, JDB_APPROVALS, key, strlen(key), val, strlen(val));
+    }
+    journal_batch_put(b, JDB_MEMORY, "k00", 3, "other db", 8); /* not seen below */
+    journal_batch_put(b, JDB_MEMORY, "zzz", 3, "other db", 8);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, JDB_APPROVALS, &c), AR_OK);
+    char key[8];
+    expect_at(c, JOURNAL_FIRST, NULL, "k00");
+    for (int i = 1; i < 10; i++) {
+        snprintf(key, sizeof key, "k%02d", i * 2);
+        expect_at(c, JOURNAL_NEXT, NULL, key);
+    }
+    expect_at(c, JOURNAL_NEXT, NULL, NULL);
+    expect_at(c, JOURNAL_LAST, NULL, "k18");
+    for (int i = 8; i >= 0; i--) {
+        snprintf(key, sizeof key, "k%02d", i * 2);
+        expect_at(c, JOURNAL_PREV, NULL, key);
+    }
+    expect_at(c, JOURNAL_PREV, NULL, NULL);
+    expect_at(c, JOURNAL_SEEK_GE, "k06", "k06");   /* exact */
+    expect_at(c, JOURNAL_NEXT, NULL, "k08");
+    expect_at(c, JOURNAL_SEEK_GE, "k07", "k08");   /* between */
+    expect_at(c, JOURNAL_SEEK_GE, "k065", "k08");  /* longer key, same prefix */
+    expect_at(c, JOURNAL_PREV, NULL, "k06");
+    expect_at(c, JOURNAL_SEEK_GE, "a", "k00");     /* before all */
+    expect_at(c, JOURNAL_SEEK_GE, "", "k00");      /* empty key */
+    expect_at(c, JOURNAL_SEEK_GE, "k19", NULL);    /* after all */
+    assert_int_equal(journal_cursor_get(c, 42, NULL, NULL, NULL, NULL), AR_E_INVALID);
+    journal_cursor_close(c);
+
+    /* An empty database. */
+    assert_int_equal(journal_cursor_open(r, JDB_CHECKPOINTS, &c), AR_OK);
+    expect_at(c, JOURNAL_FIRST, NULL, NULL);
+    expect_at(c, JOURNAL_LAST, NULL, NULL);
+    journal_cursor_close(c);
+    journal_read_end(r);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- bad input -------------------------------------------------------------------------- */
+
+static void bad_batches_are_refused_whole(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    ar_error err;
+
+    /* An allocation that cannot succeed is remembered; the rest of the batch is not written. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "ok1", 3, "x", 1);
+    journal_batch_put(b, JDB_ACTIONS, "k", SIZE_MAX, "x", 2);
+    journal_batch_put(b, JDB_ACTIONS, "ok2", 3, "x", 1);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_NOMEM);
+    assert_string_equal(err.code, "out_of_memory");
+    journal_batch_free(b);
+    assert_absent(j, JDB_ACTIONS, "ok1");
+    assert_absent(j, JDB_ACTIONS, "ok2");
+    assert_int_equal(journal_commit(j, NULL, &err), AR_E_NOMEM);
+    journal_batch_put(NULL, JDB_ACTIONS, "k", 1, "v", 1); /* a failed batch_new is tolerated */
+    journal_batch_free(NULL);
+
+    /* Keys LMDB cannot hold. */
+    char long_key[600];
+    memset(long_key, 'k', sizeof long_key);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "ok1", 3, "x", 1);
+    journal_batch_put(b, JDB_ACTIONS, long_key, sizeof long_key, "x", 1);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "journal_invalid_key");
+    journal_batch_free(b);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "", 0, "x", 1);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    journal_batch_free(b);
+    b = journal_batch_new();
+    journal_batch_put(b, (journal_db)JDB_COUNT, "k", 1, "x", 1);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    journal_batch_free(b);
+    assert_absent(j, JDB_ACTIONS, "ok1");
+
+    /* The journal is still fine. */
+    assert_int_equal(put_str(j, JDB_ACTIONS, "ok1", "y"), AR_OK);
+    assert_value(j, JDB_ACTIONS, "ok1", "y");
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_get(r, (journal_db)-1, "k", 1, NULL, NULL), AR_E_INVALID);
+    journal_read_end(r);
+    journal_close(j);
+
+    /* A directory that cannot be created. */
+    journal_opts opts = { .dir = "/proc/aiorun-no-such/journal" };
+    assert_int_equal(journal_open(&opts, &j, &err), AR_E_IO);
+    assert_string_equal(err.code, "journal_io");
+    rm_rf(dir);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(roundtrip_and_reopen),
+    cmocka_unit_test(conflict_rolls_back_its_batch_only),
+    cmocka_unit_test(conditional_insert_race),
+    cmocka_unit_test(group_commit_many_threads),
+    cmocka_unit_test(apply_reads_then_writes),
+    cmocka_unit_test(apply_failure_rolls_back_its_batch_only),
+    cmocka_unit_test(record_format_refusal),
+    cmocka_unit_test(schema_version_refusal),
+    cmocka_unit_test(map_full_is_a_clean_error),
+    cmocka_unit_test(map_full_fails_only_the_batch_that_does_not_fit),
+    cmocka_unit_test(stale_reader_slots_are_cleared),
+    cmocka_unit_test(async_submit_reports_once),
+    cmocka_unit_test(close_completes_batches_in_flight),
+    cmocka_unit_test(cursor_walk_and_seek),
+    cmocka_unit_test(bad_batches_are_refused_whole),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,0 +1,719 @@
+/* test_policy.c - the Lua policy sandbox: verdicts, defaults, limits, escapes, leaks, log(). */
+#include "test_main.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "policy.h"
+
+#define FIXTURES AIORUN_SOURCE_DIR "/tests/unit/policies/"
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static policy_set *load_case_limits(const char *name, const policy_limits *limits)
+{
+    char path[1024];
+    snprintf(path, sizeof path, FIXTURES "%s", name);
+    policy_set *set = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = policy_set_load(path, limits, &set, &err);
+    if (rc != AR_OK)
+        print_error("policy_set_load(%s): %s: %s\n", name, err.code, err.message);
+    assert_int_equal(rc, AR_OK);
+    assert_non_null(set);
+    return set;
+}
+
+static policy_set *load_case(const char *name)
+{
+    return load_case_limits(name, NULL);
+}
+
+static policy_worker *new_worker(const policy_set *set)
+{
+    policy_worker *w = NULL;
+    ar_error err;
+    assert_int_equal(policy_worker_new(set, &w, &err), AR_OK);
+    assert_non_null(w);
+    return w;
+}
+
+static void decide_text(policy_worker *w, const char *json, policy_decision *d)
+{
+    json_error_t jerr;
+    json_t *action = json_loads(json, 0, &jerr);
+    if (!action)
+        print_error("bad test JSON: %s\n", jerr.text);
+    assert_non_null(action);
+    memset(d, 0x5a, sizeof *d); /* policy_decide must fill every field */
+    assert_int_equal(policy_decide(w, action, d), AR_OK);
+    json_decref(action);
+}
+
+/* Decide on an action whose input is {key: value} (value is a JSON string literal). */
+static void decide_input(policy_worker *w, const char *key, const char *value,
+                         policy_decision *d)
+{
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"connector\":\"test\",\"action\":\"t\",\"effect\":\"read\",\"input\":{\"%s\":%s}}",
+             key, value);
+    decide_text(w, json, d);
+}
+
+static void assert_policy_error(const policy_decision *d, const char *file, const char *needle)
+{
+    if (d->verdict != POLICY_DENY || !d->policy_error || !strstr(d->reason, needle))
+        print_error("decision: verdict %d policy_error %d rule %s file %s reason %s\n",
+                    d->verdict, d->policy_error, d->rule, d->file, d->reason);
+    assert_int_equal(d->verdict, POLICY_DENY);
+    assert_int_equal(d->policy_error, 1);
+    assert_string_equal(d->rule, "policy_error");
+    assert_string_equal(d->file, file);
+    assert_non_null(strstr(d->reason, needle));
+}
+
+static void assert_allow(const policy_decision *d, const char *rule, const char *reason)
+{
+    if (d->verdict != POLICY_ALLOW || strcmp(d->rule, rule) != 0)
+        print_error("decision: verdict %d policy_error %d rule %s file %s reason %s\n",
+                    d->verdict, d->policy_error, d->rule, d->file, d->reason);
+    assert_int_equal(d->verdict, POLICY_ALLOW);
+    assert_int_equal(d->policy_error, 0);
+    assert_string_equal(d->rule, rule);
+    if (reason)
+        assert_string_equal(d->reason, reason);
+}
+
+static int write_file(const char *dir, const char *name, const char *text)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+static void remove_dir(const char *dir, const char *const *names)
+{
+    char path[1024];
+    for (; *names; names++) {
+        snprintf(path, sizeof path, "%s/%s", dir, *names);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* ---- verdicts and defaults ------------------------------------------------------------------ */
+
+static void test_allow_deny_order(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("order");
+    assert_int_equal(policy_set_count(set), 4); /* notes.txt is not a policy */
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    decide_input(w, "none", "true", &d);
+    assert_allow(&d, "ten_allow", "allowed by ten");
+    assert_string_equal(d.file, "10_allow.lua");
+
+    /* 10 abstains: the first allow is now 15's */
+    decide_input(w, "abstain", "true", &d);
+    assert_allow(&d, "fifteen_allow", "allowed by fifteen");
+    assert_string_equal(d.file, "15_allow.lua");
+
+    /* deny wins over the allows, and the first deny in file order decides */
+    decide_input(w, "deny", "true", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(d.policy_error, 0);
+    assert_string_equal(d.rule, "twenty_deny");
+    assert_string_equal(d.reason, "denied by twenty");
+    assert_string_equal(d.file, "20_deny.lua");
+
+    /* a deny without reason or rule gets both filled in */
+    decide_input(w, "deny30", "true", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(d.policy_error, 0);
+    assert_string_equal(d.rule, "30_deny");
+    assert_string_equal(d.reason, "denied by policy 30_deny.lua");
+    assert_string_equal(d.file, "30_deny.lua");
+
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_default_read_and_write(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("abstain");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    decide_text(w, "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"read\",\"input\":{}}", &d);
+    assert_allow(&d, "default", "no policy objected; read actions are allowed by default");
+    assert_string_equal(d.file, "");
+
+    const char *denied[] = {
+        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\",\"input\":{}}",
+        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"irreversible\",\"input\":{}}",
+        "{\"connector\":\"c\",\"action\":\"a\",\"input\":{}}",
+        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"sideways\",\"input\":{}}",
+        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":5,\"input\":{}}",
+    };
+    for (size_t i = 0; i < sizeof denied / sizeof *denied; i++) {
+        decide_text(w, denied[i], &d);
+        assert_int_equal(d.verdict, POLICY_DENY);
+        assert_int_equal(d.policy_error, 0);
+        assert_string_equal(d.rule, "default");
+        assert_string_equal(d.file, "");
+        assert_non_null(strstr(d.reason, "need an explicit allow"));
+    }
+    decide_text(w, denied[1], &d);
+    assert_non_null(strstr(d.reason, "this irreversible action"));
+    decide_text(w, denied[0], &d);
+    assert_non_null(strstr(d.reason, "this write action"));
+
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_empty_dir_and_version(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-policy-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_int_equal(policy_set_count(set), 0);
+    const char *empty_version = policy_set_version(set);
+    assert_int_equal(strlen(empty_version), 16);
+    char saved[17];
+    snprintf(saved, sizeof saved, "%s", empty_version);
+
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_text(w, "{\"effect\":\"read\"}", &d);
+    assert_allow(&d, "default", NULL);
+    decide_text(w, "{\"effect\":\"write\"}", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "default");
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* hidden files and other extensions are ignored; a real policy changes the version */
+    assert_int_equal(write_file(dir, ".#lock.lua", "this is not lua"), 0);
+    assert_int_equal(write_file(dir, "readme.md", "# notes"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_int_equal(policy_set_count(set), 0);
+    assert_string_equal(policy_set_version(set), saved);
+    policy_set_free(set);
+
+    assert_int_equal(write_file(dir, "a.lua", "function decide(a) return nil end\n"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_int_equal(policy_set_count(set), 1);
+    assert_string_not_equal(policy_set_version(set), saved);
+    snprintf(saved, sizeof saved, "%s", policy_set_version(set));
+    for (int i = 0; i < 16; i++)
+        assert_non_null(strchr("0123456789abcdef", saved[i]));
+    policy_set_free(set);
+
+    /* same sources, same version; a one-byte edit, another */
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_string_equal(policy_set_version(set), saved);
+    policy_set_free(set);
+    assert_int_equal(write_file(dir, "a.lua", "function decide(b) return nil end\n"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_string_not_equal(policy_set_version(set), saved);
+    policy_set_free(set);
+
+    const char *names[] = { ".#lock.lua", "readme.md", "a.lua", NULL };
+    remove_dir(dir, names);
+}
+
+static void test_default_lua(void **state)
+{
+    (void)state;
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(AIORUN_SOURCE_DIR "/policies", NULL, &set, &err), AR_OK);
+    assert_true(policy_set_count(set) >= 1);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    decide_text(w, "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\","
+                   "\"input\":{\"message\":\"hello\"},\"proposer\":{\"kind\":\"ai\","
+                   "\"confidence\":0.9}}", &d);
+    assert_allow(&d, "echo_allowed", NULL);
+    assert_string_equal(d.file, "default.lua");
+
+    decide_text(w, "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\","
+                   "\"input\":{\"message\":\"this is Forbidden\"}}", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(d.policy_error, 0);
+    assert_string_equal(d.rule, "echo_forbidden_word");
+    assert_non_null(strstr(d.reason, "forbidden"));
+
+    char *big = malloc(6000);
+    assert_non_null(big);
+    int n = snprintf(big, 6000, "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\","
+                                "\"input\":{\"message\":\"");
+    memset(big + n, 'a', 5000);
+    snprintf(big + n + 5000, 6000 - (size_t)n - 5000, "\"}}");
+    decide_text(w, big, &d);
+    free(big);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "echo_too_long");
+
+    decide_text(w, "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\","
+                   "\"input\":{\"message\":\"hi\"},\"proposer\":{\"kind\":\"ai\","
+                   "\"confidence\":0.1}}", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "low_confidence");
+
+    /* other actions: no opinion, so the defaults apply */
+    decide_text(w, "{\"connector\":\"shop\",\"action\":\"list\",\"effect\":\"read\"}", &d);
+    assert_allow(&d, "default", NULL);
+    decide_text(w, "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\"}", &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "default");
+
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+/* ---- load-time errors ------------------------------------------------------------------------ */
+
+static void expect_invalid(const char *name, const char *file, const char *needle)
+{
+    char path[1024];
+    snprintf(path, sizeof path, FIXTURES "%s", name);
+    policy_set *set = (policy_set *)1;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = policy_set_load(path, NULL, &set, &err);
+    if (rc != AR_E_INVALID || !strstr(err.message, file) || !strstr(err.message, needle))
+        print_error("%s: rc %d code %s message %s\n", name, rc, err.code, err.message);
+    assert_int_equal(rc, AR_E_INVALID);
+    assert_null(set);
+    assert_string_equal(err.code, "policy_invalid");
+    assert_non_null(strstr(err.message, file));
+    assert_non_null(strstr(err.message, needle));
+}
+
+static void test_syntax_error(void **state)
+{
+    (void)state;
+    expect_invalid("syntax_error", "b_bad.lua", "b_bad.lua:3:");
+}
+
+static void test_missing_decide(void **state)
+{
+    (void)state;
+    expect_invalid("no_decide", "nodecide.lua", "decide");
+}
+
+static void test_load_error(void **state)
+{
+    (void)state;
+    expect_invalid("load_error", "toplevel.lua", "top-level failure");
+}
+
+static void test_load_refuses_binary_and_large(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-policy-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    ar_error err;
+    policy_set *set = NULL;
+
+    /* a precompiled chunk (starts with ESC "Lua") is refused: text only */
+    assert_int_equal(write_file(dir, "bin.lua", "\x1bLua\x54"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "policy_invalid");
+    assert_non_null(strstr(err.message, "bin.lua"));
+    assert_null(set);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/bin.lua", dir);
+    unlink(path);
+
+    /* over 1 MiB */
+    size_t size = ((size_t)1 << 20) + 100;
+    char *text = malloc(size + 1);
+    assert_non_null(text);
+    memset(text, ' ', size);
+    memcpy(text, "function decide(a) end", 22);
+    text[size] = '\0';
+    assert_int_equal(write_file(dir, "big.lua", text), 0);
+    free(text);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_E_INVALID);
+    assert_non_null(strstr(err.message, "big.lua"));
+    assert_non_null(strstr(err.message, "larger"));
+
+    const char *names[] = { "bin.lua", "big.lua", NULL };
+    remove_dir(dir, names);
+
+    assert_int_not_equal(policy_set_load("/nonexistent/aiorun-policies", NULL, &set, &err), AR_OK);
+    assert_null(set);
+    assert_string_equal(err.code, "policy_io");
+}
+
+/* ---- limits ---------------------------------------------------------------------------------- */
+
+static const policy_limits bomb_limits = {
+    .memory_bytes = (size_t)2 << 20, .instructions = 50000000, .timeout_ms = 20000
+};
+
+static void test_memory_bombs(void **state)
+{
+    (void)state;
+    policy_set *set = load_case_limits("bombs", &bomb_limits);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    const char *kinds[] = { "\"table\"", "\"string\"", "\"pcall_memory\"" };
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        decide_input(w, "kind", kinds[i], &d);
+        assert_policy_error(&d, "bombs.lua", "memory limit exceeded");
+        assert_string_equal(d.reason, "policy bombs.lua failed: memory limit exceeded");
+        decide_input(w, "kind", "\"normal\"", &d);
+        assert_allow(&d, "normal", "still works");
+    }
+    /* string.rep far beyond the cap: an error either way, and the state survives */
+    decide_input(w, "kind", "\"rep\"", &d);
+    assert_policy_error(&d, "bombs.lua", "policy bombs.lua failed: ");
+    decide_input(w, "kind", "\"recursion\"", &d);
+    assert_policy_error(&d, "bombs.lua", "policy bombs.lua failed: ");
+    decide_input(w, "kind", "\"normal\"", &d);
+    assert_allow(&d, "normal", "still works");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_instruction_budget(void **state)
+{
+    (void)state;
+    const policy_limits limits = { .instructions = 1000000, .timeout_ms = 60000 };
+    policy_set *set = load_case_limits("bombs", &limits);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    const char *kinds[] = { "\"loop\"", "\"pcall_loop\"", "\"xpcall_loop\"", "\"close\"" };
+    for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++) {
+        decide_input(w, "kind", kinds[i], &d);
+        assert_policy_error(&d, "bombs.lua", "instruction budget exceeded");
+        assert_string_equal(d.reason, "policy bombs.lua failed: instruction budget exceeded");
+        decide_input(w, "kind", "\"normal\"", &d);
+        assert_allow(&d, "normal", "still works");
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_deadline(void **state)
+{
+    (void)state;
+    const policy_limits limits = { .instructions = UINT64_MAX / 2, .timeout_ms = 20 };
+    policy_set *set = load_case_limits("bombs", &limits);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_input(w, "kind", "\"loop\"", &d);
+    assert_policy_error(&d, "bombs.lua", "deadline exceeded");
+    decide_input(w, "kind", "\"pcall_loop\"", &d);
+    assert_policy_error(&d, "bombs.lua", "deadline exceeded");
+    decide_input(w, "kind", "\"normal\"", &d);
+    assert_allow(&d, "normal", "still works");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_worker_memory_too_small(void **state)
+{
+    (void)state;
+    const policy_limits limits = { .memory_bytes = 4096 };
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(FIXTURES "order", &limits, &set, &err), AR_E_NOMEM);
+    assert_null(set);
+    assert_string_equal(err.code, "policy_memory");
+}
+
+/* ---- sandbox -------------------------------------------------------------------------------- */
+
+static void test_escape_attempts(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("escapes");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    const char *attempts[] = {
+        "io", "os_execute", "os_exit", "os_getenv", "os_remove", "require", "package", "debug",
+        "load", "loadfile", "dofile", "string_dump", "string_dump_method", "collectgarbage",
+        "coroutine", "print", "warn", "randomseed", "rawset_proxy", "setmetatable_proxy",
+        "setmetatable_env", "getmetatable_proxy", "string_metatable", "assign_library",
+        "assign_math", "assign_os", "table_insert_proxy", "gc_metamethod",
+    };
+    for (size_t i = 0; i < sizeof attempts / sizeof *attempts; i++) {
+        char value[64];
+        snprintf(value, sizeof value, "\"%s\"", attempts[i]);
+        decide_input(w, "attempt", value, &d);
+        if (d.verdict != POLICY_DENY || !d.policy_error)
+            print_error("attempt %s was not stopped: %s\n", attempts[i], d.reason);
+        assert_policy_error(&d, "escape.lua", "policy escape.lua failed: ");
+        decide_input(w, "attempt", "\"check\"", &d);
+        if (d.verdict != POLICY_ALLOW)
+            print_error("after attempt %s: %s\n", attempts[i], d.reason);
+        assert_allow(&d, "clean", "nothing leaked");
+    }
+    /* writes to the libraries name the problem */
+    decide_input(w, "attempt", "\"assign_library\"", &d);
+    assert_policy_error(&d, "escape.lua", "attempt to modify read-only table");
+    decide_input(w, "attempt", "\"setmetatable_proxy\"", &d);
+    assert_policy_error(&d, "escape.lua", "protected metatable");
+    decide_input(w, "attempt", "\"gc_metamethod\"", &d);
+    assert_policy_error(&d, "escape.lua", "__gc");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_no_leak_between_calls(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("leak");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    for (int i = 0; i < 3; i++) {
+        decide_input(w, "n", "1", &d);
+        assert_allow(&d, "leak", "nil,1,nil,nil,nil,nil,nil");
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_garbage_results(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("garbage");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    static const struct {
+        const char *kind;
+        const char *needle;
+    } cases[] = {
+        { "number", "invalid decision: expected nil or a table, got a number" },
+        { "string", "invalid decision: expected nil or a table, got a string" },
+        { "boolean", "invalid decision: expected nil or a table, got a boolean" },
+        { "func", "invalid decision: expected nil or a table, got a function" },
+        { "empty", "invalid decision: verdict is missing" },
+        { "maybe", "invalid decision: verdict must be \"allow\" or \"deny\", got \"maybe\"" },
+        { "upper", "got \"ALLOW\"" },
+        { "nul", "invalid decision: verdict must be" },
+        { "verdict_number", "got a number" },
+        { "bad_reason", "invalid decision: reason must be a string" },
+        { "bad_rule", "invalid decision: rule must be a string" },
+        { "inherited", "invalid decision: verdict is missing" },
+        { "error_string", "policy garbage.lua failed: garbage.lua:" },
+        { "error_table", "policy garbage.lua failed: error object is a table value" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char value[64];
+        snprintf(value, sizeof value, "\"%s\"", cases[i].kind);
+        decide_input(w, "kind", value, &d);
+        assert_policy_error(&d, "garbage.lua", cases[i].needle);
+    }
+    decide_input(w, "kind", "\"error_string\"", &d);
+    assert_non_null(strstr(d.reason, "boom"));
+    decide_input(w, "kind", "\"number\"", &d);
+    assert_string_equal(d.reason, "policy garbage.lua returned an invalid decision: expected nil "
+                                  "or a table, got a number");
+
+    /* long strings are truncated to the buffers */
+    decide_input(w, "kind", "\"long_reason\"", &d);
+    assert_int_equal(d.verdict, POLICY_ALLOW);
+    assert_int_equal(strlen(d.reason), sizeof d.reason - 1);
+    assert_int_equal(strlen(d.rule), sizeof d.rule - 1);
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_action_conversion(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("action");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_text(w,
+                "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\","
+                "\"priority\":5,\"proposer\":{\"kind\":\"ai\",\"model\":\"m\","
+                "\"confidence\":0.75},\"input\":{\"nested\":{\"list\":[\"a\",\"b\"]},"
+                "\"flag\":true,\"off\":false,\"nothing\":null,"
+                "\"deep\":{\"a\":{\"b\":{\"c\":42}}},\"holes\":[1,null,3],"
+                "\"text\":\"h\\u00e9llo\"}}",
+                &d);
+    assert_allow(&d, "action_seen",
+                 "shop,refund,write,integer,float,0.75,a,b,2,true,false,nil,42,1,nil,3,6");
+
+    /* deeper than 32 levels: denied before any policy runs */
+    char deep[512] = "{\"effect\":\"read\",\"input\":";
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "]");
+    strcat(deep, "}");
+    decide_text(w, deep, &d);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "action_invalid");
+    assert_non_null(strstr(d.reason, "nested deeper than 32"));
+
+    /* not an object at all */
+    json_t *arr = json_array();
+    assert_int_equal(policy_decide(w, arr, &d), AR_OK);
+    json_decref(arr);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_string_equal(d.rule, "action_invalid");
+    assert_int_equal(policy_decide(w, NULL, &d), AR_OK);
+    assert_int_equal(d.verdict, POLICY_DENY);
+
+    /* a policy reading a missing field errors: that is a deny, not an allow */
+    decide_text(w, "{\"effect\":\"read\",\"input\":{}}", &d);
+    assert_policy_error(&d, "action.lua", "policy action.lua failed: ");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_stdlib_available(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("stdlib");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_input(w, "n", "1", &d);
+    assert_allow(&d, "stdlib",
+                 "time,1970-01-01,clock,003.1,a-b-c,2,5,true,false,ABC,3,false,integer,1");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+/* ---- log() ---------------------------------------------------------------------------------- */
+
+static int log_count;
+static char log_last[1024];
+static char log_file[256];
+static char log_all[8192];
+
+static void counting_log(const char *file, const char *line)
+{
+    log_count++;
+    snprintf(log_last, sizeof log_last, "%s", line);
+    snprintf(log_file, sizeof log_file, "%s", file);
+    if (strlen(log_all) + strlen(line) + 2 < sizeof log_all) {
+        strcat(log_all, line);
+        strcat(log_all, "\n");
+    }
+}
+
+static void test_log_rate_limited(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("log");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    policy_set_log(counting_log);
+    log_count = 0;
+    log_all[0] = '\0';
+
+    decide_input(w, "count", "3", &d);
+    assert_int_equal(log_count, 3);
+    assert_string_equal(log_last, "line 3 true nil");
+    assert_string_equal(log_file, "log.lua");
+    assert_int_equal(d.verdict, POLICY_ALLOW); /* abstained on a read action */
+
+    /* at most 20 lines a second: 3 + 30 gives 20, the rest dropped */
+    decide_input(w, "count", "30", &d);
+    assert_int_equal(log_count, 20);
+
+    /* the next window says how many were dropped */
+    usleep(1100 * 1000);
+    decide_input(w, "count", "1", &d);
+    assert_int_equal(log_count, 22);
+    assert_non_null(strstr(log_all, "... 13 lines dropped\n"));
+    assert_string_equal(log_last, "line 1 true nil");
+
+    /* long lines are cut at 512 bytes; a line break cannot forge a second line */
+    decide_input(w, "long", "true", &d);
+    assert_int_equal(strlen(log_last), 512);
+    decide_input(w, "newline", "true", &d);
+    assert_string_equal(log_last, "one two");
+
+    policy_set_log(NULL);
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+/* ---- threads -------------------------------------------------------------------------------- */
+
+static void *thread_decide(void *arg)
+{
+    const policy_set *set = arg;
+    policy_worker *w = NULL;
+    if (policy_worker_new(set, &w, NULL) != AR_OK)
+        return (void *)1;
+    json_t *allow = json_pack("{s:s, s:{s:b}}", "effect", "write", "input", "none", 1);
+    json_t *deny = json_pack("{s:s, s:{s:b}}", "effect", "write", "input", "deny", 1);
+    intptr_t bad = 0;
+    for (int i = 0; i < 300; i++) {
+        policy_decision d;
+        policy_decide(w, (i & 1) ? deny : allow, &d);
+        if (d.verdict != ((i & 1) ? POLICY_DENY : POLICY_ALLOW))
+            bad++;
+    }
+    json_decref(allow);
+    json_decref(deny);
+    policy_worker_free(w);
+    return (void *)bad;
+}
+
+static void test_workers_in_threads(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("order");
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, thread_decide, set), 0);
+    for (int i = 0; i < 2; i++) {
+        void *bad;
+        assert_int_equal(pthread_join(t[i], &bad), 0);
+        assert_null(bad);
+    }
+    policy_set_free(set);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_allow_deny_order),
+    cmocka_unit_test(test_default_read_and_write),
+    cmocka_unit_test(test_empty_dir_and_version),
+    cmocka_unit_test(test_default_lua),
+    cmocka_unit_test(test_syntax_error),
+    cmocka_unit_test(test_missing_decide),
+    cmocka_unit_test(test_load_error),
+    cmocka_unit_test(test_load_refuses_binary_and_large),
+    cmocka_unit_test(test_memory_bombs),
+    cmocka_unit_test(test_instruction_budget),
+    cmocka_unit_test(test_deadline),
+    cmocka_unit_test(test_worker_memory_too_small),
+    cmocka_unit_test(test_escape_attempts),
+    cmocka_unit_test(test_no_leak_between_calls),
+    cmocka_unit_test(test_garbage_results),
+    cmocka_unit_test(test_action_conversion),
+    cmocka_unit_test(test_stdlib_available),
+    cmocka_unit_test(test_log_rate_limited),
+    cmocka_unit_test(test_workers_in_threads),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,0 +1,678 @@
+/* test_sandbox.c - the plugin sandbox with real processes: bin/aiorun-host and the fixture
+ * plugins in test-plugins/ (and plugins/echo.so). The test thread drives the loop itself:
+ * it calls the sandbox between runs of loop_run, and a polling timer stops the loop once the
+ * awaited condition holds (so every sandbox call happens on "the loop's thread"). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test_main.h"
+
+#include "aiorun/plugin.h"
+#include "ar.h"
+#include "loop.h"
+#include "sandbox.h"
+
+#define HOST_PATH AIORUN_BUILD_DIR "/bin/aiorun-host"
+#define FIXTURE(name) AIORUN_BUILD_DIR "/test-plugins/" name ".so"
+#define ECHO_PATH AIORUN_BUILD_DIR "/plugins/echo.so"
+/* Generous: only a guard against hanging forever, never a performance assertion. */
+#define WAIT_MS 20000
+
+typedef struct harness {
+    loop_t *loop;
+    sandbox_pool *pool;
+    int events;
+} harness;
+
+typedef struct call_rec {
+    int done;
+    int ok;
+    int error_class;
+    char *result;
+    char message[1024];
+} call_rec;
+
+static void on_event(void *arg, sandbox_pool *pool)
+{
+    (void)pool;
+    ((harness *)arg)->events++;
+}
+
+static void on_done(void *arg, const sandbox_result *res)
+{
+    call_rec *r = arg;
+    r->done++;
+    r->ok = res->ok;
+    if (res->ok) {
+        r->result = malloc(res->result_len + 1);
+        memcpy(r->result, res->result_json, res->result_len);
+        r->result[res->result_len] = '\0';
+    } else {
+        r->error_class = res->error_class;
+        snprintf(r->message, sizeof r->message, "%s", res->error_message);
+    }
+}
+
+/* ---- running the loop until something holds ---- */
+
+typedef int (*pred_fn)(harness *h, void *arg);
+
+typedef struct waiter {
+    harness *h;
+    pred_fn pred;
+    void *arg;
+    int64_t until;
+    int met;
+} waiter;
+
+static void poll_tick(loop_t *loop, void *arg)
+{
+    waiter *w = arg;
+    if (w->pred(w->h, w->arg)) {
+        w->met = 1;
+        loop_stop(loop);
+        return;
+    }
+    if (ar_mono_ms() >= w->until) {
+        loop_stop(loop);
+        return;
+    }
+    assert_true(loop_timer_add(loop, ar_mono_ms() + 5, poll_tick, w) != 0);
+}
+
+static int run_until(harness *h, pred_fn pred, void *arg)
+{
+    waiter w = {.h = h, .pred = pred, .arg = arg, .until = ar_mono_ms() + WAIT_MS};
+    if (pred(h, arg))
+        return 1;
+    assert_true(loop_timer_add(h->loop, ar_mono_ms() + 5, poll_tick, &w) != 0);
+    loop_run(h->loop);
+    return w.met;
+}
+
+static sandbox_snapshot snap(harness *h)
+{
+    sandbox_snapshot s;
+    sandbox_pool_snapshot(h->pool, &s);
+    return s;
+}
+
+static int pred_state(harness *h, void *arg)
+{
+    sandbox_snapshot s = snap(h);
+    json_decref(s.descriptor);
+    return s.state == *(sandbox_state *)arg;
+}
+
+static int pred_serving(harness *h, void *arg)
+{
+    sandbox_snapshot s = snap(h);
+    json_decref(s.descriptor);
+    return s.serving >= *(int *)arg;
+}
+
+static int pred_done(harness *h, void *arg)
+{
+    (void)h;
+    return ((call_rec *)arg)->done > 0;
+}
+
+static int pred_both_done(harness *h, void *arg)
+{
+    (void)h;
+    call_rec *r = arg;
+    return r[0].done > 0 && r[1].done > 0;
+}
+
+static void wait_state(harness *h, sandbox_state want)
+{
+    if (!run_until(h, pred_state, &want)) {
+        sandbox_snapshot s = snap(h);
+        fail_msg("pool state %s, expected %s (message: %s)", sandbox_state_name(s.state),
+                 sandbox_state_name(want), s.message);
+    }
+}
+
+static void wait_serving(harness *h, int n)
+{
+    if (!run_until(h, pred_serving, &n)) {
+        sandbox_snapshot s = snap(h);
+        fail_msg("%d processes serving, expected %d (state %s: %s)", s.serving, n,
+                 sandbox_state_name(s.state), s.message);
+    }
+}
+
+/* ---- set-up ---- */
+
+static void start_pool(harness *h, const char *connector, const char *plugin, int processes,
+                       const char *config_json, int timeout_ms)
+{
+    ar_error err;
+    json_t *config = json_loads(config_json ? config_json : "{}", 0, NULL);
+    sandbox_pool_opts opts = {
+        .connector = connector,
+        .plugin_path = plugin,
+        .host_path = HOST_PATH,
+        .config = config,
+        .processes = processes,
+        .timeout_ms = timeout_ms,
+    };
+    memset(h, 0, sizeof *h);
+    assert_int_equal(access(plugin, R_OK), 0);
+    assert_int_equal(loop_new(&h->loop), AR_OK);
+    int rc = sandbox_pool_new(h->loop, &opts, on_event, h, &h->pool, &err);
+    if (rc != AR_OK)
+        fail_msg("sandbox_pool_new: %s", err.message);
+    json_decref(config);
+}
+
+static void stop_pool(harness *h)
+{
+    sandbox_pool_free(h->pool);
+    loop_free(h->loop);
+}
+
+static void rec_clear(call_rec *r)
+{
+    free(r->result);
+    memset(r, 0, sizeof *r);
+}
+
+/* Invoke and wait for the result (which must arrive). */
+static void call_sync(harness *h, const char *action, const char *input, int timeout_ms, call_rec *r)
+{
+    sandbox_call c = {.action = action, .input_json = input, .input_len = strlen(input),
+                      .idempotency_key = "key-1", .attempt = 1, .timeout_ms = timeout_ms};
+    memset(r, 0, sizeof *r);
+    assert_int_equal(sandbox_pool_invoke(h->pool, &c, on_done, r), AR_OK);
+    if (!run_until(h, pred_done, r))
+        fail_msg("no result for action %s", action);
+    assert_int_equal(r->done, 1);
+}
+
+static void expect_ok(harness *h, const char *action, const char *input, const char *expect_json)
+{
+    call_rec r;
+    call_sync(h, action, input, 0, &r);
+    if (!r.ok)
+        fail_msg("action %s failed: class %d: %s", action, r.error_class, r.message);
+    json_t *got = json_loads(r.result, JSON_DECODE_ANY, NULL);
+    json_t *want = json_loads(expect_json, JSON_DECODE_ANY, NULL);
+    assert_non_null(got);
+    assert_non_null(want);
+    if (!json_equal(got, want))
+        fail_msg("action %s: got %s, expected %s", action, r.result, expect_json);
+    json_decref(got);
+    json_decref(want);
+    rec_clear(&r);
+}
+
+static void expect_refused(const char *plugin, const char *config, char *message, size_t cap)
+{
+    harness h;
+    start_pool(&h, "refusing", plugin, 1, config, 5000);
+    wait_state(&h, SANDBOX_REFUSED);
+    sandbox_snapshot s = snap(&h);
+    snprintf(message, cap, "%s", s.message);
+    json_decref(s.descriptor);
+    print_message("refusal message: %s\n", message);
+    sandbox_call c = {.action = "ok", .input_json = "{}", .input_len = 2};
+    call_rec r = {0};
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r), AR_E_CLOSED);
+    stop_pool(&h);
+    assert_int_equal(r.done, 0);
+}
+
+static void assert_contains(const char *s, const char *part)
+{
+    if (!strstr(s, part))
+        fail_msg("\"%s\" does not contain \"%s\"", s, part);
+}
+
+/* ---- cases ---- */
+
+static void test_ok_roundtrip(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "ok_conn", FIXTURE("t_ok"), 1, "{\"label\":\"x\"}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    assert_true(h.events > 0);
+    expect_ok(&h, "ok", "{\"a\":1,\"s\":\"caf\xc3\xa9\",\"l\":[true,null]}",
+              "{\"a\":1,\"s\":\"caf\xc3\xa9\",\"l\":[true,null]}");
+    expect_ok(&h, "write_op", "{\"n\":7}", "{\"n\":7}");
+    /* the secrets sent at INIT are empty for now */
+    expect_ok(&h, "secret", "{}", "{\"found\":false}");
+    stop_pool(&h);
+}
+
+static void test_echo_roundtrip(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "echo_conn", ECHO_PATH, 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    expect_ok(&h, "echo", "{\"message\":\"hello\",\"n\":2}", "{\"message\":\"hello\",\"n\":2}");
+    stop_pool(&h);
+}
+
+static void test_errors_and_unknown_action(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool(&h, "err_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    call_sync(&h, "fail", "{\"class\":\"rate_limited\",\"message\":\"slow down\"}", 0, &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_RATE_LIMITED);
+    assert_string_equal(r.message, "slow down");
+    rec_clear(&r);
+    call_sync(&h, "no_such_action", "{}", 0, &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_INVALID);
+    assert_contains(r.message, "no_such_action");
+    rec_clear(&r);
+    /* the process is still serving after errors */
+    expect_ok(&h, "ok", "{}", "{}");
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.restarts, 0);
+    json_decref(s.descriptor);
+    stop_pool(&h);
+}
+
+static void test_error_classes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name;
+        int cls;
+    } classes[] = {
+        {"retryable", AIORUN_E_RETRYABLE}, {"rate_limited", AIORUN_E_RATE_LIMITED},
+        {"timeout", AIORUN_E_TIMEOUT},     {"auth", AIORUN_E_AUTH},
+        {"invalid", AIORUN_E_INVALID},     {"not_found", AIORUN_E_NOT_FOUND},
+        {"conflict", AIORUN_E_CONFLICT},   {"permanent", AIORUN_E_PERMANENT},
+    };
+    harness h;
+    call_rec r;
+    char want[128];
+    start_pool(&h, "errors_conn", FIXTURE("t_errors"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+        call_sync(&h, classes[i].name, "{}", 0, &r);
+        assert_false(r.ok);
+        assert_int_equal(r.error_class, classes[i].cls);
+        snprintf(want, sizeof want, "t_errors: simulated %s failure", classes[i].name);
+        assert_string_equal(r.message, want);
+        rec_clear(&r);
+    }
+    call_sync(&h, "no_message", "{}", 0, &r);
+    assert_int_equal(r.error_class, AIORUN_E_PERMANENT);
+    assert_string_equal(r.message, "plugin returned permanent without a message");
+    rec_clear(&r);
+    /* set_result refused the text that is not JSON */
+    call_sync(&h, "bad_result", "{}", 0, &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_INVALID);
+    rec_clear(&r);
+    expect_ok(&h, "ok", "{\"still\":\"serving\"}", "{\"still\":\"serving\"}");
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.restarts, 0);
+    json_decref(s.descriptor);
+    stop_pool(&h);
+}
+
+static void test_descriptor_in_snapshot(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "desc_conn", FIXTURE("t_ok"), 2, "{}", 5000);
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.state, SANDBOX_STARTING);
+    assert_int_equal(s.processes, 2);
+    json_decref(s.descriptor);
+    wait_serving(&h, 2);
+
+    s = snap(&h);
+    assert_int_equal(s.state, SANDBOX_READY);
+    assert_string_equal(s.message, "");
+    assert_int_equal(s.serving, 2);
+    assert_non_null(s.descriptor);
+    json_t *d = s.descriptor;
+    assert_string_equal(json_string_value(json_object_get(d, "name")), "t_ok");
+    assert_string_equal(json_string_value(json_object_get(d, "version")), "1.0.0");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(d, "abi"), "major")), AIORUN_ABI_MAJOR);
+    assert_true(json_is_false(json_object_get(d, "lookup")));
+    assert_true(json_is_object(json_object_get(d, "config_schema")));
+    json_t *actions = json_object_get(d, "actions");
+    assert_int_equal(json_array_size(actions), 6);
+    json_t *sleep = json_array_get(actions, 1);
+    assert_string_equal(json_string_value(json_object_get(sleep, "name")), "sleep");
+    assert_string_equal(json_string_value(json_object_get(sleep, "effect")), "read");
+    assert_string_equal(json_string_value(json_object_get(sleep, "idempotency")), "native");
+    assert_true(json_is_object(json_object_get(json_object_get(sleep, "input_schema"), "properties")));
+    json_t *write_op = json_array_get(actions, 4);
+    assert_string_equal(json_string_value(json_object_get(write_op, "effect")), "write");
+    assert_string_equal(json_string_value(json_object_get(write_op, "idempotency")), "none");
+    json_decref(d);
+    stop_pool(&h);
+}
+
+static void test_big_result(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    enum { BYTES = 4 * 1024 * 1024 };
+    start_pool(&h, "big_conn", FIXTURE("t_ok"), 1, "{}", 20000);
+    wait_state(&h, SANDBOX_READY);
+    call_sync(&h, "big", "{\"bytes\":4194304}", 0, &r);
+    if (!r.ok)
+        fail_msg("big failed: %s", r.message);
+    json_t *v = json_loads(r.result, 0, NULL);
+    const char *data = json_string_value(json_object_get(v, "data"));
+    assert_non_null(data);
+    assert_int_equal(strlen(data), BYTES);
+    assert_int_equal(strspn(data, "x"), BYTES);
+    json_decref(v);
+    rec_clear(&r);
+    expect_ok(&h, "ok", "{\"after\":1}", "{\"after\":1}");
+    stop_pool(&h);
+}
+
+static void test_crash_restarts(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool(&h, "crash_conn", FIXTURE("t_crash"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    call_sync(&h, "crash", "{}", 0, &r);
+    print_message("crash message: %s\n", r.message);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_PLUGIN_CRASHED);
+    assert_contains(r.message, "plugin process for connector crash_conn");
+    assert_contains(r.message, "during action crash");
+#ifndef AIORUN_SANITIZE
+    /* (under ASan the sanitizer's SEGV handler turns the signal into an exit status) */
+    assert_contains(r.message, "died of signal 11 (SIGSEGV)");
+#endif
+    rec_clear(&r);
+    wait_serving(&h, 1);
+    expect_ok(&h, "ok", "{\"again\":true}", "{\"again\":true}");
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.restarts, 1);
+    assert_int_equal(s.state, SANDBOX_READY);
+    json_decref(s.descriptor);
+    stop_pool(&h);
+}
+
+static void test_hang_times_out(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool(&h, "hang_conn", FIXTURE("t_hang"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    call_sync(&h, "hang", "{}", 300, &r);
+    print_message("hang message: %s\n", r.message);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_TIMEOUT);
+    assert_contains(r.message, "plugin did not answer within 300 ms");
+    rec_clear(&r);
+    wait_serving(&h, 1);
+    expect_ok(&h, "ok", "{}", "{}");
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.restarts, 1);
+    json_decref(s.descriptor);
+    stop_pool(&h);
+}
+
+static void test_garbage_is_contained(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool(&h, "garbage_conn", FIXTURE("t_garbage"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    call_sync(&h, "garbage", "{}", 0, &r);
+    print_message("garbage message: %s\n", r.message);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_PLUGIN_CRASHED);
+    assert_contains(r.message, "plugin sent a malformed reply");
+    assert_contains(r.message, "bad frame magic");
+    rec_clear(&r);
+    wait_serving(&h, 1);
+    expect_ok(&h, "ok", "{}", "{}");
+    stop_pool(&h);
+}
+
+static void test_abi_major_refused(void **state)
+{
+    (void)state;
+    char msg[512];
+    expect_refused(FIXTURE("t_abi_major"), "{}", msg, sizeof msg);
+    assert_contains(msg, FIXTURE("t_abi_major"));
+    assert_contains(msg, "plugin ABI 2.0");
+    assert_contains(msg, "this aiorun speaks ABI 1.1");
+    assert_contains(msg, "major versions must match");
+}
+
+static void test_abi_old_minor_loads(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "old_conn", FIXTURE("t_abi_old_minor"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(s.descriptor, "abi"), "minor")), 0);
+    /* lookup lies beyond the 1.0 struct_size: the host must not have read it */
+    assert_true(json_is_false(json_object_get(s.descriptor, "lookup")));
+    json_decref(s.descriptor);
+    expect_ok(&h, "ok", "{\"v\":\"1.0\"}", "{\"v\":\"1.0\"}");
+    stop_pool(&h);
+}
+
+static void test_missing_entry_refused(void **state)
+{
+    (void)state;
+    char msg[512];
+    expect_refused(FIXTURE("t_no_entry"), "{}", msg, sizeof msg);
+    assert_contains(msg, FIXTURE("t_no_entry"));
+    assert_contains(msg, "does not export aiorun_plugin_entry");
+    assert_contains(msg, "ABI 1.1");
+}
+
+static void test_dlopen_failure_refused(void **state)
+{
+    (void)state;
+    char msg[512];
+    /* not a shared object at all */
+    expect_refused(HOST_PATH, "{}", msg, sizeof msg);
+    assert_contains(msg, "cannot load plugin " HOST_PATH);
+}
+
+static void test_bad_init_refused(void **state)
+{
+    (void)state;
+    char msg[512];
+    expect_refused(FIXTURE("t_bad_init"), "{}", msg, sizeof msg);
+    assert_contains(msg, "failed to initialize");
+    assert_contains(msg, "auth: missing api_key");
+}
+
+static void test_config_schema_violation_refused(void **state)
+{
+    (void)state;
+    char msg[512];
+    expect_refused(FIXTURE("t_ok"), "{\"label\":5}", msg, sizeof msg);
+    assert_contains(msg, "invalid config for connector refusing");
+    assert_contains(msg, "config.label");
+    expect_refused(FIXTURE("t_ok"), "{\"unknown_key\":true}", msg, sizeof msg);
+    assert_contains(msg, "unknown_key");
+}
+
+static void test_two_processes_in_parallel_and_busy(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r[2] = {0}, third = {0};
+    sandbox_call c = {.action = "sleep", .input_json = "{\"ms\":300}", .input_len = 10,
+                      .idempotency_key = "k", .attempt = 1};
+    start_pool(&h, "par_conn", FIXTURE("t_ok"), 2, "{}", 10000);
+    wait_serving(&h, 2);
+
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r[0]), AR_OK);
+    /* the loop has not run since: the first call is certainly still in flight */
+    assert_int_equal(r[0].done, 0);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r[1]), AR_OK);
+    assert_int_equal(r[0].done, 0);
+    /* both processes are busy: a third call must wait */
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &third), AR_E_BUSY);
+
+    assert_true(run_until(&h, pred_both_done, r));
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].done, 1);
+        if (!r[i].ok)
+            fail_msg("sleep %d failed: %s", i, r[i].message);
+        assert_string_equal(r[i].result, "{\"slept_ms\":300}");
+        rec_clear(&r[i]);
+    }
+    assert_int_equal(third.done, 0);
+    /* idle again: calls are accepted */
+    expect_ok(&h, "ok", "{}", "{}");
+    stop_pool(&h);
+}
+
+/* done() of one call dispatches the next on the process that just became idle. */
+typedef struct chain {
+    harness *h;
+    int remaining;
+    int completed;
+    int ok;
+    call_rec last;
+} chain;
+
+static void chain_done(void *arg, const sandbox_result *res)
+{
+    chain *c = arg;
+    c->completed++;
+    c->ok += res->ok;
+    if (--c->remaining > 0) {
+        sandbox_call next = {.action = "ok", .input_json = "{\"chained\":1}", .input_len = 13};
+        assert_int_equal(sandbox_pool_invoke(c->h->pool, &next, chain_done, c), AR_OK);
+    }
+}
+
+static int pred_chain_done(harness *h, void *arg)
+{
+    (void)h;
+    return ((chain *)arg)->remaining == 0;
+}
+
+static void test_invoke_from_done_and_bad_calls(void **state)
+{
+    (void)state;
+    harness h;
+    chain c = {.h = &h, .remaining = 5};
+    sandbox_call first = {.action = "ok", .input_json = "{}", .input_len = 2};
+    sandbox_call bad_json = {.action = "ok", .input_json = "{nope", .input_len = 5};
+    sandbox_call no_action = {.input_json = "{}", .input_len = 2};
+    call_rec unused = {0};
+    start_pool(&h, "chain_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &bad_json, on_done, &unused), AR_E_INVALID);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &no_action, on_done, &unused), AR_E_INVALID);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &first, chain_done, &c), AR_OK);
+    assert_true(run_until(&h, pred_chain_done, &c));
+    assert_int_equal(c.completed, 5);
+    assert_int_equal(c.ok, 5);
+    assert_int_equal(unused.done, 0);
+    stop_pool(&h);
+}
+
+static void test_free_with_call_in_flight(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r = {0};
+    sandbox_call c = {.action = "sleep", .input_json = "{\"ms\":5000}", .input_len = 11};
+    start_pool(&h, "free_conn", FIXTURE("t_ok"), 1, "{}", 10000);
+    wait_state(&h, SANDBOX_READY);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r), AR_OK);
+    sandbox_pool_free(h.pool);
+    assert_int_equal(r.done, 1);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_PLUGIN_CRASHED);
+    assert_contains(r.message, "shut down while action sleep was running");
+    loop_free(h.loop);
+}
+
+static void test_startup_failures_degrade(void **state)
+{
+    (void)state;
+    harness h;
+    ar_error err;
+    /* a "host" that exits at once: every start dies before HELLO */
+    sandbox_pool_opts opts = {.connector = "dead_conn", .plugin_path = FIXTURE("t_ok"),
+                              .host_path = "/bin/false", .processes = 1, .timeout_ms = 1000};
+    memset(&h, 0, sizeof h);
+    assert_int_equal(loop_new(&h.loop), AR_OK);
+    assert_int_equal(sandbox_pool_new(h.loop, &opts, on_event, &h, &h.pool, &err), AR_OK);
+    wait_state(&h, SANDBOX_DEGRADED);
+    sandbox_snapshot s = snap(&h);
+    print_message("degraded message: %s\n", s.message);
+    assert_contains(s.message, "failed to start 5 times in a row");
+    assert_contains(s.message, "exited with status 1 before it was ready");
+    assert_true(s.restarts >= 4);
+    assert_null(s.descriptor);
+    stop_pool(&h);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    loop_t *loop;
+    sandbox_pool *pool = (sandbox_pool *)1;
+    ar_error err;
+    sandbox_pool_opts opts = {.connector = "x", .plugin_path = FIXTURE("t_ok"),
+                              .host_path = AIORUN_BUILD_DIR "/bin/no-such-host", .processes = 1};
+    assert_int_equal(loop_new(&loop), AR_OK);
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    assert_null(pool);
+    assert_contains(err.message, "no-such-host");
+    opts.host_path = HOST_PATH;
+    opts.processes = 0;
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    opts.processes = 1;
+    opts.plugin_path = "relative.so";
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    loop_free(loop);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_ok_roundtrip),
+    cmocka_unit_test(test_echo_roundtrip),
+    cmocka_unit_test(test_errors_and_unknown_action),
+    cmocka_unit_test(test_error_classes),
+    cmocka_unit_test(test_descriptor_in_snapshot),
+    cmocka_unit_test(test_big_result),
+    cmocka_unit_test(test_crash_restarts),
+    cmocka_unit_test(test_hang_times_out),
+    cmocka_unit_test(test_garbage_is_contained),
+    cmocka_unit_test(test_abi_major_refused),
+    cmocka_unit_test(test_abi_old_minor_loads),
+    cmocka_unit_test(test_missing_entry_refused),
+    cmocka_unit_test(test_dlopen_failure_refused),
+    cmocka_unit_test(test_bad_init_refused),
+    cmocka_unit_test(test_config_schema_violation_refused),
+    cmocka_unit_test(test_two_processes_in_parallel_and_busy),
+    cmocka_unit_test(test_invoke_from_done_and_bad_calls),
+    cmocka_unit_test(test_free_with_call_in_flight),
+    cmocka_unit_test(test_startup_failures_degrade),
+    cmocka_unit_test(test_bad_arguments),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,0 +1,286 @@
+/*
+ * render.c - aioctl's human-readable output (see render.h).
+ */
+#include "render.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Results longer than this are cut in the block view; --json shows them whole. */
+#define MAX_INLINE_JSON 2000
+
+void render_text(FILE *out, const char *s)
+{
+    if (!s)
+        return;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, out);
+}
+
+/* Columns a string takes on a terminal, roughly: one per UTF-8 code point. */
+static size_t text_width(const char *s)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if ((*p & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+static const char *str_field(const json_t *obj, const char *key)
+{
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* A field as text for a table cell: strings as they are, numbers and booleans printed,
+ * absent or null as "-". Returns a malloc'd string owned by the caller (NULL if no memory). */
+static char *cell_text(const json_t *v)
+{
+    char *s = NULL;
+    if (json_is_string(v))
+        return strdup(json_string_value(v));
+    if (json_is_integer(v)) {
+        if (asprintf(&s, "%" JSON_INTEGER_FORMAT, json_integer_value(v)) < 0)
+            return NULL;
+        return s;
+    }
+    if (json_is_real(v) || json_is_boolean(v) || json_is_array(v) || json_is_object(v))
+        return json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_PRESERVE_ORDER);
+    return strdup("-");
+}
+
+/* Print JSON on one line, cut at MAX_INLINE_JSON bytes on a UTF-8 boundary. */
+static void put_json_inline(FILE *out, const json_t *v)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    if (!s) {
+        fputs("(unprintable)", out);
+        return;
+    }
+    size_t len = strlen(s);
+    if (len > MAX_INLINE_JSON) {
+        size_t cut = MAX_INLINE_JSON;
+        while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80)
+            cut--;
+        s[cut] = '\0';
+        render_text(out, s);
+        fprintf(out, " ... (%zu bytes in all; use --json to see it whole)", len);
+    } else {
+        render_text(out, s);
+    }
+    free(s);
+}
+
+static void label(FILE *out, const char *name)
+{
+    fprintf(out, "%-10s", name);
+}
+
+void render_action(FILE *out, const json_t *action)
+{
+    const char *connector = str_field(action, "connector");
+    const char *name = str_field(action, "action");
+    const char *key = str_field(action, "idempotency_key");
+    const json_t *decision = json_object_get(action, "decision");
+    const json_t *attempts = json_object_get(action, "attempts");
+    const json_t *result = json_object_get(action, "result");
+    const json_t *error = json_object_get(action, "error");
+
+    label(out, "id:");
+    render_text(out, str_field(action, "id") ? str_field(action, "id") : "?");
+    fputc('\n', out);
+    label(out, "action:");
+    render_text(out, connector ? connector : "?");
+    fputc('.', out);
+    render_text(out, name ? name : "?");
+    fputc('\n', out);
+    label(out, "state:");
+    render_text(out, str_field(action, "state") ? str_field(action, "state") : "?");
+    fputc('\n', out);
+    if (key) {
+        label(out, "key:");
+        render_text(out, key);
+        fputc('\n', out);
+    }
+    if (json_is_object(decision)) {
+        const char *verdict = str_field(decision, "verdict");
+        const char *rule = str_field(decision, "rule");
+        const char *reason = str_field(decision, "reason");
+        label(out, "decision:");
+        render_text(out, verdict ? verdict : "?");
+        if (rule && *rule) {
+            fputs(" (rule ", out);
+            render_text(out, rule);
+            fputc(')', out);
+        }
+        if (reason && *reason) {
+            fputs(" \u2014 ", out);
+            render_text(out, reason);
+        }
+        fputc('\n', out);
+    }
+    if (json_is_integer(attempts) && json_integer_value(attempts) > 0) {
+        label(out, "attempts:");
+        fprintf(out, "%" JSON_INTEGER_FORMAT "\n", json_integer_value(attempts));
+    }
+    if (result && !json_is_null(result)) {
+        label(out, "result:");
+        put_json_inline(out, result);
+        fputc('\n', out);
+    }
+    if (error && !json_is_null(error)) {
+        label(out, "error:");
+        if (json_is_object(error)) {
+            const char *cls = str_field(error, "class");
+            const char *msg = str_field(error, "message");
+            render_text(out, cls ? cls : "?");
+            if (msg && *msg) {
+                fputs(": ", out);
+                render_text(out, msg);
+            }
+        } else {
+            put_json_inline(out, error);
+        }
+        fputc('\n', out);
+    }
+}
+
+/* An aligned table: rows of n_cols malloc'd cells (NULL cells print as "-"); the header too. */
+static void print_table(FILE *out, const char *const *header, size_t n_cols, char **cells,
+                        size_t n_rows)
+{
+    size_t width[16] = {0};
+    for (size_t c = 0; c < n_cols; c++) {
+        width[c] = text_width(header[c]);
+        for (size_t r = 0; r < n_rows; r++) {
+            const char *s = cells[r * n_cols + c];
+            size_t w = text_width(s ? s : "-");
+            if (w > width[c])
+                width[c] = w;
+        }
+    }
+    for (size_t r = 0; r <= n_rows; r++) {
+        for (size_t c = 0; c < n_cols; c++) {
+            const char *s = r == 0 ? header[c] : cells[(r - 1) * n_cols + c];
+            if (!s)
+                s = "-";
+            render_text(out, s);
+            if (c + 1 < n_cols)
+                fprintf(out, "%*s", (int)(width[c] - text_width(s) + 2), "");
+        }
+        fputc('\n', out);
+    }
+}
+
+static void free_cells(char **cells, size_t n)
+{
+    if (!cells)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(cells[i]);
+    free(cells);
+}
+
+void render_action_table(FILE *out, const json_t *actions)
+{
+    static const char *const header[] = {"ID", "STATE", "CONNECTOR", "ACTION", "CREATED"};
+    static const char *const keys[] = {"id", "state", "connector", "action", "created_at"};
+    enum { N = 5 };
+    size_t rows = json_array_size(actions);
+
+    if (rows == 0) {
+        fputs("no actions\n", out);
+        return;
+    }
+    char **cells = calloc(rows * N, sizeof *cells);
+    if (!cells) {
+        fputs("aioctl: out of memory\n", stderr);
+        return;
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const json_t *a = json_array_get(actions, r);
+        for (size_t c = 0; c < N; c++)
+            cells[r * N + c] = cell_text(json_object_get(a, keys[c]));
+    }
+    print_table(out, header, N, cells, rows);
+    free_cells(cells, rows * N);
+}
+
+/* "a,b,c" from the names of a connector's actions; malloc'd, owned by the caller. */
+static char *action_names(const json_t *actions)
+{
+    size_t len = 1, i;
+    const json_t *a;
+    json_array_foreach(actions, i, a) {
+        const char *n = str_field(a, "name");
+        len += (n ? strlen(n) : 1) + 1;
+    }
+    char *s = calloc(1, len);
+    if (!s)
+        return NULL;
+    json_array_foreach(actions, i, a) {
+        const char *n = str_field(a, "name");
+        if (i > 0)
+            strcat(s, ",");
+        strcat(s, n ? n : "?");
+    }
+    if (!*s) {
+        free(s);
+        return strdup("-");
+    }
+    return s;
+}
+
+void render_connectors(FILE *out, const json_t *connectors)
+{
+    static const char *const header[] = {"NAME", "PLUGIN", "VERSION", "STATUS", "SERVING", "ACTIONS"};
+    enum { N = 6 };
+    size_t rows = json_array_size(connectors), i;
+    const json_t *c;
+
+    if (rows == 0) {
+        fputs("no connectors configured\n", out);
+        return;
+    }
+    char **cells = calloc(rows * N, sizeof *cells);
+    if (!cells) {
+        fputs("aioctl: out of memory\n", stderr);
+        return;
+    }
+    json_array_foreach(connectors, i, c) {
+        char **row = cells + i * N;
+        row[0] = cell_text(json_object_get(c, "name"));
+        row[1] = cell_text(json_object_get(c, "plugin"));
+        row[2] = cell_text(json_object_get(c, "version"));
+        row[3] = cell_text(json_object_get(c, "status"));
+        json_t *serving = json_object_get(c, "serving"), *procs = json_object_get(c, "processes");
+        if (json_is_integer(serving) && json_is_integer(procs)) {
+            if (asprintf(&row[4], "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
+                         json_integer_value(serving), json_integer_value(procs)) < 0)
+                row[4] = NULL;
+        } else {
+            row[4] = cell_text(serving);
+        }
+        row[5] = action_names(json_object_get(c, "actions"));
+    }
+    print_table(out, header, N, cells, rows);
+    free_cells(cells, rows * N);
+
+    bool first = true;
+    json_array_foreach(connectors, i, c) {
+        const char *status = str_field(c, "status");
+        const char *message = str_field(c, "message");
+        if (!status || !message || !*message || strcmp(status, "ready") == 0)
+            continue;
+        if (first)
+            fputc('\n', out);
+        first = false;
+        render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
+        fputs(" (", out);
+        render_text(out, status);
+        fputs("): ", out);
+        render_text(out, message);
+        fputc('\n', out);
+    }
+}
