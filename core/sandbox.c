@@ -2,6 +2,8 @@
  * (see sandbox.h). Everything but sandbox_pool_snapshot runs on the loop thread. */
 #include "sandbox.h"
 
+#include <stdarg.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -551,6 +553,17 @@ static void forward_log(sandbox_pool *pool, const json_t *payload)
     fprintf(stderr, "[%s] %s: %s\n", pool->connector, level, line);
 }
 
+/* snprintf for messages that may be cut short on purpose (vsnprintf keeps GCC's truncation
+ * warning, meant for paths, off messages). */
+static void format_message(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void format_message(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+}
+
 /* Check the descriptor's schemas and the connector's config. NULL, or the refusal message. */
 static int check_hello(sandbox_pool *pool, const json_t *desc, char *why, size_t cap)
 {
@@ -558,11 +571,11 @@ static int check_hello(sandbox_pool *pool, const json_t *desc, char *why, size_t
     const json_t *cs = json_object_get(desc, "config_schema");
     const json_t *actions = json_object_get(desc, "actions");
     if (!json_is_object(cs) || !json_is_array(actions)) {
-        snprintf(why, cap, "plugin %s sent a HELLO without config_schema or actions", pool->plugin_path);
+        format_message(why, cap, "plugin %s sent a HELLO without config_schema or actions", pool->plugin_path);
         return AR_E_INVALID;
     }
     if (schema_check(cs, &err) != AR_OK) {
-        snprintf(why, cap, "plugin %s declares an invalid config_schema: %s", pool->plugin_path,
+        format_message(why, cap, "plugin %s declares an invalid config_schema: %s", pool->plugin_path,
                  err.message);
         return AR_E_INVALID;
     }
@@ -570,13 +583,13 @@ static int check_hello(sandbox_pool *pool, const json_t *desc, char *why, size_t
     json_t *a;
     json_array_foreach(actions, i, a) {
         if (schema_check(json_object_get(a, "input_schema"), &err) != AR_OK) {
-            snprintf(why, cap, "plugin %s declares an invalid input_schema for action %s: %s",
+            format_message(why, cap, "plugin %s declares an invalid input_schema for action %s: %s",
                      pool->plugin_path, json_string_value(json_object_get(a, "name")), err.message);
             return AR_E_INVALID;
         }
     }
     if (schema_validate(cs, pool->config, "config", &err) != AR_OK) {
-        snprintf(why, cap, "invalid config for connector %s: %s", pool->connector, err.message);
+        format_message(why, cap, "invalid config for connector %s: %s", pool->connector, err.message);
         return AR_E_INVALID;
     }
     return AR_OK;

@@ -5,7 +5,7 @@
  *   sleep     read   {"ms": n}: sleeps n ms, result {"slept_ms": n}
  *   fail      write  {"class": name, "message": text}: fails with that class and message
  *   big       read   {"bytes": n}: result {"data": "xxx..."} with n x's
- *   write_op  write  idempotency none, {"n": n}: result {"n": n}
+ *   write_op  write  idempotency none, {"n": n, "ms": m}: sleeps m ms (optional), result {"n": n}
  *   secret    read   result {"found": true|false}: whether secret "token" exists
  *
  * Config: {"label": string, "required_flag": boolean}, nothing else (to test config
@@ -328,8 +328,15 @@ static aiorun_status do_write_op(void *instance, aiorun_call *call, const char *
     long long n;
     char out[64];
 
+    long long ms = 0;
     if (get_integer(input, len, "n", &n) != 0)
         return fx->api->set_error(call, AIORUN_E_INVALID, "t_ok: input.n must be an integer");
+    if (get_integer(input, len, "ms", &ms) == 0 && ms > 0) {
+        /* Slow writes let crash tests kill the daemon while the call is in flight. */
+        struct timespec left = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&left, &left) != 0 && errno == EINTR)
+            ;
+    }
     snprintf(out, sizeof out, "{\"n\":%lld}", n);
     return fx->api->set_result(call, out, strlen(out));
 }
@@ -391,7 +398,8 @@ static const aiorun_action actions[] = {
                      "\"minimum\":0,\"maximum\":67108864}},\"required\":[\"bytes\"]}",
      .effect = AIORUN_EFFECT_READ, .idempotency = AIORUN_IDEMPOTENCY_NATIVE, .invoke = do_big},
     {.name = "write_op", .summary = "A write without idempotency support",
-     .input_schema = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\"}},"
+     .input_schema = "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\"},"
+                     "\"ms\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":3600000}},"
                      "\"required\":[\"n\"]}",
      .effect = AIORUN_EFFECT_WRITE, .idempotency = AIORUN_IDEMPOTENCY_NONE, .invoke = do_write_op},
     {.name = "secret", .summary = "Tell whether secret \"token\" is available",

@@ -185,7 +185,7 @@ static int flag_value(int argc, char **argv, int *i, const char *name, const cha
  * not one; -1 on a usage error (already reported). --help and --version exit here. */
 static int take_global(cli *o, int argc, char **argv, int *i)
 {
-    const char *a = argv[*i], *v;
+    const char *a = argv[*i], *v = NULL;
     int m;
 
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
