@@ -854,10 +854,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         rq->api = a;
         rq->conn = conn;
         *con_cls = rq;
-        /* Refuse an announced oversized body before reading it. */
+        /* Refuse an announced oversized body before reading a byte of it. */
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > a->cfg->max_body_bytes)
+        if (cl && strtoull(cl, NULL, 10) > a->cfg->max_body_bytes) {
             rq->too_large = 1;
+            set_reply_error(rq, 413, "body_too_large", "request body exceeds max_body_bytes (%zu bytes)",
+                            a->cfg->max_body_bytes);
+            return queue_reply(rq);
+        }
         return MHD_YES;
     }
     if (rq->reply && !rq->suspended) /* resumed with an answer, or answered early */

@@ -20,6 +20,7 @@
  */
 #include "policy.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -126,15 +127,6 @@ static const char *fail_text(int fail)
     }
 }
 
-/* Raise msg with the position of the Lua code that called the failing C function. */
-static int caller_error(lua_State *L, const char *msg)
-{
-    luaL_where(L, 2);
-    lua_pushstring(L, msg);
-    lua_concat(L, 2);
-    return lua_error(L);
-}
-
 /* ---- memory cap ----------------------------------------------------------------------- */
 
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -164,11 +156,10 @@ static int on_panic(lua_State *L)
 
 /* ---- instruction budget and deadline --------------------------------------------------- */
 
-static void count_hook(lua_State *L, lua_Debug *ar)
+/* Charge work done and stop the call once it is over a limit (raises a Lua error). */
+static void charge(lua_State *L, policy_worker *w, uint64_t work)
 {
-    (void)ar;
-    policy_worker *w = worker_of(L);
-    w->instructions += (uint64_t)w->hook_step;
+    w->instructions += work;
     if (!w->in_call)
         w->fail = FAIL_OUTSIDE;
     else if (!w->fail && w->instructions >= w->set->limits.instructions)
@@ -177,6 +168,13 @@ static void count_hook(lua_State *L, lua_Debug *ar)
         w->fail = FAIL_DEADLINE;
     if (w->fail)
         luaL_error(L, "%s", fail_text(w->fail));
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    policy_worker *w = worker_of(L);
+    charge(L, w, (uint64_t)w->hook_step);
 }
 
 static void begin_call(policy_worker *w)
@@ -212,10 +210,25 @@ static int sb_pcall(lua_State *L)
     return lua_gettop(L);
 }
 
+/* xpcall's message handler, wrapped: an error raised by the count hook calls the handler with
+ * hooks disabled, so the policy's handler must not run once the call is over a limit. */
+static int sb_msgh(lua_State *L)
+{
+    if (worker_of(L)->fail)
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
 static int sb_xpcall(lua_State *L)
 {
     int n = lua_gettop(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, sb_msgh, 1);
+    lua_replace(L, 2);
     lua_pushboolean(L, 1);
     lua_pushvalue(L, 1);
     lua_rotate(L, 3, 2); /* f, handler, true, f, args... */
@@ -240,11 +253,11 @@ static int sb_setmetatable(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
     if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
-        return caller_error(L, "cannot change a protected metatable");
+        return luaL_error(L, "cannot change a protected metatable");
     if (t == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL)
-            return caller_error(L, "__gc metamethods are not allowed in policies");
+            return luaL_error(L, "__gc metamethods are not allowed in policies");
         lua_pop(L, 1);
     }
     lua_settop(L, 2);
@@ -308,11 +321,593 @@ static int sb_log(lua_State *L)
     return 0;
 }
 
+/* ---- pattern matching under the budget --------------------------------------------------- */
+
+/* string.find/match/gmatch/gsub, written for the sandbox. Lua's own matcher runs in C where the
+ * count hook never fires, and backtracking makes it polynomial: ("a"):rep(3000):find(".-.-b")
+ * takes tens of seconds. This one implements the same pattern language (Lua 5.4 manual, 6.4.1,
+ * same results and error messages; a differential test compares it with stock Lua) and charges
+ * one instruction per character it tries, so the budget and the deadline hold. */
+
+#define PM_MAX_CAPTURES 32
+#define PM_MAX_DEPTH 200          /* nested matches before "pattern too complex" */
+#define PM_CHECK_EVERY 1024       /* steps between limit checks */
+#define PM_CAP_UNFINISHED (-1)
+#define PM_CAP_POSITION (-2)
+
+typedef struct pm_state {
+    lua_State *L;
+    policy_worker *w;
+    const char *src, *src_end; /* the subject */
+    const char *pat_end;
+    int depth;                 /* recursion left */
+    int level;                 /* captures open or closed so far */
+    int countdown;             /* steps until the next limit check */
+    struct {
+        const char *init;
+        ptrdiff_t len;         /* or PM_CAP_UNFINISHED / PM_CAP_POSITION */
+    } cap[PM_MAX_CAPTURES];
+} pm_state;
+
+static void pm_init(pm_state *ms, lua_State *L, const char *s, size_t ls, const char *p,
+                    size_t lp)
+{
+    ms->L = L;
+    ms->w = worker_of(L);
+    ms->src = s;
+    ms->src_end = s + ls;
+    ms->pat_end = p + lp;
+    ms->countdown = PM_CHECK_EVERY;
+}
+
+static void pm_reset(pm_state *ms)
+{
+    ms->level = 0;
+    ms->depth = PM_MAX_DEPTH;
+}
+
+static void pm_charge(pm_state *ms, ptrdiff_t steps)
+{
+    ms->countdown -= (int)(steps < PM_CHECK_EVERY ? steps : PM_CHECK_EVERY);
+    if (ms->countdown > 0)
+        return;
+    uint64_t done = (uint64_t)(PM_CHECK_EVERY - ms->countdown);
+    ms->countdown = PM_CHECK_EVERY;
+    charge(ms->L, ms->w, done);
+}
+
+/* Charge what is left over when a string function returns. */
+static void pm_finish(pm_state *ms)
+{
+    ms->w->instructions += (uint64_t)(PM_CHECK_EVERY - ms->countdown);
+    ms->countdown = PM_CHECK_EVERY;
+}
+
+static int pm_class(int c, int cl)
+{
+    int res;
+    switch (tolower(cl)) {
+    case 'a': res = isalpha(c); break;
+    case 'c': res = iscntrl(c); break;
+    case 'd': res = isdigit(c); break;
+    case 'g': res = isgraph(c); break;
+    case 'l': res = islower(c); break;
+    case 'p': res = ispunct(c); break;
+    case 's': res = isspace(c); break;
+    case 'u': res = isupper(c); break;
+    case 'w': res = isalnum(c); break;
+    case 'x': res = isxdigit(c); break;
+    case 'z': res = c == 0; break; /* deprecated, still in Lua 5.4 */
+    default: return cl == c;   /* %. %% %( ... stand for themselves */
+    }
+    res = res != 0;
+    return isupper(cl) ? !res : res;
+}
+
+/* Is c in the set [p .. end], p at '[' and end at its ']'? */
+static int pm_set(int c, const char *p, const char *end)
+{
+    int in = 1;
+    p++;
+    if (*p == '^') {
+        in = 0;
+        p++;
+    }
+    for (; p < end; p++) {
+        if (*p == '%') {
+            p++;
+            if (pm_class(c, (unsigned char)*p))
+                return in;
+        } else if (p[1] == '-' && p + 2 < end) {
+            if ((unsigned char)p[0] <= c && c <= (unsigned char)p[2])
+                return in;
+            p += 2;
+        } else if ((unsigned char)*p == c) {
+            return in;
+        }
+    }
+    return !in;
+}
+
+/* The end of the single-character class starting at p. */
+static const char *pm_class_end(pm_state *ms, const char *p)
+{
+    char c = *p++;
+    if (c == '%') {
+        if (p >= ms->pat_end)
+            luaL_error(ms->L, "malformed pattern (ends with '%%')");
+        return p + 1;
+    }
+    if (c == '[') {
+        if (p < ms->pat_end && *p == '^')
+            p++;
+        for (;;) { /* the set's first character is never its end: "[]]" */
+            if (p >= ms->pat_end)
+                luaL_error(ms->L, "malformed pattern (missing ']')");
+            if (*p++ == '%' && p < ms->pat_end)
+                p++;
+            if (p < ms->pat_end && *p == ']')
+                return p + 1;
+        }
+    }
+    return p;
+}
+
+static int pm_single(pm_state *ms, const char *s, const char *p, const char *ep)
+{
+    pm_charge(ms, 1 + ((ep - p) >> 4)); /* long sets cost more */
+    if (s >= ms->src_end)
+        return 0;
+    int c = (unsigned char)*s;
+    switch (*p) {
+    case '.': return 1;
+    case '%': return pm_class(c, (unsigned char)p[1]);
+    case '[': return pm_set(c, p, ep - 1);
+    default: return (unsigned char)*p == c;
+    }
+}
+
+static const char *pm_match(pm_state *ms, const char *s, const char *p);
+
+static const char *pm_max_expand(pm_state *ms, const char *s, const char *p, const char *ep)
+{
+    ptrdiff_t n = 0;
+    while (pm_single(ms, s + n, p, ep))
+        n++;
+    for (; n >= 0; n--) { /* longest first */
+        const char *r = pm_match(ms, s + n, ep + 1);
+        if (r)
+            return r;
+    }
+    return NULL;
+}
+
+static const char *pm_min_expand(pm_state *ms, const char *s, const char *p, const char *ep)
+{
+    for (;;) {
+        const char *r = pm_match(ms, s, ep + 1);
+        if (r)
+            return r;
+        if (!pm_single(ms, s, p, ep))
+            return NULL;
+        s++;
+    }
+}
+
+static const char *pm_open_capture(pm_state *ms, const char *s, const char *p, ptrdiff_t what)
+{
+    if (ms->level >= PM_MAX_CAPTURES)
+        luaL_error(ms->L, "too many captures");
+    ms->cap[ms->level].init = s;
+    ms->cap[ms->level].len = what;
+    ms->level++;
+    const char *r = pm_match(ms, s, p);
+    if (!r)
+        ms->level--;
+    return r;
+}
+
+static const char *pm_close_capture(pm_state *ms, const char *s, const char *p)
+{
+    int l = ms->level - 1;
+    while (l >= 0 && ms->cap[l].len != PM_CAP_UNFINISHED)
+        l--;
+    if (l < 0)
+        luaL_error(ms->L, "invalid pattern capture");
+    ms->cap[l].len = s - ms->cap[l].init;
+    const char *r = pm_match(ms, s, p);
+    if (!r)
+        ms->cap[l].len = PM_CAP_UNFINISHED;
+    return r;
+}
+
+/* %bxy at p (pointing after "%b"). */
+static const char *pm_balance(pm_state *ms, const char *s, const char *p)
+{
+    if (p + 1 >= ms->pat_end)
+        luaL_error(ms->L, "malformed pattern (missing arguments to '%%b')");
+    if (s >= ms->src_end || *s != p[0])
+        return NULL;
+    int open = 1;
+    while (++s < ms->src_end) {
+        pm_charge(ms, 1);
+        if (*s == p[1]) {
+            if (--open == 0)
+                return s + 1;
+        } else if (*s == p[0]) {
+            open++;
+        }
+    }
+    return NULL;
+}
+
+/* %1 .. %9: the text of an earlier capture again. */
+static const char *pm_backref(pm_state *ms, const char *s, int digit)
+{
+    int l = digit - '1';
+    if (l < 0 || l >= ms->level || ms->cap[l].len == PM_CAP_UNFINISHED)
+        luaL_error(ms->L, "invalid capture index %%%d", l + 1);
+    ptrdiff_t len = ms->cap[l].len;
+    if (len < 0) /* a position capture matches no text */
+        return NULL;
+    pm_charge(ms, 1 + (len >> 4));
+    if (ms->src_end - s >= len && memcmp(ms->cap[l].init, s, (size_t)len) == 0)
+        return s + len;
+    return NULL;
+}
+
+/* %f[set] at p (pointing after "%f"); returns the pattern after the set, or NULL. */
+static const char *pm_frontier(pm_state *ms, const char *s, const char *p)
+{
+    if (p >= ms->pat_end || *p != '[')
+        luaL_error(ms->L, "missing '[' after '%%f' in pattern");
+    const char *ep = pm_class_end(ms, p);
+    pm_charge(ms, 1 + ((ep - p) >> 3));
+    int prev = s == ms->src ? 0 : (unsigned char)s[-1];
+    int cur = s < ms->src_end ? (unsigned char)*s : 0;
+    return !pm_set(prev, p, ep - 1) && pm_set(cur, p, ep - 1) ? ep : NULL;
+}
+
+/* Match pattern p at s; the end of the match or NULL. */
+static const char *pm_match(pm_state *ms, const char *s, const char *p)
+{
+    if (ms->depth-- == 0)
+        luaL_error(ms->L, "pattern too complex");
+    pm_charge(ms, 1);
+    const char *r;
+    for (;;) {
+        if (p == ms->pat_end) {
+            r = s;
+            break;
+        }
+        if (*p == '(') {
+            if (p + 1 < ms->pat_end && p[1] == ')')
+                r = pm_open_capture(ms, s, p + 2, PM_CAP_POSITION);
+            else
+                r = pm_open_capture(ms, s, p + 1, PM_CAP_UNFINISHED);
+            break;
+        }
+        if (*p == ')') {
+            r = pm_close_capture(ms, s, p + 1);
+            break;
+        }
+        if (*p == '$' && p + 1 == ms->pat_end) {
+            r = s == ms->src_end ? s : NULL;
+            break;
+        }
+        if (*p == '%' && p + 1 < ms->pat_end) {
+            if (p[1] == 'b') {
+                s = pm_balance(ms, s, p + 2);
+                if (!s) {
+                    r = NULL;
+                    break;
+                }
+                p += 4;
+                continue;
+            }
+            if (p[1] == 'f') {
+                p = pm_frontier(ms, s, p + 2);
+                if (!p) {
+                    r = NULL;
+                    break;
+                }
+                continue;
+            }
+            if (isdigit((unsigned char)p[1])) {
+                s = pm_backref(ms, s, (unsigned char)p[1]);
+                if (!s) {
+                    r = NULL;
+                    break;
+                }
+                p += 2;
+                continue;
+            }
+        }
+        /* one character class, maybe followed by a quantifier */
+        const char *ep = pm_class_end(ms, p);
+        char q = ep < ms->pat_end ? *ep : '\0';
+        if (!pm_single(ms, s, p, ep)) {
+            if (q == '*' || q == '?' || q == '-') { /* zero repetitions are fine */
+                p = ep + 1;
+                continue;
+            }
+            r = NULL;
+            break;
+        }
+        if (q == '?') {
+            r = pm_match(ms, s + 1, ep + 1);
+            if (r)
+                break;
+            p = ep + 1;
+            continue;
+        }
+        if (q == '+') {
+            r = pm_max_expand(ms, s + 1, p, ep);
+            break;
+        }
+        if (q == '*') {
+            r = pm_max_expand(ms, s, p, ep);
+            break;
+        }
+        if (q == '-') {
+            r = pm_min_expand(ms, s, p, ep);
+            break;
+        }
+        s++;
+        p = ep;
+    }
+    ms->depth++;
+    return r;
+}
+
+/* Push capture i; with no captures, capture 0 is the whole match s..e. */
+static void pm_push_capture(pm_state *ms, int i, const char *s, const char *e)
+{
+    if (i >= ms->level) {
+        if (i != 0)
+            luaL_error(ms->L, "invalid capture index %%%d", i + 1);
+        lua_pushlstring(ms->L, s, (size_t)(e - s));
+        return;
+    }
+    ptrdiff_t len = ms->cap[i].len;
+    if (len == PM_CAP_UNFINISHED)
+        luaL_error(ms->L, "unfinished capture");
+    if (len == PM_CAP_POSITION)
+        lua_pushinteger(ms->L, (ms->cap[i].init - ms->src) + 1);
+    else
+        lua_pushlstring(ms->L, ms->cap[i].init, (size_t)len);
+}
+
+/* Push every capture (the whole match when there are none and s is given). */
+static int pm_push_captures(pm_state *ms, const char *s, const char *e)
+{
+    int n = (ms->level == 0 && s) ? 1 : ms->level;
+    luaL_checkstack(ms->L, n, "too many captures");
+    for (int i = 0; i < n; i++)
+        pm_push_capture(ms, i, s, e);
+    return n;
+}
+
+/* A 1-based, possibly negative, start position as a 0-based offset (may exceed len). */
+static size_t pm_start(lua_Integer pos, size_t len)
+{
+    if (pos > 0)
+        return (size_t)pos - 1;
+    if (pos == 0 || pos < -(lua_Integer)len)
+        return 0;
+    return len + (size_t)pos;
+}
+
+static int pm_has_specials(const char *p, size_t lp)
+{
+    for (size_t i = 0; i < lp; i++)
+        if (p[i] && strchr("^$*+?.([%-", p[i]))
+            return 1;
+    return 0;
+}
+
+static int pm_find_aux(lua_State *L, int find)
+{
+    size_t ls, lp;
+    const char *s = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
+    size_t init = pm_start(luaL_optinteger(L, 3, 1), ls);
+    if (init > ls) {
+        luaL_pushfail(L);
+        return 1;
+    }
+    if (find && (lua_toboolean(L, 4) || !pm_has_specials(p, lp))) {
+        const char *hit = memmem(s + init, ls - init, p, lp); /* linear time */
+        if (!hit) {
+            luaL_pushfail(L);
+            return 1;
+        }
+        lua_pushinteger(L, (hit - s) + 1);
+        lua_pushinteger(L, (lua_Integer)((size_t)(hit - s) + lp));
+        return 2;
+    }
+    int anchor = lp > 0 && *p == '^';
+    if (anchor) {
+        p++;
+        lp--;
+    }
+    pm_state ms;
+    pm_init(&ms, L, s, ls, p, lp);
+    const char *start = s + init;
+    do {
+        pm_reset(&ms);
+        const char *e = pm_match(&ms, start, p);
+        if (e) {
+            pm_finish(&ms);
+            if (!find)
+                return pm_push_captures(&ms, start, e);
+            lua_pushinteger(L, (start - s) + 1);
+            lua_pushinteger(L, e - s);
+            return 2 + pm_push_captures(&ms, NULL, NULL);
+        }
+    } while (start++ < ms.src_end && !anchor);
+    pm_finish(&ms);
+    luaL_pushfail(L);
+    return 1;
+}
+
+static int pm_find(lua_State *L)
+{
+    return pm_find_aux(L, 1);
+}
+
+static int pm_match_fn(lua_State *L)
+{
+    return pm_find_aux(L, 0);
+}
+
+typedef struct pm_gmatch {
+    size_t next;      /* where the next search starts */
+    size_t lastmatch; /* end of the last match, SIZE_MAX before the first */
+} pm_gmatch;
+
+static int pm_gmatch_next(lua_State *L)
+{
+    size_t ls, lp;
+    const char *s = lua_tolstring(L, lua_upvalueindex(1), &ls);
+    const char *p = lua_tolstring(L, lua_upvalueindex(2), &lp);
+    pm_gmatch *g = lua_touserdata(L, lua_upvalueindex(3));
+    pm_state ms;
+    pm_init(&ms, L, s, ls, p, lp);
+    for (size_t at = g->next; at <= ls; at++) {
+        pm_reset(&ms);
+        const char *e = pm_match(&ms, s + at, p);
+        if (e && (size_t)(e - s) != g->lastmatch) {
+            g->next = g->lastmatch = (size_t)(e - s);
+            pm_finish(&ms);
+            return pm_push_captures(&ms, s + at, e);
+        }
+    }
+    g->next = ls + 1;
+    pm_finish(&ms);
+    return 0;
+}
+
+static int pm_gmatch_fn(lua_State *L)
+{
+    size_t ls;
+    luaL_checklstring(L, 1, &ls);
+    luaL_checkstring(L, 2);
+    size_t init = pm_start(luaL_optinteger(L, 3, 1), ls);
+    lua_settop(L, 2);
+    pm_gmatch *g = lua_newuserdatauv(L, sizeof *g, 0);
+    g->next = init > ls ? ls + 1 : init;
+    g->lastmatch = SIZE_MAX;
+    lua_pushcclosure(L, pm_gmatch_next, 3);
+    return 1;
+}
+
+/* Append the replacement string (argument 3) for the match s..e, expanding %0-%9 and %%. */
+static void pm_add_replacement(pm_state *ms, luaL_Buffer *b, const char *s, const char *e)
+{
+    lua_State *L = ms->L;
+    size_t len;
+    const char *r = lua_tolstring(L, 3, &len);
+    const char *end = r + len;
+    const char *pct;
+    while ((pct = memchr(r, '%', (size_t)(end - r))) != NULL) {
+        luaL_addlstring(b, r, (size_t)(pct - r));
+        pct++;
+        if (pct < end && *pct == '%') {
+            luaL_addchar(b, '%');
+        } else if (pct < end && *pct == '0') {
+            luaL_addlstring(b, s, (size_t)(e - s));
+        } else if (pct < end && isdigit((unsigned char)*pct)) {
+            pm_push_capture(ms, *pct - '1', s, e);
+            luaL_tolstring(L, -1, NULL); /* a position capture is a number */
+            lua_remove(L, -2);
+            luaL_addvalue(b);
+        } else {
+            luaL_error(L, "invalid use of '%c' in replacement string", '%');
+        }
+        r = pct + 1;
+    }
+    luaL_addlstring(b, r, (size_t)(end - r));
+}
+
+/* Append the replacement of the match s..e; 1 when the text changed. */
+static int pm_add_value(pm_state *ms, luaL_Buffer *b, const char *s, const char *e, int type)
+{
+    lua_State *L = ms->L;
+    if (type == LUA_TFUNCTION) {
+        lua_pushvalue(L, 3);
+        int n = pm_push_captures(ms, s, e);
+        lua_call(L, n, 1);
+    } else if (type == LUA_TTABLE) {
+        pm_push_capture(ms, 0, s, e);
+        lua_gettable(L, 3);
+    } else {
+        pm_add_replacement(ms, b, s, e);
+        return 1;
+    }
+    if (!lua_toboolean(L, -1)) { /* nil or false: keep the original text */
+        lua_pop(L, 1);
+        luaL_addlstring(b, s, (size_t)(e - s));
+        return 0;
+    }
+    if (!lua_isstring(L, -1))
+        return luaL_error(L, "invalid replacement value (a %s)", luaL_typename(L, -1));
+    luaL_addvalue(b);
+    return 1;
+}
+
+static int pm_gsub(lua_State *L)
+{
+    size_t ls, lp;
+    const char *src = luaL_checklstring(L, 1, &ls);
+    const char *p = luaL_checklstring(L, 2, &lp);
+    int type = lua_type(L, 3);
+    lua_Integer max = luaL_optinteger(L, 4, (lua_Integer)ls + 1);
+    luaL_argexpected(L, type == LUA_TNUMBER || type == LUA_TSTRING || type == LUA_TFUNCTION ||
+                     type == LUA_TTABLE, 3, "string/function/table");
+    int anchor = lp > 0 && *p == '^';
+    if (anchor) {
+        p++;
+        lp--;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    pm_state ms;
+    pm_init(&ms, L, src, ls, p, lp);
+    const char *s = src, *lastmatch = NULL;
+    lua_Integer n = 0;
+    int changed = 0;
+    while (n < max) {
+        pm_reset(&ms);
+        const char *e = pm_match(&ms, s, p);
+        if (e && e != lastmatch) {
+            n++;
+            changed = pm_add_value(&ms, &b, s, e, type) | changed;
+            s = lastmatch = e;
+        } else if (s < ms.src_end) {
+            luaL_addchar(&b, *s++);
+        } else {
+            break;
+        }
+        if (anchor)
+            break;
+    }
+    pm_finish(&ms);
+    if (!changed) {
+        lua_pushvalue(L, 1);
+    } else {
+        luaL_addlstring(&b, s, (size_t)(ms.src_end - s));
+        luaL_pushresult(&b);
+    }
+    lua_pushinteger(L, n);
+    return 2;
+}
+
 /* ---- read-only library proxies ------------------------------------------------------------ */
 
 static int ro_newindex(lua_State *L)
 {
-    return caller_error(L, "attempt to modify read-only table");
+    return luaL_error(L, "attempt to modify read-only table");
 }
 
 /* pairs(proxy) walks the real table without ever handing it out. */
@@ -363,11 +958,14 @@ static const char *const base_allowed[] = {
 
 static const char *const os_allowed[] = { "time", "clock", "date", NULL };
 
-/* Open lib, apply strip (NULL-terminated names to remove), store a proxy as G[name]. */
+/* Open lib, remove the names in strip, put in the functions of replace, store a proxy as
+ * G[name]. */
 static void add_library(lua_State *L, int g, const char *name, lua_CFunction open,
-                        const char *const *strip)
+                        const char *const *strip, const luaL_Reg *replace)
 {
     luaL_requiref(L, name, open, 0);
+    if (replace)
+        luaL_setfuncs(L, replace, 0);
     for (; strip && *strip; strip++) {
         lua_pushnil(L);
         lua_setfield(L, -2, *strip);
@@ -408,10 +1006,14 @@ static int setup_state(lua_State *L)
 
     static const char *const string_strip[] = { "dump", NULL };
     static const char *const math_strip[] = { "randomseed", NULL }; /* no state across calls */
-    add_library(L, g, LUA_STRLIBNAME, luaopen_string, string_strip);
-    add_library(L, g, LUA_TABLIBNAME, luaopen_table, NULL);
-    add_library(L, g, LUA_MATHLIBNAME, luaopen_math, math_strip);
-    add_library(L, g, LUA_UTF8LIBNAME, luaopen_utf8, NULL);
+    static const luaL_Reg string_budgeted[] = {
+        { "find", pm_find }, { "match", pm_match_fn }, { "gmatch", pm_gmatch_fn },
+        { "gsub", pm_gsub }, { NULL, NULL }
+    };
+    add_library(L, g, LUA_STRLIBNAME, luaopen_string, string_strip, string_budgeted);
+    add_library(L, g, LUA_TABLIBNAME, luaopen_table, NULL, NULL);
+    add_library(L, g, LUA_MATHLIBNAME, luaopen_math, math_strip, NULL);
+    add_library(L, g, LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL);
 
     luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
     lua_createtable(L, 0, 3);
@@ -512,6 +1114,7 @@ static int worker_create(const policy_set *set, policy_worker **out, ar_error *e
         return rc;
     }
     lua_settop(w->L, 0);
+    lua_gc(w->L, LUA_GCGEN, 0, 0); /* most of a call's objects die young: ~30% faster */
     lua_sethook(w->L, count_hook, LUA_MASKCOUNT, w->hook_step);
     *out = w;
     return AR_OK;
@@ -637,6 +1240,9 @@ static void read_result(lua_State *L, run_ctx *c)
         else if (!verdict)
             snprintf(c->reason, sizeof c->reason, "verdict must be \"allow\" or \"deny\", got a %s",
                      lua_typename(L, vt));
+        else if (memchr(verdict, '\0', vlen))
+            snprintf(c->reason, sizeof c->reason,
+                     "verdict must be \"allow\" or \"deny\", got a string with a NUL byte");
         else
             snprintf(c->reason, sizeof c->reason,
                      "verdict must be \"allow\" or \"deny\", got \"%.64s\"", verdict);
@@ -795,9 +1401,11 @@ static int list_policy_names(DIR *d, const char *dir, char ***names, size_t *cou
                              ar_error *err)
 {
     size_t cap = 0;
-    struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
+    for (;;) {
+        errno = 0; /* readdir reports errors only through errno */
+        struct dirent *de = readdir(d);
+        if (!de)
+            break;
         size_t len = strlen(de->d_name);
         /* hidden files (editor locks, ".#x.lua") are not policies */
         if (de->d_name[0] == '.' || len <= 4 || strcmp(de->d_name + len - 4, ".lua") != 0)
@@ -820,7 +1428,8 @@ static int list_policy_names(DIR *d, const char *dir, char ***names, size_t *cou
     if (errno)
         return ar_error_set(err, AR_E_IO, "policy_io", "policy: cannot list %s: %s", dir,
                             strerror(errno));
-    qsort(*names, *count, sizeof **names, cmp_names);
+    if (*count > 1)
+        qsort(*names, *count, sizeof **names, cmp_names);
     return AR_OK;
 }
 

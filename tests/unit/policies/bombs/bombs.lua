@@ -54,6 +54,21 @@ function bombs.close()
   while true do end
 end
 
+-- Backtracking patterns on long subjects: polynomial work inside one C call.
+local subject = string.rep("a", 5000)
+
+function bombs.redos_find() return subject:find(".-.-.-b") end
+function bombs.redos_match() return subject:match("(a*)*b") end
+function bombs.redos_gsub() return (subject:gsub("a-a-a-b", "")) end
+function bombs.redos_gmatch()
+  for m in subject:gmatch(".-.-b") do return m end
+end
+function bombs.redos_balance() return string.rep("(", 5000):find("%b()") end
+function bombs.redos_backref() return subject:find("(a-)%1b") end
+function bombs.redos_set()
+  return subject:find("[" .. string.rep("x", 5000) .. "]")
+end
+
 function bombs.normal()
   return { verdict = "allow", rule = "normal", reason = "still works" }
 end
