@@ -143,21 +143,16 @@ static json_t *rfc3339(const json_t *ms_value)
 {
     if (!json_is_integer(ms_value))
         return json_null();
-    int64_t ms = json_integer_value(ms_value);
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    char buf[80];
-    snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    char buf[AR_TIME_LEN];
+    ar_time_rfc3339(json_integer_value(ms_value), buf);
     return json_string(buf);
 }
 
 json_t *action_render(const json_t *rec)
 {
     static const char *const copied[] = {"id", "connector", "action", "state", "effect",
-                                         "idempotency_key", "input", "proposer", "priority",
-                                         "decision", "attempts", "result", "error"};
+                                         "idempotency_key", "submitter", "input", "proposer",
+                                         "priority", "decision", "attempts", "result", "error"};
     json_t *out = json_object();
     if (!out)
         return NULL;
@@ -173,15 +168,18 @@ json_t *action_render(const json_t *rec)
 
 /* ---- journal ------------------------------------------------------------------------------ */
 
-size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *key)
+size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *submitter,
+                       const char *key)
 {
-    size_t cl = strlen(connector), kl = strlen(key);
-    if (cl + 1 + kl > cap)
+    size_t cl = strlen(connector), sl = strlen(submitter), kl = strlen(key);
+    if (cl + 1 + sl + 1 + kl > cap)
         return 0;
     memcpy(buf, connector, cl);
     buf[cl] = '\0';
-    memcpy(buf + cl + 1, key, kl);
-    return cl + 1 + kl;
+    memcpy(buf + cl + 1, submitter, sl);
+    buf[cl + 1 + sl] = '\0';
+    memcpy(buf + cl + 1 + sl + 1, key, kl);
+    return cl + 1 + sl + 1 + kl;
 }
 
 int action_batch_store(journal_batch *b, const json_t *rec)
@@ -241,6 +239,8 @@ static int record_matches(const json_t *rec, const action_filter *f)
     if (f && f->state >= 0 && (int)action_record_state(rec) != f->state)
         return 0;
     if (f && f->connector && strcmp(action_record_str(rec, "connector"), f->connector) != 0)
+        return 0;
+    if (f && f->submitter && strcmp(action_record_str(rec, "submitter"), f->submitter) != 0)
         return 0;
     return 1;
 }

@@ -8,7 +8,8 @@
  * every action that is not terminal yet (id -> connector): it is what recovery scans at start,
  * so start-up cost follows the work in flight, not the size of the history.
  *
- * Record fields: id, connector, action, effect, idempotency_key, input, proposer, priority,
+ * Record fields: id, connector, action, effect, idempotency_key, submitter (the token name
+ * that submitted it), input, proposer, priority,
  * digest (hex BLAKE2b-256 of the canonical action+input), decision {verdict, reason, rule,
  * policy, policy_version}, state, attempts, result, error {class, message}, created_ms,
  * updated_ms, finished_ms. action_render turns a record into the API's shape.
@@ -70,8 +71,10 @@ json_t *action_render(const json_t *rec);
 
 /* ---- journal keys and batch helpers ---------------------------------------------------- */
 
-/* Idempotency key: connector '\0' key. Returns the length written (<= cap) or 0 if too long. */
-size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *key);
+/* Idempotency key, scoped per connector and per submitter (two submitters never share a key):
+ * connector '\0' submitter '\0' key. Returns the length written (<= cap) or 0 if too long. */
+size_t action_idem_key(char *buf, size_t cap, const char *connector, const char *submitter,
+                       const char *key);
 /* Idempotency value: id (26 bytes) followed by the digest (32 bytes). */
 #define ACTION_IDEM_VALUE_LEN (ACTION_ID_LEN + ACTION_DIGEST_LEN)
 
@@ -90,6 +93,7 @@ int action_load_by_id(journal *j, const char *id, json_t **out, ar_error *err);
 typedef struct action_filter {
     int state;              /* -1: any */
     const char *connector;  /* NULL: any */
+    const char *submitter;  /* NULL: any */
 } action_filter;
 int action_list(journal *j, const action_filter *f, const char *after, size_t limit,
                 json_t **page, char next_out[ACTION_ID_LEN + 1], ar_error *err);

@@ -11,12 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access.h"
 #include "action.h"
+#include "auth.h"
 #include "schema.h"
 
 #define MAX_WAIT_MS 60000
 #define MAX_KEY_LEN 256
 #define MAX_LIST_LIMIT 500
+/* Failed authentications allowed per client address and minute before it must wait. */
+#define AUTH_MAX_FAILURES 60
+#define AUTH_WINDOW_MS 60000
 
 /* One HTTP request, from its first byte until libmicrohttpd reports it completed. While the
  * connection is suspended, exactly one other thread (a worker or the waiter thread) owns the
@@ -28,6 +33,8 @@ typedef struct request {
     size_t body_len, body_cap;
     int too_large;
     int suspended;
+    auth_identity who;           /* the caller, once authenticated */
+    int own_only;                /* sees only the actions it submitted */
     /* the answer, set before resuming */
     unsigned reply_status;
     char *reply;                 /* JSON text, malloc'd */
@@ -45,10 +52,13 @@ typedef struct request {
 struct api_server {
     const config *cfg;
     journal *journal;
+    auth *auth;
+    access_limiter *limiter;
     const policy_set *policies;
     scheduler *sched;
     struct MHD_Daemon *mhd;
     int port;
+    char *tls_cert, *tls_key;    /* PEM text while serving HTTPS; the key is wiped at the end */
 
     /* decision workers */
     pthread_mutex_t work_lock;
@@ -243,8 +253,10 @@ static json_t *policy_view(const request *rq)
                              "input", json_object_get(s, "input"),
                              "priority", json_object_get(s, "priority"));
     json_t *proposer = json_object_get(s, "proposer");
-    if (view)
+    if (view) {
         json_object_set_new(view, "proposer", proposer ? json_incref(proposer) : json_object());
+        json_object_set_new(view, "submitter", json_string(rq->who.name));
+    }
     return view;
 }
 
@@ -265,13 +277,14 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
     int64_t now = ar_now_ms();
     json_t *proposer = json_object_get(s, "proposer");
     json_t *rec = json_pack(
-        "{s:s, s:O, s:O, s:O, s:O, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
+        "{s:s, s:O, s:O, s:O, s:O, s:s, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
         "id", id,
         "connector", json_object_get(s, "connector"),
         "action", json_object_get(s, "action"),
         "effect", json_object_get(rq->descriptor_action, "effect"),
         "idempotency", json_object_get(rq->descriptor_action, "idempotency"),
         "idempotency_key", key,
+        "submitter", rq->who.name,
         "key_given", given != NULL,
         "input", json_object_get(s, "input"),
         "proposer", proposer ? proposer : json_null(),
@@ -371,8 +384,8 @@ static void process_submission(api_server *a, policy_worker *pw, request *rq)
         resume(rq);
         return;
     }
-    char idem[MAX_KEY_LEN + 80];
-    size_t idem_len = given ? action_idem_key(idem, sizeof idem, connector, given) : 0;
+    char idem[MAX_KEY_LEN + 160];
+    size_t idem_len = given ? action_idem_key(idem, sizeof idem, connector, rq->who.name, given) : 0;
     unsigned char found[ACTION_IDEM_VALUE_LEN];
     if (idem_len && find_key(a, idem, idem_len, found) == AR_OK) {
         answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
@@ -693,6 +706,11 @@ static void route_get_action(api_server *a, request *rq, const char *id)
         return;
     }
     int rc = action_load_by_id(a->journal, id, &rec, &err);
+    if (rc == AR_OK && rq->own_only && strcmp(action_record_str(rec, "submitter"), rq->who.name) != 0) {
+        /* Another submitter's action does not exist for this caller. */
+        json_decref(rec);
+        rc = ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    }
     if (rc != AR_OK) {
         set_reply_ar_error(rq, rc, &err);
         return;
@@ -707,7 +725,8 @@ static void route_list_actions(api_server *a, request *rq)
     const char *connector = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "connector");
     const char *after = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "after");
     const char *limit_s = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "limit");
-    action_filter f = {.state = -1, .connector = connector && *connector ? connector : NULL};
+    action_filter f = {.state = -1, .connector = connector && *connector ? connector : NULL,
+                       .submitter = rq->own_only ? rq->who.name : NULL};
     if (state && *state && (f.state = action_state_from_name(state)) < 0) {
         set_reply_error(rq, 400, "invalid_request", "unknown state \"%s\" (e.g. READY, SUCCEEDED, FAILED, DENIED)", state);
         return;
@@ -777,42 +796,194 @@ static void route_connectors(api_server *a, request *rq)
     set_reply_json(rq, 200, json_pack("{s:o}", "connectors", list));
 }
 
-static void method_not_allowed(request *rq, const char *method, const char *url, const char *allowed)
+/* ---- identity and tokens ------------------------------------------------------------------ */
+
+static json_t *roles_json(unsigned roles)
 {
-    set_reply_error(rq, 405, "method_not_allowed", "%s is not allowed on %s (use %s)", method, url, allowed);
+    char csv[96];
+    auth_roles_format(roles, csv, sizeof csv);
+    json_t *arr = json_array();
+    for (char *save = NULL, *tok = strtok_r(csv, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        json_array_append_new(arr, json_string(tok));
+    return arr;
+}
+
+static void route_whoami(request *rq)
+{
+    set_reply_json(rq, 200, json_pack("{s:s, s:o}", "name", rq->who.name, "roles", roles_json(rq->who.roles)));
+}
+
+static void route_list_tokens(api_server *a, request *rq)
+{
+    json_t *list;
+    ar_error err = {0};
+    int rc = auth_token_list(a->auth, &list, &err);
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    set_reply_json(rq, 200, json_pack("{s:o}", "tokens", list));
+}
+
+/* POST /v1/tokens {"name", "roles": [...], "expires_in_s"}: the token is in this reply only. */
+static void route_create_token(api_server *a, request *rq)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *name = json_string_value(json_object_get(body, "name"));
+    json_t *roles = json_object_get(body, "roles"), *expires = json_object_get(body, "expires_in_s");
+    if (!body) {
+        set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s", jerr.text);
+        return;
+    }
+    if (!json_is_object(body) || !name || !json_is_array(roles) || (expires && !json_is_integer(expires)) ||
+        json_object_size(body) != 2u + (expires != NULL)) {
+        json_decref(body);
+        set_reply_error(rq, 400, "invalid_request", "expected {\"name\": string, \"roles\": [string, ...], "
+                        "\"expires_in_s\": integer (optional)}");
+        return;
+    }
+    char csv[256] = "";
+    size_t i, used = 0;
+    json_t *r;
+    json_array_foreach(roles, i, r) {
+        int n = snprintf(csv + used, sizeof csv - used, "%s%s", i ? "," : "",
+                         json_is_string(r) ? json_string_value(r) : "(not a string)");
+        if (n > 0 && (size_t)n < sizeof csv - used)
+            used += (size_t)n;
+    }
+    unsigned bits;
+    ar_error err = {0};
+    int rc = auth_roles_parse(csv, &bits, &err);
+    int64_t expires_ms = 0;
+    if (rc == AR_OK && expires) {
+        json_int_t secs = json_integer_value(expires);
+        if (secs <= 0 || secs > 10LL * 365 * 24 * 3600)
+            rc = ar_error_set(&err, AR_E_INVALID, "invalid_expiry", "expires_in_s must be from 1 to %lld seconds",
+                              10LL * 365 * 24 * 3600);
+        expires_ms = ar_now_ms() + (int64_t)secs * 1000;
+    }
+    char token[AUTH_TOKEN_LEN + 1];
+    if (rc == AR_OK)
+        rc = auth_token_create(a->auth, name, bits, expires_ms, token, &err);
+    if (rc != AR_OK) {
+        json_decref(body);
+        set_reply_error(rq, rc == AR_E_EXISTS ? 409 : status_for_error(rc), err.code, "%s", err.message);
+        return;
+    }
+    ar_log("info", "token %s created by %s", name, rq->who.name);
+    char until[AR_TIME_LEN];
+    if (expires_ms)
+        ar_time_rfc3339(expires_ms, until);
+    json_t *reply = json_pack("{s:s, s:O, s:s, s:o}", "name", name, "roles", roles, "token", token,
+                              "expires_at", expires_ms ? json_string(until) : json_null());
+    sodium_memzero(token, sizeof token);
+    json_decref(body);
+    set_reply_json(rq, 201, reply);
+}
+
+static void route_revoke_token(api_server *a, request *rq, const char *name)
+{
+    ar_error err = {0};
+    int rc = auth_token_revoke(a->auth, name, &err);
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    ar_log("info", "token %s revoked by %s", name, rq->who.name);
+    set_reply_json(rq, 200, json_pack("{s:s, s:s}", "name", name, "state", "revoked"));
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static void client_address(struct MHD_Connection *conn, char *buf, size_t cap)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(buf, cap, "unknown");
+    if (!ci || !ci->client_addr)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, (socklen_t)cap);
+}
+
+/* Establish who calls and whether the route lets them. 1: go on; 0: the reply is set. */
+static int authorize(api_server *a, request *rq, const access_route *route, const char *method, const char *url)
+{
+    if (route->roles == 0)
+        return 1;
+    char addr[64];
+    client_address(rq->conn, addr, sizeof addr);
+    int64_t wait = access_limiter_wait_ms(a->limiter, addr, ar_now_ms());
+    if (wait > 0) {
+        set_reply_error(rq, 429, "too_many_auth_failures", "too many failed authentications from %s; "
+                        "try again in %lld s", addr, (long long)(wait + 999) / 1000);
+        return 0;
+    }
+    const char *header = MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!header || strncasecmp(header, "Bearer ", 7) != 0) {
+        set_reply_error(rq, 401, "unauthenticated", "%s %s needs a token: send \"Authorization: Bearer "
+                        "<token>\" (create one with aioctl token create)", method, url);
+        return 0;
+    }
+    const char *token = header + 7;
+    while (*token == ' ')
+        token++;
+    ar_error err = {0};
+    if (auth_verify(a->auth, token, strlen(token), &rq->who, &err) != AR_OK) {
+        access_limiter_fail(a->limiter, addr, ar_now_ms());
+        /* The reason names the token's owner at most, never the token itself. */
+        ar_log("warn", "authentication failed from %s for %s %s: %s", addr, method, url, err.message);
+        set_reply_error(rq, 401, "unauthenticated", "%s", err.message);
+        return 0;
+    }
+    unsigned granted = rq->who.roles & route->roles;
+    if (!granted) {
+        char need[96], have[96];
+        auth_roles_format(route->roles, need, sizeof need);
+        auth_roles_format(rq->who.roles, have, sizeof have);
+        set_reply_error(rq, 403, "forbidden", "token %s has roles %s; %s %s needs one of: %s",
+                        rq->who.name, have, method, url, need);
+        return 0;
+    }
+    rq->own_only = route->own_only && granted == AUTH_ROLE_SUBMITTER;
+    return 1;
 }
 
 static enum MHD_Result route(api_server *a, request *rq, const char *method, const char *url)
 {
-    int is_get = strcmp(method, "GET") == 0, is_post = strcmp(method, "POST") == 0;
-    if (strcmp(url, "/healthz") == 0) {
-        if (is_get)
-            set_reply_json(rq, 200, json_pack("{s:s}", "status", "ok"));
-        else
-            method_not_allowed(rq, method, url, "GET");
-    } else if (strcmp(url, "/v1/actions") == 0) {
-        if (is_post)
-            return route_submit(a, rq);
-        if (is_get)
-            route_list_actions(a, rq);
-        else
-            method_not_allowed(rq, method, url, "GET or POST");
-    } else if (strncmp(url, "/v1/actions/", 12) == 0 && url[12] && !strchr(url + 12, '/')) {
-        if (is_get)
-            route_get_action(a, rq, url + 12);
-        else
-            method_not_allowed(rq, method, url, "GET");
-    } else if (strcmp(url, "/v1/connectors") == 0) {
-        if (is_get)
-            route_connectors(a, rq);
-        else
-            method_not_allowed(rq, method, url, "GET");
-    } else {
+    const access_route *r;
+    char param[128], allowed[64];
+    int rc = access_match(method, url, &r, param, sizeof param, allowed, sizeof allowed);
+    if (rc == AR_E_NOTFOUND) {
         set_reply_error(rq, 404, "unknown_route", "no route %s %s (see the README's API section)", method, url);
+        return queue_reply(rq);
     }
-    if (rq->too_large) /* a body on a route that takes none: say so rather than ignore it */
+    if (rc == AR_E_INVALID) {
+        set_reply_error(rq, 405, "method_not_allowed", "%s is not allowed on %s (use %s)", method, url, allowed);
+        return queue_reply(rq);
+    }
+    if (!authorize(a, rq, r, method, url))
+        return queue_reply(rq);
+    if (rq->too_large) {
         set_reply_error(rq, 413, "body_too_large", "request body exceeds max_body_bytes (%zu bytes)",
                         a->cfg->max_body_bytes);
+        return queue_reply(rq);
+    }
+    switch (r->id) {
+    case ROUTE_HEALTHZ: set_reply_json(rq, 200, json_pack("{s:s}", "status", "ok")); break;
+    case ROUTE_WHOAMI: route_whoami(rq); break;
+    case ROUTE_SUBMIT: return route_submit(a, rq);
+    case ROUTE_LIST_ACTIONS: route_list_actions(a, rq); break;
+    case ROUTE_GET_ACTION: route_get_action(a, rq, param); break;
+    case ROUTE_CONNECTORS: route_connectors(a, rq); break;
+    case ROUTE_LIST_TOKENS: route_list_tokens(a, rq); break;
+    case ROUTE_CREATE_TOKEN: route_create_token(a, rq); break;
+    case ROUTE_REVOKE_TOKEN: route_revoke_token(a, rq, param); break;
+    case ROUTE_COUNT: break;
+    }
     return queue_reply(rq);
 }
 
@@ -894,13 +1065,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-int api_new(const config *cfg, journal *j, const policy_set *policies, api_server **out, ar_error *err)
+int api_new(const config *cfg, journal *j, auth *au, const policy_set *policies, api_server **out,
+            ar_error *err)
 {
     api_server *a = calloc(1, sizeof *a);
     if (!a)
         return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
     a->cfg = cfg;
     a->journal = j;
+    a->auth = au;
     a->policies = policies;
     pthread_mutex_init(&a->work_lock, NULL);
     pthread_cond_init(&a->work_cond, NULL);
@@ -911,6 +1084,8 @@ int api_new(const config *cfg, journal *j, const policy_set *policies, api_serve
     pthread_cond_init(&a->wait_cond, &ca);
     pthread_condattr_destroy(&ca);
 
+    if (!(a->limiter = access_limiter_new(AUTH_MAX_FAILURES, AUTH_WINDOW_MS)))
+        goto nomem;
     a->workers = calloc((size_t)cfg->decision_workers, sizeof *a->workers);
     if (!a->workers)
         goto nomem;
@@ -954,6 +1129,39 @@ static int resolve_listen(const config *cfg, struct sockaddr_storage *ss, int *i
     return ar_error_set(err, AR_E_INVALID, "invalid_config", "listen: cannot parse address \"%s\"", host);
 }
 
+/* Read a whole PEM file into a NUL-terminated malloc'd buffer. */
+static int read_pem(const char *what, const char *path, char **out, ar_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ar_error_set(err, AR_E_IO, "tls", "tls.%s: cannot open %s: %s", what, path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    char chunk[4096];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            char *b = realloc(buf, cap);
+            if (!b) {
+                free(buf);
+                fclose(f);
+                return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
+            }
+            buf = b;
+        }
+        memcpy(buf + len, chunk, n);
+        len += n;
+    }
+    fclose(f);
+    if (!buf || !strstr(buf, "-----BEGIN ")) {
+        free(buf);
+        return ar_error_set(err, AR_E_INVALID, "tls", "tls.%s: %s is not a PEM file", what, path);
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return AR_OK;
+}
+
 int api_listen(api_server *a, ar_error *err)
 {
     struct sockaddr_storage ss;
@@ -963,17 +1171,31 @@ int api_listen(api_server *a, ar_error *err)
         return rc;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      (ipv6 ? MHD_USE_IPv6 : 0);
+    struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+    if (a->cfg->tls_cert) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+            return ar_error_set(err, AR_E_INVALID, "tls", "this libmicrohttpd was built without TLS support; "
+                                "remove \"tls\" from the config or install a build with GnuTLS");
+        if ((rc = read_pem("cert", a->cfg->tls_cert, &a->tls_cert, err)) != AR_OK ||
+            (rc = read_pem("key", a->cfg->tls_key, &a->tls_key, err)) != AR_OK)
+            return rc;
+        flags |= MHD_USE_TLS;
+        tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, a->tls_cert};
+        tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, a->tls_key};
+    }
     a->mhd = MHD_start_daemon(flags, (uint16_t)a->cfg->listen_port, NULL, NULL, on_request, a,
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                               MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
                               MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                              MHD_OPTION_ARRAY, tls,
                               MHD_OPTION_END);
     if (!a->mhd)
-        return ar_error_set(err, AR_E_IO, "listen_failed", "cannot listen on %s:%d (%s): is another daemon "
+        return ar_error_set(err, AR_E_IO, "listen_failed", "cannot listen on %s:%d%s (%s): is another daemon "
                             "running there? change \"listen\" in the config", a->cfg->listen_host,
-                            a->cfg->listen_port, strerror(errno));
+                            a->cfg->listen_port, a->cfg->tls_cert ? " with TLS (check tls.cert and tls.key)" : "",
+                            strerror(errno));
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_BIND_PORT);
     a->port = info ? info->port : a->cfg->listen_port;
     return AR_OK;
@@ -1008,6 +1230,11 @@ void api_free(api_server *a)
     answer_with_stored_state(a, waiters_take(a, NULL, INT64_MAX));
     if (a->mhd)
         MHD_stop_daemon(a->mhd);
+    access_limiter_free(a->limiter);
+    free(a->tls_cert);
+    if (a->tls_key)
+        sodium_memzero(a->tls_key, strlen(a->tls_key));
+    free(a->tls_key);
     pthread_mutex_destroy(&a->work_lock);
     pthread_cond_destroy(&a->work_cond);
     pthread_mutex_destroy(&a->wait_lock);

@@ -8,8 +8,10 @@
  * request with wait_ms stays suspended until the action settles (terminal, or waiting on a
  * human) — api_action_changed wakes it — or until wait_ms passes.
  *
- * Routes: POST /v1/actions, GET /v1/actions/{id}, GET /v1/actions, GET /v1/connectors,
- * GET /healthz. Every error is {"error": "<stable_code>", "message": "<what to fix>"}.
+ * Routes and the roles each needs are in access.c's table. Every request but GET /healthz
+ * carries "Authorization: Bearer <token>" (auth.h): none or a bad one is 401 unauthenticated,
+ * a token without the route's role 403 forbidden. Every error is
+ * {"error": "<stable_code>", "message": "<what to fix>"}.
  */
 #ifndef API_H
 #define API_H
@@ -18,16 +20,17 @@
 
 #include "ar.h"
 #include "config.h"
+#include "auth.h"
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
 
 typedef struct api_server api_server;
 
-/* Create the server and its decision workers; nothing listens yet. cfg, j and policies are
+/* Create the server and its decision workers; nothing listens yet. cfg, j, au and policies are
  * borrowed and must outlive the server. *out owned by the caller (api_free). */
-int api_new(const config *cfg, journal *j, const policy_set *policies, api_server **out,
-            ar_error *err);
+int api_new(const config *cfg, journal *j, auth *au, const policy_set *policies,
+            api_server **out, ar_error *err);
 /* Wire the scheduler in (before api_listen). */
 void api_set_scheduler(api_server *a, scheduler *s);
 /* Bind cfg->listen and start serving. */

@@ -37,16 +37,20 @@ static int64_t clock_ms(clockid_t id)
 int64_t ar_now_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t ar_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
-void ar_log(const char *level, const char *fmt, ...)
+void ar_time_rfc3339(int64_t ms, char buf[AR_TIME_LEN])
 {
-    char line[2048];
-    int64_t ms = ar_now_ms();
     time_t secs = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ aiorun %s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(ms % 1000), level);
+    size_t n = strftime(buf, AR_TIME_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, AR_TIME_LEN - n, ".%03dZ", (int)(ms % 1000 + 1000) % 1000);
+}
+
+void ar_log(const char *level, const char *fmt, ...)
+{
+    char line[2048], when[AR_TIME_LEN];
+    ar_time_rfc3339(ar_now_ms(), when);
+    int n = snprintf(line, sizeof line, "%s aiorun %s ", when, level);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

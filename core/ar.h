@@ -42,6 +42,10 @@ void ar_error_clear(ar_error *err);
  * write per line). Never pass secrets. */
 void ar_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* RFC 3339 UTC with milliseconds, "2026-11-26T17:00:00.123Z", into buf (at least 32 bytes). */
+#define AR_TIME_LEN 32
+void ar_time_rfc3339(int64_t ms, char buf[AR_TIME_LEN]);
+
 /* Milliseconds: wall clock since the epoch, and monotonic since an arbitrary start. */
 int64_t ar_now_ms(void);
 int64_t ar_mono_ms(void);

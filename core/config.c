@@ -21,8 +21,9 @@
 
 static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
-    "decision_workers", "policy", "connectors", NULL
+    "decision_workers", "policy", "connectors", "tls", "auth_key_file", NULL
 };
+static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms", NULL };
 static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms", NULL };
 
@@ -251,15 +252,6 @@ static int parse_listen(const char *text, config *cfg, ar_error *err)
         free(h);
         return AR_E_INVALID;
     }
-    if (!is_loopback(h)) {
-        /* Addresses print as they are; anything odd is quoted. */
-        bool plain = strspn(h, "0123456789abcdefABCDEF.:-_%"
-                               "ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ") == host_len;
-        invalid(err, "listen: %s is not a loopback address; aiorun only listens on loopback "
-                "until token authentication exists", plain ? h : quote(q, sizeof q, h));
-        free(h);
-        return AR_E_INVALID;
-    }
     free(cfg->listen_host);
     cfg->listen_host = h;
     cfg->listen_port = atoi(port);
@@ -382,6 +374,41 @@ static int parse_dir(const json_t *root, const char *key, const char *def, const
     return *out ? AR_OK : nomem(err);
 }
 
+/* tls: {"cert": path, "key": path}, both required, resolved against base_dir. The files are
+ * read when the daemon starts listening, so a bad file is reported there. */
+static int parse_tls(const json_t *v, const char *base_dir, config *cfg, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "tls: expected object {\"cert\": path, \"key\": path}, got %s", type_name(v));
+    int rc = check_keys(v, tls_keys, "tls", err);
+    if (rc != AR_OK)
+        return rc;
+    const char *cert = NULL, *key = NULL;
+    if ((rc = get_string(v, "cert", "tls.cert", &cert, err)) ||
+        (rc = get_string(v, "key", "tls.key", &key, err)))
+        return rc;
+    if (!cert || !key)
+        return invalid(err, "tls.%s: required (a PEM file path)", cert ? "key" : "cert");
+    cfg->tls_cert = join_path(base_dir, cert);
+    cfg->tls_key = join_path(base_dir, key);
+    return cfg->tls_cert && cfg->tls_key ? AR_OK : nomem(err);
+}
+
+/* Tokens must never cross a network in clear: beyond loopback, TLS is required. */
+static int check_listen_exposure(config *cfg, ar_error *err)
+{
+    cfg->listen_loopback = is_loopback(cfg->listen_host);
+    if (cfg->listen_loopback || cfg->tls_cert)
+        return AR_OK;
+    char q[160];
+    const char *h = cfg->listen_host;
+    bool plain = strspn(h, "0123456789abcdefABCDEF.:-_%"
+                           "ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ") == strlen(h);
+    return invalid(err, "listen: %s is not a loopback address; listening beyond loopback needs "
+                   "TLS (\"tls\": {\"cert\": ..., \"key\": ...}) so that tokens never cross a network "
+                   "in clear", plain ? h : quote(q, sizeof q, h));
+}
+
 static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(root))
@@ -419,6 +446,17 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     cfg->decision_workers = (int)workers;
 
     const json_t *v;
+    if ((v = json_object_get(root, "tls")) && (rc = parse_tls(v, base_dir, cfg, err)))
+        return rc;
+    if ((rc = check_listen_exposure(cfg, err)) != AR_OK)
+        return rc;
+    /* The auth key lives with the data unless the config says otherwise. */
+    const char *key_file = NULL;
+    if ((rc = get_string(root, "auth_key_file", "auth_key_file", &key_file, err)) != AR_OK)
+        return rc;
+    cfg->auth_key_file = key_file ? join_path(base_dir, key_file) : join_path(cfg->data_dir, "auth.key");
+    if (!cfg->auth_key_file)
+        return nomem(err);
     if ((v = json_object_get(root, "policy")) && (rc = parse_policy(v, &cfg->policy, err)))
         return rc;
     /* After plugin_dir, which plugin paths are resolved against. */
@@ -567,6 +605,9 @@ void config_free(config *cfg)
     free(cfg->data_dir);
     free(cfg->plugin_dir);
     free(cfg->policy_dir);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
+    free(cfg->auth_key_file);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         config_connector *c = &cfg->connectors[i];
         free(c->name);
@@ -586,4 +627,10 @@ const config_connector *config_find_connector(const config *cfg, const char *nam
         if (strcmp(cfg->connectors[i].name, name) == 0)
             return &cfg->connectors[i];
     return NULL;
+}
+
+int config_journal_dir(const config *cfg, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "%s/journal", cfg->data_dir);
+    return n > 0 && (size_t)n < cap ? AR_OK : AR_E_INVALID;
 }

@@ -2,8 +2,8 @@
  * config.h - the daemon's JSON configuration file.
  *
  * Keys (all optional except where noted; unknown keys and wrong types are refused naming the
- * key): listen ("127.0.0.1:8470"; a non-loopback address is refused until authentication
- * exists), data_dir ("var"), plugin_dir ("build/plugins"), policy_dir ("policies"),
+ * key): listen ("127.0.0.1:8470"; a non-loopback address needs tls), tls {cert, key} (PEM
+ * files; the API then speaks HTTPS only), auth_key_file ("<data_dir>/auth.key"), data_dir ("var"), plugin_dir ("build/plugins"), policy_dir ("policies"),
  * map_size_mb (1024), max_body_bytes (1 MiB), decision_workers (2),
  * policy {memory_kb, instructions, timeout_ms}, connectors (name -> {plugin (required),
  * config (object), processes (2), timeout_ms (10000)}). Relative paths are resolved against
@@ -28,8 +28,12 @@ typedef struct config_connector {
 } config_connector;
 
 typedef struct config {
-    char *listen_host;     /* "127.0.0.1" or "::1" or "localhost" */
+    char *listen_host;     /* an address, or "localhost" */
     int listen_port;       /* 0..65535 (0: any free port, reported by the daemon) */
+    int listen_loopback;   /* 1 when listen_host is a loopback address */
+    char *tls_cert;        /* absolute PEM paths, or NULL when TLS is off */
+    char *tls_key;
+    char *auth_key_file;   /* absolute; the server key of the token digests (auth.h) */
     char *data_dir;        /* absolute */
     char *plugin_dir;      /* absolute */
     char *policy_dir;      /* absolute */
@@ -50,6 +54,8 @@ int config_parse(const char *text, const char *base_dir, config **out, ar_error 
  * the path and the system's reason; a parse error is config_parse's, prefixed with the path. */
 int config_load_file(const char *path, config **out, ar_error *err);
 void config_free(config *cfg);
+/* Where the journal lives: <data_dir>/journal. Returns AR_OK or AR_E_INVALID when too long. */
+int config_journal_dir(const config *cfg, char *buf, size_t cap);
 const config_connector *config_find_connector(const config *cfg, const char *name);
 
 #endif

@@ -13,6 +13,7 @@
 #include <aiorun/version.h>
 
 #include "api.h"
+#include "auth.h"
 #include "config.h"
 #include "journal.h"
 #include "policy.h"
@@ -22,6 +23,7 @@
 typedef struct runtime {
     config *cfg;
     journal *journal;
+    auth *auth;
     policy_set *policies;
     api_server *api;
     scheduler *sched;
@@ -59,6 +61,7 @@ static void runtime_stop(runtime *rt)
     scheduler_free(rt->sched);
     api_free(rt->api);
     policy_set_free(rt->policies);
+    auth_free(rt->auth);
     journal_close(rt->journal);
     config_free(rt->cfg);
     memset(rt, 0, sizeof *rt);
@@ -75,15 +78,18 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
         return rc;
     if ((rc = make_dir(cfg->data_dir, err)) != AR_OK)
         return rc;
-    snprintf(dir, sizeof dir, "%s/journal", cfg->data_dir);
+    if (config_journal_dir(cfg, dir, sizeof dir) != AR_OK)
+        return ar_error_set(err, AR_E_INVALID, "data_dir", "data_dir %s is too long", cfg->data_dir);
     journal_opts jo = {.dir = dir, .map_size_mb = cfg->map_size_mb};
     if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK)
+        return rc;
+    if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK)
         return rc;
     if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK)
         return rc;
     ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
            cfg->policy_dir, policy_set_version(rt->policies));
-    if ((rc = api_new(cfg, rt->journal, rt->policies, &rt->api, err)) != AR_OK)
+    if ((rc = api_new(cfg, rt->journal, rt->auth, rt->policies, &rt->api, err)) != AR_OK)
         return rc;
     if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
         return rc;
@@ -103,7 +109,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
            rec.resumed, rec.resent, rec.unknown);
     if ((rc = api_listen(rt->api, err)) != AR_OK)
         return rc;
-    ar_log("info", "aiorun %s listening on http://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
+    ar_log("info", "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
+           cfg->tls_cert ? "https" : "http",
            strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host,
            strchr(cfg->listen_host, ':') ? "]" : "", api_port(rt->api), cfg->data_dir);
     return AR_OK;

@@ -35,6 +35,8 @@ static const char *const db_names[JDB_COUNT] = {
     [JDB_MEMORY] = "memory",
     [JDB_AUDIT] = "audit",
     [JDB_CACHE] = "cache",
+    [JDB_TOKENS] = "tokens",
+    [JDB_TOKEN_NAMES] = "token_names",
 };
 
 #define SCHEMA_KEY "schema_version"

@@ -41,6 +41,8 @@ typedef enum journal_db {
     JDB_MEMORY,
     JDB_AUDIT,
     JDB_CACHE,
+    JDB_TOKENS,        /* token digest -> token record (auth.h) */
+    JDB_TOKEN_NAMES,   /* token name -> token digest */
     JDB_COUNT
 } journal_db;
 

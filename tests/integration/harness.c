@@ -1,6 +1,10 @@
 /* harness.c - the real daemon under test (see harness.h). */
 #include "harness.h"
 
+#include "auth.h"
+#include "config.h"
+#include "journal.h"
+
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <dirent.h>
@@ -93,6 +97,22 @@ static int write_policies(const harness *h)
     return 0;
 }
 
+/* A self-signed certificate for 127.0.0.1, made at test time. */
+static int make_certificate(harness *h)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout '%s/key.pem' -out '%s/cert.pem' -days 2 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1", h->dir, h->dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "harness: openssl could not make a test certificate\n");
+        return -1;
+    }
+    snprintf(h->cainfo, sizeof h->cainfo, "%s/cert.pem", h->dir);
+    return 0;
+}
+
 static int write_config(const harness *h, const harness_opts *o)
 {
     char p_ok[300], p_crash[300], p_hang[300], p_garbage[300], p_old[300];
@@ -112,6 +132,7 @@ static int write_config(const harness *h, const harness_opts *o)
             "  \"policy_dir\": \"policies\",\n"
             "  \"map_size_mb\": %d,\n"
             "  \"max_body_bytes\": %d,\n"
+            "%s"
             "  \"connectors\": {\n"
             "    \"echo\": {\"plugin\": \"echo\", \"processes\": 2, \"timeout_ms\": 5000},\n"
             "    \"t_ok\": {\"plugin\": \"%s\", \"processes\": 2, \"timeout_ms\": 5000},\n"
@@ -122,7 +143,8 @@ static int write_config(const harness *h, const harness_opts *o)
             "  }\n"
             "}\n",
             h->port, AIORUN_BUILD_DIR, o->map_size_mb ? o->map_size_mb : 64,
-            o->max_body_bytes ? o->max_body_bytes : 1048576, p_ok, p_crash, p_hang, p_garbage, p_old,
+            o->max_body_bytes ? o->max_body_bytes : 1048576,
+            o->tls ? "  \"tls\": {\"cert\": \"cert.pem\", \"key\": \"key.pem\"},\n" : "", p_ok, p_crash, p_hang, p_garbage, p_old,
             o->extra_connectors ? ",\n    " : "", o->extra_connectors ? o->extra_connectors : "");
     return fclose(f);
 }
@@ -176,6 +198,71 @@ int harness_restart(harness *h)
     return 0;
 }
 
+/* Open the data directory's token store the way aioctl --config does. */
+typedef struct store {
+    config *cfg;
+    journal *j;
+    auth *au;
+} store;
+
+static int store_open(harness *h, store *st)
+{
+    ar_error err = {0};
+    char dir[512];
+    memset(st, 0, sizeof *st);
+    if (config_load_file(h->config_path, &st->cfg, &err) != AR_OK)
+        goto fail;
+    mkdir(st->cfg->data_dir, 0700);
+    config_journal_dir(st->cfg, dir, sizeof dir);
+    journal_opts jo = {.dir = dir, .map_size_mb = st->cfg->map_size_mb};
+    if (journal_open(&jo, &st->j, &err) != AR_OK || auth_open(st->j, st->cfg->auth_key_file, &st->au, &err) != AR_OK)
+        goto fail;
+    return 0;
+fail:
+    fprintf(stderr, "harness: cannot open the token store: %s\n", err.message);
+    auth_free(st->au);
+    journal_close(st->j);
+    config_free(st->cfg);
+    return -1;
+}
+
+static void store_close(store *st)
+{
+    auth_free(st->au);
+    journal_close(st->j);
+    config_free(st->cfg);
+}
+
+int harness_token_create(harness *h, const char *name, const char *roles, int64_t expires_ms,
+                         char out[HARNESS_TOKEN_MAX])
+{
+    store st;
+    if (store_open(h, &st) != 0)
+        return -1;
+    unsigned bits;
+    ar_error err = {0};
+    char token[AUTH_TOKEN_LEN + 1];
+    int rc = auth_roles_parse(roles, &bits, &err);
+    if (rc == AR_OK)
+        rc = auth_token_create(st.au, name, bits, expires_ms, token, &err);
+    if (rc == AR_OK)
+        snprintf(out, HARNESS_TOKEN_MAX, "%s", token);
+    else
+        fprintf(stderr, "harness: token %s: %s\n", name, err.message);
+    store_close(&st);
+    return rc == AR_OK ? 0 : -1;
+}
+
+int harness_token_revoke(harness *h, const char *name)
+{
+    store st;
+    if (store_open(h, &st) != 0)
+        return -1;
+    int rc = auth_token_revoke(st.au, name, NULL);
+    store_close(&st);
+    return rc == AR_OK ? 0 : -1;
+}
+
 int harness_start(harness *h, const harness_opts *opts)
 {
     harness_opts none = {0};
@@ -186,8 +273,12 @@ int harness_start(harness *h, const harness_opts *opts)
     snprintf(h->config_path, sizeof h->config_path, "%s/aiorun.json", h->dir);
     snprintf(h->log_path, sizeof h->log_path, "%s/daemon.log", h->dir);
     h->port = free_port();
-    snprintf(h->url, sizeof h->url, "http://127.0.0.1:%d", h->port);
-    if (h->port <= 0 || write_policies(h) != 0 || write_config(h, opts ? opts : &none) != 0)
+    int tls = opts && opts->tls;
+    snprintf(h->url, sizeof h->url, "%s://127.0.0.1:%d", tls ? "https" : "http", h->port);
+    if (tls && make_certificate(h) != 0)
+        return -1;
+    if (h->port <= 0 || write_policies(h) != 0 || write_config(h, opts ? opts : &none) != 0 ||
+        harness_token_create(h, "test-operator", "operator", 0, h->token) != 0)
         return -1;
     return harness_restart(h);
 }
@@ -253,12 +344,24 @@ static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg)
 
 long harness_http(harness *h, const char *method, const char *path, const char *body, json_t **out)
 {
+    return harness_http_as(h, h->token, method, path, body, out);
+}
+
+long harness_http_as(harness *h, const char *token, const char *method, const char *path,
+                     const char *body, json_t **out)
+{
     CURL *c = curl_easy_init();
     char url[512];
     buf b = {0};
     long status = 0;
-    snprintf(url, sizeof url, "%s%s", h->url, path);
+    /* A full URL is taken as it is (to try plain HTTP on a TLS port, say). */
+    snprintf(url, sizeof url, "%s%s", strncmp(path, "http", 4) == 0 ? "" : h->url, path);
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    char bearer[128];
+    if (token) {
+        snprintf(bearer, sizeof bearer, "Authorization: Bearer %s", token);
+        hdr = curl_slist_append(hdr, bearer);
+    }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
@@ -266,6 +369,8 @@ long harness_http(harness *h, const char *method, const char *path, const char *
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 70000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (h->cainfo[0])
+        curl_easy_setopt(c, CURLOPT_CAINFO, h->cainfo);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
@@ -300,9 +405,10 @@ int harness_run(harness *h, char *const argv[], char *out, size_t cap)
     int fds[2];
     if (pipe(fds) != 0)
         return -1;
-    char env_url[128];
+    char env_url[128], env_token[128];
     snprintf(env_url, sizeof env_url, "AIORUN_URL=%s", h->url);
-    char *envp[] = {env_url, "PATH=/usr/bin:/bin", NULL};
+    snprintf(env_token, sizeof env_token, "AIORUN_TOKEN=%s", h->token);
+    char *envp[] = {env_url, env_token, "PATH=/usr/bin:/bin", "HOME=/nonexistent", NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fds[1], 1);

@@ -11,14 +11,19 @@
 #define HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <jansson.h>
 
+#define HARNESS_TOKEN_MAX 64
+
 typedef struct harness {
+    char token[HARNESS_TOKEN_MAX]; /* an operator token, created before the daemon starts */
     char dir[256];          /* temporary directory (config, var/, daemon.log, policies/) */
     char config_path[300];
     char log_path[300];
     char url[64];
+    char cainfo[300];               /* the test certificate when serving HTTPS, else "" */
     int port;
     pid_t pid;
 } harness;
@@ -28,6 +33,7 @@ typedef struct harness_opts {
                                       "\"bad\": {\"plugin\": \"/x/t_abi_major.so\"}" */
     int map_size_mb;               /* 0: default */
     int max_body_bytes;            /* 0: default */
+    int tls;                       /* serve HTTPS with a certificate made now (openssl) */
 } harness_opts;
 
 /* Create the directory and config, start the daemon, wait for /healthz (10 s). 0 on success;
@@ -42,7 +48,18 @@ void harness_kill9(harness *h);
 /* Stop if running and remove the directory. */
 void harness_cleanup(harness *h);
 
-/* One HTTP request. body may be NULL. Returns the status (0 when unreachable); *out receives the
+/* Create or revoke a token directly on the data directory (as aioctl --config does), while the
+ * daemon runs or not. roles: "submitter,reader". expires_ms: 0 never, else absolute. 0 on
+ * success; the token lands in out. */
+int harness_token_create(harness *h, const char *name, const char *roles, int64_t expires_ms,
+                         char out[HARNESS_TOKEN_MAX]);
+int harness_token_revoke(harness *h, const char *name);
+
+/* One HTTP request with the given bearer token (NULL: none). path is below the daemon's URL,
+ * or a full URL. */
+long harness_http_as(harness *h, const char *token, const char *method, const char *path,
+                     const char *body, json_t **out);
+/* One HTTP request as the harness's operator. body may be NULL. Returns the status (0 when unreachable); *out receives the
  * parsed JSON reply (new reference, NULL when the body is not JSON) when out is not NULL. */
 long harness_http(harness *h, const char *method, const char *path, const char *body, json_t **out);
 /* POST /v1/actions with a JSON body built from a format (json_pack syntax). */
@@ -53,7 +70,8 @@ void harness_test_plugin(char *buf, size_t cap, const char *name);
 void harness_bin(char *buf, size_t cap, const char *name);
 
 /* Run a command line (argv, NULL-terminated) with AIORUN_URL set to the daemon; returns its
- * exit status and captures stdout into out (cap bytes, NUL-terminated). */
+ * and AIORUN_TOKEN set to the operator token; returns its exit status and captures stdout
+ * into out (cap bytes, NUL-terminated). */
 int harness_run(harness *h, char *const argv[], char *out, size_t cap);
 
 #endif

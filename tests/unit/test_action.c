@@ -79,16 +79,18 @@ static void render_gives_timestamps_and_drops_internals(void **state)
     json_decref(rec);
 }
 
-static void idem_key_scopes_by_connector(void **state)
+static void idem_key_scopes_by_connector_and_submitter(void **state)
 {
     (void)state;
-    char a[64], b[64];
-    size_t la = action_idem_key(a, sizeof a, "shop", "k1");
-    size_t lb = action_idem_key(b, sizeof b, "sho", "pk1");
-    assert_int_equal(la, 7);
-    assert_int_equal(lb, 7);
-    assert_memory_not_equal(a, b, la); /* the NUL separator keeps them apart */
-    assert_int_equal(action_idem_key(a, 4, "shop", "k1"), 0);
+    char a[64], b[64], c[64];
+    size_t la = action_idem_key(a, sizeof a, "shop", "alice", "k1");
+    size_t lb = action_idem_key(b, sizeof b, "sho", "palice", "k1");
+    size_t lc = action_idem_key(c, sizeof c, "shop", "bob", "k1");
+    assert_int_equal(la, 13);
+    assert_int_equal(lb, 13);
+    assert_memory_not_equal(a, b, la); /* the NUL separators keep them apart */
+    assert_true(lc != la || memcmp(a, c, la) != 0);
+    assert_int_equal(action_idem_key(a, 8, "shop", "alice", "k1"), 0);
 }
 
 /* ---- listing against a real journal ------------------------------------------------------- */
@@ -205,7 +207,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(digest_ignores_key_order_but_not_values),
     cmocka_unit_test(states_round_trip_and_classify),
     cmocka_unit_test(render_gives_timestamps_and_drops_internals),
-    cmocka_unit_test(idem_key_scopes_by_connector),
+    cmocka_unit_test(idem_key_scopes_by_connector_and_submitter),
     cmocka_unit_test_setup_teardown(list_pages_newest_first_until_the_end, open_journal, close_journal),
     cmocka_unit_test_setup_teardown(list_filters_by_state_and_connector, open_journal, close_journal),
     cmocka_unit_test_setup_teardown(queue_holds_exactly_the_unfinished_actions, open_journal, close_journal),

@@ -202,7 +202,7 @@ static void unknown_keys_named(void **state)
     (void)state;
     refused("{\"lisen\":\"127.0.0.1:8470\"}",
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
-            "map_size_mb, max_body_bytes, decision_workers, policy, connectors)");
+            "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
@@ -211,7 +211,7 @@ static void unknown_keys_named(void **state)
     /* odd characters in the key are escaped */
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
-            "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors)");
+            "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file)");
 }
 
 static void wrong_types_named(void **state)
@@ -261,21 +261,34 @@ static void ranges_enforced(void **state)
 static void non_loopback_listen_refused(void **state)
 {
     (void)state;
-    refused("{\"listen\":\"0.0.0.0:8470\"}",
-            "listen: 0.0.0.0 is not a loopback address; aiorun only listens on loopback until "
-            "token authentication exists");
-    refused("{\"listen\":\"192.168.1.10:80\"}",
-            "listen: 192.168.1.10 is not a loopback address; aiorun only listens on loopback until "
-            "token authentication exists");
-    refused("{\"listen\":\"[::]:8470\"}",
-            "listen: :: is not a loopback address; aiorun only listens on loopback until token "
-            "authentication exists");
-    refused("{\"listen\":\"example.com:80\"}",
-            "listen: example.com is not a loopback address; aiorun only listens on loopback until "
-            "token authentication exists");
+    const char *why = " is not a loopback address; listening beyond loopback needs TLS "
+                      "(\"tls\": {\"cert\": ..., \"key\": ...}) so that tokens never cross a network in clear";
+    char want[400];
+    snprintf(want, sizeof want, "listen: 0.0.0.0%s", why);
+    refused("{\"listen\":\"0.0.0.0:8470\"}", want);
+    snprintf(want, sizeof want, "listen: 192.168.1.10%s", why);
+    refused("{\"listen\":\"192.168.1.10:80\"}", want);
+    snprintf(want, sizeof want, "listen: ::%s", why);
+    refused("{\"listen\":\"[::]:8470\"}", want);
+    snprintf(want, sizeof want, "listen: example.com%s", why);
+    refused("{\"listen\":\"example.com:80\"}", want);
     refused_prefix("{\"listen\":\"128.0.0.1:80\"}", "listen: 128.0.0.1 is not a loopback address");
     /* an IPv4-mapped address is not accepted either: only ::1 */
     refused_prefix("{\"listen\":\"[::ffff:127.0.0.1]:80\"}", "listen: ::ffff:127.0.0.1 is not a loopback");
+}
+
+static void non_loopback_listen_with_tls_accepted(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"listen\":\"0.0.0.0:8443\", \"tls\": {\"cert\": \"c.pem\", \"key\": \"/k.pem\"}}");
+    assert_string_equal(cfg->listen_host, "0.0.0.0");
+    assert_int_equal(cfg->listen_loopback, 0);
+    assert_string_equal(cfg->tls_cert, "/base/c.pem");
+    assert_string_equal(cfg->tls_key, "/k.pem");
+    config_free(cfg);
+    refused("{\"tls\": {\"cert\": \"c.pem\"}}", "tls.key: required (a PEM file path)");
+    refused_prefix("{\"tls\": {\"cert\": \"c.pem\", \"key\": \"k\", \"ca\": 1}}", "tls: unknown key \"ca\"");
+    refused_prefix("{\"tls\": true}", "tls: expected object");
 }
 
 static void bad_listen_syntax_refused(void **state)
@@ -512,6 +525,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(wrong_types_named),
     cmocka_unit_test(ranges_enforced),
     cmocka_unit_test(non_loopback_listen_refused),
+    cmocka_unit_test(non_loopback_listen_with_tls_accepted),
     cmocka_unit_test(bad_listen_syntax_refused),
     cmocka_unit_test(loopback_listen_accepted),
     cmocka_unit_test(connector_plugin_required),

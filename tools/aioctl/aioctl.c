@@ -1,24 +1,33 @@
 /*
- * aioctl.c - the aiorun command line: submit actions, look at them, check the daemon.
+ * aioctl.c - the aiorun command line: submit actions, look at them, check the daemon, manage
+ * API tokens.
  *
- *   aioctl [--url URL] [--json] [--timeout SECONDS] COMMAND ...
+ *   aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND ...
  *
  * Talks to the daemon's HTTP/JSON API (client.c); prints a human view by default (render.c)
- * or, with --json, the daemon's reply exactly as received, for scripts.
+ * or, with --json, the daemon's reply exactly as received, for scripts. Every command but
+ * health sends an API token (tokenfile.h says where it comes from). The token commands work
+ * through the daemon, or with --config FILE directly on its data directory (offline.c).
  *
  * Exit codes (aioctl.h; also in `aioctl --help`; never renumbered):
  *   0  ok. get and submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is the
  *      outcome, nothing is executed). submit without --wait: the action was accepted, whatever
- *      its state. list, connectors, health: the daemon answered.
+ *      its state. list, connectors, health, whoami, token: done.
  *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, UNKNOWN_OUTCOME.
- *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object.
+ *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
+ *      file that is missing (given with --token-file) or readable by others, a bad token name,
+ *      role list or --expires, a --save FILE that cannot be written, a --config that cannot
+ *      be loaded.
  *   3  the daemon could not be reached, or did not answer in time.
- *   4  the daemon refused the request (4xx/5xx: "error: <code>: <message>" on stderr), or its
- *      reply could not be read.
+ *   4  the daemon refused the request (4xx/5xx: "error: <code>: <message>" on stderr; 401
+ *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role), or its
+ *      reply could not be read; with --config, the data directory refused it (token_exists,
+ *      token_not_found, ...).
  *   5  the action is not finished: --wait ran out, or it waits on a human (PENDING_APPROVAL),
  *      or (get) it is still in progress. The action is printed all the same.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdbool.h>
@@ -26,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -33,8 +43,11 @@
 #include <aiorun/version.h>
 
 #include "aioctl.h"
+#include "auth.h"
 #include "client.h"
+#include "offline.h"
 #include "render.h"
+#include "tokenfile.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8470"
 #define DEFAULT_TIMEOUT_MS 10000L
@@ -44,11 +57,12 @@
 #define MAX_TIMEOUT_S 86400.0
 #define POLL_FIRST_MS 200
 #define POLL_MAX_MS 2000
+#define MAX_EXPIRES_S (3650LL * 86400) /* --expires: ten years at most */
 
 static const char usage_text[] =
-    "usage: aioctl [--url URL] [--json] [--timeout SECONDS] COMMAND [ARGS...]\n"
+    "usage: aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND [ARGS...]\n"
     "\n"
-    "Submit actions to the aiorun daemon and look at them.\n"
+    "Submit actions to the aiorun daemon, look at them, and manage its API tokens.\n"
     "\n"
     "commands:\n"
     "  submit CONNECTOR ACTION [INPUT_JSON] [options]\n"
@@ -71,27 +85,56 @@ static const char usage_text[] =
     "      {\"actions\": [...], \"next\": null}).\n"
     "  connectors\n"
     "      The connector instances: plugin, status, processes serving, actions.\n"
+    "  whoami\n"
+    "      The name and roles of the token aioctl sends.\n"
     "  health\n"
-    "      Check that the daemon answers.\n"
+    "      Check that the daemon answers (sends no token).\n"
+    "  token create --name NAME --roles ROLE[,ROLE...] [--expires DURATION] [--save [FILE]]\n"
+    "      Create an API token. Roles: submitter, approver, operator, reader. DURATION: Ns,\n"
+    "      Nm, Nh or Nd (30d, 12h); without it the token never expires. The token is shown\n"
+    "      once: alone on stdout (so '> FILE' stores it), or with --save written to FILE\n"
+    "      (default: the token file below) with mode 0600 and not shown.\n"
+    "  token list\n"
+    "      The tokens: name, roles, state, created, expires (never the tokens themselves).\n"
+    "  token revoke NAME\n"
+    "      Revoke a token; the daemon refuses it from its next request on.\n"
+    "  The token commands go through the daemon (they need the operator role), or, with\n"
+    "  --config FILE (the daemon's config), work directly on its data directory, whether the\n"
+    "  daemon runs or not: that is how the first token is made. Run them as the daemon's user.\n"
+    "\n"
+    "the token sent (every command but health), from the first of:\n"
+    "  --token TOKEN       the token itself. Other users can see a command line (ps):\n"
+    "                      prefer --token-file or AIORUN_TOKEN\n"
+    "  --token-file FILE   a file holding the token on its first line; it must be readable\n"
+    "                      by you alone (chmod 600)\n"
+    "  $AIORUN_TOKEN\n"
+    "  $HOME/.config/aiorun/token, when it exists (chmod 600)\n"
     "\n"
     "options (anywhere on the line):\n"
     "  --url URL           the daemon (default: $AIORUN_URL, else " DEFAULT_URL ")\n"
     "  --json              print the daemon's JSON reply as received, one document, for\n"
     "                      scripts (an error reply's JSON goes to stdout too)\n"
     "  --timeout SECONDS   how long to wait for an answer, beyond any --wait (default 10)\n"
+    "  --token TOKEN, --token-file FILE   see above\n"
+    "  --config FILE       token commands only: work on the data directory of this config\n"
     "  -h, --help          this help\n"
     "  --version           aioctl's version\n"
     "\n"
     "exit codes:\n"
     "  0  ok. get, submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is\n"
     "     the outcome; nothing is executed). submit without --wait: the action was accepted,\n"
-    "     whatever its state. list, connectors, health: the daemon answered.\n"
+    "     whatever its state. list, connectors, health, whoami, token: done.\n"
     "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED or\n"
     "     UNKNOWN_OUTCOME (an operator must find out whether it happened)\n"
-    "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object\n"
+    "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
+    "     a token file that is missing (--token-file) or readable by others, a bad token\n"
+    "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
+    "     cannot be loaded\n"
     "  3  the daemon could not be reached or did not answer in time (start it: tools/run)\n"
-    "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr)\n"
-    "     or sent a reply that could not be read\n"
+    "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr:\n"
+    "     unauthenticated: no token or a bad one; forbidden: the token lacks the role) or sent\n"
+    "     a reply that could not be read; with --config: the data directory refused it\n"
+    "     (token_exists, token_not_found, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
     "     (PENDING_APPROVAL), or (get) it is still in progress; it is printed all the same\n";
 
@@ -100,6 +143,13 @@ typedef struct cli {
     const char *url;
     bool json;
     long timeout_ms;
+    char *token;            /* --token: a copy (the one in argv is wiped); wiped at exit */
+    const char *token_file; /* --token-file */
+    const char *config;     /* --config: the token commands work offline on its data dir */
+    /* Set when a token is looked up: where the token sent came from (for the hint after a
+     * 401), and the token file it was read from ("" when none; for the --save check). */
+    char token_origin[PATH_MAX + 64];
+    char token_path[PATH_MAX];
 } cli;
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -211,6 +261,42 @@ static int take_global(cli *o, int argc, char **argv, int *i)
         o->url = v;
         return 1;
     }
+    if ((m = flag_value(argc, argv, i, "--token", &v)) != 0) {
+        if (m < 0)
+            return -1;
+        if (!*v) {
+            usage_error("--token needs a value");
+            return -1;
+        }
+        tokenfile_wipe_free(o->token);
+        if (!(o->token = strdup(v))) {
+            fputs("aioctl: out of memory\n", stderr);
+            return -1;
+        }
+        /* Narrow the time others can read it in /proc/PID/cmdline (ps) to our start. */
+        explicit_bzero((char *)v, strlen(v));
+        return 1;
+    }
+    if ((m = flag_value(argc, argv, i, "--token-file", &v)) != 0) {
+        if (m < 0)
+            return -1;
+        if (!*v) {
+            usage_error("--token-file needs a file name");
+            return -1;
+        }
+        o->token_file = v;
+        return 1;
+    }
+    if ((m = flag_value(argc, argv, i, "--config", &v)) != 0) {
+        if (m < 0)
+            return -1;
+        if (!*v) {
+            usage_error("--config needs the daemon's config file, like aiorun.json");
+            return -1;
+        }
+        o->config = v;
+        return 1;
+    }
     if ((m = flag_value(argc, argv, i, "--timeout", &v)) != 0) {
         if (m < 0)
             return -1;
@@ -225,11 +311,13 @@ static int take_global(cli *o, int argc, char **argv, int *i)
 }
 
 /* A command's flags. */
-typedef enum { FLAG_SWITCH, FLAG_VALUE, FLAG_OPTIONAL_NUMBER } flag_kind;
+/* FLAG_OPTIONAL_NUMBER takes the next word when it looks like a number, FLAG_OPTIONAL_VALUE
+ * when it does not start with '-' (only for commands without positional arguments). */
+typedef enum { FLAG_SWITCH, FLAG_VALUE, FLAG_OPTIONAL_NUMBER, FLAG_OPTIONAL_VALUE } flag_kind;
 typedef struct flag {
     const char *name;
     flag_kind kind;
-    const char **value; /* FLAG_VALUE, FLAG_OPTIONAL_NUMBER: the value (NULL if none given) */
+    const char **value; /* FLAG_VALUE, FLAG_OPTIONAL_*: the value (NULL if none given) */
     bool *present;      /* set when the flag is seen (may be NULL for FLAG_VALUE) */
 } flag;
 
@@ -275,7 +363,11 @@ static int parse_command_args(cli *o, const char *cmd, int argc, char **argv, co
                     *fl->value = NULL;
                     if (a[n] == '=')
                         *fl->value = a + n + 1;
-                    else if (i + 1 < argc && looks_like_number(argv[i + 1]))
+                    else if (i + 1 < argc && fl->kind == FLAG_OPTIONAL_NUMBER &&
+                             looks_like_number(argv[i + 1]))
+                        *fl->value = argv[++i];
+                    else if (i + 1 < argc && fl->kind == FLAG_OPTIONAL_VALUE &&
+                             argv[i + 1][0] != '-')
                         *fl->value = argv[++i];
                     matched = true;
                 }
@@ -301,11 +393,20 @@ static void print_body(const reply *rep)
         fputc('\n', stdout);
 }
 
-/* A call failed: with --json, an error document from the daemon still goes to stdout. */
+/* A call failed: with --json, an error document from the daemon still goes to stdout. After
+ * a 401 (client.c has printed "error: unauthenticated: <message>"), say which token was sent
+ * and how to give one. */
 static int call_failed(const cli *o, reply *rep, int rc)
 {
     if (o->json && rep->json)
         print_body(rep);
+    if (rep->status == 401) {
+        if (o->token_origin[0])
+            fprintf(stderr, "aioctl: %s\n", o->token_origin);
+        fputs("aioctl: give a token with --token-file, AIORUN_TOKEN or --token (create one with: "
+              "aioctl --config aiorun.json token create --name NAME --roles submitter)\n",
+              stderr);
+    }
     reply_fini(rep);
     return rc;
 }
@@ -358,9 +459,84 @@ static bool check_action(const client *c, const reply *rep)
     return false;
 }
 
-static int new_client(const cli *o, client **c)
+/* The token to send (tokenfile.h): --token, --token-file, $AIORUN_TOKEN, the default file.
+ * An explicit flag wins over the environment, as everywhere. *token is NULL when there is
+ * none, else owned by the caller (tokenfile_wipe_free). Notes in o where it came from. */
+static int resolve_token(cli *o, char **token)
 {
-    return client_new(o->url, o->timeout_ms, c);
+    const char *env = getenv("AIORUN_TOKEN");
+    char *default_path = NULL;
+    int rc = AIOCTL_OK;
+
+    *token = NULL;
+    o->token_origin[0] = '\0';
+    o->token_path[0] = '\0';
+    if (o->token) {
+        if (!(*token = strdup(o->token)))
+            goto nomem;
+        snprintf(o->token_origin, sizeof o->token_origin, "the token sent was the one given "
+                 "with --token");
+        return AIOCTL_OK;
+    }
+    if (o->token_file) {
+        if ((rc = tokenfile_read(o->token_file, true, token)) != AIOCTL_OK)
+            return rc;
+        snprintf(o->token_origin, sizeof o->token_origin, "the token sent was read from %s",
+                 o->token_file);
+        snprintf(o->token_path, sizeof o->token_path, "%s", o->token_file);
+        return AIOCTL_OK;
+    }
+    if (env && *env) {
+        if (!(*token = strdup(env)))
+            goto nomem;
+        snprintf(o->token_origin, sizeof o->token_origin, "the token sent was the one in "
+                 "AIORUN_TOKEN");
+        return AIOCTL_OK;
+    }
+    default_path = tokenfile_default_path();
+    if (default_path && (rc = tokenfile_read(default_path, false, token)) != AIOCTL_OK)
+        goto done;
+    if (*token) {
+        snprintf(o->token_origin, sizeof o->token_origin, "the token sent was read from %s",
+                 default_path);
+        snprintf(o->token_path, sizeof o->token_path, "%s", default_path);
+    } else if (default_path) {
+        snprintf(o->token_origin, sizeof o->token_origin, "no token was sent: no --token, "
+                 "--token-file or AIORUN_TOKEN, and no file %s", default_path);
+    } else {
+        snprintf(o->token_origin, sizeof o->token_origin, "no token was sent: no --token, "
+                 "--token-file or AIORUN_TOKEN (and HOME is unset, so no default token file)");
+    }
+    goto done;
+nomem:
+    fputs("aioctl: out of memory\n", stderr);
+    rc = AIOCTL_REFUSED;
+done:
+    free(default_path);
+    return rc;
+}
+
+/* --config is the data directory of a daemon, which only the token commands can work on. */
+static int refuse_config(const cli *o)
+{
+    if (!o->config)
+        return AIOCTL_OK;
+    return usage_error("--config works only with the token commands (the others talk to the "
+                       "daemon: use --url)");
+}
+
+/* A client for the daemon that sends the token resolve_token finds. */
+static int new_client(cli *o, client **c)
+{
+    char *token = NULL;
+    int rc;
+
+    *c = NULL;
+    if ((rc = refuse_config(o)) != AIOCTL_OK || (rc = resolve_token(o, &token)) != AIOCTL_OK)
+        return rc;
+    rc = client_new(o->url, o->timeout_ms, token, c);
+    tokenfile_wipe_free(token);
+    return rc;
 }
 
 static int get_action(client *c, const char *id, reply *rep)
@@ -768,7 +944,9 @@ static int cmd_health(cli *o, int argc, char **argv)
 
     if (rc)
         return rc;
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+    /* /healthz needs no token; sending none keeps health working whatever the token file. */
+    if ((rc = refuse_config(o)) != AIOCTL_OK ||
+        (rc = client_new(o->url, o->timeout_ms, NULL, &c)) != AIOCTL_OK)
         return rc;
     rc = client_call(c, "GET", "/healthz", NULL, 0, &rep);
     if (rc != AIOCTL_OK) {
@@ -793,6 +971,487 @@ done:
     return rc;
 }
 
+static int cmd_whoami(cli *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, "whoami", argc, argv, NULL, 0, pos, 0, &n_pos);
+    client *c = NULL;
+    reply rep = {0};
+    char *roles = NULL;
+
+    if (rc)
+        return rc;
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        return rc;
+    rc = client_call(c, "GET", "/v1/whoami", NULL, 0, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    const char *name = json_string_value(json_object_get(rep.json, "name"));
+    if (!name) {
+        fprintf(stderr, "aioctl: the daemon at %s answered without a token name\n",
+                client_url(c));
+        rc = AIOCTL_REFUSED;
+        goto done;
+    }
+    if (o->json) {
+        print_body(&rep);
+    } else {
+        if (!(roles = render_join(json_object_get(rep.json, "roles")))) {
+            fputs("aioctl: out of memory\n", stderr);
+            rc = AIOCTL_REFUSED;
+            goto done;
+        }
+        render_text(stdout, name);
+        fputs(" (roles: ", stdout);
+        render_text(stdout, roles);
+        fputs(")\n", stdout);
+    }
+done:
+    free(roles);
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+/* ---- token create / list / revoke ------------------------------------------------------ */
+
+/* "30d", "12h", "90m", "45s": a positive duration, at most MAX_EXPIRES_S, in seconds. */
+static bool parse_duration(const char *s, int64_t *seconds)
+{
+    char *end;
+    if (!(s[0] >= '0' && s[0] <= '9'))
+        return false;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || v <= 0 || !end[0] || end[1])
+        return false;
+    long long unit;
+    switch (end[0]) {
+    case 's': unit = 1; break;
+    case 'm': unit = 60; break;
+    case 'h': unit = 3600; break;
+    case 'd': unit = 86400; break;
+    default: return false;
+    }
+    if (v > MAX_EXPIRES_S / unit)
+        return false;
+    *seconds = v * unit;
+    return true;
+}
+
+/* auth.h's rule for names, checked here too so both modes answer a bad one the same way. */
+static bool valid_token_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > AUTH_NAME_MAX)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '.' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* Wipe a JSON string in place (it held a token) before its value is freed. */
+static void wipe_json_string(json_t *v)
+{
+    if (json_is_string(v))
+        explicit_bzero((char *)json_string_value(v), json_string_length(v));
+}
+
+/* "2026-11-26T17:00:00.123Z" for ms since the epoch. */
+static void format_time_ms(int64_t ms, char *buf, size_t cap)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    char date[32];
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, cap, "%s.%03dZ", date, (int)(ms % 1000));
+}
+
+/* The token's file for --save: FILE, else --token-file, else the default file. *path is
+ * malloc'd, owned by the caller. */
+static int save_path(const cli *o, const char *given, char **path)
+{
+    *path = NULL;
+    if (given && !*given)
+        return usage_error("--save: the file name must not be empty");
+    if (given || o->token_file) {
+        *path = strdup(given ? given : o->token_file);
+    } else {
+        const char *home = getenv("HOME");
+        if (!home || !*home)
+            return usage_error("--save: HOME is unset, so there is no default token file; "
+                               "give --save FILE");
+        *path = tokenfile_default_path();
+    }
+    if (!*path) {
+        fputs("aioctl: out of memory\n", stderr);
+        return AIOCTL_REFUSED;
+    }
+    return AIOCTL_OK;
+}
+
+/* Same file (by device and inode)? False when either does not exist. */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* What create shows: the token once (stdout), or where it was saved. */
+typedef struct created {
+    const char *name;
+    const char *roles;      /* "a,b" */
+    const char *expires_at; /* RFC 3339, or NULL for never */
+    const char *token;
+} created;
+
+static int print_json(json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (!text) {
+        fputs("aioctl: out of memory\n", stderr);
+        return AIOCTL_REFUSED;
+    }
+    puts(text);
+    explicit_bzero(text, strlen(text));
+    free(text);
+    return AIOCTL_OK;
+}
+
+/* {"name", "roles": [...], "expires_at"} plus the token or where it was saved; a new
+ * reference (NULL when out of memory). */
+static json_t *created_json(const created *cr, const char *saved_to)
+{
+    json_t *roles = json_array();
+    char *csv = strdup(cr->roles), *save = NULL;
+    if (!roles || !csv)
+        goto fail;
+    for (char *r = strtok_r(csv, ",", &save); r; r = strtok_r(NULL, ",", &save))
+        if (json_array_append_new(roles, json_string(r)))
+            goto fail;
+    free(csv);
+    json_t *doc = json_pack("{s:s,s:o,s:s?,s:s?}", "name", cr->name, "roles", roles,
+                            "expires_at", cr->expires_at, saved_to ? "saved_to" : "token",
+                            saved_to ? saved_to : cr->token);
+    if (doc && !json_object_get(doc, "expires_at"))
+        json_object_set_new(doc, "expires_at", json_null());
+    return doc;
+fail:
+    free(csv);
+    json_decref(roles);
+    return NULL;
+}
+
+/* Show a new token, or store it (save begun by tokenfile_save_begin; committed or aborted
+ * here). raw: the daemon's reply, printed as is for --json without --save (NULL offline). */
+static int show_created(const cli *o, const created *cr, tokenfile_save *save, const reply *raw)
+{
+    int rc = AIOCTL_OK;
+    json_t *doc = NULL;
+
+    if (save && save->path) {
+        char *path = strdup(save->path);
+        if (!path) {
+            tokenfile_save_abort(save);
+            fputs("aioctl: out of memory\n", stderr);
+            rc = AIOCTL_REFUSED;
+        } else if ((rc = tokenfile_save_commit(save, cr->token)) != AIOCTL_OK) {
+            fprintf(stderr, "aioctl: token %s was created but could not be stored, so nobody "
+                    "has it; revoke it: aioctl%s%s token revoke %s\n", cr->name,
+                    o->config ? " --config " : "", o->config ? o->config : "", cr->name);
+        } else if (o->json) {
+            rc = print_json(doc = created_json(cr, path));
+        } else {
+            printf("token for %s saved to %s\n", cr->name, path);
+        }
+        free(path);
+        json_decref(doc);
+        return rc;
+    }
+    if (o->json) {
+        if (raw) {
+            print_body(raw);
+        } else {
+            rc = print_json(doc = created_json(cr, NULL));
+            wipe_json_string(json_object_get(doc, "token"));
+            json_decref(doc);
+        }
+    } else {
+        printf("%s\n", cr->token);
+    }
+    if (rc == AIOCTL_OK) {
+        fprintf(stderr, "token for %s (roles %s", cr->name, cr->roles);
+        if (cr->expires_at)
+            fprintf(stderr, "; expires %s", cr->expires_at);
+        fputs(") \u2014 shown once; store it now\n", stderr);
+    }
+    return rc;
+}
+
+static int token_create_offline(cli *o, const char *name, unsigned roles, int64_t expires_s,
+                                tokenfile_save *save)
+{
+    offline *off = NULL;
+    char token[AUTH_TOKEN_LEN + 1] = {0}, roles_csv[128], expires_at[40];
+    int64_t expires_ms = expires_s ? ar_now_ms() + expires_s * 1000 : 0;
+    int rc = offline_open(o->config, &off);
+
+    if (rc == AIOCTL_OK)
+        rc = offline_token_create(off, name, roles, expires_ms, token);
+    offline_close(off);
+    if (rc != AIOCTL_OK) {
+        tokenfile_save_abort(save);
+        return rc;
+    }
+    auth_roles_format(roles, roles_csv, sizeof roles_csv);
+    if (expires_ms)
+        format_time_ms(expires_ms, expires_at, sizeof expires_at);
+    created cr = {name, roles_csv, expires_ms ? expires_at : NULL, token};
+    rc = show_created(o, &cr, save, NULL);
+    explicit_bzero(token, sizeof token);
+    return rc;
+}
+
+static int token_create_online(cli *o, const char *name, const char *roles_csv,
+                               int64_t expires_s, tokenfile_save *save)
+{
+    client *c = NULL;
+    reply rep = {0};
+    json_t *body = NULL, *roles = NULL;
+    char *csv = strdup(roles_csv), *sp = NULL, *got_roles = NULL;
+    int rc;
+
+    if (!csv || !(roles = json_array()))
+        goto nomem;
+    for (char *r = strtok_r(csv, ",", &sp); r; r = strtok_r(NULL, ",", &sp))
+        if (json_array_append_new(roles, json_string(r)))
+            goto nomem;
+    if (!(body = json_pack("{s:s,s:O}", "name", name, "roles", roles)) ||
+        (expires_s && json_object_set_new(body, "expires_in_s", json_integer(expires_s))))
+        goto nomem;
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        goto done;
+    /* Storing the new token over the file whose token this very request carries would lose
+     * the caller's own token. */
+    if (save->path && o->token_path[0] && same_file(save->path, o->token_path)) {
+        rc = usage_error("--save would overwrite %s, the token file this command uses to "
+                         "authenticate; give --save ANOTHER_FILE", save->path);
+        goto done;
+    }
+    rc = client_call(c, "POST", "/v1/tokens", body, 0, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    json_t *token = json_object_get(rep.json, "token");
+    const char *expires_at = json_string_value(json_object_get(rep.json, "expires_at"));
+    if (!json_is_string(token) || json_string_length(token) == 0) {
+        fprintf(stderr, "aioctl: the daemon at %s answered without a token\n", client_url(c));
+        rc = AIOCTL_REFUSED;
+        goto done;
+    }
+    json_t *reply_roles = json_object_get(rep.json, "roles");
+    if (json_array_size(reply_roles) > 0 && !(got_roles = render_join(reply_roles)))
+        goto nomem;
+    created cr = {name, got_roles ? got_roles : roles_csv, expires_at, json_string_value(token)};
+    rc = show_created(o, &cr, save, &rep);
+    wipe_json_string(token);
+    goto done;
+nomem:
+    fputs("aioctl: out of memory\n", stderr);
+    rc = AIOCTL_REFUSED;
+done:
+    tokenfile_save_abort(save); /* a no-op once show_created committed or aborted it */
+    free(got_roles);
+    free(csv);
+    json_decref(roles);
+    json_decref(body);
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+static int cmd_token_create(cli *o, int argc, char **argv)
+{
+    const char *name = NULL, *roles_s = NULL, *expires = NULL, *save_given = NULL, *pos[1];
+    bool save = false;
+    const flag flags[] = {
+        {"--name", FLAG_VALUE, &name, NULL},
+        {"--roles", FLAG_VALUE, &roles_s, NULL},
+        {"--expires", FLAG_VALUE, &expires, NULL},
+        {"--save", FLAG_OPTIONAL_VALUE, &save_given, &save},
+    };
+    int n_pos, rc;
+    unsigned roles;
+    int64_t expires_s = 0;
+    char *path = NULL;
+    ar_error err = {0};
+    tokenfile_save saver = {.fd = -1};
+
+    rc = parse_command_args(o, "token create", argc, argv, flags, sizeof flags / sizeof flags[0],
+                            pos, 0, &n_pos);
+    if (rc)
+        return rc;
+    if (!name || !roles_s)
+        return usage_error("token create: expected --name NAME --roles ROLE[,ROLE...]");
+    if (!valid_token_name(name))
+        return usage_error("token create: --name must be 1 to %d of A-Z a-z 0-9 _ . -, got '%s'",
+                           AUTH_NAME_MAX, name);
+    if (auth_roles_parse(roles_s, &roles, &err) != AR_OK)
+        return usage_error("token create: --roles: %s", err.message);
+    if (expires && !parse_duration(expires, &expires_s))
+        return usage_error("--expires: expected a duration like 30d, 12h, 90m or 45s (at most "
+                           "3650d), got '%s'", expires);
+    if (save) {
+        if ((rc = save_path(o, save_given, &path)) != AIOCTL_OK)
+            return rc;
+        /* Before the token exists: a file we cannot write must not cost a token. */
+        rc = tokenfile_save_begin(&saver, path);
+        free(path);
+        if (rc != AIOCTL_OK)
+            return rc;
+    }
+    if (o->config)
+        return token_create_offline(o, name, roles, expires_s, &saver);
+    return token_create_online(o, name, roles_s, expires_s, &saver);
+}
+
+static int cmd_token_list(cli *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, "token list", argc, argv, NULL, 0, pos, 0, &n_pos);
+    client *c = NULL;
+    reply rep = {0};
+
+    if (rc)
+        return rc;
+    if (o->config) {
+        offline *off = NULL;
+        json_t *tokens = NULL;
+        if ((rc = offline_open(o->config, &off)) == AIOCTL_OK &&
+            (rc = offline_token_list(off, &tokens)) == AIOCTL_OK) {
+            if (o->json) {
+                json_t *doc = json_pack("{s:O}", "tokens", tokens);
+                rc = print_json(doc);
+                json_decref(doc);
+            } else {
+                render_token_table(stdout, tokens);
+            }
+        }
+        json_decref(tokens);
+        offline_close(off);
+        return rc;
+    }
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        return rc;
+    rc = client_call(c, "GET", "/v1/tokens", NULL, 0, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    json_t *tokens = json_object_get(rep.json, "tokens");
+    if (!json_is_array(tokens)) {
+        fprintf(stderr, "aioctl: the daemon at %s answered without a \"tokens\" list\n",
+                client_url(c));
+        rc = AIOCTL_REFUSED;
+        goto done;
+    }
+    if (o->json)
+        print_body(&rep);
+    else
+        render_token_table(stdout, tokens);
+done:
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+static int cmd_token_revoke(cli *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, "token revoke", argc, argv, NULL, 0, pos, 1, &n_pos);
+    client *c = NULL;
+    reply rep = {0};
+    char *escaped = NULL, *path = NULL;
+
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("token revoke: expected NAME");
+    if (!valid_token_name(pos[0]))
+        return usage_error("token revoke: '%s' is not a token name (1 to %d of A-Z a-z 0-9 _ . -)",
+                           pos[0], AUTH_NAME_MAX);
+    if (o->config) {
+        offline *off = NULL;
+        if ((rc = offline_open(o->config, &off)) == AIOCTL_OK &&
+            (rc = offline_token_revoke(off, pos[0])) == AIOCTL_OK) {
+            if (o->json) {
+                json_t *doc = json_pack("{s:s,s:s}", "name", pos[0], "state", "revoked");
+                rc = print_json(doc);
+                json_decref(doc);
+            } else {
+                printf("token %s revoked\n", pos[0]);
+            }
+        }
+        offline_close(off);
+        return rc;
+    }
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        return rc;
+    if (!(escaped = client_escape(pos[0])) || asprintf(&path, "/v1/tokens/%s", escaped) < 0) {
+        path = NULL;
+        fputs("aioctl: out of memory\n", stderr);
+        rc = AIOCTL_REFUSED;
+        goto done;
+    }
+    rc = client_call(c, "DELETE", path, NULL, 0, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    if (o->json)
+        print_body(&rep);
+    else
+        printf("token %s revoked\n", pos[0]);
+done:
+    free(path);
+    free(escaped);
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+/* aioctl token [global options] SUBCOMMAND ... */
+static int cmd_token(cli *o, int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(cli *o, int argc, char **argv);
+    } subs[] = {{"create", cmd_token_create}, {"list", cmd_token_list}, {"revoke", cmd_token_revoke}};
+    int i;
+
+    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
+        int g = take_global(o, argc, argv, &i);
+        if (g < 0)
+            return AIOCTL_USAGE;
+        if (g == 0)
+            return usage_error("token: unknown option '%s' (expected create, list or revoke)",
+                               argv[i]);
+    }
+    if (i >= argc)
+        return usage_error("token: expected create, list or revoke");
+    for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)
+        if (strcmp(argv[i], subs[k].name) == 0)
+            return subs[k].run(o, argc - i - 1, argv + i + 1);
+    return usage_error("token: unknown subcommand '%s' (create, list, revoke)", argv[i]);
+}
+
 typedef struct command {
     const char *name;
     int (*run)(cli *o, int argc, char **argv);
@@ -800,8 +1459,10 @@ typedef struct command {
 
 static const command commands[] = {
     {"submit", cmd_submit},         {"get", cmd_get},       {"list", cmd_list},
-    {"connectors", cmd_connectors}, {"health", cmd_health},
+    {"connectors", cmd_connectors}, {"health", cmd_health}, {"whoami", cmd_whoami},
+    {"token", cmd_token},
 };
+#define COMMAND_NAMES "submit, get, list, connectors, whoami, health, token"
 
 int main(int argc, char **argv)
 {
@@ -821,7 +1482,7 @@ int main(int argc, char **argv)
         break;
     }
     if (i >= argc)
-        return usage_error("missing COMMAND (submit, get, list, connectors, health)");
+        return usage_error("missing COMMAND (" COMMAND_NAMES ")");
     if (strcmp(argv[i], "help") == 0) {
         fputs(usage_text, stdout);
         return AIOCTL_OK;
@@ -831,8 +1492,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], commands[k].name) == 0)
             cmd = &commands[k];
     if (!cmd)
-        return usage_error("unknown command '%s' (submit, get, list, connectors, health)",
-                           argv[i]);
+        return usage_error("unknown command '%s' (" COMMAND_NAMES ")", argv[i]);
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fputs("aioctl: cannot initialise libcurl\n", stderr);
@@ -840,6 +1500,7 @@ int main(int argc, char **argv)
     }
     int rc = cmd->run(&o, argc - i - 1, argv + i + 1);
     curl_global_cleanup();
+    tokenfile_wipe_free(o.token);
     if (fflush(stdout) != 0 && rc == AIOCTL_OK) {
         perror("aioctl: writing the output");
         rc = AIOCTL_REFUSED;

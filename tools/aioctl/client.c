@@ -21,6 +21,7 @@
 struct client {
     CURL *curl;
     char *base_url;
+    char *auth_header; /* "Authorization: Bearer <token>", or NULL; wiped when freed */
     long timeout_ms;
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -60,7 +61,7 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-int client_new(const char *base_url, long timeout_ms, client **out)
+int client_new(const char *base_url, long timeout_ms, const char *token, client **out)
 {
     *out = NULL;
     if (strncasecmp(base_url, "http://", 7) != 0 && strncasecmp(base_url, "https://", 8) != 0) {
@@ -77,6 +78,10 @@ int client_new(const char *base_url, long timeout_ms, client **out)
     while (n > 0 && c->base_url[n - 1] == '/')
         c->base_url[--n] = '\0';
     c->timeout_ms = timeout_ms;
+    if (token && asprintf(&c->auth_header, "Authorization: Bearer %s", token) < 0) {
+        c->auth_header = NULL;
+        goto fail;
+    }
     c->curl = curl_easy_init();
     if (!c->curl)
         goto fail;
@@ -94,6 +99,10 @@ void client_free(client *c)
         return;
     if (c->curl)
         curl_easy_cleanup(c->curl);
+    if (c->auth_header) {
+        explicit_bzero(c->auth_header, strlen(c->auth_header));
+        free(c->auth_header);
+    }
     free(c->base_url);
     free(c);
 }
@@ -105,6 +114,8 @@ const char *client_url(const client *c)
 
 void reply_fini(reply *rep)
 {
+    if (rep->body)
+        explicit_bzero(rep->body, rep->len);
     free(rep->body);
     json_decref(rep->json);
     memset(rep, 0, sizeof *rep);
@@ -129,6 +140,15 @@ char *client_escape(const char *s)
     }
     *p = '\0';
     return out;
+}
+
+/* The header list holds the token: wipe each line before curl frees it. */
+static void free_headers(struct curl_slist *headers)
+{
+    for (struct curl_slist *h = headers; h; h = h->next)
+        if (h->data)
+            explicit_bzero(h->data, strlen(h->data));
+    curl_slist_free_all(headers);
 }
 
 /* Explain a transport failure on stderr and map it to an exit code. */
@@ -226,6 +246,12 @@ int client_call(client *c, const char *method, const char *path, const json_t *b
             goto nomem;
         headers = h;
     }
+    if (c->auth_header) {
+        h = curl_slist_append(headers, c->auth_header);
+        if (!h)
+            goto nomem;
+        headers = h;
+    }
 
     CURL *e = c->curl;
     curl_easy_reset(e);
@@ -284,7 +310,9 @@ nomem:
     fprintf(stderr, "aioctl: out of memory\n");
     rc = AIOCTL_REFUSED;
 done:
-    curl_slist_free_all(headers);
+    free_headers(headers);
+    if (b.data)
+        explicit_bzero(b.data, b.len);
     free(b.data);
     free(payload);
     free(url);

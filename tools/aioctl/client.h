@@ -22,15 +22,17 @@ typedef struct reply {
 } reply;
 
 /* base_url: "http://host:port" (a trailing '/' is dropped); copied. timeout_ms: how long a
- * request may take beyond any wait it asks the daemon for. *out owned by the caller
- * (client_free). Returns AIOCTL_OK, or AIOCTL_USAGE for a URL that is not http(s). */
-int client_new(const char *base_url, long timeout_ms, client **out);
+ * request may take beyond any wait it asks the daemon for. token: the API token sent with
+ * every request as "Authorization: Bearer <token>", or NULL to send none; copied, and the copy
+ * is wiped by client_free. *out owned by the caller (client_free). Returns AIOCTL_OK, or
+ * AIOCTL_USAGE for a URL that is not http(s). */
+int client_new(const char *base_url, long timeout_ms, const char *token, client **out);
 void client_free(client *c);
 
 /* The base URL, without a trailing '/'. Borrowed from the client. */
 const char *client_url(const client *c);
 
-/* Send METHOD (GET or POST) to base_url + path (path starts with '/' and is already
+/* Send METHOD (GET, POST, DELETE) to base_url + path (path starts with '/' and is already
  * percent-encoded). body: sent as compact JSON when not NULL (borrowed). extra_ms: how long
  * the daemon may legitimately hold the request (wait_ms); added to the timeout.
  * rep is always initialised (release it with reply_fini). Returns:
@@ -42,7 +44,8 @@ const char *client_url(const client *c);
 int client_call(client *c, const char *method, const char *path, const json_t *body,
                 long extra_ms, reply *rep);
 
-/* Release what a reply owns and zero it. Safe on a zeroed reply. */
+/* Release what a reply owns and zero it; the raw body is wiped first (it may hold a new
+ * token). Safe on a zeroed reply. */
 void reply_fini(reply *rep);
 
 /* Percent-encode s for a path segment or query value (RFC 3986 unreserved characters pass).

@@ -284,3 +284,56 @@ void render_connectors(FILE *out, const json_t *connectors)
         fputc('\n', out);
     }
 }
+
+char *render_join(const json_t *strings)
+{
+    char *s = NULL;
+    size_t size = 0, i;
+    const json_t *v;
+    FILE *f = open_memstream(&s, &size);
+    if (!f)
+        return NULL;
+    json_array_foreach(strings, i, v) {
+        if (i > 0)
+            fputc(',', f);
+        fputs(json_is_string(v) ? json_string_value(v) : "?", f);
+    }
+    if (fclose(f) != 0) {
+        free(s);
+        return NULL;
+    }
+    if (!*s) {
+        free(s);
+        return strdup("-");
+    }
+    return s;
+}
+
+void render_token_table(FILE *out, const json_t *tokens)
+{
+    static const char *const header[] = {"NAME", "ROLES", "STATE", "CREATED", "EXPIRES"};
+    enum { N = 5 };
+    size_t rows = json_array_size(tokens), i;
+    const json_t *t;
+
+    if (rows == 0) {
+        fputs("no tokens\n", out);
+        return;
+    }
+    char **cells = calloc(rows * N, sizeof *cells);
+    if (!cells) {
+        fputs("aioctl: out of memory\n", stderr);
+        return;
+    }
+    json_array_foreach(tokens, i, t) {
+        char **row = cells + i * N;
+        const json_t *expires = json_object_get(t, "expires_at");
+        row[0] = cell_text(json_object_get(t, "name"));
+        row[1] = render_join(json_object_get(t, "roles"));
+        row[2] = cell_text(json_object_get(t, "state"));
+        row[3] = cell_text(json_object_get(t, "created_at"));
+        row[4] = json_is_null(expires) ? strdup("never") : cell_text(expires);
+    }
+    print_table(out, header, N, cells, rows);
+    free_cells(cells, rows * N);
+}

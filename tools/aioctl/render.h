@@ -1,6 +1,6 @@
 /*
- * render.h - aioctl's human-readable output: an action as a short block, a list of actions and
- * the connectors as aligned tables.
+ * render.h - aioctl's human-readable output: an action as a short block, a list of actions, the
+ * connectors and the API tokens as aligned tables.
  *
  * Every string that came from the daemon is printed with control characters replaced, so a
  * hostile reason or result cannot drive the terminal. All arguments are borrowed. Machine
@@ -21,6 +21,14 @@ void render_action_table(FILE *out, const json_t *actions);
 /* A table NAME, PLUGIN, VERSION, STATUS, SERVING, ACTIONS of an array of connector objects,
  * followed by the message of each connector that is refused or degraded. */
 void render_connectors(FILE *out, const json_t *connectors);
+
+/* A table NAME, ROLES, STATE, CREATED, EXPIRES of an array of token objects ({name, roles:
+ * [..], state, created_at, expires_at}); there are never tokens or digests in them. */
+void render_token_table(FILE *out, const json_t *tokens);
+
+/* The strings of a JSON array joined with ',' ("submitter,reader"); "-" when empty or not an
+ * array. Returns a malloc'd string owned by the caller, or NULL when out of memory. */
+char *render_join(const json_t *strings);
 
 /* Write s with control characters (and DEL) replaced by '?'. NULL writes nothing. */
 void render_text(FILE *out, const char *s);

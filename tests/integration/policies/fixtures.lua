@@ -1,10 +1,14 @@
 -- Integration tests only: rules for the fixture connectors (t_*).
+-- submitter "mallory"        -> deny (rule test_submitter)
 -- input.deny_me = true        -> deny (rule test_deny)
 -- write_op with input.n < 0   -> abstain, so the default (deny writes) applies
 -- anything else on t_*        -> allow (rule test_allow)
 function decide(action)
   if string.sub(action.connector, 1, 2) ~= "t_" then
     return nil
+  end
+  if action.submitter == "mallory" then
+    return { verdict = "deny", reason = "mallory may not use fixtures", rule = "test_submitter" }
   end
   if action.input.deny_me == true then
     return { verdict = "deny", reason = "the test asked for a deny", rule = "test_deny" }

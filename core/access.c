@@ -1,0 +1,150 @@
+/* access.c - the route table with roles, and the failed-authentication limiter (see access.h). */
+#include "access.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+
+#define READERS (AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_SUBMITTER | AUTH_ROLE_OPERATOR)
+
+static const access_route routes[] = {
+    {ROUTE_HEALTHZ, "GET", "/healthz", 0, 0},
+    {ROUTE_WHOAMI, "GET", "/v1/whoami", READERS, 0},
+    {ROUTE_SUBMIT, "POST", "/v1/actions", AUTH_ROLE_SUBMITTER | AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_LIST_ACTIONS, "GET", "/v1/actions", READERS, 1},
+    {ROUTE_GET_ACTION, "GET", "/v1/actions/{id}", READERS, 1},
+    {ROUTE_CONNECTORS, "GET", "/v1/connectors", READERS, 0},
+    {ROUTE_LIST_TOKENS, "GET", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_CREATE_TOKEN, "POST", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_REVOKE_TOKEN, "DELETE", "/v1/tokens/{name}", AUTH_ROLE_OPERATOR, 0},
+};
+
+const access_route *access_routes(size_t *n)
+{
+    *n = sizeof routes / sizeof routes[0];
+    return routes;
+}
+
+/* Does path fit pattern? A trailing "{x}" matches one non-empty segment, copied to param. */
+static int path_matches(const char *pattern, const char *path, char *param, size_t cap)
+{
+    const char *brace = strchr(pattern, '{');
+    if (!brace)
+        return strcmp(pattern, path) == 0;
+    size_t prefix = (size_t)(brace - pattern);
+    if (strncmp(pattern, path, prefix) != 0)
+        return 0;
+    const char *seg = path + prefix;
+    size_t len = strlen(seg);
+    if (len == 0 || strchr(seg, '/') || len >= cap)
+        return 0;
+    memcpy(param, seg, len + 1);
+    return 1;
+}
+
+int access_match(const char *method, const char *path, const access_route **route,
+                 char *param, size_t param_cap, char *allowed, size_t allowed_cap)
+{
+    size_t used = 0;
+    int path_known = 0;
+    allowed[0] = '\0';
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (!path_matches(routes[i].pattern, path, param, param_cap))
+            continue;
+        if (strcmp(routes[i].method, method) == 0) {
+            *route = &routes[i];
+            return AR_OK;
+        }
+        path_known = 1;
+        int n = snprintf(allowed + used, allowed_cap - used, "%s%s", used ? ", " : "", routes[i].method);
+        if (n > 0 && (size_t)n < allowed_cap - used)
+            used += (size_t)n;
+    }
+    return path_known ? AR_E_INVALID : AR_E_NOTFOUND;
+}
+
+/* ---- limiter --------------------------------------------------------------------------------- */
+
+#define LIMITER_SLOTS 1024
+
+typedef struct slot {
+    char addr[64];
+    int64_t window_start;
+    int failures;
+} slot;
+
+struct access_limiter {
+    pthread_mutex_t lock;
+    int max_failures;
+    int64_t window_ms;
+    slot slots[LIMITER_SLOTS];
+};
+
+access_limiter *access_limiter_new(int max_failures, int64_t window_ms)
+{
+    access_limiter *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    pthread_mutex_init(&l->lock, NULL);
+    l->max_failures = max_failures;
+    l->window_ms = window_ms;
+    return l;
+}
+
+void access_limiter_free(access_limiter *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_destroy(&l->lock);
+    free(l);
+}
+
+/* The slot of addr, or NULL. Caller holds the lock. */
+static slot *find_slot(access_limiter *l, const char *addr)
+{
+    for (size_t i = 0; i < LIMITER_SLOTS; i++)
+        if (l->slots[i].failures && strcmp(l->slots[i].addr, addr) == 0)
+            return &l->slots[i];
+    return NULL;
+}
+
+int64_t access_limiter_wait_ms(access_limiter *l, const char *addr, int64_t now_ms)
+{
+    int64_t wait = 0;
+    pthread_mutex_lock(&l->lock);
+    slot *s = find_slot(l, addr);
+    if (s && now_ms - s->window_start < l->window_ms && s->failures >= l->max_failures)
+        wait = s->window_start + l->window_ms - now_ms;
+    pthread_mutex_unlock(&l->lock);
+    return wait;
+}
+
+void access_limiter_fail(access_limiter *l, const char *addr, int64_t now_ms)
+{
+    pthread_mutex_lock(&l->lock);
+    slot *s = find_slot(l, addr);
+    if (!s) {
+        /* A free slot, else the one whose window started longest ago. */
+        s = &l->slots[0];
+        for (size_t i = 0; i < LIMITER_SLOTS; i++) {
+            if (!l->slots[i].failures) {
+                s = &l->slots[i];
+                break;
+            }
+            if (l->slots[i].window_start < s->window_start)
+                s = &l->slots[i];
+        }
+        snprintf(s->addr, sizeof s->addr, "%s", addr);
+        s->failures = 0;
+        s->window_start = now_ms;
+    }
+    if (now_ms - s->window_start >= l->window_ms) {
+        s->window_start = now_ms;
+        s->failures = 0;
+    }
+    s->failures++;
+    pthread_mutex_unlock(&l->lock);
+}
