@@ -16,6 +16,8 @@ static const access_route routes[] = {
     {ROUTE_SUBMIT, "POST", "/v1/actions", AUTH_ROLE_SUBMITTER | AUTH_ROLE_OPERATOR, 0},
     {ROUTE_LIST_ACTIONS, "GET", "/v1/actions", READERS, 1},
     {ROUTE_GET_ACTION, "GET", "/v1/actions/{id}", READERS, 1},
+    {ROUTE_CANCEL, "POST", "/v1/actions/{id}/cancel", AUTH_ROLE_SUBMITTER | AUTH_ROLE_OPERATOR, 1},
+    {ROUTE_RESOLVE, "POST", "/v1/actions/{id}/resolve", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_CONNECTORS, "GET", "/v1/connectors", READERS, 0},
     {ROUTE_LIST_TOKENS, "GET", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_CREATE_TOKEN, "POST", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
@@ -28,7 +30,8 @@ const access_route *access_routes(size_t *n)
     return routes;
 }
 
-/* Does path fit pattern? A trailing "{x}" matches one non-empty segment, copied to param. */
+/* Does path fit pattern? A "{x}" segment matches one non-empty path segment, copied to param
+ * (a pattern has at most one). */
 static int path_matches(const char *pattern, const char *path, char *param, size_t cap)
 {
     const char *brace = strchr(pattern, '{');
@@ -37,11 +40,13 @@ static int path_matches(const char *pattern, const char *path, char *param, size
     size_t prefix = (size_t)(brace - pattern);
     if (strncmp(pattern, path, prefix) != 0)
         return 0;
+    const char *rest = strchr(brace, '}') + 1;   /* what follows the segment in the pattern */
     const char *seg = path + prefix;
-    size_t len = strlen(seg);
-    if (len == 0 || strchr(seg, '/') || len >= cap)
+    size_t len = strcspn(seg, "/");
+    if (len == 0 || len >= cap || strcmp(seg + len, rest) != 0)
         return 0;
-    memcpy(param, seg, len + 1);
+    memcpy(param, seg, len);
+    param[len] = '\0';
     return 1;
 }
 

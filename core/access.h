@@ -20,6 +20,8 @@ typedef enum route_id {
     ROUTE_SUBMIT,
     ROUTE_LIST_ACTIONS,
     ROUTE_GET_ACTION,
+    ROUTE_CANCEL,
+    ROUTE_RESOLVE,
     ROUTE_CONNECTORS,
     ROUTE_LIST_TOKENS,
     ROUTE_CREATE_TOKEN,
@@ -30,7 +32,7 @@ typedef enum route_id {
 typedef struct access_route {
     route_id id;
     const char *method;
-    const char *pattern;     /* literal, or ending in one "{name}" segment */
+    const char *pattern;     /* literal, or with one "{name}" segment */
     unsigned roles;          /* AUTH_ROLE_* bits that may call it; 0: open to anyone */
     int own_only;            /* a caller whose only matching role is submitter sees its own actions */
 } access_route;

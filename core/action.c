@@ -21,6 +21,7 @@ static const char *const state_names[ACTION_STATE_COUNT] = {
     [ACTION_SUCCEEDED] = "SUCCEEDED",
     [ACTION_FAILED] = "FAILED",
     [ACTION_UNKNOWN_OUTCOME] = "UNKNOWN_OUTCOME",
+    [ACTION_CANCELLED] = "CANCELLED",
 };
 
 const char *action_state_name(action_state s)
@@ -46,6 +47,7 @@ int action_state_terminal(action_state s)
     case ACTION_SUCCEEDED:
     case ACTION_FAILED:
     case ACTION_UNKNOWN_OUTCOME:
+    case ACTION_CANCELLED:
         return 1;
     default:
         return 0;
@@ -152,7 +154,8 @@ json_t *action_render(const json_t *rec)
 {
     static const char *const copied[] = {"id", "connector", "action", "state", "effect",
                                          "idempotency_key", "submitter", "input", "proposer",
-                                         "priority", "decision", "attempts", "result", "error"};
+                                         "priority", "decision", "attempts", "result", "error",
+                                         "history", "resolution", "cancel_requested_by"};
     json_t *out = json_object();
     if (!out)
         return NULL;
@@ -163,6 +166,10 @@ json_t *action_render(const json_t *rec)
     json_object_set_new(out, "created_at", rfc3339(json_object_get(rec, "created_ms")));
     json_object_set_new(out, "updated_at", rfc3339(json_object_get(rec, "updated_ms")));
     json_object_set_new(out, "finished_at", rfc3339(json_object_get(rec, "finished_ms")));
+    json_object_set_new(out, "deadline_at", rfc3339(json_object_get(rec, "deadline_ms")));
+    json_t *next = json_object_get(rec, "next_attempt_ms");
+    if (next && action_record_state(rec) == ACTION_RETRY_WAIT)
+        json_object_set_new(out, "next_attempt_at", rfc3339(next));
     return out;
 }
 
@@ -197,6 +204,34 @@ int action_batch_store(journal_batch *b, const json_t *rec)
         journal_batch_put(b, JDB_QUEUE, id, strlen(id), connector, strlen(connector));
     }
     return AR_OK;
+}
+
+static int parse_record(const void *val, size_t len, json_t **out, ar_error *err);
+
+int action_txn_store(journal_txn *txn, const json_t *rec)
+{
+    const char *id = action_record_str(rec, "id");
+    char *text = json_dumps(rec, JSON_COMPACT);
+    if (!text)
+        return AR_E_NOMEM;
+    int rc = journal_txn_put(txn, JDB_ACTIONS, id, strlen(id), text, strlen(text));
+    free(text);
+    if (rc != AR_OK)
+        return rc;
+    if (action_state_terminal(action_record_state(rec)))
+        return journal_txn_del(txn, JDB_QUEUE, id, strlen(id));
+    const char *connector = action_record_str(rec, "connector");
+    return journal_txn_put(txn, JDB_QUEUE, id, strlen(id), connector, strlen(connector));
+}
+
+int action_txn_load(journal_txn *txn, const char *id, json_t **out)
+{
+    const void *val;
+    size_t len;
+    int rc = journal_txn_get(txn, JDB_ACTIONS, id, strlen(id), &val, &len);
+    if (rc != AR_OK)
+        return rc;
+    return parse_record(val, len, out, NULL);
 }
 
 static int parse_record(const void *val, size_t len, json_t **out, ar_error *err)

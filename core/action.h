@@ -8,7 +8,9 @@
  * every action that is not terminal yet (id -> connector): it is what recovery scans at start,
  * so start-up cost follows the work in flight, not the size of the history.
  *
- * Record fields: id, connector, action, effect, idempotency_key, submitter (the token name
+ * Record fields (besides those below: deadline_ms, history [one entry per attempt and lookup:
+ * kind, attempt, key, digest, deadline_ms, started_ms, finished_ms, outcome, http_status,
+ * latency_ms, message], maybe_happened, next_attempt_ms, reconcile, resolution): id, connector, action, effect, idempotency_key, submitter (the token name
  * that submitted it), input, proposer, priority,
  * digest (hex BLAKE2b-256 of the canonical action+input), decision {verdict, reason, rule,
  * policy, policy_version}, state, attempts, result, error {class, message}, created_ms,
@@ -40,6 +42,7 @@ typedef enum action_state {
     ACTION_SUCCEEDED,
     ACTION_FAILED,
     ACTION_UNKNOWN_OUTCOME,
+    ACTION_CANCELLED,
     ACTION_STATE_COUNT
 } action_state;
 
@@ -81,6 +84,11 @@ size_t action_idem_key(char *buf, size_t cap, const char *connector, const char 
 /* Add "store this record" to a batch (JDB_ACTIONS), and keep JDB_QUEUE in step with its
  * state: present while non-terminal, deleted once terminal. */
 int action_batch_store(journal_batch *b, const json_t *rec);
+
+/* The same inside a journal apply callback (the writer's transaction): store a record (and
+ * its queue entry), or load one (*out a new reference; AR_E_NOTFOUND). */
+int action_txn_store(journal_txn *txn, const json_t *rec);
+int action_txn_load(journal_txn *txn, const char *id, json_t **out);
 
 /* Load one record by id from a read snapshot; *out is a new reference. AR_E_NOTFOUND. */
 int action_load(journal_read *r, const char *id, json_t **out, ar_error *err);

@@ -276,13 +276,21 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
     sodium_bin2hex(hex, sizeof hex, digest, ACTION_DIGEST_LEN);
     int64_t now = ar_now_ms();
     json_t *proposer = json_object_get(s, "proposer");
+    const config_connector *cc = config_find_connector(rq->api->cfg, json_string_value(json_object_get(s, "connector")));
+    /* The connector's config may override what the plugin declares (a generic connector cannot
+     * know whether a given API honours keys). */
+    json_t *mode = cc && cc->idempotency ? json_object_get(cc->idempotency, json_string_value(json_object_get(s, "action"))) : NULL;
+    if (!mode)
+        mode = json_object_get(rq->descriptor_action, "idempotency");
+    json_t *deadline = json_object_get(s, "deadline_ms");
+    int64_t deadline_ms = now + (deadline ? (int64_t)json_integer_value(deadline) : (cc ? cc->deadline_ms : 300000));
     json_t *rec = json_pack(
         "{s:s, s:O, s:O, s:O, s:O, s:s, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
         "id", id,
         "connector", json_object_get(s, "connector"),
         "action", json_object_get(s, "action"),
         "effect", json_object_get(rq->descriptor_action, "effect"),
-        "idempotency", json_object_get(rq->descriptor_action, "idempotency"),
+        "idempotency", mode,
         "idempotency_key", key,
         "submitter", rq->who.name,
         "key_given", given != NULL,
@@ -297,6 +305,7 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
         "finished_ms");
     if (!rec)
         return NULL;
+    json_object_set_new(rec, "deadline_ms", json_integer(deadline_ms));
     json_object_set_new(rec, "decision", json_pack("{s:s, s:s, s:s, s:s, s:s}",
         "verdict", d->verdict == POLICY_ALLOW ? "allow" : "deny",
         "reason", d->reason, "rule", d->rule, "policy", d->file,
@@ -539,7 +548,7 @@ static int validate_proposer(request *rq, const json_t *p)
 static int validate_submission(request *rq)
 {
     static const char *const known[] = {"connector", "action", "input", "idempotency_key",
-                                        "proposer", "priority", "wait_ms"};
+                                        "proposer", "priority", "wait_ms", "deadline_ms"};
     json_error_t jerr;
     json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!body) {
@@ -560,7 +569,7 @@ static int validate_submission(request *rq)
             ;
         if (i == n) {
             set_reply_error(rq, 400, "invalid_request", "unknown field \"%s\" (known: connector, action, input, "
-                            "idempotency_key, proposer, priority, wait_ms)", k);
+                            "idempotency_key, proposer, priority, wait_ms, deadline_ms)", k);
             return 0;
         }
     }
@@ -570,8 +579,15 @@ static int validate_submission(request *rq)
         !check_field_type(rq, body, "idempotency_key", JSON_STRING, "a string", 0) ||
         !check_field_type(rq, body, "proposer", JSON_OBJECT, "an object", 0) ||
         !check_field_type(rq, body, "priority", JSON_INTEGER, "an integer", 0) ||
-        !check_field_type(rq, body, "wait_ms", JSON_INTEGER, "an integer", 0))
+        !check_field_type(rq, body, "wait_ms", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, body, "deadline_ms", JSON_INTEGER, "an integer", 0))
         return 0;
+    json_t *deadline = json_object_get(body, "deadline_ms");
+    if (deadline && (json_integer_value(deadline) < 1 || json_integer_value(deadline) > 7LL * 86400000)) {
+        set_reply_error(rq, 400, "invalid_request", "deadline_ms (milliseconds from now) must be from 1 to %lld",
+                        7LL * 86400000);
+        return 0;
+    }
     const char *key = json_string_value(json_object_get(body, "idempotency_key"));
     if (key && (strlen(key) == 0 || strlen(key) > MAX_KEY_LEN)) {
         set_reply_error(rq, 400, "invalid_request", "idempotency_key must be 1 to %d bytes", MAX_KEY_LEN);
@@ -796,6 +812,163 @@ static void route_connectors(api_server *a, request *rq)
     set_reply_json(rq, 200, json_pack("{s:o}", "connectors", list));
 }
 
+/* ---- cancel and resolve ---------------------------------------------------------------------- */
+
+/* Load an action the caller may see; otherwise set a 404 and return NULL. */
+static json_t *load_visible(api_server *a, request *rq, const char *id)
+{
+    json_t *rec = NULL;
+    ar_error err = {0};
+    int rc = strlen(id) == ACTION_ID_LEN ? action_load_by_id(a->journal, id, &rec, &err)
+                                         : ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    if (rc == AR_OK && rq->own_only && strcmp(action_record_str(rec, "submitter"), rq->who.name) != 0) {
+        json_decref(rec);
+        rec = NULL;
+        rc = ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    }
+    if (rc != AR_OK)
+        set_reply_ar_error(rq, rc, &err);
+    return rc == AR_OK ? rec : NULL;
+}
+
+/* The scheduler's answer to a cancel (loop or journal thread). */
+static void cancel_answered(void *arg, int status, const json_t *rec)
+{
+    request *rq = arg;
+    if (status == AR_OK) {
+        set_reply_action(rq, 200, rec);
+    } else if (status == AR_E_BUSY) {
+        json_t *view = action_render(rec);
+        json_object_set_new(view, "cancel", json_string("requested: a call is in flight; the action is "
+                                                        "cancelled when it returns, unless it succeeded"));
+        set_reply_json(rq, 202, view);
+    } else {
+        /* Not held by the scheduler: it ended meanwhile, or waits elsewhere. */
+        json_t *now = NULL;
+        if (action_load_by_id(rq->api->journal, rq->action_id, &now, NULL) == AR_OK &&
+            action_state_terminal(action_record_state(now)))
+            set_reply_error(rq, 409, "already_terminal", "action %s is already %s", rq->action_id,
+                            action_state_name(action_record_state(now)));
+        else
+            set_reply_error(rq, 409, "not_cancellable", "action %s is %s and cannot be cancelled now",
+                            rq->action_id, now ? action_state_name(action_record_state(now)) : "unknown");
+        json_decref(now);
+    }
+    resume(rq);
+}
+
+static enum MHD_Result route_cancel(api_server *a, request *rq, const char *id)
+{
+    json_t *rec = load_visible(a, rq, id);
+    if (!rec)
+        return queue_reply(rq);
+    action_state st = action_record_state(rec);
+    json_decref(rec);
+    if (action_state_terminal(st)) {
+        set_reply_error(rq, 409, "already_terminal", "action %s is already %s", id, action_state_name(st));
+        return queue_reply(rq);
+    }
+    snprintf(rq->action_id, sizeof rq->action_id, "%s", id);
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    if (scheduler_cancel(a->sched, id, rq->who.name, cancel_answered, rq) != AR_OK) {
+        set_reply_error(rq, 500, "internal", "out of memory");
+        resume(rq);
+    }
+    return MHD_YES;
+}
+
+typedef struct resolution {
+    const char *id, *outcome, *reason, *who;
+    json_t *rec;          /* the record as written (new reference), set by the callback */
+} resolution;
+
+/* Writer thread, inside the transaction: only an UNKNOWN_OUTCOME action can be resolved, so
+ * two operators resolving at once cannot both win. */
+static int apply_resolution(journal_txn *txn, void *arg, ar_error *err)
+{
+    resolution *r = arg;
+    json_decref(r->rec);
+    r->rec = NULL;
+    json_t *rec;
+    if (action_txn_load(txn, r->id, &rec) != AR_OK)
+        return ar_error_set(err, AR_E_NOTFOUND, "not_found", "no action with id %s", r->id);
+    if (action_record_state(rec) != ACTION_UNKNOWN_OUTCOME) {
+        int rc = ar_error_set(err, AR_E_EXISTS, "not_unknown_outcome", "action %s is %s; only UNKNOWN_OUTCOME "
+                              "actions are resolved", r->id, action_state_name(action_record_state(rec)));
+        json_decref(rec);
+        return rc;
+    }
+    int64_t now = ar_now_ms();
+    json_object_set_new(rec, "resolution", json_pack("{s:s, s:s, s:s, s:I}", "by", r->who, "outcome", r->outcome,
+                                                     "reason", r->reason, "at_ms", (json_int_t)now));
+    action_state st = ACTION_FAILED;
+    if (strcmp(r->outcome, "succeeded") == 0) {
+        st = ACTION_SUCCEEDED;
+        json_object_del(rec, "error");
+    } else if (strcmp(r->outcome, "retry") == 0) {
+        /* The operator checked that nothing happened: another attempt with the same key. */
+        st = ACTION_READY;
+        json_object_set_new(rec, "maybe_happened", json_false());
+        json_object_del(rec, "finished_ms");
+        /* A fresh attempt budget on top of what was spent. */
+        json_object_set_new(rec, "attempt_allowance", json_integer(json_integer_value(json_object_get(rec, "attempts"))));
+        int64_t deadline = json_integer_value(json_object_get(rec, "deadline_ms"));
+        if (deadline && deadline < now + 60000)
+            json_object_set_new(rec, "deadline_ms", json_integer(now + 300000));
+    }
+    action_record_set_state(rec, st, now);
+    int rc = action_txn_store(txn, rec);
+    if (rc != AR_OK) {
+        json_decref(rec);
+        return ar_error_set(err, rc, rc == AR_E_FULL ? "storage_full" : "internal", "cannot store the resolution");
+    }
+    r->rec = rec;
+    return AR_OK;
+}
+
+static void route_resolve(api_server *a, request *rq, const char *id)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *outcome = json_string_value(json_object_get(body, "outcome"));
+    const char *reason = json_string_value(json_object_get(body, "reason"));
+    if (!body) {
+        set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s", jerr.text);
+        return;
+    }
+    if (!outcome || !reason || !*reason || json_object_size(body) != 2 ||
+        (strcmp(outcome, "succeeded") && strcmp(outcome, "failed") && strcmp(outcome, "retry"))) {
+        json_decref(body);
+        set_reply_error(rq, 400, "invalid_request", "expected {\"outcome\": \"succeeded\"|\"failed\"|\"retry\", "
+                        "\"reason\": \"what you checked\"}");
+        return;
+    }
+    if (strlen(id) != ACTION_ID_LEN) {
+        json_decref(body);
+        set_reply_error(rq, 404, "not_found", "no action with id %s", id);
+        return;
+    }
+    resolution r = {.id = id, .outcome = outcome, .reason = reason, .who = rq->who.name};
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, apply_resolution, &r);
+    ar_error err = {0};
+    int rc = journal_commit(a->journal, b, &err);
+    journal_batch_free(b);
+    if (rc != AR_OK) {
+        set_reply_error(rq, rc == AR_E_EXISTS ? 409 : status_for_error(rc), err.code[0] ? err.code : "internal",
+                        "%s", err.message);
+    } else {
+        ar_log("info", "action %s resolved as %s by %s", id, outcome, rq->who.name);
+        api_action_changed(a, r.rec);
+        set_reply_action(rq, 200, r.rec);
+        if (action_record_state(r.rec) == ACTION_READY)
+            scheduler_enqueue(a->sched, json_deep_copy(r.rec));
+    }
+    json_decref(r.rec);
+    json_decref(body);
+}
+
 /* ---- identity and tokens ------------------------------------------------------------------ */
 
 static json_t *roles_json(unsigned roles)
@@ -978,6 +1151,8 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_SUBMIT: return route_submit(a, rq);
     case ROUTE_LIST_ACTIONS: route_list_actions(a, rq); break;
     case ROUTE_GET_ACTION: route_get_action(a, rq, param); break;
+    case ROUTE_CANCEL: return route_cancel(a, rq, param);
+    case ROUTE_RESOLVE: route_resolve(a, rq, param); break;
     case ROUTE_CONNECTORS: route_connectors(a, rq); break;
     case ROUTE_LIST_TOKENS: route_list_tokens(a, rq); break;
     case ROUTE_CREATE_TOKEN: route_create_token(a, rq); break;
@@ -1188,7 +1363,6 @@ int api_listen(api_server *a, ar_error *err)
                               MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                               MHD_OPTION_ARRAY, tls,
                               MHD_OPTION_END);
     if (!a->mhd)

@@ -25,7 +25,9 @@ static const char *const top_keys[] = {
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms", NULL };
-static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms", NULL };
+static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms",
+                                              "deadline_ms", "retry", "idempotency", "secrets", NULL };
+static const char *const retry_keys[] = { "max_attempts", "initial_ms", "max_ms", "multiplier", NULL };
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -286,6 +288,62 @@ static bool valid_connector_name(const char *name)
     return len >= 1 && len <= 64 && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_-") == len;
 }
 
+/* retry: {max_attempts, initial_ms, max_ms, multiplier}; absent keys keep their defaults. */
+static int parse_retry(const char *name, const json_t *v, config_retry *out, ar_error *err)
+{
+    char path[200];
+    snprintf(path, sizeof path, "connectors.%s.retry", name);
+    if (!json_is_object(v))
+        return invalid(err, "%s: expected object, got %s", path, type_name(v));
+    int rc = check_keys(v, retry_keys, path, err);
+    if (rc != AR_OK)
+        return rc;
+    long long attempts = out->max_attempts, initial = out->initial_ms, max = out->max_ms;
+    snprintf(path, sizeof path, "connectors.%s.retry.max_attempts", name);
+    if ((rc = get_int(v, "max_attempts", path, 1, 100, &attempts, err)) != AR_OK)
+        return rc;
+    snprintf(path, sizeof path, "connectors.%s.retry.initial_ms", name);
+    if ((rc = get_int(v, "initial_ms", path, 1, 3600000, &initial, err)) != AR_OK)
+        return rc;
+    snprintf(path, sizeof path, "connectors.%s.retry.max_ms", name);
+    if ((rc = get_int(v, "max_ms", path, 1, 86400000, &max, err)) != AR_OK)
+        return rc;
+    const json_t *m = json_object_get(v, "multiplier");
+    if (m && (!json_is_number(m) || json_number_value(m) < 1.0 || json_number_value(m) > 10.0))
+        return invalid(err, "connectors.%s.retry.multiplier: expected a number from 1 to 10", name);
+    if (max < initial)
+        return invalid(err, "connectors.%s.retry: max_ms (%lld) is below initial_ms (%lld)", name, max, initial);
+    out->max_attempts = (int)attempts;
+    out->initial_ms = (int)initial;
+    out->max_ms = (int)max;
+    if (m)
+        out->multiplier = json_number_value(m);
+    return AR_OK;
+}
+
+/* An object whose every value passes check (a string, or one of a fixed set). */
+static int parse_string_map(const char *name, const char *key, const json_t *v,
+                            const char *const *allowed, json_t **out, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "connectors.%s.%s: expected object, got %s", name, key, type_name(v));
+    const char *k;
+    json_t *val;
+    json_object_foreach((json_t *)v, k, val) {
+        const char *sv = json_string_value(val);
+        if (!sv)
+            return invalid(err, "connectors.%s.%s.%s: expected string, got %s", name, key, k, type_name(val));
+        int ok = !allowed;
+        for (size_t i = 0; allowed && allowed[i]; i++)
+            ok |= strcmp(allowed[i], sv) == 0;
+        if (!ok)
+            return invalid(err, "connectors.%s.%s.%s: expected \"native\", \"lookup\" or \"none\", got \"%s\"",
+                           name, key, k, sv);
+    }
+    *out = json_deep_copy(v);
+    return *out ? AR_OK : nomem(err);
+}
+
 static int parse_connector(const char *name, const json_t *v, const char *base_dir,
                            const char *plugin_dir, config_connector *c, ar_error *err)
 {
@@ -315,6 +373,23 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
         return rc;
     snprintf(path, sizeof path, "connectors.%s.timeout_ms", name);
     if ((rc = get_int(v, "timeout_ms", path, 1, 3600000, &timeout_ms, err)) != AR_OK)
+        return rc;
+
+    long long deadline_ms = 300000;
+    snprintf(path, sizeof path, "connectors.%s.deadline_ms", name);
+    if ((rc = get_int(v, "deadline_ms", path, 1, 7LL * 86400000, &deadline_ms, err)) != AR_OK)
+        return rc;
+    c->deadline_ms = deadline_ms;
+    c->retry = (config_retry){.max_attempts = 5, .initial_ms = 200, .max_ms = 30000, .multiplier = 2.0};
+    const json_t *sub;
+    static const char *const modes[] = {"native", "lookup", "none", NULL};
+    if ((sub = json_object_get(v, "retry")) && (rc = parse_retry(name, sub, &c->retry, err)) != AR_OK)
+        return rc;
+    if ((sub = json_object_get(v, "idempotency")) &&
+        (rc = parse_string_map(name, "idempotency", sub, modes, &c->idempotency, err)) != AR_OK)
+        return rc;
+    if ((sub = json_object_get(v, "secrets")) &&
+        (rc = parse_string_map(name, "secrets", sub, NULL, &c->secrets, err)) != AR_OK)
         return rc;
 
     c->name = strdup(name);
@@ -614,6 +689,8 @@ void config_free(config *cfg)
         free(c->plugin);
         free(c->plugin_path);
         json_decref(c->config);
+        json_decref(c->idempotency);
+        json_decref(c->secrets);
     }
     free(cfg->connectors);
     free(cfg);

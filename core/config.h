@@ -6,17 +6,27 @@
  * files; the API then speaks HTTPS only), auth_key_file ("<data_dir>/auth.key"), data_dir ("var"), plugin_dir ("build/plugins"), policy_dir ("policies"),
  * map_size_mb (1024), max_body_bytes (1 MiB), decision_workers (2),
  * policy {memory_kb, instructions, timeout_ms}, connectors (name -> {plugin (required),
- * config (object), processes (2), timeout_ms (10000)}). Relative paths are resolved against
+ * config (object), processes (2), timeout_ms (10000), deadline_ms (300000), retry
+ * {max_attempts 5, initial_ms 200, max_ms 30000, multiplier 2}, idempotency {action: mode},
+ * secrets {name: value}}). Relative paths are resolved against
  * the directory of the config file.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <jansson.h>
 
 #include "ar.h"
 #include "policy.h"
+
+typedef struct config_retry {
+    int max_attempts;      /* attempts in all, 1..100 (default 5) */
+    int initial_ms;        /* first backoff ceiling (default 200) */
+    int max_ms;            /* backoff ceiling (default 30000) */
+    double multiplier;     /* growth per attempt, 1..10 (default 2) */
+} config_retry;
 
 typedef struct config_connector {
     char *name;            /* instance name: [a-z0-9_-]{1,64} */
@@ -25,6 +35,11 @@ typedef struct config_connector {
     json_t *config;        /* owned; {} when absent */
     int processes;         /* 1..64 */
     int timeout_ms;        /* per call, 1..3600000 */
+    int64_t deadline_ms;   /* default deadline of an action, from submission (300000) */
+    config_retry retry;
+    json_t *idempotency;   /* owned or NULL: action -> "native"|"lookup"|"none", overriding the plugin */
+    json_t *secrets;       /* owned or NULL: name -> value, handed to the plugin's secret service
+                              until the vault holds them (never logged or returned) */
 } config_connector;
 
 typedef struct config {

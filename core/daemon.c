@@ -1,7 +1,10 @@
 /* daemon.c - start-up, the runtime struct, and an orderly stop (see daemon.h). */
 #include "daemon.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,7 @@
 
 /* Everything the daemon keeps alive, in start order. */
 typedef struct runtime {
+    int lock_fd;          /* holds the exclusive lock on <data_dir>/daemon.lock */
     config *cfg;
     journal *journal;
     auth *auth;
@@ -54,6 +58,31 @@ static int make_dir(const char *path, ar_error *err)
     return ar_error_set(err, AR_E_IO, "data_dir", "cannot create or write %s: %m", path);
 }
 
+/* One daemon per data directory: two schedulers on one journal could dispatch an action twice.
+ * aioctl's offline commands do not take this lock: they only write through the journal. */
+static int lock_data_dir(runtime *rt, const char *data_dir, ar_error *err)
+{
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/daemon.lock", data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return ar_error_set(err, AR_E_IO, "data_dir", "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return ar_error_set(err, AR_E_BUSY, "data_dir_in_use", "another aiorun daemon is running on "
+                                "data directory %s; stop it first, or give this one another data_dir", data_dir);
+        return ar_error_set(err, AR_E_IO, "data_dir", "cannot lock %s: %s", path, strerror(e));
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || write(fd, pid, (size_t)n) != n)
+        ar_log("warn", "cannot write the pid into %s", path);
+    rt->lock_fd = fd;
+    return AR_OK;
+}
+
 static void runtime_stop(runtime *rt)
 {
     if (rt->api)
@@ -64,6 +93,8 @@ static void runtime_stop(runtime *rt)
     auth_free(rt->auth);
     journal_close(rt->journal);
     config_free(rt->cfg);
+    if (rt->lock_fd >= 0)
+        close(rt->lock_fd); /* releases the lock */
     memset(rt, 0, sizeof *rt);
 }
 
@@ -76,7 +107,7 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     char host[PATH_MAX + 16], dir[PATH_MAX + 16];
     if ((rc = find_host_binary(host, sizeof host, err)) != AR_OK)
         return rc;
-    if ((rc = make_dir(cfg->data_dir, err)) != AR_OK)
+    if ((rc = make_dir(cfg->data_dir, err)) != AR_OK || (rc = lock_data_dir(rt, cfg->data_dir, err)) != AR_OK)
         return rc;
     if (config_journal_dir(cfg, dir, sizeof dir) != AR_OK)
         return ar_error_set(err, AR_E_INVALID, "data_dir", "data_dir %s is too long", cfg->data_dir);
@@ -131,7 +162,7 @@ int daemon_run(const char *config_path)
         return 1;
     }
 
-    runtime rt = {0};
+    runtime rt = {.lock_fd = -1};
     ar_error err = {0};
     if (runtime_start(&rt, config_path, &err) != AR_OK) {
         ar_log("error", "cannot start: %s (%s)", err.message, err.code[0] ? err.code : "error");

@@ -35,7 +35,10 @@ typedef enum frame_type {
                              "deadline_ms" (epoch ms), "attempt"} */
     FRAME_LOOKUP = 6,     /* daemon -> host: {"action", "idempotency_key", "deadline_ms"} */
     FRAME_RESULT = 7,     /* host -> daemon: {"ok": true, "result": <json>} or
-                             {"ok": false, "class": "timeout", "message": "..."} */
+                             {"ok": false, "class": "timeout", "message": "..."}; either with
+                             "http_status" (int) and "retry_after_ms" (int) of the last HTTP
+                             response the plugin received during the call, each omitted when
+                             there was none */
     FRAME_LOG = 8,        /* host -> daemon: {"level": "info", "message": "..."} */
     FRAME_SHUTDOWN = 9    /* daemon -> host: call fini and exit 0, {} */
 } frame_type;

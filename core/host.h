@@ -52,6 +52,10 @@ struct aiorun_call {
     char error[2048];          /* the message of the last set_error, valid UTF-8 */
     json_t *result;            /* from set_result; owned */
     host_arena_block *arena;
+    /* The last HTTP response received during the call (reported in RESULT): its status, 0 when
+     * none, and its Retry-After in ms, -1 when it had none. */
+    long http_status;
+    int64_t retry_after_ms;
 };
 
 /* The services table handed to init (static, constant). */

@@ -132,6 +132,8 @@ void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const cha
     json_decref(c->result);
     c->result = NULL;
     c->arena = NULL;
+    c->http_status = 0;
+    c->retry_after_ms = -1;
 }
 
 void host_call_end(aiorun_call *c)
@@ -150,6 +152,8 @@ void host_call_end(aiorun_call *c)
     c->has_error = 0;
     c->error[0] = '\0';
     c->idempotency_key = "";
+    c->http_status = 0;
+    c->retry_after_ms = -1;
 }
 
 /* ---- log ---- */
@@ -442,28 +446,25 @@ static void url_host(const char *url, char *out, size_t cap)
 
 /*
  * Transport failures and their classes. The question is always "may the API have acted?":
- *   - could not resolve or connect: nothing was sent, so AIORUN_E_RETRYABLE is plainly safe;
- *   - timeout: AIORUN_E_TIMEOUT, the outcome is unknown and the class says so;
- *   - send/receive errors and empty replies after the request went out: the outcome is
- *     unknown as well. We still report AIORUN_E_RETRYABLE (a broken connection is the
- *     textbook transient failure, and the scheduler retries with the same idempotency key,
- *     which is what makes a repeat safe), but the message says the outcome is unknown so that
- *     nobody mistakes it for "nothing happened";
+ *   - could not resolve or connect, or any failure before the request started (nothing_sent:
+ *     curl never reached the transfer, e.g. a connect that timed out or a TLS handshake that
+ *     failed): nothing was sent, so AIORUN_E_RETRYABLE is plainly safe;
+ *   - a timeout, a connection reset or any send/receive error once the request may have gone
+ *     out, a truncated body, an empty reply: AIORUN_E_TIMEOUT, "the outcome is unknown". The
+ *     API may have acted; only an idempotency key or a lookup makes a repeat safe, and the
+ *     class tells the scheduler exactly that;
  *   - bad URL or unsupported scheme: AIORUN_E_INVALID (the plugin built a wrong request);
  *   - TLS certificate problems: AIORUN_E_PERMANENT (retrying will not fix a certificate).
  */
-static aiorun_status classify_curl(CURLcode cc, const char *method, const char *host,
-                                   long timeout_ms, const char *detail, char *msg, size_t cap)
+static aiorun_status classify_curl(CURLcode cc, int nothing_sent, const char *method,
+                                   const char *host, long timeout_ms, const char *detail,
+                                   char *msg, size_t cap)
 {
     switch (cc) {
-    case CURLE_OPERATION_TIMEDOUT:
-        snprintf(msg, cap, "HTTP %s to %s timed out after %ld ms; the outcome is unknown",
-                 method, host, timeout_ms);
-        return AIORUN_E_TIMEOUT;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:
-        snprintf(msg, cap, "HTTP %s to %s: %s (nothing was sent)", method, host, detail);
+        snprintf(msg, cap, "HTTP %s to %s: %s; the request was not sent", method, host, detail);
         return AIORUN_E_RETRYABLE;
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -474,15 +475,55 @@ static aiorun_status classify_curl(CURLcode cc, const char *method, const char *
     case CURLE_SSL_CERTPROBLEM:
         snprintf(msg, cap, "HTTP %s to %s: TLS verification failed: %s", method, host, detail);
         return AIORUN_E_PERMANENT;
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_PARTIAL_FILE:
     default:
-        snprintf(msg, cap, "HTTP %s to %s failed after the request may have been sent: %s "
-                 "(the outcome is unknown)", method, host, detail);
+        break;
+    }
+    if (nothing_sent) {
+        if (cc == CURLE_OPERATION_TIMEDOUT)
+            snprintf(msg, cap, "HTTP %s to %s: no connection within %ld ms; the request was not "
+                     "sent", method, host, timeout_ms);
+        else
+            snprintf(msg, cap, "HTTP %s to %s failed before the request was sent: %s; the request "
+                     "was not sent", method, host, detail);
         return AIORUN_E_RETRYABLE;
     }
+    switch (cc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        snprintf(msg, cap, "HTTP %s to %s timed out after %ld ms; the request may have reached the "
+                 "API, the outcome is unknown", method, host, timeout_ms);
+        break;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+        snprintf(msg, cap, "HTTP %s to %s: connection reset after the request was sent; the "
+                 "outcome is unknown (%s)", method, host, detail);
+        break;
+    case CURLE_GOT_NOTHING:
+        snprintf(msg, cap, "HTTP %s to %s: the connection closed without a response after the "
+                 "request was sent; the outcome is unknown", method, host);
+        break;
+    case CURLE_PARTIAL_FILE:
+        snprintf(msg, cap, "HTTP %s to %s: the response was cut short; the request reached the "
+                 "API, the outcome is unknown (%s)", method, host, detail);
+        break;
+    default:
+        snprintf(msg, cap, "HTTP %s to %s failed after the request may have been sent: %s; the "
+                 "outcome is unknown", method, host, detail);
+        break;
+    }
+    return AIORUN_E_TIMEOUT;
+}
+
+/* Whether a failed transfer never got as far as sending the request: curl records the
+ * pre-transfer time (connection and TLS ready, request about to go) and the bytes of request
+ * it issued. Both zero means the API cannot have seen anything. */
+static int request_not_sent(CURL *curl)
+{
+    curl_off_t pretransfer = 0;
+    long request_size = 0;
+    if (curl_easy_getinfo(curl, CURLINFO_PRETRANSFER_TIME_T, &pretransfer) != CURLE_OK ||
+        curl_easy_getinfo(curl, CURLINFO_REQUEST_SIZE, &request_size) != CURLE_OK)
+        return 0;
+    return pretransfer == 0 && request_size == 0;
 }
 
 static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req,
@@ -552,7 +593,10 @@ static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req
         free(line);
         line = NULL;
     }
-    if (!has_key && call->idempotency_key && *call->idempotency_key &&
+    /* A GET or HEAD changes nothing, so it carries no key: an API that honours keys may even
+     * answer a later read with a stored earlier one. */
+    int is_read = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (!has_key && !is_read && call->idempotency_key && *call->idempotency_key &&
         !has_crlf(call->idempotency_key)) {
         if (asprintf(&line, "Idempotency-Key: %s", call->idempotency_key) < 0)
             goto nomem;
@@ -581,6 +625,11 @@ static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
     curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &rh);
+    /* A write never goes out on a reused keep-alive connection: when such a connection yields
+     * nothing, curl silently re-sends the request on a new one, and the API may then act
+     * twice. On a fresh connection a failure comes back to us, classified, instead. */
+    if (!is_read)
+        curl_easy_setopt(curl, CURLOPT_FRESH_CONNECT, 1L);
     if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
     } else if (req->body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
@@ -598,9 +647,11 @@ static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req
     CURLcode cc = curl_easy_perform(curl);
     url_host(req->url, host, sizeof host);
     if (body.too_large) {
+        long status = 0;
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
         st = host_set_error(call, AIORUN_E_INVALID,
-                            "http: response from %s too large (more than %u bytes)", host,
-                            HTTP_MAX_BODY);
+                            "http: the response from %s (status %ld) is too large (more than %u "
+                            "bytes)", host, status, HTTP_MAX_BODY);
         goto done;
     }
     if (rh.too_large) {
@@ -611,8 +662,8 @@ static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req
     }
     if (cc != CURLE_OK) {
         char msg[600];
-        st = classify_curl(cc, method, host, timeout_ms, errbuf[0] ? errbuf : curl_easy_strerror(cc),
-                           msg, sizeof msg);
+        st = classify_curl(cc, request_not_sent(curl), method, host, timeout_ms,
+                           errbuf[0] ? errbuf : curl_easy_strerror(cc), msg, sizeof msg);
         host_set_error(call, st, "%s", msg);
         goto done;
     }
@@ -644,6 +695,8 @@ static aiorun_status host_http(aiorun_call *call, const aiorun_http_request *req
                 resp->retry_after_ms = parse_retry_after(out_h[i].value);
         }
     }
+    call->http_status = status;
+    call->retry_after_ms = resp->retry_after_ms;
     resp->status = status;
     resp->body = body_mem;
     resp->body_len = body.len;

@@ -409,8 +409,8 @@ static json_t *error_payload(int cls, const char *message)
     return json_pack("{s:b, s:s, s:s}", "ok", 0, "class", frame_class_name(cls), "message", message);
 }
 
-/* The RESULT payload for what a plugin callback returned. */
-static json_t *outcome_payload(aiorun_call *c, int st)
+/* The RESULT payload for what a plugin callback returned, without the HTTP fields. */
+static json_t *outcome_body(aiorun_call *c, int st)
 {
     char msg[sizeof c->error + 96];
     if (st == AIORUN_OK)
@@ -426,6 +426,19 @@ static json_t *outcome_payload(aiorun_call *c, int st)
         return error_payload(st, msg);
     }
     return error_payload(st, c->error);
+}
+
+/* The RESULT payload, with "http_status" and "retry_after_ms" of the call's last HTTP response
+ * when there was one (the daemon's retry decisions use them). */
+static json_t *outcome_payload(aiorun_call *c, int st)
+{
+    json_t *out = outcome_body(c, st);
+    if (out && c->http_status > 0) {
+        json_object_set_new(out, "http_status", json_integer(c->http_status));
+        if (c->retry_after_ms >= 0)
+            json_object_set_new(out, "retry_after_ms", json_integer(c->retry_after_ms));
+    }
+    return out;
 }
 
 static int64_t deadline_of(const json_t *payload)

@@ -23,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char *const db_names[JDB_COUNT] = {
     [JDB_META] = "meta",
@@ -981,4 +984,148 @@ void journal_get_stats(journal *j, journal_stats *out)
         out->map_used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
     }
     out->stale_readers = j->stale_readers;
+}
+
+/* ---- backup ----------------------------------------------------------------------------- */
+
+static int backup_io_error(ar_error *err, const char *what, const char *path, int errnum)
+{
+    return ar_error_set(err, AR_E_IO, "backup_failed", "backup: cannot %s %s: %s", what, path,
+                        strerror(errnum));
+}
+
+/* Is the existing dir empty? AR_OK (empty), AR_E_INVALID (has entries) or AR_E_IO. */
+static int check_empty_dir(const char *dir, ar_error *err)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return backup_io_error(err, "read the directory", dir, errno);
+    const struct dirent *e;
+    int status = AR_OK;
+    errno = 0;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            status = ar_error_set(err, AR_E_INVALID, "backup_target",
+                                  "the backup directory %s is not empty: a backup goes into a "
+                                  "new or empty directory", dir);
+            break;
+        }
+    }
+    if (status == AR_OK && errno)
+        status = backup_io_error(err, "read the directory", dir, errno);
+    closedir(d);
+    return status;
+}
+
+/* Make dir (0700, missing parents too) or accept it when it is an empty directory. *created
+ * tells whether this call made it (so a failure can take it away again). */
+static int make_backup_dir(const char *dir, bool *created, ar_error *err)
+{
+    *created = false;
+    int rc = mkdir(dir, 0700);
+    if (rc != 0 && errno == ENOENT) {
+        char parent[PATH_MAX];
+        ar_error local;
+        snprintf(parent, sizeof parent, "%s", dir);
+        char *slash = strrchr(parent, '/');
+        if (slash && slash != parent) {
+            *slash = '\0';
+            if (make_dir(parent, &local) != AR_OK)
+                return ar_error_set(err, AR_E_IO, "backup_failed", "backup: %s", local.message);
+        }
+        rc = mkdir(dir, 0700);
+    }
+    if (rc == 0) {
+        *created = true;
+        return AR_OK;
+    }
+    if (errno != EEXIST)
+        return backup_io_error(err, "create", dir, errno);
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return backup_io_error(err, "look at", dir, errno);
+    if (!S_ISDIR(st.st_mode))
+        return ar_error_set(err, AR_E_INVALID, "backup_target",
+                            "the backup target %s exists and is not a directory", dir);
+    return check_empty_dir(dir, err);
+}
+
+/* fsync a directory, so that the names in it survive a power cut too. */
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int journal_backup(journal *j, const char *dest_dir, ar_error *err)
+{
+    char dir[PATH_MAX], file[PATH_MAX], parent[PATH_MAX];
+    bool created = false, file_made = false;
+    int fd = -1, status, rc;
+
+    if (!j || !dest_dir || !*dest_dir)
+        return ar_error_set(err, AR_E_INVALID, "backup_target", "no backup directory given");
+    if (snprintf(dir, sizeof dir, "%s", dest_dir) >= (int)sizeof dir ||
+        snprintf(file, sizeof file, "%s/data.mdb", dest_dir) >= (int)sizeof file)
+        return ar_error_set(err, AR_E_INVALID, "backup_target",
+                            "the backup directory %.200s... is too long a path", dest_dir);
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--)
+        dir[n - 1] = '\0'; /* "x/" is x: its parent is the one to sync */
+    dest_dir = dir;
+    if ((status = make_backup_dir(dest_dir, &created, err)) != AR_OK)
+        return status;
+    /* Our own file rather than mdb_env_copy2's: that one is created 0666 & ~umask and never
+     * synced. O_EXCL: the directory was empty a moment ago, so anything there now is not ours. */
+    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        status = backup_io_error(err, "create", file, errno);
+        goto fail;
+    }
+    file_made = true;
+    /* The compacting copy walks the trees in one read transaction: writers go on meanwhile. */
+    if ((rc = mdb_env_copyfd2(j->env, fd, MDB_CP_COMPACT)) != 0) {
+        status = ar_error_set(err, AR_E_IO, "backup_failed", "backup of the journal %s to %s: %s",
+                              j->dir, dest_dir, mdb_strerror(rc));
+        goto fail;
+    }
+    if (fsync(fd) != 0) {
+        status = backup_io_error(err, "sync", file, errno);
+        goto fail;
+    }
+    rc = close(fd);
+    fd = -1;
+    if (rc != 0) {
+        status = backup_io_error(err, "close", file, errno);
+        goto fail;
+    }
+    if (sync_dir(dest_dir) != 0) {
+        status = backup_io_error(err, "sync the directory", dest_dir, errno);
+        goto fail;
+    }
+    if (created) {
+        snprintf(parent, sizeof parent, "%s", dest_dir);
+        char *slash = strrchr(parent, '/');
+        if (slash)
+            *(slash == parent ? slash + 1 : slash) = '\0';
+        else
+            strcpy(parent, ".");
+        if (sync_dir(parent) != 0) {
+            status = backup_io_error(err, "sync the directory", parent, errno);
+            goto fail;
+        }
+    }
+    ar_error_clear(err);
+    return AR_OK;
+fail:
+    if (fd >= 0)
+        close(fd);
+    if (file_made)
+        unlink(file);
+    if (created)
+        rmdir(dest_dir);
+    return status;
 }

@@ -149,4 +149,19 @@ typedef struct journal_stats {
 } journal_stats;
 void journal_get_stats(journal *j, journal_stats *out);
 
+/* ---- backup ----------------------------------------------------------------------------- */
+
+/* Write a consistent, compacted copy of the environment to dest_dir/data.mdb (mode 0600,
+ * synced to disk): LMDB's compacting copy (MDB_CP_COMPACT), which reads inside one read-only
+ * transaction, so it never blocks writers. Safe while other threads of this process, and other
+ * processes (the running daemon, when aioctl calls it), keep committing: the copy holds exactly
+ * what was committed when its read transaction began. The copy opens with journal_open like any
+ * journal directory (it has no lock file; one is made at open).
+ *
+ * dest_dir (borrowed) must not exist, or be an empty directory; it is created 0700 (missing
+ * parents too). Otherwise AR_E_INVALID, code "backup_target", naming it. LMDB or system errors
+ * are AR_E_IO, code "backup_failed"; after a failure the partial copy is removed, and dest_dir
+ * too when this call created it. Uses one reader slot while it runs. */
+int journal_backup(journal *j, const char *dest_dir, ar_error *err);
+
 #endif

@@ -49,6 +49,12 @@
 #define READS_PER_EVENT 64
 #define LOG_LINE_MAX 4096
 #define MAX_PROCESSES 64
+/* Secret values shorter than this are not redacted: they would mangle ordinary text and are
+ * too short to be credentials worth hiding. */
+#define REDACT_MIN_LEN 4
+#define REDACTED "[redacted]"
+/* A Retry-After from the host is believed up to a week (the host is not trusted). */
+#define RETRY_AFTER_MAX_MS (7LL * 24 * 3600 * 1000)
 
 typedef enum proc_phase {
     PROC_DOWN = 0,   /* no process; a restart may be scheduled */
@@ -58,10 +64,16 @@ typedef enum proc_phase {
     PROC_EXITING     /* socket closed, waiting to reap the process */
 } proc_phase;
 
+typedef enum call_kind {
+    CALL_INVOKE = 0,
+    CALL_LOOKUP = 1
+} call_kind;
+
 typedef struct proc_call {
     sandbox_done_fn done;
     void *arg;
     uint32_t request_id;
+    call_kind kind;
     char *action;
     int timeout_ms;
     int64_t start_us;
@@ -97,6 +109,8 @@ struct sandbox_pool {
     loop_t *loop;
     char *connector, *plugin_path, *host_path;
     json_t *config;
+    json_t *secrets;            /* object name -> string; wiped and freed with the pool */
+    int has_redactable;         /* some secret is at least REDACT_MIN_LEN bytes long */
     int timeout_ms;
     size_t max_frame;
     sandbox_event_fn on_event;
@@ -293,8 +307,142 @@ static void call_report(proc_call *c, const sandbox_result *res_in)
 
 static void call_report_error(proc_call *c, int cls, const char *message)
 {
-    sandbox_result res = {.ok = 0, .error_class = cls, .error_message = message};
+    sandbox_result res = {.ok = 0, .error_class = cls, .error_message = message,
+                          .retry_after_ms = -1};
     call_report(c, &res);
+}
+
+/* What a call was, for messages: "action X" or "lookup for action X". */
+static const char *call_kind_prefix(const proc_call *c)
+{
+    return c->kind == CALL_LOOKUP ? "lookup for action" : "action";
+}
+
+/* ---- redaction of secrets in what a plugin sends back ---- */
+
+/* Copy [s, s+len) with every redactable secret value replaced. 0: nothing found (*out NULL);
+ * 1: *out is the redacted copy (malloc'd, NUL-terminated, *out_len its length), or NULL when
+ * memory ran out (the caller must then withhold the text). */
+static int redact_bytes(const sandbox_pool *pool, const char *s, size_t len, char **out,
+                        size_t *out_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (!pool->has_redactable || !s)
+        return 0;
+    char *buf = NULL;
+    size_t blen = 0, bcap = 0, i = 0;
+    int found = 0;
+    for (;;) {
+        /* the earliest match at or after i; the longest one when several start there */
+        const char *best = NULL;
+        size_t best_len = 0;
+        const char *name;
+        json_t *v;
+        json_object_foreach(pool->secrets, name, v) {
+            size_t n = json_string_length(v);
+            if (n < REDACT_MIN_LEN || n > len - i)
+                continue;
+            const char *m = memmem(s + i, len - i, json_string_value(v), n);
+            if (m && (!best || m < best || (m == best && n > best_len))) {
+                best = m;
+                best_len = n;
+            }
+        }
+        size_t upto = best ? (size_t)(best - s) : len;
+        if (!best && !found)
+            return 0;
+        found = 1;
+        size_t need = blen + (upto - i) + (best ? sizeof REDACTED - 1 : 0) + 1;
+        if (need > bcap) {
+            size_t cap = bcap ? bcap : 256;
+            while (cap < need)
+                cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                return 1;
+            }
+            buf = nb;
+            bcap = cap;
+        }
+        memcpy(buf + blen, s + i, upto - i);
+        blen += upto - i;
+        if (!best)
+            break;
+        memcpy(buf + blen, REDACTED, sizeof REDACTED - 1);
+        blen += sizeof REDACTED - 1;
+        i = upto + best_len;
+    }
+    buf[blen] = '\0';
+    *out = buf;
+    *out_len = blen;
+    return 1;
+}
+
+/* Redact a NUL-terminated text into buf (cap bytes); returns buf, or s itself when it holds no
+ * secret. */
+static const char *redact_text(const sandbox_pool *pool, const char *s, char *buf, size_t cap)
+{
+    char *r;
+    size_t n;
+    if (!s || !redact_bytes(pool, s, strlen(s), &r, &n))
+        return s;
+    snprintf(buf, cap, "%s", r ? r : "(text withheld: out of memory while redacting secrets)");
+    free(r);
+    return buf;
+}
+
+/* Redact every string and key of v in place. AR_OK or AR_E_NOMEM. */
+static int redact_json(const sandbox_pool *pool, json_t *v)
+{
+    char *r;
+    size_t n;
+    if (json_is_string(v)) {
+        if (!redact_bytes(pool, json_string_value(v), json_string_length(v), &r, &n))
+            return AR_OK;
+        int rc = r && json_string_setn_nocheck(v, r, n) == 0 ? AR_OK : AR_E_NOMEM;
+        free(r);
+        return rc;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            if (redact_json(pool, e) != AR_OK)
+                return AR_E_NOMEM;
+        }
+        return AR_OK;
+    }
+    if (!json_is_object(v))
+        return AR_OK;
+    const char *key;
+    json_t *e;
+    json_t *renamed = NULL;
+    json_object_foreach(v, key, e) {
+        if (redact_json(pool, e) != AR_OK)
+            goto nomem;
+        if (!redact_bytes(pool, key, strlen(key), &r, &n))
+            continue;
+        if (!r || (!renamed && !(renamed = json_array())) ||
+            json_array_append_new(renamed, json_pack("[s, s]", key, r)) != 0) {
+            free(r);
+            goto nomem;
+        }
+        free(r);
+    }
+    size_t i;
+    json_array_foreach(renamed, i, e) {
+        const char *old = json_string_value(json_array_get(e, 0));
+        if (json_object_set(v, json_string_value(json_array_get(e, 1)), json_object_get(v, old)) != 0)
+            goto nomem;
+        json_object_del(v, old);
+    }
+    json_decref(renamed);
+    return AR_OK;
+nomem:
+    json_decref(renamed);
+    return AR_E_NOMEM;
 }
 
 /* ---- death and restart ---- */
@@ -374,8 +522,8 @@ static void proc_reaped(sandbox_proc *p, int status, int known)
     proc_call c;
     int had_call = call_detach(p, &c);
     if (had_call) {
-        snprintf(reason, sizeof reason, "plugin process for connector %s %s during action %s",
-                 pool->connector, how, c.action);
+        snprintf(reason, sizeof reason, "plugin process for connector %s %s during %s %s",
+                 pool->connector, how, call_kind_prefix(&c), c.action);
     } else if (p->kill_reason[0]) {
         snprintf(reason, sizeof reason, "%s", p->kill_reason);
     } else if (!p->ready_at_ms) {
@@ -475,8 +623,9 @@ static void on_deadline(loop_t *loop, void *arg)
     char msg[300];
     p->timer = 0;
     if (p->has_call) {
-        snprintf(msg, sizeof msg, "plugin did not answer within %d ms (connector %s, action %s); "
-                 "its process was killed", p->call.timeout_ms, p->pool->connector, p->call.action);
+        snprintf(msg, sizeof msg, "plugin did not answer within %d ms (connector %s, %s %s); "
+                 "its process was killed", p->call.timeout_ms, p->pool->connector,
+                 call_kind_prefix(&p->call), p->call.action);
         proc_kill(p, AIORUN_E_TIMEOUT, msg);
     } else if (p->phase == PROC_HELLO || p->phase == PROC_INIT) {
         snprintf(msg, sizeof msg, "plugin process for connector %s did not become ready within "
@@ -530,7 +679,9 @@ static void forward_log(sandbox_pool *pool, const json_t *payload)
     for (size_t i = 0; want && i < sizeof levels / sizeof levels[0]; i++)
         if (strcmp(want, levels[i]) == 0)
             level = levels[i];
-    const char *msg = json_string_value(json_object_get(payload, "message"));
+    char clean[LOG_LINE_MAX];
+    const char *msg = redact_text(pool, json_string_value(json_object_get(payload, "message")),
+                                  clean, sizeof clean);
     char line[LOG_LINE_MAX];
     size_t o = 0;
     for (const unsigned char *s = (const unsigned char *)(msg ? msg : ""); *s && o + 5 < sizeof line; s++) {
@@ -610,9 +761,8 @@ static void on_hello(sandbox_proc *p, const frame *f)
         pool->descriptor = json_incref(f->payload);
         pthread_mutex_unlock(&pool->mu);
     }
-    /* secrets: the vault hands them over in a later issue */
-    json_t *init = json_pack("{s:s, s:O, s:{}, s:I}", "connector", pool->connector, "config",
-                             pool->config, "secrets", "deadline_ms",
+    json_t *init = json_pack("{s:s, s:O, s:O, s:I}", "connector", pool->connector, "config",
+                             pool->config, "secrets", pool->secrets, "deadline_ms",
                              (json_int_t)(ar_now_ms() + INIT_DEADLINE_MS));
     if (!init || channel_send(p, FRAME_INIT, 0, init, &err) != AR_OK) {
         json_decref(init);
@@ -637,18 +787,33 @@ static void on_result(sandbox_proc *p, const frame *f)
         malformed(p, "RESULT without a boolean \"ok\"");
         return;
     }
-    sandbox_result res = {0};
-    char *text = NULL;
+    sandbox_result res = {.retry_after_ms = -1};
+    char *text = NULL, *clean_msg = NULL;
+    size_t clean_len;
+    /* the last HTTP response the plugin saw; values outside sane ranges are ignored */
+    json_t *hs = json_object_get(f->payload, "http_status");
+    json_t *ra = json_object_get(f->payload, "retry_after_ms");
+    if (json_is_integer(hs) && json_integer_value(hs) >= 100 && json_integer_value(hs) <= 999)
+        res.http_status = (int)json_integer_value(hs);
+    if (json_is_integer(ra) && json_integer_value(ra) >= 0)
+        res.retry_after_ms = json_integer_value(ra) > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS
+                                                                         : json_integer_value(ra);
     if (json_is_true(ok)) {
         json_t *r = json_object_get(f->payload, "result");
-        text = json_dumps(r ? r : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!text) {
-            malformed(p, "RESULT whose result cannot be encoded");
-            return;
+        if (r && redact_json(p->pool, r) != AR_OK) {
+            res.error_class = AIORUN_E_PERMANENT;
+            res.error_message = "the plugin's result could not be checked for secrets (out of "
+                                "memory) and was withheld";
+        } else {
+            text = json_dumps(r ? r : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+            if (!text) {
+                malformed(p, "RESULT whose result cannot be encoded");
+                return;
+            }
+            res.ok = 1;
+            res.result_json = text;
+            res.result_len = strlen(text);
         }
-        res.ok = 1;
-        res.result_json = text;
-        res.result_len = strlen(text);
     } else {
         int cls = frame_class_from_name(json_string_value(json_object_get(f->payload, "class")));
         const char *msg = json_string_value(json_object_get(f->payload, "message"));
@@ -658,12 +823,17 @@ static void on_result(sandbox_proc *p, const frame *f)
         }
         res.error_class = cls;
         res.error_message = msg ? msg : "";
+        if (redact_bytes(p->pool, res.error_message, strlen(res.error_message), &clean_msg,
+                         &clean_len))
+            res.error_message = clean_msg ? clean_msg
+                                          : "(message withheld: out of memory while redacting secrets)";
     }
     proc_call c;
     call_detach(p, &c);
     update_state(p->pool, 0);
     call_report(&c, &res);
     free(text);
+    free(clean_msg);
     /* the process may have been given the next call by done() already */
     if (p->phase == PROC_SERVING && !p->has_call)
         update_state(p->pool, 1);
@@ -678,7 +848,9 @@ static void on_frame(sandbox_proc *p, const frame *f)
     }
     if (f->type == FRAME_REFUSED) {
         const char *code = json_string_value(json_object_get(f->payload, "error"));
-        const char *msg = json_string_value(json_object_get(f->payload, "message"));
+        char clean[600];
+        const char *msg = redact_text(p->pool, json_string_value(json_object_get(f->payload, "message")),
+                                      clean, sizeof clean);
         char text[600];
         if (code && strcmp(code, "init_failed") == 0)
             snprintf(text, sizeof text, "plugin %s failed to initialize for connector %s: %s",
@@ -854,6 +1026,19 @@ fail:
 
 /* ---- public ---- */
 
+/* Overwrite the secret values in place (jansson keeps each string in its own heap block), then
+ * drop the object. */
+static void wipe_secrets(json_t *secrets)
+{
+    const char *name;
+    json_t *v;
+    json_object_foreach(secrets, name, v) {
+        if (json_is_string(v))
+            explicit_bzero((char *)json_string_value(v), json_string_length(v));
+    }
+    json_decref(secrets);
+}
+
 int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_fn on_event,
                      void *event_arg, sandbox_pool **out, ar_error *err)
 {
@@ -869,6 +1054,19 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     if (opts->config && !json_is_object(opts->config))
         return ar_error_set(err, AR_E_INVALID, "invalid_config",
                             "connector %s: config must be a JSON object", opts->connector);
+    if (opts->secrets) {
+        const char *name;
+        json_t *v;
+        if (!json_is_object(opts->secrets))
+            return ar_error_set(err, AR_E_INVALID, "invalid_secrets",
+                                "connector %s: secrets must be a JSON object", opts->connector);
+        /* the name only: a value is never put in a message */
+        json_object_foreach((json_t *)opts->secrets, name, v) {
+            if (!json_is_string(v))
+                return ar_error_set(err, AR_E_INVALID, "invalid_secrets",
+                                    "connector %s: secret %s is not a string", opts->connector, name);
+        }
+    }
     if (access(opts->host_path, X_OK) != 0)
         return ar_error_set(err, AR_E_INVALID, "host_not_found",
                             "sandbox host %s is not executable: %s", opts->host_path, strerror(errno));
@@ -881,15 +1079,23 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     pool->plugin_path = strdup(opts->plugin_path);
     pool->host_path = strdup(opts->host_path);
     pool->config = opts->config ? json_deep_copy(opts->config) : json_object();
+    pool->secrets = opts->secrets ? json_deep_copy(opts->secrets) : json_object();
     pool->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     pool->max_frame = opts->max_frame ? opts->max_frame : FRAME_DEFAULT_MAX_PAYLOAD;
     pool->on_event = on_event;
     pool->event_arg = event_arg;
+    const char *secret_name;
+    json_t *secret_value;
+    json_object_foreach(pool->secrets, secret_name, secret_value) {
+        if (json_string_length(secret_value) >= REDACT_MIN_LEN)
+            pool->has_redactable = 1;
+    }
     pool->n = opts->processes;
     pool->procs = calloc((size_t)pool->n, sizeof *pool->procs);
     pool->state = pool->notified_state = SANDBOX_STARTING;
     pthread_mutex_init(&pool->mu, NULL);
-    if (!pool->connector || !pool->plugin_path || !pool->host_path || !pool->config || !pool->procs) {
+    if (!pool->connector || !pool->plugin_path || !pool->host_path || !pool->config ||
+        !pool->secrets || !pool->procs) {
         sandbox_pool_free(pool);
         return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
     }
@@ -910,39 +1116,23 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     return AR_OK;
 }
 
-int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
-                        void *arg)
+/* Find an idle process. NULL when none. */
+static sandbox_proc *idle_proc(sandbox_pool *pool)
 {
-    if (!pool || pool->freeing || pool->state == SANDBOX_REFUSED)
-        return AR_E_CLOSED;
-    if (!call || !call->action)
-        return AR_E_INVALID;
-
-    sandbox_proc *p = NULL;
-    for (int k = 0; k < pool->n && !p; k++) {
+    for (int k = 0; k < pool->n; k++) {
         sandbox_proc *c = &pool->procs[(pool->rr + k) % pool->n];
         if (c->phase == PROC_SERVING && !c->has_call && c->fd >= 0)
-            p = c;
+            return c;
     }
-    if (!p)
-        return AR_E_BUSY;
-    pool->rr = (p->index + 1) % pool->n;
+    return NULL;
+}
 
-    json_t *input;
-    if (call->input_json) {
-        json_error_t jerr;
-        input = json_loadb(call->input_json, call->input_len, JSON_DECODE_ANY, &jerr);
-        if (!input)
-            return AR_E_INVALID;
-    } else {
-        input = json_object();
-    }
-    int timeout_ms = call->timeout_ms > 0 ? call->timeout_ms : pool->timeout_ms;
-    json_t *payload = json_pack("{s:s, s:o, s:s, s:I, s:i}", "action", call->action, "input", input,
-                                "idempotency_key", call->idempotency_key ? call->idempotency_key : "",
-                                "deadline_ms", (json_int_t)(ar_now_ms() + timeout_ms),
-                                "attempt", call->attempt);
-    char *action = strdup(call->action);
+/* Send an INVOKE or LOOKUP (payload: taken) to the idle process p and arm its deadline. */
+static int dispatch(sandbox_proc *p, call_kind kind, frame_type type, json_t *payload,
+                    const char *action_name, int timeout_ms, sandbox_done_fn done, void *arg)
+{
+    sandbox_pool *pool = p->pool;
+    char *action = strdup(action_name);
     if (!payload || !action) {
         json_decref(payload);
         free(action);
@@ -959,19 +1149,69 @@ int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_do
     if (id == 0)
         id = 1;
     ar_error err;
-    int rc = channel_send(p, FRAME_INVOKE, id, payload, &err);
+    int rc = channel_send(p, type, id, payload, &err);
     json_decref(payload);
     if (rc != AR_OK) {
         loop_timer_cancel(pool->loop, timer);
         free(action);
         return rc == AR_E_NOMEM ? AR_E_NOMEM : AR_E_INVALID;
     }
+    pool->rr = (p->index + 1) % pool->n;
     pool->next_request_id = id;
     p->has_call = 1;
-    p->call = (proc_call){.done = done, .arg = arg, .request_id = id, .action = action,
-                          .timeout_ms = timeout_ms, .start_us = mono_us()};
+    p->call = (proc_call){.done = done, .arg = arg, .request_id = id, .kind = kind,
+                          .action = action, .timeout_ms = timeout_ms, .start_us = mono_us()};
     p->timer = timer;
     return AR_OK;
+}
+
+int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
+                        void *arg)
+{
+    if (!pool || pool->freeing || pool->state == SANDBOX_REFUSED)
+        return AR_E_CLOSED;
+    if (!call || !call->action)
+        return AR_E_INVALID;
+    sandbox_proc *p = idle_proc(pool);
+    if (!p)
+        return AR_E_BUSY;
+
+    json_t *input;
+    if (call->input_json) {
+        json_error_t jerr;
+        input = json_loadb(call->input_json, call->input_len, JSON_DECODE_ANY, &jerr);
+        if (!input)
+            return AR_E_INVALID;
+    } else {
+        input = json_object();
+    }
+    int timeout_ms = call->timeout_ms > 0 ? call->timeout_ms : pool->timeout_ms;
+    json_t *payload = json_pack("{s:s, s:o, s:s, s:I, s:i}", "action", call->action, "input", input,
+                                "idempotency_key", call->idempotency_key ? call->idempotency_key : "",
+                                "deadline_ms", (json_int_t)(ar_now_ms() + timeout_ms),
+                                "attempt", call->attempt);
+    return dispatch(p, CALL_INVOKE, FRAME_INVOKE, payload, call->action, timeout_ms, done, arg);
+}
+
+int sandbox_pool_lookup(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
+                        void *arg)
+{
+    if (!pool || pool->freeing || pool->state == SANDBOX_REFUSED)
+        return AR_E_CLOSED;
+    if (!call || !call->action || !call->idempotency_key || !*call->idempotency_key)
+        return AR_E_INVALID;
+    /* The descriptor is read on this thread only after HELLO set it; the mutex guards it
+     * against the snapshot's readers, not against us. */
+    if (pool->descriptor && !json_is_true(json_object_get(pool->descriptor, "lookup")))
+        return AR_E_INVALID;
+    sandbox_proc *p = idle_proc(pool);
+    if (!p)
+        return AR_E_BUSY;
+    int timeout_ms = call->timeout_ms > 0 ? call->timeout_ms : pool->timeout_ms;
+    json_t *payload = json_pack("{s:s, s:s, s:I}", "action", call->action,
+                                "idempotency_key", call->idempotency_key,
+                                "deadline_ms", (json_int_t)(ar_now_ms() + timeout_ms));
+    return dispatch(p, CALL_LOOKUP, FRAME_LOOKUP, payload, call->action, timeout_ms, done, arg);
 }
 
 void sandbox_pool_snapshot(sandbox_pool *pool, sandbox_snapshot *out)
@@ -1063,13 +1303,15 @@ void sandbox_pool_free(sandbox_pool *pool)
                 describe_status(status[i], how, sizeof how);
             else
                 snprintf(how, sizeof how, "ended");
-            snprintf(msg, sizeof msg, "connector %s was shut down while action %s was running "
-                     "(its process %s); the outcome is unknown", pool->connector, c.action, how);
+            snprintf(msg, sizeof msg, "connector %s was shut down while %s %s was running "
+                     "(its process %s); the outcome is unknown", pool->connector,
+                     call_kind_prefix(&c), c.action, how);
             call_report_error(&c, AIORUN_E_PLUGIN_CRASHED, msg);
         }
     }
     json_decref(pool->descriptor);
     json_decref(pool->config);
+    wipe_secrets(pool->secrets);
     free(pool->procs);
     free(pool->connector);
     free(pool->plugin_path);

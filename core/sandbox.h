@@ -14,6 +14,12 @@
  * plugin (ABI, missing entry, bad descriptor, config schema violation, failing init) marks the
  * pool SANDBOX_REFUSED with the message and is not restarted.
  *
+ * Secrets: the pool keeps a copy of the connector's secrets (wiped when the pool is freed) and
+ * sends them in INIT to every process it starts, restarts included; they are never logged.
+ * Because the host process cannot be trusted to keep them to itself, every value of 4 bytes or
+ * more is replaced with "[redacted]" in what comes back from a plugin: results, error messages
+ * and log lines.
+ *
  * Threading: everything here runs on the loop's thread, including callbacks, except
  * sandbox_pool_snapshot which is safe from any thread.
  */
@@ -44,6 +50,7 @@ typedef struct sandbox_pool_opts {
     int processes;             /* >= 1 */
     int timeout_ms;            /* default call deadline */
     size_t max_frame;          /* 0: FRAME_DEFAULT_MAX_PAYLOAD */
+    const json_t *secrets;     /* object name -> string (copied); NULL means {} */
 } sandbox_pool_opts;
 
 typedef struct sandbox_call {
@@ -62,6 +69,9 @@ typedef struct sandbox_result {
     int error_class;           /* an aiorun_status value */
     const char *error_message; /* borrowed during the callback */
     int64_t latency_us;
+    int http_status;           /* status of the last HTTP response the plugin received during
+                                  the call, 0 if none (also 0 for crashes and kills) */
+    int64_t retry_after_ms;    /* that response's Retry-After in ms, -1 if none */
 } sandbox_result;
 
 typedef void (*sandbox_done_fn)(void *arg, const sandbox_result *res);
@@ -82,6 +92,16 @@ void sandbox_pool_free(sandbox_pool *pool);
  * for a frame). AR_E_NOMEM. The callbacks (done, on_event) may invoke again, but must not
  * free the pool. */
 int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
+                        void *arg);
+
+/* Ask the plugin's lookup() whether the attempt with call->idempotency_key of call->action
+ * happened (input_json and attempt are ignored). Same rules as sandbox_pool_invoke (AR_E_BUSY
+ * when no process is idle; deadline, crash and garbage handled alike). The result: ok=1 with
+ * result_json when the operation happened (its result); ok=0 with error_class
+ * AIORUN_E_NOT_FOUND when it did not; any other class when it is not known now.
+ * AR_E_INVALID also when the key is missing or empty, or when the plugin declares no lookup
+ * (descriptor "lookup": false): nothing is sent then. */
+int sandbox_pool_lookup(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
                         void *arg);
 
 /* Thread-safe snapshot for the API: state, message ("" when none), the descriptor from HELLO

@@ -1,18 +1,32 @@
 /*
- * scheduler.h - from READY to a terminal state: the dispatch loop over the sandbox pools.
+ * scheduler.h - from READY to exactly one terminal state: dispatch, retries, reconciliation.
  *
  * One thread runs an event loop (loop.h) that owns every connector's sandbox pool. Work enters
- * with scheduler_enqueue (any thread) as a READY record already durable in the journal. For
- * each action the scheduler journals DISPATCHED (attempt n) and waits until that is synced
- * before the call crosses into the plugin's process; the outcome (SUCCEEDED with the result,
- * or FAILED with the error class) is journaled next, and only then reported through the
- * notify callback. A plugin is handed at most one call per process at a time.
+ * with scheduler_enqueue (any thread) as a record already durable in the journal. Every step
+ * that crosses into a plugin's process is checkpointed first:
+ *   - before a call: the attempt (number, idempotency key, payload digest, deadline) is journaled
+ *     with the state DISPATCHED, and only once that is synced is the call sent;
+ *   - after it: the outcome (result or error class, latency, HTTP status) is journaled with the
+ *     next state, and only then reported through the notify callback.
  *
- * Recovery at start (scheduler_recover) walks the queue of non-terminal actions: READY ones
- * are dispatched again; a DISPATCHED one (the daemon died during the call) is re-sent only
- * when that is safe — a read action, or one whose API deduplicates by idempotency key —
- * otherwise it becomes UNKNOWN_OUTCOME for an operator. (Lookup-based reconciliation, retries
- * and backoff come with the durable-execution work.)
+ * What follows an outcome (the rules an operator can predict; README "After a failure"):
+ *   - success: SUCCEEDED.
+ *   - auth, invalid, not_found, conflict, permanent: FAILED at once.
+ *   - retryable, rate_limited (the API answered that it did not do it): RETRY_WAIT, then another
+ *     attempt with the same key, after a full-jitter backoff (retry settings of the connector)
+ *     and never before the API's Retry-After; FAILED when attempts run out, or when the next
+ *     attempt could not start before the action's deadline.
+ *   - timeout, plugin_crashed (the request may have reached the API: unknown outcome), by the
+ *     action's idempotency support:
+ *       lookup: ask the plugin's lookup with the key; found → SUCCEEDED with that result; not
+ *               found → a new attempt with the same key;
+ *       native: a new attempt with the same key (the API deduplicates);
+ *       none + read: a new attempt;
+ *       none + write/irreversible: UNKNOWN_OUTCOME, never repeated.
+ *     When attempts or the deadline run out after an unknown outcome, the action ends
+ *     UNKNOWN_OUTCOME (FAILED for reads), since the effect may have happened.
+ * A daemon that died with an action DISPATCHED applies the same unknown-outcome rules at start
+ * (scheduler_recover); READY and RETRY_WAIT actions resume.
  */
 #ifndef SCHEDULER_H
 #define SCHEDULER_H
@@ -40,17 +54,27 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
  * (scheduler_recover), since whether the plugin acted cannot be known here. */
 void scheduler_free(scheduler *s);
 
-/* Thread-safe. Takes ownership of rec (a READY or APPROVED record already journaled). */
+/* Thread-safe. Takes ownership of rec (a READY, APPROVED or RETRY_WAIT record already
+ * journaled). */
 int scheduler_enqueue(scheduler *s, json_t *rec);
 
-/* Resolve and resume the journal's non-terminal actions (call once, after scheduler_new).
- * Counts are reported for the log. */
+/* Resolve and resume the journal's non-terminal actions (call once, after scheduler_new). */
 typedef struct scheduler_recovery {
-    size_t resumed;           /* READY, re-queued */
-    size_t resent;            /* DISPATCHED, safe to send again */
+    size_t resumed;           /* READY / RETRY_WAIT, re-queued */
+    size_t resent;            /* DISPATCHED, safe to send again (native key, or a read) */
+    size_t reconciled;        /* DISPATCHED, asked the plugin's lookup first */
     size_t unknown;           /* DISPATCHED, outcome unknown: UNKNOWN_OUTCOME */
 } scheduler_recovery;
 int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err);
+
+/* Cancel an action the scheduler holds. Thread-safe; done(arg, status, rec) runs once, on the
+ * scheduler or the journal thread: AR_OK with the CANCELLED record (durable), AR_E_BUSY with the
+ * record when a call is in flight (it is cancelled when the call returns, unless it succeeded),
+ * AR_E_NOTFOUND when the scheduler does not hold it (terminal, or waiting elsewhere). who: the
+ * token name, recorded. */
+typedef void (*scheduler_cancel_fn)(void *arg, int status, const json_t *rec);
+int scheduler_cancel(scheduler *s, const char *id, const char *who, scheduler_cancel_fn done,
+                     void *arg);
 
 /* Thread-safe snapshot of one connector's pool. AR_E_NOTFOUND for an unknown name. */
 int scheduler_connector(scheduler *s, const char *name, sandbox_snapshot *out);

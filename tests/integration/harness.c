@@ -436,3 +436,72 @@ int harness_run(harness *h, char *const argv[], char *out, size_t cap)
     waitpid(pid, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+/* ---- the API simulator ---------------------------------------------------------------------- */
+
+int sim_start(sim *s)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "/tmp/aiorun-sim-XXXXXX");
+    if (!mkdtemp(s->dir))
+        return -1;
+    char bin[300], port_file[300];
+    harness_bin(bin, sizeof bin, "aiorun-sim");
+    snprintf(port_file, sizeof port_file, "%s/port", s->dir);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    char *argv[] = {bin, "--port", "0", "--port-file", port_file, "--quiet", NULL};
+    int rc = posix_spawn(&s->pid, bin, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        return -1;
+    for (int i = 0; i < 200 && !s->port; i++) {
+        FILE *f = fopen(port_file, "r");
+        if (f) {
+            if (fscanf(f, "%d", &s->port) != 1)
+                s->port = 0;
+            fclose(f);
+        }
+        if (!s->port)
+            usleep(25 * 1000);
+    }
+    snprintf(s->url, sizeof s->url, "http://127.0.0.1:%d", s->port);
+    return s->port ? 0 : -1;
+}
+
+int sim_stop(sim *s)
+{
+    int status = -1;
+    if (s->pid > 0) {
+        kill(s->pid, SIGTERM);
+        waitpid(s->pid, &status, 0);
+        s->pid = 0;
+    }
+    if (s->dir[0]) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", s->dir);
+        s->dir[0] = '\0';
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+long sim_http(sim *s, const char *method, const char *path, const char *body, json_t **out)
+{
+    harness h = {0};
+    snprintf(h.url, sizeof h.url, "%s", s->url);
+    return harness_http_as(&h, NULL, method, path, body, out);
+}
+
+long sim_effects(sim *s, const char *key)
+{
+    char path[400];
+    json_t *r = NULL;
+    snprintf(path, sizeof path, "/_sim/effects?key=%s", key);
+    sim_http(s, "GET", path, NULL, &r);
+    long n = r ? (long)json_integer_value(json_object_get(r, "effects")) : -1;
+    json_decref(r);
+    return n;
+}

@@ -74,4 +74,22 @@ void harness_bin(char *buf, size_t cap, const char *name);
  * into out (cap bytes, NUL-terminated). */
 int harness_run(harness *h, char *const argv[], char *out, size_t cap);
 
+/* ---- the API simulator (tests/sim) --------------------------------------------------------- */
+
+typedef struct sim {
+    pid_t pid;
+    int port;
+    char url[64];
+    char dir[256];
+} sim;
+
+/* Start <build>/bin/aiorun-sim on a free loopback port (quiet). 0 on success. */
+int sim_start(sim *s);
+/* SIGTERM and reap; returns its exit status. */
+int sim_stop(sim *s);
+/* A request to the simulator (its /_sim control routes, say). Returns the HTTP status. */
+long sim_http(sim *s, const char *method, const char *path, const char *body, json_t **out);
+/* Effects the simulator made with this idempotency key. */
+long sim_effects(sim *s, const char *key);
+
 #endif

@@ -55,7 +55,7 @@ static void fill_path(const access_route *r, char *out, size_t cap)
         return;
     }
     const char *value = strncmp(brace, "{id}", 4) == 0 ? "01ARZ3NDEKTSV4RRFFQ69G5FAV" : "nobody";
-    snprintf(out, cap, "%.*s%s", (int)(brace - r->pattern), r->pattern, value);
+    snprintf(out, cap, "%.*s%s%s", (int)(brace - r->pattern), r->pattern, value, strchr(brace, '}') + 1);
 }
 
 static const char *body_for(const access_route *r)

@@ -518,6 +518,17 @@ static void kill9_with_calls_in_flight_resolves_them_on_restart(void **state)
     json_decref(g);
 }
 
+static void a_second_daemon_on_the_same_data_is_refused(void **state)
+{
+    (void)state;
+    char bin[300], out[256];
+    harness_bin(bin, sizeof bin, "aiorun");
+    char *argv[] = {bin, "--config", H.config_path, NULL};
+    assert_int_equal(harness_run(&H, argv, out, sizeof out), 1);
+    /* The first one serves on. */
+    echo_still_works();
+}
+
 /* ---- ABI ----------------------------------------------------------------------------------------- */
 
 static void other_abi_major_is_refused_and_older_minor_loads(void **state)
@@ -641,6 +652,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(garbage_from_a_plugin_is_contained, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(restart_keeps_every_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(kill9_with_calls_in_flight_resolves_them_on_restart, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(a_second_daemon_on_the_same_data_is_refused, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(other_abi_major_is_refused_and_older_minor_loads, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(full_journal_is_a_clean_storage_full_error, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(aioctl_exit_codes_follow_the_outcome, start_default, stop_daemon),

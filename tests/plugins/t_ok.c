@@ -8,6 +8,9 @@
  *   write_op  write  idempotency none, {"n": n, "ms": m}: sleeps m ms (optional), result {"n": n}
  *   secret    read   result {"found": true|false}: whether secret "token" exists
  *
+ * lookup (ABI 1.1): a key starting with "done-" happened, result {"found_key": key}; any other
+ * key did not (AIORUN_E_NOT_FOUND).
+ *
  * Config: {"label": string, "required_flag": boolean}, nothing else (to test config
  * validation); unused beyond that. Logs one line at init.
  * Only <aiorun/plugin.h> and libc; the JSON scanning is minimal and relies on the host having
@@ -358,6 +361,44 @@ static aiorun_status do_secret(void *instance, aiorun_call *call, const char *in
     return fx->api->set_error(call, st, "t_ok: secret lookup failed");
 }
 
+/* ---- lookup -------------------------------------------------------------------------- */
+
+static aiorun_status fx_lookup(void *instance, aiorun_call *call, const char *action,
+                               const char *key)
+{
+    fixture *fx = instance;
+    static const char head[] = "{\"found_key\":\"", tail[] = "\"}";
+    size_t n = strlen(key), o;
+    char *out;
+    aiorun_status st;
+
+    (void)action;
+    if (strncmp(key, "done-", 5) != 0)
+        return fx->api->set_error(call, AIORUN_E_NOT_FOUND, "t_ok: no operation with key %s", key);
+    /* the key as a JSON string: escape what JSON requires, at most 6 bytes per input byte */
+    out = malloc(sizeof head + 6 * n + sizeof tail);
+    if (out == NULL)
+        return fx->api->set_error(call, AIORUN_E_RETRYABLE, "t_ok: out of memory");
+    memcpy(out, head, sizeof head - 1);
+    o = sizeof head - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, 7, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    memcpy(out + o, tail, sizeof tail - 1);
+    o += sizeof tail - 1;
+    st = fx->api->set_result(call, out, o);
+    free(out);
+    return st;
+}
+
 /* ---- descriptor ---------------------------------------------------------------------- */
 
 static aiorun_status fx_init(const aiorun_host_api *api, aiorun_call *call, const char *config,
@@ -418,6 +459,7 @@ static const aiorun_plugin plugin = {
     .n_actions = sizeof actions / sizeof actions[0],
     .init = fx_init,
     .fini = fx_fini,
+    .lookup = fx_lookup,
 };
 
 AIORUN_EXPORT const aiorun_plugin *aiorun_plugin_entry(uint16_t host_abi_major,

@@ -207,7 +207,7 @@ static void unknown_keys_named(void **state)
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
             "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
-            "timeout_ms)");
+            "timeout_ms, deadline_ms, retry, idempotency, secrets)");
     /* odd characters in the key are escaped */
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
@@ -275,6 +275,35 @@ static void non_loopback_listen_refused(void **state)
     refused_prefix("{\"listen\":\"128.0.0.1:80\"}", "listen: 128.0.0.1 is not a loopback address");
     /* an IPv4-mapped address is not accepted either: only ::1 */
     refused_prefix("{\"listen\":\"[::ffff:127.0.0.1]:80\"}", "listen: ::ffff:127.0.0.1 is not a loopback");
+}
+
+static void connector_retry_idempotency_and_secrets(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"connectors\":{\"api\":{\"plugin\":\"http\",\"deadline_ms\":60000,"
+                           "\"retry\":{\"max_attempts\":7,\"initial_ms\":50,\"max_ms\":5000,\"multiplier\":3},"
+                           "\"idempotency\":{\"request\":\"native\"},\"secrets\":{\"token\":\"t\"}}}}");
+    const config_connector *c = config_find_connector(cfg, "api");
+    assert_int_equal(c->deadline_ms, 60000);
+    assert_int_equal(c->retry.max_attempts, 7);
+    assert_int_equal(c->retry.initial_ms, 50);
+    assert_int_equal(c->retry.max_ms, 5000);
+    assert_true(c->retry.multiplier > 2.9 && c->retry.multiplier < 3.1);
+    assert_string_equal(json_string_value(json_object_get(c->idempotency, "request")), "native");
+    assert_string_equal(json_string_value(json_object_get(c->secrets, "token")), "t");
+    config_free(cfg);
+    cfg = parse_ok("{\"connectors\":{\"e\":{\"plugin\":\"echo\"}}}");
+    c = config_find_connector(cfg, "e");
+    assert_int_equal(c->retry.max_attempts, 5);
+    assert_int_equal(c->deadline_ms, 300000);
+    assert_null(c->idempotency);
+    config_free(cfg);
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"idempotency\":{\"x\":\"maybe\"}}}}",
+            "connectors.e.idempotency.x: expected \"native\", \"lookup\" or \"none\", got \"maybe\"");
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"retry\":{\"initial_ms\":500,\"max_ms\":100}}}}",
+            "connectors.e.retry: max_ms (100) is below initial_ms (500)");
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"secrets\":{\"k\":1}}}}",
+            "connectors.e.secrets.k: expected string, got integer");
 }
 
 static void non_loopback_listen_with_tls_accepted(void **state)
@@ -526,6 +555,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(ranges_enforced),
     cmocka_unit_test(non_loopback_listen_refused),
     cmocka_unit_test(non_loopback_listen_with_tls_accepted),
+    cmocka_unit_test(connector_retry_idempotency_and_secrets),
     cmocka_unit_test(bad_listen_syntax_refused),
     cmocka_unit_test(loopback_listen_accepted),
     cmocka_unit_test(connector_plugin_required),

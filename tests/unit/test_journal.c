@@ -1,5 +1,5 @@
 /* test_journal.c - the durable store: roundtrips, conditional inserts, group commit, callbacks,
- * format and schema refusal, a full map, stale reader slots, async submit and close. */
+ * format and schema refusal, a full map, stale reader slots, async submit and close, backup. */
 #include "test_main.h"
 
 #include <ftw.h>
@@ -1208,6 +1208,280 @@ static void bad_batches_are_refused_whole(void **state)
     rm_rf(dir);
 }
 
+/* ---- backup ----------------------------------------------------------------------------- */
+
+#define BACKUP_WRITERS 4
+#define BACKUP_PREFILL 1000
+#define BACKUP_MIN_EACH 50      /* commits each writer makes before the backup starts */
+#define BACKUP_MAX_EACH 100000  /* a bound, so a broken stop flag cannot run forever */
+
+struct backup_writer {
+    journal *j;
+    int id;
+    int committed;              /* commits returned so far (atomic) */
+    int stop;                   /* set by the test (atomic) */
+    int failures;
+};
+
+static void backup_key(char *buf, size_t cap, int writer, int i)
+{
+    snprintf(buf, cap, "bw%d-%06d", writer, i);
+}
+
+static void *backup_writer_main(void *arg)
+{
+    struct backup_writer *w = arg;
+    for (int i = 0; i < BACKUP_MAX_EACH && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE); i++) {
+        char key[32], val[32];
+        backup_key(key, sizeof key, w->id, i);
+        snprintf(val, sizeof val, "value %d/%d", w->id, i);
+        if (put_str(w->j, JDB_ACTIONS, key, val) != AR_OK) {
+            __atomic_store_n(&w->failures, 1, __ATOMIC_RELEASE);
+            break;
+        }
+        __atomic_store_n(&w->committed, i + 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+static void assert_schema_version(journal *j)
+{
+    journal_read *r;
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_get(r, JDB_META, "schema_version", 14, &val, &vlen), AR_OK);
+    assert_int_equal(vlen, 4);
+    const unsigned char *p = val;
+    assert_int_equal(p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24, JOURNAL_SCHEMA_VERSION);
+    journal_read_end(r);
+}
+
+static void assert_mode(const char *path, mode_t mode)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, mode);
+}
+
+static void backup_while_writers_commit(void **state)
+{
+    (void)state;
+    char *root = make_tmpdir();
+    char src[512], dest[512], file[600];
+    snprintf(src, sizeof src, "%s/src", root);
+    snprintf(dest, sizeof dest, "%s/backups/one", root); /* the missing parent is made too */
+    journal *j = open_journal(src, 0);
+    for (int i = 0; i < BACKUP_PREFILL; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "pre-%06d", i);
+        assert_int_equal(put_str(j, JDB_AUDIT, key, "prefilled"), AR_OK);
+    }
+
+    pthread_t threads[BACKUP_WRITERS];
+    struct backup_writer w[BACKUP_WRITERS];
+    for (int i = 0; i < BACKUP_WRITERS; i++) {
+        w[i] = (struct backup_writer){ .j = j, .id = i };
+        assert_int_equal(pthread_create(&threads[i], NULL, backup_writer_main, &w[i]), 0);
+    }
+    for (int i = 0; i < BACKUP_WRITERS; i++)
+        while (__atomic_load_n(&w[i].committed, __ATOMIC_ACQUIRE) < BACKUP_MIN_EACH &&
+               !__atomic_load_n(&w[i].failures, __ATOMIC_ACQUIRE))
+            usleep(1000);
+    /* Every commit that returned before this point must be in the copy. */
+    int before[BACKUP_WRITERS];
+    for (int i = 0; i < BACKUP_WRITERS; i++)
+        before[i] = __atomic_load_n(&w[i].committed, __ATOMIC_ACQUIRE);
+    ar_error err;
+    int rc = journal_backup(j, dest, &err);
+    if (rc != AR_OK)
+        fail_msg("journal_backup: %d %s: %s", rc, err.code, err.message);
+    int after[BACKUP_WRITERS];
+    for (int i = 0; i < BACKUP_WRITERS; i++)
+        after[i] = __atomic_load_n(&w[i].committed, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < BACKUP_WRITERS; i++)
+        __atomic_store_n(&w[i].stop, 1, __ATOMIC_RELEASE);
+    int total = 0;
+    for (int i = 0; i < BACKUP_WRITERS; i++) {
+        pthread_join(threads[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+        total += w[i].committed;
+    }
+    print_message("backup: %d commits before, %d while it ran, %d in all\n",
+                  before[0] + before[1] + before[2] + before[3],
+                  after[0] + after[1] + after[2] + after[3] - before[0] - before[1] - before[2] -
+                      before[3],
+                  total);
+    /* The source goes on as before. */
+    assert_int_equal(put_str(j, JDB_ACTIONS, "after-backup", "x"), AR_OK);
+    journal_close(j);
+
+    assert_mode(dest, 0700);
+    snprintf(file, sizeof file, "%s/data.mdb", dest);
+    assert_mode(file, 0600);
+
+    journal *copy = open_journal(dest, 0);
+    assert_schema_version(copy);
+    for (int t = 0; t < BACKUP_WRITERS; t++) {
+        for (int i = 0; i < before[t]; i++) {
+            char key[32], val[32];
+            backup_key(key, sizeof key, t, i);
+            snprintf(val, sizeof val, "value %d/%d", t, i);
+            assert_value(copy, JDB_ACTIONS, key, val);
+        }
+    }
+    assert_value(copy, JDB_AUDIT, "pre-000000", "prefilled");
+    char last_pre[32];
+    snprintf(last_pre, sizeof last_pre, "pre-%06d", BACKUP_PREFILL - 1);
+    assert_value(copy, JDB_AUDIT, last_pre, "prefilled");
+    assert_absent(copy, JDB_ACTIONS, "after-backup");
+    /* A consistent snapshot: each writer's keys in the copy are a prefix of what it wrote (its
+     * commits are sequential), no more than it committed by the time the backup returned. */
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(copy, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, JDB_ACTIONS, &c), AR_OK);
+    int count[BACKUP_WRITERS] = {0};
+    const void *key, *val;
+    size_t klen, vlen;
+    for (int op = JOURNAL_FIRST; journal_cursor_get(c, op, &key, &klen, &val, &vlen) == AR_OK;
+         op = JOURNAL_NEXT) {
+        int t, i;
+        char kbuf[32], expect_key[32], expect_val[32];
+        assert_true(klen < sizeof kbuf);
+        memcpy(kbuf, key, klen);
+        kbuf[klen] = '\0';
+        assert_int_equal(sscanf(kbuf, "bw%d-%d", &t, &i), 2);
+        assert_true(t >= 0 && t < BACKUP_WRITERS);
+        backup_key(expect_key, sizeof expect_key, t, count[t]);
+        assert_string_equal(kbuf, expect_key); /* no gap in this writer's sequence */
+        snprintf(expect_val, sizeof expect_val, "value %d/%d", t, i);
+        assert_int_equal(vlen, strlen(expect_val));
+        assert_memory_equal(val, expect_val, vlen);
+        count[t]++;
+    }
+    journal_cursor_close(c);
+    journal_read_end(r);
+    for (int t = 0; t < BACKUP_WRITERS; t++) {
+        assert_true(count[t] >= before[t]);
+        assert_true(count[t] <= after[t]);
+    }
+    /* The copy is a working journal. */
+    assert_int_equal(put_str(copy, JDB_ACTIONS, "written-to-copy", "y"), AR_OK);
+    assert_value(copy, JDB_ACTIONS, "written-to-copy", "y");
+    journal_close(copy);
+    rm_rf(root);
+}
+
+static off_t file_size(const char *dir)
+{
+    char path[600];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    assert_int_equal(stat(path, &st), 0);
+    return st.st_size;
+}
+
+static void backup_is_compacted(void **state)
+{
+    (void)state;
+    char *root = make_tmpdir();
+    char src[512], dest[512];
+    snprintf(src, sizeof src, "%s/src", root);
+    snprintf(dest, sizeof dest, "%s/empty-dest", root);
+    assert_int_equal(mkdir(dest, 0755), 0); /* an existing empty directory is fine */
+    journal *j = open_journal(src, 0);
+    char big[BIG + 1];
+    journal_batch *b = journal_batch_new();
+    for (int i = 0; i < 2000; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "gone-%05d", i);
+        fill_value(big, i);
+        journal_batch_put(b, JDB_CACHE, key, strlen(key), big, BIG);
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    b = journal_batch_new();
+    for (int i = 0; i < 2000; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "gone-%05d", i);
+        journal_batch_del(b, JDB_CACHE, key, strlen(key));
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "kept", "still here"), AR_OK);
+
+    ar_error err;
+    assert_int_equal(journal_backup(j, dest, &err), AR_OK);
+    journal_close(j);
+    off_t src_size = file_size(src), copy_size = file_size(dest);
+    print_message("compaction: %lld bytes -> %lld bytes\n", (long long)src_size,
+                  (long long)copy_size);
+    assert_true(copy_size * 10 < src_size); /* ~8 MB of freed pages are not copied */
+
+    journal *copy = open_journal(dest, 0);
+    assert_value(copy, JDB_ACTIONS, "kept", "still here");
+    assert_absent(copy, JDB_CACHE, "gone-00000");
+    assert_schema_version(copy);
+    journal_close(copy);
+    rm_rf(root);
+}
+
+static void backup_refuses_a_used_target(void **state)
+{
+    (void)state;
+    char *root = make_tmpdir();
+    char src[512], full[512], kept[600], file[512], copy_file[600];
+    snprintf(src, sizeof src, "%s/src", root);
+    snprintf(full, sizeof full, "%s/full", root);
+    snprintf(kept, sizeof kept, "%s/keep.txt", full);
+    snprintf(file, sizeof file, "%s/a-file", root);
+    journal *j = open_journal(src, 0);
+    assert_int_equal(put_str(j, JDB_ACTIONS, "k", "v"), AR_OK);
+
+    /* A directory that holds something. */
+    assert_int_equal(mkdir(full, 0700), 0);
+    FILE *f = fopen(kept, "w");
+    assert_non_null(f);
+    fputs("mine", f);
+    fclose(f);
+    ar_error err;
+    assert_int_equal(journal_backup(j, full, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "backup_target");
+    assert_non_null(strstr(err.message, full));
+    assert_non_null(strstr(err.message, "not empty"));
+    snprintf(copy_file, sizeof copy_file, "%s/data.mdb", full);
+    assert_int_equal(access(copy_file, F_OK), -1);
+    assert_int_equal(access(kept, F_OK), 0);
+
+    /* A file. */
+    f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("not a directory", f);
+    fclose(f);
+    assert_int_equal(journal_backup(j, file, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "backup_target");
+    assert_non_null(strstr(err.message, file));
+    assert_non_null(strstr(err.message, "not a directory"));
+    char buf[32] = {0};
+    f = fopen(file, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(buf, sizeof buf, f));
+    fclose(f);
+    assert_string_equal(buf, "not a directory");
+
+    /* A directory that cannot be made is an I/O failure, and leaves nothing behind. */
+    assert_int_equal(journal_backup(j, "/proc/aiorun-no-such/backup", &err), AR_E_IO);
+    assert_string_equal(err.code, "backup_failed");
+    assert_int_equal(journal_backup(j, "", &err), AR_E_INVALID);
+    assert_string_equal(err.code, "backup_target");
+
+    /* The journal is unharmed. */
+    assert_value(j, JDB_ACTIONS, "k", "v");
+    journal_close(j);
+    rm_rf(root);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(roundtrip_and_reopen),
     cmocka_unit_test(conflict_rolls_back_its_batch_only),
@@ -1224,6 +1498,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(close_completes_batches_in_flight),
     cmocka_unit_test(cursor_walk_and_seek),
     cmocka_unit_test(bad_batches_are_refused_whole),
+    cmocka_unit_test(backup_while_writers_commit),
+    cmocka_unit_test(backup_is_compacted),
+    cmocka_unit_test(backup_refuses_a_used_target),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

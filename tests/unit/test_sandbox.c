@@ -32,6 +32,8 @@ typedef struct call_rec {
     int error_class;
     char *result;
     char message[1024];
+    int http_status;
+    int64_t retry_after_ms;
 } call_rec;
 
 static void on_event(void *arg, sandbox_pool *pool)
@@ -45,6 +47,8 @@ static void on_done(void *arg, const sandbox_result *res)
     call_rec *r = arg;
     r->done++;
     r->ok = res->ok;
+    r->http_status = res->http_status;
+    r->retry_after_ms = res->retry_after_ms;
     if (res->ok) {
         r->result = malloc(res->result_len + 1);
         memcpy(r->result, res->result_json, res->result_len);
@@ -146,11 +150,13 @@ static void wait_serving(harness *h, int n)
 
 /* ---- set-up ---- */
 
-static void start_pool(harness *h, const char *connector, const char *plugin, int processes,
-                       const char *config_json, int timeout_ms)
+static void start_pool_secrets(harness *h, const char *connector, const char *plugin,
+                               int processes, const char *config_json, int timeout_ms,
+                               const char *secrets_json)
 {
     ar_error err;
     json_t *config = json_loads(config_json ? config_json : "{}", 0, NULL);
+    json_t *secrets = secrets_json ? json_loads(secrets_json, 0, NULL) : NULL;
     sandbox_pool_opts opts = {
         .connector = connector,
         .plugin_path = plugin,
@@ -158,7 +164,9 @@ static void start_pool(harness *h, const char *connector, const char *plugin, in
         .config = config,
         .processes = processes,
         .timeout_ms = timeout_ms,
+        .secrets = secrets,
     };
+    assert_true(!secrets_json || secrets);
     memset(h, 0, sizeof *h);
     assert_int_equal(access(plugin, R_OK), 0);
     assert_int_equal(loop_new(&h->loop), AR_OK);
@@ -166,6 +174,13 @@ static void start_pool(harness *h, const char *connector, const char *plugin, in
     if (rc != AR_OK)
         fail_msg("sandbox_pool_new: %s", err.message);
     json_decref(config);
+    json_decref(secrets);
+}
+
+static void start_pool(harness *h, const char *connector, const char *plugin, int processes,
+                       const char *config_json, int timeout_ms)
+{
+    start_pool_secrets(h, connector, plugin, processes, config_json, timeout_ms, NULL);
 }
 
 static void stop_pool(harness *h)
@@ -243,8 +258,122 @@ static void test_ok_roundtrip(void **state)
     expect_ok(&h, "ok", "{\"a\":1,\"s\":\"caf\xc3\xa9\",\"l\":[true,null]}",
               "{\"a\":1,\"s\":\"caf\xc3\xa9\",\"l\":[true,null]}");
     expect_ok(&h, "write_op", "{\"n\":7}", "{\"n\":7}");
-    /* the secrets sent at INIT are empty for now */
+    /* no secrets were given: INIT carried {} */
     expect_ok(&h, "secret", "{}", "{\"found\":false}");
+    /* a plugin that made no HTTP request reports none */
+    call_rec r;
+    call_sync(&h, "ok", "{}", 0, &r);
+    assert_true(r.ok);
+    assert_int_equal(r.http_status, 0);
+    assert_int_equal(r.retry_after_ms, -1);
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
+static void test_secrets_delivered(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool_secrets(&h, "secret_conn", FIXTURE("t_ok"), 1, "{}", 5000, "{\"token\":\"x\"}");
+    wait_state(&h, SANDBOX_READY);
+    expect_ok(&h, "secret", "{}", "{\"found\":true}");
+    stop_pool(&h);
+}
+
+static void test_secrets_redacted_in_results(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool_secrets(&h, "redact_conn", FIXTURE("t_ok"), 1, "{}", 5000,
+                       "{\"token\":\"s3cr3t-t0ken\",\"pin\":\"42\"}");
+    wait_state(&h, SANDBOX_READY);
+    /* in values (also twice, and inside a longer string), in keys, nested; a value shorter
+     * than 4 bytes ("42") is left alone */
+    expect_ok(&h, "ok",
+              "{\"a\":\"s3cr3t-t0ken\",\"b\":[\"x s3cr3t-t0ken y s3cr3t-t0ken\"],"
+              "\"s3cr3t-t0ken\":{\"n\":42,\"s\":\"42\"}}",
+              "{\"a\":\"[redacted]\",\"b\":[\"x [redacted] y [redacted]\"],"
+              "\"[redacted]\":{\"n\":42,\"s\":\"42\"}}");
+    call_sync(&h, "fail", "{\"class\":\"auth\",\"message\":\"token s3cr3t-t0ken refused\"}", 0, &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_AUTH);
+    assert_string_equal(r.message, "token [redacted] refused");
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
+static void test_lookup_without_lookup_is_invalid(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r = {0};
+    sandbox_call c = {.action = "echo", .idempotency_key = "done-1"};
+    start_pool(&h, "nolookup_conn", ECHO_PATH, 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    sandbox_snapshot s = snap(&h);
+    assert_true(json_is_false(json_object_get(s.descriptor, "lookup")));
+    json_decref(s.descriptor);
+    assert_int_equal(sandbox_pool_lookup(h.pool, &c, on_done, &r), AR_E_INVALID);
+    /* nothing was sent: the process is idle and serves the next call */
+    expect_ok(&h, "echo", "{\"message\":\"after\"}", "{\"message\":\"after\"}");
+    assert_int_equal(r.done, 0);
+    stop_pool(&h);
+}
+
+/* Look up key and wait for the answer. */
+static void lookup_sync(harness *h, const char *action, const char *key, call_rec *r)
+{
+    sandbox_call c = {.action = action, .idempotency_key = key};
+    memset(r, 0, sizeof *r);
+    assert_int_equal(sandbox_pool_lookup(h->pool, &c, on_done, r), AR_OK);
+    if (!run_until(h, pred_done, r))
+        fail_msg("no lookup answer for key %s", key);
+    assert_int_equal(r->done, 1);
+}
+
+static void test_lookup_roundtrip(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r, unused = {0};
+    start_pool(&h, "lookup_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+
+    lookup_sync(&h, "write_op", "done-42", &r);
+    if (!r.ok)
+        fail_msg("lookup failed: class %d: %s", r.error_class, r.message);
+    assert_string_equal(r.result, "{\"found_key\":\"done-42\"}");
+    rec_clear(&r);
+
+    lookup_sync(&h, "write_op", "never-sent", &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_NOT_FOUND);
+    assert_contains(r.message, "never-sent");
+    rec_clear(&r);
+
+    /* the host refuses a lookup for an action the plugin does not have */
+    lookup_sync(&h, "no_such_action", "done-1", &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_INVALID);
+    rec_clear(&r);
+
+    /* without a key there is nothing to look up */
+    sandbox_call no_key = {.action = "write_op", .idempotency_key = ""};
+    assert_int_equal(sandbox_pool_lookup(h.pool, &no_key, on_done, &unused), AR_E_INVALID);
+    no_key.idempotency_key = NULL;
+    assert_int_equal(sandbox_pool_lookup(h.pool, &no_key, on_done, &unused), AR_E_INVALID);
+
+    /* a lookup occupies its process like an invoke does */
+    sandbox_call slow = {.action = "sleep", .input_json = "{\"ms\":200}", .input_len = 10};
+    sandbox_call look = {.action = "write_op", .idempotency_key = "done-7"};
+    assert_int_equal(sandbox_pool_invoke(h.pool, &slow, on_done, &r), AR_OK);
+    assert_int_equal(sandbox_pool_lookup(h.pool, &look, on_done, &unused), AR_E_BUSY);
+    assert_true(run_until(&h, pred_done, &r));
+    assert_true(r.ok);
+    rec_clear(&r);
+    assert_int_equal(unused.done, 0);
+    expect_ok(&h, "ok", "{}", "{}");
     stop_pool(&h);
 }
 
@@ -344,7 +473,7 @@ static void test_descriptor_in_snapshot(void **state)
     assert_string_equal(json_string_value(json_object_get(d, "name")), "t_ok");
     assert_string_equal(json_string_value(json_object_get(d, "version")), "1.0.0");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(d, "abi"), "major")), AIORUN_ABI_MAJOR);
-    assert_true(json_is_false(json_object_get(d, "lookup")));
+    assert_true(json_is_true(json_object_get(d, "lookup")));
     assert_true(json_is_object(json_object_get(d, "config_schema")));
     json_t *actions = json_object_get(d, "actions");
     assert_int_equal(json_array_size(actions), 6);
@@ -649,12 +778,28 @@ static void test_bad_arguments(void **state)
     opts.processes = 1;
     opts.plugin_path = "relative.so";
     assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    /* secrets must be an object of strings; a message names the secret, never a value */
+    opts.plugin_path = FIXTURE("t_ok");
+    json_t *secrets = json_pack("{s:s, s:i}", "token", "hunter22", "pin", 1234);
+    opts.secrets = secrets;
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    assert_null(pool);
+    assert_contains(err.message, "secret pin is not a string");
+    json_decref(secrets);
+    secrets = json_pack("[s]", "hunter22");
+    opts.secrets = secrets;
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    json_decref(secrets);
     loop_free(loop);
 }
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_ok_roundtrip),
     cmocka_unit_test(test_echo_roundtrip),
+    cmocka_unit_test(test_secrets_delivered),
+    cmocka_unit_test(test_secrets_redacted_in_results),
+    cmocka_unit_test(test_lookup_without_lookup_is_invalid),
+    cmocka_unit_test(test_lookup_roundtrip),
     cmocka_unit_test(test_errors_and_unknown_action),
     cmocka_unit_test(test_error_classes),
     cmocka_unit_test(test_descriptor_in_snapshot),

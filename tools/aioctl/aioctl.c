@@ -7,24 +7,31 @@
  * Talks to the daemon's HTTP/JSON API (client.c); prints a human view by default (render.c)
  * or, with --json, the daemon's reply exactly as received, for scripts. Every command but
  * health sends an API token (tokenfile.h says where it comes from). The token commands work
- * through the daemon, or with --config FILE directly on its data directory (offline.c).
+ * through the daemon, or with --config FILE directly on its data directory (offline.c);
+ * backup works only that way (a compacted copy of the journal and the auth key, taken while
+ * the daemon runs). cancel and resolve (UNKNOWN_OUTCOME, operator role) go to the daemon.
  *
  * Exit codes (aioctl.h; also in `aioctl --help`; never renumbered):
  *   0  ok. get and submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is the
  *      outcome, nothing is executed). submit without --wait: the action was accepted, whatever
- *      its state. list, connectors, health, whoami, token: done.
- *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, UNKNOWN_OUTCOME.
+ *      its state. cancel: the action is CANCELLED. resolve: the resolution is stored. list,
+ *      connectors, health, whoami, token, backup: done.
+ *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED,
+ *      UNKNOWN_OUTCOME.
  *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
  *      file that is missing (given with --token-file) or readable by others, a bad token name,
  *      role list or --expires, a --save FILE that cannot be written, a --config that cannot
- *      be loaded.
+ *      be loaded, backup without --config or into a directory that is not new or empty,
+ *      resolve without exactly one outcome flag and a --reason.
  *   3  the daemon could not be reached, or did not answer in time.
  *   4  the daemon refused the request (4xx/5xx: "error: <code>: <message>" on stderr; 401
- *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role), or its
- *      reply could not be read; with --config, the data directory refused it (token_exists,
- *      token_not_found, ...).
+ *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role; 404
+ *      not_found; 409 already_terminal, not_cancellable, not_unknown_outcome), or its reply
+ *      could not be read; with --config, the data directory refused it (token_exists,
+ *      token_not_found, backup_failed, ...).
  *   5  the action is not finished: --wait ran out, or it waits on a human (PENDING_APPROVAL),
- *      or (get) it is still in progress. The action is printed all the same.
+ *      or (get) it is still in progress, or (cancel) a call is in flight and the cancel is
+ *      only requested. The action is printed all the same.
  */
 #include <errno.h>
 #include <limits.h>
@@ -62,7 +69,8 @@
 static const char usage_text[] =
     "usage: aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND [ARGS...]\n"
     "\n"
-    "Submit actions to the aiorun daemon, look at them, and manage its API tokens.\n"
+    "Submit actions to the aiorun daemon, look at them, cancel or resolve them, manage its\n"
+    "API tokens, and back up its data directory.\n"
     "\n"
     "commands:\n"
     "  submit CONNECTOR ACTION [INPUT_JSON] [options]\n"
@@ -83,6 +91,14 @@ static const char usage_text[] =
     "      Actions, newest first, one page (--limit N per page; --after ID: the page after\n"
     "      that id); --all follows every page (with --json: joined into one document,\n"
     "      {\"actions\": [...], \"next\": null}).\n"
+    "  cancel ID\n"
+    "      Cancel an action that has not finished. If a call to the API is in flight, the\n"
+    "      cancel is only requested (exit 5): the action is cancelled when the call returns,\n"
+    "      unless it succeeded.\n"
+    "  resolve ID (--succeeded | --failed | --retry) --reason TEXT\n"
+    "      Settle an UNKNOWN_OUTCOME action after checking the system of record: it happened\n"
+    "      (--succeeded), it did not and must not be tried again (--failed), or it did not\n"
+    "      and may be sent again with the same idempotency key (--retry). Operator role.\n"
     "  connectors\n"
     "      The connector instances: plugin, status, processes serving, actions.\n"
     "  whoami\n"
@@ -101,6 +117,11 @@ static const char usage_text[] =
     "  The token commands go through the daemon (they need the operator role), or, with\n"
     "  --config FILE (the daemon's config), work directly on its data directory, whether the\n"
     "  daemon runs or not: that is how the first token is made. Run them as the daemon's user.\n"
+    "  --config FILE backup DIR\n"
+    "      Copy the daemon's data directory to DIR (new or empty; made 0700): DIR/journal, a\n"
+    "      compacted copy of the journal, and DIR/auth.key. Safe while the daemon runs: the\n"
+    "      copy is one consistent snapshot and does not hold up its writes. Run it as the\n"
+    "      daemon's user. README.md, \"Backup and restore\", says how to restore.\n"
     "\n"
     "the token sent (every command but health), from the first of:\n"
     "  --token TOKEN       the token itself. Other users can see a command line (ps):\n"
@@ -116,27 +137,32 @@ static const char usage_text[] =
     "                      scripts (an error reply's JSON goes to stdout too)\n"
     "  --timeout SECONDS   how long to wait for an answer, beyond any --wait (default 10)\n"
     "  --token TOKEN, --token-file FILE   see above\n"
-    "  --config FILE       token commands only: work on the data directory of this config\n"
+    "  --config FILE       token commands and backup: work on the data directory of this\n"
+    "                      config\n"
     "  -h, --help          this help\n"
     "  --version           aioctl's version\n"
     "\n"
     "exit codes:\n"
     "  0  ok. get, submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is\n"
     "     the outcome; nothing is executed). submit without --wait: the action was accepted,\n"
-    "     whatever its state. list, connectors, health, whoami, token: done.\n"
-    "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED or\n"
-    "     UNKNOWN_OUTCOME (an operator must find out whether it happened)\n"
+    "     whatever its state. cancel: the action is CANCELLED. resolve: stored. list,\n"
+    "     connectors, health, whoami, token, backup: done.\n"
+    "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED or\n"
+    "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve)\n"
     "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
     "     a token file that is missing (--token-file) or readable by others, a bad token\n"
     "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
-    "     cannot be loaded\n"
+    "     cannot be loaded; backup without --config or into a DIR that is not new or empty;\n"
+    "     resolve without one outcome flag and a --reason\n"
     "  3  the daemon could not be reached or did not answer in time (start it: tools/run)\n"
     "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr:\n"
-    "     unauthenticated: no token or a bad one; forbidden: the token lacks the role) or sent\n"
-    "     a reply that could not be read; with --config: the data directory refused it\n"
-    "     (token_exists, token_not_found, ...)\n"
+    "     unauthenticated: no token or a bad one; forbidden: the token lacks the role;\n"
+    "     not_found; already_terminal, not_cancellable, not_unknown_outcome) or sent a reply\n"
+    "     that could not be read; with --config: the data directory refused it\n"
+    "     (token_exists, token_not_found, backup_failed, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
-    "     (PENDING_APPROVAL), or (get) it is still in progress; it is printed all the same\n";
+    "     (PENDING_APPROVAL), or (get) it is still in progress, or (cancel) a call is in\n"
+    "     flight and the cancel is only requested; it is printed all the same\n";
 
 /* Global options; any command may carry them anywhere on its line. */
 typedef struct cli {
@@ -417,7 +443,7 @@ static outcome classify(const char *state)
 {
     static const char *const success[] = {"SUCCEEDED", "SUGGESTED"};
     static const char *const failure[] = {"DENIED", "FAILED", "REJECTED", "EXPIRED",
-                                          "UNKNOWN_OUTCOME"};
+                                          "CANCELLED", "UNKNOWN_OUTCOME"};
     if (!state)
         return OUTCOME_RUNNING;
     for (size_t i = 0; i < sizeof success / sizeof success[0]; i++)
@@ -516,13 +542,14 @@ done:
     return rc;
 }
 
-/* --config is the data directory of a daemon, which only the token commands can work on. */
+/* --config is the data directory of a daemon, which only the token commands and backup can
+ * work on. */
 static int refuse_config(const cli *o)
 {
     if (!o->config)
         return AIOCTL_OK;
-    return usage_error("--config works only with the token commands (the others talk to the "
-                       "daemon: use --url)");
+    return usage_error("--config works only with the token commands and backup (the others "
+                       "talk to the daemon: use --url)");
 }
 
 /* A client for the daemon that sends the token resolve_token finds. */
@@ -1015,6 +1042,128 @@ done:
     return rc;
 }
 
+/* ---- cancel and resolve ---------------------------------------------------------------- */
+
+/* POST path (an action's sub-resource) with body; the reply must be an action. */
+static int post_action(client *c, const char *id, const char *verb, const json_t *body,
+                       reply *rep)
+{
+    char *escaped = client_escape(id), *path = NULL;
+    int rc;
+    if (!escaped || asprintf(&path, "/v1/actions/%s/%s", escaped, verb) < 0) {
+        free(escaped);
+        memset(rep, 0, sizeof *rep);
+        fputs("aioctl: out of memory\n", stderr);
+        return AIOCTL_REFUSED;
+    }
+    rc = client_call(c, "POST", path, body, 0, rep);
+    if (rc == AIOCTL_OK && !check_action(c, rep))
+        rc = AIOCTL_REFUSED;
+    free(path);
+    free(escaped);
+    return rc;
+}
+
+static int cmd_cancel(cli *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, "cancel", argc, argv, NULL, 0, pos, 1, &n_pos);
+    client *c = NULL;
+    reply rep = {0};
+
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("cancel: expected ID");
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        return rc;
+    rc = post_action(c, pos[0], "cancel", NULL, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    if (o->json)
+        print_body(&rep);
+    else
+        render_action(stdout, rep.json);
+    if (rep.status == 202) {
+        /* A call is in flight: the outcome is decided when it returns. */
+        const char *note = json_string_value(json_object_get(rep.json, "cancel"));
+        fputs("aioctl: cancel ", stderr);
+        render_text(stderr, note ? note : "requested");
+        fputs("; follow it with: aioctl get ", stderr);
+        render_text(stderr, pos[0]);
+        fputc('\n', stderr);
+        rc = AIOCTL_PENDING;
+    } else {
+        rc = AIOCTL_OK;
+    }
+done:
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+/* Does s hold something other than blanks? */
+static bool has_text(const char *s)
+{
+    for (; s && *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
+            return true;
+    return false;
+}
+
+static int cmd_resolve(cli *o, int argc, char **argv)
+{
+    const char *pos[1], *reason = NULL, *outcome = NULL;
+    bool succeeded = false, failed = false, retry = false;
+    const flag flags[] = {
+        {"--succeeded", FLAG_SWITCH, NULL, &succeeded},
+        {"--failed", FLAG_SWITCH, NULL, &failed},
+        {"--retry", FLAG_SWITCH, NULL, &retry},
+        {"--reason", FLAG_VALUE, &reason, NULL},
+    };
+    int n_pos, rc;
+    client *c = NULL;
+    reply rep = {0};
+    json_t *body = NULL;
+
+    rc = parse_command_args(o, "resolve", argc, argv, flags, sizeof flags / sizeof flags[0], pos,
+                            1, &n_pos);
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("resolve: expected ID (--succeeded | --failed | --retry) --reason TEXT");
+    if (succeeded + failed + retry != 1)
+        return usage_error("resolve: give exactly one of --succeeded (it happened), --failed (it "
+                           "did not; do not try again) or --retry (it did not; send it again)");
+    if (!has_text(reason))
+        return usage_error("resolve: --reason TEXT is required: say what you checked (it is "
+                           "stored with the action)");
+    outcome = succeeded ? "succeeded" : failed ? "failed" : "retry";
+    if (!(body = json_pack("{s:s,s:s}", "outcome", outcome, "reason", reason))) {
+        fputs("aioctl: out of memory\n", stderr);
+        return AIOCTL_REFUSED;
+    }
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        goto done;
+    rc = post_action(c, pos[0], "resolve", body, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    if (o->json)
+        print_body(&rep);
+    else
+        render_action(stdout, rep.json);
+    rc = AIOCTL_OK;
+done:
+    json_decref(body);
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
 /* ---- token create / list / revoke ------------------------------------------------------ */
 
 /* "30d", "12h", "90m", "45s": a positive duration, at most MAX_EXPIRES_S, in seconds. */
@@ -1427,6 +1576,48 @@ done:
     return rc;
 }
 
+/* ---- backup ---------------------------------------------------------------------------- */
+
+static int cmd_backup(cli *o, int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, "backup", argc, argv, NULL, 0, pos, 1, &n_pos);
+    offline *off = NULL;
+    offline_backup_info info;
+
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("backup: expected DIR (a new or empty directory)");
+    if (!o->config)
+        return usage_error("backup needs --config FILE (the daemon's config, like aiorun.json): "
+                           "it reads the daemon's data directory directly, whether the daemon "
+                           "runs or not");
+    if ((rc = offline_open_existing(o->config, &off)) == AIOCTL_OK)
+        rc = offline_backup(off, pos[0], &info);
+    offline_close(off);
+    if (rc != AIOCTL_OK)
+        return rc;
+    if (o->json) {
+        json_t *doc = json_pack("{s:s,s:s,s:I,s:s,s:s}", "data_dir", info.data_dir, "backup",
+                                pos[0], "journal_bytes", (json_int_t)info.journal_bytes,
+                                "journal_dir", info.journal_dir, "auth_key_file",
+                                info.auth_key_file);
+        rc = print_json(doc);
+        json_decref(doc);
+        return rc;
+    }
+    double mib = (double)info.journal_bytes / (1024.0 * 1024.0);
+    printf("backup of %s written to %s (journal %.*f MiB, compacted)\n", info.data_dir, pos[0],
+           mib < 0.1 ? 2 : 1, mib);
+    printf("to restore: stop the daemon, move %s aside, then\n"
+           "  mkdir -m 700 %s && cp -a %s/journal %s\n"
+           "  install -m 600 %s/auth.key %s\n"
+           "and start the daemon (README.md, \"Backup and restore\")\n",
+           info.data_dir, info.data_dir, pos[0], info.journal_dir, pos[0], info.auth_key_file);
+    return AIOCTL_OK;
+}
+
 /* aioctl token [global options] SUBCOMMAND ... */
 static int cmd_token(cli *o, int argc, char **argv)
 {
@@ -1459,10 +1650,11 @@ typedef struct command {
 
 static const command commands[] = {
     {"submit", cmd_submit},         {"get", cmd_get},       {"list", cmd_list},
+    {"cancel", cmd_cancel},         {"resolve", cmd_resolve},
     {"connectors", cmd_connectors}, {"health", cmd_health}, {"whoami", cmd_whoami},
-    {"token", cmd_token},
+    {"token", cmd_token},           {"backup", cmd_backup},
 };
-#define COMMAND_NAMES "submit, get, list, connectors, whoami, health, token"
+#define COMMAND_NAMES "submit, get, list, cancel, resolve, connectors, whoami, health, token, backup"
 
 int main(int argc, char **argv)
 {

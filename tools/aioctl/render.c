@@ -9,6 +9,9 @@
 
 /* Results longer than this are cut in the block view; --json shows them whole. */
 #define MAX_INLINE_JSON 2000
+/* The block view shows the newest this many history entries; --json shows them all. */
+#define MAX_HISTORY_LINES 10
+#define LABEL_WIDTH 14
 
 void render_text(FILE *out, const char *s)
 {
@@ -74,7 +77,92 @@ static void put_json_inline(FILE *out, const json_t *v)
 
 static void label(FILE *out, const char *name)
 {
-    fprintf(out, "%-10s", name);
+    fprintf(out, "%-*s", LABEL_WIDTH, name);
+}
+
+/* "label:  text" for a string field, when present. */
+static void string_line(FILE *out, const char *name, const char *text)
+{
+    if (!text || !*text)
+        return;
+    label(out, name);
+    render_text(out, text);
+    fputc('\n', out);
+}
+
+/* One history entry: "attempt 2 (key k) → timeout: message [HTTP 504, 5012 ms]" or
+ * "lookup → happened". An attempt without an outcome is still in flight. */
+static void history_line(FILE *out, const json_t *e)
+{
+    const char *kind = str_field(e, "kind"), *key = str_field(e, "key");
+    const char *outcome = str_field(e, "outcome"), *message = str_field(e, "message");
+    const json_t *attempt = json_object_get(e, "attempt"), *http = json_object_get(e, "http_status");
+    const json_t *latency = json_object_get(e, "latency_ms");
+
+    if (kind && strcmp(kind, "lookup") == 0) {
+        fputs("lookup", out);
+    } else {
+        fputs("attempt", out);
+        if (json_is_integer(attempt))
+            fprintf(out, " %" JSON_INTEGER_FORMAT, json_integer_value(attempt));
+        if (key && *key) {
+            fputs(" (key ", out);
+            render_text(out, key);
+            fputc(')', out);
+        }
+    }
+    fputs(" \u2192 ", out);
+    render_text(out, outcome ? outcome : "in flight");
+    if (message && *message) {
+        fputs(": ", out);
+        render_text(out, message);
+    }
+    if (json_is_integer(http) || json_is_integer(latency)) {
+        fputs(" [", out);
+        if (json_is_integer(http))
+            fprintf(out, "HTTP %" JSON_INTEGER_FORMAT "%s", json_integer_value(http),
+                    json_is_integer(latency) ? ", " : "");
+        if (json_is_integer(latency))
+            fprintf(out, "%" JSON_INTEGER_FORMAT " ms", json_integer_value(latency));
+        fputc(']', out);
+    }
+    fputc('\n', out);
+}
+
+static void render_history(FILE *out, const json_t *history)
+{
+    size_t n = json_array_size(history), first = 0;
+    if (n == 0)
+        return;
+    label(out, "history:");
+    if (n > MAX_HISTORY_LINES) {
+        first = n - MAX_HISTORY_LINES;
+        fprintf(out, "(%zu earlier entries; --json shows them)\n", first);
+        label(out, "");
+    }
+    for (size_t i = first; i < n; i++) {
+        if (i > first)
+            label(out, "");
+        history_line(out, json_array_get(history, i));
+    }
+}
+
+/* "succeeded by alice — checked the ledger" */
+static void render_resolution(FILE *out, const json_t *resolution)
+{
+    const char *outcome = str_field(resolution, "outcome"), *by = str_field(resolution, "by");
+    const char *reason = str_field(resolution, "reason");
+    label(out, "resolution:");
+    render_text(out, outcome ? outcome : "?");
+    if (by && *by) {
+        fputs(" by ", out);
+        render_text(out, by);
+    }
+    if (reason && *reason) {
+        fputs(" \u2014 ", out);
+        render_text(out, reason);
+    }
+    fputc('\n', out);
 }
 
 void render_action(FILE *out, const json_t *action)
@@ -124,6 +212,18 @@ void render_action(FILE *out, const json_t *action)
         label(out, "attempts:");
         fprintf(out, "%" JSON_INTEGER_FORMAT "\n", json_integer_value(attempts));
     }
+    string_line(out, "deadline:", str_field(action, "deadline_at"));
+    string_line(out, "next attempt:", str_field(action, "next_attempt_at"));
+    render_history(out, json_object_get(action, "history"));
+    const char *cancel_by = str_field(action, "cancel_requested_by");
+    if (cancel_by && *cancel_by) {
+        label(out, "cancel:");
+        fputs("requested by ", out);
+        render_text(out, cancel_by);
+        fputc('\n', out);
+    }
+    if (json_is_object(json_object_get(action, "resolution")))
+        render_resolution(out, json_object_get(action, "resolution"));
     if (result && !json_is_null(result)) {
         label(out, "result:");
         put_json_inline(out, result);

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <jansson.h>
 
-/* id, action, state, key, decision, attempts, result or error of one action object. */
+/* id, action, state, key, decision, attempts, and when present the deadline, the next attempt
+ * (RETRY_WAIT), the attempt history (the newest entries), who asked to cancel it, an operator's
+ * resolution, the result or error of one action object. */
 void render_action(FILE *out, const json_t *action);
 
 /* A table ID, STATE, CONNECTOR, ACTION, CREATED of an array of action objects. */

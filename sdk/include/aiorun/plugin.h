@@ -126,11 +126,16 @@ typedef struct aiorun_host_api {
      * fini(). AIORUN_E_NOT_FOUND when this connector has no such secret. Since 1.0. */
     aiorun_status (*secret)(aiorun_call *call, const char *name, const char **value, size_t *len);
 
-    /* Perform an HTTP request within the call's deadline. Returns AIORUN_OK when a response was
-     * received, whatever its status (map it with http_status_class); otherwise the transport
-     * failure's class (AIORUN_E_TIMEOUT, AIORUN_E_RETRYABLE for refused/reset) with a message
-     * set on the call. The idempotency key of the call is sent as "Idempotency-Key" unless the
-     * request sets that header itself. Since 1.0. */
+    /* Perform an HTTP request within the call's deadline (req->timeout_ms, when set, can only
+     * shorten it). Returns AIORUN_OK when a response was received, whatever its status (map it
+     * with http_status_class); otherwise the transport failure's class, with a message set on
+     * the call that says whether the request was sent:
+     *   AIORUN_E_RETRYABLE - the request was not sent (connection refused, name not resolved,
+     *                        could not connect): repeating it is safe;
+     *   AIORUN_E_TIMEOUT   - the request may have reached the API (timeout, connection reset
+     *                        after sending, truncated or empty reply): the outcome is unknown.
+     * On requests other than GET and HEAD the call's idempotency key is sent as
+     * "Idempotency-Key" unless the request sets that header itself. Since 1.0. */
     aiorun_status (*http)(aiorun_call *call, const aiorun_http_request *req, aiorun_http_response *resp);
 
     /* The usual class for an HTTP status: 2xx OK, 408 TIMEOUT, 409 CONFLICT, 429 RATE_LIMITED,
