@@ -50,7 +50,8 @@ typedef struct sandbox_pool_opts {
     int processes;             /* >= 1 */
     int timeout_ms;            /* default call deadline */
     size_t max_frame;          /* 0: FRAME_DEFAULT_MAX_PAYLOAD */
-    const json_t *secrets;     /* object name -> string (copied); NULL means {} */
+    const json_t *secrets;     /* object name -> string (copied); NULL means {}; anything else
+                                  is AR_E_INVALID (the message names a secret, never a value) */
 } sandbox_pool_opts;
 
 typedef struct sandbox_call {

@@ -529,6 +529,99 @@ static void a_second_daemon_on_the_same_data_is_refused(void **state)
     echo_still_works();
 }
 
+/* ---- backup under load -------------------------------------------------------------------------- */
+
+static volatile int load_running;
+
+static void *background_load(void *arg)
+{
+    (void)arg;
+    for (int i = 0; load_running && i < 2000; i++) {
+        json_t *r;
+        harness_submit(&H, &r, "{s:s, s:s, s:{s:s}}", "connector", "echo", "action", "echo", "input",
+                       "message", "load");
+        json_decref(r);
+    }
+    return NULL;
+}
+
+static void backup_under_load_restores_to_a_daemon_serving_every_action(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    char ids[N][32];
+    for (int i = 0; i < N; i++) {
+        json_t *r;
+        long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                                 "input", "message", "before backup", "wait_ms", 10000);
+        assert_status(st, 201, r);
+        snprintf(ids[i], sizeof ids[i], "%s", str(r, "id", NULL));
+        json_decref(r);
+    }
+    load_running = 1;
+    pthread_t t;
+    pthread_create(&t, NULL, background_load, NULL);
+    usleep(100 * 1000);
+    char bin[300], out[4096], backup[400];
+    harness_bin(bin, sizeof bin, "aioctl");
+    snprintf(backup, sizeof backup, "%s/backup", H.dir);
+    char *argv[] = {bin, "--config", H.config_path, "backup", backup, NULL};
+    int rc = harness_run(&H, argv, out, sizeof out);
+    load_running = 0;
+    pthread_join(t, NULL);
+    assert_int_equal(rc, 0);
+
+    /* Restore into a fresh data directory and start a second daemon on it. */
+    harness R = H;
+    assert_true(snprintf(R.dir, sizeof R.dir, "%s/restored", H.dir) < (int)sizeof R.dir);
+    snprintf(R.config_path, sizeof R.config_path, "%s/aiorun.json", R.dir);
+    snprintf(R.log_path, sizeof R.log_path, "%s/daemon.log", R.dir);
+    char cmd[3000];
+    int n = snprintf(cmd, sizeof cmd, "mkdir -p '%s/var' && chmod 700 '%s/var' && cp -r '%s/journal' '%s/var/' && "
+             "cp '%s/auth.key' '%s/var/auth.key' && chmod 600 '%s/var/auth.key'",
+             R.dir, R.dir, backup, R.dir, backup, R.dir, R.dir);
+    assert_true(n < (int)sizeof cmd);
+    assert_int_equal(system(cmd), 0);
+    json_t *cfg = json_load_file(H.config_path, 0, NULL);
+    assert_non_null(cfg);
+    R.port = H.port + 1;
+    while (R.port < 65000) { /* a free port next to ours */
+        char probe[96];
+        snprintf(R.url, sizeof R.url, "http://127.0.0.1:%d", R.port);
+        snprintf(probe, sizeof probe, "%s/healthz", R.url);
+        if (harness_http_as(&R, NULL, "GET", probe, NULL, NULL) == 0)
+            break;
+        R.port++;
+    }
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", R.port);
+    json_object_set_new(cfg, "listen", json_string(listen));
+    char policies[400];
+    snprintf(policies, sizeof policies, "%s/policies", H.dir);
+    json_object_set_new(cfg, "policy_dir", json_string(policies));
+    assert_int_equal(json_dump_file(cfg, R.config_path, JSON_INDENT(2)), 0);
+    json_decref(cfg);
+    R.pid = 0;
+    assert_int_equal(harness_restart(&R), 0);
+    for (int i = 0; i < N; i++) {
+        char path[96];
+        json_t *g;
+        snprintf(path, sizeof path, "/v1/actions/%s", ids[i]);
+        long st = harness_http(&R, "GET", path, NULL, &g);
+        assert_status(st, 200, g);
+        assert_string_equal(str(g, "state", NULL), "SUCCEEDED");
+        json_decref(g);
+    }
+    /* It serves new work too. */
+    json_t *r;
+    long st = harness_submit(&R, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "after restore", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
+    json_decref(r);
+    assert_int_equal(harness_stop(&R), 0);
+}
+
 /* ---- ABI ----------------------------------------------------------------------------------------- */
 
 static void other_abi_major_is_refused_and_older_minor_loads(void **state)
@@ -653,6 +746,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(restart_keeps_every_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(kill9_with_calls_in_flight_resolves_them_on_restart, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(a_second_daemon_on_the_same_data_is_refused, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(backup_under_load_restores_to_a_daemon_serving_every_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(other_abi_major_is_refused_and_older_minor_loads, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(full_journal_is_a_clean_storage_full_error, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(aioctl_exit_codes_follow_the_outcome, start_default, stop_daemon),
