@@ -606,7 +606,7 @@ static void backup_under_load_restores_to_a_daemon_serving_every_action(void **s
     for (int i = 0; i < N; i++) {
         char path[96];
         json_t *g;
-        snprintf(path, sizeof path, "/v1/actions/%s", ids[i]);
+        assert_true(snprintf(path, sizeof path, "/v1/actions/%.32s", ids[i]) < (int)sizeof path);
         long st = harness_http(&R, "GET", path, NULL, &g);
         assert_status(st, 200, g);
         assert_string_equal(str(g, "state", NULL), "SUCCEEDED");
