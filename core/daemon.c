@@ -136,8 +136,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     scheduler_recovery rec;
     if ((rc = scheduler_recover(rt->sched, &rec, err)) != AR_OK)
         return rc;
-    ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu marked UNKNOWN_OUTCOME",
-           rec.resumed, rec.resent, rec.unknown);
+    ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
+           "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
     if ((rc = api_listen(rt->api, err)) != AR_OK)
         return rc;
     ar_log("info", "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,

@@ -25,7 +25,7 @@
 
 extern char **environ;
 
-static int free_port(void)
+int harness_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -272,7 +272,7 @@ int harness_start(harness *h, const harness_opts *opts)
         return -1;
     snprintf(h->config_path, sizeof h->config_path, "%s/aiorun.json", h->dir);
     snprintf(h->log_path, sizeof h->log_path, "%s/daemon.log", h->dir);
-    h->port = free_port();
+    h->port = harness_free_port();
     int tls = opts && opts->tls;
     snprintf(h->url, sizeof h->url, "%s://127.0.0.1:%d", tls ? "https" : "http", h->port);
     if (tls && make_certificate(h) != 0)

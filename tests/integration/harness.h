@@ -65,6 +65,9 @@ long harness_http(harness *h, const char *method, const char *path, const char *
 /* POST /v1/actions with a JSON body built from a format (json_pack syntax). */
 long harness_submit(harness *h, json_t **out, const char *fmt, ...);
 
+/* A loopback port free at this moment. */
+int harness_free_port(void);
+
 /* Path helpers: <build>/test-plugins/<name>.so, <build>/bin/<name>. */
 void harness_test_plugin(char *buf, size_t cap, const char *name);
 void harness_bin(char *buf, size_t cap, const char *name);

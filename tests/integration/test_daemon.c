@@ -584,15 +584,8 @@ static void backup_under_load_restores_to_a_daemon_serving_every_action(void **s
     assert_int_equal(system(cmd), 0);
     json_t *cfg = json_load_file(H.config_path, 0, NULL);
     assert_non_null(cfg);
-    R.port = H.port + 1;
-    while (R.port < 65000) { /* a free port next to ours */
-        char probe[96];
-        snprintf(R.url, sizeof R.url, "http://127.0.0.1:%d", R.port);
-        snprintf(probe, sizeof probe, "%s/healthz", R.url);
-        if (harness_http_as(&R, NULL, "GET", probe, NULL, NULL) == 0)
-            break;
-        R.port++;
-    }
+    R.port = harness_free_port();
+    snprintf(R.url, sizeof R.url, "http://127.0.0.1:%d", R.port);
     char listen[32];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", R.port);
     json_object_set_new(cfg, "listen", json_string(listen));
