@@ -19,6 +19,8 @@ static const access_route routes[] = {
     {ROUTE_CANCEL, "POST", "/v1/actions/{id}/cancel", AUTH_ROLE_SUBMITTER | AUTH_ROLE_OPERATOR, 1},
     {ROUTE_RESOLVE, "POST", "/v1/actions/{id}/resolve", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_CONNECTORS, "GET", "/v1/connectors", READERS, 0},
+    {ROUTE_PAUSE, "POST", "/v1/connectors/{name}/pause", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_RESUME, "POST", "/v1/connectors/{name}/resume", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_LIST_TOKENS, "GET", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_CREATE_TOKEN, "POST", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_REVOKE_TOKEN, "DELETE", "/v1/tokens/{name}", AUTH_ROLE_OPERATOR, 0},

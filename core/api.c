@@ -38,6 +38,7 @@ typedef struct request {
     /* the answer, set before resuming */
     unsigned reply_status;
     char *reply;                 /* JSON text, malloc'd */
+    int retry_after_s;           /* > 0: sent as Retry-After */
     /* submission state (POST /v1/actions) */
     json_t *submission;          /* the parsed, validated body */
     json_t *descriptor_action;   /* the plugin's action entry (borrowed from descriptor) */
@@ -45,6 +46,7 @@ typedef struct request {
     int wait_ms;
     unsigned done_status;        /* 200 or 201: what to answer once the action settles */
     char action_id[ACTION_ID_LEN + 1];
+    char target[80];             /* the connector a pause/resume names */
     int64_t wait_until;          /* monotonic ms */
     struct request *next;        /* in the work queue or the waiter list */
 } request;
@@ -128,6 +130,11 @@ static enum MHD_Result queue_reply(request *rq)
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (rq->retry_after_s > 0) {
+        char secs[16];
+        snprintf(secs, sizeof secs, "%d", rq->retry_after_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+    }
     enum MHD_Result r = MHD_queue_response(rq->conn, rq->reply_status ? rq->reply_status : 500, resp);
     MHD_destroy_response(resp);
     return r;
@@ -701,6 +708,29 @@ static enum MHD_Result suspend_for_worker(api_server *a, request *rq)
     return MHD_YES;
 }
 
+/* Backpressure: refuse new work, with a time to come back, rather than accept it and let it
+ * rot; what was accepted is never dropped. 1: take it; 0: the reply is set. */
+static int accept_more(api_server *a, request *rq)
+{
+    size_t held = a->sched ? scheduler_held(a->sched) : 0;
+    if (held >= a->cfg->max_queue_depth) {
+        rq->retry_after_s = 1;
+        set_reply_error(rq, 429, "queue_full", "%zu actions are waiting to run (max_queue_depth %zu); "
+                        "submit again after Retry-After", held, a->cfg->max_queue_depth);
+        return 0;
+    }
+    journal_stats st;
+    journal_get_stats(a->journal, &st);
+    if (st.map_size && st.map_used * 10 >= st.map_size * 9) {
+        rq->retry_after_s = 30;
+        set_reply_error(rq, 503, "storage_nearly_full", "the journal is %zu%% full (map_size_mb %zu): raise "
+                        "map_size_mb, or back up and compact the data directory", st.map_used * 100 / st.map_size,
+                        a->cfg->map_size_mb);
+        return 0;
+    }
+    return 1;
+}
+
 static enum MHD_Result route_submit(api_server *a, request *rq)
 {
     if (rq->too_large) {
@@ -708,7 +738,7 @@ static enum MHD_Result route_submit(api_server *a, request *rq)
                         a->cfg->max_body_bytes);
         return queue_reply(rq);
     }
-    if (!validate_submission(rq) || !validate_against_connector(a, rq))
+    if (!validate_submission(rq) || !validate_against_connector(a, rq) || !accept_more(a, rq))
         return queue_reply(rq);
     return suspend_for_worker(a, rq);
 }
@@ -806,7 +836,11 @@ static void route_connectors(api_server *a, request *rq)
         sandbox_snapshot snap;
         if (!a->sched || scheduler_connector(a->sched, cc->name, &snap) != AR_OK)
             continue;
-        json_array_append_new(list, render_connector(cc, &snap));
+        json_t *view = render_connector(cc, &snap);
+        json_t *flow = NULL;
+        if (scheduler_connector_flow(a->sched, cc->name, &flow) == AR_OK)
+            json_object_set_new(view, "flow", flow);
+        json_array_append_new(list, view);
         json_decref(snap.descriptor);
     }
     set_reply_json(rq, 200, json_pack("{s:o}", "connectors", list));
@@ -967,6 +1001,57 @@ static void route_resolve(api_server *a, request *rq, const char *id)
     }
     json_decref(r.rec);
     json_decref(body);
+}
+
+/* ---- operator controls on connectors --------------------------------------------------------- */
+
+static void pause_answered(void *arg, int status, const json_t *view)
+{
+    request *rq = arg;
+    if (status == AR_OK) {
+        sandbox_snapshot snap;
+        const config_connector *cc = config_find_connector(rq->api->cfg, rq->target);
+        if (cc && scheduler_connector(rq->api->sched, cc->name, &snap) == AR_OK) {
+            json_t *out = render_connector(cc, &snap);
+            json_object_set(out, "flow", (json_t *)view);
+            json_decref(snap.descriptor);
+            set_reply_json(rq, 200, out);
+        } else {
+            set_reply_json(rq, 200, json_pack("{s:O}", "flow", (json_t *)view));
+        }
+    } else if (status == AR_E_NOTFOUND) {
+        set_reply_error(rq, 404, "unknown_connector", "no connector named \"%s\"", rq->target);
+    } else {
+        set_reply_error(rq, 503, "storage_full", "the pause could not be journaled; nothing changed on disk");
+    }
+    resume(rq);
+}
+
+static enum MHD_Result route_pause(api_server *a, request *rq, const char *name, int pause)
+{
+    if (!config_find_connector(a->cfg, name)) {
+        set_reply_error(rq, 404, "unknown_connector", "no connector named \"%s\"; GET /v1/connectors lists them", name);
+        return queue_reply(rq);
+    }
+    const char *reason = "";
+    json_t *body = rq->body_len ? json_loadb(rq->body, rq->body_len, 0, NULL) : NULL;
+    if (rq->body_len && (!json_is_object(body) || (json_object_get(body, "reason") &&
+                                                    !json_is_string(json_object_get(body, "reason"))))) {
+        json_decref(body);
+        set_reply_error(rq, 400, "invalid_request", "expected no body or {\"reason\": \"why\"}");
+        return queue_reply(rq);
+    }
+    if (body && json_string_value(json_object_get(body, "reason")))
+        reason = json_string_value(json_object_get(body, "reason"));
+    snprintf(rq->target, sizeof rq->target, "%s", name);
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    if (scheduler_pause(a->sched, name, pause, rq->who.name, reason, pause_answered, rq) != AR_OK) {
+        set_reply_error(rq, 500, "internal", "out of memory");
+        resume(rq);
+    }
+    json_decref(body);
+    return MHD_YES;
 }
 
 /* ---- identity and tokens ------------------------------------------------------------------ */
@@ -1154,6 +1239,8 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_CANCEL: return route_cancel(a, rq, param);
     case ROUTE_RESOLVE: route_resolve(a, rq, param); break;
     case ROUTE_CONNECTORS: route_connectors(a, rq); break;
+    case ROUTE_PAUSE: return route_pause(a, rq, param, 1);
+    case ROUTE_RESUME: return route_pause(a, rq, param, 0);
     case ROUTE_LIST_TOKENS: route_list_tokens(a, rq); break;
     case ROUTE_CREATE_TOKEN: route_create_token(a, rq); break;
     case ROUTE_REVOKE_TOKEN: route_revoke_token(a, rq, param); break;

@@ -21,12 +21,17 @@
 
 static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
-    "decision_workers", "policy", "connectors", "tls", "auth_key_file", NULL
+    "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
+    "max_queue_depth", "aging_ms", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms", NULL };
 static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms",
-                                              "deadline_ms", "retry", "idempotency", "secrets", NULL };
+                                              "deadline_ms", "retry", "idempotency", "secrets",
+                                              "rate_limit", "concurrency", "breaker", NULL };
+static const char *const rate_keys[] = { "per_second", "burst", NULL };
+static const char *const breaker_keys[] = { "window", "min_calls", "failure_ratio", "consecutive",
+                                            "open_s", "half_open_calls", NULL };
 static const char *const retry_keys[] = { "max_attempts", "initial_ms", "max_ms", "multiplier", NULL };
 
 /* ---- errors ------------------------------------------------------------------------------ */
@@ -321,6 +326,64 @@ static int parse_retry(const char *name, const json_t *v, config_retry *out, ar_
     return AR_OK;
 }
 
+/* rate_limit: {per_second, burst}: a token bucket. */
+static int parse_rate(const char *name, const json_t *v, config_connector *c, ar_error *err)
+{
+    char path[200];
+    snprintf(path, sizeof path, "connectors.%s.rate_limit", name);
+    if (!json_is_object(v))
+        return invalid(err, "%s: expected object {\"per_second\", \"burst\"}, got %s", path, type_name(v));
+    int rc = check_keys(v, rate_keys, path, err);
+    if (rc != AR_OK)
+        return rc;
+    const json_t *ps = json_object_get(v, "per_second");
+    if (!json_is_number(ps) || json_number_value(ps) <= 0 || json_number_value(ps) > 1e6)
+        return invalid(err, "%s.per_second: required, a number above 0 (at most 1000000)", path);
+    long long burst = 0;
+    snprintf(path, sizeof path, "connectors.%s.rate_limit.burst", name);
+    if ((rc = get_int(v, "burst", path, 1, 1000000, &burst, err)) != AR_OK)
+        return rc;
+    c->rate_per_second = json_number_value(ps);
+    c->rate_burst = burst ? (int)burst : (int)(c->rate_per_second < 1 ? 1 : c->rate_per_second);
+    return AR_OK;
+}
+
+/* breaker: when to stop calling an API that is failing, and how to try it again. */
+static int parse_breaker(const char *name, const json_t *v, config_breaker *b, ar_error *err)
+{
+    char path[200];
+    snprintf(path, sizeof path, "connectors.%s.breaker", name);
+    if (!json_is_object(v))
+        return invalid(err, "%s: expected object, got %s", path, type_name(v));
+    int rc = check_keys(v, breaker_keys, path, err);
+    if (rc != AR_OK)
+        return rc;
+    long long window = b->window, min_calls = b->min_calls, consecutive = b->consecutive,
+              open_s = b->open_s, trials = b->half_open_calls;
+    struct { const char *key; long long lo, hi; long long *out; } ints[] = {
+        {"window", 2, 10000, &window}, {"min_calls", 1, 10000, &min_calls},
+        {"consecutive", 0, 10000, &consecutive}, {"open_s", 1, 86400, &open_s},
+        {"half_open_calls", 1, 100, &trials}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        snprintf(path, sizeof path, "connectors.%s.breaker.%s", name, ints[i].key);
+        if ((rc = get_int(v, ints[i].key, path, ints[i].lo, ints[i].hi, ints[i].out, err)) != AR_OK)
+            return rc;
+    }
+    const json_t *ratio = json_object_get(v, "failure_ratio");
+    if (ratio && (!json_is_number(ratio) || json_number_value(ratio) <= 0 || json_number_value(ratio) > 1))
+        return invalid(err, "connectors.%s.breaker.failure_ratio: expected a number in (0, 1]", name);
+    if (min_calls > window)
+        return invalid(err, "connectors.%s.breaker: min_calls (%lld) exceeds window (%lld)", name, min_calls, window);
+    b->window = (int)window;
+    b->min_calls = (int)min_calls;
+    b->consecutive = (int)consecutive;
+    b->open_s = (int)open_s;
+    b->half_open_calls = (int)trials;
+    if (ratio)
+        b->failure_ratio = json_number_value(ratio);
+    return AR_OK;
+}
+
 /* An object whose every value passes check (a string, or one of a fixed set). */
 static int parse_string_map(const char *name, const char *key, const json_t *v,
                             const char *const *allowed, json_t **out, ar_error *err)
@@ -391,6 +454,17 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
     if ((sub = json_object_get(v, "secrets")) &&
         (rc = parse_string_map(name, "secrets", sub, NULL, &c->secrets, err)) != AR_OK)
         return rc;
+    if ((sub = json_object_get(v, "rate_limit")) && (rc = parse_rate(name, sub, c, err)) != AR_OK)
+        return rc;
+    c->breaker = (config_breaker){.window = 20, .min_calls = 10, .failure_ratio = 0.5,
+                                  .consecutive = 5, .open_s = 30, .half_open_calls = 1};
+    if ((sub = json_object_get(v, "breaker")) && (rc = parse_breaker(name, sub, &c->breaker, err)) != AR_OK)
+        return rc;
+    long long concurrency = processes;
+    snprintf(path, sizeof path, "connectors.%s.concurrency", name);
+    if ((rc = get_int(v, "concurrency", path, 1, 4096, &concurrency, err)) != AR_OK)
+        return rc;
+    c->concurrency = (int)concurrency;
 
     c->name = strdup(name);
     c->plugin = strdup(plugin);
@@ -516,6 +590,14 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
                       err)) ||
         (rc = get_int(root, "decision_workers", "decision_workers", 1, 64, &workers, err)))
         return rc;
+    long long max_inflight = 256, max_queue = 10000, aging = 1000;
+    if ((rc = get_int(root, "max_inflight", "max_inflight", 1, 100000, &max_inflight, err)) ||
+        (rc = get_int(root, "max_queue_depth", "max_queue_depth", 1, 10000000, &max_queue, err)) ||
+        (rc = get_int(root, "aging_ms", "aging_ms", 1, 3600000, &aging, err)))
+        return rc;
+    cfg->max_inflight = (int)max_inflight;
+    cfg->max_queue_depth = (size_t)max_queue;
+    cfg->aging_ms = (int)aging;
     cfg->map_size_mb = (size_t)map_size_mb;
     cfg->max_body_bytes = (size_t)max_body;
     cfg->decision_workers = (int)workers;

@@ -8,7 +8,9 @@
  * policy {memory_kb, instructions, timeout_ms}, connectors (name -> {plugin (required),
  * config (object), processes (2), timeout_ms (10000), deadline_ms (300000), retry
  * {max_attempts 5, initial_ms 200, max_ms 30000, multiplier 2}, idempotency {action: mode},
- * secrets {name: value}}). Relative paths are resolved against
+ * secrets {name: value}, rate_limit {per_second, burst}, concurrency (processes), breaker
+ * {window 20, min_calls 10, failure_ratio 0.5, consecutive 5, open_s 30, half_open_calls 1}}),
+ * max_inflight (256), max_queue_depth (10000), aging_ms (1000). Relative paths are resolved against
  * the directory of the config file.
  */
 #ifndef CONFIG_H
@@ -28,6 +30,15 @@ typedef struct config_retry {
     double multiplier;     /* growth per attempt, 1..10 (default 2) */
 } config_retry;
 
+typedef struct config_breaker {
+    int window;            /* outcomes remembered, 2..10000 (20) */
+    int min_calls;         /* outcomes needed before the ratio counts (10) */
+    double failure_ratio;  /* open when failures / window reach it, (0,1] (0.5) */
+    int consecutive;       /* open after this many failures in a row; 0: off (5) */
+    int open_s;            /* stay open this long, then half-open (30) */
+    int half_open_calls;   /* trial calls while half-open; all must succeed to close (1) */
+} config_breaker;
+
 typedef struct config_connector {
     char *name;            /* instance name: [a-z0-9_-]{1,64} */
     char *plugin;          /* plugin name; loaded from <plugin_dir>/<plugin>.so, or a path */
@@ -40,6 +51,10 @@ typedef struct config_connector {
     json_t *idempotency;   /* owned or NULL: action -> "native"|"lookup"|"none", overriding the plugin */
     json_t *secrets;       /* owned or NULL: name -> value, handed to the plugin's secret service
                               until the vault holds them (never logged or returned) */
+    double rate_per_second; /* token bucket refill; 0: no rate limit */
+    int rate_burst;        /* bucket size (default: per_second, at least 1) */
+    int concurrency;       /* calls in flight at once, across its processes (default processes) */
+    config_breaker breaker;
 } config_connector;
 
 typedef struct config {
@@ -55,6 +70,9 @@ typedef struct config {
     size_t map_size_mb;
     size_t max_body_bytes;
     int decision_workers;  /* 1..64 */
+    int max_inflight;      /* calls in flight across all connectors (256) */
+    size_t max_queue_depth; /* actions waiting to run before submissions get 429 (10000) */
+    int aging_ms;          /* waiting this long counts as one priority level (1000) */
     policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */
     config_connector *connectors;
     size_t n_connectors;

@@ -40,6 +40,7 @@ static const char *const db_names[JDB_COUNT] = {
     [JDB_CACHE] = "cache",
     [JDB_TOKENS] = "tokens",
     [JDB_TOKEN_NAMES] = "token_names",
+    [JDB_CONNECTORS] = "connectors",
 };
 
 #define SCHEMA_KEY "schema_version"

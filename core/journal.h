@@ -43,6 +43,7 @@ typedef enum journal_db {
     JDB_CACHE,
     JDB_TOKENS,        /* token digest -> token record (auth.h) */
     JDB_TOKEN_NAMES,   /* token name -> token digest */
+    JDB_CONNECTORS,    /* connector name -> flow state: pause, breaker, recent transitions */
     JDB_COUNT
 } journal_db;
 

@@ -13,6 +13,7 @@
 #include <aiorun/plugin.h>
 
 #include "action.h"
+#include "flow.h"
 #include "frame.h"
 #include "loop.h"
 
@@ -36,7 +37,6 @@ typedef struct job {
     int cancel_requested;
     char cancel_by[80];
     uint64_t timer;
-    struct job *next;           /* ready queue */
     struct job *all_prev, *all_next; /* every job the scheduler holds (for cancel) */
     /* a pending cancel answered once the CANCELLED record is durable */
     scheduler_cancel_fn cancel_done;
@@ -47,8 +47,22 @@ struct conn {
     scheduler *s;
     const config_connector *cc;
     sandbox_pool *pool;
-    job *head, *tail;           /* waiting for a free process (loop thread) */
+    flow_heap queue;            /* jobs waiting to start, by priority with aging (loop thread) */
     int inflight;               /* journaling DISPATCHED or running in the pool */
+    /* flow control (loop thread) */
+    flow_bucket bucket;
+    flow_breaker breaker;
+    int paused;
+    char paused_by[80];
+    char pause_reason[256];
+    int64_t paused_at_ms;
+    int64_t rate_limited_until_ms;  /* the API asked the whole connector to wait */
+    uint64_t wake_timer;            /* a pump once a block lifts */
+    int64_t wake_at_ms;
+    json_t *events;                 /* recent flow transitions, journaled with the state */
+    /* what GET /v1/connectors shows, rebuilt on the loop thread */
+    pthread_mutex_t view_lock;
+    json_t *view;
 };
 
 struct scheduler {
@@ -62,18 +76,31 @@ struct scheduler {
     void *notify_arg;
     int stopping;               /* loop thread only */
     job *all;                   /* loop thread only */
+    const config *cfg;
+    size_t held;                /* jobs held (queued, waiting, in flight): read by the API */
     pthread_mutex_t lock;       /* guards the two counts below, read by scheduler_free */
     int inflight_total;         /* calls running in sandboxes */
     int journaling;             /* transitions submitted to the journal, not yet continued */
 };
 
 static void pump(conn *c);
+static void pump_all(scheduler *s);
+static void publish(conn *c);
 
 /* ---- jobs --------------------------------------------------------------------------------- */
+
+static void held_add(scheduler *s, int delta)
+{
+    pthread_mutex_lock(&s->lock);
+    s->held += delta;
+    pthread_mutex_unlock(&s->lock);
+}
 
 static void job_forget(job *jb)
 {
     scheduler *s = jb->s;
+    if (jb->all_prev || jb->all_next || s->all == jb)
+        held_add(s, -1);
     if (jb->all_prev)
         jb->all_prev->all_next = jb->all_next;
     else if (s->all == jb)
@@ -113,40 +140,32 @@ static int64_t rec_int(const json_t *rec, const char *key)
     return json_integer_value(json_object_get(rec, key));
 }
 
-static void push_front(conn *c, job *jb)
+/* Queue order: higher priority first, older first; every aging_ms of age is worth one priority
+ * level, so the key is static and a heap keeps it. */
+static int64_t queue_score(const job *jb)
 {
-    jb->place = JOB_QUEUED;
-    jb->next = c->head;
-    c->head = jb;
-    if (!c->tail)
-        c->tail = jb;
+    return rec_int(jb->rec, "created_ms") - rec_int(jb->rec, "priority") * (int64_t)jb->s->cfg->aging_ms;
 }
 
 static void push_back(conn *c, job *jb)
 {
     jb->place = JOB_QUEUED;
-    jb->next = NULL;
-    if (c->tail)
-        c->tail->next = jb;
-    else
-        c->head = jb;
-    c->tail = jb;
+    if (flow_heap_push(&c->queue, jb, queue_score(jb)) != AR_OK)
+        ar_log("error", "out of memory queueing action %s; it resumes at the next start",
+               action_record_str(jb->rec, "id"));
+}
+
+/* Ahead of everything: an attempt already journaled that found no free process. */
+static void push_front(conn *c, job *jb)
+{
+    jb->place = JOB_QUEUED;
+    if (flow_heap_push(&c->queue, jb, INT64_MIN / 2) != AR_OK)
+        ar_log("error", "out of memory queueing action %s", action_record_str(jb->rec, "id"));
 }
 
 static void unqueue(conn *c, job *jb)
 {
-    for (job **pp = &c->head; *pp; pp = &(*pp)->next) {
-        if (*pp != jb)
-            continue;
-        *pp = jb->next;
-        if (c->tail == jb) {
-            c->tail = NULL;
-            for (job *t = c->head; t; t = t->next)
-                c->tail = t;
-        }
-        jb->next = NULL;
-        return;
-    }
+    flow_heap_remove(&c->queue, jb);
 }
 
 /* ---- the record's attempt history ------------------------------------------------------------ */
@@ -422,6 +441,35 @@ static const char *class_name(int cls)
     return n ? n : "permanent";
 }
 
+static void flow_event(conn *c, const char *event, const char *detail);
+
+/* What a finished call tells about the API's health and pace. */
+static void observe(conn *c, const sandbox_result *res)
+{
+    int64_t now = ar_now_ms();
+    int unhealthy = !res->ok && (res->error_class == AIORUN_E_RETRYABLE || res->error_class == AIORUN_E_TIMEOUT ||
+                                 res->error_class == AIORUN_E_PLUGIN_CRASHED);
+    int changed = 0;
+    const char *cls = res->ok ? "ok" : frame_class_name(res->error_class);
+    flow_breaker_record(&c->breaker, unhealthy, cls, now, &changed);
+    if (changed) {
+        char detail[320];
+        snprintf(detail, sizeof detail, "%s%s%s", flow_breaker_state_name(c->breaker.state),
+                 c->breaker.state == BREAKER_OPEN ? ": " : "", c->breaker.state == BREAKER_OPEN ? c->breaker.reason : "");
+        flow_event(c, "breaker", detail);
+        ar_log(c->breaker.state == BREAKER_OPEN ? "warn" : "info", "connector %s: circuit breaker %s",
+               c->cc->name, detail);
+    }
+    /* The API asked to slow down: the whole connector waits, not only this action. */
+    if (!res->ok && res->error_class == AIORUN_E_RATE_LIMITED && res->retry_after_ms > 0 &&
+        now + res->retry_after_ms > c->rate_limited_until_ms) {
+        c->rate_limited_until_ms = now + res->retry_after_ms;
+        char detail[64];
+        snprintf(detail, sizeof detail, "for %lld ms", (long long)res->retry_after_ms);
+        flow_event(c, "rate_limited", detail);
+    }
+}
+
 /* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
 static void invoke_done(void *arg, const sandbox_result *res)
 {
@@ -429,6 +477,8 @@ static void invoke_done(void *arg, const sandbox_result *res)
     conn *c = jb->c;
     scheduler *s = jb->s;
     inflight_add(c, -1);
+    if (!s->stopping)
+        observe(c, res);
     if (s->stopping) {
         /* Shutting down: what the pool reports now may not be what happened at the API. The
          * action stays DISPATCHED on disk for recovery. */
@@ -468,7 +518,7 @@ static void invoke_done(void *arg, const sandbox_result *res)
         after_unknown(jb, res->retry_after_ms, class_name(res->error_class), res->error_message);
         break;
     }
-    pump(c);
+    pump_all(s); /* a call slot freed here may serve another connector under max_inflight */
 }
 
 /* Loop thread: the plugin's lookup answered whether the attempt with this key happened. */
@@ -477,6 +527,8 @@ static void lookup_done(void *arg, const sandbox_result *res)
     job *jb = arg;
     conn *c = jb->c;
     inflight_add(c, -1);
+    if (!jb->s->stopping && !(res->ok == 0 && res->error_class == AIORUN_E_NOT_FOUND))
+        observe(c, res);
     if (jb->s->stopping) {
         finish(jb);
         return;
@@ -517,7 +569,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
         retry_later(jb, backoff_ms(&c->cc->retry, (int)rec_int(rec, "attempts")), res->retry_after_ms,
                     class_name(res->error_class), res->error_message);
     }
-    pump(c);
+    pump_all(jb->s);
 }
 
 static sandbox_call call_of(job *jb)
@@ -557,7 +609,8 @@ static void send_invoke(job *jb)
 }
 
 /* Loop thread: start one queued job (a process is free). */
-static void start(job *jb)
+/* Returns 1 when a call (or lookup) is on its way, 0 when the job ended or waits again. */
+static int start(job *jb)
 {
     conn *c = jb->c;
     json_t *rec = jb->rec;
@@ -567,11 +620,11 @@ static void start(job *jb)
         snprintf(msg, sizeof msg, "cancelled by %s before it was dispatched", jb->cancel_by);
         set_error(rec, "cancelled", msg);
         conclude(jb, maybe_happened(rec) ? ACTION_UNKNOWN_OUTCOME : ACTION_CANCELLED);
-        return;
+        return 0;
     }
     if (deadline && now >= deadline && !jb->dispatch_recorded) {
         give_up(jb, "timeout", "the action's deadline passed before it could be dispatched");
-        return;
+        return 0;
     }
     if (jb->reconcile) {
         sandbox_call call = call_of(jb);
@@ -579,27 +632,27 @@ static void start(job *jb)
         jb->place = JOB_INFLIGHT;
         int rc = sandbox_pool_lookup(c->pool, &call, lookup_done, jb);
         if (rc == AR_OK)
-            return;
+            return 1;
         inflight_add(c, -1);
         if (rc == AR_E_BUSY) {
             push_front(c, jb);
-            return;
+            return 0;
         }
         /* The plugin has no lookup after all: the outcome cannot be reconciled. */
         jb->reconcile = 0;
         set_error(rec, "unknown_outcome", "the plugin offers no lookup, so whether the last attempt "
                   "happened cannot be known: an operator must check and resolve it");
         conclude(jb, ACTION_UNKNOWN_OUTCOME);
-        return;
+        return 0;
     }
     if (!jb->dispatch_recorded && (int)rec_int(rec, "attempts") >= attempt_limit(jb)) {
         give_up(jb, "retryable", "no attempts are left");
-        return;
+        return 0;
     }
     inflight_add(c, +1);
     if (jb->dispatch_recorded) {
         send_invoke(jb);
-        return;
+        return 1;
     }
     int attempt = (int)rec_int(rec, "attempts") + 1;
     json_object_set_new(rec, "attempts", json_integer(attempt));
@@ -611,6 +664,7 @@ static void start(job *jb)
                                   "deadline_ms", (json_int_t)deadline, "started_ms", (json_int_t)now));
     action_record_set_state(rec, ACTION_DISPATCHED, now);
     commit(jb, send_invoke);
+    return 1;
 }
 
 static int pool_ready(conn *c)
@@ -618,23 +672,343 @@ static int pool_ready(conn *c)
     sandbox_snapshot snap;
     sandbox_pool_snapshot(c->pool, &snap);
     json_decref(snap.descriptor);
-    return snap.state == SANDBOX_READY && c->inflight < snap.serving;
+    int limit = snap.serving < c->cc->concurrency ? snap.serving : c->cc->concurrency;
+    return snap.state == SANDBOX_READY && c->inflight < limit;
 }
 
-/* Loop thread: start as many queued jobs as there are free processes. */
+static void flow_event(conn *c, const char *event, const char *detail);
+
+static void wake(loop_t *loop, void *arg)
+{
+    (void)loop;
+    conn *c = arg;
+    c->wake_timer = 0;
+    pump(c);
+}
+
+/* Pump again in delay_ms (keeping the earliest wake already set). */
+static void wake_in(conn *c, int64_t delay_ms)
+{
+    int64_t at = ar_mono_ms() + (delay_ms > 0 ? delay_ms : 0);
+    if (c->wake_timer && c->wake_at_ms <= at)
+        return;
+    if (c->wake_timer)
+        loop_timer_cancel(c->s->loop, c->wake_timer);
+    c->wake_at_ms = at;
+    c->wake_timer = loop_timer_add(c->s->loop, at, wake, c);
+}
+
+/* While the connector cannot dispatch, actions keep waiting (they do not fail) until their
+ * deadline; then they fail with the reason they waited for. */
+static void expire_waiting(conn *c, const char *cls, const char *why)
+{
+    int64_t now = ar_now_ms();
+    for (size_t i = 0; i < c->queue.n;) {
+        job *jb = c->queue.items[i];
+        int64_t deadline = rec_int(jb->rec, "deadline_ms");
+        if (!jb->dispatch_recorded && deadline && now >= deadline) {
+            flow_heap_remove(&c->queue, jb);
+            char msg[400];
+            snprintf(msg, sizeof msg, "the action's deadline passed while %s", why);
+            give_up(jb, cls, msg);
+            continue;
+        }
+        i++;
+    }
+}
+
+/* Why can nothing start now? NULL when something may; else the reason, with *wait_ms set to
+ * when to look again (-1: an event will pump). */
+static const char *blocked(conn *c, int64_t now, int64_t *wait_ms, const char **cls, int *trial)
+{
+    int changed = 0;
+    *cls = "timeout";
+    *trial = 0;
+    if (c->paused) {
+        *wait_ms = 500;
+        return "the connector is paused";
+    }
+    if (c->rate_limited_until_ms > now) {
+        *wait_ms = c->rate_limited_until_ms - now;
+        *cls = "rate_limited";
+        return "the API asked the connector to wait (Retry-After)";
+    }
+    if (c->breaker.state == BREAKER_OPEN && now < c->breaker.open_until_ms) {
+        *wait_ms = c->breaker.open_until_ms - now;
+        *cls = "circuit_open";
+        return "the connector's circuit breaker was open";
+    }
+    if (!pool_ready(c)) {
+        *wait_ms = -1;
+        return "every process of the connector was busy or down";
+    }
+    pthread_mutex_lock(&c->s->lock);
+    int global = c->s->inflight_total;
+    pthread_mutex_unlock(&c->s->lock);
+    if (global >= c->s->cfg->max_inflight) {
+        *wait_ms = -1;
+        return "the daemon's max_inflight was reached";
+    }
+    /* Low-priority work waits while the bucket runs low, keeping room for the rest. */
+    job *top = flow_heap_peek(&c->queue, NULL);
+    double reserve = c->bucket.burst / 4 > 1 ? c->bucket.burst / 4 : 1;
+    double need = top && rec_int(top->rec, "priority") < 0 && !top->dispatch_recorded ? reserve : 1;
+    int64_t w = flow_bucket_wait_ms(&c->bucket, need, now);
+    if (w > 0) {
+        *wait_ms = w;
+        *cls = "rate_limited";
+        return "the connector's rate limit held it back";
+    }
+    if (!flow_breaker_allow(&c->breaker, now, &changed)) {
+        if (changed)
+            flow_event(c, "breaker", flow_breaker_state_name(c->breaker.state));
+        *wait_ms = c->breaker.state == BREAKER_OPEN ? c->breaker.open_until_ms - now : -1;
+        *cls = "circuit_open";
+        return "the connector's circuit breaker was open";
+    }
+    if (changed)
+        flow_event(c, "breaker", flow_breaker_state_name(c->breaker.state));
+    *trial = c->breaker.state == BREAKER_HALF_OPEN;
+    return NULL;
+}
+
+/* Loop thread: start as many queued jobs as the connector and the daemon allow. */
 static void pump(conn *c)
 {
-    while (c->head && !c->s->stopping && pool_ready(c)) {
-        job *jb = c->head;
-        unqueue(c, jb);
-        start(jb);
+    while (c->queue.n && !c->s->stopping) {
+        int64_t now = ar_now_ms(), wait_ms;
+        int trial;
+        const char *cls, *why = blocked(c, now, &wait_ms, &cls, &trial);
+        if (why) {
+            expire_waiting(c, cls, why);
+            if (c->queue.n && wait_ms >= 0)
+                wake_in(c, wait_ms < 500 ? wait_ms : 500); /* also sweeps deadlines */
+            break;
+        }
+        job *jb = flow_heap_pop(&c->queue);
+        flow_bucket_take(&c->bucket, now);
+        if (!start(jb) && trial)
+            c->breaker.trials_started--; /* no call went out: the trial slot is still free */
     }
+    publish(c);
+}
+
+static void pump_all(scheduler *s)
+{
+    for (size_t i = 0; i < s->n_conns; i++)
+        pump(&s->conns[i]);
 }
 
 static void on_pool_event(void *arg, sandbox_pool *pool)
 {
     (void)pool;
     pump(arg);
+}
+
+/* ---- flow state: journaled, shown ----------------------------------------------------------- */
+
+static json_t *time_or_null(int64_t ms)
+{
+    if (!ms)
+        return json_null();
+    char buf[AR_TIME_LEN];
+    ar_time_rfc3339(ms, buf);
+    return json_string(buf);
+}
+
+/* The connector's flow state as stored in JDB_CONNECTORS (new reference). */
+static json_t *flow_record(conn *c)
+{
+    return json_pack("{s:s, s:b, s:s, s:s, s:I, s:o, s:O}", "name", c->cc->name, "paused", c->paused,
+                     "paused_by", c->paused_by, "pause_reason", c->pause_reason, "paused_at_ms",
+                     (json_int_t)c->paused_at_ms, "breaker", flow_breaker_view(&c->breaker), "events", c->events);
+}
+
+static void flow_saved(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    char *name = arg;
+    if (status != AR_OK)
+        ar_log("error", "cannot journal the flow state of connector %s: %s", name, err ? err->message : "?");
+    free(name);
+    journal_batch_free(b);
+}
+
+/* Journal the connector's flow state; done(arg, status) once durable (NULL: fire and forget). */
+static void save_flow(conn *c, journal_done_fn done, void *arg)
+{
+    json_t *rec = flow_record(c);
+    char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    json_decref(rec);
+    journal_batch *b = journal_batch_new();
+    if (!text || !b) {
+        free(text);
+        journal_batch_free(b);
+        return;
+    }
+    journal_batch_put(b, JDB_CONNECTORS, c->cc->name, strlen(c->cc->name), text, strlen(text));
+    free(text);
+    if (!done) {
+        done = flow_saved;
+        arg = strdup(c->cc->name);
+    }
+    if (journal_submit(c->s->journal, b, done, arg) != AR_OK)
+        journal_batch_free(b);
+}
+
+/* A transition of the connector's flow: remembered (the last 50), journaled, shown. */
+static void flow_event(conn *c, const char *event, const char *detail)
+{
+    json_array_append_new(c->events, json_pack("{s:I, s:s, s:s}", "at_ms", (json_int_t)ar_now_ms(), "event", event,
+                                                "detail", detail ? detail : ""));
+    while (json_array_size(c->events) > 50)
+        json_array_remove(c->events, 0);
+    save_flow(c, NULL, NULL);
+    publish(c);
+}
+
+/* Rebuild what GET /v1/connectors shows of the connector's flow. */
+static void publish(conn *c)
+{
+    int64_t now = ar_now_ms();
+    json_t *breaker = flow_breaker_view(&c->breaker);
+    json_object_set_new(breaker, "since", time_or_null(json_integer_value(json_object_get(breaker, "since_ms"))));
+    json_object_set_new(breaker, "next_trial_at",
+                        time_or_null(json_integer_value(json_object_get(breaker, "next_trial_ms"))));
+    json_object_del(breaker, "since_ms");
+    json_object_del(breaker, "next_trial_ms");
+    json_t *rate = c->cc->rate_per_second > 0
+                       ? json_pack("{s:f, s:i, s:f}", "per_second", c->cc->rate_per_second, "burst", c->cc->rate_burst,
+                                   "tokens", flow_bucket_level(&c->bucket, now))
+                       : json_null();
+    json_t *view = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:I}", "paused", c->paused,
+                             "paused_by", c->paused ? json_string(c->paused_by) : json_null(),
+                             "paused_at", c->paused ? time_or_null(c->paused_at_ms) : json_null(),
+                             "pause_reason", c->paused && c->pause_reason[0] ? json_string(c->pause_reason) : json_null(),
+                             "rate_limited_until", c->rate_limited_until_ms > now ? time_or_null(c->rate_limited_until_ms) : json_null(),
+                             "breaker", breaker, "rate_limit", rate, "concurrency", c->cc->concurrency,
+                             "inflight", c->inflight, "queued", (json_int_t)c->queue.n);
+    pthread_mutex_lock(&c->view_lock);
+    json_decref(c->view);
+    c->view = view;
+    pthread_mutex_unlock(&c->view_lock);
+}
+
+/* At start: a pause outlives the daemon. */
+static void restore_flow(conn *c)
+{
+    journal_read *r;
+    if (journal_read_begin(c->s->journal, &r, NULL) != AR_OK)
+        return;
+    const void *val;
+    size_t len;
+    if (journal_get(r, JDB_CONNECTORS, c->cc->name, strlen(c->cc->name), &val, &len) == AR_OK) {
+        json_t *rec = json_loadb(val, len, 0, NULL);
+        if (json_is_true(json_object_get(rec, "paused"))) {
+            c->paused = 1;
+            const char *by = json_string_value(json_object_get(rec, "paused_by"));
+            const char *why = json_string_value(json_object_get(rec, "pause_reason"));
+            snprintf(c->paused_by, sizeof c->paused_by, "%s", by ? by : "");
+            snprintf(c->pause_reason, sizeof c->pause_reason, "%s", why ? why : "");
+            c->paused_at_ms = json_integer_value(json_object_get(rec, "paused_at_ms"));
+        }
+        json_t *events = json_object_get(rec, "events");
+        if (json_is_array(events))
+            json_array_extend(c->events, events);
+        json_decref(rec);
+    }
+    journal_read_end(r);
+}
+
+typedef struct pause_req {
+    scheduler *s;
+    char name[80];
+    int pause;
+    char who[80];
+    char reason[256];
+    scheduler_flow_fn done;
+    void *arg;
+} pause_req;
+
+static void pause_durable(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    pause_req *pr = arg;
+    journal_batch_free(b);
+    json_t *view = NULL;
+    if (status == AR_OK)
+        scheduler_connector_flow(pr->s, pr->name, &view);
+    else
+        ar_log("error", "cannot journal the pause of %s: %s", pr->name, err ? err->message : "?");
+    pr->done(pr->arg, status, view);
+    json_decref(view);
+    free(pr);
+}
+
+static void pause_on_loop(loop_t *loop, void *arg)
+{
+    (void)loop;
+    pause_req *pr = arg;
+    conn *c = find_conn(pr->s, pr->name);
+    if (!c) {
+        pr->done(pr->arg, AR_E_NOTFOUND, NULL);
+        free(pr);
+        return;
+    }
+    c->paused = pr->pause;
+    if (pr->pause) {
+        snprintf(c->paused_by, sizeof c->paused_by, "%s", pr->who);
+        snprintf(c->pause_reason, sizeof c->pause_reason, "%s", pr->reason);
+        c->paused_at_ms = ar_now_ms();
+    } else {
+        c->paused_by[0] = c->pause_reason[0] = '\0';
+        c->paused_at_ms = 0;
+    }
+    char detail[400];
+    snprintf(detail, sizeof detail, "by %s%s%s", pr->who, pr->reason[0] ? ": " : "", pr->reason);
+    json_array_append_new(c->events, json_pack("{s:I, s:s, s:s}", "at_ms", (json_int_t)ar_now_ms(), "event",
+                                                pr->pause ? "paused" : "resumed", "detail", detail));
+    ar_log("info", "connector %s %s %s", c->cc->name, pr->pause ? "paused" : "resumed", detail);
+    publish(c);
+    save_flow(c, pause_durable, pr);
+    if (!c->paused)
+        pump(c);
+}
+
+int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, const char *reason,
+                    scheduler_flow_fn done, void *arg)
+{
+    pause_req *pr = calloc(1, sizeof *pr);
+    if (!pr)
+        return AR_E_NOMEM;
+    pr->s = s;
+    snprintf(pr->name, sizeof pr->name, "%s", name);
+    pr->pause = pause;
+    snprintf(pr->who, sizeof pr->who, "%s", who);
+    snprintf(pr->reason, sizeof pr->reason, "%s", reason ? reason : "");
+    pr->done = done;
+    pr->arg = arg;
+    int rc = loop_post(s->loop, pause_on_loop, pr);
+    if (rc != AR_OK)
+        free(pr);
+    return rc;
+}
+
+int scheduler_connector_flow(scheduler *s, const char *name, json_t **out)
+{
+    conn *c = find_conn(s, name);
+    if (!c)
+        return AR_E_NOTFOUND;
+    pthread_mutex_lock(&c->view_lock);
+    *out = c->view ? json_deep_copy(c->view) : json_object();
+    pthread_mutex_unlock(&c->view_lock);
+    return AR_OK;
+}
+
+size_t scheduler_held(scheduler *s)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t n = s->held;
+    pthread_mutex_unlock(&s->lock);
+    return n;
 }
 
 /* ---- RETRY_WAIT timers ---------------------------------------------------------------------------- */
@@ -695,6 +1069,7 @@ static void accept_job(loop_t *loop, void *arg)
     if (s->all)
         s->all->all_prev = jb;
     s->all = jb;
+    held_add(s, +1);
     if (action_record_state(jb->rec) == ACTION_RETRY_WAIT) {
         arm_timer(jb);
         return;
@@ -810,6 +1185,7 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
     if (!s)
         return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
     s->journal = j;
+    s->cfg = cfg;
     s->notify = notify;
     s->notify_arg = notify_arg;
     pthread_mutex_init(&s->lock, NULL);
@@ -829,6 +1205,16 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
         conn *c = &s->conns[s->n_conns];
         c->s = s;
         c->cc = cc;
+        flow_heap_init(&c->queue);
+        flow_bucket_init(&c->bucket, cc->rate_per_second, cc->rate_burst, ar_now_ms());
+        pthread_mutex_init(&c->view_lock, NULL);
+        c->events = json_array();
+        if (flow_breaker_init(&c->breaker, &cc->breaker, ar_now_ms()) != AR_OK || !c->events) {
+            rc = ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
+            goto fail;
+        }
+        restore_flow(c);
+        publish(c);
         sandbox_pool_opts opts = {
             .connector = cc->name,
             .plugin_path = cc->plugin_path,
@@ -897,8 +1283,17 @@ void scheduler_free(scheduler *s)
         loop_post(s->loop, end_loop, NULL);
         pthread_join(s->thread, NULL);
     }
-    for (size_t i = 0; i < s->n_conns; i++)
-        sandbox_pool_free(s->conns[i].pool);
+    for (size_t i = 0; s->conns && i <= s->n_conns && i < s->cfg->n_connectors; i++) {
+        conn *c = &s->conns[i];
+        if (!c->s)
+            continue;
+        sandbox_pool_free(c->pool);
+        flow_heap_fini(&c->queue);
+        flow_breaker_fini(&c->breaker);
+        json_decref(c->events);
+        json_decref(c->view);
+        pthread_mutex_destroy(&c->view_lock);
+    }
     /* Jobs whose transitions were still being journaled are released here. */
     for (job *jb = s->all, *next; jb; jb = next) {
         next = jb->all_next;

@@ -76,6 +76,21 @@ typedef void (*scheduler_cancel_fn)(void *arg, int status, const json_t *rec);
 int scheduler_cancel(scheduler *s, const char *id, const char *who, scheduler_cancel_fn done,
                      void *arg);
 
+/* Pause (pause = 1) or resume a connector: nothing is dispatched while paused; its queue is
+ * kept; the pause is journaled (who, why) and outlives a restart. Thread-safe; done(arg,
+ * status, view) runs once the change is durable, with the connector's flow view (borrowed). */
+typedef void (*scheduler_flow_fn)(void *arg, int status, const json_t *view);
+int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, const char *reason,
+                    scheduler_flow_fn done, void *arg);
+
+/* Thread-safe: the connector's flow state for GET /v1/connectors (a new reference): paused,
+ * rate limiting, breaker, concurrency, in flight, queued. AR_E_NOTFOUND for an unknown name. */
+int scheduler_connector_flow(scheduler *s, const char *name, json_t **out);
+
+/* Thread-safe: actions the scheduler holds (queued, waiting to retry, in flight): what
+ * backpressure compares with max_queue_depth. */
+size_t scheduler_held(scheduler *s);
+
 /* Thread-safe snapshot of one connector's pool. AR_E_NOTFOUND for an unknown name. */
 int scheduler_connector(scheduler *s, const char *name, sandbox_snapshot *out);
 

@@ -136,9 +136,9 @@ static int write_config(const harness *h, const harness_opts *o)
             "  \"connectors\": {\n"
             "    \"echo\": {\"plugin\": \"echo\", \"processes\": 2, \"timeout_ms\": 5000},\n"
             "    \"t_ok\": {\"plugin\": \"%s\", \"processes\": 2, \"timeout_ms\": 5000},\n"
-            "    \"t_crash\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 5000},\n"
-            "    \"t_hang\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 500},\n"
-            "    \"t_garbage\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 5000},\n"
+            "    \"t_crash\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 5000, \"retry\": {\"max_attempts\": 1}},\n"
+            "    \"t_hang\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 500, \"retry\": {\"max_attempts\": 1}},\n"
+            "    \"t_garbage\": {\"plugin\": \"%s\", \"processes\": 1, \"timeout_ms\": 5000, \"retry\": {\"max_attempts\": 1}},\n"
             "    \"t_old\": {\"plugin\": \"%s\", \"processes\": 1}%s%s\n"
             "  }\n"
             "}\n",

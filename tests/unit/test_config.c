@@ -202,16 +202,18 @@ static void unknown_keys_named(void **state)
     (void)state;
     refused("{\"lisen\":\"127.0.0.1:8470\"}",
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
-            "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file)");
+            "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
+            "max_queue_depth, aging_ms)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
             "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
-            "timeout_ms, deadline_ms, retry, idempotency, secrets)");
+            "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, breaker)");
     /* odd characters in the key are escaped */
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
-            "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file)");
+            "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
+            "max_queue_depth, aging_ms)");
 }
 
 static void wrong_types_named(void **state)

@@ -1,6 +1,6 @@
 /*
- * aioctl.c - the aiorun command line: submit actions, look at them, check the daemon, manage
- * API tokens.
+ * aioctl.c - the aiorun command line: submit actions, look at them, check the daemon, pause
+ * and resume connectors, manage API tokens.
  *
  *   aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND ...
  *
@@ -9,13 +9,21 @@
  * health sends an API token (tokenfile.h says where it comes from). The token commands work
  * through the daemon, or with --config FILE directly on its data directory (offline.c);
  * backup works only that way (a compacted copy of the journal and the auth key, taken while
- * the daemon runs). cancel and resolve (UNKNOWN_OUTCOME, operator role) go to the daemon.
+ * the daemon runs). cancel and resolve (UNKNOWN_OUTCOME, operator role) go to the daemon, as
+ * do connectors pause/resume (operator role; the connector keeps its queue while paused).
+ * connectors shows each connector's flow: paused, rate limited, circuit breaker, queue.
+ *
+ * A busy daemon answers submit with 429 queue_full or 503 storage_nearly_full and a
+ * Retry-After: nothing was stored. submit reports it (exit 4) or, with --retry-busy, waits
+ * Retry-After (at most 60 s each time, within --wait's time, else --timeout's) and submits
+ * again with the same idempotency key (made up when none is given), so that a resubmission can
+ * never make a second action.
  *
  * Exit codes (aioctl.h; also in `aioctl --help`; never renumbered):
  *   0  ok. get and submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is the
  *      outcome, nothing is executed). submit without --wait: the action was accepted, whatever
  *      its state. cancel: the action is CANCELLED. resolve: the resolution is stored. list,
- *      connectors, health, whoami, token, backup: done.
+ *      connectors (also pause, resume), health, whoami, token, backup: done.
  *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED,
  *      UNKNOWN_OUTCOME.
  *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
@@ -26,9 +34,10 @@
  *   3  the daemon could not be reached, or did not answer in time.
  *   4  the daemon refused the request (4xx/5xx: "error: <code>: <message>" on stderr; 401
  *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role; 404
- *      not_found; 409 already_terminal, not_cancellable, not_unknown_outcome), or its reply
- *      could not be read; with --config, the data directory refused it (token_exists,
- *      token_not_found, backup_failed, ...).
+ *      not_found, unknown_connector; 409 already_terminal, not_cancellable,
+ *      not_unknown_outcome; submit: 429 queue_full, 503 storage_nearly_full, also after
+ *      --retry-busy ran out of time), or its reply could not be read; with --config, the data
+ *      directory refused it (token_exists, token_not_found, backup_failed, ...).
  *   5  the action is not finished: --wait ran out, or it waits on a human (PENDING_APPROVAL),
  *      or (get) it is still in progress, or (cancel) a call is in flight and the cancel is
  *      only requested. The action is printed all the same.
@@ -42,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -65,12 +75,16 @@
 #define POLL_FIRST_MS 200
 #define POLL_MAX_MS 2000
 #define MAX_EXPIRES_S (3650LL * 86400) /* --expires: ten years at most */
+#define PRIORITY_MIN (-1000) /* the daemon's range for "priority" */
+#define PRIORITY_MAX 1000
+#define BUSY_MAX_PAUSE_MS 60000L /* --retry-busy: the longest wait before submitting again */
+#define BUSY_MIN_PAUSE_MS 200L   /* ... and the shortest (even after "Retry-After: 0") */
 
 static const char usage_text[] =
     "usage: aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND [ARGS...]\n"
     "\n"
-    "Submit actions to the aiorun daemon, look at them, cancel or resolve them, manage its\n"
-    "API tokens, and back up its data directory.\n"
+    "Submit actions to the aiorun daemon, look at them, cancel or resolve them, pause and\n"
+    "resume its connectors, manage its API tokens, and back up its data directory.\n"
     "\n"
     "commands:\n"
     "  submit CONNECTOR ACTION [INPUT_JSON] [options]\n"
@@ -80,7 +94,14 @@ static const char usage_text[] =
     "        --wait [SECONDS]    wait until the action is finished or waits on a human\n"
     "                            (default 30; the daemon holds one request up to 60 s, longer\n"
     "                            waits poll)\n"
-    "        --priority N        scheduling priority (an integer)\n"
+    "        --priority N        scheduling priority, -1000 to 1000 (default 0): higher runs\n"
+    "                            first; waiting raises it (docs/FLOW.md)\n"
+    "        --retry-busy        when the daemon is busy (429 queue_full, 503\n"
+    "                            storage_nearly_full; it stored nothing), wait what its\n"
+    "                            Retry-After says (at most 60 s at a time) and submit again\n"
+    "                            with the same idempotency key (one is made when --key is\n"
+    "                            not given), until --wait's time, else --timeout's, is used\n"
+    "                            up. Without it a busy daemon is exit 4.\n"
     "        --proposer-kind K   who proposed it (agent, human, system, ...)\n"
     "        --model M           the model that proposed it\n"
     "        --confidence X      the proposer's confidence (a number)\n"
@@ -100,7 +121,16 @@ static const char usage_text[] =
     "      (--succeeded), it did not and must not be tried again (--failed), or it did not\n"
     "      and may be sent again with the same idempotency key (--retry). Operator role.\n"
     "  connectors\n"
-    "      The connector instances: plugin, status, processes serving, actions.\n"
+    "      The connector instances: plugin, status, processes serving/started, FLOW (ok,\n"
+    "      paused, breaker open, half-open, rate-limited), QUEUE (queued/in flight),\n"
+    "      actions; then a line on each connector that is paused, rate limited or whose\n"
+    "      circuit breaker is not closed (why, since when, the next trial).\n"
+    "  connectors pause NAME [--reason TEXT]\n"
+    "      Stop dispatching NAME's actions: they stay queued until it is resumed (one whose\n"
+    "      deadline passes meanwhile fails); calls in flight finish. The pause is journaled\n"
+    "      and survives a restart of the daemon. Operator role.\n"
+    "  connectors resume NAME [--reason TEXT]\n"
+    "      Dispatch NAME's actions again. Operator role.\n"
     "  whoami\n"
     "      The name and roles of the token aioctl sends.\n"
     "  health\n"
@@ -146,7 +176,7 @@ static const char usage_text[] =
     "  0  ok. get, submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is\n"
     "     the outcome; nothing is executed). submit without --wait: the action was accepted,\n"
     "     whatever its state. cancel: the action is CANCELLED. resolve: stored. list,\n"
-    "     connectors, health, whoami, token, backup: done.\n"
+    "     connectors (also pause, resume), health, whoami, token, backup: done.\n"
     "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED or\n"
     "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve)\n"
     "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
@@ -157,9 +187,12 @@ static const char usage_text[] =
     "  3  the daemon could not be reached or did not answer in time (start it: tools/run)\n"
     "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr:\n"
     "     unauthenticated: no token or a bad one; forbidden: the token lacks the role;\n"
-    "     not_found; already_terminal, not_cancellable, not_unknown_outcome) or sent a reply\n"
-    "     that could not be read; with --config: the data directory refused it\n"
-    "     (token_exists, token_not_found, backup_failed, ...)\n"
+    "     not_found; unknown_connector; already_terminal, not_cancellable,\n"
+    "     not_unknown_outcome; submit: queue_full (429) or storage_nearly_full (503), the\n"
+    "     daemon is busy and stored nothing: the Retry-After seconds are shown, and\n"
+    "     --retry-busy waits and submits again) or sent a reply that could not be read;\n"
+    "     with --config: the data directory refused it (token_exists, token_not_found,\n"
+    "     backup_failed, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
     "     (PENDING_APPROVAL), or (get) it is still in progress, or (cancel) a call is in\n"
     "     flight and the cancel is only requested; it is printed all the same\n";
@@ -616,14 +649,46 @@ static int set_string(json_t *obj, const char *key, const char *value)
     return value ? json_object_set_new(obj, key, json_string(value)) : 0;
 }
 
+/* Refusals that only say "not now": 429 queue_full (the scheduler holds max_queue_depth
+ * actions) and 503 storage_nearly_full (the journal's map is 90% used). Nothing was stored. */
+static bool busy_refusal(const reply *rep)
+{
+    const char *code = json_string_value(json_object_get(rep->json, "error"));
+    return code && ((rep->status == 429 && strcmp(code, "queue_full") == 0) ||
+                    (rep->status == 503 && strcmp(code, "storage_nearly_full") == 0));
+}
+
+/* A fresh idempotency key, "aioctl-" and 32 hex digits (128 random bits). */
+static int new_idempotency_key(char *buf, size_t cap)
+{
+    unsigned char raw[16];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            perror("aioctl: getrandom");
+            return AIOCTL_REFUSED;
+        }
+        got += (size_t)n;
+    }
+    int len = snprintf(buf, cap, "aioctl-");
+    for (size_t i = 0; i < sizeof raw && (size_t)len + 2 < cap; i++)
+        len += snprintf(buf + len, cap - (size_t)len, "%02x", raw[i]);
+    return AIOCTL_OK;
+}
+
 static int cmd_submit(cli *o, int argc, char **argv)
 {
     const char *pos[3], *key = NULL, *wait_s = NULL, *priority_s = NULL, *kind = NULL,
                *model = NULL, *confidence_s = NULL, *prompt_ref = NULL;
-    bool wait = false;
+    bool wait = false, retry_busy = false;
+    char made_key[48];
     const flag flags[] = {
         {"--key", FLAG_VALUE, &key, NULL},
         {"--wait", FLAG_OPTIONAL_NUMBER, &wait_s, &wait},
+        {"--retry-busy", FLAG_SWITCH, NULL, &retry_busy},
         {"--priority", FLAG_VALUE, &priority_s, NULL},
         {"--proposer-kind", FLAG_VALUE, &kind, NULL},
         {"--model", FLAG_VALUE, &model, NULL},
@@ -648,8 +713,9 @@ static int cmd_submit(cli *o, int argc, char **argv)
     if (wait_s && !parse_seconds(wait_s, MAX_WAIT_S, &wait_ms))
         return usage_error("--wait: expected a number of seconds > 0 and <= %.0f, got '%s'",
                            MAX_WAIT_S, wait_s);
-    if (priority_s && !parse_long(priority_s, INT32_MIN, INT32_MAX, &priority))
-        return usage_error("--priority: expected an integer, got '%s'", priority_s);
+    if (priority_s && !parse_long(priority_s, PRIORITY_MIN, PRIORITY_MAX, &priority))
+        return usage_error("--priority: expected an integer from %d to %d (higher runs first), "
+                           "got '%s'", PRIORITY_MIN, PRIORITY_MAX, priority_s);
     if (confidence_s) {
         char *end;
         errno = 0;
@@ -662,6 +728,13 @@ static int cmd_submit(cli *o, int argc, char **argv)
     rc = load_input(n_pos > 2 ? pos[2] : NULL, &input);
     if (rc)
         return rc;
+    /* A resubmission after "busy" must not make a second action: give it a key. */
+    bool key_given = key != NULL;
+    if (retry_busy && !key) {
+        if ((rc = new_idempotency_key(made_key, sizeof made_key)) != AIOCTL_OK)
+            goto done;
+        key = made_key;
+    }
 
     body = json_object();
     if (!body || json_object_set_new(body, "connector", json_string(pos[0])) ||
@@ -684,8 +757,41 @@ static int cmd_submit(cli *o, int argc, char **argv)
 
     if ((rc = new_client(o, &c)) != AIOCTL_OK)
         goto done;
-    int64_t deadline = mono_ms() + wait_ms;
-    rc = client_call(c, "POST", "/v1/actions", body, wait ? first_wait_ms : 0, &rep);
+    int64_t start = mono_ms(), deadline = start + wait_ms;
+    /* --retry-busy keeps trying until --wait's time (else --timeout's) has passed. */
+    int64_t busy_deadline = start + (wait ? wait_ms : o->timeout_ms);
+    for (;;) {
+        rc = client_call(c, "POST", "/v1/actions", body, wait ? first_wait_ms : 0, &rep);
+        if (rc != AIOCTL_REFUSED || !busy_refusal(&rep))
+            break;
+        long after_s = rep.retry_after_s >= 0 ? rep.retry_after_s : 1;
+        if (!retry_busy) {
+            fprintf(stderr, "aioctl: the daemon is busy and stored nothing; try again in %ld s, "
+                    "or submit with --retry-busy\n", after_s);
+            break;
+        }
+        int64_t pause_ms = after_s * 1000 < BUSY_MAX_PAUSE_MS ? after_s * 1000 : BUSY_MAX_PAUSE_MS;
+        if (pause_ms < BUSY_MIN_PAUSE_MS)
+            pause_ms = BUSY_MIN_PAUSE_MS;
+        int64_t left = busy_deadline - mono_ms();
+        if (pause_ms > left) {
+            fprintf(stderr, "aioctl: the daemon is still busy and asks to wait %ld s; %.1f s are "
+                    "left of the %s budget: giving up (nothing was stored)\n", after_s,
+                    left > 0 ? (double)left / 1000.0 : 0.0, wait ? "--wait" : "--timeout");
+            break;
+        }
+        fprintf(stderr, "aioctl: the daemon is busy; submitting again in %.0f s with "
+                "idempotency key %s\n", (double)pause_ms / 1000.0, key);
+        reply_fini(&rep);
+        sleep_ms(pause_ms);
+        if (wait) {
+            int64_t rest = deadline - mono_ms();
+            first_wait_ms = rest <= 0 ? 0 : rest < MAX_WAIT_PER_REQUEST_MS ? (long)rest
+                                                                          : MAX_WAIT_PER_REQUEST_MS;
+            if (json_object_set_new(body, "wait_ms", json_integer(first_wait_ms)))
+                goto nomem;
+        }
+    }
     if (rc == AIOCTL_OK && !check_action(c, &rep))
         rc = AIOCTL_REFUSED;
     if (rc != AIOCTL_OK) {
@@ -717,7 +823,8 @@ static int cmd_submit(cli *o, int argc, char **argv)
     if (o->json) {
         print_body(&rep);
     } else {
-        if (existing)
+        /* A key aioctl made is new: a 200 for it can only be our own earlier submission. */
+        if (existing && key_given)
             fputs("aioctl: this idempotency key was used before with the same request; "
                   "this is the existing action (nothing new was submitted)\n", stderr);
         render_action(stdout, rep.json);
@@ -929,7 +1036,16 @@ done:
     return rc;
 }
 
-static int cmd_connectors(cli *o, int argc, char **argv)
+/* Does s hold something other than blanks? */
+static bool has_text(const char *s)
+{
+    for (; s && *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
+            return true;
+    return false;
+}
+
+static int connectors_list(cli *o, int argc, char **argv)
 {
     const char *pos[1];
     int n_pos, rc = parse_command_args(o, "connectors", argc, argv, NULL, 0, pos, 0, &n_pos);
@@ -960,6 +1076,86 @@ done:
     reply_fini(&rep);
     client_free(c);
     return rc;
+}
+
+/* connectors pause|resume NAME [--reason TEXT]: POST /v1/connectors/NAME/VERB (operator). */
+static int connectors_flow(cli *o, const char *verb, int argc, char **argv)
+{
+    const char *pos[1], *reason = NULL;
+    const flag flags[] = {{"--reason", FLAG_VALUE, &reason, NULL}};
+    char cmd[32], *escaped = NULL, *path = NULL;
+    int n_pos, rc;
+    client *c = NULL;
+    reply rep = {0};
+    json_t *body = NULL, *one = NULL;
+
+    snprintf(cmd, sizeof cmd, "connectors %s", verb);
+    rc = parse_command_args(o, cmd, argc, argv, flags, sizeof flags / sizeof flags[0], pos, 1,
+                            &n_pos);
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("%s: expected NAME (a connector; aioctl connectors lists them)", cmd);
+    if (reason && !has_text(reason))
+        return usage_error("%s: --reason must not be empty", cmd);
+    if (reason && !(body = json_pack("{s:s}", "reason", reason)))
+        goto nomem;
+    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+        goto done;
+    if (!(escaped = client_escape(pos[0])) ||
+        asprintf(&path, "/v1/connectors/%s/%s", escaped, verb) < 0) {
+        path = NULL;
+        goto nomem;
+    }
+    rc = client_call(c, "POST", path, body, 0, &rep);
+    if (rc != AIOCTL_OK) {
+        rc = call_failed(o, &rep, rc);
+        goto done;
+    }
+    if (!json_is_object(rep.json) || !json_is_string(json_object_get(rep.json, "name"))) {
+        fprintf(stderr, "aioctl: the daemon at %s answered without a connector\n", client_url(c));
+        rc = AIOCTL_REFUSED;
+        goto done;
+    }
+    if (o->json) {
+        print_body(&rep);
+    } else {
+        if (!(one = json_pack("[O]", rep.json)))
+            goto nomem;
+        render_connectors(stdout, one);
+    }
+    rc = AIOCTL_OK;
+    goto done;
+nomem:
+    fputs("aioctl: out of memory\n", stderr);
+    rc = AIOCTL_REFUSED;
+done:
+    json_decref(one);
+    json_decref(body);
+    free(path);
+    free(escaped);
+    reply_fini(&rep);
+    client_free(c);
+    return rc;
+}
+
+/* aioctl connectors [global options] [pause NAME [--reason TEXT] | resume NAME [--reason TEXT]] */
+static int cmd_connectors(cli *o, int argc, char **argv)
+{
+    int i;
+    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
+        int g = take_global(o, argc, argv, &i);
+        if (g < 0)
+            return AIOCTL_USAGE;
+        if (g == 0)
+            return usage_error("connectors: unknown option '%s'", argv[i]);
+    }
+    if (i >= argc)
+        return connectors_list(o, 0, NULL);
+    if (strcmp(argv[i], "pause") == 0 || strcmp(argv[i], "resume") == 0)
+        return connectors_flow(o, argv[i], argc - i - 1, argv + i + 1);
+    return usage_error("connectors: unknown subcommand '%s' (pause NAME, resume NAME; "
+                       "nothing to list them)", argv[i]);
 }
 
 static int cmd_health(cli *o, int argc, char **argv)
@@ -1102,15 +1298,6 @@ done:
     reply_fini(&rep);
     client_free(c);
     return rc;
-}
-
-/* Does s hold something other than blanks? */
-static bool has_text(const char *s)
-{
-    for (; s && *s; s++)
-        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
-            return true;
-    return false;
 }
 
 static int cmd_resolve(cli *o, int argc, char **argv)

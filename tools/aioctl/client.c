@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <aiorun/version.h>
@@ -58,6 +59,48 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     memcpy(b->data + b->len, ptr, n);
     b->len += n;
     b->data[b->len] = '\0';
+    return n;
+}
+
+/* Retry-After: delay-seconds or an HTTP date (RFC 9110). -1 when unreadable. */
+static long parse_retry_after(const char *v, size_t len)
+{
+    char text[128];
+    while (len > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\t' || v[len - 1] == '\r' ||
+                       v[len - 1] == '\n'))
+        len--;
+    if (len == 0 || len >= sizeof text)
+        return -1;
+    memcpy(text, v, len);
+    text[len] = '\0';
+    if (text[0] >= '0' && text[0] <= '9') {
+        char *end;
+        long long n = strtoll(text, &end, 10);
+        if (*end)
+            return -1;
+        return n > 86400 ? 86400 : (long)n; /* a day is "much later" enough */
+    }
+    time_t when = curl_getdate(text, NULL);
+    if (when == (time_t)-1)
+        return -1;
+    double delta = difftime(when, time(NULL));
+    return delta <= 0 ? 0 : delta > 86400 ? 86400 : (long)delta;
+}
+
+/* Header lines of the reply: only Retry-After matters to us. */
+static size_t on_header(char *line, size_t size, size_t nitems, void *userdata)
+{
+    reply *rep = userdata;
+    size_t n = size * nitems;
+    static const char name[] = "Retry-After:";
+    if (n > sizeof name - 1 && strncasecmp(line, name, sizeof name - 1) == 0)
+        rep->retry_after_s = parse_retry_after(line + sizeof name - 1, n - (sizeof name - 1));
+    else if (n > 5 && strncmp(line, "HTTP/", 5) == 0)
+        rep->retry_after_s = -1; /* a new response (after an interim one) starts afresh */
     return n;
 }
 
@@ -225,6 +268,7 @@ int client_call(client *c, const char *method, const char *path, const json_t *b
     CURLcode res;
 
     memset(rep, 0, sizeof *rep);
+    rep->retry_after_s = -1;
     if (asprintf(&url, "%s%s", c->base_url, path) < 0) {
         url = NULL;
         goto nomem;
@@ -265,6 +309,8 @@ int client_call(client *c, const char *method, const char *path, const json_t *b
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, rep);
     /* A proxy from the environment has no business between us and a loopback daemon. */
     curl_easy_setopt(e, CURLOPT_NOPROXY, "localhost,127.0.0.1,::1");
 #if LIBCURL_VERSION_NUM >= 0x075500

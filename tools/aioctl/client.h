@@ -19,6 +19,8 @@ typedef struct reply {
     char *body;     /* owned by the reply: the body exactly as received, NUL-terminated; or NULL */
     size_t len;     /* bytes in body (not counting the NUL) */
     json_t *json;   /* owned by the reply (a new reference): the parsed body, or NULL */
+    long retry_after_s; /* the reply's Retry-After in seconds (an HTTP date made relative to
+                           now, at least 0); -1 when it sent none or an unreadable one */
 } reply;
 
 /* base_url: "http://host:port" (a trailing '/' is dropped); copied. timeout_ms: how long a

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Results longer than this are cut in the block view; --json shows them whole. */
 #define MAX_INLINE_JSON 2000
@@ -332,12 +333,245 @@ static char *action_names(const json_t *actions)
     return s;
 }
 
+/* Seconds since the epoch of an RFC 3339 time ("2026-11-26T17:02:11Z", with optional
+ * fractions and a "+01:00" offset). False when it is not one. */
+static bool parse_rfc3339(const char *s, time_t *out)
+{
+    struct tm tm = {0};
+    int used = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6 || used != 19)
+        return false;
+    const char *p = s + used;
+    if (*p == '.')
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            ;
+    long offset = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int hh, mm, n = 0;
+        if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 || n != 5)
+            return false;
+        offset = (hh * 60L + mm) * 60L * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return false;
+    }
+    if (*p)
+        return false;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1)
+        return false;
+    *out = t - offset;
+    return true;
+}
+
+/* An RFC 3339 time as local wall-clock time: "17:02:11" today, "2026-11-25 17:02:11" on
+ * another day; the text as given when it cannot be read. */
+static void put_clock(FILE *out, const char *rfc3339, time_t now)
+{
+    time_t t;
+    struct tm tm, today;
+    char buf[32];
+    if (!parse_rfc3339(rfc3339, &t) || !localtime_r(&t, &tm) || !localtime_r(&now, &today)) {
+        render_text(out, rfc3339 ? rfc3339 : "?");
+        return;
+    }
+    bool same_day = tm.tm_year == today.tm_year && tm.tm_yday == today.tm_yday;
+    strftime(buf, sizeof buf, same_day ? "%H:%M:%S" : "%Y-%m-%d %H:%M:%S", &tm);
+    fputs(buf, out);
+}
+
+static bool is_paused(const json_t *flow)
+{
+    return json_is_true(json_object_get(flow, "paused"));
+}
+
+/* "open", "half_open", or NULL when closed (or not reported). */
+static const char *breaker_trouble(const json_t *flow)
+{
+    const char *state = str_field(json_object_get(flow, "breaker"), "state");
+    return state && strcmp(state, "closed") != 0 ? state : NULL;
+}
+
+/* rate_limited_until, when it is still ahead (a time that cannot be read counts as ahead). */
+static const char *rate_limited_until(const json_t *flow, time_t now)
+{
+    const char *until = str_field(flow, "rate_limited_until");
+    time_t t;
+    if (!until || !*until)
+        return NULL;
+    if (parse_rfc3339(until, &t) && t <= now)
+        return NULL;
+    return until;
+}
+
+/* The FLOW cell: "paused", "breaker open", "half-open", "rate-limited" (joined with ", " when
+ * several hold), "ok", or "-" when the daemon reports no flow. Malloc'd (NULL: no memory). */
+static char *flow_cell(const json_t *flow, time_t now)
+{
+    if (!json_is_object(flow))
+        return strdup("-");
+    char *s = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&s, &size);
+    if (!f)
+        return NULL;
+    const char *sep = "", *breaker = breaker_trouble(flow);
+    if (is_paused(flow)) {
+        fputs("paused", f);
+        sep = ", ";
+    }
+    if (breaker) {
+        fputs(sep, f);
+        if (strcmp(breaker, "open") == 0)
+            fputs("breaker open", f);
+        else if (strcmp(breaker, "half_open") == 0)
+            fputs("half-open", f);
+        else
+            fprintf(f, "breaker %s", breaker);
+        sep = ", ";
+    }
+    if (rate_limited_until(flow, now)) {
+        fputs(sep, f);
+        fputs("rate-limited", f);
+        sep = ", ";
+    }
+    if (!*sep)
+        fputs("ok", f);
+    if (fclose(f) != 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* The QUEUE cell: "queued/inflight" ("12/2"), or "-". Malloc'd (NULL: no memory). */
+static char *queue_cell(const json_t *flow)
+{
+    const json_t *queued = json_object_get(flow, "queued"), *inflight = json_object_get(flow, "inflight");
+    char *s = NULL;
+    if (!json_is_integer(queued) || !json_is_integer(inflight))
+        return strdup("-");
+    if (asprintf(&s, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT, json_integer_value(queued),
+                 json_integer_value(inflight)) < 0)
+        return NULL;
+    return s;
+}
+
+/* "timeout ×6, retryable ×2" from {"retryable": 2, "timeout": 6, ...}; classes at 0 are left
+ * out. False when nothing was printed. */
+static bool put_opened_by(FILE *out, const json_t *opened_by)
+{
+    const char *cls;
+    const json_t *n;
+    bool any = false;
+    json_object_foreach((json_t *)opened_by, cls, n) {
+        if (!json_is_integer(n) || json_integer_value(n) <= 0)
+            continue;
+        fputs(any ? ", " : "", out);
+        render_text(out, cls);
+        fprintf(out, " \u00d7%" JSON_INTEGER_FORMAT, json_integer_value(n));
+        any = true;
+    }
+    return any;
+}
+
+/* "breaker open since 17:02:11 — 6 failures in a row (last: timeout); opened by timeout ×6;
+ * next trial at 17:02:41" */
+static void put_breaker(FILE *out, const json_t *breaker, const char *state, time_t now)
+{
+    const char *since = str_field(breaker, "since"), *reason = str_field(breaker, "reason");
+    const char *next = str_field(breaker, "next_trial_at");
+    const json_t *opened_by = json_object_get(breaker, "opened_by");
+
+    fputs("breaker ", out);
+    render_text(out, strcmp(state, "half_open") == 0 ? "half-open" : state);
+    if (since && *since) {
+        fputs(" since ", out);
+        put_clock(out, since, now);
+    }
+    if (reason && *reason) {
+        fputs(" \u2014 ", out);
+        render_text(out, reason);
+    }
+    if (json_is_object(opened_by) && json_object_size(opened_by) > 0) {
+        /* Printed into a buffer first: no "opened by" without any class behind it. */
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&text, &size);
+        if (f) {
+            bool any = put_opened_by(f, opened_by);
+            if (fclose(f) == 0 && any)
+                fprintf(out, "; opened by %s", text);
+            free(text);
+        }
+    }
+    if (next && *next) {
+        fputs("; next trial at ", out);
+        put_clock(out, next, now);
+    }
+}
+
+/* Is a connector's work held back: paused, rate limited, or its breaker not closed? */
+static bool flow_held(const json_t *flow, time_t now)
+{
+    return is_paused(flow) || breaker_trouble(flow) || rate_limited_until(flow, now);
+}
+
+/* The line on a connector whose work is held back (flow_held):
+ * "shop: paused by op at 17:00:03 — maintenance; breaker open since ...". */
+static void flow_line(FILE *out, const json_t *c, time_t now)
+{
+    const json_t *flow = json_object_get(c, "flow");
+    const char *breaker = breaker_trouble(flow), *until = rate_limited_until(flow, now);
+    bool paused = is_paused(flow);
+    const char *sep = "";
+
+    render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
+    fputs(": ", out);
+    if (paused) {
+        const char *by = str_field(flow, "paused_by"), *at = str_field(flow, "paused_at");
+        const char *reason = str_field(flow, "pause_reason");
+        fputs("paused", out);
+        if (by && *by) {
+            fputs(" by ", out);
+            render_text(out, by);
+        }
+        if (at && *at) {
+            fputs(" at ", out);
+            put_clock(out, at, now);
+        }
+        if (reason && *reason) {
+            fputs(" \u2014 ", out);
+            render_text(out, reason);
+        }
+        sep = "; ";
+    }
+    if (breaker) {
+        fputs(sep, out);
+        put_breaker(out, json_object_get(flow, "breaker"), breaker, now);
+        sep = "; ";
+    }
+    if (until) {
+        fputs(sep, out);
+        fputs("rate limited by the API until ", out);
+        put_clock(out, until, now);
+    }
+    fputc('\n', out);
+}
+
 void render_connectors(FILE *out, const json_t *connectors)
 {
-    static const char *const header[] = {"NAME", "PLUGIN", "VERSION", "STATUS", "SERVING", "ACTIONS"};
-    enum { N = 6 };
+    static const char *const header[] = {"NAME",  "PLUGIN", "VERSION", "STATUS",
+                                         "SERVING", "FLOW", "QUEUE",   "ACTIONS"};
+    enum { N = 8 };
     size_t rows = json_array_size(connectors), i;
     const json_t *c;
+    time_t now = time(NULL);
 
     if (rows == 0) {
         fputs("no connectors configured\n", out);
@@ -350,6 +584,7 @@ void render_connectors(FILE *out, const json_t *connectors)
     }
     json_array_foreach(connectors, i, c) {
         char **row = cells + i * N;
+        const json_t *flow = json_object_get(c, "flow");
         row[0] = cell_text(json_object_get(c, "name"));
         row[1] = cell_text(json_object_get(c, "plugin"));
         row[2] = cell_text(json_object_get(c, "version"));
@@ -362,26 +597,35 @@ void render_connectors(FILE *out, const json_t *connectors)
         } else {
             row[4] = cell_text(serving);
         }
-        row[5] = action_names(json_object_get(c, "actions"));
+        row[5] = flow_cell(flow, now);
+        row[6] = queue_cell(flow);
+        row[7] = action_names(json_object_get(c, "actions"));
     }
     print_table(out, header, N, cells, rows);
     free_cells(cells, rows * N);
 
+    /* Below the table: why a connector is not ready, and what holds its work back. */
     bool first = true;
     json_array_foreach(connectors, i, c) {
         const char *status = str_field(c, "status");
         const char *message = str_field(c, "message");
-        if (!status || !message || !*message || strcmp(status, "ready") == 0)
-            continue;
-        if (first)
+        if (status && message && *message && strcmp(status, "ready") != 0) {
+            if (first)
+                fputc('\n', out);
+            first = false;
+            render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
+            fputs(" (", out);
+            render_text(out, status);
+            fputs("): ", out);
+            render_text(out, message);
             fputc('\n', out);
-        first = false;
-        render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
-        fputs(" (", out);
-        render_text(out, status);
-        fputs("): ", out);
-        render_text(out, message);
-        fputc('\n', out);
+        }
+        if (flow_held(json_object_get(c, "flow"), now)) {
+            if (first)
+                fputc('\n', out);
+            first = false;
+            flow_line(out, c, now);
+        }
     }
 }
 

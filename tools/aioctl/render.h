@@ -20,8 +20,12 @@ void render_action(FILE *out, const json_t *action);
 /* A table ID, STATE, CONNECTOR, ACTION, CREATED of an array of action objects. */
 void render_action_table(FILE *out, const json_t *actions);
 
-/* A table NAME, PLUGIN, VERSION, STATUS, SERVING, ACTIONS of an array of connector objects,
- * followed by the message of each connector that is refused or degraded. */
+/* A table NAME, PLUGIN, VERSION, STATUS, SERVING (serving/processes), FLOW ("ok", "paused",
+ * "breaker open", "half-open", "rate-limited"; "-" when the daemon reports no "flow"), QUEUE
+ * (queued/in flight), ACTIONS of an array of connector objects; then the message of each
+ * connector that is not ready, and one line on each that is paused, rate limited or whose
+ * breaker is not closed (who paused it and why; since when the breaker is open, why, by which
+ * error classes, the next trial). Times are shown as local wall-clock time. */
 void render_connectors(FILE *out, const json_t *connectors);
 
 /* A table NAME, ROLES, STATE, CREATED, EXPIRES of an array of token objects ({name, roles:
