@@ -1017,7 +1017,7 @@ static void pause_answered(void *arg, int status, const json_t *view)
             json_decref(snap.descriptor);
             set_reply_json(rq, 200, out);
         } else {
-            set_reply_json(rq, 200, json_pack("{s:O}", "flow", (json_t *)view));
+            set_reply_json(rq, 200, json_pack("{s:s, s:O}", "name", rq->target, "flow", (json_t *)view));
         }
     } else if (status == AR_E_NOTFOUND) {
         set_reply_error(rq, 404, "unknown_connector", "no connector named \"%s\"", rq->target);

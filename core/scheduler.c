@@ -781,8 +781,9 @@ static void pump(conn *c)
         const char *cls, *why = blocked(c, now, &wait_ms, &cls, &trial);
         if (why) {
             expire_waiting(c, cls, why);
-            if (c->queue.n && wait_ms >= 0)
-                wake_in(c, wait_ms < 500 ? wait_ms : 500); /* also sweeps deadlines */
+            /* Look again when the block may lift, and at least every 500 ms to sweep deadlines. */
+            if (c->queue.n)
+                wake_in(c, wait_ms >= 0 && wait_ms < 500 ? wait_ms : 500);
             break;
         }
         job *jb = flow_heap_pop(&c->queue);
@@ -1061,6 +1062,7 @@ static void accept_job(loop_t *loop, void *arg)
     conn *c = find_conn(s, action_record_str(jb->rec, "connector"));
     if (!c || s->stopping) {
         /* Unknown connector (removed from the config): it stays as it is on disk. */
+        held_add(s, -1);
         job_free(jb);
         return;
     }
@@ -1069,7 +1071,6 @@ static void accept_job(loop_t *loop, void *arg)
     if (s->all)
         s->all->all_prev = jb;
     s->all = jb;
-    held_add(s, +1);
     if (action_record_state(jb->rec) == ACTION_RETRY_WAIT) {
         arm_timer(jb);
         return;
@@ -1085,9 +1086,13 @@ int scheduler_enqueue(scheduler *s, json_t *rec)
         json_decref(rec);
         return AR_E_NOMEM;
     }
+    /* Counted at once, so that backpressure sees it before the loop takes it in. */
+    held_add(s, +1);
     int rc = loop_post(s->loop, accept_job, jb);
-    if (rc != AR_OK)
+    if (rc != AR_OK) {
+        held_add(s, -1);
         job_free(jb);
+    }
     return rc;
 }
 

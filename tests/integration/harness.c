@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -133,6 +134,7 @@ static int write_config(const harness *h, const harness_opts *o)
             "  \"map_size_mb\": %d,\n"
             "  \"max_body_bytes\": %d,\n"
             "%s"
+            "%s%s"
             "  \"connectors\": {\n"
             "    \"echo\": {\"plugin\": \"echo\", \"processes\": 2, \"timeout_ms\": 5000},\n"
             "    \"t_ok\": {\"plugin\": \"%s\", \"processes\": 2, \"timeout_ms\": 5000},\n"
@@ -144,7 +146,8 @@ static int write_config(const harness *h, const harness_opts *o)
             "}\n",
             h->port, AIORUN_BUILD_DIR, o->map_size_mb ? o->map_size_mb : 64,
             o->max_body_bytes ? o->max_body_bytes : 1048576,
-            o->tls ? "  \"tls\": {\"cert\": \"cert.pem\", \"key\": \"key.pem\"},\n" : "", p_ok, p_crash, p_hang, p_garbage, p_old,
+            o->tls ? "  \"tls\": {\"cert\": \"cert.pem\", \"key\": \"key.pem\"},\n" : "",
+            o->extra_top ? o->extra_top : "", o->extra_top ? ",\n" : "", p_ok, p_crash, p_hang, p_garbage, p_old,
             o->extra_connectors ? ",\n    " : "", o->extra_connectors ? o->extra_connectors : "");
     return fclose(f);
 }
@@ -328,6 +331,15 @@ typedef struct buf {
     size_t len;
 } buf;
 
+static size_t header_seen(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    harness *h = arg;
+    size_t n = size * nmemb;
+    if (n > 12 && strncasecmp(ptr, "Retry-After:", 12) == 0)
+        h->last_retry_after = atoi(ptr + 12);
+    return n;
+}
+
 static size_t collect(char *ptr, size_t size, size_t nmemb, void *arg)
 {
     buf *b = arg;
@@ -367,6 +379,9 @@ long harness_http_as(harness *h, const char *token, const char *method, const ch
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_seen);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
+    h->last_retry_after = -1;
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 70000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     if (h->cainfo[0])

@@ -24,6 +24,7 @@ typedef struct harness {
     char log_path[300];
     char url[64];
     char cainfo[300];               /* the test certificate when serving HTTPS, else "" */
+    int last_retry_after;           /* Retry-After of the last reply (seconds), -1 if none */
     int port;
     pid_t pid;
 } harness;
@@ -34,6 +35,7 @@ typedef struct harness_opts {
     int map_size_mb;               /* 0: default */
     int max_body_bytes;            /* 0: default */
     int tls;                       /* serve HTTPS with a certificate made now (openssl) */
+    const char *extra_top;         /* JSON members added at the top level, e.g. "\"aging_ms\": 100" */
 } harness_opts;
 
 /* Create the directory and config, start the daemon, wait for /healthz (10 s). 0 on success;

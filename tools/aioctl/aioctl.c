@@ -775,13 +775,14 @@ static int cmd_submit(cli *o, int argc, char **argv)
             pause_ms = BUSY_MIN_PAUSE_MS;
         int64_t left = busy_deadline - mono_ms();
         if (pause_ms > left) {
-            fprintf(stderr, "aioctl: the daemon is still busy and asks to wait %ld s; %.1f s are "
-                    "left of the %s budget: giving up (nothing was stored)\n", after_s,
-                    left > 0 ? (double)left / 1000.0 : 0.0, wait ? "--wait" : "--timeout");
+            fprintf(stderr, "aioctl: the daemon is busy and asks to wait %ld s, but %.1f s are "
+                    "left of the %s time: giving up (nothing was stored; a longer %s gives it "
+                    "more time)\n", after_s, left > 0 ? (double)left / 1000.0 : 0.0,
+                    wait ? "--wait" : "--timeout", wait ? "--wait" : "--timeout or --wait");
             break;
         }
-        fprintf(stderr, "aioctl: the daemon is busy; submitting again in %.0f s with "
-                "idempotency key %s\n", (double)pause_ms / 1000.0, key);
+        fprintf(stderr, "aioctl: the daemon is busy; submitting again in %.*f s with "
+                "idempotency key %s\n", pause_ms % 1000 ? 1 : 0, (double)pause_ms / 1000.0, key);
         reply_fini(&rep);
         sleep_ms(pause_ms);
         if (wait) {
