@@ -155,7 +155,7 @@ json_t *action_render(const json_t *rec)
     static const char *const copied[] = {"id", "connector", "action", "state", "effect",
                                          "idempotency_key", "submitter", "input", "proposer",
                                          "priority", "decision", "attempts", "result", "error",
-                                         "history", "resolution", "cancel_requested_by"};
+                                         "history", "resolution", "cancel_requested_by", "approval"};
     json_t *out = json_object();
     if (!out)
         return NULL;

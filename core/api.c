@@ -13,7 +13,9 @@
 
 #include "access.h"
 #include "action.h"
+#include "approvals.h"
 #include "auth.h"
+#include "autonomy.h"
 #include "schema.h"
 
 #define MAX_WAIT_MS 60000
@@ -51,10 +53,18 @@ typedef struct request {
     struct request *next;        /* in the work queue or the waiter list */
 } request;
 
+/* A pending approval to expire at `at` (monotonic ms). */
+typedef struct expiry {
+    char id[ACTION_ID_LEN + 1];
+    int64_t at;
+    struct expiry *next;
+} expiry;
+
 struct api_server {
     const config *cfg;
     journal *journal;
     auth *auth;
+    autonomy *autonomy;
     access_limiter *limiter;
     const policy_set *policies;
     scheduler *sched;
@@ -74,6 +84,7 @@ struct api_server {
     pthread_mutex_t wait_lock;
     pthread_cond_t wait_cond;
     request *waiters;
+    struct expiry *expiries;     /* pending approvals, by when they expire */
     int waiter_stopping;
     pthread_t waiter_thread;
     int waiter_started;
@@ -216,6 +227,36 @@ void api_action_changed(void *arg, const json_t *rec)
     }
 }
 
+/* Watch a pending approval: it expires at expires_ms (wall clock) unless decided before. */
+static void expiry_add(api_server *a, const char *id, int64_t expires_ms)
+{
+    expiry *e = calloc(1, sizeof *e);
+    if (!e)
+        return;
+    snprintf(e->id, sizeof e->id, "%s", id);
+    e->at = ar_mono_ms() + (expires_ms - ar_now_ms());
+    pthread_mutex_lock(&a->wait_lock);
+    e->next = a->expiries;
+    a->expiries = e;
+    pthread_cond_signal(&a->wait_cond);
+    pthread_mutex_unlock(&a->wait_lock);
+}
+
+/* Waiter thread, unlocked: expire what is due (a decision may have come first: then nothing). */
+static void expire_due(api_server *a, expiry *due)
+{
+    while (due) {
+        expiry *e = due;
+        due = e->next;
+        json_t *rec = NULL;
+        if (approvals_expire(a->journal, e->id, &rec, NULL) == AR_OK) {
+            api_action_changed(a, rec);
+            json_decref(rec);
+        }
+        free(e);
+    }
+}
+
 static void *waiter_main(void *arg)
 {
     api_server *a = arg;
@@ -225,6 +266,9 @@ static void *waiter_main(void *arg)
         for (request *rq = a->waiters; rq; rq = rq->next)
             if (rq->wait_until < next)
                 next = rq->wait_until;
+        for (expiry *e = a->expiries; e; e = e->next)
+            if (e->at < next)
+                next = e->at;
         if (next == INT64_MAX) {
             pthread_cond_wait(&a->wait_cond, &a->wait_lock);
             continue;
@@ -240,8 +284,20 @@ static void *waiter_main(void *arg)
             pthread_cond_timedwait(&a->wait_cond, &a->wait_lock, &ts);
             continue;
         }
+        expiry *due = NULL;
+        for (expiry **pp = &a->expiries; *pp;) {
+            if ((*pp)->at <= now) {
+                expiry *e = *pp;
+                *pp = e->next;
+                e->next = due;
+                due = e;
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
         pthread_mutex_unlock(&a->wait_lock);
         answer_with_stored_state(a, waiters_take(a, NULL, ar_mono_ms()));
+        expire_due(a, due);
         pthread_mutex_lock(&a->wait_lock);
     }
     pthread_mutex_unlock(&a->wait_lock);
@@ -263,6 +319,8 @@ static json_t *policy_view(const request *rq)
     if (view) {
         json_object_set_new(view, "proposer", proposer ? json_incref(proposer) : json_object());
         json_object_set_new(view, "submitter", json_string(rq->who.name));
+        json_object_set_new(view, "autonomy", json_string(autonomy_level(rq->api->autonomy,
+            json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")))));
     }
     return view;
 }
@@ -313,11 +371,35 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
     if (!rec)
         return NULL;
     json_object_set_new(rec, "deadline_ms", json_integer(deadline_ms));
-    json_object_set_new(rec, "decision", json_pack("{s:s, s:s, s:s, s:s, s:s}",
-        "verdict", d->verdict == POLICY_ALLOW ? "allow" : "deny",
-        "reason", d->reason, "rule", d->rule, "policy", d->file,
-        "policy_version", policy_set_version(ps)));
-    action_record_set_state(rec, d->verdict == POLICY_ALLOW ? ACTION_READY : ACTION_DENIED, now);
+    /* Graded autonomy adjusts the policies' verdict; a deny always stands. */
+    const char *level = autonomy_level(rq->api->autonomy, json_string_value(json_object_get(s, "connector")),
+                                       json_string_value(json_object_get(s, "action")));
+    policy_verdict v = d->verdict;
+    if (strcmp(level, "semi") == 0 && v == POLICY_ALLOW)
+        v = POLICY_APPROVE;
+    else if (strcmp(level, "suggest") == 0 && (v == POLICY_ALLOW || v == POLICY_APPROVE))
+        v = POLICY_SUGGEST;
+    json_t *decision = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}",
+        "verdict", policy_verdict_name(v), "policy_verdict", policy_verdict_name(d->verdict),
+        "autonomy", level, "reason", d->reason, "rule", d->rule, "policy", d->file,
+        "policy_version", policy_set_version(ps), "duration_ns", (json_int_t)d->duration_ns);
+    if (d->votes)
+        json_object_set(decision, "votes", d->votes);
+    json_object_set_new(rec, "decision", decision);
+    action_state st = v == POLICY_ALLOW ? ACTION_READY : v == POLICY_APPROVE ? ACTION_PENDING_APPROVAL
+                    : v == POLICY_SUGGEST ? ACTION_SUGGESTED : ACTION_DENIED;
+    if (st == ACTION_PENDING_APPROVAL) {
+        policy_decision asked = *d;
+        if (d->verdict != POLICY_APPROVE) { /* autonomy asked, not a policy: any approver */
+            asked.n_roles = 0;
+            asked.expires_in_s = 0;
+            asked.four_eyes = 0;
+            snprintf(asked.summary, sizeof asked.summary, "autonomy level semi for %s.%s",
+                     json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")));
+        }
+        approvals_request(rec, &asked, now, rq->api->cfg->approval_expiry_s);
+    }
+    action_record_set_state(rec, st, now);
     return rec;
 }
 
@@ -418,6 +500,7 @@ static void process_submission(api_server *a, policy_worker *pw, request *rq)
     policy_decide(pw, view, &d);
     json_decref(view);
     json_t *rec = new_record(rq, &d, a->policies, digest);
+    json_decref(d.votes);
     if (!rec) {
         set_reply_error(rq, 500, "internal", "out of memory");
         resume(rq);
@@ -454,6 +537,9 @@ static void process_submission(api_server *a, policy_worker *pw, request *rq)
     }
     api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
     rq->done_status = MHD_HTTP_CREATED;
+    if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
+        expiry_add(a, action_record_str(rec, "id"),
+                   json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
     if (action_record_state(rec) != ACTION_READY) {
         set_reply_action(rq, MHD_HTTP_CREATED, rec);
         resume(rq);
@@ -1003,6 +1089,151 @@ static void route_resolve(api_server *a, request *rq, const char *id)
     json_decref(body);
 }
 
+/* ---- approvals and autonomy ------------------------------------------------------------------- */
+
+static void route_list_approvals(api_server *a, request *rq)
+{
+    const char *state = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "state");
+    static const struct { const char *name; action_state st; } states[] = {
+        {"pending", ACTION_PENDING_APPROVAL}, {"rejected", ACTION_REJECTED}, {"expired", ACTION_EXPIRED}};
+    int st = -1;
+    for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+        if (!state || !*state ? i == 0 : strcmp(state, states[i].name) == 0)
+            st = (int)states[i].st;
+    if (st < 0) {
+        set_reply_error(rq, 400, "invalid_request", "state must be pending, rejected or expired");
+        return;
+    }
+    json_t *page;
+    char next[ACTION_ID_LEN + 1];
+    ar_error err = {0};
+    action_filter f = {.state = st};
+    int rc = action_list(a->journal, &f, MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "after"),
+                         MAX_LIST_LIMIT, &page, next, &err);
+    if (rc != AR_OK) {
+        set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    json_t *out = json_array();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(page, i, rec)
+        json_array_append_new(out, approvals_view(rec));
+    json_decref(page);
+    set_reply_json(rq, 200, json_pack("{s:o, s:o}", "approvals", out, "next", next[0] ? json_string(next) : json_null()));
+}
+
+static void route_get_approval(api_server *a, request *rq, const char *id)
+{
+    json_t *rec = load_visible(a, rq, id);
+    if (!rec)
+        return;
+    if (!json_object_get(rec, "approval")) {
+        set_reply_error(rq, 404, "not_found", "action %s never waited for an approval", id);
+    } else {
+        set_reply_json(rq, 200, approvals_view(rec));
+    }
+    json_decref(rec);
+}
+
+static void route_decide_approval(api_server *a, request *rq, const char *id)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *decision = json_string_value(json_object_get(body, "decision"));
+    json_t *comment = json_object_get(body, "comment");
+    if (!body) {
+        set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s", jerr.text);
+        return;
+    }
+    size_t expected = 1 + (comment != NULL);
+    if (!decision || (strcmp(decision, "approve") && strcmp(decision, "reject")) ||
+        (comment && !json_is_string(comment)) || json_object_size(body) != expected) {
+        json_decref(body);
+        set_reply_error(rq, 400, "invalid_request", "expected {\"decision\": \"approve\"|\"reject\", \"comment\": \"...\"}");
+        return;
+    }
+    if (strlen(id) != ACTION_ID_LEN) {
+        json_decref(body);
+        set_reply_error(rq, 404, "not_found", "no action with id %s", id);
+        return;
+    }
+    json_t *rec = NULL;
+    int changed = 0;
+    ar_error err = {0};
+    int rc = approvals_decide(a->journal, a->cfg->approvers, id, decision, json_string_value(comment), &rq->who,
+                              &rec, &changed, &err);
+    if (rc == AR_OK) {
+        if (changed) {
+            ar_log("info", "action %s %sd by %s", id, decision, rq->who.name);
+            api_action_changed(a, rec);
+            if (action_record_state(rec) == ACTION_APPROVED)
+                scheduler_enqueue(a->sched, json_deep_copy(rec));
+        }
+        set_reply_json(rq, 200, approvals_view(rec));
+    } else {
+        if (rec) /* it expired on the way: still reported */
+            api_action_changed(a, rec);
+        unsigned status = rc == AR_E_NOTFOUND ? 404 : rc == AR_E_EXISTS ? 409
+                        : rc == AR_E_INVALID ? 403 : status_for_error(rc);
+        set_reply_error(rq, status, err.code[0] ? err.code : "internal", "%s", err.message);
+    }
+    json_decref(rec);
+    json_decref(body);
+}
+
+static void route_set_autonomy(api_server *a, request *rq)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *pattern = json_string_value(json_object_get(body, "pattern"));
+    json_t *level = json_object_get(body, "level");
+    if (!body || !pattern || !level || !(json_is_string(level) || json_is_null(level)) || json_object_size(body) != 2) {
+        json_decref(body);
+        set_reply_error(rq, 400, "invalid_request", "expected {\"pattern\": \"connector.action\"|\"connector.*\"|\"*\", "
+                        "\"level\": \"auto\"|\"semi\"|\"suggest\"|null (null removes the runtime setting)}");
+        return;
+    }
+    ar_error err = {0};
+    int rc = autonomy_set(a->autonomy, pattern, json_string_value(level), rq->who.name, &err);
+    if (rc != AR_OK) {
+        set_reply_error(rq, rc == AR_E_INVALID ? 400 : status_for_error(rc), err.code, "%s", err.message);
+    } else {
+        ar_log("info", "autonomy %s set to %s by %s", pattern, json_is_null(level) ? "(config)" : json_string_value(level),
+               rq->who.name);
+        set_reply_json(rq, 200, autonomy_view(a->autonomy));
+    }
+    json_decref(body);
+}
+
+/* At start: watch the approvals still pending, so they expire on time. */
+void api_watch_pending(api_server *a)
+{
+    journal_read *r;
+    journal_cursor *cur = NULL;
+    if (journal_read_begin(a->journal, &r, NULL) != AR_OK)
+        return;
+    const void *key, *val;
+    size_t klen, vlen;
+    int rc = journal_cursor_open(r, JDB_QUEUE, &cur);
+    if (rc == AR_OK)
+        rc = journal_cursor_get(cur, JOURNAL_FIRST, &key, &klen, &val, &vlen);
+    while (rc == AR_OK) {
+        char id[ACTION_ID_LEN + 1];
+        json_t *rec;
+        snprintf(id, sizeof id, "%.*s", (int)klen, (const char *)key);
+        if (action_load(r, id, &rec, NULL) == AR_OK) {
+            if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
+                expiry_add(a, id, json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
+            json_decref(rec);
+        }
+        rc = journal_cursor_get(cur, JOURNAL_NEXT, &key, &klen, &val, &vlen);
+    }
+    if (cur)
+        journal_cursor_close(cur);
+    journal_read_end(r);
+}
+
 /* ---- operator controls on connectors --------------------------------------------------------- */
 
 static void pause_answered(void *arg, int status, const json_t *view)
@@ -1241,6 +1472,11 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_CONNECTORS: route_connectors(a, rq); break;
     case ROUTE_PAUSE: return route_pause(a, rq, param, 1);
     case ROUTE_RESUME: return route_pause(a, rq, param, 0);
+    case ROUTE_LIST_APPROVALS: route_list_approvals(a, rq); break;
+    case ROUTE_GET_APPROVAL: route_get_approval(a, rq, param); break;
+    case ROUTE_DECIDE_APPROVAL: route_decide_approval(a, rq, param); break;
+    case ROUTE_GET_AUTONOMY: set_reply_json(rq, 200, autonomy_view(a->autonomy)); break;
+    case ROUTE_SET_AUTONOMY: route_set_autonomy(a, rq); break;
     case ROUTE_LIST_TOKENS: route_list_tokens(a, rq); break;
     case ROUTE_CREATE_TOKEN: route_create_token(a, rq); break;
     case ROUTE_REVOKE_TOKEN: route_revoke_token(a, rq, param); break;
@@ -1327,8 +1563,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-int api_new(const config *cfg, journal *j, auth *au, const policy_set *policies, api_server **out,
-            ar_error *err)
+int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, const policy_set *policies,
+            api_server **out, ar_error *err)
 {
     api_server *a = calloc(1, sizeof *a);
     if (!a)
@@ -1336,6 +1572,7 @@ int api_new(const config *cfg, journal *j, auth *au, const policy_set *policies,
     a->cfg = cfg;
     a->journal = j;
     a->auth = au;
+    a->autonomy = aut;
     a->policies = policies;
     pthread_mutex_init(&a->work_lock, NULL);
     pthread_cond_init(&a->work_cond, NULL);
@@ -1489,6 +1726,10 @@ void api_free(api_server *a)
         pthread_join(a->waiter_thread, NULL);
     }
     answer_with_stored_state(a, waiters_take(a, NULL, INT64_MAX));
+    for (expiry *e = a->expiries, *next; e; e = next) {
+        next = e->next;
+        free(e);
+    }
     if (a->mhd)
         MHD_stop_daemon(a->mhd);
     access_limiter_free(a->limiter);

@@ -21,6 +21,7 @@
 #include "ar.h"
 #include "config.h"
 #include "auth.h"
+#include "autonomy.h"
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -29,8 +30,10 @@ typedef struct api_server api_server;
 
 /* Create the server and its decision workers; nothing listens yet. cfg, j, au and policies are
  * borrowed and must outlive the server. *out owned by the caller (api_free). */
-int api_new(const config *cfg, journal *j, auth *au, const policy_set *policies,
+int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, const policy_set *policies,
             api_server **out, ar_error *err);
+/* At start: expire pending approvals on time (they were parked before a restart). */
+void api_watch_pending(api_server *a);
 /* Wire the scheduler in (before api_listen). */
 void api_set_scheduler(api_server *a, scheduler *s);
 /* Bind cfg->listen and start serving. */

@@ -4,6 +4,9 @@
  * of range is refused with the key path, so a typo never silently falls back to a default. */
 #include "config.h"
 
+#include "auth.h"
+#include "autonomy.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -22,10 +25,12 @@
 static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
-    "max_queue_depth", "aging_ms", NULL
+    "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
-static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms", NULL };
+static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
+                                           "default_read", "default_write",
+                                           "default_irreversible", NULL };
 static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms",
                                               "deadline_ms", "retry", "idempotency", "secrets",
                                               "rate_limit", "concurrency", "breaker", NULL };
@@ -267,6 +272,28 @@ static int parse_listen(const char *text, config *cfg, ar_error *err)
 
 /* ---- sections ---------------------------------------------------------------------------- */
 
+/* policy.<key>: the verdict when every policy abstains, stored as policy.h wants it (verdict
+ * + 1); *out untouched (0: the built-in default) when the key is absent. */
+static int get_default_verdict(const json_t *obj, const char *key, int *out, ar_error *err)
+{
+    const json_t *v = json_object_get(obj, key);
+    if (!v)
+        return AR_OK;
+    int verdict = json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v)
+                      ? policy_verdict_from_name(json_string_value(v))
+                      : -1;
+    if (verdict < 0) {
+        char q[96];
+        if (json_is_string(v))
+            return invalid(err, "policy.%s: expected \"allow\", \"deny\", \"approve\" or "
+                           "\"suggest\", got %s", key, quote(q, sizeof q, json_string_value(v)));
+        return invalid(err, "policy.%s: expected \"allow\", \"deny\", \"approve\" or "
+                       "\"suggest\", got %s", key, type_name(v));
+    }
+    *out = verdict + 1;
+    return AR_OK;
+}
+
 static int parse_policy(const json_t *v, policy_limits *out, ar_error *err)
 {
     if (!json_is_object(v))
@@ -284,6 +311,10 @@ static int parse_policy(const json_t *v, policy_limits *out, ar_error *err)
     out->memory_bytes = (size_t)memory_kb * 1024;
     out->instructions = (uint64_t)instructions;
     out->timeout_ms = (int)timeout_ms;
+    if ((rc = get_default_verdict(v, "default_read", &out->default_read, err)) ||
+        (rc = get_default_verdict(v, "default_write", &out->default_write, err)) ||
+        (rc = get_default_verdict(v, "default_irreversible", &out->default_irreversible, err)))
+        return rc;
     return AR_OK;
 }
 
@@ -558,6 +589,49 @@ static int check_listen_exposure(config *cfg, ar_error *err)
                    "in clear", plain ? h : quote(q, sizeof q, h));
 }
 
+/* autonomy: {"connector.action" | "connector.*" | "*": "auto" | "semi" | "suggest"} */
+static int parse_autonomy(const json_t *v, config *cfg, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "autonomy: expected object {\"connector.action\": \"auto\"|\"semi\"|\"suggest\"}, got %s",
+                       type_name(v));
+    const char *pattern;
+    json_t *level;
+    json_object_foreach((json_t *)v, pattern, level) {
+        if (!autonomy_valid_pattern(pattern))
+            return invalid(err, "autonomy: pattern \"%s\" must be \"connector.action\", \"connector.*\" or \"*\"", pattern);
+        if (!autonomy_valid_level(json_string_value(level)))
+            return invalid(err, "autonomy.%s: expected \"auto\", \"semi\" or \"suggest\"", pattern);
+    }
+    cfg->autonomy = json_deep_copy(v);
+    return cfg->autonomy ? AR_OK : nomem(err);
+}
+
+/* approvers: {"role": ["approver", "token:alice", ...]} */
+static int parse_approvers(const json_t *v, config *cfg, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "approvers: expected object {\"role\": [\"approver\", \"token:NAME\"]}, got %s", type_name(v));
+    const char *role;
+    json_t *list;
+    json_object_foreach((json_t *)v, role, list) {
+        if (!json_is_array(list) || json_array_size(list) == 0)
+            return invalid(err, "approvers.%s: expected a non-empty array of token roles or \"token:NAME\"", role);
+        size_t i;
+        json_t *e;
+        json_array_foreach(list, i, e) {
+            const char *who = json_string_value(e);
+            unsigned bit;
+            if (!who || (strncmp(who, "token:", 6) != 0 && auth_roles_parse(who, &bit, NULL) != AR_OK) ||
+                (strncmp(who, "token:", 6) == 0 && !who[6]))
+                return invalid(err, "approvers.%s[%zu]: expected a token role (submitter, approver, operator, "
+                               "reader) or \"token:NAME\"", role, i);
+        }
+    }
+    cfg->approvers = json_deep_copy(v);
+    return cfg->approvers ? AR_OK : nomem(err);
+}
+
 static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(root))
@@ -590,10 +664,19 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
                       err)) ||
         (rc = get_int(root, "decision_workers", "decision_workers", 1, 64, &workers, err)))
         return rc;
+    const json_t *v0;
     long long max_inflight = 256, max_queue = 10000, aging = 1000;
     if ((rc = get_int(root, "max_inflight", "max_inflight", 1, 100000, &max_inflight, err)) ||
         (rc = get_int(root, "max_queue_depth", "max_queue_depth", 1, 10000000, &max_queue, err)) ||
         (rc = get_int(root, "aging_ms", "aging_ms", 1, 3600000, &aging, err)))
+        return rc;
+    long long expiry = 86400;
+    if ((rc = get_int(root, "approval_expiry_s", "approval_expiry_s", 1, 30LL * 86400, &expiry, err)))
+        return rc;
+    cfg->approval_expiry_s = expiry;
+    if ((v0 = json_object_get(root, "autonomy")) && (rc = parse_autonomy(v0, cfg, err)))
+        return rc;
+    if ((v0 = json_object_get(root, "approvers")) && (rc = parse_approvers(v0, cfg, err)))
         return rc;
     cfg->max_inflight = (int)max_inflight;
     cfg->max_queue_depth = (size_t)max_queue;
@@ -765,6 +848,8 @@ void config_free(config *cfg)
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->auth_key_file);
+    json_decref(cfg->autonomy);
+    json_decref(cfg->approvers);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         config_connector *c = &cfg->connectors[i];
         free(c->name);

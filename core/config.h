@@ -5,12 +5,14 @@
  * key): listen ("127.0.0.1:8470"; a non-loopback address needs tls), tls {cert, key} (PEM
  * files; the API then speaks HTTPS only), auth_key_file ("<data_dir>/auth.key"), data_dir ("var"), plugin_dir ("build/plugins"), policy_dir ("policies"),
  * map_size_mb (1024), max_body_bytes (1 MiB), decision_workers (2),
- * policy {memory_kb, instructions, timeout_ms}, connectors (name -> {plugin (required),
+ * policy {memory_kb, instructions, timeout_ms, default_read, default_write,
+ * default_irreversible}, connectors (name -> {plugin (required),
  * config (object), processes (2), timeout_ms (10000), deadline_ms (300000), retry
  * {max_attempts 5, initial_ms 200, max_ms 30000, multiplier 2}, idempotency {action: mode},
  * secrets {name: value}, rate_limit {per_second, burst}, concurrency (processes), breaker
  * {window 20, min_calls 10, failure_ratio 0.5, consecutive 5, open_s 30, half_open_calls 1}}),
- * max_inflight (256), max_queue_depth (10000), aging_ms (1000). Relative paths are resolved against
+ * max_inflight (256), max_queue_depth (10000), aging_ms (1000), autonomy {pattern: level},
+ * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400). Relative paths are resolved against
  * the directory of the config file.
  */
 #ifndef CONFIG_H
@@ -73,6 +75,9 @@ typedef struct config {
     int max_inflight;      /* calls in flight across all connectors (256) */
     size_t max_queue_depth; /* actions waiting to run before submissions get 429 (10000) */
     int aging_ms;          /* waiting this long counts as one priority level (1000) */
+    json_t *autonomy;      /* owned or NULL: "connector.action" pattern -> auto|semi|suggest */
+    json_t *approvers;     /* owned or NULL: policy role -> ["approver", "token:alice", ...] */
+    int64_t approval_expiry_s; /* a pending approval's lifetime unless the policy says (86400) */
     policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */
     config_connector *connectors;
     size_t n_connectors;

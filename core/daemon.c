@@ -28,6 +28,7 @@ typedef struct runtime {
     config *cfg;
     journal *journal;
     auth *auth;
+    autonomy *autonomy;
     policy_set *policies;
     api_server *api;
     scheduler *sched;
@@ -90,6 +91,7 @@ static void runtime_stop(runtime *rt)
     scheduler_free(rt->sched);
     api_free(rt->api);
     policy_set_free(rt->policies);
+    autonomy_free(rt->autonomy);
     auth_free(rt->auth);
     journal_close(rt->journal);
     config_free(rt->cfg);
@@ -114,13 +116,14 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     journal_opts jo = {.dir = dir, .map_size_mb = cfg->map_size_mb};
     if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK)
         return rc;
-    if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK)
+    if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK ||
+        (rc = autonomy_open(cfg->autonomy, rt->journal, &rt->autonomy, err)) != AR_OK)
         return rc;
     if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK)
         return rc;
     ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
            cfg->policy_dir, policy_set_version(rt->policies));
-    if ((rc = api_new(cfg, rt->journal, rt->auth, rt->policies, &rt->api, err)) != AR_OK)
+    if ((rc = api_new(cfg, rt->journal, rt->auth, rt->autonomy, rt->policies, &rt->api, err)) != AR_OK)
         return rc;
     if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
         return rc;
@@ -138,6 +141,7 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
         return rc;
     ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
            "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
+    api_watch_pending(rt->api);
     if ((rc = api_listen(rt->api, err)) != AR_OK)
         return rc;
     ar_log("info", "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,

@@ -10,13 +10,21 @@
  *   through to the real library and raises on writes. rawset is not offered, so a proxy stays
  *   empty; the string metatable is protected too, so ("").x cannot hand out the real table.
  * - Every file is compiled once per worker; each decision sets a fresh _ENV as the chunk's
- *   first upvalue, runs the chunk (which defines decide in that _ENV) and calls decide. A
- *   policy can therefore assign anything it likes: it is all gone by the next call.
+ *   first upvalue, runs the chunk (which defines decide in that _ENV) and calls
+ *   decide(action, ctx) with a fresh action table and a fresh, read-only ctx. A policy can
+ *   therefore assign anything it likes: it is all gone by the next call.
  * - A count hook charges instructions and checks the wall-clock deadline. Once a call has
  *   overrun (instructions, deadline or memory), the hook and the sandbox's own pcall/xpcall
  *   keep re-raising, so a policy cannot catch its way past a limit.
  * - Policies cannot create finalizers (__gc) and the hook refuses to run Lua outside a call, so
  *   no code of one call can run during another.
+ *
+ * Composition: every file votes (also after a deny, so the record shows every opinion); the
+ * most restrictive verdict wins and the first vote for it, in file order, names rule, reason
+ * and file. The approve fields are merged over all approve votes. A file that fails is a deny
+ * vote with rule policy_error. All files share one instruction budget and one deadline: once
+ * a file has used them up, the files after it are not run and vote deny (policy_error, "not
+ * run"). A memory overrun is collected, so the next file still runs.
  */
 #include "policy.h"
 
@@ -75,6 +83,7 @@ struct policy_worker {
     mem_cap mem;            /* the allocator's userdata: must not move */
     int *chunk_refs;        /* registry refs of the compiled chunks, one per file */
     int env_mt_ref;         /* registry ref of {__index = G, __metatable = false} */
+    int ctx_mt_ref;         /* registry ref of the read-only metatable of every call's ctx */
     int hook_step;
     /* the call in progress */
     int in_call;
@@ -82,6 +91,7 @@ struct policy_worker {
     uint64_t instructions;
     int64_t deadline_ns;
     const char *current_file;
+    int64_t decision_time_s; /* ctx.now(): when the decision started, seconds since the epoch */
     /* log() rate limit */
     int64_t log_window_ns;
     int log_lines;
@@ -89,7 +99,7 @@ struct policy_worker {
 };
 
 /* What one file's decide returned. */
-enum outcome { OUT_ABSTAIN, OUT_ALLOW, OUT_DENY, OUT_INVALID };
+enum outcome { OUT_ABSTAIN, OUT_VOTE, OUT_INVALID };
 
 typedef struct run_ctx {
     policy_worker *w;
@@ -97,8 +107,17 @@ typedef struct run_ctx {
     const json_t *action;
     int validate_only;      /* at load: run the chunk and check decide, do not call it */
     enum outcome outcome;
+    /* OUT_VOTE: the vote as returned (has_*: the field was given); OUT_INVALID: reason says
+     * what is wrong with it */
+    policy_verdict verdict;
+    int has_reason, has_rule, has_summary;
     char reason[sizeof(((policy_decision *)0)->reason)];
     char rule[sizeof(((policy_decision *)0)->rule)];
+    char roles[POLICY_MAX_ROLES][sizeof(((policy_decision *)0)->roles[0])];
+    int n_roles;
+    int64_t expires_in_s;   /* 0: not given */
+    char summary[sizeof(((policy_decision *)0)->summary)];
+    int four_eyes;
 } run_ctx;
 
 /* The process-wide log sink (policy.h: set once at start); NULL means stderr. */
@@ -949,6 +968,43 @@ static void push_proxy(lua_State *L, int idx)
     lua_setmetatable(L, -2);
 }
 
+/* ---- ctx: what the runtime tells a policy besides the action ------------------------------ */
+
+static int ctx_now(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)worker_of(L)->decision_time_s);
+    return 1;
+}
+
+static int ctx_newindex(lua_State *L)
+{
+    return luaL_error(L, "ctx is read-only");
+}
+
+/* Build the metatable every call's ctx gets: each call's ctx is a new empty table (so nothing
+ * a policy does to it can outlive the call) that reads through to the shared, unreachable
+ * table of ctx functions and refuses writes. */
+static int make_ctx_metatable(lua_State *L)
+{
+    lua_createtable(L, 0, 1); /* the functions */
+    lua_pushcfunction(L, ctx_now);
+    lua_setfield(L, -2, "now");
+    int fns = lua_gettop(L);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, fns);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ctx_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushvalue(L, fns);
+    lua_pushcclosure(L, ro_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return ref;
+}
+
 /* ---- building the sandbox ----------------------------------------------------------------- */
 
 static const char *const base_allowed[] = {
@@ -1040,6 +1096,7 @@ static int setup_state(lua_State *L)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     w->env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    w->ctx_mt_ref = make_ctx_metatable(L);
 
     /* The state's own globals are never a policy's _ENV; leave an empty table there. */
     lua_newtable(L);
@@ -1191,9 +1248,60 @@ static int json_too_deep(const json_t *v, int depth)
     return 0;
 }
 
-/* Copy the string field key of the table at idx (raw) into buf; 0 absent, 1 copied, -1 not a
- * string. */
-static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size)
+/* Make s valid UTF-8 in place, as JSON needs it: a sequence cut off at the end (by a
+ * truncation) is dropped, any other invalid byte becomes '?'. */
+static void utf8_clean(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    size_t i = 0;
+    while (p[i]) {
+        unsigned char b = p[i];
+        size_t len;
+        unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+        if (b < 0x80) {
+            i++;
+            continue;
+        } else if (b >= 0xc2 && b <= 0xdf) {
+            len = 2;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            len = 3;
+            if (b == 0xe0)
+                lo = 0xa0; /* overlong */
+            else if (b == 0xed)
+                hi = 0x9f; /* surrogates */
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            len = 4;
+            if (b == 0xf0)
+                lo = 0x90; /* overlong */
+            else if (b == 0xf4)
+                hi = 0x8f; /* beyond U+10FFFF */
+        } else {
+            p[i++] = '?';
+            continue;
+        }
+        size_t k = 1;
+        for (; k < len; k++) {
+            unsigned char c = p[i + k];
+            if (c == 0)
+                break;
+            if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xbf))
+                break;
+        }
+        if (k == len) {
+            i += len;
+        } else if (p[i + k] == 0) {
+            p[i] = 0; /* cut off at the end */
+            return;
+        } else {
+            p[i++] = '?';
+        }
+    }
+}
+
+/* Copy the string field key of the table at idx (raw) into buf, cut to the buffer and made
+ * valid UTF-8; 0 absent, 1 copied, -1 not a string (*type names what it is). */
+static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size,
+                      const char **type)
 {
     lua_pushstring(L, key);
     int t = lua_rawget(L, idx);
@@ -1205,13 +1313,80 @@ static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t 
             len = size - 1;
         memcpy(buf, s, len);
         buf[len] = '\0';
+        utf8_clean(buf);
         rc = 1;
     } else if (t != LUA_TNIL) {
+        *type = lua_typename(L, t);
         rc = -1;
     }
     lua_pop(L, 1);
     return rc;
 }
+
+#define MAX_EXPIRES_IN_S (30 * 24 * 3600)
+
+static int valid_role(const char *s, size_t len)
+{
+    static const char allowed[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  "0123456789_.:-";
+    if (len < 1 || len >= sizeof(((run_ctx *)0)->roles[0]))
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!s[i] || !strchr(allowed, s[i]))
+            return 0;
+    return 1;
+}
+
+/* roles (the table at idx): a sequence of at most POLICY_MAX_ROLES valid role names, kept
+ * without duplicates. 0 ok, -1 invalid (c->reason says why). Raw reads only. */
+static int read_roles(lua_State *L, int idx, run_ctx *c)
+{
+    int count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (++count > POLICY_MAX_ROLES) {
+            lua_pop(L, 1);
+            snprintf(c->reason, sizeof c->reason, "roles: at most %d roles may be named",
+                     POLICY_MAX_ROLES);
+            return -1;
+        }
+    }
+    for (int i = 1; i <= count; i++) {
+        int t = lua_rawgeti(L, idx, i);
+        if (t == LUA_TNIL) {
+            lua_pop(L, 1);
+            snprintf(c->reason, sizeof c->reason,
+                     "roles must be an array of strings (keys 1, 2, ... only)");
+            return -1;
+        }
+        if (t != LUA_TSTRING) {
+            snprintf(c->reason, sizeof c->reason, "roles[%d] must be a string, got a %s", i,
+                     lua_typename(L, t));
+            lua_pop(L, 1);
+            return -1;
+        }
+        size_t len;
+        const char *role = lua_tolstring(L, -1, &len);
+        if (!valid_role(role, len)) {
+            lua_pop(L, 1);
+            snprintf(c->reason, sizeof c->reason,
+                     "roles[%d] is not a valid role name (1 to 63 of A-Z a-z 0-9 _ . : -)", i);
+            return -1;
+        }
+        int dup = 0;
+        for (int k = 0; k < c->n_roles; k++)
+            dup |= strcmp(c->roles[k], role) == 0;
+        if (!dup)
+            memcpy(c->roles[c->n_roles++], role, len + 1);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+static const char *const verdict_names[] = { "allow", "approve", "suggest", "deny" };
+
+#define VERDICT_CHOICES "\"allow\", \"deny\", \"approve\" or \"suggest\""
 
 /* Interpret decide's result (top of the stack) into c; raw reads only, no metamethods. */
 static void read_result(lua_State *L, run_ctx *c)
@@ -1232,38 +1407,95 @@ static void read_result(lua_State *L, run_ctx *c)
     int vt = lua_rawget(L, idx);
     size_t vlen = 0;
     const char *verdict = vt == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
-    int is_allow = verdict && vlen == 5 && memcmp(verdict, "allow", 5) == 0;
-    int is_deny = verdict && vlen == 4 && memcmp(verdict, "deny", 4) == 0;
-    if (!is_allow && !is_deny) {
+    int v = verdict && strlen(verdict) == vlen ? policy_verdict_from_name(verdict) : -1;
+    if (v < 0) {
         if (vt == LUA_TNIL)
             snprintf(c->reason, sizeof c->reason, "verdict is missing");
         else if (!verdict)
-            snprintf(c->reason, sizeof c->reason, "verdict must be \"allow\" or \"deny\", got a %s",
+            snprintf(c->reason, sizeof c->reason, "verdict must be " VERDICT_CHOICES ", got a %s",
                      lua_typename(L, vt));
         else if (memchr(verdict, '\0', vlen))
             snprintf(c->reason, sizeof c->reason,
-                     "verdict must be \"allow\" or \"deny\", got a string with a NUL byte");
+                     "verdict must be " VERDICT_CHOICES ", got a string with a NUL byte");
         else
-            snprintf(c->reason, sizeof c->reason,
-                     "verdict must be \"allow\" or \"deny\", got \"%.64s\"", verdict);
+            snprintf(c->reason, sizeof c->reason, "verdict must be " VERDICT_CHOICES
+                     ", got \"%.64s\"", verdict);
+        utf8_clean(c->reason);
         return;
     }
     lua_pop(L, 1);
-    char reason[sizeof c->reason] = "", rule[sizeof c->rule] = "";
-    if (copy_field(L, idx, "reason", reason, sizeof reason) < 0) {
-        snprintf(c->reason, sizeof c->reason, "reason must be a string");
+
+    run_ctx vote = { .verdict = (policy_verdict)v };
+    const char *type = "?";
+    int got;
+    if ((got = copy_field(L, idx, "reason", vote.reason, sizeof vote.reason, &type)) < 0) {
+        snprintf(c->reason, sizeof c->reason, "reason must be a string, got a %s", type);
         return;
     }
-    if (copy_field(L, idx, "rule", rule, sizeof rule) < 0) {
-        snprintf(c->reason, sizeof c->reason, "rule must be a string");
+    vote.has_reason = got;
+    if ((got = copy_field(L, idx, "rule", vote.rule, sizeof vote.rule, &type)) < 0) {
+        snprintf(c->reason, sizeof c->reason, "rule must be a string, got a %s", type);
         return;
     }
-    c->outcome = is_allow ? OUT_ALLOW : OUT_DENY;
-    memcpy(c->reason, reason, sizeof reason);
-    memcpy(c->rule, rule, sizeof rule);
+    vote.has_rule = got;
+    if ((got = copy_field(L, idx, "summary", vote.summary, sizeof vote.summary, &type)) < 0) {
+        snprintf(c->reason, sizeof c->reason, "summary must be a string, got a %s", type);
+        return;
+    }
+    vote.has_summary = got;
+
+    lua_pushliteral(L, "roles");
+    t = lua_rawget(L, idx);
+    if (t != LUA_TNIL && t != LUA_TTABLE) {
+        snprintf(c->reason, sizeof c->reason, "roles must be an array of strings, got a %s",
+                 lua_typename(L, t));
+        return;
+    }
+    if (t == LUA_TTABLE && read_roles(L, lua_gettop(L), &vote) != 0) {
+        memcpy(c->reason, vote.reason, sizeof c->reason);
+        return;
+    }
+    lua_pop(L, 1);
+
+    lua_pushliteral(L, "expires_in");
+    t = lua_rawget(L, idx);
+    if (t != LUA_TNIL) {
+        int is_int = 0;
+        lua_Integer secs = t == LUA_TNUMBER ? lua_tointegerx(L, -1, &is_int) : 0;
+        if (t != LUA_TNUMBER) {
+            snprintf(c->reason, sizeof c->reason,
+                     "expires_in must be a number of seconds, got a %s", lua_typename(L, t));
+            return;
+        }
+        if (!is_int || secs < 1 || secs > MAX_EXPIRES_IN_S) {
+            snprintf(c->reason, sizeof c->reason,
+                     "expires_in must be a whole number of seconds from 1 to %d (30 days), "
+                     "got %s", MAX_EXPIRES_IN_S, lua_tostring(L, -1));
+            return;
+        }
+        vote.expires_in_s = secs;
+    }
+    lua_pop(L, 1);
+
+    lua_pushliteral(L, "four_eyes");
+    t = lua_rawget(L, idx);
+    if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
+        snprintf(c->reason, sizeof c->reason, "four_eyes must be a boolean, got a %s",
+                 lua_typename(L, t));
+        return;
+    }
+    vote.four_eyes = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
+    /* keep c's identity (worker, file, action), take the vote */
+    vote.w = c->w;
+    vote.index = c->index;
+    vote.action = c->action;
+    vote.outcome = OUT_VOTE;
+    *c = vote;
 }
 
-/* Protected: run file c->index's chunk in a fresh _ENV, then its decide(action). */
+/* Protected: run file c->index's chunk in a fresh _ENV, then its decide(action, ctx). */
 static int run_file(lua_State *L)
 {
     run_ctx *c = lua_touserdata(L, 1);
@@ -1287,7 +1519,10 @@ static int run_file(lua_State *L)
     if (c->validate_only)
         return 0;
     push_json(L, (json_t *)c->action);
-    lua_call(L, 1, 1);
+    lua_createtable(L, 0, 0);                                    /* a fresh ctx */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->ctx_mt_ref);
+    lua_setmetatable(L, -2);
+    lua_call(L, 2, 1);
     read_result(L, c);
     return 0;
 }
@@ -1496,6 +1731,15 @@ int policy_set_load(const char *dir, const policy_limits *limits, policy_set **o
         set->limits.instructions = DEFAULT_INSTRUCTIONS;
     if (set->limits.timeout_ms <= 0)
         set->limits.timeout_ms = DEFAULT_TIMEOUT_MS;
+    const int defaults[] = { set->limits.default_read, set->limits.default_write,
+                             set->limits.default_irreversible };
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
+        if (defaults[i] < 0 || defaults[i] > POLICY_DENY + 1) {
+            rc = ar_error_set(err, AR_E_INVALID, "invalid_argument",
+                              "policy: a default verdict must be 0 (built in) or a verdict + 1, "
+                              "got %d", defaults[i]);
+            goto fail;
+        }
 
     d = opendir(dir);
     if (!d) {
@@ -1575,6 +1819,19 @@ void policy_worker_free(policy_worker *w)
     free(w);
 }
 
+int policy_verdict_from_name(const char *name)
+{
+    for (int v = POLICY_ALLOW; name && v <= POLICY_DENY; v++)
+        if (strcmp(name, verdict_names[v]) == 0)
+            return v;
+    return -1;
+}
+
+const char *policy_verdict_name(policy_verdict v)
+{
+    return v >= POLICY_ALLOW && v <= POLICY_DENY ? verdict_names[v] : NULL;
+}
+
 static void set_decision(policy_decision *out, policy_verdict verdict, const char *rule,
                          const char *file, int policy_error, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -1590,6 +1847,9 @@ static void set_decision(policy_decision *out, policy_verdict verdict, const cha
     va_start(ap, fmt);
     vsnprintf(out->reason, sizeof out->reason, fmt, ap);
     va_end(ap);
+    utf8_clean(out->rule);
+    utf8_clean(out->file);
+    utf8_clean(out->reason);
 }
 
 /* A policy that names no rule gets its file name without ".lua". */
@@ -1606,70 +1866,213 @@ static void rule_or_stem(char *rule, size_t size, const char *file)
     rule[len] = '\0';
 }
 
+/* A JSON string of s, or null when s is NULL; invalid UTF-8 is cleaned first. NULL: no
+ * memory. */
+static json_t *json_text(const char *s)
+{
+    if (!s)
+        return json_null();
+    json_t *j = json_string(s);
+    if (j)
+        return j;
+    char *copy = strdup(s);
+    if (!copy)
+        return NULL;
+    utf8_clean(copy);
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
+/* Append {"file", "verdict", "rule", "reason"} to votes (NULL strings become null). On
+ * failure the votes are dropped (*votes = NULL): the header promises all or nothing. */
+static void add_vote(json_t **votes, const char *file, const char *verdict, const char *rule,
+                     const char *reason)
+{
+    if (!*votes)
+        return;
+    json_t *vote = json_object();
+    if (!vote || json_object_set_new(vote, "file", json_text(file)) ||
+        json_object_set_new(vote, "verdict", json_text(verdict)) ||
+        json_object_set_new(vote, "rule", json_text(rule)) ||
+        json_object_set_new(vote, "reason", json_text(reason)) ||
+        json_array_append_new(*votes, vote)) {
+        json_decref(vote);
+        json_decref(*votes);
+        *votes = NULL;
+    }
+}
+
+/* The approve votes, merged: the union of the roles named, the shortest expiry, four-eyes if
+ * any asks, the first summary. */
+typedef struct approve_merge {
+    char roles[POLICY_MAX_ROLES][sizeof(((policy_decision *)0)->roles[0])];
+    int n_roles;
+    int64_t expires_in_s;
+    int four_eyes;
+    int have_summary;
+    char summary[sizeof(((policy_decision *)0)->summary)];
+} approve_merge;
+
+static void merge_approve(approve_merge *m, const run_ctx *c)
+{
+    /* past POLICY_MAX_ROLES roles are dropped in file order: fewer approvers, never more */
+    for (int i = 0; i < c->n_roles && m->n_roles < POLICY_MAX_ROLES; i++) {
+        int dup = 0;
+        for (int k = 0; k < m->n_roles; k++)
+            dup |= strcmp(m->roles[k], c->roles[i]) == 0;
+        if (!dup)
+            memcpy(m->roles[m->n_roles++], c->roles[i], sizeof m->roles[0]);
+    }
+    if (c->expires_in_s && (!m->expires_in_s || c->expires_in_s < m->expires_in_s))
+        m->expires_in_s = c->expires_in_s;
+    m->four_eyes |= c->four_eyes;
+    if (c->has_summary && !m->have_summary) {
+        m->have_summary = 1;
+        memcpy(m->summary, c->summary, sizeof m->summary);
+    }
+}
+
+static const char *default_phrase(policy_verdict v)
+{
+    switch (v) {
+    case POLICY_ALLOW: return "are allowed";
+    case POLICY_APPROVE: return "need approval";
+    case POLICY_SUGGEST: return "are only recorded as suggestions";
+    default: return "are denied";
+    }
+}
+
+/* Every policy abstained: the configured (or built-in) default for the action's effect. */
+static void apply_default(const policy_set *set, const json_t *action, policy_decision *out)
+{
+    const char *effect = json_string_value(json_object_get(action, "effect"));
+    int known = 1;
+    int configured;
+    policy_verdict builtin;
+    if (effect && strcmp(effect, "read") == 0) {
+        configured = set->limits.default_read;
+        builtin = POLICY_ALLOW;
+    } else if (effect && strcmp(effect, "irreversible") == 0) {
+        configured = set->limits.default_irreversible;
+        builtin = POLICY_APPROVE;
+    } else {
+        known = effect && strcmp(effect, "write") == 0;
+        effect = "write";
+        configured = set->limits.default_write;
+        builtin = POLICY_APPROVE;
+    }
+    policy_verdict v = configured ? (policy_verdict)(configured - 1) : builtin;
+    set_decision(out, v, "default", "", 0, "no policy had an opinion%s; %s actions %s by %s",
+                 known ? "" : " and the action's effect is missing or unknown", effect,
+                 default_phrase(v), configured ? "the configured default" : "default");
+}
+
+/* snprintf for text that may be cut to fit (reasons quote policy output of any length). */
+static void cut_printf(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void cut_printf(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+}
+
+static const char *const decided_by[] = { "allowed", "approval required", "suggested only",
+                                          "denied" };
+
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
 {
+    int64_t started = mono_ns();
     memset(out, 0, sizeof *out);
+    out->votes = json_array();
     if (!w || !json_is_object(action)) {
         set_decision(out, POLICY_DENY, "action_invalid", "", 0, "the action is not a JSON object");
-        return AR_OK;
+        goto out;
     }
     if (json_too_deep(action, 1)) {
         set_decision(out, POLICY_DENY, "action_invalid", "", 0,
                      "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
-        return AR_OK;
+        goto out;
     }
 
     const policy_set *set = w->set;
-    int have_allow = 0;
+    int have_vote = 0;
+    approve_merge approve = { .n_roles = 0 };
+    const char *stopped = NULL; /* the limit a file ran over, when it ends the decision */
+    const char *stopped_by = NULL;
+    w->decision_time_s = (int64_t)time(NULL);
     begin_call(w);
     for (size_t i = 0; i < set->count; i++) {
         const char *file = set->files[i].name;
         run_ctx c = { .w = w, .index = i, .action = action };
         char message[400];
-        if (run_protected(w, &c, message, sizeof message) != AR_OK) {
-            set_decision(out, POLICY_DENY, "policy_error", file, 1, "policy %s failed: %s", file,
-                         message);
-            goto done;
+        char why[sizeof out->reason];
+        policy_verdict verdict;
+        int policy_error = 0;
+        if (stopped) {
+            /* one budget and one deadline for the whole decision: nothing left to run it */
+            cut_printf(why, sizeof why, "policy %s not run: %s by %s", file, stopped, stopped_by);
+            verdict = POLICY_DENY;
+            policy_error = 1;
+        } else if (run_protected(w, &c, message, sizeof message) != AR_OK) {
+            cut_printf(why, sizeof why, "policy %s failed: %s", file, message);
+            verdict = POLICY_DENY;
+            policy_error = 1;
+            if (w->fail == FAIL_BUDGET || w->fail == FAIL_DEADLINE) {
+                stopped = fail_text(w->fail);
+                stopped_by = file;
+            }
+            w->fail = FAIL_NONE; /* a memory overrun was collected: the next file may run */
+        } else if (c.outcome == OUT_INVALID) {
+            cut_printf(why, sizeof why, "policy %s returned an invalid decision: %s", file,
+                       c.reason);
+            verdict = POLICY_DENY;
+            policy_error = 1;
+        } else if (c.outcome == OUT_ABSTAIN) {
+            add_vote(&out->votes, file, NULL, NULL, NULL);
+            continue;
+        } else {
+            verdict = c.verdict;
         }
-        switch (c.outcome) {
-        case OUT_ABSTAIN:
-            break;
-        case OUT_INVALID:
-            set_decision(out, POLICY_DENY, "policy_error", file, 1,
-                         "policy %s returned an invalid decision: %s", file, c.reason);
-            goto done;
-        case OUT_DENY:
+
+        if (policy_error) {
+            utf8_clean(why);
+            add_vote(&out->votes, file, "deny", "policy_error", why);
+        } else {
+            add_vote(&out->votes, file, policy_verdict_name(verdict), c.has_rule ? c.rule : NULL,
+                     c.has_reason ? c.reason : NULL);
+            if (verdict == POLICY_APPROVE)
+                merge_approve(&approve, &c);
+        }
+        /* the most restrictive verdict wins; the first vote for it (in file order) speaks */
+        if (have_vote && verdict <= out->verdict)
+            continue;
+        have_vote = 1;
+        if (policy_error) {
+            set_decision(out, POLICY_DENY, "policy_error", file, 1, "%s", why);
+        } else {
             rule_or_stem(c.rule, sizeof c.rule, file);
             if (c.reason[0])
-                set_decision(out, POLICY_DENY, c.rule, file, 0, "%s", c.reason);
+                set_decision(out, verdict, c.rule, file, 0, "%s", c.reason);
             else
-                set_decision(out, POLICY_DENY, c.rule, file, 0, "denied by policy %s", file);
-            goto done;
-        case OUT_ALLOW:
-            if (have_allow)
-                break; /* the first allow (in file order) speaks for all */
-            have_allow = 1;
-            rule_or_stem(c.rule, sizeof c.rule, file);
-            if (c.reason[0])
-                set_decision(out, POLICY_ALLOW, c.rule, file, 0, "%s", c.reason);
-            else
-                set_decision(out, POLICY_ALLOW, c.rule, file, 0, "allowed by policy %s", file);
-            break;
+                set_decision(out, verdict, c.rule, file, 0, "%s by policy %s",
+                             decided_by[verdict], file);
         }
     }
-    if (!have_allow) {
-        const char *effect = json_string_value(json_object_get(action, "effect"));
-        if (effect && strcmp(effect, "read") == 0)
-            set_decision(out, POLICY_ALLOW, "default", "", 0,
-                         "no policy objected; read actions are allowed by default");
-        else
-            set_decision(out, POLICY_DENY, "default", "", 0,
-                         "no policy allowed this %s action; write and irreversible actions "
-                         "need an explicit allow",
-                         effect && strcmp(effect, "irreversible") == 0 ? "irreversible"
-                                                                       : "write");
-    }
-done:
     end_call(w);
+    if (!have_vote) {
+        apply_default(set, action, out);
+    } else if (out->verdict == POLICY_APPROVE) {
+        memcpy(out->roles, approve.roles, sizeof out->roles);
+        out->n_roles = approve.n_roles;
+        out->expires_in_s = approve.expires_in_s;
+        out->four_eyes = approve.four_eyes;
+        memcpy(out->summary, approve.summary, sizeof out->summary);
+    }
+out:
+    out->duration_ns = (uint64_t)(mono_ns() - started);
     return AR_OK;
 }

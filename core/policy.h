@@ -9,10 +9,12 @@
  * load/loadfile/dofile/collectgarbage/print (a rate-limited log() instead), string without dump,
  * table, math, utf8, os.time/clock/date. No io, package, require, debug, coroutine.
  *
- * decide(action) returns nil (abstain) or {verdict = "allow"|"deny", reason = "...",
- * rule = "..."}. Deny wins over allow. A policy that errors, overruns or returns garbage is a
- * deny naming the file and the reason. When every policy abstains: read actions are allowed,
- * write and irreversible ones denied (rule "default").
+ * decide(action, ctx) returns nil (abstain) or {verdict = "allow"|"deny"|"approve"|"suggest",
+ * reason = "...", rule = "...", roles = {...}, expires_in = seconds, summary = "...",
+ * four_eyes = bool}. The most restrictive verdict wins (see policy_verdict). ctx offers
+ * ctx.now() (seconds since the epoch). A policy that errors, overruns or returns garbage is a
+ * deny naming the file and the reason. When every policy abstains: the configured default
+ * (read: allow; write, irreversible: approve), rule "default".
  */
 #ifndef POLICY_H
 #define POLICY_H
@@ -26,16 +28,28 @@
 typedef struct policy_set policy_set;       /* immutable once loaded; shareable across threads */
 typedef struct policy_worker policy_worker; /* one per thread; not thread-safe */
 
+/* Verdicts, from the least to the most restrictive: when policies disagree, the most
+ * restrictive wins (deny > suggest > approve > allow; suggest outranks approve because nothing
+ * runs). */
+typedef enum policy_verdict {
+    POLICY_ALLOW = 0,
+    POLICY_APPROVE = 1,      /* a human must approve it first */
+    POLICY_SUGGEST = 2,      /* record the decision, never execute */
+    POLICY_DENY = 3
+} policy_verdict;
+
 typedef struct policy_limits {
     size_t memory_bytes;      /* per worker state; 0: default 8 MiB */
     uint64_t instructions;    /* per decide call; 0: default 1,000,000 */
     int timeout_ms;           /* per decide call; 0: default 50 */
+    /* The verdict when every policy abstains (defaults: read allow, write and irreversible
+     * approve). Not limits, but set with them, in the config's "policy" block. */
+    int default_read;         /* policy_verdict + 1; 0: default */
+    int default_write;
+    int default_irreversible;
 } policy_limits;
 
-typedef enum policy_verdict {
-    POLICY_ALLOW = 0,
-    POLICY_DENY = 1
-} policy_verdict;
+#define POLICY_MAX_ROLES 8
 
 typedef struct policy_decision {
     policy_verdict verdict;
@@ -43,7 +57,23 @@ typedef struct policy_decision {
     char rule[128];
     char file[256];          /* basename of the deciding policy file, "" for the default */
     int policy_error;        /* 1 when the deny comes from a failing policy */
+    /* For approve (from the deciding policy; the most restrictive approve when several ask):
+     * who may decide, for how long, what the human is shown, and whether the submitter is
+     * barred from approving its own action. */
+    char roles[POLICY_MAX_ROLES][64];
+    int n_roles;             /* 0: any approver */
+    int64_t expires_in_s;    /* 0: the daemon's default */
+    char summary[512];
+    int four_eyes;
+    /* Every policy's vote, in file order: [{"file", "verdict" (or null: abstained), "rule",
+     * "reason"}]. A new reference owned by the caller (json_decref); NULL on allocation failure. */
+    json_t *votes;
+    uint64_t duration_ns;    /* time spent deciding (for latency metrics) */
 } policy_decision;
+
+/* "allow" <-> POLICY_ALLOW, ...; -1 / NULL for unknown. */
+int policy_verdict_from_name(const char *name);
+const char *policy_verdict_name(policy_verdict v);
 
 /* Read and compile every *.lua under dir (sorted by name). A syntax error or a file without a
  * decide function is AR_E_INVALID with code "policy_invalid" naming file and line.
@@ -59,8 +89,9 @@ int policy_worker_new(const policy_set *set, policy_worker **out, ar_error *err)
 void policy_worker_free(policy_worker *w);
 
 /* Decide. action is a JSON object (borrowed): connector, action, effect ("read"|"write"|
- * "irreversible"), input, proposer{kind,model,confidence,prompt_ref}, priority. Always fills
- * *out; returns AR_OK (a policy failure is a deny, not an error of this function). */
+ * "irreversible"), input, proposer{kind,model,confidence,prompt_ref}, priority, submitter,
+ * autonomy. Always fills *out (the caller decrefs out->votes); returns AR_OK (a policy failure
+ * is a deny, not an error of this function). */
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out);
 
 /* Where log() lines from policies go (default: stderr). Thread-safe to set once at start. */

@@ -1,13 +1,15 @@
 -- default.lua - the rules shipped with aiorun for its own plugins.
 --
--- decide(action) runs for every proposed action. Return nil to have no opinion, or
--- { verdict = "allow" | "deny", rule = "...", reason = "..." }. Any deny from any policy file
--- wins. See README.md in this directory.
+-- decide(action, ctx) runs for every proposed action. Return nil to have no opinion, or
+-- { verdict = "allow" | "deny" | "approve" | "suggest", rule = "...", reason = "..." } (an
+-- approve may also name roles, expires_in, summary and four_eyes). The most restrictive
+-- verdict of all policy files wins: deny > suggest > approve > allow. See README.md in this
+-- directory.
 
 -- Messages longer than this are not echoed.
 local ECHO_MAX_LENGTH = 4096
 
-function decide(action)
+function decide(action, ctx)
   -- Rule low_confidence: an AI proposer that is itself unsure does not get to act.
   local proposer = action.proposer
   if type(proposer) == "table" and type(proposer.confidence) == "number"
@@ -49,6 +51,7 @@ function decide(action)
     return { verdict = "allow", rule = "echo_allowed", reason = "echo is harmless" }
   end
 
-  -- Everything else: no opinion (reads are then allowed, writes denied, by default).
+  -- Everything else: no opinion (reads are then allowed, and writes and irreversible actions
+  -- need a person's approval, by default).
   return nil
 end

@@ -277,15 +277,16 @@ static void policy_deny_is_stored_with_its_reason(void **state)
     json_decref(r);
 }
 
-static void writes_nobody_allowed_are_denied_by_default(void **state)
+static void writes_nobody_allowed_wait_for_approval_by_default(void **state)
 {
     (void)state;
     json_t *r;
     long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:i}, s:i}", "connector", "t_ok", "action", "write_op",
                              "input", "n", -1, "wait_ms", 10000);
     assert_status(st, 201, r);
-    assert_string_equal(str(r, "state", NULL), "DENIED");
+    assert_string_equal(str(r, "state", NULL), "PENDING_APPROVAL");
     assert_string_equal(str(r, "decision", "rule"), "default");
+    assert_string_equal(str(r, "decision", "verdict"), "approve");
     json_decref(r);
     st = harness_submit(&H, &r, "{s:s, s:s, s:{s:i}, s:i}", "connector", "t_ok", "action", "write_op",
                         "input", "n", 5, "wait_ms", 10000);
@@ -733,7 +734,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(bad_requests_get_stable_error_codes, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(oversized_body_is_refused, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(policy_deny_is_stored_with_its_reason, start_default, stop_daemon),
-    cmocka_unit_test_setup_teardown(writes_nobody_allowed_are_denied_by_default, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(writes_nobody_allowed_wait_for_approval_by_default, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(listing_pages_newest_first_with_a_cursor, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(crashing_plugin_fails_its_call_and_is_restarted, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(hanging_plugin_times_out_and_others_keep_serving, start_default, stop_daemon),

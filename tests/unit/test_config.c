@@ -203,9 +203,10 @@ static void unknown_keys_named(void **state)
     refused("{\"lisen\":\"127.0.0.1:8470\"}",
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
-            "max_queue_depth, aging_ms)");
+            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s)");
     refused("{\"policy\":{\"memory\":100}}",
-            "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms)");
+            "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
+            "default_read, default_write, default_irreversible)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
             "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
             "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, breaker)");
@@ -213,7 +214,7 @@ static void unknown_keys_named(void **state)
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
-            "max_queue_depth, aging_ms)");
+            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s)");
 }
 
 static void wrong_types_named(void **state)
@@ -258,6 +259,46 @@ static void ranges_enforced(void **state)
     assert_int_equal(cfg->policy.instructions, 1000000000);
     assert_int_equal(cfg->policy.timeout_ms, 1);
     config_free(cfg);
+}
+
+static void policy_default_verdicts(void **state)
+{
+    (void)state;
+    /* absent: 0, the built-in defaults */
+    config *cfg = parse_ok("{\"policy\":{\"timeout_ms\":5}}");
+    assert_int_equal(cfg->policy.default_read, 0);
+    assert_int_equal(cfg->policy.default_write, 0);
+    assert_int_equal(cfg->policy.default_irreversible, 0);
+    config_free(cfg);
+
+    /* stored as verdict + 1 */
+    cfg = parse_ok("{\"policy\":{\"default_read\":\"approve\",\"default_write\":\"deny\","
+                   "\"default_irreversible\":\"suggest\"}}");
+    assert_int_equal(cfg->policy.default_read, POLICY_APPROVE + 1);
+    assert_int_equal(cfg->policy.default_write, POLICY_DENY + 1);
+    assert_int_equal(cfg->policy.default_irreversible, POLICY_SUGGEST + 1);
+    config_free(cfg);
+    cfg = parse_ok("{\"policy\":{\"default_write\":\"allow\"}}");
+    assert_int_equal(cfg->policy.default_read, 0);
+    assert_int_equal(cfg->policy.default_write, POLICY_ALLOW + 1);
+    assert_int_equal(cfg->policy.default_irreversible, 0);
+    config_free(cfg);
+
+    refused("{\"policy\":{\"default_write\":\"maybe\"}}",
+            "policy.default_write: expected \"allow\", \"deny\", \"approve\" or \"suggest\", "
+            "got \"maybe\"");
+    refused("{\"policy\":{\"default_read\":\"ALLOW\"}}",
+            "policy.default_read: expected \"allow\", \"deny\", \"approve\" or \"suggest\", "
+            "got \"ALLOW\"");
+    refused("{\"policy\":{\"default_irreversible\":1}}",
+            "policy.default_irreversible: expected \"allow\", \"deny\", \"approve\" or "
+            "\"suggest\", got integer");
+    refused("{\"policy\":{\"default_irreversible\":null}}",
+            "policy.default_irreversible: expected \"allow\", \"deny\", \"approve\" or "
+            "\"suggest\", got null");
+    refused("{\"policy\":{\"default_read\":\"\"}}",
+            "policy.default_read: expected \"allow\", \"deny\", \"approve\" or \"suggest\", "
+            "got \"\"");
 }
 
 static void non_loopback_listen_refused(void **state)
@@ -306,6 +347,28 @@ static void connector_retry_idempotency_and_secrets(void **state)
             "connectors.e.retry: max_ms (100) is below initial_ms (500)");
     refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"secrets\":{\"k\":1}}}}",
             "connectors.e.secrets.k: expected string, got integer");
+}
+
+static void autonomy_and_approvers(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{\"autonomy\": {\"shop.refund\": \"semi\", \"tickets.*\": \"auto\", \"*\": \"suggest\"},"
+                           " \"approvers\": {\"finance\": [\"approver\", \"token:alice\"]}, \"approval_expiry_s\": 600}");
+    assert_string_equal(json_string_value(json_object_get(cfg->autonomy, "shop.refund")), "semi");
+    assert_int_equal(json_array_size(json_object_get(cfg->approvers, "finance")), 2);
+    assert_int_equal(cfg->approval_expiry_s, 600);
+    config_free(cfg);
+    cfg = parse_ok("{}");
+    assert_null(cfg->autonomy);
+    assert_int_equal(cfg->approval_expiry_s, 86400);
+    config_free(cfg);
+    refused("{\"autonomy\": {\"shop\": \"semi\"}}",
+            "autonomy: pattern \"shop\" must be \"connector.action\", \"connector.*\" or \"*\"");
+    refused("{\"autonomy\": {\"shop.x\": \"loose\"}}", "autonomy.shop.x: expected \"auto\", \"semi\" or \"suggest\"");
+    refused("{\"approvers\": {\"finance\": [\"king\"]}}",
+            "approvers.finance[0]: expected a token role (submitter, approver, operator, reader) or \"token:NAME\"");
+    refused("{\"approvers\": {\"finance\": []}}",
+            "approvers.finance: expected a non-empty array of token roles or \"token:NAME\"");
 }
 
 static void non_loopback_listen_with_tls_accepted(void **state)
@@ -555,8 +618,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unknown_keys_named),
     cmocka_unit_test(wrong_types_named),
     cmocka_unit_test(ranges_enforced),
+    cmocka_unit_test(policy_default_verdicts),
     cmocka_unit_test(non_loopback_listen_refused),
     cmocka_unit_test(non_loopback_listen_with_tls_accepted),
+    cmocka_unit_test(autonomy_and_approvers),
     cmocka_unit_test(connector_retry_idempotency_and_secrets),
     cmocka_unit_test(bad_listen_syntax_refused),
     cmocka_unit_test(loopback_listen_accepted),

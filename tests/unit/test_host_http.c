@@ -1,7 +1,7 @@
 /* test_host_http.c - the host's HTTP service and the http connector (plugins/http.so), end to
  * end: a real sandbox pool talks to a small libmicrohttpd server run by this test on
  * 127.0.0.1 that answers scripted responses by path and records what it received. The test
- * thread drives the loop (as in test_sandbox.c); the server has its own threads. */
+ * thread drives the loop (sandbox_fixture.h); the server has its own threads. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -19,11 +19,9 @@
 #include "ar.h"
 #include "loop.h"
 #include "sandbox.h"
+#include "sandbox_fixture.h"
 
-#define HOST_PATH AIORUN_BUILD_DIR "/bin/aiorun-host"
 #define HTTP_PLUGIN AIORUN_BUILD_DIR "/plugins/http.so"
-/* Generous: only a guard against hanging forever, never a performance assertion. */
-#define WAIT_MS 20000
 /* How long /slow keeps a request before answering: longer than the deadlines used on it. */
 #define SLOW_MS 3000
 
@@ -241,105 +239,12 @@ static int count_resets(void)
     return n;
 }
 
-/* ---- the pool, driven by this thread ------------------------------------------------------ */
-
-typedef struct harness {
-    loop_t *loop;
-    sandbox_pool *pool;
-} harness;
-
-typedef struct call_rec {
-    int done;
-    int ok;
-    int error_class;
-    char *result;
-    char message[2048];
-    int http_status;
-    int64_t retry_after_ms;
-} call_rec;
-
-static void on_done(void *arg, const sandbox_result *res)
-{
-    call_rec *r = arg;
-    r->done++;
-    r->ok = res->ok;
-    r->http_status = res->http_status;
-    r->retry_after_ms = res->retry_after_ms;
-    if (res->ok) {
-        r->result = malloc(res->result_len + 1);
-        memcpy(r->result, res->result_json, res->result_len);
-        r->result[res->result_len] = '\0';
-    } else {
-        r->error_class = res->error_class;
-        snprintf(r->message, sizeof r->message, "%s", res->error_message);
-    }
-}
-
-typedef int (*pred_fn)(harness *h, void *arg);
-
-typedef struct waiter {
-    harness *h;
-    pred_fn pred;
-    void *arg;
-    int64_t until;
-    int met;
-} waiter;
-
-static void poll_tick(loop_t *loop, void *arg)
-{
-    waiter *w = arg;
-    if (w->pred(w->h, w->arg)) {
-        w->met = 1;
-        loop_stop(loop);
-        return;
-    }
-    if (ar_mono_ms() >= w->until) {
-        loop_stop(loop);
-        return;
-    }
-    assert_true(loop_timer_add(loop, ar_mono_ms() + 5, poll_tick, w) != 0);
-}
-
-static int run_until(harness *h, pred_fn pred, void *arg)
-{
-    waiter w = {.h = h, .pred = pred, .arg = arg, .until = ar_mono_ms() + WAIT_MS};
-    if (pred(h, arg))
-        return 1;
-    assert_true(loop_timer_add(h->loop, ar_mono_ms() + 5, poll_tick, &w) != 0);
-    loop_run(h->loop);
-    return w.met;
-}
-
-static int pred_state(harness *h, void *arg)
-{
-    sandbox_snapshot s;
-    sandbox_pool_snapshot(h->pool, &s);
-    json_decref(s.descriptor);
-    return s.state == *(sandbox_state *)arg;
-}
-
-static int pred_done(harness *h, void *arg)
-{
-    (void)h;
-    return ((call_rec *)arg)->done > 0;
-}
-
-static void wait_state(harness *h, sandbox_state want)
-{
-    if (!run_until(h, pred_state, &want)) {
-        sandbox_snapshot s;
-        sandbox_pool_snapshot(h->pool, &s);
-        json_decref(s.descriptor);
-        fail_msg("pool state %s, expected %s (message: %s)", sandbox_state_name(s.state),
-                 sandbox_state_name(want), s.message);
-    }
-}
+/* ---- the pool, driven by this thread (sandbox_fixture.h) --------------------------------- */
 
 /* Start a pool of the http plugin. config_fmt may hold one %d: the server's port. */
 static void start_http(harness *h, const char *config_fmt, int port, const char *secrets_json)
 {
     char config_text[1024];
-    ar_error err;
     snprintf(config_text, sizeof config_text, config_fmt, port);
     json_t *config = json_loads(config_text, 0, NULL);
     json_t *secrets = json_loads(secrets_json, 0, NULL);
@@ -348,11 +253,7 @@ static void start_http(harness *h, const char *config_fmt, int port, const char 
     sandbox_pool_opts opts = {.connector = "rest", .plugin_path = HTTP_PLUGIN,
                               .host_path = HOST_PATH, .config = config, .processes = 1,
                               .timeout_ms = 10000, .secrets = secrets};
-    memset(h, 0, sizeof *h);
-    assert_int_equal(access(HTTP_PLUGIN, R_OK), 0);
-    assert_int_equal(loop_new(&h->loop), AR_OK);
-    if (sandbox_pool_new(h->loop, &opts, NULL, NULL, &h->pool, &err) != AR_OK)
-        fail_msg("sandbox_pool_new: %s", err.message);
+    start_pool_opts(h, &opts);
     json_decref(config);
     json_decref(secrets);
 }
@@ -365,18 +266,6 @@ static void start_default(harness *h)
 {
     start_http(h, BEARER_CONFIG, g_server.port, TOKEN_SECRETS);
     wait_state(h, SANDBOX_READY);
-}
-
-static void stop_pool(harness *h)
-{
-    sandbox_pool_free(h->pool);
-    loop_free(h->loop);
-}
-
-static void rec_clear(call_rec *r)
-{
-    free(r->result);
-    memset(r, 0, sizeof *r);
 }
 
 static void request(harness *h, const char *input, const char *key, int timeout_ms, call_rec *r)

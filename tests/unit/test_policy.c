@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -47,7 +48,8 @@ static policy_worker *new_worker(const policy_set *set)
     return w;
 }
 
-static void decide_text(policy_worker *w, const char *json, policy_decision *d)
+/* Decide; the caller owns d->votes (json_decref). */
+static void decide_votes(policy_worker *w, const char *json, policy_decision *d)
 {
     json_error_t jerr;
     json_t *action = json_loads(json, 0, &jerr);
@@ -57,6 +59,22 @@ static void decide_text(policy_worker *w, const char *json, policy_decision *d)
     memset(d, 0x5a, sizeof *d); /* policy_decide must fill every field */
     assert_int_equal(policy_decide(w, action, d), AR_OK);
     json_decref(action);
+    assert_non_null(d->votes);
+    assert_true(json_is_array(d->votes));
+    assert_in_range(d->n_roles, 0, POLICY_MAX_ROLES);
+    assert_in_range(d->four_eyes, 0, 1);
+    assert_in_range(d->policy_error, 0, 1);
+    assert_true(d->expires_in_s >= 0 && d->expires_in_s <= 30 * 24 * 3600);
+    assert_true(memchr(d->summary, '\0', sizeof d->summary) != NULL);
+    assert_true(d->duration_ns != 0x5a5a5a5a5a5a5a5aull);
+}
+
+/* Decide, dropping the votes. */
+static void decide_text(policy_worker *w, const char *json, policy_decision *d)
+{
+    decide_votes(w, json, d);
+    json_decref(d->votes);
+    d->votes = NULL;
 }
 
 /* Decide on an action whose input is {key: value} (value is a JSON string literal). */
@@ -154,6 +172,30 @@ static void test_allow_deny_order(void **state)
     policy_set_free(set);
 }
 
+static void assert_default(const policy_decision *d, policy_verdict verdict, const char *reason)
+{
+    if (d->verdict != verdict || strcmp(d->reason, reason) != 0)
+        print_error("decision: verdict %d rule %s reason %s\n", d->verdict, d->rule, d->reason);
+    assert_int_equal(d->verdict, verdict);
+    assert_int_equal(d->policy_error, 0);
+    assert_string_equal(d->rule, "default");
+    assert_string_equal(d->file, "");
+    assert_string_equal(d->reason, reason);
+    assert_int_equal(d->n_roles, 0);
+    assert_int_equal(d->expires_in_s, 0);
+    assert_string_equal(d->summary, "");
+    assert_int_equal(d->four_eyes, 0);
+}
+
+static const char *const effect_actions[] = {
+    "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"read\",\"input\":{}}",
+    "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\",\"input\":{}}",
+    "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"irreversible\",\"input\":{}}",
+    "{\"connector\":\"c\",\"action\":\"a\",\"input\":{}}",
+    "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"sideways\",\"input\":{}}",
+    "{\"connector\":\"c\",\"action\":\"a\",\"effect\":5,\"input\":{}}",
+};
+
 static void test_default_read_and_write(void **state)
 {
     (void)state;
@@ -161,32 +203,86 @@ static void test_default_read_and_write(void **state)
     policy_worker *w = new_worker(set);
     policy_decision d;
 
-    decide_text(w, "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"read\",\"input\":{}}", &d);
-    assert_allow(&d, "default", "no policy objected; read actions are allowed by default");
-    assert_string_equal(d.file, "");
+    decide_votes(w, effect_actions[0], &d);
+    assert_default(&d, POLICY_ALLOW, "no policy had an opinion; read actions are allowed by default");
+    /* the abstention is on the record */
+    assert_int_equal(json_array_size(d.votes), 1);
+    json_t *vote = json_array_get(d.votes, 0);
+    assert_string_equal(json_string_value(json_object_get(vote, "file")), "abstain.lua");
+    assert_true(json_is_null(json_object_get(vote, "verdict")));
+    assert_true(json_is_null(json_object_get(vote, "rule")));
+    assert_true(json_is_null(json_object_get(vote, "reason")));
+    json_decref(d.votes);
 
-    const char *denied[] = {
-        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\",\"input\":{}}",
-        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"irreversible\",\"input\":{}}",
-        "{\"connector\":\"c\",\"action\":\"a\",\"input\":{}}",
-        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"sideways\",\"input\":{}}",
-        "{\"connector\":\"c\",\"action\":\"a\",\"effect\":5,\"input\":{}}",
-    };
-    for (size_t i = 0; i < sizeof denied / sizeof *denied; i++) {
-        decide_text(w, denied[i], &d);
-        assert_int_equal(d.verdict, POLICY_DENY);
-        assert_int_equal(d.policy_error, 0);
-        assert_string_equal(d.rule, "default");
-        assert_string_equal(d.file, "");
-        assert_non_null(strstr(d.reason, "need an explicit allow"));
+    decide_text(w, effect_actions[1], &d);
+    assert_default(&d, POLICY_APPROVE,
+                   "no policy had an opinion; write actions need approval by default");
+    decide_text(w, effect_actions[2], &d);
+    assert_default(&d, POLICY_APPROVE,
+                   "no policy had an opinion; irreversible actions need approval by default");
+    /* a missing or unknown effect gets the write default, and the reason says so */
+    for (size_t i = 3; i < sizeof effect_actions / sizeof *effect_actions; i++) {
+        decide_text(w, effect_actions[i], &d);
+        assert_default(&d, POLICY_APPROVE,
+                       "no policy had an opinion and the action's effect is missing or unknown; "
+                       "write actions need approval by default");
     }
-    decide_text(w, denied[1], &d);
-    assert_non_null(strstr(d.reason, "this irreversible action"));
-    decide_text(w, denied[0], &d);
-    assert_non_null(strstr(d.reason, "this write action"));
 
     policy_worker_free(w);
     policy_set_free(set);
+}
+
+static void test_configured_defaults(void **state)
+{
+    (void)state;
+    policy_limits limits = { .default_read = POLICY_DENY + 1, .default_write = POLICY_ALLOW + 1,
+                             .default_irreversible = POLICY_SUGGEST + 1 };
+    policy_set *set = load_case_limits("abstain", &limits);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_text(w, effect_actions[0], &d);
+    assert_default(&d, POLICY_DENY,
+                   "no policy had an opinion; read actions are denied by the configured default");
+    decide_text(w, effect_actions[1], &d);
+    assert_default(&d, POLICY_ALLOW,
+                   "no policy had an opinion; write actions are allowed by the configured default");
+    decide_text(w, effect_actions[2], &d);
+    assert_default(&d, POLICY_SUGGEST,
+                   "no policy had an opinion; irreversible actions are only recorded as "
+                   "suggestions by the configured default");
+    decide_text(w, effect_actions[4], &d); /* unknown effect: the (configured) write default */
+    assert_default(&d, POLICY_ALLOW,
+                   "no policy had an opinion and the action's effect is missing or unknown; "
+                   "write actions are allowed by the configured default");
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* only the write default configured: the others keep the built-in ones */
+    limits = (policy_limits){ .default_write = POLICY_APPROVE + 1 };
+    set = load_case_limits("abstain", &limits);
+    w = new_worker(set);
+    decide_text(w, effect_actions[0], &d);
+    assert_default(&d, POLICY_ALLOW, "no policy had an opinion; read actions are allowed by default");
+    decide_text(w, effect_actions[1], &d);
+    assert_default(&d, POLICY_APPROVE,
+                   "no policy had an opinion; write actions need approval by the configured default");
+    decide_text(w, effect_actions[2], &d);
+    assert_default(&d, POLICY_APPROVE,
+                   "no policy had an opinion; irreversible actions need approval by default");
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* a default that is no verdict is refused at load */
+    const int bad[] = { -1, POLICY_DENY + 2 };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        limits = (policy_limits){ .default_irreversible = bad[i] };
+        ar_error err;
+        ar_error_clear(&err);
+        set = (policy_set *)1;
+        assert_int_equal(policy_set_load(FIXTURES "abstain", &limits, &set, &err), AR_E_INVALID);
+        assert_null(set);
+        assert_non_null(strstr(err.message, "default verdict"));
+    }
 }
 
 static void test_empty_dir_and_version(void **state)
@@ -207,9 +303,11 @@ static void test_empty_dir_and_version(void **state)
     policy_decision d;
     decide_text(w, "{\"effect\":\"read\"}", &d);
     assert_allow(&d, "default", NULL);
-    decide_text(w, "{\"effect\":\"write\"}", &d);
-    assert_int_equal(d.verdict, POLICY_DENY);
+    decide_votes(w, "{\"effect\":\"write\"}", &d);
+    assert_int_equal(d.verdict, POLICY_APPROVE);
     assert_string_equal(d.rule, "default");
+    assert_int_equal(json_array_size(d.votes), 0);
+    json_decref(d.votes);
     policy_worker_free(w);
     policy_set_free(set);
 
@@ -287,7 +385,7 @@ static void test_default_lua(void **state)
     decide_text(w, "{\"connector\":\"shop\",\"action\":\"list\",\"effect\":\"read\"}", &d);
     assert_allow(&d, "default", NULL);
     decide_text(w, "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\"}", &d);
-    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(d.verdict, POLICY_APPROVE);
     assert_string_equal(d.rule, "default");
 
     policy_worker_free(w);
@@ -526,12 +624,13 @@ static void test_garbage_results(void **state)
         { "boolean", "invalid decision: expected nil or a table, got a boolean" },
         { "func", "invalid decision: expected nil or a table, got a function" },
         { "empty", "invalid decision: verdict is missing" },
-        { "maybe", "invalid decision: verdict must be \"allow\" or \"deny\", got \"maybe\"" },
+        { "maybe", "invalid decision: verdict must be \"allow\", \"deny\", \"approve\" or "
+                   "\"suggest\", got \"maybe\"" },
         { "upper", "got \"ALLOW\"" },
         { "nul", "got a string with a NUL byte" },
         { "verdict_number", "got a number" },
-        { "bad_reason", "invalid decision: reason must be a string" },
-        { "bad_rule", "invalid decision: rule must be a string" },
+        { "bad_reason", "invalid decision: reason must be a string, got a number" },
+        { "bad_rule", "invalid decision: rule must be a string, got a table" },
         { "inherited", "invalid decision: verdict is missing" },
         { "error_string", "policy garbage.lua failed: garbage.lua:" },
         { "error_table", "policy garbage.lua failed: error object is a table value" },
@@ -592,8 +691,14 @@ static void test_action_conversion(void **state)
     json_decref(arr);
     assert_int_equal(d.verdict, POLICY_DENY);
     assert_string_equal(d.rule, "action_invalid");
+    assert_int_equal(json_array_size(d.votes), 0); /* no policy ran */
+    json_decref(d.votes);
+    memset(&d, 0x5a, sizeof d);
     assert_int_equal(policy_decide(w, NULL, &d), AR_OK);
     assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(d.n_roles, 0);
+    assert_string_equal(d.summary, "");
+    json_decref(d.votes);
 
     /* a policy reading a missing field errors: that is a deny, not an allow */
     decide_text(w, "{\"effect\":\"read\",\"input\":{}}", &d);
@@ -639,6 +744,7 @@ static void test_patterns_match_stock_lua(void **state)
     policy_decision d;
     assert_int_equal(policy_decide(w, action, &d), AR_OK);
     json_decref(action);
+    json_decref(d.votes);
     lua_close(L);
     assert_allow(&d, "same", "all cases agree");
     policy_worker_free(w);
@@ -715,6 +821,7 @@ static void *thread_decide(void *arg)
     for (int i = 0; i < 300; i++) {
         policy_decision d;
         policy_decide(w, (i & 1) ? deny : allow, &d);
+        json_decref(d.votes);
         if (d.verdict != ((i & 1) ? POLICY_DENY : POLICY_ALLOW))
             bad++;
     }
@@ -739,9 +846,460 @@ static void test_workers_in_threads(void **state)
     policy_set_free(set);
 }
 
+/* ---- composition, approve fields, votes ------------------------------------------------------ */
+
+/* Decide with the "compose" set: a.lua, b.lua and c.lua each return action.input.<name>.
+ * input is the text of the input object's members. */
+static void decide_compose(policy_worker *w, const char *input, policy_decision *d, int keep)
+{
+    char json[4096];
+    snprintf(json, sizeof json, "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\","
+                                "\"input\":{%s}}", input);
+    if (keep)
+        decide_votes(w, json, d);
+    else
+        decide_text(w, json, d);
+}
+
+static void assert_decision(const policy_decision *d, policy_verdict verdict, const char *file,
+                            const char *rule, const char *reason)
+{
+    if (d->verdict != verdict || strcmp(d->file, file) != 0 || strcmp(d->rule, rule) != 0 ||
+        strcmp(d->reason, reason) != 0)
+        print_error("decision: verdict %d policy_error %d rule %s file %s reason %s\n",
+                    d->verdict, d->policy_error, d->rule, d->file, d->reason);
+    assert_int_equal(d->verdict, verdict);
+    assert_int_equal(d->policy_error, 0);
+    assert_string_equal(d->file, file);
+    assert_string_equal(d->rule, rule);
+    assert_string_equal(d->reason, reason);
+}
+
+static void test_verdict_names(void **state)
+{
+    (void)state;
+    const char *names[] = { "allow", "approve", "suggest", "deny" };
+    const policy_verdict verdicts[] = { POLICY_ALLOW, POLICY_APPROVE, POLICY_SUGGEST,
+                                        POLICY_DENY };
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(policy_verdict_from_name(names[i]), verdicts[i]);
+        assert_string_equal(policy_verdict_name(verdicts[i]), names[i]);
+    }
+    const char *unknown[] = { "ALLOW", "", "allowed", "maybe", "deny " };
+    for (size_t i = 0; i < sizeof unknown / sizeof *unknown; i++)
+        assert_int_equal(policy_verdict_from_name(unknown[i]), -1);
+    assert_int_equal(policy_verdict_from_name(NULL), -1);
+    assert_null(policy_verdict_name((policy_verdict)(POLICY_DENY + 1)));
+    assert_null(policy_verdict_name((policy_verdict)-1));
+}
+
+static void test_most_restrictive_wins(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("compose");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    static const char *const names[] = { "allow", "approve", "suggest", "deny" };
+    /* every pair, in both file orders */
+    for (int x = 0; x < 4; x++) {
+        for (int y = 0; y < 4; y++) {
+            if (x == y)
+                continue;
+            char input[512];
+            snprintf(input, sizeof input,
+                     "\"a\":{\"verdict\":\"%s\",\"rule\":\"ra\",\"reason\":\"why a\"},"
+                     "\"b\":{\"verdict\":\"%s\",\"rule\":\"rb\",\"reason\":\"why b\"}",
+                     names[x], names[y]);
+            decide_compose(w, input, &d, 0);
+            if (x > y)
+                assert_decision(&d, (policy_verdict)x, "a.lua", "ra", "why a");
+            else
+                assert_decision(&d, (policy_verdict)y, "b.lua", "rb", "why b");
+        }
+    }
+    /* among the votes for the winning verdict, the first in file order speaks */
+    decide_compose(w, "\"a\":{\"verdict\":\"allow\",\"rule\":\"ra\"},"
+                      "\"b\":{\"verdict\":\"deny\",\"rule\":\"rb\",\"reason\":\"why b\"},"
+                      "\"c\":{\"verdict\":\"deny\",\"rule\":\"rc\",\"reason\":\"why c\"}", &d, 0);
+    assert_decision(&d, POLICY_DENY, "b.lua", "rb", "why b");
+    decide_compose(w, "\"a\":{\"verdict\":\"suggest\",\"rule\":\"ra\",\"reason\":\"why a\"},"
+                      "\"b\":{\"verdict\":\"approve\",\"rule\":\"rb\"},"
+                      "\"c\":{\"verdict\":\"suggest\",\"rule\":\"rc\"}", &d, 0);
+    assert_decision(&d, POLICY_SUGGEST, "a.lua", "ra", "why a");
+    decide_compose(w, "\"b\":{\"verdict\":\"approve\",\"rule\":\"rb\",\"reason\":\"why b\"},"
+                      "\"c\":{\"verdict\":\"approve\",\"rule\":\"rc\",\"reason\":\"why c\"}", &d, 0);
+    assert_decision(&d, POLICY_APPROVE, "b.lua", "rb", "why b");
+    /* without rule and reason: the file's stem and a reason naming the file */
+    decide_compose(w, "\"c\":{\"verdict\":\"approve\"}", &d, 0);
+    assert_decision(&d, POLICY_APPROVE, "c.lua", "c", "approval required by policy c.lua");
+    decide_compose(w, "\"b\":{\"verdict\":\"suggest\"}", &d, 0);
+    assert_decision(&d, POLICY_SUGGEST, "b.lua", "b", "suggested only by policy b.lua");
+    decide_compose(w, "\"a\":{\"verdict\":\"allow\"},\"b\":{\"verdict\":\"allow\"}", &d, 0);
+    assert_decision(&d, POLICY_ALLOW, "a.lua", "a", "allowed by policy a.lua");
+    /* one allow among abstentions decides, even for a write */
+    decide_compose(w, "\"c\":{\"verdict\":\"allow\",\"rule\":\"rc\",\"reason\":\"fine\"}", &d, 0);
+    assert_decision(&d, POLICY_ALLOW, "c.lua", "rc", "fine");
+
+    /* a failing policy is a deny: it beats every other verdict but a deny earlier in order */
+    decide_compose(w, "\"a\":{\"verdict\":\"suggest\"},\"b\":{\"verdict\":\"approve\"},"
+                      "\"fail\":\"c\"", &d, 0);
+    assert_policy_error(&d, "c.lua", "policy c.lua failed: c.lua:");
+    decide_compose(w, "\"a\":{\"verdict\":\"deny\",\"rule\":\"ra\",\"reason\":\"no\"},"
+                      "\"fail\":\"b\"", &d, 0);
+    assert_decision(&d, POLICY_DENY, "a.lua", "ra", "no");
+    decide_compose(w, "\"fail\":\"a\",\"b\":{\"verdict\":\"deny\",\"rule\":\"rb\"}", &d, 0);
+    assert_policy_error(&d, "a.lua", "broke on purpose");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_approve_fields_merged(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("compose");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    decide_compose(w,
+                   "\"a\":{\"verdict\":\"approve\",\"rule\":\"ra\",\"reason\":\"why a\","
+                   "\"roles\":[\"ops\",\"finance\",\"ops\"],\"expires_in\":3600,"
+                   "\"four_eyes\":false},"
+                   "\"b\":{\"verdict\":\"approve\",\"roles\":[\"finance\",\"sec.lead:eu-1\"],"
+                   "\"expires_in\":600,\"summary\":\"refund 40 EUR\",\"four_eyes\":true},"
+                   "\"c\":{\"verdict\":\"approve\",\"summary\":\"not this one\","
+                   "\"expires_in\":7200}",
+                   &d, 0);
+    assert_decision(&d, POLICY_APPROVE, "a.lua", "ra", "why a");
+    assert_int_equal(d.n_roles, 3); /* c named none: the union is still only the named ones */
+    assert_string_equal(d.roles[0], "ops");
+    assert_string_equal(d.roles[1], "finance");
+    assert_string_equal(d.roles[2], "sec.lead:eu-1");
+    assert_int_equal(d.expires_in_s, 600);
+    assert_int_equal(d.four_eyes, 1);
+    assert_string_equal(d.summary, "refund 40 EUR");
+
+    /* no roles named anywhere: any approver; no expiry, no summary, no four-eyes */
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"roles\":{}},"
+                      "\"b\":{\"verdict\":\"approve\",\"four_eyes\":false}", &d, 0);
+    assert_int_equal(d.verdict, POLICY_APPROVE);
+    assert_int_equal(d.n_roles, 0);
+    assert_int_equal(d.expires_in_s, 0);
+    assert_int_equal(d.four_eyes, 0);
+    assert_string_equal(d.summary, "");
+
+    /* a float with a whole value is a whole number of seconds; the bounds are allowed */
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"expires_in\":2592000},"
+                      "\"b\":{\"verdict\":\"approve\",\"expires_in\":60.0}", &d, 0);
+    assert_int_equal(d.expires_in_s, 60);
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"expires_in\":1}", &d, 0);
+    assert_int_equal(d.expires_in_s, 1);
+
+    /* past POLICY_MAX_ROLES in the union: the first ones in file order (fewer approvers) */
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"roles\":[\"r1\",\"r2\",\"r3\",\"r4\","
+                      "\"r5\"]},\"b\":{\"verdict\":\"approve\",\"roles\":[\"r5\",\"r6\",\"r7\","
+                      "\"r8\",\"r9\",\"r10\"]}", &d, 0);
+    assert_int_equal(d.n_roles, POLICY_MAX_ROLES);
+    assert_string_equal(d.roles[0], "r1");
+    assert_string_equal(d.roles[7], "r8");
+
+    /* the approve fields only come with an approve decision */
+    const char *outranked[] = {
+        "\"a\":{\"verdict\":\"approve\",\"roles\":[\"ops\"],\"expires_in\":60,\"summary\":\"s\","
+        "\"four_eyes\":true},\"b\":{\"verdict\":\"deny\"}",
+        "\"a\":{\"verdict\":\"approve\",\"roles\":[\"ops\"],\"expires_in\":60,\"summary\":\"s\","
+        "\"four_eyes\":true},\"c\":{\"verdict\":\"suggest\",\"summary\":\"t\"}",
+        "\"a\":{\"verdict\":\"allow\",\"roles\":[\"ops\"],\"expires_in\":60,\"summary\":\"s\","
+        "\"four_eyes\":true}",
+    };
+    for (size_t i = 0; i < sizeof outranked / sizeof *outranked; i++) {
+        decide_compose(w, outranked[i], &d, 0);
+        assert_int_not_equal(d.verdict, POLICY_APPROVE);
+        assert_int_equal(d.n_roles, 0);
+        assert_int_equal(d.expires_in_s, 0);
+        assert_int_equal(d.four_eyes, 0);
+        assert_string_equal(d.summary, "");
+    }
+
+    /* a long summary is cut to the buffer */
+    char input[2048];
+    int n = snprintf(input, sizeof input, "\"a\":{\"verdict\":\"approve\",\"summary\":\"");
+    memset(input + n, 's', 1000);
+    snprintf(input + n + 1000, sizeof input - (size_t)n - 1000, "\"}");
+    decide_compose(w, input, &d, 0);
+    assert_int_equal(strlen(d.summary), sizeof d.summary - 1);
+    /* cut inside a multi-byte character: the partial character is dropped */
+    n = snprintf(input, sizeof input, "\"a\":{\"verdict\":\"approve\",\"summary\":\"s");
+    for (int i = 0; i < 300; i++)
+        n += snprintf(input + n, sizeof input - (size_t)n, "\\u00e9");
+    snprintf(input + n, sizeof input - (size_t)n, "\"}");
+    decide_compose(w, input, &d, 0);
+    assert_int_equal(strlen(d.summary), sizeof d.summary - 1); /* "s" + 255 "é" */
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"summary\":\"\\u00e9\"}", &d, 0);
+    assert_string_equal(d.summary, "\xc3\xa9");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_field_validation(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("compose");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    static const struct {
+        const char *fields; /* added to {"verdict":"approve"} */
+        const char *needle;
+    } cases[] = {
+        { "\"reason\":5", "reason must be a string, got a number" },
+        { "\"rule\":true", "rule must be a string, got a boolean" },
+        { "\"roles\":\"ops\"", "roles must be an array of strings, got a string" },
+        { "\"roles\":true", "roles must be an array of strings, got a boolean" },
+        { "\"roles\":[\"ops\",1]", "roles[2] must be a string, got a number" },
+        { "\"roles\":[[\"ops\"]]", "roles[1] must be a string, got a table" },
+        { "\"roles\":[\"ops\",null,\"dev\"]", "roles must be an array of strings (keys 1, 2, ... only)" },
+        { "\"roles\":{\"x\":\"ops\"}", "roles must be an array of strings (keys 1, 2, ... only)" },
+        { "\"roles\":[\"\"]", "roles[1] is not a valid role name (1 to 63 of A-Z a-z 0-9 _ . : -)" },
+        { "\"roles\":[\"ops team\"]", "roles[1] is not a valid role name" },
+        { "\"roles\":[\"ops\",\"a/b\"]", "roles[2] is not a valid role name" },
+        { "\"roles\":[\"\\u00e9\"]", "roles[1] is not a valid role name" },
+        { "\"roles\":[\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"]",
+          "roles[1] is not a valid role name" }, /* 64 characters */
+        { "\"roles\":[\"r1\",\"r2\",\"r3\",\"r4\",\"r5\",\"r6\",\"r7\",\"r8\",\"r9\"]",
+          "roles: at most 8 roles may be named" },
+        { "\"expires_in\":0", "expires_in must be a whole number of seconds from 1 to 2592000 "
+                              "(30 days), got 0" },
+        { "\"expires_in\":-5", "got -5" },
+        { "\"expires_in\":2592001", "got 2592001" },
+        { "\"expires_in\":1.5", "got 1.5" },
+        { "\"expires_in\":\"60\"", "expires_in must be a number of seconds, got a string" },
+        { "\"expires_in\":{}", "expires_in must be a number of seconds, got a table" },
+        { "\"summary\":5", "summary must be a string, got a number" },
+        { "\"summary\":[\"x\"]", "summary must be a string, got a table" },
+        { "\"four_eyes\":\"yes\"", "four_eyes must be a boolean, got a string" },
+        { "\"four_eyes\":1", "four_eyes must be a boolean, got a number" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char input[512];
+        snprintf(input, sizeof input, "\"a\":{\"verdict\":\"approve\",%s}", cases[i].fields);
+        decide_compose(w, input, &d, 0);
+        if (!strstr(d.reason, cases[i].needle))
+            print_error("case %s: %s\n", cases[i].fields, d.reason);
+        assert_policy_error(&d, "a.lua", "policy a.lua returned an invalid decision: ");
+        assert_non_null(strstr(d.reason, cases[i].needle));
+        assert_int_equal(d.n_roles, 0);
+        assert_string_equal(d.summary, "");
+    }
+    /* the fields are checked whatever the verdict */
+    decide_compose(w, "\"a\":{\"verdict\":\"allow\",\"roles\":[\"no way\"]}", &d, 0);
+    assert_policy_error(&d, "a.lua", "roles[1] is not a valid role name");
+    decide_compose(w, "\"b\":{\"verdict\":\"deny\",\"four_eyes\":\"no\"}", &d, 0);
+    assert_policy_error(&d, "b.lua", "four_eyes must be a boolean");
+    decide_compose(w, "\"c\":{\"verdict\":\"suggest\",\"expires_in\":0}", &d, 0);
+    assert_policy_error(&d, "c.lua", "expires_in must be");
+    decide_compose(w, "\"a\":{\"verdict\":\"approval\"}", &d, 0);
+    assert_policy_error(&d, "a.lua", "got \"approval\"");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+/* The vote of votes[i]: file, verdict (NULL: null), rule, reason (NULL: null; a reason ending
+ * in '*' is a prefix). */
+static void assert_vote(const json_t *votes, size_t i, const char *file, const char *verdict,
+                        const char *rule, const char *reason)
+{
+    json_t *vote = json_array_get(votes, i);
+    assert_non_null(vote);
+    assert_int_equal(json_object_size(vote), 4);
+    assert_string_equal(json_string_value(json_object_get(vote, "file")), file);
+    const char *want[] = { verdict, rule, reason };
+    const char *keys[] = { "verdict", "rule", "reason" };
+    for (int k = 0; k < 3; k++) {
+        json_t *v = json_object_get(vote, keys[k]);
+        assert_non_null(v);
+        if (!want[k]) {
+            assert_true(json_is_null(v));
+            continue;
+        }
+        assert_true(json_is_string(v));
+        size_t len = strlen(want[k]);
+        if (len && want[k][len - 1] == '*')
+            assert_int_equal(strncmp(json_string_value(v), want[k], len - 1), 0);
+        else
+            assert_string_equal(json_string_value(v), want[k]);
+    }
+}
+
+static void test_votes_recorded(void **state)
+{
+    (void)state;
+    /* generous time: the memory and budget cases must end on those limits, not the clock */
+    const policy_limits limits = { .memory_bytes = (size_t)2 << 20, .timeout_ms = 60000 };
+    policy_set *set = load_case_limits("compose", &limits);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    decide_compose(w, "\"a\":{\"verdict\":\"allow\",\"rule\":\"ra\",\"reason\":\"why a\"},"
+                      "\"c\":{\"verdict\":\"deny\"}", &d, 1);
+    assert_int_equal(d.verdict, POLICY_DENY);
+    assert_int_equal(json_array_size(d.votes), 3);
+    assert_vote(d.votes, 0, "a.lua", "allow", "ra", "why a");
+    assert_vote(d.votes, 1, "b.lua", NULL, NULL, NULL);     /* abstained */
+    assert_vote(d.votes, 2, "c.lua", "deny", NULL, NULL);   /* as given: no rule, no reason */
+    assert_true(d.duration_ns > 0);
+    json_decref(d.votes);
+
+    /* every file votes, also after a deny; a failing policy votes deny with policy_error */
+    decide_compose(w, "\"a\":{\"verdict\":\"deny\",\"rule\":\"\",\"reason\":\"no\"},"
+                      "\"fail\":\"b\",\"c\":\"garbage\"", &d, 1);
+    assert_decision(&d, POLICY_DENY, "a.lua", "a", "no");
+    assert_int_equal(json_array_size(d.votes), 3);
+    assert_vote(d.votes, 0, "a.lua", "deny", "", "no");
+    assert_vote(d.votes, 1, "b.lua", "deny", "policy_error",
+                "policy b.lua failed: b.lua:8: broke on purpose");
+    assert_vote(d.votes, 2, "c.lua", "deny", "policy_error",
+                "policy c.lua returned an invalid decision: expected nil or a table, got a string");
+    json_decref(d.votes);
+
+    /* approve, suggest: their names on the record */
+    decide_compose(w, "\"a\":{\"verdict\":\"approve\",\"rule\":\"ra\"},"
+                      "\"b\":{\"verdict\":\"suggest\",\"reason\":\"only an idea\"}", &d, 1);
+    assert_vote(d.votes, 0, "a.lua", "approve", "ra", NULL);
+    assert_vote(d.votes, 1, "b.lua", "suggest", NULL, "only an idea");
+    assert_vote(d.votes, 2, "c.lua", NULL, NULL, NULL);
+    json_decref(d.votes);
+
+    /* text from a policy arrives intact (invalid UTF-8 is cleaned: test_invalid_utf8_cleaned) */
+    decide_compose(w, "\"a\":{\"verdict\":\"allow\",\"reason\":\"x\\u00e9y\"}", &d, 1);
+    char *text = json_dumps(d.votes, 0);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"reason\": \"x\xc3\xa9y\""));
+    free(text);
+    json_decref(d.votes);
+
+    /* the memory limit is per call: the next file runs normally */
+    decide_compose(w, "\"memory\":\"a\",\"b\":{\"verdict\":\"allow\",\"rule\":\"rb\"}", &d, 1);
+    assert_policy_error(&d, "a.lua", "policy a.lua failed: memory limit exceeded");
+    assert_vote(d.votes, 0, "a.lua", "deny", "policy_error",
+                "policy a.lua failed: memory limit exceeded");
+    assert_vote(d.votes, 1, "b.lua", "allow", "rb", NULL);
+    json_decref(d.votes);
+
+    /* the instruction budget is the decision's: after an overrun, later files cannot run */
+    decide_compose(w, "\"loop\":\"b\",\"a\":{\"verdict\":\"allow\"},"
+                      "\"c\":{\"verdict\":\"allow\"}", &d, 1);
+    assert_policy_error(&d, "b.lua", "policy b.lua failed: instruction budget exceeded");
+    assert_vote(d.votes, 0, "a.lua", "allow", NULL, NULL);
+    assert_vote(d.votes, 1, "b.lua", "deny", "policy_error",
+                "policy b.lua failed: instruction budget exceeded");
+    assert_vote(d.votes, 2, "c.lua", "deny", "policy_error",
+                "policy c.lua not run: instruction budget exceeded by b.lua");
+    json_decref(d.votes);
+
+    /* and the next decision starts afresh */
+    decide_compose(w, "\"c\":{\"verdict\":\"allow\",\"rule\":\"rc\",\"reason\":\"ok\"}", &d, 0);
+    assert_decision(&d, POLICY_ALLOW, "c.lua", "rc", "ok");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_invalid_utf8_cleaned(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-policy-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(write_file(dir, "u.lua",
+                                "function decide(action, ctx)\n"
+                                "  if action.input.v == 'nul' then\n"
+                                "    return { verdict = 'approve', roles = { 'a\\0b' } }\n"
+                                "  end\n"
+                                "  return { verdict = action.input.v, rule = 'r\\xff',\n"
+                                "           reason = 'bad \\xc3 \\xed\\xa0\\x80 ok \\xc3\\xa9 cut \\xe2\\x82',\n"
+                                "           summary = '\\xf4\\x90\\x80\\x80' }\n"
+                                "end\n"),
+                     0);
+    ar_error err;
+    policy_set *set = NULL;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_votes(w, "{\"effect\":\"write\",\"input\":{\"v\":\"approve\"}}", &d);
+    assert_int_equal(d.verdict, POLICY_APPROVE);
+    assert_string_equal(d.rule, "r?");
+    assert_string_equal(d.reason, "bad ? ??? ok \xc3\xa9 cut ");
+    assert_string_equal(d.summary, "????");
+    assert_vote(d.votes, 0, "u.lua", "approve", "r?", "bad ? ??? ok \xc3\xa9 cut ");
+    json_decref(d.votes);
+    /* a role name with a NUL byte in it is no role name */
+    decide_text(w, "{\"effect\":\"write\",\"input\":{\"v\":\"nul\"}}", &d);
+    assert_policy_error(&d, "u.lua", "roles[1] is not a valid role name");
+    policy_worker_free(w);
+    policy_set_free(set);
+    const char *names[] = { "u.lua", NULL };
+    remove_dir(dir, names);
+}
+
+/* ---- ctx ------------------------------------------------------------------------------------- */
+
+static void test_ctx_now(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("ctx");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    time_t before = time(NULL);
+    decide_input(w, "kind", "\"now\"", &d);
+    time_t after = time(NULL);
+    assert_allow(&d, "now", NULL);
+    char type[16];
+    long long now = 0;
+    char same[8];
+    assert_int_equal(sscanf(d.reason, "%15s %lld %7s", type, &now, same), 3);
+    assert_string_equal(type, "integer");
+    assert_true(now >= (long long)before && now <= (long long)after);
+    assert_string_equal(same, "true");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+static void test_ctx_read_only_and_fresh(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("ctx");
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    /* what a policy sees of ctx: only now(), through a protected metatable */
+    decide_input(w, "kind", "\"look\"", &d);
+    assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+
+    const char *writes[] = { "\"write\"", "\"write_now\"", "\"insert\"" };
+    for (size_t i = 0; i < sizeof writes / sizeof *writes; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"effect\":\"read\",\"input\":{\"kind\":%s}}", writes[i]);
+        decide_votes(w, json, &d);
+        assert_policy_error(&d, "a_ctx.lua", "ctx is read-only");
+        /* the next file in the same decision gets its own, untouched ctx */
+        assert_vote(d.votes, 1, "b_seen.lua", "allow", "seen", "nil,nil,now");
+        json_decref(d.votes);
+        /* and so does the next call */
+        decide_input(w, "kind", "\"look\"", &d);
+        assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+    }
+    decide_input(w, "kind", "\"setmetatable\"", &d);
+    assert_policy_error(&d, "a_ctx.lua", "protected metatable");
+    /* a write is refused even under pcall */
+    decide_input(w, "kind", "\"pcall_write\"", &d);
+    assert_allow(&d, "pcall_write", "false nil");
+    decide_input(w, "kind", "\"look\"", &d);
+    assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
+    cmocka_unit_test(test_configured_defaults),
     cmocka_unit_test(test_empty_dir_and_version),
     cmocka_unit_test(test_default_lua),
     cmocka_unit_test(test_syntax_error),
@@ -760,6 +1318,14 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_patterns_match_stock_lua),
     cmocka_unit_test(test_log_rate_limited),
     cmocka_unit_test(test_workers_in_threads),
+    cmocka_unit_test(test_verdict_names),
+    cmocka_unit_test(test_most_restrictive_wins),
+    cmocka_unit_test(test_approve_fields_merged),
+    cmocka_unit_test(test_field_validation),
+    cmocka_unit_test(test_votes_recorded),
+    cmocka_unit_test(test_invalid_utf8_cleaned),
+    cmocka_unit_test(test_ctx_now),
+    cmocka_unit_test(test_ctx_read_only_and_fresh),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

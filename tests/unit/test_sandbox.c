@@ -1,7 +1,8 @@
 /* test_sandbox.c - the plugin sandbox with real processes: bin/aiorun-host and the fixture
- * plugins in test-plugins/ (and plugins/echo.so). The test thread drives the loop itself:
- * it calls the sandbox between runs of loop_run, and a polling timer stops the loop once the
- * awaited condition holds (so every sandbox call happens on "the loop's thread"). */
+ * plugins in test-plugins/ (and plugins/echo.so). The test thread drives the loop itself
+ * (sandbox_fixture.h): it calls the sandbox between runs of loop_run, and a polling timer
+ * stops the loop once the awaited condition holds (so every sandbox call happens on "the
+ * loop's thread"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,102 +14,12 @@
 #include "ar.h"
 #include "loop.h"
 #include "sandbox.h"
+#include "sandbox_fixture.h"
 
-#define HOST_PATH AIORUN_BUILD_DIR "/bin/aiorun-host"
 #define FIXTURE(name) AIORUN_BUILD_DIR "/test-plugins/" name ".so"
 #define ECHO_PATH AIORUN_BUILD_DIR "/plugins/echo.so"
-/* Generous: only a guard against hanging forever, never a performance assertion. */
-#define WAIT_MS 20000
 
-typedef struct harness {
-    loop_t *loop;
-    sandbox_pool *pool;
-    int events;
-} harness;
-
-typedef struct call_rec {
-    int done;
-    int ok;
-    int error_class;
-    char *result;
-    char message[1024];
-    int http_status;
-    int64_t retry_after_ms;
-} call_rec;
-
-static void on_event(void *arg, sandbox_pool *pool)
-{
-    (void)pool;
-    ((harness *)arg)->events++;
-}
-
-static void on_done(void *arg, const sandbox_result *res)
-{
-    call_rec *r = arg;
-    r->done++;
-    r->ok = res->ok;
-    r->http_status = res->http_status;
-    r->retry_after_ms = res->retry_after_ms;
-    if (res->ok) {
-        r->result = malloc(res->result_len + 1);
-        memcpy(r->result, res->result_json, res->result_len);
-        r->result[res->result_len] = '\0';
-    } else {
-        r->error_class = res->error_class;
-        snprintf(r->message, sizeof r->message, "%s", res->error_message);
-    }
-}
-
-/* ---- running the loop until something holds ---- */
-
-typedef int (*pred_fn)(harness *h, void *arg);
-
-typedef struct waiter {
-    harness *h;
-    pred_fn pred;
-    void *arg;
-    int64_t until;
-    int met;
-} waiter;
-
-static void poll_tick(loop_t *loop, void *arg)
-{
-    waiter *w = arg;
-    if (w->pred(w->h, w->arg)) {
-        w->met = 1;
-        loop_stop(loop);
-        return;
-    }
-    if (ar_mono_ms() >= w->until) {
-        loop_stop(loop);
-        return;
-    }
-    assert_true(loop_timer_add(loop, ar_mono_ms() + 5, poll_tick, w) != 0);
-}
-
-static int run_until(harness *h, pred_fn pred, void *arg)
-{
-    waiter w = {.h = h, .pred = pred, .arg = arg, .until = ar_mono_ms() + WAIT_MS};
-    if (pred(h, arg))
-        return 1;
-    assert_true(loop_timer_add(h->loop, ar_mono_ms() + 5, poll_tick, &w) != 0);
-    loop_run(h->loop);
-    return w.met;
-}
-
-static sandbox_snapshot snap(harness *h)
-{
-    sandbox_snapshot s;
-    sandbox_pool_snapshot(h->pool, &s);
-    return s;
-}
-
-static int pred_state(harness *h, void *arg)
-{
-    sandbox_snapshot s = snap(h);
-    json_decref(s.descriptor);
-    return s.state == *(sandbox_state *)arg;
-}
+/* ---- waiting for processes and calls (the pool's state: sandbox_fixture.h) ---- */
 
 static int pred_serving(harness *h, void *arg)
 {
@@ -117,26 +28,11 @@ static int pred_serving(harness *h, void *arg)
     return s.serving >= *(int *)arg;
 }
 
-static int pred_done(harness *h, void *arg)
-{
-    (void)h;
-    return ((call_rec *)arg)->done > 0;
-}
-
 static int pred_both_done(harness *h, void *arg)
 {
     (void)h;
     call_rec *r = arg;
     return r[0].done > 0 && r[1].done > 0;
-}
-
-static void wait_state(harness *h, sandbox_state want)
-{
-    if (!run_until(h, pred_state, &want)) {
-        sandbox_snapshot s = snap(h);
-        fail_msg("pool state %s, expected %s (message: %s)", sandbox_state_name(s.state),
-                 sandbox_state_name(want), s.message);
-    }
 }
 
 static void wait_serving(harness *h, int n)
@@ -154,7 +50,6 @@ static void start_pool_secrets(harness *h, const char *connector, const char *pl
                                int processes, const char *config_json, int timeout_ms,
                                const char *secrets_json)
 {
-    ar_error err;
     json_t *config = json_loads(config_json ? config_json : "{}", 0, NULL);
     json_t *secrets = secrets_json ? json_loads(secrets_json, 0, NULL) : NULL;
     sandbox_pool_opts opts = {
@@ -167,12 +62,7 @@ static void start_pool_secrets(harness *h, const char *connector, const char *pl
         .secrets = secrets,
     };
     assert_true(!secrets_json || secrets);
-    memset(h, 0, sizeof *h);
-    assert_int_equal(access(plugin, R_OK), 0);
-    assert_int_equal(loop_new(&h->loop), AR_OK);
-    int rc = sandbox_pool_new(h->loop, &opts, on_event, h, &h->pool, &err);
-    if (rc != AR_OK)
-        fail_msg("sandbox_pool_new: %s", err.message);
+    start_pool_opts(h, &opts);
     json_decref(config);
     json_decref(secrets);
 }
@@ -181,18 +71,6 @@ static void start_pool(harness *h, const char *connector, const char *plugin, in
                        const char *config_json, int timeout_ms)
 {
     start_pool_secrets(h, connector, plugin, processes, config_json, timeout_ms, NULL);
-}
-
-static void stop_pool(harness *h)
-{
-    sandbox_pool_free(h->pool);
-    loop_free(h->loop);
-}
-
-static void rec_clear(call_rec *r)
-{
-    free(r->result);
-    memset(r, 0, sizeof *r);
 }
 
 /* Invoke and wait for the result (which must arrive). */
@@ -743,13 +621,10 @@ static void test_startup_failures_degrade(void **state)
 {
     (void)state;
     harness h;
-    ar_error err;
     /* a "host" that exits at once: every start dies before HELLO */
     sandbox_pool_opts opts = {.connector = "dead_conn", .plugin_path = FIXTURE("t_ok"),
                               .host_path = "/bin/false", .processes = 1, .timeout_ms = 1000};
-    memset(&h, 0, sizeof h);
-    assert_int_equal(loop_new(&h.loop), AR_OK);
-    assert_int_equal(sandbox_pool_new(h.loop, &opts, on_event, &h, &h.pool, &err), AR_OK);
+    start_pool_opts(&h, &opts);
     wait_state(&h, SANDBOX_DEGRADED);
     sandbox_snapshot s = snap(&h);
     print_message("degraded message: %s\n", s.message);

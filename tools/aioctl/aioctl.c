@@ -290,6 +290,13 @@ static int flag_value(int argc, char **argv, int *i, const char *name, const cha
     return 1;
 }
 
+/* Report that memory ran out; returns the exit code for it. */
+static int out_of_memory(void)
+{
+    fputs("aioctl: out of memory\n", stderr);
+    return AIOCTL_REFUSED;
+}
+
 /* If argv[*i] is a global option, apply it (and consume its value) and return 1; 0 if it is
  * not one; -1 on a usage error (already reported). --help and --version exit here. */
 static int take_global(cli *o, int argc, char **argv, int *i)
@@ -507,14 +514,20 @@ static const char *action_state(const json_t *action)
     return json_string_value(json_object_get(action, "state"));
 }
 
+/* A 2xx reply without what the command needs: "the daemon at URL answered without <what>". */
+static int answered_without(const client *c, const char *what)
+{
+    fprintf(stderr, "aioctl: the daemon at %s answered without %s\n", client_url(c), what);
+    return AIOCTL_REFUSED;
+}
+
 /* Is this reply an action object we can work with? Reports it when not. */
 static bool check_action(const client *c, const reply *rep)
 {
     if (json_is_object(rep->json) && json_is_string(json_object_get(rep->json, "id")) &&
         action_state(rep->json))
         return true;
-    fprintf(stderr, "aioctl: the daemon at %s answered without an action (no id or state)\n",
-            client_url(c));
+    answered_without(c, "an action (no id or state)");
     return false;
 }
 
@@ -599,22 +612,224 @@ static int new_client(cli *o, client **c)
     return rc;
 }
 
-static int get_action(client *c, const char *id, reply *rep)
+/* ---- talking to the daemon ------------------------------------------------------------- */
+
+/* A client and its latest reply, released together by session_end (safe on a zeroed one). */
+typedef struct session {
+    client *c;
+    reply rep;
+} session;
+
+static void session_end(session *s)
 {
-    char *escaped = client_escape(id), *path = NULL;
-    int rc = AIOCTL_REFUSED;
-    if (!escaped || asprintf(&path, "/v1/actions/%s", escaped) < 0) {
-        free(escaped);
-        memset(rep, 0, sizeof *rep);
-        fputs("aioctl: out of memory\n", stderr);
-        return rc;
-    }
-    rc = client_call(c, "GET", path, NULL, 0, rep);
-    if (rc == AIOCTL_OK && !check_action(c, rep))
+    reply_fini(&s->rep);
+    client_free(s->c);
+    s->c = NULL;
+}
+
+/* Send one request, releasing the previous reply first. Returns client_call's answer; a
+ * failure is explained on stderr by client.c but not yet reported (call_failed). */
+static int session_send(session *s, const char *method, const char *path, const json_t *body,
+                        long extra_ms)
+{
+    reply_fini(&s->rep);
+    return client_call(s->c, method, path, body, extra_ms, &s->rep);
+}
+
+/* Send one request. A failure is reported (call_failed, which releases the reply); on
+ * AIOCTL_OK s->rep holds the answer. */
+static int session_call(const cli *o, session *s, const char *method, const char *path,
+                        const json_t *body)
+{
+    int rc = session_send(s, method, path, body, 0);
+    return rc == AIOCTL_OK ? AIOCTL_OK : call_failed(o, &s->rep, rc);
+}
+
+/* The outcome rc of a request that must be answered with an action: a reply that is not one
+ * is refused too, and a failure is reported (call_failed). */
+static int action_reply(const cli *o, session *s, int rc)
+{
+    if (rc == AIOCTL_OK && !check_action(s->c, &s->rep))
         rc = AIOCTL_REFUSED;
-    free(path);
+    return rc == AIOCTL_OK ? AIOCTL_OK : call_failed(o, &s->rep, rc);
+}
+
+/* prefix, then segment percent-encoded, then "/verb" unless verb is NULL ("/v1/actions/" ID
+ * "/cancel"). malloc'd, owned by the caller; NULL (reported) when out of memory. */
+static char *resource_path(const char *prefix, const char *segment, const char *verb)
+{
+    char *escaped = client_escape(segment), *path = NULL;
+    if (!escaped ||
+        asprintf(&path, "%s%s%s%s", prefix, escaped, verb ? "/" : "", verb ? verb : "") < 0)
+        path = NULL;
     free(escaped);
+    if (!path)
+        out_of_memory();
+    return path;
+}
+
+/* method on the action id, or on its sub-resource verb (NULL: the action itself); the answer
+ * must be an action (action_reply). id may point into s->rep: the path is made before that
+ * reply is released. */
+static int session_call_action(const cli *o, session *s, const char *method, const char *id,
+                               const char *verb, const json_t *body)
+{
+    char *path = resource_path("/v1/actions/", id, verb);
+    if (!path)
+        return AIOCTL_REFUSED;
+    int rc = session_send(s, method, path, body, 0);
+    free(path);
+    return action_reply(o, s, rc);
+}
+
+/* A new client that sends the token (new_client), then session_call on it. */
+static int session_request(cli *o, session *s, const char *method, const char *path,
+                           const json_t *body)
+{
+    int rc = new_client(o, &s->c);
+    return rc == AIOCTL_OK ? session_call(o, s, method, path, body) : rc;
+}
+
+/* session_request on resource_path(prefix, name, verb). */
+static int session_request_named(cli *o, session *s, const char *method, const char *prefix,
+                                 const char *name, const char *verb, const json_t *body)
+{
+    int rc = new_client(o, &s->c);
+    if (rc != AIOCTL_OK)
+        return rc;
+    char *path = resource_path(prefix, name, verb);
+    if (!path)
+        return AIOCTL_REFUSED;
+    rc = session_call(o, s, method, path, body);
+    free(path);
     return rc;
+}
+
+/* The array under key in the reply (borrowed from s->rep); NULL, reported as "answered
+ * without <what>", when there is none. */
+static json_t *reply_array(const session *s, const char *key, const char *what)
+{
+    json_t *v = json_object_get(s->rep.json, key);
+    if (json_is_array(v))
+        return v;
+    answered_without(s->c, what);
+    return NULL;
+}
+
+typedef void (*render_fn)(FILE *out, const json_t *v);
+
+/* Show a reply: exactly as received (--json), else render's view of v (the reply or a part). */
+static void show_reply(const cli *o, const reply *rep, render_fn render, const json_t *v)
+{
+    if (o->json)
+        print_body(rep);
+    else
+        render(stdout, v);
+}
+
+/* Print a JSON document aioctl made (compact, keys in order), then wipe the text (it may hold
+ * a token). doc is borrowed; NULL means it could not be made (out of memory). */
+static int print_json(const json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (!text)
+        return out_of_memory();
+    puts(text);
+    explicit_bzero(text, strlen(text));
+    free(text);
+    return AIOCTL_OK;
+}
+
+/* print_json, taking the reference to doc. */
+static int print_json_take(json_t *doc)
+{
+    int rc = print_json(doc);
+    json_decref(doc);
+    return rc;
+}
+
+/* GET path and show the array under key in its answer; a reply without one is refused as
+ * "answered without <what>". */
+static int show_list(cli *o, const char *path, const char *key, const char *what,
+                     render_fn render)
+{
+    session s = {0};
+    const json_t *list = NULL;
+    int rc = session_request(o, &s, "GET", path, NULL);
+    if (rc == AIOCTL_OK && !(list = reply_array(&s, key, what)))
+        rc = AIOCTL_REFUSED;
+    if (rc == AIOCTL_OK)
+        show_reply(o, &s.rep, render, list);
+    session_end(&s);
+    return rc;
+}
+
+/* On a new client, send method to the action id (or its verb) and show the action it answers
+ * with. s (zeroed by the caller) is the caller's to end: the reply decides its exit code. */
+static int show_action_call(cli *o, session *s, const char *method, const char *id,
+                            const char *verb, const json_t *body)
+{
+    int rc = new_client(o, &s->c);
+    if (rc == AIOCTL_OK)
+        rc = session_call_action(o, s, method, id, verb, body);
+    if (rc == AIOCTL_OK)
+        show_reply(o, &s->rep, render_action, s->rep.json);
+    return rc;
+}
+
+/* ---- command lines --------------------------------------------------------------------- */
+
+/* parse_command_args for a command without positional arguments. */
+static int parse_flags_only(cli *o, const char *cmd, int argc, char **argv, const flag *flags,
+                            size_t n_flags)
+{
+    const char *pos[1];
+    int n_pos;
+    return parse_command_args(o, cmd, argc, argv, flags, n_flags, pos, 0, &n_pos);
+}
+
+/* parse_command_args for a command with exactly one non-empty argument (*arg, borrowed from
+ * argv); without it: "<cmd>: expected <what>". */
+static int parse_one_arg(cli *o, const char *cmd, int argc, char **argv, const flag *flags,
+                         size_t n_flags, const char *what, const char **arg)
+{
+    const char *pos[1];
+    int n_pos, rc = parse_command_args(o, cmd, argc, argv, flags, n_flags, pos, 1, &n_pos);
+    if (rc)
+        return rc;
+    if (n_pos != 1 || !*pos[0])
+        return usage_error("%s: expected %s", cmd, what);
+    *arg = pos[0];
+    return AIOCTL_OK;
+}
+
+/* Apply the global options in front of a subcommand; *i: the subcommand's index (argc when
+ * there is none). Another option is "<cmd>: unknown option '<it>'<hint>". */
+static int take_leading_globals(cli *o, const char *cmd, const char *hint, int argc,
+                                char **argv, int *i)
+{
+    for (*i = 0; *i < argc && argv[*i][0] == '-'; (*i)++) {
+        int g = take_global(o, argc, argv, i);
+        if (g < 0)
+            return AIOCTL_USAGE;
+        if (g == 0)
+            return usage_error("%s: unknown option '%s'%s", cmd, argv[*i], hint);
+    }
+    return AIOCTL_OK;
+}
+
+/* A command or subcommand: its name and what runs it. */
+typedef struct command {
+    const char *name;
+    int (*run)(cli *o, int argc, char **argv);
+} command;
+
+static const command *find_command(const command *table, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(name, table[k].name) == 0)
+            return &table[k];
+    return NULL;
 }
 
 /* Read INPUT_JSON (a string, or stdin for "-"); *out is a new reference. */
@@ -679,29 +894,40 @@ static int new_idempotency_key(char *buf, size_t cap)
     return AIOCTL_OK;
 }
 
-static int cmd_submit(cli *o, int argc, char **argv)
-{
-    const char *pos[3], *key = NULL, *wait_s = NULL, *priority_s = NULL, *kind = NULL,
-               *model = NULL, *confidence_s = NULL, *prompt_ref = NULL;
-    bool wait = false, retry_busy = false;
+/* ---- submit ---------------------------------------------------------------------------- */
+
+/* submit's command line, checked. */
+typedef struct submission {
+    const char *connector, *action;
+    const char *input;        /* INPUT_JSON as given ("-": stdin), or NULL for {} */
+    const char *key;          /* --key, or the one made for --retry-busy, or NULL */
+    bool key_given;           /* --key was given */
+    const char *kind, *model, *prompt_ref, *confidence_s, *priority_s;
+    double confidence;
+    long priority;
+    bool wait, retry_busy;
+    long wait_ms;             /* --wait's time (DEFAULT_WAIT_MS when it has none) */
     char made_key[48];
+} submission;
+
+/* submit's words into sub (zeroed by the caller). Returns AIOCTL_OK or AIOCTL_USAGE
+ * (reported). */
+static int parse_submit(cli *o, int argc, char **argv, submission *sub)
+{
+    const char *pos[3], *wait_s = NULL;
     const flag flags[] = {
-        {"--key", FLAG_VALUE, &key, NULL},
-        {"--wait", FLAG_OPTIONAL_NUMBER, &wait_s, &wait},
-        {"--retry-busy", FLAG_SWITCH, NULL, &retry_busy},
-        {"--priority", FLAG_VALUE, &priority_s, NULL},
-        {"--proposer-kind", FLAG_VALUE, &kind, NULL},
-        {"--model", FLAG_VALUE, &model, NULL},
-        {"--confidence", FLAG_VALUE, &confidence_s, NULL},
-        {"--prompt-ref", FLAG_VALUE, &prompt_ref, NULL},
+        {"--key", FLAG_VALUE, &sub->key, NULL},
+        {"--wait", FLAG_OPTIONAL_NUMBER, &wait_s, &sub->wait},
+        {"--retry-busy", FLAG_SWITCH, NULL, &sub->retry_busy},
+        {"--priority", FLAG_VALUE, &sub->priority_s, NULL},
+        {"--proposer-kind", FLAG_VALUE, &sub->kind, NULL},
+        {"--model", FLAG_VALUE, &sub->model, NULL},
+        {"--confidence", FLAG_VALUE, &sub->confidence_s, NULL},
+        {"--prompt-ref", FLAG_VALUE, &sub->prompt_ref, NULL},
     };
     int n_pos, rc;
-    long wait_ms = DEFAULT_WAIT_MS, priority = 0;
-    double confidence = 0;
-    json_t *input = NULL, *body = NULL, *proposer = NULL;
-    client *c = NULL;
-    reply rep = {0};
 
+    sub->wait_ms = DEFAULT_WAIT_MS;
     rc = parse_command_args(o, "submit", argc, argv, flags, sizeof flags / sizeof flags[0], pos,
                             3, &n_pos);
     if (rc)
@@ -710,332 +936,392 @@ static int cmd_submit(cli *o, int argc, char **argv)
         return usage_error("submit: expected CONNECTOR ACTION [INPUT_JSON]");
     if (!*pos[0] || !*pos[1])
         return usage_error("submit: CONNECTOR and ACTION must not be empty");
-    if (wait_s && !parse_seconds(wait_s, MAX_WAIT_S, &wait_ms))
+    if (wait_s && !parse_seconds(wait_s, MAX_WAIT_S, &sub->wait_ms))
         return usage_error("--wait: expected a number of seconds > 0 and <= %.0f, got '%s'",
                            MAX_WAIT_S, wait_s);
-    if (priority_s && !parse_long(priority_s, PRIORITY_MIN, PRIORITY_MAX, &priority))
+    if (sub->priority_s && !parse_long(sub->priority_s, PRIORITY_MIN, PRIORITY_MAX, &sub->priority))
         return usage_error("--priority: expected an integer from %d to %d (higher runs first), "
-                           "got '%s'", PRIORITY_MIN, PRIORITY_MAX, priority_s);
-    if (confidence_s) {
+                           "got '%s'", PRIORITY_MIN, PRIORITY_MAX, sub->priority_s);
+    if (sub->confidence_s) {
         char *end;
         errno = 0;
-        confidence = strtod(confidence_s, &end);
-        if (errno || end == confidence_s || *end || !isfinite(confidence))
-            return usage_error("--confidence: expected a number, got '%s'", confidence_s);
+        sub->confidence = strtod(sub->confidence_s, &end);
+        if (errno || end == sub->confidence_s || *end || !isfinite(sub->confidence))
+            return usage_error("--confidence: expected a number, got '%s'", sub->confidence_s);
     }
-    if (key && !*key)
+    if (sub->key && !*sub->key)
         return usage_error("--key must not be empty");
-    rc = load_input(n_pos > 2 ? pos[2] : NULL, &input);
-    if (rc)
-        return rc;
-    /* A resubmission after "busy" must not make a second action: give it a key. */
-    bool key_given = key != NULL;
-    if (retry_busy && !key) {
-        if ((rc = new_idempotency_key(made_key, sizeof made_key)) != AIOCTL_OK)
-            goto done;
-        key = made_key;
-    }
+    sub->connector = pos[0];
+    sub->action = pos[1];
+    sub->input = n_pos > 2 ? pos[2] : NULL;
+    sub->key_given = sub->key != NULL;
+    return AIOCTL_OK;
+}
 
-    body = json_object();
-    if (!body || json_object_set_new(body, "connector", json_string(pos[0])) ||
-        json_object_set_new(body, "action", json_string(pos[1])) ||
-        json_object_set(body, "input", input) || set_string(body, "idempotency_key", key))
-        goto nomem;
-    if (kind || model || confidence_s || prompt_ref) {
-        proposer = json_object();
-        if (!proposer || set_string(proposer, "kind", kind) || set_string(proposer, "model", model) ||
-            set_string(proposer, "prompt_ref", prompt_ref) ||
-            (confidence_s && json_object_set_new(proposer, "confidence", json_real(confidence))) ||
-            json_object_set(body, "proposer", proposer))
-            goto nomem;
-    }
-    if (priority_s && json_object_set_new(body, "priority", json_integer(priority)))
-        goto nomem;
-    long first_wait_ms = wait_ms < MAX_WAIT_PER_REQUEST_MS ? wait_ms : MAX_WAIT_PER_REQUEST_MS;
-    if (wait && json_object_set_new(body, "wait_ms", json_integer(first_wait_ms)))
-        goto nomem;
+/* How long the daemon may hold one request of a --wait with left ms to go. */
+static long request_wait_ms(int64_t left)
+{
+    return left <= 0 ? 0 : left < MAX_WAIT_PER_REQUEST_MS ? (long)left : MAX_WAIT_PER_REQUEST_MS;
+}
 
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        goto done;
-    int64_t start = mono_ms(), deadline = start + wait_ms;
-    /* --retry-busy keeps trying until --wait's time (else --timeout's) has passed. */
-    int64_t busy_deadline = start + (wait ? wait_ms : o->timeout_ms);
+/* {"kind", "model", "prompt_ref", "confidence"}, those given: a new reference, or NULL when
+ * out of memory. */
+static json_t *proposer_json(const submission *sub)
+{
+    json_t *p = json_object();
+    if (!p || set_string(p, "kind", sub->kind) || set_string(p, "model", sub->model) ||
+        set_string(p, "prompt_ref", sub->prompt_ref) ||
+        (sub->confidence_s && json_object_set_new(p, "confidence", json_real(sub->confidence)))) {
+        json_decref(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* The POST body: a new reference, or NULL when out of memory. input is borrowed. */
+static json_t *submit_body(const submission *sub, json_t *input)
+{
+    json_t *body = json_object();
+    if (!body || json_object_set_new(body, "connector", json_string(sub->connector)) ||
+        json_object_set_new(body, "action", json_string(sub->action)) ||
+        json_object_set(body, "input", input) || set_string(body, "idempotency_key", sub->key))
+        goto fail;
+    if ((sub->kind || sub->model || sub->confidence_s || sub->prompt_ref) &&
+        json_object_set_new(body, "proposer", proposer_json(sub)))
+        goto fail;
+    if (sub->priority_s && json_object_set_new(body, "priority", json_integer(sub->priority)))
+        goto fail;
+    if (sub->wait &&
+        json_object_set_new(body, "wait_ms", json_integer(request_wait_ms(sub->wait_ms))))
+        goto fail;
+    return body;
+fail:
+    json_decref(body);
+    return NULL;
+}
+
+/* The daemon answered busy (busy_refusal): say so and, with --retry-busy, wait what its
+ * Retry-After asks (BUSY_MIN_PAUSE_MS to BUSY_MAX_PAUSE_MS) if that ends before
+ * busy_deadline. Returns true when it is time to submit again (the reply is released). */
+static bool wait_out_busy(const submission *sub, session *s, int64_t busy_deadline)
+{
+    long after_s = s->rep.retry_after_s >= 0 ? s->rep.retry_after_s : 1;
+    if (!sub->retry_busy) {
+        fprintf(stderr, "aioctl: the daemon is busy and stored nothing; try again in %ld s, "
+                "or submit with --retry-busy\n", after_s);
+        return false;
+    }
+    int64_t pause_ms = after_s * 1000 < BUSY_MAX_PAUSE_MS ? after_s * 1000 : BUSY_MAX_PAUSE_MS;
+    if (pause_ms < BUSY_MIN_PAUSE_MS)
+        pause_ms = BUSY_MIN_PAUSE_MS;
+    int64_t left = busy_deadline - mono_ms();
+    if (pause_ms > left) {
+        fprintf(stderr, "aioctl: the daemon is busy and asks to wait %ld s, but %.1f s are "
+                "left of the %s time: giving up (nothing was stored; a longer %s gives it "
+                "more time)\n", after_s, left > 0 ? (double)left / 1000.0 : 0.0,
+                sub->wait ? "--wait" : "--timeout", sub->wait ? "--wait" : "--timeout or --wait");
+        return false;
+    }
+    fprintf(stderr, "aioctl: the daemon is busy; submitting again in %.*f s with "
+            "idempotency key %s\n", pause_ms % 1000 ? 1 : 0, (double)pause_ms / 1000.0, sub->key);
+    reply_fini(&s->rep);
+    sleep_ms(pause_ms);
+    return true;
+}
+
+/* POST the submission, again while the daemon is busy and wait_out_busy says so (each time
+ * with the rest of --wait as body's wait_ms). The answer must be an action (action_reply). */
+static int post_submission(const cli *o, session *s, const submission *sub, json_t *body,
+                           int64_t deadline, int64_t busy_deadline)
+{
+    long extra_ms = sub->wait ? request_wait_ms(sub->wait_ms) : 0;
+    int rc;
     for (;;) {
-        rc = client_call(c, "POST", "/v1/actions", body, wait ? first_wait_ms : 0, &rep);
-        if (rc != AIOCTL_REFUSED || !busy_refusal(&rep))
+        rc = session_send(s, "POST", "/v1/actions", body, extra_ms);
+        if (rc != AIOCTL_REFUSED || !busy_refusal(&s->rep) ||
+            !wait_out_busy(sub, s, busy_deadline))
             break;
-        long after_s = rep.retry_after_s >= 0 ? rep.retry_after_s : 1;
-        if (!retry_busy) {
-            fprintf(stderr, "aioctl: the daemon is busy and stored nothing; try again in %ld s, "
-                    "or submit with --retry-busy\n", after_s);
-            break;
-        }
-        int64_t pause_ms = after_s * 1000 < BUSY_MAX_PAUSE_MS ? after_s * 1000 : BUSY_MAX_PAUSE_MS;
-        if (pause_ms < BUSY_MIN_PAUSE_MS)
-            pause_ms = BUSY_MIN_PAUSE_MS;
-        int64_t left = busy_deadline - mono_ms();
-        if (pause_ms > left) {
-            fprintf(stderr, "aioctl: the daemon is busy and asks to wait %ld s, but %.1f s are "
-                    "left of the %s time: giving up (nothing was stored; a longer %s gives it "
-                    "more time)\n", after_s, left > 0 ? (double)left / 1000.0 : 0.0,
-                    wait ? "--wait" : "--timeout", wait ? "--wait" : "--timeout or --wait");
-            break;
-        }
-        fprintf(stderr, "aioctl: the daemon is busy; submitting again in %.*f s with "
-                "idempotency key %s\n", pause_ms % 1000 ? 1 : 0, (double)pause_ms / 1000.0, key);
-        reply_fini(&rep);
-        sleep_ms(pause_ms);
-        if (wait) {
-            int64_t rest = deadline - mono_ms();
-            first_wait_ms = rest <= 0 ? 0 : rest < MAX_WAIT_PER_REQUEST_MS ? (long)rest
-                                                                          : MAX_WAIT_PER_REQUEST_MS;
-            if (json_object_set_new(body, "wait_ms", json_integer(first_wait_ms)))
-                goto nomem;
+        if (sub->wait) {
+            extra_ms = request_wait_ms(deadline - mono_ms());
+            if (json_object_set_new(body, "wait_ms", json_integer(extra_ms)))
+                return out_of_memory();
         }
     }
-    if (rc == AIOCTL_OK && !check_action(c, &rep))
-        rc = AIOCTL_REFUSED;
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    bool existing = rep.status == 200;
+    return action_reply(o, s, rc);
+}
 
-    /* Past the daemon's own wait (or if it answered early): poll until there is an answer. */
+/* Past the daemon's own wait (or if it answered early): poll the action in s->rep until it
+ * is no longer running or deadline passes. */
+static int poll_action(const cli *o, session *s, int64_t deadline)
+{
     int64_t interval = POLL_FIRST_MS;
-    while (wait && classify(action_state(rep.json)) == OUTCOME_RUNNING) {
+    while (classify(action_state(s->rep.json)) == OUTCOME_RUNNING) {
         int64_t left = deadline - mono_ms();
         if (left <= 0)
             break;
         sleep_ms(interval < left ? interval : left);
         interval = interval * 3 / 2 < POLL_MAX_MS ? interval * 3 / 2 : POLL_MAX_MS;
-        char *id = strdup(json_string_value(json_object_get(rep.json, "id")));
-        if (!id)
-            goto nomem;
-        reply_fini(&rep);
-        rc = get_action(c, id, &rep);
-        free(id);
-        if (rc != AIOCTL_OK) {
-            rc = call_failed(o, &rep, rc);
-            goto done;
-        }
+        const char *id = json_string_value(json_object_get(s->rep.json, "id"));
+        int rc = session_call_action(o, s, "GET", id, NULL, NULL);
+        if (rc != AIOCTL_OK)
+            return rc;
     }
+    return AIOCTL_OK;
+}
 
+/* Show the submitted action and choose the exit code: AIOCTL_OK without --wait, else its
+ * outcome, with a hint when it is not finished or may not have happened. existing: the
+ * daemon answered 200 (an action it had) rather than 201. */
+static int report_submission(const cli *o, const session *s, const submission *sub,
+                             bool existing)
+{
     if (o->json) {
-        print_body(&rep);
+        print_body(&s->rep);
     } else {
         /* A key aioctl made is new: a 200 for it can only be our own earlier submission. */
-        if (existing && key_given)
+        if (existing && sub->key_given)
             fputs("aioctl: this idempotency key was used before with the same request; "
                   "this is the existing action (nothing new was submitted)\n", stderr);
-        render_action(stdout, rep.json);
+        render_action(stdout, s->rep.json);
     }
-    const char *state = action_state(rep.json);
-    const char *id = json_string_value(json_object_get(rep.json, "id"));
+    if (!sub->wait)
+        return AIOCTL_OK;
+    const char *state = action_state(s->rep.json);
+    const char *id = json_string_value(json_object_get(s->rep.json, "id"));
     outcome out = classify(state);
-    if (!wait) {
-        rc = AIOCTL_OK;
-    } else {
-        rc = outcome_exit(out);
-        if (out == OUTCOME_HUMAN)
-            fprintf(stderr, "aioctl: %s waits on a human approval (PENDING_APPROVAL); "
-                    "follow it with: aioctl get %s\n", id, id);
-        else if (out == OUTCOME_RUNNING)
-            fprintf(stderr, "aioctl: %s is still %s after %.1f s; follow it with: aioctl get %s\n",
-                    id, state, (double)wait_ms / 1000.0, id);
-        else if (state && strcmp(state, "UNKNOWN_OUTCOME") == 0)
-            fprintf(stderr, "aioctl: %s may or may not have happened; an operator must check "
-                    "the system of record\n", id);
-    }
-    goto done;
+    if (out == OUTCOME_HUMAN)
+        fprintf(stderr, "aioctl: %s waits on a human approval (PENDING_APPROVAL); "
+                "follow it with: aioctl get %s\n", id, id);
+    else if (out == OUTCOME_RUNNING)
+        fprintf(stderr, "aioctl: %s is still %s after %.1f s; follow it with: aioctl get %s\n",
+                id, state, (double)sub->wait_ms / 1000.0, id);
+    else if (state && strcmp(state, "UNKNOWN_OUTCOME") == 0)
+        fprintf(stderr, "aioctl: %s may or may not have happened; an operator must check "
+                "the system of record\n", id);
+    return outcome_exit(out);
+}
 
-nomem:
-    fputs("aioctl: out of memory\n", stderr);
-    rc = AIOCTL_REFUSED;
+static int cmd_submit(cli *o, int argc, char **argv)
+{
+    submission sub = {0};
+    json_t *input = NULL, *body = NULL;
+    session s = {0};
+    int rc;
+
+    if ((rc = parse_submit(o, argc, argv, &sub)) != AIOCTL_OK ||
+        (rc = load_input(sub.input, &input)) != AIOCTL_OK)
+        return rc;
+    /* A resubmission after "busy" must not make a second action: give it a key. */
+    if (sub.retry_busy && !sub.key) {
+        if ((rc = new_idempotency_key(sub.made_key, sizeof sub.made_key)) != AIOCTL_OK)
+            goto done;
+        sub.key = sub.made_key;
+    }
+    if (!(body = submit_body(&sub, input))) {
+        rc = out_of_memory();
+        goto done;
+    }
+    if ((rc = new_client(o, &s.c)) != AIOCTL_OK)
+        goto done;
+    int64_t start = mono_ms(), deadline = start + sub.wait_ms;
+    /* --retry-busy keeps trying until --wait's time (else --timeout's) has passed. */
+    int64_t busy_deadline = start + (sub.wait ? sub.wait_ms : o->timeout_ms);
+    if ((rc = post_submission(o, &s, &sub, body, deadline, busy_deadline)) != AIOCTL_OK)
+        goto done;
+    bool existing = s.rep.status == 200;
+    if (sub.wait && (rc = poll_action(o, &s, deadline)) != AIOCTL_OK)
+        goto done;
+    rc = report_submission(o, &s, &sub, existing);
 done:
-    reply_fini(&rep);
-    client_free(c);
-    json_decref(proposer);
+    session_end(&s);
     json_decref(body);
     json_decref(input);
     return rc;
 }
 
+/* ---- get, list ------------------------------------------------------------------------- */
+
 static int cmd_get(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "get", argc, argv, NULL, 0, pos, 1, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
+    const char *id;
+    session s = {0};
+    int rc = parse_one_arg(o, "get", argc, argv, NULL, 0, "ID", &id);
 
     if (rc)
         return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("get: expected ID");
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    rc = get_action(c, pos[0], &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-    } else {
-        if (o->json)
-            print_body(&rep);
-        else
-            render_action(stdout, rep.json);
-        rc = outcome_exit(classify(action_state(rep.json)));
-        reply_fini(&rep);
-    }
-    client_free(c);
+    rc = show_action_call(o, &s, "GET", id, NULL, NULL);
+    if (rc == AIOCTL_OK)
+        rc = outcome_exit(classify(action_state(s.rep.json)));
+    session_end(&s);
     return rc;
 }
 
-/* "/v1/actions?..." with the given filters; malloc'd, owned by the caller (NULL: no memory). */
-static char *list_path(const char *state, const char *connector, const char *limit,
-                       const char *after)
+/* list's filters, each NULL when not given. */
+typedef struct list_filter {
+    const char *state; /* upper case */
+    const char *connector;
+    const char *limit;
+} list_filter;
+
+/* "/v1/actions?..." with the filters and the page cursor after; malloc'd, owned by the
+ * caller (NULL: no memory). */
+static char *list_path(const list_filter *f, const char *after)
 {
     const char *names[] = {"state", "connector", "limit", "after"};
-    const char *values[] = {state, connector, limit, after};
+    const char *values[] = {f->state, f->connector, f->limit, after};
     char *path = NULL;
     size_t size = 0;
-    FILE *f = open_memstream(&path, &size);
-    if (!f)
+    FILE *mem = open_memstream(&path, &size);
+    if (!mem)
         return NULL;
-    fputs("/v1/actions", f);
+    fputs("/v1/actions", mem);
     char sep = '?';
     for (size_t i = 0; i < 4; i++) {
         if (!values[i])
             continue;
         char *v = client_escape(values[i]);
         if (!v) {
-            fclose(f);
+            fclose(mem);
             free(path);
             return NULL;
         }
-        fprintf(f, "%c%s=%s", sep, names[i], v);
+        fprintf(mem, "%c%s=%s", sep, names[i], v);
         free(v);
         sep = '&';
     }
-    if (fclose(f) != 0) {
+    if (fclose(mem) != 0) {
         free(path);
         return NULL;
     }
     return path;
 }
 
-static int cmd_list(cli *o, int argc, char **argv)
+/* GET the page after the cursor after (NULL: the first); *actions is its "actions" array,
+ * borrowed from s->rep. */
+static int get_page(const cli *o, session *s, const list_filter *f, const char *after,
+                    json_t **actions)
 {
-    const char *state = NULL, *connector = NULL, *limit_s = NULL, *after = NULL;
-    bool all = false;
-    const flag flags[] = {
-        {"--state", FLAG_VALUE, &state, NULL},
-        {"--connector", FLAG_VALUE, &connector, NULL},
-        {"--limit", FLAG_VALUE, &limit_s, NULL},
-        {"--after", FLAG_VALUE, &after, NULL},
-        {"--all", FLAG_SWITCH, NULL, &all},
-    };
-    const char *pos[1];
-    int n_pos, rc;
-    long limit;
-    char *state_upper = NULL, *cursor = NULL, *path = NULL;
-    json_t *collected = NULL;
-    client *c = NULL;
-    reply rep = {0};
+    char *path = list_path(f, after);
+    if (!path)
+        return out_of_memory();
+    int rc = session_call(o, s, "GET", path, NULL);
+    free(path);
+    if (rc == AIOCTL_OK && !(*actions = reply_array(s, "actions", "an \"actions\" list")))
+        rc = AIOCTL_REFUSED;
+    return rc;
+}
 
-    rc = parse_command_args(o, "list", argc, argv, flags, sizeof flags / sizeof flags[0], pos, 0,
-                            &n_pos);
-    if (rc)
+/* One page: as received (--json), else a table and, on stderr, how to get the next page. */
+static int list_page(const cli *o, session *s, const list_filter *f, const char *after)
+{
+    json_t *actions;
+    int rc = get_page(o, s, f, after, &actions);
+    if (rc != AIOCTL_OK)
         return rc;
-    if (limit_s && !parse_long(limit_s, 1, 1000000, &limit))
-        return usage_error("--limit: expected a positive integer, got '%s'", limit_s);
-    if (state) {
-        /* States are upper case; accept "denied" too. */
-        if (!(state_upper = strdup(state)))
-            goto nomem;
-        for (char *p = state_upper; *p; p++)
-            if (*p >= 'a' && *p <= 'z')
-                *p = (char)(*p - 'a' + 'A');
+    if (o->json) {
+        print_body(&s->rep);
+        return AIOCTL_OK;
     }
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        goto done;
-    if (after && !(cursor = strdup(after)))
-        goto nomem;
-    if (!(collected = json_array()))
-        goto nomem;
+    render_action_table(stdout, actions);
+    const json_t *next = json_object_get(s->rep.json, "next");
+    if (json_is_string(next)) {
+        fputs("(more: aioctl list --after ", stderr);
+        render_text(stderr, json_string_value(next));
+        fputs(", or --all)\n", stderr);
+    }
+    return AIOCTL_OK;
+}
 
-    for (;;) {
-        free(path);
-        if (!(path = list_path(state_upper, connector, limit_s, cursor)))
-            goto nomem;
-        rc = client_call(c, "GET", path, NULL, 0, &rep);
-        if (rc != AIOCTL_OK) {
-            rc = call_failed(o, &rep, rc);
-            goto done;
-        }
-        json_t *actions = json_object_get(rep.json, "actions");
-        json_t *next = json_object_get(rep.json, "next");
-        if (!json_is_array(actions)) {
-            fprintf(stderr, "aioctl: the daemon at %s answered without an \"actions\" list\n",
-                    client_url(c));
-            rc = AIOCTL_REFUSED;
-            goto done;
-        }
-        if (!all) {
-            if (o->json) {
-                print_body(&rep);
-            } else {
-                render_action_table(stdout, actions);
-                if (json_is_string(next)) {
-                    fputs("(more: aioctl list --after ", stderr);
-                    render_text(stderr, json_string_value(next));
-                    fputs(", or --all)\n", stderr);
-                }
-            }
-            rc = AIOCTL_OK;
-            goto done;
-        }
-        if (json_array_extend(collected, actions))
-            goto nomem;
-        if (!json_is_string(next) || !*json_string_value(next))
+/* Append the actions of every page from the cursor after on to collected. */
+static int collect_pages(const cli *o, session *s, const list_filter *f, const char *after,
+                         json_t *collected)
+{
+    char *cursor = NULL;
+    json_t *actions;
+    int rc;
+
+    if (after && !(cursor = strdup(after)))
+        return out_of_memory();
+    while ((rc = get_page(o, s, f, cursor, &actions)) == AIOCTL_OK) {
+        if (json_array_extend(collected, actions)) {
+            rc = out_of_memory();
             break;
-        if (cursor && strcmp(cursor, json_string_value(next)) == 0) {
+        }
+        const char *next = json_string_value(json_object_get(s->rep.json, "next"));
+        if (!next || !*next)
+            break;
+        if (cursor && strcmp(cursor, next) == 0) {
             fprintf(stderr, "aioctl: the daemon returned the same page cursor twice (%s); "
                     "stopping\n", cursor);
             rc = AIOCTL_REFUSED;
-            goto done;
+            break;
         }
         free(cursor);
-        if (!(cursor = strdup(json_string_value(next))))
-            goto nomem;
-        reply_fini(&rep);
+        if (!(cursor = strdup(next))) {
+            rc = out_of_memory();
+            break;
+        }
     }
-
-    if (o->json) {
-        /* Several pages make one document, shaped like a single page with nothing after it. */
-        json_t *doc = json_pack("{s:O,s:n}", "actions", collected, "next");
-        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        json_decref(doc);
-        if (!text)
-            goto nomem;
-        puts(text);
-        free(text);
-    } else {
-        render_action_table(stdout, collected);
-    }
-    rc = AIOCTL_OK;
-    goto done;
-
-nomem:
-    fputs("aioctl: out of memory\n", stderr);
-    rc = AIOCTL_REFUSED;
-done:
-    reply_fini(&rep);
-    client_free(c);
-    json_decref(collected);
-    free(path);
     free(cursor);
+    return rc;
+}
+
+/* Every page from the cursor after on, shown as one. */
+static int list_all(const cli *o, session *s, const list_filter *f, const char *after)
+{
+    json_t *collected = json_array();
+    int rc = collected ? collect_pages(o, s, f, after, collected) : out_of_memory();
+    if (rc == AIOCTL_OK && o->json)
+        /* Several pages make one document, shaped like a single page with nothing after it. */
+        rc = print_json_take(json_pack("{s:O,s:n}", "actions", collected, "next"));
+    else if (rc == AIOCTL_OK)
+        render_action_table(stdout, collected);
+    json_decref(collected);
+    return rc;
+}
+
+/* A malloc'd copy of s in upper case (ASCII), or NULL when out of memory. */
+static char *upper_case(const char *s)
+{
+    char *up = strdup(s);
+    for (char *p = up; p && *p; p++)
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 'a' + 'A');
+    return up;
+}
+
+static int cmd_list(cli *o, int argc, char **argv)
+{
+    const char *state = NULL, *after = NULL;
+    list_filter f = {0};
+    bool all = false;
+    const flag flags[] = {
+        {"--state", FLAG_VALUE, &state, NULL},
+        {"--connector", FLAG_VALUE, &f.connector, NULL},
+        {"--limit", FLAG_VALUE, &f.limit, NULL},
+        {"--after", FLAG_VALUE, &after, NULL},
+        {"--all", FLAG_SWITCH, NULL, &all},
+    };
+    long limit;
+    char *state_upper = NULL;
+    session s = {0};
+    int rc = parse_flags_only(o, "list", argc, argv, flags, sizeof flags / sizeof flags[0]);
+
+    if (rc)
+        return rc;
+    if (f.limit && !parse_long(f.limit, 1, 1000000, &limit))
+        return usage_error("--limit: expected a positive integer, got '%s'", f.limit);
+    /* States are upper case; accept "denied" too. */
+    if (state && !(f.state = state_upper = upper_case(state)))
+        return out_of_memory();
+    if ((rc = new_client(o, &s.c)) == AIOCTL_OK)
+        rc = all ? list_all(o, &s, &f, after) : list_page(o, &s, &f, after);
+    session_end(&s);
     free(state_upper);
     return rc;
 }
+
+/* ---- connectors, health, whoami -------------------------------------------------------- */
 
 /* Does s hold something other than blanks? */
 static bool has_text(const char *s)
@@ -1046,264 +1332,167 @@ static bool has_text(const char *s)
     return false;
 }
 
-static int connectors_list(cli *o, int argc, char **argv)
+/* A connector object from the daemon: as received (--json), else as a one-row table. */
+static int show_connector(const cli *o, const reply *rep)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "connectors", argc, argv, NULL, 0, pos, 0, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
-
-    if (rc)
-        return rc;
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    rc = client_call(c, "GET", "/v1/connectors", NULL, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
+    if (o->json) {
+        print_body(rep);
+        return AIOCTL_OK;
     }
-    json_t *connectors = json_object_get(rep.json, "connectors");
-    if (!json_is_array(connectors)) {
-        fprintf(stderr, "aioctl: the daemon at %s answered without a \"connectors\" list\n",
-                client_url(c));
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    if (o->json)
-        print_body(&rep);
-    else
-        render_connectors(stdout, connectors);
-done:
-    reply_fini(&rep);
-    client_free(c);
-    return rc;
+    json_t *one = json_pack("[O]", rep->json);
+    if (!one)
+        return out_of_memory();
+    render_connectors(stdout, one);
+    json_decref(one);
+    return AIOCTL_OK;
 }
 
 /* connectors pause|resume NAME [--reason TEXT]: POST /v1/connectors/NAME/VERB (operator). */
 static int connectors_flow(cli *o, const char *verb, int argc, char **argv)
 {
-    const char *pos[1], *reason = NULL;
+    const char *name, *reason = NULL;
     const flag flags[] = {{"--reason", FLAG_VALUE, &reason, NULL}};
-    char cmd[32], *escaped = NULL, *path = NULL;
-    int n_pos, rc;
-    client *c = NULL;
-    reply rep = {0};
-    json_t *body = NULL, *one = NULL;
+    char cmd[32];
+    session s = {0};
+    json_t *body = NULL;
+    int rc;
 
     snprintf(cmd, sizeof cmd, "connectors %s", verb);
-    rc = parse_command_args(o, cmd, argc, argv, flags, sizeof flags / sizeof flags[0], pos, 1,
-                            &n_pos);
+    rc = parse_one_arg(o, cmd, argc, argv, flags, sizeof flags / sizeof flags[0],
+                       "NAME (a connector; aioctl connectors lists them)", &name);
     if (rc)
         return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("%s: expected NAME (a connector; aioctl connectors lists them)", cmd);
     if (reason && !has_text(reason))
         return usage_error("%s: --reason must not be empty", cmd);
     if (reason && !(body = json_pack("{s:s}", "reason", reason)))
-        goto nomem;
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        goto done;
-    if (!(escaped = client_escape(pos[0])) ||
-        asprintf(&path, "/v1/connectors/%s/%s", escaped, verb) < 0) {
-        path = NULL;
-        goto nomem;
+        return out_of_memory();
+    rc = session_request_named(o, &s, "POST", "/v1/connectors/", name, verb, body);
+    if (rc == AIOCTL_OK) {
+        if (!json_is_object(s.rep.json) || !json_is_string(json_object_get(s.rep.json, "name")))
+            rc = answered_without(s.c, "a connector");
+        else
+            rc = show_connector(o, &s.rep);
     }
-    rc = client_call(c, "POST", path, body, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    if (!json_is_object(rep.json) || !json_is_string(json_object_get(rep.json, "name"))) {
-        fprintf(stderr, "aioctl: the daemon at %s answered without a connector\n", client_url(c));
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    if (o->json) {
-        print_body(&rep);
-    } else {
-        if (!(one = json_pack("[O]", rep.json)))
-            goto nomem;
-        render_connectors(stdout, one);
-    }
-    rc = AIOCTL_OK;
-    goto done;
-nomem:
-    fputs("aioctl: out of memory\n", stderr);
-    rc = AIOCTL_REFUSED;
-done:
-    json_decref(one);
     json_decref(body);
-    free(path);
-    free(escaped);
-    reply_fini(&rep);
-    client_free(c);
+    session_end(&s);
     return rc;
 }
 
 /* aioctl connectors [global options] [pause NAME [--reason TEXT] | resume NAME [--reason TEXT]] */
 static int cmd_connectors(cli *o, int argc, char **argv)
 {
-    int i;
-    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
-        int g = take_global(o, argc, argv, &i);
-        if (g < 0)
-            return AIOCTL_USAGE;
-        if (g == 0)
-            return usage_error("connectors: unknown option '%s'", argv[i]);
-    }
+    int i, rc = take_leading_globals(o, "connectors", "", argc, argv, &i);
+    if (rc)
+        return rc;
     if (i >= argc)
-        return connectors_list(o, 0, NULL);
+        return show_list(o, "/v1/connectors", "connectors", "a \"connectors\" list",
+                         render_connectors);
     if (strcmp(argv[i], "pause") == 0 || strcmp(argv[i], "resume") == 0)
         return connectors_flow(o, argv[i], argc - i - 1, argv + i + 1);
     return usage_error("connectors: unknown subcommand '%s' (pause NAME, resume NAME; "
                        "nothing to list them)", argv[i]);
 }
 
+/* /healthz's answer: as received (--json), then, unless its status is "ok", a complaint. */
+static int report_health(const cli *o, const session *s)
+{
+    const char *status = json_string_value(json_object_get(s->rep.json, "status"));
+    if (o->json)
+        print_body(&s->rep);
+    if (!status || strcmp(status, "ok") != 0) {
+        fprintf(stderr, "aioctl: the daemon at %s is not healthy: status '", client_url(s->c));
+        render_text(stderr, status ? status : "(none)");
+        fputs("'\n", stderr);
+        return AIOCTL_REFUSED;
+    }
+    if (!o->json)
+        printf("ok: aiorun answers at %s\n", client_url(s->c));
+    return AIOCTL_OK;
+}
+
 static int cmd_health(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "health", argc, argv, NULL, 0, pos, 0, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
+    session s = {0};
+    int rc = parse_flags_only(o, "health", argc, argv, NULL, 0);
 
     if (rc)
         return rc;
     /* /healthz needs no token; sending none keeps health working whatever the token file. */
     if ((rc = refuse_config(o)) != AIOCTL_OK ||
-        (rc = client_new(o->url, o->timeout_ms, NULL, &c)) != AIOCTL_OK)
+        (rc = client_new(o->url, o->timeout_ms, NULL, &s.c)) != AIOCTL_OK)
         return rc;
-    rc = client_call(c, "GET", "/healthz", NULL, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    const char *status = json_string_value(json_object_get(rep.json, "status"));
-    if (o->json)
-        print_body(&rep);
-    if (!status || strcmp(status, "ok") != 0) {
-        fprintf(stderr, "aioctl: the daemon at %s is not healthy: status '", client_url(c));
-        render_text(stderr, status ? status : "(none)");
-        fputs("'\n", stderr);
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    if (!o->json)
-        printf("ok: aiorun answers at %s\n", client_url(c));
-done:
-    reply_fini(&rep);
-    client_free(c);
+    if ((rc = session_call(o, &s, "GET", "/healthz", NULL)) == AIOCTL_OK)
+        rc = report_health(o, &s);
+    session_end(&s);
     return rc;
+}
+
+/* "NAME (roles: a,b)". */
+static int print_identity(const char *name, const json_t *roles)
+{
+    char *csv = render_join(roles);
+    if (!csv)
+        return out_of_memory();
+    render_text(stdout, name);
+    fputs(" (roles: ", stdout);
+    render_text(stdout, csv);
+    fputs(")\n", stdout);
+    free(csv);
+    return AIOCTL_OK;
 }
 
 static int cmd_whoami(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "whoami", argc, argv, NULL, 0, pos, 0, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
-    char *roles = NULL;
+    session s = {0};
+    int rc = parse_flags_only(o, "whoami", argc, argv, NULL, 0);
 
     if (rc)
         return rc;
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    rc = client_call(c, "GET", "/v1/whoami", NULL, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
+    if ((rc = session_request(o, &s, "GET", "/v1/whoami", NULL)) == AIOCTL_OK) {
+        const char *name = json_string_value(json_object_get(s.rep.json, "name"));
+        if (!name)
+            rc = answered_without(s.c, "a token name");
+        else if (o->json)
+            print_body(&s.rep);
+        else
+            rc = print_identity(name, json_object_get(s.rep.json, "roles"));
     }
-    const char *name = json_string_value(json_object_get(rep.json, "name"));
-    if (!name) {
-        fprintf(stderr, "aioctl: the daemon at %s answered without a token name\n",
-                client_url(c));
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    if (o->json) {
-        print_body(&rep);
-    } else {
-        if (!(roles = render_join(json_object_get(rep.json, "roles")))) {
-            fputs("aioctl: out of memory\n", stderr);
-            rc = AIOCTL_REFUSED;
-            goto done;
-        }
-        render_text(stdout, name);
-        fputs(" (roles: ", stdout);
-        render_text(stdout, roles);
-        fputs(")\n", stdout);
-    }
-done:
-    free(roles);
-    reply_fini(&rep);
-    client_free(c);
+    session_end(&s);
     return rc;
 }
 
 /* ---- cancel and resolve ---------------------------------------------------------------- */
 
-/* POST path (an action's sub-resource) with body; the reply must be an action. */
-static int post_action(client *c, const char *id, const char *verb, const json_t *body,
-                       reply *rep)
+/* cancel answered 202: a call is in flight, so the outcome is decided when it returns. */
+static int cancel_requested(const reply *rep, const char *id)
 {
-    char *escaped = client_escape(id), *path = NULL;
-    int rc;
-    if (!escaped || asprintf(&path, "/v1/actions/%s/%s", escaped, verb) < 0) {
-        free(escaped);
-        memset(rep, 0, sizeof *rep);
-        fputs("aioctl: out of memory\n", stderr);
-        return AIOCTL_REFUSED;
-    }
-    rc = client_call(c, "POST", path, body, 0, rep);
-    if (rc == AIOCTL_OK && !check_action(c, rep))
-        rc = AIOCTL_REFUSED;
-    free(path);
-    free(escaped);
-    return rc;
+    const char *note = json_string_value(json_object_get(rep->json, "cancel"));
+    fputs("aioctl: cancel ", stderr);
+    render_text(stderr, note ? note : "requested");
+    fputs("; follow it with: aioctl get ", stderr);
+    render_text(stderr, id);
+    fputc('\n', stderr);
+    return AIOCTL_PENDING;
 }
 
 static int cmd_cancel(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "cancel", argc, argv, NULL, 0, pos, 1, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
+    const char *id;
+    session s = {0};
+    int rc = parse_one_arg(o, "cancel", argc, argv, NULL, 0, "ID", &id);
 
     if (rc)
         return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("cancel: expected ID");
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    rc = post_action(c, pos[0], "cancel", NULL, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    if (o->json)
-        print_body(&rep);
-    else
-        render_action(stdout, rep.json);
-    if (rep.status == 202) {
-        /* A call is in flight: the outcome is decided when it returns. */
-        const char *note = json_string_value(json_object_get(rep.json, "cancel"));
-        fputs("aioctl: cancel ", stderr);
-        render_text(stderr, note ? note : "requested");
-        fputs("; follow it with: aioctl get ", stderr);
-        render_text(stderr, pos[0]);
-        fputc('\n', stderr);
-        rc = AIOCTL_PENDING;
-    } else {
-        rc = AIOCTL_OK;
-    }
-done:
-    reply_fini(&rep);
-    client_free(c);
+    rc = show_action_call(o, &s, "POST", id, "cancel", NULL);
+    if (rc == AIOCTL_OK && s.rep.status == 202)
+        rc = cancel_requested(&s.rep, id);
+    session_end(&s);
     return rc;
 }
 
 static int cmd_resolve(cli *o, int argc, char **argv)
 {
-    const char *pos[1], *reason = NULL, *outcome = NULL;
+    const char *id, *reason = NULL;
     bool succeeded = false, failed = false, retry = false;
     const flag flags[] = {
         {"--succeeded", FLAG_SWITCH, NULL, &succeeded},
@@ -1311,44 +1500,25 @@ static int cmd_resolve(cli *o, int argc, char **argv)
         {"--retry", FLAG_SWITCH, NULL, &retry},
         {"--reason", FLAG_VALUE, &reason, NULL},
     };
-    int n_pos, rc;
-    client *c = NULL;
-    reply rep = {0};
-    json_t *body = NULL;
+    session s = {0};
+    json_t *body;
+    int rc = parse_one_arg(o, "resolve", argc, argv, flags, sizeof flags / sizeof flags[0],
+                           "ID (--succeeded | --failed | --retry) --reason TEXT", &id);
 
-    rc = parse_command_args(o, "resolve", argc, argv, flags, sizeof flags / sizeof flags[0], pos,
-                            1, &n_pos);
     if (rc)
         return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("resolve: expected ID (--succeeded | --failed | --retry) --reason TEXT");
     if (succeeded + failed + retry != 1)
         return usage_error("resolve: give exactly one of --succeeded (it happened), --failed (it "
                            "did not; do not try again) or --retry (it did not; send it again)");
     if (!has_text(reason))
         return usage_error("resolve: --reason TEXT is required: say what you checked (it is "
                            "stored with the action)");
-    outcome = succeeded ? "succeeded" : failed ? "failed" : "retry";
-    if (!(body = json_pack("{s:s,s:s}", "outcome", outcome, "reason", reason))) {
-        fputs("aioctl: out of memory\n", stderr);
-        return AIOCTL_REFUSED;
-    }
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        goto done;
-    rc = post_action(c, pos[0], "resolve", body, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    if (o->json)
-        print_body(&rep);
-    else
-        render_action(stdout, rep.json);
-    rc = AIOCTL_OK;
-done:
+    const char *chosen = succeeded ? "succeeded" : failed ? "failed" : "retry";
+    if (!(body = json_pack("{s:s,s:s}", "outcome", chosen, "reason", reason)))
+        return out_of_memory();
+    rc = show_action_call(o, &s, "POST", id, "resolve", body);
+    session_end(&s);
     json_decref(body);
-    reply_fini(&rep);
-    client_free(c);
     return rc;
 }
 
@@ -1425,11 +1595,7 @@ static int save_path(const cli *o, const char *given, char **path)
                                "give --save FILE");
         *path = tokenfile_default_path();
     }
-    if (!*path) {
-        fputs("aioctl: out of memory\n", stderr);
-        return AIOCTL_REFUSED;
-    }
-    return AIOCTL_OK;
+    return *path ? AIOCTL_OK : out_of_memory();
 }
 
 /* Same file (by device and inode)? False when either does not exist. */
@@ -1448,77 +1614,77 @@ typedef struct created {
     const char *token;
 } created;
 
-static int print_json(json_t *doc)
+/* ["a", "b"] from "a,b": a new reference, or NULL when out of memory. */
+static json_t *roles_array(const char *csv)
 {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    if (!text) {
-        fputs("aioctl: out of memory\n", stderr);
-        return AIOCTL_REFUSED;
-    }
-    puts(text);
-    explicit_bzero(text, strlen(text));
-    free(text);
-    return AIOCTL_OK;
+    json_t *roles = json_array();
+    char *copy = strdup(csv), *save = NULL;
+    if (!roles || !copy)
+        goto fail;
+    for (char *r = strtok_r(copy, ",", &save); r; r = strtok_r(NULL, ",", &save))
+        if (json_array_append_new(roles, json_string(r)))
+            goto fail;
+    free(copy);
+    return roles;
+fail:
+    free(copy);
+    json_decref(roles);
+    return NULL;
 }
 
 /* {"name", "roles": [...], "expires_at"} plus the token or where it was saved; a new
  * reference (NULL when out of memory). */
 static json_t *created_json(const created *cr, const char *saved_to)
 {
-    json_t *roles = json_array();
-    char *csv = strdup(cr->roles), *save = NULL;
-    if (!roles || !csv)
-        goto fail;
-    for (char *r = strtok_r(csv, ",", &save); r; r = strtok_r(NULL, ",", &save))
-        if (json_array_append_new(roles, json_string(r)))
-            goto fail;
-    free(csv);
+    json_t *roles = roles_array(cr->roles);
+    if (!roles)
+        return NULL;
     json_t *doc = json_pack("{s:s,s:o,s:s?,s:s?}", "name", cr->name, "roles", roles,
                             "expires_at", cr->expires_at, saved_to ? "saved_to" : "token",
                             saved_to ? saved_to : cr->token);
     if (doc && !json_object_get(doc, "expires_at"))
         json_object_set_new(doc, "expires_at", json_null());
     return doc;
-fail:
-    free(csv);
-    json_decref(roles);
-    return NULL;
 }
 
-/* Show a new token, or store it (save begun by tokenfile_save_begin; committed or aborted
- * here). raw: the daemon's reply, printed as is for --json without --save (NULL offline). */
+/* Store a new token (save was begun by tokenfile_save_begin; committed or aborted here) and
+ * say where it went. */
+static int store_created(const cli *o, const created *cr, tokenfile_save *save)
+{
+    char *path = strdup(save->path);
+    int rc;
+
+    if (!path) {
+        tokenfile_save_abort(save);
+        return out_of_memory();
+    }
+    if ((rc = tokenfile_save_commit(save, cr->token)) != AIOCTL_OK)
+        fprintf(stderr, "aioctl: token %s was created but could not be stored, so nobody "
+                "has it; revoke it: aioctl%s%s token revoke %s\n", cr->name,
+                o->config ? " --config " : "", o->config ? o->config : "", cr->name);
+    else if (o->json)
+        rc = print_json_take(created_json(cr, path));
+    else
+        printf("token for %s saved to %s\n", cr->name, path);
+    free(path);
+    return rc;
+}
+
+/* Show a new token, or store it (store_created when save was begun). raw: the daemon's reply,
+ * printed as is for --json without --save (NULL offline). */
 static int show_created(const cli *o, const created *cr, tokenfile_save *save, const reply *raw)
 {
     int rc = AIOCTL_OK;
-    json_t *doc = NULL;
 
-    if (save && save->path) {
-        char *path = strdup(save->path);
-        if (!path) {
-            tokenfile_save_abort(save);
-            fputs("aioctl: out of memory\n", stderr);
-            rc = AIOCTL_REFUSED;
-        } else if ((rc = tokenfile_save_commit(save, cr->token)) != AIOCTL_OK) {
-            fprintf(stderr, "aioctl: token %s was created but could not be stored, so nobody "
-                    "has it; revoke it: aioctl%s%s token revoke %s\n", cr->name,
-                    o->config ? " --config " : "", o->config ? o->config : "", cr->name);
-        } else if (o->json) {
-            rc = print_json(doc = created_json(cr, path));
-        } else {
-            printf("token for %s saved to %s\n", cr->name, path);
-        }
-        free(path);
+    if (save && save->path)
+        return store_created(o, cr, save);
+    if (o->json && raw) {
+        print_body(raw);
+    } else if (o->json) {
+        json_t *doc = created_json(cr, NULL);
+        rc = print_json(doc);
+        wipe_json_string(json_object_get(doc, "token"));
         json_decref(doc);
-        return rc;
-    }
-    if (o->json) {
-        if (raw) {
-            print_body(raw);
-        } else {
-            rc = print_json(doc = created_json(cr, NULL));
-            wipe_json_string(json_object_get(doc, "token"));
-            json_decref(doc);
-        }
     } else {
         printf("%s\n", cr->token);
     }
@@ -1555,24 +1721,53 @@ static int token_create_offline(cli *o, const char *name, unsigned roles, int64_
     return rc;
 }
 
+/* POST /v1/tokens's body {"name", "roles": [...], "expires_in_s"}: a new reference, or NULL
+ * when out of memory. */
+static json_t *token_request(const char *name, const char *roles_csv, int64_t expires_s)
+{
+    json_t *roles = roles_array(roles_csv);
+    json_t *body = roles ? json_pack("{s:s,s:o}", "name", name, "roles", roles) : NULL;
+    if (body && expires_s && json_object_set_new(body, "expires_in_s", json_integer(expires_s))) {
+        json_decref(body);
+        return NULL;
+    }
+    return body;
+}
+
+/* The daemon's answer to POST /v1/tokens: show or store the token it holds. */
+static int show_created_reply(const cli *o, const session *s, const char *name,
+                              const char *roles_csv, tokenfile_save *save)
+{
+    json_t *token = json_object_get(s->rep.json, "token");
+    json_t *reply_roles = json_object_get(s->rep.json, "roles");
+    char *got_roles = NULL;
+    int rc;
+
+    if (!json_is_string(token) || json_string_length(token) == 0)
+        return answered_without(s->c, "a token");
+    if (json_array_size(reply_roles) > 0 && !(got_roles = render_join(reply_roles)))
+        return out_of_memory();
+    created cr = {name, got_roles ? got_roles : roles_csv,
+                  json_string_value(json_object_get(s->rep.json, "expires_at")),
+                  json_string_value(token)};
+    rc = show_created(o, &cr, save, &s->rep);
+    wipe_json_string(token);
+    free(got_roles);
+    return rc;
+}
+
 static int token_create_online(cli *o, const char *name, const char *roles_csv,
                                int64_t expires_s, tokenfile_save *save)
 {
-    client *c = NULL;
-    reply rep = {0};
-    json_t *body = NULL, *roles = NULL;
-    char *csv = strdup(roles_csv), *sp = NULL, *got_roles = NULL;
+    session s = {0};
+    json_t *body = token_request(name, roles_csv, expires_s);
     int rc;
 
-    if (!csv || !(roles = json_array()))
-        goto nomem;
-    for (char *r = strtok_r(csv, ",", &sp); r; r = strtok_r(NULL, ",", &sp))
-        if (json_array_append_new(roles, json_string(r)))
-            goto nomem;
-    if (!(body = json_pack("{s:s,s:O}", "name", name, "roles", roles)) ||
-        (expires_s && json_object_set_new(body, "expires_in_s", json_integer(expires_s))))
-        goto nomem;
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
+    if (!body) {
+        rc = out_of_memory();
+        goto done;
+    }
+    if ((rc = new_client(o, &s.c)) != AIOCTL_OK)
         goto done;
     /* Storing the new token over the file whose token this very request carries would lose
      * the caller's own token. */
@@ -1581,42 +1776,18 @@ static int token_create_online(cli *o, const char *name, const char *roles_csv,
                          "authenticate; give --save ANOTHER_FILE", save->path);
         goto done;
     }
-    rc = client_call(c, "POST", "/v1/tokens", body, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    json_t *token = json_object_get(rep.json, "token");
-    const char *expires_at = json_string_value(json_object_get(rep.json, "expires_at"));
-    if (!json_is_string(token) || json_string_length(token) == 0) {
-        fprintf(stderr, "aioctl: the daemon at %s answered without a token\n", client_url(c));
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    json_t *reply_roles = json_object_get(rep.json, "roles");
-    if (json_array_size(reply_roles) > 0 && !(got_roles = render_join(reply_roles)))
-        goto nomem;
-    created cr = {name, got_roles ? got_roles : roles_csv, expires_at, json_string_value(token)};
-    rc = show_created(o, &cr, save, &rep);
-    wipe_json_string(token);
-    goto done;
-nomem:
-    fputs("aioctl: out of memory\n", stderr);
-    rc = AIOCTL_REFUSED;
+    if ((rc = session_call(o, &s, "POST", "/v1/tokens", body)) == AIOCTL_OK)
+        rc = show_created_reply(o, &s, name, roles_csv, save);
 done:
     tokenfile_save_abort(save); /* a no-op once show_created committed or aborted it */
-    free(got_roles);
-    free(csv);
-    json_decref(roles);
     json_decref(body);
-    reply_fini(&rep);
-    client_free(c);
+    session_end(&s);
     return rc;
 }
 
 static int cmd_token_create(cli *o, int argc, char **argv)
 {
-    const char *name = NULL, *roles_s = NULL, *expires = NULL, *save_given = NULL, *pos[1];
+    const char *name = NULL, *roles_s = NULL, *expires = NULL, *save_given = NULL;
     bool save = false;
     const flag flags[] = {
         {"--name", FLAG_VALUE, &name, NULL},
@@ -1624,15 +1795,14 @@ static int cmd_token_create(cli *o, int argc, char **argv)
         {"--expires", FLAG_VALUE, &expires, NULL},
         {"--save", FLAG_OPTIONAL_VALUE, &save_given, &save},
     };
-    int n_pos, rc;
     unsigned roles;
     int64_t expires_s = 0;
     char *path = NULL;
     ar_error err = {0};
     tokenfile_save saver = {.fd = -1};
+    int rc = parse_flags_only(o, "token create", argc, argv, flags,
+                              sizeof flags / sizeof flags[0]);
 
-    rc = parse_command_args(o, "token create", argc, argv, flags, sizeof flags / sizeof flags[0],
-                            pos, 0, &n_pos);
     if (rc)
         return rc;
     if (!name || !roles_s)
@@ -1659,182 +1829,139 @@ static int cmd_token_create(cli *o, int argc, char **argv)
     return token_create_online(o, name, roles_s, expires_s, &saver);
 }
 
+static int token_list_offline(cli *o)
+{
+    offline *off = NULL;
+    json_t *tokens = NULL;
+    int rc = offline_open(o->config, &off);
+
+    if (rc == AIOCTL_OK && (rc = offline_token_list(off, &tokens)) == AIOCTL_OK) {
+        if (o->json)
+            rc = print_json_take(json_pack("{s:O}", "tokens", tokens));
+        else
+            render_token_table(stdout, tokens);
+    }
+    json_decref(tokens);
+    offline_close(off);
+    return rc;
+}
+
 static int cmd_token_list(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "token list", argc, argv, NULL, 0, pos, 0, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
+    int rc = parse_flags_only(o, "token list", argc, argv, NULL, 0);
 
     if (rc)
         return rc;
-    if (o->config) {
-        offline *off = NULL;
-        json_t *tokens = NULL;
-        if ((rc = offline_open(o->config, &off)) == AIOCTL_OK &&
-            (rc = offline_token_list(off, &tokens)) == AIOCTL_OK) {
-            if (o->json) {
-                json_t *doc = json_pack("{s:O}", "tokens", tokens);
-                rc = print_json(doc);
-                json_decref(doc);
-            } else {
-                render_token_table(stdout, tokens);
-            }
-        }
-        json_decref(tokens);
-        offline_close(off);
-        return rc;
+    if (o->config)
+        return token_list_offline(o);
+    return show_list(o, "/v1/tokens", "tokens", "a \"tokens\" list", render_token_table);
+}
+
+static int token_revoke_offline(cli *o, const char *name)
+{
+    offline *off = NULL;
+    int rc = offline_open(o->config, &off);
+
+    if (rc == AIOCTL_OK && (rc = offline_token_revoke(off, name)) == AIOCTL_OK) {
+        if (o->json)
+            rc = print_json_take(json_pack("{s:s,s:s}", "name", name, "state", "revoked"));
+        else
+            printf("token %s revoked\n", name);
     }
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    rc = client_call(c, "GET", "/v1/tokens", NULL, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
+    offline_close(off);
+    return rc;
+}
+
+static int token_revoke_online(cli *o, const char *name)
+{
+    session s = {0};
+    int rc = session_request_named(o, &s, "DELETE", "/v1/tokens/", name, NULL, NULL);
+
+    if (rc == AIOCTL_OK) {
+        if (o->json)
+            print_body(&s.rep);
+        else
+            printf("token %s revoked\n", name);
     }
-    json_t *tokens = json_object_get(rep.json, "tokens");
-    if (!json_is_array(tokens)) {
-        fprintf(stderr, "aioctl: the daemon at %s answered without a \"tokens\" list\n",
-                client_url(c));
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    if (o->json)
-        print_body(&rep);
-    else
-        render_token_table(stdout, tokens);
-done:
-    reply_fini(&rep);
-    client_free(c);
+    session_end(&s);
     return rc;
 }
 
 static int cmd_token_revoke(cli *o, int argc, char **argv)
 {
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "token revoke", argc, argv, NULL, 0, pos, 1, &n_pos);
-    client *c = NULL;
-    reply rep = {0};
-    char *escaped = NULL, *path = NULL;
+    const char *name;
+    int rc = parse_one_arg(o, "token revoke", argc, argv, NULL, 0, "NAME", &name);
 
     if (rc)
         return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("token revoke: expected NAME");
-    if (!valid_token_name(pos[0]))
+    if (!valid_token_name(name))
         return usage_error("token revoke: '%s' is not a token name (1 to %d of A-Z a-z 0-9 _ . -)",
-                           pos[0], AUTH_NAME_MAX);
-    if (o->config) {
-        offline *off = NULL;
-        if ((rc = offline_open(o->config, &off)) == AIOCTL_OK &&
-            (rc = offline_token_revoke(off, pos[0])) == AIOCTL_OK) {
-            if (o->json) {
-                json_t *doc = json_pack("{s:s,s:s}", "name", pos[0], "state", "revoked");
-                rc = print_json(doc);
-                json_decref(doc);
-            } else {
-                printf("token %s revoked\n", pos[0]);
-            }
-        }
-        offline_close(off);
-        return rc;
-    }
-    if ((rc = new_client(o, &c)) != AIOCTL_OK)
-        return rc;
-    if (!(escaped = client_escape(pos[0])) || asprintf(&path, "/v1/tokens/%s", escaped) < 0) {
-        path = NULL;
-        fputs("aioctl: out of memory\n", stderr);
-        rc = AIOCTL_REFUSED;
-        goto done;
-    }
-    rc = client_call(c, "DELETE", path, NULL, 0, &rep);
-    if (rc != AIOCTL_OK) {
-        rc = call_failed(o, &rep, rc);
-        goto done;
-    }
-    if (o->json)
-        print_body(&rep);
-    else
-        printf("token %s revoked\n", pos[0]);
-done:
-    free(path);
-    free(escaped);
-    reply_fini(&rep);
-    client_free(c);
-    return rc;
-}
-
-/* ---- backup ---------------------------------------------------------------------------- */
-
-static int cmd_backup(cli *o, int argc, char **argv)
-{
-    const char *pos[1];
-    int n_pos, rc = parse_command_args(o, "backup", argc, argv, NULL, 0, pos, 1, &n_pos);
-    offline *off = NULL;
-    offline_backup_info info;
-
-    if (rc)
-        return rc;
-    if (n_pos != 1 || !*pos[0])
-        return usage_error("backup: expected DIR (a new or empty directory)");
-    if (!o->config)
-        return usage_error("backup needs --config FILE (the daemon's config, like aiorun.json): "
-                           "it reads the daemon's data directory directly, whether the daemon "
-                           "runs or not");
-    if ((rc = offline_open_existing(o->config, &off)) == AIOCTL_OK)
-        rc = offline_backup(off, pos[0], &info);
-    offline_close(off);
-    if (rc != AIOCTL_OK)
-        return rc;
-    if (o->json) {
-        json_t *doc = json_pack("{s:s,s:s,s:I,s:s,s:s}", "data_dir", info.data_dir, "backup",
-                                pos[0], "journal_bytes", (json_int_t)info.journal_bytes,
-                                "journal_dir", info.journal_dir, "auth_key_file",
-                                info.auth_key_file);
-        rc = print_json(doc);
-        json_decref(doc);
-        return rc;
-    }
-    double mib = (double)info.journal_bytes / (1024.0 * 1024.0);
-    printf("backup of %s written to %s (journal %.*f MiB, compacted)\n", info.data_dir, pos[0],
-           mib < 0.1 ? 2 : 1, mib);
-    printf("to restore: stop the daemon, move %s aside, then\n"
-           "  mkdir -m 700 %s && cp -a %s/journal %s\n"
-           "  install -m 600 %s/auth.key %s\n"
-           "and start the daemon (README.md, \"Backup and restore\")\n",
-           info.data_dir, info.data_dir, pos[0], info.journal_dir, pos[0], info.auth_key_file);
-    return AIOCTL_OK;
+                           name, AUTH_NAME_MAX);
+    if (o->config)
+        return token_revoke_offline(o, name);
+    return token_revoke_online(o, name);
 }
 
 /* aioctl token [global options] SUBCOMMAND ... */
 static int cmd_token(cli *o, int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        int (*run)(cli *o, int argc, char **argv);
-    } subs[] = {{"create", cmd_token_create}, {"list", cmd_token_list}, {"revoke", cmd_token_revoke}};
-    int i;
+    static const command subs[] = {
+        {"create", cmd_token_create}, {"list", cmd_token_list}, {"revoke", cmd_token_revoke}};
+    int i, rc = take_leading_globals(o, "token", " (expected create, list or revoke)", argc, argv,
+                                     &i);
 
-    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
-        int g = take_global(o, argc, argv, &i);
-        if (g < 0)
-            return AIOCTL_USAGE;
-        if (g == 0)
-            return usage_error("token: unknown option '%s' (expected create, list or revoke)",
-                               argv[i]);
-    }
+    if (rc)
+        return rc;
     if (i >= argc)
         return usage_error("token: expected create, list or revoke");
-    for (size_t k = 0; k < sizeof subs / sizeof subs[0]; k++)
-        if (strcmp(argv[i], subs[k].name) == 0)
-            return subs[k].run(o, argc - i - 1, argv + i + 1);
-    return usage_error("token: unknown subcommand '%s' (create, list, revoke)", argv[i]);
+    const command *sub = find_command(subs, sizeof subs / sizeof subs[0], argv[i]);
+    if (!sub)
+        return usage_error("token: unknown subcommand '%s' (create, list, revoke)", argv[i]);
+    return sub->run(o, argc - i - 1, argv + i + 1);
 }
 
-typedef struct command {
-    const char *name;
-    int (*run)(cli *o, int argc, char **argv);
-} command;
+/* ---- backup ---------------------------------------------------------------------------- */
+
+/* What a backup wrote, for people: where, how large, and how to restore it. */
+static void print_backup(const offline_backup_info *info, const char *dir)
+{
+    double mib = (double)info->journal_bytes / (1024.0 * 1024.0);
+    printf("backup of %s written to %s (journal %.*f MiB, compacted)\n", info->data_dir, dir,
+           mib < 0.1 ? 2 : 1, mib);
+    printf("to restore: stop the daemon, move %s aside, then\n"
+           "  mkdir -m 700 %s && cp -a %s/journal %s\n"
+           "  install -m 600 %s/auth.key %s\n"
+           "and start the daemon (README.md, \"Backup and restore\")\n",
+           info->data_dir, info->data_dir, dir, info->journal_dir, dir, info->auth_key_file);
+}
+
+static int cmd_backup(cli *o, int argc, char **argv)
+{
+    const char *dir;
+    offline *off = NULL;
+    offline_backup_info info;
+    int rc = parse_one_arg(o, "backup", argc, argv, NULL, 0, "DIR (a new or empty directory)",
+                           &dir);
+
+    if (rc)
+        return rc;
+    if (!o->config)
+        return usage_error("backup needs --config FILE (the daemon's config, like aiorun.json): "
+                           "it reads the daemon's data directory directly, whether the daemon "
+                           "runs or not");
+    if ((rc = offline_open_existing(o->config, &off)) == AIOCTL_OK)
+        rc = offline_backup(off, dir, &info);
+    offline_close(off);
+    if (rc != AIOCTL_OK)
+        return rc;
+    if (o->json)
+        return print_json_take(json_pack("{s:s,s:s,s:I,s:s,s:s}", "data_dir", info.data_dir,
+                                         "backup", dir, "journal_bytes",
+                                         (json_int_t)info.journal_bytes, "journal_dir",
+                                         info.journal_dir, "auth_key_file", info.auth_key_file));
+    print_backup(&info, dir);
+    return AIOCTL_OK;
+}
 
 static const command commands[] = {
     {"submit", cmd_submit},         {"get", cmd_get},       {"list", cmd_list},
@@ -1867,10 +1994,7 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return AIOCTL_OK;
     }
-    const command *cmd = NULL;
-    for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++)
-        if (strcmp(argv[i], commands[k].name) == 0)
-            cmd = &commands[k];
+    const command *cmd = find_command(commands, sizeof commands / sizeof commands[0], argv[i]);
     if (!cmd)
         return usage_error("unknown command '%s' (" COMMAND_NAMES ")", argv[i]);
 

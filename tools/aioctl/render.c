@@ -283,29 +283,50 @@ static void free_cells(char **cells, size_t n)
     free(cells);
 }
 
-void render_action_table(FILE *out, const json_t *actions)
+/* Fills a table row's malloc'd cells from one item of the array shown; ctx as given to
+ * render_rows. */
+typedef void (*row_fn)(char **row, const json_t *item, const void *ctx);
+
+/* A table with a row for each item of the array items (fill makes its cells), or empty when
+ * there are none. False when no table was printed (no items, or out of memory: reported). */
+static bool render_rows(FILE *out, const char *const *header, size_t n_cols, const json_t *items,
+                        const char *empty, row_fn fill, const void *ctx)
 {
-    static const char *const header[] = {"ID", "STATE", "CONNECTOR", "ACTION", "CREATED"};
-    static const char *const keys[] = {"id", "state", "connector", "action", "created_at"};
-    enum { N = 5 };
-    size_t rows = json_array_size(actions);
+    size_t rows = json_array_size(items), i;
+    const json_t *item;
 
     if (rows == 0) {
-        fputs("no actions\n", out);
-        return;
+        fputs(empty, out);
+        return false;
     }
-    char **cells = calloc(rows * N, sizeof *cells);
+    char **cells = calloc(rows * n_cols, sizeof *cells);
     if (!cells) {
         fputs("aioctl: out of memory\n", stderr);
-        return;
+        return false;
     }
-    for (size_t r = 0; r < rows; r++) {
-        const json_t *a = json_array_get(actions, r);
-        for (size_t c = 0; c < N; c++)
-            cells[r * N + c] = cell_text(json_object_get(a, keys[c]));
-    }
-    print_table(out, header, N, cells, rows);
-    free_cells(cells, rows * N);
+    json_array_foreach(items, i, item)
+        fill(cells + i * n_cols, item, ctx);
+    print_table(out, header, n_cols, cells, rows);
+    free_cells(cells, rows * n_cols);
+    return true;
+}
+
+enum { ACTION_COLS = 5, CONNECTOR_COLS = 8, TOKEN_COLS = 5 };
+
+static void action_row(char **row, const json_t *action, const void *ctx)
+{
+    static const char *const keys[ACTION_COLS] = {"id", "state", "connector", "action",
+                                                  "created_at"};
+    (void)ctx;
+    for (size_t c = 0; c < ACTION_COLS; c++)
+        row[c] = cell_text(json_object_get(action, keys[c]));
+}
+
+void render_action_table(FILE *out, const json_t *actions)
+{
+    static const char *const header[ACTION_COLS] = {"ID", "STATE", "CONNECTOR", "ACTION",
+                                                    "CREATED"};
+    render_rows(out, header, ACTION_COLS, actions, "no actions\n", action_row, NULL);
 }
 
 /* "a,b,c" from the names of a connector's actions; malloc'd, owned by the caller. */
@@ -564,48 +585,34 @@ static void flow_line(FILE *out, const json_t *c, time_t now)
     fputc('\n', out);
 }
 
-void render_connectors(FILE *out, const json_t *connectors)
+/* ctx: the time now (a time_t), for the FLOW cell. */
+static void connector_row(char **row, const json_t *c, const void *ctx)
 {
-    static const char *const header[] = {"NAME",  "PLUGIN", "VERSION", "STATUS",
-                                         "SERVING", "FLOW", "QUEUE",   "ACTIONS"};
-    enum { N = 8 };
-    size_t rows = json_array_size(connectors), i;
-    const json_t *c;
-    time_t now = time(NULL);
+    time_t now = *(const time_t *)ctx;
+    const json_t *flow = json_object_get(c, "flow");
+    row[0] = cell_text(json_object_get(c, "name"));
+    row[1] = cell_text(json_object_get(c, "plugin"));
+    row[2] = cell_text(json_object_get(c, "version"));
+    row[3] = cell_text(json_object_get(c, "status"));
+    json_t *serving = json_object_get(c, "serving"), *procs = json_object_get(c, "processes");
+    if (json_is_integer(serving) && json_is_integer(procs)) {
+        if (asprintf(&row[4], "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
+                     json_integer_value(serving), json_integer_value(procs)) < 0)
+            row[4] = NULL;
+    } else {
+        row[4] = cell_text(serving);
+    }
+    row[5] = flow_cell(flow, now);
+    row[6] = queue_cell(flow);
+    row[7] = action_names(json_object_get(c, "actions"));
+}
 
-    if (rows == 0) {
-        fputs("no connectors configured\n", out);
-        return;
-    }
-    char **cells = calloc(rows * N, sizeof *cells);
-    if (!cells) {
-        fputs("aioctl: out of memory\n", stderr);
-        return;
-    }
-    json_array_foreach(connectors, i, c) {
-        char **row = cells + i * N;
-        const json_t *flow = json_object_get(c, "flow");
-        row[0] = cell_text(json_object_get(c, "name"));
-        row[1] = cell_text(json_object_get(c, "plugin"));
-        row[2] = cell_text(json_object_get(c, "version"));
-        row[3] = cell_text(json_object_get(c, "status"));
-        json_t *serving = json_object_get(c, "serving"), *procs = json_object_get(c, "processes");
-        if (json_is_integer(serving) && json_is_integer(procs)) {
-            if (asprintf(&row[4], "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
-                         json_integer_value(serving), json_integer_value(procs)) < 0)
-                row[4] = NULL;
-        } else {
-            row[4] = cell_text(serving);
-        }
-        row[5] = flow_cell(flow, now);
-        row[6] = queue_cell(flow);
-        row[7] = action_names(json_object_get(c, "actions"));
-    }
-    print_table(out, header, N, cells, rows);
-    free_cells(cells, rows * N);
-
-    /* Below the table: why a connector is not ready, and what holds its work back. */
+/* Below the table: why a connector is not ready, and what holds its work back. */
+static void connector_notes(FILE *out, const json_t *connectors, time_t now)
+{
     bool first = true;
+    size_t i;
+    const json_t *c;
     json_array_foreach(connectors, i, c) {
         const char *status = str_field(c, "status");
         const char *message = str_field(c, "message");
@@ -627,6 +634,17 @@ void render_connectors(FILE *out, const json_t *connectors)
             flow_line(out, c, now);
         }
     }
+}
+
+void render_connectors(FILE *out, const json_t *connectors)
+{
+    static const char *const header[CONNECTOR_COLS] = {
+        "NAME", "PLUGIN", "VERSION", "STATUS", "SERVING", "FLOW", "QUEUE", "ACTIONS"};
+    time_t now = time(NULL);
+
+    if (render_rows(out, header, CONNECTOR_COLS, connectors, "no connectors configured\n",
+                    connector_row, &now))
+        connector_notes(out, connectors, now);
 }
 
 char *render_join(const json_t *strings)
@@ -653,31 +671,20 @@ char *render_join(const json_t *strings)
     return s;
 }
 
+static void token_row(char **row, const json_t *t, const void *ctx)
+{
+    const json_t *expires = json_object_get(t, "expires_at");
+    (void)ctx;
+    row[0] = cell_text(json_object_get(t, "name"));
+    row[1] = render_join(json_object_get(t, "roles"));
+    row[2] = cell_text(json_object_get(t, "state"));
+    row[3] = cell_text(json_object_get(t, "created_at"));
+    row[4] = json_is_null(expires) ? strdup("never") : cell_text(expires);
+}
+
 void render_token_table(FILE *out, const json_t *tokens)
 {
-    static const char *const header[] = {"NAME", "ROLES", "STATE", "CREATED", "EXPIRES"};
-    enum { N = 5 };
-    size_t rows = json_array_size(tokens), i;
-    const json_t *t;
-
-    if (rows == 0) {
-        fputs("no tokens\n", out);
-        return;
-    }
-    char **cells = calloc(rows * N, sizeof *cells);
-    if (!cells) {
-        fputs("aioctl: out of memory\n", stderr);
-        return;
-    }
-    json_array_foreach(tokens, i, t) {
-        char **row = cells + i * N;
-        const json_t *expires = json_object_get(t, "expires_at");
-        row[0] = cell_text(json_object_get(t, "name"));
-        row[1] = render_join(json_object_get(t, "roles"));
-        row[2] = cell_text(json_object_get(t, "state"));
-        row[3] = cell_text(json_object_get(t, "created_at"));
-        row[4] = json_is_null(expires) ? strdup("never") : cell_text(expires);
-    }
-    print_table(out, header, N, cells, rows);
-    free_cells(cells, rows * N);
+    static const char *const header[TOKEN_COLS] = {"NAME", "ROLES", "STATE", "CREATED",
+                                                   "EXPIRES"};
+    render_rows(out, header, TOKEN_COLS, tokens, "no tokens\n", token_row, NULL);
 }

@@ -1,0 +1,240 @@
+/* test_approvals.c - the human approval queue and graded autonomy against the real daemon:
+ * approve, reject, expire, four-eyes, the roles a policy names, deciding twice, approval by
+ * default for writes, and each autonomy level including a change at runtime. */
+#include "test_main.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static harness H;
+
+static int start(void **state)
+{
+    (void)state;
+    harness_opts o = {.extra_top = "  \"approvers\": {\"finance\": [\"token:fin\"]},\n"
+                                   "  \"autonomy\": {\"t_ok.sleep\": \"semi\", \"t_ok.big\": \"suggest\"}"};
+    return harness_start(&H, &o);
+}
+
+static int stop(void **state)
+{
+    (void)state;
+    int status = H.pid > 0 ? harness_stop(&H) : 0;
+    harness_cleanup(&H);
+    return status == 0 ? 0 : -1;
+}
+
+static const char *str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "(none)";
+}
+
+/* Submit as a token, waiting for the action to settle; returns the action. */
+static json_t *submit_as(const char *token, const char *body)
+{
+    json_t *r;
+    long st = harness_http_as(&H, token, "POST", "/v1/actions", body, &r);
+    if (st != 201) {
+        char *dump = r ? json_dumps(r, JSON_COMPACT) : NULL;
+        fail_msg("submit: HTTP %ld %s", st, dump ? dump : "");
+    }
+    return r;
+}
+
+static long decide(const char *token, const char *id, const char *body, json_t **out)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/v1/approvals/%s", id);
+    return harness_http_as(&H, token, "POST", path, body, out);
+}
+
+static json_t *await(const char *id, const char *state)
+{
+    char path[96];
+    json_t *g = NULL;
+    snprintf(path, sizeof path, "/v1/actions/%s", id);
+    for (int i = 0; i < 500; i++) {
+        json_decref(g);
+        harness_http(&H, "GET", path, NULL, &g);
+        if (!strcmp(str(g, "state"), state))
+            break;
+        usleep(20 * 1000);
+    }
+    return g;
+}
+
+/* tests/integration/policies/fixtures.lua: t_ok "fail" asks for approval by role finance,
+ * four eyes, 2 s; "write_op" with n < 0 abstains (writes then default to approval). */
+static const char *needs_finance = "{\"connector\": \"t_ok\", \"action\": \"write_op\", \"input\": {\"n\": 7}, "
+                                   "\"wait_ms\": 10000}";
+
+static void approve_then_it_runs(void **state)
+{
+    (void)state;
+    char alice[64], fin[64], other[64];
+    assert_int_equal(harness_token_create(&H, "alice", "submitter", 0, alice), 0);
+    assert_int_equal(harness_token_create(&H, "fin", "approver", 0, fin), 0);
+    assert_int_equal(harness_token_create(&H, "other", "approver", 0, other), 0);
+    json_t *a = submit_as(alice, needs_finance);
+    assert_string_equal(str(a, "state"), "PENDING_APPROVAL");
+    char id[40];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+
+    json_t *list;
+    assert_int_equal(harness_http_as(&H, other, "GET", "/v1/approvals?state=pending", NULL, &list), 200);
+    json_t *item = json_array_get(json_object_get(list, "approvals"), 0);
+    assert_string_equal(str(item, "id"), id);
+    assert_string_equal(str(item, "summary"), "write 7 needs finance");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(item, "roles"), 0)), "finance");
+    json_decref(list);
+
+    json_t *r;
+    /* An approver without the role the policy named. */
+    assert_int_equal(decide(other, id, "{\"decision\": \"approve\"}", &r), 403);
+    assert_string_equal(str(r, "error"), "forbidden");
+    json_decref(r);
+    /* A submitter cannot decide at all. */
+    assert_int_equal(decide(alice, id, "{\"decision\": \"approve\"}", NULL), 403);
+    assert_int_equal(decide(fin, id, "{\"decision\": \"maybe\"}", NULL), 400);
+    assert_int_equal(decide(fin, id, "{\"decision\": \"approve\", \"comment\": \"checked\"}", &r), 200);
+    assert_string_equal(str(r, "decided_by"), "fin");
+    assert_string_equal(str(r, "comment"), "checked");
+    json_decref(r);
+    /* The same decision again changes nothing; another one is refused. */
+    assert_int_equal(decide(fin, id, "{\"decision\": \"approve\"}", &r), 200);
+    json_decref(r);
+    assert_int_equal(decide(fin, id, "{\"decision\": \"reject\"}", &r), 409);
+    assert_string_equal(str(r, "error"), "already_decided");
+    json_decref(r);
+    json_t *done = await(id, "SUCCEEDED");
+    assert_string_equal(str(done, "state"), "SUCCEEDED");
+    assert_string_equal(str(json_object_get(done, "approval"), "by"), "fin");
+    json_decref(done);
+}
+
+static void reject_ends_it(void **state)
+{
+    (void)state;
+    char fin[64];
+    assert_int_equal(harness_token_create(&H, "fin", "approver", 0, fin), 0);
+    json_t *a = submit_as(H.token, needs_finance);
+    char id[40];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    json_t *r;
+    assert_int_equal(decide(fin, id, "{\"decision\": \"reject\", \"comment\": \"not this month\"}", &r), 200);
+    json_decref(r);
+    json_t *g = await(id, "REJECTED");
+    assert_string_equal(str(g, "state"), "REJECTED");
+    assert_string_equal(str(json_object_get(g, "error"), "message"), "not this month");
+    assert_int_equal(json_integer_value(json_object_get(g, "attempts")), 0);
+    json_decref(g);
+}
+
+static void four_eyes_and_expiry(void **state)
+{
+    (void)state;
+    char fin[64];
+    assert_int_equal(harness_token_create(&H, "fin", "submitter,approver", 0, fin), 0);
+    /* fixtures.lua: "fail" needs finance, four eyes, expires in 2 s. */
+    const char *body = "{\"connector\": \"t_ok\", \"action\": \"fail\", \"input\": {\"class\": \"invalid\", "
+                       "\"message\": \"x\"}, \"wait_ms\": 10000}";
+    json_t *a = submit_as(fin, body);
+    assert_string_equal(str(a, "state"), "PENDING_APPROVAL");
+    char id[40];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    json_t *r;
+    assert_int_equal(decide(fin, id, "{\"decision\": \"approve\"}", &r), 403);
+    assert_string_equal(str(r, "error"), "four_eyes");
+    json_decref(r);
+    json_t *g = await(id, "EXPIRED");
+    assert_string_equal(str(g, "state"), "EXPIRED");
+    json_decref(g);
+    char other[64];
+    assert_int_equal(harness_token_create(&H, "fin2", "approver", 0, other), 0);
+    assert_int_equal(decide(H.token, id, "{\"decision\": \"approve\"}", &r), 409);
+    assert_string_equal(str(r, "error"), "approval_expired");
+    json_decref(r);
+}
+
+static void expiry_survives_a_restart(void **state)
+{
+    (void)state;
+    const char *body = "{\"connector\": \"t_ok\", \"action\": \"fail\", \"input\": {\"class\": \"invalid\", "
+                       "\"message\": \"x\"}}";
+    json_t *a = submit_as(H.token, body);
+    char id[40];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    harness_kill9(&H);
+    assert_int_equal(harness_restart(&H), 0);
+    json_t *g = await(id, "EXPIRED");
+    assert_string_equal(str(g, "state"), "EXPIRED");
+    json_decref(g);
+}
+
+static void autonomy_levels_and_a_runtime_change(void **state)
+{
+    (void)state;
+    /* semi: an allow becomes approve. */
+    json_t *a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"sleep\", \"input\": {\"ms\": 1}}");
+    assert_string_equal(str(a, "state"), "PENDING_APPROVAL");
+    assert_string_equal(str(json_object_get(a, "decision"), "autonomy"), "semi");
+    assert_string_equal(str(json_object_get(a, "decision"), "policy_verdict"), "allow");
+    json_decref(a);
+    /* suggest: recorded, never run. */
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"big\", \"input\": {\"bytes\": 1}}");
+    assert_string_equal(str(a, "state"), "SUGGESTED");
+    assert_int_equal(json_integer_value(json_object_get(a, "attempts")), 0);
+    json_decref(a);
+    /* auto (no pattern): the policy alone. */
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"ok\", \"input\": {}, \"wait_ms\": 5000}");
+    assert_string_equal(str(a, "state"), "SUCCEEDED");
+    json_decref(a);
+    /* deny stands at every level. */
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"big\", \"input\": {\"bytes\": 1, \"deny_me\": true}}");
+    assert_string_equal(str(a, "state"), "DENIED");
+    json_decref(a);
+
+    /* An operator changes a level at runtime; it is journaled and outlives a restart. */
+    char reader[64];
+    assert_int_equal(harness_token_create(&H, "rd", "reader", 0, reader), 0);
+    assert_int_equal(harness_http_as(&H, reader, "PUT", "/v1/autonomy", "{\"pattern\": \"t_ok.*\", \"level\": \"suggest\"}", NULL), 403);
+    assert_int_equal(harness_http(&H, "PUT", "/v1/autonomy", "{\"pattern\": \"t_ok.\", \"level\": \"suggest\"}", NULL), 400);
+    assert_int_equal(harness_http(&H, "PUT", "/v1/autonomy", "{\"pattern\": \"t_ok.ok\", \"level\": \"loose\"}", NULL), 400);
+    json_t *r;
+    assert_int_equal(harness_http(&H, "PUT", "/v1/autonomy", "{\"pattern\": \"t_ok.*\", \"level\": \"suggest\"}", &r), 200);
+    assert_string_equal(str(json_object_get(json_object_get(r, "runtime"), "t_ok.*"), "level"), "suggest");
+    json_decref(r);
+    assert_int_equal(harness_stop(&H), 0);
+    assert_int_equal(harness_restart(&H), 0);
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"ok\", \"input\": {}}");
+    assert_string_equal(str(a, "state"), "SUGGESTED");
+    json_decref(a);
+    /* The more specific config pattern still wins for t_ok.sleep. */
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"sleep\", \"input\": {\"ms\": 1}}");
+    assert_string_equal(str(a, "state"), "PENDING_APPROVAL");
+    json_decref(a);
+    /* Removing the runtime setting restores the config. */
+    assert_int_equal(harness_http(&H, "PUT", "/v1/autonomy", "{\"pattern\": \"t_ok.*\", \"level\": null}", NULL), 200);
+    a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"ok\", \"input\": {}, \"wait_ms\": 5000}");
+    assert_string_equal(str(a, "state"), "SUCCEEDED");
+    json_decref(a);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(approve_then_it_runs, start, stop),
+    cmocka_unit_test_setup_teardown(reject_ends_it, start, stop),
+    cmocka_unit_test_setup_teardown(four_eyes_and_expiry, start, stop),
+    cmocka_unit_test_setup_teardown(expiry_survives_a_restart, start, stop),
+    cmocka_unit_test_setup_teardown(autonomy_levels_and_a_runtime_change, start, stop),
+};
+
+AR_TEST_MAIN(tests, NULL, NULL)
