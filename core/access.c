@@ -24,6 +24,8 @@ static const access_route routes[] = {
     {ROUTE_LIST_APPROVALS, "GET", "/v1/approvals", AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR | AUTH_ROLE_READER, 0},
     {ROUTE_GET_APPROVAL, "GET", "/v1/approvals/{id}", AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR | AUTH_ROLE_READER, 0},
     {ROUTE_DECIDE_APPROVAL, "POST", "/v1/approvals/{id}", AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_GET_POLICIES, "GET", "/v1/policies", READERS, 0},
+    {ROUTE_RELOAD_POLICIES, "POST", "/v1/policies/reload", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_GET_AUTONOMY, "GET", "/v1/autonomy", READERS, 0},
     {ROUTE_SET_AUTONOMY, "PUT", "/v1/autonomy", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_LIST_TOKENS, "GET", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},

@@ -66,7 +66,14 @@ struct api_server {
     auth *auth;
     autonomy *autonomy;
     access_limiter *limiter;
-    const policy_set *policies;
+    /* the policy set: replaced whole by a reload; workers notice the generation and rebuild
+     * their Lua state. Retired sets stay allocated until api_free, so a worker deciding with
+     * one never sees it freed. */
+    pthread_mutex_t policy_lock;
+    policy_set *policy_sets[64];   /* [0..n_sets): every set loaded; the last is current */
+    size_t n_sets;
+    uint64_t policy_gen;
+    int64_t policies_loaded_ms;
     scheduler *sched;
     struct MHD_Daemon *mhd;
     int port;
@@ -470,7 +477,7 @@ static int find_key(api_server *a, const char *k, size_t klen, unsigned char out
     return rc;
 }
 
-static void process_submission(api_server *a, policy_worker *pw, request *rq)
+static void process_submission(api_server *a, policy_worker *pw, const policy_set *ps, request *rq)
 {
     const json_t *s = rq->submission;
     const char *connector = json_string_value(json_object_get(s, "connector"));
@@ -499,7 +506,7 @@ static void process_submission(api_server *a, policy_worker *pw, request *rq)
     }
     policy_decide(pw, view, &d);
     json_decref(view);
-    json_t *rec = new_record(rq, &d, a->policies, digest);
+    json_t *rec = new_record(rq, &d, ps, digest);
     json_decref(d.votes);
     if (!rec) {
         set_reply_error(rq, 500, "internal", "out of memory");
@@ -563,13 +570,23 @@ out:
     json_decref(rec);
 }
 
+/* The current policy set and its generation. */
+static const policy_set *current_policies(api_server *a, uint64_t *gen)
+{
+    pthread_mutex_lock(&a->policy_lock);
+    const policy_set *ps = a->policy_sets[a->n_sets - 1];
+    *gen = a->policy_gen;
+    pthread_mutex_unlock(&a->policy_lock);
+    return ps;
+}
+
 static void *worker_main(void *arg)
 {
     api_server *a = arg;
     policy_worker *pw = NULL;
+    const policy_set *ps = NULL;
+    uint64_t gen = UINT64_MAX;
     ar_error err = {0};
-    if (policy_worker_new(a->policies, &pw, &err) != AR_OK)
-        ar_log("error", "decision worker cannot start: %s", err.message);
     for (;;) {
         pthread_mutex_lock(&a->work_lock);
         while (!a->work_head && !a->workers_stopping)
@@ -583,8 +600,23 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&a->work_lock);
         if (!rq)
             break;
+        /* A reload since the last decision: this worker moves to the new set. */
+        uint64_t now_gen;
+        const policy_set *latest = current_policies(a, &now_gen);
+        if (now_gen != gen) {
+            policy_worker *fresh = NULL;
+            ar_error_clear(&err);
+            if (policy_worker_new(latest, &fresh, &err) == AR_OK) {
+                policy_worker_free(pw);
+                pw = fresh;
+                ps = latest;
+                gen = now_gen;
+            } else {
+                ar_log("error", "decision worker cannot load policy set %s: %s", policy_set_version(latest), err.message);
+            }
+        }
         if (pw) {
-            process_submission(a, pw, rq);
+            process_submission(a, pw, ps, rq);
         } else {
             set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s", err.message);
             resume(rq);
@@ -592,6 +624,69 @@ static void *worker_main(void *arg)
     }
     policy_worker_free(pw);
     return NULL;
+}
+
+int api_reload_policies(api_server *a, const char *why, ar_error *err)
+{
+    policy_set *next = NULL;
+    int rc = policy_set_load(a->cfg->policy_dir, &a->cfg->policy, &next, err);
+    if (rc == AR_OK) {
+        /* A set that cannot even start a Lua state must not replace one that serves. */
+        policy_worker *probe = NULL;
+        rc = policy_worker_new(next, &probe, err);
+        policy_worker_free(probe);
+    }
+    if (rc != AR_OK) {
+        policy_set_free(next);
+        ar_log("error", "policy reload (%s) refused, the previous set keeps serving: %s", why, err->message);
+        return rc;
+    }
+    pthread_mutex_lock(&a->policy_lock);
+    const char *before = policy_set_version(a->policy_sets[a->n_sets - 1]);
+    if (strcmp(before, policy_set_version(next)) == 0) {
+        pthread_mutex_unlock(&a->policy_lock);
+        policy_set_free(next);
+        return AR_OK; /* nothing changed */
+    }
+    if (a->n_sets == sizeof a->policy_sets / sizeof a->policy_sets[0]) {
+        pthread_mutex_unlock(&a->policy_lock);
+        policy_set_free(next);
+        return ar_error_set(err, AR_E_BUSY, "too_many_reloads", "the daemon has kept %zu policy sets since it "
+                            "started; restart it to reload again", a->n_sets);
+    }
+    a->policy_sets[a->n_sets++] = next;
+    a->policy_gen++;
+    a->policies_loaded_ms = ar_now_ms();
+    pthread_mutex_unlock(&a->policy_lock);
+    ar_log("info", "policies reloaded (%s): %zu file(s), version %s (was %s)", why, policy_set_count(next),
+           policy_set_version(next), before);
+    return AR_OK;
+}
+
+static json_t *policies_view(api_server *a)
+{
+    pthread_mutex_lock(&a->policy_lock);
+    const policy_set *ps = a->policy_sets[a->n_sets - 1];
+    char when[AR_TIME_LEN];
+    ar_time_rfc3339(a->policies_loaded_ms, when);
+    json_t *v = json_pack("{s:s, s:i, s:s, s:s, s:i}", "version", policy_set_version(ps), "files",
+                          (int)policy_set_count(ps), "dir", a->cfg->policy_dir, "loaded_at", when,
+                          "reloads", (int)a->n_sets - 1);
+    pthread_mutex_unlock(&a->policy_lock);
+    return v;
+}
+
+static void route_reload_policies(api_server *a, request *rq)
+{
+    ar_error err = {0};
+    char why[120];
+    snprintf(why, sizeof why, "requested by %s", rq->who.name);
+    int rc = api_reload_policies(a, why, &err);
+    if (rc != AR_OK)
+        set_reply_error(rq, rc == AR_E_BUSY ? 503 : 422, err.code[0] ? err.code : "policy_invalid", "%s "
+                        "(the previous set keeps serving)", err.message);
+    else
+        set_reply_json(rq, 200, policies_view(a));
 }
 
 /* ---- request validation (HTTP thread) ----------------------------------------------------- */
@@ -1475,6 +1570,8 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_LIST_APPROVALS: route_list_approvals(a, rq); break;
     case ROUTE_GET_APPROVAL: route_get_approval(a, rq, param); break;
     case ROUTE_DECIDE_APPROVAL: route_decide_approval(a, rq, param); break;
+    case ROUTE_GET_POLICIES: set_reply_json(rq, 200, policies_view(a)); break;
+    case ROUTE_RELOAD_POLICIES: route_reload_policies(a, rq); break;
     case ROUTE_GET_AUTONOMY: set_reply_json(rq, 200, autonomy_view(a->autonomy)); break;
     case ROUTE_SET_AUTONOMY: route_set_autonomy(a, rq); break;
     case ROUTE_LIST_TOKENS: route_list_tokens(a, rq); break;
@@ -1563,7 +1660,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
-int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, const policy_set *policies,
+int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *policies,
             api_server **out, ar_error *err)
 {
     api_server *a = calloc(1, sizeof *a);
@@ -1573,7 +1670,10 @@ int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, const policy
     a->journal = j;
     a->auth = au;
     a->autonomy = aut;
-    a->policies = policies;
+    pthread_mutex_init(&a->policy_lock, NULL);
+    a->policy_sets[0] = policies;
+    a->n_sets = 1;
+    a->policies_loaded_ms = ar_now_ms();
     pthread_mutex_init(&a->work_lock, NULL);
     pthread_cond_init(&a->work_cond, NULL);
     pthread_mutex_init(&a->wait_lock, NULL);
@@ -1733,6 +1833,9 @@ void api_free(api_server *a)
     if (a->mhd)
         MHD_stop_daemon(a->mhd);
     access_limiter_free(a->limiter);
+    for (size_t i = 0; i < a->n_sets; i++)
+        policy_set_free(a->policy_sets[i]);
+    pthread_mutex_destroy(&a->policy_lock);
     free(a->tls_cert);
     if (a->tls_key)
         sodium_memzero(a->tls_key, strlen(a->tls_key));

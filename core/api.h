@@ -28,10 +28,16 @@
 
 typedef struct api_server api_server;
 
-/* Create the server and its decision workers; nothing listens yet. cfg, j, au and policies are
+/* Create the server and its decision workers; nothing listens yet. It takes ownership of
+ * policies (the initial set); cfg, j, au and aut are
  * borrowed and must outlive the server. *out owned by the caller (api_free). */
-int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, const policy_set *policies,
+int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *policies,
             api_server **out, ar_error *err);
+/* Load the policy directory again and, when it compiles and starts, make it the set every
+ * decision worker uses from its next decision on; otherwise keep the current set and say why
+ * (AR_E_INVALID, code "policy_invalid", with file, line and message). Thread-safe. why: for the
+ * log ("SIGHUP", "requested by NAME", "file change"). */
+int api_reload_policies(api_server *a, const char *why, ar_error *err);
 /* At start: expire pending approvals on time (they were parked before a restart). */
 void api_watch_pending(api_server *a);
 /* Wire the scheduler in (before api_listen). */

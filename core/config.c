@@ -25,7 +25,7 @@
 static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
-    "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", NULL
+    "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
@@ -674,6 +674,10 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if ((rc = get_int(root, "approval_expiry_s", "approval_expiry_s", 1, 30LL * 86400, &expiry, err)))
         return rc;
     cfg->approval_expiry_s = expiry;
+    const json_t *watch = json_object_get(root, "policy_watch");
+    if (watch && !json_is_boolean(watch))
+        return invalid(err, "policy_watch: expected boolean, got %s", type_name(watch));
+    cfg->policy_watch = watch ? json_is_true(watch) : 1;
     if ((v0 = json_object_get(root, "autonomy")) && (rc = parse_autonomy(v0, cfg, err)))
         return rc;
     if ((v0 = json_object_get(root, "approvers")) && (rc = parse_approvers(v0, cfg, err)))

@@ -12,7 +12,7 @@
  * secrets {name: value}, rate_limit {per_second, burst}, concurrency (processes), breaker
  * {window 20, min_calls 10, failure_ratio 0.5, consecutive 5, open_s 30, half_open_calls 1}}),
  * max_inflight (256), max_queue_depth (10000), aging_ms (1000), autonomy {pattern: level},
- * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400). Relative paths are resolved against
+ * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true). Relative paths are resolved against
  * the directory of the config file.
  */
 #ifndef CONFIG_H
@@ -78,6 +78,7 @@ typedef struct config {
     json_t *autonomy;      /* owned or NULL: "connector.action" pattern -> auto|semi|suggest */
     json_t *approvers;     /* owned or NULL: policy role -> ["approver", "token:alice", ...] */
     int64_t approval_expiry_s; /* a pending approval's lifetime unless the policy says (86400) */
+    int policy_watch;      /* reload policies when their files change (inotify); default 1 */
     policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */
     config_connector *connectors;
     size_t n_connectors;

@@ -4,7 +4,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +29,9 @@
 /* Everything the daemon keeps alive, in start order. */
 typedef struct runtime {
     int lock_fd;          /* holds the exclusive lock on <data_dir>/daemon.lock */
+    pthread_t watcher;    /* reloads policies when their files change (policy_watch) */
+    int watcher_started;
+    int watcher_stop_fd;  /* an eventfd that ends the watcher */
     config *cfg;
     journal *journal;
     auth *auth;
@@ -84,13 +91,59 @@ static int lock_data_dir(runtime *rt, const char *data_dir, ar_error *err)
     return AR_OK;
 }
 
+/* Watch the policy directory; after a burst of changes settles (250 ms), reload. */
+static void *watch_policies(void *arg)
+{
+    runtime *rt = arg;
+    int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    if (fd < 0 || inotify_add_watch(fd, rt->cfg->policy_dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
+                                                              IN_DELETE | IN_CREATE) < 0) {
+        ar_log("warn", "cannot watch %s for policy changes (%s); reload with SIGHUP or POST /v1/policies/reload",
+               rt->cfg->policy_dir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    struct pollfd fds[2] = {{.fd = fd, .events = POLLIN}, {.fd = rt->watcher_stop_fd, .events = POLLIN}};
+    int pending = 0;
+    for (;;) {
+        int n = poll(fds, 2, pending ? 250 : -1);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (fds[1].revents)
+            break;
+        if (n > 0 && fds[0].revents) {
+            char buf[4096];
+            while (read(fd, buf, sizeof buf) > 0)
+                ;
+            pending = 1; /* wait for the burst to settle */
+            continue;
+        }
+        if (n == 0 && pending) {
+            pending = 0;
+            ar_error err = {0};
+            api_reload_policies(rt->api, "file change", &err);
+        }
+    }
+    close(fd);
+    return NULL;
+}
+
 static void runtime_stop(runtime *rt)
 {
+    if (rt->watcher_started) {
+        uint64_t one = 1;
+        if (write(rt->watcher_stop_fd, &one, sizeof one) != sizeof one)
+            ar_log("warn", "cannot stop the policy watcher");
+        pthread_join(rt->watcher, NULL);
+    }
+    if (rt->watcher_stop_fd >= 0)
+        close(rt->watcher_stop_fd);
     if (rt->api)
         api_stop_intake(rt->api);
     scheduler_free(rt->sched);
     api_free(rt->api);
-    policy_set_free(rt->policies);
+    policy_set_free(rt->policies); /* only when the API never took it */
     autonomy_free(rt->autonomy);
     auth_free(rt->auth);
     journal_close(rt->journal);
@@ -123,7 +176,9 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
         return rc;
     ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
            cfg->policy_dir, policy_set_version(rt->policies));
-    if ((rc = api_new(cfg, rt->journal, rt->auth, rt->autonomy, rt->policies, &rt->api, err)) != AR_OK)
+    rc = api_new(cfg, rt->journal, rt->auth, rt->autonomy, rt->policies, &rt->api, err);
+    rt->policies = NULL; /* the API owns it now, and every set a reload brings */
+    if (rc != AR_OK)
         return rc;
     if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
         return rc;
@@ -142,6 +197,11 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
            "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
     api_watch_pending(rt->api);
+    if (cfg->policy_watch) {
+        rt->watcher_stop_fd = eventfd(0, EFD_CLOEXEC);
+        if (rt->watcher_stop_fd >= 0 && pthread_create(&rt->watcher, NULL, watch_policies, rt) == 0)
+            rt->watcher_started = 1;
+    }
     if ((rc = api_listen(rt->api, err)) != AR_OK)
         return rc;
     ar_log("info", "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
@@ -159,6 +219,7 @@ int daemon_run(const char *config_path)
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGHUP);   /* reload the policies */
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0) {
@@ -166,7 +227,7 @@ int daemon_run(const char *config_path)
         return 1;
     }
 
-    runtime rt = {.lock_fd = -1};
+    runtime rt = {.lock_fd = -1, .watcher_stop_fd = -1};
     ar_error err = {0};
     if (runtime_start(&rt, config_path, &err) != AR_OK) {
         ar_log("error", "cannot start: %s (%s)", err.message, err.code[0] ? err.code : "error");
@@ -174,7 +235,13 @@ int daemon_run(const char *config_path)
         return 1;
     }
     int sig = 0;
-    sigwait(&stop, &sig);
+    for (;;) {
+        sigwait(&stop, &sig);
+        if (sig != SIGHUP)
+            break;
+        ar_error rerr = {0};
+        api_reload_policies(rt.api, "SIGHUP", &rerr);
+    }
     ar_log("info", "stopping (signal %d)", sig);
     runtime_stop(&rt);
     ar_log("info", "stopped");

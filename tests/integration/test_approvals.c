@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -229,12 +230,97 @@ static void autonomy_levels_and_a_runtime_change(void **state)
     json_decref(a);
 }
 
+/* ---- hot reload ------------------------------------------------------------------------------------ */
+
+static void write_policy(const char *name, const char *text)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/policies/%s", H.dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *policy_version(void)
+{
+    json_t *r;
+    assert_int_equal(harness_http(&H, "GET", "/v1/policies", NULL, &r), 200);
+    char *v = strdup(str(r, "version"));
+    json_decref(r);
+    return v;
+}
+
+static void reload_refuses_a_broken_set_and_takes_a_good_one(void **state)
+{
+    (void)state;
+    char *v1 = policy_version();
+    write_policy("broken.lua", "function decide(action, ctx)\n  return {verdict = \n");
+    json_t *r;
+    assert_int_equal(harness_http(&H, "POST", "/v1/policies/reload", NULL, &r), 422);
+    assert_string_equal(str(r, "error"), "policy_invalid");
+    assert_non_null(strstr(str(r, "message"), "broken.lua:"));
+    json_decref(r);
+    char *still = policy_version();
+    assert_string_equal(still, v1);
+    free(still);
+    /* The old set keeps deciding. */
+    json_t *a = submit_as(H.token, "{\"connector\": \"echo\", \"action\": \"echo\", \"input\": {\"message\": \"hi\"}, \"wait_ms\": 5000}");
+    assert_string_equal(str(a, "state"), "SUCCEEDED");
+    json_decref(a);
+
+    /* Fixed, plus a new rule: the reload takes it, and decisions carry the new version. */
+    char path[400];
+    snprintf(path, sizeof path, "%s/policies/broken.lua", H.dir);
+    unlink(path);
+    write_policy("zz_no_echo.lua", "function decide(action, ctx)\n  if action.connector == \"echo\" then\n"
+                 "    return {verdict = \"deny\", rule = \"no_echo_today\", reason = \"echo is off\"}\n  end\nend\n");
+    assert_int_equal(harness_http(&H, "POST", "/v1/policies/reload", NULL, &r), 200);
+    char v2[64];
+    snprintf(v2, sizeof v2, "%s", str(r, "version"));
+    assert_string_not_equal(v2, v1);
+    json_decref(r);
+    a = submit_as(H.token, "{\"connector\": \"echo\", \"action\": \"echo\", \"input\": {\"message\": \"hi\"}}");
+    assert_string_equal(str(a, "state"), "DENIED");
+    assert_string_equal(str(json_object_get(a, "decision"), "rule"), "no_echo_today");
+    assert_string_equal(str(json_object_get(a, "decision"), "policy_version"), v2);
+    json_decref(a);
+
+    /* A file change alone reloads (inotify), and so does SIGHUP. */
+    snprintf(path, sizeof path, "%s/policies/zz_no_echo.lua", H.dir);
+    unlink(path);
+    char *v3 = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(v3);
+        v3 = policy_version();
+        if (strcmp(v3, v2) != 0)
+            break;
+        usleep(50 * 1000);
+    }
+    assert_string_equal(v3, v1);
+    free(v3);
+    write_policy("zz_no_echo.lua", "function decide(action, ctx) return nil end\n");
+    kill(H.pid, SIGHUP);
+    char *v4 = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(v4);
+        v4 = policy_version();
+        if (strcmp(v4, v1) != 0)
+            break;
+        usleep(50 * 1000);
+    }
+    assert_string_not_equal(v4, v1);
+    free(v4);
+    free(v1);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(approve_then_it_runs, start, stop),
     cmocka_unit_test_setup_teardown(reject_ends_it, start, stop),
     cmocka_unit_test_setup_teardown(four_eyes_and_expiry, start, stop),
     cmocka_unit_test_setup_teardown(expiry_survives_a_restart, start, stop),
     cmocka_unit_test_setup_teardown(autonomy_levels_and_a_runtime_change, start, stop),
+    cmocka_unit_test_setup_teardown(reload_refuses_a_broken_set_and_takes_a_good_one, start, stop),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -203,7 +203,8 @@ static void unknown_keys_named(void **state)
     refused("{\"lisen\":\"127.0.0.1:8470\"}",
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
-            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s)");
+            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
+            "policy_watch)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
             "default_read, default_write, default_irreversible)");
@@ -214,7 +215,8 @@ static void unknown_keys_named(void **state)
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
-            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s)");
+            "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
+            "policy_watch)");
 }
 
 static void wrong_types_named(void **state)

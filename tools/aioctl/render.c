@@ -22,6 +22,16 @@ void render_text(FILE *out, const char *s)
         fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, out);
 }
 
+/* before, s (control characters replaced), after; nothing when s is NULL or empty. */
+static void put_part(FILE *out, const char *before, const char *s, const char *after)
+{
+    if (!s || !*s)
+        return;
+    fputs(before, out);
+    render_text(out, s);
+    fputs(after, out);
+}
+
 /* Columns a string takes on a terminal, roughly: one per UTF-8 code point. */
 static size_t text_width(const char *s)
 {
@@ -106,18 +116,11 @@ static void history_line(FILE *out, const json_t *e)
         fputs("attempt", out);
         if (json_is_integer(attempt))
             fprintf(out, " %" JSON_INTEGER_FORMAT, json_integer_value(attempt));
-        if (key && *key) {
-            fputs(" (key ", out);
-            render_text(out, key);
-            fputc(')', out);
-        }
+        put_part(out, " (key ", key, ")");
     }
     fputs(" \u2192 ", out);
     render_text(out, outcome ? outcome : "in flight");
-    if (message && *message) {
-        fputs(": ", out);
-        render_text(out, message);
-    }
+    put_part(out, ": ", message, "");
     if (json_is_integer(http) || json_is_integer(latency)) {
         fputs(" [", out);
         if (json_is_integer(http))
@@ -155,14 +158,8 @@ static void render_resolution(FILE *out, const json_t *resolution)
     const char *reason = str_field(resolution, "reason");
     label(out, "resolution:");
     render_text(out, outcome ? outcome : "?");
-    if (by && *by) {
-        fputs(" by ", out);
-        render_text(out, by);
-    }
-    if (reason && *reason) {
-        fputs(" \u2014 ", out);
-        render_text(out, reason);
-    }
+    put_part(out, " by ", by, "");
+    put_part(out, " \u2014 ", reason, "");
     fputc('\n', out);
 }
 
@@ -198,15 +195,8 @@ void render_action(FILE *out, const json_t *action)
         const char *reason = str_field(decision, "reason");
         label(out, "decision:");
         render_text(out, verdict ? verdict : "?");
-        if (rule && *rule) {
-            fputs(" (rule ", out);
-            render_text(out, rule);
-            fputc(')', out);
-        }
-        if (reason && *reason) {
-            fputs(" \u2014 ", out);
-            render_text(out, reason);
-        }
+        put_part(out, " (rule ", rule, ")");
+        put_part(out, " \u2014 ", reason, "");
         fputc('\n', out);
     }
     if (json_is_integer(attempts) && json_integer_value(attempts) > 0) {
@@ -236,10 +226,7 @@ void render_action(FILE *out, const json_t *action)
             const char *cls = str_field(error, "class");
             const char *msg = str_field(error, "message");
             render_text(out, cls ? cls : "?");
-            if (msg && *msg) {
-                fputs(": ", out);
-                render_text(out, msg);
-            }
+            put_part(out, ": ", msg, "");
         } else {
             put_json_inline(out, error);
         }
@@ -406,6 +393,15 @@ static void put_clock(FILE *out, const char *rfc3339, time_t now)
     fputs(buf, out);
 }
 
+/* before and the time rfc3339 (put_clock); nothing when it is NULL or empty. */
+static void put_clock_part(FILE *out, const char *before, const char *rfc3339, time_t now)
+{
+    if (!rfc3339 || !*rfc3339)
+        return;
+    fputs(before, out);
+    put_clock(out, rfc3339, now);
+}
+
 static bool is_paused(const json_t *flow)
 {
     return json_is_true(json_object_get(flow, "paused"));
@@ -511,14 +507,8 @@ static void put_breaker(FILE *out, const json_t *breaker, const char *state, tim
 
     fputs("breaker ", out);
     render_text(out, strcmp(state, "half_open") == 0 ? "half-open" : state);
-    if (since && *since) {
-        fputs(" since ", out);
-        put_clock(out, since, now);
-    }
-    if (reason && *reason) {
-        fputs(" \u2014 ", out);
-        render_text(out, reason);
-    }
+    put_clock_part(out, " since ", since, now);
+    put_part(out, " \u2014 ", reason, "");
     if (json_is_object(opened_by) && json_object_size(opened_by) > 0) {
         /* Printed into a buffer first: no "opened by" without any class behind it. */
         char *text = NULL;
@@ -531,10 +521,7 @@ static void put_breaker(FILE *out, const json_t *breaker, const char *state, tim
             free(text);
         }
     }
-    if (next && *next) {
-        fputs("; next trial at ", out);
-        put_clock(out, next, now);
-    }
+    put_clock_part(out, "; next trial at ", next, now);
 }
 
 /* Is a connector's work held back: paused, rate limited, or its breaker not closed? */
@@ -558,18 +545,9 @@ static void flow_line(FILE *out, const json_t *c, time_t now)
         const char *by = str_field(flow, "paused_by"), *at = str_field(flow, "paused_at");
         const char *reason = str_field(flow, "pause_reason");
         fputs("paused", out);
-        if (by && *by) {
-            fputs(" by ", out);
-            render_text(out, by);
-        }
-        if (at && *at) {
-            fputs(" at ", out);
-            put_clock(out, at, now);
-        }
-        if (reason && *reason) {
-            fputs(" \u2014 ", out);
-            render_text(out, reason);
-        }
+        put_part(out, " by ", by, "");
+        put_clock_part(out, " at ", at, now);
+        put_part(out, " \u2014 ", reason, "");
         sep = "; ";
     }
     if (breaker) {
