@@ -636,6 +636,28 @@ int api_reload_policies(api_server *a, const char *why, ar_error *err)
         rc = policy_worker_new(next, &probe, err);
         policy_worker_free(probe);
     }
+    if (rc == AR_OK) {
+        /* Nor one that fails its own tests (the *_test.lua files beside it). */
+        json_t *report = NULL;
+        rc = policy_run_tests(next, a->cfg->policy_dir, &report, err);
+        json_int_t failed = json_integer_value(json_object_get(report, "failed"));
+        if (rc == AR_OK && failed > 0) {
+            json_t *first = NULL;
+            size_t i;
+            json_t *c;
+            json_array_foreach(json_object_get(report, "cases"), i, c) {
+                if (!json_is_true(json_object_get(c, "ok"))) {
+                    first = c;
+                    break;
+                }
+            }
+            rc = ar_error_set(err, AR_E_INVALID, "policy_tests_failed", "%lld policy test(s) failed, first: %s: %s: %s",
+                              (long long)failed, json_string_value(json_object_get(first, "file")),
+                              json_string_value(json_object_get(first, "name")),
+                              json_string_value(json_array_get(json_object_get(first, "differences"), 0)));
+        }
+        json_decref(report);
+    }
     if (rc != AR_OK) {
         policy_set_free(next);
         ar_log("error", "policy reload (%s) refused, the previous set keeps serving: %s", why, err->message);

@@ -33,7 +33,8 @@ typedef struct api_server api_server;
  * borrowed and must outlive the server. *out owned by the caller (api_free). */
 int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *policies,
             api_server **out, ar_error *err);
-/* Load the policy directory again and, when it compiles and starts, make it the set every
+/* Load the policy directory again and, when it compiles, starts and passes its own tests
+ * (*_test.lua; code "policy_tests_failed" otherwise), make it the set every
  * decision worker uses from its next decision on; otherwise keep the current set and say why
  * (AR_E_INVALID, code "policy_invalid", with file, line and message). Thread-safe. why: for the
  * log ("SIGHUP", "requested by NAME", "file change"). */

@@ -146,6 +146,12 @@ static int apply_decision(journal_txn *txn, void *arg, ar_error *err)
         if (!approve)
             json_object_set_new(rec, "error", json_pack("{s:s, s:s}", "class", "rejected", "message",
                                                         op->comment && *op->comment ? op->comment : "rejected"));
+        /* Time spent waiting for a human does not eat the action's deadline: it gets the same
+         * budget again from the approval on. */
+        int64_t deadline = json_integer_value(json_object_get(rec, "deadline_ms"));
+        int64_t created = json_integer_value(json_object_get(rec, "created_ms"));
+        if (approve && deadline > created)
+            json_object_set_new(rec, "deadline_ms", json_integer(op->now + (deadline - created)));
         action_record_set_state(rec, approve ? ACTION_APPROVED : ACTION_REJECTED, op->now);
     }
     int wrc = action_txn_store(txn, rec);

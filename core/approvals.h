@@ -30,7 +30,8 @@ void approvals_request(json_t *rec, const policy_decision *d, int64_t now_ms, in
  * config's map (borrowed, may be NULL). */
 int approvals_may_decide(const json_t *approvers, const json_t *rec, const auth_identity *who, ar_error *err);
 
-/* Decide: "approve" → APPROVED, "reject" → REJECTED, conditionally as described above.
+/* Decide: "approve" → APPROVED (its deadline then counts again from the approval: the wait for
+ * a human is not charged to it), "reject" → REJECTED, conditionally as described above.
  * *rec_out: the record as stored (new reference). Errors: AR_E_NOTFOUND "not_found";
  * AR_E_EXISTS "already_decided" (decided otherwise), "approval_expired" (then the expiry is
  * stored and *rec_out is the EXPIRED record, if it was still pending), "not_pending"; a repeat

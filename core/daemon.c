@@ -129,6 +129,21 @@ static void *watch_policies(void *arg)
     return NULL;
 }
 
+/* The policy set's own tests (*_test.lua beside it) must pass before it decides anything. */
+static int policy_tests_pass(const policy_set *set, const char *dir, ar_error *err)
+{
+    json_t *report = NULL;
+    int rc = policy_run_tests(set, dir, &report, err);
+    json_int_t failed = json_integer_value(json_object_get(report, "failed"));
+    if (rc == AR_OK && failed > 0)
+        rc = ar_error_set(err, AR_E_INVALID, "policy_tests_failed", "%lld of the policy tests in %s fail; see "
+                          "aioctl policy test %s", (long long)failed, dir, dir);
+    if (rc == AR_OK)
+        ar_log("info", "policy tests: %lld passed", (long long)json_integer_value(json_object_get(report, "passed")));
+    json_decref(report);
+    return rc;
+}
+
 static void runtime_stop(runtime *rt)
 {
     if (rt->watcher_started) {
@@ -172,7 +187,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK ||
         (rc = autonomy_open(cfg->autonomy, rt->journal, &rt->autonomy, err)) != AR_OK)
         return rc;
-    if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK)
+    if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK ||
+        (rc = policy_tests_pass(rt->policies, cfg->policy_dir, err)) != AR_OK)
         return rc;
     ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
            cfg->policy_dir, policy_set_version(rt->policies));
@@ -256,6 +272,8 @@ int daemon_check_config(const char *config_path)
     int rc = config_load_file(config_path, &cfg, &err);
     if (rc == AR_OK)
         rc = policy_set_load(cfg->policy_dir, &cfg->policy, &ps, &err);
+    if (rc == AR_OK)
+        rc = policy_tests_pass(ps, cfg->policy_dir, &err);
     if (rc != AR_OK) {
         fprintf(stderr, "%s: %s\n", config_path, err.message);
     } else {

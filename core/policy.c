@@ -25,6 +25,12 @@
  * vote with rule policy_error. All files share one instruction budget and one deadline: once
  * a file has used them up, the files after it are not run and vote deny (policy_error, "not
  * run"). A memory overrun is collected, so the next file still runs.
+ *
+ * Policy tests (policy_run_tests): each *_test.lua is compiled into a worker of its own (a
+ * one-file set with the real set's limits), its chunk runs once in a fresh _ENV under the same
+ * limits, and the tests table it leaves is copied to JSON with raw reads only (no Lua code
+ * runs, nothing can raise), then checked and decided in C by a worker of the real set, with
+ * ctx.now() pinned to the case's time.
  */
 #include "policy.h"
 
@@ -32,6 +38,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1632,7 +1639,17 @@ fail:
     return rc;
 }
 
-static int list_policy_names(DIR *d, const char *dir, char ***names, size_t *count,
+#define TEST_SUFFIX "_test.lua"
+
+static int has_suffix(const char *name, size_t len, const char *suffix)
+{
+    size_t n = strlen(suffix);
+    return len >= n && strcmp(name + len - n, suffix) == 0;
+}
+
+/* The sorted names of the policies (tests == 0: *.lua but not *_test.lua) or of the policy
+ * tests (tests == 1: *_test.lua) in d. */
+static int list_policy_names(DIR *d, const char *dir, int tests, char ***names, size_t *count,
                              ar_error *err)
 {
     size_t cap = 0;
@@ -1643,7 +1660,9 @@ static int list_policy_names(DIR *d, const char *dir, char ***names, size_t *cou
             break;
         size_t len = strlen(de->d_name);
         /* hidden files (editor locks, ".#x.lua") are not policies */
-        if (de->d_name[0] == '.' || len <= 4 || strcmp(de->d_name + len - 4, ".lua") != 0)
+        if (de->d_name[0] == '.' || len <= 4 || !has_suffix(de->d_name, len, ".lua"))
+            continue;
+        if (has_suffix(de->d_name, len, TEST_SUFFIX) != tests)
             continue;
         if (len >= sizeof(((policy_file *)0)->name))
             return ar_error_set(err, AR_E_INVALID, "policy_invalid",
@@ -1747,7 +1766,7 @@ int policy_set_load(const char *dir, const policy_limits *limits, policy_set **o
                           "policy: cannot open directory %s: %s", dir, strerror(errno));
         goto fail;
     }
-    rc = list_policy_names(d, dir, &names, &n_names, err);
+    rc = list_policy_names(d, dir, 0, &names, &n_names, err);
     if (rc != AR_OK)
         goto fail;
     set->files = calloc(n_names ? n_names : 1, sizeof *set->files);
@@ -1983,7 +2002,9 @@ static void cut_printf(char *buf, size_t size, const char *fmt, ...)
 static const char *const decided_by[] = { "allowed", "approval required", "suggested only",
                                           "denied" };
 
-int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
+/* policy_decide with ctx.now() returning now_s (the policy tests pin the time). */
+static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
+                     policy_decision *out)
 {
     int64_t started = mono_ns();
     memset(out, 0, sizeof *out);
@@ -2003,7 +2024,7 @@ int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
     approve_merge approve = { .n_roles = 0 };
     const char *stopped = NULL; /* the limit a file ran over, when it ends the decision */
     const char *stopped_by = NULL;
-    w->decision_time_s = (int64_t)time(NULL);
+    w->decision_time_s = now_s;
     begin_call(w);
     for (size_t i = 0; i < set->count; i++) {
         const char *file = set->files[i].name;
@@ -2075,4 +2096,739 @@ int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
 out:
     out->duration_ns = (uint64_t)(mono_ns() - started);
     return AR_OK;
+}
+
+int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
+{
+    return decide_at(w, action, (int64_t)time(NULL), out);
+}
+
+/* ---- eval: one decision, as JSON ------------------------------------------------------------ */
+
+/* The decision as policy_eval describes it (without the votes). NULL: no memory. */
+static json_t *decision_json(const policy_decision *d)
+{
+    json_t *j = json_object();
+    json_t *roles = json_array();
+    int bad = !j || !roles;
+    for (int i = 0; !bad && i < d->n_roles; i++)
+        bad = json_array_append_new(roles, json_text(d->roles[i])) != 0;
+    if (bad) {
+        json_decref(j);
+        json_decref(roles);
+        return NULL;
+    }
+    bad = json_object_set_new(j, "verdict", json_text(policy_verdict_name(d->verdict))) ||
+          json_object_set_new(j, "rule", json_text(d->rule)) ||
+          json_object_set_new(j, "reason", json_text(d->reason)) ||
+          json_object_set_new(j, "policy", json_text(d->file));
+    bad |= json_object_set_new(j, "roles", roles) != 0; /* always takes roles */
+    bad = bad ||
+          json_object_set_new(j, "expires_in",
+                              d->expires_in_s ? json_integer(d->expires_in_s) : json_null()) ||
+          json_object_set_new(j, "summary", d->summary[0] ? json_text(d->summary) : json_null()) ||
+          json_object_set_new(j, "four_eyes", json_boolean(d->four_eyes));
+    if (bad) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+int policy_eval(const policy_set *set, const json_t *action, json_t **out, ar_error *err)
+{
+    if (out)
+        *out = NULL;
+    if (!set || !out)
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument", "policy: no policy set");
+    if (!json_is_object(action))
+        return ar_error_set(err, AR_E_INVALID, "policy_action_invalid",
+                            "policy: the action must be a JSON object");
+    policy_worker *w;
+    int rc = worker_create(set, &w, err);
+    if (rc != AR_OK)
+        return rc;
+    policy_decision d;
+    decide_at(w, action, (int64_t)time(NULL), &d);
+    policy_worker_free(w);
+    json_t *j = decision_json(&d);
+    if (!j || !d.votes || json_object_set_new(j, "votes", json_incref(d.votes))) {
+        json_decref(j);
+        json_decref(d.votes);
+        return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+    }
+    json_decref(d.votes);
+    *out = j;
+    return AR_OK;
+}
+
+/* ---- policy tests ----------------------------------------------------------------------------- */
+
+/* A test case without "now" is decided at this time (a Wednesday at noon, UTC), so that a test
+ * gives the same answer whenever it runs. */
+#define TEST_DEFAULT_NOW "2026-01-07T12:00:00Z"
+/* Tables in a test file nest at most this deep: a case, its action and the action's fields
+ * (policy_decide refuses actions deeper than MAX_ACTION_DEPTH itself). */
+#define TEST_MAX_DEPTH (MAX_ACTION_DEPTH + 4)
+
+/* n decimal digits at s; -1 if any is not a digit. */
+static int fixed_digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* "YYYY-MM-DDTHH:MM[:SS]Z" (UTC; a space may stand for the T) -> seconds since the epoch.
+ * -1 if it is not such a time, or not a real one (2026-02-30). */
+static int parse_utc(const char *s, int64_t *out)
+{
+    if (strlen(s) < 17 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != ' ') ||
+        s[13] != ':')
+        return -1;
+    int year = fixed_digits(s, 4), mon = fixed_digits(s + 5, 2), day = fixed_digits(s + 8, 2);
+    int hour = fixed_digits(s + 11, 2), min = fixed_digits(s + 14, 2), sec = 0;
+    const char *rest = s + 16;
+    if (rest[0] == ':') {
+        sec = fixed_digits(rest + 1, 2);
+        rest += 3;
+    }
+    if (year < 1970 || mon < 0 || day < 0 || hour < 0 || min < 0 || sec < 0 ||
+        strcmp(rest, "Z") != 0)
+        return -1;
+    struct tm tm = { .tm_year = year - 1900, .tm_mon = mon - 1, .tm_mday = day,
+                     .tm_hour = hour, .tm_min = min, .tm_sec = sec };
+    time_t t = timegm(&tm);
+    struct tm back;
+    if (t == (time_t)-1 || !gmtime_r(&t, &back) || back.tm_year != year - 1900 ||
+        back.tm_mon != mon - 1 || back.tm_mday != day || back.tm_hour != hour ||
+        back.tm_min != min || back.tm_sec != sec)
+        return -1;
+    *out = (int64_t)t;
+    return 0;
+}
+
+/* Converting a test file's tables to JSON. Only raw reads of values already on the stack: no
+ * Lua code runs and nothing is allocated on the Lua side, so nothing can raise. */
+typedef struct tconv {
+    lua_State *L;
+    char path[256];         /* where in the case, "action.input.items[2]" */
+    char why[400];          /* what is wrong, when a conversion fails */
+} tconv;
+
+static size_t path_push(tconv *tc, const char *key, lua_Integer index)
+{
+    size_t len = strlen(tc->path);
+    size_t room = sizeof tc->path - len;
+    if (key)
+        snprintf(tc->path + len, room, "%s%s", len ? "." : "", key);
+    else
+        snprintf(tc->path + len, room, "[%lld]", (long long)index);
+    return len;
+}
+
+static json_t *conv_fail(tconv *tc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static json_t *conv_fail(tconv *tc, const char *fmt, ...)
+{
+    char what[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    cut_printf(tc->why, sizeof tc->why, "%s%s%s", tc->path, tc->path[0] ? ": " : "", what);
+    utf8_clean(tc->why);
+    return NULL;
+}
+
+static json_t *lua_to_json(tconv *tc, int idx, int depth);
+
+/* A table is a list (keys 1..n) or a record (string keys); an empty one is a record. */
+static json_t *table_to_json(tconv *tc, int idx, int depth)
+{
+    lua_State *L = tc->L;
+    if (depth > TEST_MAX_DEPTH)
+        return conv_fail(tc, "nested deeper than %d levels (does a table contain itself?)",
+                         TEST_MAX_DEPTH);
+    if (!lua_checkstack(L, 4))
+        return conv_fail(tc, "nested too deep");
+    size_t count = 0, names = 0, others = 0;
+    lua_Integer max_index = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        count++;
+        if (lua_type(L, -1) == LUA_TSTRING)
+            names++;
+        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1)
+            max_index = lua_tointeger(L, -1) > max_index ? lua_tointeger(L, -1) : max_index;
+        else
+            others++;
+    }
+    if (others || (names && names < count))
+        return conv_fail(tc, "a table must be a list {a, b, ...} or have names as keys "
+                             "{x = ..., y = ...}, not both");
+    if (count && !names) {
+        if ((size_t)max_index != count)
+            return conv_fail(tc, "a list with a hole (a nil in the middle?)");
+        json_t *list = json_array();
+        if (!list)
+            return conv_fail(tc, "out of memory");
+        for (lua_Integer i = 1; i <= max_index; i++) {
+            size_t mark = path_push(tc, NULL, i);
+            lua_rawgeti(L, idx, i);
+            json_t *v = lua_to_json(tc, lua_gettop(L), depth + 1);
+            lua_pop(L, 1);
+            tc->path[mark] = '\0';
+            if (!v || json_array_append_new(list, v)) {
+                json_decref(list);
+                return v ? conv_fail(tc, "out of memory") : NULL;
+            }
+        }
+        return list;
+    }
+    json_t *record = json_object();
+    if (!record)
+        return conv_fail(tc, "out of memory");
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t len;
+        const char *key = lua_tolstring(L, -2, &len); /* a string key: not converted */
+        if (strlen(key) != len) {
+            json_decref(record);
+            lua_pop(L, 2);
+            return conv_fail(tc, "a name with a NUL byte");
+        }
+        size_t mark = path_push(tc, key, 0);
+        json_t *v = lua_to_json(tc, lua_gettop(L), depth + 1);
+        if (v && json_object_set_new(record, key, v)) {
+            v = NULL;
+            conv_fail(tc, "the name is not valid UTF-8");
+        }
+        tc->path[mark] = '\0';
+        lua_pop(L, 1);
+        if (!v) {
+            json_decref(record);
+            lua_pop(L, 1);
+            return NULL;
+        }
+    }
+    return record;
+}
+
+static json_t *lua_to_json(tconv *tc, int idx, int depth)
+{
+    lua_State *L = tc->L;
+    json_t *j;
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return json_integer((json_int_t)lua_tointeger(L, idx));
+        if (!isfinite(lua_tonumber(L, idx)))
+            return conv_fail(tc, "not a finite number");
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        if (!(j = json_stringn(s, len)))
+            return conv_fail(tc, "the text is not valid UTF-8");
+        return j;
+    }
+    case LUA_TTABLE:
+        return table_to_json(tc, idx, depth);
+    default:
+        return conv_fail(tc, "a %s cannot be part of a test (only tables, text, numbers and "
+                             "booleans)", lua_typename(L, lua_type(L, idx)));
+    }
+}
+
+/* The case's name (a string field "name"), found without allocating; "" when it has none. */
+static void raw_case_name(lua_State *L, int idx, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (!lua_checkstack(L, 3))
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING &&
+            strcmp(lua_tostring(L, -2), "name") == 0) {
+            snprintf(buf, size, "%s", lua_tostring(L, -1));
+            utf8_clean(buf);
+            lua_pop(L, 2);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* Protected: run the test file's chunk (file 0 of the worker's set) in a fresh _ENV and
+ * return its tests table: the chunk's return value, or else its global tests. */
+static int run_test_chunk(lua_State *L)
+{
+    policy_worker *w = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->chunk_refs[0]); /* 2: chunk */
+    lua_createtable(L, 0, 4);                            /* 3: env */
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 3, LUA_GNAME);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->env_mt_ref);
+    lua_setmetatable(L, 3);
+    lua_pushvalue(L, 3);
+    lua_setupvalue(L, 2, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 1);                                   /* 4: what the chunk returned */
+    if (lua_type(L, 4) == LUA_TTABLE)
+        return 1;
+    if (!lua_isnil(L, 4))
+        return luaL_error(L, "the file returned a %s; return the list of tests, or define "
+                             "tests = { ... }", luaL_typename(L, 4));
+    lua_pushliteral(L, "tests");
+    int t = lua_rawget(L, 3);
+    if (t == LUA_TNIL)
+        return luaL_error(L, "the file defines no tests: write tests = { {name = \"...\", "
+                             "action = {...}, expect = {verdict = \"...\"}}, ... }");
+    if (t != LUA_TTABLE)
+        return luaL_error(L, "tests must be a table (a list of tests), got a %s",
+                          lua_typename(L, t));
+    return 1;
+}
+
+/* What a case expects; NULL / -1: not checked. */
+typedef struct test_expect {
+    policy_verdict verdict;
+    const char *rule;
+    const char *policy;
+    const char *summary;
+    const json_t *roles;    /* an array of strings, or {} (from a Lua {}): none */
+    int four_eyes;
+} test_expect;
+
+/* Is key one of names (NULL-terminated)? */
+static int known_key(const char *key, const char *const *names)
+{
+    for (; *names; names++)
+        if (strcmp(key, *names) == 0)
+            return 1;
+    return 0;
+}
+
+/* An optional string field; -1 (why set) if it is there but not a string. */
+static int opt_string(const json_t *obj, const char *key, const char *where, const char **out,
+                      char *why, size_t size)
+{
+    const json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v)
+        return 0;
+    if (!json_is_string(v)) {
+        snprintf(why, size, "%s%s must be text (in quotes)", where, key);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* Check a case (as JSON) and read it. 0 ok, -1 malformed (why says what to fix). */
+static int read_case(const json_t *c, const json_t **action, int64_t *now_s, test_expect *e,
+                     char *why, size_t size)
+{
+    static const char *const case_keys[] = { "name", "action", "expect", "now", NULL };
+    static const char *const expect_keys[] = { "verdict", "rule", "policy", "roles",
+                                               "four_eyes", "summary", NULL };
+    const char *key;
+    const json_t *v;
+    if (!json_is_object(c)) {
+        snprintf(why, size, "a test must be a table {name = ..., action = {...}, expect = {...}}");
+        return -1;
+    }
+    json_object_foreach((json_t *)c, key, v) {
+        if (!known_key(key, case_keys)) {
+            cut_printf(why, size, "unknown field \"%s\" (a test has name, action, expect and "
+                                  "now)", key);
+            return -1;
+        }
+    }
+    v = json_object_get(c, "name");
+    if (!json_is_string(v) || !json_string_length(v)) {
+        snprintf(why, size, "name is missing: every test needs a name = \"what it checks\"");
+        return -1;
+    }
+    *action = json_object_get(c, "action");
+    if (!json_is_object(*action)) {
+        snprintf(why, size, "action must be a table {connector = ..., action = ..., "
+                            "effect = ..., input = {...}}");
+        return -1;
+    }
+    v = json_object_get(c, "now");
+    if (!v) {
+        parse_utc(TEST_DEFAULT_NOW, now_s);
+    } else if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *now_s = (int64_t)json_integer_value(v);
+    } else if (!json_is_string(v) || parse_utc(json_string_value(v), now_s) != 0) {
+        snprintf(why, size, "now must be a UTC time like \"2026-03-07T22:30:00Z\" (or seconds "
+                            "since the epoch)");
+        return -1;
+    }
+
+    const json_t *x = json_object_get(c, "expect");
+    if (!json_is_object(x)) {
+        snprintf(why, size, "expect must be a table {verdict = \"allow\", rule = \"...\"}");
+        return -1;
+    }
+    json_object_foreach((json_t *)x, key, v) {
+        if (!known_key(key, expect_keys)) {
+            cut_printf(why, size, "unknown field \"expect.%s\" (expect has verdict, rule, policy, "
+                                  "roles, four_eyes and summary)", key);
+            return -1;
+        }
+    }
+    memset(e, 0, sizeof *e);
+    e->four_eyes = -1;
+    v = json_object_get(x, "verdict");
+    int verdict = policy_verdict_from_name(json_string_value(v));
+    if (verdict < 0) {
+        if (json_is_string(v))
+            cut_printf(why, size, "expect.verdict must be " VERDICT_CHOICES ", got \"%s\"",
+                       json_string_value(v));
+        else
+            snprintf(why, size, "expect.verdict is missing: " VERDICT_CHOICES);
+        return -1;
+    }
+    e->verdict = (policy_verdict)verdict;
+    if (opt_string(x, "rule", "expect.", &e->rule, why, size) ||
+        opt_string(x, "policy", "expect.", &e->policy, why, size) ||
+        opt_string(x, "summary", "expect.", &e->summary, why, size))
+        return -1;
+    v = json_object_get(x, "four_eyes");
+    if (v && !json_is_boolean(v)) {
+        snprintf(why, size, "expect.four_eyes must be true or false");
+        return -1;
+    }
+    e->four_eyes = v ? json_is_true(v) : -1;
+    v = json_object_get(x, "roles");
+    if (v && !(json_is_object(v) && json_object_size(v) == 0)) {
+        int ok = json_is_array(v);
+        for (size_t i = 0; ok && i < json_array_size(v); i++)
+            ok = json_is_string(json_array_get(v, i));
+        if (!ok) {
+            snprintf(why, size, "expect.roles must be a list of role names, like "
+                                "{\"finance\"} ({} for none)");
+            return -1;
+        }
+    }
+    e->roles = v;
+    return 0;
+}
+
+static int role_listed(const json_t *roles, const char *role)
+{
+    for (size_t i = 0; i < json_array_size(roles); i++)
+        if (strcmp(json_string_value(json_array_get(roles, i)), role) == 0)
+            return 1;
+    return 0;
+}
+
+static int decision_has_role(const policy_decision *d, const char *role)
+{
+    for (int i = 0; i < d->n_roles; i++)
+        if (strcmp(d->roles[i], role) == 0)
+            return 1;
+    return 0;
+}
+
+/* Append s to buf (cut to fit). */
+static void append(char *buf, size_t size, const char *s)
+{
+    size_t len = strlen(buf);
+    if (len + 1 < size)
+        snprintf(buf + len, size - len, "%s", s);
+}
+
+/* Add one difference to the list (a JSON string); -1: no memory. */
+static int add_difference(json_t *list, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int add_difference(json_t *list, const char *fmt, ...)
+{
+    char text[1400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    utf8_clean(text);
+    return json_array_append_new(list, json_text(text));
+}
+
+/* Compare decision and expectation; the differences go to list (strings). -1: no memory. */
+static int compare(const test_expect *e, const policy_decision *d, json_t *list)
+{
+    int rc = 0;
+    if (d->verdict != e->verdict)
+        rc |= add_difference(list, "verdict: expected %s, got %s", verdict_names[e->verdict],
+                             verdict_names[d->verdict]);
+    if (e->rule && strcmp(e->rule, d->rule) != 0)
+        rc |= add_difference(list, "rule: expected %s, got %s", e->rule, d->rule);
+    if (e->policy && strcmp(e->policy, d->file) != 0)
+        rc |= add_difference(list, "policy: expected %s, got %s", e->policy,
+                             d->file[0] ? d->file : "none (no policy had an opinion)");
+    if (e->roles) {
+        /* the same set of roles, in any order */
+        int same = 1;
+        for (size_t i = 0; same && i < json_array_size(e->roles); i++)
+            same = decision_has_role(d, json_string_value(json_array_get(e->roles, i)));
+        for (int i = 0; same && i < d->n_roles; i++)
+            same = role_listed(e->roles, d->roles[i]);
+        if (!same) {
+            char want[600] = "", got[600] = "";
+            for (size_t i = 0; i < json_array_size(e->roles); i++) {
+                append(want, sizeof want, i ? ", " : "");
+                append(want, sizeof want, json_string_value(json_array_get(e->roles, i)));
+            }
+            for (int i = 0; i < d->n_roles; i++) {
+                append(got, sizeof got, i ? ", " : "");
+                append(got, sizeof got, d->roles[i]);
+            }
+            rc |= add_difference(list, "roles: expected %s, got %s",
+                                 want[0] ? want : "none (anyone may approve)",
+                                 got[0] ? got : "none (anyone may approve)");
+        }
+    }
+    if (e->four_eyes >= 0 && e->four_eyes != d->four_eyes)
+        rc |= add_difference(list, "four_eyes: expected %s, got %s",
+                             e->four_eyes ? "true" : "false", d->four_eyes ? "true" : "false");
+    if (e->summary && strcmp(e->summary, d->summary) != 0) {
+        if (d->summary[0])
+            rc |= add_difference(list, "summary: expected \"%s\", got \"%s\"", e->summary,
+                                 d->summary);
+        else
+            rc |= add_difference(list, "summary: expected \"%s\", got none", e->summary);
+    }
+    return rc ? -1 : 0;
+}
+
+/* One test file's report entry for a case, appended to cases. -1: no memory. */
+static int add_case_report(json_t *cases, const char *file, const json_t *c,
+                           const policy_decision *d, json_t *differences)
+{
+    json_t *entry = json_object();
+    json_t *got = decision_json(d);
+    if (!entry || !got || json_array_append_new(cases, json_incref(entry))) {
+        json_decref(entry);
+        json_decref(got);
+        json_decref(differences);
+        return -1;
+    }
+    json_decref(entry); /* cases holds it */
+    int bad = json_object_set_new(entry, "file", json_text(file)) ||
+              json_object_set_new(entry, "name", json_incref(json_object_get(c, "name"))) ||
+              json_object_set_new(entry, "ok", json_boolean(json_array_size(differences) == 0)) ||
+              json_object_set_new(entry, "expected", json_incref(json_object_get(c, "expect")));
+    if (!bad && d->votes && json_object_set_new(got, "votes", json_incref(d->votes)))
+        bad = 1;
+    bad |= json_object_set_new(entry, "got", got) != 0;
+    bad |= json_object_set_new(entry, "differences", differences) != 0;
+    return bad ? -1 : 0;
+}
+
+static int test_invalid(ar_error *err, const char *file, size_t index, const char *name,
+                        const char *why)
+{
+    if (name && name[0])
+        return ar_error_set(err, AR_E_INVALID, "policy_test_invalid",
+                            "policy test %s: test %zu (\"%.80s\"): %s", file, index, name, why);
+    return ar_error_set(err, AR_E_INVALID, "policy_test_invalid", "policy test %s: test %zu: %s",
+                        file, index, why);
+}
+
+/* Load test file name of dir (its directory fd) in the sandbox and convert its tests to a
+ * JSON array of cases (*out, owned by the caller). */
+static int load_test_file(const policy_set *set, int dir_fd, const char *name, json_t **out,
+                          ar_error *err)
+{
+    *out = NULL;
+    policy_file file = { .source = NULL };
+    snprintf(file.name, sizeof file.name, "%s", name);
+    policy_set tset = { .files = &file, .count = 1, .limits = set->limits };
+    policy_worker *w = NULL;
+    json_t *cases = NULL;
+    ar_error inner;
+    ar_error_clear(&inner);
+    int rc = read_policy_file(dir_fd, &file, &inner);
+    if (rc == AR_OK)
+        rc = worker_create(&tset, &w, &inner);
+    if (rc != AR_OK) {
+        /* "policy x.lua does not compile: ..." -> "policy test x.lua does not compile: ..." */
+        const char *code = rc == AR_E_INVALID ? "policy_test_invalid" : inner.code;
+        if (strncmp(inner.message, "policy ", 7) == 0)
+            ar_error_set(err, rc, code, "policy test %s", inner.message + 7);
+        else
+            ar_error_set(err, rc, code, "policy test %s: %s", name, inner.message);
+        goto fail;
+    }
+
+    lua_State *L = w->L;
+    begin_call(w);
+    w->current_file = file.name;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, run_test_chunk);
+    lua_pushlightuserdata(L, w);
+    int status = lua_pcall(L, 1, 1, 0);
+    w->in_call = 0; /* keep the result on the stack: no end_call yet */
+    w->current_file = NULL;
+    if (status != LUA_OK) {
+        const char *why = w->fail ? fail_text(w->fail)
+                          : status == LUA_ERRMEM ? fail_text(FAIL_MEMORY)
+                          : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
+                          : "error object is not a string";
+        rc = ar_error_set(err, AR_E_INVALID, "policy_test_invalid", "policy test %s failed: %s",
+                          name, why);
+        goto fail;
+    }
+    int tests = lua_gettop(L);
+    size_t n = 0;
+    lua_Integer max_index = 0;
+    int list = 1;
+    lua_pushnil(L);
+    while (lua_next(L, tests)) {
+        lua_pop(L, 1);
+        n++;
+        if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1)
+            max_index = lua_tointeger(L, -1) > max_index ? lua_tointeger(L, -1) : max_index;
+        else
+            list = 0;
+    }
+    if (!list || n == 0 || (size_t)max_index != n) {
+        rc = ar_error_set(err, AR_E_INVALID, "policy_test_invalid",
+                          "policy test %s: %s", name, n == 0 ? "tests is empty: add a test"
+                          : "tests must be a list { {name = ...}, {name = ...} }, with no "
+                            "names as keys and no holes");
+        goto fail;
+    }
+    if (!(cases = json_array())) {
+        rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        goto fail;
+    }
+    for (size_t i = 1; i <= n; i++) {
+        char case_name[128];
+        tconv tc = { .L = L };
+        lua_rawgeti(L, tests, (lua_Integer)i);
+        int t = lua_type(L, -1);
+        if (t != LUA_TTABLE) {
+            snprintf(tc.why, sizeof tc.why, "a test must be a table {name = ..., action = {...}, "
+                                            "expect = {...}}, got a %s", lua_typename(L, t));
+            rc = test_invalid(err, name, i, NULL, tc.why);
+            goto fail;
+        }
+        raw_case_name(L, lua_gettop(L), case_name, sizeof case_name);
+        json_t *c = lua_to_json(&tc, lua_gettop(L), 1);
+        lua_pop(L, 1);
+        if (!c) {
+            rc = test_invalid(err, name, i, case_name, tc.why);
+            goto fail;
+        }
+        if (json_array_append_new(cases, c)) {
+            rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+            goto fail;
+        }
+    }
+    *out = cases;
+    cases = NULL;
+fail:
+    if (w)
+        end_call(w);
+    policy_worker_free(w);
+    free(file.source);
+    json_decref(cases);
+    return rc;
+}
+
+int policy_run_tests(const policy_set *set, const char *dir, json_t **report, ar_error *err)
+{
+    if (report)
+        *report = NULL;
+    if (!set || !dir || !report)
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument",
+                            "policy: no policy set or directory");
+    int rc = AR_OK;
+    char **names = NULL;
+    size_t n_names = 0;
+    policy_worker *w = NULL;
+    json_t *cases = NULL, *out = json_object(), *all = json_array();
+    DIR *d = opendir(dir);
+    if (!d) {
+        rc = ar_error_set(err, errno == ENOENT ? AR_E_NOTFOUND : AR_E_IO, "policy_io",
+                          "policy: cannot open directory %s: %s", dir, strerror(errno));
+        goto fail;
+    }
+    if (!out || !all) {
+        rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        goto fail;
+    }
+    rc = list_policy_names(d, dir, 1, &names, &n_names, err);
+    if (rc == AR_OK)
+        rc = policy_worker_new(set, &w, err);
+    if (rc != AR_OK)
+        goto fail;
+
+    json_int_t passed = 0, failed = 0;
+    for (size_t f = 0; f < n_names; f++) {
+        rc = load_test_file(set, dirfd(d), names[f], &cases, err);
+        if (rc != AR_OK)
+            goto fail;
+        for (size_t i = 0; i < json_array_size(cases); i++) {
+            const json_t *c = json_array_get(cases, i);
+            const json_t *action;
+            int64_t now_s;
+            test_expect e;
+            char why[400];
+            if (read_case(c, &action, &now_s, &e, why, sizeof why) != 0) {
+                rc = test_invalid(err, names[f], i + 1,
+                                  json_string_value(json_object_get(c, "name")), why);
+                goto fail;
+            }
+            policy_decision dec;
+            decide_at(w, action, now_s, &dec);
+            json_t *differences = json_array();
+            int bad = !differences || compare(&e, &dec, differences) != 0;
+            if (!bad && json_array_size(differences) == 0)
+                passed++;
+            else
+                failed++;
+            if (bad) {
+                json_decref(differences);
+                differences = NULL;
+            }
+            bad = bad || add_case_report(all, names[f], c, &dec, differences) != 0;
+            json_decref(dec.votes);
+            if (bad) {
+                rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+                goto fail;
+            }
+        }
+        json_decref(cases);
+        cases = NULL;
+    }
+    if (json_object_set_new(out, "passed", json_integer(passed)) ||
+        json_object_set_new(out, "failed", json_integer(failed)) ||
+        json_object_set(out, "cases", all)) {
+        rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+        goto fail;
+    }
+    *report = out;
+    out = NULL;
+fail:
+    for (size_t i = 0; i < n_names; i++)
+        free(names[i]);
+    free(names);
+    if (d)
+        closedir(d);
+    policy_worker_free(w);
+    json_decref(cases);
+    json_decref(all);
+    json_decref(out);
+    return rc;
 }

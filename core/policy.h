@@ -1,8 +1,8 @@
 /*
  * policy.h - decisions by sandboxed Lua 5.4 policies.
  *
- * A policy set is every *.lua file of the policy directory, read and compiled once
- * (policy_set_load). Each decision worker thread owns one policy_worker: a lua_State holding
+ * A policy set is every *.lua file of the policy directory but the tests (*_test.lua), read
+ * and compiled once (policy_set_load). Each decision worker thread owns one policy_worker: a lua_State holding
  * the compiled chunks. A decision runs every file's decide(action) with a fresh _ENV whose
  * library tables are read-only, under a memory cap (allocator), an instruction budget (count
  * hook) and a wall-clock deadline. The sandbox opens exactly what DESIGN.md lists: base without
@@ -15,6 +15,11 @@
  * ctx.now() (seconds since the epoch). A policy that errors, overruns or returns garbage is a
  * deny naming the file and the reason. When every policy abstains: the configured default
  * (read: allow; write, irreversible: approve), rule "default".
+ *
+ * Policy tests (policy_run_tests): a *_test.lua file beside the policies defines (or returns)
+ * tests = { {name = "...", action = {...}, expect = {verdict = "...", rule = ...}, now = ...},
+ * ... }; each case is decided by the whole set, as the daemon would decide it, and compared
+ * with what it expects. policies/README.md documents the format.
  */
 #ifndef POLICY_H
 #define POLICY_H
@@ -75,7 +80,7 @@ typedef struct policy_decision {
 int policy_verdict_from_name(const char *name);
 const char *policy_verdict_name(policy_verdict v);
 
-/* Read and compile every *.lua under dir (sorted by name). A syntax error or a file without a
+/* Read and compile every *.lua under dir (sorted by name), except the tests (*_test.lua). A syntax error or a file without a
  * decide function is AR_E_INVALID with code "policy_invalid" naming file and line.
  * *out owned by the caller (policy_set_free). An empty directory is valid (only defaults). */
 int policy_set_load(const char *dir, const policy_limits *limits, policy_set **out, ar_error *err);
@@ -93,6 +98,28 @@ void policy_worker_free(policy_worker *w);
  * autonomy. Always fills *out (the caller decrefs out->votes); returns AR_OK (a policy failure
  * is a deny, not an error of this function). */
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out);
+
+/* Decide one action (a JSON object, borrowed) with a worker of its own, at the current time:
+ * *out (a new object owned by the caller) is {"verdict", "rule", "reason", "policy" (the
+ * deciding file, "" for the default), "roles" (array; [] is any approver), "expires_in"
+ * (seconds or null), "summary" (string or null), "four_eyes" (bool), "votes" (as in
+ * policy_decision)}. An action that is not an object is AR_E_INVALID, code
+ * "policy_action_invalid". */
+int policy_eval(const policy_set *set, const json_t *action, json_t **out, ar_error *err);
+
+/* Run the policy tests: every *_test.lua in dir (sorted by name; not hidden files), each in the
+ * policies' sandbox under the set's limits. A case is decided by set at its "now" (a UTC time
+ * "2026-03-07T22:30:00Z" or seconds since the epoch; default 2026-01-07T12:00:00Z, a Wednesday
+ * noon, so results do not depend on when the tests run) and checked against expect: verdict,
+ * and rule, policy (file), roles (as a set), four_eyes and summary when given. *report (a new
+ * object owned by the caller) is {"passed": n, "failed": n, "cases": [{"file", "name", "ok",
+ * "expected" (the expect table), "got" (policy_eval's fields), "differences": ["verdict:
+ * expected approve, got allow", ...]}]}; a failing case is not an error of this function.
+ * A test file that does not compile, fails when run, or has a malformed case (unknown field,
+ * missing name, action or expect.verdict, ...) is AR_E_INVALID, code "policy_test_invalid",
+ * naming the file and the line or the case (number from 1, and name); *report is then NULL.
+ * No test file at all is AR_OK with passed = failed = 0. */
+int policy_run_tests(const policy_set *set, const char *dir, json_t **report, ar_error *err);
 
 /* Where log() lines from policies go (default: stderr). Thread-safe to set once at start. */
 typedef void (*policy_log_fn)(const char *file, const char *line);

@@ -119,6 +119,25 @@ static void approve_then_it_runs(void **state)
     json_decref(done);
 }
 
+static void the_wait_for_approval_does_not_eat_the_deadline(void **state)
+{
+    (void)state;
+    char fin[64];
+    assert_int_equal(harness_token_create(&H, "fin", "approver", 0, fin), 0);
+    json_t *a = submit_as(H.token, "{\"connector\": \"t_ok\", \"action\": \"write_op\", \"input\": {\"n\": 7}, "
+                                   "\"deadline_ms\": 1000}");
+    char id[40];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    usleep(1500 * 1000); /* longer than the whole deadline */
+    json_t *r;
+    assert_int_equal(decide(fin, id, "{\"decision\": \"approve\"}", &r), 200);
+    json_decref(r);
+    json_t *g = await(id, "SUCCEEDED");
+    assert_string_equal(str(g, "state"), "SUCCEEDED");
+    json_decref(g);
+}
+
 static void reject_ends_it(void **state)
 {
     (void)state;
@@ -269,10 +288,23 @@ static void reload_refuses_a_broken_set_and_takes_a_good_one(void **state)
     assert_string_equal(str(a, "state"), "SUCCEEDED");
     json_decref(a);
 
-    /* Fixed, plus a new rule: the reload takes it, and decisions carry the new version. */
+    /* A set that compiles but fails its own tests is refused too. */
     char path[400];
     snprintf(path, sizeof path, "%s/policies/broken.lua", H.dir);
     unlink(path);
+    write_policy("echo_test.lua", "tests = { { name = \"echo is allowed\", action = { connector = \"echo\", "
+                 "action = \"echo\", effect = \"read\", input = { message = \"hi\" } }, "
+                 "expect = { verdict = \"allow\" } } }\n");
+    write_policy("zz_no_echo.lua", "function decide(action, ctx)\n  if action.connector == \"echo\" then\n"
+                 "    return {verdict = \"deny\", rule = \"no_echo_today\", reason = \"echo is off\"}\n  end\nend\n");
+    assert_int_equal(harness_http(&H, "POST", "/v1/policies/reload", NULL, &r), 422);
+    assert_string_equal(str(r, "error"), "policy_tests_failed");
+    assert_non_null(strstr(str(r, "message"), "echo is allowed"));
+    json_decref(r);
+    snprintf(path, sizeof path, "%s/policies/echo_test.lua", H.dir);
+    unlink(path);
+
+    /* Without the contradicting test, the new rule is taken; decisions carry the new version. */
     write_policy("zz_no_echo.lua", "function decide(action, ctx)\n  if action.connector == \"echo\" then\n"
                  "    return {verdict = \"deny\", rule = \"no_echo_today\", reason = \"echo is off\"}\n  end\nend\n");
     assert_int_equal(harness_http(&H, "POST", "/v1/policies/reload", NULL, &r), 200);
@@ -316,6 +348,7 @@ static void reload_refuses_a_broken_set_and_takes_a_good_one(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(approve_then_it_runs, start, stop),
+    cmocka_unit_test_setup_teardown(the_wait_for_approval_does_not_eat_the_deadline, start, stop),
     cmocka_unit_test_setup_teardown(reject_ends_it, start, stop),
     cmocka_unit_test_setup_teardown(four_eyes_and_expiry, start, stop),
     cmocka_unit_test_setup_teardown(expiry_survives_a_restart, start, stop),

@@ -1,4 +1,5 @@
-/* test_policy.c - the Lua policy sandbox: verdicts, defaults, limits, escapes, leaks, log(). */
+/* test_policy.c - the Lua policy sandbox: verdicts, defaults, limits, escapes, leaks, log();
+ * the policy tests runner, policy_eval and the shipped policies. */
 #include "test_main.h"
 
 #include <pthread.h>
@@ -381,10 +382,10 @@ static void test_default_lua(void **state)
     assert_int_equal(d.verdict, POLICY_DENY);
     assert_string_equal(d.rule, "low_confidence");
 
-    /* other actions: no opinion, so the defaults apply */
+    /* actions no shipped policy covers: no opinion, so the defaults apply */
     decide_text(w, "{\"connector\":\"shop\",\"action\":\"list\",\"effect\":\"read\"}", &d);
     assert_allow(&d, "default", NULL);
-    decide_text(w, "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\"}", &d);
+    decide_text(w, "{\"connector\":\"crm\",\"action\":\"update\",\"effect\":\"write\"}", &d);
     assert_int_equal(d.verdict, POLICY_APPROVE);
     assert_string_equal(d.rule, "default");
 
@@ -1296,6 +1297,444 @@ static void test_ctx_read_only_and_fresh(void **state)
     policy_set_free(set);
 }
 
+/* ---- policy tests (policy_run_tests) and policy_eval ---------------------------------------- */
+
+static json_t *run_tests_ok(const policy_set *set, const char *dir)
+{
+    json_t *report = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = policy_run_tests(set, dir, &report, &err);
+    if (rc != AR_OK)
+        print_error("policy_run_tests(%s): %s: %s\n", dir, err.code, err.message);
+    assert_int_equal(rc, AR_OK);
+    assert_non_null(report);
+    assert_true(json_is_array(json_object_get(report, "cases")));
+    return report;
+}
+
+static const json_t *report_case(const json_t *report, const char *file, const char *name)
+{
+    const json_t *c;
+    size_t i;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        if (strcmp(json_string_value(json_object_get(c, "file")), file) == 0 &&
+            strcmp(json_string_value(json_object_get(c, "name")), name) == 0)
+            return c;
+    }
+    print_error("no case %s: %s in the report\n", file, name);
+    fail();
+    return NULL;
+}
+
+static const char *got_field(const json_t *c, const char *key)
+{
+    return json_string_value(json_object_get(json_object_get(c, "got"), key));
+}
+
+/* The case's differences are exactly expected (NULL-terminated), in order. */
+static void assert_differences(const json_t *c, const char *const *expected)
+{
+    const json_t *diffs = json_object_get(c, "differences");
+    size_t n = 0;
+    while (expected[n])
+        n++;
+    if (json_array_size(diffs) != n) {
+        char *text = json_dumps(diffs, 0);
+        print_error("differences of %s: %s\n", json_string_value(json_object_get(c, "name")),
+                    text);
+        free(text);
+    }
+    assert_int_equal(json_array_size(diffs), n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(json_string_value(json_array_get(diffs, i)), expected[i]);
+    assert_int_equal(json_is_true(json_object_get(c, "ok")), n == 0);
+}
+
+static void test_runner_pass_and_fail(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("runner");
+    assert_int_equal(policy_set_count(set), 1); /* a_test.lua and b_test.lua are not policies */
+    json_t *report = run_tests_ok(set, FIXTURES "runner");
+    assert_int_equal(json_integer_value(json_object_get(report, "passed")), 7);
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 3);
+    const json_t *cases = json_object_get(report, "cases");
+    assert_int_equal(json_array_size(cases), 10);
+    /* files in name order, cases in file order */
+    assert_string_equal(json_string_value(json_object_get(json_array_get(cases, 0), "name")),
+                        "small is allowed");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(cases, 2), "file")),
+                        "a_test.lua");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(cases, 3), "name")),
+                        "passes");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(cases, 3), "file")),
+                        "b_test.lua");
+
+    static const char *const none[] = { NULL };
+    assert_differences(report_case(report, "a_test.lua", "small is allowed"), none);
+    assert_differences(report_case(report, "a_test.lua", "big asks finance or lead, in any order"),
+                       none);
+    assert_differences(report_case(report, "a_test.lua", "the default decides for others"), none);
+    assert_differences(report_case(report, "b_test.lua", "passes"), none);
+
+    const json_t *c = report_case(report, "b_test.lua", "wrong verdict and rule");
+    static const char *const verdict_rule[] = { "verdict: expected approve, got allow",
+                                                "rule: expected big, got small", NULL };
+    assert_differences(c, verdict_rule);
+    assert_string_equal(got_field(c, "verdict"), "allow");
+    assert_string_equal(got_field(c, "rule"), "small");
+    assert_string_equal(got_field(c, "reason"), "up to 100");
+    assert_string_equal(got_field(c, "policy"), "shop.lua");
+    const json_t *expected = json_object_get(c, "expected");
+    assert_string_equal(json_string_value(json_object_get(expected, "verdict")), "approve");
+    assert_string_equal(json_string_value(json_object_get(expected, "rule")), "big");
+    assert_int_equal(json_array_size(json_object_get(json_object_get(c, "got"), "votes")), 1);
+
+    c = report_case(report, "b_test.lua", "wrong approval fields");
+    static const char *const approval[] = {
+        "policy: expected other.lua, got shop.lua",
+        "roles: expected finance, got finance, lead",
+        "four_eyes: expected false, got true",
+        "summary: expected \"Refund 5\", got \"Refund 500\"", NULL };
+    assert_differences(c, approval);
+    const json_t *roles = json_object_get(json_object_get(c, "got"), "roles");
+    assert_int_equal(json_array_size(roles), 2);
+    assert_true(json_is_true(json_object_get(json_object_get(c, "got"), "four_eyes")));
+
+    c = report_case(report, "b_test.lua", "the default is not a policy");
+    static const char *const by_default[] = {
+        "verdict: expected allow, got approve",
+        "policy: expected shop.lua, got none (no policy had an opinion)",
+        "roles: expected ops, got none (anyone may approve)",
+        "summary: expected \"x\", got none", NULL };
+    assert_differences(c, by_default);
+    assert_string_equal(got_field(c, "rule"), "default");
+    assert_string_equal(got_field(c, "policy"), "");
+
+    /* ctx.now(): a fixed Wednesday noon by default, else the case's now */
+    assert_string_equal(got_field(report_case(report, "b_test.lua", "default time"), "reason"),
+                        "1767787200");
+    assert_string_equal(got_field(report_case(report, "b_test.lua", "pinned time"), "reason"),
+                        "1772922600");
+    assert_string_equal(got_field(report_case(report, "b_test.lua", "pinned seconds"), "reason"),
+                        "86400");
+    json_decref(report);
+    policy_set_free(set);
+}
+
+static void test_runner_test_files_not_policies(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ptest-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(write_file(dir, "a.lua", "function decide(a) return nil end\n"), 0);
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    char version[17];
+    snprintf(version, sizeof version, "%s", policy_set_version(set));
+    policy_set_free(set);
+
+    /* a test file is no policy (it has no decide), and does not change the version; nor does
+     * a hidden one; "contest.lua" is a policy */
+    assert_int_equal(write_file(dir, "a_test.lua", "tests = { {name = 'n', action = {}, "
+                                                   "expect = {verdict = 'approve'}} }\n"), 0);
+    assert_int_equal(write_file(dir, ".#b_test.lua", "this is not lua"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_int_equal(policy_set_count(set), 1);
+    assert_string_equal(policy_set_version(set), version);
+    json_t *report = run_tests_ok(set, dir);
+    assert_int_equal(json_integer_value(json_object_get(report, "passed")), 1);
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 0);
+    json_decref(report);
+    policy_set_free(set);
+
+    assert_int_equal(write_file(dir, "contest.lua", "x = 1\n"), 0);
+    set = (policy_set *)1;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_E_INVALID);
+    assert_null(set);
+    assert_non_null(strstr(err.message, "contest.lua"));
+    assert_int_equal(write_file(dir, "contest.lua", "function decide(a) return nil end\n"), 0);
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    assert_int_equal(policy_set_count(set), 2);
+    policy_set_free(set);
+
+    const char *names[] = { "a.lua", "a_test.lua", ".#b_test.lua", "contest.lua", NULL };
+    remove_dir(dir, names);
+}
+
+static void test_runner_no_tests(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("compose");
+    json_t *report = run_tests_ok(set, FIXTURES "compose");
+    assert_int_equal(json_integer_value(json_object_get(report, "passed")), 0);
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 0);
+    assert_int_equal(json_array_size(json_object_get(report, "cases")), 0);
+    json_decref(report);
+
+    ar_error err;
+    report = (json_t *)1;
+    assert_int_equal(policy_run_tests(set, "/nonexistent/aiorun", &report, &err), AR_E_NOTFOUND);
+    assert_null(report);
+    policy_set_free(set);
+}
+
+/* Each text is a test file that must be refused naming the file and what is wrong. */
+static const struct {
+    const char *text;
+    const char *needle1, *needle2;
+} bad_test_files[] = {
+    { "tests = {\n  {name = 'a',\n", "does not compile", "x_test.lua:3:" },
+    { "local t = nil\nt.x = 1\n", "failed", "x_test.lua:2:" },
+    { "local x = 1\n", "defines no tests", NULL },
+    { "return 5\n", "returned a number", NULL },
+    { "tests = 'all'\n", "tests must be a table", NULL },
+    { "tests = {}\n", "tests is empty", NULL },
+    { "tests = { a = {} }\n", "must be a list", NULL },
+    { "tests = { [1] = {}, [3] = {} }\n", "must be a list", NULL },
+    { "tests = { 'x' }\n", "test 1:", "got a string" },
+    { "tests = { {name = 'one', action = {}, expect = {verdict = 'allow'}},\n"
+      "          {action = {}, expect = {verdict = 'allow'}} }\n", "test 2:", "name is missing" },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow'}, expected = {}} }\n",
+      "test 1 (\"n\")", "unknown field \"expected\"" },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', rules = 'r'}} }\n",
+      "test 1 (\"n\")", "unknown field \"expect.rules\"" },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'aprove'}} }\n",
+      "expect.verdict must be", "got \"aprove\"" },
+    { "tests = { {name = 'n', action = {}, expect = {rule = 'x'}} }\n", "expect.verdict is missing",
+      NULL },
+    { "tests = { {name = 'n', expect = {verdict = 'allow'}} }\n", "action must be a table", NULL },
+    { "tests = { {name = 'n', action = {}} }\n", "expect must be a table", NULL },
+    { "tests = { {name = 'n', action = {f = pairs}, expect = {verdict = 'allow'}} }\n",
+      "action.f: a function cannot be part of a test", NULL },
+    { "tests = { {name = 'n', action = {input = {1, x = 2}}, expect = {verdict = 'allow'}} }\n",
+      "action.input: a table must be a list", NULL },
+    { "tests = { {name = 'n', action = {input = {1, nil, 3}}, expect = {verdict = 'allow'}} }\n",
+      "action.input: a list with a hole", NULL },
+    { "local t = {}\nt.t = t\ntests = { {name = 'n', action = t, expect = {verdict = 'allow'}} }\n",
+      "nested deeper than", NULL },
+    { "tests = { {name = 'n', action = {x = 0/0}, expect = {verdict = 'allow'}} }\n",
+      "action.x: not a finite number", NULL },
+    { "tests = { {name = 'n', action = {x = '\\255'}, expect = {verdict = 'allow'}} }\n",
+      "action.x: the text is not valid UTF-8", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow'}, now = 'tomorrow'} }\n",
+      "now must be a UTC time", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow'}, now = '2026-02-30T10:00:00Z'} }\n",
+      "now must be a UTC time", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow'}, now = '2026-03-01T10:00:00'} }\n",
+      "now must be a UTC time", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', roles = 'finance'}} }\n",
+      "expect.roles must be a list", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', roles = {1}}} }\n",
+      "expect.roles must be a list", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', four_eyes = 'yes'}} }\n",
+      "four_eyes must be true or false", NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', rule = 7}} }\n",
+      "expect.rule must be text", NULL },
+    /* the policies' sandbox and limits */
+    { "local f = io.open('/etc/passwd')\n", "x_test.lua:1:", "global 'io'" },
+    { "os.execute('true')\n", "x_test.lua:1:", "execute" },
+    { "while true do end\n", "instruction budget exceeded", NULL },
+};
+
+static void test_runner_malformed_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ptest-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(write_file(dir, "a.lua", "function decide(a) return nil end\n"), 0);
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    for (size_t i = 0; i < sizeof bad_test_files / sizeof *bad_test_files; i++) {
+        assert_int_equal(write_file(dir, "x_test.lua", bad_test_files[i].text), 0);
+        json_t *report = (json_t *)1;
+        ar_error_clear(&err);
+        int rc = policy_run_tests(set, dir, &report, &err);
+        const char *n1 = bad_test_files[i].needle1, *n2 = bad_test_files[i].needle2;
+        if (rc != AR_E_INVALID || !strstr(err.message, "x_test.lua") ||
+            !strstr(err.message, n1) || (n2 && !strstr(err.message, n2)))
+            print_error("bad test file %zu: rc %d: %s: %s\n", i, rc, err.code, err.message);
+        assert_int_equal(rc, AR_E_INVALID);
+        assert_null(report);
+        assert_string_equal(err.code, "policy_test_invalid");
+        assert_non_null(strstr(err.message, "x_test.lua"));
+        assert_non_null(strstr(err.message, n1));
+        if (n2)
+            assert_non_null(strstr(err.message, n2));
+    }
+
+    /* a good file before a bad one: still refused as a whole */
+    assert_int_equal(write_file(dir, "w_test.lua", "tests = { {name = 'ok', action = {}, "
+                                                   "expect = {verdict = 'approve'}} }\n"), 0);
+    assert_int_equal(write_file(dir, "x_test.lua", "tests = {}\n"), 0);
+    json_t *report = NULL;
+    assert_int_equal(policy_run_tests(set, dir, &report, &err), AR_E_INVALID);
+    assert_null(report);
+    assert_int_equal(write_file(dir, "x_test.lua", "return { {name = 'ok', action = {}, "
+                                                   "expect = {verdict = 'deny'}} }\n"), 0);
+    report = run_tests_ok(set, dir);
+    assert_int_equal(json_integer_value(json_object_get(report, "passed")), 1);
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 1);
+    json_decref(report);
+    policy_set_free(set);
+    const char *names[] = { "a.lua", "w_test.lua", "x_test.lua", NULL };
+    remove_dir(dir, names);
+}
+
+static void test_eval(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("runner");
+    json_t *action = json_loads("{\"connector\":\"shop\",\"action\":\"refund\","
+                                "\"input\":{\"amount\":500}}", 0, NULL);
+    assert_non_null(action);
+    json_t *out = NULL;
+    ar_error err;
+    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    json_decref(action);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "approve");
+    assert_string_equal(json_string_value(json_object_get(out, "rule")), "big");
+    assert_string_equal(json_string_value(json_object_get(out, "reason")), "over 100");
+    assert_string_equal(json_string_value(json_object_get(out, "policy")), "shop.lua");
+    assert_string_equal(json_string_value(json_object_get(out, "summary")), "Refund 500");
+    assert_true(json_is_true(json_object_get(out, "four_eyes")));
+    assert_true(json_is_null(json_object_get(out, "expires_in")));
+    const json_t *roles = json_object_get(out, "roles");
+    assert_int_equal(json_array_size(roles), 2);
+    assert_string_equal(json_string_value(json_array_get(roles, 0)), "finance");
+    assert_string_equal(json_string_value(json_array_get(roles, 1)), "lead");
+    const json_t *votes = json_object_get(out, "votes");
+    assert_int_equal(json_array_size(votes), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(votes, 0), "file")),
+                        "shop.lua");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(votes, 0), "verdict")),
+                        "approve");
+    json_decref(out);
+
+    /* the default, at the real time */
+    action = json_loads("{\"connector\":\"crm\",\"effect\":\"read\"}", 0, NULL);
+    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    json_decref(action);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "allow");
+    assert_string_equal(json_string_value(json_object_get(out, "rule")), "default");
+    assert_string_equal(json_string_value(json_object_get(out, "policy")), "");
+    assert_true(json_is_null(json_object_get(out, "summary")));
+    assert_int_equal(json_array_size(json_object_get(out, "roles")), 0);
+    assert_true(json_is_false(json_object_get(out, "four_eyes")));
+    assert_true(json_is_null(json_object_get(json_array_get(json_object_get(out, "votes"), 0),
+                                             "verdict")));
+    json_decref(out);
+
+    action = json_loads("{\"connector\":\"shop\",\"action\":\"when\"}", 0, NULL);
+    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    json_decref(action);
+    long long now = atoll(json_string_value(json_object_get(out, "reason")));
+    assert_true(now >= (long long)time(NULL) - 60 && now <= (long long)time(NULL));
+    json_decref(out);
+
+    action = json_loads("[1]", 0, NULL);
+    out = (json_t *)1;
+    assert_int_equal(policy_eval(set, action, &out, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "policy_action_invalid");
+    assert_null(out);
+    json_decref(action);
+    policy_set_free(set);
+}
+
+/* The shipped policies pass their own tests, every policy has tests, and they leave the echo
+ * demo exactly as default.lua alone decides it. */
+static void test_shipped_policies(void **state)
+{
+    (void)state;
+    const char *dir = AIORUN_SOURCE_DIR "/policies";
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_OK);
+    json_t *report = run_tests_ok(set, dir);
+    const json_t *c;
+    size_t i;
+    json_array_foreach(json_object_get(report, "cases"), i, c) {
+        if (!json_is_true(json_object_get(c, "ok"))) {
+            char *text = json_dumps(c, JSON_INDENT(2));
+            print_error("shipped policy test failed: %s\n", text);
+            free(text);
+        }
+    }
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 0);
+    assert_true(json_integer_value(json_object_get(report, "passed")) >= 40);
+
+    /* each policy X.lua has its X_test.lua */
+    const json_t *votes = NULL;
+    json_t *probe = json_loads("{\"connector\":\"none\",\"effect\":\"read\"}", 0, NULL);
+    json_t *out = NULL;
+    assert_int_equal(policy_eval(set, probe, &out, &err), AR_OK);
+    json_decref(probe);
+    votes = json_object_get(out, "votes");
+    assert_int_equal(json_array_size(votes), policy_set_count(set));
+    json_array_foreach(votes, i, c) {
+        const char *file = json_string_value(json_object_get(c, "file"));
+        char test_name[300];
+        snprintf(test_name, sizeof test_name, "%.*s_test.lua", (int)strlen(file) - 4, file);
+        int found = 0;
+        const json_t *k;
+        size_t j;
+        json_array_foreach(json_object_get(report, "cases"), j, k)
+            found |= strcmp(json_string_value(json_object_get(k, "file")), test_name) == 0;
+        if (!found)
+            print_error("policy %s has no tests in %s\n", file, test_name);
+        assert_true(found);
+        assert_true(json_is_null(json_object_get(c, "verdict"))); /* unknown connector */
+    }
+    json_decref(out);
+    json_decref(report);
+
+    /* echo: the same decisions with every shipped policy as with default.lua alone, at any
+     * time of the week */
+    char only[] = "/tmp/aiorun-ptest-XXXXXX";
+    assert_non_null(mkdtemp(only));
+    FILE *from = fopen(AIORUN_SOURCE_DIR "/policies/default.lua", "r");
+    assert_non_null(from);
+    char text[16384];
+    size_t len = fread(text, 1, sizeof text - 1, from);
+    fclose(from);
+    text[len] = '\0';
+    assert_int_equal(write_file(only, "default.lua", text), 0);
+    policy_set *alone = NULL;
+    assert_int_equal(policy_set_load(only, NULL, &alone, &err), AR_OK);
+    policy_worker *w_all = new_worker(set), *w_alone = new_worker(alone);
+    static const char *const echo_actions[] = {
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\",\"input\":{\"message\":\"hi\"}}",
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\",\"input\":{\"message\":\"forbidden\"}}",
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\",\"input\":{\"message\":\"hi\","
+        "\"customer\":\"C-1001\",\"email\":\"mallory@example.com\"},\"proposer\":{\"confidence\":0.5}}",
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"irreversible\",\"input\":{}}",
+        "{\"connector\":\"echo\",\"action\":\"refund\",\"effect\":\"write\",\"input\":{\"amount\":9}}",
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\",\"proposer\":{\"confidence\":0.1}}",
+    };
+    for (size_t a = 0; a < sizeof echo_actions / sizeof *echo_actions; a++) {
+        policy_decision d_all, d_alone;
+        decide_text(w_all, echo_actions[a], &d_all);
+        decide_text(w_alone, echo_actions[a], &d_alone);
+        if (d_all.verdict != d_alone.verdict || strcmp(d_all.rule, d_alone.rule) != 0)
+            print_error("echo action %zu: %s/%s with all, %s/%s alone\n", a,
+                        policy_verdict_name(d_all.verdict), d_all.rule,
+                        policy_verdict_name(d_alone.verdict), d_alone.rule);
+        assert_int_equal(d_all.verdict, d_alone.verdict);
+        assert_string_equal(d_all.rule, d_alone.rule);
+        assert_string_equal(d_all.reason, d_alone.reason);
+        assert_string_equal(d_all.file, d_alone.file);
+    }
+    policy_worker_free(w_all);
+    policy_worker_free(w_alone);
+    policy_set_free(alone);
+    policy_set_free(set);
+    const char *names[] = { "default.lua", NULL };
+    remove_dir(only, names);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
@@ -1326,6 +1765,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_invalid_utf8_cleaned),
     cmocka_unit_test(test_ctx_now),
     cmocka_unit_test(test_ctx_read_only_and_fresh),
+    cmocka_unit_test(test_runner_pass_and_fail),
+    cmocka_unit_test(test_runner_test_files_not_policies),
+    cmocka_unit_test(test_runner_no_tests),
+    cmocka_unit_test(test_runner_malformed_files),
+    cmocka_unit_test(test_eval),
+    cmocka_unit_test(test_shipped_policies),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,5 +1,6 @@
 /*
- * aioctl.c - the aiorun command line: submit actions, look at them, check the daemon, pause
+ * aioctl.c - the aiorun command line: submit actions, look at them, decide the ones that wait
+ * on a human, set graded autonomy, look at and reload the policies, check the daemon, pause
  * and resume connectors, manage API tokens.
  *
  *   aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND ...
@@ -13,6 +14,16 @@
  * do connectors pause/resume (operator role; the connector keeps its queue while paused).
  * connectors shows each connector's flow: paused, rate limited, circuit breaker, queue.
  *
+ * Policies ops can trust (docs/POLICIES.md): approvals lists the actions waiting on a human
+ * (or the rejected or expired ones) and shows one; approve and reject decide one (approver or
+ * operator role, plus a role the policy named; reject needs a --comment). autonomy shows the
+ * levels (auto, semi, suggest) per connector.action pattern, from the config and set at
+ * runtime; autonomy set changes one at runtime (operator; "config" removes the runtime
+ * setting). policies shows the policy set in force; policies reload loads the files again
+ * (operator; a broken set is refused, 422 with file and line, and the old one keeps serving).
+ * An action's block shows its approval, the autonomy level when not auto, and every policy
+ * file's vote.
+ *
  * A busy daemon answers submit with 429 queue_full or 503 storage_nearly_full and a
  * Retry-After: nothing was stored. submit reports it (exit 4) or, with --retry-busy, waits
  * Retry-After (at most 60 s each time, within --wait's time, else --timeout's) and submits
@@ -22,22 +33,30 @@
  * Exit codes (aioctl.h; also in `aioctl --help`; never renumbered):
  *   0  ok. get and submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is the
  *      outcome, nothing is executed). submit without --wait: the action was accepted, whatever
- *      its state. cancel: the action is CANCELLED. resolve: the resolution is stored. list,
- *      connectors (also pause, resume), health, whoami, token, backup: done.
+ *      its state. cancel: the action is CANCELLED. resolve: the resolution is stored.
+ *      approve, reject: the decision is stored (or was already, the same way). list,
+ *      approvals, autonomy (also set), policies (also reload), connectors (also pause,
+ *      resume), health, whoami, token, backup: done.
  *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED,
  *      UNKNOWN_OUTCOME.
  *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
  *      file that is missing (given with --token-file) or readable by others, a bad token name,
  *      role list or --expires, a --save FILE that cannot be written, a --config that cannot
  *      be loaded, backup without --config or into a directory that is not new or empty,
- *      resolve without exactly one outcome flag and a --reason.
+ *      resolve without exactly one outcome flag and a --reason, reject without a --comment,
+ *      approvals --state other than pending, rejected or expired, autonomy set with a LEVEL
+ *      other than auto, semi, suggest or config.
  *   3  the daemon could not be reached, or did not answer in time.
  *   4  the daemon refused the request (4xx/5xx: "error: <code>: <message>" on stderr; 401
- *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role; 404
- *      not_found, unknown_connector; 409 already_terminal, not_cancellable,
- *      not_unknown_outcome; submit: 429 queue_full, 503 storage_nearly_full, also after
- *      --retry-busy ran out of time), or its reply could not be read; with --config, the data
- *      directory refused it (token_exists, token_not_found, backup_failed, ...).
+ *      unauthenticated: no token or a bad one; 403 forbidden: the token lacks the role, or
+ *      (approve, reject) none of the roles the policy named; 403 four_eyes: the submitter may
+ *      not decide its own action; 404 not_found, unknown_connector; 409 already_terminal,
+ *      not_cancellable, not_unknown_outcome, already_decided (the other way), approval_expired,
+ *      not_pending; 400 invalid_autonomy: a bad PATTERN; policies reload: 422 policy_invalid
+ *      or policy_tests_failed, the message names file and line and the set in force keeps
+ *      serving; submit: 429 queue_full, 503 storage_nearly_full, also after --retry-busy ran
+ *      out of time), or its reply could not be read; with --config, the data directory
+ *      refused it (token_exists, token_not_found, backup_failed, ...).
  *   5  the action is not finished: --wait ran out, or it waits on a human (PENDING_APPROVAL),
  *      or (get) it is still in progress, or (cancel) a call is in flight and the cancel is
  *      only requested. The action is printed all the same.
@@ -64,6 +83,7 @@
 #include "client.h"
 #include "offline.h"
 #include "render.h"
+#include "policy_cmd.h"
 #include "tokenfile.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8470"
@@ -83,8 +103,9 @@
 static const char usage_text[] =
     "usage: aioctl [--url URL] [--json] [--timeout SECONDS] [--token-file FILE] COMMAND [ARGS...]\n"
     "\n"
-    "Submit actions to the aiorun daemon, look at them, cancel or resolve them, pause and\n"
-    "resume its connectors, manage its API tokens, and back up its data directory.\n"
+    "Submit actions to the aiorun daemon, look at them, cancel or resolve them, approve or\n"
+    "reject those waiting on a human, set graded autonomy, look at and reload its policies,\n"
+    "pause and resume its connectors, manage its API tokens, and back up its data directory.\n"
     "\n"
     "commands:\n"
     "  submit CONNECTOR ACTION [INPUT_JSON] [options]\n"
@@ -107,7 +128,8 @@ static const char usage_text[] =
     "        --confidence X      the proposer's confidence (a number)\n"
     "        --prompt-ref R      a reference to the prompt behind the proposal\n"
     "  get ID\n"
-    "      Show one action.\n"
+    "      Show one action: its decision (the autonomy level when not auto, and the vote of\n"
+    "      every policy file that did not abstain), its approval when it needs one, attempts.\n"
     "  list [--state S] [--connector C] [--limit N] [--after ID] [--all]\n"
     "      Actions, newest first, one page (--limit N per page; --after ID: the page after\n"
     "      that id); --all follows every page (with --json: joined into one document,\n"
@@ -120,6 +142,36 @@ static const char usage_text[] =
     "      Settle an UNKNOWN_OUTCOME action after checking the system of record: it happened\n"
     "      (--succeeded), it did not and must not be tried again (--failed), or it did not\n"
     "      and may be sent again with the same idempotency key (--retry). Operator role.\n"
+    "  approvals [--state pending|rejected|expired] [--all]\n"
+    "      Actions waiting on a human (default pending; or those rejected or expired): ID,\n"
+    "      CONNECTOR.ACTION, SUBMITTER, ROLES that may decide (any: every approver), EXPIRES,\n"
+    "      SUMMARY. One page (the daemon's); --all follows every page (with --json: joined\n"
+    "      into one document, {\"approvals\": [...], \"next\": null}). Approver, operator or\n"
+    "      reader role.\n"
+    "  approvals show ID\n"
+    "      Everything about one approval: the action and its input, proposer, submitter, who\n"
+    "      may decide, four eyes, summary, rule, requested, expires, and the decision.\n"
+    "  approve ID [--comment TEXT]\n"
+    "  reject ID --comment TEXT\n"
+    "      Decide an action that waits on a human; the comment is stored with it (reject\n"
+    "      needs one). Needs the approver or operator role and one of the roles the policy\n"
+    "      named (the config's \"approvers\" maps them to token roles and names); with four\n"
+    "      eyes, not the token that submitted it. Deciding again the same way is a no-op; the\n"
+    "      other way is refused (already_decided), as is an expired approval.\n"
+    "  autonomy\n"
+    "      The autonomy levels per pattern (connector.action, connector.* or *): from the\n"
+    "      config and set at runtime (by whom, when). auto: the policies' verdict stands;\n"
+    "      semi: what they allow waits on a human; suggest: what they allow or send to a\n"
+    "      human is only recorded (SUGGESTED). A deny always stands.\n"
+    "  autonomy set PATTERN auto|semi|suggest|config\n"
+    "      Set PATTERN's level at runtime (journaled: it survives a restart); config removes\n"
+    "      the runtime setting, so the config's level applies again. Operator role.\n"
+    "  policies\n"
+    "      The policy set in force: version, files, directory, when loaded, reloads.\n"
+    "  policies reload\n"
+    "      Load the policy files again. A set that does not compile or fails its tests is\n"
+    "      refused (exit 4; the message names the file and line) and the set in force keeps\n"
+    "      serving. Operator role. (SIGHUP, and by default a change of the files, reload too.)\n"
     "  connectors\n"
     "      The connector instances: plugin, status, processes serving/started, FLOW (ok,\n"
     "      paused, breaker open, half-open, rate-limited), QUEUE (queued/in flight),\n"
@@ -175,22 +227,29 @@ static const char usage_text[] =
     "exit codes:\n"
     "  0  ok. get, submit --wait: the action SUCCEEDED, or was SUGGESTED (the decision is\n"
     "     the outcome; nothing is executed). submit without --wait: the action was accepted,\n"
-    "     whatever its state. cancel: the action is CANCELLED. resolve: stored. list,\n"
-    "     connectors (also pause, resume), health, whoami, token, backup: done.\n"
+    "     whatever its state. cancel: the action is CANCELLED. resolve: stored. approve,\n"
+    "     reject: the decision is stored (or already was, the same way). list, approvals,\n"
+    "     autonomy (also set), policies (also reload), connectors (also pause, resume),\n"
+    "     health, whoami, token, backup: done.\n"
     "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED or\n"
     "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve)\n"
     "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
     "     a token file that is missing (--token-file) or readable by others, a bad token\n"
     "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
     "     cannot be loaded; backup without --config or into a DIR that is not new or empty;\n"
-    "     resolve without one outcome flag and a --reason\n"
+    "     resolve without one outcome flag and a --reason; reject without a --comment;\n"
+    "     approvals --state not pending, rejected or expired; autonomy set with another LEVEL\n"
     "  3  the daemon could not be reached or did not answer in time (start it: tools/run)\n"
     "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr:\n"
-    "     unauthenticated: no token or a bad one; forbidden: the token lacks the role;\n"
-    "     not_found; unknown_connector; already_terminal, not_cancellable,\n"
-    "     not_unknown_outcome; submit: queue_full (429) or storage_nearly_full (503), the\n"
-    "     daemon is busy and stored nothing: the Retry-After seconds are shown, and\n"
-    "     --retry-busy waits and submits again) or sent a reply that could not be read;\n"
+    "     unauthenticated: no token or a bad one; forbidden: the token lacks the role (or,\n"
+    "     approve and reject, each role the policy named); four_eyes: the submitter may not\n"
+    "     decide its own action; not_found; unknown_connector; already_terminal,\n"
+    "     not_cancellable, not_unknown_outcome; already_decided, approval_expired,\n"
+    "     not_pending; invalid_autonomy (a bad PATTERN); policies reload: policy_invalid or\n"
+    "     policy_tests_failed (422: the set in force keeps serving); submit: queue_full\n"
+    "     (429) or storage_nearly_full (503), the daemon is busy and stored nothing: the\n"
+    "     Retry-After seconds are shown, and --retry-busy waits and submits again) or sent\n"
+    "     a reply that could not be read;\n"
     "     with --config: the data directory refused it (token_exists, token_not_found,\n"
     "     backup_failed, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
@@ -297,10 +356,45 @@ static int out_of_memory(void)
     return AIOCTL_REFUSED;
 }
 
+/* flag_value for an option whose value must not be empty: an empty one is reported with
+ * if_empty, and answers -1. */
+static int nonempty_value(int argc, char **argv, int *i, const char *name, const char *if_empty,
+                          const char **value)
+{
+    int m = flag_value(argc, argv, i, name, value);
+    if (m > 0 && !**value) {
+        usage_error("%s", if_empty);
+        return -1;
+    }
+    return m;
+}
+
+/* --token: keep a copy, and wipe the one in argv. Returns 1, or -1 when out of memory. */
+static int take_token(cli *o, const char *v)
+{
+    tokenfile_wipe_free(o->token);
+    if (!(o->token = strdup(v))) {
+        out_of_memory();
+        return -1;
+    }
+    /* Narrow the time others can read it in /proc/PID/cmdline (ps) to our start. */
+    explicit_bzero((char *)v, strlen(v));
+    return 1;
+}
+
 /* If argv[*i] is a global option, apply it (and consume its value) and return 1; 0 if it is
  * not one; -1 on a usage error (already reported). --help and --version exit here. */
 static int take_global(cli *o, int argc, char **argv, int *i)
 {
+    /* The options whose value is a string that must not be empty. */
+    const struct {
+        const char *name, *if_empty;
+        const char **dest;
+    } strings[] = {
+        {"--url", "--url needs a value, like " DEFAULT_URL, &o->url},
+        {"--token-file", "--token-file needs a file name", &o->token_file},
+        {"--config", "--config needs the daemon's config file, like aiorun.json", &o->config},
+    };
     const char *a = argv[*i], *v = NULL;
     int m;
 
@@ -317,52 +411,15 @@ static int take_global(cli *o, int argc, char **argv, int *i)
         o->json = true;
         return 1;
     }
-    if ((m = flag_value(argc, argv, i, "--url", &v)) != 0) {
-        if (m < 0)
-            return -1;
-        if (!*v) {
-            usage_error("--url needs a value, like " DEFAULT_URL);
-            return -1;
-        }
-        o->url = v;
-        return 1;
+    for (size_t k = 0; k < sizeof strings / sizeof strings[0]; k++) {
+        m = nonempty_value(argc, argv, i, strings[k].name, strings[k].if_empty, &v);
+        if (m > 0)
+            *strings[k].dest = v;
+        if (m != 0)
+            return m;
     }
-    if ((m = flag_value(argc, argv, i, "--token", &v)) != 0) {
-        if (m < 0)
-            return -1;
-        if (!*v) {
-            usage_error("--token needs a value");
-            return -1;
-        }
-        tokenfile_wipe_free(o->token);
-        if (!(o->token = strdup(v))) {
-            fputs("aioctl: out of memory\n", stderr);
-            return -1;
-        }
-        /* Narrow the time others can read it in /proc/PID/cmdline (ps) to our start. */
-        explicit_bzero((char *)v, strlen(v));
-        return 1;
-    }
-    if ((m = flag_value(argc, argv, i, "--token-file", &v)) != 0) {
-        if (m < 0)
-            return -1;
-        if (!*v) {
-            usage_error("--token-file needs a file name");
-            return -1;
-        }
-        o->token_file = v;
-        return 1;
-    }
-    if ((m = flag_value(argc, argv, i, "--config", &v)) != 0) {
-        if (m < 0)
-            return -1;
-        if (!*v) {
-            usage_error("--config needs the daemon's config file, like aiorun.json");
-            return -1;
-        }
-        o->config = v;
-        return 1;
-    }
+    if ((m = nonempty_value(argc, argv, i, "--token", "--token needs a value", &v)) != 0)
+        return m > 0 ? take_token(o, v) : m;
     if ((m = flag_value(argc, argv, i, "--timeout", &v)) != 0) {
         if (m < 0)
             return -1;
@@ -803,21 +860,6 @@ static int parse_one_arg(cli *o, const char *cmd, int argc, char **argv, const f
     return AIOCTL_OK;
 }
 
-/* Apply the global options in front of a subcommand; *i: the subcommand's index (argc when
- * there is none). Another option is "<cmd>: unknown option '<it>'<hint>". */
-static int take_leading_globals(cli *o, const char *cmd, const char *hint, int argc,
-                                char **argv, int *i)
-{
-    for (*i = 0; *i < argc && argv[*i][0] == '-'; (*i)++) {
-        int g = take_global(o, argc, argv, i);
-        if (g < 0)
-            return AIOCTL_USAGE;
-        if (g == 0)
-            return usage_error("%s: unknown option '%s'%s", cmd, argv[*i], hint);
-    }
-    return AIOCTL_OK;
-}
-
 /* A command or subcommand: its name and what runs it. */
 typedef struct command {
     const char *name;
@@ -831,6 +873,38 @@ static const command *find_command(const command *table, size_t n, const char *n
             return &table[k];
     return NULL;
 }
+
+/* A command with subcommands (connectors pause, token create, ...). The global options in
+ * front of the subcommand are applied; then the subcommand named by the next word runs with
+ * the words after it, or, when the command stands alone or an option of its own comes first,
+ * bare runs with the words left (bare NULL: a subcommand is required). subs_hint names the
+ * subcommands for the messages: "create, list or revoke". */
+static int run_subcommand(cli *o, const char *cmd, int argc, char **argv, const command *subs,
+                          size_t n_subs, int (*bare)(cli *o, int argc, char **argv),
+                          const char *subs_hint)
+{
+    int i;
+    for (i = 0; i < argc && argv[i][0] == '-'; i++) {
+        int g = take_global(o, argc, argv, &i);
+        if (g < 0)
+            return AIOCTL_USAGE;
+        if (g == 0 && bare)
+            break; /* an option of the bare command: it parses the rest */
+        if (g == 0)
+            return usage_error("%s: unknown option '%s' (expected %s)", cmd, argv[i], subs_hint);
+    }
+    if (i < argc && argv[i][0] != '-') {
+        const command *sub = find_command(subs, n_subs, argv[i]);
+        if (!sub)
+            return usage_error("%s: unknown subcommand '%s' (%s)", cmd, argv[i], subs_hint);
+        return sub->run(o, argc - i - 1, argv + i + 1);
+    }
+    if (!bare)
+        return usage_error("%s: expected %s", cmd, subs_hint);
+    return bare(o, argc - i, argv + i);
+}
+
+/* ---- submit ---------------------------------------------------------------------------- */
 
 /* Read INPUT_JSON (a string, or stdin for "-"); *out is a new reference. */
 static int load_input(const char *text, json_t **out)
@@ -893,8 +967,6 @@ static int new_idempotency_key(char *buf, size_t cap)
         len += snprintf(buf + len, cap - (size_t)len, "%02x", raw[i]);
     return AIOCTL_OK;
 }
-
-/* ---- submit ---------------------------------------------------------------------------- */
 
 /* submit's command line, checked. */
 typedef struct submission {
@@ -1090,8 +1162,9 @@ static int report_submission(const cli *o, const session *s, const submission *s
     const char *id = json_string_value(json_object_get(s->rep.json, "id"));
     outcome out = classify(state);
     if (out == OUTCOME_HUMAN)
-        fprintf(stderr, "aioctl: %s waits on a human approval (PENDING_APPROVAL); "
-                "follow it with: aioctl get %s\n", id, id);
+        fprintf(stderr, "aioctl: %s waits on a human (PENDING_APPROVAL): an approver "
+                "decides with aioctl approve %s, or aioctl reject %s --comment TEXT; follow "
+                "it with: aioctl get %s\n", id, id, id, id);
     else if (out == OUTCOME_RUNNING)
         fprintf(stderr, "aioctl: %s is still %s after %.1f s; follow it with: aioctl get %s\n",
                 id, state, (double)sub->wait_ms / 1000.0, id);
@@ -1156,27 +1229,19 @@ static int cmd_get(cli *o, int argc, char **argv)
     return rc;
 }
 
-/* list's filters, each NULL when not given. */
-typedef struct list_filter {
-    const char *state; /* upper case */
-    const char *connector;
-    const char *limit;
-} list_filter;
-
-/* "/v1/actions?..." with the filters and the page cursor after; malloc'd, owned by the
- * caller (NULL: no memory). */
-static char *list_path(const list_filter *f, const char *after)
+/* base, then "?name=value&..." for each value that is not NULL (percent-encoded). malloc'd,
+ * owned by the caller (NULL: no memory). */
+static char *query_path(const char *base, const char *const *names, const char *const *values,
+                        size_t n)
 {
-    const char *names[] = {"state", "connector", "limit", "after"};
-    const char *values[] = {f->state, f->connector, f->limit, after};
     char *path = NULL;
     size_t size = 0;
     FILE *mem = open_memstream(&path, &size);
     if (!mem)
         return NULL;
-    fputs("/v1/actions", mem);
+    fputs(base, mem);
     char sep = '?';
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (!values[i])
             continue;
         char *v = client_escape(values[i]);
@@ -1196,54 +1261,59 @@ static char *list_path(const list_filter *f, const char *after)
     return path;
 }
 
-/* GET the page after the cursor after (NULL: the first); *actions is its "actions" array,
- * borrowed from s->rep. */
-static int get_page(const cli *o, session *s, const list_filter *f, const char *after,
-                    json_t **actions)
+/* A list the daemon serves in pages: GET path(ctx, after) answers {key: [...], "next": the
+ * cursor of the next page, or null}. */
+typedef struct pager {
+    char *(*path)(const void *ctx, const char *after); /* malloc'd (NULL: no memory) */
+    const void *ctx;
+    const char *key;  /* "actions" */
+    const char *what; /* for "answered without <what>": "an \"actions\" list" */
+    render_fn render; /* the table of the items */
+} pager;
+
+/* GET the page after the cursor after (NULL: the first); *items is its list, borrowed from
+ * s->rep. */
+static int get_page(const cli *o, session *s, const pager *p, const char *after, json_t **items)
 {
-    char *path = list_path(f, after);
+    char *path = p->path(p->ctx, after);
     if (!path)
         return out_of_memory();
     int rc = session_call(o, s, "GET", path, NULL);
     free(path);
-    if (rc == AIOCTL_OK && !(*actions = reply_array(s, "actions", "an \"actions\" list")))
+    if (rc == AIOCTL_OK && !(*items = reply_array(s, p->key, p->what)))
         rc = AIOCTL_REFUSED;
     return rc;
 }
 
-/* One page: as received (--json), else a table and, on stderr, how to get the next page. */
-static int list_page(const cli *o, session *s, const list_filter *f, const char *after)
+/* One page: as received (--json), else a table. *next: the next page's cursor (borrowed from
+ * s->rep), NULL on the last page. */
+static int show_page(const cli *o, session *s, const pager *p, const char *after,
+                     const char **next)
 {
-    json_t *actions;
-    int rc = get_page(o, s, f, after, &actions);
+    json_t *items;
+    int rc = get_page(o, s, p, after, &items);
+    *next = NULL;
     if (rc != AIOCTL_OK)
         return rc;
-    if (o->json) {
-        print_body(&s->rep);
-        return AIOCTL_OK;
-    }
-    render_action_table(stdout, actions);
-    const json_t *next = json_object_get(s->rep.json, "next");
-    if (json_is_string(next)) {
-        fputs("(more: aioctl list --after ", stderr);
-        render_text(stderr, json_string_value(next));
-        fputs(", or --all)\n", stderr);
-    }
+    show_reply(o, &s->rep, p->render, items);
+    *next = json_string_value(json_object_get(s->rep.json, "next"));
+    if (*next && !**next)
+        *next = NULL;
     return AIOCTL_OK;
 }
 
-/* Append the actions of every page from the cursor after on to collected. */
-static int collect_pages(const cli *o, session *s, const list_filter *f, const char *after,
+/* Append the items of every page from the cursor after on to collected. */
+static int collect_pages(const cli *o, session *s, const pager *p, const char *after,
                          json_t *collected)
 {
     char *cursor = NULL;
-    json_t *actions;
+    json_t *items;
     int rc;
 
     if (after && !(cursor = strdup(after)))
         return out_of_memory();
-    while ((rc = get_page(o, s, f, cursor, &actions)) == AIOCTL_OK) {
-        if (json_array_extend(collected, actions)) {
+    while ((rc = get_page(o, s, p, cursor, &items)) == AIOCTL_OK) {
+        if (json_array_extend(collected, items)) {
             rc = out_of_memory();
             break;
         }
@@ -1267,32 +1337,52 @@ static int collect_pages(const cli *o, session *s, const list_filter *f, const c
 }
 
 /* Every page from the cursor after on, shown as one. */
-static int list_all(const cli *o, session *s, const list_filter *f, const char *after)
+static int show_all_pages(const cli *o, session *s, const pager *p, const char *after)
 {
     json_t *collected = json_array();
-    int rc = collected ? collect_pages(o, s, f, after, collected) : out_of_memory();
+    int rc = collected ? collect_pages(o, s, p, after, collected) : out_of_memory();
     if (rc == AIOCTL_OK && o->json)
         /* Several pages make one document, shaped like a single page with nothing after it. */
-        rc = print_json_take(json_pack("{s:O,s:n}", "actions", collected, "next"));
+        rc = print_json_take(json_pack("{s:O,s:n}", p->key, collected, "next"));
     else if (rc == AIOCTL_OK)
-        render_action_table(stdout, collected);
+        p->render(stdout, collected);
     json_decref(collected);
     return rc;
 }
 
-/* A malloc'd copy of s in upper case (ASCII), or NULL when out of memory. */
-static char *upper_case(const char *s)
+/* A malloc'd copy of s in upper case (upper) or lower case (ASCII), or NULL when out of
+ * memory. */
+static char *ascii_case(const char *s, bool upper)
 {
-    char *up = strdup(s);
-    for (char *p = up; p && *p; p++)
-        if (*p >= 'a' && *p <= 'z')
+    char *copy = strdup(s);
+    for (char *p = copy; p && *p; p++) {
+        if (upper && *p >= 'a' && *p <= 'z')
             *p = (char)(*p - 'a' + 'A');
-    return up;
+        else if (!upper && *p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    }
+    return copy;
+}
+
+/* list's filters, each NULL when not given. */
+typedef struct list_filter {
+    const char *state; /* upper case */
+    const char *connector;
+    const char *limit;
+} list_filter;
+
+/* "/v1/actions?..." with the filters (ctx: a list_filter) and the page cursor after. */
+static char *actions_path(const void *ctx, const char *after)
+{
+    const list_filter *f = ctx;
+    const char *const names[] = {"state", "connector", "limit", "after"};
+    const char *const values[] = {f->state, f->connector, f->limit, after};
+    return query_path("/v1/actions", names, values, 4);
 }
 
 static int cmd_list(cli *o, int argc, char **argv)
 {
-    const char *state = NULL, *after = NULL;
+    const char *state = NULL, *after = NULL, *next;
     list_filter f = {0};
     bool all = false;
     const flag flags[] = {
@@ -1302,6 +1392,7 @@ static int cmd_list(cli *o, int argc, char **argv)
         {"--after", FLAG_VALUE, &after, NULL},
         {"--all", FLAG_SWITCH, NULL, &all},
     };
+    const pager p = {actions_path, &f, "actions", "an \"actions\" list", render_action_table};
     long limit;
     char *state_upper = NULL;
     session s = {0};
@@ -1312,10 +1403,16 @@ static int cmd_list(cli *o, int argc, char **argv)
     if (f.limit && !parse_long(f.limit, 1, 1000000, &limit))
         return usage_error("--limit: expected a positive integer, got '%s'", f.limit);
     /* States are upper case; accept "denied" too. */
-    if (state && !(f.state = state_upper = upper_case(state)))
+    if (state && !(f.state = state_upper = ascii_case(state, true)))
         return out_of_memory();
-    if ((rc = new_client(o, &s.c)) == AIOCTL_OK)
-        rc = all ? list_all(o, &s, &f, after) : list_page(o, &s, &f, after);
+    if ((rc = new_client(o, &s.c)) == AIOCTL_OK && all) {
+        rc = show_all_pages(o, &s, &p, after);
+    } else if (rc == AIOCTL_OK && (rc = show_page(o, &s, &p, after, &next)) == AIOCTL_OK &&
+               next && !o->json) {
+        fputs("(more: aioctl list --after ", stderr);
+        render_text(stderr, next);
+        fputs(", or --all)\n", stderr);
+    }
     session_end(&s);
     free(state_upper);
     return rc;
@@ -1378,19 +1475,32 @@ static int connectors_flow(cli *o, const char *verb, int argc, char **argv)
     return rc;
 }
 
-/* aioctl connectors [global options] [pause NAME [--reason TEXT] | resume NAME [--reason TEXT]] */
-static int cmd_connectors(cli *o, int argc, char **argv)
+static int cmd_connectors_pause(cli *o, int argc, char **argv)
 {
-    int i, rc = take_leading_globals(o, "connectors", "", argc, argv, &i);
+    return connectors_flow(o, "pause", argc, argv);
+}
+
+static int cmd_connectors_resume(cli *o, int argc, char **argv)
+{
+    return connectors_flow(o, "resume", argc, argv);
+}
+
+static int cmd_connectors_list(cli *o, int argc, char **argv)
+{
+    int rc = parse_flags_only(o, "connectors", argc, argv, NULL, 0);
     if (rc)
         return rc;
-    if (i >= argc)
-        return show_list(o, "/v1/connectors", "connectors", "a \"connectors\" list",
-                         render_connectors);
-    if (strcmp(argv[i], "pause") == 0 || strcmp(argv[i], "resume") == 0)
-        return connectors_flow(o, argv[i], argc - i - 1, argv + i + 1);
-    return usage_error("connectors: unknown subcommand '%s' (pause NAME, resume NAME; "
-                       "nothing to list them)", argv[i]);
+    return show_list(o, "/v1/connectors", "connectors", "a \"connectors\" list",
+                     render_connectors);
+}
+
+/* aioctl connectors [pause NAME [--reason TEXT] | resume NAME [--reason TEXT]] */
+static int cmd_connectors(cli *o, int argc, char **argv)
+{
+    static const command subs[] = {{"pause", cmd_connectors_pause},
+                                   {"resume", cmd_connectors_resume}};
+    return run_subcommand(o, "connectors", argc, argv, subs, sizeof subs / sizeof subs[0],
+                          cmd_connectors_list, "pause NAME or resume NAME; nothing to list them");
 }
 
 /* /healthz's answer: as received (--json), then, unless its status is "ok", a complaint. */
@@ -1520,6 +1630,290 @@ static int cmd_resolve(cli *o, int argc, char **argv)
     session_end(&s);
     json_decref(body);
     return rc;
+}
+
+/* ---- approvals, autonomy, policies ---------------------------------------------------- */
+
+/* Does the reply hold an object with key (not null)? Reported as "answered without <what>"
+ * when not. */
+static bool reply_has(const session *s, const char *key, const char *what)
+{
+    const json_t *v = json_object_get(s->rep.json, key);
+    if (v && !json_is_null(v))
+        return true;
+    answered_without(s->c, what);
+    return false;
+}
+
+/* Is s one of the n words of set? */
+static bool is_one_of(const char *s, const char *const *set, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, set[i]) == 0)
+            return true;
+    return false;
+}
+
+/* "/v1/approvals?state=...&after=..." (ctx: the state, lower case, or NULL). */
+static char *approvals_path(const void *ctx, const char *after)
+{
+    const char *const names[] = {"state", "after"};
+    const char *const values[] = {ctx, after};
+    return query_path("/v1/approvals", names, values, 2);
+}
+
+/* aioctl approvals [--state pending|rejected|expired] [--all] */
+static int cmd_approvals_list(cli *o, int argc, char **argv)
+{
+    static const char *const states[] = {"pending", "rejected", "expired"};
+    const char *state_given = NULL, *next;
+    bool all = false;
+    const flag flags[] = {
+        {"--state", FLAG_VALUE, &state_given, NULL},
+        {"--all", FLAG_SWITCH, NULL, &all},
+    };
+    char *state = NULL;
+    session s = {0};
+    int rc = parse_flags_only(o, "approvals", argc, argv, flags, sizeof flags / sizeof flags[0]);
+
+    if (rc)
+        return rc;
+    if (state_given && !(state = ascii_case(state_given, false)))
+        return out_of_memory();
+    if (state && !is_one_of(state, states, sizeof states / sizeof states[0])) {
+        free(state);
+        return usage_error("approvals: --state must be pending, rejected or expired, got '%s'",
+                           state_given);
+    }
+    const pager p = {approvals_path, state, "approvals", "an \"approvals\" list",
+                     render_approval_table};
+    if ((rc = new_client(o, &s.c)) == AIOCTL_OK && all) {
+        rc = show_all_pages(o, &s, &p, NULL);
+    } else if (rc == AIOCTL_OK && (rc = show_page(o, &s, &p, NULL, &next)) == AIOCTL_OK &&
+               next && !o->json) {
+        fprintf(stderr, "(more: aioctl approvals%s%s --all)\n", state ? " --state " : "",
+                state ? state : "");
+    }
+    session_end(&s);
+    free(state);
+    return rc;
+}
+
+/* aioctl approvals show ID */
+static int cmd_approvals_show(cli *o, int argc, char **argv)
+{
+    const char *id;
+    session s = {0};
+    int rc = parse_one_arg(o, "approvals show", argc, argv, NULL, 0, "ID", &id);
+
+    if (rc)
+        return rc;
+    rc = session_request_named(o, &s, "GET", "/v1/approvals/", id, NULL, NULL);
+    if (rc == AIOCTL_OK && !reply_has(&s, "id", "an approval"))
+        rc = AIOCTL_REFUSED;
+    if (rc == AIOCTL_OK)
+        show_reply(o, &s.rep, render_approval, s.rep.json);
+    session_end(&s);
+    return rc;
+}
+
+static int cmd_approvals(cli *o, int argc, char **argv)
+{
+    static const command subs[] = {{"show", cmd_approvals_show}};
+    return run_subcommand(o, "approvals", argc, argv, subs, sizeof subs / sizeof subs[0],
+                          cmd_approvals_list, "show ID; aioctl approve ID and aioctl reject ID "
+                          "decide");
+}
+
+/* approve|reject ID [--comment TEXT]: POST /v1/approvals/ID {"decision", "comment"}. */
+static int decide_approval(cli *o, const char *decision, int argc, char **argv)
+{
+    bool reject = strcmp(decision, "reject") == 0;
+    const char *id, *comment = NULL;
+    const flag flags[] = {{"--comment", FLAG_VALUE, &comment, NULL}};
+    session s = {0};
+    json_t *body;
+    int rc = parse_one_arg(o, decision, argc, argv, flags, sizeof flags / sizeof flags[0],
+                           reject ? "ID --comment TEXT" : "ID [--comment TEXT]", &id);
+
+    if (rc)
+        return rc;
+    if (reject && !comment)
+        return usage_error("reject: --comment TEXT is required: say why (it is stored with the "
+                           "action, as its error)");
+    if (comment && !has_text(comment))
+        return usage_error("%s: --comment must not be empty", decision);
+    if (!(body = json_pack("{s:s}", "decision", decision)) || set_string(body, "comment", comment)) {
+        json_decref(body);
+        return out_of_memory();
+    }
+    rc = session_request_named(o, &s, "POST", "/v1/approvals/", id, NULL, body);
+    if (rc == AIOCTL_OK && !reply_has(&s, "id", "an approval"))
+        rc = AIOCTL_REFUSED;
+    if (rc == AIOCTL_OK)
+        show_reply(o, &s.rep, render_approval_line, s.rep.json);
+    json_decref(body);
+    session_end(&s);
+    return rc;
+}
+
+static int cmd_approve(cli *o, int argc, char **argv)
+{
+    return decide_approval(o, "approve", argc, argv);
+}
+
+static int cmd_reject(cli *o, int argc, char **argv)
+{
+    return decide_approval(o, "reject", argc, argv);
+}
+
+/* The reply of GET or PUT /v1/autonomy: shown when it has its "config" and "runtime". */
+static int show_autonomy(const cli *o, const session *s)
+{
+    if (!json_is_object(json_object_get(s->rep.json, "config")) ||
+        !json_is_object(json_object_get(s->rep.json, "runtime")))
+        return answered_without(s->c, "the autonomy levels (\"config\" and \"runtime\")");
+    show_reply(o, &s->rep, render_autonomy, s->rep.json);
+    return AIOCTL_OK;
+}
+
+/* aioctl autonomy */
+static int cmd_autonomy_show(cli *o, int argc, char **argv)
+{
+    session s = {0};
+    int rc = parse_flags_only(o, "autonomy", argc, argv, NULL, 0);
+
+    if (rc)
+        return rc;
+    if ((rc = session_request(o, &s, "GET", "/v1/autonomy", NULL)) == AIOCTL_OK)
+        rc = show_autonomy(o, &s);
+    session_end(&s);
+    return rc;
+}
+
+/* aioctl autonomy set PATTERN auto|semi|suggest|config: PUT /v1/autonomy (operator); "config"
+ * sends null, which removes the runtime setting of PATTERN. */
+static int cmd_autonomy_set(cli *o, int argc, char **argv)
+{
+    static const char *const levels[] = {"auto", "semi", "suggest", "config"};
+    const char *pos[2];
+    session s = {0};
+    json_t *body;
+    int n_pos, rc = parse_command_args(o, "autonomy set", argc, argv, NULL, 0, pos, 2, &n_pos);
+
+    if (rc)
+        return rc;
+    if (n_pos != 2 || !*pos[0])
+        return usage_error("autonomy set: expected PATTERN LEVEL (PATTERN: connector.action, "
+                           "connector.* or *; LEVEL: auto, semi, suggest or config)");
+    if (!is_one_of(pos[1], levels, sizeof levels / sizeof levels[0]))
+        return usage_error("autonomy set: LEVEL must be auto, semi, suggest, or config (remove "
+                           "the runtime setting), got '%s'", pos[1]);
+    bool remove = strcmp(pos[1], "config") == 0;
+    body = json_pack("{s:s,s:o}", "pattern", pos[0], "level",
+                     remove ? json_null() : json_string(pos[1]));
+    if (!body)
+        return out_of_memory();
+    if ((rc = session_request(o, &s, "PUT", "/v1/autonomy", body)) == AIOCTL_OK) {
+        if (!o->json) {
+            render_text(stdout, pos[0]);
+            if (remove)
+                fputs(": runtime setting removed; the config decides\n\n", stdout);
+            else
+                printf(": %s from now on\n\n", pos[1]);
+        }
+        rc = show_autonomy(o, &s);
+    }
+    json_decref(body);
+    session_end(&s);
+    return rc;
+}
+
+static int cmd_autonomy(cli *o, int argc, char **argv)
+{
+    static const command subs[] = {{"set", cmd_autonomy_set}};
+    return run_subcommand(o, "autonomy", argc, argv, subs, sizeof subs / sizeof subs[0],
+                          cmd_autonomy_show, "set PATTERN LEVEL; nothing to list them");
+}
+
+/* aioctl policies */
+static int cmd_policies_show(cli *o, int argc, char **argv)
+{
+    session s = {0};
+    int rc = parse_flags_only(o, "policies", argc, argv, NULL, 0);
+
+    if (rc)
+        return rc;
+    rc = session_request(o, &s, "GET", "/v1/policies", NULL);
+    if (rc == AIOCTL_OK && !reply_has(&s, "version", "a policy version"))
+        rc = AIOCTL_REFUSED;
+    if (rc == AIOCTL_OK)
+        show_reply(o, &s.rep, render_policies, s.rep.json);
+    session_end(&s);
+    return rc;
+}
+
+/* What a reload did, for people: the version now in force, and whether it changed. before:
+ * the version in force just before (NULL when unknown). */
+static void print_reload(const session *s, const char *before)
+{
+    const char *version = json_string_value(json_object_get(s->rep.json, "version"));
+    if (before && strcmp(before, version) == 0) {
+        fputs("policies unchanged: the files are the set in force (version ", stdout);
+        render_text(stdout, version);
+        fputs(")\n", stdout);
+    } else {
+        fputs("policies reloaded: version ", stdout);
+        render_text(stdout, version);
+        if (before) {
+            fputs(" (was ", stdout);
+            render_text(stdout, before);
+            fputc(')', stdout);
+        }
+        fputc('\n', stdout);
+    }
+    render_policies(stdout, s->rep.json);
+}
+
+/* aioctl policies reload: POST /v1/policies/reload (operator). A set that does not load (or
+ * fails its tests) is refused with 422 and the message names file and line: exit 4, and the
+ * set in force keeps serving. */
+static int cmd_policies_reload(cli *o, int argc, char **argv)
+{
+    session s = {0};
+    char *before = NULL;
+    int rc = parse_flags_only(o, "policies reload", argc, argv, NULL, 0);
+
+    if (rc)
+        return rc;
+    if ((rc = new_client(o, &s.c)) != AIOCTL_OK)
+        goto done;
+    /* The version before, to say whether the reload changed anything (people only). */
+    if (!o->json && (rc = session_call(o, &s, "GET", "/v1/policies", NULL)) != AIOCTL_OK)
+        goto done;
+    const char *was = json_string_value(json_object_get(s.rep.json, "version"));
+    if (was && !(before = strdup(was))) {
+        rc = out_of_memory();
+        goto done;
+    }
+    rc = session_call(o, &s, "POST", "/v1/policies/reload", NULL);
+    if (rc == AIOCTL_OK && !reply_has(&s, "version", "a policy version"))
+        rc = AIOCTL_REFUSED;
+    if (rc == AIOCTL_OK && o->json)
+        print_body(&s.rep);
+    else if (rc == AIOCTL_OK)
+        print_reload(&s, before);
+done:
+    free(before);
+    session_end(&s);
+    return rc;
+}
+
+static int cmd_policies(cli *o, int argc, char **argv)
+{
+    static const command subs[] = {{"reload", cmd_policies_reload}};
+    return run_subcommand(o, "policies", argc, argv, subs, sizeof subs / sizeof subs[0],
+                          cmd_policies_show, "reload; nothing to show them");
 }
 
 /* ---- token create / list / revoke ------------------------------------------------------ */
@@ -1902,22 +2296,13 @@ static int cmd_token_revoke(cli *o, int argc, char **argv)
     return token_revoke_online(o, name);
 }
 
-/* aioctl token [global options] SUBCOMMAND ... */
+/* aioctl token create|list|revoke ... */
 static int cmd_token(cli *o, int argc, char **argv)
 {
     static const command subs[] = {
         {"create", cmd_token_create}, {"list", cmd_token_list}, {"revoke", cmd_token_revoke}};
-    int i, rc = take_leading_globals(o, "token", " (expected create, list or revoke)", argc, argv,
-                                     &i);
-
-    if (rc)
-        return rc;
-    if (i >= argc)
-        return usage_error("token: expected create, list or revoke");
-    const command *sub = find_command(subs, sizeof subs / sizeof subs[0], argv[i]);
-    if (!sub)
-        return usage_error("token: unknown subcommand '%s' (create, list, revoke)", argv[i]);
-    return sub->run(o, argc - i - 1, argv + i + 1);
+    return run_subcommand(o, "token", argc, argv, subs, sizeof subs / sizeof subs[0], NULL,
+                          "create, list or revoke");
 }
 
 /* ---- backup ---------------------------------------------------------------------------- */
@@ -1963,13 +2348,35 @@ static int cmd_backup(cli *o, int argc, char **argv)
     return AIOCTL_OK;
 }
 
+/* aioctl policy test|eval: runs the policy files alone, without the daemon (policy_cmd.c).
+ * A global --config is handed on so that the config's policy_dir and limits apply. */
+static int cmd_policy(cli *o, int argc, char **argv)
+{
+    char **args = calloc((size_t)argc + 3, sizeof *args);
+    if (!args)
+        return out_of_memory();
+    int n = 0;
+    for (int k = 0; k < argc; k++)
+        args[n++] = argv[k];
+    if (o->config) {
+        args[n++] = "--config";
+        args[n++] = (char *)o->config;
+    }
+    int rc = aioctl_policy_command(n, args, o->json);
+    free(args);
+    return rc;
+}
+
 static const command commands[] = {
-    {"submit", cmd_submit},         {"get", cmd_get},       {"list", cmd_list},
-    {"cancel", cmd_cancel},         {"resolve", cmd_resolve},
-    {"connectors", cmd_connectors}, {"health", cmd_health}, {"whoami", cmd_whoami},
-    {"token", cmd_token},           {"backup", cmd_backup},
+    {"submit", cmd_submit},         {"get", cmd_get},           {"list", cmd_list},
+    {"cancel", cmd_cancel},         {"resolve", cmd_resolve},   {"approvals", cmd_approvals},
+    {"approve", cmd_approve},       {"reject", cmd_reject},     {"autonomy", cmd_autonomy},
+    {"policies", cmd_policies},     {"connectors", cmd_connectors}, {"health", cmd_health},
+    {"whoami", cmd_whoami},         {"token", cmd_token},       {"backup", cmd_backup},
+    {"policy", cmd_policy},
 };
-#define COMMAND_NAMES "submit, get, list, cancel, resolve, connectors, whoami, health, token, backup"
+#define COMMAND_NAMES "submit, get, list, cancel, resolve, approvals, approve, reject, autonomy, " \
+                      "policies, policy, connectors, whoami, health, token, backup"
 
 int main(int argc, char **argv)
 {

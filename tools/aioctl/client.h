@@ -34,7 +34,7 @@ void client_free(client *c);
 /* The base URL, without a trailing '/'. Borrowed from the client. */
 const char *client_url(const client *c);
 
-/* Send METHOD (GET, POST, DELETE) to base_url + path (path starts with '/' and is already
+/* Send METHOD (GET, POST, PUT, DELETE) to base_url + path (path starts with '/' and is already
  * percent-encoded). body: sent as compact JSON when not NULL (borrowed). extra_ms: how long
  * the daemon may legitimately hold the request (wait_ms); added to the timeout.
  * rep is always initialised (release it with reply_fini). Returns:

@@ -101,6 +101,82 @@ static void string_line(FILE *out, const char *name, const char *text)
     fputc('\n', out);
 }
 
+/* Seconds since the epoch of an RFC 3339 time ("2026-11-26T17:02:11Z", with optional
+ * fractions and a "+01:00" offset). False when it is not one. */
+static bool parse_rfc3339(const char *s, time_t *out)
+{
+    struct tm tm = {0};
+    int used = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6 || used != 19)
+        return false;
+    const char *p = s + used;
+    if (*p == '.')
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            ;
+    long offset = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int hh, mm, n = 0;
+        if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 || n != 5)
+            return false;
+        offset = (hh * 60L + mm) * 60L * (*p == '-' ? -1 : 1);
+        p += 6;
+    } else {
+        return false;
+    }
+    if (*p)
+        return false;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1)
+        return false;
+    *out = t - offset;
+    return true;
+}
+
+/* A time as local wall-clock time: "17:02:11" today, "2026-11-25 17:02:11" on another day.
+ * False (nothing written) when it cannot be shown. */
+static bool put_clock_time(FILE *out, time_t t, time_t now)
+{
+    struct tm tm, today;
+    char buf[32];
+    if (!localtime_r(&t, &tm) || !localtime_r(&now, &today))
+        return false;
+    bool same_day = tm.tm_year == today.tm_year && tm.tm_yday == today.tm_yday;
+    strftime(buf, sizeof buf, same_day ? "%H:%M:%S" : "%Y-%m-%d %H:%M:%S", &tm);
+    fputs(buf, out);
+    return true;
+}
+
+/* An RFC 3339 time as local wall-clock time (put_clock_time); the text as given when it
+ * cannot be read. */
+static void put_clock(FILE *out, const char *rfc3339, time_t now)
+{
+    time_t t;
+    if (!parse_rfc3339(rfc3339, &t) || !put_clock_time(out, t, now))
+        render_text(out, rfc3339 ? rfc3339 : "?");
+}
+
+/* A JSON number of milliseconds since the epoch as local wall-clock time; "?" when it is not
+ * one. */
+static void put_clock_ms(FILE *out, const json_t *ms, time_t now)
+{
+    if (!json_is_integer(ms) || !put_clock_time(out, (time_t)(json_integer_value(ms) / 1000), now))
+        fputc('?', out);
+}
+
+/* before and the time rfc3339 (put_clock); nothing when it is NULL or empty. */
+static void put_clock_part(FILE *out, const char *before, const char *rfc3339, time_t now)
+{
+    if (!rfc3339 || !*rfc3339)
+        return;
+    fputs(before, out);
+    put_clock(out, rfc3339, now);
+}
+
 /* One history entry: "attempt 2 (key k) → timeout: message [HTTP 504, 5012 ms]" or
  * "lookup → happened". An attempt without an outcome is still in flight. */
 static void history_line(FILE *out, const json_t *e)
@@ -163,8 +239,102 @@ static void render_resolution(FILE *out, const json_t *resolution)
     fputc('\n', out);
 }
 
+/* The autonomy level when it is not auto: "semi (the policies said allow)" when it changed the
+ * verdict. */
+static void render_autonomy_level(FILE *out, const json_t *decision)
+{
+    const char *level = str_field(decision, "autonomy");
+    const char *verdict = str_field(decision, "verdict");
+    const char *policy_verdict = str_field(decision, "policy_verdict");
+    if (!level || strcmp(level, "auto") == 0)
+        return;
+    label(out, "autonomy:");
+    render_text(out, level);
+    if (verdict && policy_verdict && strcmp(verdict, policy_verdict) != 0)
+        put_part(out, " (the policies said ", policy_verdict, ")");
+    else if (verdict && strcmp(verdict, "deny") == 0)
+        fputs(" (a deny always stands)", out);
+    fputc('\n', out);
+}
+
+/* One line per policy file that voted: "default.lua allow (echo_allowed)"; abstentions are
+ * left out (--json has them). */
+static void render_votes(FILE *out, const json_t *votes)
+{
+    size_t i;
+    const json_t *v;
+    bool first = true;
+    json_array_foreach(votes, i, v) {
+        const char *verdict = str_field(v, "verdict");
+        if (!verdict)
+            continue;
+        label(out, first ? "votes:" : "");
+        first = false;
+        render_text(out, str_field(v, "file") ? str_field(v, "file") : "?");
+        fputc(' ', out);
+        render_text(out, verdict);
+        put_part(out, " (", str_field(v, "rule"), ")");
+        fputc('\n', out);
+    }
+}
+
+/* "finance, shop.lead" or "any approver"; "; four eyes" when the submitter may not decide. */
+static void put_approvers(FILE *out, const json_t *roles, bool four_eyes)
+{
+    size_t i;
+    const json_t *r;
+    if (json_array_size(roles) == 0)
+        fputs("any approver", out);
+    json_array_foreach(roles, i, r) {
+        fputs(i ? ", " : "", out);
+        render_text(out, json_is_string(r) ? json_string_value(r) : "?");
+    }
+    if (four_eyes)
+        fputs(" (four eyes: not the submitter)", out);
+}
+
+/* An action's approval: "waiting for finance until 17:02:11: Refund 250.00 for order 7", or
+ * "approved by alice at 17:03:00 — checked the order" and what was asked, or "expired at
+ * ...". */
+static void render_approval_lines(FILE *out, const json_t *ap, time_t now)
+{
+    const char *decision = str_field(ap, "decision"), *summary = str_field(ap, "summary");
+    const json_t *roles = json_object_get(ap, "roles");
+    bool four_eyes = json_is_true(json_object_get(ap, "four_eyes"));
+
+    label(out, "approval:");
+    if (!decision) {
+        fputs("waiting for ", out);
+        put_approvers(out, roles, four_eyes);
+        fputs(" until ", out);
+        put_clock_ms(out, json_object_get(ap, "expires_ms"), now);
+        put_part(out, ": ", summary, "");
+        fputc('\n', out);
+        return;
+    }
+    if (strcmp(decision, "expire") == 0) {
+        fputs("expired at ", out);
+        put_clock_ms(out, json_object_get(ap, "decided_ms"), now);
+        fputs(" (nobody decided)", out);
+    } else {
+        render_text(out, strcmp(decision, "approve") == 0 ? "approved"
+                         : strcmp(decision, "reject") == 0 ? "rejected" : decision);
+        put_part(out, " by ", str_field(ap, "by"), "");
+        fputs(" at ", out);
+        put_clock_ms(out, json_object_get(ap, "decided_ms"), now);
+        put_part(out, " \u2014 ", str_field(ap, "comment"), "");
+    }
+    fputc('\n', out);
+    label(out, "");
+    fputs("asked ", out);
+    put_approvers(out, roles, four_eyes);
+    put_part(out, ": ", summary, "");
+    fputc('\n', out);
+}
+
 void render_action(FILE *out, const json_t *action)
 {
+    time_t now = time(NULL);
     const char *connector = str_field(action, "connector");
     const char *name = str_field(action, "action");
     const char *key = str_field(action, "idempotency_key");
@@ -198,7 +368,11 @@ void render_action(FILE *out, const json_t *action)
         put_part(out, " (rule ", rule, ")");
         put_part(out, " \u2014 ", reason, "");
         fputc('\n', out);
+        render_autonomy_level(out, decision);
+        render_votes(out, json_object_get(decision, "votes"));
     }
+    if (json_is_object(json_object_get(action, "approval")))
+        render_approval_lines(out, json_object_get(action, "approval"), now);
     if (json_is_integer(attempts) && json_integer_value(attempts) > 0) {
         label(out, "attempts:");
         fprintf(out, "%" JSON_INTEGER_FORMAT "\n", json_integer_value(attempts));
@@ -339,67 +513,6 @@ static char *action_names(const json_t *actions)
         return strdup("-");
     }
     return s;
-}
-
-/* Seconds since the epoch of an RFC 3339 time ("2026-11-26T17:02:11Z", with optional
- * fractions and a "+01:00" offset). False when it is not one. */
-static bool parse_rfc3339(const char *s, time_t *out)
-{
-    struct tm tm = {0};
-    int used = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                     &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6 || used != 19)
-        return false;
-    const char *p = s + used;
-    if (*p == '.')
-        for (p++; *p >= '0' && *p <= '9'; p++)
-            ;
-    long offset = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if (*p == '+' || *p == '-') {
-        int hh, mm, n = 0;
-        if (sscanf(p + 1, "%2d:%2d%n", &hh, &mm, &n) != 2 || n != 5)
-            return false;
-        offset = (hh * 60L + mm) * 60L * (*p == '-' ? -1 : 1);
-        p += 6;
-    } else {
-        return false;
-    }
-    if (*p)
-        return false;
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    time_t t = timegm(&tm);
-    if (t == (time_t)-1)
-        return false;
-    *out = t - offset;
-    return true;
-}
-
-/* An RFC 3339 time as local wall-clock time: "17:02:11" today, "2026-11-25 17:02:11" on
- * another day; the text as given when it cannot be read. */
-static void put_clock(FILE *out, const char *rfc3339, time_t now)
-{
-    time_t t;
-    struct tm tm, today;
-    char buf[32];
-    if (!parse_rfc3339(rfc3339, &t) || !localtime_r(&t, &tm) || !localtime_r(&now, &today)) {
-        render_text(out, rfc3339 ? rfc3339 : "?");
-        return;
-    }
-    bool same_day = tm.tm_year == today.tm_year && tm.tm_yday == today.tm_yday;
-    strftime(buf, sizeof buf, same_day ? "%H:%M:%S" : "%Y-%m-%d %H:%M:%S", &tm);
-    fputs(buf, out);
-}
-
-/* before and the time rfc3339 (put_clock); nothing when it is NULL or empty. */
-static void put_clock_part(FILE *out, const char *before, const char *rfc3339, time_t now)
-{
-    if (!rfc3339 || !*rfc3339)
-        return;
-    fputs(before, out);
-    put_clock(out, rfc3339, now);
 }
 
 static bool is_paused(const json_t *flow)
@@ -665,4 +778,248 @@ void render_token_table(FILE *out, const json_t *tokens)
     static const char *const header[TOKEN_COLS] = {"NAME", "ROLES", "STATE", "CREATED",
                                                    "EXPIRES"};
     render_rows(out, header, TOKEN_COLS, tokens, "no tokens\n", token_row, NULL);
+}
+
+/* ---- approvals, autonomy, policies ----------------------------------------------------- */
+
+/* A table cell too long for one line is cut to this many characters, and "..." added. */
+#define MAX_CELL_CHARS 60
+
+/* An RFC 3339 time as a table cell (put_clock), "-" when absent. Malloc'd (NULL: no memory). */
+static char *clock_cell(const char *rfc3339, time_t now)
+{
+    char *s = NULL;
+    size_t size = 0;
+    if (!rfc3339 || !*rfc3339)
+        return strdup("-");
+    FILE *f = open_memstream(&s, &size);
+    if (!f)
+        return NULL;
+    put_clock(f, rfc3339, now);
+    if (fclose(f) != 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* s cut to MAX_CELL_CHARS characters (on a UTF-8 boundary) with "..." after; "-" when NULL
+ * or empty. Malloc'd (NULL: no memory). */
+static char *short_cell(const char *s)
+{
+    if (!s || !*s)
+        return strdup("-");
+    size_t chars = 0, cut = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p & 0xC0) != 0x80 && chars++ == MAX_CELL_CHARS) {
+            cut = (size_t)((const char *)p - s);
+            break;
+        }
+    }
+    if (!cut)
+        return strdup(s);
+    char *out = malloc(cut + 4);
+    if (out) {
+        memcpy(out, s, cut);
+        memcpy(out + cut, "...", 4);
+    }
+    return out;
+}
+
+enum { APPROVAL_COLS = 6, AUTONOMY_COLS = 5 };
+
+/* ctx: the time now (a time_t), for the EXPIRES cell. */
+static void approval_row(char **row, const json_t *ap, const void *ctx)
+{
+    time_t now = *(const time_t *)ctx;
+    const char *connector = str_field(ap, "connector"), *name = str_field(ap, "action");
+    const json_t *roles = json_object_get(ap, "roles");
+    row[0] = cell_text(json_object_get(ap, "id"));
+    if (asprintf(&row[1], "%s.%s", connector ? connector : "?", name ? name : "?") < 0)
+        row[1] = NULL;
+    row[2] = cell_text(json_object_get(ap, "submitter"));
+    row[3] = json_array_size(roles) ? render_join(roles) : strdup("any");
+    row[4] = clock_cell(str_field(ap, "expires_at"), now);
+    row[5] = short_cell(str_field(ap, "summary"));
+}
+
+void render_approval_table(FILE *out, const json_t *approvals)
+{
+    static const char *const header[APPROVAL_COLS] = {"ID", "CONNECTOR.ACTION", "SUBMITTER",
+                                                      "ROLES", "EXPIRES", "SUMMARY"};
+    time_t now = time(NULL);
+    render_rows(out, header, APPROVAL_COLS, approvals, "no approvals\n", approval_row, &now);
+}
+
+/* "label:  time" (local wall-clock) for an RFC 3339 field, when present. */
+static void clock_line(FILE *out, const char *name, const char *rfc3339, time_t now)
+{
+    if (!rfc3339 || !*rfc3339)
+        return;
+    label(out, name);
+    put_clock(out, rfc3339, now);
+    fputc('\n', out);
+}
+
+/* "label:  {json}" for a field that is neither absent, null nor an empty object. */
+static void json_line(FILE *out, const char *name, const json_t *v)
+{
+    if (!v || json_is_null(v) || (json_is_object(v) && json_object_size(v) == 0))
+        return;
+    label(out, name);
+    put_json_inline(out, v);
+    fputc('\n', out);
+}
+
+/* "approved by alice at 17:03:00 — comment", "rejected by ...", "expired at ...". */
+static void put_view_decision(FILE *out, const json_t *ap, time_t now)
+{
+    const char *decision = str_field(ap, "decision");
+    if (strcmp(decision, "expire") == 0) {
+        fputs("expired", out);
+    } else {
+        render_text(out, strcmp(decision, "approve") == 0 ? "approved"
+                         : strcmp(decision, "reject") == 0 ? "rejected" : decision);
+        put_part(out, " by ", str_field(ap, "decided_by"), "");
+    }
+    put_clock_part(out, " at ", str_field(ap, "decided_at"), now);
+    put_part(out, " \u2014 ", str_field(ap, "comment"), "");
+}
+
+void render_approval(FILE *out, const json_t *ap)
+{
+    time_t now = time(NULL);
+    const char *connector = str_field(ap, "connector"), *name = str_field(ap, "action");
+
+    string_line(out, "id:", str_field(ap, "id") ? str_field(ap, "id") : "?");
+    label(out, "approval:");
+    render_text(out, str_field(ap, "state") ? str_field(ap, "state") : "?");
+    put_part(out, " (action ", str_field(ap, "action_state"), ")");
+    fputc('\n', out);
+    label(out, "action:");
+    render_text(out, connector ? connector : "?");
+    fputc('.', out);
+    render_text(out, name ? name : "?");
+    fputc('\n', out);
+    json_line(out, "input:", json_object_get(ap, "input"));
+    json_line(out, "proposer:", json_object_get(ap, "proposer"));
+    string_line(out, "submitter:", str_field(ap, "submitter"));
+    label(out, "approvers:");
+    put_approvers(out, json_object_get(ap, "roles"), json_is_true(json_object_get(ap, "four_eyes")));
+    fputc('\n', out);
+    string_line(out, "summary:", str_field(ap, "summary"));
+    string_line(out, "rule:", str_field(ap, "rule"));
+    clock_line(out, "requested:", str_field(ap, "requested_at"), now);
+    clock_line(out, "expires:", str_field(ap, "expires_at"), now);
+    if (str_field(ap, "decision")) {
+        label(out, "decision:");
+        put_view_decision(out, ap, now);
+        fputc('\n', out);
+    }
+}
+
+void render_approval_line(FILE *out, const json_t *ap)
+{
+    const char *connector = str_field(ap, "connector"), *name = str_field(ap, "action");
+    render_text(out, str_field(ap, "id") ? str_field(ap, "id") : "?");
+    fputs(": ", out);
+    if (str_field(ap, "decision"))
+        put_view_decision(out, ap, time(NULL));
+    else
+        render_text(out, str_field(ap, "state") ? str_field(ap, "state") : "?");
+    fputs(" (", out);
+    render_text(out, connector ? connector : "?");
+    fputc('.', out);
+    render_text(out, name ? name : "?");
+    put_part(out, ", action ", str_field(ap, "action_state"), "");
+    fputs(")\n", out);
+}
+
+/* One row of the autonomy table: {pattern, level, from, by, at} (at: ms, or absent). */
+static void autonomy_row(char **row, const json_t *r, const void *ctx)
+{
+    time_t now = *(const time_t *)ctx;
+    row[0] = cell_text(json_object_get(r, "pattern"));
+    row[1] = cell_text(json_object_get(r, "level"));
+    row[2] = cell_text(json_object_get(r, "from"));
+    row[3] = cell_text(json_object_get(r, "by"));
+    row[4] = NULL;
+    const json_t *at = json_object_get(r, "at");
+    char *s = NULL;
+    size_t size = 0;
+    FILE *f = json_is_integer(at) ? open_memstream(&s, &size) : NULL;
+    if (f) {
+        put_clock_ms(f, at, now);
+        if (fclose(f) == 0)
+            row[4] = s;
+        else
+            free(s);
+    }
+}
+
+/* The rows of the autonomy table: the config's patterns, then the runtime's. A new reference
+ * (NULL when out of memory). */
+static json_t *autonomy_rows(const json_t *config, const json_t *runtime)
+{
+    json_t *rows = json_array();
+    const char *pattern;
+    json_t *v;
+    if (!rows)
+        return NULL;
+    json_object_foreach((json_t *)config, pattern, v) {
+        const char *from = json_object_get(runtime, pattern) ? "config (overridden)" : "config";
+        if (json_array_append_new(rows, json_pack("{s:s,s:O,s:s}", "pattern", pattern, "level", v,
+                                                  "from", from)))
+            goto fail;
+    }
+    json_object_foreach((json_t *)runtime, pattern, v) {
+        json_t *row = json_pack("{s:s,s:O?,s:s,s:O?,s:O?}", "pattern", pattern, "level",
+                                json_object_get(v, "level"), "from", "runtime", "by",
+                                json_object_get(v, "by"), "at", json_object_get(v, "at_ms"));
+        if (json_array_append_new(rows, row))
+            goto fail;
+    }
+    return rows;
+fail:
+    json_decref(rows);
+    return NULL;
+}
+
+void render_autonomy(FILE *out, const json_t *view)
+{
+    static const char *const header[AUTONOMY_COLS] = {"PATTERN", "LEVEL", "FROM", "SET BY", "AT"};
+    const char *fallback = str_field(view, "default");
+    json_t *rows = autonomy_rows(json_object_get(view, "config"), json_object_get(view, "runtime"));
+    time_t now = time(NULL);
+
+    if (!rows) {
+        fputs("aioctl: out of memory\n", stderr);
+        return;
+    }
+    if (render_rows(out, header, AUTONOMY_COLS, rows, "no autonomy patterns\n", autonomy_row, &now))
+        fputs("\nThe most specific pattern wins (connector.action, then connector.*, then *); at "
+              "equal fit,\nthe runtime setting wins over the config.\n", out);
+    fputs("default (no pattern fits): ", out);
+    render_text(out, fallback ? fallback : "auto");
+    fputc('\n', out);
+    json_decref(rows);
+}
+
+void render_policies(FILE *out, const json_t *view)
+{
+    const json_t *files = json_object_get(view, "files"), *reloads = json_object_get(view, "reloads");
+    string_line(out, "version:", str_field(view, "version") ? str_field(view, "version") : "?");
+    label(out, "files:");
+    if (json_is_integer(files))
+        fprintf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(files));
+    else
+        fputc('?', out);
+    put_part(out, " in ", str_field(view, "dir"), "");
+    fputc('\n', out);
+    clock_line(out, "loaded at:", str_field(view, "loaded_at"), time(NULL));
+    if (json_is_integer(reloads)) {
+        label(out, "reloads:");
+        fprintf(out, "%" JSON_INTEGER_FORMAT " since the daemon started\n",
+                json_integer_value(reloads));
+    }
 }
