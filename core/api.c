@@ -1105,6 +1105,22 @@ static enum MHD_Result route_cancel(api_server *a, request *rq, const char *id)
         set_reply_error(rq, 409, "already_terminal", "action %s is already %s", id, action_state_name(st));
         return queue_reply(rq);
     }
+    if (st == ACTION_PENDING_APPROVAL) {
+        /* Waiting for a human: nothing ran, the scheduler does not hold it. */
+        json_t *done = NULL;
+        ar_error err = {0};
+        int rc = approvals_cancel(a->journal, id, rq->who.name, &done, &err);
+        if (rc == AR_OK) {
+            api_action_changed(a, done);
+            set_reply_action(rq, 200, done);
+            json_decref(done);
+            return queue_reply(rq);
+        }
+        if (rc != AR_E_EXISTS) { /* AR_E_EXISTS: decided meanwhile; the scheduler may hold it now */
+            set_reply_ar_error(rq, rc, &err);
+            return queue_reply(rq);
+        }
+    }
     snprintf(rq->action_id, sizeof rq->action_id, "%s", id);
     rq->suspended = 1;
     MHD_suspend_connection(rq->conn);

@@ -79,6 +79,7 @@ typedef struct decide_op {
     const json_t *approvers;
     const auth_identity *identity;
     int expire_only;
+    int cancel;
     int64_t now;
     json_t *rec;        /* result, new reference */
     int changed;
@@ -109,7 +110,9 @@ static int apply_decision(journal_txn *txn, void *arg, ar_error *err)
             rc = ar_error_set(err, AR_E_EXISTS, "approval_expired", "the approval of %s expired; submit the "
                               "action again if it is still wanted", op->id);
         else if (before)
-            rc = ar_error_set(err, AR_E_EXISTS, "already_decided", "%s was already %sd by %s", op->id, before,
+            rc = ar_error_set(err, AR_E_EXISTS, "already_decided", "%s was already %s by %s", op->id,
+                              strcmp(before, "approve") == 0 ? "approved" : strcmp(before, "reject") == 0 ? "rejected"
+                                                                                                      : "cancelled",
                               json_string_value(json_object_get(ap, "by")));
         else
             rc = ar_error_set(err, AR_E_EXISTS, "not_pending", "%s is %s, not waiting for approval", op->id,
@@ -117,13 +120,22 @@ static int apply_decision(journal_txn *txn, void *arg, ar_error *err)
         json_decref(rec);
         return rc;
     }
-    if (!op->expire_only && expires && op->now >= expires) {
+    if (!op->expire_only && !op->cancel && expires && op->now >= expires) {
         json_decref(rec);
         op->due = 1;
         return ar_error_set(err, AR_E_EXISTS, "approval_expired", "the approval of %s expired; submit the "
                             "action again if it is still wanted", op->id);
     }
-    if (op->expire_only) {
+    if (op->cancel) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cancelled by %s while it waited for approval", op->who);
+        json_object_set_new(ap, "decision", json_string("cancel"));
+        json_object_set_new(ap, "by", json_string(op->who));
+        json_object_set_new(ap, "decided_ms", json_integer(op->now));
+        json_object_set_new(rec, "cancel_requested_by", json_string(op->who));
+        json_object_set_new(rec, "error", json_pack("{s:s, s:s}", "class", "cancelled", "message", msg));
+        action_record_set_state(rec, ACTION_CANCELLED, op->now);
+    } else if (op->expire_only) {
         if (!expires || op->now < expires) {
             json_decref(rec);
             return ar_error_set(err, AR_E_EXISTS, "not_due", "%s is not due to expire", op->id);
@@ -212,6 +224,13 @@ static json_t *time_or_null(const json_t *ms)
     return json_string(buf);
 }
 
+int approvals_cancel(journal *j, const char *id, const char *who, json_t **rec_out, ar_error *err)
+{
+    decide_op op = {.id = id, .decision = "cancel", .cancel = 1, .who = who, .now = ar_now_ms()};
+    *rec_out = NULL;
+    return run(j, &op, rec_out, NULL, err);
+}
+
 json_t *approvals_view(const json_t *rec)
 {
     const json_t *ap = json_object_get(rec, "approval");
@@ -219,6 +238,7 @@ json_t *approvals_view(const json_t *rec)
     const char *state = st == ACTION_PENDING_APPROVAL ? "pending"
                         : st == ACTION_REJECTED       ? "rejected"
                         : st == ACTION_EXPIRED        ? "expired"
+                        : st == ACTION_CANCELLED      ? "cancelled"
                                                       : "approved";
     json_t *decision = json_object_get(ap, "decision");
     return json_pack("{s:s, s:s, s:s, s:s, s:O, s:O, s:s, s:O, s:O, s:O, s:O, s:o, s:o, s:O, s:O, s:O, s:o, s:s}",

@@ -44,6 +44,10 @@ int approvals_decide(journal *j, const json_t *approvers, const char *id, const 
  * reference) when it expired now; AR_E_EXISTS when it is no longer pending (or not due). */
 int approvals_expire(journal *j, const char *id, json_t **rec_out, ar_error *err);
 
+/* Cancel an action still waiting for approval: CANCELLED, journaled conditionally. AR_OK with
+ * *rec_out (new reference); AR_E_EXISTS when it is no longer pending. who: recorded. */
+int approvals_cancel(journal *j, const char *id, const char *who, json_t **rec_out, ar_error *err);
+
 /* The approval view of a record for the API (new reference). */
 json_t *approvals_view(const json_t *rec);
 

@@ -138,6 +138,26 @@ static void the_wait_for_approval_does_not_eat_the_deadline(void **state)
     json_decref(g);
 }
 
+static void the_submitter_can_cancel_while_it_waits(void **state)
+{
+    (void)state;
+    char alice[64], fin[64];
+    assert_int_equal(harness_token_create(&H, "alice", "submitter", 0, alice), 0);
+    assert_int_equal(harness_token_create(&H, "fin", "approver", 0, fin), 0);
+    json_t *a = submit_as(alice, needs_finance);
+    char id[40], path[96];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    snprintf(path, sizeof path, "/v1/actions/%s/cancel", id);
+    json_t *r;
+    assert_int_equal(harness_http_as(&H, alice, "POST", path, NULL, &r), 200);
+    assert_string_equal(str(r, "state"), "CANCELLED");
+    json_decref(r);
+    assert_int_equal(decide(fin, id, "{\"decision\": \"approve\"}", &r), 409);
+    assert_string_equal(str(r, "error"), "already_decided");
+    json_decref(r);
+}
+
 static void reject_ends_it(void **state)
 {
     (void)state;
@@ -349,6 +369,7 @@ static void reload_refuses_a_broken_set_and_takes_a_good_one(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(approve_then_it_runs, start, stop),
     cmocka_unit_test_setup_teardown(the_wait_for_approval_does_not_eat_the_deadline, start, stop),
+    cmocka_unit_test_setup_teardown(the_submitter_can_cancel_while_it_waits, start, stop),
     cmocka_unit_test_setup_teardown(reject_ends_it, start, stop),
     cmocka_unit_test_setup_teardown(four_eyes_and_expiry, start, stop),
     cmocka_unit_test_setup_teardown(expiry_survives_a_restart, start, stop),
