@@ -1,0 +1,800 @@
+/* api_actions.c - the API's action routes: submissions (validation, decision workers,
+ * idempotency), reading and listing actions, cancel, resolve and backpressure. */
+#include "api_internal.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "approvals.h"
+#include "autonomy.h"
+#include "schema.h"
+
+#define MAX_WAIT_MS 60000
+#define MAX_KEY_LEN 256
+
+
+/* ---- submissions: the decision worker's side ---------------------------------------------- */
+
+static json_t *policy_view(const request *rq)
+{
+    const json_t *s = rq->submission;
+    json_t *view = json_pack("{s:O, s:O, s:O, s:O, s:O}",
+                             "connector", json_object_get(s, "connector"),
+                             "action", json_object_get(s, "action"),
+                             "effect", json_object_get(rq->descriptor_action, "effect"),
+                             "input", json_object_get(s, "input"),
+                             "priority", json_object_get(s, "priority"));
+    json_t *proposer = json_object_get(s, "proposer");
+    if (view) {
+        json_object_set_new(view, "proposer", proposer ? json_incref(proposer) : json_object());
+        json_object_set_new(view, "submitter", json_string(rq->who.name));
+        json_object_set_new(view, "autonomy", json_string(autonomy_level(rq->api->autonomy,
+            json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")))));
+    }
+    return view;
+}
+
+static json_t *new_record(const request *rq, const policy_decision *d, const policy_set *ps,
+                          const unsigned char digest[ACTION_DIGEST_LEN])
+{
+    const json_t *s = rq->submission;
+    char id[ACTION_ID_LEN + 1];
+    action_id_new(id);
+    char key[MAX_KEY_LEN + 16];
+    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
+    if (given)
+        snprintf(key, sizeof key, "%s", given);
+    else
+        snprintf(key, sizeof key, "aiorun-%s", id); /* every attempt of this action sends it */
+    char hex[ACTION_DIGEST_LEN * 2 + 1];
+    sodium_bin2hex(hex, sizeof hex, digest, ACTION_DIGEST_LEN);
+    int64_t now = ar_now_ms();
+    json_t *proposer = json_object_get(s, "proposer");
+    const config_connector *cc = config_find_connector(rq->api->cfg, json_string_value(json_object_get(s, "connector")));
+    /* The connector's config may override what the plugin declares (a generic connector cannot
+     * know whether a given API honours keys). */
+    json_t *mode = cc && cc->idempotency ? json_object_get(cc->idempotency, json_string_value(json_object_get(s, "action"))) : NULL;
+    if (!mode)
+        mode = json_object_get(rq->descriptor_action, "idempotency");
+    json_t *deadline = json_object_get(s, "deadline_ms");
+    int64_t deadline_ms = now + (deadline ? (int64_t)json_integer_value(deadline) : (cc ? cc->deadline_ms : 300000));
+    json_t *rec = json_pack(
+        "{s:s, s:O, s:O, s:O, s:O, s:s, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
+        "id", id,
+        "connector", json_object_get(s, "connector"),
+        "action", json_object_get(s, "action"),
+        "effect", json_object_get(rq->descriptor_action, "effect"),
+        "idempotency", mode,
+        "idempotency_key", key,
+        "submitter", rq->who.name,
+        "key_given", given != NULL,
+        "input", json_object_get(s, "input"),
+        "proposer", proposer ? proposer : json_null(),
+        "priority", json_object_get(s, "priority"),
+        "digest", hex,
+        "attempts", 0,
+        "result", "error",
+        "created_ms", (json_int_t)now,
+        "updated_ms", (json_int_t)now,
+        "finished_ms");
+    if (!rec)
+        return NULL;
+    json_object_set_new(rec, "deadline_ms", json_integer(deadline_ms));
+    /* Graded autonomy adjusts the policies' verdict; a deny always stands. */
+    const char *level = autonomy_level(rq->api->autonomy, json_string_value(json_object_get(s, "connector")),
+                                       json_string_value(json_object_get(s, "action")));
+    policy_verdict v = d->verdict;
+    if (strcmp(level, "semi") == 0 && v == POLICY_ALLOW)
+        v = POLICY_APPROVE;
+    else if (strcmp(level, "suggest") == 0 && (v == POLICY_ALLOW || v == POLICY_APPROVE))
+        v = POLICY_SUGGEST;
+    json_t *decision = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}",
+        "verdict", policy_verdict_name(v), "policy_verdict", policy_verdict_name(d->verdict),
+        "autonomy", level, "reason", d->reason, "rule", d->rule, "policy", d->file,
+        "policy_version", policy_set_version(ps), "duration_ns", (json_int_t)d->duration_ns);
+    if (d->votes)
+        json_object_set(decision, "votes", d->votes);
+    json_object_set_new(rec, "decision", decision);
+    action_state st = v == POLICY_ALLOW ? ACTION_READY : v == POLICY_APPROVE ? ACTION_PENDING_APPROVAL
+                    : v == POLICY_SUGGEST ? ACTION_SUGGESTED : ACTION_DENIED;
+    if (st == ACTION_PENDING_APPROVAL) {
+        policy_decision asked = *d;
+        if (d->verdict != POLICY_APPROVE) { /* autonomy asked, not a policy: any approver */
+            asked.n_roles = 0;
+            asked.expires_in_s = 0;
+            asked.four_eyes = 0;
+            snprintf(asked.summary, sizeof asked.summary, "autonomy level semi for %s.%s",
+                     json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")));
+        }
+        approvals_request(rec, &asked, now, rq->api->cfg->approval_expiry_s);
+    }
+    action_record_set_state(rec, st, now);
+    return rec;
+}
+
+/* The submission matches an existing action with the same key: same payload → that action
+ * (200), another payload → 409. */
+static void answer_existing(api_server *a, request *rq, const char *id,
+                            const unsigned char *stored_digest, const unsigned char *digest)
+{
+    if (sodium_memcmp(stored_digest, digest, ACTION_DIGEST_LEN) != 0) {
+        api_set_reply_error(rq, MHD_HTTP_CONFLICT, "idempotency_conflict",
+                        "idempotency_key \"%s\" was already used on connector \"%s\" with another "
+                        "action or input (existing action %.*s); use a new key for a new action",
+                        json_string_value(json_object_get(rq->submission, "idempotency_key")),
+                        json_string_value(json_object_get(rq->submission, "connector")),
+                        ACTION_ID_LEN, id);
+        api_resume(rq);
+        return;
+    }
+    char idz[ACTION_ID_LEN + 1];
+    snprintf(idz, sizeof idz, "%.*s", ACTION_ID_LEN, id);
+    rq->done_status = MHD_HTTP_OK;
+    snprintf(rq->action_id, sizeof rq->action_id, "%s", idz);
+    if (rq->wait_ms > 0) {
+        /* Register first, then look: a change landing in between is not missed. */
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        api_waiter_add(a, rq);
+        json_t *rec;
+        if (action_load_by_id(a->journal, idz, &rec, NULL) == AR_OK) {
+            if (action_state_settled(action_record_state(rec))) {
+                request *list = api_waiters_take(a, idz, 0);
+                while (list) { /* may include others waiting on the same action: fine */
+                    request *w = list;
+                    list = w->next;
+                    api_set_reply_action(w, w->done_status, rec);
+                    api_resume(w);
+                }
+            }
+            json_decref(rec);
+        }
+        return;
+    }
+    json_t *rec;
+    ar_error err = {0};
+    int rc = action_load_by_id(a->journal, idz, &rec, &err);
+    if (rc == AR_OK) {
+        api_set_reply_action(rq, MHD_HTTP_OK, rec);
+        json_decref(rec);
+    } else {
+        api_set_reply_ar_error(rq, rc, &err);
+    }
+    api_resume(rq);
+}
+
+/* Look the key up in a read snapshot. AR_OK with id/digest copied out, or AR_E_NOTFOUND. */
+static int find_key(api_server *a, const char *k, size_t klen, unsigned char out[ACTION_IDEM_VALUE_LEN])
+{
+    journal_read *r;
+    if (journal_read_begin(a->journal, &r, NULL) != AR_OK)
+        return AR_E_FAIL;
+    const void *val;
+    size_t vlen;
+    int rc = journal_get(r, JDB_IDEMPOTENCY, k, klen, &val, &vlen);
+    if (rc == AR_OK && vlen == ACTION_IDEM_VALUE_LEN)
+        memcpy(out, val, ACTION_IDEM_VALUE_LEN);
+    else if (rc == AR_OK)
+        rc = AR_E_FORMAT;
+    journal_read_end(r);
+    return rc;
+}
+
+static void process_submission(api_server *a, policy_worker *pw, const policy_set *ps, request *rq)
+{
+    const json_t *s = rq->submission;
+    const char *connector = json_string_value(json_object_get(s, "connector"));
+    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
+    unsigned char digest[ACTION_DIGEST_LEN];
+    if (action_payload_digest(json_string_value(json_object_get(s, "action")),
+                              json_object_get(s, "input"), digest) != AR_OK) {
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return;
+    }
+    char idem[MAX_KEY_LEN + 160];
+    size_t idem_len = given ? action_idem_key(idem, sizeof idem, connector, rq->who.name, given) : 0;
+    unsigned char found[ACTION_IDEM_VALUE_LEN];
+    if (idem_len && find_key(a, idem, idem_len, found) == AR_OK) {
+        answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
+        return;
+    }
+
+    json_t *view = policy_view(rq);
+    policy_decision d;
+    if (!view) {
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return;
+    }
+    policy_decide(pw, view, &d);
+    json_decref(view);
+    json_t *rec = new_record(rq, &d, ps, digest);
+    json_decref(d.votes);
+    if (!rec) {
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return;
+    }
+
+    journal_batch *b = journal_batch_new();
+    if (idem_len) {
+        unsigned char value[ACTION_IDEM_VALUE_LEN];
+        memcpy(value, action_record_str(rec, "id"), ACTION_ID_LEN);
+        memcpy(value + ACTION_ID_LEN, digest, ACTION_DIGEST_LEN);
+        journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, idem, idem_len, value, sizeof value);
+    }
+    action_batch_store(b, rec);
+    ar_error err = {0};
+    int rc = journal_commit(a->journal, b, &err);
+    if (rc == AR_E_EXISTS) {
+        /* Another submission with this key won the race. */
+        const void *val;
+        size_t vlen;
+        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
+            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
+            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
+        } else {
+            api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
+            api_resume(rq);
+        }
+        goto out;
+    }
+    if (rc != AR_OK) {
+        api_set_reply_ar_error(rq, rc, &err);
+        api_resume(rq);
+        goto out;
+    }
+    api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
+    rq->done_status = MHD_HTTP_CREATED;
+    if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
+        api_expiry_add(a, action_record_str(rec, "id"),
+                   json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
+    if (action_record_state(rec) != ACTION_READY) {
+        api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
+        api_resume(rq);
+        goto out;
+    }
+    /* Keep what the reply needs before the scheduler may change and free its copy. */
+    json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
+    if (rq->wait_ms > 0) {
+        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        api_waiter_add(a, rq); /* before the scheduler can finish it */
+    }
+    scheduler_enqueue(a->sched, json_incref(rec));
+    if (reply_copy) {
+        api_set_reply_action(rq, MHD_HTTP_CREATED, reply_copy);
+        json_decref(reply_copy);
+        api_resume(rq);
+    }
+out:
+    journal_batch_free(b);
+    json_decref(rec);
+}
+
+/* The current policy set and its generation. */
+static const policy_set *current_policies(api_server *a, uint64_t *gen)
+{
+    pthread_mutex_lock(&a->policy_lock);
+    const policy_set *ps = a->policy_sets[a->n_sets - 1];
+    *gen = a->policy_gen;
+    pthread_mutex_unlock(&a->policy_lock);
+    return ps;
+}
+
+void *api_worker_main(void *arg)
+{
+    api_server *a = arg;
+    policy_worker *pw = NULL;
+    const policy_set *ps = NULL;
+    uint64_t gen = UINT64_MAX;
+    ar_error err = {0};
+    for (;;) {
+        pthread_mutex_lock(&a->work_lock);
+        while (!a->work_head && !a->workers_stopping)
+            pthread_cond_wait(&a->work_cond, &a->work_lock);
+        request *rq = a->work_head;
+        if (rq) {
+            a->work_head = rq->next;
+            if (!a->work_head)
+                a->work_tail = NULL;
+        }
+        pthread_mutex_unlock(&a->work_lock);
+        if (!rq)
+            break;
+        /* A reload since the last decision: this worker moves to the new set. */
+        uint64_t now_gen;
+        const policy_set *latest = current_policies(a, &now_gen);
+        if (now_gen != gen) {
+            policy_worker *fresh = NULL;
+            ar_error_clear(&err);
+            if (policy_worker_new(latest, &fresh, &err) == AR_OK) {
+                policy_worker_free(pw);
+                pw = fresh;
+                ps = latest;
+                gen = now_gen;
+            } else {
+                ar_log("error", "decision worker cannot load policy set %s: %s", policy_set_version(latest), err.message);
+            }
+        }
+        if (pw) {
+            process_submission(a, pw, ps, rq);
+        } else {
+            api_set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s", err.message);
+            api_resume(rq);
+        }
+    }
+    policy_worker_free(pw);
+    return NULL;
+}
+
+/* ---- request validation (HTTP thread) ----------------------------------------------------- */
+
+static int check_field_type(request *rq, const json_t *body, const char *field, json_type type,
+                            const char *type_name, int required)
+{
+    json_t *v = json_object_get(body, field);
+    if (!v) {
+        if (!required)
+            return 1;
+        api_set_reply_error(rq, 400, "invalid_request", "field \"%s\" is required (%s)", field, type_name);
+        return 0;
+    }
+    int ok = json_typeof(v) == type || (type == JSON_REAL && json_is_integer(v));
+    if (!ok)
+        api_set_reply_error(rq, 400, "invalid_request", "field \"%s\" must be %s", field, type_name);
+    return ok;
+}
+
+static int validate_proposer(request *rq, const json_t *p)
+{
+    static const char *const known[] = {"kind", "model", "confidence", "prompt_ref"};
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)p, k, v) {
+        size_t i;
+        for (i = 0; i < 4 && strcmp(k, known[i]) != 0; i++)
+            ;
+        if (i == 4) {
+            api_set_reply_error(rq, 400, "invalid_request", "proposer: unknown field \"%s\" (known: kind, model, confidence, prompt_ref)", k);
+            return 0;
+        }
+        if (i == 2 ? !json_is_number(v) : !json_is_string(v)) {
+            api_set_reply_error(rq, 400, "invalid_request", "proposer.%s must be %s", k, i == 2 ? "a number" : "a string");
+            return 0;
+        }
+        if (i == 2 && (json_number_value(v) < 0 || json_number_value(v) > 1)) {
+            api_set_reply_error(rq, 400, "invalid_request", "proposer.confidence must be between 0 and 1");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Parse and check the body; on success rq->submission holds it with defaults filled in. */
+static int validate_submission(request *rq)
+{
+    static const char *const known[] = {"connector", "action", "input", "idempotency_key",
+                                        "proposer", "priority", "wait_ms", "deadline_ms"};
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!body) {
+        api_set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s at line %d, column %d",
+                        jerr.text, jerr.line, jerr.column);
+        return 0;
+    }
+    rq->submission = body;
+    if (!json_is_object(body)) {
+        api_set_reply_error(rq, 400, "invalid_request", "request body must be a JSON object");
+        return 0;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        size_t i, n = sizeof known / sizeof known[0];
+        for (i = 0; i < n && strcmp(k, known[i]) != 0; i++)
+            ;
+        if (i == n) {
+            api_set_reply_error(rq, 400, "invalid_request", "unknown field \"%s\" (known: connector, action, input, "
+                            "idempotency_key, proposer, priority, wait_ms, deadline_ms)", k);
+            return 0;
+        }
+    }
+    if (!check_field_type(rq, body, "connector", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, body, "action", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, body, "input", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, body, "idempotency_key", JSON_STRING, "a string", 0) ||
+        !check_field_type(rq, body, "proposer", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, body, "priority", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, body, "wait_ms", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, body, "deadline_ms", JSON_INTEGER, "an integer", 0))
+        return 0;
+    json_t *deadline = json_object_get(body, "deadline_ms");
+    if (deadline && (json_integer_value(deadline) < 1 || json_integer_value(deadline) > 7LL * 86400000)) {
+        api_set_reply_error(rq, 400, "invalid_request", "deadline_ms (milliseconds from now) must be from 1 to %lld",
+                        7LL * 86400000);
+        return 0;
+    }
+    const char *key = json_string_value(json_object_get(body, "idempotency_key"));
+    if (key && (strlen(key) == 0 || strlen(key) > MAX_KEY_LEN)) {
+        api_set_reply_error(rq, 400, "invalid_request", "idempotency_key must be 1 to %d bytes", MAX_KEY_LEN);
+        return 0;
+    }
+    json_t *proposer = json_object_get(body, "proposer");
+    if (proposer && !validate_proposer(rq, proposer))
+        return 0;
+    json_int_t wait = json_integer_value(json_object_get(body, "wait_ms"));
+    if (wait < 0 || wait > MAX_WAIT_MS) {
+        api_set_reply_error(rq, 400, "invalid_request", "wait_ms must be between 0 and %d", MAX_WAIT_MS);
+        return 0;
+    }
+    json_int_t prio = json_integer_value(json_object_get(body, "priority"));
+    if (prio < -1000 || prio > 1000) {
+        api_set_reply_error(rq, 400, "invalid_request", "priority must be between -1000 and 1000");
+        return 0;
+    }
+    rq->wait_ms = (int)wait;
+    if (!json_object_get(body, "input"))
+        json_object_set_new(body, "input", json_object());
+    if (!json_object_get(body, "priority"))
+        json_object_set_new(body, "priority", json_integer(0));
+    json_object_del(body, "wait_ms");
+    return 1;
+}
+
+static json_t *find_descriptor_action(const json_t *descriptor, const char *name)
+{
+    size_t i;
+    json_t *act;
+    json_array_foreach(json_object_get(descriptor, "actions"), i, act) {
+        const char *n = json_string_value(json_object_get(act, "name"));
+        if (n && strcmp(n, name) == 0)
+            return act;
+    }
+    return NULL;
+}
+
+static void list_action_names(const json_t *descriptor, char *buf, size_t cap)
+{
+    size_t i, used = 0;
+    json_t *act;
+    buf[0] = '\0';
+    json_array_foreach(json_object_get(descriptor, "actions"), i, act) {
+        int n = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "",
+                         json_string_value(json_object_get(act, "name")));
+        if (n < 0 || (size_t)n >= cap - used)
+            break;
+        used += (size_t)n;
+    }
+}
+
+/* Check connector, action and input against the plugin's descriptor. */
+static int validate_against_connector(api_server *a, request *rq)
+{
+    const char *connector = json_string_value(json_object_get(rq->submission, "connector"));
+    const char *action = json_string_value(json_object_get(rq->submission, "action"));
+    sandbox_snapshot snap;
+    if (!a->sched || scheduler_connector(a->sched, connector, &snap) != AR_OK) {
+        api_set_reply_error(rq, 404, "unknown_connector", "no connector named \"%s\" is configured; "
+                        "GET /v1/connectors lists them", connector);
+        return 0;
+    }
+    rq->descriptor = snap.descriptor; /* owned reference */
+    /* A degraded connector (its processes are restarting) still takes work: the action waits
+     * durably in the queue. Only a refused plugin, or one never started, is unavailable. */
+    if (snap.state == SANDBOX_REFUSED || !snap.descriptor) {
+        api_set_reply_error(rq, 503, "connector_unavailable", "connector \"%s\" is %s%s%s", connector,
+                        sandbox_state_name(snap.state), snap.message[0] ? ": " : "", snap.message);
+        return 0;
+    }
+    rq->descriptor_action = find_descriptor_action(snap.descriptor, action);
+    if (!rq->descriptor_action) {
+        char names[512];
+        list_action_names(snap.descriptor, names, sizeof names);
+        api_set_reply_error(rq, 404, "unknown_action", "connector \"%s\" has no action \"%s\" (it has: %s)",
+                        connector, action, names);
+        return 0;
+    }
+    ar_error err = {0};
+    if (schema_validate(json_object_get(rq->descriptor_action, "input_schema"),
+                        json_object_get(rq->submission, "input"), "input", &err) != AR_OK) {
+        api_set_reply_error(rq, 422, "schema_violation", "%s", err.message);
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- routes ------------------------------------------------------------------------------- */
+
+static enum MHD_Result suspend_for_worker(api_server *a, request *rq)
+{
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    pthread_mutex_lock(&a->work_lock);
+    if (a->workers_stopping) {
+        pthread_mutex_unlock(&a->work_lock);
+        api_set_reply_error(rq, 503, "shutting_down", "the daemon is stopping; submit again after it restarts");
+        api_resume(rq);
+        return MHD_YES;
+    }
+    rq->next = NULL;
+    if (a->work_tail)
+        a->work_tail->next = rq;
+    else
+        a->work_head = rq;
+    a->work_tail = rq;
+    pthread_cond_signal(&a->work_cond);
+    pthread_mutex_unlock(&a->work_lock);
+    return MHD_YES;
+}
+
+/* Backpressure: refuse new work, with a time to come back, rather than accept it and let it
+ * rot; what was accepted is never dropped. 1: take it; 0: the reply is set. */
+static int accept_more(api_server *a, request *rq)
+{
+    size_t held = a->sched ? scheduler_held(a->sched) : 0;
+    if (held >= a->cfg->max_queue_depth) {
+        rq->retry_after_s = 1;
+        api_set_reply_error(rq, 429, "queue_full", "%zu actions are waiting to run (max_queue_depth %zu); "
+                        "submit again after Retry-After", held, a->cfg->max_queue_depth);
+        return 0;
+    }
+    journal_stats st;
+    journal_get_stats(a->journal, &st);
+    if (st.map_size && st.map_used * 10 >= st.map_size * 9) {
+        rq->retry_after_s = 30;
+        api_set_reply_error(rq, 503, "storage_nearly_full", "the journal is %zu%% full (map_size_mb %zu): raise "
+                        "map_size_mb, or back up and compact the data directory", st.map_used * 100 / st.map_size,
+                        a->cfg->map_size_mb);
+        return 0;
+    }
+    return 1;
+}
+
+enum MHD_Result api_route_submit(api_server *a, request *rq)
+{
+    if (rq->too_large) {
+        api_set_reply_error(rq, 413, "body_too_large", "request body exceeds max_body_bytes (%zu bytes)",
+                        a->cfg->max_body_bytes);
+        return api_queue_reply(rq);
+    }
+    if (!validate_submission(rq) || !validate_against_connector(a, rq) || !accept_more(a, rq))
+        return api_queue_reply(rq);
+    return suspend_for_worker(a, rq);
+}
+
+void api_route_get_action(api_server *a, request *rq, const char *id)
+{
+    json_t *rec;
+    ar_error err = {0};
+    if (strlen(id) != ACTION_ID_LEN) {
+        api_set_reply_error(rq, 404, "not_found", "no action with id \"%s\" (ids are %d characters)", id, ACTION_ID_LEN);
+        return;
+    }
+    int rc = action_load_by_id(a->journal, id, &rec, &err);
+    if (rc == AR_OK && rq->own_only && strcmp(action_record_str(rec, "submitter"), rq->who.name) != 0) {
+        /* Another submitter's action does not exist for this caller. */
+        json_decref(rec);
+        rc = ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    }
+    if (rc != AR_OK) {
+        api_set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    api_set_reply_action(rq, 200, rec);
+    json_decref(rec);
+}
+
+void api_route_list_actions(api_server *a, request *rq)
+{
+    const char *state = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "state");
+    const char *connector = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "connector");
+    const char *after = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "after");
+    const char *limit_s = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "limit");
+    action_filter f = {.state = -1, .connector = connector && *connector ? connector : NULL,
+                       .submitter = rq->own_only ? rq->who.name : NULL};
+    if (state && *state && (f.state = action_state_from_name(state)) < 0) {
+        api_set_reply_error(rq, 400, "invalid_request", "unknown state \"%s\" (e.g. READY, SUCCEEDED, FAILED, DENIED)", state);
+        return;
+    }
+    long limit = 50;
+    if (limit_s && *limit_s) {
+        char *end;
+        limit = strtol(limit_s, &end, 10);
+        if (*end || limit < 1 || limit > MAX_LIST_LIMIT) {
+            api_set_reply_error(rq, 400, "invalid_request", "limit must be an integer from 1 to %d", MAX_LIST_LIMIT);
+            return;
+        }
+    }
+    json_t *page;
+    char next[ACTION_ID_LEN + 1];
+    ar_error err = {0};
+    int rc = action_list(a->journal, &f, after, (size_t)limit, &page, next, &err);
+    if (rc != AR_OK) {
+        api_set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    json_t *rendered = json_array();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(page, i, rec)
+        json_array_append_new(rendered, action_render(rec));
+    json_decref(page);
+    api_set_reply_json(rq, 200, json_pack("{s:o, s:o}", "actions", rendered,
+                                      "next", next[0] ? json_string(next) : json_null()));
+}
+
+/* ---- cancel and resolve ---------------------------------------------------------------------- */
+
+/* Load an action the caller may see; otherwise set a 404 and return NULL. */
+json_t *api_load_visible(api_server *a, request *rq, const char *id)
+{
+    json_t *rec = NULL;
+    ar_error err = {0};
+    int rc = strlen(id) == ACTION_ID_LEN ? action_load_by_id(a->journal, id, &rec, &err)
+                                         : ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    if (rc == AR_OK && rq->own_only && strcmp(action_record_str(rec, "submitter"), rq->who.name) != 0) {
+        json_decref(rec);
+        rec = NULL;
+        rc = ar_error_set(&err, AR_E_NOTFOUND, "not_found", "no action with id %s", id);
+    }
+    if (rc != AR_OK)
+        api_set_reply_ar_error(rq, rc, &err);
+    return rc == AR_OK ? rec : NULL;
+}
+
+/* The scheduler's answer to a cancel (loop or journal thread). */
+static void cancel_answered(void *arg, int status, const json_t *rec)
+{
+    request *rq = arg;
+    if (status == AR_OK) {
+        api_set_reply_action(rq, 200, rec);
+    } else if (status == AR_E_BUSY) {
+        json_t *view = action_render(rec);
+        json_object_set_new(view, "cancel", json_string("requested: a call is in flight; the action is "
+                                                        "cancelled when it returns, unless it succeeded"));
+        api_set_reply_json(rq, 202, view);
+    } else {
+        /* Not held by the scheduler: it ended meanwhile, or waits elsewhere. */
+        json_t *now = NULL;
+        if (action_load_by_id(rq->api->journal, rq->action_id, &now, NULL) == AR_OK &&
+            action_state_terminal(action_record_state(now)))
+            api_set_reply_error(rq, 409, "already_terminal", "action %s is already %s", rq->action_id,
+                            action_state_name(action_record_state(now)));
+        else
+            api_set_reply_error(rq, 409, "not_cancellable", "action %s is %s and cannot be cancelled now",
+                            rq->action_id, now ? action_state_name(action_record_state(now)) : "unknown");
+        json_decref(now);
+    }
+    api_resume(rq);
+}
+
+enum MHD_Result api_route_cancel(api_server *a, request *rq, const char *id)
+{
+    json_t *rec = api_load_visible(a, rq, id);
+    if (!rec)
+        return api_queue_reply(rq);
+    action_state st = action_record_state(rec);
+    json_decref(rec);
+    if (action_state_terminal(st)) {
+        api_set_reply_error(rq, 409, "already_terminal", "action %s is already %s", id, action_state_name(st));
+        return api_queue_reply(rq);
+    }
+    if (st == ACTION_PENDING_APPROVAL) {
+        /* Waiting for a human: nothing ran, the scheduler does not hold it. */
+        json_t *done = NULL;
+        ar_error err = {0};
+        int rc = approvals_cancel(a->journal, id, rq->who.name, &done, &err);
+        if (rc == AR_OK) {
+            api_action_changed(a, done);
+            api_set_reply_action(rq, 200, done);
+            json_decref(done);
+            return api_queue_reply(rq);
+        }
+        if (rc != AR_E_EXISTS) { /* AR_E_EXISTS: decided meanwhile; the scheduler may hold it now */
+            api_set_reply_ar_error(rq, rc, &err);
+            return api_queue_reply(rq);
+        }
+    }
+    snprintf(rq->action_id, sizeof rq->action_id, "%s", id);
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+    if (scheduler_cancel(a->sched, id, rq->who.name, cancel_answered, rq) != AR_OK) {
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+    }
+    return MHD_YES;
+}
+
+typedef struct resolution {
+    const char *id, *outcome, *reason, *who;
+    json_t *rec;          /* the record as written (new reference), set by the callback */
+} resolution;
+
+/* Writer thread, inside the transaction: only an UNKNOWN_OUTCOME action can be resolved, so
+ * two operators resolving at once cannot both win. */
+static int apply_resolution(journal_txn *txn, void *arg, ar_error *err)
+{
+    resolution *r = arg;
+    json_decref(r->rec);
+    r->rec = NULL;
+    json_t *rec;
+    if (action_txn_load(txn, r->id, &rec) != AR_OK)
+        return ar_error_set(err, AR_E_NOTFOUND, "not_found", "no action with id %s", r->id);
+    if (action_record_state(rec) != ACTION_UNKNOWN_OUTCOME) {
+        int rc = ar_error_set(err, AR_E_EXISTS, "not_unknown_outcome", "action %s is %s; only UNKNOWN_OUTCOME "
+                              "actions are resolved", r->id, action_state_name(action_record_state(rec)));
+        json_decref(rec);
+        return rc;
+    }
+    int64_t now = ar_now_ms();
+    json_object_set_new(rec, "resolution", json_pack("{s:s, s:s, s:s, s:I}", "by", r->who, "outcome", r->outcome,
+                                                     "reason", r->reason, "at_ms", (json_int_t)now));
+    action_state st = ACTION_FAILED;
+    if (strcmp(r->outcome, "succeeded") == 0) {
+        st = ACTION_SUCCEEDED;
+        json_object_del(rec, "error");
+    } else if (strcmp(r->outcome, "retry") == 0) {
+        /* The operator checked that nothing happened: another attempt with the same key. */
+        st = ACTION_READY;
+        json_object_set_new(rec, "maybe_happened", json_false());
+        json_object_del(rec, "finished_ms");
+        /* A fresh attempt budget on top of what was spent. */
+        json_object_set_new(rec, "attempt_allowance", json_integer(json_integer_value(json_object_get(rec, "attempts"))));
+        int64_t deadline = json_integer_value(json_object_get(rec, "deadline_ms"));
+        if (deadline && deadline < now + 60000)
+            json_object_set_new(rec, "deadline_ms", json_integer(now + 300000));
+    }
+    action_record_set_state(rec, st, now);
+    int rc = action_txn_store(txn, rec);
+    if (rc != AR_OK) {
+        json_decref(rec);
+        return ar_error_set(err, rc, rc == AR_E_FULL ? "storage_full" : "internal", "cannot store the resolution");
+    }
+    r->rec = rec;
+    return AR_OK;
+}
+
+void api_route_resolve(api_server *a, request *rq, const char *id)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *outcome = json_string_value(json_object_get(body, "outcome"));
+    const char *reason = json_string_value(json_object_get(body, "reason"));
+    if (!body) {
+        api_set_reply_error(rq, 400, "invalid_json", "request body is not valid JSON: %s", jerr.text);
+        return;
+    }
+    if (!outcome || !reason || !*reason || json_object_size(body) != 2 ||
+        (strcmp(outcome, "succeeded") && strcmp(outcome, "failed") && strcmp(outcome, "retry"))) {
+        json_decref(body);
+        api_set_reply_error(rq, 400, "invalid_request", "expected {\"outcome\": \"succeeded\"|\"failed\"|\"retry\", "
+                        "\"reason\": \"what you checked\"}");
+        return;
+    }
+    if (strlen(id) != ACTION_ID_LEN) {
+        json_decref(body);
+        api_set_reply_error(rq, 404, "not_found", "no action with id %s", id);
+        return;
+    }
+    resolution r = {.id = id, .outcome = outcome, .reason = reason, .who = rq->who.name};
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, apply_resolution, &r);
+    ar_error err = {0};
+    int rc = journal_commit(a->journal, b, &err);
+    journal_batch_free(b);
+    if (rc != AR_OK) {
+        api_set_reply_error(rq, rc == AR_E_EXISTS ? 409 : api_status_for_error(rc), err.code[0] ? err.code : "internal",
+                        "%s", err.message);
+    } else {
+        ar_log("info", "action %s resolved as %s by %s", id, outcome, rq->who.name);
+        api_action_changed(a, r.rec);
+        api_set_reply_action(rq, 200, r.rec);
+        if (action_record_state(r.rec) == ACTION_READY)
+            scheduler_enqueue(a->sched, json_deep_copy(r.rec));
+    }
+    json_decref(r.rec);
+    json_decref(body);
+}

@@ -1,0 +1,139 @@
+/* api_internal.h - PRIVATE to the api module (api.c, api_actions.c, api_admin.c): the server and
+ * request structures and the helpers these files share. Nothing outside core/api*.c includes it;
+ * the public contract is api.h.
+ *
+ * Ownership is as in api.h: a request belongs to the HTTP thread, except while it is suspended,
+ * when exactly one other thread (a decision worker, the waiter thread or a scheduler callback)
+ * may set its reply and call api_resume(). */
+#ifndef AIORUN_API_INTERNAL_H
+#define AIORUN_API_INTERNAL_H
+
+#include "api.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+
+#include "access.h"
+#include "action.h"
+#include "auth.h"
+
+#define MAX_LIST_LIMIT 500
+
+/* One HTTP request, from its first byte until libmicrohttpd reports it completed. While the
+ * connection is suspended, exactly one other thread (a worker or the waiter thread) owns the
+ * right to fill `reply` and resume it. */
+typedef struct request {
+    api_server *api;
+    struct MHD_Connection *conn;
+    char *body;
+    size_t body_len, body_cap;
+    int too_large;
+    int suspended;
+    auth_identity who;           /* the caller, once authenticated */
+    int own_only;                /* sees only the actions it submitted */
+    /* the answer, set before resuming */
+    unsigned reply_status;
+    char *reply;                 /* JSON text, malloc'd */
+    int retry_after_s;           /* > 0: sent as Retry-After */
+    /* submission state (POST /v1/actions) */
+    json_t *submission;          /* the parsed, validated body */
+    json_t *descriptor_action;   /* the plugin's action entry (borrowed from descriptor) */
+    json_t *descriptor;          /* owned reference keeping descriptor_action alive */
+    int wait_ms;
+    unsigned done_status;        /* 200 or 201: what to answer once the action settles */
+    char action_id[ACTION_ID_LEN + 1];
+    char target[80];             /* the connector a pause/resume names */
+    int64_t wait_until;          /* monotonic ms */
+    struct request *next;        /* in the work queue or the waiter list */
+} request;
+
+struct api_server {
+    const config *cfg;
+    journal *journal;
+    auth *auth;
+    autonomy *autonomy;
+    access_limiter *limiter;
+    /* the policy set: replaced whole by a reload; workers notice the generation and rebuild
+     * their Lua state. Retired sets stay allocated until api_free, so a worker deciding with
+     * one never sees it freed. */
+    pthread_mutex_t policy_lock;
+    policy_set *policy_sets[64];   /* [0..n_sets): every set loaded; the last is current */
+    size_t n_sets;
+    uint64_t policy_gen;
+    int64_t policies_loaded_ms;
+    scheduler *sched;
+    struct MHD_Daemon *mhd;
+    int port;
+    char *tls_cert, *tls_key;    /* PEM text while serving HTTPS; the key is wiped at the end */
+
+    /* decision workers */
+    pthread_mutex_t work_lock;
+    pthread_cond_t work_cond;
+    request *work_head, *work_tail;
+    int workers_stopping;
+    pthread_t *workers;
+    int n_workers;
+
+    /* requests waiting for an action to settle */
+    pthread_mutex_t wait_lock;
+    pthread_cond_t wait_cond;
+    request *waiters;
+    struct expiry *expiries;     /* pending approvals, by when they expire */
+    int waiter_stopping;
+    pthread_t waiter_thread;
+    int waiter_started;
+};
+
+/* ---- replies (api.c) ------------------------------------------------------------------------ */
+
+/* Set the reply: a JSON document (taken), an error {"error": code, "message": ...}, an ar_error
+ * with the status its code maps to, or an action record as rendered for clients. */
+void api_set_reply_json(request *rq, unsigned status, json_t *doc /* takes */);
+void api_set_reply_error(request *rq, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+unsigned api_status_for_error(int rc);
+void api_set_reply_ar_error(request *rq, int rc, const ar_error *err);
+void api_set_reply_action(request *rq, unsigned status, const json_t *rec);
+/* Queue the reply set on rq (HTTP thread). */
+enum MHD_Result api_queue_reply(request *rq);
+/* Hand a suspended request back to libmicrohttpd with its reply set. After this call the
+ * request belongs to the HTTP thread again: do not touch it. */
+void api_resume(request *rq);
+
+/* ---- waiting for an action to settle (api.c) ------------------------------------------------ */
+
+void api_waiter_add(api_server *a, request *rq);
+/* Remove and return the waiters for id (all of them when id is NULL) as a list. */
+request *api_waiters_take(api_server *a, const char *id, int64_t expired_before);
+/* Watch a pending approval: it expires at expires_ms (wall clock) unless decided before. */
+void api_expiry_add(api_server *a, const char *id, int64_t expires_ms);
+
+/* ---- actions (api_actions.c) ---------------------------------------------------------------- */
+
+/* A decision worker's thread (started by api_new; arg is the api_server). */
+void *api_worker_main(void *arg);
+enum MHD_Result api_route_submit(api_server *a, request *rq);
+void api_route_get_action(api_server *a, request *rq, const char *id);
+void api_route_list_actions(api_server *a, request *rq);
+enum MHD_Result api_route_cancel(api_server *a, request *rq, const char *id);
+void api_route_resolve(api_server *a, request *rq, const char *id);
+/* Load an action the caller may see (new reference); otherwise set a 404 and return NULL. */
+json_t *api_load_visible(api_server *a, request *rq, const char *id);
+
+/* ---- operator routes (api_admin.c) ---------------------------------------------------------- */
+
+/* The current policy set's summary (new reference). */
+json_t *api_policies_view(api_server *a);
+void api_route_reload_policies(api_server *a, request *rq);
+void api_route_connectors(api_server *a, request *rq);
+enum MHD_Result api_route_pause(api_server *a, request *rq, const char *name, int pause);
+void api_route_list_approvals(api_server *a, request *rq);
+void api_route_get_approval(api_server *a, request *rq, const char *id);
+void api_route_decide_approval(api_server *a, request *rq, const char *id);
+void api_route_set_autonomy(api_server *a, request *rq);
+void api_route_whoami(request *rq);
+void api_route_list_tokens(api_server *a, request *rq);
+void api_route_create_token(api_server *a, request *rq);
+void api_route_revoke_token(api_server *a, request *rq, const char *name);
+
+#endif
