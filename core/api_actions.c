@@ -209,6 +209,7 @@ static void process_submission(api_server *a, policy_worker *pw, const policy_se
         return;
     }
     policy_decide(pw, view, &d);
+    api_note_decision_time(a, d.duration_ns);
     json_decref(view);
     json_t *rec = new_record(rq, &d, ps, digest);
     json_decref(d.votes);

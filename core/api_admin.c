@@ -72,15 +72,46 @@ int api_reload_policies(api_server *a, const char *why, ar_error *err)
     return AR_OK;
 }
 
+void api_note_decision_time(api_server *a, uint64_t ns)
+{
+    int k = 0;
+    while (k < 47 && ((uint64_t)1 << k) <= ns)
+        k++;
+    pthread_mutex_lock(&a->policy_lock);
+    a->decision_hist[k]++;
+    a->decisions++;
+    a->decision_ns_sum += ns;
+    if (ns > a->decision_ns_max)
+        a->decision_ns_max = ns;
+    pthread_mutex_unlock(&a->policy_lock);
+}
+
+/* The upper bound (µs) of the bucket holding quantile q. Caller holds policy_lock. */
+static double quantile_us(const api_server *a, double q)
+{
+    uint64_t want = (uint64_t)(q * (double)a->decisions + 0.5), seen = 0;
+    for (int k = 0; k < 48; k++) {
+        seen += a->decision_hist[k];
+        if (seen >= want && seen > 0)
+            return (double)((uint64_t)1 << k) / 1000.0;
+    }
+    return 0;
+}
+
 json_t *api_policies_view(api_server *a)
 {
     pthread_mutex_lock(&a->policy_lock);
     const policy_set *ps = a->policy_sets[a->n_sets - 1];
     char when[AR_TIME_LEN];
     ar_time_rfc3339(a->policies_loaded_ms, when);
-    json_t *v = json_pack("{s:s, s:i, s:s, s:s, s:i}", "version", policy_set_version(ps), "files",
+    /* Decision time: quantiles are the upper bounds of power-of-two buckets. */
+    json_t *timing = json_pack("{s:I, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)a->decisions,
+                               "mean_us", a->decisions ? (double)a->decision_ns_sum / (double)a->decisions / 1000.0 : 0.0,
+                               "p50_us_at_most", quantile_us(a, 0.5), "p90_us_at_most", quantile_us(a, 0.9),
+                               "p99_us_at_most", quantile_us(a, 0.99), "max_us", (double)a->decision_ns_max / 1000.0);
+    json_t *v = json_pack("{s:s, s:i, s:s, s:s, s:i, s:o}", "version", policy_set_version(ps), "files",
                           (int)policy_set_count(ps), "dir", a->cfg->policy_dir, "loaded_at", when,
-                          "reloads", (int)a->n_sets - 1);
+                          "reloads", (int)a->n_sets - 1, "decision_time", timing);
     pthread_mutex_unlock(&a->policy_lock);
     return v;
 }

@@ -56,7 +56,9 @@ struct api_server {
     /* the policy set: replaced whole by a reload; workers notice the generation and rebuild
      * their Lua state. Retired sets stay allocated until api_free, so a worker deciding with
      * one never sees it freed. */
-    pthread_mutex_t policy_lock;
+    pthread_mutex_t policy_lock;   /* also guards the decision-time histogram below */
+    uint64_t decision_hist[48];    /* decisions by time: bucket k counts [2^(k-1), 2^k) ns */
+    uint64_t decisions, decision_ns_sum, decision_ns_max;
     policy_set *policy_sets[64];   /* [0..n_sets): every set loaded; the last is current */
     size_t n_sets;
     uint64_t policy_gen;
@@ -124,6 +126,8 @@ json_t *api_load_visible(api_server *a, request *rq, const char *id);
 
 /* The current policy set's summary (new reference). */
 json_t *api_policies_view(api_server *a);
+/* Count one decision's time in the histogram GET /v1/policies reports. */
+void api_note_decision_time(api_server *a, uint64_t ns);
 void api_route_reload_policies(api_server *a, request *rq);
 void api_route_connectors(api_server *a, request *rq);
 enum MHD_Result api_route_pause(api_server *a, request *rq, const char *name, int pause);

@@ -241,14 +241,15 @@ static void transition_continue(loop_t *loop, void *arg)
 {
     (void)loop;
     transition *t = arg;
-    journaling_add(t->jb->s, -1);
     job *jb = t->jb;
+    scheduler *s = jb->s;
     after_fn after = t->status == AR_OK ? t->after : NULL;
     free(t);
     if (after)
         after(jb);
     else
         finish(jb);
+    journaling_add(s, -1); /* after the next step is counted (see invoke_done) */
 }
 
 /* Writer thread: the record is durable (or refused). Report it; the loop goes on. */
@@ -476,12 +477,14 @@ static void invoke_done(void *arg, const sandbox_result *res)
     job *jb = arg;
     conn *c = jb->c;
     scheduler *s = jb->s;
-    inflight_add(c, -1);
+    /* The in-flight count drops only after the outcome's journaling is counted (at the end),
+     * so that scheduler_free never sees a moment with nothing busy while work remains. */
     if (!s->stopping)
         observe(c, res);
     if (s->stopping) {
         /* Shutting down: what the pool reports now may not be what happened at the API. The
          * action stays DISPATCHED on disk for recovery. */
+        inflight_add(c, -1);
         finish(jb);
         return;
     }
@@ -518,6 +521,7 @@ static void invoke_done(void *arg, const sandbox_result *res)
         after_unknown(jb, res->retry_after_ms, class_name(res->error_class), res->error_message);
         break;
     }
+    inflight_add(c, -1);
     pump_all(s); /* a call slot freed here may serve another connector under max_inflight */
 }
 
@@ -526,10 +530,11 @@ static void lookup_done(void *arg, const sandbox_result *res)
 {
     job *jb = arg;
     conn *c = jb->c;
-    inflight_add(c, -1);
-    if (!jb->s->stopping && !(res->ok == 0 && res->error_class == AIORUN_E_NOT_FOUND))
+    scheduler *s = jb->s;
+    if (!s->stopping && !(res->ok == 0 && res->error_class == AIORUN_E_NOT_FOUND))
         observe(c, res);
-    if (jb->s->stopping) {
+    if (s->stopping) {
+        inflight_add(c, -1);
         finish(jb);
         return;
     }
@@ -569,7 +574,8 @@ static void lookup_done(void *arg, const sandbox_result *res)
         retry_later(jb, backoff_ms(&c->cc->retry, (int)rec_int(rec, "attempts")), res->retry_after_ms,
                     class_name(res->error_class), res->error_message);
     }
-    pump_all(jb->s);
+    inflight_add(c, -1);
+    pump_all(s);
 }
 
 static sandbox_call call_of(job *jb)

@@ -281,6 +281,24 @@ static void write_policy(const char *name, const char *text)
     fclose(f);
 }
 
+static void decision_time_is_exposed(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 5; i++) {
+        json_t *a = submit_as(H.token, "{\"connector\": \"echo\", \"action\": \"echo\", \"input\": {\"message\": \"t\"}}");
+        assert_true(json_integer_value(json_object_get(json_object_get(a, "decision"), "duration_ns")) > 0);
+        json_decref(a);
+    }
+    json_t *r;
+    assert_int_equal(harness_http(&H, "GET", "/v1/policies", NULL, &r), 200);
+    json_t *t = json_object_get(r, "decision_time");
+    assert_int_equal(json_integer_value(json_object_get(t, "count")), 5);
+    assert_true(json_real_value(json_object_get(t, "p50_us_at_most")) > 0);
+    assert_true(json_real_value(json_object_get(t, "p99_us_at_most")) >= json_real_value(json_object_get(t, "p50_us_at_most")));
+    assert_true(json_real_value(json_object_get(t, "max_us")) > 0);
+    json_decref(r);
+}
+
 static char *policy_version(void)
 {
     json_t *r;
@@ -375,6 +393,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(expiry_survives_a_restart, start, stop),
     cmocka_unit_test_setup_teardown(autonomy_levels_and_a_runtime_change, start, stop),
     cmocka_unit_test_setup_teardown(reload_refuses_a_broken_set_and_takes_a_good_one, start, stop),
+    cmocka_unit_test_setup_teardown(decision_time_is_exposed, start, stop),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
