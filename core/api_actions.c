@@ -617,14 +617,7 @@ void api_route_list_actions(api_server *a, request *rq)
         api_set_reply_ar_error(rq, rc, &err);
         return;
     }
-    json_t *rendered = json_array();
-    size_t i;
-    json_t *rec;
-    json_array_foreach(page, i, rec)
-        json_array_append_new(rendered, action_render(rec));
-    json_decref(page);
-    api_set_reply_json(rq, 200, json_pack("{s:o, s:o}", "actions", rendered,
-                                      "next", next[0] ? json_string(next) : json_null()));
+    api_reply_page(rq, "actions", page, next, action_render);
 }
 
 /* ---- cancel and resolve ---------------------------------------------------------------------- */
@@ -798,4 +791,15 @@ void api_route_resolve(api_server *a, request *rq, const char *id)
     }
     json_decref(r.rec);
     json_decref(body);
+}
+
+void api_reply_page(request *rq, const char *key, json_t *page, const char *next, json_t *(*render)(const json_t *))
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *rec;
+    json_array_foreach(page, i, rec)
+        json_array_append_new(out, render(rec));
+    json_decref(page);
+    api_set_reply_json(rq, 200, json_pack("{s:o, s:o}", key, out, "next", next[0] ? json_string(next) : json_null()));
 }

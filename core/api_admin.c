@@ -198,13 +198,7 @@ void api_route_list_approvals(api_server *a, request *rq)
         api_set_reply_ar_error(rq, rc, &err);
         return;
     }
-    json_t *out = json_array();
-    size_t i;
-    json_t *rec;
-    json_array_foreach(page, i, rec)
-        json_array_append_new(out, approvals_view(rec));
-    json_decref(page);
-    api_set_reply_json(rq, 200, json_pack("{s:o, s:o}", "approvals", out, "next", next[0] ? json_string(next) : json_null()));
+    api_reply_page(rq, "approvals", page, next, approvals_view);
 }
 
 void api_route_get_approval(api_server *a, request *rq, const char *id)

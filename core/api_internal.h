@@ -126,6 +126,8 @@ json_t *api_load_visible(api_server *a, request *rq, const char *id);
 
 /* The current policy set's summary (new reference). */
 json_t *api_policies_view(api_server *a);
+/* Reply 200 {key: [render(record)...], "next": id or null} for a page from action_list (taken). */
+void api_reply_page(request *rq, const char *key, json_t *page, const char *next, json_t *(*render)(const json_t *));
 /* Count one decision's time in the histogram GET /v1/policies reports. */
 void api_note_decision_time(api_server *a, uint64_t ns);
 void api_route_reload_policies(api_server *a, request *rq);

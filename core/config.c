@@ -6,6 +6,7 @@
 
 #include "auth.h"
 #include "autonomy.h"
+#include "schema.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -86,20 +87,6 @@ static const char *quote(char *out, size_t cap, const char *s)
     return out;
 }
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    case JSON_NULL: return "null";
-    }
-    return "unknown";
-}
 
 /* Refuse any key of obj not in known; where names the object ("config", "policy"). */
 static int check_keys(const json_t *obj, const char *const *known, const char *where,
@@ -134,7 +121,7 @@ static int get_int(const json_t *obj, const char *key, const char *path, long lo
     if (!v)
         return AR_OK;
     if (!json_is_integer(v))
-        return invalid(err, "%s: expected integer %lld..%lld, got %s", path, lo, hi, type_name(v));
+        return invalid(err, "%s: expected integer %lld..%lld, got %s", path, lo, hi, schema_type_name(v));
     long long x = json_integer_value(v);
     if (x < lo || x > hi)
         return invalid(err, "%s: expected integer %lld..%lld, got %lld", path, lo, hi, x);
@@ -150,7 +137,7 @@ static int get_string(const json_t *obj, const char *key, const char *path, cons
     if (!v)
         return AR_OK;
     if (!json_is_string(v))
-        return invalid(err, "%s: expected string, got %s", path, type_name(v));
+        return invalid(err, "%s: expected string, got %s", path, schema_type_name(v));
     if (json_string_length(v) == 0)
         return invalid(err, "%s: must not be empty", path);
     if (strlen(json_string_value(v)) != json_string_length(v))
@@ -288,7 +275,7 @@ static int get_default_verdict(const json_t *obj, const char *key, int *out, ar_
             return invalid(err, "policy.%s: expected \"allow\", \"deny\", \"approve\" or "
                            "\"suggest\", got %s", key, quote(q, sizeof q, json_string_value(v)));
         return invalid(err, "policy.%s: expected \"allow\", \"deny\", \"approve\" or "
-                       "\"suggest\", got %s", key, type_name(v));
+                       "\"suggest\", got %s", key, schema_type_name(v));
     }
     *out = verdict + 1;
     return AR_OK;
@@ -297,7 +284,7 @@ static int get_default_verdict(const json_t *obj, const char *key, int *out, ar_
 static int parse_policy(const json_t *v, policy_limits *out, ar_error *err)
 {
     if (!json_is_object(v))
-        return invalid(err, "policy: expected object, got %s", type_name(v));
+        return invalid(err, "policy: expected object, got %s", schema_type_name(v));
     int rc = check_keys(v, policy_keys, "policy", err);
     if (rc != AR_OK)
         return rc;
@@ -330,7 +317,7 @@ static int parse_retry(const char *name, const json_t *v, config_retry *out, ar_
     char path[200];
     snprintf(path, sizeof path, "connectors.%s.retry", name);
     if (!json_is_object(v))
-        return invalid(err, "%s: expected object, got %s", path, type_name(v));
+        return invalid(err, "%s: expected object, got %s", path, schema_type_name(v));
     int rc = check_keys(v, retry_keys, path, err);
     if (rc != AR_OK)
         return rc;
@@ -363,7 +350,7 @@ static int parse_rate(const char *name, const json_t *v, config_connector *c, ar
     char path[200];
     snprintf(path, sizeof path, "connectors.%s.rate_limit", name);
     if (!json_is_object(v))
-        return invalid(err, "%s: expected object {\"per_second\", \"burst\"}, got %s", path, type_name(v));
+        return invalid(err, "%s: expected object {\"per_second\", \"burst\"}, got %s", path, schema_type_name(v));
     int rc = check_keys(v, rate_keys, path, err);
     if (rc != AR_OK)
         return rc;
@@ -385,7 +372,7 @@ static int parse_breaker(const char *name, const json_t *v, config_breaker *b, a
     char path[200];
     snprintf(path, sizeof path, "connectors.%s.breaker", name);
     if (!json_is_object(v))
-        return invalid(err, "%s: expected object, got %s", path, type_name(v));
+        return invalid(err, "%s: expected object, got %s", path, schema_type_name(v));
     int rc = check_keys(v, breaker_keys, path, err);
     if (rc != AR_OK)
         return rc;
@@ -420,13 +407,13 @@ static int parse_string_map(const char *name, const char *key, const json_t *v,
                             const char *const *allowed, json_t **out, ar_error *err)
 {
     if (!json_is_object(v))
-        return invalid(err, "connectors.%s.%s: expected object, got %s", name, key, type_name(v));
+        return invalid(err, "connectors.%s.%s: expected object, got %s", name, key, schema_type_name(v));
     const char *k;
     json_t *val;
     json_object_foreach((json_t *)v, k, val) {
         const char *sv = json_string_value(val);
         if (!sv)
-            return invalid(err, "connectors.%s.%s.%s: expected string, got %s", name, key, k, type_name(val));
+            return invalid(err, "connectors.%s.%s.%s: expected string, got %s", name, key, k, schema_type_name(val));
         int ok = !allowed;
         for (size_t i = 0; allowed && allowed[i]; i++)
             ok |= strcmp(allowed[i], sv) == 0;
@@ -443,7 +430,7 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
 {
     char path[160];
     if (!json_is_object(v))
-        return invalid(err, "connectors.%s: expected object, got %s", name, type_name(v));
+        return invalid(err, "connectors.%s: expected object, got %s", name, schema_type_name(v));
     snprintf(path, sizeof path, "connectors.%s", name);
     int rc = check_keys(v, connector_keys, path, err);
     if (rc != AR_OK)
@@ -459,7 +446,7 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
 
     const json_t *conf = json_object_get(v, "config");
     if (conf && !json_is_object(conf))
-        return invalid(err, "connectors.%s.config: expected object, got %s", name, type_name(conf));
+        return invalid(err, "connectors.%s.config: expected object, got %s", name, schema_type_name(conf));
 
     long long processes = 2, timeout_ms = 10000;
     snprintf(path, sizeof path, "connectors.%s.processes", name);
@@ -518,7 +505,7 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
 static int parse_connectors(const json_t *v, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(v))
-        return invalid(err, "connectors: expected object, got %s", type_name(v));
+        return invalid(err, "connectors: expected object, got %s", schema_type_name(v));
     size_t n = json_object_size(v);
     if (n == 0)
         return AR_OK;
@@ -559,7 +546,7 @@ static int parse_dir(const json_t *root, const char *key, const char *def, const
 static int parse_tls(const json_t *v, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(v))
-        return invalid(err, "tls: expected object {\"cert\": path, \"key\": path}, got %s", type_name(v));
+        return invalid(err, "tls: expected object {\"cert\": path, \"key\": path}, got %s", schema_type_name(v));
     int rc = check_keys(v, tls_keys, "tls", err);
     if (rc != AR_OK)
         return rc;
@@ -594,7 +581,7 @@ static int parse_autonomy(const json_t *v, config *cfg, ar_error *err)
 {
     if (!json_is_object(v))
         return invalid(err, "autonomy: expected object {\"connector.action\": \"auto\"|\"semi\"|\"suggest\"}, got %s",
-                       type_name(v));
+                       schema_type_name(v));
     const char *pattern;
     json_t *level;
     json_object_foreach((json_t *)v, pattern, level) {
@@ -611,7 +598,7 @@ static int parse_autonomy(const json_t *v, config *cfg, ar_error *err)
 static int parse_approvers(const json_t *v, config *cfg, ar_error *err)
 {
     if (!json_is_object(v))
-        return invalid(err, "approvers: expected object {\"role\": [\"approver\", \"token:NAME\"]}, got %s", type_name(v));
+        return invalid(err, "approvers: expected object {\"role\": [\"approver\", \"token:NAME\"]}, got %s", schema_type_name(v));
     const char *role;
     json_t *list;
     json_object_foreach((json_t *)v, role, list) {
@@ -635,7 +622,7 @@ static int parse_approvers(const json_t *v, config *cfg, ar_error *err)
 static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(root))
-        return invalid(err, "config: the top level must be a JSON object, got %s", type_name(root));
+        return invalid(err, "config: the top level must be a JSON object, got %s", schema_type_name(root));
     int rc = check_keys(root, top_keys, "config", err);
     if (rc != AR_OK)
         return rc;
@@ -676,7 +663,7 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     cfg->approval_expiry_s = expiry;
     const json_t *watch = json_object_get(root, "policy_watch");
     if (watch && !json_is_boolean(watch))
-        return invalid(err, "policy_watch: expected boolean, got %s", type_name(watch));
+        return invalid(err, "policy_watch: expected boolean, got %s", schema_type_name(watch));
     cfg->policy_watch = watch ? json_is_true(watch) : 1;
     if ((v0 = json_object_get(root, "autonomy")) && (rc = parse_autonomy(v0, cfg, err)))
         return rc;

@@ -107,7 +107,7 @@ static void tb_restore(textbuf *tb, tb_mark m)
     tb->buf[tb->len] = '\0';
 }
 
-static const char *json_type_name(const json_t *v)
+const char *schema_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "object";
@@ -222,7 +222,7 @@ static int check_type(check_ctx *c, const json_t *type)
             tb_put_pointer_token(&c->ptr, "type");
             int rc = json_is_string(t)
                 ? check_fail(c, idx, "unknown type \"%s\"", json_string_value(t))
-                : check_fail(c, idx, "must be a type name, got %s", json_type_name(t));
+                : check_fail(c, idx, "must be a type name, got %s", schema_type_name(t));
             tb_restore(&c->ptr, m);
             return rc;
         }
@@ -237,7 +237,7 @@ static int check_count(check_ctx *c, const char *keyword, const json_t *v)
 {
     if (!json_is_integer(v) || json_integer_value(v) < 0)
         return check_fail(c, keyword, "must be a non-negative integer, got %s",
-                          json_is_integer(v) ? "a negative integer" : json_type_name(v));
+                          json_is_integer(v) ? "a negative integer" : schema_type_name(v));
     return AR_OK;
 }
 
@@ -255,7 +255,7 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
     if (depth > SCHEMA_MAX_DEPTH)
         return check_fail(c, NULL, "schema nested deeper than %d levels", SCHEMA_MAX_DEPTH);
     if (!json_is_object(schema))
-        return check_fail(c, NULL, "a schema must be a JSON object, got %s", json_type_name(schema));
+        return check_fail(c, NULL, "a schema must be a JSON object, got %s", schema_type_name(schema));
 
     const char *key;
     const json_t *v;
@@ -266,7 +266,7 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
                 return rc;
         } else if (strcmp(key, "properties") == 0) {
             if (!json_is_object(v))
-                return check_fail(c, key, "must be an object of schemas, got %s", json_type_name(v));
+                return check_fail(c, key, "must be an object of schemas, got %s", schema_type_name(v));
             const char *name;
             const json_t *sub;
             json_object_foreach((json_t *)v, name, sub)
@@ -274,7 +274,7 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
                     return rc;
         } else if (strcmp(key, "required") == 0) {
             if (!json_is_array(v))
-                return check_fail(c, key, "must be an array of strings, got %s", json_type_name(v));
+                return check_fail(c, key, "must be an array of strings, got %s", schema_type_name(v));
             size_t i;
             const json_t *s;
             json_array_foreach(v, i, s) {
@@ -283,7 +283,7 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
                     snprintf(idx, sizeof idx, "%zu", i);
                     tb_mark m = tb_save(&c->ptr);
                     tb_put_pointer_token(&c->ptr, key);
-                    rc = check_fail(c, idx, "must be a string, got %s", json_type_name(s));
+                    rc = check_fail(c, idx, "must be a string, got %s", schema_type_name(s));
                     tb_restore(&c->ptr, m);
                     return rc;
                 }
@@ -292,13 +292,13 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
             if (json_is_boolean(v))
                 continue;
             if (!json_is_object(v))
-                return check_fail(c, key, "must be a boolean or a schema, got %s", json_type_name(v));
+                return check_fail(c, key, "must be a boolean or a schema, got %s", schema_type_name(v));
             if ((rc = check_child(c, v, depth, key, NULL)) != AR_OK)
                 return rc;
         } else if (strcmp(key, "items") == 0) {
             if (!json_is_object(v))
                 return check_fail(c, key, "must be a schema (an object), got %s "
-                                  "(tuple validation is not supported)", json_type_name(v));
+                                  "(tuple validation is not supported)", schema_type_name(v));
             if ((rc = check_child(c, v, depth, key, NULL)) != AR_OK)
                 return rc;
         } else if (strcmp(key, "enum") == 0) {
@@ -307,7 +307,7 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
         } else if (strcmp(key, "minimum") == 0 || strcmp(key, "maximum") == 0 ||
                    strcmp(key, "exclusiveMinimum") == 0 || strcmp(key, "exclusiveMaximum") == 0) {
             if (!json_is_number(v))
-                return check_fail(c, key, "must be a number, got %s", json_type_name(v));
+                return check_fail(c, key, "must be a number, got %s", schema_type_name(v));
         } else if (strcmp(key, "minLength") == 0 || strcmp(key, "maxLength") == 0 ||
                    strcmp(key, "minItems") == 0 || strcmp(key, "maxItems") == 0) {
             if ((rc = check_count(c, key, v)) != AR_OK)
@@ -315,10 +315,10 @@ static int check_node(check_ctx *c, const json_t *schema, int depth)
         } else if (strcmp(key, "description") == 0 || strcmp(key, "title") == 0 ||
                    strcmp(key, "$schema") == 0) {
             if (!json_is_string(v))
-                return check_fail(c, key, "must be a string, got %s", json_type_name(v));
+                return check_fail(c, key, "must be a string, got %s", schema_type_name(v));
         } else if (strcmp(key, "examples") == 0) {
             if (!json_is_array(v))
-                return check_fail(c, key, "must be an array, got %s", json_type_name(v));
+                return check_fail(c, key, "must be an array, got %s", schema_type_name(v));
         } else if (strcmp(key, "const") == 0 || strcmp(key, "default") == 0) {
             /* any value */
         } else {
@@ -415,7 +415,7 @@ static int validate_type(validate_ctx *c, const json_t *type, const json_t *v)
     if (json_is_string(type)) {
         if (type_matches(json_string_value(type), v))
             return AR_OK;
-        return violation(c, "expected %s, got %s", json_string_value(type), json_type_name(v));
+        return violation(c, "expected %s, got %s", json_string_value(type), schema_type_name(v));
     }
     if (!json_is_array(type))
         return malformed(c, "type");
@@ -435,7 +435,7 @@ static int validate_type(validate_ctx *c, const json_t *type, const json_t *v)
             tb_puts(&tb, i + 1 == json_array_size(type) ? " or " : ", ");
         tb_puts(&tb, json_string_value(t));
     }
-    return violation(c, "expected %s, got %s", list, json_type_name(v));
+    return violation(c, "expected %s, got %s", list, schema_type_name(v));
 }
 
 /* Compact JSON text of v for a message (failure path only, so it may allocate). */

@@ -31,4 +31,8 @@ int schema_check(const json_t *schema, ar_error *err);
  * code "schema_invalid". */
 int schema_validate(const json_t *schema, const json_t *value, const char *root_name, ar_error *err);
 
+/* The JSON type of a value as schemas and messages name it: object, array, string, integer,
+ * number, boolean, null. A static string. */
+const char *schema_type_name(const json_t *v);
+
 #endif
