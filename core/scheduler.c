@@ -85,6 +85,7 @@ struct scheduler {
 
 static void pump(conn *c);
 static void pump_all(scheduler *s);
+static void wake_in(conn *c, int64_t delay_ms);
 static void publish(conn *c);
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -609,9 +610,12 @@ static void send_invoke(job *jb)
     if (sandbox_pool_invoke(c->pool, &call, invoke_done, jb) == AR_OK)
         return;
     /* No idle process after all (one died meanwhile): wait at the head of the queue. The
-     * attempt is journaled already, so it is sent as it is when a process frees up. */
+     * attempt is journaled already, so it is sent as it is when a process frees up. The pool's
+     * "idle" event may have come while the attempt was being journaled, so look again soon
+     * rather than wait for one that never comes. */
     inflight_add(c, -1);
     push_front(c, jb);
+    wake_in(c, 50);
 }
 
 /* Loop thread: start one queued job (a process is free). */
