@@ -26,7 +26,8 @@
 static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
-    "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch", NULL
+    "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch",
+    "vault_key_file", "vault_passphrase_file", "runtime_dir", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
@@ -34,7 +35,9 @@ static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout
                                            "default_irreversible", NULL };
 static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms",
                                               "deadline_ms", "retry", "idempotency", "secrets",
-                                              "rate_limit", "concurrency", "breaker", NULL };
+                                              "rate_limit", "concurrency", "breaker", "allow_ports",
+                                              "sandbox", "uid", NULL };
+static const char *const sandbox_keys[] = { "rlimits", "uid", "landlock", "seccomp", NULL };
 static const char *const rate_keys[] = { "per_second", "burst", NULL };
 static const char *const breaker_keys[] = { "window", "min_calls", "failure_ratio", "consecutive",
                                             "open_s", "half_open_calls", NULL };
@@ -403,6 +406,82 @@ static int parse_breaker(const char *name, const json_t *v, config_breaker *b, a
 }
 
 /* An object whose every value passes check (a string, or one of a fixed set). */
+/* "secrets": ["api_key", ...]: names only. The values live in the vault (aioctl secrets set). */
+static int parse_secret_names(const char *name, const json_t *v, config_connector *c, ar_error *err)
+{
+    if (json_is_object(v))
+        return invalid(err, "connectors.%s.secrets: secret values no longer go in the config; list the "
+                       "names here ([\"api_key\"]) and store each value with: aioctl secrets set %s NAME",
+                       name, name);
+    if (!json_is_array(v))
+        return invalid(err, "connectors.%s.secrets: expected an array of secret names, got %s", name,
+                       schema_type_name(v));
+    size_t n = json_array_size(v);
+    if (n > 64)
+        return invalid(err, "connectors.%s.secrets: at most 64 names", name);
+    c->secrets = calloc(n ? n : 1, sizeof *c->secrets);
+    if (!c->secrets)
+        return nomem(err);
+    for (size_t i = 0; i < n; i++) {
+        const char *s = json_string_value(json_array_get(v, i));
+        if (!s || !*s || strlen(s) > 127)
+            return invalid(err, "connectors.%s.secrets[%zu]: expected a name of 1 to 127 characters", name, i);
+        for (size_t k = 0; k < c->n_secrets; k++)
+            if (strcmp(c->secrets[k], s) == 0)
+                return invalid(err, "connectors.%s.secrets: \"%s\" is listed twice", name, s);
+        if (!(c->secrets[c->n_secrets] = strdup(s)))
+            return nomem(err);
+        c->n_secrets++;
+    }
+    return AR_OK;
+}
+
+static int parse_ports(const char *name, const json_t *v, config_connector *c, ar_error *err)
+{
+    if (!json_is_array(v))
+        return invalid(err, "connectors.%s.allow_ports: expected an array of TCP ports, got %s", name,
+                       schema_type_name(v));
+    size_t n = json_array_size(v);
+    if (n > 64)
+        return invalid(err, "connectors.%s.allow_ports: at most 64 ports", name);
+    int *ports = calloc(n ? n : 1, sizeof *ports);
+    if (!ports)
+        return nomem(err);
+    for (size_t i = 0; i < n; i++) {
+        const json_t *p = json_array_get(v, i);
+        if (!json_is_integer(p) || json_integer_value(p) < 1 || json_integer_value(p) > 65535) {
+            free(ports);
+            return invalid(err, "connectors.%s.allow_ports[%zu]: expected a port 1..65535", name, i);
+        }
+        ports[i] = (int)json_integer_value(p);
+    }
+    free(c->allow_ports);
+    c->allow_ports = ports;
+    c->n_allow_ports = n;
+    return AR_OK;
+}
+
+static int parse_sandbox(const char *name, const json_t *v, config_connector *c, ar_error *err)
+{
+    char path[160];
+    snprintf(path, sizeof path, "connectors.%s.sandbox", name);
+    if (!json_is_object(v))
+        return invalid(err, "%s: expected object, got %s", path, schema_type_name(v));
+    int rc = check_keys(v, sandbox_keys, path, err);
+    if (rc != AR_OK)
+        return rc;
+    int *layers[] = {&c->sandbox_rlimits, &c->sandbox_uid, &c->sandbox_landlock, &c->sandbox_seccomp};
+    for (size_t i = 0; i < 4; i++) {
+        const json_t *b = json_object_get(v, sandbox_keys[i]);
+        if (!b)
+            continue;
+        if (!json_is_boolean(b))
+            return invalid(err, "%s.%s: expected true or false, got %s", path, sandbox_keys[i], schema_type_name(b));
+        *layers[i] = json_is_true(b);
+    }
+    return AR_OK;
+}
+
 static int parse_string_map(const char *name, const char *key, const json_t *v,
                             const char *const *allowed, json_t **out, ar_error *err)
 {
@@ -469,9 +548,25 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
     if ((sub = json_object_get(v, "idempotency")) &&
         (rc = parse_string_map(name, "idempotency", sub, modes, &c->idempotency, err)) != AR_OK)
         return rc;
-    if ((sub = json_object_get(v, "secrets")) &&
-        (rc = parse_string_map(name, "secrets", sub, NULL, &c->secrets, err)) != AR_OK)
+    if ((sub = json_object_get(v, "secrets")) && (rc = parse_secret_names(name, sub, c, err)) != AR_OK)
         return rc;
+    if ((sub = json_object_get(v, "allow_ports"))) {
+        if ((rc = parse_ports(name, sub, c, err)) != AR_OK)
+            return rc;
+    } else {
+        if (!(c->allow_ports = malloc(sizeof *c->allow_ports)))
+            return nomem(err);
+        c->allow_ports[0] = 443; /* HTTPS only, unless the connector says otherwise */
+        c->n_allow_ports = 1;
+    }
+    c->sandbox_rlimits = c->sandbox_uid = c->sandbox_landlock = c->sandbox_seccomp = 1;
+    if ((sub = json_object_get(v, "sandbox")) && (rc = parse_sandbox(name, sub, c, err)) != AR_OK)
+        return rc;
+    long long uid = 0;
+    snprintf(path, sizeof path, "connectors.%s.uid", name);
+    if ((rc = get_int(v, "uid", path, 1, 4000000000LL, &uid, err)) != AR_OK)
+        return rc;
+    c->uid = (unsigned)uid; /* 0: assigned below from the connector's index */
     if ((sub = json_object_get(v, "rate_limit")) && (rc = parse_rate(name, sub, c, err)) != AR_OK)
         return rc;
     c->breaker = (config_breaker){.window = 20, .min_calls = 10, .failure_ratio = 0.5,
@@ -525,7 +620,16 @@ static int parse_connectors(const json_t *v, const char *base_dir, config *cfg, 
         int rc = parse_connector(name, conn, base_dir, cfg->plugin_dir, c, err);
         if (rc != AR_OK)
             return rc;
+        if (!c->uid)
+            c->uid = 70000u + (unsigned)(cfg->n_connectors - 1);
     }
+    /* Each connector's own uid keeps its processes from reading or signalling another's. */
+    for (size_t i = 0; i < cfg->n_connectors; i++)
+        for (size_t k = i + 1; k < cfg->n_connectors; k++)
+            if (cfg->connectors[i].uid == cfg->connectors[k].uid)
+                return invalid(err, "connectors.%s.uid: %u is also the uid of connector %s; give each "
+                               "connector its own", cfg->connectors[k].name, cfg->connectors[k].uid,
+                               cfg->connectors[i].name);
     return AR_OK;
 }
 
@@ -688,6 +792,17 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     cfg->auth_key_file = key_file ? join_path(base_dir, key_file) : join_path(cfg->data_dir, "auth.key");
     if (!cfg->auth_key_file)
         return nomem(err);
+    const char *vault_key = NULL, *passphrase_file = NULL, *runtime_dir = NULL;
+    if ((rc = get_string(root, "vault_key_file", "vault_key_file", &vault_key, err)) != AR_OK ||
+        (rc = get_string(root, "vault_passphrase_file", "vault_passphrase_file", &passphrase_file, err)) != AR_OK ||
+        (rc = get_string(root, "runtime_dir", "runtime_dir", &runtime_dir, err)) != AR_OK)
+        return rc;
+    cfg->vault_key_file = vault_key ? join_path(base_dir, vault_key) : join_path(cfg->data_dir, "vault.key");
+    cfg->runtime_dir = join_path(base_dir, runtime_dir ? runtime_dir : "/run/aiorun");
+    if (!cfg->vault_key_file || !cfg->runtime_dir)
+        return nomem(err);
+    if (passphrase_file && !(cfg->vault_passphrase_file = join_path(base_dir, passphrase_file)))
+        return nomem(err);
     if ((v = json_object_get(root, "policy")) && (rc = parse_policy(v, &cfg->policy, err)))
         return rc;
     /* After plugin_dir, which plugin paths are resolved against. */
@@ -839,6 +954,9 @@ void config_free(config *cfg)
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->auth_key_file);
+    free(cfg->vault_key_file);
+    free(cfg->vault_passphrase_file);
+    free(cfg->runtime_dir);
     json_decref(cfg->autonomy);
     json_decref(cfg->approvers);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
@@ -848,7 +966,10 @@ void config_free(config *cfg)
         free(c->plugin_path);
         json_decref(c->config);
         json_decref(c->idempotency);
-        json_decref(c->secrets);
+        for (size_t k = 0; k < c->n_secrets; k++)
+            free(c->secrets[k]);
+        free(c->secrets);
+        free(c->allow_ports);
     }
     free(cfg->connectors);
     free(cfg);

@@ -9,8 +9,14 @@
  * default_irreversible}, connectors (name -> {plugin (required),
  * config (object), processes (2), timeout_ms (10000), deadline_ms (300000), retry
  * {max_attempts 5, initial_ms 200, max_ms 30000, multiplier 2}, idempotency {action: mode},
- * secrets {name: value}, rate_limit {per_second, burst}, concurrency (processes), breaker
+ * secrets [names the vault must hold], allow_ports ([443]: TCP ports the plugin may connect
+ * to), sandbox {rlimits, uid, landlock, seccomp: true; false switches a layer off for
+ * debugging}, uid (the connector's own uid when the daemon is root; default 70000 + its index
+ * in the file, gid the same), rate_limit {per_second, burst}, concurrency (processes), breaker
  * {window 20, min_calls 10, failure_ratio 0.5, consecutive 5, open_s 30, half_open_calls 1}}),
+ * vault_key_file ("<data_dir>/vault.key"), vault_passphrase_file (none: the key file is used;
+ * set: the vault is unlocked with the passphrase in this file, mode 0600), runtime_dir
+ * ("/run/aiorun": where a root daemon puts plugin copies and the hosts' working directories),
  * max_inflight (256), max_queue_depth (10000), aging_ms (1000), autonomy {pattern: level},
  * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true). Relative paths are resolved against
  * the directory of the config file.
@@ -51,8 +57,15 @@ typedef struct config_connector {
     int64_t deadline_ms;   /* default deadline of an action, from submission (300000) */
     config_retry retry;
     json_t *idempotency;   /* owned or NULL: action -> "native"|"lookup"|"none", overriding the plugin */
-    json_t *secrets;       /* owned or NULL: name -> value, handed to the plugin's secret service
-                              until the vault holds them (never logged or returned) */
+    char **secrets;        /* owned: the secret names the vault must hold for it (may be 0) */
+    size_t n_secrets;
+    int *allow_ports;      /* owned: TCP ports its plugin may connect to */
+    size_t n_allow_ports;
+    int sandbox_rlimits;   /* 1 unless "sandbox": {"rlimits": false} (likewise below) */
+    int sandbox_uid;
+    int sandbox_landlock;
+    int sandbox_seccomp;
+    unsigned uid;          /* its own uid and gid when the daemon is root */
     double rate_per_second; /* token bucket refill; 0: no rate limit */
     int rate_burst;        /* bucket size (default: per_second, at least 1) */
     int concurrency;       /* calls in flight at once, across its processes (default processes) */
@@ -66,6 +79,9 @@ typedef struct config {
     char *tls_cert;        /* absolute PEM paths, or NULL when TLS is off */
     char *tls_key;
     char *auth_key_file;   /* absolute; the server key of the token digests (auth.h) */
+    char *vault_key_file;  /* absolute; the vault's master key file (vault.h) */
+    char *vault_passphrase_file; /* absolute or NULL: unlock the vault with this passphrase */
+    char *runtime_dir;     /* absolute */
     char *data_dir;        /* absolute */
     char *plugin_dir;      /* absolute */
     char *policy_dir;      /* absolute */

@@ -31,11 +31,25 @@ enum {
 /* Memory handed to the plugin during one call, freed together when the call ends. */
 typedef struct host_arena_block host_arena_block;
 
+/* The connector's secrets from INIT, kept in one sodium_malloc'd block (guard pages, locked,
+ * wiped when freed) that is made read-only before the plugin's init runs: a plugin that writes
+ * through the pointer secret() gave it crashes instead of changing it. */
+typedef struct host_secret_item {
+    const char *name;
+    const unsigned char *value;   /* NUL-terminated after len bytes */
+    size_t len;
+} host_secret_item;
+typedef struct host_secrets {
+    size_t n;
+    size_t size;                  /* of the whole block, for sodium_free */
+    host_secret_item items[];
+} host_secrets;
+
 typedef struct host_ctx {
     int fd;
     size_t max_frame;
     const char *connector;     /* from argv */
-    json_t *secrets;           /* object name -> string, from INIT; owned */
+    host_secrets *secrets;     /* from INIT (sodium_malloc'd, read-only); NULL before */
     void *curl;                /* CURL *, created on first http(), reused for keep-alive */
     /* log rate limit: a fixed one-second window */
     int64_t log_window_ms;
@@ -66,6 +80,11 @@ const aiorun_host_api *host_api_table(void);
 void host_ctx_init(host_ctx *h, int fd, size_t max_frame, const char *connector);
 /* Release the curl handle and wipe and free the secrets. */
 void host_ctx_fini(host_ctx *h);
+
+/* Take INIT's "secrets" (NULL or an object of name -> string, or name -> {"base64": text} for
+ * a value that is not UTF-8) into h->secrets, read-only, and wipe the values in the JSON.
+ * sodium_init must have run. 0, or -1 with why filled (names a secret, never a value). */
+int host_secrets_load(host_ctx *h, json_t *secrets, char *why, size_t cap);
 
 /* Start a call: clears the previous outcome. idempotency_key is borrowed until host_call_end. */
 void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const char *idempotency_key);

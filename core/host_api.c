@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <curl/curl.h>
+#include <sodium.h>
 
 #include "ar.h"
 #include "frame.h"
@@ -107,18 +108,93 @@ void host_ctx_fini(host_ctx *h)
         curl_easy_cleanup(h->curl);
     h->curl = NULL;
     if (h->secrets) {
-        /* Wipe the values in place: jansson's strings live in its own heap blocks. */
-        const char *name;
-        json_t *v;
-        json_object_foreach(h->secrets, name, v) {
-            if (json_is_string(v))
-                explicit_bzero((char *)json_string_value(v), json_string_length(v));
-        }
-        json_decref(h->secrets);
+        /* sodium_free wipes the block (it makes it writable first) */
+        sodium_free(h->secrets);
         h->secrets = NULL;
     }
     if (g_host == h)
         g_host = NULL;
+}
+
+/* One INIT secret's value: a string, or {"base64": text}. The bytes decoded into out (room
+ * for cap bytes) when out is not NULL; the length, or -1 when the value is neither. */
+static long secret_value(json_t *v, unsigned char *out, size_t cap)
+{
+    if (json_is_string(v)) {
+        size_t n = json_string_length(v);
+        if (out && n <= cap)
+            memcpy(out, json_string_value(v), n);
+        return (long)n;
+    }
+    const char *b64 = json_string_value(json_object_get(v, "base64"));
+    if (!json_is_object(v) || !b64 || json_object_size(v) != 1)
+        return -1;
+    size_t b64_len = strlen(b64), n = 0;
+    if (!out)
+        return (long)(b64_len / 4 * 3 + 3); /* an upper bound */
+    if (sodium_base642bin(out, cap, b64, b64_len, NULL, &n, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0)
+        return -1;
+    return (long)n;
+}
+
+int host_secrets_load(host_ctx *h, json_t *secrets, char *why, size_t cap)
+{
+    const char *name;
+    json_t *v;
+    size_t n = json_object_size(secrets), bytes = 0;
+
+    json_object_foreach(secrets, name, v) {
+        long len = secret_value(v, NULL, 0);
+        if (len < 0) {
+            snprintf(why, cap, "INIT: secret %s is neither a string nor {\"base64\": text}", name);
+            return -1;
+        }
+        bytes += strlen(name) + 1 + (size_t)len + 1;
+    }
+    size_t size = sizeof(host_secrets) + n * sizeof(host_secret_item) + bytes;
+    /* sodium_malloc puts the block against its guard page: it is only aligned when its size
+     * is a multiple of the alignment */
+    size = (size + 15) & ~(size_t)15;
+    host_secrets *s = sodium_malloc(size);
+    if (!s) {
+        snprintf(why, cap, "out of guarded memory for %zu secrets", n);
+        return -1;
+    }
+    s->n = 0;
+    s->size = size;
+    char *p = (char *)&s->items[n];
+    char *end = (char *)s + size;
+    json_object_foreach(secrets, name, v) {
+        size_t name_len = strlen(name);
+        memcpy(p, name, name_len + 1);
+        host_secret_item *it = &s->items[s->n++];
+        it->name = p;
+        p += name_len + 1;
+        long len = secret_value(v, (unsigned char *)p, (size_t)(end - p) - 1);
+        if (len < 0) {
+            sodium_free(s);
+            snprintf(why, cap, "INIT: secret %s is not valid base64", name);
+            return -1;
+        }
+        p[len] = '\0';
+        it->value = (const unsigned char *)p;
+        it->len = (size_t)len;
+        p += len + 1;
+        /* the JSON copy is no longer needed: wipe it in place (jansson keeps each string in
+         * its own heap block) */
+        json_t *src = json_is_string(v) ? v : json_object_get(v, "base64");
+        explicit_bzero((char *)json_string_value(src), json_string_length(src));
+    }
+    if (sodium_mprotect_readonly(s) != 0) {
+        sodium_free(s);
+        snprintf(why, cap, "cannot make the secrets read-only");
+        return -1;
+    }
+    if (h->secrets)
+        sodium_free(h->secrets);
+    h->secrets = s;
+    return 0;
 }
 
 void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const char *idempotency_key)
@@ -220,19 +296,18 @@ static void host_log(aiorun_call *call, aiorun_log_level level, const char *fmt,
 static aiorun_status host_secret(aiorun_call *call, const char *name, const char **value, size_t *len)
 {
     host_ctx *h = call && call->host ? call->host : g_host;
-    json_t *v = h && h->secrets && name ? json_object_get(h->secrets, name) : NULL;
-    if (!json_is_string(v)) {
-        if (value)
-            *value = NULL;
-        if (len)
-            *len = 0;
-        return AIORUN_E_NOT_FOUND;
+    const host_secret_item *found = NULL;
+    for (size_t i = 0; h && h->secrets && name && i < h->secrets->n; i++) {
+        if (strcmp(h->secrets->items[i].name, name) == 0) {
+            found = &h->secrets->items[i];
+            break;
+        }
     }
     if (value)
-        *value = json_string_value(v);
+        *value = found ? (const char *)found->value : NULL;
     if (len)
-        *len = json_string_length(v);
-    return AIORUN_OK;
+        *len = found ? found->len : 0;
+    return found ? AIORUN_OK : AIORUN_E_NOT_FOUND;
 }
 
 static int64_t host_now_ms(void)

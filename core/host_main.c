@@ -1,13 +1,23 @@
 /*
  * host_main.c - aiorun-host, the sandbox host process a connector plugin runs in.
  *
- *   aiorun-host --connector NAME --plugin /abs/path.so [--max-frame N]
+ *   aiorun-host --connector NAME --plugin /abs/path.so [--plugin-name PATH] [--max-frame N]
+ *               [--uid N [--gid N] [--nproc N]] [--port P]... [--workdir DIR]
+ *               [--no-rlimits] [--no-uid] [--no-landlock] [--no-seccomp]
  *
  * Started by the daemon (sandbox.c) with posix_spawn, an empty environment and the daemon's
- * socket as fd 3. It locks itself down, loads the plugin, checks its ABI and descriptor, says
- * HELLO (or REFUSED), waits for INIT (config and this connector's secrets), calls the plugin's
- * init, says READY, then serves INVOKE / LOOKUP frames one at a time until SHUTDOWN or EOF.
- * Exit statuses are listed in host.h.
+ * socket as fd 3. It locks itself down in the order of ../shared/SANDBOX.md (lockdown.h):
+ * rlimits, curl and libsodium initialisation, the connector's own uid/gid (--uid, only when
+ * started as root) and RLIMIT_NPROC, non-dumpable and no_new_privs, Landlock (the plugin file,
+ * the libraries, the CA and resolver files, read-write beneath --workdir, TCP connect to the
+ * --port list), chdir into --workdir; only then does it load the plugin (whose constructors
+ * run already confined), check its ABI and descriptor, and load the seccomp allowlist. It says
+ * HELLO with the descriptor and the "sandbox" report of what is active (or REFUSED), waits for
+ * INIT (config and this connector's secrets, kept read-only in guarded memory), calls the
+ * plugin's init, says READY, then serves INVOKE / LOOKUP frames one at a time until SHUTDOWN
+ * or EOF. --plugin-name is the path named in messages (the daemon's original, when --plugin is
+ * its private copy). The --no-* switches turn a layer off, for debugging only. Exit statuses
+ * are listed in host.h.
  */
 #include "host.h"
 
@@ -19,23 +29,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <curl/curl.h>
+#include <sodium.h>
 
 #include "ar.h"
 #include "frame.h"
+#include "lockdown.h"
 
-/* Address-space cap: room for libcurl's threads, OpenSSL and results of several MiB. */
-#define HOST_RLIMIT_AS (512ull * 1024 * 1024)
-#define HOST_RLIMIT_NOFILE 64
-/* CPU seconds over the whole life of the process: a ceiling against runaway loops only (the
- * per-call deadline is the daemon's wall-clock timer). The soft limit sends SIGXCPU, which
- * names the cause in the daemon's log; the hard one a little later is SIGKILL. */
-#define HOST_RLIMIT_CPU_S (4 * 3600)
-#define HOST_RLIMIT_CPU_GRACE_S 30
+/* Ports a host may be given (--port). */
+#define HOST_MAX_PORTS 64
 /* Deadline for init and for requests that carry none. */
 #define HOST_DEFAULT_DEADLINE_MS 30000
 /* Upper bound on the number of actions a descriptor may declare. */
@@ -47,8 +51,25 @@
 typedef struct host_args {
     const char *connector;
     const char *plugin;
+    const char *plugin_name;     /* for messages */
     size_t max_frame;
+    unsigned uid, gid;           /* 0: not given */
+    unsigned nproc;              /* RLIMIT_NPROC after the uid switch; 0: the default */
+    int ports[HOST_MAX_PORTS];
+    size_t n_ports;
+    const char *workdir;
+    int no_rlimits, no_uid, no_landlock, no_seccomp;
 } host_args;
+
+#ifdef AIORUN_SANITIZE
+/* LeakSanitizer's check at exit ptraces the process, which the seccomp filter kills; the host
+ * has an empty environment, so ASAN_OPTIONS cannot say it. */
+const char *__asan_default_options(void) __attribute__((used, visibility("default")));
+const char *__asan_default_options(void)
+{
+    return "detect_leaks=0";
+}
+#endif
 
 /* The loaded plugin. */
 typedef struct host_plugin {
@@ -94,74 +115,80 @@ static void close_inherited_fds(void)
 
 static void usage(void)
 {
-    die(HOST_EXIT_USAGE, "usage: aiorun-host --connector NAME --plugin /abs/path.so [--max-frame N]"
-        " (fd 3 must be the daemon's socket)");
+    die(HOST_EXIT_USAGE, "usage: aiorun-host --connector NAME --plugin /abs/path.so [--plugin-name "
+        "PATH] [--max-frame N] [--uid N [--gid N] [--nproc N]] [--port P]... [--workdir /abs/dir] "
+        "[--no-rlimits] [--no-uid] [--no-landlock] [--no-seccomp] (fd 3 must be the daemon's "
+        "socket)");
+}
+
+/* A decimal number in [min, max], else a usage error naming the option. */
+static unsigned long long number_arg(const char *opt, const char *text, unsigned long long min,
+                                     unsigned long long max)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || v < min || v > max)
+        die(HOST_EXIT_USAGE, "%s must be a number between %llu and %llu", opt, min, max);
+    return v;
 }
 
 static void parse_args(int argc, char **argv, host_args *a)
 {
-    a->connector = NULL;
-    a->plugin = NULL;
+    memset(a, 0, sizeof *a);
     a->max_frame = FRAME_DEFAULT_MAX_PAYLOAD;
     for (int i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--no-rlimits") == 0) {
+            a->no_rlimits = 1;
+            continue;
+        } else if (strcmp(opt, "--no-uid") == 0) {
+            a->no_uid = 1;
+            continue;
+        } else if (strcmp(opt, "--no-landlock") == 0) {
+            a->no_landlock = 1;
+            continue;
+        } else if (strcmp(opt, "--no-seccomp") == 0) {
+            a->no_seccomp = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
-        if (strcmp(argv[i], "--connector") == 0) {
-            a->connector = argv[++i];
-        } else if (strcmp(argv[i], "--plugin") == 0) {
-            a->plugin = argv[++i];
-        } else if (strcmp(argv[i], "--max-frame") == 0) {
-            char *end;
-            errno = 0;
-            unsigned long long v = strtoull(argv[++i], &end, 10);
-            if (errno || *end || v < 4096 || v > UINT32_MAX)
-                die(HOST_EXIT_USAGE, "--max-frame must be between 4096 and %u", UINT32_MAX);
-            a->max_frame = (size_t)v;
+        const char *val = argv[++i];
+        if (strcmp(opt, "--connector") == 0) {
+            a->connector = val;
+        } else if (strcmp(opt, "--plugin") == 0) {
+            a->plugin = val;
+        } else if (strcmp(opt, "--plugin-name") == 0) {
+            a->plugin_name = val;
+        } else if (strcmp(opt, "--max-frame") == 0) {
+            a->max_frame = (size_t)number_arg(opt, val, 4096, UINT32_MAX);
+        } else if (strcmp(opt, "--uid") == 0) {
+            a->uid = (unsigned)number_arg(opt, val, 1, UINT32_MAX - 1);
+        } else if (strcmp(opt, "--gid") == 0) {
+            a->gid = (unsigned)number_arg(opt, val, 1, UINT32_MAX - 1);
+        } else if (strcmp(opt, "--nproc") == 0) {
+            a->nproc = (unsigned)number_arg(opt, val, 2, 65536);
+        } else if (strcmp(opt, "--port") == 0) {
+            if (a->n_ports >= HOST_MAX_PORTS)
+                die(HOST_EXIT_USAGE, "at most %d --port options", HOST_MAX_PORTS);
+            a->ports[a->n_ports++] = (int)number_arg(opt, val, 1, 65535);
+        } else if (strcmp(opt, "--workdir") == 0) {
+            a->workdir = val;
         } else {
             usage();
         }
     }
-    if (!a->connector || !*a->connector || !a->plugin || a->plugin[0] != '/')
+    if (!a->connector || !*a->connector || !a->plugin || a->plugin[0] != '/' ||
+        (a->workdir && a->workdir[0] != '/'))
         usage();
+    if (!a->plugin_name)
+        a->plugin_name = a->plugin;
+    if (a->uid && !a->gid)
+        a->gid = a->uid;
     struct stat st;
     if (fstat(HOST_FD, &st) != 0 || !S_ISSOCK(st.st_mode))
         die(HOST_EXIT_USAGE, "fd %d is not a socket", HOST_FD);
-}
-
-/* Lower (never raise: we lack CAP_SYS_RESOURCE) a limit to soft/hard. */
-static void lower_rlimit(int resource, const char *name, rlim_t soft, rlim_t hard)
-{
-    struct rlimit cur;
-    if (getrlimit(resource, &cur) != 0)
-        die(HOST_EXIT_INTERNAL, "getrlimit(%s): %s", name, strerror(errno));
-    if (cur.rlim_max != RLIM_INFINITY && hard > cur.rlim_max)
-        hard = cur.rlim_max;
-    if (soft > hard)
-        soft = hard;
-    struct rlimit want = {.rlim_cur = soft, .rlim_max = hard};
-    if (setrlimit(resource, &want) != 0)
-        die(HOST_EXIT_INTERNAL, "setrlimit(%s): %s", name, strerror(errno));
-}
-
-static void set_rlimits(void)
-{
-#ifndef AIORUN_SANITIZE
-    /* sanitizer shadow memory needs terabytes of address space */
-    lower_rlimit(RLIMIT_AS, "RLIMIT_AS", HOST_RLIMIT_AS, HOST_RLIMIT_AS);
-#endif
-    lower_rlimit(RLIMIT_NOFILE, "RLIMIT_NOFILE", HOST_RLIMIT_NOFILE, HOST_RLIMIT_NOFILE);
-    lower_rlimit(RLIMIT_CORE, "RLIMIT_CORE", 0, 0);
-    lower_rlimit(RLIMIT_CPU, "RLIMIT_CPU", HOST_RLIMIT_CPU_S,
-                 HOST_RLIMIT_CPU_S + HOST_RLIMIT_CPU_GRACE_S);
-}
-
-/* Nobody of our uid may ptrace us or read our memory, and nothing we exec gains privileges. */
-static void set_nondumpable_no_new_privs(void)
-{
-    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        die(HOST_EXIT_INTERNAL, "prctl(PR_SET_DUMPABLE): %s", strerror(errno));
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        die(HOST_EXIT_INTERNAL, "prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(errno));
 }
 
 static void send_frame(host_ctx *h, frame_type type, uint32_t id, json_t *payload)
@@ -348,15 +375,16 @@ fail:
     return NULL;
 }
 
-/* dlopen the plugin and check it; refuses (exits) on any problem. Returns the HELLO payload. */
-static json_t *load_plugin(host_ctx *h, const char *path, host_plugin *p)
+/* dlopen the plugin at path and check it; refuses (exits) on any problem, naming it name.
+ * Returns the HELLO payload. */
+static json_t *load_plugin(host_ctx *h, const char *path, const char *name, host_plugin *p)
 {
     /* RTLD_LOCAL: the plugin's symbols never interpose on ours or another library's. */
     void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!dl) {
         const char *e = dlerror();
         refuse(h, "dlopen_failed", "cannot load plugin %s: %s (this aiorun speaks plugin ABI %d.%d)",
-               path, e ? e : "unknown error", AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
+               name, e ? e : "unknown error", AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
     }
     aiorun_plugin_entry_fn entry;
     *(void **)&entry = dlsym(dl, AIORUN_PLUGIN_ENTRY_SYMBOL);
@@ -364,19 +392,19 @@ static json_t *load_plugin(host_ctx *h, const char *path, host_plugin *p)
         refuse(h, "missing_entry",
                "plugin %s does not export " AIORUN_PLUGIN_ENTRY_SYMBOL ", so its plugin ABI is "
                "unknown; this aiorun speaks ABI %d.%d: build it against the aiorun SDK and export "
-               "the entry with AIORUN_EXPORT", path, AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
+               "the entry with AIORUN_EXPORT", name, AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
 
     const aiorun_plugin *d = entry(AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
     if (!d)
         refuse(h, "bad_descriptor",
                "plugin %s returned no descriptor from " AIORUN_PLUGIN_ENTRY_SYMBOL "(%d, %d): it may "
-               "not support this aiorun's plugin ABI %d.%d", path, AIORUN_ABI_MAJOR,
+               "not support this aiorun's plugin ABI %d.%d", name, AIORUN_ABI_MAJOR,
                AIORUN_ABI_MINOR, AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
     /* Only the two version fields are read before the major is known to match. */
     if (d->abi_major != AIORUN_ABI_MAJOR)
         refuse(h, "abi_mismatch",
                "plugin %s was built for plugin ABI %u.%u; this aiorun speaks ABI %d.%d (major "
-               "versions must match): rebuild it against this SDK", path, d->abi_major,
+               "versions must match): rebuild it against this SDK", name, d->abi_major,
                d->abi_minor, AIORUN_ABI_MAJOR, AIORUN_ABI_MINOR);
 
     char why[512];
@@ -384,7 +412,7 @@ static json_t *load_plugin(host_ctx *h, const char *path, host_plugin *p)
     if (!hello)
         refuse(h, "bad_descriptor",
                "plugin %s (built for plugin ABI %u.%u; this aiorun speaks ABI %d.%d) has a bad "
-               "descriptor: %s", path, d->abi_major, d->abi_minor, AIORUN_ABI_MAJOR,
+               "descriptor: %s", name, d->abi_major, d->abi_minor, AIORUN_ABI_MAJOR,
                AIORUN_ABI_MINOR, why);
     p->desc = d;
     /* The handle is never closed: the plugin lives as long as the process. */
@@ -536,24 +564,58 @@ static void read_frame(host_ctx *h, host_plugin *p, frame_decoder *dec, frame *f
     }
 }
 
-/* Wait for INIT, run the plugin's init, answer READY or REFUSED. */
+/* Read INIT: like read_frame, but through a buffer of ours that is wiped afterwards, and with
+ * the decoder's spare room wiped too, so that the secrets' wire form does not linger in freed
+ * memory (the parsed copy is wiped by host_secrets_load). */
+static void read_init_frame(host_ctx *h, host_plugin *p, frame_decoder *dec, frame *f)
+{
+    unsigned char chunk[16384];
+    ar_error err;
+    int rc;
+    for (;;) {
+        rc = frame_decoder_next(dec, f, &err);
+        if (rc != AR_E_NOTFOUND)
+            break;
+        ssize_t r = read(h->fd, chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            rc = r == 0 || errno == ECONNRESET ? AR_E_CLOSED : AR_E_IO;
+            snprintf(err.message, sizeof err.message, "reading INIT: %s",
+                     r == 0 ? "the daemon closed the connection" : strerror(errno));
+            break;
+        }
+        if (frame_decoder_feed(dec, chunk, (size_t)r) != AR_OK) {
+            rc = AR_E_NOMEM;
+            snprintf(err.message, sizeof err.message, "out of memory buffering INIT");
+            break;
+        }
+    }
+    explicit_bzero(chunk, sizeof chunk);
+    if (dec->buf && dec->cap > dec->len)
+        explicit_bzero(dec->buf + dec->len, dec->cap - dec->len);
+    if (rc == AR_E_CLOSED)
+        finish(p, h, HOST_EXIT_OK);
+    if (rc != AR_OK) {
+        fprintf(stderr, "aiorun-host[%s]: %s\n", h->connector, err.message);
+        finish(p, h, rc == AR_E_INVALID ? HOST_EXIT_PROTOCOL : HOST_EXIT_INTERNAL);
+    }
+}
+
+/* Wait for INIT, keep the secrets, run the plugin's init, answer READY or REFUSED. */
 static void init_plugin(host_ctx *h, host_plugin *p, frame_decoder *dec, aiorun_call *c)
 {
     frame f;
-    read_frame(h, p, dec, &f);
+    char why[300];
+    read_init_frame(h, p, dec, &f);
     if (f.type == FRAME_SHUTDOWN)
         finish(p, h, HOST_EXIT_OK);
     json_t *config = json_object_get(f.payload, "config");
     json_t *secrets = json_object_get(f.payload, "secrets");
     if (f.type != FRAME_INIT || !json_is_object(config) || (secrets && !json_is_object(secrets)))
         die(HOST_EXIT_PROTOCOL, "expected INIT with a config object, got frame type %d", f.type);
-    const char *name;
-    json_t *v;
-    json_object_foreach(secrets, name, v) {
-        if (!json_is_string(v))
-            die(HOST_EXIT_PROTOCOL, "INIT: secret %s is not a string", name);
-    }
-    h->secrets = secrets ? json_incref(secrets) : json_object();
+    if (host_secrets_load(h, secrets, why, sizeof why) != 0)
+        die(HOST_EXIT_PROTOCOL, "%s", why);
 
     char *text = json_dumps(config, JSON_COMPACT);
     if (!text)
@@ -579,6 +641,63 @@ static void init_plugin(host_ctx *h, host_plugin *p, frame_decoder *dec, aiorun_
     send_frame(h, FRAME_READY, 0, json_object());
 }
 
+/* Refuse with a lock-down step's error: the plugin is not run half-confined. */
+static void lockdown_or_refuse(host_ctx *h, int rc, const char *step, const ar_error *err)
+{
+    if (rc == AR_OK)
+        return;
+    refuse(h, "lockdown_failed", "the sandbox host could not %s: %s; the plugin was not loaded "
+           "(a layer can be switched off for debugging in the connector's \"sandbox\" config)",
+           step, err->message);
+}
+
+/* Apply steps 1-6 of the lock-down (lockdown.h), then chdir into the working directory. */
+static void lock_down(host_ctx *h, const host_args *a, lockdown_report *rep)
+{
+    ar_error err;
+    int address_space = 1;
+#ifdef AIORUN_SANITIZE
+    /* sanitizer shadow memory needs terabytes of address space */
+    address_space = 0;
+#endif
+    lockdown_report_init(rep);
+    if (!a->no_rlimits)
+        lockdown_or_refuse(h, lockdown_rlimits(address_space, rep, &err), "set its resource limits", &err);
+    /* before the uid drop and Landlock: OpenSSL reads its configuration, libsodium its
+     * random source */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        die(HOST_EXIT_INTERNAL, "curl_global_init failed");
+    if (sodium_init() < 0)
+        die(HOST_EXIT_INTERNAL, "sodium_init failed");
+    if (!a->no_uid) {
+        if (geteuid() != 0)
+            rep->uid_state = LOCKDOWN_UID_SHARED;
+        else if (a->uid)
+            lockdown_or_refuse(h, lockdown_drop_uid(a->uid, a->gid, a->nproc, rep, &err),
+                               "switch to the connector's uid", &err);
+    }
+    lockdown_or_refuse(h, lockdown_no_privs(rep, &err), "set no_new_privs", &err);
+    if (!a->no_landlock) {
+#ifdef AIORUN_SANITIZE
+        /* a sanitizer report symbolizes from the binaries: grant read on the host's own
+         * (the plugin and the libraries are readable anyway; /proc/self is not needed) */
+        static char exe[4096];
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[n > 0 ? n : 0] = '\0';
+        const char *extra[] = {exe[0] ? exe : NULL, NULL};
+#else
+        static const char *const *const extra = NULL;
+#endif
+        lockdown_landlock_opts o = {.plugin_path = a->plugin, .workdir = a->workdir,
+                                    .ports = a->ports, .n_ports = a->n_ports, .extra_read = extra};
+        lockdown_or_refuse(h, lockdown_landlock(&o, rep, &err), "apply its Landlock rules", &err);
+    }
+    if (a->workdir && chdir(a->workdir) != 0) {
+        snprintf(err.message, sizeof err.message, "chdir %s: %s", a->workdir, strerror(errno));
+        lockdown_or_refuse(h, AR_E_IO, "enter its working directory", &err);
+    }
+}
+
 int main(int argc, char **argv)
 {
     host_args args;
@@ -586,6 +705,8 @@ int main(int argc, char **argv)
     host_plugin plugin = {0};
     aiorun_call call;
     frame_decoder dec;
+    lockdown_report rep;
+    ar_error err;
 
     close_inherited_fds();
     parse_args(argc, argv, &args);
@@ -595,17 +716,15 @@ int main(int argc, char **argv)
     memset(&call, 0, sizeof call);
     frame_decoder_init(&dec, args.max_frame);
 
-    /* Lock down before any plugin code runs (SANDBOX.md, "Recommended sandbox design"). */
-    set_rlimits();
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        die(HOST_EXIT_INTERNAL, "curl_global_init failed");
-    /* issue 7: drop to the connector's own uid/gid here (setgroups, setresgid, setresuid),
-     * then set RLIMIT_NPROC to 8-16. */
-    set_nondumpable_no_new_privs();
-    /* issue 7: apply the Landlock ruleset here. */
-
-    json_t *hello = load_plugin(&host, args.plugin, &plugin);
-    /* issue 7: load the seccomp allowlist here (after dlopen, before the plugin's init). */
+    /* Lock down before any plugin code runs, constructors included (SANDBOX.md,
+     * "Recommended sandbox design"). */
+    lock_down(&host, &args, &rep);
+    json_t *hello = load_plugin(&host, args.plugin, args.plugin_name, &plugin);
+    if (!args.no_seccomp && lockdown_seccomp(&rep, &err) != AR_OK)
+        refuse(&host, "seccomp_failed", "the sandbox host could not load its seccomp filter: %s; "
+               "plugin %s is not run without it", err.message, args.plugin_name);
+    if (json_object_set_new(hello, "sandbox", lockdown_report_json(&rep)) != 0)
+        die(HOST_EXIT_INTERNAL, "out of memory");
     send_frame(&host, FRAME_HELLO, 0, hello);
 
     init_plugin(&host, &plugin, &dec, &call);

@@ -41,6 +41,7 @@ static const char *const db_names[JDB_COUNT] = {
     [JDB_TOKENS] = "tokens",
     [JDB_TOKEN_NAMES] = "token_names",
     [JDB_CONNECTORS] = "connectors",
+    [JDB_SECRETS] = "secrets",
 };
 
 #define SCHEMA_KEY "schema_version"

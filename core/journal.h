@@ -44,6 +44,7 @@ typedef enum journal_db {
     JDB_TOKENS,        /* token digest -> token record (auth.h) */
     JDB_TOKEN_NAMES,   /* token name -> token digest */
     JDB_CONNECTORS,    /* connector name -> flow state: pause, breaker, recent transitions */
+    JDB_SECRETS,       /* connector secrets, encrypted (vault.h) */
     JDB_COUNT
 } journal_db;
 

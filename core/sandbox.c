@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -16,9 +17,11 @@
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <sodium.h>
 
 #include "aiorun/plugin.h"
 #include "frame.h"
@@ -52,7 +55,15 @@
 /* Secret values shorter than this are not redacted: they would mangle ordinary text and are
  * too short to be credentials worth hiding. */
 #define REDACT_MIN_LEN 4
-#define REDACTED "[redacted]"
+#define REDACTED "[REDACTED]"
+/* Where a root daemon keeps plugin copies and working directories when none is configured. */
+#define DEFAULT_RUNTIME_DIR "/run/aiorun"
+#define MAX_PORTS 64
+/* RLIMIT_NPROC of a connector's uid: its processes, a resolver thread or two each, and room */
+#define NPROC_BASE 12
+#define NPROC_PER_PROCESS 4
+/* Nesting of a plugin's working directory that its removal follows. */
+#define REMOVE_MAX_DEPTH 128
 /* A Retry-After from the host is believed up to a week (the host is not trusted). */
 #define RETRY_AFTER_MAX_MS (7LL * 24 * 3600 * 1000)
 
@@ -91,6 +102,7 @@ typedef struct sandbox_proc {
     frame_decoder dec;
     uint8_t *out;               /* pending output: out[out_off, out_len) */
     size_t out_len, out_off;
+    int out_sensitive;          /* out holds secrets (INIT): wiped before it is freed */
     int want_out;               /* EPOLLOUT registered */
     int has_call;
     proc_call call;
@@ -109,8 +121,13 @@ struct sandbox_pool {
     loop_t *loop;
     char *connector, *plugin_path, *host_path;
     json_t *config;
-    json_t *secrets;            /* object name -> string; wiped and freed with the pool */
-    int has_redactable;         /* some secret is at least REDACT_MIN_LEN bytes long */
+    sandbox_secrets_fn secrets_fn;  /* NULL: no secrets */
+    void *secrets_arg;
+    char **argv;                /* the host's command line (owned, NULL-terminated) */
+    char *run_plugin;           /* what the host loads: our private copy, or plugin_path */
+    char *copy_path;            /* the private copy we made, NULL when none */
+    char *pid_dir;              /* <runtime_dir>/<our pid>, NULL when not set up */
+    char *workdir;              /* <pid_dir>/work/<connector>, NULL when not set up */
     int timeout_ms;
     size_t max_frame;
     sandbox_event_fn on_event;
@@ -135,6 +152,7 @@ struct sandbox_pool {
 
 static void proc_spawn(sandbox_proc *p);
 static void on_io(loop_t *loop, int fd, uint32_t events, void *arg);
+static void format_message(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 static int64_t mono_us(void)
 {
@@ -198,6 +216,17 @@ static void update_state(sandbox_pool *pool, int idle)
 
 /* ---- the channel ---- */
 
+/* Drop the pending output, wiping it first when it holds secrets. */
+static void out_free(sandbox_proc *p)
+{
+    if (p->out && p->out_sensitive)
+        explicit_bzero(p->out, p->out_len);
+    free(p->out);
+    p->out = NULL;
+    p->out_len = p->out_off = 0;
+    p->out_sensitive = 0;
+}
+
 static void channel_close(sandbox_proc *p)
 {
     if (p->fd >= 0) {
@@ -207,9 +236,7 @@ static void channel_close(sandbox_proc *p)
     }
     p->gen++;
     frame_decoder_fini(&p->dec);
-    free(p->out);
-    p->out = NULL;
-    p->out_len = p->out_off = 0;
+    out_free(p);
     p->want_out = 0;
 }
 
@@ -235,17 +262,18 @@ static void channel_flush(sandbox_proc *p)
         p->out_off = p->out_len;
         break;
     }
-    free(p->out);
-    p->out = NULL;
-    p->out_len = p->out_off = 0;
+    out_free(p);
     if (p->want_out) {
         loop_mod_fd(p->pool->loop, p->fd, EPOLLIN | EPOLLRDHUP);
         p->want_out = 0;
     }
 }
 
-static int channel_send(sandbox_proc *p, frame_type type, uint32_t id, const json_t *payload,
-                        ar_error *err)
+/* Queue a frame and write what the socket takes. sensitive: the frame carries secrets, so
+ * every buffer that held it is wiped before it is freed (no realloc, which could leave a copy
+ * behind). */
+static int channel_send_ex(sandbox_proc *p, frame_type type, uint32_t id, const json_t *payload,
+                           int sensitive, ar_error *err)
 {
     uint8_t *buf;
     size_t len;
@@ -253,10 +281,29 @@ static int channel_send(sandbox_proc *p, frame_type type, uint32_t id, const jso
     if (rc != AR_OK)
         return rc;
     if (p->out_off == p->out_len) {
-        free(p->out);
+        out_free(p);
         p->out = buf;
         p->out_len = len;
         p->out_off = 0;
+        p->out_sensitive = sensitive;
+    } else if (sensitive || p->out_sensitive) {
+        size_t pending = p->out_len - p->out_off;
+        uint8_t *nb = malloc(pending + len);
+        if (!nb) {
+            if (sensitive)
+                explicit_bzero(buf, len);
+            free(buf);
+            return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory queueing a frame");
+        }
+        memcpy(nb, p->out + p->out_off, pending);
+        memcpy(nb + pending, buf, len);
+        if (sensitive)
+            explicit_bzero(buf, len);
+        free(buf);
+        out_free(p);
+        p->out = nb;
+        p->out_len = pending + len;
+        p->out_sensitive = 1;
     } else {
         uint8_t *nb = realloc(p->out, p->out_len + len);
         if (!nb) {
@@ -270,6 +317,12 @@ static int channel_send(sandbox_proc *p, frame_type type, uint32_t id, const jso
     }
     channel_flush(p);
     return AR_OK;
+}
+
+static int channel_send(sandbox_proc *p, frame_type type, uint32_t id, const json_t *payload,
+                        ar_error *err)
+{
+    return channel_send_ex(p, type, id, payload, 0, err);
 }
 
 /* ---- calls ---- */
@@ -320,16 +373,142 @@ static const char *call_kind_prefix(const proc_call *c)
 
 /* ---- redaction of secrets in what a plugin sends back ---- */
 
-/* Copy [s, s+len) with every redactable secret value replaced. 0: nothing found (*out NULL);
- * 1: *out is the redacted copy (malloc'd, NUL-terminated, *out_len its length), or NULL when
- * memory ran out (the caller must then withhold the text). */
-static int redact_bytes(const sandbox_pool *pool, const char *s, size_t len, char **out,
-                        size_t *out_len)
+/* The values to look for in one frame: every secret of REDACT_MIN_LEN bytes or more, as raw
+ * bytes and, where that differs, in the form JSON escaping gives it (a plugin may pass on JSON
+ * text that quotes a secret). Asked from secrets_fn for each frame and wiped after it, so the
+ * pool never keeps a value. */
+typedef struct redact_pat {
+    const char *s;
+    size_t len;
+    const char *next;           /* the next match at or after the scan position; NULL: none left */
+    size_t next_from;           /* where next was searched from; (size_t)-1: not yet searched */
+} redact_pat;
+
+typedef struct redactor {
+    vault_secrets secrets;
+    redact_pat *pats;
+    size_t n;
+    char **escaped;             /* the JSON-escaped forms (malloc'd, wiped when done) */
+    size_t *escaped_len;
+    size_t n_escaped;
+} redactor;
+
+/* The JSON-escaped form of s (as jansson writes it inside quotes), or NULL when it needs no
+ * escaping or memory ran out. */
+static char *json_escaped(const unsigned char *s, size_t len, size_t *out_len)
+{
+    size_t need = 0;
+    int differs = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            need += 2, differs = 1;
+        else if (c < 0x20)
+            need += 6, differs = 1;
+        else
+            need += 1;
+    }
+    if (!differs)
+        return NULL;
+    char *out = malloc(need + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        const char *esc = NULL;
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        default: break;
+        }
+        if (esc) {
+            memcpy(out + o, esc, 2);
+            o += 2;
+        } else if (c < 0x20) {
+            snprintf(out + o, 7, "\\u%04X", c);
+            o += 6;
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return out;
+}
+
+static void redactor_end(redactor *r)
+{
+    for (size_t i = 0; i < r->n_escaped; i++) {
+        explicit_bzero(r->escaped[i], r->escaped_len[i]);
+        free(r->escaped[i]);
+    }
+    free(r->escaped);
+    free(r->escaped_len);
+    free(r->pats);
+    vault_secrets_free(&r->secrets);
+    memset(r, 0, sizeof *r);
+}
+
+/* Fetch the secrets for one frame. AR_OK, or an error with why filled (a text that cannot be
+ * checked must then be withheld). */
+static int redactor_begin(const sandbox_pool *pool, redactor *r, char *why, size_t cap)
+{
+    memset(r, 0, sizeof *r);
+    if (!pool->secrets_fn)
+        return AR_OK;
+    ar_error err;
+    ar_error_clear(&err);
+    if (pool->secrets_fn(pool->secrets_arg, pool->connector, &r->secrets, &err) != AR_OK) {
+        format_message(why, cap, "%s", err.message[0] ? err.message : "the secrets cannot be read");
+        redactor_end(r);
+        return AR_E_FAIL;
+    }
+    size_t n = r->secrets.n;
+    if (n == 0)
+        return AR_OK;
+    r->pats = calloc(2 * n, sizeof *r->pats);
+    r->escaped = calloc(n, sizeof *r->escaped);
+    r->escaped_len = calloc(n, sizeof *r->escaped_len);
+    if (!r->pats || !r->escaped || !r->escaped_len)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        const vault_secret *v = &r->secrets.items[i];
+        if (v->len < REDACT_MIN_LEN)
+            continue;
+        r->pats[r->n++] = (redact_pat){.s = (const char *)v->value, .len = v->len};
+        size_t elen = 0;
+        char *e = json_escaped(v->value, v->len, &elen);
+        if (e) {
+            r->escaped[r->n_escaped] = e;
+            r->escaped_len[r->n_escaped++] = elen;
+            r->pats[r->n++] = (redact_pat){.s = e, .len = elen};
+        }
+    }
+    return AR_OK;
+nomem:
+    snprintf(why, cap, "out of memory");
+    redactor_end(r);
+    return AR_E_NOMEM;
+}
+
+/* Copy [s, s+len) with every secret replaced. 0: nothing found (*out NULL); 1: *out is the
+ * redacted copy (malloc'd, NUL-terminated, *out_len its length), or NULL when memory ran out
+ * (the caller must then withhold the text). Each value's matches are searched for once per
+ * text, so a large text with many matches costs one pass per value. */
+static int redact_bytes(redactor *rd, const char *s, size_t len, char **out, size_t *out_len)
 {
     *out = NULL;
     *out_len = 0;
-    if (!pool->has_redactable || !s)
+    if (!rd || rd->n == 0 || !s)
         return 0;
+    for (size_t k = 0; k < rd->n; k++)
+        rd->pats[k].next_from = (size_t)-1;
     char *buf = NULL;
     size_t blen = 0, bcap = 0, i = 0;
     int found = 0;
@@ -337,16 +516,16 @@ static int redact_bytes(const sandbox_pool *pool, const char *s, size_t len, cha
         /* the earliest match at or after i; the longest one when several start there */
         const char *best = NULL;
         size_t best_len = 0;
-        const char *name;
-        json_t *v;
-        json_object_foreach(pool->secrets, name, v) {
-            size_t n = json_string_length(v);
-            if (n < REDACT_MIN_LEN || n > len - i)
-                continue;
-            const char *m = memmem(s + i, len - i, json_string_value(v), n);
-            if (m && (!best || m < best || (m == best && n > best_len))) {
+        for (size_t k = 0; k < rd->n; k++) {
+            redact_pat *pt = &rd->pats[k];
+            if (pt->next_from == (size_t)-1 || (pt->next && pt->next < s + i)) {
+                pt->next = pt->len <= len - i ? memmem(s + i, len - i, pt->s, pt->len) : NULL;
+                pt->next_from = i;
+            }
+            const char *m = pt->next;
+            if (m && (!best || m < best || (m == best && pt->len > best_len))) {
                 best = m;
-                best_len = n;
+                best_len = pt->len;
             }
         }
         size_t upto = best ? (size_t)(best - s) : len;
@@ -382,11 +561,11 @@ static int redact_bytes(const sandbox_pool *pool, const char *s, size_t len, cha
 
 /* Redact a NUL-terminated text into buf (cap bytes); returns buf, or s itself when it holds no
  * secret. */
-static const char *redact_text(const sandbox_pool *pool, const char *s, char *buf, size_t cap)
+static const char *redact_text(redactor *rd, const char *s, char *buf, size_t cap)
 {
     char *r;
     size_t n;
-    if (!s || !redact_bytes(pool, s, strlen(s), &r, &n))
+    if (!s || !redact_bytes(rd, s, strlen(s), &r, &n))
         return s;
     snprintf(buf, cap, "%s", r ? r : "(text withheld: out of memory while redacting secrets)");
     free(r);
@@ -394,12 +573,14 @@ static const char *redact_text(const sandbox_pool *pool, const char *s, char *bu
 }
 
 /* Redact every string and key of v in place. AR_OK or AR_E_NOMEM. */
-static int redact_json(const sandbox_pool *pool, json_t *v)
+static int redact_json(redactor *rd, json_t *v)
 {
     char *r;
     size_t n;
+    if (!rd || rd->n == 0)
+        return AR_OK;
     if (json_is_string(v)) {
-        if (!redact_bytes(pool, json_string_value(v), json_string_length(v), &r, &n))
+        if (!redact_bytes(rd, json_string_value(v), json_string_length(v), &r, &n))
             return AR_OK;
         int rc = r && json_string_setn_nocheck(v, r, n) == 0 ? AR_OK : AR_E_NOMEM;
         free(r);
@@ -409,7 +590,7 @@ static int redact_json(const sandbox_pool *pool, json_t *v)
         size_t i;
         json_t *e;
         json_array_foreach(v, i, e) {
-            if (redact_json(pool, e) != AR_OK)
+            if (redact_json(rd, e) != AR_OK)
                 return AR_E_NOMEM;
         }
         return AR_OK;
@@ -420,9 +601,9 @@ static int redact_json(const sandbox_pool *pool, json_t *v)
     json_t *e;
     json_t *renamed = NULL;
     json_object_foreach(v, key, e) {
-        if (redact_json(pool, e) != AR_OK)
+        if (redact_json(rd, e) != AR_OK)
             goto nomem;
-        if (!redact_bytes(pool, key, strlen(key), &r, &n))
+        if (!redact_bytes(rd, key, strlen(key), &r, &n))
             continue;
         if (!r || (!renamed && !(renamed = json_array())) ||
             json_array_append_new(renamed, json_pack("[s, s]", key, r)) != 0) {
@@ -445,6 +626,23 @@ nomem:
     return AR_E_NOMEM;
 }
 
+/* A plugin text with the secrets redacted, into buf (cap bytes), fetching the secrets for it.
+ * When they cannot be fetched the text is withheld and a note says why. */
+static const char *redact_frame_text(const sandbox_pool *pool, const char *s, char *buf, size_t cap)
+{
+    redactor rd;
+    char why[300];
+    if (!s)
+        return s;
+    if (redactor_begin(pool, &rd, why, sizeof why) != AR_OK) {
+        snprintf(buf, cap, "(text withheld: the secrets to redact from it could not be read: %s)", why);
+        return buf;
+    }
+    const char *out = redact_text(&rd, s, buf, cap);
+    redactor_end(&rd);
+    return out;
+}
+
 /* ---- death and restart ---- */
 
 static void describe_status(int status, char *out, size_t cap)
@@ -457,6 +655,28 @@ static void describe_status(int status, char *out, size_t cap)
         snprintf(out, cap, "exited with status %d", WEXITSTATUS(status));
     } else {
         snprintf(out, cap, "ended (wait status %d)", status);
+    }
+}
+
+/* What a death by signal means in the sandbox, for the message; NULL when there is nothing to
+ * add. (A SIGKILL of ours for a deadline is reported as a timeout before the reap.) */
+static const char *death_cause(int status)
+{
+    if (!WIFSIGNALED(status))
+        return NULL;
+    switch (WTERMSIG(status)) {
+    case SIGSYS: return "killed by the seccomp filter (syscall not allowed)";
+    case SIGXCPU: return "the CPU time limit (RLIMIT_CPU) was reached";
+    case SIGKILL: return "killed with SIGKILL (the hard CPU time limit, the kernel's out-of-memory "
+                         "killer, or an operator)";
+    case SIGSEGV: return "it crashed (an invalid memory access; also how running out of memory "
+                         "under the address-space limit often ends)";
+    case SIGABRT: return "it aborted (often out of memory under the address-space limit, or a "
+                         "failed assertion)";
+    case SIGBUS:
+    case SIGILL:
+    case SIGFPE: return "it crashed";
+    default: return NULL;
     }
 }
 
@@ -515,22 +735,27 @@ static void proc_reaped(sandbox_proc *p, int status, int known)
     sandbox_pool *pool = p->pool;
 
     reap_stop(p);
-    if (known)
+    const char *cause = NULL;
+    if (known) {
         describe_status(status, how, sizeof how);
-    else
+        cause = death_cause(status);
+    } else {
         snprintf(how, sizeof how, "ended (exit status unavailable)");
+    }
     proc_call c;
     int had_call = call_detach(p, &c);
     if (had_call) {
-        snprintf(reason, sizeof reason, "plugin process for connector %s %s during %s %s",
-                 pool->connector, how, call_kind_prefix(&c), c.action);
+        format_message(reason, sizeof reason, "plugin process for connector %s %s during %s %s%s%s",
+                       pool->connector, how, call_kind_prefix(&c), c.action, cause ? ": " : "",
+                       cause ? cause : "");
     } else if (p->kill_reason[0]) {
         snprintf(reason, sizeof reason, "%s", p->kill_reason);
     } else if (!p->ready_at_ms) {
-        snprintf(reason, sizeof reason, "plugin process for connector %s %s before it was ready",
-                 pool->connector, how);
+        format_message(reason, sizeof reason, "plugin process for connector %s %s before it was ready%s%s",
+                       pool->connector, how, cause ? ": " : "", cause ? cause : "");
     } else {
-        snprintf(reason, sizeof reason, "plugin process for connector %s %s", pool->connector, how);
+        format_message(reason, sizeof reason, "plugin process for connector %s %s%s%s", pool->connector,
+                       how, cause ? ": " : "", cause ? cause : "");
     }
     proc_down(p, reason);
     if (had_call)
@@ -664,9 +889,11 @@ static void pool_refuse(sandbox_pool *pool, sandbox_proc *from, const char *mess
 
 static void malformed(sandbox_proc *p, const char *why)
 {
-    char msg[600];
-    snprintf(msg, sizeof msg, "plugin sent a malformed reply: %s (connector %s)", why,
-             p->pool->connector);
+    char msg[600], clean[400];
+    /* a parser's message may quote the bytes it choked on */
+    why = redact_frame_text(p->pool, why, clean, sizeof clean);
+    format_message(msg, sizeof msg, "plugin sent a malformed reply: %s (connector %s)", why,
+                   p->pool->connector);
     proc_kill(p, AIORUN_E_PLUGIN_CRASHED, msg);
 }
 
@@ -680,8 +907,8 @@ static void forward_log(sandbox_pool *pool, const json_t *payload)
         if (strcmp(want, levels[i]) == 0)
             level = levels[i];
     char clean[LOG_LINE_MAX];
-    const char *msg = redact_text(pool, json_string_value(json_object_get(payload, "message")),
-                                  clean, sizeof clean);
+    const char *msg = redact_frame_text(pool, json_string_value(json_object_get(payload, "message")),
+                                        clean, sizeof clean);
     char line[LOG_LINE_MAX];
     size_t o = 0;
     for (const unsigned char *s = (const unsigned char *)(msg ? msg : ""); *s && o + 5 < sizeof line; s++) {
@@ -746,6 +973,49 @@ static int check_hello(sandbox_pool *pool, const json_t *desc, char *why, size_t
     return AR_OK;
 }
 
+/* Wipe the values of an INIT "secrets" object in place (jansson keeps each string in its own
+ * heap block), then drop it. */
+static void wipe_secrets_json(json_t *secrets)
+{
+    const char *name;
+    json_t *v;
+    json_object_foreach(secrets, name, v) {
+        json_t *str = json_is_object(v) ? json_object_get(v, "base64") : v;
+        if (json_is_string(str))
+            explicit_bzero((char *)json_string_value(str), json_string_length(str));
+    }
+    json_decref(secrets);
+}
+
+/* INIT's "secrets": name -> the value as a string when it is UTF-8, else {"base64": text}.
+ * NULL when out of memory. */
+static json_t *secrets_json(const vault_secrets *vs)
+{
+    json_t *out = json_object();
+    for (size_t i = 0; out && i < vs->n; i++) {
+        const vault_secret *v = &vs->items[i];
+        json_t *val = json_stringn((const char *)v->value, v->len);
+        if (!val) {
+            size_t cap = sodium_base64_encoded_len(v->len, sodium_base64_VARIANT_ORIGINAL);
+            char *b64 = malloc(cap);
+            if (b64) {
+                sodium_bin2base64(b64, cap, v->value, v->len, sodium_base64_VARIANT_ORIGINAL);
+                json_t *str = json_string(b64);
+                explicit_bzero(b64, cap);
+                free(b64);
+                if (str) /* "o" steals str, also when packing fails */
+                    val = json_pack("{s:o}", "base64", str);
+            }
+        }
+        /* set_new takes val, also when it fails (only out of memory) */
+        if (!val || json_object_set_new(out, v->name, val) != 0) {
+            wipe_secrets_json(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static void on_hello(sandbox_proc *p, const frame *f)
 {
     sandbox_pool *pool = p->pool;
@@ -761,16 +1031,37 @@ static void on_hello(sandbox_proc *p, const frame *f)
         pool->descriptor = json_incref(f->payload);
         pthread_mutex_unlock(&pool->mu);
     }
-    json_t *init = json_pack("{s:s, s:O, s:O, s:I}", "connector", pool->connector, "config",
-                             pool->config, "secrets", pool->secrets, "deadline_ms",
-                             (json_int_t)(ar_now_ms() + INIT_DEADLINE_MS));
-    if (!init || channel_send(p, FRAME_INIT, 0, init, &err) != AR_OK) {
-        json_decref(init);
-        proc_kill(p, AIORUN_E_PLUGIN_CRASHED, "cannot send INIT to the plugin process");
-        return;
+    /* the secrets for this process only: asked for now, sent, wiped */
+    vault_secrets vs = {0};
+    json_t *secrets = NULL, *init = NULL;
+    char msg[600];
+    if (pool->secrets_fn) {
+        ar_error_clear(&err);
+        if (pool->secrets_fn(pool->secrets_arg, pool->connector, &vs, &err) != AR_OK) {
+            vault_secrets_free(&vs);
+            format_message(msg, sizeof msg, "cannot start a plugin process for connector %s: its "
+                           "secrets cannot be read: %s", pool->connector,
+                           err.message[0] ? err.message : "(no reason given)");
+            proc_kill(p, AIORUN_E_PLUGIN_CRASHED, msg);
+            return;
+        }
     }
+    if (!(secrets = secrets_json(&vs)))
+        goto nomem;
+    init = json_pack("{s:s, s:O, s:O, s:I}", "connector", pool->connector, "config", pool->config,
+                     "secrets", secrets, "deadline_ms", (json_int_t)(ar_now_ms() + INIT_DEADLINE_MS));
+    if (!init || channel_send_ex(p, FRAME_INIT, 0, init, 1, &err) != AR_OK)
+        goto nomem;
     json_decref(init);
+    wipe_secrets_json(secrets);
+    vault_secrets_free(&vs);
     p->phase = PROC_INIT;
+    return;
+nomem:
+    json_decref(init);
+    wipe_secrets_json(secrets);
+    vault_secrets_free(&vs);
+    proc_kill(p, AIORUN_E_PLUGIN_CRASHED, "cannot send INIT to the plugin process");
 }
 
 static void on_result(sandbox_proc *p, const frame *f)
@@ -798,15 +1089,24 @@ static void on_result(sandbox_proc *p, const frame *f)
     if (json_is_integer(ra) && json_integer_value(ra) >= 0)
         res.retry_after_ms = json_integer_value(ra) > RETRY_AFTER_MAX_MS ? RETRY_AFTER_MAX_MS
                                                                          : json_integer_value(ra);
+    redactor rd;
+    char rwhy[300], withheld[400];
+    int can_redact = redactor_begin(p->pool, &rd, rwhy, sizeof rwhy) == AR_OK;
     if (json_is_true(ok)) {
         json_t *r = json_object_get(f->payload, "result");
-        if (r && redact_json(p->pool, r) != AR_OK) {
+        if (!can_redact) {
+            res.error_class = AIORUN_E_PERMANENT;
+            format_message(withheld, sizeof withheld, "the plugin's result was withheld: the secrets "
+                           "to redact from it could not be read: %s", rwhy);
+            res.error_message = withheld;
+        } else if (r && redact_json(&rd, r) != AR_OK) {
             res.error_class = AIORUN_E_PERMANENT;
             res.error_message = "the plugin's result could not be checked for secrets (out of "
                                 "memory) and was withheld";
         } else {
             text = json_dumps(r ? r : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
             if (!text) {
+                redactor_end(&rd);
                 malformed(p, "RESULT whose result cannot be encoded");
                 return;
             }
@@ -818,16 +1118,23 @@ static void on_result(sandbox_proc *p, const frame *f)
         int cls = frame_class_from_name(json_string_value(json_object_get(f->payload, "class")));
         const char *msg = json_string_value(json_object_get(f->payload, "message"));
         if (cls < 0) {
+            redactor_end(&rd);
             malformed(p, "RESULT with an unknown error class");
             return;
         }
         res.error_class = cls;
         res.error_message = msg ? msg : "";
-        if (redact_bytes(p->pool, res.error_message, strlen(res.error_message), &clean_msg,
-                         &clean_len))
+        if (!can_redact) {
+            format_message(withheld, sizeof withheld, "(message withheld: the secrets to redact "
+                           "from it could not be read: %s)", rwhy);
+            res.error_message = withheld;
+        } else if (redact_bytes(&rd, res.error_message, strlen(res.error_message), &clean_msg,
+                                &clean_len)) {
             res.error_message = clean_msg ? clean_msg
                                           : "(message withheld: out of memory while redacting secrets)";
+        }
     }
+    redactor_end(&rd);
     proc_call c;
     call_detach(p, &c);
     update_state(p->pool, 0);
@@ -849,8 +1156,9 @@ static void on_frame(sandbox_proc *p, const frame *f)
     if (f->type == FRAME_REFUSED) {
         const char *code = json_string_value(json_object_get(f->payload, "error"));
         char clean[600];
-        const char *msg = redact_text(p->pool, json_string_value(json_object_get(f->payload, "message")),
-                                      clean, sizeof clean);
+        const char *msg = redact_frame_text(p->pool,
+                                            json_string_value(json_object_get(f->payload, "message")),
+                                            clean, sizeof clean);
         char text[600];
         if (code && strcmp(code, "init_failed") == 0)
             snprintf(text, sizeof text, "plugin %s failed to initialize for connector %s: %s",
@@ -942,7 +1250,7 @@ static void proc_spawn(sandbox_proc *p)
 {
     sandbox_pool *pool = p->pool;
     int sv[2] = {-1, -1}, child_fd = -1, err;
-    char reason[400], max_frame[32];
+    char reason[400];
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t none, all;
@@ -961,15 +1269,9 @@ static void proc_spawn(sandbox_proc *p)
             goto fail;
         }
     }
-    snprintf(max_frame, sizeof max_frame, "%zu", pool->max_frame);
-    char *argv[] = {pool->host_path, "--connector", pool->connector, "--plugin", pool->plugin_path,
-                    "--max-frame", max_frame, NULL};
-#ifdef AIORUN_SANITIZE
-    /* LeakSanitizer's ptrace at exit does not work in the locked-down host */
-    char *envp[] = {"ASAN_OPTIONS=detect_leaks=0", NULL};
-#else
+    /* an empty environment: the host inherits nothing of ours (in sanitizer builds it turns
+     * leak detection off itself, see host_main.c) */
     char *envp[] = {NULL};
-#endif
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, child_fd, 3);
     posix_spawnattr_init(&attr);
@@ -981,7 +1283,7 @@ static void proc_spawn(sandbox_proc *p)
     posix_spawnattr_setpgroup(&attr, 0);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
                                         POSIX_SPAWN_SETPGROUP);
-    err = posix_spawn(&pid, pool->host_path, &fa, &attr, argv, envp);
+    err = posix_spawn(&pid, pool->host_path, &fa, &attr, pool->argv, envp);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     if (err != 0) {
@@ -1026,19 +1328,342 @@ fail:
 
 /* ---- public ---- */
 
-/* Overwrite the secret values in place (jansson keeps each string in its own heap block), then
- * drop the object. */
-static void wipe_secrets(json_t *secrets)
+/* ---- the runtime directory: plugin copy and working directory ---- */
+
+/* Make sure path is a directory of ours (created with mode when missing; never a symlink),
+ * with at most mode's permissions for group and others writable bits (none). AR_OK, or an
+ * error naming the path. */
+static int ensure_dir(const char *path, mode_t mode, ar_error *err)
 {
-    const char *name;
-    json_t *v;
-    json_object_foreach(secrets, name, v) {
-        if (json_is_string(v))
-            explicit_bzero((char *)json_string_value(v), json_string_length(v));
+    struct stat st;
+    if (mkdir(path, mode) == 0) {
+        /* whatever the umask took away */
+        if (chmod(path, mode) != 0)
+            return ar_error_set(err, AR_E_IO, "runtime_dir", "chmod %s: %s", path, strerror(errno));
+        return AR_OK;
     }
-    json_decref(secrets);
+    if (errno != EEXIST)
+        return ar_error_set(err, AR_E_IO, "runtime_dir", "cannot create %s: %s", path, strerror(errno));
+    if (lstat(path, &st) != 0)
+        return ar_error_set(err, AR_E_IO, "runtime_dir", "%s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir", "%s is not a directory", path);
+    if (st.st_uid != geteuid())
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir", "%s is owned by uid %u, not by us (uid %u)",
+                            path, (unsigned)st.st_uid, (unsigned)geteuid());
+    if (st.st_mode & (S_IWGRP | S_IWOTH))
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir",
+                            "%s is writable by group or others (mode %04o): anyone could swap the "
+                            "files in it; chmod 755 it", path, (unsigned)(st.st_mode & 07777));
+    return AR_OK;
 }
 
+/* Remove name (in dirfd) and, for a directory, everything beneath it, without following
+ * symlinks. Best effort: what cannot be removed stays. */
+static void remove_tree_at(int parent, const char *name, int depth)
+{
+    if (unlinkat(parent, name, 0) == 0 || errno == ENOENT)
+        return;
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == EACCES && fchmodat(parent, name, 0700, 0) == 0)
+        fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    if (depth < REMOVE_MAX_DEPTH) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            remove_tree_at(dirfd(d), e->d_name, depth + 1);
+        }
+    }
+    closedir(d);
+    unlinkat(parent, name, AT_REMOVEDIR);
+}
+
+static void remove_tree(const char *path)
+{
+    remove_tree_at(AT_FDCWD, path, 0);
+}
+
+/* Copy the plugin to dst (via a temporary name, then rename): mode 0444, ours. */
+static int copy_plugin(const char *src, const char *dst, ar_error *err)
+{
+    char tmp[4200];
+    char buf[65536];
+    int in = -1, out = -1, rc = AR_OK;
+    struct stat st;
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", dst) >= sizeof tmp)
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir", "path too long: %s", dst);
+    if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0 || fstat(in, &st) != 0) {
+        rc = ar_error_set(err, AR_E_INVALID, "plugin_not_found", "cannot read plugin %s: %s", src,
+                          strerror(errno));
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ar_error_set(err, AR_E_INVALID, "plugin_not_found", "plugin %s is not a regular file", src);
+        goto done;
+    }
+    unlink(tmp);
+    if ((out = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444)) < 0) {
+        rc = ar_error_set(err, AR_E_IO, "runtime_dir", "cannot create %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    for (;;) {
+        ssize_t r = read(in, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = ar_error_set(err, AR_E_IO, "plugin_not_found", "reading plugin %s: %s", src,
+                              strerror(errno));
+            goto done;
+        }
+        if (r == 0)
+            break;
+        for (ssize_t off = 0; off < r;) {
+            ssize_t w = write(out, buf + off, (size_t)(r - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                rc = ar_error_set(err, AR_E_IO, "runtime_dir", "writing %s: %s", tmp, strerror(errno));
+                goto done;
+            }
+            off += w;
+        }
+    }
+    if (fchmod(out, 0444) != 0 || close(out) != 0) {
+        out = -1;
+        rc = ar_error_set(err, AR_E_IO, "runtime_dir", "writing %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    out = -1;
+    if (rename(tmp, dst) != 0)
+        rc = ar_error_set(err, AR_E_IO, "runtime_dir", "rename %s: %s", tmp, strerror(errno));
+done:
+    if (in >= 0)
+        close(in);
+    if (out >= 0)
+        close(out);
+    if (rc != AR_OK)
+        unlink(tmp);
+    return rc;
+}
+
+/* The runtime directory to use: as root the configured one (default /run/aiorun), created
+ * 0755. Not as root: the configured one if we can use it, else $TMPDIR/aiorun-<uid> (0700). */
+static int pick_runtime_dir(const char *configured, int root, char *out, size_t cap, ar_error *err)
+{
+    const char *want = configured ? configured : DEFAULT_RUNTIME_DIR;
+    if (want[0] != '/')
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir", "runtime_dir %s is not absolute", want);
+    int rc = ensure_dir(want, 0755, err);
+    if (rc == AR_OK && (root || access(want, W_OK | X_OK) == 0)) {
+        snprintf(out, cap, "%s", want);
+        return AR_OK;
+    }
+    if (root)
+        return rc;
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || tmp[0] != '/')
+        tmp = "/tmp";
+    if ((size_t)snprintf(out, cap, "%s/aiorun-%u", tmp, (unsigned)geteuid()) >= cap)
+        return ar_error_set(err, AR_E_INVALID, "runtime_dir", "TMPDIR is too long");
+    return ensure_dir(out, 0700, err);
+}
+
+/* Remove what daemons that are gone left in the runtime directory (a <pid> directory whose
+ * process no longer exists: killed before it could clean up). A live process of that pid, of
+ * whatever user, keeps its directory. */
+static void sweep_stale(const char *rt)
+{
+    DIR *d = opendir(rt);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        errno = 0;
+        long pid = strtol(e->d_name, &end, 10);
+        if (errno || *end || end == e->d_name || pid <= 0 || pid == (long)getpid() ||
+            e->d_name[0] == '0')
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+            st.st_uid != geteuid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        remove_tree_at(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
+static char *path_join(const char *a, const char *b)
+{
+    char *out;
+    return asprintf(&out, "%s/%s", a, b) < 0 ? NULL : out;
+}
+
+/* Set up <runtime>/<pid>/work/<connector> (and the plugin copy when the host will run as
+ * another uid). */
+static int runtime_setup(sandbox_pool *pool, const sandbox_lockdown *ld, int drop_uid, ar_error *err)
+{
+    char rt[4096], pid[32];
+    char *work_parent = NULL, *copy = NULL;
+    int rc = pick_runtime_dir(ld->runtime_dir, geteuid() == 0, rt, sizeof rt, err);
+    if (rc != AR_OK)
+        return rc;
+    sweep_stale(rt);
+    snprintf(pid, sizeof pid, "%ld", (long)getpid());
+    if (!(pool->pid_dir = path_join(rt, pid)) || !(work_parent = path_join(pool->pid_dir, "work")) ||
+        !(pool->workdir = path_join(work_parent, pool->connector)))
+        goto nomem;
+    if (drop_uid) {
+        struct stat st;
+        if (stat(rt, &st) != 0 || (st.st_mode & 0005) != 0005) {
+            rc = ar_error_set(err, AR_E_INVALID, "runtime_dir", "runtime_dir %s must be readable and "
+                              "searchable by the connector's uid (mode 0755)", rt);
+            goto done;
+        }
+    }
+    if ((rc = ensure_dir(pool->pid_dir, 0755, err)) != AR_OK ||
+        (rc = ensure_dir(work_parent, 0755, err)) != AR_OK)
+        goto done;
+    /* a stale one (a daemon of the same pid before us) goes: the plugin starts empty */
+    remove_tree(pool->workdir);
+    if (mkdir(pool->workdir, 0700) != 0 || chmod(pool->workdir, 0700) != 0 ||
+        (drop_uid && chown(pool->workdir, ld->uid, ld->gid ? ld->gid : ld->uid) != 0)) {
+        rc = ar_error_set(err, AR_E_IO, "runtime_dir", "cannot create the working directory %s: %s",
+                          pool->workdir, strerror(errno));
+        goto done;
+    }
+    if (drop_uid) {
+        if (asprintf(&copy, "%s/%s.so", pool->pid_dir, pool->connector) < 0) {
+            copy = NULL;
+            goto nomem;
+        }
+        if ((rc = copy_plugin(pool->plugin_path, copy, err)) != AR_OK)
+            goto done;
+        pool->copy_path = copy;
+        copy = NULL;
+    }
+    rc = AR_OK;
+    goto done;
+nomem:
+    rc = ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
+done:
+    free(copy);
+    free(work_parent);
+    return rc;
+}
+
+/* Remove what runtime_setup made: the working directory with whatever the plugin left in it,
+ * the copy, and the shared parents once they are empty. */
+static void runtime_cleanup(sandbox_pool *pool)
+{
+    if (pool->workdir)
+        remove_tree(pool->workdir);
+    if (pool->copy_path)
+        unlink(pool->copy_path);
+    if (pool->pid_dir) {
+        char *work_parent = path_join(pool->pid_dir, "work");
+        if (work_parent)
+            rmdir(work_parent); /* fails while another pool of ours still uses it: fine */
+        free(work_parent);
+        rmdir(pool->pid_dir);
+    }
+    free(pool->workdir);
+    free(pool->copy_path);
+    free(pool->pid_dir);
+    pool->workdir = pool->copy_path = pool->pid_dir = NULL;
+}
+
+/* The host's command line (lockdown.h's steps, host_main.c's options). */
+static int build_argv(sandbox_pool *pool, const sandbox_lockdown *ld, int root, int drop_uid)
+{
+    size_t cap = 24 + 2 * ld->n_ports, n = 0;
+    char **argv = calloc(cap, sizeof *argv);
+    if (!argv)
+        return AR_E_NOMEM;
+    pool->argv = argv;
+#define ARG(expr)                            \
+    do {                                     \
+        if (!(argv[n++] = (expr)))           \
+            return AR_E_NOMEM;               \
+    } while (0)
+#define ARGF(...)                                        \
+    do {                                                 \
+        char *a_;                                        \
+        if (asprintf(&a_, __VA_ARGS__) < 0)              \
+            return AR_E_NOMEM;                           \
+        argv[n++] = a_;                                  \
+    } while (0)
+    ARG(strdup(pool->host_path));
+    ARG(strdup("--connector"));
+    ARG(strdup(pool->connector));
+    ARG(strdup("--plugin"));
+    ARG(strdup(pool->run_plugin));
+    ARG(strdup("--plugin-name"));
+    ARG(strdup(pool->plugin_path));
+    ARG(strdup("--max-frame"));
+    ARGF("%zu", pool->max_frame);
+    if (pool->workdir) {
+        ARG(strdup("--workdir"));
+        ARG(strdup(pool->workdir));
+    }
+    if (drop_uid) {
+        ARG(strdup("--uid"));
+        ARGF("%u", ld->uid);
+        ARG(strdup("--gid"));
+        ARGF("%u", ld->gid ? ld->gid : ld->uid);
+        /* RLIMIT_NPROC counts every process and thread of the uid: all of ours share it */
+        ARG(strdup("--nproc"));
+        ARGF("%d", NPROC_BASE + NPROC_PER_PROCESS * pool->n);
+    }
+    for (size_t i = 0; i < ld->n_ports; i++) {
+        ARG(strdup("--port"));
+        ARGF("%d", ld->ports[i]);
+    }
+    if (ld->no_rlimits)
+        ARG(strdup("--no-rlimits"));
+    /* as root without a uid of its own the host stays root: say "off", not "shared" */
+    if (ld->no_uid || (root && !drop_uid))
+        ARG(strdup("--no-uid"));
+    if (ld->no_landlock)
+        ARG(strdup("--no-landlock"));
+    if (ld->no_seccomp)
+        ARG(strdup("--no-seccomp"));
+#undef ARG
+#undef ARGF
+    return AR_OK;
+}
+
+static void free_argv(char **argv)
+{
+    for (size_t i = 0; argv && argv[i]; i++)
+        free(argv[i]);
+    free(argv);
+}
+
+/* A connector name is also a file name in the runtime directory. */
+static int valid_connector_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 128 || s[0] == '.')
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-' || *s == '.'))
+            return 0;
+    return 1;
+}
+
+/* ---- public ---- */
 int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_fn on_event,
                      void *event_arg, sandbox_pool **out, ar_error *err)
 {
@@ -1047,6 +1672,10 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
         opts->plugin_path[0] != '/' || !opts->host_path || opts->host_path[0] != '/')
         return ar_error_set(err, AR_E_INVALID, "invalid_argument",
                             "sandbox pool needs a connector name and absolute plugin and host paths");
+    if (!valid_connector_name(opts->connector))
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument",
+                            "connector name %s cannot name a file (use [A-Za-z0-9_.-], at most "
+                            "128, not starting with a dot)", opts->connector);
     if (opts->processes < 1 || opts->processes > MAX_PROCESSES)
         return ar_error_set(err, AR_E_INVALID, "invalid_argument",
                             "connector %s: processes must be between 1 and %d", opts->connector,
@@ -1054,19 +1683,15 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     if (opts->config && !json_is_object(opts->config))
         return ar_error_set(err, AR_E_INVALID, "invalid_config",
                             "connector %s: config must be a JSON object", opts->connector);
-    if (opts->secrets) {
-        const char *name;
-        json_t *v;
-        if (!json_is_object(opts->secrets))
-            return ar_error_set(err, AR_E_INVALID, "invalid_secrets",
-                                "connector %s: secrets must be a JSON object", opts->connector);
-        /* the name only: a value is never put in a message */
-        json_object_foreach((json_t *)opts->secrets, name, v) {
-            if (!json_is_string(v))
-                return ar_error_set(err, AR_E_INVALID, "invalid_secrets",
-                                    "connector %s: secret %s is not a string", opts->connector, name);
-        }
-    }
+    const sandbox_lockdown *ld = &opts->lockdown;
+    if (ld->n_ports > MAX_PORTS || (ld->n_ports > 0 && !ld->ports))
+        return ar_error_set(err, AR_E_INVALID, "invalid_argument",
+                            "connector %s: at most %d ports", opts->connector, MAX_PORTS);
+    for (size_t i = 0; i < ld->n_ports; i++)
+        if (ld->ports[i] < 1 || ld->ports[i] > 65535)
+            return ar_error_set(err, AR_E_INVALID, "invalid_argument",
+                                "connector %s: port %d is not between 1 and 65535", opts->connector,
+                                ld->ports[i]);
     if (access(opts->host_path, X_OK) != 0)
         return ar_error_set(err, AR_E_INVALID, "host_not_found",
                             "sandbox host %s is not executable: %s", opts->host_path, strerror(errno));
@@ -1079,33 +1704,43 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     pool->plugin_path = strdup(opts->plugin_path);
     pool->host_path = strdup(opts->host_path);
     pool->config = opts->config ? json_deep_copy(opts->config) : json_object();
-    pool->secrets = opts->secrets ? json_deep_copy(opts->secrets) : json_object();
+    pool->secrets_fn = opts->secrets_fn;
+    pool->secrets_arg = opts->secrets_arg;
     pool->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     pool->max_frame = opts->max_frame ? opts->max_frame : FRAME_DEFAULT_MAX_PAYLOAD;
     pool->on_event = on_event;
     pool->event_arg = event_arg;
-    const char *secret_name;
-    json_t *secret_value;
-    json_object_foreach(pool->secrets, secret_name, secret_value) {
-        if (json_string_length(secret_value) >= REDACT_MIN_LEN)
-            pool->has_redactable = 1;
-    }
     pool->n = opts->processes;
     pool->procs = calloc((size_t)pool->n, sizeof *pool->procs);
     pool->state = pool->notified_state = SANDBOX_STARTING;
     pthread_mutex_init(&pool->mu, NULL);
-    if (!pool->connector || !pool->plugin_path || !pool->host_path || !pool->config ||
-        !pool->secrets || !pool->procs) {
-        sandbox_pool_free(pool);
-        return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
-    }
-    for (int i = 0; i < pool->n; i++) {
+    for (int i = 0; pool->procs && i < pool->n; i++) {
         sandbox_proc *p = &pool->procs[i];
         p->pool = pool;
         p->index = i;
         p->fd = -1;
         p->pidfd = -1;
         p->backoff_ms = BACKOFF_MIN_MS;
+    }
+    if (!pool->connector || !pool->plugin_path || !pool->host_path || !pool->config || !pool->procs) {
+        sandbox_pool_free(pool);
+        return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
+    }
+    /* As root, the host switches to the connector's uid: it gets a root-owned copy of the
+     * plugin it can read (which nobody can swap after this point) and a working directory it
+     * owns. Otherwise it shares our uid and loads the plugin where it is. */
+    int root = geteuid() == 0;
+    int drop_uid = root && !ld->no_uid && ld->uid != 0;
+    int rc = runtime_setup(pool, ld, drop_uid, err);
+    if (rc == AR_OK) {
+        pool->run_plugin = strdup(pool->copy_path ? pool->copy_path : pool->plugin_path);
+        rc = pool->run_plugin ? build_argv(pool, ld, root, drop_uid) : AR_E_NOMEM;
+        if (rc != AR_OK)
+            ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
+    }
+    if (rc != AR_OK) {
+        sandbox_pool_free(pool);
+        return rc;
     }
     /* no events during construction: the owner does not have the pool yet */
     pool->quiet = 1;
@@ -1311,7 +1946,9 @@ void sandbox_pool_free(sandbox_pool *pool)
     }
     json_decref(pool->descriptor);
     json_decref(pool->config);
-    wipe_secrets(pool->secrets);
+    runtime_cleanup(pool);
+    free_argv(pool->argv);
+    free(pool->run_plugin);
     free(pool->procs);
     free(pool->connector);
     free(pool->plugin_path);

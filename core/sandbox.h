@@ -14,11 +14,23 @@
  * plugin (ABI, missing entry, bad descriptor, config schema violation, failing init) marks the
  * pool SANDBOX_REFUSED with the message and is not restarted.
  *
- * Secrets: the pool keeps a copy of the connector's secrets (wiped when the pool is freed) and
- * sends them in INIT to every process it starts, restarts included; they are never logged.
- * Because the host process cannot be trusted to keep them to itself, every value of 4 bytes or
- * more is replaced with "[redacted]" in what comes back from a plugin: results, error messages
- * and log lines.
+ * Secrets: the pool keeps no copy. It asks secrets_fn (the vault) for the connector's secrets
+ * each time it starts a process (restarts included), sends them in INIT, and wipes them at
+ * once; they are never logged. Because the host process cannot be trusted to keep them to
+ * itself, the pool asks again for every frame that carries plugin text (results, error
+ * messages, log lines) and replaces every value of 4 bytes or more — as raw bytes and in its
+ * JSON-escaped form — with "[REDACTED]" before anything leaves the pool; then wipes them.
+ *
+ * Lock-down: the host confines itself before it loads the plugin, in the order of
+ * ../shared/SANDBOX.md (rlimits, curl init, the connector's own uid/gid, NPROC, non-dumpable,
+ * no_new_privs, Landlock, dlopen, seccomp, INIT). sandbox_lockdown says what to apply; each
+ * layer can be switched off for debugging. The host reports what is active in HELLO: the
+ * descriptor's "sandbox" member, {"rlimits", "uid", "no_new_privs", "dumpable", "landlock",
+ * "seccomp"} (see sdk/README.md), which GET /v1/connectors shows. A Landlock the kernel lacks
+ * is reported, not fatal; a seccomp filter that cannot be loaded refuses the plugin. When the
+ * daemon runs as root and drops to a connector uid, the plugin file is first copied to a
+ * root-owned runtime directory the uid can read (so the plugin's own directory need not be
+ * traversable, and the file cannot be swapped after the check).
  *
  * Threading: everything here runs on the loop's thread, including callbacks, except
  * sandbox_pool_snapshot which is safe from any thread.
@@ -32,6 +44,7 @@
 
 #include "ar.h"
 #include "loop.h"
+#include "vault.h"
 
 typedef struct sandbox_pool sandbox_pool;
 
@@ -42,6 +55,30 @@ typedef enum sandbox_state {
     SANDBOX_REFUSED = 3    /* the plugin cannot be used; see message */
 } sandbox_state;
 
+/* The connector's secrets, decrypted for one use (vault_get_all): the pool frees them with
+ * vault_secrets_free as soon as it has used them. A failure fails the start of the process (its
+ * message, which names no value, becomes the pool's message). */
+typedef int (*sandbox_secrets_fn)(void *arg, const char *connector, vault_secrets *out, ar_error *err);
+
+typedef struct sandbox_lockdown {
+    int no_rlimits;            /* 1: switch that layer off (debugging only); 0: on */
+    int no_uid;
+    int no_landlock;
+    int no_seccomp;
+    unsigned uid, gid;         /* the connector's own ids, used when the daemon is root; 0: none */
+    const int *ports;          /* TCP ports the plugin may connect to (copied); n_ports 0: none */
+    size_t n_ports;
+    const char *runtime_dir;   /* root-owned directory for the plugin copy and the working
+                                  directory (created 0755 if missing); NULL: "/run/aiorun" when
+                                  root, else no copy. Layout: <runtime_dir>/<daemon pid>/
+                                  <connector>.so (0444, only when switching uid) and
+                                  .../work/<connector>/ (0700, the host's current directory,
+                                  owned by its uid, emptied and removed with the pool); what a
+                                  daemon that died left there is removed. Not root: the working
+                                  directory goes there too when we may write it, else under
+                                  $TMPDIR/aiorun-<uid> (0700) */
+} sandbox_lockdown;
+
 typedef struct sandbox_pool_opts {
     const char *connector;     /* instance name (copied) */
     const char *plugin_path;   /* absolute path to the .so (copied) */
@@ -50,8 +87,9 @@ typedef struct sandbox_pool_opts {
     int processes;             /* >= 1 */
     int timeout_ms;            /* default call deadline */
     size_t max_frame;          /* 0: FRAME_DEFAULT_MAX_PAYLOAD */
-    const json_t *secrets;     /* object name -> string (copied); NULL means {}; anything else
-                                  is AR_E_INVALID (the message names a secret, never a value) */
+    sandbox_secrets_fn secrets_fn;  /* NULL: the connector has no secrets */
+    void *secrets_arg;
+    sandbox_lockdown lockdown;
 } sandbox_pool_opts;
 
 typedef struct sandbox_call {

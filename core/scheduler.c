@@ -1235,9 +1235,12 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
             .plugin_path = cc->plugin_path,
             .host_path = host_path,
             .config = cc->config,
-            .secrets = cc->secrets,
             .processes = cc->processes,
             .timeout_ms = cc->timeout_ms,
+            .lockdown = {.no_rlimits = !cc->sandbox_rlimits, .no_uid = !cc->sandbox_uid,
+                         .no_landlock = !cc->sandbox_landlock, .no_seccomp = !cc->sandbox_seccomp,
+                         .uid = cc->uid, .gid = cc->uid, .ports = cc->allow_ports,
+                         .n_ports = cc->n_allow_ports, .runtime_dir = cfg->runtime_dir},
         };
         rc = sandbox_pool_new(s->loop, &opts, on_pool_event, c, &c->pool, err);
         if (rc != AR_OK)

@@ -2,7 +2,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <sodium.h>
 
 #include "test_main.h"
 
@@ -41,13 +43,61 @@ void rec_clear(call_rec *r)
     memset(r, 0, sizeof *r);
 }
 
-void start_pool_opts(harness *h, const sandbox_pool_opts *opts)
+int test_secrets_fn(void *arg, const char *connector, vault_secrets *out, ar_error *err)
+{
+    test_secrets *ts = arg;
+    const char *name;
+    json_t *v;
+    (void)connector;
+    memset(out, 0, sizeof *out);
+    ts->calls++;
+    if (ts->fail)
+        return ar_error_set(err, AR_E_INVALID, "secret_corrupt", "test: the vault is unreadable");
+    size_t n = json_object_size(ts->values);
+    if (sodium_init() < 0 || !(out->items = calloc(n ? n : 1, sizeof *out->items)))
+        return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
+    json_object_foreach((json_t *)ts->values, name, v) {
+        vault_secret *s = &out->items[out->n];
+        size_t len = json_string_length(v);
+        snprintf(s->name, sizeof s->name, "%s", name);
+        /* as the vault does: guarded memory, NUL-terminated */
+        if (!(s->value = sodium_malloc(len + 1))) {
+            vault_secrets_free(out);
+            return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory");
+        }
+        memcpy(s->value, json_string_value(v), len);
+        s->value[len] = '\0';
+        s->len = len;
+        s->version = 1;
+        out->n++;
+    }
+    return AR_OK;
+}
+
+static char g_runtime_dir[64];
+
+const char *test_runtime_dir(void)
+{
+    struct stat st;
+    if (g_runtime_dir[0] && stat(g_runtime_dir, &st) == 0)
+        return g_runtime_dir;
+    snprintf(g_runtime_dir, sizeof g_runtime_dir, "/tmp/aiorun-test-rt-XXXXXX");
+    assert_non_null(mkdtemp(g_runtime_dir));
+    /* a connector uid must be able to reach the plugin copy inside it */
+    assert_int_equal(chmod(g_runtime_dir, 0755), 0);
+    return g_runtime_dir;
+}
+
+void start_pool_opts(harness *h, const sandbox_pool_opts *opts_in)
 {
     ar_error err;
+    sandbox_pool_opts opts = *opts_in;
     memset(h, 0, sizeof *h);
-    assert_int_equal(access(opts->plugin_path, R_OK), 0);
+    if (!opts.lockdown.runtime_dir)
+        opts.lockdown.runtime_dir = test_runtime_dir();
+    assert_int_equal(access(opts.plugin_path, R_OK), 0);
     assert_int_equal(loop_new(&h->loop), AR_OK);
-    if (sandbox_pool_new(h->loop, opts, on_event, h, &h->pool, &err) != AR_OK)
+    if (sandbox_pool_new(h->loop, &opts, on_event, h, &h->pool, &err) != AR_OK)
         fail_msg("sandbox_pool_new: %s", err.message);
 }
 
@@ -55,6 +105,9 @@ void stop_pool(harness *h)
 {
     sandbox_pool_free(h->pool);
     loop_free(h->loop);
+    /* empty again once every pool is freed (each removes what it made) */
+    if (g_runtime_dir[0])
+        rmdir(g_runtime_dir);
 }
 
 typedef struct waiter {

@@ -13,6 +13,16 @@
 
 #define HOST_PATH AIORUN_BUILD_DIR "/bin/aiorun-host"
 
+/* Secrets for a pool, as the vault would hand them out: a sandbox_secrets_fn whose arg is a
+ * test_secrets. values: an object name -> string (borrowed; it must outlive the pool). Counts
+ * the calls; fail makes them fail (with a message naming no value). */
+typedef struct test_secrets {
+    const json_t *values;
+    int calls;
+    int fail;
+} test_secrets;
+int test_secrets_fn(void *arg, const char *connector, vault_secrets *out, ar_error *err);
+
 /* A pool and its loop, owned by the test (start_pool_opts, stop_pool). */
 typedef struct harness {
     loop_t *loop;
@@ -37,10 +47,14 @@ void on_done(void *arg, const sandbox_result *res);
 void rec_clear(call_rec *r);
 
 /* Zero h, then make its loop and a pool with opts (borrowed) that counts its events in
- * h->events. The plugin file must be readable; a refused sandbox_pool_new fails the test. */
+ * h->events. The plugin file must be readable; a refused sandbox_pool_new fails the test.
+ * Without lockdown.runtime_dir the pool gets a temporary one of the test's
+ * (test_runtime_dir), so that tests leave nothing in /run. */
 void start_pool_opts(harness *h, const sandbox_pool_opts *opts);
-/* Free the pool, then the loop. */
+/* Free the pool, then the loop (and the temporary runtime directory when it is empty). */
 void stop_pool(harness *h);
+/* The temporary runtime directory (mode 0755, created when missing). */
+const char *test_runtime_dir(void);
 
 /* Run the loop until pred(h, arg) holds (checked every 5 ms) or WAIT_MS pass. Returns
  * whether it holds. */

@@ -56,6 +56,7 @@ static server g_server;
 typedef struct upload {
     char body[4096];
     size_t len;
+    size_t total;        /* every byte of the body, also past what body keeps */
 } upload;
 
 static void copy_header(struct MHD_Connection *conn, const char *name, char *out, size_t cap)
@@ -97,6 +98,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return MHD_YES;
     }
     if (*data_size > 0) {
+        up->total += *data_size;
         size_t n = *data_size;
         if (n > sizeof up->body - 1 - up->len)
             n = sizeof up->body - 1 - up->len;
@@ -134,6 +136,25 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         static const char *const h[] = {"Location", "/items/7", "ETag", "\"v1\"",
                                         "Idempotent-Replayed", "false", "X-Other", "dropped", NULL};
         return respond(conn, 201, "application/json", "{\"id\":7,\"created\":true}", h);
+    }
+    if (strcmp(url, "/big") == 0) {
+        /* {"data":"xxx..."} with ?bytes= x's */
+        const char *bytes = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "bytes");
+        size_t n = bytes ? strtoul(bytes, NULL, 10) : 0;
+        char *body = malloc(n + 16);
+        memcpy(body, "{\"data\":\"", 9);
+        memset(body + 9, 'x', n);
+        memcpy(body + 9 + n, "\"}", 3);
+        struct MHD_Response *r = MHD_create_response_from_buffer(n + 11, body, MHD_RESPMEM_MUST_FREE);
+        MHD_add_response_header(r, "Content-Type", "application/json");
+        enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+        MHD_destroy_response(r);
+        return ret;
+    }
+    if (strcmp(url, "/upload") == 0) {
+        char answer[64];
+        snprintf(answer, sizeof answer, "{\"received\":%zu}", up->total);
+        return respond(conn, 200, "application/json", answer, NULL);
     }
     if (strcmp(url, "/items/7") == 0)
         return respond(conn, 200, "application/json; charset=utf-8", "{\"id\":7}", NULL);
@@ -241,21 +262,31 @@ static int count_resets(void)
 
 /* ---- the pool, driven by this thread (sandbox_fixture.h) --------------------------------- */
 
+/* The secrets of the pool the test runs (one at a time): they must outlive it. */
+static json_t *g_secret_values;
+static test_secrets g_secrets;
+
 /* Start a pool of the http plugin. config_fmt may hold one %d: the server's port. */
 static void start_http(harness *h, const char *config_fmt, int port, const char *secrets_json)
 {
     char config_text[1024];
     snprintf(config_text, sizeof config_text, config_fmt, port);
     json_t *config = json_loads(config_text, 0, NULL);
-    json_t *secrets = json_loads(secrets_json, 0, NULL);
+    json_decref(g_secret_values);
+    g_secret_values = json_loads(secrets_json, 0, NULL);
     assert_non_null(config);
-    assert_non_null(secrets);
+    assert_non_null(g_secret_values);
+    g_secrets = (test_secrets){.values = g_secret_values};
+    /* Landlock (ABI >= 4) lets the plugin connect to these TCP ports only */
+    static int ports[1];
+    ports[0] = port;
     sandbox_pool_opts opts = {.connector = "rest", .plugin_path = HTTP_PLUGIN,
                               .host_path = HOST_PATH, .config = config, .processes = 1,
-                              .timeout_ms = 10000, .secrets = secrets};
+                              .timeout_ms = 10000, .secrets_fn = test_secrets_fn,
+                              .secrets_arg = &g_secrets,
+                              .lockdown = {.ports = ports, .n_ports = 1}};
     start_pool_opts(h, &opts);
     json_decref(config);
-    json_decref(secrets);
 }
 
 #define BEARER_CONFIG \
@@ -570,7 +601,7 @@ static void test_secret_redacted_from_result(void **state)
     request(&h, "{\"method\":\"GET\",\"path\":\"/echo-auth\"}", "k-echo", 0, &r);
     assert_true(r.ok);
     assert_json(r.result, "{\"status\":200,\"headers\":{\"content-type\":\"application/json\"},"
-                          "\"body\":{\"auth\":\"Bearer [redacted]\"}}");
+                          "\"body\":{\"auth\":\"Bearer [REDACTED]\"}}");
     rec_clear(&r);
     stop_pool(&h);
 }
@@ -615,6 +646,117 @@ static void test_lookup_through_configured_path(void **state)
     stop_pool(&h);
 }
 
+/* Bodies of several MiB both ways through a host under its seccomp filter and Landlock: the
+ * system calls of large transfers (realloc's mremap, more reads and polls) are allowed. */
+static void test_big_bodies_under_the_filter(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    enum { DOWN = 6 * 1024 * 1024, UP = 3 * 1024 * 1024 };
+    start_http(&h, "{\"base_url\":\"http://127.0.0.1:%d\",\"max_body_bytes\":8388608}",
+               g_server.port, "{}");
+    wait_state(&h, SANDBOX_READY);
+    sandbox_snapshot s;
+    sandbox_pool_snapshot(h.pool, &s);
+    json_t *sb = json_object_get(s.descriptor, "sandbox");
+    assert_string_equal(json_string_value(json_object_get(sb, "seccomp")), "on");
+    assert_true(json_is_object(json_object_get(sb, "landlock")) ||
+                strncmp(json_string_value(json_object_get(sb, "landlock")), "unavailable", 11) == 0);
+    json_decref(s.descriptor);
+
+    char input[128];
+    snprintf(input, sizeof input, "{\"method\":\"GET\",\"path\":\"/big?bytes=%d\"}", DOWN);
+    sandbox_call c = {.action = "request", .input_json = input, .input_len = strlen(input),
+                      .idempotency_key = "k-big", .attempt = 1};
+    memset(&r, 0, sizeof r);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r), AR_OK);
+    assert_true(run_until(&h, pred_done, &r));
+    if (!r.ok)
+        fail_msg("GET /big failed: %s", r.message);
+    json_t *v = json_loads(r.result, 0, NULL);
+    const char *data = json_string_value(json_object_get(json_object_get(v, "body"), "data"));
+    assert_non_null(data);
+    assert_int_equal(strlen(data), DOWN);
+    assert_int_equal(strspn(data, "x"), DOWN);
+    json_decref(v);
+    rec_clear(&r);
+
+    /* {"method":"POST","path":"/upload","body":{"blob":"yyy..."}} */
+    size_t cap = UP + 128;
+    char *big = malloc(cap);
+    int head = snprintf(big, cap, "{\"method\":\"POST\",\"path\":\"/upload\",\"body\":{\"blob\":\"");
+    memset(big + head, 'y', UP);
+    snprintf(big + head + UP, cap - head - UP, "\"}}");
+    sandbox_call up = {.action = "request", .input_json = big, .input_len = strlen(big),
+                       .idempotency_key = "k-up", .attempt = 1};
+    memset(&r, 0, sizeof r);
+    assert_int_equal(sandbox_pool_invoke(h.pool, &up, on_done, &r), AR_OK);
+    assert_true(run_until(&h, pred_done, &r));
+    free(big);
+    if (!r.ok)
+        fail_msg("POST /upload failed: %s", r.message);
+    v = json_loads(r.result, 0, NULL);
+    json_int_t received = json_integer_value(json_object_get(json_object_get(v, "body"), "received"));
+    assert_true(received >= UP);
+    json_decref(v);
+    rec_clear(&r);
+    /* the process survived both */
+    sandbox_pool_snapshot(h.pool, &s);
+    assert_int_equal(s.restarts, 0);
+    json_decref(s.descriptor);
+    stop_pool(&h);
+}
+
+/* A name other than "localhost" that /etc/hosts maps to 127.0.0.1 (curl resolves "localhost"
+ * itself), or "" when there is none. */
+static void loopback_alias(char *out, size_t cap)
+{
+    char line[512];
+    out[0] = '\0';
+    FILE *f = fopen("/etc/hosts", "r");
+    if (!f)
+        return;
+    while (!out[0] && fgets(line, sizeof line, f)) {
+        char *save = NULL, *addr = strtok_r(line, " \t\n", &save);
+        if (!addr || strcmp(addr, "127.0.0.1") != 0)
+            continue;
+        for (char *name = strtok_r(NULL, " \t\n", &save); name && name[0] != '#';
+             name = strtok_r(NULL, " \t\n", &save)) {
+            if (strcmp(name, "localhost") != 0 && strlen(name) < cap) {
+                snprintf(out, cap, "%s", name);
+                break;
+            }
+        }
+    }
+    fclose(f);
+}
+
+/* The resolver (getaddrinfo in curl's resolver thread, NSS modules loaded late, /etc/hosts)
+ * works inside the sandbox. */
+static void test_hostname_resolved_in_sandbox(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    char alias[128], config[256];
+    loopback_alias(alias, sizeof alias);
+    if (!alias[0]) {
+        print_message("/etc/hosts names nothing but localhost for 127.0.0.1: skipped\n");
+        skip();
+    }
+    snprintf(config, sizeof config, "{\"base_url\":\"http://%s:%%d\"}", alias);
+    start_http(&h, config, g_server.port, "{}");
+    wait_state(&h, SANDBOX_READY);
+    request(&h, "{\"method\":\"GET\",\"path\":\"/items/7\"}", "k-name", 0, &r);
+    if (!r.ok)
+        fail_msg("GET via %s failed: %s", alias, r.message);
+    assert_json(r.result, "{\"status\":200,\"headers\":{\"content-type\":"
+                          "\"application/json; charset=utf-8\"},\"body\":{\"id\":7}}");
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_post_sends_auth_key_and_body),
     cmocka_unit_test(test_get_sends_no_idempotency_key),
@@ -627,6 +769,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_bad_input_is_invalid),
     cmocka_unit_test(test_secret_redacted_from_result),
     cmocka_unit_test(test_lookup_through_configured_path),
+    cmocka_unit_test(test_big_bodies_under_the_filter),
+    cmocka_unit_test(test_hostname_resolved_in_sandbox),
 };
 
 AR_TEST_MAIN(tests, server_start, server_stop)

@@ -35,6 +35,12 @@ static int pred_both_done(harness *h, void *arg)
     return r[0].done > 0 && r[1].done > 0;
 }
 
+static int pred_secrets_called(harness *h, void *arg)
+{
+    (void)h;
+    return ((test_secrets *)arg)->calls >= 2;
+}
+
 static void wait_serving(harness *h, int n)
 {
     if (!run_until(h, pred_serving, &n)) {
@@ -46,12 +52,12 @@ static void wait_serving(harness *h, int n)
 
 /* ---- set-up ---- */
 
+/* ts (may be NULL: no secrets) must outlive the pool. */
 static void start_pool_secrets(harness *h, const char *connector, const char *plugin,
                                int processes, const char *config_json, int timeout_ms,
-                               const char *secrets_json)
+                               test_secrets *ts)
 {
     json_t *config = json_loads(config_json ? config_json : "{}", 0, NULL);
-    json_t *secrets = secrets_json ? json_loads(secrets_json, 0, NULL) : NULL;
     sandbox_pool_opts opts = {
         .connector = connector,
         .plugin_path = plugin,
@@ -59,12 +65,11 @@ static void start_pool_secrets(harness *h, const char *connector, const char *pl
         .config = config,
         .processes = processes,
         .timeout_ms = timeout_ms,
-        .secrets = secrets,
+        .secrets_fn = ts ? test_secrets_fn : NULL,
+        .secrets_arg = ts,
     };
-    assert_true(!secrets_json || secrets);
     start_pool_opts(h, &opts);
     json_decref(config);
-    json_decref(secrets);
 }
 
 static void start_pool(harness *h, const char *connector, const char *plugin, int processes,
@@ -152,10 +157,48 @@ static void test_secrets_delivered(void **state)
 {
     (void)state;
     harness h;
-    start_pool_secrets(&h, "secret_conn", FIXTURE("t_ok"), 1, "{}", 5000, "{\"token\":\"x\"}");
+    json_t *values = json_pack("{s:s}", "token", "x");
+    test_secrets ts = {.values = values};
+    start_pool_secrets(&h, "secret_conn", FIXTURE("t_ok"), 1, "{}", 5000, &ts);
     wait_state(&h, SANDBOX_READY);
+    /* asked for when the process started (INIT), and again for the log line its init wrote
+     * (redaction): the pool keeps no copy */
+    assert_int_equal(ts.calls, 2);
     expect_ok(&h, "secret", "{}", "{\"found\":true}");
     stop_pool(&h);
+    json_decref(values);
+}
+
+/* The vault cannot be read: the process does not start, the pool says why (naming no value),
+ * and it serves once the secrets can be read again. */
+static void test_secrets_unreadable_fail_the_start(void **state)
+{
+    (void)state;
+    harness h;
+    json_t *values = json_pack("{s:s}", "token", "hunter22");
+    test_secrets ts = {.values = values, .fail = 1};
+    start_pool_secrets(&h, "nosecret_conn", FIXTURE("t_ok"), 1, "{}", 5000, &ts);
+    assert_true(run_until(&h, pred_secrets_called, &ts));
+    sandbox_snapshot s = snap(&h);
+    print_message("message: %s\n", s.message);
+    assert_int_not_equal(s.state, SANDBOX_READY);
+    assert_contains(s.message, "its secrets cannot be read: test: the vault is unreadable");
+    assert_null(strstr(s.message, "hunter22"));
+    json_decref(s.descriptor);
+    ts.fail = 0;
+    wait_state(&h, SANDBOX_READY);
+    expect_ok(&h, "secret", "{}", "{\"found\":true}");
+    /* a result whose secrets cannot be read for redaction is withheld */
+    ts.fail = 1;
+    call_rec r;
+    call_sync(&h, "ok", "{\"a\":1}", 0, &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_PERMANENT);
+    assert_contains(r.message, "withheld");
+    rec_clear(&r);
+    ts.fail = 0;
+    stop_pool(&h);
+    json_decref(values);
 }
 
 static void test_secrets_redacted_in_results(void **state)
@@ -163,22 +206,30 @@ static void test_secrets_redacted_in_results(void **state)
     (void)state;
     harness h;
     call_rec r;
-    start_pool_secrets(&h, "redact_conn", FIXTURE("t_ok"), 1, "{}", 5000,
-                       "{\"token\":\"s3cr3t-t0ken\",\"pin\":\"42\"}");
+    json_t *values = json_pack("{s:s, s:s, s:s}", "token", "s3cr3t-t0ken", "pin", "42", "quoted",
+                               "pa\"ss\\wd\n1");
+    test_secrets ts = {.values = values};
+    start_pool_secrets(&h, "redact_conn", FIXTURE("t_ok"), 1, "{}", 5000, &ts);
     wait_state(&h, SANDBOX_READY);
     /* in values (also twice, and inside a longer string), in keys, nested; a value shorter
      * than 4 bytes ("42") is left alone */
     expect_ok(&h, "ok",
               "{\"a\":\"s3cr3t-t0ken\",\"b\":[\"x s3cr3t-t0ken y s3cr3t-t0ken\"],"
               "\"s3cr3t-t0ken\":{\"n\":42,\"s\":\"42\"}}",
-              "{\"a\":\"[redacted]\",\"b\":[\"x [redacted] y [redacted]\"],"
-              "\"[redacted]\":{\"n\":42,\"s\":\"42\"}}");
+              "{\"a\":\"[REDACTED]\",\"b\":[\"x [REDACTED] y [REDACTED]\"],"
+              "\"[REDACTED]\":{\"n\":42,\"s\":\"42\"}}");
     call_sync(&h, "fail", "{\"class\":\"auth\",\"message\":\"token s3cr3t-t0ken refused\"}", 0, &r);
     assert_false(r.ok);
     assert_int_equal(r.error_class, AIORUN_E_AUTH);
-    assert_string_equal(r.message, "token [redacted] refused");
+    assert_string_equal(r.message, "token [REDACTED] refused");
     rec_clear(&r);
+    /* a value that needs JSON escaping: raw, and escaped inside JSON text the plugin passes on */
+    expect_ok(&h, "ok", "{\"raw\":\"<pa\\\"ss\\\\wd\\n1>\",\"text\":\"{\\\"p\\\":\\\"pa\\\\\\\"ss\\\\\\\\wd\\\\n1\\\"}\"}",
+              "{\"raw\":\"<[REDACTED]>\",\"text\":\"{\\\"p\\\":\\\"[REDACTED]\\\"}\"}");
+    /* asked for again for every frame that carries plugin text */
+    assert_true(ts.calls >= 4);
     stop_pool(&h);
+    json_decref(values);
 }
 
 static void test_lookup_without_lookup_is_invalid(void **state)
@@ -610,11 +661,12 @@ static void test_free_with_call_in_flight(void **state)
     wait_state(&h, SANDBOX_READY);
     assert_int_equal(sandbox_pool_invoke(h.pool, &c, on_done, &r), AR_OK);
     sandbox_pool_free(h.pool);
+    h.pool = NULL;
     assert_int_equal(r.done, 1);
     assert_false(r.ok);
     assert_int_equal(r.error_class, AIORUN_E_PLUGIN_CRASHED);
     assert_contains(r.message, "shut down while action sleep was running");
-    loop_free(h.loop);
+    stop_pool(&h);
 }
 
 static void test_startup_failures_degrade(void **state)
@@ -653,18 +705,18 @@ static void test_bad_arguments(void **state)
     opts.processes = 1;
     opts.plugin_path = "relative.so";
     assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
-    /* secrets must be an object of strings; a message names the secret, never a value */
     opts.plugin_path = FIXTURE("t_ok");
-    json_t *secrets = json_pack("{s:s, s:i}", "token", "hunter22", "pin", 1234);
-    opts.secrets = secrets;
+    /* the connector name becomes a file name in the runtime directory */
+    opts.connector = "../escape";
     assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    assert_contains(err.message, "cannot name a file");
+    opts.connector = "x";
+    static const int bad_ports[] = {443, 70000};
+    opts.lockdown.ports = bad_ports;
+    opts.lockdown.n_ports = 2;
+    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
+    assert_contains(err.message, "port 70000");
     assert_null(pool);
-    assert_contains(err.message, "secret pin is not a string");
-    json_decref(secrets);
-    secrets = json_pack("[s]", "hunter22");
-    opts.secrets = secrets;
-    assert_int_equal(sandbox_pool_new(loop, &opts, NULL, NULL, &pool, &err), AR_E_INVALID);
-    json_decref(secrets);
     loop_free(loop);
 }
 
@@ -672,6 +724,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_ok_roundtrip),
     cmocka_unit_test(test_echo_roundtrip),
     cmocka_unit_test(test_secrets_delivered),
+    cmocka_unit_test(test_secrets_unreadable_fail_the_start),
     cmocka_unit_test(test_secrets_redacted_in_results),
     cmocka_unit_test(test_lookup_without_lookup_is_invalid),
     cmocka_unit_test(test_lookup_roundtrip),

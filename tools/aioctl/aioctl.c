@@ -13,6 +13,8 @@
  * the daemon runs). cancel and resolve (UNKNOWN_OUTCOME, operator role) go to the daemon, as
  * do connectors pause/resume (operator role; the connector keeps its queue while paused).
  * connectors shows each connector's flow: paused, rate limited, circuit breaker, queue.
+ * secrets and vault (vault_cmd.c) manage the connectors' credentials in the vault, through the
+ * daemon or with --config FILE directly on its data directory (vault init only that way).
  *
  * Policies ops can trust (docs/POLICIES.md): approvals lists the actions waiting on a human
  * (or the rejected or expired ones) and shows one; approve and reject decide one (approver or
@@ -85,6 +87,7 @@
 #include "render.h"
 #include "policy_cmd.h"
 #include "tokenfile.h"
+#include "vault_cmd.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8470"
 #define DEFAULT_TIMEOUT_MS 10000L
@@ -199,6 +202,23 @@ static const char usage_text[] =
     "  The token commands go through the daemon (they need the operator role), or, with\n"
     "  --config FILE (the daemon's config), work directly on its data directory, whether the\n"
     "  daemon runs or not: that is how the first token is made. Run them as the daemon's user.\n"
+    "  secrets set CONNECTOR NAME\n"
+    "      Store a connector's secret in the vault (encrypted; its version goes up by one).\n"
+    "      The value comes from stdin when it is not a terminal (one trailing newline is\n"
+    "      dropped), else it is asked for twice without echo; never from the command line.\n"
+    "  secrets list [CONNECTOR]\n"
+    "      The secrets: connector, name, version, created, updated (never a value).\n"
+    "  secrets rm CONNECTOR NAME\n"
+    "      Remove a secret.\n"
+    "  vault rotate\n"
+    "      Re-encrypt every secret under a new master key (all or nothing) and say how many.\n"
+    "      Back the new key file up again.\n"
+    "  --config FILE vault init\n"
+    "      Create the config's vault key file (vault_key_file; mode 0600). It is never\n"
+    "      overwritten. Back it up: without it the secrets cannot be decrypted.\n"
+    "  The secrets and vault commands go through the daemon (operator role), or, with\n"
+    "  --config FILE, work directly on its data directory and vault key file (or passphrase\n"
+    "  file), whether the daemon runs or not. Run them as the daemon's user.\n"
     "  --config FILE backup DIR\n"
     "      Copy the daemon's data directory to DIR (new or empty; made 0700): DIR/journal, a\n"
     "      compacted copy of the journal, and DIR/auth.key. Safe while the daemon runs: the\n"
@@ -219,8 +239,8 @@ static const char usage_text[] =
     "                      scripts (an error reply's JSON goes to stdout too)\n"
     "  --timeout SECONDS   how long to wait for an answer, beyond any --wait (default 10)\n"
     "  --token TOKEN, --token-file FILE   see above\n"
-    "  --config FILE       token commands and backup: work on the data directory of this\n"
-    "                      config\n"
+    "  --config FILE       token, secrets and vault commands, backup: work on the data\n"
+    "                      directory of this config\n"
     "  -h, --help          this help\n"
     "  --version           aioctl's version\n"
     "\n"
@@ -238,7 +258,9 @@ static const char usage_text[] =
     "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
     "     cannot be loaded; backup without --config or into a DIR that is not new or empty;\n"
     "     resolve without one outcome flag and a --reason; reject without a --comment;\n"
-    "     approvals --state not pending, rejected or expired; autonomy set with another LEVEL\n"
+    "     approvals --state not pending, rejected or expired; autonomy set with another LEVEL;\n"
+    "     secrets set with a value on the command line, an empty one or two that differ;\n"
+    "     vault init without --config or over an existing key file\n"
     "  3  the daemon could not be reached or did not answer in time (start it: tools/run)\n"
     "  4  the daemon refused the request (4xx/5xx; \"error: <code>: <message>\" on stderr:\n"
     "     unauthenticated: no token or a bad one; forbidden: the token lacks the role (or,\n"
@@ -251,7 +273,7 @@ static const char usage_text[] =
     "     Retry-After seconds are shown, and --retry-busy waits and submits again) or sent\n"
     "     a reply that could not be read;\n"
     "     with --config: the data directory refused it (token_exists, token_not_found,\n"
-    "     backup_failed, ...)\n"
+    "     secret_not_found, vault_wrong_key, vault_key_mode, backup_failed, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
     "     (PENDING_APPROVAL), or (get) it is still in progress, or (cancel) a call is in\n"
     "     flight and the cancel is only requested; it is printed all the same\n";
@@ -651,8 +673,8 @@ static int refuse_config(const cli *o)
 {
     if (!o->config)
         return AIOCTL_OK;
-    return usage_error("--config works only with the token commands and backup (the others "
-                       "talk to the daemon: use --url)");
+    return usage_error("--config works only with the token, secrets and vault commands and "
+                       "backup (the others talk to the daemon: use --url)");
 }
 
 /* A client for the daemon that sends the token resolve_token finds. */
@@ -2367,16 +2389,54 @@ static int cmd_policy(cli *o, int argc, char **argv)
     return rc;
 }
 
+/* aioctl secrets|vault ...: the words are parsed here (global options anywhere, "--"); the
+ * commands themselves are in vault_cmd.c, which reaches the daemon through these two. */
+static int vault_connect(void *ctx, client **c)
+{
+    return new_client(ctx, c);
+}
+
+static int vault_call_failed(void *ctx, reply *rep, int rc)
+{
+    return call_failed(ctx, rep, rc);
+}
+
+static int run_vault_family(cli *o, const char *cmd, int argc, char **argv,
+                            int (*run)(const vault_cmd_env *env, int argc, char **argv))
+{
+    const char **pos = calloc((size_t)argc + 1, sizeof *pos);
+    int n_pos, rc;
+    if (!pos)
+        return out_of_memory();
+    if ((rc = parse_command_args(o, cmd, argc, argv, NULL, 0, pos, argc, &n_pos)) == AIOCTL_OK) {
+        vault_cmd_env env = {.config = o->config, .json = o->json, .connect = vault_connect,
+                             .call_failed = vault_call_failed, .ctx = o};
+        rc = run(&env, n_pos, (char **)pos);
+    }
+    free(pos);
+    return rc;
+}
+
+static int cmd_secrets(cli *o, int argc, char **argv)
+{
+    return run_vault_family(o, "secrets", argc, argv, aioctl_secrets_command);
+}
+
+static int cmd_vault(cli *o, int argc, char **argv)
+{
+    return run_vault_family(o, "vault", argc, argv, aioctl_vault_command);
+}
+
 static const command commands[] = {
     {"submit", cmd_submit},         {"get", cmd_get},           {"list", cmd_list},
     {"cancel", cmd_cancel},         {"resolve", cmd_resolve},   {"approvals", cmd_approvals},
     {"approve", cmd_approve},       {"reject", cmd_reject},     {"autonomy", cmd_autonomy},
     {"policies", cmd_policies},     {"connectors", cmd_connectors}, {"health", cmd_health},
     {"whoami", cmd_whoami},         {"token", cmd_token},       {"backup", cmd_backup},
-    {"policy", cmd_policy},
+    {"policy", cmd_policy},         {"secrets", cmd_secrets},   {"vault", cmd_vault},
 };
 #define COMMAND_NAMES "submit, get, list, cancel, resolve, approvals, approve, reject, autonomy, " \
-                      "policies, policy, connectors, whoami, health, token, backup"
+                      "policies, policy, connectors, whoami, health, token, secrets, vault, backup"
 
 int main(int argc, char **argv)
 {

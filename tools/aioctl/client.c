@@ -364,6 +364,8 @@ done:
     if (b.data)
         explicit_bzero(b.data, b.len);
     free(b.data);
+    if (payload) /* it may carry a secret (aioctl secrets set): leave nothing behind */
+        explicit_bzero(payload, strlen(payload));
     free(payload);
     free(url);
     return rc;
