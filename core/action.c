@@ -155,7 +155,8 @@ json_t *action_render(const json_t *rec)
     static const char *const copied[] = {"id", "connector", "action", "state", "effect",
                                          "idempotency_key", "submitter", "input", "proposer",
                                          "priority", "decision", "attempts", "result", "error",
-                                         "history", "resolution", "cancel_requested_by", "approval"};
+                                         "history", "resolution", "cancel_requested_by", "approval",
+                                         "validation"};
     json_t *out = json_object();
     if (!out)
         return NULL;
@@ -163,6 +164,7 @@ json_t *action_render(const json_t *rec)
         json_t *v = json_object_get(rec, copied[i]);
         json_object_set(out, copied[i], v ? v : json_null());
     }
+    json_object_set_new(out, "review", json_boolean(json_is_true(json_object_get(rec, "review"))));
     json_object_set_new(out, "created_at", rfc3339(json_object_get(rec, "created_ms")));
     json_object_set_new(out, "updated_at", rfc3339(json_object_get(rec, "updated_ms")));
     json_object_set_new(out, "finished_at", rfc3339(json_object_get(rec, "finished_ms")));
@@ -276,6 +278,8 @@ static int record_matches(const json_t *rec, const action_filter *f)
     if (f && f->connector && strcmp(action_record_str(rec, "connector"), f->connector) != 0)
         return 0;
     if (f && f->submitter && strcmp(action_record_str(rec, "submitter"), f->submitter) != 0)
+        return 0;
+    if (f && f->review && !json_is_true(json_object_get(rec, "review")))
         return 0;
     return 1;
 }

@@ -13,7 +13,8 @@
  * latency_ms, message], maybe_happened, next_attempt_ms, reconcile, resolution): id, connector, action, effect, idempotency_key, submitter (the token name
  * that submitted it), input, proposer, priority,
  * digest (hex BLAKE2b-256 of the canonical action+input), decision {verdict, reason, rule,
- * policy, policy_version}, state, attempts, result, error {class, message}, created_ms,
+ * policy, policy_version}, validation {ok, reason, rule, policy, policy_error} and review (true)
+ * when validate rejected the result, state, attempts, result, error {class, message}, created_ms,
  * updated_ms, finished_ms. action_render turns a record into the API's shape.
  */
 #ifndef ACTION_H
@@ -102,6 +103,7 @@ typedef struct action_filter {
     int state;              /* -1: any */
     const char *connector;  /* NULL: any */
     const char *submitter;  /* NULL: any */
+    int review;             /* 1: only those flagged for review (a result validate rejected) */
 } action_filter;
 int action_list(journal *j, const action_filter *f, const char *after, size_t limit,
                 json_t **page, char next_out[ACTION_ID_LEN + 1], ar_error *err);

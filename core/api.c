@@ -20,6 +20,7 @@
 typedef struct expiry {
     char id[ACTION_ID_LEN + 1];
     int64_t at;
+    int64_t expires_ms;          /* wall clock, as stored on the approval */
     struct expiry *next;
 } expiry;
 
@@ -165,7 +166,8 @@ void api_expiry_add(api_server *a, const char *id, int64_t expires_ms)
     if (!e)
         return;
     snprintf(e->id, sizeof e->id, "%s", id);
-    e->at = ar_mono_ms() + (expires_ms - ar_now_ms());
+    e->expires_ms = expires_ms;
+    e->at = ar_mono_ms() + (expires_ms - ar_now_ms()) + 1; /* never before the wall clock says */
     pthread_mutex_lock(&a->wait_lock);
     e->next = a->expiries;
     a->expiries = e;
@@ -180,9 +182,16 @@ static void expire_due(api_server *a, expiry *due)
         expiry *e = due;
         due = e->next;
         json_t *rec = NULL;
-        if (approvals_expire(a->journal, e->id, &rec, NULL) == AR_OK) {
+        ar_error err = {0};
+        int rc = approvals_expire(a->journal, e->id, &rec, &err);
+        if (rc == AR_OK) {
             api_action_changed(a, rec);
             json_decref(rec);
+        } else if (rc == AR_E_EXISTS && strcmp(err.code, "not_due") == 0) {
+            /* The wall clock lags the monotonic one it was converted to: look again later. */
+            api_expiry_add(a, e->id, e->expires_ms);
+        } else if (rc != AR_E_EXISTS) {
+            ar_log("error", "cannot expire the approval of action %s: %s", e->id, err.message);
         }
         free(e);
     }
@@ -428,6 +437,8 @@ int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *
     a->auth = au;
     a->autonomy = aut;
     pthread_mutex_init(&a->policy_lock, NULL);
+    pthread_mutex_init(&a->reload_lock, NULL);
+    a->validate_gen = UINT64_MAX;
     a->policy_sets[0] = policies;
     a->n_sets = 1;
     a->policies_loaded_ms = ar_now_ms();
@@ -461,6 +472,7 @@ nomem:
 }
 
 void api_set_scheduler(api_server *a, scheduler *s) { a->sched = s; }
+void api_set_counters(api_server *a, counters *c) { a->counters = c; }
 
 int api_port(const api_server *a) { return a->port; }
 
@@ -593,6 +605,8 @@ void api_free(api_server *a)
     for (size_t i = 0; i < a->n_sets; i++)
         policy_set_free(a->policy_sets[i]);
     pthread_mutex_destroy(&a->policy_lock);
+    pthread_mutex_destroy(&a->reload_lock);
+    policy_worker_free(a->validate_worker);
     free(a->tls_cert);
     if (a->tls_key)
         sodium_memzero(a->tls_key, strlen(a->tls_key));

@@ -22,6 +22,7 @@
 #include "config.h"
 #include "auth.h"
 #include "autonomy.h"
+#include "counters.h"
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -43,6 +44,14 @@ int api_reload_policies(api_server *a, const char *why, ar_error *err);
 void api_watch_pending(api_server *a);
 /* Wire the scheduler in (before api_listen). */
 void api_set_scheduler(api_server *a, scheduler *s);
+/* Wire the guardrail counters in (before api_listen; borrowed, must outlive the server):
+ * decisions read them through ctx.counter, and a reload installs the new set's definitions
+ * together with the current set's, so that a worker still deciding with the old set reads
+ * maintained counters. Without it a policy that reads a counter is a policy error. */
+void api_set_counters(api_server *a, counters *c);
+/* A scheduler_validate_fn (arg: the api_server): runs the current policy set's validate on a
+ * successful result. Call it from the scheduler's thread only (it keeps one Lua state for it). */
+json_t *api_validate_result(void *arg, const json_t *rec, const json_t *result);
 /* Bind cfg->listen and start serving. */
 int api_listen(api_server *a, ar_error *err);
 /* The bound port (useful with port 0). */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "approvals.h"
 #include "autonomy.h"
@@ -181,7 +182,192 @@ static int find_key(api_server *a, const char *k, size_t klen, unsigned char out
     return rc;
 }
 
-static void process_submission(api_server *a, policy_worker *pw, const policy_set *ps, request *rq)
+/* ---- guardrail counters read by a decision ---------------------------------------------- */
+
+#define MAX_COUNTER_READS 16
+#define MAX_DECISION_ROUNDS 32
+
+/* What one decision read: every counter once (its version), from one snapshot. */
+typedef struct counter_reads {
+    api_server *a;
+    journal_read *snap;        /* begun at the first read, ended after the decision */
+    int64_t now_ms;
+    size_t n;
+    struct { char id[COUNTERS_ID_LEN + 1]; uint64_t version; } read[MAX_COUNTER_READS];
+    int stale;                 /* a counter of this set is no longer maintained: decide again */
+} counter_reads;
+
+static int read_counter(void *arg, const counter_def *def, double *value, ar_error *err)
+{
+    counter_reads *cr = arg;
+    if (!cr->a->counters)
+        return ar_error_set(err, AR_E_NOTFOUND, "counter_unavailable", "this daemon keeps no counters");
+    if (!cr->snap && journal_read_begin(cr->a->journal, &cr->snap, err) != AR_OK)
+        return AR_E_FAIL;
+    uint64_t version;
+    int rc = counters_read(cr->snap, def, cr->now_ms, value, &version, err);
+    if (rc == AR_E_NOTFOUND)
+        cr->stale = 1; /* a reload retired it: the newer set maintains what it reads */
+    if (rc != AR_OK)
+        return rc;
+    for (size_t i = 0; i < cr->n; i++)
+        if (strcmp(cr->read[i].id, def->id) == 0)
+            return AR_OK;
+    if (cr->n == MAX_COUNTER_READS)
+        return ar_error_set(err, AR_E_INVALID, "counter_unavailable",
+                            "a decision may read at most %d different counters", MAX_COUNTER_READS);
+    snprintf(cr->read[cr->n].id, sizeof cr->read[cr->n].id, "%s", def->id);
+    cr->read[cr->n++].version = version;
+    return AR_OK;
+}
+
+static void counter_reads_reset(counter_reads *cr, api_server *a)
+{
+    if (cr->snap)
+        journal_read_end(cr->snap);
+    memset(cr, 0, sizeof *cr);
+    cr->a = a;
+    cr->now_ms = ar_now_ms();
+}
+
+/* In the batch that stores the decided action: the counters it read are unchanged. */
+static int check_counter_reads(journal_txn *txn, void *arg, ar_error *err)
+{
+    const counter_reads *cr = arg;
+    for (size_t i = 0; i < cr->n; i++) {
+        int rc = counters_txn_check(txn, cr->read[i].id, cr->read[i].version, err);
+        if (rc != AR_OK)
+            return rc;
+    }
+    return AR_OK;
+}
+
+/* ---- the decision worker ------------------------------------------------------------------ */
+
+/* A worker's Lua state and the set it was built from. */
+typedef struct decider {
+    policy_worker *pw;
+    const policy_set *ps;
+    uint64_t gen;
+    ar_error err;              /* why pw is NULL */
+} decider;
+
+/* Follow a reload: rebuild the Lua state when the current set changed. */
+static void decider_refresh(api_server *a, decider *d)
+{
+    uint64_t now_gen;
+    const policy_set *latest = api_current_policies(a, &now_gen);
+    if (now_gen == d->gen)
+        return;
+    policy_worker *fresh = NULL;
+    ar_error_clear(&d->err);
+    if (policy_worker_new(latest, &fresh, &d->err) != AR_OK) {
+        ar_log("error", "cannot build a policy state for set %s: %s", policy_set_version(latest), d->err.message);
+        return;
+    }
+    policy_worker_free(d->pw);
+    d->pw = fresh;
+    d->ps = latest;
+    d->gen = now_gen;
+}
+
+static void reply_stored(api_server *a, request *rq, json_t *rec)
+{
+    api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
+    rq->done_status = MHD_HTTP_CREATED;
+    if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
+        api_expiry_add(a, action_record_str(rec, "id"),
+                   json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
+    if (action_record_state(rec) != ACTION_READY) {
+        api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
+        api_resume(rq);
+        return;
+    }
+    /* Keep what the reply needs before the scheduler may change and free its copy. */
+    json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
+    if (rq->wait_ms > 0) {
+        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        api_waiter_add(a, rq); /* before the scheduler can finish it */
+    }
+    scheduler_enqueue(a->sched, json_incref(rec));
+    if (reply_copy) {
+        api_set_reply_action(rq, MHD_HTTP_CREATED, reply_copy);
+        json_decref(reply_copy);
+        api_resume(rq);
+    }
+}
+
+/* Decide and store, once. AR_E_CONFLICT: what the decision read changed; decide again. Any
+ * other status: the request was answered. */
+static int decide_and_store(api_server *a, decider *dc, request *rq, const unsigned char *digest,
+                            const char *idem, size_t idem_len)
+{
+    json_t *view = policy_view(rq);
+    if (!view) {
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return AR_E_NOMEM;
+    }
+    counter_reads cr = {0};
+    counter_reads_reset(&cr, a);
+    policy_worker_set_counters(dc->pw, read_counter, &cr);
+    policy_decision d;
+    policy_decide(dc->pw, view, &d);
+    policy_worker_set_counters(dc->pw, NULL, NULL);
+    json_decref(view);
+    if (cr.stale) {
+        json_decref(d.votes);
+        counter_reads_reset(&cr, a);
+        return AR_E_CONFLICT;
+    }
+    api_note_decision_time(a, d.duration_ns);
+    json_t *rec = new_record(rq, &d, dc->ps, digest);
+    json_decref(d.votes);
+    if (!rec) {
+        counter_reads_reset(&cr, a);
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return AR_E_NOMEM;
+    }
+
+    journal_batch *b = journal_batch_new();
+    if (idem_len) {
+        unsigned char value[ACTION_IDEM_VALUE_LEN];
+        memcpy(value, action_record_str(rec, "id"), ACTION_ID_LEN);
+        memcpy(value + ACTION_ID_LEN, digest, ACTION_DIGEST_LEN);
+        journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, idem, idem_len, value, sizeof value);
+    }
+    if (cr.n)
+        journal_batch_apply(b, check_counter_reads, &cr); /* before the store bumps them */
+    action_batch_store(b, rec);
+    ar_error err = {0};
+    int rc = journal_commit(a->journal, b, &err);
+    counter_reads_reset(&cr, a);
+    if (rc == AR_E_EXISTS) {
+        /* Another submission with this key won the race. */
+        const void *val;
+        size_t vlen;
+        unsigned char found[ACTION_IDEM_VALUE_LEN];
+        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
+            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
+            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
+        } else {
+            api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
+            api_resume(rq);
+        }
+    } else if (rc == AR_OK) {
+        reply_stored(a, rq, rec);
+    } else if (rc != AR_E_CONFLICT) {
+        api_set_reply_ar_error(rq, rc, &err);
+        api_resume(rq);
+    }
+    journal_batch_free(b);
+    json_decref(rec);
+    return rc;
+}
+
+static void process_submission(api_server *a, decider *dc, request *rq)
 {
     const json_t *s = rq->submission;
     const char *connector = json_string_value(json_object_get(s, "connector"));
@@ -200,83 +386,28 @@ static void process_submission(api_server *a, policy_worker *pw, const policy_se
         answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
         return;
     }
-
-    json_t *view = policy_view(rq);
-    policy_decision d;
-    if (!view) {
-        api_set_reply_error(rq, 500, "internal", "out of memory");
-        api_resume(rq);
-        return;
-    }
-    policy_decide(pw, view, &d);
-    api_note_decision_time(a, d.duration_ns);
-    json_decref(view);
-    json_t *rec = new_record(rq, &d, ps, digest);
-    json_decref(d.votes);
-    if (!rec) {
-        api_set_reply_error(rq, 500, "internal", "out of memory");
-        api_resume(rq);
-        return;
-    }
-
-    journal_batch *b = journal_batch_new();
-    if (idem_len) {
-        unsigned char value[ACTION_IDEM_VALUE_LEN];
-        memcpy(value, action_record_str(rec, "id"), ACTION_ID_LEN);
-        memcpy(value + ACTION_ID_LEN, digest, ACTION_DIGEST_LEN);
-        journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, idem, idem_len, value, sizeof value);
-    }
-    action_batch_store(b, rec);
-    ar_error err = {0};
-    int rc = journal_commit(a->journal, b, &err);
-    if (rc == AR_E_EXISTS) {
-        /* Another submission with this key won the race. */
-        const void *val;
-        size_t vlen;
-        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
-            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
-            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
-        } else {
-            api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
+    /* Optimistic: a decision that read counters is stored only if they did not change since;
+     * otherwise it is decided again on fresh values (and with the newest set). */
+    for (int round = 0; round < MAX_DECISION_ROUNDS; round++) {
+        decider_refresh(a, dc);
+        if (!dc->pw) {
+            api_set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s",
+                                dc->err.message);
             api_resume(rq);
+            return;
         }
-        goto out;
+        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT)
+            return;
+        if (round >= 4)
+            usleep((useconds_t)(200 * round)); /* heavy contention on one counter: let the others land */
     }
-    if (rc != AR_OK) {
-        api_set_reply_ar_error(rq, rc, &err);
-        api_resume(rq);
-        goto out;
-    }
-    api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
-    rq->done_status = MHD_HTTP_CREATED;
-    if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
-        api_expiry_add(a, action_record_str(rec, "id"),
-                   json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
-    if (action_record_state(rec) != ACTION_READY) {
-        api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
-        api_resume(rq);
-        goto out;
-    }
-    /* Keep what the reply needs before the scheduler may change and free its copy. */
-    json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
-    if (rq->wait_ms > 0) {
-        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
-        rq->wait_until = ar_mono_ms() + rq->wait_ms;
-        api_waiter_add(a, rq); /* before the scheduler can finish it */
-    }
-    scheduler_enqueue(a->sched, json_incref(rec));
-    if (reply_copy) {
-        api_set_reply_action(rq, MHD_HTTP_CREATED, reply_copy);
-        json_decref(reply_copy);
-        api_resume(rq);
-    }
-out:
-    journal_batch_free(b);
-    json_decref(rec);
+    rq->retry_after_s = 1;
+    api_set_reply_error(rq, 503, "counter_contention", "the guardrail counters this action's decision reads "
+                        "kept changing while it was decided (%d rounds); send it again", MAX_DECISION_ROUNDS);
+    api_resume(rq);
 }
 
-/* The current policy set and its generation. */
-static const policy_set *current_policies(api_server *a, uint64_t *gen)
+const policy_set *api_current_policies(api_server *a, uint64_t *gen)
 {
     pthread_mutex_lock(&a->policy_lock);
     const policy_set *ps = a->policy_sets[a->n_sets - 1];
@@ -288,10 +419,7 @@ static const policy_set *current_policies(api_server *a, uint64_t *gen)
 void *api_worker_main(void *arg)
 {
     api_server *a = arg;
-    policy_worker *pw = NULL;
-    const policy_set *ps = NULL;
-    uint64_t gen = UINT64_MAX;
-    ar_error err = {0};
+    decider dc = {.gen = UINT64_MAX};
     for (;;) {
         pthread_mutex_lock(&a->work_lock);
         while (!a->work_head && !a->workers_stopping)
@@ -305,30 +433,59 @@ void *api_worker_main(void *arg)
         pthread_mutex_unlock(&a->work_lock);
         if (!rq)
             break;
-        /* A reload since the last decision: this worker moves to the new set. */
-        uint64_t now_gen;
-        const policy_set *latest = current_policies(a, &now_gen);
-        if (now_gen != gen) {
-            policy_worker *fresh = NULL;
-            ar_error_clear(&err);
-            if (policy_worker_new(latest, &fresh, &err) == AR_OK) {
-                policy_worker_free(pw);
-                pw = fresh;
-                ps = latest;
-                gen = now_gen;
-            } else {
-                ar_log("error", "decision worker cannot load policy set %s: %s", policy_set_version(latest), err.message);
-            }
-        }
-        if (pw) {
-            process_submission(a, pw, ps, rq);
-        } else {
-            api_set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s", err.message);
-            api_resume(rq);
-        }
+        process_submission(a, &dc, rq);
     }
-    policy_worker_free(pw);
+    policy_worker_free(dc.pw);
     return NULL;
+}
+
+/* ---- validating results (the scheduler's thread) ------------------------------------------- */
+
+/* The view validate gets: the same fields a decision saw, from the stored record. */
+static json_t *record_view(const json_t *rec)
+{
+    json_t *proposer = json_object_get(rec, "proposer");
+    const char *level = json_string_value(json_object_get(json_object_get(rec, "decision"), "autonomy"));
+    return json_pack("{s:s, s:s, s:s, s:O, s:O, s:o, s:s, s:s}",
+                     "connector", action_record_str(rec, "connector"), "action", action_record_str(rec, "action"),
+                     "effect", action_record_str(rec, "effect"), "input", json_object_get(rec, "input"),
+                     "priority", json_object_get(rec, "priority") ? json_object_get(rec, "priority") : json_null(),
+                     "proposer", json_is_object(proposer) ? json_incref(proposer) : json_object(),
+                     "submitter", action_record_str(rec, "submitter"), "autonomy", level ? level : "auto");
+}
+
+json_t *api_validate_result(void *arg, const json_t *rec, const json_t *result)
+{
+    api_server *a = arg;
+    uint64_t gen;
+    const policy_set *ps = api_current_policies(a, &gen);
+    if (!policy_set_has_validate(ps))
+        return NULL;
+    if (gen != a->validate_gen) {
+        policy_worker *fresh = NULL;
+        ar_error err = {0};
+        if (policy_worker_new(ps, &fresh, &err) != AR_OK)
+            return json_pack("{s:s, s:s, s:s, s:b}", "reason", err.message, "rule", "", "policy", "", "policy_error", 1);
+        policy_worker_free(a->validate_worker);
+        a->validate_worker = fresh;
+        a->validate_set = ps;
+        a->validate_gen = gen;
+    }
+    json_t *view = record_view(rec);
+    if (!view)
+        return json_pack("{s:s, s:s, s:s, s:b}", "reason", "out of memory", "rule", "", "policy", "", "policy_error", 1);
+    counter_reads cr = {0};
+    counter_reads_reset(&cr, a);
+    policy_worker_set_counters(a->validate_worker, read_counter, &cr);
+    policy_validation v;
+    policy_validate(a->validate_worker, view, result, &v);
+    policy_worker_set_counters(a->validate_worker, NULL, NULL);
+    counter_reads_reset(&cr, a);
+    json_decref(view);
+    if (v.ok)
+        return NULL;
+    return json_pack("{s:s, s:s, s:s, s:b, s:s}", "reason", v.reason, "rule", v.rule, "policy", v.file,
+                     "policy_error", v.policy_error, "policy_version", policy_set_version(ps));
 }
 
 /* ---- request validation (HTTP thread) ----------------------------------------------------- */
@@ -594,11 +751,19 @@ void api_route_list_actions(api_server *a, request *rq)
     const char *connector = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "connector");
     const char *after = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "after");
     const char *limit_s = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "limit");
+    const char *review = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "review");
     action_filter f = {.state = -1, .connector = connector && *connector ? connector : NULL,
                        .submitter = rq->own_only ? rq->who.name : NULL};
     if (state && *state && (f.state = action_state_from_name(state)) < 0) {
         api_set_reply_error(rq, 400, "invalid_request", "unknown state \"%s\" (e.g. READY, SUCCEEDED, FAILED, DENIED)", state);
         return;
+    }
+    if (review && *review) {
+        if (strcmp(review, "true") && strcmp(review, "false")) {
+            api_set_reply_error(rq, 400, "invalid_request", "review must be true or false");
+            return;
+        }
+        f.review = strcmp(review, "true") == 0;
     }
     long limit = 50;
     if (limit_s && *limit_s) {

@@ -13,7 +13,38 @@
 
 /* ---- policies ------------------------------------------------------------------------------- */
 
+static int reload_locked(api_server *a, const char *why, ar_error *err);
+
+/* Maintain the counters of both sets: the new one's, and the current one's for the workers
+ * still deciding with it (a later reload drops them). */
+static int install_counters(api_server *a, const policy_set *current, const policy_set *next, ar_error *err)
+{
+    if (!a->counters)
+        return AR_OK;
+    size_t n_cur, n_next;
+    const counter_def *cur = policy_set_counters(current, &n_cur);
+    const counter_def *nxt = policy_set_counters(next, &n_next);
+    counter_def *all = malloc((n_cur + n_next + 1) * sizeof *all);
+    if (!all)
+        return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
+    if (n_cur)
+        memcpy(all, cur, n_cur * sizeof *all);
+    if (n_next)
+        memcpy(all + n_cur, nxt, n_next * sizeof *all);
+    int rc = counters_install(a->counters, all, n_cur + n_next, ar_now_ms(), err);
+    free(all);
+    return rc;
+}
+
 int api_reload_policies(api_server *a, const char *why, ar_error *err)
+{
+    pthread_mutex_lock(&a->reload_lock);
+    int rc = reload_locked(a, why, err);
+    pthread_mutex_unlock(&a->reload_lock);
+    return rc;
+}
+
+static int reload_locked(api_server *a, const char *why, ar_error *err)
 {
     policy_set *next = NULL;
     int rc = policy_set_load(a->cfg->policy_dir, &a->cfg->policy, &next, err);
@@ -63,6 +94,16 @@ int api_reload_policies(api_server *a, const char *why, ar_error *err)
         return ar_error_set(err, AR_E_BUSY, "too_many_reloads", "the daemon has kept %zu policy sets since it "
                             "started; restart it to reload again", a->n_sets);
     }
+    const policy_set *current = a->policy_sets[a->n_sets - 1];
+    pthread_mutex_unlock(&a->policy_lock);
+    /* Counters first: the new set must never read one that is not maintained yet. Only
+     * reloads change the sets, and they are serialised, so current stays current. */
+    if ((rc = install_counters(a, current, next, err)) != AR_OK) {
+        policy_set_free(next);
+        ar_log("error", "policy reload (%s) refused, the previous set keeps serving: %s", why, err->message);
+        return rc;
+    }
+    pthread_mutex_lock(&a->policy_lock);
     a->policy_sets[a->n_sets++] = next;
     a->policy_gen++;
     a->policies_loaded_ms = ar_now_ms();
@@ -98,6 +139,31 @@ static double quantile_us(const api_server *a, double q)
     return 0;
 }
 
+/* The set's counters with their values now: what ops check against their caps. */
+static json_t *counters_view(api_server *a, const policy_set *ps)
+{
+    size_t n;
+    const counter_def *defs = policy_set_counters(ps, &n);
+    json_t *arr = json_array();
+    journal_read *r = NULL;
+    int64_t now = ar_now_ms();
+    if (n && a->counters && journal_read_begin(a->journal, &r, NULL) != AR_OK)
+        r = NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = counters_def_json(&defs[i]);
+        double value;
+        uint64_t version;
+        if (c && r && counters_read(r, &defs[i], now, &value, &version, NULL) == AR_OK)
+            json_object_set_new(c, "value", json_real(value));
+        else if (c)
+            json_object_set_new(c, "value", json_null());
+        json_array_append_new(arr, c);
+    }
+    if (r)
+        journal_read_end(r);
+    return arr;
+}
+
 json_t *api_policies_view(api_server *a)
 {
     pthread_mutex_lock(&a->policy_lock);
@@ -113,6 +179,8 @@ json_t *api_policies_view(api_server *a)
                           (int)policy_set_count(ps), "dir", a->cfg->policy_dir, "loaded_at", when,
                           "reloads", (int)a->n_sets - 1, "decision_time", timing);
     pthread_mutex_unlock(&a->policy_lock);
+    if (v)
+        json_object_set_new(v, "counters", counters_view(a, ps));
     return v;
 }
 

@@ -63,6 +63,12 @@ struct api_server {
     size_t n_sets;
     uint64_t policy_gen;
     int64_t policies_loaded_ms;
+    pthread_mutex_t reload_lock;   /* one reload at a time (SIGHUP, API and the file watch) */
+    counters *counters;            /* guardrail counters; NULL: none wired */
+    /* validate's Lua state, used only on the scheduler's thread */
+    policy_worker *validate_worker;
+    const policy_set *validate_set;
+    uint64_t validate_gen;
     scheduler *sched;
     struct MHD_Daemon *mhd;
     int port;
@@ -112,6 +118,8 @@ void api_expiry_add(api_server *a, const char *id, int64_t expires_ms);
 
 /* ---- actions (api_actions.c) ---------------------------------------------------------------- */
 
+/* The current policy set and its generation. */
+const policy_set *api_current_policies(api_server *a, uint64_t *gen);
 /* A decision worker's thread (started by api_new; arg is the api_server). */
 void *api_worker_main(void *arg);
 enum MHD_Result api_route_submit(api_server *a, request *rq);

@@ -22,7 +22,8 @@ enum {
     AR_E_INVALID = -7,     /* bad input (config, JSON, schema, frame) */
     AR_E_BUSY = -8,        /* no capacity right now; try again when told */
     AR_E_IO = -9,          /* a system call failed; see errno text in the message */
-    AR_E_CLOSED = -10      /* the object is shutting down */
+    AR_E_CLOSED = -10,     /* the object is shutting down */
+    AR_E_CONFLICT = -11    /* what a decision read has changed since: decide again */
 };
 
 typedef struct ar_error {

@@ -22,6 +22,7 @@
 #include "api.h"
 #include "auth.h"
 #include "config.h"
+#include "counters.h"
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -34,6 +35,7 @@ typedef struct runtime {
     int watcher_stop_fd;  /* an eventfd that ends the watcher */
     config *cfg;
     journal *journal;
+    counters *counters;   /* guardrail counters, maintained by a journal hook */
     auth *auth;
     autonomy *autonomy;
     policy_set *policies;
@@ -162,6 +164,7 @@ static void runtime_stop(runtime *rt)
     autonomy_free(rt->autonomy);
     auth_free(rt->auth);
     journal_close(rt->journal);
+    counters_free(rt->counters); /* after the journal: its hook runs until the writer stops */
     config_free(rt->cfg);
     if (rt->lock_fd >= 0)
         close(rt->lock_fd); /* releases the lock */
@@ -182,7 +185,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     if (config_journal_dir(cfg, dir, sizeof dir) != AR_OK)
         return ar_error_set(err, AR_E_INVALID, "data_dir", "data_dir %s is too long", cfg->data_dir);
     journal_opts jo = {.dir = dir, .map_size_mb = cfg->map_size_mb};
-    if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK)
+    if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK ||
+        (rc = counters_new(rt->journal, &rt->counters, err)) != AR_OK)
         return rc;
     if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK ||
         (rc = autonomy_open(cfg->autonomy, rt->journal, &rt->autonomy, err)) != AR_OK)
@@ -192,6 +196,10 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
         return rc;
     ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
            cfg->policy_dir, policy_set_version(rt->policies));
+    size_t n_counters;
+    const counter_def *defs = policy_set_counters(rt->policies, &n_counters);
+    if ((rc = counters_install(rt->counters, defs, n_counters, ar_now_ms(), err)) != AR_OK)
+        return rc;
     rc = api_new(cfg, rt->journal, rt->auth, rt->autonomy, rt->policies, &rt->api, err);
     rt->policies = NULL; /* the API owns it now, and every set a reload brings */
     if (rc != AR_OK)
@@ -199,6 +207,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
         return rc;
     api_set_scheduler(rt->api, rt->sched);
+    api_set_counters(rt->api, rt->counters);
+    scheduler_set_validator(rt->sched, api_validate_result, rt->api);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         sandbox_snapshot snap;
         scheduler_connector(rt->sched, cfg->connectors[i].name, &snap);

@@ -12,6 +12,12 @@
  * back its nested transaction only. A failure that may spoil the whole transaction (map full,
  * transaction full, I/O) abandons it, and the batches are run again one transaction each, so
  * the ones that fit still commit and only the failing ones get the error.
+ *
+ * A database's hook runs right after each write into it, in the same nested transaction. What
+ * it reads with journal_txn_get is freed after the batch operation that set it off, or with the
+ * callback's own scratch when a journal_txn_put/del of a callback did (the callback's borrowed
+ * values must outlive the put). Its first failure is kept in the journal_txn and fails the
+ * batch when that operation or callback ends, whatever the callback made of the status.
  */
 #include "journal.h"
 
@@ -41,6 +47,7 @@ static const char *const db_names[JDB_COUNT] = {
     [JDB_TOKENS] = "tokens",
     [JDB_TOKEN_NAMES] = "token_names",
     [JDB_CONNECTORS] = "connectors",
+    [JDB_COUNTERS] = "counters",
     [JDB_SECRETS] = "secrets",
 };
 
@@ -65,6 +72,13 @@ struct journal {
     journal_batch *head, *tail;
     bool closing;
     uint64_t commits, batches;
+
+    /* Hooks per database (journal_set_hook): set before the first commit, read only by the
+     * writer thread, so they need no lock. */
+    struct {
+        journal_hook_fn fn;
+        void *arg;
+    } hooks[JDB_COUNT];
 };
 
 enum op_kind { OP_PUT, OP_PUT_NEW, OP_DEL, OP_APPLY };
@@ -111,6 +125,9 @@ struct journal_txn {
     MDB_txn *txn;          /* the batch's nested transaction */
     struct scratch *scratch;
     int spoiled;           /* first LMDB error after which this transaction may not commit */
+    uint32_t hooks_running; /* bit per db whose hook is on the stack: its writes are refused */
+    int hook_status;       /* first hook failure in this batch (AR_OK: none) ... */
+    ar_error hook_err;     /* ... and its error */
 };
 
 struct journal_read {
@@ -118,8 +135,14 @@ struct journal_read {
     MDB_txn *txn;
 };
 
+/* A read cursor hands out LMDB's pointers (stable for the read snapshot). A cursor in the
+ * writer's transaction (txn != NULL) copies key and value into buf instead: a write made between
+ * two moves may move or free the pages LMDB's pointers point into. */
 struct journal_cursor {
     MDB_cursor *cur;
+    journal_txn *txn;
+    unsigned char *buf;
+    size_t cap;
 };
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -180,6 +203,9 @@ static bool valid_db(journal_db db)
 {
     return (int)db >= 0 && db < JDB_COUNT;
 }
+
+/* journal_txn.hooks_running has one bit per database. */
+_Static_assert(JDB_COUNT <= 32, "hooks_running is a 32-bit mask");
 
 /* Strip and check the record format byte. */
 static int decode(const MDB_val *v, const void **val, size_t *vlen)
@@ -301,7 +327,14 @@ static int open_databases(journal *j, ar_error *err)
     if (rc)
         return lmdb_error(j, rc, err);
     int status = AR_OK;
+    /* MDB_CREATE: a database added since the environment was made (e.g. "counters") is
+     * created here, empty. */
     for (int i = 0; i < JDB_COUNT; i++) {
+        if (!db_names[i]) { /* a NULL name would open LMDB's main database: a build bug */
+            status = ar_error_set(err, AR_E_FAIL, "journal_internal",
+                                  "journal database %d has no name", i);
+            goto fail;
+        }
         if ((rc = mdb_dbi_open(txn, db_names[i], MDB_CREATE, &j->dbi[i]))) {
             status = lmdb_error(j, rc, err);
             goto fail;
@@ -538,6 +571,77 @@ static void free_scratch(journal_txn *t)
     }
 }
 
+/* ---- hooks ------------------------------------------------------------------------------ */
+
+int journal_set_hook(journal *j, journal_db db, journal_hook_fn fn, void *arg)
+{
+    if (!j || !valid_db(db))
+        return AR_E_INVALID;
+    j->hooks[db].fn = fn;
+    j->hooks[db].arg = fn ? arg : NULL;
+    return AR_OK;
+}
+
+/* Keep the first hook failure of the batch: the batch picks it up when the operation or the
+ * callback that caused it ends (finish_hooks), so a callback that ignores the status of its
+ * journal_txn_put still has its batch rolled back. */
+static void note_hook_failure(journal_txn *t, int status, const ar_error *err)
+{
+    if (t->hook_status != AR_OK)
+        return;
+    t->hook_status = status;
+    if (err && err->code[0])
+        t->hook_err = *err;
+    else if (status == AR_E_FORMAT)
+        record_format_error(&t->hook_err);
+    else
+        ar_error_set(&t->hook_err, status, "journal_hook_failed",
+                     "a journal hook failed with status %d", status);
+}
+
+/* Run db's hook, if any, after a put (val) or a delete (val NULL) of key. While it runs, writes
+ * into db are refused (see journal_txn_put): a hook keeps derived data elsewhere. Returns the
+ * hook's status, or that of a hook it set off in turn when that one failed. */
+static int call_hook(journal_txn *t, journal_db db, const void *key, size_t klen,
+                     const void *val, size_t vlen)
+{
+    journal_hook_fn fn = t->j->hooks[db].fn;
+    if (!fn)
+        return AR_OK;
+    ar_error err;
+    ar_error_clear(&err);
+    t->hooks_running |= 1u << db;
+    int status = fn(t, t->j->hooks[db].arg, key, klen, val, vlen, &err);
+    t->hooks_running &= ~(1u << db);
+    if (status != AR_OK)
+        note_hook_failure(t, status, &err);
+    return status != AR_OK ? status : t->hook_status;
+}
+
+/* A write into a database whose hook is running: refused, and the batch fails with it. */
+static int hook_recursion(journal_txn *t, journal_db db)
+{
+    ar_error err;
+    ar_error_set(&err, AR_E_INVALID, "journal_hook_recursion",
+                 "a hook on the journal database \"%s\" wrote into that same database",
+                 db_names[db]);
+    note_hook_failure(t, AR_E_INVALID, &err);
+    return AR_E_INVALID;
+}
+
+/* After an operation or a callback: the status a spoiled transaction or a failed hook imposes
+ * on the batch (with b->err filled), or AR_OK. */
+static int finish_hooks(journal_txn *t, journal_batch *b)
+{
+    if (t->spoiled) /* whatever the hook said, its transaction cannot commit */
+        return lmdb_error(t->j, t->spoiled, &b->err);
+    if (t->hook_status != AR_OK) {
+        b->err = t->hook_err;
+        return t->hook_status;
+    }
+    return AR_OK;
+}
+
 int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t klen,
                     const void **val, size_t *vlen)
 {
@@ -568,6 +672,8 @@ int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t kle
 {
     if (!txn || !valid_db(db) || vlen == SIZE_MAX)
         return AR_E_INVALID;
+    if (txn->hooks_running & (1u << db))
+        return hook_recursion(txn, db);
     MDB_val k = { klen, (void *)key }, d = { vlen + 1, NULL };
     int rc = mdb_put(txn->txn, txn->j->dbi[db], &k, &d, MDB_RESERVE);
     if (rc) {
@@ -578,22 +684,24 @@ int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t kle
     p[0] = JOURNAL_RECORD_VERSION;
     if (vlen)
         memcpy(p + 1, val, vlen);
-    return AR_OK;
+    /* The hook gets the caller's bytes, not p: a write the hook makes may move LMDB's dirty
+     * pages. Its scratch (journal_txn_get) stays until the callback ends, with the callback's. */
+    return call_hook(txn, db, key, klen, vlen ? val : (const void *)"", vlen);
 }
 
 int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen)
 {
     if (!txn || !valid_db(db))
         return AR_E_INVALID;
+    if (txn->hooks_running & (1u << db))
+        return hook_recursion(txn, db);
     MDB_val k = { klen, (void *)key };
     int rc = mdb_del(txn->txn, txn->j->dbi[db], &k, NULL);
-    if (rc == MDB_NOTFOUND)
-        return AR_OK;
-    if (rc) {
+    if (rc && rc != MDB_NOTFOUND) {
         note_lmdb(txn, rc);
         return lmdb_error(txn->j, rc, NULL);
     }
-    return AR_OK;
+    return call_hook(txn, db, key, klen, NULL, 0);
 }
 
 int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
@@ -657,8 +765,11 @@ static int run_callback(journal_txn *t, journal_batch *b, const struct op *op)
     ar_error_clear(&b->err);
     int status = op->fn(t, op->arg, &b->err);
     free_scratch(t);
-    if (t->spoiled) /* whatever the callback said, its transaction cannot commit */
-        return lmdb_error(t->j, t->spoiled, &b->err);
+    /* A spoiled transaction, then a failed hook (set off by the callback's writes), outrank
+     * whatever the callback returned. */
+    int imposed = finish_hooks(t, b);
+    if (imposed != AR_OK)
+        return imposed;
     if (status != AR_OK && !b->err.code[0]) {
         if (status == AR_E_FORMAT)
             return record_format_error(&b->err);
@@ -695,7 +806,14 @@ static int run_op(journal_txn *t, journal_batch *b, size_t index)
         note_lmdb(t, rc);
         return lmdb_error(t->j, rc, &b->err);
     }
-    return AR_OK;
+    if (!t->j->hooks[op->db].fn)
+        return AR_OK;
+    if (op->kind == OP_DEL)
+        call_hook(t, op->db, op->buf, op->klen, NULL, 0);
+    else
+        call_hook(t, op->db, op->buf, op->klen, op->buf + op->klen + 1, op->vlen - 1);
+    free_scratch(t); /* what the hook read; no callback holds borrowed values here */
+    return finish_hooks(t, b);
 }
 
 /* Run one batch in a nested transaction of parent; its outcome goes to b->status/err.
@@ -916,7 +1034,7 @@ int journal_cursor_open(journal_read *r, journal_db db, journal_cursor **out)
     *out = NULL;
     if (!r || !valid_db(db))
         return AR_E_INVALID;
-    journal_cursor *c = malloc(sizeof *c);
+    journal_cursor *c = calloc(1, sizeof *c);
     if (!c)
         return AR_E_NOMEM;
     int rc = mdb_cursor_open(r->txn, r->j->dbi[db], &c->cur);
@@ -925,6 +1043,49 @@ int journal_cursor_open(journal_read *r, journal_db db, journal_cursor **out)
         return lmdb_error(r->j, rc, NULL);
     }
     *out = c;
+    return AR_OK;
+}
+
+int journal_txn_cursor_open(journal_txn *txn, journal_db db, journal_cursor **out)
+{
+    if (!out)
+        return AR_E_INVALID;
+    *out = NULL;
+    if (!txn || !valid_db(db))
+        return AR_E_INVALID;
+    journal_cursor *c = calloc(1, sizeof *c);
+    if (!c)
+        return AR_E_NOMEM;
+    int rc = mdb_cursor_open(txn->txn, txn->j->dbi[db], &c->cur);
+    if (rc) {
+        free(c);
+        note_lmdb(txn, rc);
+        return lmdb_error(txn->j, rc, NULL);
+    }
+    c->txn = txn;
+    *out = c;
+    return AR_OK;
+}
+
+/* A txn cursor's copy of the key and (decoded) value, into c->buf: key first, then value. */
+static int copy_out(journal_cursor *c, MDB_val *k, const void **val, size_t *vlen, int decoded)
+{
+    size_t need = k->mv_size + (decoded == AR_OK ? *vlen : 0) + 1;
+    if (need > c->cap) {
+        unsigned char *buf = realloc(c->buf, need);
+        if (!buf)
+            return AR_E_NOMEM;
+        c->buf = buf;
+        c->cap = need;
+    }
+    if (k->mv_size)
+        memcpy(c->buf, k->mv_data, k->mv_size);
+    k->mv_data = c->buf;
+    if (decoded == AR_OK) {
+        if (*vlen)
+            memcpy(c->buf + k->mv_size, *val, *vlen);
+        *val = c->buf + k->mv_size;
+    }
     return AR_OK;
 }
 
@@ -949,17 +1110,30 @@ int journal_cursor_get(journal_cursor *c, int op, const void **key, size_t *klen
         return AR_E_INVALID;
     }
     int rc = mdb_cursor_get(c->cur, &k, &d, mop);
+    if (rc && c->txn)
+        note_lmdb(c->txn, rc);
     if (rc == MDB_NOTFOUND)
         return AR_E_NOTFOUND;
     if (rc == MDB_BAD_VALSIZE || rc == EINVAL)
         return AR_E_INVALID;
     if (rc)
         return rc == ENOMEM ? AR_E_NOMEM : AR_E_IO;
+    const void *v = NULL;
+    size_t n = 0;
+    int decoded = decode(&d, &v, &n);
+    if (c->txn && copy_out(c, &k, &v, &n, decoded) != AR_OK)
+        return AR_E_NOMEM;
     if (key)
         *key = k.mv_data;
     if (klen)
         *klen = k.mv_size;
-    return decode(&d, val, vlen);
+    if (decoded == AR_OK) {
+        if (val)
+            *val = v;
+        if (vlen)
+            *vlen = n;
+    }
+    return decoded;
 }
 
 void journal_cursor_close(journal_cursor *c)
@@ -967,6 +1141,7 @@ void journal_cursor_close(journal_cursor *c)
     if (!c)
         return;
     mdb_cursor_close(c->cur);
+    free(c->buf);
     free(c);
 }
 

@@ -44,6 +44,7 @@ typedef enum journal_db {
     JDB_TOKENS,        /* token digest -> token record (auth.h) */
     JDB_TOKEN_NAMES,   /* token name -> token digest */
     JDB_CONNECTORS,    /* connector name -> flow state: pause, breaker, recent transitions */
+    JDB_COUNTERS,      /* guardrail counters (counters.h) */
     JDB_SECRETS,       /* connector secrets, encrypted (vault.h) */
     JDB_COUNT
 } journal_db;
@@ -52,6 +53,7 @@ typedef struct journal journal;
 typedef struct journal_batch journal_batch;
 typedef struct journal_txn journal_txn;      /* the writer's transaction, seen by callbacks */
 typedef struct journal_read journal_read;    /* a read-only transaction */
+typedef struct journal_cursor journal_cursor;
 
 typedef struct journal_opts {
     const char *dir;          /* created (0700) if missing */
@@ -108,6 +110,26 @@ int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t kle
 int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
                      const void **val, size_t *vlen);
 
+/* Inside an apply callback or a hook: a cursor over db in the writer's transaction, walked
+ * with journal_cursor_get (values borrowed until the next move or the callback's end) and
+ * closed with journal_cursor_close before the callback returns. */
+int journal_txn_cursor_open(journal_txn *txn, journal_db db, journal_cursor **out);
+
+/* A hook on one database, to keep derived data in the same transaction as the data it derives
+ * from: fn runs inside the writer's transaction after every put of a key in db (val: the value
+ * stored, version byte stripped, borrowed for the call) and after every delete (val NULL,
+ * vlen 0, whether or not the key was there), from batch operations (put, a conditional put
+ * that inserted, del) and from journal_txn_put/journal_txn_del in callbacks alike. It may read
+ * and write other databases through txn (not db: no recursion; such a write is refused with
+ * AR_E_INVALID, code "journal_hook_recursion", and fails the batch). A status other than AR_OK
+ * rolls the batch back like a failing callback (set err), even when the callback whose
+ * journal_txn_put set it off ignores that status. Like callbacks, it may run more than
+ * once for one commit. One hook per database; set it before the first commit (it is not
+ * synchronised with the writer); fn NULL removes it. AR_E_INVALID for a bad db. */
+typedef int (*journal_hook_fn)(journal_txn *txn, void *arg, const void *key, size_t klen,
+                               const void *val, size_t vlen, ar_error *err);
+int journal_set_hook(journal *j, journal_db db, journal_hook_fn fn, void *arg);
+
 /* Commit synchronously: blocks until the batch is durable (or refused). The caller keeps the
  * batch and frees it afterwards (so a conflict's value can still be read). Returns AR_OK, AR_E_EXISTS, AR_E_FULL (code "storage_full"),
  * AR_E_NOMEM, AR_E_CLOSED or a callback's status. */
@@ -130,9 +152,8 @@ void journal_read_end(journal_read *r);
 int journal_get(journal_read *r, journal_db db, const void *key, size_t klen,
                 const void **val, size_t *vlen);
 
-/* Cursor walk. op: JOURNAL_FIRST, JOURNAL_LAST, JOURNAL_NEXT, JOURNAL_PREV, or
+/* Cursor walk (also over a journal_txn_cursor_open cursor). op: JOURNAL_FIRST, JOURNAL_LAST, JOURNAL_NEXT, JOURNAL_PREV, or
  * JOURNAL_SEEK_GE (first key >= *key). Returns AR_OK, AR_E_NOTFOUND at the end, AR_E_FORMAT. */
-typedef struct journal_cursor journal_cursor;
 enum { JOURNAL_FIRST, JOURNAL_LAST, JOURNAL_NEXT, JOURNAL_PREV, JOURNAL_SEEK_GE };
 int journal_cursor_open(journal_read *r, journal_db db, journal_cursor **out);
 int journal_cursor_get(journal_cursor *c, int op, const void **key, size_t *klen,

@@ -16,6 +16,20 @@
  * deny naming the file and the reason. When every policy abstains: the configured default
  * (read: allow; write, irreversible: approve), rule "default".
  *
+ * Guardrail counters (counters.h): a file may declare counters = { name = {connector, action,
+ * sum, window}, ... }; the set's counters are the union of its files' (one name declared
+ * differently by two files, or a malformed declaration, makes the set invalid, code
+ * "policy_invalid", naming file and counter). ctx.counter(name) returns the counter's current
+ * value (a number) from the worker's counter source; an undeclared name, or a source that
+ * fails, raises an error in the policy (so a policy error: deny policy_error naming the
+ * counter).
+ *
+ * validate(action, result, ctx) (optional, per file) checks a connector's result before it is
+ * accepted. It returns nil or true (accept), or rejects with false, a string (the reason), or
+ * {ok = false, reason = "...", rule = "..."} ({ok = true} accepts). Every file's validate runs
+ * in file order; the first rejection wins. An error, overrun or another return value is a
+ * rejection with policy_error set and the reason.
+ *
  * Policy tests (policy_run_tests): a *_test.lua file beside the policies defines (or returns)
  * tests = { {name = "...", action = {...}, expect = {verdict = "...", rule = ...}, now = ...},
  * ... }; each case is decided by the whole set, as the daemon would decide it, and compared
@@ -29,6 +43,7 @@
 #include <jansson.h>
 
 #include "ar.h"
+#include "counters.h"
 
 typedef struct policy_set policy_set;       /* immutable once loaded; shareable across threads */
 typedef struct policy_worker policy_worker; /* one per thread; not thread-safe */
@@ -89,9 +104,23 @@ void policy_set_free(policy_set *set);
 size_t policy_set_count(const policy_set *set);
 const char *policy_set_version(const policy_set *set);
 
+/* The counters the set's files declare, in name order; *n their number. Borrowed from the set.
+ * policy_set_find_counter: by name, or NULL. */
+const counter_def *policy_set_counters(const policy_set *set, size_t *n);
+const counter_def *policy_set_find_counter(const policy_set *set, const char *name);
+/* 1 when some file of the set defines validate. */
+int policy_set_has_validate(const policy_set *set);
+
 /* Create a worker for the calling thread. The set must outlive the worker. */
 int policy_worker_new(const policy_set *set, policy_worker **out, ar_error *err);
 void policy_worker_free(policy_worker *w);
+
+/* Where ctx.counter(name) gets its values for the following calls on this worker: fn(arg, def,
+ * &value) returns AR_OK or a failure status (the call then raises "counter NAME unavailable:
+ * <message>" in the policy; fill err). With fn NULL (the default) every declared counter reads
+ * 0. The caller keeps arg alive while it is set. */
+typedef int (*policy_counter_fn)(void *arg, const counter_def *def, double *value, ar_error *err);
+void policy_worker_set_counters(policy_worker *w, policy_counter_fn fn, void *arg);
 
 /* Decide. action is a JSON object (borrowed): connector, action, effect ("read"|"write"|
  * "irreversible"), input, proposer{kind,model,confidence,prompt_ref}, priority, submitter,
@@ -99,19 +128,41 @@ void policy_worker_free(policy_worker *w);
  * is a deny, not an error of this function). */
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out);
 
+typedef struct policy_validation {
+    int ok;                  /* 1: accepted (also when no file defines validate) */
+    char reason[512];
+    char rule[128];
+    char file[256];          /* the rejecting file */
+    int policy_error;        /* 1 when the rejection comes from a failing validate */
+    uint64_t duration_ns;
+} policy_validation;
+
+/* Validate a connector's result for an action (both borrowed; action as for policy_decide).
+ * Always fills *out; returns AR_OK. */
+int policy_validate(policy_worker *w, const json_t *action, const json_t *result,
+                    policy_validation *out);
+
 /* Decide one action (a JSON object, borrowed) with a worker of its own, at the current time:
  * *out (a new object owned by the caller) is {"verdict", "rule", "reason", "policy" (the
  * deciding file, "" for the default), "roles" (array; [] is any approver), "expires_in"
  * (seconds or null), "summary" (string or null), "four_eyes" (bool), "votes" (as in
  * policy_decision)}. An action that is not an object is AR_E_INVALID, code
  * "policy_action_invalid". */
-int policy_eval(const policy_set *set, const json_t *action, json_t **out, ar_error *err);
+/* counters (borrowed, may be NULL): an object of counter name -> number that ctx.counter reads
+ * (declared counters not in it read 0); a name the set does not declare, or a value that is
+ * not a number, is AR_E_INVALID, code "policy_counter_invalid". */
+int policy_eval(const policy_set *set, const json_t *action, const json_t *counters,
+                json_t **out, ar_error *err);
 
 /* Run the policy tests: every *_test.lua in dir (sorted by name; not hidden files), each in the
  * policies' sandbox under the set's limits. A case is decided by set at its "now" (a UTC time
  * "2026-03-07T22:30:00Z" or seconds since the epoch; default 2026-01-07T12:00:00Z, a Wednesday
  * noon, so results do not depend on when the tests run) and checked against expect: verdict,
- * and rule, policy (file), roles (as a set), four_eyes and summary when given. *report (a new
+ * and rule, policy (file), roles (as a set), four_eyes and summary when given. A case may give
+ * counters = {name = value, ...} (what ctx.counter returns; undeclared names are a malformed
+ * case). A case with result = {...} tests validate instead: expect = {valid = true|false,
+ * rule = ..., reason = ...} (valid required; rule and reason compared when given; reason as a
+ * substring). *report (a new
  * object owned by the caller) is {"passed": n, "failed": n, "cases": [{"file", "name", "ok",
  * "expected" (the expect table), "got" (policy_eval's fields), "differences": ["verdict:
  * expected approve, got allow", ...]}]}; a failing case is not an error of this function.

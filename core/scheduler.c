@@ -74,6 +74,8 @@ struct scheduler {
     size_t n_conns;
     scheduler_notify_fn notify;
     void *notify_arg;
+    scheduler_validate_fn validate;   /* set before work starts; called on the loop thread */
+    void *validate_arg;
     int stopping;               /* loop thread only */
     job *all;                   /* loop thread only */
     const config *cfg;
@@ -472,6 +474,34 @@ static void observe(conn *c, const sandbox_result *res)
     }
 }
 
+/* A successful result: validate it, then end the action. A rejected read fails; a rejected
+ * write already acted, so it succeeds flagged for review (never retried). Takes result. */
+static void accept_result(job *jb, json_t *result)
+{
+    json_t *rec = jb->rec;
+    json_object_set_new(rec, "result", result);
+    json_object_del(rec, "error");
+    json_t *rejection = jb->s->validate ? jb->s->validate(jb->s->validate_arg, rec, result) : NULL;
+    if (!rejection) {
+        conclude(jb, ACTION_SUCCEEDED);
+        return;
+    }
+    json_object_set_new(rejection, "ok", json_false());
+    const char *reason = json_string_value(json_object_get(rejection, "reason"));
+    char message[640];
+    snprintf(message, sizeof message, "the result was rejected by validate: %s", reason ? reason : "");
+    json_object_set_new(rec, "validation", rejection);
+    if (is_read(rec)) {
+        set_error(rec, "validation_failed", message);
+        conclude(jb, ACTION_FAILED);
+        return;
+    }
+    json_object_set_new(rec, "review", json_true());
+    ar_log("warn", "action %s: %s; it acted already, so it ends SUCCEEDED flagged for review",
+           action_record_str(rec, "id"), message);
+    conclude(jb, ACTION_SUCCEEDED);
+}
+
 /* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
 static void invoke_done(void *arg, const sandbox_result *res)
 {
@@ -503,9 +533,7 @@ static void invoke_done(void *arg, const sandbox_result *res)
             give_up(jb, "plugin_crashed", "the plugin's result is not JSON");
             break;
         }
-        json_object_set_new(rec, "result", result);
-        json_object_del(rec, "error");
-        conclude(jb, ACTION_SUCCEEDED);
+        accept_result(jb, result);
         break;
     }
     case OUT_FAIL:
@@ -547,11 +575,9 @@ static void lookup_done(void *arg, const sandbox_result *res)
         history_append(rec, json_pack("{s:s, s:s, s:I, s:s}", "kind", "lookup", "key",
                                       action_record_str(rec, "idempotency_key"), "finished_ms",
                                       (json_int_t)now, "outcome", "happened"));
-        json_object_set_new(rec, "result", result ? result : json_null());
         json_object_set_new(rec, "reconciled", json_true());
-        json_object_del(rec, "error");
         jb->reconcile = 0;
-        conclude(jb, ACTION_SUCCEEDED);
+        accept_result(jb, result ? result : json_null());
     } else if (res->error_class == AIORUN_E_NOT_FOUND) {
         /* It did not happen: nothing is pending at the API, send it again with the same key. */
         history_append(rec, json_pack("{s:s, s:s, s:I, s:s}", "kind", "lookup", "key",
@@ -1087,6 +1113,12 @@ static void accept_job(loop_t *loop, void *arg)
     }
     push_back(c, jb);
     pump(c);
+}
+
+void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg)
+{
+    s->validate = fn;
+    s->validate_arg = arg;
 }
 
 int scheduler_enqueue(scheduler *s, json_t *rec)

@@ -25,6 +25,11 @@
  *       none + write/irreversible: UNKNOWN_OUTCOME, never repeated.
  *     When attempts or the deadline run out after an unknown outcome, the action ends
  *     UNKNOWN_OUTCOME (FAILED for reads), since the effect may have happened.
+ * A successful result (from an invoke or a lookup) is checked by the validator when one is set
+ * (the policies' validate): a rejected read ends FAILED with error class validation_failed; a
+ * rejected write or irreversible action already acted, so it ends SUCCEEDED with its result,
+ * "validation" {ok: false, reason, rule, policy, policy_error} and "review": true, and is never
+ * retried.
  * A daemon that died with an action DISPATCHED applies the same unknown-outcome rules at start
  * (scheduler_recover); READY and RETRY_WAIT actions resume.
  */
@@ -53,6 +58,13 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
  * still running at that point stays DISPATCHED in the journal: the next start resolves it
  * (scheduler_recover), since whether the plugin acted cannot be known here. */
 void scheduler_free(scheduler *s);
+
+/* Check a successful result before it is accepted. Runs on the scheduler's thread (it may take
+ * as long as a policy call's deadline); rec and result are borrowed. Returns NULL to accept, or
+ * a rejection the scheduler takes: a JSON object {"reason", "rule", "policy", "policy_error"}. */
+typedef json_t *(*scheduler_validate_fn)(void *arg, const json_t *rec, const json_t *result);
+/* Set (or with NULL clear) the validator; call before scheduler_recover and any enqueue. */
+void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg);
 
 /* Thread-safe. Takes ownership of rec (a READY, APPROVED or RETRY_WAIT record already
  * journaled). */

@@ -1,5 +1,6 @@
 /* test_journal.c - the durable store: roundtrips, conditional inserts, group commit, callbacks,
- * format and schema refusal, a full map, stale reader slots, async submit and close, backup. */
+ * format and schema refusal, a full map, stale reader slots, async submit and close, backup,
+ * hooks, cursors in the writer's transaction, a database added to an older environment. */
 #include "test_main.h"
 
 #include <ftw.h>
@@ -1482,6 +1483,420 @@ static void backup_refuses_a_used_target(void **state)
     rm_rf(root);
 }
 
+/* ---- hooks ------------------------------------------------------------------------------ */
+
+/* What a hook saw, in order: "key=value" for puts, "key!" for deletes. Only the writer thread
+ * writes it while a commit runs; the test reads it after the commit returned. */
+struct hook_log {
+    char entries[32][64];
+    int n;
+    const char *refuse;       /* a key the hook fails on */
+    bool write_self;          /* write into the hooked db (refused by the journal) */
+    bool ignore_status;       /* return AR_OK even when a write of the hook failed */
+    size_t huge_len;          /* > 0: also write this many bytes into JDB_CACHE */
+    void *huge;
+};
+
+/* A hook on JDB_APPROVALS: logs, mirrors each change into JDB_MEMORY ("m:" + key), and reads
+ * that mirror back with journal_txn_get (scratch memory). */
+static int mirror_hook(journal_txn *txn, void *arg, const void *key, size_t klen,
+                       const void *val, size_t vlen, ar_error *err)
+{
+    struct hook_log *log = arg;
+    if (log->n < 32) {
+        if (val)
+            snprintf(log->entries[log->n++], 64, "%.*s=%.*s", (int)klen, (const char *)key,
+                     (int)vlen, (const char *)val);
+        else
+            snprintf(log->entries[log->n++], 64, "%.*s!", (int)klen, (const char *)key);
+    }
+    if (log->refuse && klen == strlen(log->refuse) && memcmp(key, log->refuse, klen) == 0)
+        return ar_error_set(err, AR_E_INVALID, "hook_refused", "the hook refuses %s", log->refuse);
+    char mkey[64];
+    int mlen = snprintf(mkey, sizeof mkey, "m:%.*s", (int)klen, (const char *)key);
+    int rc = val ? journal_txn_put(txn, JDB_MEMORY, mkey, (size_t)mlen, val, vlen)
+                 : journal_txn_put(txn, JDB_MEMORY, mkey, (size_t)mlen, "deleted", 7);
+    if (rc != AR_OK)
+        return rc;
+    const void *back;
+    size_t blen;
+    rc = journal_txn_get(txn, JDB_MEMORY, mkey, (size_t)mlen, &back, &blen);
+    if (rc != AR_OK)
+        return rc;
+    if (val && (blen != vlen || memcmp(back, val, vlen) != 0))
+        return ar_error_set(err, AR_E_FAIL, "hook_mismatch", "the mirror reads back wrong");
+    if (log->write_self) {
+        rc = journal_txn_put(txn, JDB_APPROVALS, "self", 4, "x", 1);
+        if (rc != AR_OK && !log->ignore_status)
+            return rc;
+    }
+    if (log->huge_len) {
+        rc = journal_txn_put(txn, JDB_CACHE, "huge-hook", 9, log->huge, log->huge_len);
+        if (rc != AR_OK && !log->ignore_status)
+            return rc;
+    }
+    return AR_OK;
+}
+
+/* A callback that holds a value borrowed from journal_txn_get across a journal_txn_put that
+ * sets off the hook (which reads, and so adds scratch), then deletes through journal_txn_del. */
+static int put_and_del_in_callback(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)arg;
+    const void *held;
+    size_t hlen;
+    int rc = journal_txn_get(txn, JDB_APPROVALS, "p1", 2, &held, &hlen);
+    if (rc != AR_OK)
+        return rc;
+    if ((rc = journal_txn_put(txn, JDB_APPROVALS, "t1", 2, "from-txn", 8)) != AR_OK ||
+        (rc = journal_txn_del(txn, JDB_APPROVALS, "p2", 2)) != AR_OK)
+        return rc;
+    if (hlen != 3 || memcmp(held, "one", 3) != 0) /* still valid: the hook freed no scratch */
+        return ar_error_set(err, AR_E_FAIL, "borrowed_value_lost", "the borrowed value changed");
+    return AR_OK;
+}
+
+static void assert_log(const struct hook_log *log, const char *const *expected, int n)
+{
+    assert_int_equal(log->n, n);
+    for (int i = 0; i < n; i++)
+        assert_string_equal(log->entries[i], expected[i]);
+}
+
+static void hook_sees_every_write(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    struct hook_log log = { .n = 0 };
+    assert_int_equal(journal_set_hook(j, JDB_COUNT, mirror_hook, &log), AR_E_INVALID);
+    assert_int_equal(journal_set_hook(NULL, JDB_APPROVALS, mirror_hook, &log), AR_E_INVALID);
+    assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
+
+    ar_error err;
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "p1", 2, "one", 3);
+    journal_batch_put_unless_exists(b, JDB_APPROVALS, "p2", 2, "two", 3);
+    journal_batch_put(b, JDB_ACTIONS, "p3", 2, "not hooked", 10);
+    journal_batch_put(b, JDB_APPROVALS, "p4", 2, "", 0);
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+    static const char *const first[] = {"p1=one", "p2=two", "p4="};
+    assert_log(&log, first, 3);
+    assert_value(j, JDB_MEMORY, "m:p1", "one");
+    assert_value(j, JDB_MEMORY, "m:p2", "two");
+    assert_value(j, JDB_MEMORY, "m:p4", "");
+    assert_absent(j, JDB_MEMORY, "m:p3");
+
+    /* A conditional put that finds its key runs no hook (and its batch is rolled back). */
+    log.n = 0;
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "p5", 2, "five", 4);
+    journal_batch_put_unless_exists(b, JDB_APPROVALS, "p2", 2, "again", 5);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_EXISTS);
+    journal_batch_free(b);
+    static const char *const second[] = {"p5=five"};
+    assert_log(&log, second, 1);
+    assert_absent(j, JDB_MEMORY, "m:p5");
+
+    /* Deletes, of a key that is there and of one that is not. */
+    log.n = 0;
+    b = journal_batch_new();
+    journal_batch_del(b, JDB_APPROVALS, "p4", 2);
+    journal_batch_del(b, JDB_APPROVALS, "nope", 4);
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+    static const char *const third[] = {"p4!", "nope!"};
+    assert_log(&log, third, 2);
+    assert_value(j, JDB_MEMORY, "m:p4", "deleted");
+    assert_value(j, JDB_MEMORY, "m:nope", "deleted");
+
+    /* From a callback: journal_txn_put and journal_txn_del. */
+    log.n = 0;
+    b = journal_batch_new();
+    journal_batch_apply(b, put_and_del_in_callback, NULL);
+    if (journal_commit(j, b, &err) != AR_OK)
+        fail_msg("callback: %s: %s", err.code, err.message);
+    journal_batch_free(b);
+    static const char *const fourth[] = {"t1=from-txn", "p2!"};
+    assert_log(&log, fourth, 2);
+    assert_value(j, JDB_MEMORY, "m:t1", "from-txn");
+    assert_value(j, JDB_MEMORY, "m:p2", "deleted");
+    assert_absent(j, JDB_APPROVALS, "p2");
+
+    /* Removed: no more calls. */
+    assert_int_equal(journal_set_hook(j, JDB_APPROVALS, NULL, NULL), AR_OK);
+    log.n = 0;
+    assert_int_equal(put_str(j, JDB_APPROVALS, "p6", "six"), AR_OK);
+    assert_int_equal(log.n, 0);
+    assert_absent(j, JDB_MEMORY, "m:p6");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int txn_put_ignoring_status(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    (void)journal_txn_put(txn, JDB_APPROVALS, arg, strlen(arg), "v", 1);
+    return AR_OK;
+}
+
+static void hook_failure_rolls_back_its_batch_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    struct hook_log log = { .refuse = "bad" };
+    assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
+    journal_stats before, after;
+    journal_get_stats(j, &before);
+
+    struct gate g;
+    hold_writer(j, &g);
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome a = { .done = &done }, by_op = { .done = &done },
+                   by_txn = { .done = &done }, c = { .done = &done };
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "a", 1, "A", 1);
+    submit(j, b, &a);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "b1", 2, "B1", 2);
+    journal_batch_put(b, JDB_APPROVALS, "bad", 3, "B2", 2);
+    journal_batch_put(b, JDB_ACTIONS, "b3", 2, "B3", 2);
+    submit(j, b, &by_op);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "t0", 2, "T0", 2);
+    journal_batch_apply(b, txn_put_ignoring_status, "bad"); /* says AR_OK: the hook wins */
+    submit(j, b, &by_txn);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "c", 1, "C", 1);
+    submit(j, b, &c);
+    release_writer(&g);
+    for (int i = 0; i < 4; i++)
+        sem_wait(&done);
+    sem_destroy(&done);
+
+    assert_int_equal(a.status, AR_OK);
+    assert_int_equal(c.status, AR_OK);
+    assert_int_equal(by_op.status, AR_E_INVALID);
+    assert_string_equal(by_op.code, "hook_refused");
+    assert_int_equal(by_txn.status, AR_E_INVALID);
+    assert_string_equal(by_txn.code, "hook_refused");
+    assert_value(j, JDB_APPROVALS, "a", "A");
+    assert_value(j, JDB_MEMORY, "m:a", "A");
+    assert_value(j, JDB_APPROVALS, "c", "C");
+    assert_value(j, JDB_MEMORY, "m:c", "C");
+    /* Nothing of the failed batches: neither their own writes nor what their hook wrote. */
+    assert_absent(j, JDB_APPROVALS, "b1");
+    assert_absent(j, JDB_MEMORY, "m:b1");
+    assert_absent(j, JDB_APPROVALS, "bad");
+    assert_absent(j, JDB_ACTIONS, "b3");
+    assert_absent(j, JDB_ACTIONS, "t0");
+    journal_get_stats(j, &after);
+    assert_int_equal(after.commits - before.commits, 2); /* the gate, then the group */
+    assert_int_equal(after.batches - before.batches, 3);
+
+    /* A hook writing into its own database is refused: no recursion. */
+    log.refuse = NULL;
+    log.write_self = true;
+    ar_error err;
+    assert_int_equal(put_bytes(j, JDB_APPROVALS, "s", "S", 1, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "journal_hook_recursion");
+    assert_absent(j, JDB_APPROVALS, "s");
+    assert_absent(j, JDB_APPROVALS, "self");
+    log.ignore_status = true; /* the refusal fails the batch even when the hook goes on */
+    assert_int_equal(put_bytes(j, JDB_APPROVALS, "s", "S", 1, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "journal_hook_recursion");
+    assert_absent(j, JDB_APPROVALS, "self");
+    log.write_self = false;
+    log.ignore_status = false;
+    assert_int_equal(put_str(j, JDB_APPROVALS, "s", "S"), AR_OK);
+    assert_value(j, JDB_MEMORY, "m:s", "S");
+    journal_close(j);
+    destroy_gate(&g);
+    rm_rf(dir);
+}
+
+static int quiet_failing_hook(journal_txn *txn, void *arg, const void *key, size_t klen,
+                              const void *val, size_t vlen, ar_error *err)
+{
+    (void)txn; (void)arg; (void)key; (void)klen; (void)val; (void)vlen; (void)err;
+    return AR_E_BUSY;
+}
+
+static void hook_failure_without_message_and_full_map(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 1);
+    ar_error err;
+    assert_int_equal(journal_set_hook(j, JDB_QUEUE, quiet_failing_hook, NULL), AR_OK);
+    assert_int_equal(put_bytes(j, JDB_QUEUE, "q", "Q", 1, &err), AR_E_BUSY);
+    assert_string_equal(err.code, "journal_hook_failed");
+    assert_absent(j, JDB_QUEUE, "q");
+
+    /* A hook write that fills the map spoils the transaction: storage_full, whatever the hook
+     * returns, and the journal goes on. */
+    struct hook_log log = { .ignore_status = true, .huge_len = (size_t)2 << 20 };
+    log.huge = calloc(1, log.huge_len);
+    assert_non_null(log.huge);
+    assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
+    assert_int_equal(put_bytes(j, JDB_APPROVALS, "h", "H", 1, &err), AR_E_FULL);
+    assert_string_equal(err.code, "storage_full");
+    assert_absent(j, JDB_APPROVALS, "h");
+    assert_absent(j, JDB_MEMORY, "m:h");
+    log.huge_len = 0;
+    assert_int_equal(put_str(j, JDB_APPROVALS, "h", "H"), AR_OK);
+    assert_value(j, JDB_MEMORY, "m:h", "H");
+    free(log.huge);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- cursors in the writer's transaction ------------------------------------------------ */
+
+struct txn_walk {
+    int status;
+    char failure[128];
+};
+
+#define WALK_CHECK(cond)                                                              \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            snprintf(w->failure, sizeof w->failure, "line %d: %s", __LINE__, #cond);  \
+            goto out;                                                                 \
+        }                                                                             \
+    } while (0)
+
+static bool at(journal_cursor *c, int op, const char *seek, const char *expected)
+{
+    const void *key = seek, *val;
+    size_t klen = seek ? strlen(seek) : 0, vlen;
+    int rc = journal_cursor_get(c, op, &key, &klen, &val, &vlen);
+    if (!expected)
+        return rc == AR_E_NOTFOUND;
+    char want[32];
+    snprintf(want, sizeof want, "val-%s", expected);
+    return rc == AR_OK && klen == strlen(expected) && memcmp(key, expected, klen) == 0 &&
+           vlen == strlen(want) && memcmp(val, want, vlen) == 0;
+}
+
+static int walk_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    struct txn_walk *w = arg;
+    journal_cursor *c = NULL;
+    char key[8];
+    w->failure[0] = '\0';
+    WALK_CHECK(journal_txn_cursor_open(txn, JDB_COUNT, &c) == AR_E_INVALID && !c);
+    WALK_CHECK(journal_txn_cursor_open(txn, JDB_APPROVALS, &c) == AR_OK);
+    /* k20 was put by this batch, before this callback: the cursor sees it. */
+    WALK_CHECK(at(c, JOURNAL_FIRST, NULL, "k00"));
+    for (int i = 1; i <= 9; i++) {
+        snprintf(key, sizeof key, "k%02d", i * 2);
+        WALK_CHECK(at(c, JOURNAL_NEXT, NULL, key));
+    }
+    /* k19 has an unknown format version: AR_E_FORMAT (with its key), and the walk moves on. */
+    const void *key_p, *val_p;
+    size_t klen, vlen;
+    WALK_CHECK(journal_cursor_get(c, JOURNAL_NEXT, &key_p, &klen, &val_p, &vlen) == AR_E_FORMAT);
+    WALK_CHECK(klen == 3 && memcmp(key_p, "k19", 3) == 0);
+    WALK_CHECK(at(c, JOURNAL_NEXT, NULL, "k20"));
+    WALK_CHECK(at(c, JOURNAL_NEXT, NULL, NULL));
+    WALK_CHECK(at(c, JOURNAL_LAST, NULL, "k20"));
+    WALK_CHECK(at(c, JOURNAL_SEEK_GE, "k18", "k18"));
+    WALK_CHECK(at(c, JOURNAL_PREV, NULL, "k16"));
+    WALK_CHECK(at(c, JOURNAL_SEEK_GE, "k07", "k08"));
+    WALK_CHECK(at(c, JOURNAL_SEEK_GE, "k10", "k10"));
+
+    /* Values stay as they were until the next move, even across a write. */
+    key_p = "k12";
+    klen = 3;
+    WALK_CHECK(journal_cursor_get(c, JOURNAL_SEEK_GE, &key_p, &klen, &val_p, &vlen) == AR_OK);
+    WALK_CHECK(journal_txn_put(txn, JDB_APPROVALS, "k12", 3, "changed!", 8) == AR_OK);
+    WALK_CHECK(journal_txn_put(txn, JDB_APPROVALS, "k13", 3, "val-k13", 7) == AR_OK);
+    WALK_CHECK(vlen == 7 && memcmp(val_p, "val-k12", 7) == 0 && klen == 3 &&
+               memcmp(key_p, "k12", 3) == 0);
+    WALK_CHECK(at(c, JOURNAL_NEXT, NULL, "k13")); /* the cursor sees the new key */
+    WALK_CHECK(at(c, JOURNAL_NEXT, NULL, "k14"));
+    WALK_CHECK(at(c, JOURNAL_SEEK_GE, "k21", NULL));
+    journal_cursor_close(c);
+    c = NULL;
+
+    WALK_CHECK(journal_txn_cursor_open(txn, JDB_CHECKPOINTS, &c) == AR_OK);
+    WALK_CHECK(at(c, JOURNAL_FIRST, NULL, NULL));
+    WALK_CHECK(at(c, JOURNAL_LAST, NULL, NULL));
+out:
+    journal_cursor_close(c);
+    w->status = w->failure[0] ? AR_E_FAIL : AR_OK;
+    return AR_OK;
+}
+
+static void txn_cursor_walks_and_seeks(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    journal_batch *b = journal_batch_new();
+    for (int i = 0; i < 10; i++) {
+        char key[8], val[16];
+        snprintf(key, sizeof key, "k%02d", i * 2);
+        snprintf(val, sizeof val, "val-%s", key);
+        journal_batch_put(b, JDB_APPROVALS, key, strlen(key), val, strlen(val));
+    }
+    journal_batch_put(b, JDB_MEMORY, "k01", 3, "other db", 8);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    journal_close(j);
+    raw_put(dir, "approvals", "k19", "\x63payload", 8); /* format version 99 */
+
+    j = open_journal(dir, 0);
+    struct txn_walk w = { .status = -1 };
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_APPROVALS, "k20", 3, "val-k20", 7);
+    journal_batch_apply(b, walk_in_txn, &w);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    if (w.status != AR_OK)
+        fail_msg("walk in the transaction: %s", w.failure);
+    assert_value(j, JDB_APPROVALS, "k12", "changed!");
+    assert_value(j, JDB_APPROVALS, "k13", "val-k13");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- an environment made before the counters database ------------------------------------ */
+
+static void older_environment_gets_new_databases(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    /* Only "meta" with schema version 1, as an older build left it. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", MDB_CREATE, &dbi), 0);
+    unsigned char rec[5] = { JOURNAL_RECORD_VERSION, 1, 0, 0, 0 };
+    MDB_val k = { 14, "schema_version" }, v = { sizeof rec, rec };
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_COUNTERS, "defs", "[]"), AR_OK);
+    journal_close(j);
+    j = open_journal(dir, 0);
+    assert_value(j, JDB_COUNTERS, "defs", "[]");
+    assert_absent(j, JDB_CONNECTORS, "defs"); /* its own database */
+    journal_close(j);
+    rm_rf(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(roundtrip_and_reopen),
     cmocka_unit_test(conflict_rolls_back_its_batch_only),
@@ -1501,6 +1916,11 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(backup_while_writers_commit),
     cmocka_unit_test(backup_is_compacted),
     cmocka_unit_test(backup_refuses_a_used_target),
+    cmocka_unit_test(hook_sees_every_write),
+    cmocka_unit_test(hook_failure_rolls_back_its_batch_only),
+    cmocka_unit_test(hook_failure_without_message_and_full_map),
+    cmocka_unit_test(txn_cursor_walks_and_seeks),
+    cmocka_unit_test(older_environment_gets_new_databases),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -1,7 +1,9 @@
 /* test_policy.c - the Lua policy sandbox: verdicts, defaults, limits, escapes, leaks, log();
- * the policy tests runner, policy_eval and the shipped policies. */
+ * guardrail counter declarations and ctx.counter; validate; the policy tests runner,
+ * policy_eval and the shipped policies. */
 #include "test_main.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1269,9 +1271,9 @@ static void test_ctx_read_only_and_fresh(void **state)
     policy_worker *w = new_worker(set);
     policy_decision d;
 
-    /* what a policy sees of ctx: only now(), through a protected metatable */
+    /* what a policy sees of ctx: only counter() and now(), through a protected metatable */
     decide_input(w, "kind", "\"look\"", &d);
-    assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+    assert_allow(&d, "look", "nil,nil,nil,false,counter now,function");
 
     const char *writes[] = { "\"write\"", "\"write_now\"", "\"insert\"" };
     for (size_t i = 0; i < sizeof writes / sizeof *writes; i++) {
@@ -1280,11 +1282,11 @@ static void test_ctx_read_only_and_fresh(void **state)
         decide_votes(w, json, &d);
         assert_policy_error(&d, "a_ctx.lua", "ctx is read-only");
         /* the next file in the same decision gets its own, untouched ctx */
-        assert_vote(d.votes, 1, "b_seen.lua", "allow", "seen", "nil,nil,now");
+        assert_vote(d.votes, 1, "b_seen.lua", "allow", "seen", "nil,nil,counter now");
         json_decref(d.votes);
         /* and so does the next call */
         decide_input(w, "kind", "\"look\"", &d);
-        assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+        assert_allow(&d, "look", "nil,nil,nil,false,counter now,function");
     }
     decide_input(w, "kind", "\"setmetatable\"", &d);
     assert_policy_error(&d, "a_ctx.lua", "protected metatable");
@@ -1292,7 +1294,7 @@ static void test_ctx_read_only_and_fresh(void **state)
     decide_input(w, "kind", "\"pcall_write\"", &d);
     assert_allow(&d, "pcall_write", "false nil");
     decide_input(w, "kind", "\"look\"", &d);
-    assert_allow(&d, "look", "nil,nil,nil,false,now,function");
+    assert_allow(&d, "look", "nil,nil,nil,false,counter now,function");
     policy_worker_free(w);
     policy_set_free(set);
 }
@@ -1593,7 +1595,7 @@ static void test_eval(void **state)
     assert_non_null(action);
     json_t *out = NULL;
     ar_error err;
-    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    assert_int_equal(policy_eval(set, action, NULL, &out, &err), AR_OK);
     json_decref(action);
     assert_string_equal(json_string_value(json_object_get(out, "verdict")), "approve");
     assert_string_equal(json_string_value(json_object_get(out, "rule")), "big");
@@ -1616,7 +1618,7 @@ static void test_eval(void **state)
 
     /* the default, at the real time */
     action = json_loads("{\"connector\":\"crm\",\"effect\":\"read\"}", 0, NULL);
-    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    assert_int_equal(policy_eval(set, action, NULL, &out, &err), AR_OK);
     json_decref(action);
     assert_string_equal(json_string_value(json_object_get(out, "verdict")), "allow");
     assert_string_equal(json_string_value(json_object_get(out, "rule")), "default");
@@ -1629,7 +1631,7 @@ static void test_eval(void **state)
     json_decref(out);
 
     action = json_loads("{\"connector\":\"shop\",\"action\":\"when\"}", 0, NULL);
-    assert_int_equal(policy_eval(set, action, &out, &err), AR_OK);
+    assert_int_equal(policy_eval(set, action, NULL, &out, &err), AR_OK);
     json_decref(action);
     long long now = atoll(json_string_value(json_object_get(out, "reason")));
     assert_true(now >= (long long)time(NULL) - 60 && now <= (long long)time(NULL));
@@ -1637,7 +1639,7 @@ static void test_eval(void **state)
 
     action = json_loads("[1]", 0, NULL);
     out = (json_t *)1;
-    assert_int_equal(policy_eval(set, action, &out, &err), AR_E_INVALID);
+    assert_int_equal(policy_eval(set, action, NULL, &out, &err), AR_E_INVALID);
     assert_string_equal(err.code, "policy_action_invalid");
     assert_null(out);
     json_decref(action);
@@ -1670,7 +1672,7 @@ static void test_shipped_policies(void **state)
     const json_t *votes = NULL;
     json_t *probe = json_loads("{\"connector\":\"none\",\"effect\":\"read\"}", 0, NULL);
     json_t *out = NULL;
-    assert_int_equal(policy_eval(set, probe, &out, &err), AR_OK);
+    assert_int_equal(policy_eval(set, probe, NULL, &out, &err), AR_OK);
     json_decref(probe);
     votes = json_object_get(out, "votes");
     assert_int_equal(json_array_size(votes), policy_set_count(set));
@@ -1735,6 +1737,947 @@ static void test_shipped_policies(void **state)
     remove_dir(only, names);
 }
 
+/* ---- guardrail counters: declarations and ctx.counter ------------------------------------- */
+
+/* Write name = text into a new temporary directory's files (pairs, NULL-terminated). */
+static void make_policy_dir(char *dir, const char *const *files)
+{
+    assert_non_null(mkdtemp(dir));
+    for (; *files; files += 2)
+        assert_int_equal(write_file(dir, files[0], files[1]), 0);
+}
+
+static void remove_all(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    char path[1024];
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static policy_set *load_dir_limits(const char *dir, const policy_limits *limits)
+{
+    policy_set *set = NULL;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = policy_set_load(dir, limits, &set, &err);
+    if (rc != AR_OK)
+        print_error("policy_set_load(%s): %s: %s\n", dir, err.code, err.message);
+    assert_int_equal(rc, AR_OK);
+    assert_non_null(set);
+    return set;
+}
+
+static policy_set *load_dir(const char *dir)
+{
+    return load_dir_limits(dir, NULL);
+}
+
+#define REFUNDED_DECL "{connector = 'shop', action = 'refund', sum = 'amount', window = '24h'}"
+
+static void test_counter_declarations(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    const char *files[] = {
+        "a.lua", "counters = { refunded = " REFUNDED_DECL ",\n"
+                 "             listings = {connector = 'shop', window = 3600} }\n"
+                 "function decide(action) return nil end\n",
+        /* the same declaration of refunded again is fine; tickets is b's own */
+        "b.lua", "counters = { tickets = {connector = 'tickets', action = '*', window = '7d'},\n"
+                 "             refunded = " REFUNDED_DECL " }\n"
+                 "function decide(action) return nil end\n",
+        "c.lua", "counters = {}\nfunction decide(action) return nil end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    size_t n = 99;
+    const counter_def *defs = policy_set_counters(set, &n);
+    assert_int_equal(n, 3);
+    assert_non_null(defs);
+    /* in name order */
+    assert_string_equal(defs[0].name, "listings");
+    assert_string_equal(defs[1].name, "refunded");
+    assert_string_equal(defs[2].name, "tickets");
+    assert_string_equal(defs[0].connector, "shop");
+    assert_string_equal(defs[0].action, "*");
+    assert_string_equal(defs[0].sum, "");
+    assert_int_equal(defs[0].window_ms, 3600000);
+    assert_string_equal(defs[1].action, "refund");
+    assert_string_equal(defs[1].sum, "amount");
+    assert_int_equal(defs[1].window_ms, 86400000);
+    assert_int_equal(defs[2].window_ms, 7 * 86400000LL);
+
+    /* the same definition (id) counters_def_parse makes of the same declaration */
+    json_t *decl = json_pack("{s:s, s:s, s:s, s:s}", "connector", "shop", "action", "refund",
+                             "sum", "amount", "window", "24h");
+    counter_def direct;
+    ar_error err;
+    assert_int_equal(counters_def_parse("refunded", decl, &direct, &err), AR_OK);
+    json_decref(decl);
+    assert_string_equal(defs[1].id, direct.id);
+    assert_int_equal(strlen(defs[1].id), COUNTERS_ID_LEN);
+
+    assert_ptr_equal(policy_set_find_counter(set, "refunded"), &defs[1]);
+    assert_ptr_equal(policy_set_find_counter(set, "listings"), &defs[0]);
+    assert_ptr_equal(policy_set_find_counter(set, "tickets"), &defs[2]);
+    assert_null(policy_set_find_counter(set, "nope"));
+    assert_null(policy_set_find_counter(set, ""));
+    assert_null(policy_set_find_counter(set, NULL));
+    assert_null(policy_set_find_counter(NULL, "refunded"));
+    n = 99;
+    assert_null(policy_set_counters(NULL, &n));
+    assert_int_equal(n, 0);
+    policy_set_free(set);
+    remove_all(dir);
+
+    /* a set without declarations */
+    set = load_case("order");
+    n = 99;
+    assert_null(policy_set_counters(set, &n));
+    assert_int_equal(n, 0);
+    assert_null(policy_set_find_counter(set, "refunded"));
+    policy_set_free(set);
+}
+
+/* Each text, as the only policy file x.lua, is refused naming x.lua and what is wrong. */
+static const struct {
+    const char *text;
+    const char *needle1, *needle2;
+} bad_declarations[] = {
+    { "counters = 5\n", "counters must be a table", "got a number" },
+    { "counters = { {connector = 'shop', window = '1h'} }\n", "not a list", NULL },
+    { "counters = { x = {connector = 'shop'} }\n", "counter \"x\" needs a window", NULL },
+    { "counters = { x = {window = '1h'} }\n", "counter \"x\" needs a connector", NULL },
+    { "counters = { x = {connector = 'shop', window = '1h', colour = 'red'} }\n",
+      "counter \"x\"", "unknown field \"colour\"" },
+    { "counters = { ['bad name'] = {connector = 'shop', window = '1h'} }\n", "bad name",
+      "letters, digits" },
+    { "counters = { x = {connector = 'shop', window = '1y'} }\n", "counter \"x\"",
+      "window must be" },
+    { "counters = { x = {connector = 'shop', window = '1h', sum = 5} }\n", "counter \"x\"",
+      "sum must be a non-empty string" },
+    { "counters = { x = 'shop' }\n", "counter \"x\" must be a table", NULL },
+    { "counters = { x = {connector = 'shop', window = '1h', f = pairs} }\n", "counters.x.f",
+      "a function cannot be part of a counter declaration" },
+    { "validate = 5\n", "validate must be a function", "got a number" },
+    { "validate = {}\n", "validate must be a function", "got a table" },
+};
+
+static void expect_dir_invalid(const char *dir, const char *n1, const char *n2, const char *n3)
+{
+    policy_set *set = (policy_set *)1;
+    ar_error err;
+    ar_error_clear(&err);
+    int rc = policy_set_load(dir, NULL, &set, &err);
+    if (rc != AR_E_INVALID || !strstr(err.message, n1) || (n2 && !strstr(err.message, n2)) ||
+        (n3 && !strstr(err.message, n3)))
+        print_error("rc %d: %s: %s\n", rc, err.code, err.message);
+    assert_int_equal(rc, AR_E_INVALID);
+    assert_null(set);
+    assert_string_equal(err.code, "policy_invalid");
+    assert_non_null(strstr(err.message, n1));
+    if (n2)
+        assert_non_null(strstr(err.message, n2));
+    if (n3)
+        assert_non_null(strstr(err.message, n3));
+}
+
+static void test_counter_declarations_invalid(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (size_t i = 0; i < sizeof bad_declarations / sizeof *bad_declarations; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "%sfunction decide(a) return nil end\n",
+                 bad_declarations[i].text);
+        assert_int_equal(write_file(dir, "x.lua", text), 0);
+        expect_dir_invalid(dir, "policy x.lua", bad_declarations[i].needle1,
+                           bad_declarations[i].needle2);
+    }
+
+    /* one name, two different declarations: refused naming both files and the counter */
+    assert_int_equal(write_file(dir, "x.lua", "counters = { refunded = " REFUNDED_DECL " }\n"
+                                              "function decide(a) return nil end\n"), 0);
+    assert_int_equal(write_file(dir, "y.lua", "counters = { refunded = {connector = 'shop', "
+                                              "action = 'refund', sum = 'amount', "
+                                              "window = '12h'} }\n"
+                                              "function decide(a) return nil end\n"), 0);
+    expect_dir_invalid(dir, "policy y.lua", "counter \"refunded\"", "x.lua");
+    /* the same declaration in both: fine */
+    assert_int_equal(write_file(dir, "y.lua", "counters = { refunded = " REFUNDED_DECL " }\n"
+                                              "function decide(a) return nil end\n"), 0);
+    policy_set *set = load_dir(dir);
+    size_t n;
+    policy_set_counters(set, &n);
+    assert_int_equal(n, 1);
+    policy_set_free(set);
+    /* two names for one definition: both kept */
+    assert_int_equal(write_file(dir, "y.lua", "counters = { refunds = " REFUNDED_DECL " }\n"
+                                              "function decide(a) return nil end\n"), 0);
+    set = load_dir(dir);
+    const counter_def *defs = policy_set_counters(set, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(defs[0].id, defs[1].id);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* A counter source for the tests: fixed values, or a failure. */
+typedef struct fake_source {
+    double refunded, listings;
+    int fail;
+    int calls;
+    char last[COUNTERS_NAME_MAX];
+} fake_source;
+
+static int fake_counter(void *arg, const counter_def *def, double *value, ar_error *err)
+{
+    fake_source *s = arg;
+    s->calls++;
+    snprintf(s->last, sizeof s->last, "%s", def->name);
+    if (s->fail)
+        return ar_error_set(err, AR_E_NOTFOUND, "counter_unavailable", "not maintained yet");
+    if (strcmp(def->name, "refunded") == 0) {
+        assert_string_equal(def->connector, "shop"); /* the declared definition */
+        assert_string_equal(def->sum, "amount");
+        *value = s->refunded;
+    } else {
+        *value = s->listings;
+    }
+    return AR_OK;
+}
+
+/* a.lua declares, b.lua reads (the set's counters are the union) */
+static const char *const counter_files[] = {
+    "a.lua", "counters = { refunded = " REFUNDED_DECL ",\n"
+             "             listings = {connector = 'shop', action = 'create_listing', window = '7d'} }\n"
+             "function decide(action) return nil end\n",
+    "b.lua", "function decide(action, ctx)\n"
+             "  local v = ctx.counter(action.input.name)\n"
+             "  return { verdict = 'allow', rule = 'read', reason = math.type(v) .. ' ' .. tostring(v) }\n"
+             "end\n",
+    NULL };
+
+static void decide_counter(policy_worker *w, const char *name_json, policy_decision *d)
+{
+    decide_input(w, "name", name_json, d);
+}
+
+static void test_counter_in_ctx(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    make_policy_dir(dir, counter_files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+
+    /* no source: every declared counter reads 0 */
+    decide_counter(w, "\"refunded\"", &d);
+    assert_allow(&d, "read", "integer 0");
+
+    fake_source src = { .refunded = 950, .listings = 12.5 };
+    policy_worker_set_counters(w, fake_counter, &src);
+    decide_counter(w, "\"refunded\"", &d);
+    assert_allow(&d, "read", "integer 950");
+    assert_string_equal(src.last, "refunded");
+    decide_counter(w, "\"listings\"", &d);
+    assert_allow(&d, "read", "float 12.5");
+    assert_int_equal(src.calls, 2);
+
+    /* the source fails: the policy fails, so deny policy_error naming the counter */
+    src.fail = 1;
+    decide_counter(w, "\"refunded\"", &d);
+    assert_policy_error(&d, "b.lua", "counter refunded unavailable: not maintained yet");
+    assert_non_null(strstr(d.reason, "policy b.lua failed: b.lua:2:"));
+    src.fail = 0;
+
+    /* an undeclared name, or not a name at all */
+    decide_counter(w, "\"refunds\"", &d);
+    assert_policy_error(&d, "b.lua", "counter \"refunds\" is not declared (declare it in "
+                                     "counters = {...} of a policy file)");
+    decide_counter(w, "\"\"", &d);
+    assert_policy_error(&d, "b.lua", "is not declared");
+    decide_counter(w, "5", &d);
+    assert_policy_error(&d, "b.lua", "ctx.counter(name): name must be a string, got a number");
+    decide_text(w, "{\"input\":{}}", &d);
+    assert_policy_error(&d, "b.lua", "name must be a string, got a nil");
+    assert_int_equal(src.calls, 3); /* none of these asked the source */
+
+    /* back to no source */
+    policy_worker_set_counters(w, NULL, &src);
+    decide_counter(w, "\"refunded\"", &d);
+    assert_allow(&d, "read", "integer 0");
+    assert_int_equal(src.calls, 3);
+    policy_worker_set_counters(NULL, fake_counter, &src); /* harmless */
+    policy_worker_free(w);
+
+    policy_set_free(set);
+
+    /* without a.lua nothing is declared: every name is undeclared, the source is not asked */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/a.lua", dir);
+    assert_int_equal(unlink(path), 0);
+    set = load_dir(dir);
+    w = new_worker(set);
+    policy_worker_set_counters(w, fake_counter, &src);
+    decide_counter(w, "\"refunded\"", &d);
+    assert_policy_error(&d, "b.lua", "counter \"refunded\" is not declared");
+    assert_int_equal(src.calls, 3);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* The cap policy: refunds are allowed until the last 24 h's refunds plus this one pass 1000,
+ * then they need approval; validate checks the connector refunded what was asked. */
+static const char *const cap_files[] = {
+    "cap.lua",
+    "counters = { refunded = " REFUNDED_DECL " }\n"
+    "local CAP = 1000\n"
+    "function decide(action, ctx)\n"
+    "  if action.action ~= 'refund' then return nil end\n"
+    "  local total = ctx.counter('refunded') + action.input.amount\n"
+    "  if total > CAP then\n"
+    "    return { verdict = 'approve', rule = 'refund_cap', roles = {'finance'},\n"
+    "             reason = string.format('%g refunded in 24 h with this one', total) }\n"
+    "  end\n"
+    "  return { verdict = 'allow', rule = 'refund_under_cap' }\n"
+    "end\n"
+    "function validate(action, result, ctx)\n"
+    "  if action.action ~= 'refund' then return nil end\n"
+    "  if type(result) ~= 'table' then return false end\n"
+    "  if result.refunded ~= action.input.amount then\n"
+    "    return { ok = false, rule = 'amount_mismatch',\n"
+    "             reason = 'refunded ' .. tostring(result.refunded) .. ', asked ' .. action.input.amount }\n"
+    "  end\n"
+    "  if ctx.counter('refunded') > 5000 then return 'far over the cap' end\n"
+    "  return true\n"
+    "end\n",
+    NULL };
+
+static void test_counter_cap_flips_to_approve(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    make_policy_dir(dir, cap_files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    fake_source src = { .refunded = 0 };
+    policy_worker_set_counters(w, fake_counter, &src);
+    const char *action = "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"irreversible\","
+                         "\"input\":{\"amount\":100}}";
+    policy_decision d;
+    /* amount 100: allowed while refunded + 100 <= 1000, approve from just past it */
+    for (int refunded = 0; refunded <= 1200; refunded += 50) {
+        src.refunded = refunded;
+        decide_votes(w, action, &d);
+        json_decref(d.votes);
+        if (refunded + 100 <= 1000) {
+            assert_allow(&d, "refund_under_cap", NULL);
+        } else {
+            assert_int_equal(d.verdict, POLICY_APPROVE);
+            assert_string_equal(d.rule, "refund_cap");
+            assert_int_equal(d.n_roles, 1);
+            assert_string_equal(d.roles[0], "finance");
+            char want[64];
+            snprintf(want, sizeof want, "%d refunded in 24 h with this one", refunded + 100);
+            assert_string_equal(d.reason, want);
+        }
+    }
+    /* right at the cap, and one past it */
+    src.refunded = 900;
+    decide_text(w, action, &d);
+    assert_int_equal(d.verdict, POLICY_ALLOW);
+    src.refunded = 900.5;
+    decide_text(w, action, &d);
+    assert_int_equal(d.verdict, POLICY_APPROVE);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Nothing a call writes (to counters, or any global) reaches the next call; the set's
+ * declarations stay as loaded. */
+static void test_counter_table_not_shared(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "counters = { refunded = " REFUNDED_DECL " }\n"
+        "function decide(action, ctx)\n"
+        "  local seen = table.concat({ type(counters), tostring(counters.extra),\n"
+        "    tostring(counters.refunded and counters.refunded.window), tostring(leaked),\n"
+        "    tostring(ctx.counter('refunded')) }, ',')\n"
+        "  counters.extra = { connector = 'x', window = '1h' }\n"
+        "  counters.refunded = nil\n"
+        "  leaked = 1\n"
+        "  counters = 'gone'\n"
+        "  return { verdict = 'allow', rule = 'seen', reason = seen }\n"
+        "end\n"
+        "function validate(action, result, ctx)\n"
+        "  local seen = type(counters) .. ',' .. tostring(leaked) .. ',' .. tostring(vleaked)\n"
+        "  counters = nil\n"
+        "  vleaked = 1\n"
+        "  return { ok = false, reason = seen }\n"
+        "end\n",
+        "b.lua",
+        "function decide(action, ctx)\n"
+        "  return { verdict = 'allow', rule = 'b', reason = tostring(counters) .. ',' .. tostring(leaked) }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    fake_source src = { .refunded = 7 };
+    policy_worker_set_counters(w, fake_counter, &src);
+    json_t *action = json_loads("{\"connector\":\"shop\",\"action\":\"refund\"}", 0, NULL);
+    json_t *result = json_loads("{}", 0, NULL);
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_votes(w, "{\"connector\":\"shop\",\"action\":\"refund\"}", &d);
+        assert_allow(&d, "seen", "table,nil,24h,nil,7");
+        /* b.lua, in the same decision, has its own globals */
+        assert_vote(d.votes, 1, "b.lua", "allow", "b", "nil,nil");
+        json_decref(d.votes);
+        policy_validation v;
+        assert_int_equal(policy_validate(w, action, result, &v), AR_OK);
+        assert_int_equal(v.ok, 0);
+        assert_string_equal(v.reason, "table,nil,nil");
+    }
+    size_t n;
+    const counter_def *defs = policy_set_counters(set, &n);
+    assert_int_equal(n, 1);
+    assert_string_equal(defs[0].name, "refunded");
+    assert_null(policy_set_find_counter(set, "extra"));
+    json_decref(action);
+    json_decref(result);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* ---- validate ------------------------------------------------------------------------------- */
+
+static const char validate_policy[] =
+    "function decide(action) return nil end\n"
+    "local kinds = {\n"
+    "  ['nil'] = function() return nil end,\n"
+    "  ['true'] = function() return true end,\n"
+    "  ['false'] = function() return false end,\n"
+    "  string = function() return 'the total does not match' end,\n"
+    "  empty_string = function() return '' end,\n"
+    "  reject = function() return { ok = false, reason = 'too big', rule = 'result_cap' } end,\n"
+    "  reject_bare = function() return { ok = false } end,\n"
+    "  ok_table = function() return { ok = true, reason = 'fine' } end,\n"
+    "  number = function() return 5 end,\n"
+    "  func = function() return pairs end,\n"
+    "  no_ok = function() return { reason = 'x' } end,\n"
+    "  ok_string = function() return { ok = 'no' } end,\n"
+    "  bad_reason = function() return { ok = false, reason = 5 } end,\n"
+    "  bad_rule = function() return { ok = false, rule = {} } end,\n"
+    "  error = function() error('boom') end,\n"
+    "  loop = function() while true do end end,\n"
+    "  pcall_loop = function() pcall(function() while true do end end) return true end,\n"
+    "  memory = function() local t = {} for i = 1, 1e8 do t[i] = i end end,\n"
+    "  now = function(r, ctx) return tostring(ctx.now()) end,\n"
+    "  counter = function(r, ctx) return tostring(ctx.counter(r.name)) end,\n"
+    "}\n"
+    "function validate(action, result, ctx)\n"
+    "  if type(result) ~= 'table' then return 'a ' .. type(result) .. ': ' .. tostring(result) end\n"
+    "  if result[1] then return 'a list of ' .. #result end\n"
+    "  if result.kind == 'echo' then\n"
+    "    return table.concat({ action.connector, result.items[2], tostring(result.n),\n"
+    "                          tostring(result.gone), math.type(result.n) }, ',')\n"
+    "  end\n"
+    "  return kinds[result.kind](result, ctx)\n"
+    "end\n";
+
+static void validate_json(policy_worker *w, const char *action_json, const char *result_json,
+                          policy_validation *v)
+{
+    json_t *action = json_loads(action_json, JSON_DECODE_ANY, NULL);
+    json_t *result = result_json ? json_loads(result_json, JSON_DECODE_ANY, NULL) : NULL;
+    assert_non_null(action);
+    if (result_json)
+        assert_non_null(result);
+    memset(v, 0x5a, sizeof *v); /* policy_validate must fill every field */
+    assert_int_equal(policy_validate(w, action, result, v), AR_OK);
+    assert_in_range(v->ok, 0, 1);
+    assert_in_range(v->policy_error, 0, 1);
+    assert_true(memchr(v->reason, '\0', sizeof v->reason) != NULL);
+    assert_true(memchr(v->rule, '\0', sizeof v->rule) != NULL);
+    assert_true(memchr(v->file, '\0', sizeof v->file) != NULL);
+    assert_true(v->duration_ns != 0x5a5a5a5a5a5a5a5aull);
+    json_decref(action);
+    json_decref(result);
+}
+
+static void validate_kind(policy_worker *w, const char *kind, policy_validation *v)
+{
+    char result[128];
+    snprintf(result, sizeof result, "{\"kind\":\"%s\"}", kind);
+    validate_json(w, "{\"connector\":\"shop\",\"action\":\"refund\"}", result, v);
+}
+
+static void assert_valid(const policy_validation *v)
+{
+    if (!v->ok)
+        print_error("rejected: policy_error %d rule %s file %s reason %s\n", v->policy_error,
+                    v->rule, v->file, v->reason);
+    assert_int_equal(v->ok, 1);
+    assert_int_equal(v->policy_error, 0);
+    assert_string_equal(v->file, "");
+    assert_string_equal(v->rule, "");
+    assert_string_equal(v->reason, "");
+}
+
+static void assert_rejected(const policy_validation *v, int policy_error, const char *file,
+                            const char *rule, const char *reason)
+{
+    if (v->ok || v->policy_error != policy_error || strcmp(v->rule, rule) != 0 ||
+        !strstr(v->reason, reason))
+        print_error("validation: ok %d policy_error %d rule %s file %s reason %s\n", v->ok,
+                    v->policy_error, v->rule, v->file, v->reason);
+    assert_int_equal(v->ok, 0);
+    assert_int_equal(v->policy_error, policy_error);
+    assert_string_equal(v->file, file);
+    assert_string_equal(v->rule, rule);
+    assert_non_null(strstr(v->reason, reason));
+}
+
+static void test_validate_forms(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pvalid-XXXXXX";
+    const char *files[] = { "v.lua", validate_policy, NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    assert_int_equal(policy_set_has_validate(set), 1);
+    policy_worker *w = new_worker(set);
+    policy_validation v;
+
+    static const char *const accepted[] = { "nil", "true", "ok_table" };
+    for (size_t i = 0; i < sizeof accepted / sizeof *accepted; i++) {
+        validate_kind(w, accepted[i], &v);
+        assert_valid(&v);
+    }
+    validate_kind(w, "false", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "rejected by validate");
+    assert_string_equal(v.reason, "rejected by validate");
+    validate_kind(w, "string", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "the total does not match");
+    assert_string_equal(v.reason, "the total does not match");
+    validate_kind(w, "empty_string", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "rejected by validate");
+    validate_kind(w, "reject", &v);
+    assert_rejected(&v, 0, "v.lua", "result_cap", "too big");
+    assert_string_equal(v.reason, "too big");
+    validate_kind(w, "reject_bare", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "rejected by validate");
+
+    /* garbage and errors: a rejection with policy_error, saying what went wrong */
+    static const struct {
+        const char *kind, *reason;
+    } broken[] = {
+        { "number", "policy v.lua validate returned an invalid result: expected nil, true, false, "
+                    "a string or {ok = ..., reason = ..., rule = ...}, got a number" },
+        { "func", "invalid result: expected nil, true, false, a string or" },
+        { "no_ok", "policy v.lua validate returned an invalid result: ok is missing" },
+        { "ok_string", "invalid result: ok must be true or false, got a string" },
+        { "bad_reason", "invalid result: reason must be a string, got a number" },
+        { "bad_rule", "invalid result: rule must be a string, got a table" },
+        { "error", "policy v.lua validate failed: v.lua:" },
+        { "nope", "policy v.lua validate failed: v.lua:" }, /* calling nil */
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof *broken; i++) {
+        validate_kind(w, broken[i].kind, &v);
+        assert_rejected(&v, 1, "v.lua", "policy_error", broken[i].reason);
+    }
+    validate_kind(w, "number", &v);
+    assert_string_equal(v.reason, broken[0].reason);
+    validate_kind(w, "error", &v);
+    assert_non_null(strstr(v.reason, "boom"));
+
+    /* result is any JSON value, converted as the action is */
+    validate_json(w, "{\"connector\":\"shop\"}",
+                  "{\"kind\":\"echo\",\"items\":[\"a\",\"b\"],\"n\":3,\"gone\":null}", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "shop,b,3,nil,integer");
+    validate_json(w, "{}", "\"plain\"", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "a string: plain");
+    validate_json(w, "{}", "[1,2]", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "a list of 2");
+    validate_json(w, "{}", "2.5", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "a number: 2.5");
+    validate_json(w, "{}", "null", &v);
+    assert_rejected(&v, 0, "v.lua", "v", "a nil: nil");
+    validate_json(w, "{}", NULL, &v);
+    assert_rejected(&v, 0, "v.lua", "v", "a nil: nil");
+
+    /* ctx: now() and counter() as in decide */
+    time_t before = time(NULL);
+    validate_kind(w, "now", &v);
+    long long now = atoll(v.reason);
+    assert_true(now >= (long long)before && now <= (long long)time(NULL));
+    validate_kind(w, "counter", &v); /* result.name is nil */
+    assert_rejected(&v, 1, "v.lua", "policy_error", "name must be a string");
+
+    /* the action must be an object; neither may be nested too deep */
+    validate_json(w, "[1]", "{\"kind\":\"true\"}", &v);
+    assert_rejected(&v, 1, "", "action_invalid", "the action is not a JSON object");
+    char deep[256] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "]");
+    validate_json(w, "{}", deep, &v);
+    assert_rejected(&v, 1, "", "result_invalid", "nested deeper than 32 levels");
+    memset(&v, 0x5a, sizeof v);
+    assert_int_equal(policy_validate(NULL, NULL, NULL, &v), AR_OK);
+    assert_int_equal(v.ok, 0);
+    assert_int_equal(v.policy_error, 1);
+
+    validate_kind(w, "true", &v);
+    assert_valid(&v);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+static void test_validate_limits(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pvalid-XXXXXX";
+    const char *files[] = { "v.lua", validate_policy, NULL };
+    make_policy_dir(dir, files);
+    policy_validation v;
+
+    /* the instruction budget, which pcall cannot catch */
+    const policy_limits budget = { .instructions = 1000000, .timeout_ms = 60000 };
+    policy_set *set = load_dir_limits(dir, &budget);
+    policy_worker *w = new_worker(set);
+    static const char *const loops[] = { "loop", "pcall_loop" };
+    for (size_t i = 0; i < 2; i++) {
+        validate_kind(w, loops[i], &v);
+        assert_rejected(&v, 1, "v.lua", "policy_error", "instruction budget exceeded");
+        assert_string_equal(v.reason, "policy v.lua validate failed: instruction budget exceeded");
+        validate_kind(w, "true", &v);
+        assert_valid(&v);
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* the deadline */
+    const policy_limits deadline = { .instructions = UINT64_MAX / 2, .timeout_ms = 20 };
+    set = load_dir_limits(dir, &deadline);
+    w = new_worker(set);
+    validate_kind(w, "loop", &v);
+    assert_rejected(&v, 1, "v.lua", "policy_error", "deadline exceeded");
+    validate_kind(w, "true", &v);
+    assert_valid(&v);
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* the memory cap */
+    set = load_dir_limits(dir, &bomb_limits);
+    w = new_worker(set);
+    validate_kind(w, "memory", &v);
+    assert_rejected(&v, 1, "v.lua", "policy_error", "memory limit exceeded");
+    validate_kind(w, "true", &v);
+    assert_valid(&v);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+static void test_validate_files_in_order(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pvalid-XXXXXX";
+    const char *files[] = {
+        "a.lua", "function decide(a) return nil end\n"
+                 "function validate(action, result) if result.a then return 'a says no' end end\n",
+        "b.lua", "function decide(a) return nil end\n", /* no validate: not run */
+        "c.lua", "function decide(a) return nil end\n"
+                 "function validate(action, result)\n"
+                 "  if result.c then return { ok = false, rule = 'c_rule', reason = 'c says no' } end\n"
+                 "  if result.loop then while true do end end\n"
+                 "  return true\n"
+                 "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    assert_int_equal(policy_set_has_validate(set), 1);
+    policy_worker *w = new_worker(set);
+    policy_validation v;
+    validate_json(w, "{}", "{}", &v);
+    assert_valid(&v);
+    validate_json(w, "{}", "{\"c\":true}", &v);
+    assert_rejected(&v, 0, "c.lua", "c_rule", "c says no");
+    /* the first rejection in file order wins */
+    validate_json(w, "{}", "{\"a\":true,\"c\":true}", &v);
+    assert_rejected(&v, 0, "a.lua", "a", "a says no");
+    /* and ends the validation: c's loop never runs */
+    validate_json(w, "{}", "{\"a\":true,\"loop\":true}", &v);
+    assert_rejected(&v, 0, "a.lua", "a", "a says no");
+    validate_json(w, "{}", "{\"loop\":true}", &v);
+    assert_rejected(&v, 1, "c.lua", "policy_error", "instruction budget exceeded");
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+static void test_validate_not_defined(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("order");
+    assert_int_equal(policy_set_has_validate(set), 0);
+    assert_int_equal(policy_set_has_validate(NULL), 0);
+    policy_worker *w = new_worker(set);
+    policy_validation v;
+    /* nothing to check: accepted, whatever the result */
+    validate_json(w, "{\"connector\":\"shop\"}", "{\"anything\":[1,2,3]}", &v);
+    assert_valid(&v);
+    validate_json(w, "{}", NULL, &v);
+    assert_valid(&v);
+    policy_worker_free(w);
+    policy_set_free(set);
+
+    /* an empty set neither */
+    char dir[] = "/tmp/aiorun-pvalid-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    set = load_dir(dir);
+    assert_int_equal(policy_set_has_validate(set), 0);
+    w = new_worker(set);
+    validate_json(w, "{}", "{}", &v);
+    assert_valid(&v);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* ---- policy tests with counters and results, eval with counters ------------------------------ */
+
+static const char cap_test_file[] =
+    "local function refund(amount) return { connector = 'shop', action = 'refund',\n"
+    "  effect = 'irreversible', input = { amount = amount } } end\n"
+    "tests = {\n"
+    "  { name = 'under the cap', action = refund(40), counters = { refunded = 950 },\n"
+    "    expect = { verdict = 'allow', rule = 'refund_under_cap' } },\n"
+    "  { name = 'over the cap', action = refund(60), counters = { refunded = 950 },\n"
+    "    expect = { verdict = 'approve', rule = 'refund_cap', roles = {'finance'} } },\n"
+    "  { name = 'no counters read 0', action = refund(60),\n"
+    "    expect = { verdict = 'allow' } },\n"
+    "  { name = 'wrong: counter ignored', action = refund(60), counters = { refunded = 950.5 },\n"
+    "    expect = { verdict = 'allow' } },\n"
+    "  { name = 'result matches', action = refund(40), result = { refunded = 40 },\n"
+    "    expect = { valid = true } },\n"
+    "  { name = 'result differs', action = refund(40), result = { refunded = 41 },\n"
+    "    expect = { valid = false, rule = 'amount_mismatch', reason = 'refunded 41',\n"
+    "               policy = 'cap.lua' } },\n"
+    "  { name = 'result with counters', action = refund(40), result = { refunded = 40 },\n"
+    "    counters = { refunded = 6000 },\n"
+    "    expect = { valid = false, reason = 'over the cap' } },\n"
+    "  { name = 'wrong: expected valid', action = refund(40), result = 'done',\n"
+    "    expect = { valid = true } },\n"
+    "  { name = 'wrong: rule, reason, policy', action = refund(40), result = { refunded = 1 },\n"
+    "    expect = { valid = false, rule = 'other', reason = 'refunded 2', policy = 'x.lua' } },\n"
+    "  { name = 'wrong: expected a rejection', action = refund(40), result = { refunded = 40 },\n"
+    "    expect = { valid = false } },\n"
+    "}\n";
+
+static void test_runner_counters_and_results(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    make_policy_dir(dir, cap_files);
+    assert_int_equal(write_file(dir, "cap_test.lua", cap_test_file), 0);
+    policy_set *set = load_dir(dir);
+    json_t *report = run_tests_ok(set, dir);
+    assert_int_equal(json_integer_value(json_object_get(report, "passed")), 6);
+    assert_int_equal(json_integer_value(json_object_get(report, "failed")), 4);
+    static const char *const none[] = { NULL };
+    static const char *const passing[] = { "under the cap", "over the cap", "no counters read 0",
+                                           "result matches", "result differs",
+                                           "result with counters" };
+    for (size_t i = 0; i < sizeof passing / sizeof *passing; i++)
+        assert_differences(report_case(report, "cap_test.lua", passing[i]), none);
+
+    const json_t *c = report_case(report, "cap_test.lua", "wrong: counter ignored");
+    static const char *const verdict[] = { "verdict: expected allow, got approve", NULL };
+    assert_differences(c, verdict);
+    assert_string_equal(got_field(c, "reason"), "1010.5 refunded in 24 h with this one");
+
+    /* a result case's got: valid, rule, reason, policy and nothing else */
+    c = report_case(report, "cap_test.lua", "result differs");
+    const json_t *got = json_object_get(c, "got");
+    assert_int_equal(json_object_size(got), 4);
+    assert_true(json_is_false(json_object_get(got, "valid")));
+    assert_string_equal(got_field(c, "rule"), "amount_mismatch");
+    assert_string_equal(got_field(c, "reason"), "refunded 41, asked 40");
+    assert_string_equal(got_field(c, "policy"), "cap.lua");
+    assert_true(json_is_false(json_object_get(json_object_get(c, "expected"), "valid")));
+
+    c = report_case(report, "cap_test.lua", "result matches");
+    got = json_object_get(c, "got");
+    assert_int_equal(json_object_size(got), 4);
+    assert_true(json_is_true(json_object_get(got, "valid")));
+    assert_string_equal(got_field(c, "policy"), "");
+
+    c = report_case(report, "cap_test.lua", "wrong: expected valid");
+    static const char *const valid[] = { "valid: expected true, got false", NULL };
+    assert_differences(c, valid);
+    assert_string_equal(got_field(c, "reason"), "rejected by validate");
+    assert_string_equal(got_field(c, "rule"), "cap");
+
+    c = report_case(report, "cap_test.lua", "wrong: rule, reason, policy");
+    static const char *const fields[] = {
+        "rule: expected other, got amount_mismatch",
+        "policy: expected x.lua, got cap.lua",
+        "reason: expected it to contain \"refunded 2\", got \"refunded 1, asked 40\"", NULL };
+    assert_differences(c, fields);
+
+    c = report_case(report, "cap_test.lua", "wrong: expected a rejection");
+    static const char *const rejection[] = { "valid: expected false, got true", NULL };
+    assert_differences(c, rejection);
+    json_decref(report);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Malformed cases about counters and results: refused naming the file and the case. */
+static const struct {
+    const char *text;
+    const char *needle1, *needle2;
+} bad_counter_cases[] = {
+    { "tests = { {name = 'n', action = {}, counters = {nope = 1}, expect = {verdict = 'allow'}} }\n",
+      "counters: counter \"nope\" is not declared", NULL },
+    { "tests = { {name = 'n', action = {}, counters = {refunded = '5'}, expect = {verdict = 'allow'}} }\n",
+      "counters: counter \"refunded\" must be a number", NULL },
+    { "tests = { {name = 'n', action = {}, counters = {refunded = true}, expect = {verdict = 'allow'}} }\n",
+      "counter \"refunded\" must be a number", NULL },
+    { "tests = { {name = 'n', action = {}, counters = {1, 2}, expect = {verdict = 'allow'}} }\n",
+      "counters must be a table of counter name = number", NULL },
+    { "tests = { {name = 'n', action = {}, counters = 5, expect = {verdict = 'allow'}} }\n",
+      "counters must be a table", NULL },
+    { "tests = { {name = 'n', action = {}, result = {}, expect = {verdict = 'allow'}} }\n",
+      "unknown field \"expect.verdict\"", "valid, rule, reason and policy" },
+    { "tests = { {name = 'n', action = {}, result = {}, expect = {}} }\n",
+      "expect.valid is missing", NULL },
+    { "tests = { {name = 'n', action = {}, result = {}, expect = {valid = 'yes'}} }\n",
+      "expect.valid must be true or false", NULL },
+    { "tests = { {name = 'n', action = {}, result = {}, expect = {valid = false, reason = 5}} }\n",
+      "expect.reason must be text", NULL },
+    { "tests = { {name = 'n', action = {}, result = {}} }\n", "expect must be a table {valid",
+      NULL },
+    { "tests = { {name = 'n', action = {}, expect = {verdict = 'allow', valid = true}} }\n",
+      "unknown field \"expect.valid\"", NULL },
+    { "tests = { {name = 'n', action = {}, results = {}, expect = {verdict = 'allow'}} }\n",
+      "unknown field \"results\"", "counters and result" },
+    { "tests = { {name = 'n', result = {}, expect = {valid = true}} }\n",
+      "action must be a table", NULL },
+};
+
+static void test_runner_malformed_counter_cases(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    make_policy_dir(dir, cap_files);
+    policy_set *set = load_dir(dir);
+    ar_error err;
+    for (size_t i = 0; i < sizeof bad_counter_cases / sizeof *bad_counter_cases; i++) {
+        assert_int_equal(write_file(dir, "x_test.lua", bad_counter_cases[i].text), 0);
+        json_t *report = (json_t *)1;
+        ar_error_clear(&err);
+        int rc = policy_run_tests(set, dir, &report, &err);
+        const char *n1 = bad_counter_cases[i].needle1, *n2 = bad_counter_cases[i].needle2;
+        if (rc != AR_E_INVALID || !strstr(err.message, "x_test.lua: test 1 (\"n\")") ||
+            !strstr(err.message, n1) || (n2 && !strstr(err.message, n2)))
+            print_error("bad case %zu: rc %d: %s: %s\n", i, rc, err.code, err.message);
+        assert_int_equal(rc, AR_E_INVALID);
+        assert_null(report);
+        assert_string_equal(err.code, "policy_test_invalid");
+        assert_non_null(strstr(err.message, "x_test.lua: test 1 (\"n\")"));
+        assert_non_null(strstr(err.message, n1));
+        if (n2)
+            assert_non_null(strstr(err.message, n2));
+    }
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+static void test_eval_counters(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcount-XXXXXX";
+    make_policy_dir(dir, cap_files);
+    policy_set *set = load_dir(dir);
+    json_t *action = json_loads("{\"connector\":\"shop\",\"action\":\"refund\","
+                                "\"effect\":\"irreversible\",\"input\":{\"amount\":60}}", 0, NULL);
+    json_t *out = NULL;
+    ar_error err;
+    /* no values: the counter reads 0 */
+    assert_int_equal(policy_eval(set, action, NULL, &out, &err), AR_OK);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "allow");
+    json_decref(out);
+    json_t *counters = json_loads("{\"refunded\":950}", 0, NULL);
+    assert_int_equal(policy_eval(set, action, counters, &out, &err), AR_OK);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "approve");
+    assert_string_equal(json_string_value(json_object_get(out, "rule")), "refund_cap");
+    assert_string_equal(json_string_value(json_object_get(out, "reason")),
+                        "1010 refunded in 24 h with this one");
+    json_decref(out);
+    json_decref(counters);
+    counters = json_loads("{\"refunded\":940.0}", 0, NULL);
+    assert_int_equal(policy_eval(set, action, counters, &out, &err), AR_OK);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "allow");
+    json_decref(out);
+    json_decref(counters);
+    counters = json_object();
+    assert_int_equal(policy_eval(set, action, counters, &out, &err), AR_OK);
+    assert_string_equal(json_string_value(json_object_get(out, "verdict")), "allow");
+    json_decref(out);
+    json_decref(counters);
+
+    static const struct {
+        const char *json, *needle;
+    } bad[] = {
+        { "{\"nope\":1}", "counter \"nope\" is not declared" },
+        { "{\"refunded\":\"950\"}", "counter \"refunded\" must be a number" },
+        { "{\"refunded\":null}", "counter \"refunded\" must be a number" },
+        { "[1]", "counters must be a table of counter name = number" },
+        { "5", "counters must be" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        counters = json_loads(bad[i].json, JSON_DECODE_ANY, NULL);
+        assert_non_null(counters);
+        out = (json_t *)1;
+        ar_error_clear(&err);
+        assert_int_equal(policy_eval(set, action, counters, &out, &err), AR_E_INVALID);
+        assert_null(out);
+        assert_string_equal(err.code, "policy_counter_invalid");
+        if (!strstr(err.message, bad[i].needle))
+            print_error("eval counters %s: %s\n", bad[i].json, err.message);
+        assert_non_null(strstr(err.message, bad[i].needle));
+        json_decref(counters);
+    }
+    json_decref(action);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
@@ -1771,6 +2714,18 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_runner_malformed_files),
     cmocka_unit_test(test_eval),
     cmocka_unit_test(test_shipped_policies),
+    cmocka_unit_test(test_counter_declarations),
+    cmocka_unit_test(test_counter_declarations_invalid),
+    cmocka_unit_test(test_counter_in_ctx),
+    cmocka_unit_test(test_counter_cap_flips_to_approve),
+    cmocka_unit_test(test_counter_table_not_shared),
+    cmocka_unit_test(test_validate_forms),
+    cmocka_unit_test(test_validate_limits),
+    cmocka_unit_test(test_validate_files_in_order),
+    cmocka_unit_test(test_validate_not_defined),
+    cmocka_unit_test(test_runner_counters_and_results),
+    cmocka_unit_test(test_runner_malformed_counter_cases),
+    cmocka_unit_test(test_eval_counters),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -133,10 +133,12 @@ static const char usage_text[] =
     "  get ID\n"
     "      Show one action: its decision (the autonomy level when not auto, and the vote of\n"
     "      every policy file that did not abstain), its approval when it needs one, attempts.\n"
-    "  list [--state S] [--connector C] [--limit N] [--after ID] [--all]\n"
+    "  list [--state S] [--connector C] [--review] [--limit N] [--after ID] [--all]\n"
     "      Actions, newest first, one page (--limit N per page; --after ID: the page after\n"
     "      that id); --all follows every page (with --json: joined into one document,\n"
     "      {\"actions\": [...], \"next\": null}).\n"
+    "      --review: only actions whose result a policy's validate rejected after they acted\n"
+    "      (they ended SUCCEEDED and need a human look).\n"
     "  cancel ID\n"
     "      Cancel an action that has not finished. If a call to the API is in flight, the\n"
     "      cancel is only requested (exit 5): the action is cancelled when the call returns,\n"
@@ -170,7 +172,8 @@ static const char usage_text[] =
     "      Set PATTERN's level at runtime (journaled: it survives a restart); config removes\n"
     "      the runtime setting, so the config's level applies again. Operator role.\n"
     "  policies\n"
-    "      The policy set in force: version, files, directory, when loaded, reloads.\n"
+    "      The policy set in force: version, files, directory, when loaded, reloads,\n"
+    "      decision time, and each guardrail counter with its value now.\n"
     "  policies reload\n"
     "      Load the policy files again. A set that does not compile or fails its tests is\n"
     "      refused (exit 4; the message names the file and line) and the set in force keeps\n"
@@ -1391,15 +1394,16 @@ typedef struct list_filter {
     const char *state; /* upper case */
     const char *connector;
     const char *limit;
+    bool review;
 } list_filter;
 
 /* "/v1/actions?..." with the filters (ctx: a list_filter) and the page cursor after. */
 static char *actions_path(const void *ctx, const char *after)
 {
     const list_filter *f = ctx;
-    const char *const names[] = {"state", "connector", "limit", "after"};
-    const char *const values[] = {f->state, f->connector, f->limit, after};
-    return query_path("/v1/actions", names, values, 4);
+    const char *const names[] = {"state", "connector", "limit", "after", "review"};
+    const char *const values[] = {f->state, f->connector, f->limit, after, f->review ? "true" : NULL};
+    return query_path("/v1/actions", names, values, 5);
 }
 
 static int cmd_list(cli *o, int argc, char **argv)
@@ -1413,6 +1417,7 @@ static int cmd_list(cli *o, int argc, char **argv)
         {"--limit", FLAG_VALUE, &f.limit, NULL},
         {"--after", FLAG_VALUE, &after, NULL},
         {"--all", FLAG_SWITCH, NULL, &all},
+        {"--review", FLAG_SWITCH, NULL, &f.review},
     };
     const pager p = {actions_path, &f, "actions", "an \"actions\" list", render_action_table};
     long limit;

@@ -3,18 +3,23 @@
  * exit codes).
  *
  *   aioctl policy test [DIR] [--config FILE] [--json]
- *   aioctl policy eval ACTION_JSON [DIR] [--config FILE] [--json]
+ *   aioctl policy eval ACTION_JSON [DIR] [--config FILE] [--counter NAME=VALUE]... [--json]
  *
  * Exit codes: 0 all tests passed / decided; 1 a test failed; 2 usage error, unreadable
  * directory or config, invalid policy or test file, no test files, any other error.
  *
  * Both load the policy directory (policy_set_load) exactly as the daemon does, with the limits
  * and defaults of the config when --config is given, and need no daemon, token or network.
+ * eval's --counter gives what ctx.counter(NAME) returns (a counter the policies declare);
+ * declared counters not given read 0.
  */
 #include "policy_cmd.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -27,12 +32,16 @@
 
 static const char policy_usage[] =
     "usage: aioctl policy test [DIR] [--config FILE] [--json]\n"
-    "       aioctl policy eval ACTION_JSON [DIR] [--config FILE] [--json]\n"
+    "       aioctl policy eval ACTION_JSON [DIR] [--config FILE] [--counter NAME=VALUE]...\n"
+    "                          [--json]\n"
     "\n"
     "  test  run the policy tests (*_test.lua) in DIR (default ./policies; with --config,\n"
     "        the config's policy_dir, limits and defaults) against the policies there.\n"
     "        Exit 0: all passed, 1: a test failed, 2: an invalid file or usage error.\n"
-    "  eval  decide one action now (ACTION_JSON, '-' for stdin) and show every policy's vote.\n";
+    "  eval  decide one action now (ACTION_JSON, '-' for stdin) and show every policy's vote.\n"
+    "        --counter NAME=VALUE (repeatable): what ctx.counter(\"NAME\") returns, e.g.\n"
+    "        --counter refunded_24h=950; NAME must be declared in a policy's counters = {...},\n"
+    "        and declared counters not given read 0.\n";
 
 static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage(const char *fmt, ...)
@@ -52,20 +61,63 @@ static int core_error(const ar_error *err)
     return AIOCTL_USAGE;
 }
 
-/* The command line of both subcommands: positional arguments, --config, --json. */
+/* The command line of both subcommands: positional arguments, --config, --json, and eval's
+ * --counter (counters: an object name -> number, owned; NULL when none is given). */
 typedef struct policy_args {
     const char *positional[2];
     int n_positional;
     const char *config;
     int json;
+    json_t *counters;
 } policy_args;
 
-static int parse_args(int argc, char **argv, int max_positional, policy_args *a)
+/* --counter NAME=VALUE into a->counters. */
+static int add_counter(policy_args *a, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    if (!eq || eq == spec || !eq[1])
+        return usage("--counter needs NAME=VALUE (a counter the policies declare, and a number), "
+                     "got '%s'", spec);
+    char *end;
+    errno = 0;
+    double value = strtod(eq + 1, &end);
+    if (*end || errno || !isfinite(value))
+        return usage("--counter %.*s: '%s' is not a number", (int)(eq - spec), spec, eq + 1);
+    char name[128];
+    if ((size_t)(eq - spec) >= sizeof name)
+        return usage("--counter: the name '%.*s...' is too long", 40, spec);
+    memcpy(name, spec, (size_t)(eq - spec));
+    name[eq - spec] = '\0';
+    if (!a->counters && !(a->counters = json_object())) {
+        fputs("aioctl: out of memory\n", stderr);
+        return AIOCTL_USAGE;
+    }
+    if (json_object_get(a->counters, name))
+        return usage("--counter %s is given twice", name);
+    /* whole numbers stay integers, as in ACTION_JSON */
+    json_t *v = value == floor(value) && fabs(value) < 9007199254740992.0
+                    ? json_integer((json_int_t)value) : json_real(value);
+    if (json_object_set_new(a->counters, name, v) != 0)
+        return usage("--counter: the name '%s' is not valid UTF-8", name);
+    return AIOCTL_OK;
+}
+
+static int parse_args(int argc, char **argv, int max_positional, int allow_counters,
+                      policy_args *a)
 {
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
+        int rc;
         if (strcmp(arg, "--json") == 0) {
             a->json = 1;
+        } else if (allow_counters && strcmp(arg, "--counter") == 0) {
+            if (i + 1 >= argc)
+                return usage("--counter needs NAME=VALUE");
+            if ((rc = add_counter(a, argv[++i])) != AIOCTL_OK)
+                return rc;
+        } else if (allow_counters && strncmp(arg, "--counter=", 10) == 0) {
+            if ((rc = add_counter(a, arg + 10)) != AIOCTL_OK)
+                return rc;
         } else if (strcmp(arg, "--config") == 0) {
             if (i + 1 >= argc)
                 return usage("--config needs a value (the daemon's config file)");
@@ -126,10 +178,19 @@ static const char *str(const json_t *obj, const char *key)
     return s ? s : "";
 }
 
-/* "allow by refunds.lua, rule refund_small: <reason>" */
+/* "allow by refunds.lua, rule refund_small: <reason>"; for a test of validate "valid" or
+ * "rejected by refunds.lua, rule r: <reason>" */
 static void print_got(const json_t *got)
 {
     const char *policy = str(got, "policy");
+    if (json_is_boolean(json_object_get(got, "valid"))) {
+        if (json_is_true(json_object_get(got, "valid")))
+            printf("     got valid (no validate rejected the result)\n");
+        else
+            printf("     got rejected by %s, rule %s: %s\n", policy[0] ? policy : "the runtime",
+                   str(got, "rule"), str(got, "reason"));
+        return;
+    }
     printf("     got %s by %s%s, rule %s: %s\n", str(got, "verdict"),
            policy[0] ? policy : "the default", policy[0] ? "" : " (no policy had an opinion)",
            str(got, "rule"), str(got, "reason"));
@@ -138,7 +199,7 @@ static void print_got(const json_t *got)
 static int cmd_test(int argc, char **argv, int json_output)
 {
     policy_args a = { .json = json_output };
-    int rc = parse_args(argc, argv, 1, &a);
+    int rc = parse_args(argc, argv, 1, 0, &a);
     if (rc != AIOCTL_OK)
         return rc;
     policy_set *set = NULL;
@@ -245,46 +306,92 @@ static void print_decision(const json_t *d)
     }
 }
 
+/* The value each declared counter had for the decision: given with --counter, else 0. A new
+ * object; NULL when the set declares none (or no memory). */
+static json_t *counters_used(const policy_set *set, const json_t *given)
+{
+    size_t n;
+    const counter_def *defs = policy_set_counters(set, &n);
+    json_t *used = n ? json_object() : NULL;
+    for (size_t i = 0; used && i < n; i++) {
+        json_t *v = json_object_get(given, defs[i].name);
+        if (json_object_set_new(used, defs[i].name, v ? json_incref(v) : json_integer(0))) {
+            json_decref(used);
+            used = NULL;
+        }
+    }
+    return used;
+}
+
+/* "counters: refunded_24h = 950 (given), listings_7d = 0" */
+static void print_counters(const json_t *used, const json_t *given)
+{
+    const char *name;
+    const json_t *v;
+    int first = 1;
+    printf("counters:");
+    json_object_foreach((json_t *)used, name, v) {
+        printf("%s %s = %.15g%s", first ? "" : ",", name, json_number_value(v),
+               json_object_get(given, name) ? " (given)" : "");
+        first = 0;
+    }
+    printf("\n");
+}
+
 static int cmd_eval(int argc, char **argv, int json_output)
 {
     policy_args a = { .json = json_output };
-    int rc = parse_args(argc, argv, 2, &a);
-    if (rc != AIOCTL_OK)
-        return rc;
-    if (a.n_positional < 1)
-        return usage("eval: missing ACTION_JSON (a JSON object; '-' reads it from stdin)");
-    json_error_t jerr;
-    json_t *action = strcmp(a.positional[0], "-") == 0 ? json_loadf(stdin, 0, &jerr)
-                                                       : json_loads(a.positional[0], 0, &jerr);
-    if (!action)
-        return usage("eval: ACTION_JSON is not valid JSON: %s (at line %d, column %d)",
-                     jerr.text, jerr.line, jerr.column);
-    if (!json_is_object(action)) {
-        json_decref(action);
-        return usage("eval: ACTION_JSON must be a JSON object, like "
-                     "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"irreversible\","
-                     "\"input\":{}}");
-    }
+    json_t *action = NULL;
     policy_set *set = NULL;
     config *cfg = NULL;
     const char *dir = NULL;
     json_t *decision = NULL;
+    int rc = parse_args(argc, argv, 2, 1, &a);
+    if (rc != AIOCTL_OK)
+        goto out;
+    if (a.n_positional < 1) {
+        rc = usage("eval: missing ACTION_JSON (a JSON object; '-' reads it from stdin)");
+        goto out;
+    }
+    json_error_t jerr;
+    action = strcmp(a.positional[0], "-") == 0 ? json_loadf(stdin, 0, &jerr)
+                                               : json_loads(a.positional[0], 0, &jerr);
+    if (!action) {
+        rc = usage("eval: ACTION_JSON is not valid JSON: %s (at line %d, column %d)",
+                   jerr.text, jerr.line, jerr.column);
+        goto out;
+    }
+    if (!json_is_object(action)) {
+        rc = usage("eval: ACTION_JSON must be a JSON object, like "
+                   "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"irreversible\","
+                   "\"input\":{}}");
+        goto out;
+    }
     rc = load_set(a.n_positional > 1 ? a.positional[1] : NULL, a.config, &set, &cfg, &dir);
     if (rc != AIOCTL_OK)
         goto out;
     ar_error err;
     ar_error_clear(&err);
-    if (policy_eval(set, action, &decision, &err) != AR_OK) {
+    if (policy_eval(set, action, a.counters, &decision, &err) != AR_OK) {
         rc = core_error(&err);
         goto out;
     }
-    if (a.json)
+    /* show what ctx.counter returned, when the policies declare counters */
+    json_t *used = counters_used(set, a.counters);
+    if (a.json) {
+        if (used)
+            json_object_set(decision, "counters", used);
         rc = print_json(decision);
-    else
+    } else {
         print_decision(decision);
+        if (used)
+            print_counters(used, a.counters);
+    }
+    json_decref(used);
 out:
     json_decref(decision);
     json_decref(action);
+    json_decref(a.counters);
     policy_set_free(set);
     config_free(cfg);
     return rc;

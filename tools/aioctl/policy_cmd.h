@@ -9,9 +9,10 @@
  *       there. With --config FILE: the config's policy_dir and policy limits and defaults
  *       instead. One line per test, "PASS file: name" or "FAIL file: name: what differs", then
  *       "N passed, M failed". With --json: the whole report as JSON.
- *   policy eval ACTION_JSON [DIR] [--config FILE]
+ *   policy eval ACTION_JSON [DIR] [--config FILE] [--counter NAME=VALUE]...
  *       Decide one action now with the policies in DIR (default: ./policies; --config as for
  *       test): the verdict, the policy and rule that made it, and every policy's vote.
+ *       --counter gives what ctx.counter(NAME) returns (declared counters not given read 0).
  *       ACTION_JSON is what a policy sees, e.g. '{"connector":"shop","action":"refund",
  *       "effect":"irreversible","input":{"amount":250}}'; '-' reads it from stdin. With
  *       --json: the decision as JSON.

@@ -394,6 +394,18 @@ void render_action(FILE *out, const json_t *action)
         put_json_inline(out, result);
         fputc('\n', out);
     }
+    const json_t *validation = json_object_get(action, "validation");
+    if (json_is_object(validation)) {
+        /* validate rejected the result: say so before the error (reads) or the result (writes) */
+        label(out, "validation:");
+        fputs("rejected", out);
+        put_part(out, " by ", str_field(validation, "policy"), "");
+        put_part(out, " (rule ", str_field(validation, "rule"), ")");
+        put_part(out, " \u2014 ", str_field(validation, "reason"), "");
+        if (json_is_true(json_object_get(action, "review")))
+            fputs("; acted already: flagged for review", out);
+        fputc('\n', out);
+    }
     if (error && !json_is_null(error)) {
         label(out, "error:");
         if (json_is_object(error)) {
@@ -1021,5 +1033,37 @@ void render_policies(FILE *out, const json_t *view)
         label(out, "reloads:");
         fprintf(out, "%" JSON_INTEGER_FORMAT " since the daemon started\n",
                 json_integer_value(reloads));
+    }
+    const json_t *timing = json_object_get(view, "decision_time");
+    if (json_is_object(timing) && json_integer_value(json_object_get(timing, "count")) > 0) {
+        label(out, "decisions:");
+        fprintf(out, "%" JSON_INTEGER_FORMAT ", p50 <= %.1f us, p99 <= %.1f us, max %.1f us\n",
+                json_integer_value(json_object_get(timing, "count")),
+                json_number_value(json_object_get(timing, "p50_us_at_most")),
+                json_number_value(json_object_get(timing, "p99_us_at_most")),
+                json_number_value(json_object_get(timing, "max_us")));
+    }
+    /* Guardrail counters: what ops compare with their caps. */
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(view, "counters"), i, c) {
+        const json_t *value = json_object_get(c, "value");
+        label(out, i == 0 ? "counters:" : "");
+        render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
+        fputs(" = ", out);
+        if (json_is_number(value))
+            fprintf(out, "%g", json_number_value(value));
+        else
+            fputs("(unavailable)", out);
+        fputs("  (", out);
+        render_text(out, str_field(c, "sum") ? "sum of " : "count of ");
+        if (str_field(c, "sum")) {
+            render_text(out, str_field(c, "sum"));
+            fputs(" in ", out);
+        }
+        render_text(out, str_field(c, "connector") ? str_field(c, "connector") : "?");
+        fputc('.', out);
+        render_text(out, str_field(c, "action") ? str_field(c, "action") : "?");
+        fprintf(out, ", last %gs)\n", json_number_value(json_object_get(c, "window")));
     }
 }
