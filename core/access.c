@@ -31,6 +31,10 @@ static const access_route routes[] = {
     {ROUTE_LIST_TOKENS, "GET", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_CREATE_TOKEN, "POST", "/v1/tokens", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_REVOKE_TOKEN, "DELETE", "/v1/tokens/{name}", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_LIST_SECRETS, "GET", "/v1/secrets", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_SET_SECRET, "PUT", "/v1/secrets/{connector}/{name}", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_REMOVE_SECRET, "DELETE", "/v1/secrets/{connector}/{name}", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_ROTATE_VAULT, "POST", "/v1/vault/rotate", AUTH_ROLE_OPERATOR, 0},
 };
 
 const access_route *access_routes(size_t *n)
@@ -39,24 +43,31 @@ const access_route *access_routes(size_t *n)
     return routes;
 }
 
-/* Does path fit pattern? A "{x}" segment matches one non-empty path segment, copied to param
- * (a pattern has at most one). */
+/* Does path fit pattern? Each "{x}" segment matches one non-empty path segment; the segments
+ * matched are copied to param, joined with '/' ("shop/api_key" for
+ * "/v1/secrets/{connector}/{name}"). */
 static int path_matches(const char *pattern, const char *path, char *param, size_t cap)
 {
-    const char *brace = strchr(pattern, '{');
-    if (!brace)
-        return strcmp(pattern, path) == 0;
-    size_t prefix = (size_t)(brace - pattern);
-    if (strncmp(pattern, path, prefix) != 0)
-        return 0;
-    const char *rest = strchr(brace, '}') + 1;   /* what follows the segment in the pattern */
-    const char *seg = path + prefix;
-    size_t len = strcspn(seg, "/");
-    if (len == 0 || len >= cap || strcmp(seg + len, rest) != 0)
-        return 0;
-    memcpy(param, seg, len);
-    param[len] = '\0';
-    return 1;
+    size_t used = 0;
+    param[0] = '\0';
+    while (*pattern) {
+        if (*pattern != '{') {
+            if (*pattern++ != *path++)
+                return 0;
+            continue;
+        }
+        pattern = strchr(pattern, '}') + 1;
+        size_t len = strcspn(path, "/");
+        if (len == 0 || used + len + 1 >= cap)
+            return 0;
+        if (used)
+            param[used++] = '/';
+        memcpy(param + used, path, len);
+        used += len;
+        param[used] = '\0';
+        path += len;
+    }
+    return *path == '\0';
 }
 
 int access_match(const char *method, const char *path, const access_route **route,

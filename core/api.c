@@ -50,6 +50,7 @@ unsigned api_status_for_error(int rc)
     case AR_E_FULL: return MHD_HTTP_SERVICE_UNAVAILABLE;
     case AR_E_NOTFOUND: return MHD_HTTP_NOT_FOUND;
     case AR_E_INVALID: return MHD_HTTP_BAD_REQUEST;
+    case AR_E_BUSY: return MHD_HTTP_SERVICE_UNAVAILABLE;
     default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
     }
 }
@@ -343,6 +344,10 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_LIST_TOKENS: api_route_list_tokens(a, rq); break;
     case ROUTE_CREATE_TOKEN: api_route_create_token(a, rq); break;
     case ROUTE_REVOKE_TOKEN: api_route_revoke_token(a, rq, param); break;
+    case ROUTE_LIST_SECRETS: api_route_list_secrets(a, rq); break;
+    case ROUTE_SET_SECRET: api_route_set_secret(a, rq, param); break;
+    case ROUTE_REMOVE_SECRET: api_route_remove_secret(a, rq, param); break;
+    case ROUTE_ROTATE_VAULT: api_route_rotate_vault(a, rq); break;
     case ROUTE_COUNT: break;
     }
     return api_queue_reply(rq);
@@ -416,6 +421,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request *rq = *con_cls;
     if (!rq)
         return;
+    if (rq->body) /* it may have carried a secret (PUT /v1/secrets/...) */
+        sodium_memzero(rq->body, rq->body_cap);
     free(rq->body);
     free(rq->reply);
     json_decref(rq->submission);
@@ -473,6 +480,7 @@ nomem:
 
 void api_set_scheduler(api_server *a, scheduler *s) { a->sched = s; }
 void api_set_counters(api_server *a, counters *c) { a->counters = c; }
+void api_set_vault(api_server *a, vault *v) { a->vault = v; }
 
 int api_port(const api_server *a) { return a->port; }
 

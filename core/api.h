@@ -23,6 +23,7 @@
 #include "auth.h"
 #include "autonomy.h"
 #include "counters.h"
+#include "vault.h"
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
@@ -49,6 +50,8 @@ void api_set_scheduler(api_server *a, scheduler *s);
  * together with the current set's, so that a worker still deciding with the old set reads
  * maintained counters. Without it a policy that reads a counter is a policy error. */
 void api_set_counters(api_server *a, counters *c);
+/* Wire the vault in (before api_listen; borrowed): the operator's secret routes use it. */
+void api_set_vault(api_server *a, vault *v);
 /* A scheduler_validate_fn (arg: the api_server): runs the current policy set's validate on a
  * successful result. Call it from the scheduler's thread only (it keeps one Lua state for it). */
 json_t *api_validate_result(void *arg, const json_t *rec, const json_t *result);

@@ -216,11 +216,20 @@ static json_t *render_connector(const config_connector *cc, const sandbox_snapsh
         snprintf(abi_s, sizeof abi_s, "%lld.%lld", (long long)json_integer_value(json_object_get(abi, "major")),
                  (long long)json_integer_value(json_object_get(abi, "minor")));
     json_t *version = json_object_get(d, "version");
-    return json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:i, s:i, s:I, s:o}",
+    /* Which isolation layers hold (the host's own report at HELLO), and what it may reach. */
+    json_t *sandbox = json_object_get(d, "sandbox");
+    json_t *ports = json_array();
+    for (size_t k = 0; k < cc->n_allow_ports; k++)
+        json_array_append_new(ports, json_integer(cc->allow_ports[k]));
+    json_t *secrets = json_array();
+    for (size_t k = 0; k < cc->n_secrets; k++)
+        json_array_append_new(secrets, json_string(cc->secrets[k]));
+    return json_pack("{s:s, s:s, s:O, s:s, s:s, s:s, s:i, s:i, s:I, s:o, s:O, s:o, s:o}",
         "name", cc->name, "plugin", cc->plugin, "version", version ? version : json_null(),
         "abi", abi_s, "status", sandbox_state_name(snap->state), "message", snap->message,
         "processes", snap->processes, "serving", snap->serving, "restarts", (json_int_t)snap->restarts,
-        "actions", actions);
+        "actions", actions, "sandbox", sandbox ? sandbox : json_null(), "allow_ports", ports,
+        "secrets", secrets);
 }
 
 void api_route_connectors(api_server *a, request *rq)

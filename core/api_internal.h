@@ -65,6 +65,7 @@ struct api_server {
     int64_t policies_loaded_ms;
     pthread_mutex_t reload_lock;   /* one reload at a time (SIGHUP, API and the file watch) */
     counters *counters;            /* guardrail counters; NULL: none wired */
+    vault *vault;                  /* connector secrets; NULL: none wired */
     /* validate's Lua state, used only on the scheduler's thread */
     policy_worker *validate_worker;
     const policy_set *validate_set;
@@ -149,5 +150,13 @@ void api_route_whoami(request *rq);
 void api_route_list_tokens(api_server *a, request *rq);
 void api_route_create_token(api_server *a, request *rq);
 void api_route_revoke_token(api_server *a, request *rq, const char *name);
+
+/* ---- the vault (api_secrets.c) ------------------------------------------------------------ */
+
+void api_route_list_secrets(api_server *a, request *rq);
+/* param: "connector/name" */
+void api_route_set_secret(api_server *a, request *rq, const char *param);
+void api_route_remove_secret(api_server *a, request *rq, const char *param);
+void api_route_rotate_vault(api_server *a, request *rq);
 
 #endif

@@ -104,7 +104,7 @@ static int check_keys(const json_t *obj, const char *const *known, const char *w
                 found = true;
         if (found)
             continue;
-        char list[256] = "", q[96];
+        char list[400] = "", q[96];
         size_t n = 0;
         for (const char *const *k = known; *k && n < sizeof list; k++)
             n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", k == known ? "" : ", ", *k);

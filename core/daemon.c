@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "journal.h"
 #include "policy.h"
 #include "scheduler.h"
+#include "vault.h"
 
 /* Everything the daemon keeps alive, in start order. */
 typedef struct runtime {
@@ -36,6 +38,7 @@ typedef struct runtime {
     config *cfg;
     journal *journal;
     counters *counters;   /* guardrail counters, maintained by a journal hook */
+    vault *vault;         /* connector secrets; the master key in guarded memory */
     auth *auth;
     autonomy *autonomy;
     policy_set *policies;
@@ -146,6 +149,50 @@ static int policy_tests_pass(const policy_set *set, const char *dir, ar_error *e
     return rc;
 }
 
+/* A sandbox_secrets_fn: a connector's secrets, decrypted for one use. */
+static int connector_secrets(void *arg, const char *connector, vault_secrets *out, ar_error *err)
+{
+    return vault_get_all(arg, connector, out, err);
+}
+
+/* Unlock the vault (creating its key on the very first start) and check that every secret a
+ * connector declares is there, so a missing one stops the start, named, instead of failing
+ * calls later. */
+static int open_vault(runtime *rt, ar_error *err)
+{
+    const config *cfg = rt->cfg;
+    int rc = vault_open_files(rt->journal, cfg->vault_key_file, cfg->vault_passphrase_file, 1, &rt->vault, err);
+    if (rc != AR_OK)
+        return rc;
+    /* It holds a key from now on: no core dumps, no ptrace by other processes of this uid. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        ar_log("warn", "cannot mark the daemon non-dumpable: %s", strerror(errno));
+    for (size_t i = 0; i < cfg->n_connectors; i++) {
+        const config_connector *cc = &cfg->connectors[i];
+        if (!cc->n_secrets)
+            continue;
+        json_t *have = NULL;
+        if ((rc = vault_list(rt->vault, cc->name, &have, err)) != AR_OK)
+            return rc;
+        for (size_t k = 0; k < cc->n_secrets; k++) {
+            int found = 0;
+            size_t idx;
+            json_t *item;
+            json_array_foreach(have, idx, item)
+                found |= strcmp(json_string_value(json_object_get(item, "name")), cc->secrets[k]) == 0;
+            if (!found) {
+                json_decref(have);
+                return ar_error_set(err, AR_E_INVALID, "secret_missing",
+                                    "connector %s needs the secret \"%s\", which the vault does not hold: "
+                                    "store it with `aioctl --config FILE secrets set %s %s`", cc->name,
+                                    cc->secrets[k], cc->name, cc->secrets[k]);
+            }
+        }
+        json_decref(have);
+    }
+    return AR_OK;
+}
+
 static void runtime_stop(runtime *rt)
 {
     if (rt->watcher_started) {
@@ -163,6 +210,7 @@ static void runtime_stop(runtime *rt)
     policy_set_free(rt->policies); /* only when the API never took it */
     autonomy_free(rt->autonomy);
     auth_free(rt->auth);
+    vault_free(rt->vault);
     journal_close(rt->journal);
     counters_free(rt->counters); /* after the journal: its hook runs until the writer stops */
     config_free(rt->cfg);
@@ -186,7 +234,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
         return ar_error_set(err, AR_E_INVALID, "data_dir", "data_dir %s is too long", cfg->data_dir);
     journal_opts jo = {.dir = dir, .map_size_mb = cfg->map_size_mb};
     if ((rc = journal_open(&jo, &rt->journal, err)) != AR_OK ||
-        (rc = counters_new(rt->journal, &rt->counters, err)) != AR_OK)
+        (rc = counters_new(rt->journal, &rt->counters, err)) != AR_OK ||
+        (rc = open_vault(rt, err)) != AR_OK)
         return rc;
     if ((rc = auth_open(rt->journal, cfg->auth_key_file, &rt->auth, err)) != AR_OK ||
         (rc = autonomy_open(cfg->autonomy, rt->journal, &rt->autonomy, err)) != AR_OK)
@@ -204,10 +253,12 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     rt->policies = NULL; /* the API owns it now, and every set a reload brings */
     if (rc != AR_OK)
         return rc;
-    if ((rc = scheduler_new(cfg, rt->journal, host, 10000, api_action_changed, rt->api, &rt->sched, err)) != AR_OK)
+    if ((rc = scheduler_new(cfg, rt->journal, host, 10000, connector_secrets, rt->vault, api_action_changed, rt->api,
+                            &rt->sched, err)) != AR_OK)
         return rc;
     api_set_scheduler(rt->api, rt->sched);
     api_set_counters(rt->api, rt->counters);
+    api_set_vault(rt->api, rt->vault);
     scheduler_set_validator(rt->sched, api_validate_result, rt->api);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         sandbox_snapshot snap;

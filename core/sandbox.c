@@ -115,6 +115,8 @@ typedef struct sandbox_proc {
     int64_t ready_at_ms;        /* mono time of READY in this incarnation, 0 before */
     int startup_failures;       /* deaths before READY in a row */
     char kill_reason[400];      /* why we killed it, "" when it died by itself */
+    int recycle;                /* replace it once idle (sandbox_pool_recycle) */
+    int recycling;              /* being replaced: no new calls; others wait their turn */
 } sandbox_proc;
 
 struct sandbox_pool {
@@ -151,6 +153,7 @@ struct sandbox_pool {
 };
 
 static void proc_spawn(sandbox_proc *p);
+static void recycle_next(sandbox_pool *pool);
 static void on_io(loop_t *loop, int fd, uint32_t events, void *arg);
 static void format_message(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -709,6 +712,8 @@ static void proc_down(sandbox_proc *p, const char *reason)
         update_state(pool, 0);
         return;
     }
+    if (p->recycling) /* asked to go: not a failure */
+        p->backoff_ms = BACKOFF_MIN_MS / 2;
     int64_t delay = p->backoff_ms;
     p->backoff_ms = p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2;
     snprintf(pool->last_death, sizeof pool->last_death, "%s; restarting in %lld ms", reason,
@@ -1144,6 +1149,7 @@ static void on_result(sandbox_proc *p, const frame *f)
     /* the process may have been given the next call by done() already */
     if (p->phase == PROC_SERVING && !p->has_call)
         update_state(p->pool, 1);
+    recycle_next(p->pool);
 }
 
 static void on_frame(sandbox_proc *p, const frame *f)
@@ -1184,7 +1190,9 @@ static void on_frame(sandbox_proc *p, const frame *f)
             p->ready_at_ms = ar_mono_ms();
             p->startup_failures = 0;
             p->pool->ever_served = 1;
+            p->recycling = 0;
             update_state(p->pool, 1);
+            recycle_next(p->pool);
             return;
         }
         break;
@@ -1756,10 +1764,48 @@ static sandbox_proc *idle_proc(sandbox_pool *pool)
 {
     for (int k = 0; k < pool->n; k++) {
         sandbox_proc *c = &pool->procs[(pool->rr + k) % pool->n];
-        if (c->phase == PROC_SERVING && !c->has_call && c->fd >= 0)
+        if (c->phase == PROC_SERVING && !c->has_call && c->fd >= 0 && !c->recycling)
             return c;
     }
     return NULL;
+}
+
+/* Replace the next process marked for it, if it is idle and no other is being replaced: it
+ * is asked to shut down, and its restart fetches the secrets anew. */
+static void recycle_next(sandbox_pool *pool)
+{
+    if (pool->freeing)
+        return;
+    for (int i = 0; i < pool->n; i++)
+        if (pool->procs[i].recycling)
+            return;
+    for (int i = 0; i < pool->n; i++) {
+        sandbox_proc *p = &pool->procs[i];
+        if (!p->recycle || p->phase != PROC_SERVING || p->has_call || p->fd < 0)
+            continue;
+        p->recycle = 0;
+        p->recycling = 1;
+        format_message(p->kill_reason, sizeof p->kill_reason, "plugin process for connector %s "
+                       "replaced to pick up changed secrets", pool->connector);
+        if (channel_send(p, FRAME_SHUTDOWN, 0, NULL, NULL) != AR_OK)
+            proc_kill(p, AIORUN_E_PLUGIN_CRASHED, p->kill_reason);
+        return;
+    }
+}
+
+int sandbox_pool_recycle(sandbox_pool *pool)
+{
+    if (pool->state == SANDBOX_REFUSED)
+        return AR_E_CLOSED;
+    for (int i = 0; i < pool->n; i++) {
+        sandbox_proc *p = &pool->procs[i];
+        /* A process down or starting fetches the secrets when it (re)starts; one that got
+         * them already (INIT sent) is replaced like a serving one. */
+        if (p->phase == PROC_SERVING || p->phase == PROC_INIT)
+            p->recycle = 1;
+    }
+    recycle_next(pool);
+    return AR_OK;
 }
 
 /* Send an INVOKE or LOOKUP (payload: taken) to the idle process p and arm its deadline. */

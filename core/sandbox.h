@@ -143,6 +143,11 @@ int sandbox_pool_invoke(sandbox_pool *pool, const sandbox_call *call, sandbox_do
 int sandbox_pool_lookup(sandbox_pool *pool, const sandbox_call *call, sandbox_done_fn done,
                         void *arg);
 
+/* Replace every process of the pool, one at a time, each once it is idle (calls in flight
+ * finish; no new call goes to a process being replaced): each restart fetches the secrets
+ * anew. Loop thread. AR_E_CLOSED when the pool is refused. */
+int sandbox_pool_recycle(sandbox_pool *pool);
+
 /* Thread-safe snapshot for the API: state, message ("" when none), the descriptor from HELLO
  * (a new reference, NULL before the first HELLO), processes configured/serving, restarts. */
 typedef struct sandbox_snapshot {

@@ -1010,6 +1010,37 @@ static void pause_on_loop(loop_t *loop, void *arg)
         pump(c);
 }
 
+typedef struct restart_req {
+    scheduler *s;
+    char name[80];
+} restart_req;
+
+static void restart_on_loop(loop_t *loop, void *arg)
+{
+    (void)loop;
+    restart_req *rr = arg;
+    conn *c = find_conn(rr->s, rr->name);
+    if (c && sandbox_pool_recycle(c->pool) == AR_OK)
+        ar_log("info", "connector %s: replacing its processes to pick up changed secrets", c->cc->name);
+    free(rr);
+}
+
+int scheduler_restart_connector(scheduler *s, const char *name)
+{
+    if (!config_find_connector(s->cfg, name))
+        return AR_E_NOTFOUND;
+    restart_req *rr = calloc(1, sizeof *rr);
+    if (!rr)
+        return AR_E_NOMEM;
+    rr->s = s;
+    snprintf(rr->name, sizeof rr->name, "%s", name);
+    if (loop_post(s->loop, restart_on_loop, rr) != AR_OK) {
+        free(rr);
+        return AR_E_CLOSED;
+    }
+    return AR_OK;
+}
+
 int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, const char *reason,
                     scheduler_flow_fn done, void *arg)
 {
@@ -1226,6 +1257,7 @@ static void wait_for_pools(scheduler *s, int timeout_ms)
 }
 
 int scheduler_new(const config *cfg, journal *j, const char *host_path, int start_timeout_ms,
+                  sandbox_secrets_fn secrets_fn, void *secrets_arg,
                   scheduler_notify_fn notify, void *notify_arg, scheduler **out, ar_error *err)
 {
     scheduler *s = calloc(1, sizeof *s);
@@ -1269,6 +1301,8 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
             .config = cc->config,
             .processes = cc->processes,
             .timeout_ms = cc->timeout_ms,
+            .secrets_fn = secrets_fn,
+            .secrets_arg = secrets_arg,
             .lockdown = {.no_rlimits = !cc->sandbox_rlimits, .no_uid = !cc->sandbox_uid,
                          .no_landlock = !cc->sandbox_landlock, .no_seccomp = !cc->sandbox_seccomp,
                          .uid = cc->uid, .gid = cc->uid, .ports = cc->allow_ports,

@@ -51,9 +51,15 @@ typedef void (*scheduler_notify_fn)(void *arg, const json_t *rec);
 
 /* Create the scheduler and start its thread and one sandbox pool per configured connector;
  * waits up to start_timeout_ms for every pool to leave SANDBOX_STARTING. host_path: the
- * sandbox host binary. *out owned by the caller (scheduler_free). */
+ * sandbox host binary. secrets_fn/secrets_arg: where every pool gets its connector's secrets
+ * (the vault; NULL: none). *out owned by the caller (scheduler_free). */
 int scheduler_new(const config *cfg, journal *j, const char *host_path, int start_timeout_ms,
+                  sandbox_secrets_fn secrets_fn, void *secrets_arg,
                   scheduler_notify_fn notify, void *notify_arg, scheduler **out, ar_error *err);
+
+/* Replace a connector's processes (one at a time once each is idle, so calls in flight
+ * finish): after its secrets changed. Thread-safe. AR_E_NOTFOUND for an unknown name. */
+int scheduler_restart_connector(scheduler *s, const char *name);
 /* Stop dispatching, give calls in flight a moment to finish, then shut the pools down. A call
  * still running at that point stays DISPATCHED in the journal: the next start resolves it
  * (scheduler_recover), since whether the plugin acted cannot be known here. */

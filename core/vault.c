@@ -1463,3 +1463,178 @@ done:
     }
     return status;
 }
+
+/* ---- opening from the config's files ------------------------------------------------------ */
+
+#define PASSPHRASE_MAX 4096
+
+/* A passphrase held in guarded memory; wiped by secret_free. */
+typedef struct secret_buf {
+    unsigned char *data;  /* sodium_malloc'd, cap + 1 bytes */
+    size_t len, cap;
+} secret_buf;
+
+static int secret_alloc(secret_buf *s, size_t cap)
+{
+    s->len = 0;
+    s->cap = cap;
+    return (s->data = sodium_malloc(cap + 1)) ? AR_OK : AR_E_NOMEM;
+}
+
+static void secret_free(secret_buf *s)
+{
+    if (s->data)
+        sodium_free(s->data); /* wipes */
+    s->data = NULL;
+    s->len = 0;
+}
+
+/* A passphrase file: owned by us, no group or other bits, its content without one trailing
+ * newline. AR_E_NOTFOUND when missing. */
+static int read_passphrase_file(const char *path, secret_buf *s, ar_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT
+                   ? ar_error_set(err, AR_E_NOTFOUND, "vault_key_missing",
+                                  "the vault passphrase file %s does not exist", path)
+                   : ar_error_set(err, AR_E_IO, "vault_key_io", "cannot open %s: %s", path,
+                                  strerror(errno));
+    struct stat st;
+    int status = AR_OK;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
+                              "the vault passphrase file %s is not a regular file", path);
+    } else if (st.st_uid != geteuid()) {
+        status = ar_error_set(err, AR_E_INVALID, "vault_key_owner",
+                              "the vault passphrase file %s belongs to uid %u, not to uid %u",
+                              path, (unsigned)st.st_uid, (unsigned)geteuid());
+    } else if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+        status = ar_error_set(err, AR_E_INVALID, "vault_key_mode",
+                              "the vault passphrase file %s may be used by group or others "
+                              "(mode %04o): chmod 600 %s", path, (unsigned)(st.st_mode & 07777),
+                              path);
+    } else if (st.st_size > PASSPHRASE_MAX + 1) {
+        status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
+                              "the vault passphrase in %s is longer than %d bytes", path,
+                              PASSPHRASE_MAX);
+    } else if (secret_alloc(s, PASSPHRASE_MAX) != AR_OK) {
+        status = nomem(err);
+    } else {
+        for (;;) {
+            ssize_t r = read(fd, s->data + s->len, s->cap + 1 - s->len);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0) {
+                status = ar_error_set(err, AR_E_IO, "vault_key_io", "cannot read %s: %s", path,
+                                      strerror(errno));
+                break;
+            }
+            if (r == 0)
+                break;
+            s->len += (size_t)r;
+            if (s->len > s->cap)
+                break;
+        }
+        if (status == AR_OK && s->len > 0 && s->data[s->len - 1] == '\n')
+            s->len--;
+        if (status == AR_OK && (s->len == 0 || s->len > s->cap))
+            status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
+                                  "the vault passphrase in %s is %s", path,
+                                  s->len ? "too long" : "empty");
+        if (status != AR_OK)
+            secret_free(s);
+    }
+    close(fd);
+    return status;
+}
+
+void vault_sync_dir_of(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* Passphrase mode: unlock with the config's passphrase file; if that is refused with
+ * vault_wrong_key and <file>.new opens the vault (an `aioctl vault rotate` that stopped after
+ * its commit), finish that rotation by renaming .new into place. */
+static int open_with_passphrase(journal *j, const char *path, vault **out, ar_error *err)
+{
+    secret_buf pass = {0};
+    int status = read_passphrase_file(path, &pass, err);
+    if (status != AR_OK)
+        return status;
+    vault_opts o = {.passphrase = (const char *)pass.data, .passphrase_len = pass.len};
+    status = vault_open(j, &o, out, err);
+    secret_free(&pass);
+    if (status != AR_E_INVALID || strcmp(err->code, "vault_wrong_key") != 0)
+        return status;
+    char new_path[PATH_MAX + 8];
+    ar_error new_err = {0};
+    snprintf(new_path, sizeof new_path, "%s.new", path);
+    if (read_passphrase_file(new_path, &pass, &new_err) != AR_OK)
+        return status;
+    o.passphrase = (const char *)pass.data;
+    o.passphrase_len = pass.len;
+    int st2 = vault_open(j, &o, out, &new_err);
+    secret_free(&pass);
+    if (st2 != AR_OK)
+        return status;
+    if (rename(new_path, path) != 0) {
+        ar_log("warn", "the vault opens with the passphrase in %s (a rotation that did not "
+               "finish) but it cannot be renamed to %s: %s", new_path, path, strerror(errno));
+    } else {
+        vault_sync_dir_of(path);
+        ar_log("info", "finished an interrupted passphrase rotation: %s now holds the vault's "
+               "passphrase", path);
+    }
+    ar_error_clear(err);
+    return AR_OK;
+}
+
+int vault_open_files(journal *j, const char *key_file, const char *passphrase_file, int create_key,
+                     vault **out, ar_error *err)
+{
+    *out = NULL;
+    if (passphrase_file)
+        return open_with_passphrase(j, passphrase_file, out, err);
+    vault_opts o = {.key_file = key_file};
+    int status = vault_open(j, &o, out, err);
+    if (status != AR_E_NOTFOUND || strcmp(err->code, "vault_key_missing") != 0 || !create_key)
+        return status;
+    /* No key, and nothing encrypted (the first start, or a data directory restored from a
+     * backup without its key while it held no secret): a new key loses nothing. A vault that
+     * holds secrets keeps needing its own key: a new one would only lock them away. */
+    journal_read *r;
+    bool any = true;
+    if (journal_read_begin(j, &r, NULL) == AR_OK) {
+        if (has_records(r, &any) != AR_OK)
+            any = true;
+        journal_read_end(r);
+    }
+    if (any)
+        return status;
+    journal_batch *b = journal_batch_new();
+    journal_batch_del(b, JDB_SECRETS, META_KEY, META_KEY_LEN); /* the old key's verifier */
+    status = journal_commit(j, b, err);
+    journal_batch_free(b);
+    if (status != AR_OK)
+        return status;
+    if ((status = vault_key_create(key_file, err)) != AR_OK && status != AR_E_EXISTS)
+        return status;
+    ar_log("info", "created the vault key %s (mode 0600): back it up, the secrets cannot be "
+           "read without it", key_file);
+    return vault_open(j, &o, out, err);
+}

@@ -75,6 +75,20 @@ int vault_key_create(const char *key_file, ar_error *err);
 int vault_open(journal *j, const vault_opts *opts, vault **out, ar_error *err);
 void vault_free(vault *v);
 
+/* Open the vault as the config says: passphrase_file set → passphrase mode with the passphrase
+ * in that file (owned by us, mode 0600, one trailing newline ignored; if it is refused with
+ * vault_wrong_key but <file>.new opens the vault — a passphrase rotation that stopped after its
+ * commit — the .new is renamed into place); else key_file. create_key: when the key file is
+ * missing and the vault holds no secret (its first start, or a data directory restored without
+ * its key while it held none), create a new key first (and forget the old key's verifier); a
+ * vault that holds secrets without its key stays an error. Errors as vault_open. */
+/* fsync the directory that holds path, so that a file created or renamed there is durable
+ * (used for key and passphrase files). Errors are ignored: the caller has nothing better to do. */
+void vault_sync_dir_of(const char *path);
+
+int vault_open_files(journal *j, const char *key_file, const char *passphrase_file, int create_key,
+                     vault **out, ar_error *err);
+
 /* Store a secret (value: any bytes, 1..VAULT_MAX_SECRET_LEN) for connector; its version
  * becomes the previous + 1 (1 when new), written into *version when not NULL. Bad names or
  * sizes are AR_E_INVALID, code "secret_invalid". Durable when it returns. */

@@ -96,6 +96,12 @@ static void every_route_answers_each_identity_as_its_roles_say(void **state)
         const access_route *r = &routes[i];
         char path[128];
         fill_path(r, path, sizeof path);
+        if (i > 0 && i % 15 == 0) {
+            /* Three failing identities per route: restart before the failed-authentication
+             * limiter (60 a minute per address, in memory) answers 429 instead. */
+            assert_int_equal(harness_stop(&H), 0);
+            assert_int_equal(harness_restart(&H), 0);
+        }
         for (size_t k = 0; k < sizeof ids / sizeof ids[0]; k++) {
             json_t *reply = NULL;
             long st = harness_http_as(&H, ids[k].token[0] || k == 1 ? ids[k].token : NULL, r->method,

@@ -20,21 +20,27 @@ static int start_all(void **state)
     (void)state;
     if (sim_start(&S) != 0)
         return -1;
-    char ledger[300], extra[4096];
+    char ledger[300], extra[4096], common[300];
     harness_test_plugin(ledger, sizeof ledger, "t_ledger");
     /* Three REST connectors on the simulator, one per idempotency mode, and the ledger plugin
      * with its declared lookup and overridden to none. Short timeouts and backoff keep it fast. */
-    const char *common = "\"timeout_ms\": 1000, \"retry\": {\"max_attempts\": 4, \"initial_ms\": 50, \"max_ms\": 200}";
+    /* The simulator's port is the only one the plugins may connect to (Landlock). */
+    snprintf(common, sizeof common, "\"timeout_ms\": 1000, \"retry\": {\"max_attempts\": 4, \"initial_ms\": 50, "
+             "\"max_ms\": 200}, \"allow_ports\": [%d]", S.port);
+    /* The ledger fixture writes its ledger into the test's directory, outside its sandbox's
+     * working directory, which only works with Landlock and the uid switch off. */
+    const char *ledger_sandbox = "\"sandbox\": {\"landlock\": false, \"uid\": false}";
     snprintf(extra, sizeof extra,
              "\"t_native\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, "
              "\"idempotency\": {\"request\": \"native\"}, %s},\n"
              "    \"t_lookup\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\", \"lookup\": "
              "{\"path\": \"/_sim/by-key/{key}\"}}, \"idempotency\": {\"request\": \"lookup\"}, %s},\n"
              "    \"t_none\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, %s},\n"
-             "    \"t_ledger\": {\"plugin\": \"%s\", \"config\": {\"dir\": \"%s\"}, \"processes\": 1, %s},\n"
+             "    \"t_ledger\": {\"plugin\": \"%s\", \"config\": {\"dir\": \"%s\"}, \"processes\": 1, %s, %s},\n"
              "    \"t_ledger_none\": {\"plugin\": \"%s\", \"config\": {\"dir\": \"%s\"}, \"processes\": 1, "
-             "\"idempotency\": {\"apply\": \"none\"}, %s}",
-             S.url, common, S.url, common, S.url, common, ledger, S.dir, common, ledger, S.dir, common);
+             "\"idempotency\": {\"apply\": \"none\"}, %s, %s}",
+             S.url, common, S.url, common, S.url, common, ledger, S.dir, common, ledger_sandbox, ledger, S.dir, common,
+             ledger_sandbox);
     harness_opts o = {.extra_connectors = extra};
     return harness_start(&H, &o);
 }

@@ -146,11 +146,11 @@ static int start_sim_connector(const char *extra_breaker)
     snprintf(extra, sizeof extra,
              "\"t_api\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, \"idempotency\": "
              "{\"request\": \"native\"}, \"timeout_ms\": 1000, \"retry\": {\"max_attempts\": %s, \"initial_ms\": 20, "
-             "\"max_ms\": 50}%s%s},\n"
+             "\"max_ms\": 50}, \"allow_ports\": [%d]%s%s},\n"
              "    \"t_other\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, \"idempotency\": "
-             "{\"request\": \"native\"}, \"timeout_ms\": 1000}",
-             S.url, extra_breaker ? "1" : "3", extra_breaker ? ", \"breaker\": " : "", extra_breaker ? extra_breaker : "",
-             S.url);
+             "{\"request\": \"native\"}, \"timeout_ms\": 1000, \"allow_ports\": [%d]}",
+             S.url, extra_breaker ? "1" : "3", S.port, extra_breaker ? ", \"breaker\": " : "",
+             extra_breaker ? extra_breaker : "", S.url, S.port);
     return start_with(extra, NULL);
 }
 

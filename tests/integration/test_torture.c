@@ -94,9 +94,10 @@ static void kill_at_random_moments_then_nothing_lost_or_repeated(void **state)
 {
     (void)state;
     assert_int_equal(sim_start(&S), 0);
-    char extra[2048];
+    char extra[2048], common[300];
     /* Generous attempts: each kill costs an in-flight action one attempt. */
-    const char *common = "\"timeout_ms\": 2000, \"retry\": {\"max_attempts\": 20, \"initial_ms\": 20, \"max_ms\": 200}";
+    snprintf(common, sizeof common, "\"timeout_ms\": 2000, \"retry\": {\"max_attempts\": 20, \"initial_ms\": 20, "
+             "\"max_ms\": 200}, \"allow_ports\": [%d]", S.port);
     snprintf(extra, sizeof extra,
              "\"t_native\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, "
              "\"idempotency\": {\"request\": \"native\"}, %s},\n"

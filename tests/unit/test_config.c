@@ -204,19 +204,19 @@ static void unknown_keys_named(void **state)
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
             "default_read, default_write, default_irreversible)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
             "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
-            "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, breaker)");
+            "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, breaker, allow_ports, sandbox, uid)");
     /* odd characters in the key are escaped */
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir)");
 }
 
 static void wrong_types_named(void **state)
@@ -327,7 +327,8 @@ static void connector_retry_idempotency_and_secrets(void **state)
     (void)state;
     config *cfg = parse_ok("{\"connectors\":{\"api\":{\"plugin\":\"http\",\"deadline_ms\":60000,"
                            "\"retry\":{\"max_attempts\":7,\"initial_ms\":50,\"max_ms\":5000,\"multiplier\":3},"
-                           "\"idempotency\":{\"request\":\"native\"},\"secrets\":{\"token\":\"t\"}}}}");
+                           "\"idempotency\":{\"request\":\"native\"},\"secrets\":[\"token\", \"signing_key\"],"
+                           "\"allow_ports\":[443, 8443],\"sandbox\":{\"landlock\":false},\"uid\":71000}}}");
     const config_connector *c = config_find_connector(cfg, "api");
     assert_int_equal(c->deadline_ms, 60000);
     assert_int_equal(c->retry.max_attempts, 7);
@@ -335,20 +336,42 @@ static void connector_retry_idempotency_and_secrets(void **state)
     assert_int_equal(c->retry.max_ms, 5000);
     assert_true(c->retry.multiplier > 2.9 && c->retry.multiplier < 3.1);
     assert_string_equal(json_string_value(json_object_get(c->idempotency, "request")), "native");
-    assert_string_equal(json_string_value(json_object_get(c->secrets, "token")), "t");
+    assert_int_equal(c->n_secrets, 2);
+    assert_string_equal(c->secrets[0], "token");
+    assert_string_equal(c->secrets[1], "signing_key");
+    assert_int_equal(c->n_allow_ports, 2);
+    assert_int_equal(c->allow_ports[1], 8443);
+    assert_int_equal(c->sandbox_landlock, 0);
+    assert_int_equal(c->sandbox_seccomp, 1);
+    assert_int_equal(c->uid, 71000);
     config_free(cfg);
-    cfg = parse_ok("{\"connectors\":{\"e\":{\"plugin\":\"echo\"}}}");
+    cfg = parse_ok("{\"connectors\":{\"e\":{\"plugin\":\"echo\"},\"f\":{\"plugin\":\"echo\"}}}");
     c = config_find_connector(cfg, "e");
     assert_int_equal(c->retry.max_attempts, 5);
     assert_int_equal(c->deadline_ms, 300000);
     assert_null(c->idempotency);
+    assert_int_equal(c->n_secrets, 0);
+    /* Secure by default: HTTPS only, every layer on, a uid of its own. */
+    assert_int_equal(c->n_allow_ports, 1);
+    assert_int_equal(c->allow_ports[0], 443);
+    assert_true(c->sandbox_rlimits && c->sandbox_uid && c->sandbox_landlock && c->sandbox_seccomp);
+    assert_int_not_equal(c->uid, config_find_connector(cfg, "f")->uid);
+    assert_true(c->uid >= 70000);
     config_free(cfg);
     refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"idempotency\":{\"x\":\"maybe\"}}}}",
             "connectors.e.idempotency.x: expected \"native\", \"lookup\" or \"none\", got \"maybe\"");
     refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"retry\":{\"initial_ms\":500,\"max_ms\":100}}}}",
             "connectors.e.retry: max_ms (100) is below initial_ms (500)");
-    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"secrets\":{\"k\":1}}}}",
-            "connectors.e.secrets.k: expected string, got integer");
+    refused_prefix("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"secrets\":{\"k\":\"v\"}}}}",
+                   "connectors.e.secrets: secret values no longer go in the config");
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"secrets\":[\"k\", \"k\"]}}}",
+            "connectors.e.secrets: \"k\" is listed twice");
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"allow_ports\":[0]}}}",
+            "connectors.e.allow_ports[0]: expected a port 1..65535");
+    refused("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"sandbox\":{\"seccomp\":\"no\"}}}}",
+            "connectors.e.sandbox.seccomp: expected true or false, got string");
+    refused_prefix("{\"connectors\":{\"e\":{\"plugin\":\"echo\",\"uid\":70500},\"f\":{\"plugin\":\"echo\",\"uid\":70500}}}",
+                   "connectors.f.uid: 70500 is also the uid of connector e");
 }
 
 static void autonomy_and_approvers(void **state)

@@ -739,6 +739,44 @@ static void connector_notes(FILE *out, const json_t *connectors, time_t now)
     }
 }
 
+/* One line per connector on its isolation: "sandbox t_ok: uid 70001, landlock ABI 7 (fs, net,
+ * scoped), seccomp on, ports 443". A layer that is off or missing says so. */
+static void sandbox_notes(FILE *out, const json_t *connectors)
+{
+    size_t i, k;
+    const json_t *c, *port;
+    json_array_foreach(connectors, i, c) {
+        const json_t *sb = json_object_get(c, "sandbox");
+        if (!json_is_object(sb))
+            continue;
+        fputs("sandbox ", out);
+        render_text(out, str_field(c, "name") ? str_field(c, "name") : "?");
+        fputs(": uid ", out);
+        const json_t *uid = json_object_get(sb, "uid");
+        if (json_is_integer(uid))
+            fprintf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(uid));
+        else
+            render_text(out, json_is_string(uid) ? json_string_value(uid) : "?");
+        const json_t *ll = json_object_get(sb, "landlock");
+        fputs(", landlock ", out);
+        if (json_is_object(ll)) {
+            fprintf(out, "ABI %" JSON_INTEGER_FORMAT " (fs%s%s)", json_integer_value(json_object_get(ll, "abi")),
+                    json_is_true(json_object_get(ll, "net")) ? ", net" : "",
+                    json_is_true(json_object_get(ll, "scoped")) ? ", scoped" : "");
+        } else {
+            render_text(out, json_is_string(ll) ? json_string_value(ll) : "?");
+        }
+        fputs(", seccomp ", out);
+        render_text(out, str_field(sb, "seccomp") ? str_field(sb, "seccomp") : "?");
+        fputs(", ports ", out);
+        if (json_array_size(json_object_get(c, "allow_ports")) == 0)
+            fputs("none", out);
+        json_array_foreach(json_object_get(c, "allow_ports"), k, port)
+            fprintf(out, "%s%" JSON_INTEGER_FORMAT, k ? "," : "", json_integer_value(port));
+        fputc('\n', out);
+    }
+}
+
 void render_connectors(FILE *out, const json_t *connectors)
 {
     static const char *const header[CONNECTOR_COLS] = {
@@ -746,8 +784,10 @@ void render_connectors(FILE *out, const json_t *connectors)
     time_t now = time(NULL);
 
     if (render_rows(out, header, CONNECTOR_COLS, connectors, "no connectors configured\n",
-                    connector_row, &now))
+                    connector_row, &now)) {
         connector_notes(out, connectors, now);
+        sandbox_notes(out, connectors);
+    }
 }
 
 char *render_join(const json_t *strings)

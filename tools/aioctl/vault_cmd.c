@@ -286,124 +286,6 @@ static int load_config(const char *path, config **cfg)
     return AIOCTL_OK;
 }
 
-/* A passphrase file: owned by us, no group or other bits, its content without one trailing
- * newline. AR_E_NOTFOUND when missing. */
-static int read_passphrase_file(const char *path, secret_buf *s, ar_error *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT
-                   ? ar_error_set(err, AR_E_NOTFOUND, "vault_key_missing",
-                                  "the vault passphrase file %s does not exist", path)
-                   : ar_error_set(err, AR_E_IO, "vault_key_io", "cannot open %s: %s", path,
-                                  strerror(errno));
-    struct stat st;
-    int status = AR_OK;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
-                              "the vault passphrase file %s is not a regular file", path);
-    } else if (st.st_uid != geteuid()) {
-        status = ar_error_set(err, AR_E_INVALID, "vault_key_owner",
-                              "the vault passphrase file %s belongs to uid %u, not to uid %u",
-                              path, (unsigned)st.st_uid, (unsigned)geteuid());
-    } else if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-        status = ar_error_set(err, AR_E_INVALID, "vault_key_mode",
-                              "the vault passphrase file %s may be used by group or others "
-                              "(mode %04o): chmod 600 %s", path, (unsigned)(st.st_mode & 07777),
-                              path);
-    } else if (st.st_size > PASSPHRASE_MAX + 1) {
-        status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
-                              "the vault passphrase in %s is longer than %d bytes", path,
-                              PASSPHRASE_MAX);
-    } else if (secret_alloc(s, PASSPHRASE_MAX) != AIOCTL_OK) {
-        status = AR_E_NOMEM;
-    } else {
-        for (;;) {
-            ssize_t r = read(fd, s->data + s->len, s->cap + 1 - s->len);
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r < 0) {
-                status = ar_error_set(err, AR_E_IO, "vault_key_io", "cannot read %s: %s", path,
-                                      strerror(errno));
-                break;
-            }
-            if (r == 0)
-                break;
-            s->len += (size_t)r;
-            if (s->len > s->cap)
-                break;
-        }
-        if (status == AR_OK && s->len > 0 && s->data[s->len - 1] == '\n')
-            s->len--;
-        if (status == AR_OK && (s->len == 0 || s->len > s->cap))
-            status = ar_error_set(err, AR_E_INVALID, "vault_key_invalid",
-                                  "the vault passphrase in %s is %s", path,
-                                  s->len ? "too long" : "empty");
-        if (status != AR_OK)
-            secret_free(s);
-    }
-    close(fd);
-    return status;
-}
-
-static void sync_dir_of(const char *path)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
-
-/* Passphrase mode: unlock with the config's passphrase file; if that is refused with
- * vault_wrong_key and <file>.new opens the vault (an `aioctl vault rotate` that stopped after
- * its commit), finish that rotation by renaming .new into place. */
-static int open_with_passphrase(store *s, ar_error *err)
-{
-    secret_buf pass = {0};
-    const char *path = s->cfg->vault_passphrase_file;
-    snprintf(s->passphrase_file, sizeof s->passphrase_file, "%s", path);
-    int status = read_passphrase_file(path, &pass, err);
-    if (status != AR_OK)
-        return status;
-    vault_opts o = {.passphrase = (const char *)pass.data, .passphrase_len = pass.len};
-    status = vault_open(s->j, &o, &s->v, err);
-    secret_free(&pass);
-    if (status != AR_E_INVALID || strcmp(err->code, "vault_wrong_key") != 0)
-        return status;
-    char new_path[PATH_MAX + 8];
-    ar_error new_err = {0};
-    snprintf(new_path, sizeof new_path, "%s.new", path);
-    if (read_passphrase_file(new_path, &pass, &new_err) != AR_OK)
-        return status;
-    o.passphrase = (const char *)pass.data;
-    o.passphrase_len = pass.len;
-    int st2 = vault_open(s->j, &o, &s->v, &new_err);
-    secret_free(&pass);
-    if (st2 != AR_OK)
-        return status;
-    if (rename(new_path, path) != 0) {
-        fprintf(stderr, "aioctl: the vault opens with the passphrase in %s (a rotation that did "
-                "not finish) but it cannot be renamed to %s: %s\n", new_path, path,
-                strerror(errno));
-    } else {
-        sync_dir_of(path);
-        fprintf(stderr, "aioctl: finished an interrupted passphrase rotation: %s now holds the "
-                "vault's passphrase\n", path);
-    }
-    ar_error_clear(err);
-    return AR_OK;
-}
-
 /* Load the config, open its journal and unlock its vault. Returns an exit code (reported). */
 static int store_open(const char *config_path, store *s)
 {
@@ -422,15 +304,11 @@ static int store_open(const char *config_path, store *s)
     journal_opts jo = {.dir = dir, .map_size_mb = s->cfg->map_size_mb};
     if ((status = journal_open(&jo, &s->j, &err)) != AR_OK)
         goto fail;
-    if (s->cfg->vault_passphrase_file) {
-        status = open_with_passphrase(s, &err);
-    } else {
-        vault_opts o = {.key_file = s->cfg->vault_key_file};
-        status = vault_open(s->j, &o, &s->v, &err);
-        if (status == AR_E_NOTFOUND && strcmp(err.code, "vault_key_missing") == 0)
-            fprintf(stderr, "aioctl: create it with: aioctl --config %s vault init\n",
-                    config_path);
-    }
+    if (s->cfg->vault_passphrase_file)
+        snprintf(s->passphrase_file, sizeof s->passphrase_file, "%s", s->cfg->vault_passphrase_file);
+    status = vault_open_files(s->j, s->cfg->vault_key_file, s->cfg->vault_passphrase_file, 0, &s->v, &err);
+    if (status == AR_E_NOTFOUND && strcmp(err.code, "vault_key_missing") == 0)
+        fprintf(stderr, "aioctl: create it with: aioctl --config %s vault init\n", config_path);
     if (status != AR_OK)
         goto fail;
     return AIOCTL_OK;
@@ -731,7 +609,7 @@ static int rotate_passphrase(store *s, size_t *count, ar_error *err, int *rc)
         secret_free(&pass);
         return AR_E_IO;
     }
-    sync_dir_of(new_path);
+    vault_sync_dir_of(new_path);
     int status = vault_rotate(s->v, (const char *)pass.data, pass.len, count, err);
     secret_free(&pass);
     if (status != AR_OK) {
@@ -745,7 +623,7 @@ static int rotate_passphrase(store *s, size_t *count, ar_error *err, int *rc)
         *rc = AIOCTL_REFUSED;
         return AR_OK;
     }
-    sync_dir_of(s->passphrase_file);
+    vault_sync_dir_of(s->passphrase_file);
     return AR_OK;
 }
 
