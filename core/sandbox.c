@@ -25,6 +25,7 @@
 
 #include "aiorun/plugin.h"
 #include "frame.h"
+#include "lockdown.h"
 #include "schema.h"
 
 #define BACKOFF_MIN_MS 100
@@ -115,7 +116,8 @@ typedef struct sandbox_proc {
     int64_t ready_at_ms;        /* mono time of READY in this incarnation, 0 before */
     int startup_failures;       /* deaths before READY in a row */
     char kill_reason[400];      /* why we killed it, "" when it died by itself */
-    int recycle;                /* replace it once idle (sandbox_pool_recycle) */
+    int recycle;                /* replace it once idle (sandbox_pool_recycle, CPU use) */
+    char recycle_why[120];      /* "to pick up changed secrets", ... */
     int recycling;              /* being replaced: no new calls; others wait their turn */
 } sandbox_proc;
 
@@ -132,6 +134,8 @@ struct sandbox_pool {
     char *workdir;              /* <pid_dir>/work/<connector>, NULL when not set up */
     int timeout_ms;
     size_t max_frame;
+    int64_t cpu_recycle_s;      /* replace a process that used this much CPU */
+    uint64_t cpu_timer;         /* the next look at the processes' CPU use */
     sandbox_event_fn on_event;
     void *event_arg;
     int n;
@@ -154,6 +158,7 @@ struct sandbox_pool {
 
 static void proc_spawn(sandbox_proc *p);
 static void recycle_next(sandbox_pool *pool);
+static void on_cpu_check(loop_t *loop, void *arg);
 static void on_io(loop_t *loop, int fd, uint32_t events, void *arg);
 static void format_message(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -1716,6 +1721,7 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     pool->secrets_arg = opts->secrets_arg;
     pool->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     pool->max_frame = opts->max_frame ? opts->max_frame : FRAME_DEFAULT_MAX_PAYLOAD;
+    pool->cpu_recycle_s = opts->cpu_recycle_s > 0 ? opts->cpu_recycle_s : LOCKDOWN_RLIMIT_CPU_S / 4 * 3;
     pool->on_event = on_event;
     pool->event_arg = event_arg;
     pool->n = opts->processes;
@@ -1755,6 +1761,7 @@ int sandbox_pool_new(loop_t *loop, const sandbox_pool_opts *opts, sandbox_event_
     for (int i = 0; i < pool->n; i++)
         proc_spawn(&pool->procs[i]);
     pool->quiet = 0;
+    on_cpu_check(loop, pool); /* arms the periodic look */
     *out = pool;
     return AR_OK;
 }
@@ -1786,7 +1793,7 @@ static void recycle_next(sandbox_pool *pool)
         p->recycle = 0;
         p->recycling = 1;
         format_message(p->kill_reason, sizeof p->kill_reason, "plugin process for connector %s "
-                       "replaced to pick up changed secrets", pool->connector);
+                       "replaced %s", pool->connector, p->recycle_why);
         if (channel_send(p, FRAME_SHUTDOWN, 0, NULL, NULL) != AR_OK)
             proc_kill(p, AIORUN_E_PLUGIN_CRASHED, p->kill_reason);
         return;
@@ -1801,11 +1808,60 @@ int sandbox_pool_recycle(sandbox_pool *pool)
         sandbox_proc *p = &pool->procs[i];
         /* A process down or starting fetches the secrets when it (re)starts; one that got
          * them already (INIT sent) is replaced like a serving one. */
-        if (p->phase == PROC_SERVING || p->phase == PROC_INIT)
+        if (p->phase == PROC_SERVING || p->phase == PROC_INIT) {
             p->recycle = 1;
+            snprintf(p->recycle_why, sizeof p->recycle_why, "to pick up changed secrets");
+        }
     }
     recycle_next(pool);
     return AR_OK;
+}
+
+/* CPU seconds (user + system) a process has used, from /proc/<pid>/stat; -1 when unknown. */
+static double proc_cpu_seconds(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    /* After the command name (in parentheses, which may hold spaces): field 3 on; utime and
+     * stime are fields 14 and 15. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    long ticks = sysconf(_SC_CLK_TCK);
+    return ticks > 0 ? (double)(utime + stime) / (double)ticks : -1;
+}
+
+/* Planned replacement: RLIMIT_CPU counts a process's whole life, so a long-lived host would
+ * one day be killed by it in the middle of a call; replace it, idle, long before. */
+static void on_cpu_check(loop_t *loop, void *arg)
+{
+    sandbox_pool *pool = arg;
+    pool->cpu_timer = 0;
+    if (pool->freeing)
+        return;
+    for (int i = 0; i < pool->n; i++) {
+        sandbox_proc *p = &pool->procs[i];
+        if (p->phase != PROC_SERVING || p->recycle || p->recycling || p->pid <= 0)
+            continue;
+        double used = proc_cpu_seconds(p->pid);
+        if (used >= (double)pool->cpu_recycle_s) {
+            p->recycle = 1;
+            snprintf(p->recycle_why, sizeof p->recycle_why, "as planned after %.0f s of CPU time (its limit is "
+                     "%d s)", used, LOCKDOWN_RLIMIT_CPU_S);
+        }
+    }
+    recycle_next(pool);
+    int64_t every = pool->cpu_recycle_s * 1000 / 4;
+    pool->cpu_timer = loop_timer_add(loop, ar_mono_ms() + (every < 60000 ? every : 60000), on_cpu_check, pool);
 }
 
 /* Send an INVOKE or LOOKUP (payload: taken) to the idle process p and arm its deadline. */
@@ -1930,6 +1986,8 @@ void sandbox_pool_free(sandbox_pool *pool)
     if (!pool)
         return;
     pool->freeing = 1;
+    if (pool->cpu_timer)
+        loop_timer_cancel(pool->loop, pool->cpu_timer);
     int64_t until = ar_mono_ms() + FREE_WAIT_MS;
     for (int i = 0; pool->procs && i < pool->n; i++) {
         sandbox_proc *p = &pool->procs[i];

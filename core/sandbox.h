@@ -90,6 +90,9 @@ typedef struct sandbox_pool_opts {
     sandbox_secrets_fn secrets_fn;  /* NULL: the connector has no secrets */
     void *secrets_arg;
     sandbox_lockdown lockdown;
+    /* A process that has used this much CPU (seconds) is replaced once idle, well before the
+     * host's RLIMIT_CPU ceiling would kill it mid-call. 0: three quarters of that ceiling. */
+    int cpu_recycle_s;
 } sandbox_pool_opts;
 
 typedef struct sandbox_call {

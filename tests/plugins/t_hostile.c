@@ -14,6 +14,7 @@
  *   alloc         {"mb", "abort_on_null"}: malloc(mb MiB), never touched -> {"allocated",
  *                 "errno"}; with abort_on_null a failed allocation abort()s
  *   spin          an endless loop                                -> killed at the deadline
+ *   burn          {"ms"}: uses ms of CPU time, then returns      -> {"burned_ms"}
  *   ptrace_parent PTRACE_ATTACH to getppid()                     -> killed (seccomp), or errno
  *   signal_parent kill(getppid(), SIGTERM)                       -> killed (seccomp), or errno
  *   connect       {"port"}: TCP connect to 127.0.0.1:port        -> {"errno", "landlock_abi"}
@@ -45,6 +46,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <aiorun/plugin.h>
@@ -225,6 +227,24 @@ static aiorun_status do_spin(void *instance, aiorun_call *call, const char *in, 
     return AIORUN_E_PERMANENT; /* not reached */
 }
 
+static aiorun_status do_burn(void *instance, aiorun_call *call, const char *in, size_t len)
+{
+    fixture *fx = instance;
+    const char *p = memmem(in, len, "\"ms\":", 5);
+    long ms = p ? strtol(p + 5, NULL, 10) : 0;
+    struct timespec start, now;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &start);
+    volatile unsigned long n = 0;
+    do {
+        for (int i = 0; i < 100000; i++)
+            n++;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+    } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+    char out[64];
+    snprintf(out, sizeof out, "{\"burned_ms\":%ld}", ms);
+    return fx->api->set_result(call, out, strlen(out));
+}
+
 static aiorun_status do_ptrace_parent(void *instance, aiorun_call *call, const char *in, size_t len)
 {
     (void)in;
@@ -359,6 +379,8 @@ static const aiorun_action actions[] = {
            "{\"type\":\"object\",\"properties\":{\"mb\":{\"type\":\"integer\"},"
            "\"abort_on_null\":{\"type\":\"boolean\"}},\"required\":[\"mb\"]}"),
     ACTION("spin", do_spin, OBJ),
+    ACTION("burn", do_burn,
+           "{\"type\":\"object\",\"properties\":{\"ms\":{\"type\":\"integer\"}},\"required\":[\"ms\"]}"),
     ACTION("ptrace_parent", do_ptrace_parent, OBJ),
     ACTION("signal_parent", do_signal_parent, OBJ),
     ACTION("connect", do_connect,

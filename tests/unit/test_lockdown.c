@@ -877,6 +877,39 @@ static void test_hostile_memory_and_cpu(void **state)
     stop_pool(&h);
 }
 
+static int pred_restarted(harness *h, void *arg)
+{
+    (void)arg;
+    sandbox_snapshot s = snap(h);
+    json_decref(s.descriptor);
+    return s.restarts >= 1 && s.serving == 1;
+}
+
+/* RLIMIT_CPU counts a host's whole life: the pool replaces a process that has used most of it
+ * while it is idle, before the limit could kill it in the middle of a call. */
+static void test_cpu_use_recycles_an_idle_process(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    sandbox_pool_opts opts = {.connector = "burner", .plugin_path = FIXTURE("t_hostile"), .host_path = HOST_PATH,
+                              .processes = 1, .timeout_ms = 10000, .lockdown = default_lockdown(UID_BASE + 60),
+                              .cpu_recycle_s = 1};
+    start_pool_opts(&h, &opts);
+    wait_state(&h, SANDBOX_READY);
+    call_pool(&h, h.pool, "burn", "{\"ms\":1200}", 0, &r);
+    assert_true(r.ok);
+    rec_clear(&r);
+    assert_true(run_until(&h, pred_restarted, NULL));
+    sandbox_snapshot s = snap(&h);
+    assert_int_equal(s.state, SANDBOX_READY);
+    json_decref(s.descriptor);
+    call_pool(&h, h.pool, "burn", "{\"ms\":1}", 0, &r);
+    assert_true(r.ok);
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
 static void test_hostile_secrets(void **state)
 {
     (void)state;
@@ -1076,6 +1109,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_hostile_files),
     cmocka_unit_test(test_hostile_network),
     cmocka_unit_test(test_hostile_memory_and_cpu),
+    cmocka_unit_test(test_cpu_use_recycles_an_idle_process),
     cmocka_unit_test(test_hostile_secrets),
     cmocka_unit_test(test_constructor_runs_confined),
     cmocka_unit_test(test_uid_per_connector),
