@@ -35,6 +35,11 @@ static const access_route routes[] = {
     {ROUTE_SET_SECRET, "PUT", "/v1/secrets/{connector}/{name}", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_REMOVE_SECRET, "DELETE", "/v1/secrets/{connector}/{name}", AUTH_ROLE_OPERATOR, 0},
     {ROUTE_ROTATE_VAULT, "POST", "/v1/vault/rotate", AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_ACTION_AUDIT, "GET", "/v1/actions/{id}/audit", READERS, 1},
+    {ROUTE_AUDIT_STREAM, "GET", "/v1/audit", AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_AUDIT_VERIFY, "GET", "/v1/audit/verify", AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_AUDIT_HEAD, "GET", "/v1/audit/head", AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
+    {ROUTE_METRICS, "GET", "/metrics", READERS, 0},
 };
 
 const access_route *access_routes(size_t *n)

@@ -26,9 +26,18 @@ typedef struct expiry {
 
 /* ---- replies ---------------------------------------------------------------------------- */
 
+void api_set_reply_text(request *rq, unsigned status, char *text, const char *type)
+{
+    free(rq->reply);
+    rq->reply = text;
+    rq->reply_type = text ? type : NULL;
+    rq->reply_status = text ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+}
+
 void api_set_reply_json(request *rq, unsigned status, json_t *doc /* takes */)
 {
     free(rq->reply);
+    rq->reply_type = NULL;
     rq->reply = json_dumps(doc, JSON_COMPACT);
     rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
     json_decref(doc);
@@ -73,7 +82,7 @@ enum MHD_Result api_queue_reply(request *rq)
                                                                 MHD_RESPMEM_MUST_COPY);
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rq->reply_type ? rq->reply_type : "application/json");
     if (rq->retry_after_s > 0) {
         char secs[16];
         snprintf(secs, sizeof secs, "%d", rq->retry_after_s);
@@ -146,6 +155,7 @@ void api_action_changed(void *arg, const json_t *rec)
 {
     api_server *a = arg;
     action_state st = action_record_state(rec);
+    api_metrics_action(a, rec);
     ar_log("info", "action %s %s/%s %s", action_record_str(rec, "id"),
            action_record_str(rec, "connector"), action_record_str(rec, "action"),
            action_state_name(st));
@@ -285,6 +295,7 @@ static int authorize(api_server *a, request *rq, const access_route *route, cons
     ar_error err = {0};
     if (auth_verify(a->auth, token, strlen(token), &rq->who, &err) != AR_OK) {
         access_limiter_fail(a->limiter, addr, ar_now_ms());
+        metrics_add(a->fam.auth_failures, NULL, 1);
         /* The reason names the token's owner at most, never the token itself. */
         ar_log("warn", "authentication failed from %s for %s %s: %s", addr, method, url, err.message);
         api_set_reply_error(rq, 401, "unauthenticated", "%s", err.message);
@@ -348,6 +359,11 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_SET_SECRET: api_route_set_secret(a, rq, param); break;
     case ROUTE_REMOVE_SECRET: api_route_remove_secret(a, rq, param); break;
     case ROUTE_ROTATE_VAULT: api_route_rotate_vault(a, rq); break;
+    case ROUTE_ACTION_AUDIT: api_route_action_audit(a, rq, param); break;
+    case ROUTE_AUDIT_STREAM: api_route_audit_stream(a, rq); break;
+    case ROUTE_AUDIT_VERIFY: api_route_audit_verify(a, rq); break;
+    case ROUTE_AUDIT_HEAD: api_route_audit_head(a, rq); break;
+    case ROUTE_METRICS: api_route_metrics(a, rq); break;
     case ROUTE_COUNT: break;
     }
     return api_queue_reply(rq);
@@ -458,7 +474,7 @@ int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *
     pthread_cond_init(&a->wait_cond, &ca);
     pthread_condattr_destroy(&ca);
 
-    if (!(a->limiter = access_limiter_new(AUTH_MAX_FAILURES, AUTH_WINDOW_MS)))
+    if (!(a->limiter = access_limiter_new(AUTH_MAX_FAILURES, AUTH_WINDOW_MS)) || api_metrics_init(a, NULL) != AR_OK)
         goto nomem;
     a->workers = calloc((size_t)cfg->decision_workers, sizeof *a->workers);
     if (!a->workers)
@@ -614,6 +630,7 @@ void api_free(api_server *a)
         policy_set_free(a->policy_sets[i]);
     pthread_mutex_destroy(&a->policy_lock);
     pthread_mutex_destroy(&a->reload_lock);
+    metrics_free(a->metrics);
     policy_worker_free(a->validate_worker);
     free(a->tls_cert);
     if (a->tls_key)

@@ -50,6 +50,9 @@ void api_set_scheduler(api_server *a, scheduler *s);
  * together with the current set's, so that a worker still deciding with the old set reads
  * maintained counters. Without it a policy that reads a counter is a policy error. */
 void api_set_counters(api_server *a, counters *c);
+/* The metric families the scheduler updates (GET /metrics shows them): pass them to
+ * scheduler_set_metrics. */
+scheduler_metrics api_scheduler_metrics(api_server *a);
 /* Wire the vault in (before api_listen; borrowed): the operator's secret routes use it. */
 void api_set_vault(api_server *a, vault *v);
 /* A scheduler_validate_fn (arg: the api_server): runs the current policy set's validate on a

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "approvals.h"
+#include "audit.h"
 #include "autonomy.h"
 #include "schema.h"
 
@@ -298,6 +299,27 @@ static void reply_stored(api_server *a, request *rq, json_t *rec)
     }
 }
 
+/* The audit entries of a new action, in the batch that stores it: what was proposed, by whom
+ * and why (the proposer), how it was decided (every vote), and the approval it waits for. */
+static void audit_submission(journal_batch *b, const json_t *rec)
+{
+    const char *id = action_record_str(rec, "id");
+    json_t *proposer = json_object_get(rec, "proposer");
+    audit_batch_append(b, "received", id, json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:s}",
+        "connector", action_record_str(rec, "connector"), "action", action_record_str(rec, "action"),
+        "effect", action_record_str(rec, "effect"), "submitter", action_record_str(rec, "submitter"),
+        "proposer", proposer ? proposer : json_null(), "digest", action_record_str(rec, "digest"),
+        "idempotency_key", action_record_str(rec, "idempotency_key")));
+    audit_batch_append(b, "decided", id, json_deep_copy(json_object_get(rec, "decision")));
+    json_t *ap = json_object_get(rec, "approval");
+    if (action_record_state(rec) == ACTION_PENDING_APPROVAL && ap)
+        audit_batch_append(b, "approval_requested", id, json_pack("{s:O, s:O, s:O, s:O}",
+            "roles", json_object_get(ap, "roles") ? json_object_get(ap, "roles") : json_null(),
+            "expires_ms", json_object_get(ap, "expires_ms") ? json_object_get(ap, "expires_ms") : json_null(),
+            "summary", json_object_get(ap, "summary") ? json_object_get(ap, "summary") : json_null(),
+            "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false()));
+}
+
 /* Decide and store, once. AR_E_CONFLICT: what the decision read changed; decide again. Any
  * other status: the request was answered. */
 static int decide_and_store(api_server *a, decider *dc, request *rq, const unsigned char *digest,
@@ -322,6 +344,10 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
         return AR_E_CONFLICT;
     }
     api_note_decision_time(a, d.duration_ns);
+    metrics_observe(a->fam.policy_seconds, NULL, (double)d.duration_ns / 1e9);
+    metrics_observe(a->fam.stage_seconds,
+                    (const char *const[]){"decision", json_string_value(json_object_get(rq->submission, "connector"))},
+                    (double)d.duration_ns / 1e9);
     json_t *rec = new_record(rq, &d, dc->ps, digest);
     json_decref(d.votes);
     if (!rec) {
@@ -341,6 +367,7 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     if (cr.n)
         journal_batch_apply(b, check_counter_reads, &cr); /* before the store bumps them */
     action_batch_store(b, rec);
+    audit_submission(b, rec);
     ar_error err = {0};
     int rc = journal_commit(a->journal, b, &err);
     counter_reads_reset(&cr, a);
@@ -908,9 +935,13 @@ static int apply_resolution(journal_txn *txn, void *arg, ar_error *err)
     }
     action_record_set_state(rec, st, now);
     int rc = action_txn_store(txn, rec);
+    if (rc == AR_OK)
+        rc = audit_txn_append(txn, "resolved", r->id, json_pack("{s:s, s:s, s:s}", "outcome", r->outcome, "by", r->who,
+                              "reason", r->reason), now, NULL, err);
     if (rc != AR_OK) {
         json_decref(rec);
-        return ar_error_set(err, rc, rc == AR_E_FULL ? "storage_full" : "internal", "cannot store the resolution");
+        return err && err->code[0] ? rc : ar_error_set(err, rc, rc == AR_E_FULL ? "storage_full" : "internal",
+                                                       "cannot store the resolution");
     }
     r->rec = rec;
     return AR_OK;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "approvals.h"
+#include "audit.h"
 #include "autonomy.h"
 
 
@@ -39,7 +40,26 @@ static int install_counters(api_server *a, const policy_set *current, const poli
 int api_reload_policies(api_server *a, const char *why, ar_error *err)
 {
     pthread_mutex_lock(&a->reload_lock);
+    uint64_t gen_before;
+    api_current_policies(a, &gen_before);
     int rc = reload_locked(a, why, err);
+    uint64_t gen_after;
+    const policy_set *now = api_current_policies(a, &gen_after);
+    /* On the record: each reload that changed the set, and each one refused (and why). */
+    json_t *data = NULL;
+    if (rc != AR_OK)
+        data = json_pack("{s:s, s:s, s:s}", "why", why, "error", err->code, "message", err->message);
+    else if (gen_after != gen_before)
+        data = json_pack("{s:s, s:i, s:s}", "version", policy_set_version(now), "files", (int)policy_set_count(now),
+                         "why", why);
+    if (data) {
+        journal_batch *b = journal_batch_new();
+        audit_batch_append(b, rc == AR_OK ? "policy_reloaded" : "policy_reload_refused", NULL, data);
+        ar_error aerr = {0};
+        if (journal_commit(a->journal, b, &aerr) != AR_OK)
+            ar_log("error", "cannot audit the policy reload: %s", aerr.message);
+        journal_batch_free(b);
+    }
     pthread_mutex_unlock(&a->reload_lock);
     return rc;
 }
@@ -509,7 +529,7 @@ void api_route_create_token(api_server *a, request *rq)
     }
     char token[AUTH_TOKEN_LEN + 1];
     if (rc == AR_OK)
-        rc = auth_token_create(a->auth, name, bits, expires_ms, token, &err);
+        rc = auth_token_create_by(a->auth, rq->who.name, name, bits, expires_ms, token, &err);
     if (rc != AR_OK) {
         json_decref(body);
         api_set_reply_error(rq, rc == AR_E_EXISTS ? 409 : api_status_for_error(rc), err.code, "%s", err.message);
@@ -529,7 +549,7 @@ void api_route_create_token(api_server *a, request *rq)
 void api_route_revoke_token(api_server *a, request *rq, const char *name)
 {
     ar_error err = {0};
-    int rc = auth_token_revoke(a->auth, name, &err);
+    int rc = auth_token_revoke_by(a->auth, rq->who.name, name, &err);
     if (rc != AR_OK) {
         api_set_reply_ar_error(rq, rc, &err);
         return;

@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include "access.h"
+#include "metrics.h"
 #include "action.h"
 #include "auth.h"
 
@@ -33,7 +34,8 @@ typedef struct request {
     int own_only;                /* sees only the actions it submitted */
     /* the answer, set before resuming */
     unsigned reply_status;
-    char *reply;                 /* JSON text, malloc'd */
+    char *reply;                 /* JSON text (or reply_type's), malloc'd */
+    const char *reply_type;      /* Content-Type; NULL: application/json */
     int retry_after_s;           /* > 0: sent as Retry-After */
     /* submission state (POST /v1/actions) */
     json_t *submission;          /* the parsed, validated body */
@@ -65,6 +67,11 @@ struct api_server {
     int64_t policies_loaded_ms;
     pthread_mutex_t reload_lock;   /* one reload at a time (SIGHUP, API and the file watch) */
     counters *counters;            /* guardrail counters; NULL: none wired */
+    metrics *metrics;              /* what GET /metrics shows (api_metrics.c) */
+    struct api_families {
+        metrics_family *actions, *stage_seconds, *policy_seconds, *errors, *retries, *auth_failures;
+        metrics_family *queue_depth, *inflight, *breaker, *restarts, *serving, *journal_bytes, *journal_map;
+    } fam;
     vault *vault;                  /* connector secrets; NULL: none wired */
     /* validate's Lua state, used only on the scheduler's thread */
     policy_worker *validate_worker;
@@ -103,6 +110,8 @@ void api_set_reply_error(request *rq, unsigned status, const char *code, const c
 unsigned api_status_for_error(int rc);
 void api_set_reply_ar_error(request *rq, int rc, const ar_error *err);
 void api_set_reply_action(request *rq, unsigned status, const json_t *rec);
+/* A reply that is not JSON (taken; type: a static string). */
+void api_set_reply_text(request *rq, unsigned status, char *text, const char *type);
 /* Queue the reply set on rq (HTTP thread). */
 enum MHD_Result api_queue_reply(request *rq);
 /* Hand a suspended request back to libmicrohttpd with its reply set. After this call the
@@ -158,5 +167,20 @@ void api_route_list_secrets(api_server *a, request *rq);
 void api_route_set_secret(api_server *a, request *rq, const char *param);
 void api_route_remove_secret(api_server *a, request *rq, const char *param);
 void api_route_rotate_vault(api_server *a, request *rq);
+
+/* ---- metrics (api_metrics.c) ----------------------------------------------------------------- */
+
+/* Create the registry and its families (api_new). */
+int api_metrics_init(api_server *a, ar_error *err);
+/* An action's new state is durable: count what it finished. Any thread; never blocks. */
+void api_metrics_action(api_server *a, const json_t *rec);
+void api_route_metrics(api_server *a, request *rq);
+
+/* ---- the audit trail (api_audit.c) ---------------------------------------------------------- */
+
+void api_route_action_audit(api_server *a, request *rq, const char *id);
+void api_route_audit_stream(api_server *a, request *rq);
+void api_route_audit_verify(api_server *a, request *rq);
+void api_route_audit_head(api_server *a, request *rq);
 
 #endif

@@ -113,7 +113,8 @@ void api_route_set_secret(api_server *a, request *rq, const char *param)
     }
     uint32_t version = 0;
     ar_error err = {0};
-    int rc = vault_set(a->vault, connector, name, json_string_value(value), json_string_length(value), &version, &err);
+    int rc = vault_set_by(a->vault, rq->who.name, connector, name, json_string_value(value), json_string_length(value),
+                          &version, &err);
     wipe_json_strings(body);
     json_decref(body);
     if (rc != AR_OK) {
@@ -133,7 +134,7 @@ void api_route_remove_secret(api_server *a, request *rq, const char *param)
     if (!have_vault(a, rq) || !split_target(a, rq, param, connector, sizeof connector, &name))
         return;
     ar_error err = {0};
-    int rc = vault_remove(a->vault, connector, name, &err);
+    int rc = vault_remove_by(a->vault, rq->who.name, connector, name, &err);
     if (rc != AR_OK) {
         api_set_reply_ar_error(rq, rc, &err);
         return;

@@ -1,6 +1,8 @@
 /* approvals.c - parked actions and human decisions (see approvals.h). */
 #include "approvals.h"
 
+#include "audit.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +169,12 @@ static int apply_decision(journal_txn *txn, void *arg, ar_error *err)
         action_record_set_state(rec, approve ? ACTION_APPROVED : ACTION_REJECTED, op->now);
     }
     int wrc = action_txn_store(txn, rec);
+    if (wrc == AR_OK) {
+        const char *decided = op->cancel ? "cancel" : op->expire_only ? "expire" : op->decision;
+        wrc = audit_txn_append(txn, "approval_decided", op->id, json_pack("{s:s, s:s, s:s}", "decision", decided,
+                               "by", op->who ? op->who : "", "comment", op->comment ? op->comment : ""),
+                               op->now, NULL, NULL);
+    }
     if (wrc != AR_OK) {
         json_decref(rec);
         return ar_error_set(err, wrc, wrc == AR_E_FULL ? "storage_full" : "internal", "cannot store the decision");

@@ -9,6 +9,8 @@
  * around the key and keeps it out of core dumps and swap. */
 #include "auth.h"
 
+#include "audit.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -394,6 +396,8 @@ struct create_ctx {
     const char *name;
     const unsigned char *digest;
     const char *record;
+    const char *roles;           /* for the audit entry: "submitter,reader" */
+    const char *by;
     int64_t now_ms;
 };
 
@@ -433,11 +437,20 @@ static int create_apply(journal_txn *txn, void *arg, ar_error *err)
     rc = journal_txn_put(txn, JDB_TOKENS, c->digest, DIGEST_LEN, c->record, strlen(c->record));
     if (rc == AR_OK)
         rc = journal_txn_put(txn, JDB_TOKEN_NAMES, c->name, nlen, c->digest, DIGEST_LEN);
+    if (rc == AR_OK) /* the name and roles only, never the token or its digest */
+        rc = audit_txn_append(txn, "token_created", NULL, json_pack("{s:s, s:s, s:s}", "name", c->name, "roles",
+                              c->roles, "by", c->by), c->now_ms, NULL, err);
     return rc;
 }
 
 int auth_token_create(auth *a, const char *name, unsigned roles, int64_t expires_ms,
                       char token_out[AUTH_TOKEN_LEN + 1], ar_error *err)
+{
+    return auth_token_create_by(a, NULL, name, roles, expires_ms, token_out, err);
+}
+
+int auth_token_create_by(auth *a, const char *by, const char *name, unsigned roles, int64_t expires_ms,
+                         char token_out[AUTH_TOKEN_LEN + 1], ar_error *err)
 {
     token_out[0] = '\0';
     if (!valid_name(name))
@@ -470,7 +483,15 @@ int auth_token_create(auth *a, const char *name, unsigned roles, int64_t expires
         status = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory creating a token");
         goto fail;
     }
-    struct create_ctx ctx = { .name = name, .digest = digest, .record = text, .now_ms = now };
+    char roles_csv[96] = "";
+    const json_t *role;
+    size_t ri;
+    json_array_foreach(json_object_get(rec, "roles"), ri, role) {
+        size_t used = strlen(roles_csv);
+        snprintf(roles_csv + used, sizeof roles_csv - used, "%s%s", ri ? "," : "", json_string_value(role));
+    }
+    struct create_ctx ctx = { .name = name, .digest = digest, .record = text, .roles = roles_csv,
+                              .by = by ? by : "unknown", .now_ms = now };
     journal_batch_apply(b, create_apply, &ctx);
     status = journal_commit(a->j, b, err);
     if (status != AR_OK)
@@ -493,6 +514,7 @@ fail:
 
 struct revoke_ctx {
     const char *name;
+    const char *by;
     int64_t now_ms;
 };
 
@@ -519,6 +541,9 @@ static int revoke_apply(journal_txn *txn, void *arg, ar_error *err)
         else
             rc = journal_txn_put(txn, JDB_TOKENS, digest, dlen, text, strlen(text));
         free(text);
+        if (rc == AR_OK)
+            rc = audit_txn_append(txn, "token_revoked", NULL, json_pack("{s:s, s:s}", "name", c->name, "by", c->by),
+                                  c->now_ms, NULL, err);
     }
     json_decref(rec);
     return rc;
@@ -526,10 +551,15 @@ static int revoke_apply(journal_txn *txn, void *arg, ar_error *err)
 
 int auth_token_revoke(auth *a, const char *name, ar_error *err)
 {
+    return auth_token_revoke_by(a, NULL, name, err);
+}
+
+int auth_token_revoke_by(auth *a, const char *by, const char *name, ar_error *err)
+{
     if (!valid_name(name))
         return name_error(err);
     journal_batch *b = journal_batch_new();
-    struct revoke_ctx ctx = { .name = name, .now_ms = ar_now_ms() };
+    struct revoke_ctx ctx = { .name = name, .by = by ? by : "unknown", .now_ms = ar_now_ms() };
     if (b)
         journal_batch_apply(b, revoke_apply, &ctx);
     int status = journal_commit(a->j, b, err); /* a NULL batch is reported as out of memory */

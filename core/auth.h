@@ -61,6 +61,12 @@ int auth_token_create(auth *a, const char *name, unsigned roles, int64_t expires
 /* Revoke by name. AR_E_NOTFOUND (code "token_not_found"); revoking twice is AR_OK. */
 int auth_token_revoke(auth *a, const char *name, ar_error *err);
 
+/* The same, naming who did it in the audit entry (token_created / token_revoked, in the same
+ * transaction; names and roles only). The plain forms record "unknown". */
+int auth_token_create_by(auth *a, const char *by, const char *name, unsigned roles, int64_t expires_ms,
+                         char token_out[AUTH_TOKEN_LEN + 1], ar_error *err);
+int auth_token_revoke_by(auth *a, const char *by, const char *name, ar_error *err);
+
 /* All tokens as a new JSON array of {name, roles: [..], created_at, expires_at, revoked_at,
  * state: "active"|"expired"|"revoked"} (RFC 3339 strings or null). Never tokens or digests. */
 int auth_token_list(auth *a, json_t **out, ar_error *err);

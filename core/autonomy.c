@@ -1,6 +1,8 @@
 /* autonomy.c - levels per connector action, from the config and runtime changes (see autonomy.h). */
 #include "autonomy.h"
 
+#include "audit.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,6 +150,8 @@ int autonomy_set(autonomy *a, const char *pattern, const char *level, const char
     int rc = AR_E_NOMEM;
     if (text && b) {
         journal_batch_put(b, JDB_META, META_KEY, strlen(META_KEY), text, strlen(text));
+        audit_batch_append(b, "autonomy_changed", NULL, json_pack("{s:s, s:o, s:s}", "pattern", pattern, "level",
+                           level ? json_string(level) : json_null(), "by", who ? who : "unknown"));
         rc = journal_commit(a->journal, b, err);
     }
     if (rc == AR_OK) {

@@ -23,6 +23,7 @@
 #include "api.h"
 #include "auth.h"
 #include "config.h"
+#include "audit.h"
 #include "counters.h"
 #include "journal.h"
 #include "policy.h"
@@ -193,6 +194,36 @@ static int open_vault(runtime *rt, ar_error *err)
     return AR_OK;
 }
 
+/* On the record: which config and policy set this start runs with (the config by digest: it
+ * names no secret, but its text is the operator's). */
+static int audit_start(runtime *rt, const char *config_path, ar_error *err)
+{
+    unsigned char digest[32];
+    char hex[65] = "";
+    FILE *f = fopen(config_path, "rb");
+    if (f) {
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, NULL, 0, sizeof digest);
+        unsigned char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+            crypto_generichash_update(&st, buf, n);
+        fclose(f);
+        crypto_generichash_final(&st, digest, sizeof digest);
+        sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    }
+    json_t *connectors = json_array();
+    for (size_t i = 0; i < rt->cfg->n_connectors; i++)
+        json_array_append_new(connectors, json_string(rt->cfg->connectors[i].name));
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "config_loaded", NULL, json_pack("{s:s, s:s, s:o, s:s, s:s}", "config", config_path,
+                       "digest", hex, "connectors", connectors, "policy_version", policy_set_version(rt->policies),
+                       "aiorun", AIORUN_VERSION_STRING));
+    int rc = journal_commit(rt->journal, b, err);
+    journal_batch_free(b);
+    return rc;
+}
+
 static void runtime_stop(runtime *rt)
 {
     if (rt->watcher_started) {
@@ -247,7 +278,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
            cfg->policy_dir, policy_set_version(rt->policies));
     size_t n_counters;
     const counter_def *defs = policy_set_counters(rt->policies, &n_counters);
-    if ((rc = counters_install(rt->counters, defs, n_counters, ar_now_ms(), err)) != AR_OK)
+    if ((rc = counters_install(rt->counters, defs, n_counters, ar_now_ms(), err)) != AR_OK ||
+        (rc = audit_start(rt, config_path, err)) != AR_OK)
         return rc;
     rc = api_new(cfg, rt->journal, rt->auth, rt->autonomy, rt->policies, &rt->api, err);
     rt->policies = NULL; /* the API owns it now, and every set a reload brings */
@@ -260,6 +292,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     api_set_counters(rt->api, rt->counters);
     api_set_vault(rt->api, rt->vault);
     scheduler_set_validator(rt->sched, api_validate_result, rt->api);
+    scheduler_metrics sm = api_scheduler_metrics(rt->api);
+    scheduler_set_metrics(rt->sched, &sm);
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         sandbox_snapshot snap;
         scheduler_connector(rt->sched, cfg->connectors[i].name, &snap);

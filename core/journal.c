@@ -49,6 +49,7 @@ static const char *const db_names[JDB_COUNT] = {
     [JDB_CONNECTORS] = "connectors",
     [JDB_COUNTERS] = "counters",
     [JDB_SECRETS] = "secrets",
+    [JDB_AUDIT_INDEX] = "audit_index",
 };
 
 #define SCHEMA_KEY "schema_version"
@@ -90,6 +91,7 @@ struct op {
     size_t klen, vlen;   /* vlen counts the version byte; 0 for deletes */
     journal_apply_fn fn;
     void *arg;
+    void (*free_arg)(void *); /* journal_batch_apply_owned: the batch owns arg */
 };
 
 struct journal_batch {
@@ -438,8 +440,11 @@ void journal_batch_free(journal_batch *b)
 {
     if (!b)
         return;
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         free(b->ops[i].buf);
+        if (b->ops[i].free_arg)
+            b->ops[i].free_arg(b->ops[i].arg);
+    }
     free(b->ops);
     free(b->conflict_val);
     free(b);
@@ -526,6 +531,20 @@ void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg)
         op->fn = fn;
         op->arg = arg;
     }
+}
+
+void journal_batch_apply_owned(journal_batch *b, journal_apply_fn fn, void *arg,
+                               void (*free_arg)(void *))
+{
+    struct op *op = add_op(b, OP_APPLY, JDB_META);
+    if (!op) { /* the batch fails with AR_E_NOMEM (or there is none): arg is ours to free */
+        if (free_arg)
+            free_arg(arg);
+        return;
+    }
+    op->fn = fn;
+    op->arg = arg;
+    op->free_arg = free_arg;
 }
 
 int journal_batch_conflict(const journal_batch *b, size_t *op_index, const void **val,

@@ -46,6 +46,7 @@ typedef enum journal_db {
     JDB_CONNECTORS,    /* connector name -> flow state: pause, breaker, recent transitions */
     JDB_COUNTERS,      /* guardrail counters (counters.h) */
     JDB_SECRETS,       /* connector secrets, encrypted (vault.h) */
+    JDB_AUDIT_INDEX,   /* action id + audit seq -> empty (audit.h) */
     JDB_COUNT
 } journal_db;
 
@@ -92,6 +93,13 @@ void journal_batch_del(journal_batch *b, journal_db db, const void *key, size_t 
  * anything it does outside the transaction must be safe to repeat. */
 typedef int (*journal_apply_fn)(journal_txn *txn, void *arg, ar_error *err);
 void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg);
+/* journal_batch_apply, but the batch takes arg: free_arg(arg) runs once, when the batch is
+ * freed (journal_batch_free), whatever became of it: committed, failed, refused, or never
+ * submitted. fn may run several times before that (see above), never after. When the callback
+ * cannot be added (b NULL or out of memory; the commit then reports AR_E_NOMEM), free_arg(arg)
+ * runs at once. free_arg NULL: nothing is freed (as journal_batch_apply). */
+void journal_batch_apply_owned(journal_batch *b, journal_apply_fn fn, void *arg,
+                               void (*free_arg)(void *));
 
 /* After a commit that returned AR_E_EXISTS: the index (0-based, in add order) of the conditional
  * put that failed and the value found. Borrowed from the batch. */

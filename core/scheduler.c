@@ -13,6 +13,7 @@
 #include <aiorun/plugin.h>
 
 #include "action.h"
+#include "audit.h"
 #include "flow.h"
 #include "frame.h"
 #include "loop.h"
@@ -32,6 +33,7 @@ typedef struct job {
     json_t *rec;                /* owned */
     char *input_text;           /* the input as JSON text, made once */
     job_place place;
+    int64_t queued_mono_ms;     /* when it last entered its connector's queue (queue_wait) */
     int dispatch_recorded;      /* DISPATCHED for this attempt is already durable */
     int reconcile;              /* the next step asks the plugin's lookup, not invoke */
     int cancel_requested;
@@ -75,6 +77,7 @@ struct scheduler {
     scheduler_notify_fn notify;
     void *notify_arg;
     scheduler_validate_fn validate;   /* set before work starts; called on the loop thread */
+    scheduler_metrics metrics;        /* set before work starts */
     void *validate_arg;
     int stopping;               /* loop thread only */
     job *all;                   /* loop thread only */
@@ -150,9 +153,17 @@ static int64_t queue_score(const job *jb)
     return rec_int(jb->rec, "created_ms") - rec_int(jb->rec, "priority") * (int64_t)jb->s->cfg->aging_ms;
 }
 
+/* Count one observation in a stage histogram {stage, connector} (when measured). */
+static void observe_stage(conn *c, const char *stage, double seconds)
+{
+    if (c->s->metrics.stage_seconds)
+        metrics_observe(c->s->metrics.stage_seconds, (const char *const[]){stage, c->cc->name}, seconds);
+}
+
 static void push_back(conn *c, job *jb)
 {
     jb->place = JOB_QUEUED;
+    jb->queued_mono_ms = ar_mono_ms();
     if (flow_heap_push(&c->queue, jb, queue_score(jb)) != AR_OK)
         ar_log("error", "out of memory queueing action %s; it resumes at the next start",
                action_record_str(jb->rec, "id"));
@@ -279,12 +290,49 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
     loop_post(jb->s->loop, transition_continue, t);
 }
 
+/* The audit entries of the state the record is being journaled in: what the scheduler did
+ * (dispatched), what came back (completed, with the attempt's outcome), and how it ended. */
+static void audit_transition(journal_batch *b, const json_t *rec)
+{
+    const char *id = action_record_str(rec, "id");
+    json_t *last = json_array_get(json_object_get(rec, "history"), json_array_size(json_object_get(rec, "history")) - 1);
+    json_t *attempt = json_object_get(rec, "attempts");
+    const json_t *error = json_object_get(rec, "error");
+    action_state st = action_record_state(rec);
+    if (st == ACTION_DISPATCHED) {
+        audit_batch_append(b, "dispatched", id, json_pack("{s:O, s:s, s:s}", "attempt", attempt,
+                           "idempotency_key", action_record_str(rec, "idempotency_key"), "digest",
+                           action_record_str(rec, "digest")));
+        return;
+    }
+    if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED)
+        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s}", "attempt", attempt,
+                           "outcome", json_object_get(last, "outcome"),
+                           "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
+                           "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
+                           "error_class", json_object_get(error, "class") ? json_object_get(error, "class") : json_null(),
+                           "state", action_state_name(st)));
+    if (json_is_object(json_object_get(rec, "validation")) && action_state_terminal(st))
+        audit_batch_append(b, "validation_failed", id, json_deep_copy(json_object_get(rec, "validation")));
+    if (st == ACTION_UNKNOWN_OUTCOME)
+        audit_batch_append(b, "unknown_outcome", id, json_pack("{s:O, s:s}", "attempt", attempt, "reason",
+                           json_string_value(json_object_get(error, "message")) ? json_string_value(json_object_get(error, "message")) : ""));
+    else if (st == ACTION_CANCELLED)
+        audit_batch_append(b, "cancelled", id, json_pack("{s:s}", "by", action_record_str(rec, "cancel_requested_by")));
+}
+
 /* Journal jb's record as it is now, then run after(jb) on the loop (NULL: finish the job). */
 static void commit(job *jb, after_fn after)
 {
     transition *t = calloc(1, sizeof *t);
     journal_batch *b = journal_batch_new();
     jb->place = JOB_NOWHERE;
+    /* How it was recovered after a restart: audited with its next step, not stored. */
+    json_t *recovered = json_incref(json_object_get(jb->rec, "recovered_how"));
+    json_object_del(jb->rec, "recovered_how");
+    if (recovered && b)
+        audit_batch_append(b, "recovered", action_record_str(jb->rec, "id"), json_pack("{s:O}", "how", recovered));
+    json_decref(recovered);
     if (!t || !b || action_batch_store(b, jb->rec) != AR_OK) {
         free(t);
         journal_batch_free(b);
@@ -292,6 +340,7 @@ static void commit(job *jb, after_fn after)
         finish(jb);
         return;
     }
+    audit_transition(b, jb->rec);
     t->jb = jb;
     t->after = after;
     journaling_add(jb->s, +1);
@@ -409,6 +458,8 @@ static void retry_later(job *jb, int64_t delay_ms, int64_t retry_after_ms, const
         }
         return;
     }
+    if (jb->s->metrics.retries)
+        metrics_add(jb->s->metrics.retries, (const char *const[]){jb->c->cc->name}, 1);
     set_error(rec, cls, message);
     json_object_set_new(rec, "next_attempt_ms", json_integer(now + delay_ms));
     json_object_set_new(rec, "reconcile", json_boolean(jb->reconcile));
@@ -450,6 +501,9 @@ static void flow_event(conn *c, const char *event, const char *detail);
 /* What a finished call tells about the API's health and pace. */
 static void observe(conn *c, const sandbox_result *res)
 {
+    observe_stage(c, "connector_call", (double)res->latency_us / 1e6);
+    if (!res->ok && c->s->metrics.errors)
+        metrics_add(c->s->metrics.errors, (const char *const[]){c->cc->name, class_name(res->error_class)}, 1);
     int64_t now = ar_now_ms();
     int unhealthy = !res->ok && (res->error_class == AIORUN_E_RETRYABLE || res->error_class == AIORUN_E_TIMEOUT ||
                                  res->error_class == AIORUN_E_PLUGIN_CRASHED);
@@ -690,6 +744,8 @@ static int start(job *jb)
         send_invoke(jb);
         return 1;
     }
+    if (jb->queued_mono_ms)
+        observe_stage(c, "queue_wait", (double)(ar_mono_ms() - jb->queued_mono_ms) / 1000.0);
     int attempt = (int)rec_int(rec, "attempts") + 1;
     json_object_set_new(rec, "attempts", json_integer(attempt));
     json_object_del(rec, "next_attempt_ms");
@@ -870,8 +926,9 @@ static void flow_saved(void *arg, int status, journal_batch *b, const ar_error *
     journal_batch_free(b);
 }
 
-/* Journal the connector's flow state; done(arg, status) once durable (NULL: fire and forget). */
-static void save_flow(conn *c, journal_done_fn done, void *arg)
+/* Journal the connector's flow state, with the audit entry of the change when event is set;
+ * done(arg, status) once durable (NULL: fire and forget). */
+static void save_flow_event(conn *c, const char *event, json_t *event_data, journal_done_fn done, void *arg)
 {
     json_t *rec = flow_record(c);
     char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
@@ -880,10 +937,15 @@ static void save_flow(conn *c, journal_done_fn done, void *arg)
     if (!text || !b) {
         free(text);
         journal_batch_free(b);
+        json_decref(event_data);
         return;
     }
     journal_batch_put(b, JDB_CONNECTORS, c->cc->name, strlen(c->cc->name), text, strlen(text));
     free(text);
+    if (event)
+        audit_batch_append(b, event, NULL, event_data);
+    else
+        json_decref(event_data);
     if (!done) {
         done = flow_saved;
         arg = strdup(c->cc->name);
@@ -892,14 +954,15 @@ static void save_flow(conn *c, journal_done_fn done, void *arg)
         journal_batch_free(b);
 }
 
-/* A transition of the connector's flow: remembered (the last 50), journaled, shown. */
+/* A transition of the connector's flow: remembered (the last 50), journaled and audited, shown. */
 static void flow_event(conn *c, const char *event, const char *detail)
 {
     json_array_append_new(c->events, json_pack("{s:I, s:s, s:s}", "at_ms", (json_int_t)ar_now_ms(), "event", event,
                                                 "detail", detail ? detail : ""));
     while (json_array_size(c->events) > 50)
         json_array_remove(c->events, 0);
-    save_flow(c, NULL, NULL);
+    save_flow_event(c, event, json_pack("{s:s, s:s}", "connector", c->cc->name, "detail", detail ? detail : ""),
+                    NULL, NULL);
     publish(c);
 }
 
@@ -1005,7 +1068,9 @@ static void pause_on_loop(loop_t *loop, void *arg)
                                                 pr->pause ? "paused" : "resumed", "detail", detail));
     ar_log("info", "connector %s %s %s", c->cc->name, pr->pause ? "paused" : "resumed", detail);
     publish(c);
-    save_flow(c, pause_durable, pr);
+    save_flow_event(c, pr->pause ? "connector_paused" : "connector_resumed",
+                    json_pack("{s:s, s:s, s:s}", "connector", c->cc->name, "by", pr->who, "reason", pr->reason),
+                    pause_durable, pr);
     if (!c->paused)
         pump(c);
 }
@@ -1144,6 +1209,11 @@ static void accept_job(loop_t *loop, void *arg)
     }
     push_back(c, jb);
     pump(c);
+}
+
+void scheduler_set_metrics(scheduler *s, const scheduler_metrics *m)
+{
+    s->metrics = *m;
 }
 
 void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg)
@@ -1427,15 +1497,22 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
                 history_outcome(rec, "daemon_stopped", NULL, ar_now_ms());
                 if (strcmp(mode, "lookup") == 0) {
                     json_object_set_new(rec, "reconcile", json_true());
+                    json_object_set_new(rec, "recovered_how", json_string("in flight when the daemon stopped: "
+                                        "asking the plugin's lookup whether it happened"));
                     out->reconciled++;
                     json_array_append_new(resume, rec);
                 } else if (strcmp(mode, "native") == 0 || is_read(rec)) {
+                    json_object_set_new(rec, "recovered_how", json_string(is_read(rec)
+                                        ? "in flight when the daemon stopped: a read, sent again"
+                                        : "in flight when the daemon stopped: sent again with the same key "
+                                          "(the API deduplicates)"));
                     out->resent++;
                     json_array_append_new(resume, rec);
                 } else {
                     json_array_append_new(unknown, rec);
                 }
             } else if (st == ACTION_READY || st == ACTION_APPROVED || st == ACTION_RETRY_WAIT) {
+                json_object_set_new(rec, "recovered_how", json_string("waiting to run when the daemon stopped: resumed"));
                 out->resumed++;
                 json_array_append_new(resume, rec);
             } else {
@@ -1459,6 +1536,12 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
                       "target system and resolve it");
             action_record_set_state(rec, ACTION_UNKNOWN_OUTCOME, ar_now_ms());
             action_batch_store(b, rec);
+            audit_batch_append(b, "recovered", action_record_str(rec, "id"),
+                               json_pack("{s:s}", "how", "in flight when the daemon stopped, idempotency none: "
+                                         "UNKNOWN_OUTCOME for an operator"));
+            audit_batch_append(b, "unknown_outcome", action_record_str(rec, "id"),
+                               json_pack("{s:O, s:s}", "attempt", json_object_get(rec, "attempts"), "reason",
+                                         "the daemon stopped while the call was in flight"));
         }
         rc = journal_commit(s->journal, b, err);
         journal_batch_free(b);

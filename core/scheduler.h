@@ -41,6 +41,7 @@
 #include "ar.h"
 #include "config.h"
 #include "journal.h"
+#include "metrics.h"
 #include "sandbox.h"
 
 typedef struct scheduler scheduler;
@@ -69,6 +70,18 @@ void scheduler_free(scheduler *s);
  * as long as a policy call's deadline); rec and result are borrowed. Returns NULL to accept, or
  * a rejection the scheduler takes: a JSON object {"reason", "rule", "policy", "policy_error"}. */
 typedef json_t *(*scheduler_validate_fn)(void *arg, const json_t *rec, const json_t *result);
+/* What the scheduler measures (families borrowed from the owner's registry; any may be NULL):
+ * stage_seconds, a histogram {stage, connector}, gets "queue_wait" (ready to dispatched) and
+ * "connector_call" (the plugin call, lookups included); errors, a counter {connector, class},
+ * each failed call by its class; retries, a counter {connector}, each attempt scheduled again. */
+typedef struct scheduler_metrics {
+    metrics_family *stage_seconds;
+    metrics_family *errors;
+    metrics_family *retries;
+} scheduler_metrics;
+/* Set them before scheduler_recover and any enqueue (copied). */
+void scheduler_set_metrics(scheduler *s, const scheduler_metrics *m);
+
 /* Set (or with NULL clear) the validator; call before scheduler_recover and any enqueue. */
 void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg);
 

@@ -32,6 +32,8 @@
  */
 #include "vault.h"
 
+#include "audit.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -844,6 +846,7 @@ typedef struct set_ctx {
     size_t klen;
     unsigned char *rec;           /* REC_MIN_LEN + len */
     int64_t now;
+    const char *by;               /* for the audit entry */
     uint32_t version;             /* out */
 } set_ctx;
 
@@ -878,12 +881,22 @@ static int set_apply(journal_txn *txn, void *arg, ar_error *err)
         return rc;
     if ((rc = txn_bump_serial(txn)) != AR_OK)
         return rc;
+    /* By name and version only: never the value. */
+    if ((rc = audit_txn_append(txn, "secret_set", NULL, json_pack("{s:s, s:s, s:I, s:s}", "connector", c->connector,
+                               "name", c->name, "version", (json_int_t)version, "by", c->by), c->now, NULL, err)))
+        return rc;
     c->version = version;
     return AR_OK;
 }
 
 int vault_set(vault *v, const char *connector, const char *name, const void *value, size_t len,
               uint32_t *version, ar_error *err)
+{
+    return vault_set_by(v, NULL, connector, name, value, len, version, err);
+}
+
+int vault_set_by(vault *v, const char *by, const char *connector, const char *name, const void *value,
+                 size_t len, uint32_t *version, ar_error *err)
 {
     if (!v || !valid_name(connector) || !valid_name(name))
         return ar_error_set(err, AR_E_INVALID, "secret_invalid",
@@ -896,7 +909,8 @@ int vault_set(vault *v, const char *connector, const char *name, const void *val
     if (!err)
         err = &local;
     ar_error_clear(err);
-    set_ctx c = {.v = v, .connector = connector, .name = name, .value = value, .len = len};
+    set_ctx c = {.v = v, .connector = connector, .name = name, .value = value, .len = len,
+                 .by = by ? by : "unknown"};
     c.klen = record_key(c.key, connector, name);
     if (!(c.rec = malloc(REC_MIN_LEN + len)))
         return nomem(err);
@@ -926,6 +940,7 @@ int vault_set(vault *v, const char *connector, const char *name, const void *val
 
 typedef struct remove_ctx {
     const char *connector, *name;
+    const char *by;
     char key[2 * VAULT_NAME_MAX];
     size_t klen;
 } remove_ctx;
@@ -941,15 +956,23 @@ static int remove_apply(journal_txn *txn, void *arg, ar_error *err)
         return rc;
     if ((rc = journal_txn_del(txn, JDB_SECRETS, c->key, c->klen)) != AR_OK)
         return rc;
+    if ((rc = audit_txn_append(txn, "secret_removed", NULL, json_pack("{s:s, s:s, s:s}", "connector", c->connector,
+                               "name", c->name, "by", c->by), ar_now_ms(), NULL, err)) != AR_OK)
+        return rc;
     return txn_bump_serial(txn);
 }
 
 int vault_remove(vault *v, const char *connector, const char *name, ar_error *err)
 {
+    return vault_remove_by(v, NULL, connector, name, err);
+}
+
+int vault_remove_by(vault *v, const char *by, const char *connector, const char *name, ar_error *err)
+{
     if (!v || !valid_name(connector) || !valid_name(name))
         return ar_error_set(err, AR_E_INVALID, "secret_invalid",
                             "connector and secret names must be 1 to %d bytes", VAULT_NAME_MAX - 1);
-    remove_ctx c = {.connector = connector, .name = name};
+    remove_ctx c = {.connector = connector, .name = name, .by = by ? by : "unknown"};
     c.klen = record_key(c.key, connector, name);
     journal_batch *b = journal_batch_new();
     journal_batch_apply(b, remove_apply, &c);
@@ -1337,6 +1360,8 @@ static int rotate_commit(vault *v, unsigned char *new_master, const unsigned cha
         keys_readable(v);
         status = rotate_build(v, new_master, plain, new_sub, b, &check, count, err);
         keys_sealed(v);
+        if (status == AR_OK)
+            audit_batch_append(b, "vault_rotated", NULL, json_pack("{s:I}", "count", (json_int_t)*count));
         if (status == AR_OK)
             status = journal_commit(v->j, b, err);
         journal_batch_free(b);

@@ -97,6 +97,13 @@ int vault_set(vault *v, const char *connector, const char *name, const void *val
 /* Remove a secret; AR_E_NOTFOUND ("secret_not_found") when there is none. */
 int vault_remove(vault *v, const char *connector, const char *name, ar_error *err);
 
+/* The same, naming who did it in the audit entry written in the same transaction
+ * (secret_set {connector, name, version, by} / secret_removed; never a value). The plain forms
+ * record "unknown". A rotation is audited as vault_rotated {count}. */
+int vault_set_by(vault *v, const char *by, const char *connector, const char *name, const void *value,
+                 size_t len, uint32_t *version, ar_error *err);
+int vault_remove_by(vault *v, const char *by, const char *connector, const char *name, ar_error *err);
+
 /* Names, versions and times, never values: a new JSON array (owned by the caller) of
  * {"connector", "name", "version", "created_ms", "updated_ms"}, sorted by connector then name;
  * connector NULL: every connector. */

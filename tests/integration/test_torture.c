@@ -90,6 +90,39 @@ static int kills_wanted(void)
     return n > 0 ? n : 50;
 }
 
+/* Audit and state agree after every kill: the action's story starts received + decided, has
+ * one dispatched per attempt at most once each, and its last outcome entry says the state the
+ * record has (the entry is written in the transaction that writes the state). */
+static void audit_matches_state(const char *id, const char *state)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/actions/%s/audit", id);
+    json_t *r = NULL;
+    if (harness_http(&H, "GET", path, NULL, &r) != 200)
+        fail_msg("no audit for %s", id);
+    json_t *entries = json_object_get(r, "entries");
+    size_t n = json_array_size(entries);
+    if (n < 2 || strcmp(json_string_value(json_object_get(json_array_get(entries, 0), "type")), "received") ||
+        strcmp(json_string_value(json_object_get(json_array_get(entries, 1), "type")), "decided"))
+        fail_msg("audit of %s does not start received, decided", id);
+    const char *last_state = NULL;
+    size_t i;
+    json_t *e;
+    json_array_foreach(entries, i, e) {
+        const char *type = json_string_value(json_object_get(e, "type"));
+        json_t *data = json_object_get(e, "data");
+        if (!strcmp(type, "completed"))
+            last_state = json_string_value(json_object_get(data, "state"));
+        else if (!strcmp(type, "unknown_outcome"))
+            last_state = "UNKNOWN_OUTCOME";
+    }
+    if (!last_state || strcmp(last_state, state) != 0) {
+        char *dump = json_dumps(entries, JSON_COMPACT);
+        fail_msg("action %s is %s but its audit ends with %s: %s", id, state, last_state ? last_state : "nothing", dump);
+    }
+    json_decref(r);
+}
+
 static void kill_at_random_moments_then_nothing_lost_or_repeated(void **state)
 {
     (void)state;
@@ -171,8 +204,19 @@ static void kill_at_random_moments_then_nothing_lost_or_repeated(void **state)
             char *dump = json_dumps(g, JSON_COMPACT);
             fail_msg("%s did not settle: %s", a->key, dump);
         }
+        char final[32];
+        snprintf(final, sizeof final, "%s", st);
         json_decref(g);
+        audit_matches_state(a->id, final);
     }
+    /* The chain survived every kill whole. */
+    json_t *v = NULL;
+    assert_int_equal(harness_http(&H, "GET", "/v1/audit/verify", NULL, &v), 200);
+    if (!json_is_true(json_object_get(v, "ok"))) {
+        char *dump = json_dumps(v, JSON_COMPACT);
+        fail_msg("audit chain broken after the kills: %s", dump);
+    }
+    json_decref(v);
     printf("torture: %d kills, %d actions accepted (%d resends while down), %ld effects; "
            "%d succeeded, %d unknown_outcome (idempotency none), %d failed\n",
            kills, c.n, c.refused, effects_total, counts[0], counts[1], counts[2]);

@@ -1866,6 +1866,191 @@ static void txn_cursor_walks_and_seeks(void **state)
     rm_rf(dir);
 }
 
+/* ---- callbacks whose argument the batch owns ----------------------------------------------- */
+
+/* What an owned callback argument records: how often the callback ran, and whether (and how
+ * often) it was freed, with the count of runs seen at that moment. */
+struct owned_arg {
+    int runs;
+    int frees;
+    int runs_at_free;
+    int fail_with;       /* AR_OK: write "owned" -> "yes"; else return this */
+};
+
+static int owned_apply(journal_txn *txn, void *arg, ar_error *err)
+{
+    struct owned_arg *a = arg;
+    a->runs++;
+    if (a->fail_with != AR_OK)
+        return ar_error_set(err, a->fail_with, "owned_failed", "the owned callback failed");
+    return journal_txn_put(txn, JDB_CACHE, "owned", 5, "yes", 3);
+}
+
+/* The free function: the test keeps the struct (on its stack) and counts instead of freeing. */
+static void owned_free(void *arg)
+{
+    struct owned_arg *a = arg;
+    a->frees++;
+    a->runs_at_free = a->runs;
+}
+
+/* A heap argument, really freed: ASan and the leak checker see a double or missing free. */
+static void heap_free(void *arg)
+{
+    free(arg);
+}
+
+static int heap_apply(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    return journal_txn_put(txn, JDB_CACHE, "heap", 4, arg, strlen(arg));
+}
+
+static void owned_arg_freed_on_success(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    struct owned_arg a = { 0 };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &a, owned_free);
+    char *heap = strdup("heap value");
+    journal_batch_apply_owned(b, heap_apply, heap, heap_free);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    assert_int_equal(a.runs, 1);
+    assert_int_equal(a.frees, 0); /* not before the batch is freed */
+    journal_batch_free(b);
+    assert_int_equal(a.frees, 1);
+    assert_int_equal(a.runs_at_free, 1);
+    assert_value(j, JDB_CACHE, "owned", "yes");
+    assert_value(j, JDB_CACHE, "heap", "heap value");
+
+    /* Asynchronously: done frees the batch, and with it the argument. */
+    struct owned_arg c = { 0 };
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome o = { .done = &done };
+    b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &c, owned_free);
+    assert_int_equal(journal_submit(j, b, on_done, &o), AR_OK);
+    while (sem_wait(&done) != 0)
+        ;
+    assert_int_equal(o.status, AR_OK);
+    journal_close(j); /* the writer has returned from done: the batch is freed */
+    assert_int_equal(c.runs, 1);
+    assert_int_equal(c.frees, 1);
+    sem_destroy(&done);
+    rm_rf(dir);
+}
+
+static void owned_arg_freed_on_failure(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    assert_int_equal(put_str(j, JDB_CACHE, "taken", "first"), AR_OK);
+
+    /* A conditional put that conflicts, after the callback ran. */
+    struct owned_arg a = { 0 };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &a, owned_free);
+    journal_batch_put_unless_exists(b, JDB_CACHE, "taken", 5, "second", 6);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_EXISTS);
+    assert_int_equal(a.runs, 1);
+    assert_int_equal(a.frees, 0);
+    journal_batch_free(b);
+    assert_int_equal(a.frees, 1);
+    assert_absent(j, JDB_CACHE, "owned"); /* rolled back with its batch */
+
+    /* The callback itself fails. */
+    struct owned_arg f = { .fail_with = AR_E_CONFLICT };
+    char *heap = strdup("never stored");
+    b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &f, owned_free);
+    journal_batch_apply_owned(b, heap_apply, heap, heap_free); /* never runs */
+    assert_int_equal(journal_commit(j, b, &err), AR_E_CONFLICT);
+    assert_string_equal(err.code, "owned_failed");
+    journal_batch_free(b);
+    assert_int_equal(f.runs, 1);
+    assert_int_equal(f.frees, 1);
+    assert_absent(j, JDB_CACHE, "heap");
+
+    /* Refused whole before anything ran (a bad database in the batch). */
+    struct owned_arg r = { 0 };
+    b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &r, owned_free);
+    journal_batch_put(b, JDB_COUNT, "k", 1, "v", 1);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    journal_batch_free(b);
+    assert_int_equal(r.runs, 0);
+    assert_int_equal(r.frees, 1);
+
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void owned_arg_freed_when_never_committed(void **state)
+{
+    (void)state;
+    struct owned_arg a = { 0 }, c = { 0 };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &a, owned_free);
+    journal_batch_apply(b, owned_apply, &c); /* not owned: never freed by the batch */
+    journal_batch_apply_owned(b, heap_apply, strdup("never committed"), heap_free);
+    journal_batch_apply_owned(b, owned_apply, NULL, NULL); /* nothing to free */
+    journal_batch_free(b);
+    assert_int_equal(a.runs, 0);
+    assert_int_equal(a.frees, 1);
+    assert_int_equal(c.frees, 0);
+
+    /* No batch (journal_batch_new failed): freed at once. */
+    struct owned_arg n = { 0 };
+    journal_batch_apply_owned(NULL, owned_apply, &n, owned_free);
+    assert_int_equal(n.frees, 1);
+    journal_batch_apply_owned(NULL, heap_apply, strdup("no batch"), heap_free);
+}
+
+
+/* A callback run again when its group's transaction is abandoned (a full map): its argument is
+ * freed once, after the last run, with the batch. */
+static void owned_arg_freed_once_after_reruns(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 1);
+    size_t huge_len = (size_t)2 << 20;
+    char *huge = calloc(1, huge_len);
+    assert_non_null(huge);
+    struct gate g;
+    hold_writer(j, &g);
+    sem_t done;
+    sem_init(&done, 0, 0);
+    struct outcome small = { .done = &done }, big = { .done = &done };
+    struct owned_arg a = { 0 };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply_owned(b, owned_apply, &a, owned_free);
+    submit(j, b, &small);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_CACHE, "huge", 4, huge, huge_len);
+    submit(j, b, &big);
+    release_writer(&g);
+    for (int i = 0; i < 2; i++)
+        sem_wait(&done);
+    sem_destroy(&done);
+    assert_int_equal(small.status, AR_OK);
+    assert_int_equal(big.status, AR_E_FULL);
+    assert_int_equal(a.runs, 2);         /* in the group, then alone */
+    assert_int_equal(a.frees, 1);
+    assert_int_equal(a.runs_at_free, 2); /* never run after it was freed */
+    assert_value(j, JDB_CACHE, "owned", "yes");
+    journal_close(j);
+    destroy_gate(&g);
+    free(huge);
+    rm_rf(dir);
+}
+
+
 /* ---- an environment made before the counters database ------------------------------------ */
 
 static void older_environment_gets_new_databases(void **state)
@@ -1921,6 +2106,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(hook_failure_without_message_and_full_map),
     cmocka_unit_test(txn_cursor_walks_and_seeks),
     cmocka_unit_test(older_environment_gets_new_databases),
+    cmocka_unit_test(owned_arg_freed_on_success),
+    cmocka_unit_test(owned_arg_freed_on_failure),
+    cmocka_unit_test(owned_arg_freed_when_never_committed),
+    cmocka_unit_test(owned_arg_freed_once_after_reruns),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -15,6 +15,9 @@
  * connectors shows each connector's flow: paused, rate limited, circuit breaker, queue.
  * secrets and vault (vault_cmd.c) manage the connectors' credentials in the vault, through the
  * daemon or with --config FILE directly on its data directory (vault init only that way).
+ * audit (audit_cmd.c) shows an action's audit trail, verifies the hash chain (against a kept
+ * head too), prints (and signs) the head and exports entries, through the daemon or with
+ * --config FILE directly on its data directory.
  *
  * Policies ops can trust (docs/POLICIES.md): approvals lists the actions waiting on a human
  * (or the rejected or expired ones) and shows one; approve and reject decide one (approver or
@@ -40,7 +43,8 @@
  *      approvals, autonomy (also set), policies (also reload), connectors (also pause,
  *      resume), health, whoami, token, backup: done.
  *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED,
- *      UNKNOWN_OUTCOME.
+ *      UNKNOWN_OUTCOME. audit verify: the audit trail is not sound (or a kept head's
+ *      signature does not check).
  *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
  *      file that is missing (given with --token-file) or readable by others, a bad token name,
  *      role list or --expires, a --save FILE that cannot be written, a --config that cannot
@@ -88,6 +92,7 @@
 #include "policy_cmd.h"
 #include "tokenfile.h"
 #include "vault_cmd.h"
+#include "audit_cmd.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8470"
 #define DEFAULT_TIMEOUT_MS 10000L
@@ -222,6 +227,24 @@ static const char usage_text[] =
     "  The secrets and vault commands go through the daemon (operator role), or, with\n"
     "  --config FILE, work directly on its data directory and vault key file (or passphrase\n"
     "  file), whether the daemon runs or not. Run them as the daemon's user.\n"
+    "  audit show ID\n"
+    "      One action's audit trail as a timeline: time, event, and its key facts (verdict\n"
+    "      and rule, who decided, each attempt's outcome, ...).\n"
+    "  audit verify [--head FILE] [--public-key FILE]\n"
+    "      Check the hash chain: bodies against digests, chain hashes, seqs without gaps or\n"
+    "      reordering, the action index. With --head FILE (kept from audit head): the chain\n"
+    "      must still have that head, which catches a rewrite from some point on; a signed\n"
+    "      head is checked first (with --public-key FILE when given). Exit 1 when not sound.\n"
+    "  audit head [--sign-key FILE]\n"
+    "      The chain's head as a JSON document to keep elsewhere ({seq, head, time_ms});\n"
+    "      with --sign-key, signed here with Ed25519 (public_key, signature).\n"
+    "  audit export [--since TIME]\n"
+    "      The entries since TIME as JSON lines, one stored entry a line. TIME: RFC 3339\n"
+    "      (2026-11-26T17:00:00Z) or a duration back from now (24h, 7d).\n"
+    "  audit keygen FILE\n"
+    "      A key pair to sign heads: FILE (the secret key, mode 0600) and FILE.pub.\n"
+    "  The audit commands go through the daemon (reader role), or, with --config FILE, read\n"
+    "  its data directory directly, whether the daemon runs or not (docs/AUDIT.md).\n"
     "  --config FILE backup DIR\n"
     "      Copy the daemon's data directory to DIR (new or empty; made 0700): DIR/journal, a\n"
     "      compacted copy of the journal, and DIR/auth.key. Safe while the daemon runs: the\n"
@@ -242,7 +265,7 @@ static const char usage_text[] =
     "                      scripts (an error reply's JSON goes to stdout too)\n"
     "  --timeout SECONDS   how long to wait for an answer, beyond any --wait (default 10)\n"
     "  --token TOKEN, --token-file FILE   see above\n"
-    "  --config FILE       token, secrets and vault commands, backup: work on the data\n"
+    "  --config FILE       token, secrets, vault and audit commands, backup: work on the data\n"
     "                      directory of this config\n"
     "  -h, --help          this help\n"
     "  --version           aioctl's version\n"
@@ -255,7 +278,8 @@ static const char usage_text[] =
     "     autonomy (also set), policies (also reload), connectors (also pause, resume),\n"
     "     health, whoami, token, backup: done.\n"
     "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED or\n"
-    "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve)\n"
+    "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve);\n"
+    "     audit verify: the audit trail is not sound, or a kept head's signature fails\n"
     "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
     "     a token file that is missing (--token-file) or readable by others, a bad token\n"
     "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
@@ -295,17 +319,7 @@ typedef struct cli {
     char token_path[PATH_MAX];
 } cli;
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("aioctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\nTry 'aioctl --help'.\n", stderr);
-    return AIOCTL_USAGE;
-}
+#define usage_error render_usage_error
 
 static int64_t mono_ms(void)
 {
@@ -676,8 +690,8 @@ static int refuse_config(const cli *o)
 {
     if (!o->config)
         return AIOCTL_OK;
-    return usage_error("--config works only with the token, secrets and vault commands and "
-                       "backup (the others talk to the daemon: use --url)");
+    return usage_error("--config works only with the token, secrets, vault and audit commands "
+                       "and backup (the others talk to the daemon: use --url)");
 }
 
 /* A client for the daemon that sends the token resolve_token finds. */
@@ -2432,6 +2446,40 @@ static int cmd_vault(cli *o, int argc, char **argv)
     return run_vault_family(o, "vault", argc, argv, aioctl_vault_command);
 }
 
+/* aioctl audit ...: the global options are taken out here (anywhere on the line); the
+ * subcommands parse their own options (audit_cmd.c), and reach the daemon through the same two
+ * hooks as the vault commands. */
+static int cmd_audit(cli *o, int argc, char **argv)
+{
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int n = 0, rc = AIOCTL_OK;
+    if (!rest)
+        return out_of_memory();
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            while (i < argc)
+                rest[n++] = argv[i++];
+            break;
+        }
+        if (argv[i][0] == '-') {
+            int g = take_global(o, argc, argv, &i);
+            if (g < 0) {
+                rc = AIOCTL_USAGE;
+                goto done;
+            }
+            if (g > 0)
+                continue;
+        }
+        rest[n++] = argv[i];
+    }
+    audit_cmd_env env = {.config = o->config, .json = o->json, .connect = vault_connect,
+                         .call_failed = vault_call_failed, .ctx = o};
+    rc = aioctl_audit_command(&env, n, rest);
+done:
+    free(rest);
+    return rc;
+}
+
 static const command commands[] = {
     {"submit", cmd_submit},         {"get", cmd_get},           {"list", cmd_list},
     {"cancel", cmd_cancel},         {"resolve", cmd_resolve},   {"approvals", cmd_approvals},
@@ -2439,9 +2487,11 @@ static const command commands[] = {
     {"policies", cmd_policies},     {"connectors", cmd_connectors}, {"health", cmd_health},
     {"whoami", cmd_whoami},         {"token", cmd_token},       {"backup", cmd_backup},
     {"policy", cmd_policy},         {"secrets", cmd_secrets},   {"vault", cmd_vault},
+    {"audit", cmd_audit},
 };
 #define COMMAND_NAMES "submit, get, list, cancel, resolve, approvals, approve, reject, autonomy, " \
-                      "policies, policy, connectors, whoami, health, token, secrets, vault, backup"
+                      "policies, policy, connectors, whoami, health, token, secrets, vault, " \
+                      "audit, backup"
 
 int main(int argc, char **argv)
 {

@@ -112,7 +112,7 @@ int offline_token_create(offline *off, const char *name, unsigned roles, int64_t
                          char token[AUTH_TOKEN_LEN + 1])
 {
     ar_error err = {0};
-    int status = auth_token_create(off->a, name, roles, expires_ms, token, &err);
+    int status = auth_token_create_by(off->a, "aioctl --config (offline)", name, roles, expires_ms, token, &err);
     if (status != AR_OK) {
         explicit_bzero(token, AUTH_TOKEN_LEN + 1);
         return failed(status, &err, "cannot create the token");
@@ -123,7 +123,7 @@ int offline_token_create(offline *off, const char *name, unsigned roles, int64_t
 int offline_token_revoke(offline *off, const char *name)
 {
     ar_error err = {0};
-    int status = auth_token_revoke(off->a, name, &err);
+    int status = auth_token_revoke_by(off->a, "aioctl --config (offline)", name, &err);
     return status == AR_OK ? AIOCTL_OK : failed(status, &err, "cannot revoke the token");
 }
 

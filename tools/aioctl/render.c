@@ -3,6 +3,10 @@
  */
 #include "render.h"
 
+#include "aioctl.h"
+#include "ar.h"
+
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1106,4 +1110,24 @@ void render_policies(FILE *out, const json_t *view)
         render_text(out, str_field(c, "action") ? str_field(c, "action") : "?");
         fprintf(out, ", last %gs)\n", json_number_value(json_object_get(c, "window")));
     }
+}
+
+int render_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("aioctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'aioctl --help'.\n", stderr);
+    return AIOCTL_USAGE;
+}
+
+void render_ar_error(const ar_error *err, const char *fallback)
+{
+    fputs("error: ", stderr);
+    render_text(stderr, err->code[0] ? err->code : "error");
+    fputs(": ", stderr);
+    render_text(stderr, err->message[0] ? err->message : fallback);
+    fputc('\n', stderr);
 }

@@ -65,4 +65,11 @@ char *render_join(const json_t *strings);
 /* Write s with control characters (and DEL) replaced by '?'. NULL writes nothing. */
 void render_text(FILE *out, const char *s);
 
+/* "aioctl: <message>" and a pointer to --help on stderr; returns AIOCTL_USAGE (exit 2). */
+int render_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "error: <code>: <message>" on stderr, like the daemon's error replies (fallback when the
+ * error has no message). err is core's ar_error (ar.h). */
+struct ar_error;
+void render_ar_error(const struct ar_error *err, const char *fallback);
+
 #endif

@@ -32,27 +32,9 @@
 
 /* ---- messages ----------------------------------------------------------------------------- */
 
-static int usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage(const char *fmt, ...)
-{
-    va_list ap;
-    fputs("aioctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputs("\nTry 'aioctl --help'.\n", stderr);
-    return AIOCTL_USAGE;
-}
-
-/* "error: <code>: <message>" on stderr, like the daemon's error replies. */
-static void print_error(const ar_error *err, const char *fallback)
-{
-    fputs("error: ", stderr);
-    render_text(stderr, err->code[0] ? err->code : "error");
-    fputs(": ", stderr);
-    render_text(stderr, err->message[0] ? err->message : fallback);
-    fputc('\n', stderr);
-}
+/* usage() and print_error() are render.h's render_usage_error() and render_ar_error(). */
+#define usage render_usage_error
+#define print_error render_ar_error
 
 /* A refusal of the data directory: bad input is a usage error, anything else refused. */
 static int failed(int status, const ar_error *err, const char *fallback)
@@ -513,7 +495,7 @@ static int set_offline(const vault_cmd_env *env, const char *connector, const ch
     note_unknown(s.cfg, connector, name);
     if ((rc = read_value(&value, VAULT_MAX_SECRET_LEN, "the value", "value")) != AIOCTL_OK)
         goto done;
-    int status = vault_set(s.v, connector, name, value.data, value.len, &version, &err);
+    int status = vault_set_by(s.v, "aioctl --config (offline)", connector, name, value.data, value.len, &version, &err);
     secret_free(&value);
     if (status != AR_OK) {
         rc = failed(status, &err, "cannot store the secret");
@@ -558,7 +540,7 @@ static int rm_offline(const vault_cmd_env *env, const char *connector, const cha
     int rc = store_open(env->config, &s);
     if (rc != AIOCTL_OK)
         return rc;
-    int status = vault_remove(s.v, connector, name, &err);
+    int status = vault_remove_by(s.v, "aioctl --config (offline)", connector, name, &err);
     if (status != AR_OK)
         rc = failed(status, &err, "cannot remove the secret");
     else if (env->json)

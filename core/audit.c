@@ -1,0 +1,968 @@
+/*
+ * audit.c - the hash-chained audit trail (see audit.h and docs/AUDIT.md).
+ *
+ * Stored: JDB_AUDIT, seq (8 bytes big-endian) -> the entry as compact JSON, keys in the order
+ * seq, time_ms, type, action, data, digest, chain (and "erased" once compacted); JDB_AUDIT_INDEX,
+ * action id + seq -> empty. digest = BLAKE2b-256 of the canonical body (json_dumps with
+ * JSON_SORT_KEYS | JSON_COMPACT of {seq, time_ms, type, action, data}); chain =
+ * BLAKE2b-256(previous chain || digest), 32 zero bytes before seq 1.
+ *
+ * The head is read in the writer's transaction on every append (journal_txn_last): nothing is
+ * cached, so the daemon and an offline aioctl append to one chain. An entry is checked before
+ * it is stored: what is written parses back to the same digest, so every appended entry
+ * verifies (data that does not survive a JSON round trip is refused instead).
+ */
+#include "audit.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "action.h"
+
+#define HASH_LEN 32
+#define SEQ_KEY_LEN 8
+#define INDEX_KEY_LEN (ACTION_ID_LEN + SEQ_KEY_LEN)
+#define HEAD_DOMAIN "aiorun-audit-head-v1"
+#define SIG_HEX (crypto_sign_BYTES * 2 + 1)
+#define PK_HEX (crypto_sign_PUBLICKEYBYTES * 2 + 1)
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static void seq_key(uint64_t seq, unsigned char out[SEQ_KEY_LEN])
+{
+    for (int i = 0; i < SEQ_KEY_LEN; i++)
+        out[i] = (unsigned char)(seq >> (8 * (SEQ_KEY_LEN - 1 - i)));
+}
+
+static uint64_t seq_of_key(const unsigned char *p)
+{
+    uint64_t seq = 0;
+    for (int i = 0; i < SEQ_KEY_LEN; i++)
+        seq = seq << 8 | p[i];
+    return seq;
+}
+
+static void index_key(const char *action_id, uint64_t seq, unsigned char out[INDEX_KEY_LEN])
+{
+    memcpy(out, action_id, ACTION_ID_LEN);
+    seq_key(seq, out + ACTION_ID_LEN);
+}
+
+/* Exactly 2*len lowercase hex digits into out[len]. */
+static bool from_hex(const char *hex, unsigned char *out, size_t len)
+{
+    if (!hex || strlen(hex) != 2 * len)
+        return false;
+    for (size_t i = 0; i < 2 * len; i++)
+        if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
+            return false;
+    return sodium_hex2bin(out, len, hex, 2 * len, NULL, NULL, NULL) == 0;
+}
+
+static void to_hex(const unsigned char *bin, size_t len, char *hex, size_t cap)
+{
+    sodium_bin2hex(hex, cap, bin, len);
+}
+
+static void hash2(const unsigned char prev[HASH_LEN], const unsigned char digest[HASH_LEN],
+                  unsigned char out[HASH_LEN])
+{
+    unsigned char both[2 * HASH_LEN];
+    memcpy(both, prev, HASH_LEN);
+    memcpy(both + HASH_LEN, digest, HASH_LEN);
+    crypto_generichash(out, HASH_LEN, both, sizeof both, NULL, 0);
+}
+
+static bool valid_action_id(const char *id)
+{
+    return id && strlen(id) == ACTION_ID_LEN;
+}
+
+static int nomem(ar_error *err)
+{
+    return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in the audit trail");
+}
+
+/* A journal status without a message of its own, as an error. */
+static int journal_failure(ar_error *err, int status, const char *what)
+{
+    switch (status) {
+    case AR_E_NOMEM:
+        return nomem(err);
+    case AR_E_FULL:
+        return ar_error_set(err, status, "storage_full", "the journal is full while %s", what);
+    case AR_E_FORMAT:
+        return ar_error_set(err, status, "record_format",
+                            "an audit record has an unknown format version while %s", what);
+    default:
+        return ar_error_set(err, status, "audit_io", "journal error %d while %s", status, what);
+    }
+}
+
+/* ---- entries ------------------------------------------------------------------------------ */
+
+/* An entry as parsed from its stored JSON; the pointers are borrowed from doc. */
+typedef struct entry {
+    json_t *doc;
+    uint64_t seq;
+    json_t *action;   /* string or null */
+    json_t *data;
+    bool erased;
+    unsigned char digest[HASH_LEN];
+    unsigned char chain[HASH_LEN];
+} entry;
+
+/* The canonical body's digest from its five parts (borrowed). AR_E_INVALID when jansson
+ * cannot write it (a string that is not UTF-8, put in with json_string_nocheck). */
+static int body_digest(json_t *seq, json_t *time_ms, json_t *type, json_t *action, json_t *data,
+                       unsigned char out[HASH_LEN])
+{
+    json_t *body = json_pack("{s:O,s:O,s:O,s:O,s:O}", "seq", seq, "time_ms", time_ms, "type",
+                             type, "action", action, "data", data);
+    if (!body)
+        return AR_E_NOMEM;
+    char *text = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT);
+    json_decref(body);
+    if (!text)
+        return AR_E_INVALID;
+    crypto_generichash(out, HASH_LEN, (const unsigned char *)text, strlen(text), NULL, 0);
+    free(text);
+    return AR_OK;
+}
+
+static int entry_body_digest(const entry *e, unsigned char out[HASH_LEN])
+{
+    return body_digest(json_object_get(e->doc, "seq"), json_object_get(e->doc, "time_ms"),
+                       json_object_get(e->doc, "type"), e->action, e->data, out);
+}
+
+/* Parse a stored entry. On failure *why says what is wrong (e->doc is then NULL). */
+static int entry_parse(const void *val, size_t vlen, entry *e, char *why, size_t cap)
+{
+    static const char *const known[] = {"seq", "time_ms", "type", "action", "data",
+                                        "digest", "chain", "erased"};
+    json_error_t jerr;
+    memset(e, 0, sizeof *e);
+    json_t *doc = json_loadb(val, vlen, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+    if (!doc) {
+        snprintf(why, cap, "not JSON (%.100s)", jerr.text);
+        return AR_E_FORMAT;
+    }
+    const char *key;
+    json_t *v;
+    if (!json_is_object(doc)) {
+        snprintf(why, cap, "not a JSON object");
+        goto fail;
+    }
+    json_object_foreach(doc, key, v) {
+        bool ok = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0] && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok) {
+            snprintf(why, cap, "unexpected field \"%.64s\"", key);
+            goto fail;
+        }
+    }
+    json_t *seq = json_object_get(doc, "seq"), *erased = json_object_get(doc, "erased");
+    e->action = json_object_get(doc, "action");
+    e->data = json_object_get(doc, "data");
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        !json_is_integer(json_object_get(doc, "time_ms")) ||
+        !json_is_string(json_object_get(doc, "type")) ||
+        !(json_is_null(e->action) || json_is_string(e->action)) || !e->data ||
+        (erased && !json_is_boolean(erased))) {
+        snprintf(why, cap, "missing or ill-typed seq, time_ms, type, action, data or erased");
+        goto fail;
+    }
+    if (json_is_string(e->action) && !valid_action_id(json_string_value(e->action))) {
+        snprintf(why, cap, "an action id of %zu characters", json_string_length(e->action));
+        goto fail;
+    }
+    if (!from_hex(json_string_value(json_object_get(doc, "digest")), e->digest, HASH_LEN) ||
+        !from_hex(json_string_value(json_object_get(doc, "chain")), e->chain, HASH_LEN)) {
+        snprintf(why, cap, "digest or chain is not 64 lowercase hex digits");
+        goto fail;
+    }
+    e->seq = (uint64_t)json_integer_value(seq);
+    e->erased = json_is_true(erased);
+    e->doc = doc;
+    return AR_OK;
+fail:
+    json_decref(doc);
+    memset(e, 0, sizeof *e);
+    return AR_E_FORMAT;
+}
+
+/* {"seq": n, "unreadable": true}: what readers get for an entry that cannot be parsed. */
+static json_t *unreadable(uint64_t seq)
+{
+    return json_pack("{s:I,s:b}", "seq", (json_int_t)seq, "unreadable", 1);
+}
+
+/* ---- appending ---------------------------------------------------------------------------- */
+
+static int unwritable(ar_error *err, const char *type)
+{
+    return ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                        "the data of a \"%.64s\" audit entry cannot be stored as JSON that reads "
+                        "back the same (text that is not UTF-8?)", type);
+}
+
+/* The head inside the transaction: the last seq and its chain (0 and zeros when empty). */
+static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
+                    ar_error *err)
+{
+    const void *key, *val;
+    size_t klen, vlen;
+    char why[160];
+    entry e = {0};
+    *seq = 0;
+    memset(chain, 0, HASH_LEN);
+    int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
+    if (status == AR_E_NOTFOUND)
+        return AR_OK;
+    if (status == AR_E_FORMAT)
+        return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
+                            "the last audit entry has an unknown record format: the chain "
+                            "cannot go on from it (run aioctl audit verify)");
+    if (status != AR_OK)
+        return journal_failure(err, status, "reading the audit head");
+    if (klen != SEQ_KEY_LEN || entry_parse(val, vlen, &e, why, sizeof why) != AR_OK ||
+        e.seq != seq_of_key(key)) {
+        if (klen == SEQ_KEY_LEN && e.doc)
+            snprintf(why, sizeof why, "it is stored under another seq");
+        json_decref(e.doc);
+        return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
+                            "the last audit entry cannot be read (%s): the chain cannot go on "
+                            "from it (run aioctl audit verify)", why);
+    }
+    *seq = e.seq;
+    memcpy(chain, e.chain, HASH_LEN);
+    json_decref(e.doc);
+    return AR_OK;
+}
+
+int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
+                     int64_t now_ms, uint64_t *seq_out, ar_error *err)
+{
+    json_t *entry_doc = NULL, *type_s = NULL, *action = NULL;
+    char *text = NULL, why[160];
+    unsigned char prev[HASH_LEN], digest[HASH_LEN], chain[HASH_LEN], check[HASH_LEN];
+    char digest_hex[AUDIT_HASH_HEX], chain_hex[AUDIT_HASH_HEX];
+    uint64_t seq;
+    int status;
+    entry e = {0};
+
+    if (!data && !(data = json_object()))
+        return nomem(err);
+    if (!txn || !type || !*type || (action_id && !valid_action_id(action_id))) {
+        status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                              "an audit entry needs a type and, when about an action, its "
+                              "%d-character id", ACTION_ID_LEN);
+        goto done;
+    }
+    if (!(type_s = json_string(type)) ||
+        !(action = action_id ? json_stringn(action_id, ACTION_ID_LEN) : json_null())) {
+        /* (or out of memory, far less likely than a caller's bad bytes) */
+        status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                              "an audit entry's %s is not UTF-8 text", type_s ? "action id" : "type");
+        goto done;
+    }
+    if (sodium_init() < 0) {
+        status = ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+        goto done;
+    }
+    if ((status = txn_head(txn, &seq, prev, err)) != AR_OK)
+        goto done;
+    seq++;
+    json_t *seq_j = json_integer((json_int_t)seq), *time_j = json_integer(now_ms);
+    entry_doc = json_object();
+    status = seq_j && time_j && entry_doc
+                 ? body_digest(seq_j, time_j, type_s, action, data, digest)
+                 : AR_E_NOMEM;
+    if (status != AR_OK) {
+        json_decref(seq_j);
+        json_decref(time_j);
+        if (status == AR_E_NOMEM)
+            nomem(err);
+        else
+            unwritable(err, type);
+        goto done;
+    }
+    hash2(prev, digest, chain);
+    to_hex(digest, HASH_LEN, digest_hex, sizeof digest_hex);
+    to_hex(chain, HASH_LEN, chain_hex, sizeof chain_hex);
+    if (json_object_set_new(entry_doc, "seq", seq_j) ||
+        json_object_set_new(entry_doc, "time_ms", time_j) ||
+        json_object_set(entry_doc, "type", type_s) ||
+        json_object_set(entry_doc, "action", action) ||
+        json_object_set(entry_doc, "data", data) ||
+        json_object_set_new(entry_doc, "digest", json_string(digest_hex)) ||
+        json_object_set_new(entry_doc, "chain", json_string(chain_hex)) ||
+        !(text = json_dumps(entry_doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+        status = nomem(err);
+        goto done;
+    }
+    /* What verify will see: the stored text must give back the same digest. */
+    size_t tlen = strlen(text);
+    if (entry_parse(text, tlen, &e, why, sizeof why) != AR_OK ||
+        entry_body_digest(&e, check) != AR_OK || memcmp(check, digest, HASH_LEN) != 0) {
+        status = unwritable(err, type);
+        goto done;
+    }
+    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN];
+    seq_key(seq, key);
+    if ((status = journal_txn_put(txn, JDB_AUDIT, key, sizeof key, text, tlen)) != AR_OK) {
+        journal_failure(err, status, "appending to the audit trail");
+        goto done;
+    }
+    if (action_id) {
+        index_key(action_id, seq, ikey);
+        if ((status = journal_txn_put(txn, JDB_AUDIT_INDEX, ikey, sizeof ikey, "", 0)) != AR_OK) {
+            journal_failure(err, status, "indexing the audit trail");
+            goto done;
+        }
+    }
+    if (seq_out)
+        *seq_out = seq;
+done:
+    json_decref(e.doc);
+    free(text);
+    json_decref(entry_doc);
+    json_decref(type_s);
+    json_decref(action);
+    json_decref(data);
+    return status;
+}
+
+/* What audit_batch_append hands its callback: owned by the batch (journal_batch_apply_owned). */
+typedef struct pending {
+    char *type;
+    char *action_id;  /* NULL: about no action */
+    json_t *data;
+    int64_t time_ms;
+} pending;
+
+static void pending_free(void *arg)
+{
+    pending *p = arg;
+    free(p->type);
+    free(p->action_id);
+    json_decref(p->data);
+    free(p);
+}
+
+/* It may run more than once (journal.h): each run gives audit_txn_append a reference of its own. */
+static int pending_apply(journal_txn *txn, void *arg, ar_error *err)
+{
+    pending *p = arg;
+    json_t *data = p->data ? json_incref(p->data) : json_object();
+    if (!data)
+        return nomem(err);
+    return audit_txn_append(txn, p->type, p->action_id, data, p->time_ms, NULL, err);
+}
+
+static int fail_nomem(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn;
+    (void)arg;
+    return nomem(err);
+}
+
+void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
+{
+    pending *p = calloc(1, sizeof *p);
+    if (!p || !(p->type = strdup(type ? type : "")) ||
+        (action_id && !(p->action_id = strdup(action_id)))) {
+        if (p) {
+            free(p->type);
+            free(p);
+        }
+        json_decref(data);
+        journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
+        return;
+    }
+    p->data = data;
+    p->time_ms = ar_now_ms();
+    journal_batch_apply_owned(b, pending_apply, p, pending_free);
+}
+
+int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
+{
+    unsigned char key[SEQ_KEY_LEN];
+    const void *val;
+    size_t vlen;
+    char why[160], *text = NULL;
+    entry e;
+    seq_key(seq, key);
+    int status = journal_txn_get(txn, JDB_AUDIT, key, sizeof key, &val, &vlen);
+    if (status == AR_E_NOTFOUND)
+        return ar_error_set(err, status, "not_found", "there is no audit entry %" PRIu64, seq);
+    if (status != AR_OK)
+        return journal_failure(err, status, "erasing an audit entry");
+    if (entry_parse(val, vlen, &e, why, sizeof why) != AR_OK)
+        return ar_error_set(err, AR_E_FORMAT, "audit_unreadable",
+                            "audit entry %" PRIu64 " cannot be read (%s)", seq, why);
+    if (e.erased && json_is_null(e.data)) {
+        json_decref(e.doc);
+        return AR_OK;
+    }
+    if (json_object_set_new(e.doc, "data", json_null()) ||
+        json_object_set_new(e.doc, "erased", json_true()) ||
+        !(text = json_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+        status = nomem(err);
+    } else if ((status = journal_txn_put(txn, JDB_AUDIT, key, sizeof key, text,
+                                         strlen(text))) != AR_OK) {
+        journal_failure(err, status, "erasing an audit entry");
+    }
+    free(text);
+    json_decref(e.doc);
+    return status;
+}
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+static int begin(journal *j, journal_read **r, journal_cursor **c, journal_db db, ar_error *err)
+{
+    *c = NULL;
+    int status = journal_read_begin(j, r, err);
+    if (status != AR_OK)
+        return status;
+    if ((status = journal_cursor_open(*r, db, c)) != AR_OK) {
+        journal_read_end(*r);
+        *r = NULL;
+        return journal_failure(err, status, "opening the audit trail");
+    }
+    return AR_OK;
+}
+
+static void finish(journal_read *r, journal_cursor *c)
+{
+    journal_cursor_close(c);
+    journal_read_end(r);
+}
+
+/* The stored entry seq (a new reference): parsed, or the unreadable placeholder. NULL with
+ * *status AR_E_NOTFOUND when there is none, or another status on failure. */
+static json_t *load_entry(journal_read *r, uint64_t seq, int *status)
+{
+    unsigned char key[SEQ_KEY_LEN];
+    const void *val;
+    size_t vlen;
+    char why[160];
+    entry e;
+    seq_key(seq, key);
+    *status = journal_get(r, JDB_AUDIT, key, sizeof key, &val, &vlen);
+    if (*status == AR_E_FORMAT) {
+        *status = AR_OK;
+        return unreadable(seq);
+    }
+    if (*status != AR_OK)
+        return NULL;
+    if (entry_parse(val, vlen, &e, why, sizeof why) != AR_OK)
+        return unreadable(seq);
+    return e.doc;
+}
+
+int audit_read_action(journal *j, const char *action_id, json_t **out, ar_error *err)
+{
+    journal_read *r;
+    journal_cursor *c;
+    *out = NULL;
+    if (!valid_action_id(action_id))
+        return ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                            "an action id has %d characters", ACTION_ID_LEN);
+    int status = begin(j, &r, &c, JDB_AUDIT_INDEX, err);
+    if (status != AR_OK)
+        return status;
+    json_t *list = json_array();
+    if (!list) {
+        status = nomem(err);
+        goto done;
+    }
+    const void *key = action_id;
+    size_t klen = ACTION_ID_LEN;
+    for (int rc = journal_cursor_get(c, JOURNAL_SEEK_GE, &key, &klen, NULL, NULL);
+         rc != AR_E_NOTFOUND; rc = journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, NULL, NULL)) {
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = journal_failure(err, rc, "reading the action index");
+            goto done;
+        }
+        if (klen < ACTION_ID_LEN || memcmp(key, action_id, ACTION_ID_LEN) != 0)
+            break;
+        if (klen != INDEX_KEY_LEN)
+            continue; /* not ours to show; verify names it */
+        uint64_t seq = seq_of_key((const unsigned char *)key + ACTION_ID_LEN);
+        int got;
+        json_t *e = load_entry(r, seq, &got);
+        if (!e && got == AR_E_NOTFOUND)
+            continue; /* an index entry for a missing entry: verify names it */
+        if (!e || json_array_append_new(list, e) != 0) {
+            status = e || got == AR_OK ? nomem(err)
+                                       : journal_failure(err, got, "reading the audit trail");
+            goto done;
+        }
+    }
+    *out = list;
+    list = NULL;
+    ar_error_clear(err);
+done:
+    json_decref(list);
+    finish(r, c);
+    return status;
+}
+
+int audit_read_after(journal *j, uint64_t after, size_t limit, json_t **out, uint64_t *next,
+                     ar_error *err)
+{
+    journal_read *r;
+    journal_cursor *c;
+    *out = NULL;
+    if (next)
+        *next = after;
+    int status = begin(j, &r, &c, JDB_AUDIT, err);
+    if (status != AR_OK)
+        return status;
+    json_t *list = json_array();
+    if (!list) {
+        status = nomem(err);
+        goto done;
+    }
+    unsigned char start[SEQ_KEY_LEN];
+    seq_key(after + 1, start);
+    const void *key = start, *val;
+    size_t klen = sizeof start, vlen;
+    for (int rc = after == UINT64_MAX || limit == 0
+                      ? AR_E_NOTFOUND
+                      : journal_cursor_get(c, JOURNAL_SEEK_GE, &key, &klen, &val, &vlen);
+         rc != AR_E_NOTFOUND && json_array_size(list) < limit;
+         rc = journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen)) {
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = journal_failure(err, rc, "reading the audit trail");
+            goto done;
+        }
+        if (klen != SEQ_KEY_LEN)
+            continue;
+        uint64_t seq = seq_of_key(key);
+        entry e;
+        char why[160];
+        json_t *item = rc == AR_OK && entry_parse(val, vlen, &e, why, sizeof why) == AR_OK
+                           ? e.doc
+                           : unreadable(seq);
+        if (!item || json_array_append_new(list, item) != 0) {
+            status = nomem(err);
+            goto done;
+        }
+        if (next)
+            *next = seq;
+    }
+    *out = list;
+    list = NULL;
+    ar_error_clear(err);
+done:
+    json_decref(list);
+    finish(r, c);
+    return status;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *err)
+{
+    journal_read *r;
+    journal_cursor *c;
+    size_t n = 0;
+    if (count)
+        *count = 0;
+    int status = begin(j, &r, &c, JDB_AUDIT, err);
+    if (status != AR_OK)
+        return status;
+    const void *key, *val;
+    size_t klen, vlen;
+    for (int rc = journal_cursor_get(c, JOURNAL_FIRST, &key, &klen, &val, &vlen);
+         rc != AR_E_NOTFOUND; rc = journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen)) {
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = journal_failure(err, rc, "exporting the audit trail");
+            goto done;
+        }
+        if (klen != SEQ_KEY_LEN)
+            continue;
+        entry e = {0};
+        char why[160], *text = NULL;
+        const char *line = val;
+        size_t len = vlen;
+        if (rc == AR_OK && entry_parse(val, vlen, &e, why, sizeof why) == AR_OK) {
+            bool wanted = json_integer_value(json_object_get(e.doc, "time_ms")) >= since_ms;
+            /* The stored bytes as they are (an outside verifier hashes what we hashed), unless
+             * they would not make one line. */
+            if (wanted && (memchr(val, '\n', vlen) || memchr(val, '\r', vlen)) &&
+                !(text = json_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+                json_decref(e.doc);
+                status = nomem(err);
+                goto done;
+            }
+            json_decref(e.doc);
+            if (!wanted)
+                continue;
+        } else {
+            json_t *u = unreadable(seq_of_key(key));
+            text = u ? json_dumps(u, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            json_decref(u);
+            if (!text) {
+                status = nomem(err);
+                goto done;
+            }
+        }
+        if (text) {
+            line = text;
+            len = strlen(text);
+        }
+        int w = write_all(fd, line, len);
+        if (w == 0)
+            w = write_all(fd, "\n", 1);
+        free(text);
+        if (w != 0) {
+            status = ar_error_set(err, AR_E_IO, "audit_export_write",
+                                  "cannot write the audit export: %s", strerror(errno));
+            goto done;
+        }
+        n++;
+    }
+    if (count)
+        *count = n;
+    ar_error_clear(err);
+done:
+    finish(r, c);
+    return status;
+}
+
+int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_error *err)
+{
+    journal_read *r;
+    journal_cursor *c;
+    *seq = 0;
+    chain_hex[0] = '\0';
+    int status = begin(j, &r, &c, JDB_AUDIT, err);
+    if (status != AR_OK)
+        return status;
+    const void *key, *val;
+    size_t klen, vlen;
+    char why[160];
+    entry e;
+    int rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
+    if (rc == AR_E_NOTFOUND) {
+        ar_error_clear(err);
+    } else if (rc != AR_OK && rc != AR_E_FORMAT) {
+        status = journal_failure(err, rc, "reading the audit head");
+    } else if (rc != AR_OK || klen != SEQ_KEY_LEN ||
+               entry_parse(val, vlen, &e, why, sizeof why) != AR_OK) {
+        status = ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
+                              "the last audit entry cannot be read (run aioctl audit verify)");
+    } else {
+        *seq = seq_of_key(key);
+        to_hex(e.chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
+        json_decref(e.doc);
+        ar_error_clear(err);
+    }
+    finish(r, c);
+    return status;
+}
+
+/* ---- verifying ---------------------------------------------------------------------------- */
+
+static void bad(audit_verify_result *out, uint64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void bad(audit_verify_result *out, uint64_t seq, const char *fmt, ...)
+{
+    va_list ap;
+    out->ok = 0;
+    out->first_bad_seq = seq;
+    va_start(ap, fmt);
+    vsnprintf(out->reason, sizeof out->reason, fmt, ap);
+    va_end(ap);
+}
+
+/* One entry against what came before it. Returns AR_OK (out says whether it is sound) or a
+ * failure status of the journal. */
+static int verify_entry(journal_read *r, uint64_t seq, const void *val, size_t vlen,
+                        unsigned char prev[HASH_LEN], uint64_t expected_seq,
+                        const unsigned char *expected, audit_verify_result *out)
+{
+    entry e;
+    char why[160];
+    unsigned char digest[HASH_LEN], chain[HASH_LEN];
+    int status = AR_OK;
+    if (entry_parse(val, vlen, &e, why, sizeof why) != AR_OK) {
+        bad(out, seq, "unreadable entry: %s", why);
+        return AR_OK;
+    }
+    if (e.seq != seq) {
+        bad(out, seq, "out of order: the entry stored as seq %" PRIu64 " is entry %" PRIu64,
+            seq, e.seq);
+        goto done;
+    }
+    if (!(e.erased && json_is_null(e.data))) {
+        if (entry_body_digest(&e, digest) != AR_OK) {
+            status = AR_E_NOMEM;
+            goto done;
+        }
+        if (memcmp(digest, e.digest, HASH_LEN) != 0) {
+            bad(out, seq, "body digest mismatch");
+            goto done;
+        }
+    }
+    hash2(prev, e.digest, chain);
+    if (memcmp(chain, e.chain, HASH_LEN) != 0) {
+        bad(out, seq, "chain mismatch");
+        goto done;
+    }
+    if (json_is_string(e.action)) {
+        unsigned char ikey[INDEX_KEY_LEN];
+        index_key(json_string_value(e.action), seq, ikey);
+        int rc = journal_get(r, JDB_AUDIT_INDEX, ikey, sizeof ikey, NULL, NULL);
+        if (rc == AR_E_NOTFOUND) {
+            bad(out, seq, "not in the action index");
+            goto done;
+        }
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = rc;
+            goto done;
+        }
+    }
+    if (expected && seq == expected_seq && memcmp(chain, expected, HASH_LEN) != 0) {
+        bad(out, seq, "does not match the exported head");
+        goto done;
+    }
+    memcpy(prev, chain, HASH_LEN);
+    out->entries++;
+    to_hex(chain, HASH_LEN, out->head, sizeof out->head);
+done:
+    json_decref(e.doc);
+    return status;
+}
+
+/* Every index key names an entry of that action. */
+static int verify_index(journal_read *r, audit_verify_result *out)
+{
+    journal_cursor *c;
+    int status = journal_cursor_open(r, JDB_AUDIT_INDEX, &c);
+    if (status != AR_OK)
+        return status;
+    const void *key;
+    size_t klen;
+    for (int rc = journal_cursor_get(c, JOURNAL_FIRST, &key, &klen, NULL, NULL);
+         rc != AR_E_NOTFOUND && out->ok;
+         rc = journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, NULL, NULL)) {
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = rc;
+            break;
+        }
+        const unsigned char *k = key;
+        uint64_t seq = klen >= SEQ_KEY_LEN ? seq_of_key(k + klen - SEQ_KEY_LEN) : 0;
+        if (klen != INDEX_KEY_LEN) {
+            bad(out, seq, "the action index has a malformed key (%zu bytes)", klen);
+            break;
+        }
+        unsigned char skey[SEQ_KEY_LEN];
+        const void *val;
+        size_t vlen;
+        char why[160];
+        entry e;
+        seq_key(seq, skey);
+        rc = journal_get(r, JDB_AUDIT, skey, sizeof skey, &val, &vlen);
+        if (rc == AR_E_NOTFOUND) {
+            bad(out, seq, "the action index names a missing entry (action %.*s)", ACTION_ID_LEN,
+                (const char *)k);
+            break;
+        }
+        if (rc != AR_OK || entry_parse(val, vlen, &e, why, sizeof why) != AR_OK) {
+            bad(out, seq, "unreadable entry");
+            break;
+        }
+        const char *action = json_string_value(e.action);
+        if (!action || memcmp(action, k, ACTION_ID_LEN) != 0)
+            bad(out, seq, "the action index lists this entry under action %.*s, which it is "
+                "not about", ACTION_ID_LEN, (const char *)k);
+        json_decref(e.doc);
+    }
+    journal_cursor_close(c);
+    return status;
+}
+
+int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
+                 audit_verify_result *out, ar_error *err)
+{
+    unsigned char expected[HASH_LEN], prev[HASH_LEN] = {0};
+    journal_read *r;
+    journal_cursor *c;
+    memset(out, 0, sizeof *out);
+    out->ok = 1;
+    if (expected_seq > 0 && !from_hex(expected_head, expected, HASH_LEN))
+        return ar_error_set(err, AR_E_INVALID, "audit_head_invalid",
+                            "an exported head is 64 lowercase hex digits");
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+    int status = begin(j, &r, &c, JDB_AUDIT, err);
+    if (status != AR_OK)
+        return status;
+    uint64_t want = 1;
+    const void *key, *val;
+    size_t klen, vlen;
+    for (int rc = journal_cursor_get(c, JOURNAL_FIRST, &key, &klen, &val, &vlen);
+         rc != AR_E_NOTFOUND && out->ok;
+         rc = journal_cursor_get(c, JOURNAL_NEXT, &key, &klen, &val, &vlen)) {
+        if (rc != AR_OK && rc != AR_E_FORMAT) {
+            status = journal_failure(err, rc, "verifying the audit trail");
+            goto done;
+        }
+        if (klen != SEQ_KEY_LEN) {
+            bad(out, want, "unreadable entry: a key of %zu bytes", klen);
+            break;
+        }
+        uint64_t seq = seq_of_key(key);
+        if (seq > want) {
+            bad(out, want, "sequence gap (expected %" PRIu64 ")", want);
+            break;
+        }
+        if (seq < want) { /* only seq 0 can come before 1 */
+            bad(out, seq, "unreadable entry: seq %" PRIu64, seq);
+            break;
+        }
+        if (rc == AR_E_FORMAT) {
+            bad(out, seq, "unreadable entry: unknown record format");
+            break;
+        }
+        if ((status = verify_entry(r, seq, val, vlen, prev, expected_seq,
+                                   expected_seq ? expected : NULL, out)) != AR_OK) {
+            journal_failure(err, status, "verifying the audit trail");
+            goto done;
+        }
+        want++;
+    }
+    if (out->ok && expected_seq >= want)
+        bad(out, want, "does not match the exported head: the chain ends at seq %" PRIu64
+            ", before the exported seq %" PRIu64, want - 1, expected_seq);
+    if (out->ok && (status = verify_index(r, out)) != AR_OK) {
+        journal_failure(err, status, "verifying the audit index");
+        goto done;
+    }
+    if (!out->ok)
+        out->head[0] = '\0';
+    ar_error_clear(err);
+done:
+    finish(r, c);
+    return status;
+}
+
+/* ---- heads -------------------------------------------------------------------------------- */
+
+/* The signed message; false when doc's fields are malformed. */
+static bool head_message(const json_t *doc, char *msg, size_t cap)
+{
+    json_t *seq = json_object_get(doc, "seq"), *time_ms = json_object_get(doc, "time_ms");
+    const char *head = json_string_value(json_object_get(doc, "head"));
+    unsigned char raw[HASH_LEN];
+    if (!json_is_integer(seq) || json_integer_value(seq) < 0 || !json_is_integer(time_ms) ||
+        !head)
+        return false;
+    if (json_integer_value(seq) == 0 ? *head != '\0' : !from_hex(head, raw, HASH_LEN))
+        return false;
+    int n = snprintf(msg, cap, HEAD_DOMAIN "\n%" JSON_INTEGER_FORMAT "\n%s\n%" JSON_INTEGER_FORMAT,
+                     json_integer_value(seq), head, json_integer_value(time_ms));
+    return n > 0 && (size_t)n < cap;
+}
+
+int audit_head_sign(json_t *doc, const unsigned char *secret_key, ar_error *err)
+{
+    char msg[192], sig_hex[SIG_HEX], pk_hex[PK_HEX];
+    unsigned char sig[crypto_sign_BYTES], pk[crypto_sign_PUBLICKEYBYTES];
+    if (!head_message(doc, msg, sizeof msg) || !secret_key)
+        return ar_error_set(err, AR_E_INVALID, "audit_head_invalid",
+                            "a head document has a seq, a head (64 hex digits) and a time_ms");
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+    crypto_sign_detached(sig, NULL, (const unsigned char *)msg, strlen(msg), secret_key);
+    crypto_sign_ed25519_sk_to_pk(pk, secret_key);
+    to_hex(sig, sizeof sig, sig_hex, sizeof sig_hex);
+    to_hex(pk, sizeof pk, pk_hex, sizeof pk_hex);
+    if (json_object_set_new(doc, "public_key", json_string(pk_hex)) ||
+        json_object_set_new(doc, "signature", json_string(sig_hex)))
+        return nomem(err);
+    return AR_OK;
+}
+
+int audit_head_document(journal *j, const unsigned char *secret_key, json_t **out, ar_error *err)
+{
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    *out = NULL;
+    int status = audit_head(j, &seq, head, err);
+    if (status != AR_OK)
+        return status;
+    json_t *doc = json_pack("{s:I,s:s,s:I}", "seq", (json_int_t)seq, "head", head, "time_ms",
+                            (json_int_t)ar_now_ms());
+    if (!doc)
+        return nomem(err);
+    if (secret_key && (status = audit_head_sign(doc, secret_key, err)) != AR_OK) {
+        json_decref(doc);
+        return status;
+    }
+    *out = doc;
+    return AR_OK;
+}
+
+static int signature_error(ar_error *err, const char *why)
+{
+    return ar_error_set(err, AR_E_INVALID, "audit_head_signature", "the head document %s", why);
+}
+
+int audit_head_check(const json_t *doc, const unsigned char *public_key, ar_error *err)
+{
+    char msg[192];
+    unsigned char sig[crypto_sign_BYTES], carried[crypto_sign_PUBLICKEYBYTES];
+    if (!json_is_object(doc) || !head_message(doc, msg, sizeof msg))
+        return signature_error(err, "is malformed: it needs seq, head (64 hex digits) and "
+                                    "time_ms");
+    json_t *sig_j = json_object_get(doc, "signature"), *pk_j = json_object_get(doc, "public_key");
+    if (!sig_j) {
+        if (public_key)
+            return signature_error(err, "is not signed");
+        return AR_OK;
+    }
+    if (!from_hex(json_string_value(sig_j), sig, sizeof sig))
+        return signature_error(err, "has a malformed signature");
+    if (pk_j && !from_hex(json_string_value(pk_j), carried, sizeof carried))
+        return signature_error(err, "has a malformed public_key");
+    if (!public_key && !pk_j)
+        return signature_error(err, "carries no public_key to check its signature with");
+    if (public_key && pk_j && sodium_memcmp(carried, public_key, sizeof carried) != 0)
+        return signature_error(err, "was signed with another key than the one given");
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+    if (crypto_sign_verify_detached(sig, (const unsigned char *)msg, strlen(msg),
+                                    public_key ? public_key : carried) != 0)
+        return signature_error(err, "does not match its signature: it was changed, or signed "
+                                    "with another key");
+    ar_error_clear(err);
+    return AR_OK;
+}

@@ -1,0 +1,120 @@
+/*
+ * audit.h - the hash-chained audit trail: why everything happened, provably unaltered.
+ *
+ * Entries live in the journal's environment and are appended inside the same transaction as
+ * the state change they describe (never one without the other): audit_txn_append runs inside a
+ * journal apply callback; audit_batch_append adds such a callback to a batch. The chain head is
+ * read inside that transaction, so appends from several threads or processes (the daemon and
+ * an offline aioctl) stay in one chain.
+ *
+ * An entry (JDB_AUDIT, key: seq as 8 bytes big-endian; value: compact JSON):
+ *   {"seq": n, "time_ms": t, "type": "...", "action": "<id>" | null, "data": {...},
+ *    "digest": "<hex BLAKE2b-256 of the body>", "chain": "<hex BLAKE2b-256(prev chain || digest)>"}
+ * where the body is the canonical JSON (sorted keys, compact, jansson JSON_SORT_KEYS |
+ * JSON_COMPACT) of {"seq", "time_ms", "type", "action", "data"}, and prev chain is the previous
+ * entry's chain (32 zero bytes for seq 1; seqs start at 1 and have no gaps). The chain covers
+ * digests, not bodies, so a body can later be erased (compaction: "data" becomes null and
+ * "erased": true) while the chain still verifies. JDB_AUDIT_INDEX maps action id (26 bytes) +
+ * seq (8 bytes BE) -> empty, for one action's story without a scan.
+ *
+ * Event types and their data (what the rest of the daemon appends; see docs/AUDIT.md):
+ *   received {connector, action, effect, submitter, proposer, digest, idempotency_key}
+ *   decided {verdict, policy_verdict, rule, reason, policy, policy_version, autonomy, votes}
+ *   approval_requested {roles, expires_ms, summary, four_eyes}
+ *   approval_decided {decision, by, comment}          (also expire and cancel)
+ *   dispatched {attempt, idempotency_key, digest}
+ *   completed {attempt, outcome, error_class, http_status, latency_ms, cost}
+ *   unknown_outcome {attempt, reason}, resolved {outcome, by, reason}
+ *   recovered {how}, validation_failed {rule, reason, policy}
+ *   cancelled {by}, policy_reloaded {version, files, why}, config_loaded {digest, connectors}
+ *   autonomy_changed {pattern, level, by}, token_created / token_revoked {name, roles, by}
+ *   secret_set / secret_removed {connector, name, version, by}, vault_rotated {count, by}
+ *   connector_paused / connector_resumed {connector, by, reason}, breaker {connector, from, to, why}
+ *
+ * Never put a secret or a token in data.
+ */
+#ifndef AUDIT_H
+#define AUDIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "ar.h"
+#include "journal.h"
+
+#define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
+
+/* Inside a journal apply callback: append one entry (data: taken; NULL is {}; action_id NULL
+ * for events about no action). *seq_out (may be NULL) receives its seq. A type that is empty,
+ * an action_id that is not 26 characters, or data that does not survive a JSON round trip
+ * unchanged (invalid UTF-8) is AR_E_INVALID, code "audit_invalid"; an unreadable last entry
+ * (the chain cannot go on from it) is AR_E_FORMAT, code "audit_head_unreadable". */
+int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
+                     int64_t now_ms, uint64_t *seq_out, ar_error *err);
+
+/* Add "append this entry" to a batch (at this point of its operations): data is taken and
+ * freed with the batch; the time is taken when the batch is built. */
+void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data);
+
+/* One action's entries in order: *out a new JSON array (owned by the caller) of the entries
+ * as stored (an entry that cannot be read appears as {"seq": n, "unreadable": true}). An
+ * action_id that is not 26 characters is AR_E_INVALID. */
+int audit_read_action(journal *j, const char *action_id, json_t **out, ar_error *err);
+/* Up to limit entries with seq > after, in order: *out a new array; *next the last seq given
+ * (after when none). */
+int audit_read_after(journal *j, uint64_t after, size_t limit, json_t **out, uint64_t *next,
+                     ar_error *err);
+/* Entries whose time_ms >= since_ms, in order, written as JSON lines to fd (audit export). */
+int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *err);
+
+/* The head: the last seq (0 when empty) and its chain (hex; "" when empty). */
+int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_error *err);
+
+typedef struct audit_verify_result {
+    int ok;
+    uint64_t entries;               /* entries checked */
+    char head[AUDIT_HASH_HEX];      /* the chain of the last entry ("" when empty) */
+    uint64_t first_bad_seq;         /* 0 when ok */
+    char reason[256];               /* what is wrong at first_bad_seq: "body digest mismatch",
+                                       "chain mismatch", "sequence gap (expected N)",
+                                       "unreadable entry", "does not match the exported head";
+                                       also "out of order: ..." (an entry stored under another
+                                       seq's key, e.g. two entries swapped), "not in the action
+                                       index", "the action index ..." (first_bad_seq: the seq the
+                                       bad index key names) */
+} audit_verify_result;
+
+/* Walk the whole chain in one read snapshot: each body (unless erased) against its digest,
+ * each chain against prev + digest, seqs without gaps or reordering, and the index against the
+ * entries. With expected_seq > 0: the chain at expected_seq must equal expected_head (an
+ * exported head, which detects a rewrite of the chain from some point on; a chain that ends
+ * before expected_seq fails too: its tail was cut). The first problem in seq order is reported;
+ * the index is checked (both ways) once the chain is sound. The result says what is wrong; the
+ * return status is for I/O failures only (and AR_E_INVALID, code "audit_head_invalid", for an
+ * expected_head that is not 64 hex digits). */
+int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
+                 audit_verify_result *out, ar_error *err);
+
+/* A signed head, for keeping elsewhere: {"seq", "head", "time_ms", "public_key" (hex),
+ * "signature" (hex Ed25519 over "aiorun-audit-head-v1\n<seq>\n<head>\n<time_ms>")} — a new
+ * object. secret_key: 64 bytes (crypto_sign); NULL: unsigned ({"seq", "head", "time_ms"}). */
+int audit_head_document(journal *j, const unsigned char *secret_key, json_t **out, ar_error *err);
+/* Check a head document's signature (when it has one) with public_key (32 bytes; NULL: the one
+ * it carries): AR_OK or AR_E_INVALID, code "audit_head_signature". Also refused: a document
+ * without a well-formed seq, head and time_ms; an unsigned one when public_key is given (a
+ * signature was expected); one carrying a public_key other than the one given. */
+int audit_head_check(const json_t *doc, const unsigned char *public_key, ar_error *err);
+
+/* Added for aioctl, which signs the head the daemon reports: sign doc ({"seq", "head",
+ * "time_ms"}, borrowed and changed in place) as audit_head_document does, adding "public_key"
+ * and "signature". AR_E_INVALID (code "audit_head_invalid") for a malformed doc. */
+int audit_head_sign(json_t *doc, const unsigned char *secret_key, ar_error *err);
+
+/* Added: compaction. Inside a journal apply callback, erase the body of entry seq: its "data"
+ * becomes null and "erased" true; digest and chain stay, so the chain still verifies (the
+ * body's digest can no longer be checked). AR_E_NOTFOUND when there is no such entry;
+ * erasing an erased entry again is AR_OK. */
+int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err);
+
+#endif

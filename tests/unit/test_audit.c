@@ -1,0 +1,1089 @@
+/* test_audit.c - the hash-chained audit trail on a real journal: appends through batches and
+ * callbacks (from several threads and processes at once), a failed batch leaves no entry,
+ * reads by action and by seq, export, and verification that names what was tampered with
+ * (an altered body, a deleted entry, two entries swapped, a consistent rewrite caught by an
+ * exported head, a cut tail, the index); erased bodies; signed head documents. */
+#include "test_main.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sodium.h>
+
+#include "audit.h"
+#include "journal.h"
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+static char *make_tmpdir(void)
+{
+    char tmpl[] = "/tmp/aiorun-audit-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    char *dir = strdup(tmpl);
+    assert_non_null(dir);
+    return dir;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(char *dir)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+}
+
+static journal *open_journal(const char *dir)
+{
+    journal_opts opts = { .dir = dir };
+    journal *j = NULL;
+    ar_error err;
+    int rc = journal_open(&opts, &j, &err);
+    if (rc != AR_OK)
+        fail_msg("journal_open(%s): %d %s: %s", dir, rc, err.code, err.message);
+    return j;
+}
+
+/* A 26-character action id made from n. */
+static void action_id(int n, char out[27])
+{
+    snprintf(out, 27, "01ACTION%018d", n);
+}
+
+static void seq_key(uint64_t seq, unsigned char out[8])
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(seq >> (56 - 8 * i));
+}
+
+/* Commit one batch holding audit entries (type, action id or NULL) for count events. */
+static void append_batch(journal *j, const char *type, const char *id, int count)
+{
+    journal_batch *b = journal_batch_new();
+    for (int i = 0; i < count; i++)
+        audit_batch_append(b, type, id, json_pack("{s:i, s:s}", "n", i, "who", "tester"));
+    ar_error err;
+    int rc = journal_commit(j, b, &err);
+    journal_batch_free(b);
+    if (rc != AR_OK)
+        fail_msg("commit: %d %s: %s", rc, err.code, err.message);
+}
+
+/* An apply callback appending one entry with a chosen time. */
+struct txn_append {
+    const char *type;
+    const char *id;
+    int64_t time_ms;
+    uint64_t seq;       /* what audit_txn_append said */
+};
+
+static int append_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    struct txn_append *a = arg;
+    return audit_txn_append(txn, a->type, a->id, json_pack("{s:s}", "via", "callback"),
+                            a->time_ms, &a->seq, err);
+}
+
+static uint64_t append_at(journal *j, const char *type, const char *id, int64_t time_ms)
+{
+    struct txn_append a = { .type = type, .id = id, .time_ms = time_ms };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, append_in_txn, &a);
+    ar_error err;
+    int rc = journal_commit(j, b, &err);
+    journal_batch_free(b);
+    if (rc != AR_OK)
+        fail_msg("commit: %d %s: %s", rc, err.code, err.message);
+    return a.seq;
+}
+
+/* The stored entry seq (a new reference), or NULL. */
+static json_t *raw_entry(journal *j, uint64_t seq)
+{
+    unsigned char key[8];
+    seq_key(seq, key);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    json_t *doc = NULL;
+    if (journal_get(r, JDB_AUDIT, key, sizeof key, &val, &vlen) == AR_OK)
+        doc = json_loadb(val, vlen, 0, NULL);
+    journal_read_end(r);
+    return doc;
+}
+
+/* Store doc as entry seq, bypassing the audit module (tampering). */
+static void raw_put(journal *j, uint64_t seq, const json_t *doc)
+{
+    unsigned char key[8];
+    seq_key(seq, key);
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    assert_non_null(text);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT, key, sizeof key, text, strlen(text));
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    free(text);
+}
+
+static void raw_del(journal *j, journal_db db, const void *key, size_t klen)
+{
+    journal_batch *b = journal_batch_new();
+    journal_batch_del(b, db, key, klen);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+}
+
+static void hex32(const unsigned char in[32], char out[65])
+{
+    sodium_bin2hex(out, 65, in, 32);
+}
+
+/* The documented algorithm, written again here: digest = BLAKE2b-256 of the canonical body
+ * (sorted keys, compact) of {seq, time_ms, type, action, data}. */
+static void digest_of(const json_t *entry, unsigned char out[32])
+{
+    json_t *body = json_pack("{s:O,s:O,s:O,s:O,s:O}", "seq", json_object_get(entry, "seq"),
+                             "time_ms", json_object_get(entry, "time_ms"), "type",
+                             json_object_get(entry, "type"), "action",
+                             json_object_get(entry, "action"), "data",
+                             json_object_get(entry, "data"));
+    assert_non_null(body);
+    char *text = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT);
+    crypto_generichash(out, 32, (const unsigned char *)text, strlen(text), NULL, 0);
+    free(text);
+    json_decref(body);
+}
+
+/* chain = BLAKE2b-256(prev chain || digest). */
+static void chain_of(const unsigned char prev[32], const unsigned char digest[32],
+                     unsigned char out[32])
+{
+    unsigned char both[64];
+    memcpy(both, prev, 32);
+    memcpy(both + 32, digest, 32);
+    crypto_generichash(out, 32, both, 64, NULL, 0);
+}
+
+static void chain_field(const json_t *entry, unsigned char out[32])
+{
+    assert_int_equal(sodium_hex2bin(out, 32, json_string_value(json_object_get(entry, "chain")),
+                                    64, NULL, NULL, NULL), 0);
+}
+
+/* Check every entry 1..n with the algorithm above (independently of audit.c). */
+static void check_format(journal *j, uint64_t n)
+{
+    unsigned char prev[32] = {0}, digest[32], chain[32], stored[32];
+    char hex[65];
+    for (uint64_t seq = 1; seq <= n; seq++) {
+        json_t *e = raw_entry(j, seq);
+        if (!e)
+            fail_msg("no entry %llu", (unsigned long long)seq);
+        assert_int_equal(json_integer_value(json_object_get(e, "seq")), (json_int_t)seq);
+        digest_of(e, digest);
+        hex32(digest, hex);
+        assert_string_equal(json_string_value(json_object_get(e, "digest")), hex);
+        chain_of(prev, digest, chain);
+        chain_field(e, stored);
+        assert_memory_equal(chain, stored, 32);
+        memcpy(prev, chain, 32);
+        json_decref(e);
+    }
+    assert_null(raw_entry(j, n + 1));
+}
+
+/* Rewrite the chain from seq `from` to the end, consistently: the body of from gets
+ * data.rewritten = true, and every digest and chain from there on is computed again. */
+static void rewrite_from(journal *j, uint64_t from)
+{
+    unsigned char prev[32] = {0}, digest[32], chain[32];
+    char hex[65];
+    if (from > 1) {
+        json_t *before = raw_entry(j, from - 1);
+        chain_field(before, prev);
+        json_decref(before);
+    }
+    for (uint64_t seq = from;; seq++) {
+        json_t *e = raw_entry(j, seq);
+        if (!e)
+            break;
+        if (seq == from)
+            json_object_set_new(json_object_get(e, "data"), "rewritten", json_true());
+        digest_of(e, digest);
+        chain_of(prev, digest, chain);
+        hex32(digest, hex);
+        json_object_set_new(e, "digest", json_string(hex));
+        hex32(chain, hex);
+        json_object_set_new(e, "chain", json_string(hex));
+        raw_put(j, seq, e);
+        memcpy(prev, chain, 32);
+        json_decref(e);
+    }
+}
+
+static audit_verify_result verify(journal *j, uint64_t seq, const char *head)
+{
+    audit_verify_result res;
+    ar_error err;
+    int rc = audit_verify(j, seq, head, &res, &err);
+    if (rc != AR_OK)
+        fail_msg("audit_verify: %d %s: %s", rc, err.code, err.message);
+    return res;
+}
+
+static void expect_ok(journal *j, uint64_t entries)
+{
+    audit_verify_result res = verify(j, 0, NULL);
+    if (!res.ok)
+        fail_msg("verify: not ok at %llu: %s", (unsigned long long)res.first_bad_seq, res.reason);
+    assert_int_equal(res.entries, entries);
+    assert_int_equal(res.first_bad_seq, 0);
+}
+
+static void expect_bad(const audit_verify_result *res, uint64_t seq, const char *reason)
+{
+    if (res->ok)
+        fail_msg("verify says ok; expected seq %llu: %s", (unsigned long long)seq, reason);
+    if (res->first_bad_seq != seq || !strstr(res->reason, reason))
+        fail_msg("verify: seq %llu \"%s\"; expected seq %llu \"%s\"",
+                 (unsigned long long)res->first_bad_seq, res->reason, (unsigned long long)seq,
+                 reason);
+}
+
+/* Ten entries: 1-3 and 7-10 about action 1, 4-6 about action 2 (6 via a callback). */
+static journal *ten_entries(const char *dir)
+{
+    journal *j = open_journal(dir);
+    char a1[27], a2[27];
+    action_id(1, a1);
+    action_id(2, a2);
+    append_batch(j, "received", a1, 3);
+    append_batch(j, "dispatched", a2, 2);
+    append_at(j, "completed", a2, ar_now_ms());
+    append_batch(j, "completed", a1, 4);
+    return j;
+}
+
+/* ---- appending -------------------------------------------------------------------------- */
+
+static void appends_make_one_chain(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    char a1[27];
+    action_id(1, a1);
+
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, 0);
+    assert_string_equal(head, "");
+    expect_ok(j, 0);
+
+    /* A batch with a state change and two entries; then a callback; then an event about no
+     * action. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, a1, 26, "{}", 2);
+    audit_batch_append(b, "received", a1, json_pack("{s:s}", "connector", "shop"));
+    audit_batch_append(b, "decided", a1, NULL); /* NULL data is {} */
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    assert_int_equal(append_at(j, "completed", a1, 1234), 3);
+    append_batch(j, "policy_reloaded", NULL, 1);
+
+    check_format(j, 4);
+    json_t *e = raw_entry(j, 2);
+    assert_string_equal(json_string_value(json_object_get(e, "type")), "decided");
+    assert_true(json_is_object(json_object_get(e, "data")));
+    assert_int_equal(json_object_size(json_object_get(e, "data")), 0);
+    json_decref(e);
+    e = raw_entry(j, 3);
+    assert_int_equal(json_integer_value(json_object_get(e, "time_ms")), 1234);
+    assert_string_equal(json_string_value(json_object_get(e, "action")), a1);
+    json_decref(e);
+    e = raw_entry(j, 4);
+    assert_true(json_is_null(json_object_get(e, "action")));
+    json_decref(e);
+
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, 4);
+    audit_verify_result res = verify(j, 0, NULL);
+    assert_true(res.ok);
+    assert_int_equal(res.entries, 4);
+    assert_string_equal(res.head, head);
+
+    /* The chain goes on after a reopen (nothing cached). */
+    journal_close(j);
+    j = open_journal(dir);
+    append_batch(j, "received", a1, 1);
+    check_format(j, 5);
+    expect_ok(j, 5);
+
+    /* Refused: a bad action id, an empty type; the batch fails whole. */
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "other", 5, "{}", 2);
+    audit_batch_append(b, "received", "short-id", NULL);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    journal_batch_free(b);
+    b = journal_batch_new();
+    audit_batch_append(b, "", NULL, NULL);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    journal_batch_free(b);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "other", 5, NULL, NULL), AR_E_NOTFOUND);
+    journal_read_end(r);
+    expect_ok(j, 5);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* Data that does not read back the same (invalid UTF-8 slipped in unchecked) is refused, so
+ * that nothing unverifiable is ever stored. */
+static void unverifiable_data_is_refused(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "received", NULL, json_pack("{s:o}", "bad", json_string_nocheck("\xff\xfe")));
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    journal_batch_free(b);
+    /* Reals and nested objects with unsorted keys are fine. */
+    b = journal_batch_new();
+    audit_batch_append(b, "completed", NULL,
+                       json_pack("{s:f, s:{s:i, s:i}, s:[s, n, b]}", "cost", 0.1, "z", "b", 2,
+                                 "a", 1, "list", "x", 1));
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+    check_format(j, 1);
+    expect_ok(j, 1);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+struct worker {
+    journal *j;
+    int index;
+    int rounds;
+    int failures;
+};
+
+static void *append_worker(void *arg)
+{
+    struct worker *w = arg;
+    char id[27];
+    action_id(100 + w->index, id);
+    for (int i = 0; i < w->rounds; i++) {
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, id, 26, "{}", 2);
+        struct txn_append a = { .type = "completed", .id = id, .time_ms = ar_now_ms() };
+        if (i % 2)
+            audit_batch_append(b, "dispatched", id, json_pack("{s:i}", "attempt", i));
+        else
+            journal_batch_apply(b, append_in_txn, &a);
+        if (journal_commit(w->j, b, NULL) != AR_OK)
+            w->failures++;
+        journal_batch_free(b);
+    }
+    return NULL;
+}
+
+static void concurrent_appends_stay_linear(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    enum { THREADS = 4, ROUNDS = 40 };
+    pthread_t t[THREADS];
+    struct worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){ .j = j, .index = i, .rounds = ROUNDS };
+        assert_int_equal(pthread_create(&t[i], NULL, append_worker, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    check_format(j, THREADS * ROUNDS);
+    expect_ok(j, THREADS * ROUNDS);
+    for (int i = 0; i < THREADS; i++) {
+        char id[27];
+        action_id(100 + i, id);
+        json_t *list;
+        assert_int_equal(audit_read_action(j, id, &list, NULL), AR_OK);
+        assert_int_equal(json_array_size(list), ROUNDS);
+        json_int_t last = 0;
+        size_t k;
+        json_t *e;
+        json_array_foreach(list, k, e) {
+            assert_string_equal(json_string_value(json_object_get(e, "action")), id);
+            assert_true(json_integer_value(json_object_get(e, "seq")) > last);
+            last = json_integer_value(json_object_get(e, "seq"));
+        }
+        json_decref(list);
+    }
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* Two processes (the daemon and an offline aioctl) append to one chain. */
+static void two_processes_share_the_chain(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    append_batch(j, "config_loaded", NULL, 1);
+    journal_close(j);
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        kids[k] = fork();
+        assert_true(kids[k] >= 0);
+        if (kids[k] == 0) {
+            journal_opts opts = { .dir = dir };
+            journal *cj;
+            if (journal_open(&opts, &cj, NULL) != AR_OK)
+                _exit(2);
+            for (int i = 0; i < 30; i++) {
+                journal_batch *b = journal_batch_new();
+                audit_batch_append(b, "token_created", NULL, json_pack("{s:i, s:i}", "proc", k, "i", i));
+                if (journal_commit(cj, b, NULL) != AR_OK)
+                    _exit(3);
+                journal_batch_free(b);
+            }
+            journal_close(cj);
+            _exit(0);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        int status;
+        assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    j = open_journal(dir);
+    check_format(j, 61);
+    expect_ok(j, 61);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int fail_after(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn; (void)arg;
+    return ar_error_set(err, AR_E_CONFLICT, "decide_again", "changed meanwhile");
+}
+
+static void failed_batch_leaves_no_entry(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    char a1[27], a2[27];
+    action_id(1, a1);
+    action_id(2, a2);
+    append_batch(j, "received", a1, 2);
+
+    /* A conditional put that conflicts, after the entries were appended in the batch. */
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "received", a2, json_pack("{s:s}", "connector", "shop"));
+    journal_batch_put_unless_exists(b, JDB_ACTIONS, "k", 1, "v", 1);
+    audit_batch_append(b, "decided", a2, NULL);
+    journal_batch *first = journal_batch_new();
+    journal_batch_put(first, JDB_ACTIONS, "k", 1, "v", 1);
+    assert_int_equal(journal_commit(j, first, NULL), AR_OK);
+    journal_batch_free(first);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_EXISTS);
+    journal_batch_free(b);
+
+    /* A callback that fails after an append. */
+    b = journal_batch_new();
+    audit_batch_append(b, "received", a2, NULL);
+    journal_batch_apply(b, fail_after, NULL);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_CONFLICT);
+    journal_batch_free(b);
+
+    /* A batch never committed: its data is freed with it (the leak checker watches). */
+    b = journal_batch_new();
+    audit_batch_append(b, "received", a2, json_pack("{s:s}", "never", "stored"));
+    journal_batch_free(b);
+
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, 2);
+    json_t *list;
+    assert_int_equal(audit_read_action(j, a2, &list, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    /* The next one follows on without a gap. */
+    append_batch(j, "received", a2, 1);
+    check_format(j, 3);
+    expect_ok(j, 3);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+static void read_by_action_and_after(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    char a1[27], a2[27], a3[27];
+    action_id(1, a1);
+    action_id(2, a2);
+    action_id(3, a3);
+    json_t *list;
+    assert_int_equal(audit_read_action(j, a2, &list, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *e = json_array_get(list, i);
+        assert_int_equal(json_integer_value(json_object_get(e, "seq")), 4 + (json_int_t)i);
+        assert_non_null(json_object_get(e, "digest"));
+    }
+    assert_string_equal(json_string_value(json_object_get(json_array_get(list, 2), "type")),
+                        "completed");
+    json_decref(list);
+    assert_int_equal(audit_read_action(j, a1, &list, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 7);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 3), "seq")), 7);
+    json_decref(list);
+    assert_int_equal(audit_read_action(j, a3, &list, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    ar_error err;
+    assert_int_equal(audit_read_action(j, "nope", &list, &err), AR_E_INVALID);
+    assert_null(list);
+
+    uint64_t next;
+    assert_int_equal(audit_read_after(j, 3, 4, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 4);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "seq")), 4);
+    assert_int_equal(next, 7);
+    json_decref(list);
+    assert_int_equal(audit_read_after(j, 7, 100, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 3);
+    assert_int_equal(next, 10);
+    json_decref(list);
+    assert_int_equal(audit_read_after(j, 10, 100, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 0);
+    assert_int_equal(next, 10);
+    json_decref(list);
+    assert_int_equal(audit_read_after(j, 0, 0, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 0);
+    assert_int_equal(next, 0);
+    json_decref(list);
+    assert_int_equal(audit_read_after(j, UINT64_MAX, 5, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 0);
+    json_decref(list);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static char *slurp_fd(int fd)
+{
+    assert_true(lseek(fd, 0, SEEK_SET) == 0);
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while ((r = read(fd, buf + n, cap - n - 1)) > 0)
+        n += (size_t)r;
+    buf[n] = '\0';
+    return buf;
+}
+
+static void export_since(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    char a1[27];
+    action_id(1, a1);
+    for (int i = 0; i < 6; i++)
+        append_at(j, "completed", i % 2 ? a1 : NULL, 1000 * (i + 1)); /* 1000 .. 6000 */
+    char path[256];
+    snprintf(path, sizeof path, "%s/export.jsonl", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    size_t count = 99;
+    assert_int_equal(audit_export(j, 4000, fd, &count, NULL), AR_OK);
+    assert_int_equal(count, 3);
+    char *text = slurp_fd(fd);
+    /* Three lines, entries 4, 5, 6, each exactly the stored entry. */
+    char *save, *line = strtok_r(text, "\n", &save);
+    for (uint64_t seq = 4; seq <= 6; seq++) {
+        assert_non_null(line);
+        json_t *got = json_loads(line, 0, NULL), *stored = raw_entry(j, seq);
+        assert_non_null(got);
+        assert_true(json_equal(got, stored));
+        json_decref(got);
+        json_decref(stored);
+        line = strtok_r(NULL, "\n", &save);
+    }
+    assert_null(line);
+    free(text);
+    assert_int_equal(ftruncate(fd, 0), 0);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    assert_int_equal(audit_export(j, 0, fd, &count, NULL), AR_OK);
+    assert_int_equal(count, 6);
+    assert_int_equal(audit_export(j, 7000, fd, &count, NULL), AR_OK);
+    assert_int_equal(count, 0);
+    close(fd);
+    /* A write failure is reported. */
+    ar_error err;
+    assert_int_equal(audit_export(j, 0, -1, &count, &err), AR_E_IO);
+    assert_string_equal(err.code, "audit_export_write");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- tampering -------------------------------------------------------------------------- */
+
+static void altered_body_is_named(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    expect_ok(j, 10);
+    json_t *e = raw_entry(j, 6);
+    json_object_set_new(json_object_get(e, "data"), "via", json_string("someone else"));
+    raw_put(j, 6, e);
+    json_decref(e);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 6, "body digest mismatch");
+    assert_int_equal(res.entries, 5);
+    journal_close(j);
+    rm_rf(dir);
+
+    /* The time is in the body too. */
+    dir = make_tmpdir();
+    j = ten_entries(dir);
+    e = raw_entry(j, 2);
+    json_object_set_new(e, "time_ms", json_integer(42));
+    raw_put(j, 2, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 2, "body digest mismatch");
+    /* A digest made to match the new body: the chain no longer does. */
+    e = raw_entry(j, 2);
+    unsigned char digest[32];
+    char hex[65];
+    digest_of(e, digest);
+    hex32(digest, hex);
+    json_object_set_new(e, "digest", json_string(hex));
+    raw_put(j, 2, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 2, "chain mismatch");
+    /* Not JSON at all, or a field that is not part of an entry. */
+    unsigned char key[8];
+    seq_key(9, key);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT, key, 8, "garbage", 7);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    rewrite_from(j, 2); /* repairs 2..8, stops at the garbage */
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 9, "unreadable entry");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void deleted_entry_is_a_gap(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    unsigned char key[8];
+    seq_key(5, key);
+    raw_del(j, JDB_AUDIT, key, 8);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 5, "sequence gap (expected 5)");
+    assert_int_equal(res.entries, 4);
+    seq_key(1, key);
+    raw_del(j, JDB_AUDIT, key, 8);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 1, "sequence gap (expected 1)");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void swapped_entries_are_named(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    json_t *e4 = raw_entry(j, 4), *e5 = raw_entry(j, 5);
+    raw_put(j, 4, e5);
+    raw_put(j, 5, e4);
+    json_decref(e4);
+    json_decref(e5);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "out of order");
+    assert_non_null(strstr(res.reason, "entry 5"));
+
+    /* Swapped with their seqs edited to fit the keys: the digests give it away. */
+    e4 = raw_entry(j, 4);
+    e5 = raw_entry(j, 5);
+    json_object_set_new(e4, "seq", json_integer(4));
+    json_object_set_new(e5, "seq", json_integer(5));
+    raw_put(j, 4, e4);
+    raw_put(j, 5, e5);
+    json_decref(e4);
+    json_decref(e5);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "body digest mismatch");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void rewritten_chain_needs_an_exported_head(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    uint64_t seq;
+    char head8[AUDIT_HASH_HEX], head10[AUDIT_HASH_HEX];
+    /* Heads exported at seq 10 and (by verify) at seq 8. */
+    assert_int_equal(audit_head(j, &seq, head10, NULL), AR_OK);
+    assert_int_equal(seq, 10);
+    json_t *e8 = raw_entry(j, 8);
+    snprintf(head8, sizeof head8, "%s", json_string_value(json_object_get(e8, "chain")));
+    json_decref(e8);
+    audit_verify_result res = verify(j, 8, head8);
+    assert_true(res.ok);
+    res = verify(j, 10, head10);
+    assert_true(res.ok);
+    assert_string_equal(res.head, head10);
+
+    rewrite_from(j, 5);
+    expect_ok(j, 10); /* consistent: alone, verify cannot tell */
+    res = verify(j, 8, head8);
+    expect_bad(&res, 8, "does not match the exported head");
+    res = verify(j, 10, head10);
+    expect_bad(&res, 10, "does not match the exported head");
+    /* A head from before the rewrite point still matches. */
+    json_t *e3 = raw_entry(j, 3);
+    res = verify(j, 3, json_string_value(json_object_get(e3, "chain")));
+    assert_true(res.ok);
+    json_decref(e3);
+
+    /* A cut tail: verify alone is content, the exported head is not. */
+    unsigned char key[8];
+    seq_key(10, key);
+    raw_del(j, JDB_AUDIT, key, 8);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 10, "the action index names a missing entry"); /* 10 was about a1 */
+    res = verify(j, 10, head10);
+    expect_bad(&res, 10, "chain ends at seq 9"); /* the chain's own problem comes first */
+    char a1[27];
+    action_id(1, a1);
+    unsigned char ikey[34];
+    memcpy(ikey, a1, 26);
+    seq_key(10, ikey + 26);
+    raw_del(j, JDB_AUDIT_INDEX, ikey, 34);
+    expect_ok(j, 9); /* without an exported head, a cut tail looks whole */
+
+    ar_error err;
+    assert_int_equal(audit_verify(j, 3, "not-hex", &res, &err), AR_E_INVALID);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static void index_is_checked(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    char a1[27], a2[27];
+    action_id(1, a1);
+    action_id(2, a2);
+    unsigned char ikey[34];
+
+    /* An entry missing from the index. */
+    memcpy(ikey, a2, 26);
+    seq_key(5, ikey + 26);
+    raw_del(j, JDB_AUDIT_INDEX, ikey, 34);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 5, "not in the action index");
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT_INDEX, ikey, 34, "", 0);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    expect_ok(j, 10);
+
+    /* An index entry for an entry of another action. */
+    memcpy(ikey, a1, 26);
+    seq_key(4, ikey + 26);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT_INDEX, ikey, 34, "", 0);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "the action index lists this entry under action");
+    json_t *list;
+    raw_del(j, JDB_AUDIT_INDEX, ikey, 34);
+
+    /* An index entry for an entry that does not exist: ignored by reads, named by verify. */
+    seq_key(77, ikey + 26);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT_INDEX, ikey, 34, "", 0);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 77, "names a missing entry");
+    assert_int_equal(audit_read_action(j, a1, &list, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 7);
+    json_decref(list);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* An unreadable last entry stops appends (the chain cannot go on) with a clear error. */
+static void unreadable_head_refuses_appends(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    unsigned char key[8];
+    seq_key(11, key);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT, key, 8, "{\"seq\": 11}", 11);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    b = journal_batch_new();
+    audit_batch_append(b, "received", NULL, NULL);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+    journal_batch_free(b);
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, &err), AR_E_FORMAT);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 11, "unreadable entry");
+    /* Readers show it as unreadable rather than failing. */
+    json_t *list;
+    uint64_t next;
+    assert_int_equal(audit_read_after(j, 10, 5, &list, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(list), 1);
+    assert_true(json_is_true(json_object_get(json_array_get(list, 0), "unreadable")));
+    json_decref(list);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- erasing ---------------------------------------------------------------------------- */
+
+struct erase_req {
+    uint64_t seq;
+};
+
+static int erase_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    return audit_txn_erase(txn, ((struct erase_req *)arg)->seq, err);
+}
+
+static int erase(journal *j, uint64_t seq, ar_error *err)
+{
+    struct erase_req req = { seq };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, erase_in_txn, &req);
+    int rc = journal_commit(j, b, err);
+    journal_batch_free(b);
+    return rc;
+}
+
+static void erased_body_still_verifies(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(erase(j, 3, NULL), AR_OK);
+    assert_int_equal(erase(j, 3, NULL), AR_OK); /* again: nothing to do */
+    assert_int_equal(erase(j, 6, NULL), AR_OK);
+    ar_error err;
+    assert_int_equal(erase(j, 99, &err), AR_E_NOTFOUND);
+    json_t *e = raw_entry(j, 3);
+    assert_true(json_is_null(json_object_get(e, "data")));
+    assert_true(json_is_true(json_object_get(e, "erased")));
+    json_decref(e);
+    expect_ok(j, 10);
+    audit_verify_result res = verify(j, 10, head);
+    assert_true(res.ok);
+    append_batch(j, "received", NULL, 1); /* the chain goes on after an erased entry */
+    expect_ok(j, 11);
+
+    /* An "erased" entry that still has data gets its data checked. */
+    e = raw_entry(j, 4);
+    json_object_set_new(e, "erased", json_true());
+    json_object_set_new(json_object_get(e, "data"), "n", json_integer(7));
+    raw_put(j, 4, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "body digest mismatch");
+    /* An erased entry's digest cannot be checked, but its chain can. */
+    e = raw_entry(j, 3);
+    json_object_set_new(e, "digest", json_string("0000000000000000000000000000000000000000000000000000000000000000"));
+    raw_put(j, 3, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 3, "chain mismatch");
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* ---- head documents --------------------------------------------------------------------- */
+
+static void head_document_signed_and_checked(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    unsigned char pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
+    unsigned char pk2[crypto_sign_PUBLICKEYBYTES], sk2[crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair(pk, sk);
+    crypto_sign_keypair(pk2, sk2);
+    ar_error err;
+
+    json_t *plain;
+    assert_int_equal(audit_head_document(j, NULL, &plain, NULL), AR_OK);
+    assert_int_equal(json_object_size(plain), 3);
+    assert_int_equal(json_integer_value(json_object_get(plain, "seq")), 10);
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_string_equal(json_string_value(json_object_get(plain, "head")), head);
+    assert_true(json_integer_value(json_object_get(plain, "time_ms")) > 0);
+    assert_int_equal(audit_head_check(plain, NULL, NULL), AR_OK); /* nothing to check */
+    assert_int_equal(audit_head_check(plain, pk, &err), AR_E_INVALID); /* a signature expected */
+    assert_string_equal(err.code, "audit_head_signature");
+
+    json_t *doc;
+    assert_int_equal(audit_head_document(j, sk, &doc, NULL), AR_OK);
+    char pk_hex[65];
+    sodium_bin2hex(pk_hex, sizeof pk_hex, pk, sizeof pk);
+    assert_string_equal(json_string_value(json_object_get(doc, "public_key")), pk_hex);
+    assert_int_equal(strlen(json_string_value(json_object_get(doc, "signature"))), 128);
+    assert_int_equal(audit_head_check(doc, pk, NULL), AR_OK);
+    assert_int_equal(audit_head_check(doc, NULL, NULL), AR_OK);
+
+    /* The signature is over the documented message: check it by hand. */
+    char msg[256];
+    snprintf(msg, sizeof msg, "aiorun-audit-head-v1\n%lld\n%s\n%lld",
+             (long long)json_integer_value(json_object_get(doc, "seq")), head,
+             (long long)json_integer_value(json_object_get(doc, "time_ms")));
+    unsigned char sig[crypto_sign_BYTES];
+    assert_int_equal(sodium_hex2bin(sig, sizeof sig,
+                                    json_string_value(json_object_get(doc, "signature")), 128,
+                                    NULL, NULL, NULL), 0);
+    assert_int_equal(crypto_sign_verify_detached(sig, (const unsigned char *)msg, strlen(msg), pk), 0);
+
+    /* Any changed field fails. */
+    const char *fields[] = {"seq", "head", "time_ms"};
+    for (size_t f = 0; f < 3; f++) {
+        json_t *bad_doc = json_deep_copy(doc);
+        if (f == 1) {
+            char other[65];
+            snprintf(other, sizeof other, "%s", head);
+            other[0] = other[0] == 'a' ? 'b' : 'a';
+            json_object_set_new(bad_doc, "head", json_string(other));
+        } else {
+            json_object_set_new(bad_doc, fields[f],
+                                json_integer(json_integer_value(json_object_get(doc, fields[f])) + 1));
+        }
+        if (audit_head_check(bad_doc, pk, &err) != AR_E_INVALID)
+            fail_msg("a changed %s passed the check", fields[f]);
+        assert_string_equal(err.code, "audit_head_signature");
+        assert_int_equal(audit_head_check(bad_doc, NULL, NULL), AR_E_INVALID);
+        json_decref(bad_doc);
+    }
+    /* The wrong public key fails, given or carried. */
+    assert_int_equal(audit_head_check(doc, pk2, &err), AR_E_INVALID);
+    json_t *swapped = json_deep_copy(doc);
+    char pk2_hex[65];
+    sodium_bin2hex(pk2_hex, sizeof pk2_hex, pk2, sizeof pk2);
+    json_object_set_new(swapped, "public_key", json_string(pk2_hex));
+    assert_int_equal(audit_head_check(swapped, NULL, &err), AR_E_INVALID);
+    assert_int_equal(audit_head_check(swapped, pk2, &err), AR_E_INVALID);
+    json_decref(swapped);
+    /* Signed again by another key: valid for that key only. */
+    json_t *resigned = json_deep_copy(plain);
+    assert_int_equal(audit_head_sign(resigned, sk2, NULL), AR_OK);
+    assert_int_equal(audit_head_check(resigned, pk2, NULL), AR_OK);
+    assert_int_equal(audit_head_check(resigned, pk, &err), AR_E_INVALID);
+    json_decref(resigned);
+    /* Malformed documents. */
+    json_t *odd = json_pack("{s:s,s:s,s:i}", "seq", "ten", "head", head, "time_ms", 1);
+    assert_int_equal(audit_head_check(odd, NULL, &err), AR_E_INVALID);
+    assert_int_equal(audit_head_sign(odd, sk, &err), AR_E_INVALID);
+    json_decref(odd);
+
+    /* An empty trail has a head too: seq 0, "". */
+    char *dir2 = make_tmpdir();
+    journal *empty = open_journal(dir2);
+    json_t *zero;
+    assert_int_equal(audit_head_document(empty, sk, &zero, NULL), AR_OK);
+    assert_int_equal(json_integer_value(json_object_get(zero, "seq")), 0);
+    assert_string_equal(json_string_value(json_object_get(zero, "head")), "");
+    assert_int_equal(audit_head_check(zero, pk, NULL), AR_OK);
+    json_decref(zero);
+    journal_close(empty);
+    rm_rf(dir2);
+
+    json_decref(plain);
+    json_decref(doc);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int init_sodium(void **state)
+{
+    (void)state;
+    return sodium_init() < 0 ? -1 : 0;
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(appends_make_one_chain),
+    cmocka_unit_test(unverifiable_data_is_refused),
+    cmocka_unit_test(concurrent_appends_stay_linear),
+    cmocka_unit_test(two_processes_share_the_chain),
+    cmocka_unit_test(failed_batch_leaves_no_entry),
+    cmocka_unit_test(read_by_action_and_after),
+    cmocka_unit_test(export_since),
+    cmocka_unit_test(altered_body_is_named),
+    cmocka_unit_test(deleted_entry_is_a_gap),
+    cmocka_unit_test(swapped_entries_are_named),
+    cmocka_unit_test(rewritten_chain_needs_an_exported_head),
+    cmocka_unit_test(index_is_checked),
+    cmocka_unit_test(unreadable_head_refuses_appends),
+    cmocka_unit_test(erased_body_still_verifies),
+    cmocka_unit_test(head_document_signed_and_checked),
+};
+
+AR_TEST_MAIN(tests, init_sodium, NULL)
