@@ -40,6 +40,7 @@ static const access_route routes[] = {
     {ROUTE_AUDIT_VERIFY, "GET", "/v1/audit/verify", AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
     {ROUTE_AUDIT_HEAD, "GET", "/v1/audit/head", AUTH_ROLE_READER | AUTH_ROLE_APPROVER | AUTH_ROLE_OPERATOR, 0},
     {ROUTE_METRICS, "GET", "/metrics", READERS, 0},
+    {ROUTE_STATS, "GET", "/v1/stats", READERS, 0},
 };
 
 const access_route *access_routes(size_t *n)

@@ -44,6 +44,7 @@ typedef enum route_id {
     ROUTE_AUDIT_VERIFY,
     ROUTE_AUDIT_HEAD,
     ROUTE_METRICS,
+    ROUTE_STATS,
     ROUTE_COUNT
 } route_id;
 

@@ -156,7 +156,7 @@ json_t *action_render(const json_t *rec)
                                          "idempotency_key", "submitter", "input", "proposer",
                                          "priority", "decision", "attempts", "result", "error",
                                          "history", "resolution", "cancel_requested_by", "approval",
-                                         "validation"};
+                                         "validation", "cost"};
     json_t *out = json_object();
     if (!out)
         return NULL;

@@ -156,9 +156,8 @@ void api_action_changed(void *arg, const json_t *rec)
     api_server *a = arg;
     action_state st = action_record_state(rec);
     api_metrics_action(a, rec);
-    ar_log("info", "action %s %s/%s %s", action_record_str(rec, "id"),
-           action_record_str(rec, "connector"), action_record_str(rec, "action"),
-           action_state_name(st));
+    ar_log_as("info", "api", action_record_str(rec, "id"), "action %s %s/%s %s", action_record_str(rec, "id"),
+              action_record_str(rec, "connector"), action_record_str(rec, "action"), action_state_name(st));
     if (!action_state_settled(st))
         return;
     request *list = api_waiters_take(a, action_record_str(rec, "id"), 0);
@@ -202,7 +201,7 @@ static void expire_due(api_server *a, expiry *due)
             /* The wall clock lags the monotonic one it was converted to: look again later. */
             api_expiry_add(a, e->id, e->expires_ms);
         } else if (rc != AR_E_EXISTS) {
-            ar_log("error", "cannot expire the approval of action %s: %s", e->id, err.message);
+            ar_log_as("error", "api", e->id, "cannot expire the approval of action %s: %s", e->id, err.message);
         }
         free(e);
     }
@@ -213,6 +212,14 @@ static void *waiter_main(void *arg)
     api_server *a = arg;
     pthread_mutex_lock(&a->wait_lock);
     while (!a->waiter_stopping) {
+        if (json_array_size(a->drift_pending) > 0) {
+            json_t *detections = a->drift_pending;
+            a->drift_pending = json_array();
+            pthread_mutex_unlock(&a->wait_lock);
+            api_drift_record(a, detections);
+            pthread_mutex_lock(&a->wait_lock);
+            continue;
+        }
         int64_t next = INT64_MAX;
         for (request *rq = a->waiters; rq; rq = rq->next)
             if (rq->wait_until < next)
@@ -297,7 +304,7 @@ static int authorize(api_server *a, request *rq, const access_route *route, cons
         access_limiter_fail(a->limiter, addr, ar_now_ms());
         metrics_add(a->fam.auth_failures, NULL, 1);
         /* The reason names the token's owner at most, never the token itself. */
-        ar_log("warn", "authentication failed from %s for %s %s: %s", addr, method, url, err.message);
+        ar_log_as("warn", "api", NULL, "authentication failed from %s for %s %s: %s", addr, method, url, err.message);
         api_set_reply_error(rq, 401, "unauthenticated", "%s", err.message);
         return 0;
     }
@@ -364,6 +371,7 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
     case ROUTE_AUDIT_VERIFY: api_route_audit_verify(a, rq); break;
     case ROUTE_AUDIT_HEAD: api_route_audit_head(a, rq); break;
     case ROUTE_METRICS: api_route_metrics(a, rq); break;
+    case ROUTE_STATS: api_route_stats(a, rq); break;
     case ROUTE_COUNT: break;
     }
     return api_queue_reply(rq);
@@ -631,6 +639,8 @@ void api_free(api_server *a)
     pthread_mutex_destroy(&a->policy_lock);
     pthread_mutex_destroy(&a->reload_lock);
     metrics_free(a->metrics);
+    drift_free(a->drift);
+    json_decref(a->drift_pending);
     policy_worker_free(a->validate_worker);
     free(a->tls_cert);
     if (a->tls_key)

@@ -255,6 +255,7 @@ static json_t *render_connector(const config_connector *cc, const sandbox_snapsh
 void api_route_connectors(api_server *a, request *rq)
 {
     json_t *list = json_array();
+    json_t *drifts = a->drift ? drift_view(a->drift) : json_array();
     for (size_t i = 0; i < a->cfg->n_connectors; i++) {
         const config_connector *cc = &a->cfg->connectors[i];
         sandbox_snapshot snap;
@@ -264,9 +265,18 @@ void api_route_connectors(api_server *a, request *rq)
         json_t *flow = NULL;
         if (scheduler_connector_flow(a->sched, cc->name, &flow) == AR_OK)
             json_object_set_new(view, "flow", flow);
+        /* Drift: each of its actions' recent and baseline error rate and confidence. */
+        json_t *mine = json_array();
+        size_t k;
+        json_t *d;
+        json_array_foreach(drifts, k, d)
+            if (!strcmp(json_string_value(json_object_get(d, "connector")), cc->name))
+                json_array_append(mine, d);
+        json_object_set_new(view, "drift", mine);
         json_array_append_new(list, view);
         json_decref(snap.descriptor);
     }
+    json_decref(drifts);
     api_set_reply_json(rq, 200, json_pack("{s:o}", "connectors", list));
 }
 

@@ -14,6 +14,7 @@
 #include <pthread.h>
 
 #include "access.h"
+#include "drift.h"
 #include "metrics.h"
 #include "action.h"
 #include "auth.h"
@@ -68,9 +69,14 @@ struct api_server {
     pthread_mutex_t reload_lock;   /* one reload at a time (SIGHUP, API and the file watch) */
     counters *counters;            /* guardrail counters; NULL: none wired */
     metrics *metrics;              /* what GET /metrics shows (api_metrics.c) */
+    drift *drift;                  /* drift detection per connector action (api_metrics.c) */
+    int drift_lowers_autonomy;     /* on a detection, lower the action's autonomy one level */
+    json_t *drift_pending;         /* detections to record (audit, autonomy) on the waiter thread;
+                                      guarded by wait_lock */
     struct api_families {
         metrics_family *actions, *stage_seconds, *policy_seconds, *errors, *retries, *auth_failures;
         metrics_family *queue_depth, *inflight, *breaker, *restarts, *serving, *journal_bytes, *journal_map;
+        metrics_family *drift, *cost;
     } fam;
     vault *vault;                  /* connector secrets; NULL: none wired */
     /* validate's Lua state, used only on the scheduler's thread */
@@ -175,6 +181,10 @@ int api_metrics_init(api_server *a, ar_error *err);
 /* An action's new state is durable: count what it finished. Any thread; never blocks. */
 void api_metrics_action(api_server *a, const json_t *rec);
 void api_route_metrics(api_server *a, request *rq);
+/* GET /v1/stats: per connector, latency quantiles, outcomes, error rate and cost per action. */
+void api_route_stats(api_server *a, request *rq);
+/* Waiter thread, unlocked: record the drift detections queued by api_metrics_action. */
+void api_drift_record(api_server *a, json_t *detections /* taken */);
 
 /* ---- the audit trail (api_audit.c) ---------------------------------------------------------- */
 

@@ -3,6 +3,8 @@
  * the sandboxes and the journal when scraped. Latencies are histograms in seconds. */
 #include "api_internal.h"
 
+#include "audit.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@ int api_metrics_init(api_server *a, ar_error *err)
     static const char *const conn_class[] = {"connector", "class"};
     static const char *const conn[] = {"connector"};
     static const char *const none[] = {NULL};
+    static const char *const drift_labels[] = {"connector", "action", "metric"};
+    static const char *const cost_labels[] = {"connector", "unit"};
     const double *lat = metrics_latency_buckets;
     size_t nlat = metrics_latency_n_buckets;
     struct api_families *f = &a->fam;
@@ -50,8 +54,18 @@ int api_metrics_init(api_server *a, ar_error *err)
         (rc = metrics_register(a->metrics, "aiorun_journal_used_bytes", "Bytes of the journal's map in use.",
                                METRICS_GAUGE, none, 0, NULL, 0, &f->journal_bytes, err)) ||
         (rc = metrics_register(a->metrics, "aiorun_journal_map_bytes", "Size of the journal's map (its limit).",
-                               METRICS_GAUGE, none, 0, NULL, 0, &f->journal_map, err)))
+                               METRICS_GAUGE, none, 0, NULL, 0, &f->journal_map, err)) ||
+        (rc = metrics_register(a->metrics, "aiorun_cost_total", "What finished actions cost, as their plugins "
+                               "reported it (all attempts), by connector and unit.", METRICS_COUNTER, cost_labels,
+                               N(cost_labels), NULL, 0, &f->cost, err)) ||
+        (rc = metrics_register(a->metrics, "aiorun_drift_detections_total", "Drift detected in a connector "
+                               "action's error rate or proposer confidence.", METRICS_COUNTER, drift_labels,
+                               N(drift_labels), NULL, 0, &f->drift, err)))
         return rc;
+    if (drift_new(&a->cfg->drift, &a->drift) != AR_OK)
+        return ar_error_set(err, AR_E_NOMEM, "internal", "out of memory");
+    a->drift_lowers_autonomy = a->cfg->drift_lowers_autonomy;
+    a->drift_pending = json_array();
     return AR_OK;
 }
 
@@ -84,7 +98,27 @@ void api_metrics_action(api_server *a, const json_t *rec)
     }
     if (!action_state_terminal(st))
         return;
+    /* Drift: errors and confidence of the actions that ran (decisions are not errors). */
+    if (st == ACTION_SUCCEEDED || st == ACTION_FAILED || st == ACTION_UNKNOWN_OUTCOME) {
+        const json_t *conf = json_object_get(json_object_get(rec, "proposer"), "confidence");
+        json_t *found = drift_observe(a->drift, connector, action_record_str(rec, "action"), st != ACTION_SUCCEEDED,
+                                      json_is_number(conf) ? json_number_value(conf) : -1);
+        if (found) {
+            metrics_add(a->fam.drift, (const char *const[]){connector, action_record_str(rec, "action"),
+                        json_string_value(json_object_get(found, "metric"))}, 1);
+            /* Recording it commits to the journal: not on this (possibly the writer's) thread. */
+            pthread_mutex_lock(&a->wait_lock);
+            json_array_append_new(a->drift_pending, found);
+            pthread_cond_signal(&a->wait_cond);
+            pthread_mutex_unlock(&a->wait_lock);
+        }
+    }
     metrics_add(a->fam.actions, (const char *const[]){connector, action_record_str(rec, "action"), action_state_name(st)}, 1);
+    const char *unit;
+    json_t *amount;
+    json_object_foreach(json_object_get(rec, "cost"), unit, amount)
+        if (json_is_number(amount))
+            metrics_add(a->fam.cost, (const char *const[]){connector, unit}, json_number_value(amount));
     double e2e = seconds_between(rec, "created_ms", "finished_ms");
     if (e2e >= 0)
         metrics_observe(a->fam.stage_seconds, (const char *const[]){"end_to_end", connector}, e2e);
@@ -116,4 +150,118 @@ void api_route_metrics(api_server *a, request *rq)
     metrics_set(a->fam.journal_bytes, NULL, (double)js.map_used);
     metrics_set(a->fam.journal_map, NULL, (double)js.map_size);
     api_set_reply_text(rq, 200, metrics_render(a->metrics), "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* One level down: auto -> semi -> suggest (suggest stays). */
+static const char *lower_level(const char *level)
+{
+    return !strcmp(level, "auto") ? "semi" : "suggest";
+}
+
+void api_drift_record(api_server *a, json_t *detections)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(detections, i, d) {
+        const char *connector = json_string_value(json_object_get(d, "connector"));
+        const char *action = json_string_value(json_object_get(d, "action"));
+        const char *before = autonomy_level(a->autonomy, connector, action);
+        const char *after = NULL;
+        if (a->drift_lowers_autonomy && strcmp(before, "suggest") != 0)
+            after = lower_level(before);
+        json_object_set_new(d, "autonomy_before", json_string(before));
+        json_object_set_new(d, "autonomy_after", after ? json_string(after) : json_null());
+        journal_batch *b = journal_batch_new();
+        audit_batch_append(b, "drift_detected", NULL, json_incref(d));
+        ar_error err = {0};
+        if (journal_commit(a->journal, b, &err) != AR_OK)
+            ar_log("error", "cannot audit a drift detection: %s", err.message);
+        journal_batch_free(b);
+        ar_log("warn", "drift in %s.%s: %s %.2f recently against %.2f before%s%s", connector, action,
+               json_string_value(json_object_get(d, "metric")), json_number_value(json_object_get(d, "recent")),
+               json_number_value(json_object_get(d, "baseline")), after ? "; autonomy lowered to " : "",
+               after ? after : "");
+        if (after) {
+            char pattern[160];
+            snprintf(pattern, sizeof pattern, "%s.%s", connector, action);
+            if (autonomy_set(a->autonomy, pattern, after, "drift detector", &err) != AR_OK)
+                ar_log("error", "cannot lower the autonomy of %s: %s", pattern, err.message);
+        }
+    }
+    json_decref(detections);
+}
+
+/* The summary entry of family name whose labels match (label, value) pairs; borrowed from
+ * summary. */
+static const json_t *find_series(const json_t *summary, const char *k1, const char *v1, const char *k2, const char *v2)
+{
+    size_t i;
+    const json_t *e;
+    json_array_foreach(summary, i, e) {
+        const json_t *labels = json_object_get(e, "labels");
+        if (strcmp(json_string_value(json_object_get(labels, k1)) ?: "", v1) == 0 &&
+            (!k2 || strcmp(json_string_value(json_object_get(labels, k2)) ?: "", v2) == 0))
+            return e;
+    }
+    return NULL;
+}
+
+static json_t *quantiles(const json_t *e)
+{
+    if (!e)
+        return json_null();
+    return json_pack("{s:O, s:O, s:O, s:O}", "count", json_object_get(e, "count"), "p50", json_object_get(e, "p50"),
+                     "p90", json_object_get(e, "p90"), "p99", json_object_get(e, "p99"));
+}
+
+void api_route_stats(api_server *a, request *rq)
+{
+    json_t *stages = NULL, *actions = NULL, *costs = NULL;
+    metrics_summary(a->metrics, "aiorun_stage_duration_seconds", &stages, NULL);
+    metrics_summary(a->metrics, "aiorun_actions_total", &actions, NULL);
+    metrics_summary(a->metrics, "aiorun_cost_total", &costs, NULL);
+    json_t *out = json_array();
+    for (size_t i = 0; i < a->cfg->n_connectors; i++) {
+        const char *name = a->cfg->connectors[i].name;
+        json_t *by_state = json_object();
+        double finished = 0, failed = 0;
+        size_t k;
+        json_t *e;
+        json_array_foreach(actions, k, e) {
+            const json_t *labels = json_object_get(e, "labels");
+            if (strcmp(json_string_value(json_object_get(labels, "connector")) ?: "", name) != 0)
+                continue;
+            const char *state = json_string_value(json_object_get(labels, "state"));
+            double v = json_number_value(json_object_get(e, "value"));
+            json_object_set_new(by_state, state, json_real(json_number_value(json_object_get(by_state, state)) + v));
+            if (!strcmp(state, "SUCCEEDED") || !strcmp(state, "FAILED") || !strcmp(state, "UNKNOWN_OUTCOME")) {
+                finished += v;
+                if (strcmp(state, "SUCCEEDED") != 0)
+                    failed += v;
+            }
+        }
+        json_t *cost = json_object(), *per_action = json_object();
+        json_array_foreach(costs, k, e) {
+            const json_t *labels = json_object_get(e, "labels");
+            if (strcmp(json_string_value(json_object_get(labels, "connector")) ?: "", name) != 0)
+                continue;
+            const char *unit = json_string_value(json_object_get(labels, "unit"));
+            double total = json_number_value(json_object_get(e, "value"));
+            json_object_set_new(cost, unit, json_real(total));
+            json_object_set_new(per_action, unit, finished > 0 ? json_real(total / finished) : json_null());
+        }
+        json_array_append_new(out, json_pack("{s:s, s:o, s:f, s:o, s:o, s:{s:o, s:o, s:o, s:o}}", "connector", name,
+            "actions", by_state, "finished", finished,
+            "error_rate", finished > 0 ? json_real(failed / finished) : json_null(),
+            "cost", json_pack("{s:o, s:o}", "total", cost, "per_action", per_action),
+            "latency_seconds",
+            "connector_call", quantiles(find_series(stages, "stage", "connector_call", "connector", name)),
+            "end_to_end", quantiles(find_series(stages, "stage", "end_to_end", "connector", name)),
+            "queue_wait", quantiles(find_series(stages, "stage", "queue_wait", "connector", name)),
+            "decision", quantiles(find_series(stages, "stage", "decision", "connector", name))));
+    }
+    json_decref(stages);
+    json_decref(actions);
+    json_decref(costs);
+    api_set_reply_json(rq, 200, json_pack("{s:o}", "connectors", out));
 }

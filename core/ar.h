@@ -39,9 +39,44 @@ int ar_error_set(ar_error *err, int status, const char *code, const char *fmt, .
 /* Clear an error to empty strings. Safe with NULL. */
 void ar_error_clear(ar_error *err);
 
-/* One log line to stderr: "2026-11-26T17:00:00.123Z aiorun LEVEL message". Thread-safe (one
- * write per line). Never pass secrets. */
+/* ---- logging ------------------------------------------------------------------------------
+ *
+ * One line per call on stderr, written with a single write(2) and at most 4096 bytes (PIPE_BUF)
+ * so that lines from several threads never interleave, not even on a pipe; a longer message is
+ * cut and ends in "...". Never pass secrets, tokens or request bodies.
+ *
+ * JSON lines (the daemon's default):
+ *   {"time": "2026-11-26T17:00:00.123Z", "level": "info", "component": "scheduler",
+ *    "action": "<id>", "msg": "..."}
+ * "action" is there only when the line is about one action. Every field is valid JSON: quotes,
+ * backslashes and control characters are escaped, invalid UTF-8 becomes U+FFFD.
+ * Text lines (for people): "2026-11-26T17:00:00.123Z aiorun LEVEL message", LEVEL as the caller
+ * spelled it. A component of the form "kind:name" (plugin:shop, policy:refunds.lua), i.e. a
+ * source outside the daemon's own code, is shown before the message ("plugin:shop: ..."); the
+ * daemon's own components are not, so its lines read exactly as before. Control characters are
+ * escaped (\n, \r, \t, \xNN) so that a message cannot forge a second line.
+ *
+ * Levels: "debug" < "info" < "warn" < "error" (names case-insensitive; an unknown name counts
+ * as "info"). Lines below the minimum level are dropped. */
+enum { AR_LOG_DEBUG = 0, AR_LOG_INFO = 1, AR_LOG_WARN = 2, AR_LOG_ERROR = 3 };
+
+/* One line from component "aiorun", about no action in particular. */
 void ar_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One line from component (e.g. "scheduler", "plugin:shop"; NULL: "aiorun"), about the action
+ * action_id (NULL or "": none, and the JSON line has no "action" field). */
+void ar_log_as(const char *level, const char *component, const char *action_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The one process-wide setting this module keeps: the minimum level (AR_LOG_*; clamped) and
+ * the format (json != 0: JSON lines, 0: text). Set it once at start, before other threads run
+ * (the daemon does, from its config and AIORUN_LOG_LEVEL); it is stored atomically, so a later
+ * call is not a data race, but lines written meanwhile may use either setting. Until it is
+ * called: level info and text, so tools that never call it (aioctl) keep their text output. */
+void ar_log_configure(int min_level, int json);
+
+/* AR_LOG_* for "debug", "info", "warn" or "error" (any case); -1 for anything else or NULL. */
+int ar_log_level_from_name(const char *name);
 
 /* RFC 3339 UTC with milliseconds, "2026-11-26T17:00:00.123Z", into buf (at least 32 bytes). */
 #define AR_TIME_LEN 32

@@ -27,7 +27,7 @@ static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
     "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch",
-    "vault_key_file", "vault_passphrase_file", "runtime_dir", NULL
+    "vault_key_file", "vault_passphrase_file", "runtime_dir", "drift", "log_level", "log_format", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
@@ -305,6 +305,43 @@ static int parse_policy(const json_t *v, policy_limits *out, ar_error *err)
         (rc = get_default_verdict(v, "default_write", &out->default_write, err)) ||
         (rc = get_default_verdict(v, "default_irreversible", &out->default_irreversible, err)))
         return rc;
+    return AR_OK;
+}
+
+static const char *const drift_keys[] = { "recent", "baseline", "min_samples", "error_rate_increase",
+                                          "confidence_drop", "lower_autonomy", NULL };
+
+/* drift: the windows and thresholds of drift detection (drift.h), and whether a detection
+ * lowers the action's autonomy. */
+static int parse_drift(const json_t *v, config *cfg, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "drift: expected object, got %s", schema_type_name(v));
+    int rc = check_keys(v, drift_keys, "drift", err);
+    if (rc != AR_OK)
+        return rc;
+    long long recent = 0, baseline = 0, min_samples = 0;
+    if ((rc = get_int(v, "recent", "drift.recent", 5, 100000, &recent, err)) ||
+        (rc = get_int(v, "baseline", "drift.baseline", 5, 1000000, &baseline, err)) ||
+        (rc = get_int(v, "min_samples", "drift.min_samples", 1, 100000, &min_samples, err)))
+        return rc;
+    cfg->drift.recent = (int)recent;
+    cfg->drift.baseline = (int)baseline;
+    cfg->drift.min_samples = (int)min_samples;
+    static const char *const ratios[] = {"error_rate_increase", "confidence_drop"};
+    double *outs[] = {&cfg->drift.error_rate_increase, &cfg->drift.confidence_drop};
+    for (size_t i = 0; i < 2; i++) {
+        const json_t *r = json_object_get(v, ratios[i]);
+        if (!r)
+            continue;
+        if (!json_is_number(r) || json_number_value(r) <= 0 || json_number_value(r) > 1)
+            return invalid(err, "drift.%s: expected a number in (0, 1]", ratios[i]);
+        *outs[i] = json_number_value(r);
+    }
+    const json_t *lower = json_object_get(v, "lower_autonomy");
+    if (lower && !json_is_boolean(lower))
+        return invalid(err, "drift.lower_autonomy: expected true or false, got %s", schema_type_name(lower));
+    cfg->drift_lowers_autonomy = json_is_true(lower);
     return AR_OK;
 }
 
@@ -723,6 +760,24 @@ static int parse_approvers(const json_t *v, config *cfg, ar_error *err)
     return cfg->approvers ? AR_OK : nomem(err);
 }
 
+/* log_level: "debug" | "info" | "warn" | "error"; log_format: "json" | "text". */
+static int parse_logging(const json_t *root, config *cfg, ar_error *err)
+{
+    const char *level = "info", *format = "json";
+    char q[96];
+    int rc;
+    if ((rc = get_string(root, "log_level", "log_level", &level, err)) != AR_OK ||
+        (rc = get_string(root, "log_format", "log_format", &format, err)) != AR_OK)
+        return rc;
+    if ((cfg->log_level = ar_log_level_from_name(level)) < 0)
+        return invalid(err, "log_level: expected \"debug\", \"info\", \"warn\" or \"error\", got %s",
+                       quote(q, sizeof q, level));
+    if (strcmp(format, "json") != 0 && strcmp(format, "text") != 0)
+        return invalid(err, "log_format: expected \"json\" or \"text\", got %s", quote(q, sizeof q, format));
+    cfg->log_json = strcmp(format, "json") == 0;
+    return AR_OK;
+}
+
 static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_error *err)
 {
     if (!json_is_object(root))
@@ -769,6 +824,8 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if (watch && !json_is_boolean(watch))
         return invalid(err, "policy_watch: expected boolean, got %s", schema_type_name(watch));
     cfg->policy_watch = watch ? json_is_true(watch) : 1;
+    if ((rc = parse_logging(root, cfg, err)) != AR_OK)
+        return rc;
     if ((v0 = json_object_get(root, "autonomy")) && (rc = parse_autonomy(v0, cfg, err)))
         return rc;
     if ((v0 = json_object_get(root, "approvers")) && (rc = parse_approvers(v0, cfg, err)))
@@ -804,6 +861,8 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if (passphrase_file && !(cfg->vault_passphrase_file = join_path(base_dir, passphrase_file)))
         return nomem(err);
     if ((v = json_object_get(root, "policy")) && (rc = parse_policy(v, &cfg->policy, err)))
+        return rc;
+    if ((v = json_object_get(root, "drift")) && (rc = parse_drift(v, cfg, err)))
         return rc;
     /* After plugin_dir, which plugin paths are resolved against. */
     if ((v = json_object_get(root, "connectors")) &&

@@ -18,8 +18,10 @@
  * set: the vault is unlocked with the passphrase in this file, mode 0600), runtime_dir
  * ("/run/aiorun": where a root daemon puts plugin copies and the hosts' working directories),
  * max_inflight (256), max_queue_depth (10000), aging_ms (1000), autonomy {pattern: level},
- * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true). Relative paths are resolved against
- * the directory of the config file.
+ * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true),
+ * log_level ("info": "debug", "info", "warn" or "error", any case; the daemon lets the
+ * environment variable AIORUN_LOG_LEVEL override it), log_format ("json": JSON lines, or
+ * "text"; see ar.h). Relative paths are resolved against the directory of the config file.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -29,6 +31,7 @@
 #include <jansson.h>
 
 #include "ar.h"
+#include "drift.h"
 #include "policy.h"
 
 typedef struct config_retry {
@@ -95,7 +98,12 @@ typedef struct config {
     json_t *approvers;     /* owned or NULL: policy role -> ["approver", "token:alice", ...] */
     int64_t approval_expiry_s; /* a pending approval's lifetime unless the policy says (86400) */
     int policy_watch;      /* reload policies when their files change (inotify); default 1 */
+    int log_level;         /* the minimum level logged, AR_LOG_* (default AR_LOG_INFO) */
+    int log_json;          /* 1: JSON lines (default), 0: text (see ar.h) */
     policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */
+    drift_opts drift;      /* "drift": {recent, baseline, min_samples, error_rate_increase,
+                              confidence_drop, lower_autonomy}; absent values stay 0: drift.h's defaults */
+    int drift_lowers_autonomy; /* drift.lower_autonomy (false) */
     config_connector *connectors;
     size_t n_connectors;
 } config;

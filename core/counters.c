@@ -9,14 +9,23 @@
  *   - state not counted, E present: take off each element whose definition is still maintained
  *     and whose bucket the ring still holds, and delete E;
  *   - otherwise nothing. A record that is not a JSON object is never counted.
- * For a deleted record it deletes E and takes nothing off. With no "defs" record, or an empty
- * one, a put returns before the record is parsed. A "defs" record that cannot be read fails the
- * batch (counters_damaged): counting wrongly would let guardrails slip; counters_install
- * repairs it (it does not need to read the old record).
+ * Cost counters are kept apart, with K the entry "k:" + action id ({"<id>": [bucket_start,
+ * counted]}): for each maintained cost definition the record matches, whatever its state, the
+ * rise of record.cost[unit] over K's counted (if any) is added at the record's updated_ms and K
+ * notes the new total (also when that bucket had left the ring: the spend is out of every
+ * window, and must not be added again at a later put's time). Sum and count definitions never
+ * see K; cost definitions never see E. With no cost definition maintained, K is neither read
+ * nor written.
+ * For a deleted record it deletes E and K and takes nothing off. With no "defs" record, or an
+ * empty one, a put returns before the record is parsed (and it is parsed once for both kinds).
+ * A "defs" record that cannot be read fails the batch (counters_damaged): counting wrongly
+ * would let guardrails slip; counters_install repairs it (it does not need to read the old
+ * record).
  *
- * Known limit, as counters.h says: the backfill (and counters_recompute) looks at actions
+ * Known limits, as counters.h says: the backfill (and counters_recompute) looks at actions
  * created since now - window - 30 days; an action created earlier but approved within the
- * window is counted by the hook, not by a backfill.
+ * window is counted by the hook, not by a backfill. For cost definitions, the backfill sees an
+ * action's total and last update only, and puts the total there (no earlier than the hook).
  */
 #include "counters.h"
 
@@ -34,6 +43,18 @@
 #define MAX_WINDOW_MS (366LL * 24 * 3600 * 1000)
 
 /* ---- definitions ------------------------------------------------------------------------- */
+
+/* A cost unit as connectors report it (sandbox.c checks the same): 1 to 16 of [A-Za-z0-9_]. */
+static int valid_unit(const char *unit)
+{
+    size_t n = strlen(unit);
+    if (n == 0 || n > COUNTERS_UNIT_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)unit[i]) && unit[i] != '_')
+            return 0;
+    return 1;
+}
 
 static int valid_name(const char *name)
 {
@@ -115,10 +136,18 @@ static int copy_field(const json_t *decl, const char *field, char *dst, size_t c
     return AR_OK;
 }
 
+/* The hashed text of a sum or count definition has three NULs; a cost definition's has two
+ * more ("\0cost\0" + unit), so it never hashes the text of another kind (the fields hold no
+ * NUL). The text of sum and count definitions must never change: their ids are stored. */
 static void def_id(counter_def *d)
 {
     char text[512];
-    int n = snprintf(text, sizeof text, "%s%c%s%c%s%c%lld", d->connector, 0, d->action, 0, d->sum, 0,
+    int n;
+    if (d->cost[0])
+        n = snprintf(text, sizeof text, "%s%c%s%c%s%c%lld%ccost%c%s", d->connector, 0, d->action, 0,
+                     d->sum, 0, (long long)d->window_ms, 0, 0, d->cost);
+    else
+        n = snprintf(text, sizeof text, "%s%c%s%c%s%c%lld", d->connector, 0, d->action, 0, d->sum, 0,
                      (long long)d->window_ms);
     unsigned char h[COUNTERS_ID_LEN / 2];
     crypto_generichash(h, sizeof h, (const unsigned char *)text, (size_t)n, NULL, 0);
@@ -139,16 +168,30 @@ int counters_def_parse(const char *name, const json_t *decl, counter_def *out, a
     const char *key;
     const json_t *v;
     json_object_foreach((json_t *)decl, key, v) {
-        if (strcmp(key, "connector") && strcmp(key, "action") && strcmp(key, "sum") && strcmp(key, "window"))
+        if (strcmp(key, "connector") && strcmp(key, "action") && strcmp(key, "sum") &&
+            strcmp(key, "cost") && strcmp(key, "window"))
             return ar_error_set(err, AR_E_INVALID, "counter_invalid",
-                                "counter \"%s\": unknown field \"%s\" (known: connector, action, sum, window)",
-                                name, key);
+                                "counter \"%s\": unknown field \"%s\" (known: connector, action, sum, "
+                                "cost, window)", name, key);
     }
+    if (json_object_get(decl, "sum") && json_object_get(decl, "cost"))
+        return ar_error_set(err, AR_E_INVALID, "counter_invalid",
+                            "counter \"%s\" has both sum and cost: give sum (a path into the input to "
+                            "add up) or cost (a unit of what the calls cost, such as \"USD\"), not both",
+                            name);
     int rc;
     if ((rc = copy_field(decl, "connector", out->connector, sizeof out->connector, name, 1, err)) ||
         (rc = copy_field(decl, "action", out->action, sizeof out->action, name, 0, err)) ||
         (rc = copy_field(decl, "sum", out->sum, sizeof out->sum, name, 0, err)))
         return rc;
+    const json_t *unit = json_object_get(decl, "cost");
+    if (unit && (!json_is_string(unit) || strlen(json_string_value(unit)) != json_string_length(unit) ||
+                 !valid_unit(json_string_value(unit))))
+        return ar_error_set(err, AR_E_INVALID, "counter_invalid",
+                            "counter \"%s\": cost must be a unit such as \"USD\" or \"tokens\": 1 to %d "
+                            "letters, digits or '_'", name, COUNTERS_UNIT_MAX);
+    if (unit)
+        memcpy(out->cost, json_string_value(unit), json_string_length(unit) + 1);
     if (!out->action[0])
         strcpy(out->action, "*");
     size_t sl = strlen(out->sum);
@@ -170,8 +213,10 @@ int counters_def_parse(const char *name, const json_t *decl, counter_def *out, a
 
 json_t *counters_def_json(const counter_def *def)
 {
-    return json_pack("{s:s, s:s, s:s, s:o, s:f, s:s}", "name", def->name, "connector", def->connector,
-                     "action", def->action, "sum", def->sum[0] ? json_string(def->sum) : json_null(),
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:f, s:s}", "name", def->name, "connector",
+                     def->connector, "action", def->action,
+                     "sum", def->sum[0] ? json_string(def->sum) : json_null(),
+                     "cost", def->cost[0] ? json_string(def->cost) : json_null(),
                      "window", (double)def->window_ms / 1000.0, "id", def->id);
 }
 
@@ -434,6 +479,7 @@ struct counters {
     size_t raw_len;
     counter_def *defs;
     size_t n_defs;
+    size_t n_cost;             /* how many of defs are cost definitions */
     int cached;
 };
 
@@ -473,6 +519,8 @@ static int parse_defs(const void *val, size_t len, counter_def **out, size_t *n_
             copy_str(d->connector, sizeof d->connector, json_object_get(o, "connector"), 0) ||
             copy_str(d->action, sizeof d->action, json_object_get(o, "action"), 0) ||
             copy_str(d->sum, sizeof d->sum, json_object_get(o, "sum"), 1) ||
+            copy_str(d->cost, sizeof d->cost, json_object_get(o, "cost"), 1) || /* absent before costs */
+            (d->cost[0] && (d->sum[0] || !valid_unit(d->cost))) ||
             copy_str(d->id, sizeof d->id, json_object_get(o, "id"), 0) ||
             strlen(d->id) != COUNTERS_ID_LEN || !json_is_integer(w) ||
             json_integer_value(w) < MIN_WINDOW_MS || json_integer_value(w) > MAX_WINDOW_MS) {
@@ -495,15 +543,16 @@ static int defs_damaged(ar_error *err)
                         "cannot be read: reload the policies to install them again");
 }
 
-/* The maintained definitions, read inside txn (*defs borrowed from the cache). *present: a
- * "defs" record exists at all. */
+/* The maintained definitions, read inside txn (*defs borrowed from the cache), *n_cost of
+ * them cost definitions. *present: a "defs" record exists at all. */
 static int load_defs(counters *c, journal_txn *txn, const counter_def **defs, size_t *n,
-                     int *present, ar_error *err)
+                     size_t *n_cost, int *present, ar_error *err)
 {
     const void *val;
     size_t len;
     *defs = NULL;
     *n = 0;
+    *n_cost = 0;
     *present = 0;
     int rc = journal_txn_get(txn, JDB_COUNTERS, "defs", 4, &val, &len);
     if (rc == AR_E_NOTFOUND)
@@ -534,10 +583,14 @@ static int load_defs(counters *c, journal_txn *txn, const counter_def **defs, si
         c->raw_len = len;
         c->defs = parsed;
         c->n_defs = n_parsed;
+        c->n_cost = 0;
+        for (size_t i = 0; i < n_parsed; i++)
+            c->n_cost += parsed[i].cost[0] != 0;
         c->cached = 1;
     }
     *defs = c->defs;
     *n = c->n_defs;
+    *n_cost = c->n_cost;
     return AR_OK;
 }
 
@@ -560,20 +613,17 @@ static int journal_failed(ar_error *err, int rc, const char *what)
 
 /* ---- the hook ----------------------------------------------------------------------------- */
 
-/* An action record was stored: count it if it just entered a counted state, take it off if it
- * just left one. */
+/* An action record (rec, parsed) was stored: count it if it just entered a counted state, take
+ * it off if it just left one. Only sum and count definitions (cost ones are cost_put's). */
 static int count_put(journal_txn *txn, const counter_def *defs, size_t n, const char *ekey,
-                     size_t eklen, const void *val, size_t vlen, ar_error *err)
+                     size_t eklen, const json_t *rec, ar_error *err)
 {
-    json_t *rec = json_loadb(val, vlen, 0, NULL);
     int counted = record_counts(rec);
     const void *eval;
     size_t elen;
     int rc = journal_txn_get(txn, JDB_COUNTERS, ekey, eklen, &eval, &elen);
-    if (rc != AR_OK && rc != AR_E_NOTFOUND) {
-        json_decref(rec);
+    if (rc != AR_OK && rc != AR_E_NOTFOUND)
         return journal_failed(err, rc, "reading an action's counter entry");
-    }
     int exists = rc == AR_OK;
     json_t *entry = NULL;
     rc = AR_OK;
@@ -583,7 +633,7 @@ static int count_put(journal_txn *txn, const counter_def *defs, size_t n, const 
         if (!(entry = json_object()))
             goto nomem;
         for (size_t i = 0; i < n && rc == AR_OK; i++) {
-            if (!def_matches(&defs[i], rec))
+            if (defs[i].cost[0] || !def_matches(&defs[i], rec))
                 continue;
             matched = 1;
             ring r;
@@ -620,7 +670,8 @@ static int count_put(journal_txn *txn, const counter_def *defs, size_t n, const 
         json_t *el;
         json_object_foreach(entry, id, el) {
             ring r;
-            if (!find_def(defs, n, id) || !json_is_integer(json_array_get(el, 0)))
+            const counter_def *d = find_def(defs, n, id);
+            if (!d || d->cost[0] || !json_is_integer(json_array_get(el, 0)))
                 continue;
             if ((rc = txn_load_ring(txn, id, &r)) == AR_E_NOTFOUND) {
                 rc = AR_OK;
@@ -639,37 +690,134 @@ static int count_put(journal_txn *txn, const counter_def *defs, size_t n, const 
             journal_failed(err, rc, "taking an action off its counters");
     }
     json_decref(entry);
-    json_decref(rec);
     return rc;
 nomem:
     json_decref(entry);
-    json_decref(rec);
     return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in counters");
 }
 
-/* The journal hook on JDB_ACTIONS. A deleted action record (compaction) takes its entry with
+/* What the action has cost so far in d's unit (its running total; 0 when absent, not a number,
+ * or not a finite amount >= 0). */
+static double cost_of(const counter_def *d, const json_t *rec)
+{
+    const json_t *v = json_object_get(json_object_get(rec, "cost"), d->cost);
+    double amount = json_is_number(v) ? json_number_value(v) : 0;
+    return isfinite(amount) && amount > 0 ? amount : 0;
+}
+
+/* When the cost on this put was recorded: the record's updated_ms (created_ms without one). */
+static int64_t cost_time(const json_t *rec)
+{
+    const json_t *u = json_object_get(rec, "updated_ms");
+    return json_is_integer(u) ? json_integer_value(u)
+                              : json_integer_value(json_object_get(rec, "created_ms"));
+}
+
+/* An action record (rec, parsed) was stored: add the rise of its cost, whatever its state, to
+ * every cost definition it matches, at its updated_ms, and note the new totals in its cost
+ * entry kkey ("k:" + id). Nothing is written when nothing rose. */
+static int cost_put(journal_txn *txn, const counter_def *defs, size_t n, const char *kkey,
+                    size_t kklen, const json_t *rec, ar_error *err)
+{
+    if (!json_is_object(rec))
+        return AR_OK;
+    json_t *entry = NULL;
+    int changed = 0, loaded = 0, rc = AR_OK;
+    int64_t t = cost_time(rec);
+    for (size_t i = 0; i < n; i++) {
+        const counter_def *d = &defs[i];
+        if (!d->cost[0] || !def_matches(d, rec))
+            continue;
+        double current = cost_of(d, rec);
+        if (current <= 0)
+            continue; /* never spent anything: nothing to note (the common case for reads) */
+        if (!loaded) {
+            const void *kval;
+            size_t klen;
+            rc = journal_txn_get(txn, JDB_COUNTERS, kkey, kklen, &kval, &klen);
+            if (rc == AR_OK)
+                entry = json_loadb(kval, klen, 0, NULL);
+            else if (rc != AR_E_NOTFOUND)
+                return journal_failed(err, rc, "reading an action's cost entry");
+            rc = AR_OK;
+            if (!json_is_object(entry)) {
+                json_decref(entry);
+                if (!(entry = json_object()))
+                    goto nomem;
+            }
+            loaded = 1;
+        }
+        double counted = json_number_value(json_array_get(json_object_get(entry, d->id), 1));
+        if (!(current > counted))
+            continue; /* costs only grow: nothing new (a total that went down takes nothing off) */
+        ring r;
+        if ((rc = txn_load_ring(txn, d->id, &r)) == AR_E_NOTFOUND) {
+            rc = AR_OK; /* listed but without state: nothing to keep up to date */
+            continue;
+        }
+        if (rc != AR_OK)
+            goto fail;
+        int64_t start;
+        uint64_t before = r.version;
+        if (!ring_add(&r, t, current - counted, &start))
+            start = bucket_start(&r, t); /* left the ring: out of every window, but spent */
+        else if (r.version != before && (rc = txn_store_ring(txn, d->id, &r)) != AR_OK)
+            goto fail;
+        if (json_object_set_new(entry, d->id, json_pack("[I, f]", (json_int_t)start, current)))
+            goto nomem;
+        changed = 1;
+    }
+    if (changed) {
+        char *text = json_dumps(entry, JSON_COMPACT);
+        if (!text)
+            goto nomem;
+        rc = journal_txn_put(txn, JDB_COUNTERS, kkey, kklen, text, strlen(text));
+        free(text);
+        if (rc != AR_OK)
+            goto fail;
+    }
+    json_decref(entry);
+    return AR_OK;
+fail:
+    json_decref(entry);
+    return journal_failed(err, rc, "adding an action's cost");
+nomem:
+    json_decref(entry);
+    return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in counters");
+}
+
+/* The journal hook on JDB_ACTIONS. A deleted action record (compaction) takes its entries with
  * it, without taking anything off: what it counted stays counted until its window passes. */
 static int counters_hook(journal_txn *txn, void *arg, const void *key, size_t klen,
                          const void *val, size_t vlen, ar_error *err)
 {
     counters *c = arg;
     const counter_def *defs;
-    size_t n;
+    size_t n, n_cost;
     int present;
-    int rc = load_defs(c, txn, &defs, &n, &present, err);
+    int rc = load_defs(c, txn, &defs, &n, &n_cost, &present, err);
     if (rc != AR_OK || !present)
         return rc;
-    char ekey[KEY_MAX];
+    char ekey[KEY_MAX], kkey[KEY_MAX];
     size_t eklen = make_key(ekey, "a:", key, klen);
-    if (!eklen)
+    size_t kklen = make_key(kkey, "k:", key, klen);
+    if (!eklen || !kklen)
         return AR_OK; /* no action id is that long; nothing of it can be counted */
     if (!val) {
-        rc = journal_txn_del(txn, JDB_COUNTERS, ekey, eklen);
-        return rc == AR_OK ? AR_OK : journal_failed(err, rc, "deleting an action's counter entry");
+        /* Both, whatever is maintained now: an entry may remain from an earlier set. */
+        if ((rc = journal_txn_del(txn, JDB_COUNTERS, ekey, eklen)) == AR_OK)
+            rc = journal_txn_del(txn, JDB_COUNTERS, kkey, kklen);
+        return rc == AR_OK ? AR_OK : journal_failed(err, rc, "deleting an action's counter entries");
     }
     if (n == 0)
         return AR_OK; /* nothing maintained: not even the record is parsed */
-    return count_put(txn, defs, n, ekey, eklen, val, vlen, err);
+    json_t *rec = json_loadb(val, vlen, 0, NULL);
+    if (n > n_cost)
+        rc = count_put(txn, defs, n, ekey, eklen, rec, err);
+    if (rc == AR_OK && n_cost > 0)
+        rc = cost_put(txn, defs, n, kkey, kklen, rec, err);
+    json_decref(rec);
+    return rc;
 }
 
 int counters_new(journal *j, counters **out, ar_error *err)
@@ -777,8 +925,35 @@ static int drop_unlisted(journal_txn *txn, install_op *op)
     return rc;
 }
 
+/* Merge added (an object of elements) into the entry at key. */
+static int merge_entry(journal_txn *txn, journal_cursor *ecur, const char *key, size_t klen,
+                       json_t *added)
+{
+    if (!klen)
+        return AR_OK; /* no action id is that long */
+    json_t *entry = NULL;
+    int rc = cursor_lookup_json(ecur, key, klen, &entry);
+    if (rc != AR_OK)
+        return rc;
+    if (!json_is_object(entry)) {
+        json_decref(entry);
+        entry = json_object();
+    }
+    char *text = NULL;
+    if (!entry || json_object_update(entry, added) != 0 || !(text = json_dumps(entry, JSON_COMPACT)))
+        rc = AR_E_NOMEM;
+    else
+        rc = journal_txn_put(txn, JDB_COUNTERS, key, klen, text, strlen(text));
+    free(text);
+    json_decref(entry);
+    return rc;
+}
+
 /* Fill the new definitions' rings from the actions created since the earliest window start
- * (minus the slack for approvals), and merge their elements into the actions' entries. */
+ * (minus the slack for approvals), and merge their elements into the actions' entries: "a:"
+ * for sum and count definitions (actions in a counted state), "k:" for cost definitions
+ * (actions of any state that cost something: the whole total at their updated_ms, noted as
+ * counted even when out of the window, so that a later put adds only what it raises). */
 static int backfill(journal_txn *txn, install_op *op, size_t n_fresh)
 {
     if (n_fresh == 0)
@@ -802,52 +977,56 @@ static int backfill(journal_txn *txn, install_op *op, size_t n_fresh)
         if (rc == AR_E_FORMAT)
             continue; /* a record this build cannot read is not counted */
         json_t *rec = json_loadb(v, vl, 0, NULL);
-        if (!record_counts(rec)) {
+        if (!json_is_object(rec)) {
             json_decref(rec);
             continue;
         }
-        int64_t t = count_time(rec);
-        json_t *added = NULL;
+        int counts = record_counts(rec);
+        int64_t t = count_time(rec), t_cost = cost_time(rec);
+        json_t *added = NULL, *costs = NULL;
         int nomem = 0;
         for (size_t i = 0; i < op->n && !nomem; i++) {
-            if (!op->fresh[i] || !def_matches(&op->defs[i], rec))
+            const counter_def *d = &op->defs[i];
+            if (!op->fresh[i] || !def_matches(d, rec))
                 continue;
             ring *r = &op->rings[i];
             int64_t start;
-            double amount = amount_of(&op->defs[i], rec);
+            if (d->cost[0]) {
+                double amount = cost_of(d, rec);
+                if (amount <= 0)
+                    continue;
+                /* Only what some read at now_ms or later can still see is added; the rest is
+                 * still noted as counted. */
+                if (bucket_start(r, t_cost) + r->width <= op->now_ms - d->window_ms ||
+                    !ring_add(r, t_cost, amount, &start))
+                    start = bucket_start(r, t_cost);
+                if ((!costs && !(costs = json_object())) ||
+                    json_object_set_new(costs, d->id, json_pack("[I, f]", (json_int_t)start, amount)))
+                    nomem = 1;
+                continue;
+            }
+            if (!counts)
+                continue;
+            double amount = amount_of(d, rec);
             /* Only what some read at now_ms or later can still see. */
-            if (bucket_start(r, t) + r->width <= op->now_ms - op->defs[i].window_ms ||
+            if (bucket_start(r, t) + r->width <= op->now_ms - d->window_ms ||
                 !ring_add(r, t, amount, &start))
                 continue;
             if ((!added && !(added = json_object())) ||
-                json_object_set_new(added, op->defs[i].id, json_pack("[I, f]", (json_int_t)start, amount)))
+                json_object_set_new(added, d->id, json_pack("[I, f]", (json_int_t)start, amount)))
                 nomem = 1;
         }
         json_decref(rec);
-        if (nomem) {
-            json_decref(added);
-            rc = AR_E_NOMEM;
-            goto done;
-        }
-        if (!added)
-            continue;
-        char ekey[KEY_MAX];
-        size_t eklen = make_key(ekey, "a:", k, kl);
-        json_t *entry = NULL;
-        if (eklen && (rc = cursor_lookup_json(ecur, ekey, eklen, &entry)) == AR_OK) {
-            if (!json_is_object(entry)) {
-                json_decref(entry);
-                entry = json_object();
-            }
-            char *text = NULL;
-            if (!entry || json_object_update(entry, added) != 0 || !(text = json_dumps(entry, JSON_COMPACT)))
-                rc = AR_E_NOMEM;
-            else
-                rc = journal_txn_put(txn, JDB_COUNTERS, ekey, eklen, text, strlen(text));
-            free(text);
-        }
-        json_decref(entry);
+        /* Both keys before the first put: k is the cursor's, borrowed until it moves. */
+        char ekey[KEY_MAX], kkey[KEY_MAX];
+        size_t eklen = make_key(ekey, "a:", k, kl), kklen = make_key(kkey, "k:", k, kl);
+        rc = nomem ? AR_E_NOMEM : AR_OK;
+        if (rc == AR_OK && added)
+            rc = merge_entry(txn, ecur, ekey, eklen, added);
+        if (rc == AR_OK && costs)
+            rc = merge_entry(txn, ecur, kkey, kklen, costs);
         json_decref(added);
+        json_decref(costs);
         if (rc != AR_OK)
             goto done;
     }
@@ -909,7 +1088,8 @@ int counters_install(counters *c, const counter_def *defs, size_t n, int64_t now
         goto nomem;
     for (size_t i = 0; i < n; i++) {
         if (strlen(defs[i].id) != COUNTERS_ID_LEN || !defs[i].connector[0] || !defs[i].action[0] ||
-            defs[i].window_ms < MIN_WINDOW_MS || defs[i].window_ms > MAX_WINDOW_MS) {
+            defs[i].window_ms < MIN_WINDOW_MS || defs[i].window_ms > MAX_WINDOW_MS ||
+            (defs[i].cost[0] && (defs[i].sum[0] || !valid_unit(defs[i].cost)))) {
             rc = ar_error_set(err, AR_E_INVALID, "counter_invalid",
                               "counter \"%s\" was not made by counters_def_parse", defs[i].name);
             goto fail;
@@ -1003,7 +1183,12 @@ int counters_recompute(journal_read *r, const counter_def *def, int64_t now_ms, 
         if (rc == AR_E_FORMAT)
             continue;
         json_t *rec = json_loadb(v, vl, 0, NULL);
-        if (record_counts(rec) && def_matches(def, rec)) {
+        if (def->cost[0] && json_is_object(rec) && def_matches(def, rec)) {
+            /* Any state; the whole total at the last update, as the backfill does. */
+            int64_t start = floor_div(cost_time(rec), width) * width;
+            if (bucket_in_window(start, width, def->window_ms, now_ms))
+                sum += cost_of(def, rec);
+        } else if (!def->cost[0] && record_counts(rec) && def_matches(def, rec)) {
             int64_t start = floor_div(count_time(rec), width) * width;
             if (bucket_in_window(start, width, def->window_ms, now_ms))
                 sum += amount_of(def, rec);

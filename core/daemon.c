@@ -92,7 +92,7 @@ static int lock_data_dir(runtime *rt, const char *data_dir, ar_error *err)
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
     if (ftruncate(fd, 0) != 0 || write(fd, pid, (size_t)n) != n)
-        ar_log("warn", "cannot write the pid into %s", path);
+        ar_log_as("warn", "daemon", NULL, "cannot write the pid into %s", path);
     rt->lock_fd = fd;
     return AR_OK;
 }
@@ -104,8 +104,8 @@ static void *watch_policies(void *arg)
     int fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
     if (fd < 0 || inotify_add_watch(fd, rt->cfg->policy_dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
                                                               IN_DELETE | IN_CREATE) < 0) {
-        ar_log("warn", "cannot watch %s for policy changes (%s); reload with SIGHUP or POST /v1/policies/reload",
-               rt->cfg->policy_dir, strerror(errno));
+        ar_log_as("warn", "daemon", NULL, "cannot watch %s for policy changes (%s); reload with SIGHUP or "
+                  "POST /v1/policies/reload", rt->cfg->policy_dir, strerror(errno));
         if (fd >= 0)
             close(fd);
         return NULL;
@@ -145,7 +145,8 @@ static int policy_tests_pass(const policy_set *set, const char *dir, ar_error *e
         rc = ar_error_set(err, AR_E_INVALID, "policy_tests_failed", "%lld of the policy tests in %s fail; see "
                           "aioctl policy test %s", (long long)failed, dir, dir);
     if (rc == AR_OK)
-        ar_log("info", "policy tests: %lld passed", (long long)json_integer_value(json_object_get(report, "passed")));
+        ar_log_as("info", "daemon", NULL, "policy tests: %lld passed",
+                  (long long)json_integer_value(json_object_get(report, "passed")));
     json_decref(report);
     return rc;
 }
@@ -167,7 +168,7 @@ static int open_vault(runtime *rt, ar_error *err)
         return rc;
     /* It holds a key from now on: no core dumps, no ptrace by other processes of this uid. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        ar_log("warn", "cannot mark the daemon non-dumpable: %s", strerror(errno));
+        ar_log_as("warn", "daemon", NULL, "cannot mark the daemon non-dumpable: %s", strerror(errno));
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         const config_connector *cc = &cfg->connectors[i];
         if (!cc->n_secrets)
@@ -224,12 +225,27 @@ static int audit_start(runtime *rt, const char *config_path, ar_error *err)
     return rc;
 }
 
+/* The minimum log level and the format: the config's, except that a set AIORUN_LOG_LEVEL wins
+ * over its log_level, to debug a deployed config without editing it. cfg NULL: before the
+ * config is read, JSON lines (its default). Call it before any thread starts (ar.h). */
+static int configure_logging(const config *cfg, ar_error *err)
+{
+    int level = cfg ? cfg->log_level : AR_LOG_INFO, json = cfg ? cfg->log_json : 1;
+    const char *env = getenv("AIORUN_LOG_LEVEL");
+    int from_env = env && env[0] ? ar_log_level_from_name(env) : level;
+    ar_log_configure(from_env >= 0 ? from_env : level, json);
+    if (from_env < 0)
+        return ar_error_set(err, AR_E_INVALID, "invalid_config", "AIORUN_LOG_LEVEL: expected \"debug\", "
+                            "\"info\", \"warn\" or \"error\" (or unset), got \"%.32s\"", env);
+    return AR_OK;
+}
+
 static void runtime_stop(runtime *rt)
 {
     if (rt->watcher_started) {
         uint64_t one = 1;
         if (write(rt->watcher_stop_fd, &one, sizeof one) != sizeof one)
-            ar_log("warn", "cannot stop the policy watcher");
+            ar_log_as("warn", "daemon", NULL, "cannot stop the policy watcher");
         pthread_join(rt->watcher, NULL);
     }
     if (rt->watcher_stop_fd >= 0)
@@ -253,7 +269,7 @@ static void runtime_stop(runtime *rt)
 static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
 {
     int rc = config_load_file(config_path, &rt->cfg, err);
-    if (rc != AR_OK)
+    if (rc != AR_OK || (rc = configure_logging(rt->cfg, err)) != AR_OK)
         return rc;
     const config *cfg = rt->cfg;
     char host[PATH_MAX + 16], dir[PATH_MAX + 16];
@@ -274,8 +290,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     if ((rc = policy_set_load(cfg->policy_dir, &cfg->policy, &rt->policies, err)) != AR_OK ||
         (rc = policy_tests_pass(rt->policies, cfg->policy_dir, err)) != AR_OK)
         return rc;
-    ar_log("info", "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
-           cfg->policy_dir, policy_set_version(rt->policies));
+    ar_log_as("info", "daemon", NULL, "policies: %zu file(s) from %s, version %s", policy_set_count(rt->policies),
+              cfg->policy_dir, policy_set_version(rt->policies));
     size_t n_counters;
     const counter_def *defs = policy_set_counters(rt->policies, &n_counters);
     if ((rc = counters_install(rt->counters, defs, n_counters, ar_now_ms(), err)) != AR_OK ||
@@ -297,16 +313,16 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     for (size_t i = 0; i < cfg->n_connectors; i++) {
         sandbox_snapshot snap;
         scheduler_connector(rt->sched, cfg->connectors[i].name, &snap);
-        ar_log(snap.state == SANDBOX_READY ? "info" : "error", "connector %s (%s): %s%s%s",
-               cfg->connectors[i].name, cfg->connectors[i].plugin_path, sandbox_state_name(snap.state),
-               snap.message[0] ? ": " : "", snap.message);
+        ar_log_as(snap.state == SANDBOX_READY ? "info" : "error", "daemon", NULL, "connector %s (%s): %s%s%s",
+                  cfg->connectors[i].name, cfg->connectors[i].plugin_path, sandbox_state_name(snap.state),
+                  snap.message[0] ? ": " : "", snap.message);
         json_decref(snap.descriptor);
     }
     scheduler_recovery rec;
     if ((rc = scheduler_recover(rt->sched, &rec, err)) != AR_OK)
         return rc;
-    ar_log("info", "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
-           "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
+    ar_log_as("info", "daemon", NULL, "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
+              "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
     api_watch_pending(rt->api);
     if (cfg->policy_watch) {
         rt->watcher_stop_fd = eventfd(0, EFD_CLOEXEC);
@@ -315,10 +331,10 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     }
     if ((rc = api_listen(rt->api, err)) != AR_OK)
         return rc;
-    ar_log("info", "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
-           cfg->tls_cert ? "https" : "http",
-           strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host,
-           strchr(cfg->listen_host, ':') ? "]" : "", api_port(rt->api), cfg->data_dir);
+    ar_log_as("info", "daemon", NULL, "aiorun %s listening on %s://%s%s%s:%d (data in %s)", AIORUN_VERSION_STRING,
+              cfg->tls_cert ? "https" : "http",
+              strchr(cfg->listen_host, ':') ? "[" : "", cfg->listen_host,
+              strchr(cfg->listen_host, ':') ? "]" : "", api_port(rt->api), cfg->data_dir);
     return AR_OK;
 }
 
@@ -333,15 +349,17 @@ int daemon_run(const char *config_path)
     sigaddset(&stop, SIGHUP);   /* reload the policies */
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Until the config is read; a bad AIORUN_LOG_LEVEL is refused once it is, in its format. */
+    configure_logging(NULL, NULL);
     if (sodium_init() < 0) {
-        ar_log("error", "libsodium cannot initialise");
+        ar_log_as("error", "daemon", NULL, "libsodium cannot initialise");
         return 1;
     }
 
     runtime rt = {.lock_fd = -1, .watcher_stop_fd = -1};
     ar_error err = {0};
     if (runtime_start(&rt, config_path, &err) != AR_OK) {
-        ar_log("error", "cannot start: %s (%s)", err.message, err.code[0] ? err.code : "error");
+        ar_log_as("error", "daemon", NULL, "cannot start: %s (%s)", err.message, err.code[0] ? err.code : "error");
         runtime_stop(&rt);
         return 1;
     }
@@ -353,9 +371,9 @@ int daemon_run(const char *config_path)
         ar_error rerr = {0};
         api_reload_policies(rt.api, "SIGHUP", &rerr);
     }
-    ar_log("info", "stopping (signal %d)", sig);
+    ar_log_as("info", "daemon", NULL, "stopping (signal %d)", sig);
     runtime_stop(&rt);
-    ar_log("info", "stopped");
+    ar_log_as("info", "daemon", NULL, "stopped");
     return 0;
 }
 

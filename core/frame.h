@@ -38,12 +38,13 @@ typedef enum frame_type {
                              {"ok": false, "class": "timeout", "message": "..."}; either with
                              "http_status" (int) and "retry_after_ms" (int) of the last HTTP
                              response the plugin received during the call, each omitted when
-                             there was none */
+                             there was none; and with "cost": {"USD": 0.012, "tokens": 340}
+                             (unit -> amount, from set_cost) when the plugin reported any */
     FRAME_LOG = 8,        /* host -> daemon: {"level": "info", "message": "..."} */
     FRAME_SHUTDOWN = 9    /* daemon -> host: call fini and exit 0, {} */
 } frame_type;
 
-/* HELLO payload: {"abi": {"major": 1, "minor": 1}, "name", "version", "description",
+/* HELLO payload: {"abi": {"major": 1, "minor": 2}, "name", "version", "description",
  * "config_schema": {...}, "lookup": bool, "actions": [{"name", "summary", "input_schema": {...},
  * "effect": "read"|"write"|"irreversible", "idempotency": "none"|"native"|"lookup",
  * "cacheable": bool}]} */

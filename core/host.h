@@ -57,6 +57,14 @@ typedef struct host_ctx {
     int log_dropped;
 } host_ctx;
 
+/* Costs of one call (set_cost): at most this many units, each of at most this many bytes. */
+#define HOST_COST_MAX_UNITS 8
+#define HOST_COST_UNIT_MAX 16
+typedef struct host_cost {
+    char unit[HOST_COST_UNIT_MAX + 1];
+    double amount;
+} host_cost;
+
 struct aiorun_call {
     host_ctx *host;
     int active;                /* 0 outside init/invoke/lookup */
@@ -70,6 +78,11 @@ struct aiorun_call {
      * none, and its Retry-After in ms, -1 when it had none. */
     long http_status;
     int64_t retry_after_ms;
+    /* What the call cost (set_cost), by unit in the order first reported; reported in RESULT.
+     * costs_allowed is 0 in init, whose outcome carries no cost. */
+    int costs_allowed;
+    size_t n_costs;
+    host_cost costs[HOST_COST_MAX_UNITS];
 };
 
 /* The services table handed to init (static, constant). */
@@ -86,10 +99,14 @@ void host_ctx_fini(host_ctx *h);
  * sodium_init must have run. 0, or -1 with why filled (names a secret, never a value). */
 int host_secrets_load(host_ctx *h, json_t *secrets, char *why, size_t cap);
 
-/* Start a call: clears the previous outcome. idempotency_key is borrowed until host_call_end. */
+/* Start a call: clears the previous outcome and allows costs (init_plugin then forbids them).
+ * idempotency_key is borrowed until host_call_end. */
 void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const char *idempotency_key);
 /* End a call: frees the arena and the result, marks the call inactive. */
 void host_call_end(aiorun_call *c);
+/* The call's costs as RESULT carries them, {"USD": 0.012, "tokens": 340} (a whole amount as
+ * an integer): a new reference owned by the caller, NULL when there are none (or no memory). */
+json_t *host_call_cost(const aiorun_call *c);
 
 /* Copy s into dst (size cap, cap >= 1) replacing each byte of an invalid UTF-8 sequence with
  * '?', so that any plugin text can go into a JSON string; never cuts a character in half.

@@ -3,6 +3,7 @@
 #include "host.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,6 +211,8 @@ void host_call_begin(aiorun_call *c, host_ctx *h, int64_t deadline_ms, const cha
     c->arena = NULL;
     c->http_status = 0;
     c->retry_after_ms = -1;
+    c->costs_allowed = 1;
+    c->n_costs = 0;
 }
 
 void host_call_end(aiorun_call *c)
@@ -230,6 +233,8 @@ void host_call_end(aiorun_call *c)
     c->idempotency_key = "";
     c->http_status = 0;
     c->retry_after_ms = -1;
+    c->costs_allowed = 0;
+    c->n_costs = 0;
 }
 
 /* ---- log ---- */
@@ -353,6 +358,61 @@ static aiorun_status host_set_result(aiorun_call *call, const char *json, size_t
     json_decref(call->result);
     call->result = v;
     return AIORUN_OK;
+}
+
+/* ---- cost ---- */
+
+static int valid_cost_unit(const char *unit)
+{
+    size_t n = 0;
+    for (; unit && unit[n]; n++) {
+        char ch = unit[n];
+        if (n >= HOST_COST_UNIT_MAX || !((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                                         (ch >= '0' && ch <= '9') || ch == '_'))
+            return 0;
+    }
+    return n > 0;
+}
+
+static aiorun_status host_set_cost(aiorun_call *call, double amount, const char *unit)
+{
+    if (!call || !call->active || !call->costs_allowed || !isfinite(amount) || amount < 0 ||
+        !valid_cost_unit(unit))
+        return AIORUN_E_INVALID;
+    for (size_t i = 0; i < call->n_costs; i++) {
+        if (strcmp(call->costs[i].unit, unit) == 0) {
+            double sum = call->costs[i].amount + amount;
+            if (!isfinite(sum))
+                return AIORUN_E_INVALID;
+            call->costs[i].amount = sum;
+            return AIORUN_OK;
+        }
+    }
+    if (call->n_costs >= HOST_COST_MAX_UNITS)
+        return AIORUN_E_INVALID;
+    host_cost *c = &call->costs[call->n_costs++];
+    snprintf(c->unit, sizeof c->unit, "%s", unit);
+    /* -0.0 passes "amount < 0": store it as 0 */
+    c->amount = amount + 0.0;
+    return AIORUN_OK;
+}
+
+json_t *host_call_cost(const aiorun_call *c)
+{
+    if (!c || c->n_costs == 0)
+        return NULL;
+    json_t *out = json_object();
+    for (size_t i = 0; out && i < c->n_costs; i++) {
+        double v = c->costs[i].amount;
+        /* whole amounts (tokens) read better as integers; 2^53 keeps the conversion exact */
+        json_t *num = v <= 9007199254740992.0 && (double)(json_int_t)v == v
+                          ? json_integer((json_int_t)v) : json_real(v);
+        if (json_object_set_new(out, c->costs[i].unit, num) != 0) {
+            json_decref(out);
+            out = NULL;
+        }
+    }
+    return out;
 }
 
 /* Documented in plugin.h; statuses it does not list (1xx, 3xx: redirects are not followed,
@@ -806,6 +866,7 @@ static const aiorun_host_api host_api = {
     .idempotency_key = host_idempotency_key,
     .set_error = host_set_error,
     .set_result = host_set_result,
+    .set_cost = host_set_cost,
 };
 
 const aiorun_host_api *host_api_table(void)

@@ -457,7 +457,8 @@ static json_t *outcome_body(aiorun_call *c, int st)
 }
 
 /* The RESULT payload, with "http_status" and "retry_after_ms" of the call's last HTTP response
- * when there was one (the daemon's retry decisions use them). */
+ * when there was one (the daemon's retry decisions use them), and the call's "cost" when the
+ * plugin reported any, whatever the outcome (a failed call may have cost too). */
 static json_t *outcome_payload(aiorun_call *c, int st)
 {
     json_t *out = outcome_body(c, st);
@@ -466,6 +467,11 @@ static json_t *outcome_payload(aiorun_call *c, int st)
         if (c->retry_after_ms >= 0)
             json_object_set_new(out, "retry_after_ms", json_integer(c->retry_after_ms));
     }
+    json_t *cost = host_call_cost(c);
+    if (out && cost)
+        json_object_set_new(out, "cost", cost);
+    else
+        json_decref(cost);
     return out;
 }
 
@@ -482,14 +488,19 @@ static void send_result(host_ctx *h, uint32_t id, json_t *payload)
     if (!payload)
         payload = error_payload(AIORUN_E_PERMANENT, "host: out of memory building the result");
     int rc = frame_write_fd(h->fd, FRAME_RESULT, id, payload, h->max_frame, &err);
-    json_decref(payload);
     if (rc == AR_E_INVALID && strcmp(err.code, "frame_too_large") == 0) {
         char msg[600];
         snprintf(msg, sizeof msg, "result too large: %s", err.message);
-        rc = frame_write_fd(h->fd, FRAME_RESULT, id, payload = error_payload(AIORUN_E_INVALID, msg),
-                            h->max_frame, &err);
+        json_t *small = error_payload(AIORUN_E_INVALID, msg);
+        /* the call still cost what it cost */
+        json_t *cost = json_object_get(payload, "cost");
+        if (small && cost)
+            json_object_set(small, "cost", cost);
         json_decref(payload);
+        payload = small;
+        rc = frame_write_fd(h->fd, FRAME_RESULT, id, payload, h->max_frame, &err);
     }
+    json_decref(payload);
     if (rc == AR_E_CLOSED)
         _exit(HOST_EXIT_OK);
     if (rc != AR_OK)
@@ -623,6 +634,7 @@ static void init_plugin(host_ctx *h, host_plugin *p, frame_decoder *dec, aiorun_
     int st = AIORUN_OK;
     if (p->desc->init) {
         host_call_begin(c, h, deadline_of(f.payload), "");
+        c->costs_allowed = 0; /* READY and REFUSED carry no cost */
         st = p->desc->init(host_api_table(), c, text, strlen(text), &p->instance);
         if (st != AIORUN_OK) {
             json_t *out = outcome_payload(c, st);

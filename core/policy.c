@@ -156,7 +156,8 @@ typedef struct run_ctx {
     int four_eyes;
 } run_ctx;
 
-/* The process-wide log sink (policy.h: set once at start); NULL means stderr. */
+/* The process-wide log sink (policy.h: set once at start); NULL means ar_log, component
+ * "policy:<file>". */
 static _Atomic(policy_log_fn) log_sink;
 
 static int64_t mono_ns(void)
@@ -323,10 +324,13 @@ static int sb_setmetatable(lua_State *L)
 static void emit_log(const char *file, const char *line)
 {
     policy_log_fn fn = atomic_load(&log_sink);
-    if (fn)
+    if (fn) {
         fn(file, line);
-    else
-        fprintf(stderr, "policy %s: %s\n", file, line);
+        return;
+    }
+    char component[300];
+    snprintf(component, sizeof component, "policy:%s", file);
+    ar_log_as("info", component, NULL, "%s", line);
 }
 
 /* log(...): one line of tostring'ed arguments, at most LOG_LINE_MAX bytes, rate-limited. */

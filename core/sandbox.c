@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -651,6 +652,63 @@ static const char *redact_frame_text(const sandbox_pool *pool, const char *s, ch
     return out;
 }
 
+/* ---- what a call cost ---- */
+
+static int valid_cost_unit(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 16)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              *s == '_'))
+            return 0;
+    return 1;
+}
+
+/* The "cost" of a RESULT (borrowed from the frame) when it is well-formed (see sandbox.h),
+ * else NULL. An unusable cost is logged naming the connector and dropped: what a call cost
+ * never changes its outcome. A unit name holding a secret value is refused like a malformed
+ * one, and so is every cost when the secrets could not be read (rd NULL). Units are named in
+ * messages by position only, since a refused name may hold anything. */
+static const json_t *checked_cost(const sandbox_pool *pool, redactor *rd, const json_t *cost)
+{
+    char why[160];
+    if (!cost || (json_is_object(cost) && json_object_size(cost) == 0))
+        return NULL;
+    if (!json_is_object(cost) || json_object_size(cost) > SANDBOX_COST_MAX_UNITS) {
+        snprintf(why, sizeof why, "it is not an object of at most %d units", SANDBOX_COST_MAX_UNITS);
+        goto drop;
+    }
+    const char *unit;
+    json_t *v;
+    size_t i = 0;
+    json_object_foreach((json_t *)cost, unit, v) {
+        i++;
+        double amount = json_number_value(v);
+        char *clean = NULL;
+        size_t clean_len;
+        if (!valid_cost_unit(unit)) {
+            snprintf(why, sizeof why, "unit #%zu is not 1 to 16 characters of [A-Za-z0-9_]", i);
+            goto drop;
+        }
+        if (!json_is_number(v) || !isfinite(amount) || amount < 0) {
+            snprintf(why, sizeof why, "the amount of unit #%zu is not a finite number >= 0", i);
+            goto drop;
+        }
+        if (!rd || redact_bytes(rd, unit, strlen(unit), &clean, &clean_len)) {
+            free(clean);
+            snprintf(why, sizeof why, "unit #%zu %s", i, rd ? "contains a secret value"
+                                                          : "could not be checked for secrets");
+            goto drop;
+        }
+    }
+    return cost;
+drop:
+    ar_log("warn", "connector %s: the cost the plugin reported was ignored: %s", pool->connector, why);
+    return NULL;
+}
+
 /* ---- death and restart ---- */
 
 static void describe_status(int status, char *out, size_t cap)
@@ -907,7 +965,8 @@ static void malformed(sandbox_proc *p, const char *why)
     proc_kill(p, AIORUN_E_PLUGIN_CRASHED, msg);
 }
 
-/* Print a plugin's log line as one line with control characters escaped. */
+/* Log a plugin's line, secrets redacted, as component "plugin:<connector>" (ar_log keeps it one
+ * line: control characters escaped). */
 static void forward_log(sandbox_pool *pool, const json_t *payload)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -919,26 +978,9 @@ static void forward_log(sandbox_pool *pool, const json_t *payload)
     char clean[LOG_LINE_MAX];
     const char *msg = redact_frame_text(pool, json_string_value(json_object_get(payload, "message")),
                                         clean, sizeof clean);
-    char line[LOG_LINE_MAX];
-    size_t o = 0;
-    for (const unsigned char *s = (const unsigned char *)(msg ? msg : ""); *s && o + 5 < sizeof line; s++) {
-        if (*s == '\n') {
-            line[o++] = '\\';
-            line[o++] = 'n';
-        } else if (*s == '\r') {
-            line[o++] = '\\';
-            line[o++] = 'r';
-        } else if (*s == '\t') {
-            line[o++] = '\\';
-            line[o++] = 't';
-        } else if (*s < 0x20 || *s == 0x7f) {
-            o += (size_t)snprintf(line + o, sizeof line - o, "\\x%02x", *s);
-        } else {
-            line[o++] = (char)*s;
-        }
-    }
-    line[o] = '\0';
-    fprintf(stderr, "[%s] %s: %s\n", pool->connector, level, line);
+    char component[80];
+    snprintf(component, sizeof component, "plugin:%s", pool->connector);
+    ar_log_as(level, component, NULL, "%s", msg ? msg : "");
 }
 
 /* snprintf for messages that may be cut short on purpose (vsnprintf keeps GCC's truncation
@@ -1102,6 +1144,7 @@ static void on_result(sandbox_proc *p, const frame *f)
     redactor rd;
     char rwhy[300], withheld[400];
     int can_redact = redactor_begin(p->pool, &rd, rwhy, sizeof rwhy) == AR_OK;
+    res.cost = checked_cost(p->pool, can_redact ? &rd : NULL, json_object_get(f->payload, "cost"));
     if (json_is_true(ok)) {
         json_t *r = json_object_get(f->payload, "result");
         if (!can_redact) {

@@ -104,6 +104,9 @@ typedef struct sandbox_call {
     int timeout_ms;            /* 0: the pool's default */
 } sandbox_call;
 
+/* Units of cost one call may report. */
+#define SANDBOX_COST_MAX_UNITS 8
+
 typedef struct sandbox_result {
     int ok;                    /* 1: result_json is set; 0: error_class/message are set */
     const char *result_json;   /* borrowed during the callback */
@@ -114,6 +117,11 @@ typedef struct sandbox_result {
     int http_status;           /* status of the last HTTP response the plugin received during
                                   the call, 0 if none (also 0 for crashes and kills) */
     int64_t retry_after_ms;    /* that response's Retry-After in ms, -1 if none */
+    const json_t *cost;        /* what the call cost, as the plugin reported it (set_cost), ok
+                                  or not: an object of 1 to SANDBOX_COST_MAX_UNITS units named
+                                  [A-Za-z0-9_]{1,16}, each a finite number >= 0; borrowed
+                                  during the callback; NULL when none (a malformed cost is
+                                  logged and dropped, never fatal) */
 } sandbox_result;
 
 typedef void (*sandbox_done_fn)(void *arg, const sandbox_result *res);

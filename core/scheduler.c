@@ -3,6 +3,7 @@
  * run on the journal writer thread and only hand work back to the loop. */
 #include "scheduler.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -165,8 +166,8 @@ static void push_back(conn *c, job *jb)
     jb->place = JOB_QUEUED;
     jb->queued_mono_ms = ar_mono_ms();
     if (flow_heap_push(&c->queue, jb, queue_score(jb)) != AR_OK)
-        ar_log("error", "out of memory queueing action %s; it resumes at the next start",
-               action_record_str(jb->rec, "id"));
+        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"),
+                  "out of memory queueing action %s; it resumes at the next start", action_record_str(jb->rec, "id"));
 }
 
 /* Ahead of everything: an attempt already journaled that found no free process. */
@@ -174,7 +175,8 @@ static void push_front(conn *c, job *jb)
 {
     jb->place = JOB_QUEUED;
     if (flow_heap_push(&c->queue, jb, INT64_MIN / 2) != AR_OK)
-        ar_log("error", "out of memory queueing action %s", action_record_str(jb->rec, "id"));
+        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"), "out of memory queueing action %s",
+                  action_record_str(jb->rec, "id"));
 }
 
 static void unqueue(conn *c, job *jb)
@@ -201,12 +203,39 @@ static void history_append(json_t *rec, json_t *entry /* takes */)
     json_array_append_new(h, entry);
 }
 
+/* What a call cost (res->cost, checked by the sandbox): kept on the newest history entry and
+ * added into the record's running total "cost", unit -> amount over all attempts and lookups.
+ * Whole amounts stay integers (token counts). */
+static void record_cost(json_t *rec, const sandbox_result *res)
+{
+    json_t *e = last_history(rec);
+    if (!res || !json_object_size(res->cost) || !e)
+        return;
+    json_object_set_new(e, "cost", json_deep_copy(res->cost));
+    json_t *total = json_object_get(rec, "cost");
+    if (!json_is_object(total)) {
+        total = json_object();
+        json_object_set_new(rec, "cost", total);
+    }
+    const char *unit;
+    json_t *v;
+    json_object_foreach((json_t *)res->cost, unit, v) {
+        json_t *old = json_object_get(total, unit);
+        double sum = json_number_value(old) + json_number_value(v);
+        if (json_is_integer(v) && (!old || json_is_integer(old)) && sum <= 9007199254740992.0)
+            json_object_set_new(total, unit, json_integer(json_integer_value(old) + json_integer_value(v)));
+        else if (isfinite(sum))
+            json_object_set_new(total, unit, json_real(sum));
+    }
+}
+
 /* Note an outcome on the newest history entry. */
 static void history_outcome(json_t *rec, const char *outcome, const sandbox_result *res, int64_t now)
 {
     json_t *e = last_history(rec);
     if (!e)
         return;
+    record_cost(rec, res);
     json_object_set_new(e, "outcome", json_string(outcome));
     json_object_set_new(e, "finished_ms", json_integer(now));
     if (res) {
@@ -276,9 +305,10 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
     if (status != AR_OK) {
         /* The journal still holds the previous state, which the next start resolves; this
          * process does not act on a state it could not record. */
-        ar_log("error", "cannot journal action %s as %s: %s; it is resumed at the next start",
-               action_record_str(jb->rec, "id"), action_state_name(action_record_state(jb->rec)),
-               err ? err->message : "unknown error");
+        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"),
+                  "cannot journal action %s as %s: %s; it is resumed at the next start",
+                  action_record_str(jb->rec, "id"), action_state_name(action_record_state(jb->rec)),
+                  err ? err->message : "unknown error");
     } else {
         if (jb->s->notify)
             jb->s->notify(jb->s->notify_arg, jb->rec);
@@ -336,7 +366,8 @@ static void commit(job *jb, after_fn after)
     if (!t || !b || action_batch_store(b, jb->rec) != AR_OK) {
         free(t);
         journal_batch_free(b);
-        ar_log("error", "out of memory journaling action %s", action_record_str(jb->rec, "id"));
+        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"), "out of memory journaling action %s",
+                  action_record_str(jb->rec, "id"));
         finish(jb);
         return;
     }
@@ -515,8 +546,8 @@ static void observe(conn *c, const sandbox_result *res)
         snprintf(detail, sizeof detail, "%s%s%s", flow_breaker_state_name(c->breaker.state),
                  c->breaker.state == BREAKER_OPEN ? ": " : "", c->breaker.state == BREAKER_OPEN ? c->breaker.reason : "");
         flow_event(c, "breaker", detail);
-        ar_log(c->breaker.state == BREAKER_OPEN ? "warn" : "info", "connector %s: circuit breaker %s",
-               c->cc->name, detail);
+        ar_log_as(c->breaker.state == BREAKER_OPEN ? "warn" : "info", "scheduler", NULL,
+                  "connector %s: circuit breaker %s", c->cc->name, detail);
     }
     /* The API asked to slow down: the whole connector waits, not only this action. */
     if (!res->ok && res->error_class == AIORUN_E_RATE_LIMITED && res->retry_after_ms > 0 &&
@@ -551,8 +582,9 @@ static void accept_result(job *jb, json_t *result)
         return;
     }
     json_object_set_new(rec, "review", json_true());
-    ar_log("warn", "action %s: %s; it acted already, so it ends SUCCEEDED flagged for review",
-           action_record_str(rec, "id"), message);
+    ar_log_as("warn", "scheduler", action_record_str(rec, "id"),
+              "action %s: %s; it acted already, so it ends SUCCEEDED flagged for review", action_record_str(rec, "id"),
+              message);
     conclude(jb, ACTION_SUCCEEDED);
 }
 
@@ -629,6 +661,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
         history_append(rec, json_pack("{s:s, s:s, s:I, s:s}", "kind", "lookup", "key",
                                       action_record_str(rec, "idempotency_key"), "finished_ms",
                                       (json_int_t)now, "outcome", "happened"));
+        record_cost(rec, res);
         json_object_set_new(rec, "reconciled", json_true());
         jb->reconcile = 0;
         accept_result(jb, result ? result : json_null());
@@ -637,6 +670,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
         history_append(rec, json_pack("{s:s, s:s, s:I, s:s}", "kind", "lookup", "key",
                                       action_record_str(rec, "idempotency_key"), "finished_ms",
                                       (json_int_t)now, "outcome", "not_happened"));
+        record_cost(rec, res);
         json_object_set_new(rec, "maybe_happened", json_false());
         jb->reconcile = 0;
         if (jb->cancel_requested) {
@@ -652,6 +686,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
         history_append(rec, json_pack("{s:s, s:I, s:s, s:s}", "kind", "lookup", "finished_ms", (json_int_t)now,
                                       "outcome", class_name(res->error_class), "message",
                                       res->error_message ? res->error_message : ""));
+        record_cost(rec, res);
         retry_later(jb, backoff_ms(&c->cc->retry, (int)rec_int(rec, "attempts")), res->retry_after_ms,
                     class_name(res->error_class), res->error_message);
     }
@@ -921,7 +956,8 @@ static void flow_saved(void *arg, int status, journal_batch *b, const ar_error *
 {
     char *name = arg;
     if (status != AR_OK)
-        ar_log("error", "cannot journal the flow state of connector %s: %s", name, err ? err->message : "?");
+        ar_log_as("error", "scheduler", NULL, "cannot journal the flow state of connector %s: %s", name,
+                  err ? err->message : "?");
     free(name);
     journal_batch_free(b);
 }
@@ -1037,7 +1073,7 @@ static void pause_durable(void *arg, int status, journal_batch *b, const ar_erro
     if (status == AR_OK)
         scheduler_connector_flow(pr->s, pr->name, &view);
     else
-        ar_log("error", "cannot journal the pause of %s: %s", pr->name, err ? err->message : "?");
+        ar_log_as("error", "scheduler", NULL, "cannot journal the pause of %s: %s", pr->name, err ? err->message : "?");
     pr->done(pr->arg, status, view);
     json_decref(view);
     free(pr);
@@ -1066,7 +1102,7 @@ static void pause_on_loop(loop_t *loop, void *arg)
     snprintf(detail, sizeof detail, "by %s%s%s", pr->who, pr->reason[0] ? ": " : "", pr->reason);
     json_array_append_new(c->events, json_pack("{s:I, s:s, s:s}", "at_ms", (json_int_t)ar_now_ms(), "event",
                                                 pr->pause ? "paused" : "resumed", "detail", detail));
-    ar_log("info", "connector %s %s %s", c->cc->name, pr->pause ? "paused" : "resumed", detail);
+    ar_log_as("info", "scheduler", NULL, "connector %s %s %s", c->cc->name, pr->pause ? "paused" : "resumed", detail);
     publish(c);
     save_flow_event(c, pr->pause ? "connector_paused" : "connector_resumed",
                     json_pack("{s:s, s:s, s:s}", "connector", c->cc->name, "by", pr->who, "reason", pr->reason),
@@ -1086,7 +1122,8 @@ static void restart_on_loop(loop_t *loop, void *arg)
     restart_req *rr = arg;
     conn *c = find_conn(rr->s, rr->name);
     if (c && sandbox_pool_recycle(c->pool) == AR_OK)
-        ar_log("info", "connector %s: replacing its processes to pick up changed secrets", c->cc->name);
+        ar_log_as("info", "scheduler", NULL, "connector %s: replacing its processes to pick up changed secrets",
+                  c->cc->name);
     free(rr);
 }
 

@@ -520,3 +520,16 @@ long sim_effects(sim *s, const char *key)
     json_decref(r);
     return n;
 }
+
+int harness_teardown(harness *h)
+{
+    int status = h->pid > 0 ? harness_stop(h) : 0;
+    harness_cleanup(h);
+    return status == 0 ? 0 : -1;
+}
+
+const char *harness_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "(none)";
+}

@@ -49,6 +49,12 @@ int harness_stop(harness *h);
 void harness_kill9(harness *h);
 /* Stop if running and remove the directory. */
 void harness_cleanup(harness *h);
+/* A test's teardown: stop the daemon if it runs (SIGTERM), remove the directory; 0 when the
+ * daemon exited cleanly (or was not running), else -1. */
+int harness_teardown(harness *h);
+
+/* A string member of obj, "(none)" when absent or not a string (for assertions). */
+const char *harness_str(const json_t *obj, const char *key);
 
 /* Create or revoke a token directly on the data directory (as aioctl --config does), while the
  * daemon runs or not. roles: "submitter,reader". expires_ms: 0 never, else absolute. 0 on

@@ -26,16 +26,11 @@ static int start(void **state)
 static int stop(void **state)
 {
     (void)state;
-    int status = H.pid > 0 ? harness_stop(&H) : 0;
-    harness_cleanup(&H);
-    return status == 0 ? 0 : -1;
+    return harness_teardown(&H);
 }
 
-static const char *str(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "(none)";
-}
+/* A string member, "(none)" when absent (harness.h). */
+#define str harness_str
 
 static json_t *submit(const char *body, long want)
 {
@@ -297,6 +292,28 @@ static void metrics_pass_promtool_and_put_latencies_in_their_buckets(void **stat
     assert_true(bucket(out, "stage=\"end_to_end\",connector=\"t_ok\"", "+Inf") >= 11);
     assert_non_null(strstr(out, "aiorun_policy_evaluation_seconds_count "));
     assert_non_null(strstr(out, "aiorun_queue_depth{connector=\"t_ok\"} 0"));
+    /* The same figures summarised per connector (and by aioctl stats). */
+    json_t *stats = NULL;
+    assert_int_equal(harness_http(&H, "GET", "/v1/stats", NULL, &stats), 200);
+    json_t *mine = NULL;
+    size_t k;
+    json_t *c;
+    json_array_foreach(json_object_get(stats, "connectors"), k, c)
+        if (!strcmp(str(c, "connector"), "t_ok"))
+            mine = c;
+    assert_non_null(mine);
+    assert_true(json_number_value(json_object_get(mine, "finished")) == 10);
+    assert_true(json_number_value(json_object_get(mine, "error_rate")) == 0);
+    double p50 = json_number_value(json_object_get(json_object_get(json_object_get(mine, "latency_seconds"),
+                                                                   "connector_call"), "p50"));
+    assert_true(p50 > 0.025 && p50 <= 0.1);
+    json_decref(stats);
+    char bin[300], table[4096];
+    harness_bin(bin, sizeof bin, "aioctl");
+    char *stats_cmd[] = {bin, "stats", NULL};
+    assert_int_equal(harness_run(&H, stats_cmd, table, sizeof table), 0);
+    assert_non_null(strstr(table, "CALL p50/p90/p99"));
+    assert_non_null(strstr(table, "t_ok"));
     /* Unauthenticated: refused (and counted). */
     assert_int_equal(harness_http_as(&H, NULL, "GET", "/metrics", NULL, NULL), 401);
 
@@ -316,10 +333,92 @@ static void metrics_pass_promtool_and_put_latencies_in_their_buckets(void **stat
         fail_msg("promtool check metrics: %s", out);
 }
 
+/* ---- drift ---------------------------------------------------------------------------------- */
+
+static sim S;
+
+static int start_drift(void **state)
+{
+    (void)state;
+    if (sim_start(&S) != 0)
+        return -1;
+    char extra[600];
+    snprintf(extra, sizeof extra, "\"t_api\": {\"plugin\": \"http\", \"config\": {\"base_url\": \"%s\"}, "
+             "\"retry\": {\"max_attempts\": 1}, \"allow_ports\": [%d]}", S.url, S.port);
+    harness_opts o = {.extra_connectors = extra,
+                      .extra_top = "  \"drift\": {\"recent\": 10, \"baseline\": 20, \"min_samples\": 10, "
+                                   "\"error_rate_increase\": 0.5, \"lower_autonomy\": true}"};
+    return harness_start(&H, &o);
+}
+
+static int stop_drift(void **state)
+{
+    int rc = stop(state);
+    sim_stop(&S);
+    return rc;
+}
+
+static const char *run_get(const char *path)
+{
+    static char state_buf[32];
+    char body[300];
+    snprintf(body, sizeof body, "{\"connector\": \"t_api\", \"action\": \"request\", \"input\": "
+             "{\"method\": \"GET\", \"path\": \"%s\"}, \"wait_ms\": 5000}", path);
+    json_t *a = submit(body, 201);
+    snprintf(state_buf, sizeof state_buf, "%s", str(a, "state"));
+    json_decref(a);
+    return state_buf;
+}
+
+static void a_drift_in_errors_lowers_autonomy_until_an_operator_restores_it(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 20; i++)
+        assert_string_equal(run_get("/products"), "SUCCEEDED");
+    /* The API starts failing every call: once half the recent window failed (0.5 above the
+     * baseline's 0), the action drops from auto to semi: the next calls wait for a human. */
+    int failed = 0;
+    const char *st = "";
+    for (int i = 0; i < 100 && strcmp(st, "PENDING_APPROVAL") != 0; i++) {
+        st = run_get("/nowhere");
+        if (!strcmp(st, "FAILED"))
+            failed++;
+        else if (strcmp(st, "PENDING_APPROVAL") != 0)
+            fail_msg("unexpected state %s", st);
+        if (failed >= 5)
+            usleep(20 * 1000); /* the detection is recorded on the waiter thread */
+    }
+    assert_string_equal(st, "PENDING_APPROVAL");
+    assert_true(failed >= 5 && failed <= 8);
+    json_t *aut = NULL;
+    assert_int_equal(harness_http(&H, "GET", "/v1/autonomy", NULL, &aut), 200);
+    char *dump = json_dumps(aut, JSON_COMPACT);
+    assert_non_null(strstr(dump, "t_api.request"));
+    assert_non_null(strstr(dump, "drift detector"));
+    free(dump);
+    json_decref(aut);
+    json_t *entries = all_entries();
+    assert_true(has_type(entries, "drift_detected"));
+    json_decref(entries);
+    json_t *conns = NULL;
+    assert_int_equal(harness_http(&H, "GET", "/v1/connectors", NULL, &conns), 200);
+    dump = json_dumps(conns, JSON_COMPACT);
+    assert_non_null(strstr(dump, "\"metric\":\"error_rate\""));
+    free(dump);
+    json_decref(conns);
+    char text[65536];
+    fetch_text("/metrics", text, sizeof text);
+    assert_non_null(strstr(text, "aiorun_drift_detections_total{connector=\"t_api\",action=\"request\",metric=\"error_rate\"} 1"));
+    /* The operator restores it. */
+    assert_int_equal(harness_http(&H, "PUT", "/v1/autonomy", "{\"pattern\": \"t_api.request\", \"level\": null}", NULL), 200);
+    assert_string_equal(run_get("/products"), "SUCCEEDED");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(every_event_of_a_scripted_scenario_is_on_a_chain_that_verifies, start, stop),
     cmocka_unit_test_setup_teardown(an_entry_altered_on_disk_is_found_and_named, start, stop),
     cmocka_unit_test_setup_teardown(metrics_pass_promtool_and_put_latencies_in_their_buckets, start, stop),
+    cmocka_unit_test_setup_teardown(a_drift_in_errors_lowers_autonomy_until_an_operator_restores_it, start_drift, stop_drift),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

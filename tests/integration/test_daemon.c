@@ -725,6 +725,111 @@ static void aioctl_exit_codes_follow_the_outcome(void **state)
     json_decref(doc);
 }
 
+/* ---- the daemon's log ----------------------------------------------------------------------------- */
+
+/* The daemon's log file, NUL-terminated; owned by the caller. */
+static char *read_log(const harness *h)
+{
+    FILE *f = fopen(h->log_path, "r");
+    assert_non_null(f);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+    assert_non_null(m);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        fwrite(buf, 1, n, m);
+    fclose(f);
+    fclose(m);
+    return text;
+}
+
+/* Submit echo/echo and wait; the action's id into id (27 bytes). */
+static void echo_action(char id[27])
+{
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "logged", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
+    snprintf(id, 27, "%s", str(r, "id", NULL));
+    json_decref(r);
+}
+
+static void log_is_json_lines_naming_the_action(void **state)
+{
+    (void)state;
+    char id[27];
+    echo_action(id);
+    assert_int_equal(harness_stop(&H), 0);
+    char *log = read_log(&H);
+    int lines = 0, action_line = 0, listening_line = 0;
+    for (char *save = NULL, *line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        lines++;
+        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
+        if (!j)
+            fail_msg("a log line is not JSON: %s", line);
+        const char *level = str(j, "level", NULL), *component = str(j, "component", NULL);
+        const char *msg = str(j, "msg", NULL), *action = json_string_value(json_object_get(j, "action"));
+        assert_true(json_is_string(json_object_get(j, "time")));
+        assert_true(strcmp(level, "debug") == 0 || strcmp(level, "info") == 0 || strcmp(level, "warn") == 0 ||
+                    strcmp(level, "error") == 0);
+        if (strcmp(component, "api") == 0 && action && strcmp(action, id) == 0 && strstr(msg, "echo/echo SUCCEEDED"))
+            action_line = 1;
+        if (strcmp(component, "daemon") == 0 && !action && strstr(msg, "listening on http://127.0.0.1:"))
+            listening_line = 1;
+        json_decref(j);
+    }
+    free(log);
+    assert_true(lines > 3);
+    assert_true(action_line);
+    assert_true(listening_line);
+}
+
+static int start_text_warn(void **state)
+{
+    (void)state;
+    unsetenv("AIORUN_LOG_LEVEL");
+    harness_opts o = {.extra_top = "\"log_format\": \"text\", \"log_level\": \"warn\""};
+    return harness_start(&H, &o);
+}
+
+static void text_log_and_the_environment_overriding_the_level(void **state)
+{
+    (void)state;
+    char id[27], want[128];
+    echo_action(id);
+    assert_int_equal(harness_stop(&H), 0);
+    char *log = read_log(&H);
+    assert_null(strstr(log, " aiorun info ")); /* the config's warn */
+    assert_null(strstr(log, "{\"time\""));
+    free(log);
+
+    /* AIORUN_LOG_LEVEL wins over the config's log_level */
+    setenv("AIORUN_LOG_LEVEL", "info", 1);
+    int rc = harness_restart(&H);
+    unsetenv("AIORUN_LOG_LEVEL");
+    assert_int_equal(rc, 0);
+    echo_action(id);
+    assert_int_equal(harness_stop(&H), 0);
+    log = read_log(&H);
+    snprintf(want, sizeof want, "Z aiorun info action %s echo/echo SUCCEEDED\n", id);
+    assert_non_null(strstr(log, want));
+    assert_non_null(strstr(log, "Z aiorun info aiorun "));
+    free(log);
+
+    /* an unknown level there stops the start, naming the allowed ones */
+    setenv("AIORUN_LOG_LEVEL", "verbose", 1);
+    rc = harness_restart(&H);
+    unsetenv("AIORUN_LOG_LEVEL");
+    assert_int_not_equal(rc, 0);
+    log = read_log(&H);
+    assert_non_null(strstr(log, "AIORUN_LOG_LEVEL: expected \"debug\", \"info\", \"warn\" or \"error\" (or unset), "
+                                "got \"verbose\""));
+    free(log);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(submit_and_wait_returns_the_plugins_result, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(submit_without_wait_is_accepted_then_completes, start_default, stop_daemon),
@@ -746,6 +851,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(other_abi_major_is_refused_and_older_minor_loads, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(full_journal_is_a_clean_storage_full_error, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(aioctl_exit_codes_follow_the_outcome, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(log_is_json_lines_naming_the_action, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(text_log_and_the_environment_overriding_the_level, start_text_warn, stop_daemon),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

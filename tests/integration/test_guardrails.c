@@ -78,16 +78,11 @@ static int start(void **state)
 static int stop(void **state)
 {
     (void)state;
-    int status = H.pid > 0 ? harness_stop(&H) : 0;
-    harness_cleanup(&H);
-    return status == 0 ? 0 : -1;
+    return harness_teardown(&H);
 }
 
-static const char *str(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "(none)";
-}
+/* A string member, "(none)" when absent (harness.h). */
+#define str harness_str
 
 /* Submit and wait up to 10 s for the action to settle; returns the action. */
 static json_t *submit(const char *action, const char *input)

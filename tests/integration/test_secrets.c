@@ -34,16 +34,11 @@ static int start(void **state)
 static int stop(void **state)
 {
     (void)state;
-    int status = H.pid > 0 ? harness_stop(&H) : 0;
-    harness_cleanup(&H);
-    return status == 0 ? 0 : -1;
+    return harness_teardown(&H);
 }
 
-static const char *str(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "(none)";
-}
+/* A string member, "(none)" when absent (harness.h). */
+#define str harness_str
 
 static json_t *run(const char *connector, const char *action, const char *input)
 {
@@ -258,7 +253,7 @@ static void a_missing_secret_a_wrong_key_or_an_open_key_file_stop_the_start(void
 
     /* A secret the config declares but the vault lacks: named, with the command to fix it. */
     edit_config("\"t_old\": {", "\"t_old\": {\"secrets\": [\"api_key\"], ");
-    start_refused_with("connector t_old needs the secret \"api_key\"");
+    start_refused_with("connector t_old needs the secret \\\"api_key\\\""); /* JSON-escaped in the log */
     edit_config("\"t_old\": {\"secrets\": [\"api_key\"], ", "\"t_old\": {");
 
     char key[400], saved[400];

@@ -7,9 +7,18 @@
  *   big       read   {"bytes": n}: result {"data": "xxx..."} with n x's
  *   write_op  write  idempotency none, {"n": n, "ms": m}: sleeps m ms (optional), result {"n": n}
  *   secret    read   result {"found": true|false}: whether secret "token" exists
+ *   costly    write  idempotency native, {"amount": number, "unit": string, "fail": bool,
+ *                    "times": n, "amount_text": text, "extra": [{"amount", "unit"}, ...]}:
+ *                    calls set_cost(amount, unit) `times` times (default 1; amount_text, when
+ *                    given, is parsed with strtod instead of amount: "nan", "inf"), then once
+ *                    per element of extra, and returns {"cost_status": [what each set_cost
+ *                    returned, in order]}, or, when fail is true, fails with class retryable
+ *                    (the cost still counts: a retried action accumulates it). Unit and amount
+ *                    are not checked by the schema, so that set_cost's refusals can be seen.
  *
  * lookup (ABI 1.1): a key starting with "done-" happened, result {"found_key": key}; any other
- * key did not (AIORUN_E_NOT_FOUND).
+ * key did not (AIORUN_E_NOT_FOUND). A lookup for action costly reports a cost of 0.25 USD
+ * (ABI 1.2), whatever the answer.
  *
  * Config: {"label": string, "required_flag": boolean}, nothing else (to test config
  * validation); unused beyond that. Logs one line at init.
@@ -238,6 +247,26 @@ static int get_integer(const char *s, size_t n, const char *name, long long *out
     return (errno == 0 && end != buf && *end == '\0') ? 0 : -1;
 }
 
+/* A number member (integer or real). 0 on success. */
+static int get_number(const char *s, size_t n, const char *name, double *out)
+{
+    size_t a = 0, b = 0;
+    char buf[64], *end;
+    if (find_member(s, n, name, &a, &b) != 1 || b - a >= sizeof buf)
+        return -1;
+    memcpy(buf, s + a, b - a);
+    buf[b - a] = '\0';
+    *out = strtod(buf, &end);
+    return (end != buf && *end == '\0') ? 0 : -1;
+}
+
+/* A boolean member: 1 true, 0 false or absent. */
+static int get_bool(const char *s, size_t n, const char *name)
+{
+    size_t a = 0, b = 0;
+    return find_member(s, n, name, &a, &b) == 1 && b - a == 4 && memcmp(s + a, "true", 4) == 0;
+}
+
 /* ---- actions ------------------------------------------------------------------------- */
 
 static aiorun_status do_ok(void *instance, aiorun_call *call, const char *input, size_t len)
@@ -361,6 +390,69 @@ static aiorun_status do_secret(void *instance, aiorun_call *call, const char *in
     return fx->api->set_error(call, st, "t_ok: secret lookup failed");
 }
 
+/* set_cost if the host has it (ABI 1.2), else AIORUN_E_PERMANENT: what the result reports. */
+static aiorun_status fx_cost(fixture *fx, aiorun_call *call, double amount, const char *unit)
+{
+    if (!AIORUN_HOST_HAS(fx->api, set_cost))
+        return AIORUN_E_PERMANENT;
+    return fx->api->set_cost(call, amount, unit);
+}
+
+/* Append ",<st>" (or "<st>" first) to the status list out (room: cap). */
+static void append_status(char *out, size_t cap, size_t *o, aiorun_status st)
+{
+    int w = snprintf(out + *o, cap - *o, "%s%d", out[*o - 1] == '[' ? "" : ",", (int)st);
+    if (w > 0 && (size_t)w < cap - *o)
+        *o += (size_t)w;
+}
+
+static aiorun_status do_costly(void *instance, aiorun_call *call, const char *input, size_t len)
+{
+    fixture *fx = instance;
+    char *unit = NULL, *text = NULL, out[1024];
+    double amount = 0;
+    long long times = 1;
+    size_t o, a = 0, b = 0;
+    aiorun_status st;
+
+    if (get_string(input, len, "unit", &unit) != 0 || get_number(input, len, "amount", &amount) != 0) {
+        free(unit);
+        return fx->api->set_error(call, AIORUN_E_INVALID, "t_ok: input needs amount and unit");
+    }
+    if (get_string(input, len, "amount_text", &text) == 0)
+        amount = strtod(text, NULL);
+    free(text);
+    get_integer(input, len, "times", &times);
+    o = (size_t)snprintf(out, sizeof out, "{\"cost_status\":[");
+    for (long long i = 0; i < times; i++)
+        append_status(out, sizeof out, &o, fx_cost(fx, call, amount, unit));
+    free(unit);
+    /* extra: an array of {"amount", "unit"} objects, each one more set_cost */
+    if (find_member(input, len, "extra", &a, &b) == 1 && input[a] == '[') {
+        size_t i = skip_ws(input, b, a + 1);
+        while (i < b && input[i] == '{') {
+            size_t e = value_end(input, b, i);
+            double x;
+            if (e == 0)
+                break;
+            if (get_number(input + i, e - i, "amount", &x) == 0 &&
+                get_string(input + i, e - i, "unit", &unit) == 0) {
+                append_status(out, sizeof out, &o, fx_cost(fx, call, x, unit));
+                free(unit);
+                unit = NULL;
+            }
+            i = skip_ws(input, b, e);
+            if (i < b && input[i] == ',')
+                i = skip_ws(input, b, i + 1);
+        }
+    }
+    snprintf(out + o, sizeof out - o, "]}");
+    if (get_bool(input, len, "fail"))
+        return fx->api->set_error(call, AIORUN_E_RETRYABLE, "t_ok: costly failed as asked");
+    st = fx->api->set_result(call, out, strlen(out));
+    return st;
+}
+
 /* ---- lookup -------------------------------------------------------------------------- */
 
 static aiorun_status fx_lookup(void *instance, aiorun_call *call, const char *action,
@@ -372,7 +464,8 @@ static aiorun_status fx_lookup(void *instance, aiorun_call *call, const char *ac
     char *out;
     aiorun_status st;
 
-    (void)action;
+    if (strcmp(action, "costly") == 0)
+        fx_cost(fx, call, 0.25, "USD");
     if (strncmp(key, "done-", 5) != 0)
         return fx->api->set_error(call, AIORUN_E_NOT_FOUND, "t_ok: no operation with key %s", key);
     /* the key as a JSON string: escape what JSON requires, at most 6 bytes per input byte */
@@ -446,6 +539,16 @@ static const aiorun_action actions[] = {
     {.name = "secret", .summary = "Tell whether secret \"token\" is available",
      .input_schema = "{\"type\":\"object\"}",
      .effect = AIORUN_EFFECT_READ, .idempotency = AIORUN_IDEMPOTENCY_NATIVE, .invoke = do_secret},
+    {.name = "costly", .summary = "Report a cost with set_cost, then succeed or fail",
+     .input_schema = "{\"type\":\"object\",\"properties\":{\"amount\":{\"type\":\"number\"},"
+                     "\"unit\":{\"type\":\"string\"},\"fail\":{\"type\":\"boolean\"},"
+                     "\"times\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":100},"
+                     "\"amount_text\":{\"type\":\"string\"},"
+                     "\"extra\":{\"type\":\"array\",\"maxItems\":20,\"items\":{\"type\":\"object\","
+                     "\"properties\":{\"amount\":{\"type\":\"number\"},\"unit\":{\"type\":\"string\"}},"
+                     "\"required\":[\"amount\",\"unit\"]}}},"
+                     "\"required\":[\"amount\",\"unit\"],\"additionalProperties\":false}",
+     .effect = AIORUN_EFFECT_WRITE, .idempotency = AIORUN_IDEMPOTENCY_NATIVE, .invoke = do_costly},
 };
 
 static const aiorun_plugin plugin = {

@@ -27,6 +27,7 @@ void on_done(void *arg, const sandbox_result *res)
     r->ok = res->ok;
     r->http_status = res->http_status;
     r->retry_after_ms = res->retry_after_ms;
+    r->cost = res->cost ? json_dumps(res->cost, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     if (res->ok) {
         r->result = malloc(res->result_len + 1);
         memcpy(r->result, res->result_json, res->result_len);
@@ -40,6 +41,7 @@ void on_done(void *arg, const sandbox_result *res)
 void rec_clear(call_rec *r)
 {
     free(r->result);
+    free(r->cost);
     memset(r, 0, sizeof *r);
 }
 

@@ -30,7 +30,8 @@ typedef struct harness {
     int events; /* how often the pool called its event callback */
 } harness;
 
-/* One call's answer, as on_done records it. result is malloc'd (rec_clear frees it). */
+/* One call's answer, as on_done records it. result and cost are malloc'd (rec_clear frees
+ * them). */
 typedef struct call_rec {
     int done; /* how often the done callback ran */
     int ok;
@@ -39,11 +40,12 @@ typedef struct call_rec {
     char message[2048];
     int http_status;
     int64_t retry_after_ms;
+    char *cost; /* the result's cost as compact JSON with sorted keys (malloc'd), NULL if none */
 } call_rec;
 
 /* A sandbox_done_fn for sandbox_pool_invoke and _lookup; arg is a call_rec. */
 void on_done(void *arg, const sandbox_result *res);
-/* Free r's result and zero it. */
+/* Free r's result and cost and zero it. */
 void rec_clear(call_rec *r);
 
 /* Zero h, then make its loop and a pool with opts (borrowed) that counts its events in

@@ -204,7 +204,7 @@ static void unknown_keys_named(void **state)
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
             "default_read, default_write, default_irreversible)");
@@ -216,7 +216,7 @@ static void unknown_keys_named(void **state)
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format)");
 }
 
 static void wrong_types_named(void **state)
@@ -261,6 +261,35 @@ static void ranges_enforced(void **state)
     assert_int_equal(cfg->policy.instructions, 1000000000);
     assert_int_equal(cfg->policy.timeout_ms, 1);
     config_free(cfg);
+}
+
+static void log_level_and_format(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{}");
+    assert_int_equal(cfg->log_level, AR_LOG_INFO);
+    assert_int_equal(cfg->log_json, 1);
+    config_free(cfg);
+    cfg = parse_ok("{\"log_level\":\"debug\",\"log_format\":\"text\"}");
+    assert_int_equal(cfg->log_level, AR_LOG_DEBUG);
+    assert_int_equal(cfg->log_json, 0);
+    config_free(cfg);
+    cfg = parse_ok("{\"log_level\":\"WARN\",\"log_format\":\"json\"}");
+    assert_int_equal(cfg->log_level, AR_LOG_WARN);
+    assert_int_equal(cfg->log_json, 1);
+    config_free(cfg);
+    cfg = parse_ok("{\"log_level\":\"error\"}");
+    assert_int_equal(cfg->log_level, AR_LOG_ERROR);
+    config_free(cfg);
+    refused("{\"log_level\":\"verbose\"}",
+            "log_level: expected \"debug\", \"info\", \"warn\" or \"error\", got \"verbose\"");
+    refused("{\"log_level\":\"warning\"}",
+            "log_level: expected \"debug\", \"info\", \"warn\" or \"error\", got \"warning\"");
+    refused("{\"log_level\":2}", "log_level: expected string, got integer");
+    refused("{\"log_level\":\"\"}", "log_level: must not be empty");
+    refused("{\"log_format\":\"xml\"}", "log_format: expected \"json\" or \"text\", got \"xml\"");
+    refused("{\"log_format\":\"JSON\"}", "log_format: expected \"json\" or \"text\", got \"JSON\"");
+    refused("{\"log_format\":false}", "log_format: expected string, got boolean");
 }
 
 static void policy_default_verdicts(void **state)
@@ -643,6 +672,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unknown_keys_named),
     cmocka_unit_test(wrong_types_named),
     cmocka_unit_test(ranges_enforced),
+    cmocka_unit_test(log_level_and_format),
     cmocka_unit_test(policy_default_verdicts),
     cmocka_unit_test(non_loopback_listen_refused),
     cmocka_unit_test(non_loopback_listen_with_tls_accepted),

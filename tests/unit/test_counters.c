@@ -938,6 +938,525 @@ static void no_definitions_fast_path(void **state)
     close_fixture(&f);
 }
 
+/* ---- cost counters ---------------------------------------------------------------------- */
+
+/* The record's running total in unit (as the scheduler keeps it), stored by a put at at_ms. */
+static void store_cost(fixture *f, json_t *rec, action_state s, const char *unit, double amount, int64_t at_ms)
+{
+    json_t *cost = json_object_get(rec, "cost");
+    if (!cost) {
+        cost = json_object();
+        json_object_set_new(rec, "cost", cost);
+    }
+    if (unit)
+        json_object_set_new(cost, unit, amount == floor(amount) ? json_integer((json_int_t)amount)
+                                                                : json_real(amount));
+    json_object_set_new(rec, "updated_ms", json_integer(at_ms));
+    store_state(f, rec, s);
+}
+
+/* How many keys of JDB_COUNTERS begin with prefix. */
+static size_t counters_with_prefix(fixture *f, const char *prefix)
+{
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(f->j, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, JDB_COUNTERS, &c), AR_OK);
+    size_t n = 0, plen = strlen(prefix);
+    const void *k;
+    size_t kl;
+    for (int op = JOURNAL_FIRST; journal_cursor_get(c, op, &k, &kl, NULL, NULL) == AR_OK; op = JOURNAL_NEXT)
+        n += kl >= plen && memcmp(k, prefix, plen) == 0;
+    journal_cursor_close(c);
+    journal_read_end(r);
+    return n;
+}
+
+/* The "k:" element of rec for def: [bucket_start, counted]; *found 0 when there is none. */
+static double cost_counted(fixture *f, const json_t *rec, const counter_def *def, int64_t *start, bool *found)
+{
+    bool have;
+    json_t *entry = counters_json(f, "k:", id_of(rec), &have);
+    json_t *el = json_object_get(entry, def->id);
+    *found = have && el;
+    double counted = json_number_value(json_array_get(el, 1));
+    if (start)
+        *start = json_integer_value(json_array_get(el, 0));
+    json_decref(entry);
+    return counted;
+}
+
+static void cost_definitions_parse_and_refuse(void **state)
+{
+    (void)state;
+    counter_def d = parse_def("spend_24h", "{\"connector\": \"llm\", \"action\": \"*\", \"cost\": \"USD\", \"window\": \"24h\"}");
+    assert_string_equal(d.connector, "llm");
+    assert_string_equal(d.action, "*");
+    assert_string_equal(d.cost, "USD");
+    assert_string_equal(d.sum, "");
+    assert_int_equal(d.window_ms, DAY);
+    assert_int_equal(strspn(d.id, "0123456789abcdef"), COUNTERS_ID_LEN);
+    assert_string_equal(parse_def("x", "{\"connector\": \"llm\", \"cost\": \"tokens_in_16char\", \"window\": 60}").cost,
+                        "tokens_in_16char");
+
+    expect_invalid("both", "{\"connector\": \"llm\", \"sum\": \"amount\", \"cost\": \"USD\", \"window\": \"1h\"}",
+                   "counter \"both\" has both sum and cost");
+    static const char *const bad_units[] = {
+        "\"\"", "\"US D\"", "\"US-D\"", "\"US.D\"", "\"tokens_in_17chars\"", "3", "null", "[\"USD\"]",
+        "\"U\\u0000SD\"", "\"\\u00e9\"",
+    };
+    for (size_t i = 0; i < sizeof bad_units / sizeof bad_units[0]; i++) {
+        char decl[128];
+        snprintf(decl, sizeof decl, "{\"connector\": \"llm\", \"cost\": %s, \"window\": \"1h\"}", bad_units[i]);
+        expect_invalid("unit", decl, "counter \"unit\": cost must be a unit");
+    }
+    expect_invalid("k", "{\"connector\": \"llm\", \"costs\": \"USD\", \"window\": \"1h\"}",
+                   "unknown field \"costs\"");
+
+    /* Its id: not that of the sum or count counter with the same connector, action and window
+     * (nor of another unit); the same under another name. */
+    assert_string_equal(d.id, parse_def("other", "{\"cost\": \"USD\", \"window\": 86400, \"connector\": \"llm\"}").id);
+    static const char *const others[] = {
+        "{\"connector\": \"llm\", \"window\": \"24h\"}",
+        "{\"connector\": \"llm\", \"sum\": \"USD\", \"window\": \"24h\"}",
+        "{\"connector\": \"llm\", \"sum\": \"cost\", \"window\": \"24h\"}",
+        "{\"connector\": \"llm\", \"cost\": \"tokens\", \"window\": \"24h\"}",
+        "{\"connector\": \"llm\", \"cost\": \"usd\", \"window\": \"24h\"}",
+        "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"23h\"}",
+        "{\"connector\": \"llm\", \"action\": \"chat\", \"cost\": \"USD\", \"window\": \"24h\"}",
+    };
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        assert_string_not_equal(d.id, parse_def("x", others[i]).id);
+
+    /* Ids of sum and count definitions are what they were before cost counters existed
+     * (computed with the code before the change): states stored under them stay theirs. */
+    assert_string_equal(parse_def("r", "{\"connector\": \"shop\", \"action\": \"refund\", \"sum\": \"amount\", "
+                                       "\"window\": \"24h\"}").id, "224049a33b8db084");
+    assert_string_equal(parse_def("n", "{\"connector\": \"shop\", \"window\": \"1h\"}").id, "437bd1ee402ef089");
+
+    /* As JSON: "cost" a string, or null for the others. */
+    json_t *js = counters_def_json(&d);
+    assert_string_equal(json_string_value(json_object_get(js, "cost")), "USD");
+    assert_true(json_is_null(json_object_get(js, "sum")));
+    json_decref(js);
+    counter_def n = parse_def("n", "{\"connector\": \"shop\", \"sum\": \"amount\", \"window\": \"1h\"}");
+    js = counters_def_json(&n);
+    assert_true(json_is_null(json_object_get(js, "cost")));
+    assert_string_equal(json_string_value(json_object_get(js, "sum")), "amount");
+    json_decref(js);
+
+    /* counters_install refuses a definition counters_def_parse would not make. */
+    fixture f;
+    open_fixture(&f, true);
+    counter_def bad = d;
+    snprintf(bad.sum, sizeof bad.sum, "amount");
+    ar_error err;
+    assert_int_equal(counters_install(f.c, &bad, 1, T0, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "counter_invalid");
+    bad = d;
+    snprintf(bad.cost, sizeof bad.cost, "U$D");
+    assert_int_equal(counters_install(f.c, &bad, 1, T0, &err), AR_E_INVALID);
+    close_fixture(&f);
+}
+
+static void cost_rises_add_exactly_the_increments(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[2] = {
+        parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+        parse_def("tokens", "{\"connector\": \"llm\", \"cost\": \"tokens\", \"window\": \"1h\"}"),
+    };
+    counter_def *usd = &defs[0], *tokens = &defs[1];
+    install(&f, defs, 2, T0 - HOUR);
+    uint64_t v0 = version_of(&f, usd);
+
+    /* Received, no call yet: nothing, and no entry. */
+    json_t *a = new_action(&f, "llm", "chat", "{}", ACTION_RECEIVED, T0 - 40 * MIN);
+    store(&f, a);
+    store_state(&f, a, ACTION_READY);
+    assert_false(counters_has(&f, "k:", id_of(a)));
+    assert_close(value_at(&f, usd, T0), 0);
+    assert_true(version_of(&f, usd) == v0);
+
+    /* A first attempt costs 1.5 (and 340 tokens), recorded at T0 - 30 min. */
+    json_object_set_new(a, "cost", json_pack("{s:i}", "tokens", 340));
+    store_cost(&f, a, ACTION_RETRY_WAIT, "USD", 1.5, T0 - 30 * MIN);
+    assert_close(value_at(&f, usd, T0), 1.5);
+    assert_close(value_at(&f, tokens, T0), 340);
+    assert_true(version_of(&f, usd) == v0 + 1);
+    bool found;
+    int64_t start;
+    const int64_t width = (HOUR + 62) / 63;
+    assert_close(cost_counted(&f, a, usd, &start, &found), 1.5);
+    assert_true(found);
+    assert_int_equal(start, (T0 - 30 * MIN) / width * width);
+
+    /* Stored again without a new cost (dispatched again): nothing changes, not even a version. */
+    store_cost(&f, a, ACTION_DISPATCHED, NULL, 0, T0 - 20 * MIN);
+    assert_close(value_at(&f, usd, T0), 1.5);
+    assert_true(version_of(&f, usd) == v0 + 1);
+
+    /* The second attempt brings the total to 4 at T0 - 10 min: 2.5 more, at that time. */
+    store_cost(&f, a, ACTION_SUCCEEDED, "USD", 4, T0 - 10 * MIN);
+    assert_close(value_at(&f, usd, T0), 4);
+    assert_true(version_of(&f, usd) == v0 + 2);
+    assert_close(value_at(&f, tokens, T0), 340); /* tokens did not rise */
+    assert_close(cost_counted(&f, a, usd, &start, &found), 4);
+    assert_int_equal(start, (T0 - 10 * MIN) / width * width);
+    assert_close(value_at(&f, usd, T0 + 35 * MIN), 2.5); /* the first 1.5 left the window */
+    assert_close(value_at(&f, usd, T0 + 55 * MIN), 0);
+    assert_close(value_at(&f, usd, T0 - 25 * MIN), 1.5); /* a read before the rise */
+
+    /* A total that went down (a rewritten record) takes nothing off; the next rise adds only
+     * what passes what was counted. */
+    store_cost(&f, a, ACTION_SUCCEEDED, "USD", 3, T0 - 9 * MIN);
+    assert_close(value_at(&f, usd, T0), 4);
+    assert_true(version_of(&f, usd) == v0 + 2);
+    store_cost(&f, a, ACTION_SUCCEEDED, "USD", 5.25, T0 - 8 * MIN);
+    assert_close(value_at(&f, usd, T0), 5.25);
+    assert_close(cost_counted(&f, a, usd, NULL, &found), 5.25);
+
+    /* Tokens (whole numbers) rise in the same put as dollars. */
+    json_object_set_new(json_object_get(a, "cost"), "tokens", json_integer(1000));
+    store_cost(&f, a, ACTION_SUCCEEDED, "USD", 6, T0 - 7 * MIN);
+    assert_close(value_at(&f, usd, T0), 6);
+    assert_close(value_at(&f, tokens, T0), 1000);
+    assert_close(cost_counted(&f, a, tokens, NULL, &found), 1000);
+
+    /* The same through action_txn_store inside an apply callback. */
+    json_object_set_new(json_object_get(a, "cost"), "USD", json_real(6.5));
+    json_object_set_new(a, "updated_ms", json_integer(T0 - 6 * MIN));
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, txn_store, a);
+    assert_int_equal(journal_commit(f.j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    assert_close(value_at(&f, usd, T0), 6.5);
+
+    /* What the hook keeps is exact per rise; a recomputation (like a backfill) only sees the
+     * total and the last update, so it puts all of it there: never less than the hook. */
+    assert_close(recomputed(&f, usd, T0), 6.5);
+    assert_close(value_at(&f, usd, T0 + 45 * MIN), 6.5 - 1.5);
+    assert_close(recomputed(&f, usd, T0 + 45 * MIN), 6.5);
+    json_decref(a);
+    close_fixture(&f);
+}
+
+static void cost_counts_whatever_the_state(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[2] = {
+        parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+        parse_def("n", "{\"connector\": \"llm\", \"window\": \"1h\"}"),
+    };
+    install(&f, defs, 2, T0);
+
+    /* Spent on a call that then failed: the count takes it off, the spend stays. */
+    json_t *a = new_action(&f, "llm", "chat", "{}", ACTION_READY, T0 - 20 * MIN);
+    store(&f, a);
+    store_cost(&f, a, ACTION_RETRY_WAIT, "USD", 2, T0 - 15 * MIN);
+    assert_close(value_at(&f, &defs[0], T0), 2);
+    assert_close(value_at(&f, &defs[1], T0), 1);
+    store_cost(&f, a, ACTION_FAILED, "USD", 3, T0 - 10 * MIN);
+    assert_close(value_at(&f, &defs[0], T0), 3);
+    assert_close(value_at(&f, &defs[1], T0), 0);
+    assert_false(counters_has(&f, "a:", id_of(a)));
+    assert_true(counters_has(&f, "k:", id_of(a)));
+
+    /* Cancelled after a lookup that cost something: still spent. */
+    json_t *b = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - 20 * MIN);
+    store(&f, b);
+    store_cost(&f, b, ACTION_UNKNOWN_OUTCOME, "USD", 0.5, T0 - 9 * MIN);
+    store_cost(&f, b, ACTION_CANCELLED, "USD", 0.75, T0 - 8 * MIN);
+    assert_close(value_at(&f, &defs[0], T0), 3.75);
+    assert_close(value_at(&f, &defs[1], T0), 0);
+
+    /* Whatever the state a record is stored in, what it cost counts. */
+    double want = 3.75;
+    for (int s = 0; s < ACTION_STATE_COUNT; s++) {
+        json_t *rec = new_action(&f, "llm", "embed", "{}", (action_state)s, T0 - 5 * MIN);
+        store_cost(&f, rec, (action_state)s, "USD", 0.25, T0 - 5 * MIN);
+        want += 0.25;
+        assert_close(value_at(&f, &defs[0], T0), want);
+        json_decref(rec);
+    }
+    assert_close(recomputed(&f, &defs[0], T0), want);
+    assert_close(recomputed(&f, &defs[1], T0), value_at(&f, &defs[1], T0));
+    json_decref(a);
+    json_decref(b);
+    close_fixture(&f);
+}
+
+static void cost_window_expiry(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def usd = parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}");
+    install(&f, &usd, 1, T0);
+    /* Each cost recorded at its put's updated_ms, whatever the action's creation time. */
+    const int64_t at[] = {T0, T0 + 20 * MIN, T0 + 50 * MIN};
+    const double amount[] = {1, 2, 4};
+    for (int i = 0; i < 3; i++) {
+        json_t *rec = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - 3 * HOUR);
+        store(&f, rec);
+        store_cost(&f, rec, ACTION_SUCCEEDED, "USD", amount[i], at[i]);
+        json_decref(rec);
+    }
+    assert_close(value_at(&f, &usd, T0 - MIN), 0);
+    assert_close(value_at(&f, &usd, T0 + 10 * MIN), 1);  /* later ones are in the future */
+    assert_close(value_at(&f, &usd, T0 + 50 * MIN), 7);
+    assert_close(value_at(&f, &usd, T0 + 70 * MIN), 6);  /* the first dropped out */
+    assert_close(value_at(&f, &usd, T0 + 100 * MIN), 4);
+    assert_close(value_at(&f, &usd, T0 + 130 * MIN), 0);
+    for (int64_t now = T0; now < T0 + 3 * HOUR; now += 7 * MIN)
+        assert_close(value_at(&f, &usd, now), recomputed(&f, &usd, now));
+
+    /* A cost recorded in a bucket that has left the ring is not added, but it is noted as
+     * counted: the action's next put (later) does not add it again at its own time. */
+    json_t *late = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 + 5 * HOUR);
+    store_cost(&f, late, ACTION_SUCCEEDED, "USD", 8, T0 + 5 * HOUR);
+    const int64_t width = (HOUR + 62) / 63;
+    json_t *old = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0);
+    store_cost(&f, old, ACTION_RETRY_WAIT, "USD", 16, T0 + 5 * HOUR - 64 * width);
+    assert_close(value_at(&f, &usd, T0 + 5 * HOUR), 8);
+    bool found;
+    assert_close(cost_counted(&f, old, &usd, NULL, &found), 16);
+    assert_true(found);
+    store_cost(&f, old, ACTION_FAILED, "USD", 16, T0 + 5 * HOUR);
+    assert_close(value_at(&f, &usd, T0 + 5 * HOUR), 8);
+    store_cost(&f, old, ACTION_FAILED, "USD", 17, T0 + 5 * HOUR);
+    assert_close(value_at(&f, &usd, T0 + 5 * HOUR), 9);
+    json_decref(old);
+    json_decref(late);
+    close_fixture(&f);
+}
+
+static void cost_action_filters(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[3] = {
+        parse_def("any", "{\"connector\": \"llm\", \"action\": \"*\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+        parse_def("chat", "{\"connector\": \"llm\", \"action\": \"chat\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+        parse_def("shop", "{\"connector\": \"shop\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+    };
+    install(&f, defs, 3, T0);
+    static const struct {
+        const char *connector, *action;
+        double usd;
+    } calls[] = {
+        {"llm", "chat", 1}, {"llm", "chat", 2}, {"llm", "embed", 0.5}, {"llm", "moderate", 0.25},
+        {"shop", "chat", 10}, {"mail", "chat", 100},
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+        json_t *rec = new_action(&f, calls[i].connector, calls[i].action, "{}", ACTION_DISPATCHED, T0 - MIN);
+        store_cost(&f, rec, ACTION_SUCCEEDED, "USD", calls[i].usd, T0 - MIN);
+        /* Only actions a cost counter covers get a cost entry. */
+        assert_int_equal(counters_has(&f, "k:", id_of(rec)), strcmp(calls[i].connector, "mail") != 0);
+        json_decref(rec);
+    }
+    /* A cost in another unit only adds to counters of that unit. */
+    json_t *eur = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - MIN);
+    json_object_set_new(eur, "cost", json_pack("{s:f, s:s}", "EUR", 9.0, "USD", "3")); /* not a number: 0 */
+    store(&f, eur);
+    assert_false(counters_has(&f, "k:", id_of(eur)));
+    json_decref(eur);
+    const double want[3] = {3.75, 3, 10};
+    for (int i = 0; i < 3; i++) {
+        assert_close(value_at(&f, &defs[i], T0), want[i]);
+        assert_close(recomputed(&f, &defs[i], T0), want[i]);
+    }
+    /* Cost counters leave no "a:" entries (those are for sums and counts). */
+    assert_int_equal(counters_with_prefix(&f, "a:"), 0);
+    close_fixture(&f);
+}
+
+/* n actions with random connectors, actions, states and costs: each is stored 1 to 4 times,
+ * its costs rising by random steps (or not at all), within one bucket of every window used
+ * below (all widths divide 2 minutes: its puts are the first 4 ms of a 2-minute step), at a
+ * random time in [T0 - 3h, T0]. A recomputation puts an action's whole cost at its last update,
+ * the hook each rise at its own: they agree when the rises share a bucket. */
+static void random_cost_history(fixture *f, int n)
+{
+    static const char *const connectors[] = {"llm", "llm", "shop"};
+    static const char *const names[] = {"chat", "embed"};
+    for (int i = 0; i < n; i++) {
+        int64_t at = (T0 - 3 * HOUR) / (2 * MIN) * (2 * MIN) + (int64_t)rnd(90) * 2 * MIN;
+        json_t *rec = new_action(f, connectors[rnd(3)], names[rnd(2)], "{}", ACTION_RECEIVED,
+                                 at - (int64_t)rnd(3600) * SEC);
+        store(f, rec);
+        double usd = 0;
+        int64_t tokens = 0;
+        int steps = 1 + (int)rnd(4);
+        for (int s = 0; s < steps; s++) {
+            if (rnd(3) != 0)
+                usd += rnd(20) * 0.125;
+            if (rnd(2))
+                tokens += rnd(500);
+            json_t *cost = json_object();
+            if (usd > 0)
+                json_object_set_new(cost, "USD", json_real(usd));
+            if (tokens > 0)
+                json_object_set_new(cost, "tokens", json_integer(tokens));
+            json_object_set_new(rec, "cost", cost);
+            json_object_set_new(rec, "updated_ms", json_integer(at + s));
+            store_state(f, rec, (action_state)rnd(ACTION_STATE_COUNT));
+        }
+        json_decref(rec);
+    }
+}
+
+static void cost_backfill_equals_maintained(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[6] = {
+        parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"63m\"}"),
+        parse_def("chat_tokens", "{\"connector\": \"llm\", \"action\": \"chat\", \"cost\": \"tokens\", \"window\": \"126m\"}"),
+        parse_def("n", "{\"connector\": \"llm\", \"window\": \"63m\"}"),
+        parse_def("usd_short", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1890s\"}"),
+        parse_def("shop_usd", "{\"connector\": \"shop\", \"cost\": \"USD\", \"window\": \"126m\"}"),
+        parse_def("chat_usd", "{\"connector\": \"llm\", \"action\": \"chat\", \"cost\": \"USD\", \"window\": \"63s\"}"),
+    };
+    /* The first three are maintained while the history is made; the others are backfilled. */
+    install(&f, defs, 3, T0 - 4 * HOUR);
+    random_cost_history(&f, 150);
+    compare_all(&f, defs, 3);
+    assert_true(value_at(&f, &defs[0], T0) > 0 && value_at(&f, &defs[1], T0) > 0);
+    double before = value_at(&f, &defs[0], T0);
+
+    install(&f, defs, 6, T0);
+    compare_all(&f, defs, 6);
+    assert_true(value_at(&f, &defs[3], T0) > 0 && value_at(&f, &defs[4], T0) > 0);
+    assert_close(value_at(&f, &defs[0], T0), before); /* kept, not rebuilt */
+
+    /* The hook keeps the backfilled ones up to date from now on. */
+    random_cost_history(&f, 60);
+    compare_all(&f, defs, 6);
+
+    /* Dropping everything and installing again rebuilds the same numbers. */
+    double values[6];
+    for (int i = 0; i < 6; i++)
+        values[i] = value_at(&f, &defs[i], T0 + 10 * MIN);
+    install(&f, NULL, 0, T0);
+    install(&f, defs, 6, T0);
+    compare_all(&f, defs, 6);
+    for (int i = 0; i < 6; i++)
+        assert_close(value_at(&f, &defs[i], T0 + 10 * MIN), values[i]);
+    close_fixture(&f);
+}
+
+static void cost_backfill_notes_what_it_counted(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def usd = parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}");
+    /* Spent before the counter existed: 5 two hours ago (out of the window), 3 ten minutes ago. */
+    json_t *old = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - 2 * HOUR);
+    store_cost(&f, old, ACTION_RETRY_WAIT, "USD", 5, T0 - 2 * HOUR);
+    json_t *recent = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - 10 * MIN);
+    store_cost(&f, recent, ACTION_FAILED, "USD", 3, T0 - 10 * MIN);
+    assert_int_equal(counters_with_prefix(&f, "k:"), 0);
+    install(&f, &usd, 1, T0);
+    assert_close(value_at(&f, &usd, T0), 3);
+    bool found;
+    assert_close(cost_counted(&f, old, &usd, NULL, &found), 5); /* noted, though not added */
+    assert_true(found);
+    assert_close(cost_counted(&f, recent, &usd, NULL, &found), 3);
+    /* Later puts add only what rises past the noted totals. */
+    store_cost(&f, old, ACTION_SUCCEEDED, "USD", 7, T0 - MIN);
+    assert_close(value_at(&f, &usd, T0), 5);
+    store_cost(&f, recent, ACTION_FAILED, "USD", 3, T0 - MIN);
+    assert_close(value_at(&f, &usd, T0), 5);
+    json_decref(old);
+    json_decref(recent);
+    close_fixture(&f);
+}
+
+static void cost_entry_deleted_with_the_record(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[2] = {
+        parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+        parse_def("n", "{\"connector\": \"llm\", \"window\": \"1h\"}"),
+    };
+    install(&f, defs, 2, T0);
+    json_t *a = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - 2 * MIN);
+    store_cost(&f, a, ACTION_SUCCEEDED, "USD", 8, T0 - 2 * MIN);
+    assert_true(counters_has(&f, "k:", id_of(a)));
+    assert_true(counters_has(&f, "a:", id_of(a)));
+    uint64_t v = version_of(&f, &defs[0]);
+
+    /* Compaction deletes the record: both entries go, what was spent stays counted. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_del(b, JDB_ACTIONS, id_of(a), strlen(id_of(a)));
+    assert_int_equal(journal_commit(f.j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    assert_false(counters_has(&f, "k:", id_of(a)));
+    assert_false(counters_has(&f, "a:", id_of(a)));
+    assert_close(value_at(&f, &defs[0], T0), 8);
+    assert_true(version_of(&f, &defs[0]) == v);
+
+    /* A "k:" entry left from an earlier set of counters goes with its record too. */
+    json_t *c = new_action(&f, "llm", "chat", "{}", ACTION_DISPATCHED, T0 - MIN);
+    store_cost(&f, c, ACTION_SUCCEEDED, "USD", 1, T0 - MIN);
+    install(&f, &defs[1], 1, T0);
+    assert_true(counters_has(&f, "k:", id_of(c)));
+    b = journal_batch_new();
+    journal_batch_del(b, JDB_ACTIONS, id_of(c), strlen(id_of(c)));
+    assert_int_equal(journal_commit(f.j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    assert_false(counters_has(&f, "k:", id_of(c)));
+    json_decref(a);
+    json_decref(c);
+    close_fixture(&f);
+}
+
+static void no_cost_definitions_no_cost_entries(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[2] = {
+        parse_def("n", "{\"connector\": \"llm\", \"window\": \"1h\"}"),
+        parse_def("s", "{\"connector\": \"llm\", \"sum\": \"tokens\", \"window\": \"1h\"}"),
+    };
+    install(&f, defs, 2, T0);
+    for (int i = 0; i < 5; i++) {
+        json_t *rec = new_action(&f, "llm", "chat", "{\"tokens\": 10}", ACTION_READY, T0 - MIN);
+        store(&f, rec);
+        store_cost(&f, rec, i % 2 ? ACTION_SUCCEEDED : ACTION_FAILED, "USD", 1 + i, T0 - MIN);
+        json_decref(rec);
+    }
+    /* Sums and counts as before; no cost entry written or needed. */
+    assert_close(value_at(&f, &defs[0], T0), 2);
+    assert_close(value_at(&f, &defs[1], T0), 20);
+    assert_int_equal(counters_with_prefix(&f, "k:"), 0);
+    assert_int_equal(counters_with_prefix(&f, "a:"), 2);
+
+    /* With a cost counter, an action that never cost anything gets no cost entry either. */
+    counter_def usd = parse_def("usd", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}");
+    install(&f, &usd, 1, T0);
+    assert_close(value_at(&f, &usd, T0), 15); /* backfilled: 1 + 2 + 3 + 4 + 5 */
+    assert_int_equal(counters_with_prefix(&f, "k:"), 5);
+    json_t *free_call = new_action(&f, "llm", "chat", "{}", ACTION_SUCCEEDED, T0 - MIN);
+    store(&f, free_call);
+    store_cost(&f, free_call, ACTION_SUCCEEDED, "USD", 0, T0 - MIN);
+    assert_false(counters_has(&f, "k:", id_of(free_call)));
+    assert_int_equal(counters_with_prefix(&f, "k:"), 5);
+    json_decref(free_call);
+    close_fixture(&f);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(definitions_parse_and_refuse),
     cmocka_unit_test(counted_and_not_counted_states),
@@ -950,6 +1469,15 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(reinstall_and_decision_check),
     cmocka_unit_test(deleting_an_action_removes_its_entry),
     cmocka_unit_test(no_definitions_fast_path),
+    cmocka_unit_test(cost_definitions_parse_and_refuse),
+    cmocka_unit_test(cost_rises_add_exactly_the_increments),
+    cmocka_unit_test(cost_counts_whatever_the_state),
+    cmocka_unit_test(cost_window_expiry),
+    cmocka_unit_test(cost_action_filters),
+    cmocka_unit_test(cost_backfill_equals_maintained),
+    cmocka_unit_test(cost_backfill_notes_what_it_counted),
+    cmocka_unit_test(cost_entry_deleted_with_the_record),
+    cmocka_unit_test(no_cost_definitions_no_cost_entries),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -18,6 +18,10 @@
 
 #define FIXTURE(name) AIORUN_BUILD_DIR "/test-plugins/" name ".so"
 #define ECHO_PATH AIORUN_BUILD_DIR "/plugins/echo.so"
+#define STR_(x) #x
+#define STR(x) STR_(x)
+/* "1.2": the ABI this aiorun speaks, as its messages print it */
+#define ABI_STRING STR(AIORUN_ABI_MAJOR) "." STR(AIORUN_ABI_MINOR)
 
 /* ---- waiting for processes and calls (the pool's state: sandbox_fixture.h) ---- */
 
@@ -382,6 +386,153 @@ static void test_error_classes(void **state)
     stop_pool(&h);
 }
 
+/* ---- cost (ABI 1.2 set_cost) ---- */
+
+/* Invoke costly with input; check that it succeeded (or failed retryable when want_fail), that
+ * its result lists the statuses set_cost returned (want_status, JSON text) and that the cost
+ * that arrived is want_cost (JSON text; NULL: none). */
+static void expect_cost(harness *h, const char *input, int want_fail, const char *want_status,
+                        const char *want_cost)
+{
+    call_rec r;
+    call_sync(h, "costly", input, 0, &r);
+    if (want_fail) {
+        assert_false(r.ok);
+        assert_int_equal(r.error_class, AIORUN_E_RETRYABLE);
+        assert_contains(r.message, "costly failed as asked");
+    } else {
+        if (!r.ok)
+            fail_msg("costly %s failed: class %d: %s", input, r.error_class, r.message);
+        char want[256];
+        snprintf(want, sizeof want, "{\"cost_status\":%s}", want_status);
+        if (strcmp(r.result, want) != 0)
+            fail_msg("costly %s: result %s, expected %s", input, r.result, want);
+    }
+    if (!want_cost && r.cost)
+        fail_msg("costly %s: cost %s, expected none", input, r.cost);
+    if (want_cost) {
+        /* compared as JSON: an integer differs from a real of the same value */
+        json_t *got = r.cost ? json_loads(r.cost, 0, NULL) : NULL;
+        json_t *want = json_loads(want_cost, 0, NULL);
+        assert_non_null(want);
+        if (!got || !json_equal(got, want))
+            fail_msg("costly %s: cost %s, expected %s", input, r.cost ? r.cost : "(none)", want_cost);
+        json_decref(got);
+        json_decref(want);
+    }
+    rec_clear(&r);
+}
+
+static void test_cost_reported(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "cost_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+
+    expect_cost(&h, "{\"amount\":0.012,\"unit\":\"USD\"}", 0, "[0]", "{\"USD\":0.012}");
+    /* the same unit adds up; another unit is kept apart; whole amounts are integers */
+    expect_cost(&h, "{\"amount\":0.5,\"unit\":\"USD\",\"times\":3,"
+                    "\"extra\":[{\"amount\":340,\"unit\":\"tokens\"},{\"amount\":0.25,\"unit\":\"EUR\"},"
+                    "{\"amount\":60,\"unit\":\"tokens\"}]}",
+                0, "[0,0,0,0,0,0]", "{\"EUR\":0.25,\"USD\":1.5,\"tokens\":400}");
+    /* units are case-sensitive, 16 characters are allowed, zero is a cost like any other */
+    expect_cost(&h, "{\"amount\":1,\"unit\":\"usd\",\"extra\":[{\"amount\":2,\"unit\":\"USD\"},"
+                    "{\"amount\":0,\"unit\":\"Abcdefghijklmn_9\"}]}",
+                0, "[0,0,0]", "{\"Abcdefghijklmn_9\":0,\"USD\":2,\"usd\":1}");
+    /* a failed call still reports what it cost */
+    expect_cost(&h, "{\"amount\":0.5,\"unit\":\"USD\",\"fail\":true}", 1, NULL, "{\"USD\":0.5}");
+    /* each call starts from nothing: no cost reported, none arrives */
+    expect_cost(&h, "{\"amount\":1,\"unit\":\"USD\",\"times\":0}", 0, "[]", NULL);
+    call_rec r;
+    call_sync(&h, "ok", "{}", 0, &r);
+    assert_true(r.ok);
+    assert_null(r.cost);
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
+static void test_cost_refusals(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "cost_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+
+    /* AIORUN_E_INVALID (5) and nothing kept, for each kind of bad unit or amount */
+    static const char *const bad[] = {
+        "{\"amount\":1,\"unit\":\"\"}",
+        "{\"amount\":1,\"unit\":\"US D\"}",
+        "{\"amount\":1,\"unit\":\"US-D\"}",
+        "{\"amount\":1,\"unit\":\"\u00e9ur\"}",
+        "{\"amount\":1,\"unit\":\"Abcdefghijklmn_90\"}", /* 17 characters */
+        "{\"amount\":-0.01,\"unit\":\"USD\"}",
+        "{\"amount\":0,\"amount_text\":\"nan\",\"unit\":\"USD\"}",
+        "{\"amount\":0,\"amount_text\":\"inf\",\"unit\":\"USD\"}",
+        "{\"amount\":0,\"amount_text\":\"-inf\",\"unit\":\"USD\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect_cost(&h, bad[i], 0, "[5]", NULL);
+    /* a refusal changes nothing of what was reported before it */
+    expect_cost(&h, "{\"amount\":2,\"unit\":\"USD\",\"extra\":[{\"amount\":-1,\"unit\":\"USD\"},"
+                    "{\"amount\":1,\"unit\":\"a b\"},{\"amount\":3,\"unit\":\"USD\"}]}",
+                0, "[0,5,5,0]", "{\"USD\":5}");
+    /* a sum that would overflow is refused; the amount stays as it was */
+    expect_cost(&h, "{\"amount\":1e308,\"unit\":\"X\",\"times\":2}", 0, "[0,5]", "{\"X\":1e308}");
+    /* at most 8 units: the ninth is refused, adding to one of the eight is not */
+    expect_cost(&h, "{\"amount\":1,\"unit\":\"u1\",\"extra\":["
+                    "{\"amount\":1,\"unit\":\"u2\"},{\"amount\":1,\"unit\":\"u3\"},{\"amount\":1,\"unit\":\"u4\"},"
+                    "{\"amount\":1,\"unit\":\"u5\"},{\"amount\":1,\"unit\":\"u6\"},{\"amount\":1,\"unit\":\"u7\"},"
+                    "{\"amount\":1,\"unit\":\"u8\"},{\"amount\":1,\"unit\":\"u9\"},{\"amount\":1,\"unit\":\"u1\"}]}",
+                0, "[0,0,0,0,0,0,0,0,5,0]",
+                "{\"u1\":2,\"u2\":1,\"u3\":1,\"u4\":1,\"u5\":1,\"u6\":1,\"u7\":1,\"u8\":1}");
+    stop_pool(&h);
+}
+
+static void test_cost_in_lookup(void **state)
+{
+    (void)state;
+    harness h;
+    call_rec r;
+    start_pool(&h, "cost_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    lookup_sync(&h, "costly", "done-1", &r);
+    assert_true(r.ok);
+    assert_string_equal(r.result, "{\"found_key\":\"done-1\"}");
+    assert_non_null(r.cost);
+    assert_string_equal(r.cost, "{\"USD\":0.25}");
+    rec_clear(&r);
+    /* "did not happen" may have cost a query too */
+    lookup_sync(&h, "costly", "never-sent", &r);
+    assert_false(r.ok);
+    assert_int_equal(r.error_class, AIORUN_E_NOT_FOUND);
+    assert_non_null(r.cost);
+    assert_string_equal(r.cost, "{\"USD\":0.25}");
+    rec_clear(&r);
+    lookup_sync(&h, "write_op", "done-2", &r);
+    assert_true(r.ok);
+    assert_null(r.cost);
+    rec_clear(&r);
+    stop_pool(&h);
+}
+
+/* A unit name holding a secret value is dropped by the daemon (the whole cost, logged), and the
+ * call itself is unaffected. */
+static void test_cost_with_secret_unit_dropped(void **state)
+{
+    (void)state;
+    harness h;
+    json_t *values = json_pack("{s:s}", "token", "Tok3nValue");
+    test_secrets ts = {.values = values};
+    start_pool_secrets(&h, "cost_conn", FIXTURE("t_ok"), 1, "{}", 5000, &ts);
+    wait_state(&h, SANDBOX_READY);
+    expect_cost(&h, "{\"amount\":1,\"unit\":\"USD\",\"extra\":[{\"amount\":2,\"unit\":\"xTok3nValue\"}]}",
+                0, "[0,0]", NULL);
+    expect_cost(&h, "{\"amount\":1,\"unit\":\"USD\"}", 0, "[0]", "{\"USD\":1}");
+    stop_pool(&h);
+    json_decref(values);
+}
+
 static void test_descriptor_in_snapshot(void **state)
 {
     (void)state;
@@ -405,7 +556,7 @@ static void test_descriptor_in_snapshot(void **state)
     assert_true(json_is_true(json_object_get(d, "lookup")));
     assert_true(json_is_object(json_object_get(d, "config_schema")));
     json_t *actions = json_object_get(d, "actions");
-    assert_int_equal(json_array_size(actions), 6);
+    assert_int_equal(json_array_size(actions), 7);
     json_t *sleep = json_array_get(actions, 1);
     assert_string_equal(json_string_value(json_object_get(sleep, "name")), "sleep");
     assert_string_equal(json_string_value(json_object_get(sleep, "effect")), "read");
@@ -514,7 +665,7 @@ static void test_abi_major_refused(void **state)
     expect_refused(FIXTURE("t_abi_major"), "{}", msg, sizeof msg);
     assert_contains(msg, FIXTURE("t_abi_major"));
     assert_contains(msg, "plugin ABI 2.0");
-    assert_contains(msg, "this aiorun speaks ABI 1.1");
+    assert_contains(msg, "this aiorun speaks ABI " ABI_STRING);
     assert_contains(msg, "major versions must match");
 }
 
@@ -530,6 +681,11 @@ static void test_abi_old_minor_loads(void **state)
     assert_true(json_is_false(json_object_get(s.descriptor, "lookup")));
     json_decref(s.descriptor);
     expect_ok(&h, "ok", "{\"v\":\"1.0\"}", "{\"v\":\"1.0\"}");
+    call_rec r;
+    call_sync(&h, "ok", "{}", 0, &r);
+    assert_true(r.ok);
+    assert_null(r.cost); /* a plugin built before 1.2 knows nothing of set_cost */
+    rec_clear(&r);
     stop_pool(&h);
 }
 
@@ -540,7 +696,7 @@ static void test_missing_entry_refused(void **state)
     expect_refused(FIXTURE("t_no_entry"), "{}", msg, sizeof msg);
     assert_contains(msg, FIXTURE("t_no_entry"));
     assert_contains(msg, "does not export aiorun_plugin_entry");
-    assert_contains(msg, "ABI 1.1");
+    assert_contains(msg, "ABI " ABI_STRING);
 }
 
 static void test_dlopen_failure_refused(void **state)
@@ -730,6 +886,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_lookup_roundtrip),
     cmocka_unit_test(test_errors_and_unknown_action),
     cmocka_unit_test(test_error_classes),
+    cmocka_unit_test(test_cost_reported),
+    cmocka_unit_test(test_cost_refusals),
+    cmocka_unit_test(test_cost_in_lookup),
+    cmocka_unit_test(test_cost_with_secret_unit_dropped),
     cmocka_unit_test(test_descriptor_in_snapshot),
     cmocka_unit_test(test_big_result),
     cmocka_unit_test(test_crash_restarts),

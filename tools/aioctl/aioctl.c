@@ -194,6 +194,9 @@ static const char usage_text[] =
     "      and survives a restart of the daemon. Operator role.\n"
     "  connectors resume NAME [--reason TEXT]\n"
     "      Dispatch NAME's actions again. Operator role.\n"
+    "  stats\n"
+    "      Per connector: finished actions, error rate, call and end-to-end latency\n"
+    "      p50/p90/p99 (estimated from the /metrics histograms), cost per action.\n"
     "  whoami\n"
     "      The name and roles of the token aioctl sends.\n"
     "  health\n"
@@ -1592,6 +1595,24 @@ static int print_identity(const char *name, const json_t *roles)
     return AIOCTL_OK;
 }
 
+/* aioctl stats: GET /v1/stats as a table (latency quantiles are bucket estimates). */
+static int cmd_stats(cli *o, int argc, char **argv)
+{
+    session s = {0};
+    int rc = parse_flags_only(o, "stats", argc, argv, NULL, 0);
+
+    if (rc)
+        return rc;
+    if ((rc = session_request(o, &s, "GET", "/v1/stats", NULL)) == AIOCTL_OK) {
+        if (o->json)
+            print_body(&s.rep);
+        else
+            render_stats(stdout, json_object_get(s.rep.json, "connectors"));
+    }
+    session_end(&s);
+    return rc;
+}
+
 static int cmd_whoami(cli *o, int argc, char **argv)
 {
     session s = {0};
@@ -2486,6 +2507,7 @@ static const command commands[] = {
     {"approve", cmd_approve},       {"reject", cmd_reject},     {"autonomy", cmd_autonomy},
     {"policies", cmd_policies},     {"connectors", cmd_connectors}, {"health", cmd_health},
     {"whoami", cmd_whoami},         {"token", cmd_token},       {"backup", cmd_backup},
+    {"stats", cmd_stats},
     {"policy", cmd_policy},         {"secrets", cmd_secrets},   {"vault", cmd_vault},
     {"audit", cmd_audit},
 };

@@ -1131,3 +1131,67 @@ void render_ar_error(const ar_error *err, const char *fallback)
     render_text(stderr, err->message[0] ? err->message : fallback);
     fputc('\n', stderr);
 }
+
+/* "12ms/40ms/0.2s": p50/p90/p99 of a latency summary, "-" when there is none. */
+static char *latency_cell(const json_t *q)
+{
+    if (!json_is_object(q) || json_integer_value(json_object_get(q, "count")) == 0)
+        return strdup("-");
+    char *s = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&s, &size);
+    if (!f)
+        return NULL;
+    static const char *const names[] = {"p50", "p90", "p99"};
+    for (int i = 0; i < 3; i++) {
+        const json_t *v = json_object_get(q, names[i]);
+        double secs = json_number_value(v);
+        if (i)
+            fputc('/', f);
+        if (!json_is_number(v))
+            fputc('-', f);
+        else if (secs < 1)
+            fprintf(f, "%.1fms", secs * 1000);
+        else
+            fprintf(f, "%.2fs", secs);
+    }
+    fclose(f);
+    return s;
+}
+
+static void stats_row(char **row, const json_t *c, const void *ctx)
+{
+    (void)ctx;
+    char buf[128];
+    row[0] = cell_text(json_object_get(c, "connector"));
+    snprintf(buf, sizeof buf, "%.0f", json_number_value(json_object_get(c, "finished")));
+    row[1] = strdup(buf);
+    const json_t *er = json_object_get(c, "error_rate");
+    if (json_is_number(er))
+        snprintf(buf, sizeof buf, "%.1f%%", json_number_value(er) * 100);
+    else
+        snprintf(buf, sizeof buf, "-");
+    row[2] = strdup(buf);
+    const json_t *lat = json_object_get(c, "latency_seconds");
+    row[3] = latency_cell(json_object_get(lat, "connector_call"));
+    row[4] = latency_cell(json_object_get(lat, "end_to_end"));
+    size_t used = 0;
+    buf[0] = '\0';
+    const char *unit;
+    const json_t *v;
+    json_object_foreach((json_t *)json_object_get(json_object_get(c, "cost"), "per_action"), unit, v) {
+        if (json_is_number(v) && used < sizeof buf) {
+            int n = snprintf(buf + used, sizeof buf - used, "%s%.4g %s", used ? ", " : "", json_number_value(v), unit);
+            if (n > 0)
+                used += (size_t)n;
+        }
+    }
+    row[5] = strdup(buf[0] ? buf : "-");
+}
+
+void render_stats(FILE *out, const json_t *connectors)
+{
+    static const char *const header[6] = {"CONNECTOR", "FINISHED", "ERRORS", "CALL p50/p90/p99",
+                                          "END-TO-END p50/p90/p99", "COST/ACTION"};
+    render_rows(out, header, 6, connectors, "no connectors configured\n", stats_row, NULL);
+}

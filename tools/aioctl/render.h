@@ -57,6 +57,9 @@ void render_connectors(FILE *out, const json_t *connectors);
 /* A table NAME, ROLES, STATE, CREATED, EXPIRES of an array of token objects ({name, roles:
  * [..], state, created_at, expires_at}); there are never tokens or digests in them. */
 void render_token_table(FILE *out, const json_t *tokens);
+/* GET /v1/stats's "connectors": one row each: finished actions, error rate, call and end-to-end
+ * latency p50/p90/p99, cost per action. */
+void render_stats(FILE *out, const json_t *connectors);
 
 /* The strings of a JSON array joined with ',' ("submitter,reader"); "-" when empty or not an
  * array. Returns a malloc'd string owned by the caller, or NULL when out of memory. */

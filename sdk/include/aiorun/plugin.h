@@ -112,7 +112,7 @@ typedef struct aiorun_http_response {
 
 /*
  * Services the host offers a plugin, handed to init() and valid until fini() returns.
- * Append-only: check api->struct_size before using a member added after 1.0.
+ * Append-only: check api->struct_size (AIORUN_HOST_HAS) before using a member added after 1.0.
  */
 typedef struct aiorun_host_api {
     uint32_t struct_size;
@@ -157,7 +157,24 @@ typedef struct aiorun_host_api {
     /* Set the call's result: a JSON value as text (copied). Returns AIORUN_OK, or
      * AIORUN_E_INVALID when the text is not JSON. Since 1.0. */
     aiorun_status (*set_result)(aiorun_call *call, const char *json, size_t len);
+
+    /* Report what this call cost (money, API credits, model tokens): aiorun keeps it on the
+     * attempt and adds it to the action's total. amount: finite and >= 0; unit: 1 to 16
+     * characters of [A-Za-z0-9_], case-sensitive ("USD", "EUR", "tokens"; copied). Several
+     * calls with the same unit add up; different units are kept apart, at most 8 per call.
+     * Call it in invoke or lookup, before returning, also when the call fails (a failed call
+     * may still have cost). AIORUN_E_INVALID, changing nothing, for a bad amount or unit, a
+     * ninth unit, a sum that would not be finite, or a call outside invoke and lookup (init).
+     * Since 1.2: a host older than 1.2 has no such member, so check first with
+     * AIORUN_HOST_HAS(api, set_cost). */
+    aiorun_status (*set_cost)(aiorun_call *call, double amount, const char *unit);
 } aiorun_host_api;
+
+/* Whether the host's services table has member (one appended in a later minor than 1.0):
+ *   if (AIORUN_HOST_HAS(api, set_cost)) api->set_cost(call, 0.012, "USD");
+ * Since 1.2 (the test itself works on any host). */
+#define AIORUN_HOST_HAS(api, member) \
+    ((api)->struct_size >= offsetof(aiorun_host_api, member) + sizeof((api)->member))
 
 /* Run one attempt of an action. input/input_len: the action's input as JSON text, validated
  * against input_schema, borrowed. Return AIORUN_OK after set_result(), or an error class
