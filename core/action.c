@@ -69,6 +69,18 @@ static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t id_last_ms;
 static unsigned char id_last_rand[10];
 
+void action_id_time_prefix(int64_t ms, char out[11])
+{
+    static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    if (ms < 0)
+        ms = 0;
+    if (ms > (INT64_C(1) << 48) - 1)
+        ms = (INT64_C(1) << 48) - 1;
+    for (int i = 0; i < 10; i++)
+        out[i] = crockford[((uint64_t)ms >> (45 - 5 * i)) & 31];
+    out[10] = '\0';
+}
+
 void action_id_new(char out[ACTION_ID_LEN + 1])
 {
     int64_t ms = ar_now_ms();

@@ -57,6 +57,9 @@ int action_state_settled(action_state s);
 
 /* A new ULID into out (ACTION_ID_LEN chars + NUL). Monotonic within this process. */
 void action_id_new(char out[ACTION_ID_LEN + 1]);
+/* The first 10 characters of every id created at ms (the ULID's time part): ids sort by it, so
+ * a cursor seek to it finds the first action created at or after ms. */
+void action_id_time_prefix(int64_t ms, char out[11]);
 
 /* BLAKE2b-256 over the canonical (sorted keys, compact) JSON of {"action", "input"}. */
 int action_payload_digest(const char *action, const json_t *input,

@@ -535,16 +535,32 @@ static int check_field_type(request *rq, const json_t *body, const char *field, 
 
 static int validate_proposer(request *rq, const json_t *p)
 {
-    static const char *const known[] = {"kind", "model", "confidence", "prompt_ref"};
+    static const char *const known[] = {"kind", "model", "confidence", "prompt_ref", "context_refs"};
     const char *k;
     json_t *v;
     json_object_foreach((json_t *)p, k, v) {
         size_t i;
-        for (i = 0; i < 4 && strcmp(k, known[i]) != 0; i++)
+        for (i = 0; i < 5 && strcmp(k, known[i]) != 0; i++)
             ;
-        if (i == 4) {
-            api_set_reply_error(rq, 400, "invalid_request", "proposer: unknown field \"%s\" (known: kind, model, confidence, prompt_ref)", k);
+        if (i == 5) {
+            api_set_reply_error(rq, 400, "invalid_request", "proposer: unknown field \"%s\" (known: kind, model, "
+                                "confidence, prompt_ref, context_refs)", k);
             return 0;
+        }
+        if (i == 4) {
+            /* References to what the proposer looked at (documents, tickets, URLs): kept for
+             * the audit trail, at most 32 strings. */
+            size_t n = json_array_size(v), j;
+            json_t *ref;
+            int ok = json_is_array(v) && n <= 32;
+            json_array_foreach(v, j, ref)
+                ok &= json_is_string(ref) && json_string_length(ref) <= 512;
+            if (!ok) {
+                api_set_reply_error(rq, 400, "invalid_request", "proposer.context_refs must be an array of at most 32 "
+                                    "strings of at most 512 bytes");
+                return 0;
+            }
+            continue;
         }
         if (i == 2 ? !json_is_number(v) : !json_is_string(v)) {
             api_set_reply_error(rq, 400, "invalid_request", "proposer.%s must be %s", k, i == 2 ? "a number" : "a string");

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -214,8 +215,90 @@ static json_t *quantiles(const json_t *e)
                      "p90", json_object_get(e, "p90"), "p99", json_object_get(e, "p99"));
 }
 
+/* Add an action record's figures into by_connector[connector]. */
+static void tally(json_t *by_connector, const json_t *rec)
+{
+    const char *name = action_record_str(rec, "connector");
+    json_t *c = json_object_get(by_connector, name);
+    if (!c) {
+        c = json_pack("{s:s, s:i, s:i, s:i, s:o}", "connector", name, "actions", 0, "finished", 0, "failed", 0,
+                      "cost", json_object());
+        json_object_set_new(by_connector, name, c);
+    }
+    json_object_set_new(c, "actions", json_integer(json_integer_value(json_object_get(c, "actions")) + 1));
+    action_state st = action_record_state(rec);
+    if (st == ACTION_SUCCEEDED || st == ACTION_FAILED || st == ACTION_UNKNOWN_OUTCOME) {
+        json_object_set_new(c, "finished", json_integer(json_integer_value(json_object_get(c, "finished")) + 1));
+        if (st != ACTION_SUCCEEDED)
+            json_object_set_new(c, "failed", json_integer(json_integer_value(json_object_get(c, "failed")) + 1));
+    }
+    json_t *cost = json_object_get(c, "cost");
+    const char *unit;
+    json_t *amount;
+    json_object_foreach(json_object_get(rec, "cost"), unit, amount)
+        if (json_is_number(amount))
+            json_object_set_new(cost, unit, json_real(json_number_value(json_object_get(cost, unit)) +
+                                                      json_number_value(amount)));
+}
+
+/* GET /v1/stats?day=YYYY-MM-DD: the actions created that day (UTC), from the journal (so it
+ * survives restarts): per connector, how many, finished, failed, and what they cost. Reads one
+ * day of the history with a cursor from that day's first id. */
+static void stats_for_day(api_server *a, request *rq, const char *day)
+{
+    struct tm tm = {0};
+    const char *end = strptime(day, "%Y-%m-%d", &tm);
+    if (!end || *end) {
+        api_set_reply_error(rq, 400, "invalid_request", "day must be YYYY-MM-DD (UTC), got \"%s\"", day);
+        return;
+    }
+    int64_t from_ms = (int64_t)timegm(&tm) * 1000, to_ms = from_ms + 86400000;
+    char from[11], to[11];
+    action_id_time_prefix(from_ms, from);
+    action_id_time_prefix(to_ms, to);
+    journal_read *r = NULL;
+    journal_cursor *cur = NULL;
+    ar_error err = {0};
+    json_t *by = json_object();
+    int rc = journal_read_begin(a->journal, &r, &err);
+    if (rc == AR_OK)
+        rc = journal_cursor_open(r, JDB_ACTIONS, &cur);
+    const void *key = from, *val;
+    size_t klen = 10, vlen;
+    if (rc == AR_OK)
+        rc = journal_cursor_get(cur, JOURNAL_SEEK_GE, &key, &klen, &val, &vlen);
+    while (rc == AR_OK && klen >= 10 && memcmp(key, to, 10) < 0) {
+        json_t *rec = json_loadb(val, vlen, 0, NULL);
+        if (rec)
+            tally(by, rec);
+        json_decref(rec);
+        rc = journal_cursor_get(cur, JOURNAL_NEXT, &key, &klen, &val, &vlen);
+    }
+    if (cur)
+        journal_cursor_close(cur);
+    if (r)
+        journal_read_end(r);
+    if (rc != AR_OK && rc != AR_E_NOTFOUND) {
+        json_decref(by);
+        api_set_reply_ar_error(rq, rc, &err);
+        return;
+    }
+    json_t *list = json_array();
+    const char *name;
+    json_t *c;
+    json_object_foreach(by, name, c)
+        json_array_append(list, c);
+    json_decref(by);
+    api_set_reply_json(rq, 200, json_pack("{s:s, s:o}", "day", day, "connectors", list));
+}
+
 void api_route_stats(api_server *a, request *rq)
 {
+    const char *day = MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, "day");
+    if (day && *day) {
+        stats_for_day(a, rq, day);
+        return;
+    }
     json_t *stages = NULL, *actions = NULL, *costs = NULL;
     metrics_summary(a->metrics, "aiorun_stage_duration_seconds", &stages, NULL);
     metrics_summary(a->metrics, "aiorun_actions_total", &actions, NULL);

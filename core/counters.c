@@ -455,17 +455,6 @@ static double amount_of(const counter_def *d, const json_t *rec)
 
 /* The 10-character ULID prefix of ms: action ids begin with their creation time, so keys at or
  * after it are the actions created at or after ms. */
-static void ulid_time_prefix(int64_t ms, char out[11])
-{
-    static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    if (ms < 0)
-        ms = 0;
-    if (ms > (INT64_C(1) << 48) - 1)
-        ms = (INT64_C(1) << 48) - 1;
-    for (int i = 0; i < 10; i++)
-        out[i] = crockford[((uint64_t)ms >> (45 - 5 * i)) & 31];
-    out[10] = '\0';
-}
 
 /* ---- the maintained set ------------------------------------------------------------------- */
 
@@ -963,7 +952,7 @@ static int backfill(journal_txn *txn, install_op *op, size_t n_fresh)
         if (op->fresh[i] && op->defs[i].window_ms > longest)
             longest = op->defs[i].window_ms;
     char from[11];
-    ulid_time_prefix(op->now_ms - longest - BACKFILL_SLACK_MS, from);
+    action_id_time_prefix(op->now_ms - longest - BACKFILL_SLACK_MS, from);
 
     journal_cursor *acur = NULL, *ecur = NULL;
     int rc;
@@ -1174,7 +1163,7 @@ int counters_recompute(journal_read *r, const counter_def *def, int64_t now_ms, 
         return journal_failed(err, rc, "scanning actions");
     int64_t width = width_for(def->window_ms);
     char from[11];
-    ulid_time_prefix(now_ms - def->window_ms - BACKFILL_SLACK_MS, from);
+    action_id_time_prefix(now_ms - def->window_ms - BACKFILL_SLACK_MS, from);
     const void *k = from, *v;
     size_t kl = 10, vl;
     double sum = 0;

@@ -335,13 +335,15 @@ static void audit_transition(journal_batch *b, const json_t *rec)
                            action_record_str(rec, "digest")));
         return;
     }
-    if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED)
-        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s}", "attempt", attempt,
+    if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED) {
+        json_t *cost = json_object_get(last, "cost"); /* what this call cost, when the plugin said */
+        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt", attempt,
                            "outcome", json_object_get(last, "outcome"),
                            "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
                            "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
                            "error_class", json_object_get(error, "class") ? json_object_get(error, "class") : json_null(),
-                           "state", action_state_name(st)));
+                           "state", action_state_name(st), "cost", cost ? cost : json_null()));
+    }
     if (json_is_object(json_object_get(rec, "validation")) && action_state_terminal(st))
         audit_batch_append(b, "validation_failed", id, json_deep_copy(json_object_get(rec, "validation")));
     if (st == ACTION_UNKNOWN_OUTCOME)

@@ -97,8 +97,23 @@ static void every_event_of_a_scripted_scenario_is_on_a_chain_that_verifies(void 
     char fin[64], path[400];
     assert_int_equal(harness_token_create(&H, "fin", "approver", 0, fin), 0);
     /* allowed and run; denied */
-    json_t *a = submit("{\"connector\": \"echo\", \"action\": \"echo\", \"input\": {\"message\": \"hi\"}, \"wait_ms\": 5000}", 201);
+    json_t *a = submit("{\"connector\": \"echo\", \"action\": \"echo\", \"input\": {\"message\": \"hi\"}, \"wait_ms\": 5000, "
+                       "\"proposer\": {\"kind\": \"ai\", \"model\": \"m-1\", \"confidence\": 0.9, \"prompt_ref\": \"p-7\", "
+                       "\"context_refs\": [\"ticket:42\", \"doc:refund-policy\"]}}", 201);
+    char echo_id[40];
+    snprintf(echo_id, sizeof echo_id, "%s", str(a, "id"));
     json_decref(a);
+    /* Why: the proposer and what it looked at are on the record of its receipt. */
+    snprintf(path, sizeof path, "/v1/actions/%s/audit", echo_id);
+    json_t *echo_story = NULL;
+    assert_int_equal(harness_http(&H, "GET", path, NULL, &echo_story), 200);
+    json_t *received = json_object_get(json_array_get(json_object_get(echo_story, "entries"), 0), "data");
+    assert_string_equal(str(json_object_get(received, "proposer"), "model"), "m-1");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(json_object_get(received, "proposer"),
+                                                                         "context_refs"), 1)), "doc:refund-policy");
+    json_decref(echo_story);
+    assert_int_equal(harness_http(&H, "POST", "/v1/actions", "{\"connector\": \"echo\", \"action\": \"echo\", "
+                                  "\"input\": {}, \"proposer\": {\"context_refs\": \"one\"}}", NULL), 400);
     a = submit("{\"connector\": \"t_ok\", \"action\": \"ok\", \"input\": {\"deny_me\": true}}", 201);
     assert_string_equal(str(a, "state"), "DENIED");
     json_decref(a);
@@ -145,7 +160,7 @@ static void every_event_of_a_scripted_scenario_is_on_a_chain_that_verifies(void 
     static const char *const types[] = {
         "config_loaded", "received", "decided", "dispatched", "completed", "approval_requested", "approval_decided",
         "unknown_outcome", "recovered", "resolved", "policy_reloaded", "autonomy_changed", "token_created",
-        "secret_set", "connector_paused", "connector_resumed"};
+        "secret_set", "connector_paused", "connector_resumed", "breaker"};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!has_type(entries, types[i]))
             fail_msg("no %s entry in the audit trail", types[i]);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "action.h"
@@ -131,6 +132,35 @@ static void a_retried_failure_adds_up_every_attempt(void **state)
     }
     assert_true(seen);
     json_decref(stats);
+    /* Per day, from the journal: today's actions of t_cost and what they cost. */
+    char day[16], path[64];
+    time_t now = time(NULL);
+    strftime(day, sizeof day, "%Y-%m-%d", gmtime(&now));
+    snprintf(path, sizeof path, "/v1/stats?day=%s", day);
+    assert_int_equal(harness_http(&H, "GET", path, NULL, &stats), 200);
+    seen = 0;
+    json_array_foreach(json_object_get(stats, "connectors"), k, c) {
+        if (strcmp(str(c, "connector"), "t_cost") != 0)
+            continue;
+        seen = 1;
+        assert_int_equal(json_integer_value(json_object_get(c, "actions")), 1);
+        assert_int_equal(json_integer_value(json_object_get(c, "failed")), 1);
+        assert_true(json_number_value(json_object_get(json_object_get(c, "cost"), "USD")) == 1.5);
+    }
+    assert_true(seen);
+    json_decref(stats);
+    assert_int_equal(harness_http(&H, "GET", "/v1/stats?day=yesterday", NULL, NULL), 400);
+    /* The audit trail has what each call cost. */
+    snprintf(path, sizeof path, "/v1/actions/%s/audit", str(a, "id"));
+    json_t *story = NULL;
+    assert_int_equal(harness_http(&H, "GET", path, NULL, &story), 200);
+    int with_cost = 0;
+    json_array_foreach(json_object_get(story, "entries"), k, c)
+        if (!strcmp(str(c, "type"), "completed") &&
+            json_number_value(json_object_get(json_object_get(json_object_get(c, "data"), "cost"), "USD")) == 0.5)
+            with_cost++;
+    assert_int_equal(with_cost, 3);
+    json_decref(story);
 
     json_t *rec = stored_record(str(a, "id"));
     json_t *cost = json_object_get(rec, "cost");

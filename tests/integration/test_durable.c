@@ -25,7 +25,7 @@ static int start_all(void **state)
     /* Three REST connectors on the simulator, one per idempotency mode, and the ledger plugin
      * with its declared lookup and overridden to none. Short timeouts and backoff keep it fast. */
     /* The simulator's port is the only one the plugins may connect to (Landlock). */
-    snprintf(common, sizeof common, "\"timeout_ms\": 1000, \"retry\": {\"max_attempts\": 4, \"initial_ms\": 50, "
+    snprintf(common, sizeof common, "\"timeout_ms\": 2000, \"retry\": {\"max_attempts\": 4, \"initial_ms\": 50, "
              "\"max_ms\": 200}, \"allow_ports\": [%d]", S.port);
     /* The ledger fixture writes its ledger into the test's directory, outside its sandbox's
      * working directory, which only works with Landlock and the uid switch off. */
@@ -123,7 +123,7 @@ static void every_fault_with_every_idempotency_mode(void **state)
         {"{\"route\": \"POST /orders\", \"fault\": \"truncate\"}",
          {"SUCCEEDED", "SUCCEEDED", "UNKNOWN_OUTCOME"}, {2, 1, 1}, {1, 1, 1}},
         /* The answer comes after the call's deadline; the effect happened. */
-        {"{\"route\": \"POST /orders\", \"fault\": \"delay\", \"delay_ms\": 1300, \"apply\": true}",
+        {"{\"route\": \"POST /orders\", \"fault\": \"delay\", \"delay_ms\": 2400, \"apply\": true}",
          {NULL, NULL, "UNKNOWN_OUTCOME"}, {0, 0, 1}, {0, 0, 1}},
         /* The API says no: nothing to retry. */
         {"{\"route\": \"POST /orders\", \"fault\": \"status\", \"status\": 404}",

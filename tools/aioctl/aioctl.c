@@ -194,9 +194,11 @@ static const char usage_text[] =
     "      and survives a restart of the daemon. Operator role.\n"
     "  connectors resume NAME [--reason TEXT]\n"
     "      Dispatch NAME's actions again. Operator role.\n"
-    "  stats\n"
+    "  stats [--day YYYY-MM-DD]\n"
     "      Per connector: finished actions, error rate, call and end-to-end latency\n"
-    "      p50/p90/p99 (estimated from the /metrics histograms), cost per action.\n"
+    "      p50/p90/p99 (estimated from the /metrics histograms), cost per action, since the\n"
+    "      daemon started. --day: the actions created that day (UTC), read from the journal:\n"
+    "      how many, finished, failed, and what they cost.\n"
     "  whoami\n"
     "      The name and roles of the token aioctl sends.\n"
     "  health\n"
@@ -1599,13 +1601,21 @@ static int print_identity(const char *name, const json_t *roles)
 static int cmd_stats(cli *o, int argc, char **argv)
 {
     session s = {0};
-    int rc = parse_flags_only(o, "stats", argc, argv, NULL, 0);
+    const char *day = NULL;
+    const flag flags[] = {{"--day", FLAG_VALUE, &day, NULL}};
+    int rc = parse_flags_only(o, "stats", argc, argv, flags, 1);
 
     if (rc)
         return rc;
-    if ((rc = session_request(o, &s, "GET", "/v1/stats", NULL)) == AIOCTL_OK) {
+    char path[64];
+    if (day && (strlen(day) != 10 || day[4] != '-' || day[7] != '-'))
+        return usage_error("stats --day: expected YYYY-MM-DD, got '%s'", day);
+    snprintf(path, sizeof path, day ? "/v1/stats?day=%s" : "/v1/stats", day ? day : "");
+    if ((rc = session_request(o, &s, "GET", path, NULL)) == AIOCTL_OK) {
         if (o->json)
             print_body(&s.rep);
+        else if (day)
+            render_stats_day(stdout, json_object_get(s.rep.json, "connectors"));
         else
             render_stats(stdout, json_object_get(s.rep.json, "connectors"));
     }

@@ -1195,3 +1195,31 @@ void render_stats(FILE *out, const json_t *connectors)
                                           "END-TO-END p50/p90/p99", "COST/ACTION"};
     render_rows(out, header, 6, connectors, "no connectors configured\n", stats_row, NULL);
 }
+
+static void stats_day_row(char **row, const json_t *c, const void *ctx)
+{
+    (void)ctx;
+    char buf[160];
+    row[0] = cell_text(json_object_get(c, "connector"));
+    row[1] = cell_text(json_object_get(c, "actions"));
+    row[2] = cell_text(json_object_get(c, "finished"));
+    row[3] = cell_text(json_object_get(c, "failed"));
+    size_t used = 0;
+    buf[0] = '\0';
+    const char *unit;
+    const json_t *v;
+    json_object_foreach((json_t *)json_object_get(c, "cost"), unit, v) {
+        if (used < sizeof buf) {
+            int n = snprintf(buf + used, sizeof buf - used, "%s%.6g %s", used ? ", " : "", json_number_value(v), unit);
+            if (n > 0)
+                used += (size_t)n;
+        }
+    }
+    row[4] = strdup(buf[0] ? buf : "-");
+}
+
+void render_stats_day(FILE *out, const json_t *connectors)
+{
+    static const char *const header[5] = {"CONNECTOR", "ACTIONS", "FINISHED", "FAILED", "COST"};
+    render_rows(out, header, 5, connectors, "no actions that day\n", stats_day_row, NULL);
+}

@@ -60,6 +60,8 @@ void render_token_table(FILE *out, const json_t *tokens);
 /* GET /v1/stats's "connectors": one row each: finished actions, error rate, call and end-to-end
  * latency p50/p90/p99, cost per action. */
 void render_stats(FILE *out, const json_t *connectors);
+/* GET /v1/stats?day=...'s "connectors": actions, finished, failed, cost by unit. */
+void render_stats_day(FILE *out, const json_t *connectors);
 
 /* The strings of a JSON array joined with ',' ("submitter,reader"); "-" when empty or not an
  * array. Returns a malloc'd string owned by the caller, or NULL when out of memory. */
