@@ -37,6 +37,7 @@ struct loop {
     int epfd;
     int wakefd;
     int stopping;            /* written under post_lock, read by the loop thread */
+    int closed;              /* loop_close: later posts are refused (under post_lock) */
     watch *watches;          /* few fds per loop: a list is enough */
     timer *heap;             /* min-heap on (due_ms, id) */
     size_t n_timers, cap_timers;
@@ -240,6 +241,11 @@ int loop_post(loop_t *l, loop_post_cb cb, void *arg)
         return AR_E_NOMEM;
     *p = (post){.cb = cb, .arg = arg, .next = NULL};
     pthread_mutex_lock(&l->post_lock);
+    if (l->closed) {
+        pthread_mutex_unlock(&l->post_lock);
+        free(p);
+        return AR_E_CLOSED;
+    }
     if (l->post_tail)
         l->post_tail->next = p;
     else
@@ -258,6 +264,21 @@ static void run_posts(loop_t *l)
     ssize_t rc = read(l->wakefd, &n, sizeof n);
     (void)rc;
     pthread_mutex_lock(&l->post_lock);
+    post *p = l->post_head;
+    l->post_head = l->post_tail = NULL;
+    pthread_mutex_unlock(&l->post_lock);
+    while (p) {
+        post *next = p->next;
+        p->cb(l, p->arg);
+        free(p);
+        p = next;
+    }
+}
+
+void loop_close(loop_t *l)
+{
+    pthread_mutex_lock(&l->post_lock);
+    l->closed = 1;
     post *p = l->post_head;
     l->post_head = l->post_tail = NULL;
     pthread_mutex_unlock(&l->post_lock);

@@ -31,8 +31,13 @@ uint64_t loop_timer_add(loop_t *loop, int64_t due_ms, loop_timer_cb cb, void *ar
 /* Cancel a pending timer; unknown or fired ids are ignored. */
 void loop_timer_cancel(loop_t *loop, uint64_t id);
 
-/* Thread-safe: run cb(arg) on the loop thread soon, in posting order. 0 or AR_E_NOMEM. */
+/* Thread-safe: run cb(arg) on the loop thread soon, in posting order. 0, AR_E_NOMEM, or
+ * AR_E_CLOSED after loop_close (then cb never runs and arg stays the caller's). */
 int loop_post(loop_t *loop, loop_post_cb cb, void *arg);
+/* After the loop thread has returned from loop_run for good: refuse later posts, and run the
+ * ones that arrived after the loop's last look, on the calling thread, so that no hand-off is
+ * lost or leaked. */
+void loop_close(loop_t *loop);
 
 /* Run until loop_stop. Returns 0. */
 int loop_run(loop_t *loop);

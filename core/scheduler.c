@@ -317,7 +317,12 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
             jb->cancel_done = NULL;
         }
     }
-    loop_post(jb->s->loop, transition_continue, t);
+    if (loop_post(jb->s->loop, transition_continue, t) != AR_OK) {
+        /* The loop is closed (the scheduler is being freed): the job is released with it. */
+        scheduler *s = jb->s;
+        free(t);
+        journaling_add(s, -1);
+    }
 }
 
 /* The audit entries of the state the record is being journaled in: what the scheduler did
@@ -762,7 +767,9 @@ static int start(job *jb)
             return 1;
         inflight_add(c, -1);
         if (rc == AR_E_BUSY) {
+            /* As in send_invoke: never rely on an idle event that may have gone by. */
             push_front(c, jb);
+            wake_in(c, 50);
             return 0;
         }
         /* The plugin has no lookup after all: the outcome cannot be reconciled. */
@@ -1475,6 +1482,9 @@ void scheduler_free(scheduler *s)
         }
         loop_post(s->loop, end_loop, NULL);
         pthread_join(s->thread, NULL);
+        /* Hand-offs that came after the loop's last look (an approval decided during the
+         * stop, say) run now: they see stopping and let go of their jobs. */
+        loop_close(s->loop);
     }
     for (size_t i = 0; s->conns && i <= s->n_conns && i < s->cfg->n_connectors; i++) {
         conn *c = &s->conns[i];
