@@ -321,6 +321,8 @@ static int authorize(api_server *a, request *rq, const access_route *route, cons
     return 1;
 }
 
+static enum MHD_Result dispatch(api_server *a, request *rq, route_id id, const char *param);
+
 static enum MHD_Result route(api_server *a, request *rq, const char *method, const char *url)
 {
     const access_route *r;
@@ -341,7 +343,16 @@ static enum MHD_Result route(api_server *a, request *rq, const char *method, con
                         a->cfg->max_body_bytes);
         return api_queue_reply(rq);
     }
-    switch (r->id) {
+    /* The scheduler stays alive while a route uses it (api_detach_scheduler waits). */
+    pthread_rwlock_rdlock(&a->sched_lock);
+    enum MHD_Result res = dispatch(a, rq, r->id, param);
+    pthread_rwlock_unlock(&a->sched_lock);
+    return res;
+}
+
+static enum MHD_Result dispatch(api_server *a, request *rq, route_id id, const char *param)
+{
+    switch (id) {
     case ROUTE_HEALTHZ: api_set_reply_json(rq, 200, json_pack("{s:s}", "status", "ok")); break;
     case ROUTE_WHOAMI: api_route_whoami(rq); break;
     case ROUTE_SUBMIT: return api_route_submit(a, rq);
@@ -469,6 +480,7 @@ int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *
     a->autonomy = aut;
     pthread_mutex_init(&a->policy_lock, NULL);
     pthread_mutex_init(&a->reload_lock, NULL);
+    pthread_rwlock_init(&a->sched_lock, NULL);
     a->validate_gen = UINT64_MAX;
     a->policy_sets[0] = policies;
     a->n_sets = 1;
@@ -503,6 +515,13 @@ nomem:
 }
 
 void api_set_scheduler(api_server *a, scheduler *s) { a->sched = s; }
+
+void api_detach_scheduler(api_server *a)
+{
+    pthread_rwlock_wrlock(&a->sched_lock);
+    a->sched = NULL;
+    pthread_rwlock_unlock(&a->sched_lock);
+}
 void api_set_counters(api_server *a, counters *c) { a->counters = c; }
 void api_set_vault(api_server *a, vault *v) { a->vault = v; }
 
@@ -638,6 +657,7 @@ void api_free(api_server *a)
         policy_set_free(a->policy_sets[i]);
     pthread_mutex_destroy(&a->policy_lock);
     pthread_mutex_destroy(&a->reload_lock);
+    pthread_rwlock_destroy(&a->sched_lock);
     metrics_free(a->metrics);
     drift_free(a->drift);
     json_decref(a->drift_pending);

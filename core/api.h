@@ -45,6 +45,9 @@ int api_reload_policies(api_server *a, const char *why, ar_error *err);
 void api_watch_pending(api_server *a);
 /* Wire the scheduler in (before api_listen). */
 void api_set_scheduler(api_server *a, scheduler *s);
+/* Before the scheduler is freed: wait for the routes using it, then let later ones find none
+ * (they answer 503 where they need it). */
+void api_detach_scheduler(api_server *a);
 /* Wire the guardrail counters in (before api_listen; borrowed, must outlive the server):
  * decisions read them through ctx.counter, and a reload installs the new set's definitions
  * together with the current set's, so that a worker still deciding with the old set reads

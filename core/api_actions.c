@@ -903,8 +903,12 @@ enum MHD_Result api_route_cancel(api_server *a, request *rq, const char *id)
     snprintf(rq->action_id, sizeof rq->action_id, "%s", id);
     rq->suspended = 1;
     MHD_suspend_connection(rq->conn);
-    if (scheduler_cancel(a->sched, id, rq->who.name, cancel_answered, rq) != AR_OK) {
-        api_set_reply_error(rq, 500, "internal", "out of memory");
+    int rc = scheduler_cancel(a->sched, id, rq->who.name, cancel_answered, rq);
+    if (rc != AR_OK) {
+        if (rc == AR_E_CLOSED)
+            api_set_reply_error(rq, 503, "shutting_down", "the daemon is stopping; try again once it is back");
+        else
+            api_set_reply_error(rq, 500, "internal", "out of memory");
         api_resume(rq);
     }
     return MHD_YES;

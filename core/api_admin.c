@@ -462,8 +462,12 @@ enum MHD_Result api_route_pause(api_server *a, request *rq, const char *name, in
     snprintf(rq->target, sizeof rq->target, "%s", name);
     rq->suspended = 1;
     MHD_suspend_connection(rq->conn);
-    if (scheduler_pause(a->sched, name, pause, rq->who.name, reason, pause_answered, rq) != AR_OK) {
-        api_set_reply_error(rq, 500, "internal", "out of memory");
+    int rc = scheduler_pause(a->sched, name, pause, rq->who.name, reason, pause_answered, rq);
+    if (rc != AR_OK) {
+        if (rc == AR_E_CLOSED)
+            api_set_reply_error(rq, 503, "shutting_down", "the daemon is stopping; try again once it is back");
+        else
+            api_set_reply_error(rq, 500, "internal", "out of memory");
         api_resume(rq);
     }
     json_decref(body);

@@ -83,7 +83,8 @@ struct api_server {
     policy_worker *validate_worker;
     const policy_set *validate_set;
     uint64_t validate_gen;
-    scheduler *sched;
+    scheduler *sched;              /* NULL once detached; routes hold sched_lock (read) */
+    pthread_rwlock_t sched_lock;
     struct MHD_Daemon *mhd;
     int port;
     char *tls_cert, *tls_key;    /* PEM text while serving HTTPS; the key is wiped at the end */

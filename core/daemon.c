@@ -250,8 +250,10 @@ static void runtime_stop(runtime *rt)
     }
     if (rt->watcher_stop_fd >= 0)
         close(rt->watcher_stop_fd);
-    if (rt->api)
+    if (rt->api) {
         api_stop_intake(rt->api);
+        api_detach_scheduler(rt->api);
+    }
     scheduler_free(rt->sched);
     api_free(rt->api);
     policy_set_free(rt->policies); /* only when the API never took it */

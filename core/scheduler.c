@@ -1138,6 +1138,8 @@ static void restart_on_loop(loop_t *loop, void *arg)
 
 int scheduler_restart_connector(scheduler *s, const char *name)
 {
+    if (!s)
+        return AR_E_CLOSED;
     if (!config_find_connector(s->cfg, name))
         return AR_E_NOTFOUND;
     restart_req *rr = calloc(1, sizeof *rr);
@@ -1155,6 +1157,8 @@ int scheduler_restart_connector(scheduler *s, const char *name)
 int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, const char *reason,
                     scheduler_flow_fn done, void *arg)
 {
+    if (!s)
+        return AR_E_CLOSED;
     pause_req *pr = calloc(1, sizeof *pr);
     if (!pr)
         return AR_E_NOMEM;
@@ -1173,6 +1177,8 @@ int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, 
 
 int scheduler_connector_flow(scheduler *s, const char *name, json_t **out)
 {
+    if (!s)
+        return AR_E_NOTFOUND;
     conn *c = find_conn(s, name);
     if (!c)
         return AR_E_NOTFOUND;
@@ -1184,6 +1190,8 @@ int scheduler_connector_flow(scheduler *s, const char *name, json_t **out)
 
 size_t scheduler_held(scheduler *s)
 {
+    if (!s)
+        return 0;
     pthread_mutex_lock(&s->lock);
     size_t n = s->held;
     pthread_mutex_unlock(&s->lock);
@@ -1270,6 +1278,10 @@ void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg)
 
 int scheduler_enqueue(scheduler *s, json_t *rec)
 {
+    if (!s) {
+        json_decref(rec);
+        return AR_E_CLOSED;
+    }
     job *jb = job_new(s, rec);
     if (!jb) {
         json_decref(rec);
@@ -1334,6 +1346,8 @@ static void cancel_on_loop(loop_t *loop, void *arg)
 
 int scheduler_cancel(scheduler *s, const char *id, const char *who, scheduler_cancel_fn done, void *arg)
 {
+    if (!s)
+        return AR_E_CLOSED;
     cancel_req *cr = calloc(1, sizeof *cr);
     if (!cr)
         return AR_E_NOMEM;
@@ -1510,6 +1524,8 @@ void scheduler_free(scheduler *s)
 
 int scheduler_connector(scheduler *s, const char *name, sandbox_snapshot *out)
 {
+    if (!s)
+        return AR_E_NOTFOUND;
     conn *c = find_conn(s, name);
     if (!c)
         return AR_E_NOTFOUND;

@@ -86,7 +86,9 @@ void scheduler_set_metrics(scheduler *s, const scheduler_metrics *m);
 void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg);
 
 /* Thread-safe. Takes ownership of rec (a READY, APPROVED or RETRY_WAIT record already
- * journaled). */
+ * journaled). The public functions below accept a NULL scheduler (one detached at shutdown):
+ * AR_E_CLOSED, AR_E_NOTFOUND or 0, and nothing happens (an enqueued record is freed; it is
+ * durable and the next start resumes it). */
 int scheduler_enqueue(scheduler *s, json_t *rec);
 
 /* Resolve and resume the journal's non-terminal actions (call once, after scheduler_new). */
