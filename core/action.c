@@ -177,6 +177,8 @@ json_t *action_render(const json_t *rec)
         json_object_set(out, copied[i], v ? v : json_null());
     }
     json_object_set_new(out, "review", json_boolean(json_is_true(json_object_get(rec, "review"))));
+    /* A stub (retention.h): its input, result, history and decision were compacted away. */
+    json_object_set_new(out, "compacted", json_boolean(json_is_true(json_object_get(rec, "compacted"))));
     json_object_set_new(out, "created_at", rfc3339(json_object_get(rec, "created_ms")));
     json_object_set_new(out, "updated_at", rfc3339(json_object_get(rec, "updated_ms")));
     json_object_set_new(out, "finished_at", rfc3339(json_object_get(rec, "finished_ms")));

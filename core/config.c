@@ -27,7 +27,7 @@ static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
     "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch",
-    "vault_key_file", "vault_passphrase_file", "runtime_dir", "drift", "log_level", "log_format", NULL
+    "vault_key_file", "vault_passphrase_file", "runtime_dir", "drift", "log_level", "log_format", "retention", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
@@ -41,6 +41,8 @@ static const char *const sandbox_keys[] = { "rlimits", "uid", "landlock", "secco
 static const char *const rate_keys[] = { "per_second", "burst", NULL };
 static const char *const breaker_keys[] = { "window", "min_calls", "failure_ratio", "consecutive",
                                             "open_s", "half_open_calls", NULL };
+static const char *const retention_keys[] = { "actions_days", "idempotency_days", "audit_bodies_days",
+                                              "interval_s", NULL };
 static const char *const retry_keys[] = { "max_attempts", "initial_ms", "max_ms", "multiplier", NULL };
 
 /* ---- errors ------------------------------------------------------------------------------ */
@@ -342,6 +344,39 @@ static int parse_drift(const json_t *v, config *cfg, ar_error *err)
     if (lower && !json_is_boolean(lower))
         return invalid(err, "drift.lower_autonomy: expected true or false, got %s", schema_type_name(lower));
     cfg->drift_lowers_autonomy = json_is_true(lower);
+    return AR_OK;
+}
+
+/* retention: {actions_days, idempotency_days, audit_bodies_days, interval_s}. The days may be
+ * fractions (a test compacts after seconds); the stubs must outlive the full records. */
+static int parse_retention(const json_t *v, config_retention *out, ar_error *err)
+{
+    if (!json_is_object(v))
+        return invalid(err, "retention: expected object, got %s", schema_type_name(v));
+    int rc = check_keys(v, retention_keys, "retention", err);
+    if (rc != AR_OK)
+        return rc;
+    static const char *const days[] = {"actions_days", "idempotency_days", "audit_bodies_days"};
+    double *outs[] = {&out->actions_days, &out->idempotency_days, &out->audit_bodies_days};
+    for (size_t i = 0; i < 3; i++) {
+        const json_t *d = json_object_get(v, days[i]);
+        if (!d)
+            continue;
+        if (!json_is_number(d))
+            return invalid(err, "retention.%s: expected a number of days above 0 (at most 36500), got %s",
+                           days[i], schema_type_name(d));
+        if (!(json_number_value(d) > 0) || json_number_value(d) > 36500)
+            return invalid(err, "retention.%s: expected a number of days above 0 (at most 36500), got %g",
+                           days[i], json_number_value(d));
+        *outs[i] = json_number_value(d);
+    }
+    long long interval = out->interval_s;
+    if ((rc = get_int(v, "interval_s", "retention.interval_s", 10, 7LL * 86400, &interval, err)) != AR_OK)
+        return rc;
+    out->interval_s = (int)interval;
+    if (out->idempotency_days < out->actions_days)
+        return invalid(err, "retention: idempotency_days (%g) is below actions_days (%g): the idempotency "
+                       "keys must outlive the actions they answer for", out->idempotency_days, out->actions_days);
     return AR_OK;
 }
 
@@ -863,6 +898,10 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if ((v = json_object_get(root, "policy")) && (rc = parse_policy(v, &cfg->policy, err)))
         return rc;
     if ((v = json_object_get(root, "drift")) && (rc = parse_drift(v, cfg, err)))
+        return rc;
+    cfg->retention = (config_retention){.actions_days = 30, .idempotency_days = 90,
+                                        .audit_bodies_days = 365, .interval_s = 3600};
+    if ((v = json_object_get(root, "retention")) && (rc = parse_retention(v, &cfg->retention, err)))
         return rc;
     /* After plugin_dir, which plugin paths are resolved against. */
     if ((v = json_object_get(root, "connectors")) &&

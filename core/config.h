@@ -21,7 +21,10 @@
  * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true),
  * log_level ("info": "debug", "info", "warn" or "error", any case; the daemon lets the
  * environment variable AIORUN_LOG_LEVEL override it), log_format ("json": JSON lines, or
- * "text"; see ar.h). Relative paths are resolved against the directory of the config file.
+ * "text"; see ar.h), retention {actions_days 30, idempotency_days 90, audit_bodies_days 365,
+ * interval_s 3600} (bounded history, retention.h: the days are numbers above 0, fractions
+ * allowed, idempotency_days >= actions_days; interval_s an integer >= 10). Relative paths are
+ * resolved against the directory of the config file.
  */
 #ifndef CONFIG_H
 #define CONFIG_H
@@ -49,6 +52,14 @@ typedef struct config_breaker {
     int open_s;            /* stay open this long, then half-open (30) */
     int half_open_calls;   /* trial calls while half-open; all must succeed to close (1) */
 } config_breaker;
+
+/* retention: how long history is kept in full, as a stub, and with audit bodies (retention.h). */
+typedef struct config_retention {
+    double actions_days;      /* a terminal action becomes a stub this long after it finished (30) */
+    double idempotency_days;  /* the stub and its idempotency key go this long after (90) */
+    double audit_bodies_days; /* audit entries lose their body ("data") this long after (365) */
+    int interval_s;           /* the daemon compacts this often (3600) */
+} config_retention;
 
 typedef struct config_connector {
     char *name;            /* instance name: [a-z0-9_-]{1,64} */
@@ -104,6 +115,7 @@ typedef struct config {
     drift_opts drift;      /* "drift": {recent, baseline, min_samples, error_rate_increase,
                               confidence_drop, lower_autonomy}; absent values stay 0: drift.h's defaults */
     int drift_lowers_autonomy; /* drift.lower_autonomy (false) */
+    config_retention retention; /* the defaults when the file has no "retention" */
     config_connector *connectors;
     size_t n_connectors;
 } config;

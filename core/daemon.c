@@ -27,6 +27,7 @@
 #include "counters.h"
 #include "journal.h"
 #include "policy.h"
+#include "retention.h"
 #include "scheduler.h"
 #include "vault.h"
 
@@ -45,6 +46,7 @@ typedef struct runtime {
     policy_set *policies;
     api_server *api;
     scheduler *sched;
+    retention_worker *retention; /* compacts old history on a thread of its own */
 } runtime;
 
 /* The sandbox host sits beside the daemon's own executable (<build>/bin or <prefix>/bin). */
@@ -242,6 +244,7 @@ static int configure_logging(const config *cfg, ar_error *err)
 
 static void runtime_stop(runtime *rt)
 {
+    retention_worker_stop(rt->retention); /* first: it writes through the journal */
     if (rt->watcher_started) {
         uint64_t one = 1;
         if (write(rt->watcher_stop_fd, &one, sizeof one) != sizeof one)
@@ -326,6 +329,11 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
     ar_log_as("info", "daemon", NULL, "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
               "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
     api_watch_pending(rt->api);
+    retention_opts ro = {.actions_days = cfg->retention.actions_days,
+                         .idempotency_days = cfg->retention.idempotency_days,
+                         .audit_bodies_days = cfg->retention.audit_bodies_days};
+    if ((rc = retention_worker_start(rt->journal, &ro, cfg->retention.interval_s, &rt->retention, err)) != AR_OK)
+        return rc;
     if (cfg->policy_watch) {
         rt->watcher_stop_fd = eventfd(0, EFD_CLOEXEC);
         if (rt->watcher_stop_fd >= 0 && pthread_create(&rt->watcher, NULL, watch_policies, rt) == 0)

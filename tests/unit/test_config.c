@@ -204,7 +204,8 @@ static void unknown_keys_named(void **state)
             "config: unknown key \"lisen\" (known keys: listen, data_dir, plugin_dir, policy_dir, "
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format, "
+            "retention)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
             "default_read, default_write, default_irreversible)");
@@ -216,7 +217,8 @@ static void unknown_keys_named(void **state)
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
-            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format)");
+            "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format, "
+            "retention)");
 }
 
 static void wrong_types_named(void **state)
@@ -662,6 +664,51 @@ static void load_file_resolves_against_its_directory(void **state)
     assert_non_null(strstr(err.message, dir));
 }
 
+/* retention: defaults, fractional days, and each refusal named. */
+static void retention_block(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{}");
+    assert_true(cfg->retention.actions_days == 30);
+    assert_true(cfg->retention.idempotency_days == 90);
+    assert_true(cfg->retention.audit_bodies_days == 365);
+    assert_int_equal(cfg->retention.interval_s, 3600);
+    config_free(cfg);
+
+    cfg = parse_ok("{\"retention\":{\"actions_days\":0.0001,\"idempotency_days\":0.0002,"
+                   "\"audit_bodies_days\":2,\"interval_s\":10}}");
+    assert_true(cfg->retention.actions_days == 0.0001);
+    assert_true(cfg->retention.idempotency_days == 0.0002);
+    assert_true(cfg->retention.audit_bodies_days == 2);
+    assert_int_equal(cfg->retention.interval_s, 10);
+    config_free(cfg);
+
+    /* only idempotency_days given: actions_days keeps its default, which must not exceed it */
+    cfg = parse_ok("{\"retention\":{\"idempotency_days\":30}}");
+    assert_true(cfg->retention.idempotency_days == 30);
+    config_free(cfg);
+
+    refused("{\"retention\":[]}", "retention: expected object, got array");
+    refused("{\"retention\":{\"days\":1}}",
+            "retention: unknown key \"days\" (known keys: actions_days, idempotency_days, audit_bodies_days, "
+            "interval_s)");
+    refused("{\"retention\":{\"actions_days\":\"30\"}}",
+            "retention.actions_days: expected a number of days above 0 (at most 36500), got string");
+    refused("{\"retention\":{\"audit_bodies_days\":0}}",
+            "retention.audit_bodies_days: expected a number of days above 0 (at most 36500), got 0");
+    refused("{\"retention\":{\"idempotency_days\":-1}}",
+            "retention.idempotency_days: expected a number of days above 0 (at most 36500), got -1");
+    refused("{\"retention\":{\"interval_s\":9}}", "retention.interval_s: expected integer 10..604800, got 9");
+    refused("{\"retention\":{\"interval_s\":60.5}}",
+            "retention.interval_s: expected integer 10..604800, got number");
+    refused("{\"retention\":{\"actions_days\":10,\"idempotency_days\":5}}",
+            "retention: idempotency_days (5) is below actions_days (10): the idempotency keys must outlive "
+            "the actions they answer for");
+    refused("{\"retention\":{\"idempotency_days\":20}}",
+            "retention: idempotency_days (20) is below actions_days (30): the idempotency keys must outlive "
+            "the actions they answer for");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(shipped_config_parses),
     cmocka_unit_test(defaults_from_empty_object),
@@ -673,6 +720,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(wrong_types_named),
     cmocka_unit_test(ranges_enforced),
     cmocka_unit_test(log_level_and_format),
+    cmocka_unit_test(retention_block),
     cmocka_unit_test(policy_default_verdicts),
     cmocka_unit_test(non_loopback_listen_refused),
     cmocka_unit_test(non_loopback_listen_with_tls_accepted),

@@ -17,7 +17,8 @@
  * daemon or with --config FILE directly on its data directory (vault init only that way).
  * audit (audit_cmd.c) shows an action's audit trail, verifies the hash chain (against a kept
  * head too), prints (and signs) the head and exports entries, through the daemon or with
- * --config FILE directly on its data directory.
+ * --config FILE directly on its data directory. compact (compact_cmd.c, --config FILE only)
+ * runs the bounded-history compaction (retention.h) on the data directory at once.
  *
  * Policies ops can trust (docs/POLICIES.md): approvals lists the actions waiting on a human
  * (or the rejected or expired ones) and shows one; approve and reject decide one (approver or
@@ -41,14 +42,15 @@
  *      its state. cancel: the action is CANCELLED. resolve: the resolution is stored.
  *      approve, reject: the decision is stored (or was already, the same way). list,
  *      approvals, autonomy (also set), policies (also reload), connectors (also pause,
- *      resume), health, whoami, token, backup: done.
+ *      resume), health, whoami, token, backup, compact: done.
  *   1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED,
  *      UNKNOWN_OUTCOME. audit verify: the audit trail is not sound (or a kept head's
  *      signature does not check).
  *   2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object, a token
  *      file that is missing (given with --token-file) or readable by others, a bad token name,
  *      role list or --expires, a --save FILE that cannot be written, a --config that cannot
- *      be loaded, backup without --config or into a directory that is not new or empty,
+ *      be loaded, backup or compact without --config, backup into a directory that is not
+ *      new or empty,
  *      resolve without exactly one outcome flag and a --reason, reject without a --comment,
  *      approvals --state other than pending, rejected or expired, autonomy set with a LEVEL
  *      other than auto, semi, suggest or config.
@@ -255,6 +257,13 @@ static const char usage_text[] =
     "      compacted copy of the journal, and DIR/auth.key. Safe while the daemon runs: the\n"
     "      copy is one consistent snapshot and does not hold up its writes. Run it as the\n"
     "      daemon's user. README.md, \"Backup and restore\", says how to restore.\n"
+    "  --config FILE compact\n"
+    "      Compact old history now, as the daemon does every retention.interval_s: terminal\n"
+    "      actions older than retention.actions_days become stubs (input, result, history\n"
+    "      go), stubs older than retention.idempotency_days go with their idempotency keys,\n"
+    "      audit entries older than retention.audit_bodies_days lose their bodies (the chain\n"
+    "      still verifies). Prints what it did. Safe while the daemon runs; run it as the\n"
+    "      daemon's user. README.md, \"Bounded history\".\n"
     "\n"
     "the token sent (every command but health), from the first of:\n"
     "  --token TOKEN       the token itself. Other users can see a command line (ps):\n"
@@ -270,8 +279,8 @@ static const char usage_text[] =
     "                      scripts (an error reply's JSON goes to stdout too)\n"
     "  --timeout SECONDS   how long to wait for an answer, beyond any --wait (default 10)\n"
     "  --token TOKEN, --token-file FILE   see above\n"
-    "  --config FILE       token, secrets, vault and audit commands, backup: work on the data\n"
-    "                      directory of this config\n"
+    "  --config FILE       token, secrets, vault and audit commands, backup, compact: work on\n"
+    "                      the data directory of this config\n"
     "  -h, --help          this help\n"
     "  --version           aioctl's version\n"
     "\n"
@@ -281,14 +290,15 @@ static const char usage_text[] =
     "     whatever its state. cancel: the action is CANCELLED. resolve: stored. approve,\n"
     "     reject: the decision is stored (or already was, the same way). list, approvals,\n"
     "     autonomy (also set), policies (also reload), connectors (also pause, resume),\n"
-    "     health, whoami, token, backup: done.\n"
+    "     health, whoami, token, backup, compact: done.\n"
     "  1  the action ended without success: DENIED, FAILED, REJECTED, EXPIRED, CANCELLED or\n"
     "     UNKNOWN_OUTCOME (an operator must find out whether it happened: aioctl resolve);\n"
     "     audit verify: the audit trail is not sound, or a kept head's signature fails\n"
     "  2  usage error: unknown command or flag, bad number, INPUT_JSON not a JSON object,\n"
     "     a token file that is missing (--token-file) or readable by others, a bad token\n"
     "     name, role or --expires, a --save FILE that cannot be written, a --config that\n"
-    "     cannot be loaded; backup without --config or into a DIR that is not new or empty;\n"
+    "     cannot be loaded; backup or compact without --config, backup into a DIR that is\n"
+    "     not new or empty;\n"
     "     resolve without one outcome flag and a --reason; reject without a --comment;\n"
     "     approvals --state not pending, rejected or expired; autonomy set with another LEVEL;\n"
     "     secrets set with a value on the command line, an empty one or two that differ;\n"
@@ -695,8 +705,8 @@ static int refuse_config(const cli *o)
 {
     if (!o->config)
         return AIOCTL_OK;
-    return usage_error("--config works only with the token, secrets, vault and audit commands "
-                       "and backup (the others talk to the daemon: use --url)");
+    return usage_error("--config works only with the token, secrets, vault and audit commands, "
+                       "backup and compact (the others talk to the daemon: use --url)");
 }
 
 /* A client for the daemon that sends the token resolve_token finds. */
@@ -2420,6 +2430,20 @@ static int cmd_backup(cli *o, int argc, char **argv)
     return AIOCTL_OK;
 }
 
+/* compact_cmd.c: one compaction run on the config's data directory. */
+int aioctl_compact_command(const char *config_path, bool json);
+
+static int cmd_compact(cli *o, int argc, char **argv)
+{
+    int rc = parse_flags_only(o, "compact", argc, argv, NULL, 0);
+    if (rc)
+        return rc;
+    if (!o->config)
+        return usage_error("compact needs --config FILE (the daemon's config, like aiorun.json): it works "
+                           "on the daemon's data directory directly, whether the daemon runs or not");
+    return aioctl_compact_command(o->config, o->json);
+}
+
 /* aioctl policy test|eval: runs the policy files alone, without the daemon (policy_cmd.c).
  * A global --config is handed on so that the config's policy_dir and limits apply. */
 static int cmd_policy(cli *o, int argc, char **argv)
@@ -2517,13 +2541,13 @@ static const command commands[] = {
     {"approve", cmd_approve},       {"reject", cmd_reject},     {"autonomy", cmd_autonomy},
     {"policies", cmd_policies},     {"connectors", cmd_connectors}, {"health", cmd_health},
     {"whoami", cmd_whoami},         {"token", cmd_token},       {"backup", cmd_backup},
-    {"stats", cmd_stats},
+    {"stats", cmd_stats},           {"compact", cmd_compact},
     {"policy", cmd_policy},         {"secrets", cmd_secrets},   {"vault", cmd_vault},
     {"audit", cmd_audit},
 };
 #define COMMAND_NAMES "submit, get, list, cancel, resolve, approvals, approve, reject, autonomy, " \
                       "policies, policy, connectors, whoami, health, token, secrets, vault, " \
-                      "audit, backup"
+                      "audit, backup, compact"
 
 int main(int argc, char **argv)
 {
