@@ -1994,6 +1994,14 @@ int sandbox_pool_lookup(sandbox_pool *pool, const sandbox_call *call, sandbox_do
     return dispatch(p, CALL_LOOKUP, FRAME_LOOKUP, payload, call->action, timeout_ms, done, arg);
 }
 
+void sandbox_pool_capacity(sandbox_pool *pool, sandbox_state *state, int *serving)
+{
+    pthread_mutex_lock(&pool->mu);
+    *state = pool->state;
+    *serving = pool->serving;
+    pthread_mutex_unlock(&pool->mu);
+}
+
 void sandbox_pool_snapshot(sandbox_pool *pool, sandbox_snapshot *out)
 {
     memset(out, 0, sizeof *out);

@@ -170,6 +170,9 @@ typedef struct sandbox_snapshot {
     uint64_t restarts;
 } sandbox_snapshot;
 void sandbox_pool_snapshot(sandbox_pool *pool, sandbox_snapshot *out);
+/* The two figures dispatch needs, without copying anything (thread-safe, cheap): the pool's
+ * state and how many processes serve. */
+void sandbox_pool_capacity(sandbox_pool *pool, sandbox_state *state, int *serving);
 
 const char *sandbox_state_name(sandbox_state s);
 

@@ -805,11 +805,11 @@ static int start(job *jb)
 
 static int pool_ready(conn *c)
 {
-    sandbox_snapshot snap;
-    sandbox_pool_snapshot(c->pool, &snap);
-    json_decref(snap.descriptor);
-    int limit = snap.serving < c->cc->concurrency ? snap.serving : c->cc->concurrency;
-    return snap.state == SANDBOX_READY && c->inflight < limit;
+    sandbox_state state;
+    int serving;
+    sandbox_pool_capacity(c->pool, &state, &serving); /* per dispatch: no descriptor copy */
+    int limit = serving < c->cc->concurrency ? serving : c->cc->concurrency;
+    return state == SANDBOX_READY && c->inflight < limit;
 }
 
 static void flow_event(conn *c, const char *event, const char *detail);
