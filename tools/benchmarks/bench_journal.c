@@ -1,0 +1,290 @@
+/*
+ * bench_journal.c - aiorun-bench-journal: durable records per second and commits per second of
+ * the journal (group commit by its writer thread) with N concurrent callers, next to LMDB used
+ * directly (every caller its own synced write transaction: no grouping).
+ *
+ *   aiorun-bench-journal [--mode journal|lmdb] [--callers N] [--records R] [--value-bytes B]
+ *                        [--dir PARENT] [--warmup S] [--runs N] [--duration S] [--label NAME]
+ *
+ * Each caller loops: a batch of R new records (keys in creation order across all callers, as
+ * action ids are; value: B bytes; default 1 record of 1024 bytes, about an action record) in
+ * JDB_CACHE, journal_commit, which returns
+ * once the transaction holding the batch is synced. Mode lmdb does the same with
+ * mdb_txn_begin/mdb_put/mdb_txn_commit from each caller, with the journal's environment flags
+ * (MDB_NOTLS, synced). The environment lives in a fresh directory under PARENT (default /tmp)
+ * and is removed afterwards. Per run (a window of --duration seconds): records/s, commits/s
+ * (the journal's own count of write transactions), batches per commit, the exact p50/p99 of
+ * one caller's commit latency.
+ */
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench_common.h"
+#include "journal.h"
+
+typedef struct bench {
+    int lmdb;
+    int callers, records;
+    size_t value_bytes;
+    char *value;
+    journal *j;
+    MDB_env *env;
+    MDB_dbi dbi;
+    int64_t t0, t_end;
+    pthread_barrier_t start;
+    atomic_ullong next_key;   /* keys in creation order, as action ids (ULIDs) are */
+} bench;
+
+typedef struct caller {
+    pthread_t th;
+    bench *b;
+    int64_t *end_ns;
+    uint64_t *lat_ns;
+    size_t n, cap;
+    int failed;
+    char error[600];
+} caller;
+
+/* The next key: a 26-character, zero-padded sequence number, so keys arrive in order from all
+ * callers together, as action ids do. */
+static int next_key(bench *b, char key[48])
+{
+    unsigned long long n = atomic_fetch_add(&b->next_key, 1);
+    return snprintf(key, 48, "%026llu", n);
+}
+
+static int commit_lmdb(caller *c)
+{
+    bench *b = c->b;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(b->env, NULL, 0, &txn);
+    for (int r = 0; rc == 0 && r < b->records; r++) {
+        char key[48];
+        int klen = next_key(b, key);
+        MDB_val k = {.mv_size = (size_t)klen, .mv_data = key}, v = {.mv_size = b->value_bytes, .mv_data = b->value};
+        rc = mdb_put(txn, b->dbi, &k, &v, 0);
+    }
+    if (rc == 0)
+        return mdb_txn_commit(txn) == 0 ? 0 : -1;
+    mdb_txn_abort(txn);
+    snprintf(c->error, sizeof c->error, "lmdb: %s", mdb_strerror(rc));
+    return -1;
+}
+
+static int commit_journal(caller *c)
+{
+    bench *b = c->b;
+    journal_batch *batch = journal_batch_new();
+    for (int r = 0; r < b->records; r++) {
+        char key[48];
+        int klen = next_key(b, key);
+        journal_batch_put(batch, JDB_CACHE, key, (size_t)klen, b->value, b->value_bytes);
+    }
+    ar_error err = {0};
+    int rc = journal_commit(b->j, batch, &err);
+    journal_batch_free(batch);
+    if (rc != AR_OK)
+        snprintf(c->error, sizeof c->error, "journal_commit: %s", err.message);
+    return rc == AR_OK ? 0 : -1;
+}
+
+static void *caller_main(void *arg)
+{
+    caller *c = arg;
+    bench *b = c->b;
+    pthread_barrier_wait(&b->start);
+    while (bench_now_ns() < b->t_end) {
+        int64_t t = bench_now_ns();
+        if ((b->lmdb ? commit_lmdb(c) : commit_journal(c)) != 0) {
+            c->failed = 1;
+            break;
+        }
+        int64_t e = bench_now_ns();
+        if (c->n == c->cap) {
+            c->cap = c->cap ? c->cap * 2 : 16384;
+            c->end_ns = realloc(c->end_ns, c->cap * sizeof *c->end_ns);
+            c->lat_ns = realloc(c->lat_ns, c->cap * sizeof *c->lat_ns);
+        }
+        c->end_ns[c->n] = e;
+        c->lat_ns[c->n++] = (uint64_t)(e - t);
+    }
+    return NULL;
+}
+
+static void sleep_until(int64_t t)
+{
+    int64_t now = bench_now_ns();
+    if (t > now)
+        usleep((useconds_t)((t - now) / 1000));
+}
+
+int main(int argc, char **argv)
+{
+    bench b = {.callers = 1, .records = 1, .value_bytes = 1024};
+    const char *parent = "/tmp", *label = NULL, *mode = "journal";
+    double warmup_s = 0.5, duration_s = 1;
+    int runs = 5;
+    for (int i = 1; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "bench-journal: %s needs a value\n", a);
+            return 2;
+        }
+        if (strcmp(a, "--mode") == 0) mode = v;
+        else if (strcmp(a, "--callers") == 0) b.callers = (int)bench_arg_long(a, v);
+        else if (strcmp(a, "--records") == 0) b.records = (int)bench_arg_long(a, v);
+        else if (strcmp(a, "--value-bytes") == 0) b.value_bytes = (size_t)bench_arg_long(a, v);
+        else if (strcmp(a, "--dir") == 0) parent = v;
+        else if (strcmp(a, "--warmup") == 0) warmup_s = bench_arg_double(a, v);
+        else if (strcmp(a, "--duration") == 0) duration_s = bench_arg_double(a, v);
+        else if (strcmp(a, "--runs") == 0) runs = (int)bench_arg_long(a, v);
+        else if (strcmp(a, "--label") == 0) label = v;
+        else {
+            fprintf(stderr, "usage: aiorun-bench-journal [--mode journal|lmdb] [--callers N] [--records R] "
+                            "[--value-bytes B] [--dir PARENT] [--warmup S] [--runs N] [--duration S] [--label NAME]\n");
+            return 2;
+        }
+    }
+    b.lmdb = strcmp(mode, "lmdb") == 0;
+    if ((!b.lmdb && strcmp(mode, "journal") != 0) || b.callers < 1 || b.records < 1 || b.value_bytes < 1 ||
+        runs < 1 || runs > BENCH_MAX_RUNS || duration_s <= 0) {
+        fprintf(stderr, "bench-journal: --mode journal|lmdb; --callers, --records, --value-bytes >= 1; --runs 1..%d\n",
+                BENCH_MAX_RUNS);
+        return 2;
+    }
+    char auto_label[64];
+    if (!label) {
+        snprintf(auto_label, sizeof auto_label, "%s-c%d-r%d", mode, b.callers, b.records);
+        label = auto_label;
+    }
+    b.value = malloc(b.value_bytes);
+    for (size_t i = 0; i < b.value_bytes; i++)
+        b.value[i] = (char)('a' + (i * 7 + i / 13) % 26);
+
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/aiorun-bench-journal-XXXXXX", parent);
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "bench-journal: cannot make a directory under %s: %s\n", parent, strerror(errno));
+        return 1;
+    }
+    ar_error err = {0};
+    int rc;
+    if (b.lmdb) {
+        MDB_txn *txn = NULL;
+        rc = mdb_env_create(&b.env);
+        if (!rc)
+            rc = mdb_env_set_mapsize(b.env, (size_t)4096 << 20);
+        if (!rc)
+            rc = mdb_env_set_maxreaders(b.env, 256);
+        if (!rc)
+            rc = mdb_env_open(b.env, dir, MDB_NOTLS, 0600);
+        if (!rc)
+            rc = mdb_txn_begin(b.env, NULL, 0, &txn);
+        if (!rc)
+            rc = mdb_dbi_open(txn, NULL, 0, &b.dbi);
+        if (!rc)
+            rc = mdb_txn_commit(txn);
+        if (rc) {
+            fprintf(stderr, "bench-journal: lmdb: %s\n", mdb_strerror(rc));
+            return 1;
+        }
+    } else {
+        journal_opts jo = {.dir = dir, .map_size_mb = 4096};
+        if ((rc = journal_open(&jo, &b.j, &err)) != AR_OK) {
+            fprintf(stderr, "bench-journal: journal_open: %s\n", err.message);
+            return 1;
+        }
+    }
+
+    caller *cs = calloc((size_t)b.callers, sizeof *cs);
+    pthread_barrier_init(&b.start, NULL, (unsigned)b.callers + 1);
+    int64_t warm_ns = (int64_t)(warmup_s * 1e9), run_ns = (int64_t)(duration_s * 1e9);
+    b.t0 = bench_now_ns() + 20000000;
+    b.t_end = b.t0 + warm_ns + run_ns * runs;
+    for (int i = 0; i < b.callers; i++) {
+        cs[i].b = &b;
+        pthread_create(&cs[i].th, NULL, caller_main, &cs[i]);
+    }
+    sleep_until(b.t0);
+    pthread_barrier_wait(&b.start);
+    /* the journal's commit counter at each window's edges */
+    uint64_t commits_at[BENCH_MAX_RUNS + 1] = {0}, batches_at[BENCH_MAX_RUNS + 1] = {0};
+    for (int r = 0; r <= runs; r++) {
+        sleep_until(b.t0 + warm_ns + run_ns * r);
+        if (!b.lmdb) {
+            journal_stats st;
+            journal_get_stats(b.j, &st);
+            commits_at[r] = st.commits;
+            batches_at[r] = st.batches;
+        }
+    }
+    int failed = 0;
+    const char *error = "";
+    for (int i = 0; i < b.callers; i++) {
+        pthread_join(cs[i].th, NULL);
+        if (cs[i].failed && !failed) {
+            failed = 1;
+            error = cs[i].error;
+        }
+    }
+
+    bench_series rec_s = {0}, com_s = {0}, per_commit = {0}, p50 = {0}, p99 = {0};
+    size_t total = 0;
+    for (int i = 0; i < b.callers; i++)
+        total += cs[i].n;
+    uint64_t *lat = malloc((total ? total : 1) * sizeof *lat);
+    for (int r = 0; r < runs; r++) {
+        int64_t from = b.t0 + warm_ns + run_ns * r, to = from + run_ns;
+        size_t n = 0;
+        for (int i = 0; i < b.callers; i++)
+            for (size_t k = 0; k < cs[i].n; k++)
+                if (cs[i].end_ns[k] >= from && cs[i].end_ns[k] < to)
+                    lat[n++] = cs[i].lat_ns[k];
+        bench_sort_u64(lat, n);
+        double commits = b.lmdb ? (double)n : (double)(commits_at[r + 1] - commits_at[r]);
+        double batches = b.lmdb ? (double)n : (double)(batches_at[r + 1] - batches_at[r]);
+        bench_series_add(&rec_s, (double)n * b.records / duration_s);
+        bench_series_add(&com_s, commits / duration_s);
+        bench_series_add(&per_commit, commits > 0 ? batches / commits : 0);
+        bench_series_add(&p50, (double)bench_quantile(lat, n, 0.50) / 1e3);
+        bench_series_add(&p99, (double)bench_quantile(lat, n, 0.99) / 1e3);
+    }
+    fprintf(stderr, "journal %-22s %9.0f records/s  %7.0f commits/s  %5.1f batches/commit  p50 %7.1f us  p99 %7.1f us%s%s\n",
+            label, bench_series_median(&rec_s), bench_series_median(&com_s), bench_series_median(&per_commit),
+            bench_series_median(&p50), bench_series_median(&p99), failed ? "  FAILED: " : "", error);
+    json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:I, s:f, s:i, s:o, s:o, s:o, s:o, s:o}",
+        "label", label, "mode", mode, "callers", b.callers, "records_per_batch", b.records,
+        "value_bytes", (json_int_t)b.value_bytes, "run_s", duration_s, "runs", runs,
+        "records_per_s", bench_series_json(&rec_s), "commits_per_s", bench_series_json(&com_s),
+        "batches_per_commit", bench_series_json(&per_commit), "p50_us", bench_series_json(&p50),
+        "p99_us", bench_series_json(&p99));
+    if (failed)
+        json_object_set_new(out, "error", json_string(error));
+    bench_print_json(out);
+
+    if (b.lmdb)
+        mdb_env_close(b.env);
+    else
+        journal_close(b.j);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/lock.mdb", dir);
+    unlink(path);
+    rmdir(dir);
+    for (int i = 0; i < b.callers; i++) {
+        free(cs[i].end_ns);
+        free(cs[i].lat_ns);
+    }
+    free(cs);
+    free(lat);
+    free(b.value);
+    pthread_barrier_destroy(&b.start);
+    return failed ? 1 : 0;
+}
