@@ -327,7 +327,7 @@ int action_list(journal *j, const action_filter *f, const char *after, size_t li
         rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
     }
     for (size_t scanned = 0; rc == AR_OK && scanned < MAX_SCAN; scanned++) {
-        json_t *rec;
+        json_t *rec = NULL;
         if (parse_record(val, vlen, &rec, err) != AR_OK) {
             rc = AR_E_FORMAT;
             break;

@@ -415,7 +415,7 @@ static int create_apply(journal_txn *txn, void *arg, ar_error *err)
         size_t vlen;
         rc = journal_txn_get(txn, JDB_TOKENS, old_digest, dlen, &val, &vlen);
         if (rc == AR_OK) {
-            json_t *old;
+            json_t *old = NULL;
             if ((rc = parse_record(val, vlen, &old, err)) != AR_OK)
                 return rc;
             bool live = !record_revoked(old) && !record_expired(old, c->now_ms);
@@ -530,7 +530,7 @@ static int revoke_apply(journal_txn *txn, void *arg, ar_error *err)
         return ar_error_set(err, AR_E_NOTFOUND, "token_not_found", "no token named %s", c->name);
     if (rc != AR_OK)
         return rc;
-    json_t *rec;
+    json_t *rec = NULL;
     if ((rc = parse_record(val, vlen, &rec, err)) != AR_OK)
         return rc;
     if (!record_revoked(rec)) {
@@ -605,7 +605,7 @@ int auth_token_list(auth *a, json_t **out, ar_error *err)
         rc = journal_get(r, JDB_TOKENS, digest, dlen, &val, &vlen);
         if (rc == AR_E_NOTFOUND)
             continue; /* a name without a record cannot authenticate: nothing to show */
-        json_t *rec;
+        json_t *rec = NULL;
         if (rc != AR_OK || (rc = parse_record(val, vlen, &rec, err)) != AR_OK)
             break;
         json_t *item = render(key, klen, rec, now);

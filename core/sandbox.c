@@ -810,7 +810,7 @@ static void proc_reaped(sandbox_proc *p, int status, int known)
     } else {
         snprintf(how, sizeof how, "ended (exit status unavailable)");
     }
-    proc_call c;
+    proc_call c = {0};
     int had_call = call_detach(p, &c);
     if (had_call) {
         format_message(reason, sizeof reason, "plugin process for connector %s %s during %s %s%s%s",
@@ -902,7 +902,7 @@ static void proc_kill(sandbox_proc *p, int cls, const char *message)
     }
     snprintf(p->kill_reason, sizeof p->kill_reason, "%s", message);
     snprintf(p->pool->last_death, sizeof p->pool->last_death, "%s", message);
-    proc_call c;
+    proc_call c = {0};
     int had_call = call_detach(p, &c);
     proc_lost(p);
     if (had_call)
@@ -1188,7 +1188,7 @@ static void on_result(sandbox_proc *p, const frame *f)
         }
     }
     redactor_end(&rd);
-    proc_call c;
+    proc_call c = {0};
     call_detach(p, &c);
     update_state(p->pool, 0);
     call_report(&c, &res);
@@ -2086,7 +2086,7 @@ void sandbox_pool_free(sandbox_pool *pool)
         channel_close(p);
         reap_stop(p);
         p->phase = PROC_DOWN;
-        proc_call c;
+        proc_call c = {0};
         if (call_detach(p, &c)) {
             char how[128], msg[512];
             if (known[i])

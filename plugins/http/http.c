@@ -484,7 +484,7 @@ static char *j_decode(const jdoc *d, size_t start, size_t end, size_t *len_out)
         case 'u': break;
         default: out[o++] = c; continue;
         }
-        unsigned cp, lo;
+        unsigned cp = 0, lo = 0;
         hex4(raw + i, &cp);
         i += 4;
         if (cp >= 0xd800 && cp <= 0xdbff) {

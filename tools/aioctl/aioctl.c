@@ -1270,7 +1270,7 @@ done:
 
 static int cmd_get(cli *o, int argc, char **argv)
 {
-    const char *id;
+    const char *id = NULL;
     session s = {0};
     int rc = parse_one_arg(o, "get", argc, argv, NULL, 0, "ID", &id);
 
@@ -1503,7 +1503,7 @@ static int show_connector(const cli *o, const reply *rep)
 /* connectors pause|resume NAME [--reason TEXT]: POST /v1/connectors/NAME/VERB (operator). */
 static int connectors_flow(cli *o, const char *verb, int argc, char **argv)
 {
-    const char *name, *reason = NULL;
+    const char *name = NULL, *reason = NULL;
     const flag flags[] = {{"--reason", FLAG_VALUE, &reason, NULL}};
     char cmd[32];
     session s = {0};
@@ -1669,7 +1669,7 @@ static int cancel_requested(const reply *rep, const char *id)
 
 static int cmd_cancel(cli *o, int argc, char **argv)
 {
-    const char *id;
+    const char *id = NULL;
     session s = {0};
     int rc = parse_one_arg(o, "cancel", argc, argv, NULL, 0, "ID", &id);
 
@@ -1684,7 +1684,7 @@ static int cmd_cancel(cli *o, int argc, char **argv)
 
 static int cmd_resolve(cli *o, int argc, char **argv)
 {
-    const char *id, *reason = NULL;
+    const char *id = NULL, *reason = NULL;
     bool succeeded = false, failed = false, retry = false;
     const flag flags[] = {
         {"--succeeded", FLAG_SWITCH, NULL, &succeeded},
@@ -1784,7 +1784,7 @@ static int cmd_approvals_list(cli *o, int argc, char **argv)
 /* aioctl approvals show ID */
 static int cmd_approvals_show(cli *o, int argc, char **argv)
 {
-    const char *id;
+    const char *id = NULL;
     session s = {0};
     int rc = parse_one_arg(o, "approvals show", argc, argv, NULL, 0, "ID", &id);
 
@@ -1811,7 +1811,7 @@ static int cmd_approvals(cli *o, int argc, char **argv)
 static int decide_approval(cli *o, const char *decision, int argc, char **argv)
 {
     bool reject = strcmp(decision, "reject") == 0;
-    const char *id, *comment = NULL;
+    const char *id = NULL, *comment = NULL;
     const flag flags[] = {{"--comment", FLAG_VALUE, &comment, NULL}};
     session s = {0};
     json_t *body;
@@ -2365,7 +2365,7 @@ static int token_revoke_online(cli *o, const char *name)
 
 static int cmd_token_revoke(cli *o, int argc, char **argv)
 {
-    const char *name;
+    const char *name = NULL;
     int rc = parse_one_arg(o, "token revoke", argc, argv, NULL, 0, "NAME", &name);
 
     if (rc)
@@ -2404,7 +2404,7 @@ static void print_backup(const offline_backup_info *info, const char *dir)
 
 static int cmd_backup(cli *o, int argc, char **argv)
 {
-    const char *dir;
+    const char *dir = NULL;
     offline *off = NULL;
     offline_backup_info info;
     int rc = parse_one_arg(o, "backup", argc, argv, NULL, 0, "DIR (a new or empty directory)",
