@@ -201,6 +201,19 @@ uint64_t loop_timer_add(loop_t *l, int64_t due_ms, loop_timer_cb cb, void *arg)
     return id;
 }
 
+size_t loop_timer_cancel_all(loop_t *l, loop_timer_cb cb)
+{
+    /* One pass and one heapify: cancelling many timers one by one would be quadratic. */
+    size_t kept = 0, n = l->n_timers;
+    for (size_t i = 0; i < n; i++)
+        if (l->heap[i].cb != cb)
+            l->heap[kept++] = l->heap[i];
+    l->n_timers = kept;
+    for (size_t i = kept / 2; i-- > 0;)
+        heap_down(l->heap, kept, i);
+    return n - kept;
+}
+
 void loop_timer_cancel(loop_t *l, uint64_t id)
 {
     /* Linear search: cancels are rare next to the work each timer guards. */

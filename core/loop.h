@@ -8,6 +8,7 @@
 #ifndef LOOP_H
 #define LOOP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct loop loop_t;
@@ -30,6 +31,9 @@ int loop_del_fd(loop_t *loop, int fd);
 uint64_t loop_timer_add(loop_t *loop, int64_t due_ms, loop_timer_cb cb, void *arg);
 /* Cancel a pending timer; unknown or fired ids are ignored. */
 void loop_timer_cancel(loop_t *loop, uint64_t id);
+/* Cancel every timer whose callback is cb, in one pass (for a shutdown that lets go of many at
+ * once). Returns how many. */
+size_t loop_timer_cancel_all(loop_t *loop, loop_timer_cb cb);
 
 /* Thread-safe: run cb(arg) on the loop thread soon, in posting order. 0, AR_E_NOMEM, or
  * AR_E_CLOSED after loop_close (then cb never runs and arg stays the caller's). */

@@ -48,6 +48,35 @@ static void timers_fire_in_due_order(void **state)
     loop_free(l);
 }
 
+static void other_timer(loop_t *l, void *arg)
+{
+    record_timer(l, arg);
+}
+
+/* Cancelling every timer of one callback at once keeps the others, in due order. */
+static void cancel_all_of_one_callback(void **state)
+{
+    (void)state;
+    loop_t *l;
+    assert_int_equal(loop_new(&l), AR_OK);
+    trace t = {0};
+    int64_t now = ar_mono_ms();
+    timer_arg gone = {&t, 99, 0}, keep[5];
+    for (int i = 0; i < 20; i++)
+        loop_timer_add(l, now + 5 + (i * 7) % 40, record_timer, &gone);
+    for (int i = 0; i < 5; i++) {
+        keep[i] = (timer_arg){&t, i + 1, i == 4};
+        loop_timer_add(l, now + 10 + 5 * i, other_timer, &keep[i]);
+    }
+    assert_int_equal(loop_timer_cancel_all(l, record_timer), 20);
+    assert_int_equal(loop_timer_cancel_all(l, record_timer), 0);
+    assert_int_equal(loop_run(l), AR_OK);
+    assert_int_equal(t.n, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(t.order[i], i + 1);
+    loop_free(l);
+}
+
 typedef struct {
     loop_t *l;
     int count;
@@ -140,6 +169,7 @@ static void stop_before_run_returns_after_pending_posts(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(timers_fire_in_due_order),
+    cmocka_unit_test(cancel_all_of_one_callback),
     cmocka_unit_test(posts_from_another_thread_all_run),
     cmocka_unit_test(fd_readiness_calls_back_and_can_be_removed),
     cmocka_unit_test(stop_before_run_returns_after_pending_posts),
