@@ -153,7 +153,7 @@ void action_record_set_state(json_t *rec, action_state s, int64_t now_ms)
         json_object_set_new(rec, "finished_ms", json_integer(now_ms));
 }
 
-static json_t *rfc3339(const json_t *ms_value)
+json_t *action_time_json(const json_t *ms_value)
 {
     if (!json_is_integer(ms_value))
         return json_null();
@@ -179,13 +179,13 @@ json_t *action_render(const json_t *rec)
     json_object_set_new(out, "review", json_boolean(json_is_true(json_object_get(rec, "review"))));
     /* A stub (retention.h): its input, result, history and decision were compacted away. */
     json_object_set_new(out, "compacted", json_boolean(json_is_true(json_object_get(rec, "compacted"))));
-    json_object_set_new(out, "created_at", rfc3339(json_object_get(rec, "created_ms")));
-    json_object_set_new(out, "updated_at", rfc3339(json_object_get(rec, "updated_ms")));
-    json_object_set_new(out, "finished_at", rfc3339(json_object_get(rec, "finished_ms")));
-    json_object_set_new(out, "deadline_at", rfc3339(json_object_get(rec, "deadline_ms")));
+    json_object_set_new(out, "created_at", action_time_json(json_object_get(rec, "created_ms")));
+    json_object_set_new(out, "updated_at", action_time_json(json_object_get(rec, "updated_ms")));
+    json_object_set_new(out, "finished_at", action_time_json(json_object_get(rec, "finished_ms")));
+    json_object_set_new(out, "deadline_at", action_time_json(json_object_get(rec, "deadline_ms")));
     json_t *next = json_object_get(rec, "next_attempt_ms");
     if (next && action_record_state(rec) == ACTION_RETRY_WAIT)
-        json_object_set_new(out, "next_attempt_at", rfc3339(next));
+        json_object_set_new(out, "next_attempt_at", action_time_json(next));
     return out;
 }
 

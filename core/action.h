@@ -72,6 +72,10 @@ const char *action_record_str(const json_t *rec, const char *field); /* "" when 
 /* Set state and updated_ms (and finished_ms when terminal). */
 void action_record_set_state(json_t *rec, action_state s, int64_t now_ms);
 
+/* A time stored as milliseconds (a JSON integer) as the API shows it: an RFC 3339 UTC string,
+ * or null when absent. A new reference. */
+json_t *action_time_json(const json_t *ms_value);
+
 /* The API's view of a record: a new reference owned by the caller. Timestamps become
  * RFC 3339 UTC strings; internal fields (digest, *_ms) are dropped. */
 json_t *action_render(const json_t *rec);

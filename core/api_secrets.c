@@ -12,15 +12,6 @@
 
 #include "vault.h"
 
-static json_t *time_or_null(const json_t *ms)
-{
-    if (!json_is_integer(ms))
-        return json_null();
-    char t[AR_TIME_LEN];
-    ar_time_rfc3339(json_integer_value(ms), t);
-    return json_string(t);
-}
-
 static int have_vault(api_server *a, request *rq)
 {
     if (a->vault)
@@ -74,8 +65,8 @@ void api_route_list_secrets(api_server *a, request *rq)
     json_array_foreach(list, i, s) {
         json_array_append_new(out, json_pack("{s:O, s:O, s:O, s:o, s:o}", "connector", json_object_get(s, "connector"),
                                              "name", json_object_get(s, "name"), "version", json_object_get(s, "version"),
-                                             "created_at", time_or_null(json_object_get(s, "created_ms")),
-                                             "updated_at", time_or_null(json_object_get(s, "updated_ms"))));
+                                             "created_at", action_time_json(json_object_get(s, "created_ms")),
+                                             "updated_at", action_time_json(json_object_get(s, "updated_ms"))));
     }
     json_decref(list);
     api_set_reply_json(rq, 200, json_pack("{s:o}", "secrets", out));

@@ -223,15 +223,6 @@ int approvals_expire(journal *j, const char *id, json_t **rec_out, ar_error *err
     return run(j, &op, rec_out, NULL, err);
 }
 
-static json_t *time_or_null(const json_t *ms)
-{
-    if (!json_is_integer(ms))
-        return json_null();
-    char buf[AR_TIME_LEN];
-    ar_time_rfc3339(json_integer_value(ms), buf);
-    return json_string(buf);
-}
-
 int approvals_cancel(journal *j, const char *id, const char *who, json_t **rec_out, ar_error *err)
 {
     decide_op op = {.id = id, .decision = "cancel", .cancel = 1, .who = who, .now = ar_now_ms()};
@@ -259,11 +250,11 @@ json_t *approvals_view(const json_t *rec)
                      "summary", json_object_get(ap, "summary") ? json_object_get(ap, "summary") : json_null(),
                      "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false(),
                      "rule", json_object_get(ap, "rule") ? json_object_get(ap, "rule") : json_null(),
-                     "requested_at", time_or_null(json_object_get(ap, "requested_ms")),
-                     "expires_at", time_or_null(json_object_get(ap, "expires_ms")),
+                     "requested_at", action_time_json(json_object_get(ap, "requested_ms")),
+                     "expires_at", action_time_json(json_object_get(ap, "expires_ms")),
                      "decision", decision ? decision : json_null(),
                      "decided_by", json_object_get(ap, "by") ? json_object_get(ap, "by") : json_null(),
                      "comment", json_object_get(ap, "comment") ? json_object_get(ap, "comment") : json_null(),
-                     "decided_at", time_or_null(json_object_get(ap, "decided_ms")),
+                     "decided_at", action_time_json(json_object_get(ap, "decided_ms")),
                      "action_state", action_state_name(st));
 }
