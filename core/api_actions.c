@@ -320,8 +320,76 @@ static void audit_submission(journal_batch *b, const json_t *rec)
             "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false()));
 }
 
-/* Decide and store, once. AR_E_CONFLICT: what the decision read changed; decide again. Any
- * other status: the request was answered. */
+/* One decided submission on its way to the journal: what the commit's callback needs to
+ * answer. The counters the decision read travel with it (checked inside the transaction). */
+typedef struct pending_store {
+    api_server *a;
+    request *rq;
+    json_t *rec;
+    unsigned char digest[ACTION_DIGEST_LEN];
+    counter_reads reads;       /* snapshot already ended: only ids and versions are used */
+} pending_store;
+
+static void stores_pending_add(api_server *a, int delta)
+{
+    pthread_mutex_lock(&a->work_lock);
+    a->stores_pending += delta;
+    if (a->stores_pending == 0)
+        pthread_cond_broadcast(&a->work_cond); /* a stopping worker may leave now */
+    pthread_mutex_unlock(&a->work_lock);
+}
+
+/* Decide again (what the decision read changed): back to the front of the work queue. */
+static void requeue_submission(api_server *a, request *rq)
+{
+    pthread_mutex_lock(&a->work_lock);
+    rq->next = a->work_head;
+    a->work_head = rq;
+    if (!a->work_tail)
+        a->work_tail = rq;
+    a->stores_pending--;
+    pthread_cond_broadcast(&a->work_cond);
+    pthread_mutex_unlock(&a->work_lock);
+}
+
+/* The journal's thread: the decided action is durable (or refused). Answer, or decide again.
+ * The decision worker has moved on meanwhile, so a group commit carries many workers' and
+ * many requests' submissions. */
+static void store_done(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    pending_store *ps = arg;
+    api_server *a = ps->a;
+    request *rq = ps->rq;
+    if (status == AR_E_EXISTS) {
+        /* Another submission with this key won the race. */
+        const void *val;
+        size_t vlen;
+        unsigned char found[ACTION_IDEM_VALUE_LEN];
+        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
+            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
+            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, ps->digest);
+        } else {
+            api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
+            api_resume(rq);
+        }
+    } else if (status == AR_OK) {
+        reply_stored(a, rq, ps->rec);
+    } else if (status != AR_E_CONFLICT) {
+        api_set_reply_ar_error(rq, status, err);
+        api_resume(rq);
+    }
+    journal_batch_free(b);
+    json_decref(ps->rec);
+    free(ps);
+    if (status == AR_E_CONFLICT)
+        requeue_submission(a, rq);
+    else
+        stores_pending_add(a, -1);
+}
+
+/* Decide and hand the record to the journal; store_done answers. AR_E_CONFLICT: what the
+ * decision read is stale already; decide again. Any other status: the request was answered
+ * or will be. */
 static int decide_and_store(api_server *a, decider *dc, request *rq, const unsigned char *digest,
                             const char *idem, size_t idem_len)
 {
@@ -331,16 +399,28 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
         api_resume(rq);
         return AR_E_NOMEM;
     }
-    counter_reads cr = {0};
-    counter_reads_reset(&cr, a);
-    policy_worker_set_counters(dc->pw, read_counter, &cr);
+    pending_store *ps = calloc(1, sizeof *ps);
+    if (!ps) {
+        json_decref(view);
+        api_set_reply_error(rq, 500, "internal", "out of memory");
+        api_resume(rq);
+        return AR_E_NOMEM;
+    }
+    counter_reads *cr = &ps->reads;
+    counter_reads_reset(cr, a);
+    policy_worker_set_counters(dc->pw, read_counter, cr);
     policy_decision d;
     policy_decide(dc->pw, view, &d);
     policy_worker_set_counters(dc->pw, NULL, NULL);
     json_decref(view);
-    if (cr.stale) {
+    int stale = cr->stale;
+    if (cr->snap) { /* the versions read are checked in the transaction, not the snapshot */
+        journal_read_end(cr->snap);
+        cr->snap = NULL;
+    }
+    if (stale) {
         json_decref(d.votes);
-        counter_reads_reset(&cr, a);
+        free(ps);
         return AR_E_CONFLICT;
     }
     api_note_decision_time(a, d.duration_ns);
@@ -350,48 +430,43 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
                     (double)d.duration_ns / 1e9);
     json_t *rec = new_record(rq, &d, dc->ps, digest);
     json_decref(d.votes);
-    if (!rec) {
-        counter_reads_reset(&cr, a);
+    journal_batch *b = rec ? journal_batch_new() : NULL;
+    if (!b) {
+        json_decref(rec);
+        free(ps);
         api_set_reply_error(rq, 500, "internal", "out of memory");
         api_resume(rq);
         return AR_E_NOMEM;
     }
-
-    journal_batch *b = journal_batch_new();
     if (idem_len) {
         unsigned char value[ACTION_IDEM_VALUE_LEN];
         memcpy(value, action_record_str(rec, "id"), ACTION_ID_LEN);
         memcpy(value + ACTION_ID_LEN, digest, ACTION_DIGEST_LEN);
         journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, idem, idem_len, value, sizeof value);
     }
-    if (cr.n)
-        journal_batch_apply(b, check_counter_reads, &cr); /* before the store bumps them */
+    if (cr->n)
+        journal_batch_apply(b, check_counter_reads, cr); /* before the store bumps them */
     action_batch_store(b, rec);
     audit_submission(b, rec);
-    ar_error err = {0};
-    int rc = journal_commit(a->journal, b, &err);
-    counter_reads_reset(&cr, a);
-    if (rc == AR_E_EXISTS) {
-        /* Another submission with this key won the race. */
-        const void *val;
-        size_t vlen;
-        unsigned char found[ACTION_IDEM_VALUE_LEN];
-        if (journal_batch_conflict(b, NULL, &val, &vlen) == AR_OK && vlen == ACTION_IDEM_VALUE_LEN) {
-            memcpy(found, val, ACTION_IDEM_VALUE_LEN);
-            answer_existing(a, rq, (const char *)found, found + ACTION_ID_LEN, digest);
-        } else {
-            api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
-            api_resume(rq);
-        }
-    } else if (rc == AR_OK) {
-        reply_stored(a, rq, rec);
-    } else if (rc != AR_E_CONFLICT) {
+    ps->a = a;
+    ps->rq = rq;
+    ps->rec = rec;
+    memcpy(ps->digest, digest, ACTION_DIGEST_LEN);
+    stores_pending_add(a, +1);
+    int rc = journal_submit(a->journal, b, store_done, ps);
+    if (rc != AR_OK) {
+        ar_error err = {0};
+        ar_error_set(&err, rc, rc == AR_E_CLOSED ? "shutting_down" : "internal",
+                     rc == AR_E_CLOSED ? "the daemon is stopping; send it again once it is back" : "out of memory");
         api_set_reply_ar_error(rq, rc, &err);
         api_resume(rq);
+        journal_batch_free(b);
+        json_decref(rec);
+        free(ps);
+        stores_pending_add(a, -1);
+        return rc;
     }
-    journal_batch_free(b);
-    json_decref(rec);
-    return rc;
+    return AR_OK;
 }
 
 static void process_submission(api_server *a, decider *dc, request *rq)
@@ -414,8 +489,11 @@ static void process_submission(api_server *a, decider *dc, request *rq)
         return;
     }
     /* Optimistic: a decision that read counters is stored only if they did not change since;
-     * otherwise it is decided again on fresh values (and with the newest set). */
-    for (int round = 0; round < MAX_DECISION_ROUNDS; round++) {
+     * otherwise it is decided again on fresh values (and with the newest set). A conflict
+     * found in the transaction brings the request back here (store_done) with its round. */
+    for (; rq->decision_round < MAX_DECISION_ROUNDS; rq->decision_round++) {
+        if (rq->decision_round >= 4)
+            usleep((useconds_t)(200 * rq->decision_round)); /* heavy contention on one counter: let the others land */
         decider_refresh(a, dc);
         if (!dc->pw) {
             api_set_reply_error(rq, 503, "policy_unavailable", "the decision worker has no policy state: %s",
@@ -423,10 +501,10 @@ static void process_submission(api_server *a, decider *dc, request *rq)
             api_resume(rq);
             return;
         }
-        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT)
+        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT) {
+            rq->decision_round++; /* a conflict in the transaction comes back as the next round */
             return;
-        if (round >= 4)
-            usleep((useconds_t)(200 * round)); /* heavy contention on one counter: let the others land */
+        }
     }
     rq->retry_after_s = 1;
     api_set_reply_error(rq, 503, "counter_contention", "the guardrail counters this action's decision reads "
@@ -449,7 +527,9 @@ void *api_worker_main(void *arg)
     decider dc = {.gen = UINT64_MAX};
     for (;;) {
         pthread_mutex_lock(&a->work_lock);
-        while (!a->work_head && !a->workers_stopping)
+        /* Stopping: leave once nothing is queued and no stored submission can come back to be
+         * decided again (store_done). */
+        while (!a->work_head && !(a->workers_stopping && a->stores_pending == 0))
             pthread_cond_wait(&a->work_cond, &a->work_lock);
         request *rq = a->work_head;
         if (rq) {

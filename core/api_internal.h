@@ -47,6 +47,7 @@ typedef struct request {
     char action_id[ACTION_ID_LEN + 1];
     char target[80];             /* the connector a pause/resume names */
     int64_t wait_until;          /* monotonic ms */
+    int decision_round;          /* decisions made for it so far (counters changed meanwhile) */
     struct request *next;        /* in the work queue or the waiter list */
 } request;
 
@@ -94,6 +95,7 @@ struct api_server {
     pthread_cond_t work_cond;
     request *work_head, *work_tail;
     int workers_stopping;
+    int stores_pending;          /* decided submissions the journal has not answered yet */
     pthread_t *workers;
     int n_workers;
 
