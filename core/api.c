@@ -156,8 +156,12 @@ void api_action_changed(void *arg, const json_t *rec)
     api_server *a = arg;
     action_state st = action_record_state(rec);
     api_metrics_action(a, rec);
-    ar_log_as("info", "api", action_record_str(rec, "id"), "action %s %s/%s %s", action_record_str(rec, "id"),
-              action_record_str(rec, "connector"), action_record_str(rec, "action"), action_state_name(st));
+    /* Where an action settles is news for an operator; the steps between (ready, dispatched,
+     * retry wait) are in its audit trail and, at debug level, here: at thousands of actions a
+     * second a line per step is most of what a log would hold. */
+    ar_log_as(action_state_settled(st) ? "info" : "debug", "api", action_record_str(rec, "id"), "action %s %s/%s %s",
+              action_record_str(rec, "id"), action_record_str(rec, "connector"), action_record_str(rec, "action"),
+              action_state_name(st));
     if (!action_state_settled(st))
         return;
     request *list = api_waiters_take(a, action_record_str(rec, "id"), 0);
