@@ -407,7 +407,13 @@ void api_watch_pending(api_server *a)
         char id[ACTION_ID_LEN + 1];
         json_t *rec;
         snprintf(id, sizeof id, "%.*s", (int)klen, (const char *)key);
-        if (action_load(r, id, &rec, NULL) == AR_OK) {
+        /* The queue holds every action not yet terminal (100k after a busy crash); only those
+         * whose stored text names the state are parsed (a mention in the input parses too). */
+        const void *rv;
+        size_t rlen;
+        static const char pending[] = "\"PENDING_APPROVAL\"";
+        if (journal_get(r, JDB_ACTIONS, id, strlen(id), &rv, &rlen) == AR_OK &&
+            memmem(rv, rlen, pending, sizeof pending - 1) && action_load(r, id, &rec, NULL) == AR_OK) {
             if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
                 api_expiry_add(a, id, json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
             json_decref(rec);
