@@ -9,10 +9,23 @@
  *   library tables in G are read-only proxies: empty tables whose protected metatable reads
  *   through to the real library and raises on writes. rawset is not offered, so a proxy stays
  *   empty; the string metatable is protected too, so ("").x cannot hand out the real table.
- * - Every file is compiled once per worker; each decision sets a fresh _ENV as the chunk's
- *   first upvalue, runs the chunk (which defines decide in that _ENV) and calls
- *   decide(action, ctx) with a fresh action table and a fresh, read-only ctx. A policy can
- *   therefore assign anything it likes: it is all gone by the next call.
+ * - Every file is compiled once per worker. A call must behave as if the whole file ran in a
+ *   fresh _ENV and then decide(action, ctx) ran on a fresh action table: nothing one call does
+ *   is seen by the next call or by the next file. Two ways give that:
+ *   - FILE_ONCE (prepare_file, when the worker is made): the chunk runs once; if its top level
+ *     did not read the clock or the random generator or log, and everything it left reachable
+ *     is fit (freeze_state: no metatables or C closures of its own, and no function assigns
+ *     an upvalue that outlives a call, checked in its bytecode), every table it left is
+ *     frozen and decide (and validate) are kept. A call is then only decide(action, ctx).
+ *   - otherwise each call runs the chunk in a fresh _ENV, then decide, as before.
+ *   A frozen table ("frozen views") reads through to its contents and logs every write in an
+ *   undo log that is played back after every call, so a call sees its own writes and the next
+ *   one does not. The action is converted once per decision into frozen tables shared by every
+ *   file (and kept from one decision to the next, changed in place where the next action
+ *   differs: view_update), so one file cannot change what the next one sees. The only thing a
+ *   frozen table cannot fake is a metatable of the policy's own on it: setmetatable there
+ *   abandons the call and the file runs the slow way (FILE_PRIVATE) from then on. ctx is one
+ *   read-only table per worker.
  * - A count hook charges instructions and checks the wall-clock deadline. Once a call has
  *   overrun (instructions, deadline or memory), the hook and the sandbox's own pcall/xpcall
  *   keep re-raising, so a policy cannot catch its way past a limit.
@@ -28,14 +41,19 @@
  *
  * Load (validate_set) runs every chunk once and reads what it defines: decide (required),
  * validate (optional) and the counters table, converted to JSON with raw reads and parsed by
- * counters_def_parse; the set keeps the union, sorted by name. Nothing of that run survives:
- * each call still runs the chunk in a fresh _ENV, so a policy that rewrites counters changes
- * only its own call's table. ctx.counter(name) looks the name up in the set and asks the
- * worker's source (policy_worker_set_counters); policy_eval and the policy tests give a JSON
- * object of values as the source.
+ * counters_def_parse; the set keeps the union, sorted by name. Nothing of that run survives,
+ * and a policy that rewrites counters during a call changes only what that call sees.
+ * ctx.counter(name) looks the name up in the set and asks the worker's source
+ * (policy_worker_set_counters); policy_eval and the policy tests give a JSON object of values
+ * as the source.
  *
- * validate(action, result, ctx) runs like decide (fresh _ENV, same limits, one budget for the
- * whole validation) in each file that defines it, until one rejects.
+ * Votes are kept as C data in the worker (policy_decision.vote_list); the JSON array is built
+ * only when asked for (policy_votes_json; by policy_decide unless the worker is told not to).
+ * Consecutive files that run once run under one lua_pcall (run_batch); a failing file ends
+ * the batch and the next one starts after it.
+ *
+ * validate(action, result, ctx) runs like decide (as if in a fresh _ENV, same limits, one
+ * budget for the whole validation) in each file that defines it, until one rejects.
  *
  * Policy tests (policy_run_tests): each *_test.lua is compiled into a worker of its own (a
  * one-file set with the real set's limits), its chunk runs once in a fresh _ENV under the same
@@ -76,6 +94,7 @@
 
 typedef struct policy_file {
     char name[256];
+    char vote_name[256];    /* name, made valid UTF-8 (for decisions and votes) */
     char *source;
     size_t len;
     int has_validate;       /* the file defines validate (found at load) */
@@ -89,10 +108,34 @@ struct policy_set {
     counter_def *counters;  /* the union of the files' declarations, sorted by name */
     size_t n_counters;
     int has_validate;       /* some file defines validate */
+    struct {                /* the decision when every file abstains, by effect (default_for) */
+        policy_verdict verdict;
+        char reason[sizeof(((policy_decision *)0)->reason)];
+    } defaults[4];
 };
 
-/* Why the current call was stopped; sticky until the call ends. */
-enum fail_kind { FAIL_NONE = 0, FAIL_BUDGET, FAIL_DEADLINE, FAIL_MEMORY, FAIL_OUTSIDE };
+/* Why the current call was stopped; sticky until the call ends. FAIL_DEMOTE is not a failure
+ * of the policy: the call did something the shared, frozen view cannot give it exactly (a
+ * setmetatable on a frozen table), so it is abandoned and run again the slow way. */
+enum fail_kind { FAIL_NONE = 0, FAIL_BUDGET, FAIL_DEADLINE, FAIL_MEMORY, FAIL_OUTSIDE,
+                 FAIL_DEMOTE };
+
+/* How a file's calls run, from the fastest:
+ * FILE_ONCE: its chunk ran once, when the worker was made, and everything it left is frozen
+ *   (see "frozen views"); a call is decide(action, ctx) (or validate) on the kept function,
+ *   with the decision's frozen action, converted once for every file.
+ * FILE_SHARED: each call runs the chunk in a fresh _ENV, then decide, on the shared frozen
+ *   action (a file that cannot be run once: see prepare_file).
+ * FILE_PRIVATE: as FILE_SHARED, but each call gets its own conversion of the action (a file
+ *   demoted because it set a metatable on a frozen table). */
+enum file_mode { FILE_PRIVATE = 0, FILE_SHARED, FILE_ONCE };
+
+typedef struct file_state {
+    enum file_mode mode;
+    int decide_ref;         /* FILE_ONCE: registry refs of decide and validate (or LUA_NOREF) */
+    int validate_ref;
+    size_t kept_bytes;      /* FILE_ONCE: the memory its state holds (counted in w->kept_bytes) */
+} file_state;
 
 typedef struct mem_cap {
     size_t used;
@@ -104,8 +147,31 @@ struct policy_worker {
     lua_State *L;
     mem_cap mem;            /* the allocator's userdata: must not move */
     int *chunk_refs;        /* registry refs of the compiled chunks, one per file */
+    file_state *files;      /* how each file runs (set->count of them) */
+    policy_vote *votes;     /* the last decision's votes (policy_decision.vote_list) */
+    struct vote_text *vote_texts; /* their rules and reasons */
+    int votes_json;         /* policy_decide builds policy_decision.votes */
     int env_mt_ref;         /* registry ref of {__index = G, __metatable = false} */
-    int ctx_mt_ref;         /* registry ref of the read-only metatable of every call's ctx */
+    int ctx_ref;            /* registry ref of the ctx every call gets: empty, read-only */
+    int undo_ref;           /* registry ref of the undo log: {H, key, old value, ...} */
+    int meta_ref;           /* registry ref of {H = frozen table} for frozen metatables, weak */
+    int undo_n;             /* slots of the undo log in use (3 per write) */
+    int reshaped;           /* the call added or removed a key of a frozen table */
+    /* the frozen views of the action and the result, kept from one call to the next in the
+     * table views_ref ({action view or false, result view or false}) and refreshed on first
+     * use in each call (ready: done for this one) */
+    int views_ref;
+    int action_ready;
+    int result_ready;
+    struct shadow *shadows[3]; /* [slot]: what the kept view shows, as C data (view_update) */
+    /* running files once (prepare_file) */
+    int sys_ref;            /* registry ref of the set of the sandbox's own tables (libraries) */
+    int preparing;          /* a chunk runs once for keeps: note what makes it unfit for that */
+    int impure;             /* its top level read the clock, the random generator or logged */
+    size_t kept_bytes;      /* memory the kept file states hold */
+    const unsigned char *rng_state; /* math.random's state, to see whether a top level drew */
+    size_t rng_size;
+    lua_CFunction os_time, os_clock, os_date; /* the os functions the sandbox wraps */
     int hook_step;
     /* the call in progress */
     int in_call;
@@ -122,6 +188,11 @@ struct policy_worker {
     int log_lines;
     unsigned long log_dropped;
 };
+
+typedef struct vote_text {
+    char rule[sizeof(((policy_decision *)0)->rule)];
+    char reason[sizeof(((policy_decision *)0)->reason)];
+} vote_text;
 
 /* What one file's decide returned (for validate: OUT_ABSTAIN accepts, OUT_VOTE rejects). */
 enum outcome { OUT_ABSTAIN, OUT_VOTE, OUT_INVALID };
@@ -179,6 +250,7 @@ static const char *fail_text(int fail)
     case FAIL_DEADLINE: return "deadline exceeded";
     case FAIL_MEMORY: return "memory limit exceeded";
     case FAIL_OUTSIDE: return "policy code may only run during a decision";
+    case FAIL_DEMOTE: return "run again with a private action";
     default: return "failed";
     }
 }
@@ -247,6 +319,7 @@ static void end_call(policy_worker *w)
     w->in_call = 0;
     w->current_file = NULL;
     lua_settop(w->L, 0);
+    w->action_ready = w->result_ready = 0; /* the next call refreshes the views */
 }
 
 /* ---- the sandbox's own base functions --------------------------------------------------- */
@@ -302,7 +375,11 @@ static int sb_xpcall(lua_State *L)
     return lua_gettop(L) - 2;
 }
 
-/* setmetatable without finalizers: a __gc could run policy code during a later call. */
+static int fz_contents(lua_State *L, int idx);
+
+/* setmetatable without finalizers: a __gc could run policy code during a later call. On a
+ * frozen table (see "frozen views") the call is abandoned and run again on private tables,
+ * where the metatable can be set for real. */
 static int sb_setmetatable(lua_State *L)
 {
     int t = lua_type(L, 2);
@@ -310,6 +387,24 @@ static int sb_setmetatable(lua_State *L)
     luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
     if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
         return luaL_error(L, "cannot change a protected metatable");
+    if (fz_contents(L, 1)) {
+        policy_worker *w = worker_of(L);
+        if (!w->fail)
+            w->fail = FAIL_DEMOTE; /* sticky: pcall cannot catch it */
+        return luaL_error(L, "%s", fail_text(w->fail));
+    }
+    lua_settop(L, 2);
+    if (t == LUA_TTABLE && fz_contents(L, 2)) {
+        /* a frozen table as the metatable: the VM reads metamethods raw, so the object gets
+         * its contents H, and getmetatable maps H back to the frozen table (H is never handed
+         * out, so writes to the metatable still go through the undo log) */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, worker_of(L)->meta_ref);
+        lua_pushvalue(L, 3);
+        lua_pushvalue(L, 2);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+        lua_replace(L, 2);
+    }
     if (t == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL)
@@ -337,6 +432,10 @@ static void emit_log(const char *file, const char *line)
 static int sb_log(lua_State *L)
 {
     policy_worker *w = worker_of(L);
+    if (w->preparing) { /* a top level that logs must log on every call: it runs every call */
+        w->impure = 1;
+        return 0;
+    }
     const char *file = w->current_file ? w->current_file : "?";
     int64_t now = mono_ns();
     if (now - w->log_window_ns >= NS_PER_SEC) {
@@ -378,6 +477,33 @@ static int sb_log(lua_State *L)
     }
     emit_log(file, line);
     return 0;
+}
+
+/* os.time, os.clock and os.date as the os library has them, noting a top level that reads the
+ * clock (os.time() or os.date(format) without a time): such a top level must run on every
+ * call. They call the library's own functions in the same frame, so errors read the same. */
+static int sb_os_time(lua_State *L)
+{
+    policy_worker *w = worker_of(L);
+    if (w->preparing && lua_isnoneornil(L, 1))
+        w->impure = 1;
+    return w->os_time(L);
+}
+
+static int sb_os_clock(lua_State *L)
+{
+    policy_worker *w = worker_of(L);
+    if (w->preparing)
+        w->impure = 1;
+    return w->os_clock(L);
+}
+
+static int sb_os_date(lua_State *L)
+{
+    policy_worker *w = worker_of(L);
+    if (w->preparing && lua_isnoneornil(L, 2))
+        w->impure = 1;
+    return w->os_date(L);
 }
 
 /* ---- pattern matching under the budget --------------------------------------------------- */
@@ -1008,6 +1134,593 @@ static void push_proxy(lua_State *L, int idx)
     lua_setmetatable(L, -2);
 }
 
+/* ---- frozen views ------------------------------------------------------------------------------
+ *
+ * A frozen table is an empty table F whose metatable reads through to the real contents H
+ * (__index = H) and sends every write to fz_newindex, which first appends H, the key and H's old
+ * value to the worker's undo log, then writes H. After every call, undo_writes puts the old
+ * values back (newest first), so a call may write a frozen table as it likes, it sees its own
+ * writes, and the next call (or the next file of the same decision) sees the table as it was.
+ * F stays empty (rawset is not offered; every write reaches fz_newindex), and H is never handed
+ * out: __pairs iterates through F, and the sandbox's next, rawget, rawlen and getmetatable see
+ * through F to H as they would see a plain table (getmetatable(F) is nil). The metatable keeps
+ * H under the private key fz_mark too, which is how C code recognises a frozen table. A frozen
+ * table given as a metatable (setmetatable(o, Class)) is installed as its H, since the VM reads
+ * metamethods raw; metamethods never receive their metatable, and getmetatable(o) maps H back
+ * to F (meta_ref), so H still never reaches policy code. What cannot be faked is a policy's own
+ * metatable on F: setmetatable on a frozen table abandons the call (FAIL_DEMOTE) and the file
+ * runs again the slow way. */
+
+static const char fz_mark = 0; /* its address is the key of H in a frozen table's metatable */
+
+/* If the value at idx is a frozen table, push its contents H and return 1; else push nothing
+ * and return 0. */
+static int fz_contents(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx))
+        return 0;
+    if (lua_rawgetp(L, -1, &fz_mark) != LUA_TTABLE) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_remove(L, -2);
+    return 1;
+}
+
+/* Replace the value at idx by its contents when it is a frozen table. */
+static void fz_unwrap(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    if (fz_contents(L, idx))
+        lua_replace(L, idx);
+}
+
+static void raise_at_caller(lua_State *L, const char *what)
+{
+    luaL_where(L, 2); /* the Lua code whose write this is, as the VM would name it */
+    lua_pushstring(L, what);
+    lua_concat(L, 2);
+    lua_error(L);
+}
+
+/* F[k] = v: log H[k]'s old value, then write H. The log entry is complete before H changes,
+ * so a memory error on the way leaves nothing to undo or everything. */
+static int fz_newindex(lua_State *L)
+{
+    policy_worker *w = worker_of(L);
+    lua_settop(L, 3);
+    if (!fz_contents(L, 1))
+        return luaL_error(L, "not a frozen table");
+    int h = lua_gettop(L); /* 4 */
+    int kt = lua_type(L, 2);
+    if (kt == LUA_TNIL)
+        raise_at_caller(L, "index is nil");
+    if (kt == LUA_TNUMBER && !lua_isinteger(L, 2) && lua_tonumber(L, 2) != lua_tonumber(L, 2))
+        raise_at_caller(L, "index is NaN");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->undo_ref); /* 5 */
+    lua_Integer n = w->undo_n;
+    lua_pushvalue(L, h);
+    lua_rawseti(L, 5, n + 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, 5, n + 2);
+    lua_pushvalue(L, 2);
+    int old = lua_rawget(L, h);
+    lua_rawseti(L, 5, n + 3);
+    w->undo_n = (int)n + 3;
+    /* a key added or removed can change H's layout for good (a rehash, a dead key), and with it
+     * the order of pairs in later calls, which undoing the value cannot put back */
+    if (old == LUA_TNIL || lua_isnil(L, 3))
+        w->reshaped = 1;
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_rawset(L, h);
+    return 0;
+}
+
+static int fz_len(lua_State *L)
+{
+    if (!fz_contents(L, 1))
+        return luaL_error(L, "not a frozen table");
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, -1));
+    return 1;
+}
+
+/* The iterator pairs(F) returns: next over H, with F as its state (H is never handed out). */
+static int fz_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    if (!fz_contents(L, 1))
+        return luaL_error(L, "not a frozen table");
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 3))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int fz_pairs(lua_State *L)
+{
+    lua_pushcfunction(L, fz_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Replace the table H at idx by a new frozen table over it. protect: the metatable says
+ * __metatable = false (as a call's _ENV does); otherwise getmetatable(F) is nil, as for the
+ * plain table F stands for. */
+static void fz_wrap(lua_State *L, int idx, int protect)
+{
+    idx = lua_absindex(L, idx);
+    lua_createtable(L, 0, 0);
+    lua_createtable(L, 0, 6);
+    lua_pushvalue(L, idx);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, fz_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, fz_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, fz_pairs);
+    lua_setfield(L, -2, "__pairs");
+    if (protect) {
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+    }
+    lua_pushvalue(L, idx);
+    lua_rawsetp(L, -2, &fz_mark);
+    lua_setmetatable(L, -2);
+    lua_replace(L, idx);
+}
+
+#define UNDO_LOG_KEPT 48 /* slots of the undo log kept between calls (16 writes) */
+
+/* Protected: put back what the logged writes changed, newest first. Writing a key that is
+ * there never allocates; putting back a removed one may, so the caller lifts the memory cap. */
+static int undo_writes_p(lua_State *L)
+{
+    policy_worker *w = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->undo_ref); /* 2 */
+    for (lua_Integer i = w->undo_n; i >= 3; i -= 3) {
+        lua_rawgeti(L, 2, i - 2); /* H */
+        lua_rawgeti(L, 2, i - 1); /* key */
+        lua_rawgeti(L, 2, i);     /* old value */
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    if (w->undo_n > UNDO_LOG_KEPT) { /* a log that grew large is not kept at that size */
+        lua_createtable(L, UNDO_LOG_KEPT, 0);
+        lua_rawseti(L, LUA_REGISTRYINDEX, w->undo_ref);
+        return 0;
+    }
+    for (lua_Integer i = w->undo_n; i >= 1; i--) { /* let go of what the call wrote */
+        lua_pushnil(L);
+        lua_rawseti(L, 2, i);
+    }
+    return 0;
+}
+
+static void demote_all(policy_worker *w);
+
+/* After every call on frozen views: undo its writes. If that fails (the system is out of
+ * memory), the frozen state can no longer be trusted: every file goes back to private
+ * conversions and the views are dropped. */
+static void undo_writes(policy_worker *w)
+{
+    if (!w->undo_n)
+        return;
+    lua_State *L = w->L;
+    size_t cap = w->mem.cap;
+    w->mem.cap = SIZE_MAX;
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, undo_writes_p);
+    lua_pushlightuserdata(L, w);
+    int status = lua_pcall(L, 1, 0, 0);
+    lua_settop(L, top);
+    w->mem.cap = cap;
+    w->undo_n = 0;
+    if (status != LUA_OK)
+        demote_all(w);
+}
+
+/* The sandbox's next, rawget, rawlen and getmetatable: as Lua's own, but a frozen table looks
+ * like the plain table it stands for. */
+static int sb_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    fz_unwrap(L, 1);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int sb_rawget(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    lua_settop(L, 2);
+    fz_unwrap(L, 1);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int sb_rawlen(lua_State *L)
+{
+    int t = lua_type(L, 1);
+    luaL_argexpected(L, t == LUA_TTABLE || t == LUA_TSTRING, 1, "table or string");
+    lua_settop(L, 1);
+    fz_unwrap(L, 1);
+    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, 1));
+    return 1;
+}
+
+static int sb_getmetatable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    if (!lua_getmetatable(L, 1)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    if (lua_rawgetp(L, -1, &fz_mark) == LUA_TTABLE) {
+        lua_pop(L, 1);
+        if (lua_getfield(L, -1, "__metatable") == LUA_TNIL)
+            lua_pushnil(L); /* a frozen plain table has no metatable */
+        return 1;
+    }
+    lua_pop(L, 1);
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+        return 1;
+    /* the contents of a frozen table set as a metatable: give the frozen table back */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, worker_of(L)->meta_ref);
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, -2) == LUA_TTABLE)
+        return 1;
+    lua_pop(L, 2);
+    return 1;
+}
+
+/* ---- running a file once: what its top level leaves ------------------------------------------
+ *
+ * A file can run once per worker instead of once per call when nothing its calls do can change
+ * what the next call sees. Its tables are frozen (freeze_state), so their writes are undone
+ * after each call. What freezing cannot cover makes the file unfit, and it keeps running its
+ * chunk on every call: a kept table with a metatable of the policy's own (weak tables, classes),
+ * a C closure with state (a gmatch iterator), and a function that assigns an upvalue cell that
+ * outlives a call (local n = 0; function decide() n = n + 1 end), found in its bytecode. */
+
+#if LUA_VERSION_NUM != 504
+#error "the bytecode check below reads Lua 5.4's dump format"
+#endif
+
+#define BC_OP_SETUPVAL 10   /* lopcodes.h of Lua 5.4: UpValue[B] := R[A] */
+#define BC_MAX_NESTING 250  /* deeper than the parser allows (LUAI_MAXCCALLS 200) */
+
+typedef struct bc_buf {
+    unsigned char *data;
+    size_t len, cap;
+    int failed;
+} bc_buf;
+
+static int bc_writer(lua_State *L, const void *p, size_t size, void *ud)
+{
+    (void)L;
+    bc_buf *b = ud;
+    if (b->len + size > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + size)
+            cap *= 2;
+        unsigned char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->failed = 1;
+            return 1;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, size);
+    b->len += size;
+    return 0;
+}
+
+typedef struct bc_reader {
+    const unsigned char *p, *end;
+    int bad;
+    int writes;             /* an upvalue that outlives a call is assigned */
+} bc_reader;
+
+static size_t bc_size(bc_reader *r)
+{
+    size_t x = 0;
+    unsigned char b;
+    do {
+        if (r->p >= r->end || x > (SIZE_MAX >> 8)) {
+            r->bad = 1;
+            return 0;
+        }
+        b = *r->p++;
+        x = (x << 7) | (b & 0x7f);
+    } while (!(b & 0x80));
+    return x;
+}
+
+static void bc_skip(bc_reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = 1;
+        r->p = r->end;
+        return;
+    }
+    r->p += n;
+}
+
+static void bc_string(bc_reader *r)
+{
+    size_t n = bc_size(r);
+    if (n)
+        bc_skip(r, n - 1);
+}
+
+/* One function of a dump (ldump.c: dumpFunction). outer[i]: upvalue i of the enclosing
+ * function is a cell that outlives a call; NULL for the dumped closure itself, all of whose
+ * upvalues do. An upvalue of a nested function outlives a call when it is one of those (an
+ * upvalue of its parent: instack 0), not when it is a local of a running function. */
+static void bc_function(bc_reader *r, const unsigned char *outer, size_t n_outer, int depth)
+{
+    if (depth > BC_MAX_NESTING)
+        r->bad = 1;
+    bc_string(r);                   /* source */
+    bc_size(r);                     /* linedefined */
+    bc_size(r);                     /* lastlinedefined */
+    bc_skip(r, 3);                  /* numparams, is_vararg, maxstacksize */
+    size_t n_code = bc_size(r);
+    if (r->bad || n_code > (size_t)(r->end - r->p) / 4) {
+        r->bad = 1;
+        return;
+    }
+    const unsigned char *code = r->p;
+    bc_skip(r, n_code * 4);
+    size_t n_k = bc_size(r);
+    for (size_t i = 0; i < n_k && !r->bad; i++) {
+        if (r->p >= r->end) {
+            r->bad = 1;
+            break;
+        }
+        switch (*r->p++) {          /* the constant's type tag */
+        case 0: case 1: case 17:    /* nil, false, true */
+            break;
+        case 3: case 19:            /* integer, float */
+            bc_skip(r, 8);
+            break;
+        case 4: case 20:            /* short, long string */
+            bc_string(r);
+            break;
+        default:
+            r->bad = 1;
+        }
+    }
+    size_t n_up = bc_size(r);
+    if (r->bad || n_up > 255) {
+        r->bad = 1;
+        return;
+    }
+    unsigned char lasting[256];
+    for (size_t i = 0; i < n_up; i++) {
+        if (r->end - r->p < 3) {
+            r->bad = 1;
+            return;
+        }
+        unsigned instack = r->p[0], idx = r->p[1];
+        r->p += 3;
+        lasting[i] = !outer || (!instack && idx < n_outer && outer[idx]);
+    }
+    for (size_t i = 0; i < n_code; i++) {
+        uint32_t ins;
+        memcpy(&ins, code + 4 * i, sizeof ins); /* dumped in the machine's order */
+        if ((ins & 0x7f) == BC_OP_SETUPVAL) {
+            unsigned b = (ins >> 16) & 0xff;
+            if (b >= n_up || lasting[b])
+                r->writes = 1;
+        }
+    }
+    size_t n_protos = bc_size(r);
+    for (size_t i = 0; i < n_protos && !r->bad; i++)
+        bc_function(r, lasting, n_up, depth + 1);
+    bc_skip(r, bc_size(r));         /* lineinfo */
+    for (size_t n = bc_size(r); n && !r->bad; n--) { /* abslineinfo */
+        bc_size(r);
+        bc_size(r);
+    }
+    for (size_t n = bc_size(r); n && !r->bad; n--) { /* locvars */
+        bc_string(r);
+        bc_size(r);
+        bc_size(r);
+    }
+    for (size_t n = bc_size(r); n && !r->bad; n--) /* upvalue names */
+        bc_string(r);
+}
+
+/* 1 when the Lua function at idx, or a function nested in it, may assign one of its upvalues
+ * (or when its bytecode cannot be read: assume it may). */
+static int assigns_lasting_upvalue(lua_State *L, int idx)
+{
+    static const unsigned char header[] = {
+        0x1b, 'L', 'u', 'a', 0x54, 0, 0x19, 0x93, '\r', '\n', 0x1a, '\n', 4,
+        sizeof(lua_Integer), sizeof(lua_Number)
+    };
+    bc_buf b = { .data = NULL };
+    lua_pushvalue(L, idx);
+    int status = lua_dump(L, bc_writer, &b, 1);
+    lua_pop(L, 1);
+    int writes = 1;
+    size_t fixed = sizeof header + sizeof(lua_Integer) + sizeof(lua_Number) + 1;
+    if (status == 0 && !b.failed && b.len > fixed && memcmp(b.data, header, sizeof header) == 0) {
+        bc_reader r = { .p = b.data + fixed, .end = b.data + b.len };
+        bc_function(&r, NULL, 0, 0);
+        if (!r.bad && r.p == r.end)
+            writes = r.writes;
+    }
+    free(b.data);
+    return writes;
+}
+
+typedef struct freezer {
+    int seen;               /* stack index: object -> true (found) -> its frozen table */
+    int list;               /* stack index: the objects found, in order */
+    int sys;                /* stack index: the sandbox's own tables */
+    lua_Integer n;
+} freezer;
+
+/* Note the value at idx (absolute) as part of the state; -1 when it makes the file unfit. */
+static int freeze_visit(lua_State *L, freezer *fz, int idx)
+{
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: case LUA_TBOOLEAN: case LUA_TNUMBER: case LUA_TSTRING:
+        return 0;
+    case LUA_TTABLE:
+        lua_pushvalue(L, idx);
+        if (lua_rawget(L, fz->sys) != LUA_TNIL) { /* read-only already */
+            lua_pop(L, 1);
+            return 0;
+        }
+        lua_pop(L, 1);
+        break;
+    case LUA_TFUNCTION:
+        break;
+    default:                        /* userdata, threads: nothing a policy can make */
+        return -1;
+    }
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, fz->seen) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, fz->seen);
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, fz->list, ++fz->n);
+    return 0;
+}
+
+/* Push the frozen table standing for the value at idx, or nothing; 1 if pushed. */
+static int freeze_replacement(lua_State *L, freezer *fz, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE)
+        return 0;
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, fz->seen) == LUA_TTABLE)
+        return 1;
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Find everything reachable from the table env (a file's _ENV after its chunk ran): tables,
+ * functions and their upvalues. If it is all fit to be kept, make every table frozen (a new
+ * frozen table over each, every reference to a table replaced by its frozen table: in tables,
+ * as keys too, and in upvalue cells), push the frozen _ENV and return 1; else push nothing,
+ * change nothing and return 0. Raises on memory errors (the caller is protected). */
+static int freeze_state(lua_State *L, policy_worker *w, int env)
+{
+    env = lua_absindex(L, env);
+    int top = lua_gettop(L);
+    freezer fz = { .seen = top + 1, .list = top + 2, .sys = top + 3 };
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->sys_ref);
+    luaL_checkstack(L, 8, "freezing");
+    int fit = freeze_visit(L, &fz, env) == 0;
+    for (lua_Integer i = 1; fit && i <= fz.n; i++) {
+        lua_rawgeti(L, fz.list, i);
+        int o = lua_gettop(L);
+        if (lua_type(L, o) == LUA_TTABLE) {
+            if (!lua_rawequal(L, o, env) && lua_getmetatable(L, o)) {
+                fit = 0; /* a metatable of the policy's own */
+            } else {
+                lua_pushnil(L);
+                while (fit && lua_next(L, o)) {
+                    fit = freeze_visit(L, &fz, o + 1) == 0 && freeze_visit(L, &fz, o + 2) == 0;
+                    lua_pop(L, 1);
+                }
+            }
+        } else if (lua_iscfunction(L, o)) {
+            fit = lua_getupvalue(L, o, 1) == NULL; /* a C closure keeps state we cannot see */
+        } else {
+            fit = !assigns_lasting_upvalue(L, o);
+            for (int u = 1; fit && lua_getupvalue(L, o, u); u++) {
+                fit = freeze_visit(L, &fz, o + 1) == 0;
+                lua_pop(L, 1);
+            }
+        }
+        lua_settop(L, o - 1);
+    }
+    if (!fit) {
+        lua_settop(L, top);
+        return 0;
+    }
+    for (lua_Integer i = 1; i <= fz.n; i++) { /* a frozen table over every table */
+        if (lua_rawgeti(L, fz.list, i) == LUA_TTABLE) {
+            lua_pushvalue(L, -1);
+            lua_pushvalue(L, -1);
+            fz_wrap(L, -1, lua_rawequal(L, -1, env));
+            lua_rawset(L, fz.seen);
+        }
+        lua_pop(L, 1);
+    }
+    lua_newtable(L); /* top+4: tables and their keys to replace, after the traversals */
+    int rekey = top + 4;
+    lua_Integer n_rekey = 0;
+    for (lua_Integer i = 1; i <= fz.n; i++) { /* each reference to a table: to its frozen one */
+        lua_rawgeti(L, fz.list, i);
+        int o = lua_gettop(L);
+        if (lua_type(L, o) == LUA_TTABLE) {
+            lua_pushnil(L);
+            while (lua_next(L, o)) { /* o+1 key, o+2 value */
+                if (freeze_replacement(L, &fz, o + 2)) { /* an existing field: allowed in next */
+                    lua_pushvalue(L, o + 1);
+                    lua_insert(L, -2);
+                    lua_rawset(L, o);
+                }
+                if (freeze_replacement(L, &fz, o + 1)) {
+                    lua_pop(L, 1);
+                    lua_pushvalue(L, o);
+                    lua_rawseti(L, rekey, ++n_rekey);
+                    lua_pushvalue(L, o + 1);
+                    lua_rawseti(L, rekey, ++n_rekey);
+                }
+                lua_pop(L, 1);
+            }
+        } else if (!lua_iscfunction(L, o)) {
+            for (int u = 1; lua_getupvalue(L, o, u); u++) {
+                if (freeze_replacement(L, &fz, o + 1))
+                    lua_setupvalue(L, o, u);
+                lua_pop(L, 1);
+            }
+        }
+        lua_settop(L, o - 1);
+    }
+    for (lua_Integer j = 1; j < n_rekey; j += 2) { /* t[k] = v becomes t[frozen k] = v */
+        lua_rawgeti(L, rekey, j);
+        int t = lua_gettop(L);
+        lua_rawgeti(L, rekey, j + 1);
+        lua_pushvalue(L, t + 1);
+        lua_rawget(L, t);
+        lua_pushvalue(L, t + 1);
+        lua_pushnil(L);
+        lua_rawset(L, t);
+        freeze_replacement(L, &fz, t + 1);
+        lua_pushvalue(L, t + 2);
+        lua_rawset(L, t);
+        lua_settop(L, t - 1);
+    }
+    lua_pushvalue(L, env);
+    lua_rawget(L, fz.seen);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return 1;
+}
+
 /* ---- ctx: what the runtime tells a policy besides the action ------------------------------ */
 
 static int ctx_now(lua_State *L)
@@ -1056,11 +1769,12 @@ static int ctx_newindex(lua_State *L)
     return luaL_error(L, "ctx is read-only");
 }
 
-/* Build the metatable every call's ctx gets: each call's ctx is a new empty table (so nothing
- * a policy does to it can outlive the call) that reads through to the shared, unreachable
- * table of ctx functions and refuses writes. */
-static int make_ctx_metatable(lua_State *L)
+/* Build the ctx every call gets: an empty table (rawset is not offered, so it stays empty)
+ * that reads through to the unreachable table of ctx functions, refuses writes and protects
+ * its metatable. Nothing a policy does to it can outlive the call, so one serves them all. */
+static int make_ctx(lua_State *L)
 {
+    lua_newtable(L);
     lua_createtable(L, 0, 2); /* the functions */
     lua_pushcfunction(L, ctx_now);
     lua_setfield(L, -2, "now");
@@ -1077,19 +1791,17 @@ static int make_ctx_metatable(lua_State *L)
     lua_setfield(L, -2, "__pairs");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setmetatable(L, -3);
     lua_pop(L, 1);
-    return ref;
+    return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* ---- building the sandbox ----------------------------------------------------------------- */
 
 static const char *const base_allowed[] = {
-    "assert", "error", "getmetatable", "ipairs", "next", "pairs", "rawequal", "rawget",
-    "rawlen", "select", "tonumber", "tostring", "type", "_VERSION", NULL
+    "assert", "error", "ipairs", "pairs", "rawequal", "select", "tonumber", "tostring", "type",
+    "_VERSION", NULL
 };
-
-static const char *const os_allowed[] = { "time", "clock", "date", NULL };
 
 /* Open lib, remove the names in strip, put in the functions of replace, store a proxy as
  * G[name]. */
@@ -1136,6 +1848,11 @@ static int setup_state(lua_State *L)
     lua_setfield(L, g, "setmetatable");
     lua_pushcfunction(L, sb_log);
     lua_setfield(L, g, "log");
+    static const luaL_Reg see_through[] = { /* they see through frozen tables */
+        { "next", sb_next }, { "rawget", sb_rawget }, { "rawlen", sb_rawlen },
+        { "getmetatable", sb_getmetatable }, { NULL, NULL }
+    };
+    luaL_setfuncs(L, see_through, 0);
 
     static const char *const string_strip[] = { "dump", NULL };
     static const char *const math_strip[] = { "randomseed", NULL }; /* no state across calls */
@@ -1148,12 +1865,30 @@ static int setup_state(lua_State *L)
     add_library(L, g, LUA_MATHLIBNAME, luaopen_math, math_strip, NULL);
     add_library(L, g, LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL);
 
-    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
-    lua_createtable(L, 0, 3);
-    for (const char *const *n = os_allowed; *n; n++) {
-        lua_getfield(L, -2, *n);
-        lua_setfield(L, -2, *n);
+    /* math.random's state (the userdata upvalue of random): a top level that draws changes it */
+    luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 0); /* the module opened above */
+    lua_getfield(L, -1, "random");
+    if (lua_getupvalue(L, -1, 1) && lua_type(L, -1) == LUA_TUSERDATA) {
+        w->rng_state = lua_touserdata(L, -1);
+        w->rng_size = lua_rawlen(L, -1);
     }
+    lua_settop(L, g);
+
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
+    lua_getfield(L, -1, "time");
+    w->os_time = lua_tocfunction(L, -1);
+    lua_getfield(L, -2, "clock");
+    w->os_clock = lua_tocfunction(L, -1);
+    lua_getfield(L, -3, "date");
+    w->os_date = lua_tocfunction(L, -1);
+    lua_pop(L, 3);
+    if (!w->os_time || !w->os_clock || !w->os_date)
+        return luaL_error(L, "the os library lacks time, clock or date");
+    static const luaL_Reg os_wrapped[] = {
+        { "time", sb_os_time }, { "clock", sb_os_clock }, { "date", sb_os_date }, { NULL, NULL }
+    };
+    lua_createtable(L, 0, 3);
+    luaL_setfuncs(L, os_wrapped, 0);
     push_proxy(L, -1);
     lua_setfield(L, g, LUA_OSLIBNAME);
     lua_pop(L, 2);
@@ -1173,7 +1908,37 @@ static int setup_state(lua_State *L)
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     w->env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    w->ctx_mt_ref = make_ctx_metatable(L);
+    w->ctx_ref = make_ctx(L);
+    lua_createtable(L, UNDO_LOG_KEPT, 0);
+    w->undo_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    w->meta_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, 2, 0);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, 1);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, 2);
+    w->views_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    /* the sandbox's own tables a file may keep (local S = string): never frozen */
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, g)) {
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            lua_pushboolean(L, 1);
+            lua_rawset(L, -4);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->ctx_ref);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    w->sys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     /* The state's own globals are never a policy's _ENV; leave an empty table there. */
     lua_newtable(L);
@@ -1213,13 +1978,28 @@ static int worker_create(const policy_set *set, policy_worker **out, ar_error *e
     w->hook_step = set->limits.instructions < HOOK_STEP ? (int)set->limits.instructions
                                                          : HOOK_STEP;
     w->chunk_refs = calloc(set->count ? set->count : 1, sizeof *w->chunk_refs);
-    if (!w->chunk_refs) {
+    w->files = calloc(set->count ? set->count : 1, sizeof *w->files);
+    w->votes = calloc(set->count ? set->count : 1, sizeof *w->votes);
+    w->vote_texts = calloc(set->count ? set->count : 1, sizeof *w->vote_texts);
+    w->votes_json = 1;
+    if (!w->chunk_refs || !w->files || !w->votes || !w->vote_texts) {
+        free(w->chunk_refs);
+        free(w->files);
+        free(w->votes);
+        free(w->vote_texts);
         free(w);
         return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "policy: out of memory");
+    }
+    for (size_t i = 0; i < set->count; i++) {
+        w->files[i].mode = FILE_SHARED;
+        w->files[i].decide_ref = w->files[i].validate_ref = LUA_NOREF;
     }
     w->L = lua_newstate(capped_alloc, &w->mem);
     if (!w->L) {
         free(w->chunk_refs);
+        free(w->files);
+        free(w->votes);
+        free(w->vote_texts);
         free(w);
         return ar_error_set(err, AR_E_NOMEM, "policy_memory",
                             "policy: cannot create a Lua state within %zu bytes",
@@ -1306,6 +2086,446 @@ static void push_json(lua_State *L, json_t *v)
     }
 }
 
+/* push_json, frozen: every object and array becomes a frozen table (see "frozen views"), so one
+ * conversion serves every file of a decision. An object's view also keeps, in its metatable
+ * under fz_keys, the list of the keys it was built with, in order, so that view_refresh can
+ * reuse it for the next decision's action. depth: v's depth (1 for the action itself); a value
+ * deeper than MAX_ACTION_DEPTH (as json_too_deep counts) pushes nothing and returns -1. */
+static const char fz_keys = 0;
+
+#define VIEW_TOO_DEEP (-2)
+
+static int push_frozen_json(lua_State *L, json_t *v, int depth)
+{
+    if (depth > MAX_ACTION_DEPTH)
+        return VIEW_TOO_DEEP;
+    luaL_checkstack(L, 4, "action too deep");
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *key;
+        json_t *val;
+        int n = (int)json_object_size(v);
+        int base = lua_gettop(L);
+        lua_createtable(L, 0, n);     /* H */
+        lua_createtable(L, n, 0);     /* its keys, in the order they went in */
+        int k = 0;
+        json_object_foreach(v, key, val) {
+            if (json_is_null(val)) {
+                if (depth + 1 > MAX_ACTION_DEPTH)
+                    goto too_deep;
+                continue;             /* null reads as nil: absent */
+            }
+            lua_pushstring(L, key);   /* as push_json: a key stops at a NUL */
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, -3, ++k);
+            if (push_frozen_json(L, val, depth + 1) != 0)
+                goto too_deep;
+            lua_rawset(L, -4);
+        }
+        fz_wrap(L, -2, 0);
+        lua_getmetatable(L, -2);
+        lua_insert(L, -2);
+        lua_rawsetp(L, -2, &fz_keys);
+        lua_pop(L, 1);
+        return 0;
+    too_deep:
+        lua_settop(L, base);
+        return VIEW_TOO_DEEP;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            json_t *val = json_array_get(v, i);
+            if (json_is_null(val)) {
+                if (depth + 1 > MAX_ACTION_DEPTH) {
+                    lua_pop(L, 1);
+                    return VIEW_TOO_DEEP;
+                }
+                continue;
+            }
+            if (push_frozen_json(L, val, depth + 1) != 0) {
+                lua_pop(L, 1);
+                return VIEW_TOO_DEEP;
+            }
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        fz_wrap(L, -1, 0);
+        return 0;
+    }
+    default:
+        push_json(L, v);
+        return 0;
+    }
+}
+
+/* Does the Lua value at idx read as the JSON scalar v (as push_json would push it)? */
+static int same_scalar(lua_State *L, int idx, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_STRING: {
+        size_t len;
+        if (lua_type(L, idx) != LUA_TSTRING)
+            return 0;
+        const char *s = lua_tolstring(L, idx, &len);
+        return len == json_string_length(v) && memcmp(s, json_string_value(v), len) == 0;
+    }
+    case JSON_INTEGER:
+        return lua_isinteger(L, idx) &&
+               lua_tointeger(L, idx) == (lua_Integer)json_integer_value(v);
+    case JSON_REAL:
+        return lua_type(L, idx) == LUA_TNUMBER && !lua_isinteger(L, idx) &&
+               lua_tonumber(L, idx) == (lua_Number)json_real_value(v);
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return lua_type(L, idx) == LUA_TBOOLEAN &&
+               lua_toboolean(L, idx) == json_is_true(v);
+    default:
+        return 0;
+    }
+}
+
+/* Make the frozen view of an object at idx show the object v (at depth) instead, in place,
+ * when v has the same keys (not null) in the same order as the ones the view was built with:
+ * the table then has exactly the layout a fresh conversion would give it (same sizes, same
+ * insertions), so nothing, not even the order of pairs, tells an earlier decision's action.
+ * 0: done; -1: the keys differ; VIEW_TOO_DEEP. On anything but 0 the view is left half-done:
+ * the caller has detached it and drops it. Raises on memory errors. */
+static int view_refresh(lua_State *L, int idx, json_t *v, int depth)
+{
+    if (depth > MAX_ACTION_DEPTH)
+        return VIEW_TOO_DEEP;
+    if (!json_is_object(v) || !lua_getmetatable(L, idx))
+        return -1;
+    luaL_checkstack(L, 8, "action too deep");
+    int mt = lua_gettop(L);
+    if (lua_rawgetp(L, mt, &fz_keys) != LUA_TTABLE) { /* mt+1: the keys */
+        lua_settop(L, mt - 1);
+        return -1;
+    }
+    lua_rawgetp(L, mt, &fz_mark);                     /* mt+2: H */
+    int keys = mt + 1, h = mt + 2;
+    const char *key;
+    json_t *val;
+    lua_Integer n = 0;
+    int rc = 0;
+    json_object_foreach(v, key, val) {
+        if (json_is_null(val)) {
+            if (depth + 1 > MAX_ACTION_DEPTH) {
+                rc = VIEW_TOO_DEEP;
+                break;
+            }
+            continue;
+        }
+        if (lua_rawgeti(L, keys, ++n) != LUA_TSTRING || strcmp(lua_tostring(L, h + 1), key) != 0) {
+            rc = -1;                                  /* another key (or no more keys) */
+            break;
+        }
+        lua_rawget(L, h);                             /* h+1: the value the key has now */
+        if (json_is_object(val)) {
+            int sub = lua_type(L, h + 1) == LUA_TTABLE ? view_refresh(L, h + 1, val, depth + 1)
+                                                       : -1;
+            if (sub == VIEW_TOO_DEEP) {
+                rc = sub;
+                break;
+            }
+            if (sub == 0) {
+                lua_settop(L, h);
+                continue;
+            }
+        } else if (!json_is_array(val)) {
+            if (depth + 1 > MAX_ACTION_DEPTH) {
+                rc = VIEW_TOO_DEEP;
+                break;
+            }
+            if (same_scalar(L, h + 1, val)) {
+                lua_settop(L, h);
+                continue;
+            }
+        }
+        lua_settop(L, h);
+        lua_rawgeti(L, keys, n);
+        if (push_frozen_json(L, val, depth + 1) != 0) {
+            rc = VIEW_TOO_DEEP;
+            break;
+        }
+        lua_rawset(L, h);                             /* an existing key: the layout stays */
+    }
+    if (rc == 0 && (lua_Integer)lua_rawlen(L, keys) != n)
+        rc = -1;                                      /* fewer keys than before */
+    lua_settop(L, mt - 1);
+    return rc;
+}
+
+/* A C copy of what an object's view shows (a shadow), so that the next action can be compared
+ * with it without a call into Lua: only what changed is written to the view. The invariant:
+ * while a view is kept (views_ref slot holds it), the worker's shadow for the slot describes it
+ * exactly, key order included; a view being changed is detached first, so an error half-way
+ * drops the view and the shadow with it. An entry that could not be copied (no memory) is
+ * SHADOW_UNKNOWN and never equal: its field is simply written again. */
+#define SHADOW_UNKNOWN (-1)
+
+typedef struct shadow shadow;
+
+typedef struct shadow_entry {
+    char *key;              /* the key as the view has it (objects; NULL in arrays) */
+    int type;               /* json_type, or SHADOW_UNKNOWN */
+    json_int_t i;
+    double d;
+    char *s;                /* a string's bytes (len of them) */
+    size_t len;
+    shadow *sub;            /* an object's or an array's entries */
+} shadow_entry;
+
+struct shadow {
+    size_t n;
+    shadow_entry *e;
+};
+
+static void shadow_free(shadow *sh);
+
+static void entry_clear(shadow_entry *e)
+{
+    free(e->s);
+    e->s = NULL;
+    shadow_free(e->sub);
+    e->sub = NULL;
+    e->type = SHADOW_UNKNOWN;
+}
+
+static void shadow_free(shadow *sh)
+{
+    if (!sh)
+        return;
+    for (size_t i = 0; i < sh->n; i++) {
+        free(sh->e[i].key);
+        entry_clear(&sh->e[i]);
+    }
+    free(sh->e);
+    free(sh);
+}
+
+static shadow *shadow_build(const json_t *v);
+
+/* Make e describe v (its key stays). */
+static void entry_set(shadow_entry *e, const json_t *v)
+{
+    entry_clear(e);
+    int type = (int)json_typeof(v);
+    switch (type) {
+    case JSON_STRING:
+        e->len = json_string_length(v);
+        if (!(e->s = malloc(e->len ? e->len : 1)))
+            return;
+        memcpy(e->s, json_string_value(v), e->len);
+        break;
+    case JSON_INTEGER:
+        e->i = json_integer_value(v);
+        break;
+    case JSON_REAL:
+        e->d = json_real_value(v);
+        break;
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        if (!(e->sub = shadow_build(v)))
+            return;
+        break;
+    default:
+        break;
+    }
+    e->type = type;
+}
+
+/* The shadow of an object (its keys not null, in order, as push_frozen_json puts them in) or of
+ * an array (every element). NULL: no memory. */
+static shadow *shadow_build(const json_t *v)
+{
+    shadow *sh = calloc(1, sizeof *sh);
+    size_t n = json_is_object(v) ? json_object_size(v) : json_array_size(v);
+    if (!sh || (n && !(sh->e = calloc(n, sizeof *sh->e)))) {
+        free(sh);
+        return NULL;
+    }
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < n; i++) {
+            sh->e[i].type = SHADOW_UNKNOWN;
+            sh->n = i + 1;
+            entry_set(&sh->e[i], json_array_get(v, i));
+        }
+        return sh;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)v, key, val) {
+        if (json_is_null(val))
+            continue;
+        shadow_entry *e = &sh->e[sh->n++];
+        e->type = SHADOW_UNKNOWN;
+        if (!(e->key = strdup(key))) { /* as the view: the key stops at a NUL */
+            shadow_free(sh);
+            return NULL;
+        }
+        entry_set(e, val);
+    }
+    return sh;
+}
+
+static int shadow_same(const shadow *sh, const json_t *v);
+
+/* Does e describe v exactly (what push_json would push, its type included)? */
+static int entry_same(const shadow_entry *e, const json_t *v)
+{
+    if (e->type != (int)json_typeof(v))
+        return 0;
+    switch (e->type) {
+    case JSON_STRING:
+        return e->len == json_string_length(v) && memcmp(e->s, json_string_value(v), e->len) == 0;
+    case JSON_INTEGER:
+        return e->i == json_integer_value(v);
+    case JSON_REAL:
+        return e->d == json_real_value(v);
+    case JSON_OBJECT:
+    case JSON_ARRAY:
+        return shadow_same(e->sub, v);
+    default:
+        return 1; /* true, false, null */
+    }
+}
+
+/* Same keys in the same order (objects), same values? */
+static int shadow_same(const shadow *sh, const json_t *v)
+{
+    if (json_is_array(v)) {
+        if (json_array_size(v) != sh->n)
+            return 0;
+        for (size_t i = 0; i < sh->n; i++)
+            if (!entry_same(&sh->e[i], json_array_get(v, i)))
+                return 0;
+        return 1;
+    }
+    size_t k = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)v, key, val) {
+        if (json_is_null(val))
+            continue;
+        if (k >= sh->n || strcmp(sh->e[k].key, key) != 0 || !entry_same(&sh->e[k], val))
+            return 0;
+        k++;
+    }
+    return k == sh->n;
+}
+
+/* view_refresh with the view's shadow sh (both changed in place, only where v differs; on -1
+ * both are half-done, and the caller drops them). */
+static int view_update(lua_State *L, int idx, shadow *sh, json_t *v, int depth)
+{
+    if (depth > MAX_ACTION_DEPTH)
+        return VIEW_TOO_DEEP;
+    if (!json_is_object(v))
+        return -1;
+    idx = lua_absindex(L, idx);
+    int top = lua_gettop(L), keys = 0, h = 0, rc = 0;
+    const char *key;
+    json_t *val;
+    size_t k = 0;
+    json_object_foreach(v, key, val) {
+        if (json_is_null(val)) {
+            if (depth + 1 > MAX_ACTION_DEPTH) {
+                rc = VIEW_TOO_DEEP;
+                break;
+            }
+            continue;
+        }
+        if (k >= sh->n || !sh->e[k].key || strcmp(sh->e[k].key, key) != 0) {
+            rc = -1;                                  /* not the same keys in the same order */
+            break;
+        }
+        shadow_entry *e = &sh->e[k++];
+        if (entry_same(e, val))                       /* unchanged since the last action */
+            continue;
+        if (!h) {
+            luaL_checkstack(L, 8, "action too deep");
+            if (!lua_getmetatable(L, idx) || lua_rawgetp(L, -1, &fz_keys) != LUA_TTABLE ||
+                lua_rawgetp(L, -2, &fz_mark) != LUA_TTABLE) {
+                rc = -1;                              /* not a view: cannot happen */
+                break;
+            }
+            keys = top + 2;
+            h = top + 3;
+        }
+        if (json_is_object(val) && e->type == JSON_OBJECT) {
+            lua_rawgeti(L, keys, (lua_Integer)k);
+            lua_rawget(L, h);
+            int sub = lua_type(L, -1) == LUA_TTABLE ? view_update(L, -1, e->sub, val, depth + 1)
+                                                    : -1;
+            lua_pop(L, 1);
+            if (sub == VIEW_TOO_DEEP) {
+                rc = sub;
+                break;
+            }
+            if (sub == 0)
+                continue;
+        }
+        lua_rawgeti(L, keys, (lua_Integer)k);
+        if (push_frozen_json(L, val, depth + 1) != 0) {
+            rc = VIEW_TOO_DEEP;
+            break;
+        }
+        lua_rawset(L, h);                             /* an existing key: the layout stays */
+        entry_set(e, val);
+    }
+    if (rc == 0 && k != sh->n)
+        rc = -1;                                      /* fewer keys than before */
+    lua_settop(L, top);
+    return rc;
+}
+
+/* Push the frozen view of json (NULL: nil) for this call, the action's (slot 1) or the
+ * result's (slot 2): refresh the one kept from the last call, or convert anew. *ready: done for
+ * this call already. The kept view is detached while it changes, so an error half-way leaves
+ * nothing half-done to the next call. 0, or VIEW_TOO_DEEP (nothing pushed). */
+static int push_shared_view(lua_State *L, policy_worker *w, const json_t *json, int slot,
+                            int *ready)
+{
+    if (!json) {
+        lua_pushnil(L);
+        return 0;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->views_ref);
+    int views = lua_gettop(L);
+    lua_rawgeti(L, views, slot);
+    if (*ready) {
+        lua_remove(L, views);
+        return 0;
+    }
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, views, slot);                      /* detached (an existing slot: no memory) */
+    shadow **sh = &w->shadows[slot];
+    int rc = -1;
+    if (lua_type(L, -1) == LUA_TTABLE)
+        rc = *sh ? view_update(L, -1, *sh, (json_t *)json, 1)
+                 : view_refresh(L, -1, (json_t *)json, 1);
+    if (rc != 0 || !*sh) {
+        if (rc != 0) {
+            lua_pop(L, 1);
+            if (rc == -1)
+                rc = push_frozen_json(L, (json_t *)json, 1);
+            if (rc != 0) {
+                lua_pop(L, 1);
+                return rc;
+            }
+        }
+        shadow_free(*sh);                             /* a new view, or one without a shadow */
+        *sh = json_is_object(json) ? shadow_build(json) : NULL;
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, views, slot);
+    lua_remove(L, views);
+    *ready = 1;
+    return 0;
+}
+
 static int json_too_deep(const json_t *v, int depth)
 {
     if (depth > MAX_ACTION_DEPTH)
@@ -1375,13 +2595,12 @@ static void utf8_clean(char *s)
     }
 }
 
-/* Copy the string field key of the table at idx (raw) into buf, cut to the buffer and made
- * valid UTF-8; 0 absent, 1 copied, -1 not a string (*type names what it is). */
-static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size,
-                      const char **type)
+/* Copy the value at idx, when a string, into buf, cut to the buffer and made valid UTF-8; 0
+ * nil, 1 copied, -1 not a string (*type names what it is). */
+static int copy_value(lua_State *L, int idx, char *buf, size_t size, const char **type)
 {
-    lua_pushstring(L, key);
-    int t = lua_rawget(L, idx);
+    lua_pushvalue(L, idx);
+    int t = lua_type(L, -1);
     int rc = 0;
     if (t == LUA_TSTRING) {
         size_t len;
@@ -1396,6 +2615,17 @@ static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t 
         *type = lua_typename(L, t);
         rc = -1;
     }
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* copy_value of the field key of the table at idx (raw). */
+static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size,
+                      const char **type)
+{
+    lua_pushstring(L, key);
+    lua_rawget(L, idx);
+    int rc = copy_value(L, -1, buf, size, type);
     lua_pop(L, 1);
     return rc;
 }
@@ -1465,10 +2695,12 @@ static const char *const verdict_names[] = { "allow", "approve", "suggest", "den
 
 #define VERDICT_CHOICES "\"allow\", \"deny\", \"approve\" or \"suggest\""
 
-/* Interpret decide's result (top of the stack) into c; raw reads only, no metamethods. */
+/* Interpret decide's result (top of the stack) into c; raw reads only, no metamethods (a
+ * frozen table is read as the table it stands for). */
 static void read_result(lua_State *L, run_ctx *c)
 {
     int idx = lua_gettop(L);
+    fz_unwrap(L, idx);
     int t = lua_type(L, idx);
     if (t == LUA_TNIL) {
         c->outcome = OUT_ABSTAIN;
@@ -1502,24 +2734,25 @@ static void read_result(lua_State *L, run_ctx *c)
     }
     lua_pop(L, 1);
 
-    run_ctx vote = { .verdict = (policy_verdict)v };
+    /* filled in place: on failure, c->reason says why and the rest is ignored */
+    c->verdict = (policy_verdict)v;
     const char *type = "?";
     int got;
-    if ((got = copy_field(L, idx, "reason", vote.reason, sizeof vote.reason, &type)) < 0) {
+    if ((got = copy_field(L, idx, "reason", c->reason, sizeof c->reason, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "reason must be a string, got a %s", type);
         return;
     }
-    vote.has_reason = got;
-    if ((got = copy_field(L, idx, "rule", vote.rule, sizeof vote.rule, &type)) < 0) {
+    c->has_reason = got;
+    if ((got = copy_field(L, idx, "rule", c->rule, sizeof c->rule, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "rule must be a string, got a %s", type);
         return;
     }
-    vote.has_rule = got;
-    if ((got = copy_field(L, idx, "summary", vote.summary, sizeof vote.summary, &type)) < 0) {
+    c->has_rule = got;
+    if ((got = copy_field(L, idx, "summary", c->summary, sizeof c->summary, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "summary must be a string, got a %s", type);
         return;
     }
-    vote.has_summary = got;
+    c->has_summary = got;
 
     lua_pushliteral(L, "roles");
     t = lua_rawget(L, idx);
@@ -1528,10 +2761,10 @@ static void read_result(lua_State *L, run_ctx *c)
                  lua_typename(L, t));
         return;
     }
-    if (t == LUA_TTABLE && read_roles(L, lua_gettop(L), &vote) != 0) {
-        memcpy(c->reason, vote.reason, sizeof c->reason);
+    if (t == LUA_TTABLE)
+        fz_unwrap(L, -1);
+    if (t == LUA_TTABLE && read_roles(L, lua_gettop(L), c) != 0)
         return;
-    }
     lua_pop(L, 1);
 
     lua_pushliteral(L, "expires_in");
@@ -1550,7 +2783,7 @@ static void read_result(lua_State *L, run_ctx *c)
                      "got %s", MAX_EXPIRES_IN_S, lua_tostring(L, -1));
             return;
         }
-        vote.expires_in_s = secs;
+        c->expires_in_s = secs;
     }
     lua_pop(L, 1);
 
@@ -1561,15 +2794,10 @@ static void read_result(lua_State *L, run_ctx *c)
                  lua_typename(L, t));
         return;
     }
-    vote.four_eyes = lua_toboolean(L, -1);
+    c->four_eyes = lua_toboolean(L, -1);
     lua_pop(L, 1);
 
-    /* keep c's identity (worker, file, action), take the vote */
-    vote.w = c->w;
-    vote.index = c->index;
-    vote.action = c->action;
-    vote.outcome = OUT_VOTE;
-    *c = vote;
+    c->outcome = OUT_VOTE;
 }
 
 /* Converting Lua tables to JSON (a test file's cases, a policy's counters declaration). Only
@@ -1589,6 +2817,7 @@ static json_t *lua_to_json(tconv *tc, int idx, int depth);
 static void read_validation(lua_State *L, run_ctx *c)
 {
     int idx = lua_gettop(L);
+    fz_unwrap(L, idx);
     int t = lua_type(L, idx);
     c->has_reason = c->has_rule = 0;
     c->reason[0] = c->rule[0] = '\0';
@@ -1686,12 +2915,34 @@ static int check_loaded_file(lua_State *L, run_ctx *c, int env)
     return 0;
 }
 
-/* Push a fresh, read-only ctx. */
+/* Push the read-only ctx. */
 static void push_ctx(lua_State *L, policy_worker *w)
 {
-    lua_createtable(L, 0, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, w->ctx_mt_ref);
-    lua_setmetatable(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->ctx_ref);
+}
+
+/* Push what file c->index's call gets as its action (and, for validate, result): the
+ * decision's frozen views, or private conversions. */
+static int push_call_args(lua_State *L, run_ctx *c)
+{
+    policy_worker *w = c->w;
+    if (w->files[c->index].mode == FILE_PRIVATE) {
+        push_json(L, (json_t *)c->action);
+        if (c->mode != RUN_VALIDATE)
+            return 1;
+        if (c->result)
+            push_json(L, (json_t *)c->result);
+        else
+            lua_pushnil(L);
+        return 2;
+    }
+    if (push_shared_view(L, w, c->action, 1, &w->action_ready) != 0)
+        return luaL_error(L, "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
+    if (c->mode != RUN_VALIDATE)
+        return 1;
+    if (push_shared_view(L, w, c->result, 2, &w->result_ready) != 0)
+        return luaL_error(L, "the result is nested deeper than %d levels", MAX_ACTION_DEPTH);
+    return 2;
 }
 
 /* Protected: run file c->index's chunk in a fresh _ENV, then (c->mode) its decide(action, ctx)
@@ -1700,6 +2951,22 @@ static int run_file(lua_State *L)
 {
     run_ctx *c = lua_touserdata(L, 1);
     policy_worker *w = c->w;
+    const file_state *f = &w->files[c->index];
+
+    if (f->mode == FILE_ONCE && c->mode != RUN_LOAD) { /* the chunk ran when w was made */
+        int validate = c->mode == RUN_VALIDATE;
+        if (lua_rawgeti(L, LUA_REGISTRYINDEX, validate ? f->validate_ref : f->decide_ref) !=
+            LUA_TFUNCTION)
+            return luaL_error(L, "%s is not a function", validate ? "validate" : "decide");
+        int n = push_call_args(L, c);
+        push_ctx(L, w);
+        lua_call(L, n + 1, 1);
+        if (validate)
+            read_validation(L, c);
+        else
+            read_result(L, c);
+        return 0;
+    }
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, w->chunk_refs[c->index]); /* 2: chunk */
     lua_createtable(L, 0, 4);                                    /* 3: env */
@@ -1716,11 +2983,7 @@ static int run_file(lua_State *L)
         lua_pushliteral(L, "validate");
         if (lua_rawget(L, 3) != LUA_TFUNCTION)
             return luaL_error(L, "validate is not a function");
-        push_json(L, (json_t *)c->action);
-        if (c->result)
-            push_json(L, (json_t *)c->result);
-        else
-            lua_pushnil(L);
+        push_call_args(L, c);
         push_ctx(L, w);
         lua_call(L, 3, 1);
         read_validation(L, c);
@@ -1732,25 +2995,18 @@ static int run_file(lua_State *L)
                                                        : "decide is not a function");
     if (c->mode == RUN_LOAD)
         return check_loaded_file(L, c, 3);
-    push_json(L, (json_t *)c->action);
-    push_ctx(L, w);                                              /* a fresh ctx */
+    push_call_args(L, c);
+    push_ctx(L, w);
     lua_call(L, 2, 1);
     read_result(L, c);
     return 0;
 }
 
-/* Run one file under the call's limits. AR_OK: c->outcome is set. Otherwise the policy failed
- * and message says why. */
-static int run_protected(policy_worker *w, run_ctx *c, char *message, size_t size)
+/* After a failed protected call (status, its error object on top of the stack): say why in
+ * message, clear the stack, and collect the garbage of a memory overrun. */
+static void failure_message(policy_worker *w, int status, char *message, size_t size)
 {
     lua_State *L = w->L;
-    w->current_file = w->set->files[c->index].name;
-    lua_settop(L, 0);
-    lua_pushcfunction(L, run_file);
-    lua_pushlightuserdata(L, c);
-    int status = lua_pcall(L, 1, 0, 0);
-    if (status == LUA_OK)
-        return AR_OK;
     if (status == LUA_ERRMEM && !w->fail)
         w->fail = FAIL_MEMORY;
     if (w->fail)
@@ -1765,7 +3021,246 @@ static int run_protected(policy_worker *w, run_ctx *c, char *message, size_t siz
         lua_gc(L, LUA_GCCOLLECT);
         w->in_call = 1;
     }
+}
+
+/* Run fn (run_file) for one file under the call's limits. AR_OK: c->outcome is set. Otherwise
+ * the policy failed and message says why. */
+static int run_protected(policy_worker *w, lua_CFunction fn, run_ctx *c, char *message,
+                         size_t size)
+{
+    lua_State *L = w->L;
+    w->current_file = w->set->files[c->index].name;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, c);
+    int status = lua_pcall(L, 1, 0, 0);
+    if (status == LUA_OK)
+        return AR_OK;
+    failure_message(w, status, message, size);
     return AR_E_FAIL;
+}
+
+/* Let go of what prepare_file kept of file i; its calls run the chunk again. */
+static void release_file(policy_worker *w, size_t i, enum file_mode mode)
+{
+    file_state *f = &w->files[i];
+    luaL_unref(w->L, LUA_REGISTRYINDEX, f->decide_ref);
+    luaL_unref(w->L, LUA_REGISTRYINDEX, f->validate_ref);
+    f->decide_ref = f->validate_ref = LUA_NOREF;
+    f->mode = mode;
+    w->kept_bytes -= f->kept_bytes;
+    f->kept_bytes = 0;
+}
+
+/* A file goes back to running its chunk with private conversions, for good. */
+static void demote_file(policy_worker *w, size_t i)
+{
+    release_file(w, i, FILE_PRIVATE);
+}
+
+/* Forget the kept views of the action and the result: the next use builds them anew. */
+static void drop_views(policy_worker *w)
+{
+    lua_rawgeti(w->L, LUA_REGISTRYINDEX, w->views_ref);
+    for (int slot = 1; slot <= 2; slot++) {
+        lua_pushboolean(w->L, 0);
+        lua_rawseti(w->L, -2, slot);
+    }
+    lua_pop(w->L, 1);
+    w->action_ready = w->result_ready = 0;
+}
+
+static void demote_all(policy_worker *w)
+{
+    for (size_t i = 0; i < w->set->count; i++)
+        demote_file(w, i);
+    drop_views(w); /* they may be half-undone */
+}
+
+typedef struct view_job {
+    policy_worker *w;
+    const json_t *action;
+    int rc;
+} view_job;
+
+static int action_view_p(lua_State *L)
+{
+    view_job *j = lua_touserdata(L, 1);
+    j->rc = push_shared_view(L, j->w, j->action, 1, &j->w->action_ready);
+    return 0;
+}
+
+/* At the start of a decision: the action's frozen view, when some file will use it, checking
+ * its depth on the way (json_too_deep's answer, without a walk of its own). 1: too deep; 0:
+ * ready; -1: not made (no file uses it, or no memory: each file's call tries again). */
+static int action_view(policy_worker *w, const json_t *action)
+{
+    size_t i = 0;
+    while (i < w->set->count && w->files[i].mode == FILE_PRIVATE)
+        i++;
+    if (i == w->set->count)
+        return -1;
+    view_job j = { .w = w, .action = action, .rc = -1 };
+    lua_State *L = w->L;
+    lua_pushcfunction(L, action_view_p);
+    lua_pushlightuserdata(L, &j);
+    int status = lua_pcall(L, 1, 0, 0);
+    lua_settop(L, 0);
+    if (status != LUA_OK)
+        return -1;
+    return j.rc == VIEW_TOO_DEEP ? 1 : 0;
+}
+
+/* After every call of file i on frozen tables: undo its writes; if it added or removed keys,
+ * the tables it touched may no longer be laid out as a fresh run would lay them out, so they
+ * are not used again: a file that ran once runs its chunk on every call from now on, and the
+ * action's views are built anew. */
+static void after_call(policy_worker *w, size_t i)
+{
+    undo_writes(w);
+    if (!w->reshaped)
+        return;
+    w->reshaped = 0;
+    if (w->files[i].mode == FILE_ONCE)
+        release_file(w, i, FILE_SHARED);
+    drop_views(w);
+}
+
+/* A run_ctx for file index, without clearing its buffers (a decision makes one per file). */
+static void run_ctx_init(run_ctx *c, policy_worker *w, size_t index, const json_t *action,
+                         enum run_mode mode, const json_t *result)
+{
+    c->w = w;
+    c->index = index;
+    c->action = action;
+    c->mode = mode;
+    c->result = result;
+    c->has_validate = 0;
+    c->counters = NULL;
+    c->outcome = OUT_ABSTAIN;
+    c->verdict = POLICY_ALLOW;
+    c->has_reason = c->has_rule = c->has_summary = 0;
+    c->reason[0] = c->rule[0] = c->summary[0] = '\0';
+    c->n_roles = 0;
+    c->expires_in_s = 0;
+    c->four_eyes = 0;
+}
+
+/* Run file c->index for a decision or a validation (c->mode): on the shared frozen views when
+ * it can, then undo its writes to them; a call that has to be demoted is run again, the slow
+ * way, as if the first attempt had not happened (its instructions are not charged). */
+static int run_policy(policy_worker *w, run_ctx *c, char *message, size_t size)
+{
+    if (w->files[c->index].mode != FILE_PRIVATE) {
+        uint64_t charged = w->instructions;
+        int rc = run_protected(w, run_file, c, message, size);
+        after_call(w, c->index);
+        if (w->fail != FAIL_DEMOTE)
+            return rc;
+        demote_file(w, c->index);
+        run_ctx_init(c, c->w, c->index, c->action, c->mode, c->result);
+        w->fail = FAIL_NONE;
+        w->instructions = charged;
+        lua_sethook(w->L, count_hook, LUA_MASKCOUNT, w->hook_step); /* restarts the count */
+    }
+    int rc = run_protected(w, run_file, c, message, size);
+    after_call(w, c->index); /* the action views may be shared with other files */
+    return rc;
+}
+
+/* ---- running a file once: the run ---------------------------------------------------------- */
+
+/* Kept file states may hold at most this share of the memory cap: the calls need the rest. */
+#define KEPT_SHARE_DIVISOR 4
+
+/* Protected: run file c->index's chunk in a fresh _ENV, as a call would, and when what it left
+ * can be frozen, keep its decide and validate (mode FILE_ONCE). */
+static int prepare_file_p(lua_State *L)
+{
+    run_ctx *c = lua_touserdata(L, 1);
+    policy_worker *w = c->w;
+    file_state *f = &w->files[c->index];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->chunk_refs[c->index]); /* 2: chunk */
+    lua_createtable(L, 0, 4);                                    /* 3: env, as run_file's */
+    lua_pushvalue(L, 3);
+    lua_setfield(L, 3, LUA_GNAME);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->env_mt_ref);
+    lua_setmetatable(L, 3);
+    lua_pushvalue(L, 3);
+    lua_setupvalue(L, 2, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 0);
+    if (w->impure)
+        return 0;
+    lua_pushliteral(L, "decide");                                /* 4 */
+    if (lua_rawget(L, 3) != LUA_TFUNCTION)
+        return 0;
+    lua_pushliteral(L, "validate");                              /* 5 */
+    int vt = lua_rawget(L, 3);
+    if (vt != LUA_TNIL && vt != LUA_TFUNCTION)
+        return 0;
+    if (!freeze_state(L, w, 3))
+        return 0;
+    lua_pushvalue(L, 4);
+    f->decide_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (vt == LUA_TFUNCTION) {
+        lua_pushvalue(L, 5);
+        f->validate_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    f->mode = FILE_ONCE;
+    return 0;
+}
+
+/* Run file i's chunk once for keeps, if it can be: its top level must not read the clock or
+ * the random generator or log (each call would see or do something else), everything it
+ * leaves must be fit to freeze (freeze_state), and what it keeps must fit its share of the
+ * memory cap. Otherwise the file stays FILE_SHARED: its chunk runs on every call, as before.
+ * Both ways decide alike; this one is only faster. */
+static void prepare_file(policy_worker *w, size_t i)
+{
+    lua_State *L = w->L;
+    file_state *f = &w->files[i];
+    unsigned char rng[64];
+    int rng_known = w->rng_state && w->rng_size <= sizeof rng;
+    if (rng_known)
+        memcpy(rng, w->rng_state, w->rng_size);
+    size_t before = w->mem.used;
+    run_ctx c = { .w = w, .index = i, .mode = RUN_LOAD };
+    begin_call(w);
+    w->current_file = w->set->files[i].name;
+    w->preparing = 1;
+    w->impure = 0;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, prepare_file_p);
+    lua_pushlightuserdata(L, &c);
+    int status = lua_pcall(L, 1, 0, 0);
+    w->preparing = 0;
+    end_call(w);
+    if (!rng_known || memcmp(rng, w->rng_state, w->rng_size) != 0)
+        w->impure = 1;
+    lua_gc(L, LUA_GCCOLLECT);
+    size_t kept = w->mem.used > before ? w->mem.used - before : 0;
+    if (status != LUA_OK || w->impure || f->mode != FILE_ONCE ||
+        w->kept_bytes + kept > w->mem.cap / KEPT_SHARE_DIVISOR) {
+        release_file(w, i, FILE_SHARED);
+        lua_gc(L, LUA_GCCOLLECT);
+        return;
+    }
+    f->kept_bytes = kept;
+    w->kept_bytes += kept;
+}
+
+/* worker_create, then every file run once where it can be (policy_worker_new). */
+static int worker_create_prepared(const policy_set *set, policy_worker **out, ar_error *err)
+{
+    int rc = worker_create(set, out, err);
+    if (rc != AR_OK)
+        return rc;
+    policy_worker *w = *out;
+    lua_gc(w->L, LUA_GCCOLLECT);
+    for (size_t i = 0; i < set->count; i++)
+        prepare_file(w, i);
+    return AR_OK;
 }
 
 /* ---- public API --------------------------------------------------------------------------- */
@@ -1989,7 +3484,7 @@ static int validate_set(policy_set *set, ar_error *err)
         run_ctx c = { .w = w, .index = i, .mode = RUN_LOAD };
         char message[400];
         begin_call(w);
-        if (run_protected(w, &c, message, sizeof message) != AR_OK)
+        if (run_protected(w, run_file, &c, message, sizeof message) != AR_OK)
             rc = ar_error_set(err, AR_E_INVALID, "policy_invalid", "policy %s is invalid: %s",
                               set->files[i].name, message);
         end_call(w);
@@ -2005,6 +3500,9 @@ static int validate_set(policy_set *set, ar_error *err)
         qsort(set->counters, set->n_counters, sizeof *set->counters, cmp_counter_names);
     return rc;
 }
+
+static void default_for(const policy_set *set, int kind, policy_verdict *v, char *reason,
+                        size_t size);
 
 int policy_set_load(const char *dir, const policy_limits *limits, policy_set **out,
                     ar_error *err)
@@ -2057,12 +3555,17 @@ int policy_set_load(const char *dir, const policy_limits *limits, policy_set **o
     }
     for (size_t i = 0; i < n_names; i++) {
         snprintf(set->files[i].name, sizeof set->files[i].name, "%s", names[i]);
+        memcpy(set->files[i].vote_name, set->files[i].name, sizeof set->files[i].vote_name);
+        utf8_clean(set->files[i].vote_name);
         set->count = i + 1;
         rc = read_policy_file(dirfd(d), &set->files[i], err);
         if (rc != AR_OK)
             goto fail;
     }
     compute_version(set);
+    for (int kind = 0; kind < 4; kind++)
+        default_for(set, kind, &set->defaults[kind].verdict, set->defaults[kind].reason,
+                    sizeof set->defaults[kind].reason);
     rc = validate_set(set, err);
     if (rc != AR_OK)
         goto fail;
@@ -2137,7 +3640,7 @@ int policy_worker_new(const policy_set *set, policy_worker **out, ar_error *err)
         *out = NULL;
     if (!set || !out)
         return ar_error_set(err, AR_E_INVALID, "invalid_argument", "policy: no policy set");
-    return worker_create(set, out, err);
+    return worker_create_prepared(set, out, err);
 }
 
 void policy_worker_free(policy_worker *w)
@@ -2148,7 +3651,12 @@ void policy_worker_free(policy_worker *w)
         w->in_call = 0;
         lua_close(w->L);
     }
+    for (int slot = 1; slot <= 2; slot++)
+        shadow_free(w->shadows[slot]);
     free(w->chunk_refs);
+    free(w->files);
+    free(w->votes);
+    free(w->vote_texts);
     free(w);
 }
 
@@ -2224,25 +3732,6 @@ static json_t *json_text(const char *s)
     return j;
 }
 
-/* Append {"file", "verdict", "rule", "reason"} to votes (NULL strings become null). On
- * failure the votes are dropped (*votes = NULL): the header promises all or nothing. */
-static void add_vote(json_t **votes, const char *file, const char *verdict, const char *rule,
-                     const char *reason)
-{
-    if (!*votes)
-        return;
-    json_t *vote = json_object();
-    if (!vote || json_object_set_new(vote, "file", json_text(file)) ||
-        json_object_set_new(vote, "verdict", json_text(verdict)) ||
-        json_object_set_new(vote, "rule", json_text(rule)) ||
-        json_object_set_new(vote, "reason", json_text(reason)) ||
-        json_array_append_new(*votes, vote)) {
-        json_decref(vote);
-        json_decref(*votes);
-        *votes = NULL;
-    }
-}
-
 /* The approve votes, merged: the union of the roles named, the shortest expiry, four-eyes if
  * any asks, the first summary. */
 typedef struct approve_merge {
@@ -2284,28 +3773,32 @@ static const char *default_phrase(policy_verdict v)
 }
 
 /* Every policy abstained: the configured (or built-in) default for the action's effect. */
+static void set_decision_text(policy_decision *out, policy_verdict verdict, const char *rule,
+                              const char *file, int policy_error, const char *reason);
+
+/* The default for an effect: 0 read, 1 write, 2 irreversible, 3 missing or unknown (write). */
+static void default_for(const policy_set *set, int kind, policy_verdict *v, char *reason,
+                        size_t size)
+{
+    static const char *const names[] = { "read", "write", "irreversible", "write" };
+    const int configured[] = { set->limits.default_read, set->limits.default_write,
+                               set->limits.default_irreversible, set->limits.default_write };
+    *v = configured[kind] ? (policy_verdict)(configured[kind] - 1)
+                          : kind == 0 ? POLICY_ALLOW : POLICY_APPROVE;
+    snprintf(reason, size, "no policy had an opinion%s; %s actions %s by %s",
+             kind == 3 ? " and the action's effect is missing or unknown" : "", names[kind],
+             default_phrase(*v), configured[kind] ? "the configured default" : "default");
+}
+
+/* Every policy abstained: the configured (or built-in) default for the action's effect (the
+ * texts made once, at load). */
 static void apply_default(const policy_set *set, const json_t *action, policy_decision *out)
 {
     const char *effect = json_string_value(json_object_get(action, "effect"));
-    int known = 1;
-    int configured;
-    policy_verdict builtin;
-    if (effect && strcmp(effect, "read") == 0) {
-        configured = set->limits.default_read;
-        builtin = POLICY_ALLOW;
-    } else if (effect && strcmp(effect, "irreversible") == 0) {
-        configured = set->limits.default_irreversible;
-        builtin = POLICY_APPROVE;
-    } else {
-        known = effect && strcmp(effect, "write") == 0;
-        effect = "write";
-        configured = set->limits.default_write;
-        builtin = POLICY_APPROVE;
-    }
-    policy_verdict v = configured ? (policy_verdict)(configured - 1) : builtin;
-    set_decision(out, v, "default", "", 0, "no policy had an opinion%s; %s actions %s by %s",
-                 known ? "" : " and the action's effect is missing or unknown", effect,
-                 default_phrase(v), configured ? "the configured default" : "default");
+    int kind = !effect ? 3 : strcmp(effect, "read") == 0 ? 0 : strcmp(effect, "write") == 0 ? 1
+             : strcmp(effect, "irreversible") == 0 ? 2 : 3;
+    set_decision_text(out, set->defaults[kind].verdict, "default", "", 0,
+                      set->defaults[kind].reason);
 }
 
 /* snprintf for text that may be cut to fit (reasons quote policy output of any length). */
@@ -2323,100 +3816,289 @@ static void cut_printf(char *buf, size_t size, const char *fmt, ...)
 static const char *const decided_by[] = { "allowed", "approval required", "suggested only",
                                           "denied" };
 
+/* Copy src into dst (size bytes), cut to fit; src is valid UTF-8, so only a cut needs a
+ * clean-up. */
+static void copy_text(char *dst, size_t size, const char *src)
+{
+    size_t len = strlen(src);
+    if (len < size) {
+        memcpy(dst, src, len + 1);
+        return;
+    }
+    memcpy(dst, src, size - 1);
+    dst[size - 1] = '\0';
+    utf8_clean(dst);
+}
+
+/* set_decision for texts that are valid UTF-8 already (no formatting). */
+static void set_decision_text(policy_decision *out, policy_verdict verdict, const char *rule,
+                              const char *file, int policy_error, const char *reason)
+{
+    out->verdict = verdict;
+    out->policy_error = policy_error;
+    copy_text(out->rule, sizeof out->rule, rule);
+    copy_text(out->file, sizeof out->file, file);
+    copy_text(out->reason, sizeof out->reason, reason);
+}
+
+static void run_ctx_init(run_ctx *c, policy_worker *w, size_t index, const json_t *action,
+                         enum run_mode mode, const json_t *result);
+static int action_view(policy_worker *w, const json_t *action);
+
+/* A decision being tallied: every file's vote goes in, the most restrictive wins. */
+typedef struct tally {
+    policy_decision *out;
+    int have_vote;
+    approve_merge approve;
+    const char *stopped;    /* the limit a file ran over, when it ends the decision */
+    const char *stopped_by;
+} tally;
+
+/* Record file i's vote: from c when why is NULL, else a policy_error deny saying why (in the
+ * file's vote text already). */
+static void tally_file(policy_worker *w, tally *t, size_t i, run_ctx *c, const char *why)
+{
+    policy_decision *out = t->out;
+    policy_vote *vote = &w->votes[i];
+    vote_text *text = &w->vote_texts[i];
+    const char *file = w->set->files[i].name;
+    vote->file = w->set->files[i].vote_name;
+    vote->abstained = 0;
+    policy_verdict verdict = POLICY_DENY;
+    if (!why && c->outcome == OUT_INVALID) {
+        cut_printf(text->reason, sizeof text->reason,
+                   "policy %s returned an invalid decision: %s", file, c->reason);
+        why = text->reason;
+    } else if (!why && c->outcome == OUT_ABSTAIN) {
+        vote->abstained = 1;
+        return;
+    } else if (!why) {
+        verdict = c->verdict;
+    }
+
+    vote->verdict = verdict;
+    if (why) {
+        utf8_clean(text->reason);
+        vote->rule = "policy_error";
+        vote->reason = text->reason;
+    } else {
+        vote->rule = c->has_rule ? memcpy(text->rule, c->rule, strlen(c->rule) + 1) : NULL;
+        vote->reason = c->has_reason ? memcpy(text->reason, c->reason, strlen(c->reason) + 1)
+                                     : NULL;
+        if (verdict == POLICY_APPROVE)
+            merge_approve(&t->approve, c);
+    }
+    /* the most restrictive verdict wins; the first vote for it (in file order) speaks */
+    if (t->have_vote && verdict <= out->verdict)
+        return;
+    t->have_vote = 1;
+    if (why) {
+        set_decision_text(out, POLICY_DENY, "policy_error", vote->file, 1, text->reason);
+    } else {
+        rule_or_stem(c->rule, sizeof c->rule, vote->file);
+        if (c->reason[0])
+            set_decision_text(out, verdict, c->rule, vote->file, 0, c->reason);
+        else
+            set_decision(out, verdict, c->rule, file, 0, "%s by policy %s",
+                         decided_by[verdict], file);
+    }
+}
+
+/* Record that file i failed (message says why; w->fail the limit it ran over, if any). */
+static void tally_failure(policy_worker *w, tally *t, size_t i, run_ctx *c, const char *message)
+{
+    const char *file = w->set->files[i].name;
+    vote_text *text = &w->vote_texts[i];
+    cut_printf(text->reason, sizeof text->reason, "policy %s failed: %s", file, message);
+    if (w->fail == FAIL_BUDGET || w->fail == FAIL_DEADLINE) {
+        t->stopped = fail_text(w->fail);
+        t->stopped_by = file;
+    }
+    w->fail = FAIL_NONE; /* a memory overrun was collected: the next file may run */
+    tally_file(w, t, i, c, text->reason);
+}
+
+/* The files that run once, one after the other under a single lua_pcall (a call costs
+ * less than a protected call each). A file that fails ends the batch there: b->next. */
+typedef struct batch {
+    policy_worker *w;
+    tally *t;
+    const json_t *action;
+    size_t next;            /* the file running, or the first not run */
+    uint64_t charged;       /* instructions charged before it started */
+    run_ctx c;
+} batch;
+
+static int run_batch_p(lua_State *L)
+{
+    batch *b = lua_touserdata(L, 1);
+    policy_worker *w = b->w;
+    for (; b->next < w->set->count && w->files[b->next].mode == FILE_ONCE; b->next++) {
+        size_t i = b->next;
+        if (lua_gettop(L) != 3 || !w->action_ready) { /* first, or the views were dropped */
+            lua_settop(L, 1);
+            if (push_shared_view(L, w, b->action, 1, &w->action_ready) != 0) /* 2 */
+                return luaL_error(L, "the action is nested deeper than %d levels",
+                                  MAX_ACTION_DEPTH);
+            push_ctx(L, w);                                                  /* 3 */
+        }
+        w->current_file = w->set->files[i].name;
+        b->charged = w->instructions;
+        run_ctx_init(&b->c, w, i, b->action, RUN_DECIDE, NULL);
+        if (lua_rawgeti(L, LUA_REGISTRYINDEX, w->files[i].decide_ref) != LUA_TFUNCTION)
+            return luaL_error(L, "decide is not a function");
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        lua_call(L, 2, 1);
+        read_result(L, &b->c);
+        lua_settop(L, 3);
+        after_call(w, i);
+        tally_file(w, b->t, i, &b->c, NULL);
+    }
+    return 0;
+}
+
+/* Run files from b->next on, as many as run once; returns with b->next past the last one
+ * handled (a failing file is tallied, or demoted and run again the slow way). */
+static void run_batch(policy_worker *w, batch *b)
+{
+    lua_State *L = w->L;
+    lua_settop(L, 0);
+    lua_pushcfunction(L, run_batch_p);
+    lua_pushlightuserdata(L, b);
+    int status = lua_pcall(L, 1, 0, 0);
+    if (status == LUA_OK) {
+        lua_settop(L, 0);
+        return;
+    }
+    size_t i = b->next;
+    char message[400];
+    failure_message(w, status, message, sizeof message);
+    after_call(w, i);
+    if (w->fail == FAIL_DEMOTE) { /* as run_policy does */
+        demote_file(w, i);
+        w->fail = FAIL_NONE;
+        w->instructions = b->charged;
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, w->hook_step);
+        run_ctx_init(&b->c, w, i, b->action, RUN_DECIDE, NULL);
+        if (run_protected(w, run_file, &b->c, message, sizeof message) != AR_OK)
+            tally_failure(w, b->t, i, &b->c, message);
+        else
+            tally_file(w, b->t, i, &b->c, NULL);
+    } else {
+        tally_failure(w, b->t, i, &b->c, message);
+    }
+    b->next = i + 1;
+}
+
 /* policy_decide with ctx.now() returning now_s (the policy tests pin the time). */
 static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
                      policy_decision *out)
 {
     int64_t started = mono_ns();
     memset(out, 0, sizeof *out);
-    out->votes = json_array();
     if (!w || !json_is_object(action)) {
         set_decision(out, POLICY_DENY, "action_invalid", "", 0, "the action is not a JSON object");
         goto out;
     }
-    if (json_too_deep(action, 1)) {
+    w->decision_time_s = now_s;
+    begin_call(w);
+    int deep = action_view(w, action);
+    if (deep < 0)
+        deep = json_too_deep(action, 1);
+    if (deep) {
+        end_call(w);
         set_decision(out, POLICY_DENY, "action_invalid", "", 0,
                      "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
         goto out;
     }
 
     const policy_set *set = w->set;
-    int have_vote = 0;
-    approve_merge approve = { .n_roles = 0 };
-    const char *stopped = NULL; /* the limit a file ran over, when it ends the decision */
-    const char *stopped_by = NULL;
-    w->decision_time_s = now_s;
-    begin_call(w);
-    for (size_t i = 0; i < set->count; i++) {
-        const char *file = set->files[i].name;
-        run_ctx c = { .w = w, .index = i, .action = action };
-        char message[400];
-        char why[sizeof out->reason];
-        policy_verdict verdict;
-        int policy_error = 0;
-        if (stopped) {
+    tally t = { .out = out, .have_vote = 0, .approve = { .n_roles = 0, .have_summary = 0 } };
+    batch b = { .w = w, .t = &t, .action = action };
+    while (b.next < set->count) {
+        size_t i = b.next;
+        if (!t.stopped && w->files[i].mode == FILE_ONCE) {
+            run_batch(w, &b);
+            continue;
+        }
+        b.next = i + 1;
+        run_ctx_init(&b.c, w, i, action, RUN_DECIDE, NULL);
+        if (t.stopped) {
             /* one budget and one deadline for the whole decision: nothing left to run it */
-            cut_printf(why, sizeof why, "policy %s not run: %s by %s", file, stopped, stopped_by);
-            verdict = POLICY_DENY;
-            policy_error = 1;
-        } else if (run_protected(w, &c, message, sizeof message) != AR_OK) {
-            cut_printf(why, sizeof why, "policy %s failed: %s", file, message);
-            verdict = POLICY_DENY;
-            policy_error = 1;
-            if (w->fail == FAIL_BUDGET || w->fail == FAIL_DEADLINE) {
-                stopped = fail_text(w->fail);
-                stopped_by = file;
-            }
-            w->fail = FAIL_NONE; /* a memory overrun was collected: the next file may run */
-        } else if (c.outcome == OUT_INVALID) {
-            cut_printf(why, sizeof why, "policy %s returned an invalid decision: %s", file,
-                       c.reason);
-            verdict = POLICY_DENY;
-            policy_error = 1;
-        } else if (c.outcome == OUT_ABSTAIN) {
-            add_vote(&out->votes, file, NULL, NULL, NULL);
+            vote_text *text = &w->vote_texts[i];
+            cut_printf(text->reason, sizeof text->reason, "policy %s not run: %s by %s",
+                       set->files[i].name, t.stopped, t.stopped_by);
+            tally_file(w, &t, i, &b.c, text->reason);
             continue;
-        } else {
-            verdict = c.verdict;
         }
-
-        if (policy_error) {
-            utf8_clean(why);
-            add_vote(&out->votes, file, "deny", "policy_error", why);
-        } else {
-            add_vote(&out->votes, file, policy_verdict_name(verdict), c.has_rule ? c.rule : NULL,
-                     c.has_reason ? c.reason : NULL);
-            if (verdict == POLICY_APPROVE)
-                merge_approve(&approve, &c);
-        }
-        /* the most restrictive verdict wins; the first vote for it (in file order) speaks */
-        if (have_vote && verdict <= out->verdict)
-            continue;
-        have_vote = 1;
-        if (policy_error) {
-            set_decision(out, POLICY_DENY, "policy_error", file, 1, "%s", why);
-        } else {
-            rule_or_stem(c.rule, sizeof c.rule, file);
-            if (c.reason[0])
-                set_decision(out, verdict, c.rule, file, 0, "%s", c.reason);
-            else
-                set_decision(out, verdict, c.rule, file, 0, "%s by policy %s",
-                             decided_by[verdict], file);
-        }
+        char message[400];
+        if (run_policy(w, &b.c, message, sizeof message) != AR_OK)
+            tally_failure(w, &t, i, &b.c, message);
+        else
+            tally_file(w, &t, i, &b.c, NULL);
     }
     end_call(w);
-    if (!have_vote) {
+    out->vote_list = w->votes;
+    out->n_votes = set->count;
+    if (!t.have_vote) {
         apply_default(set, action, out);
     } else if (out->verdict == POLICY_APPROVE) {
-        memcpy(out->roles, approve.roles, sizeof out->roles);
-        out->n_roles = approve.n_roles;
-        out->expires_in_s = approve.expires_in_s;
-        out->four_eyes = approve.four_eyes;
-        memcpy(out->summary, approve.summary, sizeof out->summary);
+        memcpy(out->roles, t.approve.roles, sizeof out->roles);
+        out->n_roles = t.approve.n_roles;
+        out->expires_in_s = t.approve.expires_in_s;
+        out->four_eyes = t.approve.four_eyes;
+        if (t.approve.have_summary)
+            memcpy(out->summary, t.approve.summary, sizeof out->summary);
     }
 out:
+    if (!w || w->votes_json)
+        out->votes = policy_votes_json(out);
     out->duration_ns = (uint64_t)(mono_ns() - started);
     return AR_OK;
+}
+
+/* A vote's strings are valid UTF-8 already (cleaned when they were copied). */
+static json_t *vote_string(const char *s)
+{
+    return s ? json_stringn_nocheck(s, strlen(s)) : json_null();
+}
+
+json_t *policy_votes_json(const policy_decision *d)
+{
+    json_t *votes = json_array();
+    for (size_t i = 0; votes && d && i < d->n_votes; i++) {
+        const policy_vote *v = &d->vote_list[i];
+        json_t *vote = json_object();
+        int abstained = v->abstained;
+        if (!vote ||
+            json_object_set_new_nocheck(vote, "file", vote_string(v->file)) ||
+            json_object_set_new_nocheck(vote, "verdict", abstained ? json_null()
+                                        : vote_string(policy_verdict_name(v->verdict))) ||
+            json_object_set_new_nocheck(vote, "rule", vote_string(abstained ? NULL : v->rule)) ||
+            json_object_set_new_nocheck(vote, "reason",
+                                        vote_string(abstained ? NULL : v->reason)) ||
+            json_array_append_new(votes, vote)) {
+            json_decref(vote);
+            json_decref(votes);
+            return NULL;
+        }
+    }
+    return votes;
+}
+
+void policy_worker_set_votes_json(policy_worker *w, int build)
+{
+    if (w)
+        w->votes_json = build != 0;
+}
+
+size_t policy_worker_files_run_once(const policy_worker *w)
+{
+    size_t n = 0;
+    for (size_t i = 0; w && i < w->set->count; i++)
+        n += w->files[i].mode == FILE_ONCE;
+    return n;
 }
 
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out)
@@ -2477,10 +4159,10 @@ static int validate_at(policy_worker *w, const json_t *action, const json_t *res
         if (!set->files[i].has_validate)
             continue;
         const char *file = set->files[i].name;
-        run_ctx c = { .w = w, .index = i, .action = action, .mode = RUN_VALIDATE,
-                      .result = result };
+        run_ctx c;
+        run_ctx_init(&c, w, i, action, RUN_VALIDATE, result);
         char message[400];
-        if (run_protected(w, &c, message, sizeof message) != AR_OK) {
+        if (run_policy(w, &c, message, sizeof message) != AR_OK) {
             set_rejection(out, "policy_error", file, 1, "policy %s validate failed: %s", file,
                           message);
             break;
@@ -2590,7 +4272,7 @@ int policy_eval(const policy_set *set, const json_t *action, const json_t *count
     if (counters && check_counter_values(set, counters, "counters", why, sizeof why) != 0)
         return ar_error_set(err, AR_E_INVALID, "policy_counter_invalid", "policy: %s", why);
     policy_worker *w;
-    int rc = worker_create(set, &w, err);
+    int rc = worker_create_prepared(set, &w, err);
     if (rc != AR_OK)
         return rc;
     policy_worker_set_counters(w, json_counter_source, (void *)counters);

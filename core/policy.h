@@ -3,8 +3,10 @@
  *
  * A policy set is every *.lua file of the policy directory but the tests (*_test.lua), read
  * and compiled once (policy_set_load). Each decision worker thread owns one policy_worker: a lua_State holding
- * the compiled chunks. A decision runs every file's decide(action) with a fresh _ENV whose
- * library tables are read-only, under a memory cap (allocator), an instruction budget (count
+ * the compiled chunks. A decision runs every file's decide(action) as if in a fresh _ENV whose
+ * library tables are read-only: nothing one call does is seen by the next call or by the next
+ * file (a file's top level runs once per worker where that cannot be told apart; see
+ * policy_worker_files_run_once), under a memory cap (allocator), an instruction budget (count
  * hook) and a wall-clock deadline. The sandbox opens exactly what DESIGN.md lists: base without
  * load/loadfile/dofile/collectgarbage/print (a rate-limited log() instead), string without dump,
  * table, math, utf8, os.time/clock/date. No io, package, require, debug, coroutine.
@@ -71,6 +73,15 @@ typedef struct policy_limits {
 
 #define POLICY_MAX_ROLES 8
 
+/* One file's vote, as C data (policy_decision.vote_list). */
+typedef struct policy_vote {
+    const char *file;        /* basename of the file (valid UTF-8) */
+    int abstained;           /* 1: no opinion; verdict, rule and reason are then unset */
+    policy_verdict verdict;
+    const char *rule;        /* NULL: the policy named none */
+    const char *reason;      /* NULL: the policy gave none */
+} policy_vote;
+
 typedef struct policy_decision {
     policy_verdict verdict;
     char reason[512];
@@ -86,9 +97,14 @@ typedef struct policy_decision {
     char summary[512];
     int four_eyes;
     /* Every policy's vote, in file order: [{"file", "verdict" (or null: abstained), "rule",
-     * "reason"}]. A new reference owned by the caller (json_decref); NULL on allocation failure. */
+     * "reason"}]. A new reference owned by the caller (json_decref); NULL on allocation failure,
+     * and always NULL on a worker told not to build it (policy_worker_set_votes_json). */
     json_t *votes;
     uint64_t duration_ns;    /* time spent deciding (for latency metrics) */
+    /* The same votes as C data, in file order (n_votes of them; none when no policy ran).
+     * Borrowed from the worker that decided: valid until its next call or policy_worker_free. */
+    const policy_vote *vote_list;
+    size_t n_votes;
 } policy_decision;
 
 /* "allow" <-> POLICY_ALLOW, ...; -1 / NULL for unknown. */
@@ -127,6 +143,24 @@ void policy_worker_set_counters(policy_worker *w, policy_counter_fn fn, void *ar
  * autonomy. Always fills *out (the caller decrefs out->votes); returns AR_OK (a policy failure
  * is a deny, not an error of this function). */
 int policy_decide(policy_worker *w, const json_t *action, policy_decision *out);
+
+/* Whether policy_decide on w builds out->votes (build 1, the default) or leaves it NULL
+ * (build 0): the votes are then only in out->vote_list, and a caller that needs the JSON builds
+ * it with policy_votes_json, e.g. only for what it stores. */
+void policy_worker_set_votes_json(policy_worker *w, int build);
+
+/* The votes of d (from d->vote_list) as the JSON array policy_decision.votes describes: a new
+ * reference owned by the caller; NULL on allocation failure. d's worker must not have decided
+ * again since. */
+json_t *policy_votes_json(const policy_decision *d);
+
+/* How many of w's files run once per worker (their top level ran when the worker was made and
+ * each call only calls decide or validate) rather than running their whole file on every call.
+ * Both decide alike; a file runs on every call when its top level reads the clock or the random
+ * generator or logs, when it keeps a table with a metatable of its own or an iterator, when a
+ * function assigns an upvalue that outlives a call, or when it set a metatable on a table it
+ * did not make during the call. For diagnostics and tests. */
+size_t policy_worker_files_run_once(const policy_worker *w);
 
 typedef struct policy_validation {
     int ok;                  /* 1: accepted (also when no file defines validate) */

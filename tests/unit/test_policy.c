@@ -2678,6 +2678,506 @@ static void test_eval_counters(void **state)
     remove_all(dir);
 }
 
+/* ---- files run once per worker: nothing leaks between calls or files ------------------------ */
+
+/* Decide on action_json and expect an allow with rule and reason from file (vote i). */
+static void assert_file_vote(policy_worker *w, const char *action_json, size_t i,
+                             const char *file, const char *rule, const char *reason)
+{
+    policy_decision d;
+    decide_votes(w, action_json, &d);
+    assert_vote(d.votes, i, file, "allow", rule, reason);
+    json_decref(d.votes);
+}
+
+static void test_run_once_no_leak_between_decisions(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        /* writes everything it can reach: globals, its own tables (also through _G and
+         * table functions), the action, and reports what it saw before writing */
+        "a.lua",
+        "local cache = {}\n"
+        "LIST = { 'x', 'y' }\n"
+        "CONFIG = { limit = 5, nested = { deep = 1 } }\n"
+        "function decide(action, ctx)\n"
+        "  local i = action.input\n"
+        "  local seen = table.concat({ tostring(g), tostring(cache.hit), tostring(#LIST),\n"
+        "    tostring(CONFIG.limit), tostring(CONFIG.nested.deep), tostring(rawget(_G, 'g')),\n"
+        "    tostring(i.amount), tostring(#i.list), tostring(i.extra), tostring(action.connector),\n"
+        "    tostring(next(cache)) }, ',')\n"
+        "  g = 1\n"
+        "  cache.hit = true\n"
+        "  table.insert(LIST, 'z')\n"
+        "  CONFIG.limit = 1000\n"
+        "  CONFIG.nested.deep = 2\n"
+        "  _G.CONFIG = nil\n"
+        "  i.amount = 0\n"
+        "  i.extra = 'added'\n"
+        "  table.insert(i.list, 99)\n"
+        "  action.connector = 'forged'\n"
+        "  action.input = nil\n"
+        "  -- its own writes are visible to itself for the rest of the call\n"
+        "  local own = tostring(action.input) .. ',' .. tostring(i.amount) .. ',' .. #i.list ..\n"
+        "              ',' .. tostring(CONFIG) .. ',' .. tostring(#LIST)\n"
+        "  return { verdict = 'allow', rule = own, reason = seen }\n"
+        "end\n",
+        /* the next file in the same decision sees the action as it came */
+        "b.lua",
+        "function decide(action)\n"
+        "  local i = action.input\n"
+        "  local keys = {}\n"
+        "  for k in pairs(i) do keys[#keys + 1] = k end\n"
+        "  table.sort(keys)\n"
+        "  return { verdict = 'allow', rule = 'b', reason = table.concat({ action.connector,\n"
+        "    tostring(i.amount), tostring(#i.list), tostring(i.extra), table.concat(keys, ' '),\n"
+        "    tostring(g), tostring(LIST) }, ',') }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 2); /* the fast path is what is tested */
+    const char *action = "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\","
+                         "\"input\":{\"amount\":40,\"list\":[1,2,3]}}";
+    for (int i = 0; i < 3; i++) {
+        assert_file_vote(w, action, 0, "a.lua", "nil,0,4,nil,3",
+                         "nil,nil,2,5,1,nil,40,3,nil,shop,nil");
+        assert_file_vote(w, action, 1, "b.lua", "b", "shop,40,3,nil,amount list,nil,nil");
+    }
+    /* a.lua added and removed keys of its kept tables: from its first call on it runs in full
+     * (a table's layout, and so the order of pairs, could otherwise remember the call) */
+    assert_int_equal(policy_worker_files_run_once(w), 1);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Writes that only change values of kept tables, globals and the action keep a file on the
+ * fast path, and are gone by the next call and the next file. */
+static void test_run_once_overwrites_stay_fast(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local T = { x = 1, list = { 1, 2, 3 } }\n"
+        "COUNT = 0\n"
+        "function decide(action)\n"
+        "  local before = table.concat({ T.x, T.list[2], COUNT, action.input.amount,\n"
+        "                                action.connector }, ',')\n"
+        "  T.x = T.x + 10\n"
+        "  T.list[2] = 99\n"
+        "  COUNT = COUNT + 1\n"
+        "  _G.COUNT = COUNT + 1\n"
+        "  action.input.amount = 0\n"
+        "  action.connector = 'forged'\n"
+        "  local after = table.concat({ T.x, T.list[2], COUNT, action.input.amount,\n"
+        "                               action.connector }, ',')\n"
+        "  return { verdict = 'allow', rule = after, reason = before }\n"
+        "end\n",
+        "b.lua",
+        "function decide(action)\n"
+        "  return { verdict = 'allow', rule = 'b', reason = action.connector .. ',' ..\n"
+        "    action.input.amount .. ',' .. tostring(COUNT) }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    const char *action = "{\"connector\":\"shop\",\"effect\":\"write\",\"input\":{\"amount\":40}}";
+    for (int i = 0; i < 3; i++) {
+        assert_file_vote(w, action, 0, "a.lua", "11,99,2,0,forged", "1,2,0,40,shop");
+        assert_file_vote(w, action, 1, "b.lua", "b", "shop,40,nil");
+        assert_int_equal(policy_worker_files_run_once(w), 2);
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Each file here must not run once (its state would carry over), and must still decide as if
+ * it ran in full on every call. */
+static void test_run_once_only_when_safe(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        /* an upvalue that outlives the call, assigned by decide */
+        "a_counter.lua",
+        "local n = 0\n"
+        "function decide() n = n + 1 return { verdict = 'allow', rule = 'n', reason = tostring(n) } end\n",
+        /* the same through a helper, and through a closure made at the top level */
+        "b_helper.lua",
+        "local function make() local c = 0 return function() c = c + 1 return c end end\n"
+        "local next_id = make()\n"
+        "local last\n"
+        "local function remember(x) last = x end\n"
+        "function decide()\n"
+        "  local before = tostring(last)\n"
+        "  remember('set')\n"
+        "  return { verdict = 'allow', rule = 'h', reason = next_id() .. ',' .. before }\n"
+        "end\n",
+        /* the top level reads the clock, draws a random number, or logs: every call must */
+        "c_clock.lua",
+        "local t = os.time()\n"
+        "function decide() return { verdict = 'allow', rule = 'c', reason = math.type(t) } end\n",
+        "d_random.lua",
+        "local r = math.random(1, 1000000)\n"
+        "function decide() return { verdict = 'allow', rule = 'r', reason = math.type(r) } end\n",
+        "e_log.lua",
+        "log('loaded')\n"
+        "function decide() return nil end\n",
+        /* a kept table with a metatable of its own, and a kept iterator */
+        "f_meta.lua",
+        "local T = setmetatable({}, { __index = function(t, k) return k .. '!' end })\n"
+        "function decide() T.x = 1 return { verdict = 'allow', rule = 'm', reason = tostring(T.y) .. rawget(T, 'x') } end\n",
+        "g_iter.lua",
+        "local it = ('a b c'):gmatch('%a')\n"
+        "function decide() return { verdict = 'allow', rule = 'i', reason = tostring(it()) } end\n",
+        /* fit: a closure that assigns only a local of the running call */
+        "h_fit.lua",
+        "local function count(list) local n = 0 local function inc() n = n + 1 end\n"
+        "  for _ in ipairs(list) do inc() end return n end\n"
+        "function decide(action)\n"
+        "  return { verdict = 'allow', rule = 'fit', reason = tostring(count(action.input.list)) }\n"
+        "end\n",
+        /* fit: os.time with a table and os.date with a time are not the clock */
+        "i_fit.lua",
+        "local t = os.time({ year = 2026, month = 1, day = 7, hour = 12 })\n"
+        "local d = os.date('!%Y', 0)\n"
+        "function decide() return { verdict = 'allow', rule = 'fit2', reason = d } end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 2); /* h_fit.lua and i_fit.lua */
+    const char *action = "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{\"list\":[1,2,3]}}";
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_votes(w, action, &d);
+        assert_vote(d.votes, 0, "a_counter.lua", "allow", "n", "1");
+        assert_vote(d.votes, 1, "b_helper.lua", "allow", "h", "1,nil");
+        assert_vote(d.votes, 2, "c_clock.lua", "allow", "c", "integer");
+        assert_vote(d.votes, 3, "d_random.lua", "allow", "r", "integer");
+        assert_vote(d.votes, 4, "e_log.lua", NULL, NULL, NULL);
+        assert_vote(d.votes, 5, "f_meta.lua", "allow", "m", "y!1");
+        assert_vote(d.votes, 6, "g_iter.lua", "allow", "i", "a");
+        assert_vote(d.votes, 7, "h_fit.lua", "allow", "fit", "3");
+        assert_vote(d.votes, 8, "i_fit.lua", "allow", "fit2", "1970");
+        json_decref(d.votes);
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* A table kept from the top level, or the shared action, reads like a plain table. */
+static void test_run_once_tables_read_as_plain(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local L = { 10, 20, 30 }\n"
+        "local M = { a = 1, b = 2 }\n"
+        "local ROLES = { 'finance' }\n"
+        "local ALLOW = { verdict = 'approve', rule = 'const', reason = 'kept', roles = ROLES }\n"
+        "local function count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end\n"
+        "function decide(action)\n"
+        "  if action.input.kind == 'const' then return ALLOW end\n"
+        "  local parts = {}\n"
+        "  for _, v in ipairs(L) do parts[#parts + 1] = v end\n"
+        "  local i = action.input\n"
+        "  local r = table.concat({ #L, rawlen(L), rawget(M, 'a'), tostring(next(M) ~= nil),\n"
+        "    tostring(getmetatable(M)), tostring(getmetatable(i)), count(M), table.concat(L, '-'),\n"
+        "    table.concat(parts, '+'), select('#', table.unpack(L)), #i.list, rawlen(i.list),\n"
+        "    count(i), tostring(rawget(i, 'kind')), tostring(next({})), type(next(i)),\n"
+        "    tostring(rawequal(L, L)) }, ',')\n"
+        "  -- writes through the table functions, then the reads again\n"
+        "  table.insert(L, 40)\n"
+        "  table.remove(L, 1)\n"
+        "  table.sort(L, function(x, y) return x > y end)\n"
+        "  M.c = 3\n"
+        "  M.a = nil\n"
+        "  r = r .. ';' .. table.concat(L, '-') .. ',' .. count(M) .. ',' .. tostring(rawget(M, 'a'))\n"
+        "  return { verdict = 'allow', rule = 'plain', reason = r }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 1);
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":"
+                       "{\"kind\":\"read\",\"list\":[\"p\",\"q\"]}}", &d);
+        assert_allow(&d, "plain", "3,3,1,true,nil,nil,2,10-20-30,10+20+30,3,2,2,2,read,nil,"
+                                  "string,true;40-30-20,2,nil");
+        /* a kept table returned as the decision, with a kept roles list */
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{\"kind\":\"const\"}}",
+                    &d);
+        assert_int_equal(d.verdict, POLICY_APPROVE);
+        assert_string_equal(d.rule, "const");
+        assert_string_equal(d.reason, "kept");
+        assert_int_equal(d.n_roles, 1);
+        assert_string_equal(d.roles[0], "finance");
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* setmetatable on a table the call did not make: the file is run again the slow way, where it
+ * works as it always did; the next file and the next call are not affected. */
+static void test_run_once_setmetatable_demotes(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local T = {}\n"
+        "function decide(action)\n"
+        "  local before = tostring(getmetatable(T)) .. ',' .. tostring(T.x)\n"
+        "  local ok = pcall(setmetatable, T, { __index = function() return 5 end })\n"
+        "  setmetatable(action.input, { __index = function(t, k) return 'dflt' end })\n"
+        "  return { verdict = 'allow', rule = 'meta', reason = before .. ';' .. tostring(ok) ..\n"
+        "    ',' .. T.x .. ',' .. action.input.missing }\n"
+        "end\n",
+        "b.lua",
+        "function decide(action)\n"
+        "  return { verdict = 'allow', rule = 'b', reason = tostring(getmetatable(action.input)) ..\n"
+        "    ',' .. tostring(action.input.missing) }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 2);
+    const char *action = "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{\"n\":1}}";
+    for (int i = 0; i < 3; i++) {
+        assert_file_vote(w, action, 0, "a.lua", "meta", "nil,nil;true,5,dflt");
+        assert_file_vote(w, action, 1, "b.lua", "b", "nil,nil");
+    }
+    assert_int_equal(policy_worker_files_run_once(w), 1); /* a.lua now runs in full */
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Many writes to kept tables in one call, or a write in a call that then fails: all undone. */
+static void test_run_once_many_writes_undone(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local T = { 'first' }\n"
+        "local S = { x = 1 }\n"
+        "function decide(action)\n"
+        "  local before = #T .. ',' .. tostring(T[2]) .. ',' .. tostring(S.x)\n"
+        "  for i = 1, 20000 do T[i] = i end\n"
+        "  S.x = nil\n"
+        "  if action.input.fail then error('after writing') end\n"
+        "  return { verdict = 'allow', rule = 'w', reason = before .. ';' .. #T }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 1);
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{}}", &d);
+        assert_allow(&d, "w", "1,nil,1;20000");
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{\"fail\":true}}", &d);
+        assert_policy_error(&d, "a.lua", "after writing");
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* A kept table used as a metatable (the usual class idiom) works as it does on a plain table,
+ * getmetatable gives the same table back, and its metamethods cannot be used to leak. */
+static void test_run_once_kept_table_as_metatable(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local Account = { extra = 'orig' }\n"
+        "Account.__index = Account\n"
+        "Account.__tostring = function(a) return 'account ' .. a.id end\n"
+        "function Account.new(id) return setmetatable({ id = id, n = 0 }, Account) end\n"
+        "function Account:bump() self.n = self.n + 1 return self.n end\n"
+        "local Unused = setmetatable({}, { __mode = 'k' }) -- reached by no function: not kept\n"
+        "function decide(action)\n"
+        "  local a = Account.new(action.input.id)\n"
+        "  a:bump()\n"
+        "  local seen = tostring(Account.extra) .. ',' .. tostring(rawget(Account, 'extra'))\n"
+        "  Account.extra = 'leak'\n"
+        "  Account.bump = function() return 100 end\n"
+        "  return { verdict = 'allow', rule = 'class', reason = table.concat({ tostring(a),\n"
+        "    a:bump(), tostring(getmetatable(a) == Account), seen, tostring(a.extra) }, ',') }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{\"id\":\"A-1\"}}", &d);
+        assert_allow(&d, "class", "account A-1,100,true,orig,orig,leak");
+    }
+    assert_int_equal(policy_worker_files_run_once(w), 1); /* only values changed: still fast */
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+
+    char dir2[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files2[] = {
+        "a.lua",
+        "local Class = {}\n"
+        "Class.__index = Class\n"
+        "function Class.hello() return 'hi' end\n"
+        "function decide(action)\n"
+        "  local o = setmetatable({}, Class)\n"
+        "  local mt = getmetatable(o)\n"
+        "  mt.sneaky = 1 -- through what getmetatable gave: the same logged write as Class.sneaky\n"
+        "  local gc = pcall(setmetatable, {}, setmetatable({}, { __index = { __gc = true } }))\n"
+        "  Class.__gc = function() end\n"
+        "  local ok, err = pcall(setmetatable, {}, Class)\n"
+        "  return { verdict = 'allow', rule = 'c2', reason = table.concat({ o.hello(),\n"
+        "    tostring(mt == Class), tostring(Class.sneaky), tostring(ok), tostring(gc),\n"
+        "    tostring(err):match('__gc') or tostring(err) }, ',') }\n"
+        "end\n",
+        "b.lua",
+        "function decide(action) return { verdict = 'allow', rule = 'b', reason = 'b' } end\n",
+        NULL };
+    make_policy_dir(dir2, files2);
+    set = load_dir(dir2);
+    w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 2);
+    for (int i = 0; i < 3; i++) {
+        policy_decision d;
+        decide_text(w, "{\"connector\":\"x\",\"effect\":\"read\",\"input\":{}}", &d);
+        assert_allow(&d, "c2", "hi,true,1,false,true,__gc");
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir2);
+}
+
+/* The action view is kept from one decision to the next and refreshed: every decision sees
+ * exactly its own action (keys gone, added, reordered, values and types changed, nulls). */
+static void test_action_view_follows_each_action(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-ponce-XXXXXX";
+    const char *files[] = {
+        "a.lua",
+        "local function show(v)\n"
+        "  if type(v) ~= 'table' then return (math.type(v) or type(v)) .. ':' .. tostring(v) end\n"
+        "  local keys = {}\n"
+        "  for k in pairs(v) do keys[#keys + 1] = k end\n"
+        "  table.sort(keys, function(x, y) return tostring(x) < tostring(y) end)\n"
+        "  local out = {}\n"
+        "  for _, k in ipairs(keys) do out[#out + 1] = tostring(k) .. '=' .. show(v[k]) end\n"
+        "  return '{' .. table.concat(out, ' ') .. '}'\n"
+        "end\n"
+        "function decide(action)\n"
+        "  return { verdict = 'allow', rule = 'show', reason = show(action) }\n"
+        "end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 1);
+    static const struct {
+        const char *action, *seen;
+    } cases[] = {
+        { "{\"effect\":\"read\",\"input\":{\"a\":1,\"b\":\"x\"},\"p\":{\"q\":true}}",
+          "{effect=string:read input={a=integer:1 b=string:x} p={q=boolean:true}}" },
+        { "{\"effect\":\"read\",\"input\":{\"a\":1,\"b\":\"x\"},\"p\":{\"q\":true}}",
+          "{effect=string:read input={a=integer:1 b=string:x} p={q=boolean:true}}" },
+        /* same keys, other values and types */
+        { "{\"effect\":\"read\",\"input\":{\"a\":1.5,\"b\":[1,null,3]},\"p\":{\"q\":false}}",
+          "{effect=string:read input={a=float:1.5 b={1=integer:1 3=integer:3}} p={q=boolean:false}}" },
+        /* a key gone, one null, one new, reordered */
+        { "{\"effect\":\"read\",\"p\":null,\"input\":{\"c\":\"new\",\"a\":2}}",
+          "{effect=string:read input={a=integer:2 c=string:new}}" },
+        { "{\"effect\":\"read\",\"input\":{\"a\":2}}",
+          "{effect=string:read input={a=integer:2}}" },
+        { "{\"effect\":\"read\",\"input\":\"text\"}",
+          "{effect=string:read input=string:text}" },
+        { "{\"effect\":\"read\",\"input\":{\"a\":{\"b\":{\"c\":1}}}}",
+          "{effect=string:read input={a={b={c=integer:1}}}}" },
+        { "{\"effect\":\"read\",\"input\":{\"a\":{\"b\":{\"d\":1}}}}",
+          "{effect=string:read input={a={b={d=integer:1}}}}" },
+        { "{\"effect\":\"read\",\"input\":{\"a\":{\"b\":{}}}}",
+          "{effect=string:read input={a={b={}}}}" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        policy_decision d;
+        decide_text(w, cases[i].action, &d);
+        assert_allow(&d, "show", cases[i].seen);
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Votes as C data, and the JSON built only when asked for. */
+static void test_votes_as_c_data(void **state)
+{
+    (void)state;
+    policy_set *set = load_case("compose");
+    policy_worker *w = new_worker(set);
+    const char *json = "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\","
+                       "\"input\":{\"amount\":500}}";
+    policy_decision d;
+    decide_votes(w, json, &d);
+    json_t *with_json = d.votes;
+    assert_int_equal(d.n_votes, policy_set_count(set));
+    assert_non_null(d.vote_list);
+    json_t *rebuilt = policy_votes_json(&d);
+    assert_true(json_equal(rebuilt, with_json));
+    json_decref(rebuilt);
+    for (size_t i = 0; i < d.n_votes; i++) {
+        const json_t *v = json_array_get(with_json, i);
+        assert_string_equal(d.vote_list[i].file, json_string_value(json_object_get(v, "file")));
+        assert_int_equal(d.vote_list[i].abstained, json_is_null(json_object_get(v, "verdict")));
+    }
+
+    policy_worker_set_votes_json(w, 0);
+    json_t *action = json_loads(json, 0, NULL);
+    assert_int_equal(policy_decide(w, action, &d), AR_OK);
+    json_decref(action);
+    assert_null(d.votes);
+    rebuilt = policy_votes_json(&d);
+    assert_true(json_equal(rebuilt, with_json));
+    json_decref(rebuilt);
+    json_decref(with_json);
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
+/* The shipped policies run once per worker (the fast path the daemon relies on). */
+static void test_shipped_policies_run_once(void **state)
+{
+    (void)state;
+    policy_set *set = NULL;
+    ar_error err;
+    assert_int_equal(policy_set_load(AIORUN_SOURCE_DIR "/policies", NULL, &set, &err), AR_OK);
+    policy_worker *w = new_worker(set);
+    assert_true(policy_set_count(set) > 0);
+    assert_int_equal(policy_worker_files_run_once(w), policy_set_count(set));
+    policy_worker_free(w);
+    policy_set_free(set);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
@@ -2726,6 +3226,16 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_runner_counters_and_results),
     cmocka_unit_test(test_runner_malformed_counter_cases),
     cmocka_unit_test(test_eval_counters),
+    cmocka_unit_test(test_run_once_no_leak_between_decisions),
+    cmocka_unit_test(test_run_once_overwrites_stay_fast),
+    cmocka_unit_test(test_run_once_only_when_safe),
+    cmocka_unit_test(test_run_once_tables_read_as_plain),
+    cmocka_unit_test(test_run_once_setmetatable_demotes),
+    cmocka_unit_test(test_run_once_kept_table_as_metatable),
+    cmocka_unit_test(test_run_once_many_writes_undone),
+    cmocka_unit_test(test_action_view_follows_each_action),
+    cmocka_unit_test(test_votes_as_c_data),
+    cmocka_unit_test(test_shipped_policies_run_once),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

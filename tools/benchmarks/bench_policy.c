@@ -4,12 +4,15 @@
  * them: policy_decide on the action view the API builds (connector, action, effect, input,
  * priority, proposer, submitter, autonomy), its votes freed after each call.
  *
- *   aiorun-bench-policy [--policy-dir DIR] [--action echo|http] [--warmup S] [--runs N]
- *                       [--duration S]
+ *   aiorun-bench-policy [--policy-dir DIR] [--action echo|http] [--votes json|c]
+ *                       [--warmup S] [--runs N] [--duration S]
  *
  * --policy-dir defaults to the source tree's policies/ (the shipped set). --action echo is a
  * read the default policy decides (rule echo_allowed); http is a write every shipped policy
- * abstains on (so all of them run to the end, then the default verdict applies). Each run is a
+ * abstains on (so all of them run to the end, then the default verdict applies). --votes json
+ * (the default, what the daemon's decision workers do today) has policy_decide build the votes
+ * as JSON, freed after each call; --votes c leaves them as C data (policy_worker_set_votes_json),
+ * for a caller that builds the JSON only where it needs it. Each run is a
  * window of --duration seconds; per run: decisions/s, ns per decision (the window's time over
  * its decisions, the clock reads included) and the exact p50/p99 of single calls.
  */
@@ -34,7 +37,7 @@ static const char HTTP_ACTION[] =
 
 int main(int argc, char **argv)
 {
-    const char *dir = AIORUN_SOURCE_DIR "/policies", *which = "echo";
+    const char *dir = AIORUN_SOURCE_DIR "/policies", *which = "echo", *votes = "json";
     double warmup_s = 0.5, duration_s = 1;
     int runs = 5;
     for (int i = 1; i < argc; i += 2) {
@@ -45,17 +48,19 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--policy-dir") == 0) dir = v;
         else if (strcmp(a, "--action") == 0) which = v;
+        else if (strcmp(a, "--votes") == 0) votes = v;
         else if (strcmp(a, "--warmup") == 0) warmup_s = bench_arg_double(a, v);
         else if (strcmp(a, "--duration") == 0) duration_s = bench_arg_double(a, v);
         else if (strcmp(a, "--runs") == 0) runs = (int)bench_arg_long(a, v);
         else {
-            fprintf(stderr, "usage: aiorun-bench-policy [--policy-dir DIR] [--action echo|http] [--warmup S] [--runs N] [--duration S]\n");
+            fprintf(stderr, "usage: aiorun-bench-policy [--policy-dir DIR] [--action echo|http] [--votes json|c] [--warmup S] [--runs N] [--duration S]\n");
             return 2;
         }
     }
     if (runs < 1 || runs > BENCH_MAX_RUNS || duration_s <= 0 ||
-        (strcmp(which, "echo") != 0 && strcmp(which, "http") != 0)) {
-        fprintf(stderr, "bench-policy: --runs 1..%d, --duration > 0, --action echo|http\n", BENCH_MAX_RUNS);
+        (strcmp(which, "echo") != 0 && strcmp(which, "http") != 0) ||
+        (strcmp(votes, "json") != 0 && strcmp(votes, "c") != 0)) {
+        fprintf(stderr, "bench-policy: --runs 1..%d, --duration > 0, --action echo|http, --votes json|c\n", BENCH_MAX_RUNS);
         return 2;
     }
     json_error_t jerr;
@@ -67,6 +72,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench-policy: cannot load the policies of %s: %s\n", dir, err.message);
         return 1;
     }
+    policy_worker_set_votes_json(w, strcmp(votes, "json") == 0);
 
     policy_decision d;
     policy_decide(w, action, &d);
@@ -101,11 +107,13 @@ int main(int argc, char **argv)
         bench_series_add(&p50, (double)bench_quantile(lat, n, 0.50));
         bench_series_add(&p99, (double)bench_quantile(lat, n, 0.99));
     }
-    fprintf(stderr, "decision %-6s %s/%s: %8.0f ns/decision (min %.0f max %.0f), %.0f decisions/s, p99 %.0f ns\n",
-            which, verdict, rule, bench_series_median(&ns_per), bench_series_min(&ns_per),
+    fprintf(stderr, "decision %-6s %s/%s, votes %s, %zu of %zu files run once: %8.0f ns/decision (min %.0f max %.0f), %.0f decisions/s, p99 %.0f ns\n",
+            which, verdict, rule, votes, policy_worker_files_run_once(w), policy_set_count(set),
+            bench_series_median(&ns_per), bench_series_min(&ns_per),
             bench_series_max(&ns_per), bench_series_median(&per_s), bench_series_median(&p99));
-    bench_print_json(json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:f, s:i, s:o, s:o, s:o, s:o}",
-        "action", which, "policy_dir", dir, "files", (int)policy_set_count(set), "policy_version",
+    bench_print_json(json_pack("{s:s, s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:f, s:i, s:o, s:o, s:o, s:o}",
+        "action", which, "votes", votes, "policy_dir", dir, "files", (int)policy_set_count(set),
+        "files_run_once", (int)policy_worker_files_run_once(w), "policy_version",
         policy_set_version(set), "verdict", verdict, "rule", rule, "run_s", duration_s, "runs", runs,
         "decisions_per_s", bench_series_json(&per_s), "ns_per_decision", bench_series_json(&ns_per),
         "p50_ns", bench_series_json(&p50), "p99_ns", bench_series_json(&p99)));
