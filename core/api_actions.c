@@ -96,8 +96,9 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
         "verdict", policy_verdict_name(v), "policy_verdict", policy_verdict_name(d->verdict),
         "autonomy", level, "reason", d->reason, "rule", d->rule, "policy", d->file,
         "policy_version", policy_set_version(ps), "duration_ns", (json_int_t)d->duration_ns);
-    if (d->votes)
-        json_object_set(decision, "votes", d->votes);
+    json_t *votes = policy_votes_json(d); /* built here, from the C votes: not a decision's cost */
+    if (votes)
+        json_object_set_new(decision, "votes", votes);
     json_object_set_new(rec, "decision", decision);
     action_state st = v == POLICY_ALLOW ? ACTION_READY : v == POLICY_APPROVE ? ACTION_PENDING_APPROVAL
                     : v == POLICY_SUGGEST ? ACTION_SUGGESTED : ACTION_DENIED;
@@ -266,6 +267,7 @@ static void decider_refresh(api_server *a, decider *d)
         ar_log("error", "cannot build a policy state for set %s: %s", policy_set_version(latest), d->err.message);
         return;
     }
+    policy_worker_set_votes_json(fresh, 0); /* new_record builds the stored votes */
     policy_worker_free(d->pw);
     d->pw = fresh;
     d->ps = latest;
