@@ -7,10 +7,11 @@
  * JSON_SORT_KEYS | JSON_COMPACT of {seq, time_ms, type, action, data}); chain =
  * BLAKE2b-256(previous chain || digest), 32 zero bytes before seq 1.
  *
- * The head is read in the writer's transaction on every append (journal_txn_last): nothing is
- * cached, so the daemon and an offline aioctl append to one chain. An entry is checked before
- * it is stored: what is written parses back to the same digest, so every appended entry
- * verifies (data that does not survive a JSON round trip is refused instead).
+ * The head is read in the writer's transaction on every append: the binary head record
+ * (JDB_META, AUDIT_HEAD_KEY), written in the same transaction as each entry, checked against
+ * the last entry's key and chain; nothing is cached, so the daemon and an offline aioctl append
+ * to one chain. Every appended entry verifies: data that would not read back the same is
+ * refused (see "appending" below for how that is found without parsing every entry).
  */
 #include "audit.h"
 
@@ -207,7 +208,44 @@ static json_t *unreadable(uint64_t seq)
     return json_pack("{s:I,s:b}", "seq", (json_int_t)seq, "unreadable", 1);
 }
 
-/* ---- appending ---------------------------------------------------------------------------- */
+/* ---- appending ----------------------------------------------------------------------------
+ *
+ * An append costs the writer no JSON work: the entry is prepared as text beforehand (on the
+ * caller's thread for audit_batch_append), with only seq, digest and chain left to fill in,
+ * and the head (seq and chain) is read from a small binary record rather than parsed out of
+ * the last entry.
+ *
+ * The canonical body, sorted keys, is {"action":A,"data":D,"seq":N,"time_ms":T,"type":Y}: with
+ * A, D (sorted keys) and Y written by jansson exactly as it writes them inside the body, it is
+ * the text body_pre + N + body_post, digested in parts. The stored entry is
+ * {"seq":N,"time_ms":T,"type":Y,"action":A,"data":D',"digest":"..","chain":".."} with D' in
+ * the data's own key order: the bytes the old json_dumps of the entry object produced.
+ *
+ * The check that what is stored reads back to the same digest (data that does not survive a
+ * JSON round trip) is kept for the only data that can fail it once jansson agreed to write it
+ * (jansson refuses text that is not UTF-8 when it writes): a NUL in an object key (written as
+ * \u0000, which jansson's parser refuses in a key) and nesting deeper than its parser takes. A
+ * scan of the written data finds both; only then is the stored text parsed and digested again.
+ */
+
+#define HEAD_RECORD_LEN (SEQ_KEY_LEN + HASH_LEN)
+#define CHECK_DEPTH 1000   /* deeper data gets the full check (jansson parses up to 2048) */
+
+/* An entry as text, but for its seq, digest and chain. The three parts live in buf. */
+typedef struct prepared {
+    char *buf;
+    const char *body_pre, *body_post, *entry_mid;
+    size_t body_pre_len, body_post_len, entry_mid_len;
+    bool check;               /* the data may not read back the same: check the stored text */
+    bool about_action;
+    char action_id[ACTION_ID_LEN + 1];
+} prepared;
+
+static void prepared_fini(prepared *p)
+{
+    free(p->buf);
+    p->buf = NULL;
+}
 
 static int unwritable(ar_error *err, const char *type)
 {
@@ -216,29 +254,176 @@ static int unwritable(ar_error *err, const char *type)
                         "back the same (text that is not UTF-8?)", type);
 }
 
-/* The head inside the transaction: the last seq and its chain (0 and zeros when empty). */
-static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
-                    ar_error *err)
+/* Could written JSON text fail to read back the same? (A NUL escaped inside a string, which
+ * jansson's parser refuses in an object key, or nesting deeper than CHECK_DEPTH.) */
+static bool needs_check(const char *text)
 {
-    const void *key, *val;
-    size_t klen, vlen;
+    int depth = 0;
+    bool in_string = false;
+    for (const char *p = text; *p; p++) {
+        if (in_string) {
+            if (*p == '\\') {
+                if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+                    return true;
+                if (p[1])
+                    p++;
+            } else if (*p == '"') {
+                in_string = false;
+            }
+        } else if (*p == '"') {
+            in_string = true;
+        } else if (*p == '{' || *p == '[') {
+            if (++depth > CHECK_DEPTH)
+                return true;
+        } else if (*p == '}' || *p == ']') {
+            depth--;
+        }
+    }
+    return false;
+}
+
+/* A string as JSON text, as jansson writes it (a new string; NULL when it is not UTF-8 or
+ * out of memory). Plain printable ASCII is quoted as it is, which is all jansson does to it. */
+static char *json_text_of(const char *s, size_t len)
+{
+    bool plain = true;
+    for (size_t i = 0; i < len && plain; i++)
+        plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
+    if (!plain) {
+        json_t *v = json_stringn(s, len);
+        char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        json_decref(v);
+        return text;
+    }
+    char *text = malloc(len + 3);
+    if (text) {
+        text[0] = '"';
+        memcpy(text + 1, s, len);
+        text[len + 1] = '"';
+        text[len + 2] = '\0';
+    }
+    return text;
+}
+
+/* Does every object in v list its keys in sorted order (as JSON_SORT_KEYS writes them)? Then
+ * the data's own order and the canonical one are the same text. */
+static bool keys_in_order(const json_t *v, int depth)
+{
+    if (depth > 64)
+        return false; /* not worth walking: write it twice */
+    if (json_is_object(v)) {
+        const char *key, *prev = NULL;
+        json_t *item;
+        json_object_foreach((json_t *)v, key, item) {
+            if ((prev && strcmp(prev, key) >= 0) || !keys_in_order(item, depth + 1))
+                return false;
+            prev = key;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item)
+            if (!keys_in_order(item, depth + 1))
+                return false;
+    }
+    return true;
+}
+
+/* Prepare an entry (data borrowed). AR_E_INVALID (code "audit_invalid") for what cannot be an
+ * entry, AR_E_NOMEM. */
+static int prepare(const char *type, const char *action_id, json_t *data, int64_t time_ms,
+                   prepared *p, ar_error *err)
+{
+    char *y = NULL, *a = NULL, *ds = NULL, *dp = NULL;
+    int status = AR_OK;
+    memset(p, 0, sizeof *p);
+    if (!type || !*type || (action_id && !valid_action_id(action_id)))
+        return ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                            "an audit entry needs a type and, when about an action, its "
+                            "%d-character id", ACTION_ID_LEN);
+    if (!(y = json_text_of(type, strlen(type))) ||
+        !(a = action_id ? json_text_of(action_id, ACTION_ID_LEN) : strdup("null"))) {
+        /* (or out of memory, far less likely than a caller's bad bytes) */
+        status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                              "an audit entry's %s is not UTF-8 text", y ? "action id" : "type");
+        goto done;
+    }
+    /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck).
+     * Data whose objects list their keys in sorted order already is written once. */
+    if (!(ds = json_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)) ||
+        !(dp = keys_in_order(data, 0) ? ds
+                                      : json_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT |
+                                                             JSON_PRESERVE_ORDER))) {
+        status = unwritable(err, type);
+        goto done;
+    }
+    char t[32];
+    int tn = snprintf(t, sizeof t, "%" PRId64, time_ms);
+    size_t yl = strlen(y), al = strlen(a), dsl = strlen(ds), dpl = strlen(dp);
+    /* body_pre: {"action":A,"data":Ds,"seq":  body_post: ,"time_ms":T,"type":Y}
+     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":Dp,"digest":" */
+    size_t cap = (12 + al + 8 + dsl + 7) + (11 + (size_t)tn + 8 + yl + 1) +
+                 (11 + (size_t)tn + 8 + yl + 10 + al + 8 + dpl + 11) + 3;
+    if (!(p->buf = malloc(cap))) {
+        status = nomem(err);
+        goto done;
+    }
+    char *w = p->buf;
+    p->body_pre = w;
+    w += sprintf(w, "{\"action\":%s,\"data\":%s,\"seq\":", a, ds);
+    p->body_pre_len = (size_t)(w - p->body_pre);
+    w++;
+    p->body_post = w;
+    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s}", t, y);
+    p->body_post_len = (size_t)(w - p->body_post);
+    w++;
+    p->entry_mid = w;
+    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s,\"action\":%s,\"data\":%s,\"digest\":\"", t, y, a,
+                 dp);
+    p->entry_mid_len = (size_t)(w - p->entry_mid);
+    p->check = needs_check(ds);
+    if (action_id) {
+        p->about_action = true;
+        memcpy(p->action_id, action_id, ACTION_ID_LEN);
+    }
+done:
+    if (dp != ds)
+        free(dp);
+    free(ds);
+    free(a);
+    free(y);
+    return status;
+}
+
+/* Does the stored entry (val) carry chain as its "chain"? (The last occurrence of the field
+ * is the entry's own: inside a string a quote is escaped.) */
+static bool entry_has_chain(const void *val, size_t vlen, const unsigned char chain[HASH_LEN])
+{
+    static const char field[] = "\"chain\":\"";
+    const size_t flen = sizeof field - 1;
+    char hex[AUDIT_HASH_HEX];
+    const char *p = val, *end = p + vlen, *last = NULL;
+    for (const char *at = p; (at = memmem(at, (size_t)(end - at), field, flen)); at += flen)
+        last = at;
+    if (!last || (size_t)(end - last) < flen + 2 * HASH_LEN + 1 || last[flen + 2 * HASH_LEN] != '"')
+        return false;
+    to_hex(chain, HASH_LEN, hex, sizeof hex);
+    return memcmp(last + flen, hex, 2 * HASH_LEN) == 0;
+}
+
+/* The head from the last entry, parsed (a journal from before the head record, or one whose
+ * head record does not match its last entry). */
+static int head_from_entry(const void *key, size_t klen, const void *val, size_t vlen,
+                           uint64_t *seq, unsigned char chain[HASH_LEN], ar_error *err)
+{
     char why[160];
     entry e = {0};
-    *seq = 0;
-    memset(chain, 0, HASH_LEN);
-    int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
-    if (status == AR_E_NOTFOUND)
-        return AR_OK;
-    if (status == AR_E_FORMAT)
-        return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
-                            "the last audit entry has an unknown record format: the chain "
-                            "cannot go on from it (run aioctl audit verify)");
-    if (status != AR_OK)
-        return journal_failure(err, status, "reading the audit head");
     if (klen != SEQ_KEY_LEN || entry_parse(val, vlen, &e, why, sizeof why) != AR_OK ||
         e.seq != seq_of_key(key)) {
         if (klen == SEQ_KEY_LEN && e.doc)
             snprintf(why, sizeof why, "it is stored under another seq");
+        else if (klen != SEQ_KEY_LEN)
+            snprintf(why, sizeof why, "a key of %zu bytes", klen);
         json_decref(e.doc);
         return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
                             "the last audit entry cannot be read (%s): the chain cannot go on "
@@ -250,124 +435,161 @@ static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LE
     return AR_OK;
 }
 
+/* The head inside the transaction: the last seq and its chain (0 and zeros when empty). The
+ * head record is used when it matches the last entry (same seq, and that entry carries its
+ * chain): cheap checks, no parse. Otherwise — no record yet (a journal from before it), or one
+ * left behind by a writer that did not keep it — the last entry is parsed, as it always was. */
+static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
+                    ar_error *err)
+{
+    const void *key, *val, *head = NULL;
+    size_t klen, vlen, hlen = 0;
+    *seq = 0;
+    memset(chain, 0, HASH_LEN);
+    int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
+    if (status == AR_E_NOTFOUND)
+        return AR_OK;
+    if (status == AR_E_FORMAT)
+        return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
+                            "the last audit entry has an unknown record format: the chain "
+                            "cannot go on from it (run aioctl audit verify)");
+    if (status != AR_OK)
+        return journal_failure(err, status, "reading the audit head");
+    status = journal_txn_get(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &head, &hlen);
+    if (status != AR_OK && status != AR_E_NOTFOUND && status != AR_E_FORMAT)
+        return journal_failure(err, status, "reading the audit head");
+    if (status == AR_OK && hlen == HEAD_RECORD_LEN && klen == SEQ_KEY_LEN &&
+        memcmp(head, key, SEQ_KEY_LEN) == 0 &&
+        entry_has_chain(val, vlen, (const unsigned char *)head + SEQ_KEY_LEN)) {
+        *seq = seq_of_key(key);
+        memcpy(chain, (const unsigned char *)head + SEQ_KEY_LEN, HASH_LEN);
+        return AR_OK;
+    }
+    return head_from_entry(key, klen, val, vlen, seq, chain, err);
+}
+
+/* Chain a prepared entry onto the head and store it, its index key and the new head. */
+static int append_prepared(journal_txn *txn, const prepared *p, const char *type,
+                           uint64_t *seq_out, ar_error *err)
+{
+    unsigned char prev[HASH_LEN], digest[HASH_LEN], chain[HASH_LEN];
+    char seq_text[24];
+    uint64_t seq;
+    int status;
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+    if ((status = txn_head(txn, &seq, prev, err)) != AR_OK)
+        return status;
+    seq++;
+    size_t sl = (size_t)snprintf(seq_text, sizeof seq_text, "%" PRIu64, seq);
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, HASH_LEN);
+    crypto_generichash_update(&st, (const unsigned char *)p->body_pre, p->body_pre_len);
+    crypto_generichash_update(&st, (const unsigned char *)seq_text, sl);
+    crypto_generichash_update(&st, (const unsigned char *)p->body_post, p->body_post_len);
+    crypto_generichash_final(&st, digest, HASH_LEN);
+    hash2(prev, digest, chain);
+
+    /* {"seq":N <entry_mid> digest","chain":"chain"} */
+    size_t tlen = 7 + sl + p->entry_mid_len + 64 + 11 + 64 + 2;
+    char *text = malloc(tlen + 1), *w = text;
+    if (!text)
+        return nomem(err);
+    memcpy(w, "{\"seq\":", 7), w += 7;
+    memcpy(w, seq_text, sl), w += sl;
+    memcpy(w, p->entry_mid, p->entry_mid_len), w += p->entry_mid_len;
+    to_hex(digest, HASH_LEN, w, 2 * HASH_LEN + 1), w += 2 * HASH_LEN;
+    memcpy(w, "\",\"chain\":\"", 11), w += 11;
+    to_hex(chain, HASH_LEN, w, 2 * HASH_LEN + 1), w += 2 * HASH_LEN;
+    memcpy(w, "\"}", 3);
+
+    if (p->check) {
+        /* What verify will see: the stored text must give back the same digest. */
+        entry e = {0};
+        char why[160];
+        unsigned char check[HASH_LEN];
+        bool same = entry_parse(text, tlen, &e, why, sizeof why) == AR_OK &&
+                    entry_body_digest(&e, check) == AR_OK && memcmp(check, digest, HASH_LEN) == 0;
+        json_decref(e.doc);
+        if (!same) {
+            free(text);
+            return unwritable(err, type);
+        }
+    }
+    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN], head[HEAD_RECORD_LEN];
+    seq_key(seq, key);
+    status = journal_txn_put_last(txn, JDB_AUDIT, key, sizeof key, text, tlen);
+    free(text);
+    if (status != AR_OK)
+        return journal_failure(err, status, "appending to the audit trail");
+    if (p->about_action) {
+        index_key(p->action_id, seq, ikey);
+        /* The newest action's keys are the last ones: they append; an older action's go in
+         * their place. */
+        if ((status = journal_txn_put_last(txn, JDB_AUDIT_INDEX, ikey, sizeof ikey, "", 0)) !=
+            AR_OK)
+            return journal_failure(err, status, "indexing the audit trail");
+    }
+    memcpy(head, key, SEQ_KEY_LEN);
+    memcpy(head + SEQ_KEY_LEN, chain, HASH_LEN);
+    if ((status = journal_txn_put(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), head,
+                                  sizeof head)) != AR_OK)
+        return journal_failure(err, status, "storing the audit head");
+    if (seq_out)
+        *seq_out = seq;
+    return AR_OK;
+}
+
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err)
 {
-    json_t *entry_doc = NULL, *type_s = NULL, *action = NULL;
-    char *text = NULL, why[160];
-    unsigned char prev[HASH_LEN], digest[HASH_LEN], chain[HASH_LEN], check[HASH_LEN];
-    char digest_hex[AUDIT_HASH_HEX], chain_hex[AUDIT_HASH_HEX];
-    uint64_t seq;
+    prepared p = {0};
     int status;
-    entry e = {0};
-
     if (!data && !(data = json_object()))
         return nomem(err);
-    if (!txn || !type || !*type || (action_id && !valid_action_id(action_id))) {
+    if (!txn)
         status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
-                              "an audit entry needs a type and, when about an action, its "
-                              "%d-character id", ACTION_ID_LEN);
-        goto done;
-    }
-    if (!(type_s = json_string(type)) ||
-        !(action = action_id ? json_stringn(action_id, ACTION_ID_LEN) : json_null())) {
-        /* (or out of memory, far less likely than a caller's bad bytes) */
-        status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
-                              "an audit entry's %s is not UTF-8 text", type_s ? "action id" : "type");
-        goto done;
-    }
-    if (sodium_init() < 0) {
-        status = ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
-        goto done;
-    }
-    if ((status = txn_head(txn, &seq, prev, err)) != AR_OK)
-        goto done;
-    seq++;
-    json_t *seq_j = json_integer((json_int_t)seq), *time_j = json_integer(now_ms);
-    entry_doc = json_object();
-    status = seq_j && time_j && entry_doc
-                 ? body_digest(seq_j, time_j, type_s, action, data, digest)
-                 : AR_E_NOMEM;
-    if (status != AR_OK) {
-        json_decref(seq_j);
-        json_decref(time_j);
-        if (status == AR_E_NOMEM)
-            nomem(err);
-        else
-            unwritable(err, type);
-        goto done;
-    }
-    hash2(prev, digest, chain);
-    to_hex(digest, HASH_LEN, digest_hex, sizeof digest_hex);
-    to_hex(chain, HASH_LEN, chain_hex, sizeof chain_hex);
-    if (json_object_set_new(entry_doc, "seq", seq_j) ||
-        json_object_set_new(entry_doc, "time_ms", time_j) ||
-        json_object_set(entry_doc, "type", type_s) ||
-        json_object_set(entry_doc, "action", action) ||
-        json_object_set(entry_doc, "data", data) ||
-        json_object_set_new(entry_doc, "digest", json_string(digest_hex)) ||
-        json_object_set_new(entry_doc, "chain", json_string(chain_hex)) ||
-        !(text = json_dumps(entry_doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
-        status = nomem(err);
-        goto done;
-    }
-    /* What verify will see: the stored text must give back the same digest. */
-    size_t tlen = strlen(text);
-    if (entry_parse(text, tlen, &e, why, sizeof why) != AR_OK ||
-        entry_body_digest(&e, check) != AR_OK || memcmp(check, digest, HASH_LEN) != 0) {
-        status = unwritable(err, type);
-        goto done;
-    }
-    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN];
-    seq_key(seq, key);
-    if ((status = journal_txn_put(txn, JDB_AUDIT, key, sizeof key, text, tlen)) != AR_OK) {
-        journal_failure(err, status, "appending to the audit trail");
-        goto done;
-    }
-    if (action_id) {
-        index_key(action_id, seq, ikey);
-        if ((status = journal_txn_put(txn, JDB_AUDIT_INDEX, ikey, sizeof ikey, "", 0)) != AR_OK) {
-            journal_failure(err, status, "indexing the audit trail");
-            goto done;
-        }
-    }
-    if (seq_out)
-        *seq_out = seq;
-done:
-    json_decref(e.doc);
-    free(text);
-    json_decref(entry_doc);
-    json_decref(type_s);
-    json_decref(action);
+                              "an audit entry is appended inside a journal transaction");
+    else if ((status = prepare(type, action_id, data, now_ms, &p, err)) == AR_OK)
+        status = append_prepared(txn, &p, type, seq_out, err);
+    prepared_fini(&p);
     json_decref(data);
     return status;
 }
 
-/* What audit_batch_append hands its callback: owned by the batch (journal_batch_apply_owned). */
+/* What audit_batch_append hands its callback: owned by the batch (journal_batch_apply_owned).
+ * Prepared when the batch is built; it may be appended more than once (journal.h). */
 typedef struct pending {
-    char *type;
-    char *action_id;  /* NULL: about no action */
-    json_t *data;
-    int64_t time_ms;
+    prepared p;
+    char type[];
 } pending;
 
 static void pending_free(void *arg)
 {
     pending *p = arg;
-    free(p->type);
-    free(p->action_id);
-    json_decref(p->data);
+    prepared_fini(&p->p);
     free(p);
 }
 
-/* It may run more than once (journal.h): each run gives audit_txn_append a reference of its own. */
 static int pending_apply(journal_txn *txn, void *arg, ar_error *err)
 {
     pending *p = arg;
-    json_t *data = p->data ? json_incref(p->data) : json_object();
-    if (!data)
-        return nomem(err);
-    return audit_txn_append(txn, p->type, p->action_id, data, p->time_ms, NULL, err);
+    return append_prepared(txn, &p->p, p->type, NULL, err);
+}
+
+/* A batch whose entry could not be prepared fails with the error saved here. */
+typedef struct saved_error {
+    int status;
+    ar_error err;
+} saved_error;
+
+static int fail_saved(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn;
+    const saved_error *saved = arg;
+    if (err)
+        *err = saved->err;
+    return saved->status;
 }
 
 static int fail_nomem(journal_txn *txn, void *arg, ar_error *err)
@@ -379,20 +601,34 @@ static int fail_nomem(journal_txn *txn, void *arg, ar_error *err)
 
 void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
 {
-    pending *p = calloc(1, sizeof *p);
-    if (!p || !(p->type = strdup(type ? type : "")) ||
-        (action_id && !(p->action_id = strdup(action_id)))) {
-        if (p) {
-            free(p->type);
-            free(p);
-        }
-        json_decref(data);
+    if (!type)
+        type = "";
+    size_t tl = strlen(type);
+    pending *p = malloc(sizeof *p + tl + 1);
+    if (!p || (!data && !(data = json_object()))) {
+        free(p);
         journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
         return;
     }
-    p->data = data;
-    p->time_ms = ar_now_ms();
-    journal_batch_apply_owned(b, pending_apply, p, pending_free);
+    memcpy(p->type, type, tl + 1);
+    ar_error err;
+    ar_error_clear(&err);
+    int status = prepare(type, action_id, data, ar_now_ms(), &p->p, &err);
+    json_decref(data);
+    if (status == AR_OK) {
+        journal_batch_apply_owned(b, pending_apply, p, pending_free);
+        return;
+    }
+    prepared_fini(&p->p);
+    free(p);
+    saved_error *saved = malloc(sizeof *saved);
+    if (!saved) {
+        journal_batch_apply(b, fail_nomem, NULL);
+        return;
+    }
+    saved->status = status;
+    saved->err = err;
+    journal_batch_apply_owned(b, fail_saved, saved, free);
 }
 
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)

@@ -7,6 +7,14 @@
  * read inside that transaction, so appends from several threads or processes (the daemon and
  * an offline aioctl) stay in one chain.
  *
+ * The head record: JDB_META, key AUDIT_HEAD_KEY, value the last seq (8 bytes big-endian) and
+ * its chain (32 bytes binary), written in the same transaction as every append. An append
+ * reads it by key instead of parsing the last entry, and trusts it only when it matches the
+ * last entry (same seq, and the entry's "chain" is the record's); otherwise (a journal from
+ * before the record, or one a writer without it appended to) the head is taken from the last
+ * entry, as the entries remain the truth, and the record is written again. Erasing a body
+ * (audit_txn_erase) leaves the record alone.
+ *
  * An entry (JDB_AUDIT, key: seq as 8 bytes big-endian; value: compact JSON):
  *   {"seq": n, "time_ms": t, "type": "...", "action": "<id>" | null, "data": {...},
  *    "digest": "<hex BLAKE2b-256 of the body>", "chain": "<hex BLAKE2b-256(prev chain || digest)>"}
@@ -44,17 +52,21 @@
 #include "journal.h"
 
 #define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
+#define AUDIT_HEAD_KEY "audit_head"  /* the head record's key in JDB_META (see above) */
 
 /* Inside a journal apply callback: append one entry (data: taken; NULL is {}; action_id NULL
  * for events about no action). *seq_out (may be NULL) receives its seq. A type that is empty,
  * an action_id that is not 26 characters, or data that does not survive a JSON round trip
- * unchanged (invalid UTF-8) is AR_E_INVALID, code "audit_invalid"; an unreadable last entry
+ * unchanged (invalid UTF-8, a NUL in a key, nesting too deep to parse) is AR_E_INVALID, code
+ * "audit_invalid"; a last entry that does not match the head record and cannot be read either
  * (the chain cannot go on from it) is AR_E_FORMAT, code "audit_head_unreadable". */
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err);
 
-/* Add "append this entry" to a batch (at this point of its operations): data is taken and
- * freed with the batch; the time is taken when the batch is built. */
+/* Add "append this entry" to a batch (at this point of its operations): data is taken (and
+ * released before this returns); the time is taken when the batch is built, and so is the
+ * entry's text (on the caller's thread: the writer only chains it). What audit_txn_append
+ * would refuse makes the batch fail with the same error when it is committed. */
 void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data);
 
 /* One action's entries in order: *out a new JSON array (owned by the caller) of the entries

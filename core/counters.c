@@ -18,6 +18,10 @@
  * nor written.
  * For a deleted record it deletes E and K and takes nothing off. With no "defs" record, or an
  * empty one, a put returns before the record is parsed (and it is parsed once for both kinds).
+ * So does a put of a record no maintained definition can match (read from its text: its
+ * "connector" and "action" members, see may_match) and that has no E: it would add nothing,
+ * and with no E it has nothing to take off (an E left by definitions since removed is the one
+ * thing such a record may still need: it is found by key, and then the record is parsed).
  * A "defs" record that cannot be read fails the batch (counters_damaged): counting wrongly
  * would let guardrails slip; counters_install repairs it (it does not need to read the old
  * record).
@@ -775,6 +779,85 @@ nomem:
     return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory in counters");
 }
 
+/* Is s written by jansson as it is (printable ASCII but '"', '\\' and '/')? Such a string
+ * can be spelt in JSON text only as it is, or with \u escapes. */
+static int plain_text(const char *s)
+{
+    for (; *s; s++)
+        if (*s < 0x20 || *s >= 0x7f || *s == '"' || *s == '\\' || *s == '/')
+            return 0;
+    return 1;
+}
+
+static const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* The string values of member key (quoted) anywhere in JSON text raw, one at a time: *at is
+ * where to look from (start at raw), *value and *vlen the next value found (as spelt between
+ * its quotes, up to its first quote). 0 when there is no more. */
+static int next_member(const char *raw, size_t len, const char **at, const char *key, size_t klen,
+                       const char **value, size_t *vlen)
+{
+    const char *end = raw + len;
+    for (const char *p = *at; (p = memmem(p, (size_t)(end - p), key, klen)); p += klen) {
+        const char *v = skip_space(p + klen, end);
+        if (v == end || *v != ':')
+            continue;
+        v = skip_space(v + 1, end);
+        if (v == end || *v != '"')
+            continue;
+        v++;
+        const char *q = memchr(v, '"', (size_t)(end - v));
+        if (!q)
+            return 0;
+        *at = q;
+        *value = v;
+        *vlen = (size_t)(q - v);
+        return 1;
+    }
+    return 0;
+}
+
+static int has_member(const char *raw, size_t len, const char *key, size_t klen, const char *name)
+{
+    const char *at = raw, *v;
+    size_t vl, n = strlen(name);
+    while (next_member(raw, len, &at, key, klen, &v, &vl))
+        if (vl == n && memcmp(v, name, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* Can any of defs match the action record whose JSON text is val? A cheap look at the bytes
+ * before any parse: a definition matches only a record with a "connector" member whose value
+ * is its connector (and an "action" member whose value is its action, unless "*"). For names
+ * jansson writes as they are and text without \u escapes, an equal value is spelt exactly as
+ * the name (a value with another escape in it is cut at its escaped quote, or holds a
+ * backslash, and compares unequal either way). Otherwise it cannot say: 1. False positives
+ * are parsed and judged properly. */
+static int may_match(const counter_def *defs, size_t n, const void *val, size_t vlen)
+{
+    static const char conn_key[] = "\"connector\"", action_key[] = "\"action\"";
+    const char *raw = val, *at = raw, *v;
+    size_t vl;
+    for (size_t i = 0; i < n; i++)
+        if (!plain_text(defs[i].connector) || !plain_text(defs[i].action))
+            return 1;
+    if (memmem(raw, vlen, "\\u", 2))
+        return 1;
+    while (next_member(raw, vlen, &at, conn_key, sizeof conn_key - 1, &v, &vl))
+        for (size_t i = 0; i < n; i++)
+            if (strlen(defs[i].connector) == vl && memcmp(defs[i].connector, v, vl) == 0 &&
+                (strcmp(defs[i].action, "*") == 0 ||
+                 has_member(raw, vlen, action_key, sizeof action_key - 1, defs[i].action)))
+                return 1;
+    return 0;
+}
+
 /* The journal hook on JDB_ACTIONS. A deleted action record (compaction) takes its entries with
  * it, without taking anything off: what it counted stays counted until its window passes. */
 static int counters_hook(journal_txn *txn, void *arg, const void *key, size_t klen,
@@ -800,6 +883,17 @@ static int counters_hook(journal_txn *txn, void *arg, const void *key, size_t kl
     }
     if (n == 0)
         return AR_OK; /* nothing maintained: not even the record is parsed */
+    if (!may_match(defs, n, val, vlen)) {
+        /* No maintained definition can match the record: it adds nothing, and only an entry
+         * left from an earlier set of definitions could need taking off (its definitions are
+         * gone, so that only deletes it). No entry, nothing to do: the common case, decided
+         * without parsing the record. */
+        rc = journal_txn_get(txn, JDB_COUNTERS, ekey, eklen, NULL, NULL);
+        if (rc == AR_E_NOTFOUND)
+            return AR_OK;
+        if (rc != AR_OK && rc != AR_E_FORMAT)
+            return journal_failed(err, rc, "reading an action's counter entry");
+    }
     json_t *rec = json_loadb(val, vlen, 0, NULL);
     if (n > n_cost)
         rc = count_put(txn, defs, n, ekey, eklen, rec, err);

@@ -6,14 +6,39 @@
  * of key "schema_version" in "meta", stored in that same record format: [version byte][uint32
  * little-endian], written when the environment is created.
  *
- * The writer thread takes every batch queued at that moment, runs each one in a nested
- * transaction of a single write transaction and commits (and syncs) that transaction once, then
- * reports every batch. A batch that fails on its own (conflict, callback error, bad key) rolls
- * back its nested transaction only. A failure that may spoil the whole transaction (map full,
- * transaction full, I/O) abandons it, and the batches are run again one transaction each, so
- * the ones that fit still commit and only the failing ones get the error.
+ * The writer thread takes every batch queued at that moment, runs them all in a single write
+ * transaction and commits (and syncs) that transaction once, wakes the journal_commit callers
+ * of that group, and hands the journal_submit batches to the completion thread, which runs
+ * their done callbacks (in order) while the writer goes on with the next transaction.
  *
- * A database's hook runs right after each write into it, in the same nested transaction. What
+ * Inside the shared transaction, a batch that cannot fail on its own account in the ordinary
+ * course (only plain puts and deletes, no conditional put, no callback) runs directly in it: a
+ * nested transaction per batch costs LMDB a dirty-page list and a merge. A batch that may
+ * (conditional puts, callbacks) runs in a nested transaction of its own, so that its failure
+ * rolls back that batch only. When a batch run directly fails after all (a hook's error, a map
+ * that is full), the shared transaction is abandoned and the group is run again with every
+ * batch nested (the contract lets callbacks and hooks run more than once). A group of one
+ * batch runs directly whatever it holds: its failure aborts the transaction, which holds
+ * nothing else. A failure that may spoil the whole transaction (map full, transaction full,
+ * I/O) abandons it, and the batches are run again one transaction each, so the ones that fit
+ * still commit and only the failing ones get the error.
+ *
+ * Puts of keys the caller expects to be the new last key of their database (*_put_last: audit
+ * seqs) try MDB_APPEND first: the key then goes to the end without splitting the last page in
+ * two, so the pages of such a database fill up instead of keeping about half their room (one
+ * record of 1.5 KB per page). A key that is not the last makes MDB_APPEND fail with
+ * MDB_KEYEXIST before anything changes (mdb_cursor_put returns before it touches a page, and
+ * the transaction is not marked failed), and the put is made again without it. Ordinary puts
+ * do not: a record that grows after it was created (an action's) would find its full page
+ * and split it, which costs more than the room an append saved.
+ *
+ * A journal_commit caller sleeps on a futex word in its own batch (wait_state), and only the
+ * callers of the group that just committed are woken: the writer wakes one of them, which
+ * wakes two more, and so on (a binary tree, see wait_state), so that the wakes, a system call
+ * and a context switch each, are not all made by the writer.
+ *
+ * A database's hook runs right after each write into it, in the same (shared or nested)
+ * transaction. What
  * it reads with journal_txn_get is freed after the batch operation that set it off, or with the
  * callback's own scratch when a journal_txn_put/del of a callback did (the callback's borrowed
  * values must outlive the put). Its first failure is kept in the journal_txn and fails the
@@ -23,8 +48,10 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <linux/futex.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +59,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static const char *const db_names[JDB_COUNT] = {
@@ -66,13 +94,27 @@ struct journal {
     int max_readers;
     int stale_readers;
 
+    int max_key;              /* LMDB's longest key: a longer one fails its batch */
+
     pthread_t writer;
-    pthread_mutex_t mu;       /* guards everything below */
+    pthread_mutex_t mu;       /* guards everything below, up to the completion queue */
     pthread_cond_t work_cv;   /* the writer waits here for batches or closing */
-    pthread_cond_t done_cv;   /* journal_commit callers wait here for their batch */
     journal_batch *head, *tail;
     bool closing;
-    uint64_t commits, batches;
+    uint64_t commits, batches, direct, nested, regrouped, wakeups;
+
+    /* The writer's own: the journal_commit batches of the group it reports (a wake tree). */
+    journal_batch **sync;
+    bool *slept;
+    size_t sync_cap;
+
+    /* Committed (or refused) batches on their way to the completion thread, in order. */
+    pthread_t completer;
+    bool completer_started;
+    pthread_mutex_t cmu;      /* guards the completion queue */
+    pthread_cond_t ccv;       /* the completion thread waits here */
+    journal_batch *chead, *ctail;
+    bool writer_gone;         /* the writer has exited: drain and stop */
 
     /* Hooks per database (journal_set_hook): set before the first commit, read only by the
      * writer thread, so they need no lock. */
@@ -82,7 +124,7 @@ struct journal {
     } hooks[JDB_COUNT];
 };
 
-enum op_kind { OP_PUT, OP_PUT_NEW, OP_DEL, OP_APPLY };
+enum op_kind { OP_PUT, OP_PUT_LAST, OP_PUT_NEW, OP_DEL, OP_APPLY };
 
 struct op {
     enum op_kind kind;
@@ -110,10 +152,26 @@ struct journal_batch {
 
     /* Queueing. */
     journal_batch *next;
-    journal_done_fn done; /* NULL: a journal_commit caller waits for finished */
+    journal_done_fn done; /* NULL: a journal_commit caller waits on wait_state */
     void *done_arg;
-    bool finished;
+    _Atomic uint32_t wait_state; /* journal_commit: WAIT_PENDING, _SLEEPING, _FINISHED */
+    journal_batch *wake[2];      /* journal_commit: the callers this one wakes once finished */
+    unsigned wake_mask;          /* bit k: wake[k]'s caller was asleep */
 };
+
+/* wait_state: the futex word a journal_commit caller sleeps on. The writer sets
+ * WAIT_FINISHED (after the outcome fields, release); a caller that said it sleeps
+ * (WAIT_SLEEPING) needs a futex wake. Wakes cost the waker a system call and a context switch
+ * on the other side, so the writer makes only one per group: the callers of a group form a
+ * binary tree (wake[], in queue order), states are set leaves first, the writer wakes the root,
+ * and every caller, once it is finished, wakes its two children (those that slept). A caller
+ * returns only once its own state is WAIT_FINISHED, which its children's were before it, so no
+ * wake is early; every caller of the tree leaves wait_finished (woken by its parent, or
+ * finding WAIT_FINISHED by itself) and so passes its wakes on. The caller may free the batch
+ * as soon as it sees WAIT_FINISHED, so a wake can reach memory already freed: a futex wake on
+ * such an address does nothing, or at worst wakes another futex waiter there spuriously,
+ * which every futex waiter (ours, and glibc's) tolerates by checking its condition again. */
+enum { WAIT_PENDING = 0, WAIT_SLEEPING = 1, WAIT_FINISHED = 2 };
 
 /* Copies handed out by journal_txn_get/last, freed when the callback returns (LMDB's own
  * pointers may change under a later put in the same transaction). */
@@ -353,6 +411,8 @@ fail:
 }
 
 static void *writer_main(void *arg);
+static void *completer_main(void *arg);
+static void stop_completer(journal *j);
 
 int journal_open(const journal_opts *opts, journal **out, ar_error *err)
 {
@@ -373,7 +433,8 @@ int journal_open(const journal_opts *opts, journal **out, ar_error *err)
     j->max_readers = opts->max_readers ? opts->max_readers : DEFAULT_MAX_READERS;
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->work_cv, NULL);
-    pthread_cond_init(&j->done_cv, NULL);
+    pthread_mutex_init(&j->cmu, NULL);
+    pthread_cond_init(&j->ccv, NULL);
 
     ar_error local;
     if (!err)
@@ -382,6 +443,13 @@ int journal_open(const journal_opts *opts, journal **out, ar_error *err)
         goto fail;
     if ((status = open_databases(j, err)) != AR_OK)
         goto fail;
+    j->max_key = mdb_env_get_maxkeysize(j->env);
+    if (pthread_create(&j->completer, NULL, completer_main, j) != 0) {
+        status = ar_error_set(err, AR_E_FAIL, "journal_thread",
+                              "cannot start the journal completion thread");
+        goto fail;
+    }
+    j->completer_started = true;
     if (pthread_create(&j->writer, NULL, writer_main, j) != 0) {
         status = ar_error_set(err, AR_E_FAIL, "journal_thread",
                               "cannot start the journal writer thread");
@@ -391,9 +459,12 @@ int journal_open(const journal_opts *opts, journal **out, ar_error *err)
     *out = j;
     return AR_OK;
 fail:
+    if (j->completer_started)
+        stop_completer(j);
     if (j->env)
         mdb_env_close(j->env);
-    pthread_cond_destroy(&j->done_cv);
+    pthread_cond_destroy(&j->ccv);
+    pthread_mutex_destroy(&j->cmu);
     pthread_cond_destroy(&j->work_cv);
     pthread_mutex_destroy(&j->mu);
     free(j->dir);
@@ -410,8 +481,12 @@ void journal_close(journal *j)
     pthread_cond_signal(&j->work_cv);
     pthread_mutex_unlock(&j->mu);
     pthread_join(j->writer, NULL); /* the writer drains the queue before it exits */
+    stop_completer(j);             /* and the completion thread reports all it was handed */
     mdb_env_close(j->env);
-    pthread_cond_destroy(&j->done_cv);
+    free(j->sync);
+    free(j->slept);
+    pthread_cond_destroy(&j->ccv);
+    pthread_mutex_destroy(&j->cmu);
     pthread_cond_destroy(&j->work_cv);
     pthread_mutex_destroy(&j->mu);
     free(j->dir);
@@ -511,6 +586,12 @@ void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t 
     add_put(b, OP_PUT, db, key, klen, val, vlen);
 }
 
+void journal_batch_put_last(journal_batch *b, journal_db db, const void *key, size_t klen,
+                            const void *val, size_t vlen)
+{
+    add_put(b, OP_PUT_LAST, db, key, klen, val, vlen);
+}
+
 void journal_batch_put_unless_exists(journal_batch *b, journal_db db, const void *key,
                                      size_t klen, const void *val, size_t vlen)
 {
@@ -562,6 +643,19 @@ int journal_batch_conflict(const journal_batch *b, size_t *op_index, const void 
 }
 
 /* ---- inside the writer's transaction ---------------------------------------------------- */
+
+/* mdb_put, trying MDB_APPEND first (see the top of this file): a key that is not the new last
+ * key gets MDB_KEYEXIST from it with nothing changed, and is put again the ordinary way. */
+static int put_appending(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, MDB_val *d, unsigned flags)
+{
+    MDB_val first = *d;
+    int rc = mdb_put(txn, dbi, k, &first, flags | MDB_APPEND);
+    if (rc != MDB_KEYEXIST) {
+        *d = first;
+        return rc;
+    }
+    return mdb_put(txn, dbi, k, d, flags);
+}
 
 static void note_lmdb(journal_txn *t, int rc)
 {
@@ -686,15 +780,17 @@ int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t kle
     return AR_OK;
 }
 
-int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
-                    const void *val, size_t vlen)
+static int txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                   const void *val, size_t vlen, bool last)
 {
     if (!txn || !valid_db(db) || vlen == SIZE_MAX)
         return AR_E_INVALID;
     if (txn->hooks_running & (1u << db))
         return hook_recursion(txn, db);
     MDB_val k = { klen, (void *)key }, d = { vlen + 1, NULL };
-    int rc = mdb_put(txn->txn, txn->j->dbi[db], &k, &d, MDB_RESERVE);
+    MDB_dbi dbi = txn->j->dbi[db];
+    int rc = last ? put_appending(txn->txn, dbi, &k, &d, MDB_RESERVE)
+                  : mdb_put(txn->txn, dbi, &k, &d, MDB_RESERVE);
     if (rc) {
         note_lmdb(txn, rc);
         return lmdb_error(txn->j, rc, NULL);
@@ -706,6 +802,18 @@ int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t kle
     /* The hook gets the caller's bytes, not p: a write the hook makes may move LMDB's dirty
      * pages. Its scratch (journal_txn_get) stays until the callback ends, with the callback's. */
     return call_hook(txn, db, key, klen, vlen ? val : (const void *)"", vlen);
+}
+
+int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                    const void *val, size_t vlen)
+{
+    return txn_put(txn, db, key, klen, val, vlen, false);
+}
+
+int journal_txn_put_last(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                         const void *val, size_t vlen)
+{
+    return txn_put(txn, db, key, klen, val, vlen, true);
 }
 
 int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen)
@@ -810,6 +918,9 @@ static int run_op(journal_txn *t, journal_batch *b, size_t index)
     case OP_PUT:
         rc = mdb_put(t->txn, dbi, &k, &d, 0);
         break;
+    case OP_PUT_LAST:
+        rc = put_appending(t->txn, dbi, &k, &d, 0);
+        break;
     case OP_PUT_NEW:
         rc = mdb_put(t->txn, dbi, &k, &d, MDB_NOOVERWRITE);
         if (rc == MDB_KEYEXIST)
@@ -835,48 +946,94 @@ static int run_op(journal_txn *t, journal_batch *b, size_t index)
     return finish_hooks(t, b);
 }
 
-/* Run one batch in a nested transaction of parent; its outcome goes to b->status/err.
- * Returns the LMDB error that spoiled parent, or 0. */
-static int run_batch(journal *j, MDB_txn *parent, journal_batch *b)
+/* A batch that was built without error: AR_OK, or its status (b->err filled). */
+static int check_built(journal_batch *b)
 {
-    reset_outcome(b);
-    if (b->nomem) {
-        b->status = ar_error_set(&b->err, AR_E_NOMEM, "out_of_memory",
-                                 "out of memory while building a journal batch");
-        return 0;
-    }
-    if (b->bad_db) {
-        b->status = ar_error_set(&b->err, AR_E_INVALID, "journal_invalid_db",
-                                 "a journal batch names an unknown database");
-        return 0;
-    }
-    journal_txn t = { .j = j };
-    int rc = mdb_txn_begin(j->env, parent, 0, &t.txn);
-    if (rc) {
-        b->status = lmdb_error(j, rc, &b->err);
-        return rc;
-    }
+    if (b->nomem)
+        return ar_error_set(&b->err, AR_E_NOMEM, "out_of_memory",
+                            "out of memory while building a journal batch");
+    if (b->bad_db)
+        return ar_error_set(&b->err, AR_E_INVALID, "journal_invalid_db",
+                            "a journal batch names an unknown database");
+    return AR_OK;
+}
+
+/* Run b's operations in txn (whatever it is: the shared transaction or a nested one of its
+ * own); its status goes to b->status/err. Returns the LMDB error that spoiled txn, or 0. On
+ * failure txn holds part of the batch: the caller aborts it. */
+static int run_ops(journal *j, MDB_txn *txn, journal_batch *b)
+{
+    journal_txn t = { .j = j, .txn = txn };
     int status = AR_OK;
     for (size_t i = 0; i < b->n && status == AR_OK; i++)
         status = run_op(&t, b, i);
-    if (status == AR_OK) {
-        if ((rc = mdb_txn_commit(t.txn))) {
-            t.spoiled = rc;
-            status = lmdb_error(j, rc, &b->err);
-        }
-    } else {
-        mdb_txn_abort(t.txn);
-    }
     b->status = status;
     if (status == AR_OK)
         ar_error_clear(&b->err);
     return t.spoiled;
 }
 
-/* Run n batches from first in one write transaction and commit it. Returns false when the
- * transaction was abandoned for a reason that no single batch owns (map full, ...) and n > 1:
- * nothing was committed, and the caller runs the batches one transaction each. */
-static bool commit_group(journal *j, journal_batch *first, size_t n)
+/* Run one batch in a nested transaction of parent; its outcome goes to b->status/err.
+ * Returns the LMDB error that spoiled parent, or 0. */
+static int run_batch(journal *j, MDB_txn *parent, journal_batch *b)
+{
+    reset_outcome(b);
+    if ((b->status = check_built(b)) != AR_OK)
+        return 0;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(j->env, parent, 0, &txn);
+    if (rc) {
+        b->status = lmdb_error(j, rc, &b->err);
+        return rc;
+    }
+    int spoiled = run_ops(j, txn, b);
+    if (b->status != AR_OK) {
+        mdb_txn_abort(txn);
+        return spoiled;
+    }
+    if ((rc = mdb_txn_commit(txn))) {
+        b->status = lmdb_error(j, rc, &b->err);
+        return rc;
+    }
+    return 0;
+}
+
+/* May b run directly in the shared transaction of a group? Only when nothing in it is meant to
+ * fail on its own: no conditional put, no callback, and keys LMDB takes (an empty or too long
+ * key is the batch's own error, found in a nested transaction). */
+static bool runs_direct(const journal *j, const journal_batch *b)
+{
+    if (b->nomem || b->bad_db)
+        return false;
+    for (size_t i = 0; i < b->n; i++) {
+        const struct op *op = &b->ops[i];
+        if (op->kind == OP_PUT_NEW || op->kind == OP_APPLY || op->klen == 0 ||
+            op->klen > (size_t)j->max_key)
+            return false;
+    }
+    return true;
+}
+
+enum group_result {
+    GROUP_DONE,     /* committed, or every batch carries its error */
+    GROUP_ALONE,    /* abandoned for a reason no single batch owns: one transaction each */
+    GROUP_NESTED,   /* a batch run directly failed: run the group again, every batch nested */
+};
+
+static void count_commit(journal *j, size_t ok, size_t direct, size_t nested)
+{
+    pthread_mutex_lock(&j->mu);
+    j->commits++;
+    j->batches += ok;
+    j->direct += direct;
+    j->nested += nested;
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Run n batches from first in one write transaction and commit it. nest_all: every batch in a
+ * nested transaction of its own (else the batches runs_direct allows, and a group of one, run
+ * in the shared transaction itself). */
+static enum group_result commit_group(journal *j, journal_batch *first, size_t n, bool nest_all)
 {
     MDB_txn *txn;
     journal_batch *b = first;
@@ -884,52 +1041,159 @@ static bool commit_group(journal *j, journal_batch *first, size_t n)
     if (rc) {
         for (size_t i = 0; i < n; i++, b = b->next)
             b->status = lmdb_error(j, rc, &b->err);
-        return true;
+        return GROUP_DONE;
     }
-    size_t ok = 0;
+    size_t ok = 0, direct = 0;
     for (size_t i = 0; i < n && !rc; i++, b = b->next) {
-        rc = run_batch(j, txn, b);
+        if (!nest_all && (n == 1 || runs_direct(j, b))) {
+            reset_outcome(b);
+            if ((b->status = check_built(b)) == AR_OK)
+                rc = run_ops(j, txn, b);
+            if (b->status != AR_OK) {
+                /* Its writes are in the shared transaction: nothing of it may commit. */
+                mdb_txn_abort(txn);
+                if (n == 1)
+                    return GROUP_DONE; /* alone: it carries its error */
+                return rc ? GROUP_ALONE : GROUP_NESTED;
+            }
+            direct++;
+        } else {
+            rc = run_batch(j, txn, b);
+        }
         ok += b->status == AR_OK;
     }
     if (rc || ok == 0) {
         mdb_txn_abort(txn);
-        return !rc || n == 1; /* alone, the batch already carries the error */
+        return rc && n > 1 ? GROUP_ALONE : GROUP_DONE; /* alone, the batch carries the error */
     }
     if ((rc = mdb_txn_commit(txn))) {
         if (n > 1)
-            return false;
+            return GROUP_ALONE;
         first->status = lmdb_error(j, rc, &first->err);
-        return true;
+        return GROUP_DONE;
     }
-    pthread_mutex_lock(&j->mu);
-    j->commits++;
-    j->batches += ok;
-    pthread_mutex_unlock(&j->mu);
-    return true;
+    count_commit(j, ok, direct, ok - direct);
+    return GROUP_DONE;
 }
 
-/* Tell every batch of the list its outcome. Sync batches may be freed by their caller as soon as
- * they are marked finished, and async ones by done: read next first. */
-static void report(journal *j, journal_batch *list)
+/* ---- completion ------------------------------------------------------------------------- */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected)
 {
-    journal_batch *async = NULL, **async_tail = &async, *next;
-    pthread_mutex_lock(&j->mu);
-    for (journal_batch *b = list; b; b = next) {
-        next = b->next;
-        if (b->done) {
-            *async_tail = b;
-            async_tail = &b->next;
-        } else {
-            b->finished = true;
-        }
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* The caller of journal_commit: sleep until the writer finishes b. */
+static void wait_finished(journal_batch *b)
+{
+    uint32_t s = atomic_load_explicit(&b->wait_state, memory_order_acquire);
+    while (s != WAIT_FINISHED) {
+        if (s == WAIT_PENDING &&
+            !atomic_compare_exchange_weak_explicit(&b->wait_state, &s, WAIT_SLEEPING,
+                                                   memory_order_acquire, memory_order_acquire))
+            continue; /* s now holds what is there */
+        futex_wait(&b->wait_state, WAIT_SLEEPING);
+        s = atomic_load_explicit(&b->wait_state, memory_order_acquire);
     }
-    *async_tail = NULL;
-    pthread_cond_broadcast(&j->done_cv);
-    pthread_mutex_unlock(&j->mu);
-    for (journal_batch *b = async; b; b = next) {
+    for (int k = 0; k < 2; k++) /* pass the wake on down the tree */
+        if (b->wake_mask & (1u << k))
+            futex_wake(&b->wake[k]->wait_state);
+}
+
+/* Tell the journal_commit callers of sync[0..m) (in queue order) their outcome: the writer,
+ * once the group is durable, through the wake tree described at wait_state. A batch may be
+ * freed by its caller as soon as its state is set: nothing of it is read after (slept[] keeps
+ * what its parent needs). Returns the wakes made here (0 or 1). */
+static uint64_t finish_sync(journal_batch **sync, bool *slept, size_t m)
+{
+    for (size_t i = m; i-- > 0;) { /* leaves first */
+        journal_batch *b = sync[i];
+        size_t c0 = 2 * i + 1, c1 = 2 * i + 2;
+        b->wake[0] = c0 < m ? sync[c0] : NULL;
+        b->wake[1] = c1 < m ? sync[c1] : NULL;
+        b->wake_mask = (c0 < m && slept[c0] ? 1u : 0u) | (c1 < m && slept[c1] ? 2u : 0u);
+        uint32_t was =
+            atomic_exchange_explicit(&b->wait_state, WAIT_FINISHED, memory_order_acq_rel);
+        slept[i] = was == WAIT_SLEEPING;
+    }
+    if (m == 0 || !slept[0])
+        return 0;
+    futex_wake(&sync[0]->wait_state);
+    return 1;
+}
+
+/* Run the done callbacks of a list of finished batches, in order. done may free its batch:
+ * read next first. */
+static void report(journal_batch *list)
+{
+    for (journal_batch *b = list, *next; b; b = next) {
         next = b->next;
         b->done(b->done_arg, b->status, b, &b->err);
     }
+}
+
+static void *completer_main(void *arg)
+{
+    journal *j = arg;
+    pthread_mutex_lock(&j->cmu);
+    for (;;) {
+        while (!j->chead && !j->writer_gone)
+            pthread_cond_wait(&j->ccv, &j->cmu);
+        if (!j->chead)
+            break; /* the writer is gone and everything is reported */
+        journal_batch *list = j->chead;
+        j->chead = j->ctail = NULL;
+        pthread_mutex_unlock(&j->cmu);
+        report(list);
+        pthread_mutex_lock(&j->cmu);
+    }
+    pthread_mutex_unlock(&j->cmu);
+    return NULL;
+}
+
+/* Once the writer has exited: let the completion thread report what it was handed, and stop. */
+static void stop_completer(journal *j)
+{
+    pthread_mutex_lock(&j->cmu);
+    j->writer_gone = true;
+    pthread_cond_signal(&j->ccv);
+    pthread_mutex_unlock(&j->cmu);
+    pthread_join(j->completer, NULL);
+}
+
+/* Hand the async batches of a finished group (a list linked by next, ending in tail) to the
+ * completion thread. */
+static void hand_over(journal *j, journal_batch *list, journal_batch *tail)
+{
+    pthread_mutex_lock(&j->cmu);
+    if (j->ctail)
+        j->ctail->next = list;
+    else
+        j->chead = list;
+    j->ctail = tail;
+    pthread_cond_signal(&j->ccv);
+    pthread_mutex_unlock(&j->cmu);
+}
+
+/* Room for one more in the writer's wake tree arrays; false when out of memory. */
+static bool grow_sync(journal *j)
+{
+    size_t cap = j->sync_cap ? 2 * j->sync_cap : 64;
+    journal_batch **sync = realloc(j->sync, cap * sizeof *sync);
+    if (!sync)
+        return false;
+    j->sync = sync;
+    bool *slept = realloc(j->slept, cap * sizeof *slept);
+    if (!slept)
+        return false;
+    j->slept = slept;
+    j->sync_cap = cap;
+    return true;
 }
 
 static void process(journal *j, journal_batch *list)
@@ -937,10 +1201,49 @@ static void process(journal *j, journal_batch *list)
     size_t n = 0;
     for (journal_batch *b = list; b; b = b->next)
         n++;
-    if (!commit_group(j, list, n))
-        for (journal_batch *b = list; b; b = b->next)
-            commit_group(j, b, 1);
-    report(j, list);
+    enum group_result r = commit_group(j, list, n, false);
+    if (r == GROUP_NESTED) {
+        pthread_mutex_lock(&j->mu);
+        j->regrouped++;
+        pthread_mutex_unlock(&j->mu);
+        r = commit_group(j, list, n, true);
+    }
+    if (r == GROUP_ALONE)
+        for (journal_batch *b = list; b; b = b->next) {
+            journal_batch *next = b->next;
+            b->next = NULL; /* a group of one */
+            commit_group(j, b, 1, false);
+            b->next = next;
+        }
+    /* The journal_commit callers are told here, at once (one wake: see wait_state); the done
+     * callbacks go to the completion thread, in order. */
+    journal_batch *async = NULL, **async_tail = &async, *next, *last = NULL;
+    size_t m = 0;
+    uint64_t woken = 0;
+    for (journal_batch *b = list; b; b = next) {
+        next = b->next; /* before finish_sync: the caller may free b at once */
+        if (b->done) {
+            *async_tail = b;
+            async_tail = &b->next;
+            last = b;
+            continue;
+        }
+        if (m == j->sync_cap && !grow_sync(j)) {
+            bool slept;
+            woken += finish_sync(&b, &slept, 1); /* no room for a tree: alone */
+            continue;
+        }
+        j->sync[m++] = b;
+    }
+    *async_tail = NULL;
+    woken += finish_sync(j->sync, j->slept, m);
+    if (woken) {
+        pthread_mutex_lock(&j->mu);
+        j->wakeups += woken;
+        pthread_mutex_unlock(&j->mu);
+    }
+    if (async)
+        hand_over(j, async, last);
 }
 
 static void *writer_main(void *arg)
@@ -968,7 +1271,6 @@ static int enqueue(journal *j, journal_batch *b)
     if (j->closing)
         return AR_E_CLOSED;
     b->next = NULL;
-    b->finished = false;
     if (j->tail)
         j->tail->next = b;
     else
@@ -984,13 +1286,14 @@ int journal_commit(journal *j, journal_batch *b, ar_error *err)
         return ar_error_set(err, AR_E_NOMEM, "out_of_memory",
                             "out of memory while building a journal batch");
     b->done = NULL;
+    b->wake_mask = 0;
+    atomic_store_explicit(&b->wait_state, WAIT_PENDING, memory_order_relaxed);
     pthread_mutex_lock(&j->mu);
     int status = enqueue(j, b);
-    while (status == AR_OK && !b->finished)
-        pthread_cond_wait(&j->done_cv, &j->mu);
     pthread_mutex_unlock(&j->mu);
     if (status != AR_OK)
         return ar_error_set(err, status, "journal_closed", "the journal is closing");
+    wait_finished(b);
     if (b->status == AR_OK)
         ar_error_clear(err);
     else if (err)
@@ -1172,6 +1475,10 @@ void journal_get_stats(journal *j, journal_stats *out)
     pthread_mutex_lock(&j->mu);
     out->commits = j->commits;
     out->batches = j->batches;
+    out->direct_batches = j->direct;
+    out->nested_batches = j->nested;
+    out->regrouped = j->regrouped;
+    out->wakeups = j->wakeups;
     pthread_mutex_unlock(&j->mu);
     MDB_envinfo info;
     MDB_stat st;

@@ -4,9 +4,19 @@
  * This is the only module that opens the LMDB environment. All writes go through one writer
  * thread: callers build a batch of changes (puts, deletes, conditional inserts, callbacks that
  * read and write inside the transaction), submit it, and are told once the transaction holding
- * it is committed and synced to disk. The writer packs the batches waiting at that moment into
- * one transaction (group commit); each batch runs in a nested transaction of its own, so a batch
- * whose condition fails (or whose callback fails) is rolled back alone while the others commit.
+ * it is committed and synced to disk (never before). The writer packs the batches waiting at
+ * that moment into one transaction (group commit); a batch whose condition fails (or whose
+ * callback or hook fails) is rolled back alone while the others commit. (How: a batch that may
+ * fail on its own — conditional puts, callbacks — runs in a nested transaction of its own; one
+ * of plain puts and deletes runs directly in the shared transaction, and should it fail after
+ * all, the shared transaction is abandoned and the group run again with every batch nested.
+ * Hence callbacks and hooks may run more than once for one commit, as said below.)
+ *
+ * Two threads per journal: the writer, which runs the transactions and, once one is durable,
+ * wakes the journal_commit callers of its batches (only those, which pass the wake-up on to
+ * one another so that the writer makes one system call per commit); and a completion thread,
+ * which runs the journal_submit done callbacks, so that the writer goes straight on to the
+ * next transaction.
  *
  * Reads use read-only transactions (MDB_NOTLS), from any thread.
  *
@@ -63,9 +73,12 @@ typedef struct journal_opts {
 } journal_opts;
 
 /* Open (creating if needed), clear stale reader slots left by a killed process, check or write
- * the schema version, start the writer thread. *out owned by the caller (journal_close). */
+ * the schema version, start the writer and completion threads. *out owned by the caller
+ * (journal_close). */
 int journal_open(const journal_opts *opts, journal **out, ar_error *err);
-/* Finish queued batches, stop the writer, close the environment. NULL is a no-op. */
+/* Finish queued batches, run every done callback of the batches submitted before it began,
+ * stop both threads, close the environment. Batches submitted once it has begun are refused
+ * (AR_E_CLOSED). Not from a done callback, an apply callback or a hook. NULL is a no-op. */
 void journal_close(journal *j);
 
 /* ---- batches ---------------------------------------------------------------------------- */
@@ -77,6 +90,14 @@ journal_batch *journal_batch_new(void);
 void journal_batch_free(journal_batch *b);
 void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t klen,
                        const void *val, size_t vlen);
+/* journal_batch_put for a key the caller expects to be the new last key of db (a sequence,
+ * ids in creation order) and a record that will not grow later: stored with LMDB's
+ * MDB_APPEND, which fills pages instead of splitting them in two (about half the pages for
+ * records of 1 to 2 KB). A key that turns out not to be the last is put as journal_batch_put
+ * does: the result is the same either way, only the pages differ. Not for records rewritten
+ * bigger later (an action's, whose growth would then split the full pages). */
+void journal_batch_put_last(journal_batch *b, journal_db db, const void *key, size_t klen,
+                            const void *val, size_t vlen);
 /* Insert unless the key exists. If it exists the whole batch is rolled back and the commit
  * returns AR_E_EXISTS with the existing value (version byte stripped) copied out: see
  * journal_batch_conflict. */
@@ -85,11 +106,12 @@ void journal_batch_put_unless_exists(journal_batch *b, journal_db db, const void
 /* Deleting a key that is not there is not an error. */
 void journal_batch_del(journal_batch *b, journal_db db, const void *key, size_t klen);
 
-/* A callback run by the writer thread inside the batch's nested transaction, in order with
+/* A callback run by the writer thread inside the batch's (nested) transaction, in order with
  * the batch's other operations. Return AR_OK to go on; any other status rolls the batch back
  * and becomes the commit's status (set err for the message). It must not block or call
  * journal_commit. It may run more than once for one commit (when a shared transaction is
- * abandoned, e.g. on a full map, each batch is run again in a transaction of its own), so
+ * abandoned — on a full map, or when another batch of the group that ran directly in it
+ * failed — the batches are run again, nested or each in a transaction of its own), so
  * anything it does outside the transaction must be safe to repeat. */
 typedef int (*journal_apply_fn)(journal_txn *txn, void *arg, ar_error *err);
 void journal_batch_apply(journal_batch *b, journal_apply_fn fn, void *arg);
@@ -113,6 +135,10 @@ int journal_txn_get(journal_txn *txn, journal_db db, const void *key, size_t kle
 int journal_txn_put(journal_txn *txn, journal_db db, const void *key, size_t klen,
                     const void *val, size_t vlen);
 int journal_txn_del(journal_txn *txn, journal_db db, const void *key, size_t klen);
+/* journal_txn_put for a key expected to be the new last key of db: as journal_batch_put_last
+ * (MDB_APPEND when it is the last, an ordinary put when not; the same result either way). */
+int journal_txn_put_last(journal_txn *txn, journal_db db, const void *key, size_t klen,
+                         const void *val, size_t vlen);
 /* The last key of db (for sequences such as the audit chain): AR_E_NOTFOUND when empty.
  * *key and *val are borrowed until the callback returns. */
 int journal_txn_last(journal_txn *txn, journal_db db, const void **key, size_t *klen,
@@ -143,11 +169,19 @@ int journal_set_hook(journal *j, journal_db db, journal_hook_fn fn, void *arg);
  * AR_E_NOMEM, AR_E_CLOSED or a callback's status. */
 int journal_commit(journal *j, journal_batch *b, ar_error *err);
 
-/* Commit asynchronously: done(arg, status, batch, err) runs on the writer thread after the
- * transaction is synced (or refused); it must not block; it owns the batch and must free it
- * (journal_batch_free). Returns AR_OK when queued, AR_E_CLOSED after journal_close began
- * (AR_E_NOMEM for a NULL batch, AR_E_INVALID for a NULL done); when it does not return AR_OK,
- * done is not called and the caller keeps the batch. */
+/* Commit asynchronously: done(arg, status, batch, err) runs once, on the journal's completion
+ * thread (not the writer), after the transaction holding the batch is synced (or the batch is
+ * refused). Done callbacks run one at a time and in order: those of one transaction in the
+ * order their batches were queued, transactions in commit order. done owns the batch and must
+ * free it (journal_batch_free); err is borrowed from the batch. It may call journal_submit (a
+ * batch it submits goes to a later transaction; once journal_close began it is refused with
+ * AR_E_CLOSED and stays with done), take locks, and do modest work (render a reply, log a
+ * line): while it runs, later done callbacks wait, though the writer and journal_commit
+ * callers do not. It must not block for long, nor call journal_commit (it would hold up every
+ * later done callback for a whole commit) or journal_close (it waits for this very thread).
+ * Returns AR_OK when queued, AR_E_CLOSED after journal_close began (AR_E_NOMEM for a NULL
+ * batch, AR_E_INVALID for a NULL done); when it does not return AR_OK, done is not called and
+ * the caller keeps the batch. */
 typedef void (*journal_done_fn)(void *arg, int status, journal_batch *b, const ar_error *err);
 int journal_submit(journal *j, journal_batch *b, journal_done_fn done, void *arg);
 
@@ -170,13 +204,21 @@ void journal_cursor_close(journal_cursor *c);
 
 /* Statistics for health and benchmarks: write transactions committed (that carried at least
  * one batch), batches committed, the map size and the bytes of it in use, and how many stale
- * reader slots (of processes that died) journal_open cleared. */
+ * reader slots (of processes that died) journal_open cleared. Added at the end: of the
+ * batches committed, how many ran directly in the shared transaction and how many in a nested
+ * transaction of their own; how many groups were run again with every batch nested (a batch
+ * run directly failed); how many futex wakes the writer made for journal_commit callers (at
+ * most one per commit: the callers of a group that slept wake one another). */
 typedef struct journal_stats {
     uint64_t commits;
     uint64_t batches;
     size_t map_size;
     size_t map_used;
     int stale_readers;
+    uint64_t direct_batches;
+    uint64_t nested_batches;
+    uint64_t regrouped;
+    uint64_t wakeups;
 } journal_stats;
 void journal_get_stats(journal *j, journal_stats *out);
 

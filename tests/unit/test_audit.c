@@ -120,7 +120,7 @@ static json_t *raw_entry(journal *j, uint64_t seq)
     size_t vlen;
     json_t *doc = NULL;
     if (journal_get(r, JDB_AUDIT, key, sizeof key, &val, &vlen) == AR_OK)
-        doc = json_loadb(val, vlen, 0, NULL);
+        doc = json_loadb(val, vlen, JSON_ALLOW_NUL, NULL);
     journal_read_end(r);
     return doc;
 }
@@ -355,6 +355,29 @@ static void appends_make_one_chain(void **state)
     rm_rf(dir);
 }
 
+/* An apply callback appending an entry with the given data (a reference of its own). */
+struct txn_data {
+    json_t *data;
+};
+
+static int append_data_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    struct txn_data *d = arg;
+    return audit_txn_append(txn, "completed", NULL, json_incref(d->data), ar_now_ms(), NULL, err);
+}
+
+/* {"n": [[[...]]]} with depth arrays. */
+static json_t *nested(int depth)
+{
+    json_t *v = json_array();
+    for (int i = 1; i < depth; i++) {
+        json_t *outer = json_array();
+        json_array_append_new(outer, v);
+        v = outer;
+    }
+    return json_pack("{s:o}", "n", v);
+}
+
 /* Data that does not read back the same (invalid UTF-8 slipped in unchecked) is refused, so
  * that nothing unverifiable is ever stored. */
 static void unverifiable_data_is_refused(void **state)
@@ -377,6 +400,40 @@ static void unverifiable_data_is_refused(void **state)
     journal_batch_free(b);
     check_format(j, 1);
     expect_ok(j, 1);
+
+    /* A key with a NUL in it is written (as \u0000) but does not read back: refused, through
+     * a batch and through a callback alike. A NUL inside a string value reads back: stored. */
+    json_t *bad = json_object();
+    assert_int_equal(json_object_setn_new(bad, "k\0ey", 4, json_true()), 0);
+    b = journal_batch_new();
+    audit_batch_append(b, "completed", NULL, json_incref(bad));
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    journal_batch_free(b);
+    struct txn_data td = { .data = bad };
+    b = journal_batch_new();
+    journal_batch_apply(b, append_data_in_txn, &td);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    journal_batch_free(b);
+    json_decref(bad);
+    b = journal_batch_new();
+    audit_batch_append(b, "completed", NULL, json_pack("{s:s%}", "nul", "a\0b", (size_t)3));
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+
+    /* Nesting: what jansson's parser takes (1500 levels) is stored, deeper (2100) refused. */
+    b = journal_batch_new();
+    audit_batch_append(b, "completed", NULL, nested(1500));
+    assert_int_equal(journal_commit(j, b, &err), AR_OK);
+    journal_batch_free(b);
+    b = journal_batch_new();
+    audit_batch_append(b, "completed", NULL, nested(2100));
+    assert_int_equal(journal_commit(j, b, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    journal_batch_free(b);
+    check_format(j, 3);
+    expect_ok(j, 3);
     journal_close(j);
     rm_rf(dir);
 }
@@ -1068,6 +1125,195 @@ static int init_sodium(void **state)
     return sodium_init() < 0 ? -1 : 0;
 }
 
+/* ---- the head record -------------------------------------------------------------------- */
+
+/* The head record (JDB_META, AUDIT_HEAD_KEY): *found false when there is none. */
+static void head_record(journal *j, bool *found, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX])
+{
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    int rc = journal_get(r, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &val, &vlen);
+    *found = rc == AR_OK;
+    if (rc == AR_OK) {
+        assert_int_equal(vlen, 40);
+        const unsigned char *p = val;
+        *seq = 0;
+        for (int i = 0; i < 8; i++)
+            *seq = *seq << 8 | p[i];
+        hex32(p + 8, chain_hex);
+    } else {
+        assert_int_equal(rc, AR_E_NOTFOUND);
+    }
+    journal_read_end(r);
+}
+
+/* The head record is the last entry's seq and chain. */
+static void expect_head_record(journal *j, uint64_t want_seq)
+{
+    bool found;
+    uint64_t seq, last;
+    char chain[AUDIT_HASH_HEX], head[AUDIT_HASH_HEX];
+    head_record(j, &found, &seq, chain);
+    assert_true(found);
+    assert_int_equal(audit_head(j, &last, head, NULL), AR_OK);
+    assert_int_equal(last, want_seq);
+    assert_int_equal(seq, want_seq);
+    assert_string_equal(chain, head);
+}
+
+static void delete_head_record(journal *j)
+{
+    raw_del(j, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY));
+    bool found;
+    uint64_t seq;
+    char chain[AUDIT_HASH_HEX];
+    head_record(j, &found, &seq, chain);
+    assert_false(found);
+}
+
+/* Every append (batch or callback, several in one batch, several batches in one commit)
+ * leaves the head record matching the last entry; a failed batch leaves it alone. */
+static void head_record_follows_appends(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir);
+    bool found;
+    uint64_t seq;
+    char chain[AUDIT_HASH_HEX];
+    head_record(j, &found, &seq, chain);
+    assert_false(found); /* nothing appended yet */
+    append_batch(j, "received", NULL, 3);
+    expect_head_record(j, 3);
+    char a1[27];
+    action_id(1, a1);
+    append_at(j, "completed", a1, 42);
+    expect_head_record(j, 4);
+
+    /* A failed batch: no entry, the record as it was. */
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "received", a1, NULL);
+    journal_batch_apply(b, fail_after, NULL);
+    assert_int_equal(journal_commit(j, b, NULL), AR_E_CONFLICT);
+    journal_batch_free(b);
+    expect_head_record(j, 4);
+
+    /* Many threads at once (group commits). */
+    enum { THREADS = 4, ROUNDS = 10 };
+    pthread_t t[THREADS];
+    struct worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){ .j = j, .index = i, .rounds = ROUNDS };
+        assert_int_equal(pthread_create(&t[i], NULL, append_worker, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    expect_head_record(j, 4 + THREADS * ROUNDS);
+    check_format(j, 4 + THREADS * ROUNDS);
+    expect_ok(j, 4 + THREADS * ROUNDS);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* A journal made before the head record (none there) goes on from its last entry, and gets
+ * the record back. So does one whose record an older writer left behind (entries appended
+ * after it) or whose chain was rewritten under it. */
+static void chain_goes_on_without_the_head_record(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    delete_head_record(j);
+    append_batch(j, "received", NULL, 2);
+    check_format(j, 12);
+    expect_ok(j, 12);
+    expect_head_record(j, 12);
+    delete_head_record(j);
+    append_at(j, "completed", NULL, 7);
+    check_format(j, 13);
+    expect_ok(j, 13);
+    expect_head_record(j, 13);
+    /* And after a reopen (nothing cached). */
+    delete_head_record(j);
+    journal_close(j);
+    j = open_journal(dir);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 14);
+    expect_ok(j, 14);
+    expect_head_record(j, 14);
+
+    /* A writer that does not keep the record appends 15 (the record still says 14). */
+    json_t *e14 = raw_entry(j, 14);
+    json_t *e15 = json_deep_copy(e14);
+    json_object_set_new(e15, "seq", json_integer(15));
+    unsigned char digest[32], prev[32], chain[32];
+    char hex[65];
+    digest_of(e15, digest);
+    chain_field(e14, prev);
+    chain_of(prev, digest, chain);
+    hex32(digest, hex);
+    json_object_set_new(e15, "digest", json_string(hex));
+    hex32(chain, hex);
+    json_object_set_new(e15, "chain", json_string(hex));
+    raw_put(j, 15, e15);
+    json_decref(e14);
+    json_decref(e15);
+    expect_ok(j, 15);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 16);
+    expect_ok(j, 16);
+    expect_head_record(j, 16);
+
+    /* The chain rewritten from 12 on (the record's chain no longer the last entry's). */
+    rewrite_from(j, 12);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 17);
+    expect_ok(j, 17);
+    expect_head_record(j, 17);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* Erasing bodies (retention), the last entry's included, leaves the head record as it was,
+ * and the chain goes on from it. */
+static void erase_leaves_the_head_record(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = ten_entries(dir);
+    bool found;
+    uint64_t seq_before, seq_after;
+    char before[AUDIT_HASH_HEX], after[AUDIT_HASH_HEX];
+    head_record(j, &found, &seq_before, before);
+    assert_true(found);
+    assert_int_equal(erase(j, 4, NULL), AR_OK);
+    assert_int_equal(erase(j, 10, NULL), AR_OK);
+    head_record(j, &found, &seq_after, after);
+    assert_true(found);
+    assert_int_equal(seq_after, seq_before);
+    assert_string_equal(after, before);
+    json_t *e = raw_entry(j, 10);
+    assert_true(json_is_true(json_object_get(e, "erased")));
+    json_decref(e);
+    append_batch(j, "received", NULL, 1);
+    expect_ok(j, 11);
+    expect_head_record(j, 11);
+    json_t *e11 = raw_entry(j, 11);
+    unsigned char prev[32], digest[32], chain[32], stored[32];
+    assert_int_equal(sodium_hex2bin(prev, 32, before, 64, NULL, NULL, NULL), 0);
+    digest_of(e11, digest);
+    chain_of(prev, digest, chain);
+    chain_field(e11, stored);
+    assert_memory_equal(chain, stored, 32);
+    json_decref(e11);
+    journal_close(j);
+    rm_rf(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(appends_make_one_chain),
     cmocka_unit_test(unverifiable_data_is_refused),
@@ -1084,6 +1330,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unreadable_head_refuses_appends),
     cmocka_unit_test(erased_body_still_verifies),
     cmocka_unit_test(head_document_signed_and_checked),
+    cmocka_unit_test(head_record_follows_appends),
+    cmocka_unit_test(chain_goes_on_without_the_head_record),
+    cmocka_unit_test(erase_leaves_the_head_record),
 };
 
 AR_TEST_MAIN(tests, init_sodium, NULL)

@@ -1457,6 +1457,133 @@ static void no_cost_definitions_no_cost_entries(void **state)
     close_fixture(&f);
 }
 
+/* ---- the hook's pre-filter -------------------------------------------------------------- */
+
+/* Put a record as raw JSON text (to spell it as another writer might). */
+static void store_raw(fixture *f, const char *id, const char *text)
+{
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, id, strlen(id), text, strlen(text));
+    ar_error err;
+    int rc = journal_commit(f->j, b, &err);
+    if (rc != AR_OK)
+        fail_msg("storing %s: %d %s: %s", id, rc, err.code, err.message);
+    journal_batch_free(b);
+}
+
+/* Records of a connector no counter covers leave every counter and entry as they were, in
+ * every state and even when their input names the covered connector and action; records of
+ * a covered one still count, however their JSON spells the names. */
+static void uncovered_connector_leaves_counters_alone(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def defs[3] = {
+        parse_def("refunded", "{\"connector\": \"shop\", \"action\": \"refund\", \"sum\": \"amount\", \"window\": \"1h\"}"),
+        parse_def("listings", "{\"connector\": \"shop\", \"window\": \"1h\"}"),
+        parse_def("spend", "{\"connector\": \"llm\", \"cost\": \"USD\", \"window\": \"1h\"}"),
+    };
+    install(&f, defs, 3, T0);
+    uint64_t versions[3];
+    for (int i = 0; i < 3; i++)
+        versions[i] = version_of(&f, &defs[i]);
+    size_t before = counters_db_size(&f);
+
+    /* echo, through every state, with an input that mentions shop, refund and llm. */
+    json_t *e = new_action(&f, "echo", "echo", "{\"message\": \"shop\", \"refund\": \"llm\", \"amount\": 7}",
+                           ACTION_RECEIVED, T0 - MIN);
+    store(&f, e);
+    store_state(&f, e, ACTION_READY);
+    store_cost(&f, e, ACTION_DISPATCHED, "USD", 3, T0 - MIN);
+    store_state(&f, e, ACTION_SUCCEEDED);
+    json_t *e2 = new_action(&f, "echo", "refund", "{\"amount\": 9}", ACTION_READY, T0 - MIN);
+    store(&f, e2);
+    store_state(&f, e2, ACTION_FAILED);
+    for (int i = 0; i < 3; i++) {
+        assert_close(value_at(&f, &defs[i], T0), 0);
+        assert_true(version_of(&f, &defs[i]) == versions[i]);
+    }
+    assert_int_equal(counters_db_size(&f), before);
+    assert_false(counters_has(&f, "a:", id_of(e)));
+    assert_false(counters_has(&f, "k:", id_of(e)));
+
+    /* A covered record still counts, and is taken off when it fails. */
+    json_t *s = new_action(&f, "shop", "refund", "{\"amount\": 12.5}", ACTION_READY, T0 - MIN);
+    store(&f, s);
+    assert_close(value_at(&f, &defs[0], T0), 12.5);
+    assert_close(value_at(&f, &defs[1], T0), 1);
+    assert_true(counters_has(&f, "a:", id_of(s)));
+    store_state(&f, s, ACTION_FAILED);
+    assert_close(value_at(&f, &defs[0], T0), 0);
+    assert_close(value_at(&f, &defs[1], T0), 0);
+    assert_false(counters_has(&f, "a:", id_of(s)));
+
+    /* The names spelt with \u escapes (as a writer other than jansson may) still count. */
+    char id[ACTION_ID_LEN + 1], text[512];
+    make_id(&f, T0 - MIN, id);
+    snprintf(text, sizeof text,
+             "{\"id\": \"%s\", \"connector\": \"sh\\u006fp\", \"action\": \"r\\u0065fund\", \"state\": \"READY\", "
+             "\"input\": {\"amount\": 4}, \"created_ms\": %lld, \"updated_ms\": %lld}",
+             id, (long long)(T0 - MIN), (long long)(T0 - MIN));
+    store_raw(&f, id, text);
+    assert_close(value_at(&f, &defs[0], T0), 4);
+    assert_close(value_at(&f, &defs[1], T0), 1);
+    /* And with white space around the colons, a nested "connector" member before the real one. */
+    make_id(&f, T0 - MIN, id);
+    snprintf(text, sizeof text,
+             "{\"id\" : \"%s\", \"input\" : {\"connector\" : \"echo\", \"amount\" : 6}, \"connector\"\n:\t\"shop\", "
+             "\"action\" :\"refund\", \"state\" : \"APPROVED\", \"created_ms\" : %lld, \"updated_ms\" : %lld}",
+             id, (long long)(T0 - MIN), (long long)(T0 - MIN));
+    store_raw(&f, id, text);
+    assert_close(value_at(&f, &defs[0], T0), 10);
+    assert_close(value_at(&f, &defs[1], T0), 2);
+    /* And a covered cost: the llm connector's spend. */
+    json_t *l = new_action(&f, "llm", "complete", "{}", ACTION_DISPATCHED, T0 - MIN);
+    store_cost(&f, l, ACTION_SUCCEEDED, "USD", 2.25, T0 - MIN);
+    assert_close(value_at(&f, &defs[2], T0), 2.25);
+    assert_close(value_at(&f, &defs[2], T0), recomputed(&f, &defs[2], T0));
+    assert_close(value_at(&f, &defs[0], T0), recomputed(&f, &defs[0], T0));
+    json_decref(e);
+    json_decref(e2);
+    json_decref(s);
+    json_decref(l);
+    close_fixture(&f);
+}
+
+/* An entry left by a definition that is no longer maintained still goes when its record leaves
+ * the counted states, although no maintained definition covers the record any more: otherwise
+ * it would stand for "already counted" once such a definition is installed again. */
+static void entry_of_an_uncovered_record_still_goes(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, true);
+    counter_def echoes = parse_def("echoes", "{\"connector\": \"echo\", \"window\": \"1h\"}");
+    counter_def shop = parse_def("shop", "{\"connector\": \"shop\", \"window\": \"1h\"}");
+    install(&f, &echoes, 1, T0);
+    json_t *e = new_action(&f, "echo", "echo", "{}", ACTION_READY, T0 - MIN);
+    store(&f, e);
+    assert_close(value_at(&f, &echoes, T0), 1);
+    assert_true(counters_has(&f, "a:", id_of(e)));
+
+    install(&f, &shop, 1, T0); /* echo is covered no more; the entry stays for now */
+    assert_true(counters_has(&f, "a:", id_of(e)));
+    store_state(&f, e, ACTION_RETRY_WAIT); /* still counted: the entry stays */
+    assert_true(counters_has(&f, "a:", id_of(e)));
+    store_state(&f, e, ACTION_FAILED);
+    assert_false(counters_has(&f, "a:", id_of(e)));
+
+    /* Covered again: the record counts when it is counted again. */
+    install(&f, &echoes, 1, T0);
+    assert_close(value_at(&f, &echoes, T0), 0);
+    store_state(&f, e, ACTION_READY);
+    assert_close(value_at(&f, &echoes, T0), 1);
+    assert_close(value_at(&f, &echoes, T0), recomputed(&f, &echoes, T0));
+    json_decref(e);
+    close_fixture(&f);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(definitions_parse_and_refuse),
     cmocka_unit_test(counted_and_not_counted_states),
@@ -1478,6 +1605,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cost_backfill_notes_what_it_counted),
     cmocka_unit_test(cost_entry_deleted_with_the_record),
     cmocka_unit_test(no_cost_definitions_no_cost_entries),
+    cmocka_unit_test(uncovered_connector_leaves_counters_alone),
+    cmocka_unit_test(entry_of_an_uncovered_record_still_goes),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -2082,6 +2082,436 @@ static void older_environment_gets_new_databases(void **state)
     rm_rf(dir);
 }
 
+/* ---- completion, direct batches, appends ------------------------------------------------- */
+
+/* What the done callbacks saw: their order, their thread, and a gate one of them waits at. */
+struct order_log {
+    pthread_mutex_t mu;
+    int seen[64];
+    int n;
+    pthread_t threads[64];
+    sem_t all_done;
+    int expected;
+    int block_at;             /* the done callback of this index waits at hold ... */
+    sem_t holding, hold;      /* ... having posted holding */
+};
+
+struct ordered {
+    struct order_log *log;
+    int index;
+};
+
+static void ordered_done(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    (void)err;
+    struct ordered *o = arg;
+    struct order_log *log = o->log;
+    assert_int_equal(status, AR_OK);
+    journal_batch_free(b);
+    if (o->index == log->block_at) {
+        sem_post(&log->holding);
+        sem_wait(&log->hold);
+    }
+    pthread_mutex_lock(&log->mu);
+    log->threads[log->n] = pthread_self();
+    log->seen[log->n++] = o->index;
+    bool last = log->n == log->expected;
+    pthread_mutex_unlock(&log->mu);
+    if (last)
+        sem_post(&log->all_done);
+}
+
+static int note_thread(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn; (void)err;
+    *(pthread_t *)arg = pthread_self();
+    return AR_OK;
+}
+
+static int post_sem(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn; (void)err;
+    sem_post(arg);
+    return AR_OK;
+}
+
+/* Done callbacks run on a thread of their own (not the writer), one at a time, in order
+ * (within a commit in batch order, commits in order); while one of them is slow the writer
+ * goes on committing and journal_commit callers are still told; journal_close runs every one
+ * of them before it returns. */
+static void done_callbacks_run_in_order_off_the_writer(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    static struct order_log log;
+    memset(&log, 0, sizeof log);
+    pthread_mutex_init(&log.mu, NULL);
+    sem_init(&log.all_done, 0, 0);
+    sem_init(&log.holding, 0, 0);
+    sem_init(&log.hold, 0, 0);
+    log.expected = 40;
+    log.block_at = 5;
+    struct ordered os[40];
+    pthread_t writer_thread;
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, note_thread, &writer_thread);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+
+    /* 20 batches in one group (held at the gate), then 20 more in groups as they come. */
+    struct gate g;
+    hold_writer(j, &g);
+    for (int i = 0; i < 40; i++) {
+        if (i == 20) {
+            release_writer(&g);
+            sem_wait(&log.holding); /* done #5 is now stuck */
+        }
+        os[i] = (struct ordered){ .log = &log, .index = i };
+        char key[16];
+        snprintf(key, sizeof key, "o%02d", i);
+        b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, key, strlen(key), "v", 1);
+        assert_int_equal(journal_submit(j, b, ordered_done, &os[i]), AR_OK);
+    }
+    /* The writer is not held up by the stuck done callback: it runs a callback of a later
+     * batch and tells a journal_commit caller. */
+    sem_t ran;
+    sem_init(&ran, 0, 0);
+    b = journal_batch_new();
+    journal_batch_apply(b, post_sem, &ran);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    sem_wait(&ran);
+    sem_destroy(&ran);
+    assert_value(j, JDB_ACTIONS, "o39", "v"); /* committed, its done not run yet */
+    pthread_mutex_lock(&log.mu);
+    assert_int_equal(log.n, 5);
+    pthread_mutex_unlock(&log.mu);
+    sem_post(&log.hold);
+    sem_wait(&log.all_done);
+    for (int i = 0; i < 40; i++) {
+        assert_int_equal(log.seen[i], i);
+        assert_false(pthread_equal(log.threads[i], writer_thread));
+        assert_true(pthread_equal(log.threads[i], log.threads[0]));
+    }
+
+    /* journal_close waits for done callbacks still to run, the slow one included. */
+    log.n = 0;
+    log.expected = 10;
+    log.block_at = 3;
+    for (int i = 0; i < 10; i++) {
+        os[i] = (struct ordered){ .log = &log, .index = i };
+        b = journal_batch_new();
+        journal_batch_put(b, JDB_QUEUE, "k", 1, "v", 1);
+        assert_int_equal(journal_submit(j, b, ordered_done, &os[i]), AR_OK);
+    }
+    sem_wait(&log.holding);
+    pthread_t closer;
+    assert_int_equal(pthread_create(&closer, NULL, close_main, j), 0);
+    sem_post(&log.hold);
+    pthread_join(closer, NULL);
+    assert_int_equal(log.n, 10); /* every one ran before journal_close returned */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(log.seen[i], i);
+    destroy_gate(&g);
+    sem_destroy(&log.all_done);
+    sem_destroy(&log.holding);
+    sem_destroy(&log.hold);
+    pthread_mutex_destroy(&log.mu);
+    rm_rf(dir);
+}
+
+static int count_runs(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    (*(int *)arg)++;
+    return journal_txn_put(txn, JDB_CACHE, "cb", 2, "ran", 3);
+}
+
+/* Batches of plain puts and deletes run in the shared transaction itself; one of them failing
+ * (here through a hook) is still rolled back alone: the group is run again with every batch
+ * nested. A batch with an empty key, or a callback, or a conditional put runs nested from the
+ * start. */
+static void plain_batches_run_directly_and_still_fail_alone(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    struct hook_log log = { .refuse = "bad" };
+    assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
+    journal_stats s0, s1, s2, s3;
+    sem_t done;
+    sem_init(&done, 0, 0);
+
+    /* All plain: every batch direct, one transaction. */
+    journal_get_stats(j, &s0);
+    struct gate g;
+    hold_writer(j, &g);
+    struct outcome plain[6];
+    memset(plain, 0, sizeof plain);
+    for (int i = 0; i < 6; i++) {
+        plain[i].done = &done;
+        char key[16];
+        snprintf(key, sizeof key, "p%d", i);
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, key, strlen(key), "P", 1);
+        journal_batch_put(b, JDB_APPROVALS, key, strlen(key), "A", 1);
+        journal_batch_del(b, JDB_QUEUE, key, strlen(key));
+        submit(j, b, &plain[i]);
+    }
+    release_writer(&g);
+    for (int i = 0; i < 6; i++)
+        sem_wait(&done);
+    destroy_gate(&g);
+    journal_get_stats(j, &s1);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(plain[i].status, AR_OK);
+    assert_int_equal(s1.commits - s0.commits, 2);        /* the gate, then the group */
+    assert_int_equal(s1.direct_batches - s0.direct_batches, 6 + 1); /* the gate: a group of one */
+    assert_int_equal(s1.nested_batches - s0.nested_batches, 0);
+    assert_int_equal(s1.regrouped - s0.regrouped, 0);
+    assert_value(j, JDB_MEMORY, "m:p3", "A");
+
+    /* Mixed: plain ones direct, the callback and the conditional put nested; one plain batch
+     * refused by the hook, one with an empty key. */
+    hold_writer(j, &g);
+    struct outcome ok1 = { .done = &done }, refused = { .done = &done }, empty = { .done = &done },
+                   cb = { .done = &done }, cond = { .done = &done }, ok2 = { .done = &done };
+    int runs = 0;
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "m1", 2, "M1", 2);
+    submit(j, b, &ok1);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "r1", 2, "R1", 2);
+    journal_batch_put(b, JDB_APPROVALS, "bad", 3, "B", 1);
+    submit(j, b, &refused);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "e1", 2, "E1", 2);
+    journal_batch_put(b, JDB_ACTIONS, "", 0, "E2", 2);
+    submit(j, b, &empty);
+    b = journal_batch_new();
+    journal_batch_apply(b, count_runs, &runs);
+    submit(j, b, &cb);
+    b = journal_batch_new();
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "c1", 2, "C1", 2);
+    submit(j, b, &cond);
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "m2", 2, "M2", 2);
+    submit(j, b, &ok2);
+    release_writer(&g);
+    for (int i = 0; i < 6; i++)
+        sem_wait(&done);
+    destroy_gate(&g);
+    journal_get_stats(j, &s2);
+    assert_int_equal(ok1.status, AR_OK);
+    assert_int_equal(ok2.status, AR_OK);
+    assert_int_equal(cb.status, AR_OK);
+    assert_int_equal(cond.status, AR_OK);
+    assert_int_equal(refused.status, AR_E_INVALID);
+    assert_string_equal(refused.code, "hook_refused");
+    assert_int_equal(empty.status, AR_E_INVALID);
+    assert_string_equal(empty.code, "journal_invalid_key");
+    assert_value(j, JDB_ACTIONS, "m1", "M1");
+    assert_value(j, JDB_ACTIONS, "m2", "M2");
+    assert_value(j, JDB_CACHE, "cb", "ran");
+    assert_value(j, JDB_IDEMPOTENCY, "c1", "C1");
+    assert_absent(j, JDB_ACTIONS, "r1");
+    assert_absent(j, JDB_APPROVALS, "bad");
+    assert_absent(j, JDB_ACTIONS, "e1");
+    assert_true(runs >= 1); /* once, or again when the group was run again */
+    assert_int_equal(s2.commits - s1.commits, 2);
+    assert_int_equal(s2.batches - s1.batches, 1 + 4);
+    assert_int_equal(s2.regrouped - s1.regrouped, 1); /* "refused" ran directly, then failed */
+    assert_int_equal(s2.nested_batches - s1.nested_batches, 4); /* run again: all nested */
+
+    /* Without the refusal the same mix runs plain batches directly, the others nested. */
+    hold_writer(j, &g);
+    memset(&ok1, 0, sizeof ok1);
+    memset(&cb, 0, sizeof cb);
+    memset(&cond, 0, sizeof cond);
+    ok1.done = cb.done = cond.done = &done;
+    b = journal_batch_new();
+    journal_batch_put(b, JDB_ACTIONS, "m3", 2, "M3", 2);
+    submit(j, b, &ok1);
+    b = journal_batch_new();
+    journal_batch_apply(b, count_runs, &runs);
+    submit(j, b, &cb);
+    b = journal_batch_new();
+    journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "c1", 2, "again", 5);
+    submit(j, b, &cond);
+    release_writer(&g);
+    for (int i = 0; i < 3; i++)
+        sem_wait(&done);
+    destroy_gate(&g);
+    journal_get_stats(j, &s3);
+    assert_int_equal(ok1.status, AR_OK);
+    assert_int_equal(cb.status, AR_OK);
+    assert_int_equal(cond.status, AR_E_EXISTS);
+    assert_string_equal(cond.conflict_val, "C1");
+    assert_int_equal(s3.direct_batches - s2.direct_batches, 1 + 1); /* gate, m3 */
+    assert_int_equal(s3.nested_batches - s2.nested_batches, 1);     /* cb; cond failed */
+    assert_int_equal(s3.regrouped - s2.regrouped, 0);
+    sem_destroy(&done);
+    journal_close(j);
+    rm_rf(dir);
+}
+
+/* journal_commit callers: every one told its own outcome, and no more wake-ups than callers
+ * (only those asleep are woken, each once). */
+struct committer {
+    journal *j;
+    int id;
+    int failures, conflicts;
+};
+
+static void *committer_main(void *arg)
+{
+    struct committer *c = arg;
+    for (int i = 0; i < 50; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "c%02d-%03d", c->id, i);
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, key, strlen(key), key, strlen(key));
+        if (i % 7 == 3) /* taken by everyone: the first one wins */
+            journal_batch_put_unless_exists(b, JDB_IDEMPOTENCY, "shared", 6, key, strlen(key));
+        ar_error err;
+        int rc = journal_commit(c->j, b, &err);
+        if (rc == AR_E_EXISTS)
+            c->conflicts++;
+        else if (rc != AR_OK)
+            c->failures++;
+        journal_batch_free(b);
+    }
+    return NULL;
+}
+
+static void commit_callers_are_each_woken_once(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    enum { CALLERS = 16 };
+    pthread_t t[CALLERS];
+    struct committer cs[CALLERS];
+    journal_stats before, after;
+    journal_get_stats(j, &before);
+    for (int i = 0; i < CALLERS; i++) {
+        cs[i] = (struct committer){ .j = j, .id = i };
+        assert_int_equal(pthread_create(&t[i], NULL, committer_main, &cs[i]), 0);
+    }
+    int conflicts = 0;
+    for (int i = 0; i < CALLERS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(cs[i].failures, 0);
+        conflicts += cs[i].conflicts;
+    }
+    journal_get_stats(j, &after);
+    int per_caller_conditional = 0;
+    for (int i = 0; i < 50; i++)
+        per_caller_conditional += i % 7 == 3;
+    assert_int_equal(conflicts, CALLERS * per_caller_conditional - 1);
+    assert_int_equal(after.batches - before.batches, CALLERS * 50 - conflicts);
+    assert_true(after.wakeups - before.wakeups <= (uint64_t)CALLERS * 50);
+    for (int i = 0; i < CALLERS; i++)
+        for (int k = 0; k < 50; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "c%02d-%03d", i, k);
+            if (k % 7 == 3)
+                continue; /* there only if it won the shared key */
+            assert_value(j, JDB_ACTIONS, key, key);
+        }
+    journal_close(j);
+    rm_rf(dir);
+}
+
+static int put_last_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)err;
+    const char *const *kv = arg;
+    return journal_txn_put_last(txn, JDB_CHECKPOINTS, kv[0], strlen(kv[0]), kv[1], strlen(kv[1]));
+}
+
+/* Puts of keys expected last: the same result as plain puts whatever the key (last, before
+ * the last, existing, in an empty database), through batches and callbacks; and pages filled
+ * when the keys do come in order. */
+static void put_last_appends_or_puts(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    journal *j = open_journal(dir, 0);
+    const char *order[] = {"k05", "k07", "k06", "k07", "k01", "k09"};
+    const char *vals[] = {"a", "b", "c", "d", "e", "f"};
+    for (int i = 0; i < 6; i++) {
+        journal_batch *b = journal_batch_new();
+        journal_batch_put_last(b, JDB_AUDIT, order[i], 3, vals[i], 1);
+        journal_batch_put_last(b, JDB_AUDIT, order[i], 3, vals[i], 1); /* the same key twice */
+        const char *kv[2] = {order[i], vals[i]};
+        journal_batch_apply(b, put_last_in_txn, (void *)kv);
+        assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+        journal_batch_free(b);
+    }
+    assert_value(j, JDB_AUDIT, "k05", "a");
+    assert_value(j, JDB_AUDIT, "k07", "d");
+    assert_value(j, JDB_AUDIT, "k06", "c");
+    assert_value(j, JDB_AUDIT, "k01", "e");
+    assert_value(j, JDB_AUDIT, "k09", "f");
+    assert_value(j, JDB_CHECKPOINTS, "k07", "d");
+    assert_value(j, JDB_CHECKPOINTS, "k01", "e");
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, JDB_AUDIT, &c), AR_OK);
+    const char *want[] = {"k01", "k05", "k06", "k07", "k09"};
+    int n = 0;
+    const void *k;
+    size_t kl;
+    for (int op = JOURNAL_FIRST; journal_cursor_get(c, op, &k, &kl, NULL, NULL) == AR_OK;
+         op = JOURNAL_NEXT, n++) {
+        assert_true(n < 5);
+        assert_int_equal(kl, 3);
+        assert_memory_equal(k, want[n], 3);
+    }
+    assert_int_equal(n, 5);
+    journal_cursor_close(c);
+    journal_read_end(r);
+
+    /* 600 records of 1.5 KB in key order: two fit a 4 KB page. Appended, the pages fill (about
+     * 2 KB a record); put the ordinary way, each split leaves one record behind (4 KB). */
+    static char big[1500];
+    memset(big, 'x', sizeof big);
+    journal_stats s0, s1, s2;
+    journal_get_stats(j, &s0);
+    for (int i = 0; i < 600; i += 50) {
+        journal_batch *b = journal_batch_new();
+        for (int k2 = i; k2 < i + 50; k2++) {
+            char key[32];
+            snprintf(key, sizeof key, "%026d", k2);
+            journal_batch_put_last(b, JDB_ACTIONS, key, 26, big, sizeof big);
+        }
+        assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+        journal_batch_free(b);
+    }
+    journal_get_stats(j, &s1);
+    for (int i = 0; i < 600; i += 50) {
+        journal_batch *b = journal_batch_new();
+        for (int k2 = i; k2 < i + 50; k2++) {
+            char key[32];
+            snprintf(key, sizeof key, "%026d", k2);
+            journal_batch_put(b, JDB_CACHE, key, 26, big, sizeof big);
+        }
+        assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+        journal_batch_free(b);
+    }
+    journal_get_stats(j, &s2);
+    size_t appended = s1.map_used - s0.map_used, plain = s2.map_used - s1.map_used;
+    print_message("600 records of 1.5 KB: %zu bytes appended, %zu put\n", appended, plain);
+    assert_true(appended < 600 * 2600);
+    assert_true(plain > 600 * 3200);
+    journal_close(j);
+    rm_rf(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(roundtrip_and_reopen),
     cmocka_unit_test(conflict_rolls_back_its_batch_only),
@@ -2110,6 +2540,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(owned_arg_freed_on_failure),
     cmocka_unit_test(owned_arg_freed_when_never_committed),
     cmocka_unit_test(owned_arg_freed_once_after_reruns),
+    cmocka_unit_test(done_callbacks_run_in_order_off_the_writer),
+    cmocka_unit_test(plain_batches_run_directly_and_still_fail_alone),
+    cmocka_unit_test(commit_callers_are_each_woken_once),
+    cmocka_unit_test(put_last_appends_or_puts),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

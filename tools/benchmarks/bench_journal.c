@@ -3,8 +3,9 @@
  * the journal (group commit by its writer thread) with N concurrent callers, next to LMDB used
  * directly (every caller its own synced write transaction: no grouping).
  *
- *   aiorun-bench-journal [--mode journal|lmdb] [--callers N] [--records R] [--value-bytes B]
- *                        [--dir PARENT] [--warmup S] [--runs N] [--duration S] [--label NAME]
+ *   aiorun-bench-journal [--mode journal|lmdb|audit] [--callers N] [--records R]
+ *                        [--value-bytes B] [--dir PARENT] [--warmup S] [--runs N] [--duration S]
+ *                        [--label NAME]
  *
  * Each caller loops: a batch of R new records (keys in creation order across all callers, as
  * action ids are; value: B bytes; default 1 record of 1024 bytes, about an action record) in
@@ -14,7 +15,15 @@
  * (MDB_NOTLS, synced). The environment lives in a fresh directory under PARENT (default /tmp)
  * and is removed afterwards. Per run (a window of --duration seconds): records/s, commits/s
  * (the journal's own count of write transactions), batches per commit, the exact p50/p99 of
- * one caller's commit latency.
+ * one caller's commit latency. Mode journal also reports, per commit, how many callers had to
+ * be woken (a futex wake each) and how many batches ran directly in the shared transaction
+ * rather than nested; at the end, the bytes of the environment in use per record written
+ * (per batch in mode audit), warm-up included.
+ *
+ * Mode audit is mode journal with batches shaped like the scheduler's state changes: each
+ * batch puts one record (B bytes, key in creation order, in JDB_ACTIONS) and appends R audit
+ * entries about it (audit_batch_append, data as a "completed" entry's); records/s counts the
+ * audit entries.
  */
 #include <errno.h>
 #include <lmdb.h>
@@ -25,11 +34,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "bench_common.h"
 #include "journal.h"
 
 typedef struct bench {
-    int lmdb;
+    int lmdb, audit;
     int callers, records;
     size_t value_bytes;
     char *value;
@@ -81,10 +91,23 @@ static int commit_journal(caller *c)
 {
     bench *b = c->b;
     journal_batch *batch = journal_batch_new();
-    for (int r = 0; r < b->records; r++) {
-        char key[48];
+    if (b->audit) {
+        char key[48], id[27];
         int klen = next_key(b, key);
-        journal_batch_put(batch, JDB_CACHE, key, (size_t)klen, b->value, b->value_bytes);
+        journal_batch_put(batch, JDB_ACTIONS, key, (size_t)klen, b->value, b->value_bytes);
+        memcpy(id, key, 26); /* an action id is 26 characters, as the key is */
+        id[26] = '\0';
+        for (int r = 0; r < b->records; r++)
+            audit_batch_append(batch, "completed", id,
+                               json_pack("{s:i, s:s, s:i, s:i, s:n, s:s, s:n}", "attempt", 1, "outcome", "ok",
+                                         "http_status", 200, "latency_ms", r, "error_class", "state",
+                                         "SUCCEEDED", "cost"));
+    } else {
+        for (int r = 0; r < b->records; r++) {
+            char key[48];
+            int klen = next_key(b, key);
+            journal_batch_put(batch, JDB_CACHE, key, (size_t)klen, b->value, b->value_bytes);
+        }
     }
     ar_error err = {0};
     int rc = journal_commit(b->j, batch, &err);
@@ -146,15 +169,16 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--runs") == 0) runs = (int)bench_arg_long(a, v);
         else if (strcmp(a, "--label") == 0) label = v;
         else {
-            fprintf(stderr, "usage: aiorun-bench-journal [--mode journal|lmdb] [--callers N] [--records R] "
+            fprintf(stderr, "usage: aiorun-bench-journal [--mode journal|lmdb|audit] [--callers N] [--records R] "
                             "[--value-bytes B] [--dir PARENT] [--warmup S] [--runs N] [--duration S] [--label NAME]\n");
             return 2;
         }
     }
     b.lmdb = strcmp(mode, "lmdb") == 0;
-    if ((!b.lmdb && strcmp(mode, "journal") != 0) || b.callers < 1 || b.records < 1 || b.value_bytes < 1 ||
+    b.audit = strcmp(mode, "audit") == 0;
+    if ((!b.lmdb && !b.audit && strcmp(mode, "journal") != 0) || b.callers < 1 || b.records < 1 || b.value_bytes < 1 ||
         runs < 1 || runs > BENCH_MAX_RUNS || duration_s <= 0) {
-        fprintf(stderr, "bench-journal: --mode journal|lmdb; --callers, --records, --value-bytes >= 1; --runs 1..%d\n",
+        fprintf(stderr, "bench-journal: --mode journal|lmdb|audit; --callers, --records, --value-bytes >= 1; --runs 1..%d\n",
                 BENCH_MAX_RUNS);
         return 2;
     }
@@ -215,6 +239,7 @@ int main(int argc, char **argv)
     pthread_barrier_wait(&b.start);
     /* the journal's commit counter at each window's edges */
     uint64_t commits_at[BENCH_MAX_RUNS + 1] = {0}, batches_at[BENCH_MAX_RUNS + 1] = {0};
+    uint64_t wakeups_at[BENCH_MAX_RUNS + 1] = {0}, direct_at[BENCH_MAX_RUNS + 1] = {0};
     for (int r = 0; r <= runs; r++) {
         sleep_until(b.t0 + warm_ns + run_ns * r);
         if (!b.lmdb) {
@@ -222,6 +247,8 @@ int main(int argc, char **argv)
             journal_get_stats(b.j, &st);
             commits_at[r] = st.commits;
             batches_at[r] = st.batches;
+            wakeups_at[r] = st.wakeups;
+            direct_at[r] = st.direct_batches;
         }
     }
     int failed = 0;
@@ -234,7 +261,7 @@ int main(int argc, char **argv)
         }
     }
 
-    bench_series rec_s = {0}, com_s = {0}, per_commit = {0}, p50 = {0}, p99 = {0};
+    bench_series rec_s = {0}, com_s = {0}, per_commit = {0}, p50 = {0}, p99 = {0}, wakes = {0}, direct = {0};
     size_t total = 0;
     for (int i = 0; i < b.callers; i++)
         total += cs[i].n;
@@ -252,18 +279,37 @@ int main(int argc, char **argv)
         bench_series_add(&rec_s, (double)n * b.records / duration_s);
         bench_series_add(&com_s, commits / duration_s);
         bench_series_add(&per_commit, commits > 0 ? batches / commits : 0);
+        bench_series_add(&wakes, commits > 0 ? (double)(wakeups_at[r + 1] - wakeups_at[r]) / commits : 0);
+        bench_series_add(&direct, batches > 0 ? (double)(direct_at[r + 1] - direct_at[r]) / batches : 0);
         bench_series_add(&p50, (double)bench_quantile(lat, n, 0.50) / 1e3);
         bench_series_add(&p99, (double)bench_quantile(lat, n, 0.99) / 1e3);
     }
-    fprintf(stderr, "journal %-22s %9.0f records/s  %7.0f commits/s  %5.1f batches/commit  p50 %7.1f us  p99 %7.1f us%s%s\n",
+    fprintf(stderr, "journal %-22s %9.0f records/s  %7.0f commits/s  %5.1f batches/commit  p50 %7.1f us  p99 %7.1f us",
             label, bench_series_median(&rec_s), bench_series_median(&com_s), bench_series_median(&per_commit),
-            bench_series_median(&p50), bench_series_median(&p99), failed ? "  FAILED: " : "", error);
+            bench_series_median(&p50), bench_series_median(&p99));
+    double bytes_per_record = 0;
+    if (!b.lmdb) {
+        journal_stats st;
+        journal_get_stats(b.j, &st);
+        size_t written = 0;
+        for (int i = 0; i < b.callers; i++)
+            written += cs[i].n * (size_t)(b.audit ? 1 : b.records);
+        bytes_per_record = written ? (double)st.map_used / (double)written : 0;
+        fprintf(stderr, "  %5.1f wakes/commit  %3.0f%% direct  %5.0f B/%s", bench_series_median(&wakes),
+                100 * bench_series_median(&direct), bytes_per_record, b.audit ? "batch" : "record");
+    }
+    fprintf(stderr, "%s%s\n", failed ? "  FAILED: " : "", error);
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:I, s:f, s:i, s:o, s:o, s:o, s:o, s:o}",
         "label", label, "mode", mode, "callers", b.callers, "records_per_batch", b.records,
         "value_bytes", (json_int_t)b.value_bytes, "run_s", duration_s, "runs", runs,
         "records_per_s", bench_series_json(&rec_s), "commits_per_s", bench_series_json(&com_s),
         "batches_per_commit", bench_series_json(&per_commit), "p50_us", bench_series_json(&p50),
         "p99_us", bench_series_json(&p99));
+    if (!b.lmdb) {
+        json_object_set_new(out, "wakeups_per_commit", bench_series_json(&wakes));
+        json_object_set_new(out, "direct_share", bench_series_json(&direct));
+        json_object_set_new(out, b.audit ? "bytes_per_batch" : "bytes_per_record", json_real(bytes_per_record));
+    }
     if (failed)
         json_object_set_new(out, "error", json_string(error));
     bench_print_json(out);
