@@ -167,7 +167,7 @@ static int wait_healthy(harness *h, int timeout_ms)
     return -1;
 }
 
-static void print_log(const harness *h)
+void harness_print_log(const harness *h)
 {
     FILE *f = fopen(h->log_path, "r");
     char line[1024];
@@ -195,7 +195,7 @@ int harness_restart(harness *h)
         return -1;
     }
     if (wait_healthy(h, 15000) != 0) {
-        print_log(h);
+        harness_print_log(h);
         return -1;
     }
     return 0;
@@ -300,7 +300,7 @@ int harness_stop(harness *h)
         usleep(50 * 1000);
     }
     fprintf(stderr, "daemon did not stop within 10 s of SIGTERM\n");
-    print_log(h);
+    harness_print_log(h);
     harness_kill9(h);
     return -1;
 }

@@ -47,6 +47,8 @@ int harness_restart(harness *h);
 int harness_stop(harness *h);
 /* SIGKILL and reap. */
 void harness_kill9(harness *h);
+/* Copy the daemon's log to stderr (for a failing test: the directory goes at cleanup). */
+void harness_print_log(const harness *h);
 /* Stop if running and remove the directory. */
 void harness_cleanup(harness *h);
 /* A test's teardown: stop the daemon if it runs (SIGTERM), remove the directory; 0 when the

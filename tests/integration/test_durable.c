@@ -99,6 +99,7 @@ static void check(const char *fault, const char *connector, json_t *r, const cha
     int att = (int)json_integer_value(json_object_get(r, "attempts"));
     if (strcmp(str(r, "state"), state) != 0 || att != attempts || got != effects) {
         char *dump = json_dumps(r, JSON_COMPACT | JSON_INDENT(0));
+        harness_print_log(&H);
         fail_msg("%s via %s: expected %s, %d attempt(s), %d effect(s); got %s, %d, %ld\n%s", fault, connector,
                  state, attempts, effects, str(r, "state"), att, got, dump);
     }
