@@ -1,14 +1,23 @@
 /* scheduler.c - dispatch, retries and reconciliation, each step journaled (see scheduler.h).
  * Functions marked "loop thread" run on the scheduler's event loop; the *_durable callbacks
- * run on the journal writer thread and only hand work back to the loop. */
+ * run on the journal writer thread and only hand work back to the loop.
+ *
+ * An action's way through a connector: the ready queue (a heap by priority with aging, and a
+ * second heap of the same jobs by deadline, so that expiring them costs O(log n) and nothing
+ * when none is due) → the pipeline: its DISPATCHED intent journaled, then a FIFO of attempts
+ * durable and waiting for an idle process (the "send queue"), then the call itself. The
+ * pipeline is deeper than the process count when calls are short next to a commit, so that the
+ * intents of several attempts share a group commit while the processes are busy. */
 #include "scheduler.h"
 
 #include <math.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <aiorun/plugin.h>
@@ -19,39 +28,90 @@
 #include "frame.h"
 #include "loop.h"
 
+/* Parked jobs (queued or waiting to retry) keep their parsed record while the scheduler holds
+ * at most this many actions; beyond, they keep a compact entry and the record is read again
+ * from the journal when the attempt starts (a parsed record costs ~10 kB). */
+#define SCHED_RECORDS_KEPT 1024
+
+#define NO_POS SIZE_MAX
+
 typedef struct conn conn;
 
 typedef enum job_place {
     JOB_NOWHERE = 0,   /* being handed around (journaling, posting) */
     JOB_QUEUED,        /* in its connector's ready queue */
     JOB_WAITING,       /* RETRY_WAIT, a timer pending */
+    JOB_SENDQ,         /* in the pipeline, waiting for an idle process (DISPATCHED durable, or a lookup) */
     JOB_INFLIGHT       /* a call or lookup is running in a sandbox process */
 } job_place;
 
 typedef struct job {
     scheduler *s;
-    conn *c;
-    json_t *rec;                /* owned */
-    char *input_text;           /* the input as JSON text, made once */
+    conn *c;                    /* NULL: its connector is not configured (it is left as it is) */
+    json_t *rec;                /* owned; NULL while compact (read again when its attempt starts) */
+    char *input_text;           /* the input as JSON text, made when the attempt starts */
+    /* what the queue needs, also while compact */
+    char id[ACTION_ID_LEN + 1];
+    int priority;
+    int64_t created_ms, deadline_ms, next_attempt_ms;
+    uint64_t seq;               /* arrival order: ties in the heaps */
+    size_t qpos, dpos;          /* index in the connector's ready heap / deadline heap, NO_POS if not */
+    int front;                  /* ahead of everything in the ready queue */
     job_place place;
     int64_t queued_mono_ms;     /* when it last entered its connector's queue (queue_wait) */
-    int dispatch_recorded;      /* DISPATCHED for this attempt is already durable */
+    int64_t stage_us;           /* when its DISPATCHED intent was submitted, then when it was durable */
+    int dispatch_recorded;      /* DISPATCHED for this attempt is durable and the call not sent */
     int reconcile;              /* the next step asks the plugin's lookup, not invoke */
+    int recovered;              /* resumed by scheduler_recover: its next step audits how */
+    int retry_wait;             /* compact from recovery: it was RETRY_WAIT (else READY/APPROVED) */
+    int piped;                  /* counted in its connector's pipeline and the daemon's inflight */
+    int intent;                 /* its DISPATCHED intent is being journaled */
+    int64_t trial_since_ms;     /* a half-open breaker's trial, not sent yet: that state's since_ms */
     int cancel_requested;
     char cancel_by[80];
     uint64_t timer;
     struct job *all_prev, *all_next; /* every job the scheduler holds (for cancel) */
+    struct job *send_next;           /* the connector's send queue */
     /* a pending cancel answered once the CANCELLED record is durable */
     scheduler_cancel_fn cancel_done;
     void *cancel_arg;
 } job;
 
+/* A binary min-heap of jobs that knows where each one is, so removal is O(log n). */
+typedef struct job_heap {
+    job **items;
+    size_t n, cap;
+    int by_deadline;            /* 0: queue order (score, then arrival); 1: deadline, then arrival */
+} job_heap;
+
+/* A connector's flow state as shown, copied out of the loop's own. */
+typedef struct flow_snap {
+    int paused;
+    char paused_by[80];
+    char pause_reason[256];
+    int64_t paused_at_ms;
+    int64_t rate_limited_until_ms;
+    flow_breaker breaker;       /* a copy: its ring is not to be read */
+    flow_bucket bucket;
+    int calls, dispatching, waiting, depth;
+    size_t queued;
+} flow_snap;
+
 struct conn {
     scheduler *s;
     const config_connector *cc;
     sandbox_pool *pool;
-    flow_heap queue;            /* jobs waiting to start, by priority with aging (loop thread) */
-    int inflight;               /* journaling DISPATCHED or running in the pool */
+    job_heap queue;             /* jobs waiting to start, by priority with aging (loop thread) */
+    job_heap deadlines;         /* the same jobs that have a deadline, soonest first */
+    job *sendq_head, *sendq_tail; /* durable DISPATCHED attempts (and lookups) waiting for a process */
+    int sendq_n;
+    int pipeline;               /* jobs from their start to their outcome: journaling DISPATCHED,
+                                   in the send queue, or running */
+    int journaling;             /* of those, DISPATCHED intents not durable yet */
+    int calls;                  /* of those, calls and lookups running in the pool */
+    int depth;                  /* how many the pipeline may hold, as last computed */
+    int fixed_depth;            /* scheduler_set_pipeline; 0: chosen from the latencies */
+    double call_ewma_us;        /* mean call latency, recent calls weighing most; 0: none yet */
     /* flow control (loop thread) */
     flow_bucket bucket;
     flow_breaker breaker;
@@ -60,12 +120,13 @@ struct conn {
     char pause_reason[256];
     int64_t paused_at_ms;
     int64_t rate_limited_until_ms;  /* the API asked the whole connector to wait */
-    uint64_t wake_timer;            /* a pump once a block lifts */
+    uint64_t wake_timer;            /* a pump once a block lifts or a deadline comes */
     int64_t wake_at_ms;
     json_t *events;                 /* recent flow transitions, journaled with the state */
-    /* what GET /v1/connectors shows, rebuilt on the loop thread */
+    /* what GET /v1/connectors shows: copied on the loop thread at every change (cheap), made
+     * into JSON by the thread that asks */
     pthread_mutex_t view_lock;
-    json_t *view;
+    flow_snap view;
 };
 
 struct scheduler {
@@ -80,12 +141,16 @@ struct scheduler {
     scheduler_validate_fn validate;   /* set before work starts; called on the loop thread */
     scheduler_metrics metrics;        /* set before work starts */
     void *validate_arg;
+    scheduler_pending_fn pending_fn;  /* set before scheduler_recover */
+    void *pending_arg;
     int stopping;               /* loop thread only */
     job *all;                   /* loop thread only */
+    uint64_t seq;               /* loop thread only: arrival order */
+    double commit_ewma_us;      /* loop thread only: mean DISPATCHED commit latency; 0: none yet */
     const config *cfg;
     size_t held;                /* jobs held (queued, waiting, in flight): read by the API */
-    pthread_mutex_t lock;       /* guards the two counts below, read by scheduler_free */
-    int inflight_total;         /* calls running in sandboxes */
+    pthread_mutex_t lock;       /* guards held and the two counts below, read by scheduler_free */
+    int inflight_total;         /* jobs in the connectors' pipelines (max_inflight) */
     int journaling;             /* transitions submitted to the journal, not yet continued */
 };
 
@@ -93,6 +158,14 @@ static void pump(conn *c);
 static void pump_all(scheduler *s);
 static void wake_in(conn *c, int64_t delay_ms);
 static void publish(conn *c);
+static void drain_sendq(conn *c);
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 /* ---- jobs --------------------------------------------------------------------------------- */
 
@@ -134,24 +207,9 @@ static conn *find_conn(scheduler *s, const char *name)
     return NULL;
 }
 
-static void inflight_add(conn *c, int delta)
-{
-    c->inflight += delta;
-    pthread_mutex_lock(&c->s->lock);
-    c->s->inflight_total += delta;
-    pthread_mutex_unlock(&c->s->lock);
-}
-
 static int64_t rec_int(const json_t *rec, const char *key)
 {
     return json_integer_value(json_object_get(rec, key));
-}
-
-/* Queue order: higher priority first, older first; every aging_ms of age is worth one priority
- * level, so the key is static and a heap keeps it. */
-static int64_t queue_score(const job *jb)
-{
-    return rec_int(jb->rec, "created_ms") - rec_int(jb->rec, "priority") * (int64_t)jb->s->cfg->aging_ms;
 }
 
 /* Count one observation in a stage histogram {stage, connector} (when measured). */
@@ -161,27 +219,295 @@ static void observe_stage(conn *c, const char *stage, double seconds)
         metrics_observe(c->s->metrics.stage_seconds, (const char *const[]){stage, c->cc->name}, seconds);
 }
 
-static void push_back(conn *c, job *jb)
+/* ---- the pipeline's counts ------------------------------------------------------------------ */
+
+static void inflight_total_add(scheduler *s, int delta)
 {
-    jb->place = JOB_QUEUED;
-    jb->queued_mono_ms = ar_mono_ms();
-    if (flow_heap_push(&c->queue, jb, queue_score(jb)) != AR_OK)
-        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"),
-                  "out of memory queueing action %s; it resumes at the next start", action_record_str(jb->rec, "id"));
+    pthread_mutex_lock(&s->lock);
+    s->inflight_total += delta;
+    pthread_mutex_unlock(&s->lock);
 }
 
-/* Ahead of everything: an attempt already journaled that found no free process. */
-static void push_front(conn *c, job *jb)
+/* The job starts its attempt (or lookup): it counts against the connector's pipeline and the
+ * daemon's max_inflight until its outcome is handled. */
+static void pipe_enter(job *jb)
+{
+    if (jb->piped)
+        return;
+    jb->piped = 1;
+    jb->c->pipeline++;
+    inflight_total_add(jb->s, +1);
+}
+
+static void pipe_leave(job *jb)
+{
+    if (jb->intent) {
+        jb->intent = 0;
+        jb->c->journaling--;
+    }
+    if (!jb->piped)
+        return;
+    jb->piped = 0;
+    jb->c->pipeline--;
+    inflight_total_add(jb->s, -1);
+}
+
+/* A half-open breaker's trial that ends without being sent gives its trial back (while the
+ * breaker is still in the half-open state it was taken from). */
+static void trial_unused(job *jb)
+{
+    flow_breaker *b = &jb->c->breaker;
+    if (jb->trial_since_ms && b->state == BREAKER_HALF_OPEN && b->since_ms == jb->trial_since_ms &&
+        b->trials_started > 0)
+        b->trials_started--;
+    jb->trial_since_ms = 0;
+}
+
+/* ---- job heaps -------------------------------------------------------------------------------- */
+
+/* Queue order: higher priority first, older first; every aging_ms of age is worth one priority
+ * level, so the key is static and a heap keeps it. */
+static int64_t queue_score(const job *jb)
+{
+    if (jb->front)
+        return INT64_MIN / 2;
+    return jb->created_ms - (int64_t)jb->priority * jb->s->cfg->aging_ms;
+}
+
+static size_t *heap_pos(const job_heap *h, job *jb)
+{
+    return h->by_deadline ? &jb->dpos : &jb->qpos;
+}
+
+static int heap_before(const job_heap *h, const job *a, const job *b)
+{
+    int64_t ka = h->by_deadline ? a->deadline_ms : queue_score(a);
+    int64_t kb = h->by_deadline ? b->deadline_ms : queue_score(b);
+    return ka < kb || (ka == kb && a->seq < b->seq);
+}
+
+static void heap_place(job_heap *h, size_t i, job *jb)
+{
+    h->items[i] = jb;
+    *heap_pos(h, jb) = i;
+}
+
+static void heap_up(job_heap *h, size_t i)
+{
+    job *jb = h->items[i];
+    while (i > 0 && heap_before(h, jb, h->items[(i - 1) / 2])) {
+        heap_place(h, i, h->items[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    heap_place(h, i, jb);
+}
+
+static void heap_down(job_heap *h, size_t i)
+{
+    job *jb = h->items[i];
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        job *best = jb;
+        if (l < h->n && heap_before(h, h->items[l], best))
+            best = h->items[m = l];
+        if (r < h->n && heap_before(h, h->items[r], best))
+            best = h->items[m = r];
+        if (m == i)
+            break;
+        heap_place(h, i, best);
+        i = m;
+    }
+    heap_place(h, i, jb);
+}
+
+static int heap_push(job_heap *h, job *jb)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        job **items = realloc(h->items, cap * sizeof *items);
+        if (!items)
+            return AR_E_NOMEM;
+        h->items = items;
+        h->cap = cap;
+    }
+    h->items[h->n] = jb;
+    heap_up(h, h->n++);
+    return AR_OK;
+}
+
+static void heap_remove(job_heap *h, job *jb)
+{
+    size_t i = *heap_pos(h, jb);
+    *heap_pos(h, jb) = NO_POS;
+    if (i >= h->n || h->items[i] != jb)
+        return;
+    if (i == --h->n)
+        return;
+    heap_place(h, i, h->items[h->n]);
+    heap_down(h, i);
+    heap_up(h, i);
+}
+
+static job *heap_top(const job_heap *h)
+{
+    return h->n ? h->items[0] : NULL;
+}
+
+/* Let go of every job at once (stop): their positions are forgotten with them. */
+static void heap_clear(job_heap *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        *heap_pos(h, h->items[i]) = NO_POS;
+    h->n = 0;
+}
+
+static void heap_fini(job_heap *h)
+{
+    free(h->items);
+    memset(h, 0, sizeof *h);
+}
+
+/* ---- the ready queue -------------------------------------------------------------------------- */
+
+static void enqueue_job(conn *c, job *jb)
 {
     jb->place = JOB_QUEUED;
-    if (flow_heap_push(&c->queue, jb, INT64_MIN / 2) != AR_OK)
-        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"), "out of memory queueing action %s",
-                  action_record_str(jb->rec, "id"));
+    jb->seq = ++c->s->seq;
+    if (heap_push(&c->queue, jb) != AR_OK) {
+        jb->qpos = NO_POS;
+        ar_log_as("error", "scheduler", jb->id, "out of memory queueing action %s; it resumes at the next start",
+                  jb->id);
+        return;
+    }
+    if (jb->deadline_ms && heap_push(&c->deadlines, jb) != AR_OK)
+        jb->dpos = NO_POS; /* it still fails at its deadline, when it is started */
+}
+
+static void push_back(conn *c, job *jb)
+{
+    jb->front = 0;
+    jb->queued_mono_ms = ar_mono_ms();
+    enqueue_job(c, jb);
+}
+
+/* Ahead of everything: a new attempt wanted at once (a lookup found it did not happen). */
+static void push_front(conn *c, job *jb)
+{
+    jb->front = 1;
+    enqueue_job(c, jb);
 }
 
 static void unqueue(conn *c, job *jb)
 {
-    flow_heap_remove(&c->queue, jb);
+    heap_remove(&c->queue, jb);
+    heap_remove(&c->deadlines, jb);
+}
+
+static job *queue_pop(conn *c)
+{
+    job *jb = heap_top(&c->queue);
+    if (jb)
+        unqueue(c, jb);
+    return jb;
+}
+
+/* ---- the send queue ----------------------------------------------------------------------------- */
+
+static void sendq_push(conn *c, job *jb)
+{
+    jb->place = JOB_SENDQ;
+    jb->send_next = NULL;
+    if (c->sendq_tail)
+        c->sendq_tail->send_next = jb;
+    else
+        c->sendq_head = jb;
+    c->sendq_tail = jb;
+    c->sendq_n++;
+}
+
+static void sendq_remove(conn *c, job *jb)
+{
+    job *prev = NULL;
+    for (job *it = c->sendq_head; it; prev = it, it = it->send_next) {
+        if (it != jb)
+            continue;
+        if (prev)
+            prev->send_next = jb->send_next;
+        else
+            c->sendq_head = jb->send_next;
+        if (c->sendq_tail == jb)
+            c->sendq_tail = prev;
+        c->sendq_n--;
+        break;
+    }
+    jb->send_next = NULL;
+    jb->place = JOB_NOWHERE;
+}
+
+/* ---- compact jobs ------------------------------------------------------------------------------- */
+
+/* Take what the queue needs from the record. */
+static void job_note(job *jb)
+{
+    snprintf(jb->id, sizeof jb->id, "%s", action_record_str(jb->rec, "id"));
+    jb->priority = (int)rec_int(jb->rec, "priority");
+    jb->created_ms = rec_int(jb->rec, "created_ms");
+    jb->deadline_ms = rec_int(jb->rec, "deadline_ms");
+    jb->next_attempt_ms = rec_int(jb->rec, "next_attempt_ms");
+}
+
+/* A parked job lets go of its record while the scheduler holds many (the journal has it: only
+ * called when the record is exactly what is stored, i.e. just after it was journaled or taken
+ * in, and nothing held only in memory is pending). */
+static void maybe_compact(job *jb)
+{
+    if (!jb->rec || jb->cancel_requested || jb->cancel_done || scheduler_held(jb->s) <= SCHED_RECORDS_KEPT)
+        return;
+    /* Only a record as stored and waiting to run: one found DISPATCHED at start carries what
+     * recovery decided about it, in memory only. */
+    action_state st = action_record_state(jb->rec);
+    if ((st != ACTION_READY && st != ACTION_APPROVED && st != ACTION_RETRY_WAIT) ||
+        json_object_get(jb->rec, "recovered_how"))
+        return;
+    job_note(jb);
+    json_decref(jb->rec);
+    jb->rec = NULL;
+    free(jb->input_text);
+    jb->input_text = NULL;
+}
+
+/* Loop thread: the record (read again when the job was compact) and the input text, for the
+ * job's next step. Not AR_OK: the job cannot go on (its record is gone or no longer waiting:
+ * it is left as the journal has it). */
+static int job_load(job *jb)
+{
+    if (!jb->rec) {
+        json_t *rec;
+        ar_error err = {0};
+        int rc = action_load_by_id(jb->s->journal, jb->id, &rec, &err);
+        if (rc != AR_OK) {
+            ar_log_as("error", "scheduler", jb->id, "cannot read action %s back from the journal: %s", jb->id,
+                      err.message);
+            return rc;
+        }
+        action_state st = action_record_state(rec);
+        if (st != ACTION_READY && st != ACTION_APPROVED && st != ACTION_RETRY_WAIT) {
+            ar_log_as("warn", "scheduler", jb->id, "action %s is %s in the journal, no longer waiting to run: left as it is",
+                      jb->id, action_state_name(st));
+            json_decref(rec);
+            return AR_E_EXISTS;
+        }
+        if (jb->recovered)
+            json_object_set_new(rec, "recovered_how", json_string("waiting to run when the daemon stopped: resumed"));
+        jb->rec = rec;
+    }
+    if (!jb->input_text) {
+        json_t *input = json_object_get(jb->rec, "input");
+        jb->input_text = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+        if (!jb->input_text)
+            return AR_E_NOMEM;
+    }
+    return AR_OK;
 }
 
 /* ---- the record's attempt history ------------------------------------------------------------ */
@@ -269,6 +595,10 @@ static void finish(job *jb)
         jb->cancel_done(jb->cancel_arg, AR_E_NOTFOUND, jb->rec);
         jb->cancel_done = NULL;
     }
+    if (jb->c) {
+        trial_unused(jb);
+        pipe_leave(jb);
+    }
     job_forget(jb);
     job_free(jb);
 }
@@ -305,9 +635,9 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
     if (status != AR_OK) {
         /* The journal still holds the previous state, which the next start resolves; this
          * process does not act on a state it could not record. */
-        ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"),
+        ar_log_as("error", "scheduler", jb->id,
                   "cannot journal action %s as %s: %s; it is resumed at the next start",
-                  action_record_str(jb->rec, "id"), action_state_name(action_record_state(jb->rec)),
+                  jb->id, action_state_name(action_record_state(jb->rec)),
                   err ? err->message : "unknown error");
     } else {
         if (jb->s->notify)
@@ -342,7 +672,10 @@ static void audit_transition(journal_batch *b, const json_t *rec)
     }
     if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED) {
         json_t *cost = json_object_get(last, "cost"); /* what this call cost, when the plugin said */
-        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt", attempt,
+        /* the attempt the entry is about (an attempt not sent is not counted in "attempts") */
+        json_t *entry_attempt = json_object_get(last, "attempt");
+        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt",
+                           entry_attempt ? entry_attempt : attempt,
                            "outcome", json_object_get(last, "outcome"),
                            "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
                            "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
@@ -367,6 +700,7 @@ static void commit(job *jb, after_fn after)
     /* How it was recovered after a restart: audited with its next step, not stored. */
     json_t *recovered = json_incref(json_object_get(jb->rec, "recovered_how"));
     json_object_del(jb->rec, "recovered_how");
+    jb->recovered = 0;
     if (recovered && b)
         audit_batch_append(b, "recovered", action_record_str(jb->rec, "id"), json_pack("{s:O}", "how", recovered));
     json_decref(recovered);
@@ -473,6 +807,7 @@ static void retry_later(job *jb, int64_t delay_ms, int64_t retry_after_ms, const
     int64_t now = ar_now_ms(), deadline = rec_int(rec, "deadline_ms");
     char msg[768];
     if (jb->cancel_requested) {
+        json_object_set_new(rec, "cancel_requested_by", json_string(jb->cancel_by));
         snprintf(msg, sizeof msg, "cancelled by %s; the last attempt ended: %s", jb->cancel_by, message);
         set_error(rec, "cancelled", msg);
         conclude(jb, maybe_happened(rec) ? ACTION_UNKNOWN_OUTCOME : ACTION_CANCELLED);
@@ -540,6 +875,8 @@ static void flow_event(conn *c, const char *event, const char *detail);
 static void observe(conn *c, const sandbox_result *res)
 {
     observe_stage(c, "connector_call", (double)res->latency_us / 1e6);
+    double lat = res->latency_us > 1 ? (double)res->latency_us : 1.0;
+    c->call_ewma_us = c->call_ewma_us > 0 ? c->call_ewma_us + (lat - c->call_ewma_us) / 8 : lat;
     if (!res->ok && c->s->metrics.errors)
         metrics_add(c->s->metrics.errors, (const char *const[]){c->cc->name, class_name(res->error_class)}, 1);
     int64_t now = ar_now_ms();
@@ -596,22 +933,30 @@ static void accept_result(job *jb, json_t *result)
 }
 
 /* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
+
+/* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
 static void invoke_done(void *arg, const sandbox_result *res)
 {
     job *jb = arg;
     conn *c = jb->c;
     scheduler *s = jb->s;
-    /* The in-flight count drops only after the outcome's journaling is counted (at the end),
-     * so that scheduler_free never sees a moment with nothing busy while work remains. */
-    if (!s->stopping)
-        observe(c, res);
+    c->calls--;
+    jb->place = JOB_NOWHERE;
     if (s->stopping) {
         /* Shutting down: what the pool reports now may not be what happened at the API. The
          * action stays DISPATCHED on disk for recovery. */
-        inflight_add(c, -1);
         finish(jb);
         return;
     }
+    /* The process is free: the next durable attempt goes out before this outcome is handled. */
+    drain_sendq(c);
+    observe(c, res);
+    if (jb->cancel_requested)
+        json_object_set_new(jb->rec, "cancel_requested_by", json_string(jb->cancel_by));
+    /* The job leaves the pipeline before its outcome is journaled: the journaling count covers
+     * the gap, so that scheduler_free never sees a moment with nothing busy while work remains. */
+    journaling_add(s, +1);
+    pipe_leave(jb);
     json_t *rec = jb->rec;
     int64_t now = ar_now_ms();
     json_object_set_new(rec, "latency_us", json_integer(res->latency_us));
@@ -643,8 +988,8 @@ static void invoke_done(void *arg, const sandbox_result *res)
         after_unknown(jb, res->retry_after_ms, class_name(res->error_class), res->error_message);
         break;
     }
-    inflight_add(c, -1);
-    pump_all(s); /* a call slot freed here may serve another connector under max_inflight */
+    journaling_add(s, -1);
+    pump_all(s); /* a pipeline place freed here may serve another connector under max_inflight */
 }
 
 /* Loop thread: the plugin's lookup answered whether the attempt with this key happened. */
@@ -653,13 +998,19 @@ static void lookup_done(void *arg, const sandbox_result *res)
     job *jb = arg;
     conn *c = jb->c;
     scheduler *s = jb->s;
-    if (!s->stopping && !(res->ok == 0 && res->error_class == AIORUN_E_NOT_FOUND))
-        observe(c, res);
+    c->calls--;
+    jb->place = JOB_NOWHERE;
     if (s->stopping) {
-        inflight_add(c, -1);
         finish(jb);
         return;
     }
+    drain_sendq(c);
+    if (!(res->ok == 0 && res->error_class == AIORUN_E_NOT_FOUND))
+        observe(c, res);
+    if (jb->cancel_requested)
+        json_object_set_new(jb->rec, "cancel_requested_by", json_string(jb->cancel_by));
+    journaling_add(s, +1); /* as in invoke_done */
+    pipe_leave(jb);
     json_t *rec = jb->rec;
     int64_t now = ar_now_ms();
     if (res->ok) {
@@ -681,6 +1032,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
         json_object_set_new(rec, "maybe_happened", json_false());
         jb->reconcile = 0;
         if (jb->cancel_requested) {
+            json_object_set_new(rec, "cancel_requested_by", json_string(jb->cancel_by));
             set_error(rec, "cancelled", "cancelled; the plugin's lookup confirmed nothing happened");
             conclude(jb, ACTION_CANCELLED);
         } else if ((int)rec_int(rec, "attempts") >= attempt_limit(jb)) {
@@ -697,13 +1049,13 @@ static void lookup_done(void *arg, const sandbox_result *res)
         retry_later(jb, backoff_ms(&c->cc->retry, (int)rec_int(rec, "attempts")), res->retry_after_ms,
                     class_name(res->error_class), res->error_message);
     }
-    inflight_add(c, -1);
+    journaling_add(s, -1);
     pump_all(s);
 }
 
 static sandbox_call call_of(job *jb)
 {
-    int64_t now = ar_now_ms(), deadline = rec_int(jb->rec, "deadline_ms");
+    int64_t now = ar_now_ms(), deadline = jb->deadline_ms;
     int timeout = jb->c->cc->timeout_ms;
     if (deadline && deadline - now < timeout)
         timeout = deadline - now < 1 ? 1 : (int)(deadline - now);
@@ -717,79 +1069,239 @@ static sandbox_call call_of(job *jb)
     };
 }
 
-/* Loop thread: DISPATCHED is durable; the call may now cross into the plugin's process. */
-static void send_invoke(job *jb)
+/* ---- the pipeline ----------------------------------------------------------------------------------- */
+
+/* How many jobs the connector's pipeline may hold when `slots` calls can run at once: the slots,
+ * plus what they can take during two of the journal's commits (measured: a DISPATCHED intent
+ * submitted while a commit is running waits for the next one). Deeper only helps when calls are
+ * short next to a commit; otherwise it would only decide attempts early (priorities would then
+ * order less of the work), so slow calls get no extra depth. At most
+ * SCHEDULER_PIPELINE_PER_SLOT per slot. */
+static int pipeline_depth(conn *c, int slots)
 {
-    conn *c = jb->c;
-    jb->dispatch_recorded = 1;
-    if (jb->s->stopping) {
-        inflight_add(c, -1);
-        finish(jb);
-        return;
+    if (c->fixed_depth > 0)
+        return c->fixed_depth;
+    int extra = 0;
+    if (c->call_ewma_us > 0 && c->s->commit_ewma_us > 0) {
+        double want = 2.0 * slots * c->s->commit_ewma_us / c->call_ewma_us;
+        double cap = (double)slots * (SCHEDULER_PIPELINE_PER_SLOT - 1);
+        extra = (int)(want < cap ? want : cap);
     }
-    sandbox_call call = call_of(jb);
-    jb->place = JOB_INFLIGHT;
-    if (sandbox_pool_invoke(c->pool, &call, invoke_done, jb) == AR_OK)
-        return;
-    /* No idle process after all (one died meanwhile): wait at the head of the queue. The
-     * attempt is journaled already, so it is sent as it is when a process frees up. The pool's
-     * "idle" event may have come while the attempt was being journaled, so look again soon
-     * rather than wait for one that never comes. */
-    inflight_add(c, -1);
-    push_front(c, jb);
-    wake_in(c, 50);
+    return slots + extra;
 }
 
-/* Loop thread: start one queued job (a process is free). */
-/* Returns 1 when a call (or lookup) is on its way, 0 when the job ended or waits again. */
-static int start(job *jb)
+/* May another job enter the connector's pipeline now? (Its processes serve, and it is not full.) */
+static int pipeline_room(conn *c)
 {
-    conn *c = jb->c;
-    json_t *rec = jb->rec;
-    int64_t now = ar_now_ms(), deadline = rec_int(rec, "deadline_ms");
-    if (jb->cancel_requested && !jb->dispatch_recorded) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "cancelled by %s before it was dispatched", jb->cancel_by);
-        set_error(rec, "cancelled", msg);
-        conclude(jb, maybe_happened(rec) ? ACTION_UNKNOWN_OUTCOME : ACTION_CANCELLED);
+    sandbox_state state;
+    int serving;
+    sandbox_pool_capacity(c->pool, &state, &serving); /* per dispatch: no descriptor copy */
+    int slots = serving < c->cc->concurrency ? serving : c->cc->concurrency;
+    if (state != SANDBOX_READY || slots < 1) {
+        c->depth = 0;
         return 0;
     }
-    if (deadline && now >= deadline && !jb->dispatch_recorded) {
+    c->depth = pipeline_depth(c, slots);
+    return c->pipeline < c->depth;
+}
+
+/* End a job whose cancel came before anything of its current step was sent. */
+static void cancel_now(job *jb, const char *before)
+{
+    json_t *rec = jb->rec;
+    char msg[160];
+    snprintf(msg, sizeof msg, "cancelled by %s before it was %s", jb->cancel_by, before);
+    json_object_set_new(rec, "cancel_requested_by", json_string(jb->cancel_by));
+    set_error(rec, "cancelled", msg);
+    conclude(jb, maybe_happened(rec) ? ACTION_UNKNOWN_OUTCOME : ACTION_CANCELLED);
+}
+
+typedef enum unsent_why { UNSENT_CANCELLED, UNSENT_DEADLINE, UNSENT_INVALID } unsent_why;
+
+/* Loop thread: a job that was waiting for a process (already out of the send queue) ends
+ * without being sent: nothing of this step reached the API. An attempt journaled DISPATCHED
+ * gets "not_sent" on its history entry. */
+static void end_unsent(job *jb, unsent_why why)
+{
+    scheduler *s = jb->s;
+    json_t *rec = jb->rec;
+    int lookup = !jb->dispatch_recorded && jb->reconcile;
+    journaling_add(s, +1); /* as in invoke_done: covers leaving the pipeline until the end is journaled */
+    trial_unused(jb);
+    pipe_leave(jb);
+    if (jb->dispatch_recorded) {
+        history_outcome(rec, "not_sent", NULL, ar_now_ms());
+        jb->dispatch_recorded = 0;
+    }
+    switch (why) {
+    case UNSENT_CANCELLED:
+        cancel_now(jb, "sent");
+        break;
+    case UNSENT_DEADLINE:
+        give_up(jb, "timeout", lookup ? "the action's deadline passed while its lookup waited for a process"
+                                      : "the action's deadline passed while it waited for a process");
+        break;
+    case UNSENT_INVALID:
+        if (lookup) {
+            /* The plugin has no lookup after all: the outcome cannot be reconciled. */
+            jb->reconcile = 0;
+            set_error(rec, "unknown_outcome", "the plugin offers no lookup, so whether the last attempt "
+                      "happened cannot be known: an operator must check and resolve it");
+            conclude(jb, ACTION_UNKNOWN_OUTCOME);
+        } else {
+            give_up(jb, "invalid", "the call cannot be sent to the plugin's process (its input is not usable "
+                    "JSON or does not fit in a frame)");
+        }
+        break;
+    }
+    journaling_add(s, -1);
+}
+
+/* Loop thread: send the head of the connector's send queue to an idle process, or end it when
+ * it can no longer be sent. 0 when it has to wait (no idle process, or the connector's
+ * concurrency is reached): it stays at the head. */
+static int send_head(conn *c)
+{
+    job *jb = c->sendq_head;
+    if (jb->cancel_requested || (jb->deadline_ms && ar_now_ms() >= jb->deadline_ms)) {
+        sendq_remove(c, jb);
+        end_unsent(jb, jb->cancel_requested ? UNSENT_CANCELLED : UNSENT_DEADLINE);
+        return 1;
+    }
+    if (c->calls >= c->cc->concurrency)
+        return 0;
+    int lookup = jb->reconcile;
+    sandbox_call call = call_of(jb);
+    int rc = lookup ? sandbox_pool_lookup(c->pool, &call, lookup_done, jb)
+                    : sandbox_pool_invoke(c->pool, &call, invoke_done, jb);
+    if (rc == AR_OK) {
+        sendq_remove(c, jb);
+        jb->place = JOB_INFLIGHT;
+        jb->dispatch_recorded = 0;
+        jb->trial_since_ms = 0; /* its outcome decides the trial */
+        c->calls++;
+        if (!lookup)
+            observe_stage(c, "process_wait", (double)(mono_us() - jb->stage_us) / 1e6);
+        return 1;
+    }
+    if (rc != AR_E_INVALID)
+        return 0; /* no idle process (or the pool was refused, or no memory): wait */
+    sendq_remove(c, jb);
+    end_unsent(jb, UNSENT_INVALID);
+    return 1;
+}
+
+/* Loop thread: send what waits for a process, in order, while processes are idle. */
+static void drain_sendq(conn *c)
+{
+    while (c->sendq_head && !c->s->stopping && send_head(c))
+        ;
+}
+
+/* Loop thread: end what in the send queue was cancelled or ran out of time (not only at its
+ * head). Returns the soonest deadline still waiting there (0: none). */
+static int64_t sweep_sendq(conn *c)
+{
+    int64_t now = ar_now_ms(), soonest = 0;
+    for (job *jb = c->sendq_head, *next; jb; jb = next) {
+        next = jb->send_next;
+        if (jb->cancel_requested || (jb->deadline_ms && now >= jb->deadline_ms)) {
+            sendq_remove(c, jb);
+            end_unsent(jb, jb->cancel_requested ? UNSENT_CANCELLED : UNSENT_DEADLINE);
+        } else if (jb->deadline_ms && (!soonest || jb->deadline_ms < soonest)) {
+            soonest = jb->deadline_ms;
+        }
+    }
+    return soonest;
+}
+
+/* Loop thread, stopping: an attempt journaled DISPATCHED and never sent goes back to
+ * RETRY_WAIT, due at once and not counted (its history entry says "not_sent"), so that the
+ * next start runs it like any waiting action instead of treating it as possibly performed.
+ * The job ends once that is durable. */
+static void roll_back_unsent(job *jb)
+{
+    json_t *rec = jb->rec;
+    int64_t now = ar_now_ms(), attempts = rec_int(rec, "attempts");
+    history_outcome(rec, "not_sent", NULL, now);
+    json_object_set_new(rec, "attempts", json_integer(attempts > 0 ? attempts - 1 : 0));
+    json_object_set_new(rec, "next_attempt_ms", json_integer(now));
+    json_object_set_new(rec, "reconcile", json_false());
+    action_record_set_state(rec, ACTION_RETRY_WAIT, now);
+    jb->dispatch_recorded = 0;
+    commit(jb, NULL);
+}
+
+/* Loop thread (after the DISPATCHED commit): the attempt is durable; the call may now cross into
+ * the plugin's process, as soon as one is idle. */
+static void dispatch_durable(job *jb)
+{
+    conn *c = jb->c;
+    scheduler *s = jb->s;
+    int64_t now_us = mono_us();
+    double took_us = (double)(now_us - jb->stage_us);
+    observe_stage(c, "dispatch_journal", took_us / 1e6);
+    if (took_us < 1)
+        took_us = 1;
+    s->commit_ewma_us = s->commit_ewma_us > 0 ? s->commit_ewma_us + (took_us - s->commit_ewma_us) / 8 : took_us;
+    jb->stage_us = now_us;
+    jb->dispatch_recorded = 1;
+    if (jb->intent) {
+        jb->intent = 0;
+        c->journaling--;
+    }
+    if (s->stopping) {
+        pipe_leave(jb);
+        roll_back_unsent(jb);
+        return;
+    }
+    if (jb->cancel_requested) {
+        end_unsent(jb, UNSENT_CANCELLED);
+        return;
+    }
+    sendq_push(c, jb);
+    pump(c);
+}
+
+/* Loop thread: the next step of a job just taken off the ready queue: a lookup (straight to the
+ * send queue: it changes nothing at the API), or a new attempt, whose DISPATCHED intent is
+ * journaled first. trial: it takes a half-open breaker's trial (given back if it ends unsent).
+ * Returns 1 when it entered the pipeline, 0 when it ended (the trial then unused). */
+static int start(job *jb, int trial)
+{
+    conn *c = jb->c;
+    if (job_load(jb) != AR_OK) {
+        finish(jb);
+        return 0;
+    }
+    json_t *rec = jb->rec;
+    int64_t now = ar_now_ms(), deadline = jb->deadline_ms;
+    if (jb->cancel_requested) {
+        cancel_now(jb, "dispatched");
+        return 0;
+    }
+    if (deadline && now >= deadline) {
         give_up(jb, "timeout", "the action's deadline passed before it could be dispatched");
         return 0;
     }
+    if (trial)
+        jb->trial_since_ms = c->breaker.since_ms;
     if (jb->reconcile) {
-        sandbox_call call = call_of(jb);
-        inflight_add(c, +1);
-        jb->place = JOB_INFLIGHT;
-        int rc = sandbox_pool_lookup(c->pool, &call, lookup_done, jb);
-        if (rc == AR_OK)
-            return 1;
-        inflight_add(c, -1);
-        if (rc == AR_E_BUSY) {
-            /* As in send_invoke: never rely on an idle event that may have gone by. */
-            push_front(c, jb);
-            wake_in(c, 50);
-            return 0;
-        }
-        /* The plugin has no lookup after all: the outcome cannot be reconciled. */
-        jb->reconcile = 0;
-        set_error(rec, "unknown_outcome", "the plugin offers no lookup, so whether the last attempt "
-                  "happened cannot be known: an operator must check and resolve it");
-        conclude(jb, ACTION_UNKNOWN_OUTCOME);
-        return 0;
+        pipe_enter(jb);
+        sendq_push(c, jb);
+        drain_sendq(c);
+        return 1;
     }
-    if (!jb->dispatch_recorded && (int)rec_int(rec, "attempts") >= attempt_limit(jb)) {
+    if ((int)rec_int(rec, "attempts") >= attempt_limit(jb)) {
+        jb->trial_since_ms = 0;
         give_up(jb, "retryable", "no attempts are left");
         return 0;
     }
-    inflight_add(c, +1);
-    if (jb->dispatch_recorded) {
-        send_invoke(jb);
-        return 1;
-    }
     if (jb->queued_mono_ms)
         observe_stage(c, "queue_wait", (double)(ar_mono_ms() - jb->queued_mono_ms) / 1000.0);
+    pipe_enter(jb);
+    jb->intent = 1;
+    c->journaling++;
     int attempt = (int)rec_int(rec, "attempts") + 1;
     json_object_set_new(rec, "attempts", json_integer(attempt));
     json_object_del(rec, "next_attempt_ms");
@@ -799,17 +1311,9 @@ static int start(job *jb)
                                   "digest", action_record_str(rec, "digest"),
                                   "deadline_ms", (json_int_t)deadline, "started_ms", (json_int_t)now));
     action_record_set_state(rec, ACTION_DISPATCHED, now);
-    commit(jb, send_invoke);
+    jb->stage_us = mono_us();
+    commit(jb, dispatch_durable);
     return 1;
-}
-
-static int pool_ready(conn *c)
-{
-    sandbox_state state;
-    int serving;
-    sandbox_pool_capacity(c->pool, &state, &serving); /* per dispatch: no descriptor copy */
-    int limit = serving < c->cc->concurrency ? serving : c->cc->concurrency;
-    return state == SANDBOX_READY && c->inflight < limit;
 }
 
 static void flow_event(conn *c, const char *event, const char *detail);
@@ -834,23 +1338,31 @@ static void wake_in(conn *c, int64_t delay_ms)
     c->wake_timer = loop_timer_add(c->s->loop, at, wake, c);
 }
 
+/* Expiries handled in one go; more wait for the next turn of the loop, so that a mass expiry
+ * does not hold the loop for long. */
+#define EXPIRE_BATCH 256
+
 /* While the connector cannot dispatch, actions keep waiting (they do not fail) until their
- * deadline; then they fail with the reason they waited for. */
-static void expire_waiting(conn *c, const char *cls, const char *why)
+ * deadline; then they fail with the reason they waited for. Soonest deadline first: O(log n) per
+ * action that expires, O(1) when none is due. Returns 1 when more are due than were handled. */
+static int expire_due(conn *c, const char *cls, const char *why)
 {
     int64_t now = ar_now_ms();
-    for (size_t i = 0; i < c->queue.n;) {
-        job *jb = c->queue.items[i];
-        int64_t deadline = rec_int(jb->rec, "deadline_ms");
-        if (!jb->dispatch_recorded && deadline && now >= deadline) {
-            flow_heap_remove(&c->queue, jb);
-            char msg[400];
-            snprintf(msg, sizeof msg, "the action's deadline passed while %s", why);
-            give_up(jb, cls, msg);
+    job *jb;
+    for (int handled = 0; (jb = heap_top(&c->deadlines)) && jb->deadline_ms <= now; handled++) {
+        if (handled == EXPIRE_BATCH)
+            return 1;
+        unqueue(c, jb);
+        jb->place = JOB_NOWHERE;
+        if (job_load(jb) != AR_OK) {
+            finish(jb);
             continue;
         }
-        i++;
+        char msg[400];
+        snprintf(msg, sizeof msg, "the action's deadline passed while %s", why);
+        give_up(jb, cls, msg);
     }
+    return 0;
 }
 
 /* Why can nothing start now? NULL when something may; else the reason, with *wait_ms set to
@@ -874,7 +1386,7 @@ static const char *blocked(conn *c, int64_t now, int64_t *wait_ms, const char **
         *cls = "circuit_open";
         return "the connector's circuit breaker was open";
     }
-    if (!pool_ready(c)) {
+    if (!pipeline_room(c)) {
         *wait_ms = -1;
         return "every process of the connector was busy or down";
     }
@@ -886,9 +1398,9 @@ static const char *blocked(conn *c, int64_t now, int64_t *wait_ms, const char **
         return "the daemon's max_inflight was reached";
     }
     /* Low-priority work waits while the bucket runs low, keeping room for the rest. */
-    job *top = flow_heap_peek(&c->queue, NULL);
+    job *top = heap_top(&c->queue);
     double reserve = c->bucket.burst / 4 > 1 ? c->bucket.burst / 4 : 1;
-    double need = top && rec_int(top->rec, "priority") < 0 && !top->dispatch_recorded ? reserve : 1;
+    double need = top && top->priority < 0 && !top->front ? reserve : 1;
     int64_t w = flow_bucket_wait_ms(&c->bucket, need, now);
     if (w > 0) {
         *wait_ms = w;
@@ -908,23 +1420,39 @@ static const char *blocked(conn *c, int64_t now, int64_t *wait_ms, const char **
     return NULL;
 }
 
-/* Loop thread: start as many queued jobs as the connector and the daemon allow. */
+/* Loop thread: send what the pipeline holds to idle processes, then start as many queued jobs
+ * as the connector and the daemon allow. */
 static void pump(conn *c)
 {
+    if (c->sendq_head && !c->s->stopping) {
+        int64_t soonest = sweep_sendq(c);
+        drain_sendq(c);
+        if (c->sendq_head) {
+            /* Look again for deadlines of what still waits, and in case an idle event went by. */
+            int64_t delay = soonest ? soonest - ar_now_ms() : 500;
+            wake_in(c, delay < 500 ? delay : 500);
+        }
+    }
     while (c->queue.n && !c->s->stopping) {
         int64_t now = ar_now_ms(), wait_ms;
         int trial;
         const char *cls, *why = blocked(c, now, &wait_ms, &cls, &trial);
         if (why) {
-            expire_waiting(c, cls, why);
-            /* Look again when the block may lift, and at least every 500 ms to sweep deadlines. */
+            int more = expire_due(c, cls, why);
+            /* Look again when the block may lift or the next deadline comes, at least every
+             * 500 ms. */
+            int64_t delay = more ? 0 : wait_ms >= 0 && wait_ms < 500 ? wait_ms : 500;
+            job *next = heap_top(&c->deadlines);
+            if (next && next->deadline_ms - now < delay)
+                delay = next->deadline_ms - now;
             if (c->queue.n)
-                wake_in(c, wait_ms >= 0 && wait_ms < 500 ? wait_ms : 500);
+                wake_in(c, delay);
             break;
         }
-        job *jb = flow_heap_pop(&c->queue);
+        job *jb = queue_pop(c);
+        jb->place = JOB_NOWHERE;
         flow_bucket_take(&c->bucket, now);
-        if (!start(jb) && trial)
+        if (!start(jb, trial) && trial)
             c->breaker.trials_started--; /* no call went out: the trial slot is still free */
     }
     publish(c);
@@ -1011,31 +1539,51 @@ static void flow_event(conn *c, const char *event, const char *detail)
     publish(c);
 }
 
-/* Rebuild what GET /v1/connectors shows of the connector's flow. */
+/* Copy what GET /v1/connectors shows of the connector's flow (on every change: it must stay
+ * cheap; the JSON is made when asked, scheduler_connector_flow). */
 static void publish(conn *c)
 {
+    pthread_mutex_lock(&c->view_lock);
+    flow_snap *v = &c->view;
+    v->paused = c->paused;
+    if (c->paused) {
+        memcpy(v->paused_by, c->paused_by, sizeof v->paused_by);
+        memcpy(v->pause_reason, c->pause_reason, sizeof v->pause_reason);
+    }
+    v->paused_at_ms = c->paused_at_ms;
+    v->rate_limited_until_ms = c->rate_limited_until_ms;
+    v->breaker = c->breaker;
+    v->breaker.ring = NULL;
+    v->bucket = c->bucket;
+    v->calls = c->calls;
+    v->dispatching = c->pipeline - c->calls;
+    v->waiting = c->sendq_n;
+    v->depth = c->depth;
+    v->queued = c->queue.n;
+    pthread_mutex_unlock(&c->view_lock);
+}
+
+static json_t *flow_view(const config_connector *cc, flow_snap *v)
+{
     int64_t now = ar_now_ms();
-    json_t *breaker = flow_breaker_view(&c->breaker);
+    json_t *breaker = flow_breaker_view(&v->breaker);
     json_object_set_new(breaker, "since", time_or_null(json_integer_value(json_object_get(breaker, "since_ms"))));
     json_object_set_new(breaker, "next_trial_at",
                         time_or_null(json_integer_value(json_object_get(breaker, "next_trial_ms"))));
     json_object_del(breaker, "since_ms");
     json_object_del(breaker, "next_trial_ms");
-    json_t *rate = c->cc->rate_per_second > 0
-                       ? json_pack("{s:f, s:i, s:f}", "per_second", c->cc->rate_per_second, "burst", c->cc->rate_burst,
-                                   "tokens", flow_bucket_level(&c->bucket, now))
+    json_t *rate = cc->rate_per_second > 0
+                       ? json_pack("{s:f, s:i, s:f}", "per_second", cc->rate_per_second, "burst", cc->rate_burst,
+                                   "tokens", flow_bucket_level(&v->bucket, now))
                        : json_null();
-    json_t *view = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:I}", "paused", c->paused,
-                             "paused_by", c->paused ? json_string(c->paused_by) : json_null(),
-                             "paused_at", c->paused ? time_or_null(c->paused_at_ms) : json_null(),
-                             "pause_reason", c->paused && c->pause_reason[0] ? json_string(c->pause_reason) : json_null(),
-                             "rate_limited_until", c->rate_limited_until_ms > now ? time_or_null(c->rate_limited_until_ms) : json_null(),
-                             "breaker", breaker, "rate_limit", rate, "concurrency", c->cc->concurrency,
-                             "inflight", c->inflight, "queued", (json_int_t)c->queue.n);
-    pthread_mutex_lock(&c->view_lock);
-    json_decref(c->view);
-    c->view = view;
-    pthread_mutex_unlock(&c->view_lock);
+    return json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i, s:I, s:i, s:i, s:i}", "paused", v->paused,
+                     "paused_by", v->paused ? json_string(v->paused_by) : json_null(),
+                     "paused_at", v->paused ? time_or_null(v->paused_at_ms) : json_null(),
+                     "pause_reason", v->paused && v->pause_reason[0] ? json_string(v->pause_reason) : json_null(),
+                     "rate_limited_until", v->rate_limited_until_ms > now ? time_or_null(v->rate_limited_until_ms) : json_null(),
+                     "breaker", breaker, "rate_limit", rate, "concurrency", cc->concurrency,
+                     "inflight", v->calls, "queued", (json_int_t)v->queued,
+                     "dispatching", v->dispatching, "waiting_for_process", v->waiting, "pipeline", v->depth);
 }
 
 /* At start: a pause outlives the daemon. */
@@ -1182,10 +1730,12 @@ int scheduler_connector_flow(scheduler *s, const char *name, json_t **out)
     conn *c = find_conn(s, name);
     if (!c)
         return AR_E_NOTFOUND;
+    flow_snap v;
     pthread_mutex_lock(&c->view_lock);
-    *out = c->view ? json_deep_copy(c->view) : json_object();
+    v = c->view;
     pthread_mutex_unlock(&c->view_lock);
-    return AR_OK;
+    *out = flow_view(c->cc, &v);
+    return *out ? AR_OK : AR_E_NOMEM;
 }
 
 size_t scheduler_held(scheduler *s)
@@ -1196,6 +1746,46 @@ size_t scheduler_held(scheduler *s)
     size_t n = s->held;
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+void scheduler_set_pending_watch(scheduler *s, scheduler_pending_fn fn, void *arg)
+{
+    s->pending_fn = fn;
+    s->pending_arg = arg;
+}
+
+typedef struct pipeline_req {
+    conn *c;
+    int depth;
+} pipeline_req;
+
+static void pipeline_on_loop(loop_t *loop, void *arg)
+{
+    (void)loop;
+    pipeline_req *pr = arg;
+    pr->c->fixed_depth = pr->depth;
+    pump(pr->c);
+    free(pr);
+}
+
+int scheduler_set_pipeline(scheduler *s, const char *name, int depth)
+{
+    if (!s)
+        return AR_E_CLOSED;
+    conn *c = find_conn(s, name);
+    if (!c)
+        return AR_E_NOTFOUND;
+    if (depth < 0)
+        return AR_E_INVALID;
+    pipeline_req *pr = calloc(1, sizeof *pr);
+    if (!pr)
+        return AR_E_NOMEM;
+    pr->c = c;
+    pr->depth = depth;
+    int rc = loop_post(s->loop, pipeline_on_loop, pr);
+    if (rc != AR_OK)
+        free(pr);
+    return rc;
 }
 
 /* ---- RETRY_WAIT timers ---------------------------------------------------------------------------- */
@@ -1209,12 +1799,15 @@ static void timer_fired(loop_t *loop, void *arg)
     pump(jb->c);
 }
 
-/* Loop thread: RETRY_WAIT is durable; wake up at next_attempt_ms. */
+/* Loop thread: RETRY_WAIT is durable (or was found at start); wake up at next_attempt_ms. */
 static void arm_timer(job *jb)
 {
-    int64_t wait = rec_int(jb->rec, "next_attempt_ms") - ar_now_ms();
+    if (jb->rec)
+        jb->next_attempt_ms = rec_int(jb->rec, "next_attempt_ms");
+    int64_t wait = jb->next_attempt_ms - ar_now_ms();
     jb->dispatch_recorded = 0;
     jb->place = JOB_WAITING;
+    maybe_compact(jb);
     jb->timer = loop_timer_add(jb->s->loop, ar_mono_ms() + (wait > 0 ? wait : 0), timer_fired, jb);
     if (!jb->timer) /* out of memory for a timer: try at once rather than never */
         timer_fired(jb->s->loop, jb);
@@ -1222,47 +1815,79 @@ static void arm_timer(job *jb)
 
 /* ---- entry points ------------------------------------------------------------------------------- */
 
-static job *job_new(scheduler *s, json_t *rec)
+static job *job_alloc(scheduler *s)
 {
     job *jb = calloc(1, sizeof *jb);
     if (!jb)
         return NULL;
     jb->s = s;
-    jb->rec = rec;
-    json_t *input = json_object_get(rec, "input");
-    jb->input_text = json_dumps(input ? input : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
-    jb->reconcile = json_is_true(json_object_get(rec, "reconcile"));
-    if (!jb->input_text) {
-        free(jb);
-        return NULL;
-    }
+    jb->qpos = jb->dpos = NO_POS;
     return jb;
 }
 
-/* Loop thread: take a job in, by the state its record is in. */
-static void accept_job(loop_t *loop, void *arg)
+/* A job for a record (taken). */
+static job *job_new(scheduler *s, json_t *rec)
 {
-    (void)loop;
-    job *jb = arg;
+    job *jb = job_alloc(s);
+    if (!jb)
+        return NULL;
+    jb->rec = rec;
+    job_note(jb);
+    jb->c = find_conn(s, action_record_str(rec, "connector"));
+    jb->reconcile = json_is_true(json_object_get(rec, "reconcile"));
+    return jb;
+}
+
+/* Loop thread: take a job in, by the state its record is in (no pump). */
+static void accept_one(job *jb)
+{
     scheduler *s = jb->s;
-    conn *c = find_conn(s, action_record_str(jb->rec, "connector"));
+    conn *c = jb->c;
     if (!c || s->stopping) {
         /* Unknown connector (removed from the config): it stays as it is on disk. */
         held_add(s, -1);
         job_free(jb);
         return;
     }
-    jb->c = c;
     jb->all_next = s->all;
     if (s->all)
         s->all->all_prev = jb;
     s->all = jb;
-    if (action_record_state(jb->rec) == ACTION_RETRY_WAIT) {
+    int waiting = jb->rec ? action_record_state(jb->rec) == ACTION_RETRY_WAIT : jb->retry_wait;
+    if (waiting) {
         arm_timer(jb);
         return;
     }
+    maybe_compact(jb);
     push_back(c, jb);
-    pump(c);
+}
+
+static void accept_job(loop_t *loop, void *arg)
+{
+    (void)loop;
+    job *jb = arg;
+    conn *c = jb->c;
+    accept_one(jb);
+    if (c)
+        pump(c);
+}
+
+/* Many jobs at once (recovery): one hand-off, one pump per connector. */
+typedef struct job_batch {
+    scheduler *s;
+    job **jobs;
+    size_t n;
+} job_batch;
+
+static void accept_batch(loop_t *loop, void *arg)
+{
+    (void)loop;
+    job_batch *b = arg;
+    for (size_t i = 0; i < b->n; i++)
+        accept_one(b->jobs[i]);
+    pump_all(b->s);
+    free(b->jobs);
+    free(b);
 }
 
 void scheduler_set_metrics(scheduler *s, const scheduler_metrics *m)
@@ -1309,7 +1934,7 @@ static void cancel_on_loop(loop_t *loop, void *arg)
 {
     cancel_req *cr = arg;
     job *jb = cr->s->all;
-    while (jb && strcmp(action_record_str(jb->rec, "id"), cr->id) != 0)
+    while (jb && strcmp(jb->id, cr->id) != 0)
         jb = jb->all_next;
     if (!jb || jb->cancel_done) {
         cr->done(cr->arg, AR_E_NOTFOUND, jb ? jb->rec : NULL);
@@ -1318,26 +1943,42 @@ static void cancel_on_loop(loop_t *loop, void *arg)
     }
     jb->cancel_requested = 1;
     snprintf(jb->cancel_by, sizeof jb->cancel_by, "%s", cr->who);
-    json_object_set_new(jb->rec, "cancel_requested_by", json_string(cr->who));
+    /* Shown on the record from its next step on (while a state is being journaled, the record
+     * is being read by the journal's thread: not touched here). */
+    if (jb->place == JOB_INFLIGHT)
+        json_object_set_new(jb->rec, "cancel_requested_by", json_string(cr->who));
     switch (jb->place) {
     case JOB_QUEUED:
-        unqueue(jb->c, jb);
-        /* fall through */
     case JOB_WAITING:
-        if (jb->place == JOB_WAITING)
+        if (jb->place == JOB_QUEUED)
+            unqueue(jb->c, jb);
+        else
             loop_timer_cancel(loop, jb->timer);
+        jb->place = JOB_NOWHERE;
         jb->cancel_done = cr->done;
         jb->cancel_arg = cr->arg;
-        if (jb->dispatch_recorded) {
-            /* Journaled as dispatched but never sent: nothing reached the API. */
-            jb->dispatch_recorded = 0;
+        if (job_load(jb) != AR_OK) {
+            finish(jb); /* answers AR_E_NOTFOUND: the scheduler no longer holds it */
+            break;
         }
-        start(jb); /* start() sees the cancel and concludes CANCELLED (or UNKNOWN_OUTCOME) */
+        cancel_now(jb, "dispatched");
         break;
+    case JOB_SENDQ: {
+        /* Journaled as dispatched (or about to ask the lookup) but never sent: nothing of this
+         * step reached the API. */
+        conn *c = jb->c;
+        sendq_remove(c, jb);
+        jb->cancel_done = cr->done;
+        jb->cancel_arg = cr->arg;
+        end_unsent(jb, UNSENT_CANCELLED);
+        pump(c); /* a place in the pipeline is free */
+        break;
+    }
     case JOB_INFLIGHT:
     case JOB_NOWHERE:
         /* A call is running (or a state is being journaled): it ends first; the cancel is
-         * applied at the next step. */
+         * applied at the next step (an attempt whose DISPATCHED is being journaled is then not
+         * sent). */
         cr->done(cr->arg, AR_E_BUSY, jb->rec);
         break;
     }
@@ -1414,7 +2055,7 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
         conn *c = &s->conns[s->n_conns];
         c->s = s;
         c->cc = cc;
-        flow_heap_init(&c->queue);
+        c->deadlines.by_deadline = 1;
         flow_bucket_init(&c->bucket, cc->rate_per_second, cc->rate_burst, ar_now_ms());
         pthread_mutex_init(&c->view_lock, NULL);
         c->events = json_array();
@@ -1463,8 +2104,25 @@ static void begin_stop(loop_t *loop, void *arg)
     /* Queued and waiting jobs stay as they are on disk (READY, RETRY_WAIT). The queues and the
      * retry timers are emptied wholesale: one by one would be quadratic in what is held (a stop
      * with 100k queued took minutes). */
-    for (size_t i = 0; i < s->n_conns; i++)
-        s->conns[i].queue.n = 0;
+    for (size_t i = 0; i < s->n_conns; i++) {
+        conn *c = &s->conns[i];
+        heap_clear(&c->queue);
+        heap_clear(&c->deadlines);
+        /* Attempts journaled but never sent go back to waiting, durably; a lookup not sent
+         * changed nothing on disk. */
+        while (c->sendq_head) {
+            job *jb = c->sendq_head;
+            sendq_remove(c, jb);
+            if (jb->dispatch_recorded) {
+                journaling_add(s, +1);
+                pipe_leave(jb);
+                roll_back_unsent(jb);
+                journaling_add(s, -1);
+            } else {
+                finish(jb);
+            }
+        }
+    }
     loop_timer_cancel_all(loop, timer_fired);
     for (job *jb = s->all, *next; jb; jb = next) {
         next = jb->all_next;
@@ -1507,10 +2165,10 @@ void scheduler_free(scheduler *s)
         if (!c->s)
             continue;
         sandbox_pool_free(c->pool);
-        flow_heap_fini(&c->queue);
+        heap_fini(&c->queue);
+        heap_fini(&c->deadlines);
         flow_breaker_fini(&c->breaker);
         json_decref(c->events);
-        json_decref(c->view);
         pthread_mutex_destroy(&c->view_lock);
     }
     /* Jobs whose transitions were still being journaled are released here. */
@@ -1535,7 +2193,320 @@ int scheduler_connector(scheduler *s, const char *name, sandbox_snapshot *out)
     return AR_OK;
 }
 
+/* ---- reading a stored record's top-level members without parsing it ---------------------------- */
+
+/* Recovery reads every record of the queue once: a READY one needs only a few members (state,
+ * connector, priority and times), so those are picked out of the stored text directly, skipping
+ * the rest (input, history, decision) without building it. A record this cannot read is parsed
+ * in full instead. */
+
+typedef struct rec_peek {
+    char state[32];
+    char connector[80];
+    int64_t priority, created_ms, deadline_ms, next_attempt_ms;
+    int reconcile;
+    const char *approval;       /* the "approval" member's text, or NULL */
+    size_t approval_len;
+} rec_peek;
+
+/* Characters that matter while skipping a nested value: quotes and brackets. */
+static const unsigned char json_special[256] = {['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1};
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p at an opening quote: just past the closing one (NULL: unterminated). */
+static const char *skip_string(const char *p, const char *end)
+{
+    const char *start = ++p;
+    for (;;) {
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (!q)
+            return NULL;
+        size_t backslashes = 0;
+        while (q - backslashes > start && q[-1 - (ptrdiff_t)backslashes] == '\\')
+            backslashes++;
+        if (backslashes % 2 == 0)
+            return q + 1;
+        p = q + 1;
+    }
+}
+
+/* p at a value: just past it (NULL: malformed). */
+static const char *skip_value(const char *p, const char *end)
+{
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            while (p < end && !json_special[(unsigned char)*p])
+                p++;
+            if (p >= end)
+                return NULL;
+            if (*p == '"') {
+                if (!(p = skip_string(p, end)))
+                    return NULL;
+                continue;
+            }
+            if (*p == '{' || *p == '[')
+                depth++;
+            else if (--depth == 0)
+                return p + 1;
+            p++;
+        }
+        return NULL;
+    }
+    const char *start = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+        p++;
+    return p > start ? p : NULL;
+}
+
+typedef void (*member_fn)(void *arg, const char *key, size_t klen, const char *val, size_t vlen);
+
+/* Call fn for each member of the JSON object in text (values as raw text). 0, or -1 when the
+ * text is not an object this reader understands. */
+static int each_member(const char *text, size_t len, member_fn fn, void *arg)
+{
+    const char *p = text, *end = text + len;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return -1;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return 0;
+    for (;;) {
+        if (p >= end || *p != '"')
+            return -1;
+        const char *key = p + 1;
+        if (!(p = skip_string(p, end)))
+            return -1;
+        size_t klen = (size_t)(p - 1 - key);
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return -1;
+        const char *val = skip_ws(p + 1, end);
+        if (!(p = skip_value(val, end)))
+            return -1;
+        fn(arg, key, klen, val, (size_t)(p - val));
+        p = skip_ws(p, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        return p < end && *p == '}' ? 0 : -1;
+    }
+}
+
+#define KEY_IS(lit) (klen == sizeof(lit) - 1 && memcmp(key, lit, klen) == 0)
+
+/* An integer member as json_integer_value reads it: 0 unless it is a plain integer. */
+static int64_t raw_int(const char *val, size_t vlen)
+{
+    size_t i = val[0] == '-';
+    if (i == vlen || vlen - i > 18)
+        return 0;
+    int64_t v = 0;
+    for (; i < vlen; i++) {
+        if (val[i] < '0' || val[i] > '9')
+            return 0;
+        v = v * 10 + (val[i] - '0');
+    }
+    return val[0] == '-' ? -v : v;
+}
+
+/* A string member without escapes into buf ("" when it is anything else or too long). */
+static void raw_string(const char *val, size_t vlen, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (vlen < 2 || val[0] != '"' || vlen - 2 >= cap || memchr(val, '\\', vlen))
+        return;
+    memcpy(buf, val + 1, vlen - 2);
+    buf[vlen - 2] = '\0';
+}
+
+static void peek_member(void *arg, const char *key, size_t klen, const char *val, size_t vlen)
+{
+    rec_peek *pk = arg;
+    if (KEY_IS("state"))
+        raw_string(val, vlen, pk->state, sizeof pk->state);
+    else if (KEY_IS("connector"))
+        raw_string(val, vlen, pk->connector, sizeof pk->connector);
+    else if (KEY_IS("priority"))
+        pk->priority = raw_int(val, vlen);
+    else if (KEY_IS("created_ms"))
+        pk->created_ms = raw_int(val, vlen);
+    else if (KEY_IS("deadline_ms"))
+        pk->deadline_ms = raw_int(val, vlen);
+    else if (KEY_IS("next_attempt_ms"))
+        pk->next_attempt_ms = raw_int(val, vlen);
+    else if (KEY_IS("reconcile"))
+        pk->reconcile = vlen == 4 && memcmp(val, "true", 4) == 0;
+    else if (KEY_IS("approval") && val[0] == '{') {
+        pk->approval = val;
+        pk->approval_len = vlen;
+    }
+}
+
+static void peek_expiry(void *arg, const char *key, size_t klen, const char *val, size_t vlen)
+{
+    if (KEY_IS("expires_ms"))
+        *(int64_t *)arg = raw_int(val, vlen);
+}
+
+/* 0 when the members were read and a state was among them (a key written with escapes, say,
+ * is not recognised here: the full parse then reads the record). */
+static int peek_record(const char *text, size_t len, rec_peek *pk)
+{
+    memset(pk, 0, sizeof *pk);
+    return each_member(text, len, peek_member, pk) == 0 && pk->state[0] ? 0 : -1;
+}
+
+/* The same members from a parsed record. */
+static void peek_json(const json_t *rec, rec_peek *pk)
+{
+    memset(pk, 0, sizeof *pk);
+    snprintf(pk->state, sizeof pk->state, "%s", action_record_str(rec, "state"));
+    snprintf(pk->connector, sizeof pk->connector, "%s", action_record_str(rec, "connector"));
+    pk->priority = rec_int(rec, "priority");
+    pk->created_ms = rec_int(rec, "created_ms");
+    pk->deadline_ms = rec_int(rec, "deadline_ms");
+    pk->next_attempt_ms = rec_int(rec, "next_attempt_ms");
+    pk->reconcile = json_is_true(json_object_get(rec, "reconcile"));
+}
+
 /* ---- recovery ------------------------------------------------------------------------------------ */
+
+typedef struct job_list {
+    job **jobs;
+    size_t n, cap;
+} job_list;
+
+static int job_list_add(job_list *l, job *jb)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        job **jobs = realloc(l->jobs, cap * sizeof *jobs);
+        if (!jobs)
+            return AR_E_NOMEM;
+        l->jobs = jobs;
+        l->cap = cap;
+    }
+    l->jobs[l->n++] = jb;
+    return AR_OK;
+}
+
+/* A compact job for an action found waiting to run (READY, APPROVED, RETRY_WAIT). */
+static job *job_recovered(scheduler *s, const char *id, const rec_peek *pk, int retry_wait)
+{
+    job *jb = job_alloc(s);
+    if (!jb)
+        return NULL;
+    snprintf(jb->id, sizeof jb->id, "%s", id);
+    jb->c = find_conn(s, pk->connector);
+    jb->priority = (int)pk->priority;
+    jb->created_ms = pk->created_ms;
+    jb->deadline_ms = pk->deadline_ms;
+    jb->next_attempt_ms = pk->next_attempt_ms;
+    jb->reconcile = retry_wait && pk->reconcile;
+    jb->retry_wait = retry_wait;
+    jb->recovered = 1;
+    return jb;
+}
+
+/* A record that was DISPATCHED when the daemon died (rec taken): to resume (resend or
+ * reconcile), or to end as UNKNOWN_OUTCOME (appended to unknown). */
+static int recover_dispatched(scheduler *s, json_t *rec, job_list *resume, json_t *unknown,
+                              scheduler_recovery *out)
+{
+    const char *mode = mode_of(rec);
+    /* The daemon died during the call (or before sending it: it cannot know): the outcome is
+     * unknown. */
+    json_object_set_new(rec, "maybe_happened", json_true());
+    history_outcome(rec, "daemon_stopped", NULL, ar_now_ms());
+    if (strcmp(mode, "lookup") == 0) {
+        json_object_set_new(rec, "reconcile", json_true());
+        json_object_set_new(rec, "recovered_how", json_string("in flight when the daemon stopped: "
+                            "asking the plugin's lookup whether it happened"));
+        out->reconciled++;
+    } else if (strcmp(mode, "native") == 0 || is_read(rec)) {
+        json_object_set_new(rec, "recovered_how", json_string(is_read(rec)
+                            ? "in flight when the daemon stopped: a read, sent again"
+                            : "in flight when the daemon stopped: sent again with the same key "
+                              "(the API deduplicates)"));
+        out->resent++;
+    } else {
+        json_array_append_new(unknown, rec);
+        return AR_OK;
+    }
+    job *jb = job_new(s, rec);
+    if (!jb) {
+        json_decref(rec);
+        return AR_E_NOMEM;
+    }
+    if (job_list_add(resume, jb) != AR_OK) {
+        job_free(jb);
+        return AR_E_NOMEM;
+    }
+    return AR_OK;
+}
+
+/* One record of the queue, read once. */
+static int recover_one(scheduler *s, const char *id, const char *text, size_t len, job_list *resume,
+                       json_t *unknown, scheduler_recovery *out)
+{
+    rec_peek pk;
+    json_t *rec = NULL;
+    if (peek_record(text, len, &pk) != 0) {
+        rec = json_loadb(text, len, 0, NULL);
+        if (!json_is_object(rec)) {
+            json_decref(rec);
+            return AR_OK; /* unreadable: left as it is (as before) */
+        }
+        peek_json(rec, &pk);
+    }
+    int st = action_state_from_name(pk.state);
+    if (st == ACTION_READY || st == ACTION_APPROVED || st == ACTION_RETRY_WAIT) {
+        json_decref(rec);
+        out->resumed++;
+        job *jb = job_recovered(s, id, &pk, st == ACTION_RETRY_WAIT);
+        if (!jb || !jb->c) { /* no such connector any more: it stays as it is on disk */
+            free(jb);
+            return jb ? AR_OK : AR_E_NOMEM;
+        }
+        if (job_list_add(resume, jb) != AR_OK) {
+            free(jb);
+            return AR_E_NOMEM;
+        }
+        return AR_OK;
+    }
+    if (st == ACTION_DISPATCHED) {
+        if (!rec)
+            rec = json_loadb(text, len, 0, NULL);
+        if (!json_is_object(rec)) {
+            json_decref(rec);
+            return AR_OK;
+        }
+        return recover_dispatched(s, rec, resume, unknown, out);
+    }
+    if (st == ACTION_PENDING_APPROVAL && s->pending_fn) {
+        int64_t expires = 0;
+        if (rec)
+            expires = json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms"));
+        else if (pk.approval)
+            each_member(pk.approval, pk.approval_len, peek_expiry, &expires);
+        s->pending_fn(s->pending_arg, id, expires);
+    }
+    json_decref(rec);
+    return AR_OK;
+}
 
 int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
 {
@@ -1545,8 +2516,9 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
     if (rc != AR_OK)
         return rc;
     journal_cursor *cur = NULL;
-    json_t *resume = json_array(), *unknown = json_array();
-    rc = journal_cursor_open(r, JDB_QUEUE, &cur);
+    job_list resume = {0};
+    json_t *unknown = json_array();
+    rc = unknown ? journal_cursor_open(r, JDB_QUEUE, &cur) : AR_E_NOMEM;
     const void *key, *val;
     size_t klen, vlen;
     if (rc == AR_OK)
@@ -1554,43 +2526,20 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
     while (rc == AR_OK) {
         char id[ACTION_ID_LEN + 1];
         snprintf(id, sizeof id, "%.*s", (int)klen, (const char *)key);
-        json_t *rec;
-        if (action_load(r, id, &rec, err) == AR_OK) {
-            action_state st = action_record_state(rec);
-            const char *mode = mode_of(rec);
-            if (st == ACTION_DISPATCHED) {
-                /* The daemon died during the call: the outcome is unknown. */
-                json_object_set_new(rec, "maybe_happened", json_true());
-                history_outcome(rec, "daemon_stopped", NULL, ar_now_ms());
-                if (strcmp(mode, "lookup") == 0) {
-                    json_object_set_new(rec, "reconcile", json_true());
-                    json_object_set_new(rec, "recovered_how", json_string("in flight when the daemon stopped: "
-                                        "asking the plugin's lookup whether it happened"));
-                    out->reconciled++;
-                    json_array_append_new(resume, rec);
-                } else if (strcmp(mode, "native") == 0 || is_read(rec)) {
-                    json_object_set_new(rec, "recovered_how", json_string(is_read(rec)
-                                        ? "in flight when the daemon stopped: a read, sent again"
-                                        : "in flight when the daemon stopped: sent again with the same key "
-                                          "(the API deduplicates)"));
-                    out->resent++;
-                    json_array_append_new(resume, rec);
-                } else {
-                    json_array_append_new(unknown, rec);
-                }
-            } else if (st == ACTION_READY || st == ACTION_APPROVED || st == ACTION_RETRY_WAIT) {
-                json_object_set_new(rec, "recovered_how", json_string("waiting to run when the daemon stopped: resumed"));
-                out->resumed++;
-                json_array_append_new(resume, rec);
-            } else {
-                json_decref(rec);
-            }
+        const void *text;
+        size_t len;
+        if (journal_get(r, JDB_ACTIONS, id, strlen(id), &text, &len) == AR_OK &&
+            recover_one(s, id, text, len, &resume, unknown, out) != AR_OK) {
+            rc = AR_E_NOMEM;
+            break;
         }
         rc = journal_cursor_get(cur, JOURNAL_NEXT, &key, &klen, &val, &vlen);
     }
     if (cur)
         journal_cursor_close(cur);
     journal_read_end(r);
+    if (rc == AR_E_NOMEM)
+        ar_error_set(err, rc, "internal", "out of memory during recovery");
     rc = (rc == AR_E_NOTFOUND) ? AR_OK : rc;
 
     if (rc == AR_OK && json_array_size(unknown) > 0) {
@@ -1614,15 +2563,24 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err)
         journal_batch_free(b);
         out->unknown = json_array_size(unknown);
     }
-    if (rc == AR_OK) {
-        size_t i;
-        json_t *rec;
-        json_array_foreach(resume, i, rec) {
-            if (scheduler_enqueue(s, json_incref(rec)) != AR_OK)
-                rc = ar_error_set(err, AR_E_NOMEM, "internal", "out of memory during recovery");
-        }
-    }
-    json_decref(resume);
     json_decref(unknown);
+    /* Everything to resume goes to the loop in one hand-off. */
+    job_batch *batch = rc == AR_OK && resume.n ? calloc(1, sizeof *batch) : NULL;
+    if (batch) {
+        batch->s = s;
+        batch->jobs = resume.jobs;
+        batch->n = resume.n;
+        held_add(s, (int)resume.n);
+        if (loop_post(s->loop, accept_batch, batch) == AR_OK)
+            return AR_OK;
+        held_add(s, -(int)resume.n);
+        free(batch);
+        rc = ar_error_set(err, AR_E_CLOSED, "internal", "the scheduler is stopping");
+    } else if (rc == AR_OK && resume.n) {
+        rc = ar_error_set(err, AR_E_NOMEM, "internal", "out of memory during recovery");
+    }
+    for (size_t i = 0; i < resume.n; i++)
+        job_free(resume.jobs[i]);
+    free(resume.jobs);
     return rc;
 }

@@ -6,6 +6,14 @@
  * that crosses into a plugin's process is checkpointed first:
  *   - before a call: the attempt (number, idempotency key, payload digest, deadline) is journaled
  *     with the state DISPATCHED, and only once that is synced is the call sent;
+ *   - the intents of several attempts may be journaled while the connector's processes are busy
+ *     (a pipeline, so that they share group commits): each is sent, in the order it became
+ *     durable, as soon as a process is idle. One that cannot be sent (its deadline passed while
+ *     it waited, it was cancelled, the call is unusable) ends without being sent, its history
+ *     entry saying "not_sent"; one still waiting at a graceful stop is journaled back as
+ *     RETRY_WAIT, due at once and its attempt not counted, so the next start simply runs it.
+ *     Attempts already decided are sent even when the connector is paused or its breaker opens
+ *     meanwhile (they were dispatched before; at most the pipeline's depth of them).
  *   - after it: the outcome (result or error class, latency, HTTP status) is journaled with the
  *     next state, and only then reported through the notify callback.
  *
@@ -63,7 +71,9 @@ int scheduler_new(const config *cfg, journal *j, const char *host_path, int star
 int scheduler_restart_connector(scheduler *s, const char *name);
 /* Stop dispatching, give calls in flight a moment to finish, then shut the pools down. A call
  * still running at that point stays DISPATCHED in the journal: the next start resolves it
- * (scheduler_recover), since whether the plugin acted cannot be known here. */
+ * (scheduler_recover), since whether the plugin acted cannot be known here. An attempt
+ * journaled DISPATCHED but not sent yet is journaled back as RETRY_WAIT (due at once, the
+ * attempt not counted). */
 void scheduler_free(scheduler *s);
 
 /* Check a successful result before it is accepted. Runs on the scheduler's thread (it may take
@@ -71,9 +81,11 @@ void scheduler_free(scheduler *s);
  * a rejection the scheduler takes: a JSON object {"reason", "rule", "policy", "policy_error"}. */
 typedef json_t *(*scheduler_validate_fn)(void *arg, const json_t *rec, const json_t *result);
 /* What the scheduler measures (families borrowed from the owner's registry; any may be NULL):
- * stage_seconds, a histogram {stage, connector}, gets "queue_wait" (ready to dispatched) and
- * "connector_call" (the plugin call, lookups included); errors, a counter {connector, class},
- * each failed call by its class; retries, a counter {connector}, each attempt scheduled again. */
+ * stage_seconds, a histogram {stage, connector}, gets "queue_wait" (in the ready queue until the
+ * attempt is dispatched), "dispatch_journal" (the DISPATCHED intent submitted until durable),
+ * "process_wait" (durable until sent to an idle process) and "connector_call" (the plugin call,
+ * lookups included); errors, a counter {connector, class}, each failed call by its class;
+ * retries, a counter {connector}, each attempt scheduled again. */
 typedef struct scheduler_metrics {
     metrics_family *stage_seconds;
     metrics_family *errors;
@@ -88,10 +100,30 @@ void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg);
 /* Thread-safe. Takes ownership of rec (a READY, APPROVED or RETRY_WAIT record already
  * journaled). The public functions below accept a NULL scheduler (one detached at shutdown):
  * AR_E_CLOSED, AR_E_NOTFOUND or 0, and nothing happens (an enqueued record is freed; it is
- * durable and the next start resumes it). */
+ * durable and the next start resumes it). rec must be what the journal holds: while many
+ * actions are held, a queued one keeps only a compact entry and its record is read again from
+ * the journal when its attempt starts. */
 int scheduler_enqueue(scheduler *s, json_t *rec);
 
-/* Resolve and resume the journal's non-terminal actions (call once, after scheduler_new). */
+/* Recovery also reports each action waiting for a human (PENDING_APPROVAL) with its approval's
+ * "expires_ms" (0 when absent), so that the caller need not read the queue a second time. Set
+ * before scheduler_recover; fn runs on the thread that calls scheduler_recover. NULL: none. */
+typedef void (*scheduler_pending_fn)(void *arg, const char *id, int64_t expires_ms);
+void scheduler_set_pending_watch(scheduler *s, scheduler_pending_fn fn, void *arg);
+
+/* A connector's pipeline: how many attempts it may have dispatched at once (journaling their
+ * DISPATCHED intent, waiting for a process, or running). depth >= 1 fixes it; 0 (the default)
+ * lets the scheduler choose: min(processes, concurrency) plus as many as those processes can
+ * take during two of the journal's commits (measured: call and commit latency), at most
+ * SCHEDULER_PIPELINE_PER_SLOT times min(processes, concurrency). What a pipeline holds counts
+ * against the daemon's max_inflight. Thread-safe (applied on the scheduler's thread before
+ * anything enqueued later). AR_E_NOTFOUND for an unknown name. */
+#define SCHEDULER_PIPELINE_PER_SLOT 8
+int scheduler_set_pipeline(scheduler *s, const char *name, int depth);
+
+/* Resolve and resume the journal's non-terminal actions (call once, after scheduler_new). Each
+ * record is read once; READY, APPROVED and RETRY_WAIT ones are held as compact entries (id,
+ * priority, times) and their records loaded again when their next attempt starts. */
 typedef struct scheduler_recovery {
     size_t resumed;           /* READY / RETRY_WAIT, re-queued */
     size_t resent;            /* DISPATCHED, safe to send again (native key, or a read) */
@@ -117,7 +149,10 @@ int scheduler_pause(scheduler *s, const char *name, int pause, const char *who, 
                     scheduler_flow_fn done, void *arg);
 
 /* Thread-safe: the connector's flow state for GET /v1/connectors (a new reference): paused,
- * rate limiting, breaker, concurrency, in flight, queued. AR_E_NOTFOUND for an unknown name. */
+ * rate limiting, breaker, concurrency, "inflight" (calls running in its processes), "queued"
+ * (in the ready queue), "dispatching" (attempts being journaled DISPATCHED or waiting for a
+ * process), "waiting_for_process" (of those, the ones durable and waiting) and "pipeline" (how
+ * many may be dispatched at once now). AR_E_NOTFOUND for an unknown name. */
 int scheduler_connector_flow(scheduler *s, const char *name, json_t **out);
 
 /* Thread-safe: actions the scheduler holds (queued, waiting to retry, in flight): what
