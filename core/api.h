@@ -42,7 +42,9 @@ int api_new(const config *cfg, journal *j, auth *au, autonomy *aut, policy_set *
  * log ("SIGHUP", "requested by NAME", "file change"). */
 int api_reload_policies(api_server *a, const char *why, ar_error *err);
 /* At start: expire pending approvals on time (they were parked before a restart). */
-void api_watch_pending(api_server *a);
+/* Watch an approval found pending at start (a scheduler_pending_fn; arg is the api_server):
+ * it expires at expires_ms (wall clock) unless decided before. */
+void api_watch_approval(void *arg, const char *id, int64_t expires_ms);
 /* Wire the scheduler in (before api_listen). */
 void api_set_scheduler(api_server *a, scheduler *s);
 /* Before the scheduler is freed: wait for the routes using it, then let later ones find none

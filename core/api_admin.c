@@ -391,38 +391,9 @@ void api_route_set_autonomy(api_server *a, request *rq)
     json_decref(body);
 }
 
-/* At start: watch the approvals still pending, so they expire on time. */
-void api_watch_pending(api_server *a)
+void api_watch_approval(void *arg, const char *id, int64_t expires_ms)
 {
-    journal_read *r;
-    journal_cursor *cur = NULL;
-    if (journal_read_begin(a->journal, &r, NULL) != AR_OK)
-        return;
-    const void *key, *val;
-    size_t klen, vlen;
-    int rc = journal_cursor_open(r, JDB_QUEUE, &cur);
-    if (rc == AR_OK)
-        rc = journal_cursor_get(cur, JOURNAL_FIRST, &key, &klen, &val, &vlen);
-    while (rc == AR_OK) {
-        char id[ACTION_ID_LEN + 1];
-        json_t *rec;
-        snprintf(id, sizeof id, "%.*s", (int)klen, (const char *)key);
-        /* The queue holds every action not yet terminal (100k after a busy crash); only those
-         * whose stored text names the state are parsed (a mention in the input parses too). */
-        const void *rv;
-        size_t rlen;
-        static const char pending[] = "\"PENDING_APPROVAL\"";
-        if (journal_get(r, JDB_ACTIONS, id, strlen(id), &rv, &rlen) == AR_OK &&
-            memmem(rv, rlen, pending, sizeof pending - 1) && action_load(r, id, &rec, NULL) == AR_OK) {
-            if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
-                api_expiry_add(a, id, json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
-            json_decref(rec);
-        }
-        rc = journal_cursor_get(cur, JOURNAL_NEXT, &key, &klen, &val, &vlen);
-    }
-    if (cur)
-        journal_cursor_close(cur);
-    journal_read_end(r);
+    api_expiry_add(arg, id, expires_ms);
 }
 
 /* ---- operator controls on connectors --------------------------------------------------------- */

@@ -31,7 +31,8 @@ int api_metrics_init(api_server *a, ar_error *err)
                                "action and state (an operator's resolution counts again).", METRICS_COUNTER,
                                action_labels, N(action_labels), NULL, 0, &f->actions, err)) ||
         (rc = metrics_register(a->metrics, "aiorun_stage_duration_seconds", "Time per stage of an action: decision, "
-                               "approval_wait, queue_wait, connector_call, end_to_end.", METRICS_HISTOGRAM,
+                               "approval_wait, queue_wait, dispatch_journal (its intent made durable), process_wait "
+                               "(for an idle process), connector_call, end_to_end.", METRICS_HISTOGRAM,
                                stage_labels, N(stage_labels), lat, nlat, &f->stage_seconds, err)) ||
         (rc = metrics_register(a->metrics, "aiorun_policy_evaluation_seconds", "Time to decide one action with the "
                                "policy set (all files).", METRICS_HISTOGRAM, none, 0, lat, nlat, &f->policy_seconds, err)) ||

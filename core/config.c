@@ -35,8 +35,8 @@ static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout
                                            "default_irreversible", NULL };
 static const char *const connector_keys[] = { "plugin", "config", "processes", "timeout_ms",
                                               "deadline_ms", "retry", "idempotency", "secrets",
-                                              "rate_limit", "concurrency", "breaker", "allow_ports",
-                                              "sandbox", "uid", NULL };
+                                              "rate_limit", "concurrency", "pipeline", "breaker",
+                                              "allow_ports", "sandbox", "uid", NULL };
 static const char *const sandbox_keys[] = { "rlimits", "uid", "landlock", "seccomp", NULL };
 static const char *const rate_keys[] = { "per_second", "burst", NULL };
 static const char *const breaker_keys[] = { "window", "min_calls", "failure_ratio", "consecutive",
@@ -650,6 +650,11 @@ static int parse_connector(const char *name, const json_t *v, const char *base_d
     if ((rc = get_int(v, "concurrency", path, 1, 4096, &concurrency, err)) != AR_OK)
         return rc;
     c->concurrency = (int)concurrency;
+    long long pipeline = 0;
+    snprintf(path, sizeof path, "connectors.%s.pipeline", name);
+    if (json_object_get(v, "pipeline") && (rc = get_int(v, "pipeline", path, 1, 4096, &pipeline, err)) != AR_OK)
+        return rc;
+    c->pipeline = (int)pipeline;
 
     c->name = strdup(name);
     c->plugin = strdup(plugin);

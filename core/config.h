@@ -83,6 +83,8 @@ typedef struct config_connector {
     double rate_per_second; /* token bucket refill; 0: no rate limit */
     int rate_burst;        /* bucket size (default: per_second, at least 1) */
     int concurrency;       /* calls in flight at once, across its processes (default processes) */
+    int pipeline;          /* attempts dispatched at once (journaling, waiting for a process,
+                              running); 0 (default): the scheduler adapts it (scheduler.h) */
     config_breaker breaker;
 } config_connector;
 

@@ -323,12 +323,16 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
                   snap.message[0] ? ": " : "", snap.message);
         json_decref(snap.descriptor);
     }
+    for (size_t i = 0; i < cfg->n_connectors; i++)
+        if (cfg->connectors[i].pipeline)
+            scheduler_set_pipeline(rt->sched, cfg->connectors[i].name, cfg->connectors[i].pipeline);
+    /* Recovery reads the queue once and names the approvals still pending, to expire on time. */
+    scheduler_set_pending_watch(rt->sched, api_watch_approval, rt->api);
     scheduler_recovery rec;
     if ((rc = scheduler_recover(rt->sched, &rec, err)) != AR_OK)
         return rc;
     ar_log_as("info", "daemon", NULL, "recovery: %zu action(s) resumed, %zu re-sent, %zu to reconcile by lookup, "
               "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
-    api_watch_pending(rt->api);
     retention_opts ro = {.actions_days = cfg->retention.actions_days,
                          .idempotency_days = cfg->retention.idempotency_days,
                          .audit_bodies_days = cfg->retention.audit_bodies_days};

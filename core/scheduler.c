@@ -1,6 +1,6 @@
 /* scheduler.c - dispatch, retries and reconciliation, each step journaled (see scheduler.h).
  * Functions marked "loop thread" run on the scheduler's event loop; the *_durable callbacks
- * run on the journal writer thread and only hand work back to the loop.
+ * run on the journal's completion thread and only hand work back to the loop.
  *
  * An action's way through a connector: the ready queue (a heap by priority with aging, and a
  * second heap of the same jobs by deadline, so that expiring them costs O(log n) and nothing
@@ -1764,6 +1764,8 @@ static void pipeline_on_loop(loop_t *loop, void *arg)
     (void)loop;
     pipeline_req *pr = arg;
     pr->c->fixed_depth = pr->depth;
+    pipeline_room(pr->c); /* the depth shown by GET /v1/connectors, before any work comes */
+    publish(pr->c);
     pump(pr->c);
     free(pr);
 }

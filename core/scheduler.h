@@ -55,7 +55,7 @@
 typedef struct scheduler scheduler;
 
 /* Called after a state change of an action is durable; rec is borrowed for the call.
- * Runs on the journal writer thread: must not block. */
+ * Runs on the journal's completion thread (journal_submit's done): must not block. */
 typedef void (*scheduler_notify_fn)(void *arg, const json_t *rec);
 
 /* Create the scheduler and start its thread and one sandbox pool per configured connector;

@@ -365,9 +365,12 @@ static void pause_keeps_the_queue_across_a_restart_and_resume_runs_it(void **sta
     (void)state;
     char plugin[300], extra[600];
     harness_test_plugin(plugin, sizeof plugin, "t_ok");
-    snprintf(extra, sizeof extra, "\"t_one\": {\"plugin\": \"%s\", \"processes\": 1}", plugin);
+    snprintf(extra, sizeof extra, "\"t_one\": {\"plugin\": \"%s\", \"processes\": 1, \"pipeline\": 5}", plugin);
     assert_int_equal(start_with(extra, NULL), 0);
     json_t *r;
+    json_t *configured = connector_flow("t_one"); /* the config's fixed pipeline, not the adaptive one */
+    assert_int_equal(json_integer_value(json_object_get(configured, "pipeline")), 5);
+    json_decref(configured);
     char reader[HARNESS_TOKEN_MAX];
     assert_int_equal(harness_token_create(&H, "rd", "reader", 0, reader), 0);
     assert_int_equal(harness_http_as(&H, reader, "POST", "/v1/connectors/t_one/pause", NULL, NULL), 403);

@@ -166,6 +166,7 @@ static void all_keys_set(void **state)
 
     const config_connector *b = config_find_connector(cfg, "b_2");
     assert_int_equal(b->processes, 2);
+    assert_int_equal(b->pipeline, 0); /* absent: the scheduler adapts it */
     assert_int_equal(b->timeout_ms, 10000);
     assert_true(json_is_object(b->config));
     assert_int_equal(json_object_size(b->config), 0);
@@ -211,7 +212,7 @@ static void unknown_keys_named(void **state)
             "default_read, default_write, default_irreversible)");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"procs\":2}}}",
             "connectors.shop: unknown key \"procs\" (known keys: plugin, config, processes, "
-            "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, breaker, allow_ports, sandbox, uid)");
+            "timeout_ms, deadline_ms, retry, idempotency, secrets, rate_limit, concurrency, pipeline, breaker, allow_ports, sandbox, uid)");
     /* odd characters in the key are escaped */
     refused("{\"a\\\"b\\n\":1}",
             "config: unknown key \"a\\\"b\\u000a\" (known keys: listen, data_dir, plugin_dir, "
@@ -516,6 +517,13 @@ static void connector_ranges(void **state)
     (void)state;
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"processes\":0}}}",
             "connectors.shop.processes: expected integer 1..64, got 0");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"pipeline\":0}}}",
+            "connectors.shop.pipeline: expected integer 1..4096, got 0");
+    refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"pipeline\":\"deep\"}}}",
+            "connectors.shop.pipeline: expected integer 1..4096, got string");
+    config *deep = parse_ok("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"pipeline\":3}}}");
+    assert_int_equal(config_find_connector(deep, "shop")->pipeline, 3);
+    config_free(deep);
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"processes\":65}}}",
             "connectors.shop.processes: expected integer 1..64, got 65");
     refused("{\"connectors\":{\"shop\":{\"plugin\":\"s\",\"timeout_ms\":0}}}",
