@@ -402,9 +402,18 @@ static void pause_keeps_the_queue_across_a_restart_and_resume_runs_it(void **sta
     assert_string_equal(str(r, "state"), "READY");
     json_decref(r);
 
-    /* Resumed through aioctl, as an operator would. */
+    /* Resumed through aioctl, as an operator would; its table shows the three held back. */
     char bin[300], out[4096];
     harness_bin(bin, sizeof bin, "aioctl");
+    char *list[] = {bin, "connectors", NULL};
+    assert_int_equal(harness_run(&H, list, out, sizeof out), 0);
+    const char *row = strstr(out, "\nt_one ");
+    assert_non_null(row);
+    const char *eol = strchr(row + 1, '\n');
+    char line[512];
+    snprintf(line, sizeof line, "%.*s", eol ? (int)(eol - row - 1) : 400, row + 1);
+    if (!strstr(line, " paused ") || !strstr(line, " 3/0/0 "))
+        fail_msg("aioctl connectors: expected t_one paused with QUEUE 3/0/0, got: %s", line);
     char *nope[] = {bin, "connectors", "resume", "nope", NULL};
     assert_int_equal(harness_run(&H, nope, out, sizeof out), 4);
     char *resume[] = {bin, "connectors", "resume", "t_one", NULL};

@@ -187,7 +187,7 @@ static const char usage_text[] =
     "      serving. Operator role. (SIGHUP, and by default a change of the files, reload too.)\n"
     "  connectors\n"
     "      The connector instances: plugin, status, processes serving/started, FLOW (ok,\n"
-    "      paused, breaker open, half-open, rate-limited), QUEUE (queued/in flight),\n"
+    "      paused, breaker open, half-open, rate-limited), QUEUE (queued/dispatched/running),\n"
     "      actions; then a line on each connector that is paused, rate limited or whose\n"
     "      circuit breaker is not closed (why, since when, the next trial).\n"
     "  connectors pause NAME [--reason TEXT]\n"

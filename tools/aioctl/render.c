@@ -595,17 +595,24 @@ static char *flow_cell(const json_t *flow, time_t now)
     return s;
 }
 
-/* The QUEUE cell: "queued/inflight" ("12/2"), or "-". Malloc'd (NULL: no memory). */
+/* The QUEUE cell: "queued/dispatched/running" ("12/5/2": waiting in the queue; in the
+ * connector's pipeline, intent being journaled or waiting for a process; calls running), or
+ * "queued/running" from a daemon without a pipeline, or "-". Malloc'd (NULL: no memory). */
 static char *queue_cell(const json_t *flow)
 {
     const json_t *queued = json_object_get(flow, "queued"), *inflight = json_object_get(flow, "inflight");
+    const json_t *dispatching = json_object_get(flow, "dispatching");
+    const json_t *waiting = json_object_get(flow, "waiting_for_process");
     char *s = NULL;
     if (!json_is_integer(queued) || !json_is_integer(inflight))
         return strdup("-");
-    if (asprintf(&s, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT, json_integer_value(queued),
-                 json_integer_value(inflight)) < 0)
-        return NULL;
-    return s;
+    int rc = json_is_integer(dispatching) && json_is_integer(waiting)
+                 ? asprintf(&s, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
+                            json_integer_value(queued), json_integer_value(dispatching) + json_integer_value(waiting),
+                            json_integer_value(inflight))
+                 : asprintf(&s, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT, json_integer_value(queued),
+                            json_integer_value(inflight));
+    return rc < 0 ? NULL : s;
 }
 
 /* "timeout ×6, retryable ×2" from {"retryable": 2, "timeout": 6, ...}; classes at 0 are left
