@@ -2008,8 +2008,9 @@ void sandbox_pool_snapshot(sandbox_pool *pool, sandbox_snapshot *out)
     pthread_mutex_lock(&pool->mu);
     out->state = pool->state;
     snprintf(out->message, sizeof out->message, "%s", pool->message);
-    /* a copy: the caller may keep or change it without touching ours */
-    out->descriptor = pool->descriptor ? json_deep_copy(pool->descriptor) : NULL;
+    /* Shared, not copied (every submission asks): set once at the first HELLO and never changed
+     * after, and jansson's reference counts are atomic, so readers on any thread are safe. */
+    out->descriptor = json_incref(pool->descriptor);
     out->processes = pool->n;
     out->serving = pool->serving;
     out->restarts = pool->restarts;

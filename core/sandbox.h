@@ -160,11 +160,12 @@ int sandbox_pool_lookup(sandbox_pool *pool, const sandbox_call *call, sandbox_do
 int sandbox_pool_recycle(sandbox_pool *pool);
 
 /* Thread-safe snapshot for the API: state, message ("" when none), the descriptor from HELLO
- * (a new reference, NULL before the first HELLO), processes configured/serving, restarts. */
+ * (a new reference, NULL before the first HELLO: shared with the pool and read-only; copy it
+ * to change it), processes configured/serving, restarts. */
 typedef struct sandbox_snapshot {
     sandbox_state state;
     char message[512];
-    json_t *descriptor;        /* owned by the caller (json_decref) */
+    json_t *descriptor;        /* a reference owned by the caller (json_decref); read-only */
     int processes;
     int serving;
     uint64_t restarts;
