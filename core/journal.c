@@ -316,19 +316,31 @@ static int make_dir(const char *dir, ar_error *err)
     return AR_OK;
 }
 
+/* LMDB refused to open the environment with these settings (EINVAL, or ENOMEM when the map
+ * does not fit the address space): say which. */
+static int env_refused(const journal *j, int rc, ar_error *err)
+{
+    return ar_error_set(err, AR_E_INVALID, "journal_open",
+                        "cannot open the journal %s with map_size_mb = %zu and %d readers (%s): "
+                        "lower map_size_mb if the address space is limited (ulimit -v, valgrind)",
+                        j->dir, j->map_size_mb, j->max_readers, mdb_strerror(rc));
+}
+
 static int env_setup(journal *j, ar_error *err)
 {
     int rc = mdb_env_create(&j->env);
     if (rc)
         return lmdb_error(j, rc, err);
+    /* EINVAL or ENOMEM here are about the environment and its map, not a key or a batch (what
+     * lmdb_error would say). */
     if ((rc = mdb_env_set_maxdbs(j->env, JDB_COUNT)) ||
         (rc = mdb_env_set_mapsize(j->env, j->map_size_mb * MIB)) ||
         (rc = mdb_env_set_maxreaders(j->env, (unsigned)j->max_readers)))
-        return lmdb_error(j, rc, err);
+        return rc == EINVAL || rc == ENOMEM ? env_refused(j, rc, err) : lmdb_error(j, rc, err);
     /* No MDB_NOSYNC / MDB_NOMETASYNC: a commit that returned survives a power cut. MDB_NOTLS:
      * a read transaction may be begun and ended by pooled threads. */
     if ((rc = mdb_env_open(j->env, j->dir, MDB_NOTLS, 0600)))
-        return lmdb_error(j, rc, err);
+        return rc == EINVAL || rc == ENOMEM ? env_refused(j, rc, err) : lmdb_error(j, rc, err);
     /* Reader slots of processes that died (kill -9) pin old pages; free them. */
     if ((rc = mdb_reader_check(j->env, &j->stale_readers)))
         return lmdb_error(j, rc, err);

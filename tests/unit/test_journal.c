@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -187,6 +188,43 @@ static void raw_put(const char *dir, const char *db, const char *key, const void
     assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
     assert_int_equal(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
+}
+
+/* ---- opening --------------------------------------------------------------------------- */
+
+/* A map that does not fit the address space is named as such (map_size_mb), not reported as a
+ * bad key or a generic out-of-memory. In a child with a small RLIMIT_AS; not under ASan, whose
+ * shadow memory needs the address space. */
+static void a_map_too_large_for_the_address_space_names_map_size(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    skip();
+#else
+    char *root = make_tmpdir();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = {.rlim_cur = 1024ull << 20, .rlim_max = 1024ull << 20};
+        if (setrlimit(RLIMIT_AS, &rl) != 0)
+            _exit(2);
+        journal_opts o = {.dir = root, .map_size_mb = 64 * 1024};
+        journal *j = NULL;
+        ar_error err;
+        ar_error_clear(&err);
+        int rc = journal_open(&o, &j, &err);
+        if (rc == AR_OK) {
+            journal_close(j);
+            _exit(3);
+        }
+        _exit(rc == AR_E_INVALID && strcmp(err.code, "journal_open") == 0 && strstr(err.message, "map_size_mb = 65536") ? 0 : 4);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    rm_rf(root);
+#endif
 }
 
 /* ---- roundtrip -------------------------------------------------------------------------- */
@@ -2513,6 +2551,7 @@ static void put_last_appends_or_puts(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(a_map_too_large_for_the_address_space_names_map_size),
     cmocka_unit_test(roundtrip_and_reopen),
     cmocka_unit_test(conflict_rolls_back_its_batch_only),
     cmocka_unit_test(conditional_insert_race),
