@@ -3,6 +3,7 @@
  * (--config, offline), and against a small stand-in for the daemon that serves the four audit
  * routes from that same journal (online: paging, verify's exit code, the same output). */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -81,18 +82,12 @@ static void env_init(env *e)
         fail_msg("journal_open: %s: %s", err.code, err.message);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static void env_fini(env *e)
 {
     if (e->http)
         MHD_stop_daemon(e->http);
     journal_close(e->j);
-    nftw(e->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(e->dir);
 }
 
 /* One entry appended with a chosen time, through a callback. */

@@ -2,6 +2,7 @@
  * them: the built aioctl binary, fed through a pipe (or a terminal, for the prompt), against a
  * temporary config and data directory; what it stored is checked through the vault itself. */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -85,15 +86,9 @@ static void env_init(env *e, const char *passphrase)
         write_text(e->pass, passphrase, 0600);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static void env_fini(env *e)
 {
-    nftw(e->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(e->dir);
 }
 
 typedef struct result {

@@ -4,6 +4,7 @@
  * (an altered body, a deleted entry, two entries swapped, a consistent rewrite caught by an
  * exported head, a cut tail, the index); erased bodies; signed head documents. */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -23,27 +24,6 @@
 #include "journal.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
-
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/aiorun-audit-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    char *dir = strdup(tmpl);
-    assert_non_null(dir);
-    return dir;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(char *dir)
-{
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-    free(dir);
-}
 
 static journal *open_journal(const char *dir)
 {
@@ -283,7 +263,7 @@ static journal *ten_entries(const char *dir)
 static void appends_make_one_chain(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     char a1[27];
     action_id(1, a1);
@@ -352,7 +332,7 @@ static void appends_make_one_chain(void **state)
     journal_read_end(r);
     expect_ok(j, 5);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* An apply callback appending an entry with the given data (a reference of its own). */
@@ -383,7 +363,7 @@ static json_t *nested(int depth)
 static void unverifiable_data_is_refused(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     journal_batch *b = journal_batch_new();
     audit_batch_append(b, "received", NULL, json_pack("{s:o}", "bad", json_string_nocheck("\xff\xfe")));
@@ -435,7 +415,7 @@ static void unverifiable_data_is_refused(void **state)
     check_format(j, 3);
     expect_ok(j, 3);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 struct worker {
@@ -468,7 +448,7 @@ static void *append_worker(void *arg)
 static void concurrent_appends_stay_linear(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     enum { THREADS = 4, ROUNDS = 40 };
     pthread_t t[THREADS];
@@ -500,14 +480,14 @@ static void concurrent_appends_stay_linear(void **state)
         json_decref(list);
     }
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* Two processes (the daemon and an offline aioctl) append to one chain. */
 static void two_processes_share_the_chain(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     append_batch(j, "config_loaded", NULL, 1);
     journal_close(j);
@@ -541,7 +521,7 @@ static void two_processes_share_the_chain(void **state)
     check_format(j, 61);
     expect_ok(j, 61);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int fail_after(journal_txn *txn, void *arg, ar_error *err)
@@ -553,7 +533,7 @@ static int fail_after(journal_txn *txn, void *arg, ar_error *err)
 static void failed_batch_leaves_no_entry(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     char a1[27], a2[27];
     action_id(1, a1);
@@ -598,7 +578,7 @@ static void failed_batch_leaves_no_entry(void **state)
     check_format(j, 3);
     expect_ok(j, 3);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- reading ---------------------------------------------------------------------------- */
@@ -606,7 +586,7 @@ static void failed_batch_leaves_no_entry(void **state)
 static void read_by_action_and_after(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     char a1[27], a2[27], a3[27];
     action_id(1, a1);
@@ -656,7 +636,7 @@ static void read_by_action_and_after(void **state)
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static char *slurp_fd(int fd)
@@ -674,7 +654,7 @@ static char *slurp_fd(int fd)
 static void export_since(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     char a1[27];
     action_id(1, a1);
@@ -713,7 +693,7 @@ static void export_since(void **state)
     assert_int_equal(audit_export(j, 0, -1, &count, &err), AR_E_IO);
     assert_string_equal(err.code, "audit_export_write");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- tampering -------------------------------------------------------------------------- */
@@ -721,7 +701,7 @@ static void export_since(void **state)
 static void altered_body_is_named(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     expect_ok(j, 10);
     json_t *e = raw_entry(j, 6);
@@ -732,10 +712,10 @@ static void altered_body_is_named(void **state)
     expect_bad(&res, 6, "body digest mismatch");
     assert_int_equal(res.entries, 5);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 
     /* The time is in the body too. */
-    dir = make_tmpdir();
+    dir = test_tmpdir("audit");
     j = ten_entries(dir);
     e = raw_entry(j, 2);
     json_object_set_new(e, "time_ms", json_integer(42));
@@ -765,13 +745,13 @@ static void altered_body_is_named(void **state)
     res = verify(j, 0, NULL);
     expect_bad(&res, 9, "unreadable entry");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void deleted_entry_is_a_gap(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     unsigned char key[8];
     seq_key(5, key);
@@ -784,13 +764,13 @@ static void deleted_entry_is_a_gap(void **state)
     res = verify(j, 0, NULL);
     expect_bad(&res, 1, "sequence gap (expected 1)");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void swapped_entries_are_named(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     json_t *e4 = raw_entry(j, 4), *e5 = raw_entry(j, 5);
     raw_put(j, 4, e5);
@@ -813,13 +793,13 @@ static void swapped_entries_are_named(void **state)
     res = verify(j, 0, NULL);
     expect_bad(&res, 4, "body digest mismatch");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void rewritten_chain_needs_an_exported_head(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     uint64_t seq;
     char head8[AUDIT_HASH_HEX], head10[AUDIT_HASH_HEX];
@@ -866,13 +846,13 @@ static void rewritten_chain_needs_an_exported_head(void **state)
     ar_error err;
     assert_int_equal(audit_verify(j, 3, "not-hex", &res, &err), AR_E_INVALID);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void index_is_checked(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     char a1[27], a2[27];
     action_id(1, a1);
@@ -915,14 +895,14 @@ static void index_is_checked(void **state)
     assert_int_equal(json_array_size(list), 7);
     json_decref(list);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* An unreadable last entry stops appends (the chain cannot go on) with a clear error. */
 static void unreadable_head_refuses_appends(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     unsigned char key[8];
     seq_key(11, key);
@@ -949,7 +929,7 @@ static void unreadable_head_refuses_appends(void **state)
     assert_true(json_is_true(json_object_get(json_array_get(list, 0), "unreadable")));
     json_decref(list);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- erasing ---------------------------------------------------------------------------- */
@@ -976,7 +956,7 @@ static int erase(journal *j, uint64_t seq, ar_error *err)
 static void erased_body_still_verifies(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     uint64_t seq;
     char head[AUDIT_HASH_HEX];
@@ -1012,7 +992,7 @@ static void erased_body_still_verifies(void **state)
     res = verify(j, 0, NULL);
     expect_bad(&res, 3, "chain mismatch");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- head documents --------------------------------------------------------------------- */
@@ -1020,7 +1000,7 @@ static void erased_body_still_verifies(void **state)
 static void head_document_signed_and_checked(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     unsigned char pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
     unsigned char pk2[crypto_sign_PUBLICKEYBYTES], sk2[crypto_sign_SECRETKEYBYTES];
@@ -1102,7 +1082,7 @@ static void head_document_signed_and_checked(void **state)
     json_decref(odd);
 
     /* An empty trail has a head too: seq 0, "". */
-    char *dir2 = make_tmpdir();
+    char *dir2 = test_tmpdir("audit");
     journal *empty = open_journal(dir2);
     json_t *zero;
     assert_int_equal(audit_head_document(empty, sk, &zero, NULL), AR_OK);
@@ -1111,12 +1091,12 @@ static void head_document_signed_and_checked(void **state)
     assert_int_equal(audit_head_check(zero, pk, NULL), AR_OK);
     json_decref(zero);
     journal_close(empty);
-    rm_rf(dir2);
+    test_rm_tree(dir2);
 
     json_decref(plain);
     json_decref(doc);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int init_sodium(void **state)
@@ -1178,7 +1158,7 @@ static void delete_head_record(journal *j)
 static void head_record_follows_appends(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
     bool found;
     uint64_t seq;
@@ -1216,7 +1196,7 @@ static void head_record_follows_appends(void **state)
     check_format(j, 4 + THREADS * ROUNDS);
     expect_ok(j, 4 + THREADS * ROUNDS);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* A journal made before the head record (none there) goes on from its last entry, and gets
@@ -1225,7 +1205,7 @@ static void head_record_follows_appends(void **state)
 static void chain_goes_on_without_the_head_record(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     delete_head_record(j);
     append_batch(j, "received", NULL, 2);
@@ -1275,7 +1255,7 @@ static void chain_goes_on_without_the_head_record(void **state)
     expect_ok(j, 17);
     expect_head_record(j, 17);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* Erasing bodies (retention), the last entry's included, leaves the head record as it was,
@@ -1283,7 +1263,7 @@ static void chain_goes_on_without_the_head_record(void **state)
 static void erase_leaves_the_head_record(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
     bool found;
     uint64_t seq_before, seq_after;
@@ -1311,7 +1291,7 @@ static void erase_leaves_the_head_record(void **state)
     assert_memory_equal(chain, stored, 32);
     json_decref(e11);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static const struct CMUnitTest tests[] = {

@@ -2,6 +2,7 @@
  * expiry, revocation, name reuse, listing without secrets, another process's tokens, concurrent
  * creation, nothing secret on disk, roles parsing. */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -28,27 +29,6 @@ typedef struct fixture {
     journal *j;
     auth *a;
 } fixture;
-
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/aiorun-auth-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    char *dir = strdup(tmpl);
-    assert_non_null(dir);
-    return dir;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(char *dir)
-{
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-    free(dir);
-}
 
 static journal *open_journal(const char *dir)
 {
@@ -81,7 +61,7 @@ static void fx_close(fixture *f)
 static void fx_setup(fixture *f)
 {
     memset(f, 0, sizeof *f);
-    f->dir = make_tmpdir();
+    f->dir = test_tmpdir("auth");
     snprintf(f->key_path, sizeof f->key_path, "%s/auth.key", f->dir);
     fx_open(f);
 }
@@ -89,7 +69,7 @@ static void fx_setup(fixture *f)
 static void fx_teardown(fixture *f)
 {
     fx_close(f);
-    rm_rf(f->dir);
+    test_rm_tree(f->dir);
 }
 
 static void create_ok(auth *a, const char *name, unsigned roles, int64_t expires_ms,
@@ -174,7 +154,7 @@ static void key_file_created_0600_and_reused(void **state)
     fixture f;
     mode_t old_umask = umask(0); /* the key must be 0600 whatever the umask */
     memset(&f, 0, sizeof f);
-    f.dir = make_tmpdir();
+    f.dir = test_tmpdir("auth");
     snprintf(f.key_path, sizeof f.key_path, "%s/auth.key", f.dir);
     fx_open(&f);
     umask(old_umask);
@@ -219,7 +199,7 @@ static void key_file_created_0600_and_reused(void **state)
 static void key_file_readable_by_others_refused(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("auth");
     char path[512];
     snprintf(path, sizeof path, "%s/auth.key", dir);
     unsigned char key[32] = {1, 2, 3};
@@ -242,13 +222,13 @@ static void key_file_readable_by_others_refused(void **state)
     assert_int_equal(auth_open(j, path, &a, &err), AR_OK);
     auth_free(a);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void key_file_wrong_size_refused(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("auth");
     char path[512];
     snprintf(path, sizeof path, "%s/auth.key", dir);
     journal *j = open_journal(dir);
@@ -286,7 +266,7 @@ static void key_file_wrong_size_refused(void **state)
     assert_int_equal(auth_open(j, sub, &a, &err), AR_E_IO);
     assert_string_equal(err.code, "auth_key");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- tokens ----------------------------------------------------------------------------- */
@@ -720,7 +700,7 @@ static void list_shows_tokens_without_secrets(void **state)
 
     /* An empty store lists as []. */
     fx_close(&f);
-    rm_rf(f.dir);
+    test_rm_tree(f.dir);
     fx_setup(&f);
     assert_int_equal(auth_token_list(f.a, &list, &err), AR_OK);
     assert_int_equal(json_array_size(list), 0);
@@ -737,7 +717,7 @@ static void token_from_other_process_verifies_at_once(void **state)
     (void)state;
     fixture f;
     memset(&f, 0, sizeof f);
-    f.dir = make_tmpdir();
+    f.dir = test_tmpdir("auth");
     snprintf(f.key_path, sizeof f.key_path, "%s/auth.key", f.dir);
     int go[2], back[2];
     assert_int_equal(pipe(go), 0);

@@ -3,6 +3,7 @@
  * hook's fast path. Every test uses a real journal and real action records, with explicit times
  * (no sleeping). */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -32,25 +33,10 @@ typedef struct fixture {
     unsigned seq;
 } fixture;
 
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/aiorun-counters-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    char *dir = strdup(tmpl);
-    assert_non_null(dir);
-    return dir;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static void open_fixture(fixture *f, bool with_counters)
 {
     memset(f, 0, sizeof *f);
-    f->dir = make_tmpdir();
+    f->dir = test_tmpdir("counters");
     journal_opts opts = { .dir = f->dir };
     ar_error err;
     if (journal_open(&opts, &f->j, &err) != AR_OK)
@@ -63,7 +49,7 @@ static void close_fixture(fixture *f)
 {
     journal_close(f->j);
     counters_free(f->c);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(f->dir);
     free(f->dir);
 }
 

@@ -2,6 +2,7 @@
  * format and schema refusal, a full map, stale reader slots, async submit and close, backup,
  * hooks, cursors in the writer's transaction, a database added to an older environment. */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <ftw.h>
 #include <lmdb.h>
@@ -19,27 +20,6 @@
 #include "journal.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
-
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/aiorun-journal-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    char *dir = strdup(tmpl);
-    assert_non_null(dir);
-    return dir;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(char *dir)
-{
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-    free(dir);
-}
 
 static journal *open_journal(const char *dir, size_t map_mb)
 {
@@ -201,7 +181,7 @@ static void a_map_too_large_for_the_address_space_names_map_size(void **state)
 #if defined(__SANITIZE_ADDRESS__)
     skip();
 #else
-    char *root = make_tmpdir();
+    char *root = test_tmpdir("journal");
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -223,7 +203,7 @@ static void a_map_too_large_for_the_address_space_names_map_size(void **state)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
-    rm_rf(root);
+    test_rm_tree(root);
 #endif
 }
 
@@ -232,7 +212,7 @@ static void a_map_too_large_for_the_address_space_names_map_size(void **state)
 static void roundtrip_and_reopen(void **state)
 {
     (void)state;
-    char *root = make_tmpdir();
+    char *root = test_tmpdir("journal");
     char dir[512];
     snprintf(dir, sizeof dir, "%s/data/journal", root); /* missing levels are created */
     journal *j = open_journal(dir, 0);
@@ -289,7 +269,7 @@ static void roundtrip_and_reopen(void **state)
     journal_read_end(old);
     journal_close(j);
     journal_close(NULL);
-    rm_rf(root);
+    test_rm_tree(root);
 }
 
 /* ---- conditional inserts ---------------------------------------------------------------- */
@@ -297,7 +277,7 @@ static void roundtrip_and_reopen(void **state)
 static void conflict_rolls_back_its_batch_only(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     assert_int_equal(put_str(j, JDB_IDEMPOTENCY, "taken", "original"), AR_OK);
 
@@ -355,7 +335,7 @@ static void conflict_rolls_back_its_batch_only(void **state)
     assert_value(j, JDB_ACTIONS, "u1", "unrelated");
     assert_value(j, JDB_IDEMPOTENCY, "other", "yes");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 #define RACERS 8
@@ -396,7 +376,7 @@ static void *race_main(void *arg)
 static void conditional_insert_race(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, RACERS);
@@ -425,7 +405,7 @@ static void conditional_insert_race(void **state)
         assert_int_equal(winners, 1);
     }
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- group commit ----------------------------------------------------------------------- */
@@ -455,7 +435,7 @@ static void *writer_main(void *arg)
 static void group_commit_many_threads(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     pthread_t threads[WRITERS];
     struct writer_arg args[WRITERS];
@@ -496,7 +476,7 @@ static void group_commit_many_threads(void **state)
     journal_cursor_close(c);
     journal_read_end(r);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- apply callbacks -------------------------------------------------------------------- */
@@ -573,7 +553,7 @@ static void *counter_main(void *arg)
 static void apply_reads_then_writes(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     pthread_t threads[COUNTERS];
     for (int i = 0; i < COUNTERS; i++)
@@ -605,7 +585,7 @@ static void apply_reads_then_writes(void **state)
     journal_cursor_close(c);
     journal_read_end(r);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int put_then_fail(journal_txn *txn, void *arg, ar_error *err)
@@ -621,7 +601,7 @@ static int put_then_fail(journal_txn *txn, void *arg, ar_error *err)
 static void apply_failure_rolls_back_its_batch_only(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     journal_stats before, after;
     journal_get_stats(j, &before);
@@ -668,7 +648,7 @@ static void apply_failure_rolls_back_its_batch_only(void **state)
     assert_int_equal(after.batches - before.batches, 3);
     journal_close(j);
     destroy_gate(&g);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- formats ---------------------------------------------------------------------------- */
@@ -682,7 +662,7 @@ static int read_bad(journal_txn *txn, void *arg, ar_error *err)
 static void record_format_refusal(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     assert_int_equal(put_str(j, JDB_ACTIONS, "good", "fine"), AR_OK);
     journal_close(j);
@@ -731,13 +711,13 @@ static void record_format_refusal(void **state)
     assert_int_equal(put_str(j, JDB_ACTIONS, "bad99", "repaired"), AR_OK);
     assert_value(j, JDB_ACTIONS, "bad99", "repaired");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void schema_version_refusal(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     journal_close(j);
     /* One schema version newer than ours. */
@@ -768,7 +748,7 @@ static void schema_version_refusal(void **state)
     raw_put(dir, "meta", "schema_version", ours, sizeof ours);
     j = open_journal(dir, 0);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- a full map ------------------------------------------------------------------------- */
@@ -806,7 +786,7 @@ static int put_big(journal *j, int i, ar_error *err)
 static void map_full_is_a_clean_error(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 1);
     ar_error err;
     int stored = 0, rc;
@@ -850,7 +830,7 @@ static void map_full_is_a_clean_error(void **state)
     for (int i = stored; i < stored + 100; i++)
         assert_int_equal(put_big(j, i, &err), AR_OK);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int put_huge(journal_txn *txn, void *arg, ar_error *err)
@@ -862,7 +842,7 @@ static int put_huge(journal_txn *txn, void *arg, ar_error *err)
 static void map_full_fails_only_the_batch_that_does_not_fit(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 1);
     size_t huge_len = (size_t)2 << 20;
     char *huge = calloc(1, huge_len);
@@ -922,7 +902,7 @@ static void map_full_fails_only_the_batch_that_does_not_fit(void **state)
     assert_absent(j, JDB_CACHE, "huge-cb");
     journal_close(j);
     free(huge);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- stale readers ---------------------------------------------------------------------- */
@@ -938,7 +918,7 @@ static MDB_env *child_env(const char *dir)
 static void stale_reader_slots_are_cleared(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     assert_int_equal(put_str(j, JDB_ACTIONS, "before", "1"), AR_OK);
     journal_close(j);
@@ -999,7 +979,7 @@ static void stale_reader_slots_are_cleared(void **state)
     journal_get_stats(j, &stats);
     assert_int_equal(stats.stale_readers, 0);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- async submit and close ------------------------------------------------------------- */
@@ -1009,7 +989,7 @@ static void stale_reader_slots_are_cleared(void **state)
 static void async_submit_reports_once(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     assert_int_equal(put_str(j, JDB_IDEMPOTENCY, "dup", "first"), AR_OK);
     sem_t done;
@@ -1050,7 +1030,7 @@ static void async_submit_reports_once(void **state)
     for (int i = 0; i < ASYNC; i++)
         assert_int_equal(outcomes[i].calls, 1);
     sem_destroy(&done);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void *close_main(void *arg)
@@ -1064,7 +1044,7 @@ static void *close_main(void *arg)
 static void close_completes_batches_in_flight(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     struct gate g;
     hold_writer(j, &g);
@@ -1111,7 +1091,7 @@ static void close_completes_batches_in_flight(void **state)
         assert_value(j, JDB_QUEUE, key, key);
     }
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- cursors ---------------------------------------------------------------------------- */
@@ -1137,7 +1117,7 @@ static void expect_at(journal_cursor *c, int op, const char *seek, const char *k
 static void cursor_walk_and_seek(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     journal_batch *b = journal_batch_new();
     for (int i = 0; i < 10; i++) {
@@ -1186,7 +1166,7 @@ static void cursor_walk_and_seek(void **state)
     journal_cursor_close(c);
     journal_read_end(r);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- bad input -------------------------------------------------------------------------- */
@@ -1194,7 +1174,7 @@ static void cursor_walk_and_seek(void **state)
 static void bad_batches_are_refused_whole(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     ar_error err;
 
@@ -1244,7 +1224,7 @@ static void bad_batches_are_refused_whole(void **state)
     journal_opts opts = { .dir = "/proc/aiorun-no-such/journal" };
     assert_int_equal(journal_open(&opts, &j, &err), AR_E_IO);
     assert_string_equal(err.code, "journal_io");
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- backup ----------------------------------------------------------------------------- */
@@ -1306,7 +1286,7 @@ static void assert_mode(const char *path, mode_t mode)
 static void backup_while_writers_commit(void **state)
 {
     (void)state;
-    char *root = make_tmpdir();
+    char *root = test_tmpdir("journal");
     char src[512], dest[512], file[600];
     snprintf(src, sizeof src, "%s/src", root);
     snprintf(dest, sizeof dest, "%s/backups/one", root); /* the missing parent is made too */
@@ -1409,7 +1389,7 @@ static void backup_while_writers_commit(void **state)
     assert_int_equal(put_str(copy, JDB_ACTIONS, "written-to-copy", "y"), AR_OK);
     assert_value(copy, JDB_ACTIONS, "written-to-copy", "y");
     journal_close(copy);
-    rm_rf(root);
+    test_rm_tree(root);
 }
 
 static off_t file_size(const char *dir)
@@ -1424,7 +1404,7 @@ static off_t file_size(const char *dir)
 static void backup_is_compacted(void **state)
 {
     (void)state;
-    char *root = make_tmpdir();
+    char *root = test_tmpdir("journal");
     char src[512], dest[512];
     snprintf(src, sizeof src, "%s/src", root);
     snprintf(dest, sizeof dest, "%s/empty-dest", root);
@@ -1463,13 +1443,13 @@ static void backup_is_compacted(void **state)
     assert_absent(copy, JDB_CACHE, "gone-00000");
     assert_schema_version(copy);
     journal_close(copy);
-    rm_rf(root);
+    test_rm_tree(root);
 }
 
 static void backup_refuses_a_used_target(void **state)
 {
     (void)state;
-    char *root = make_tmpdir();
+    char *root = test_tmpdir("journal");
     char src[512], full[512], kept[600], file[512], copy_file[600];
     snprintf(src, sizeof src, "%s/src", root);
     snprintf(full, sizeof full, "%s/full", root);
@@ -1518,7 +1498,7 @@ static void backup_refuses_a_used_target(void **state)
     /* The journal is unharmed. */
     assert_value(j, JDB_ACTIONS, "k", "v");
     journal_close(j);
-    rm_rf(root);
+    test_rm_tree(root);
 }
 
 /* ---- hooks ------------------------------------------------------------------------------ */
@@ -1604,7 +1584,7 @@ static void assert_log(const struct hook_log *log, const char *const *expected, 
 static void hook_sees_every_write(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     struct hook_log log = { .n = 0 };
     assert_int_equal(journal_set_hook(j, JDB_COUNT, mirror_hook, &log), AR_E_INVALID);
@@ -1669,7 +1649,7 @@ static void hook_sees_every_write(void **state)
     assert_int_equal(log.n, 0);
     assert_absent(j, JDB_MEMORY, "m:p6");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int txn_put_ignoring_status(journal_txn *txn, void *arg, ar_error *err)
@@ -1682,7 +1662,7 @@ static int txn_put_ignoring_status(journal_txn *txn, void *arg, ar_error *err)
 static void hook_failure_rolls_back_its_batch_only(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     struct hook_log log = { .refuse = "bad" };
     assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
@@ -1753,7 +1733,7 @@ static void hook_failure_rolls_back_its_batch_only(void **state)
     assert_value(j, JDB_MEMORY, "m:s", "S");
     journal_close(j);
     destroy_gate(&g);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int quiet_failing_hook(journal_txn *txn, void *arg, const void *key, size_t klen,
@@ -1766,7 +1746,7 @@ static int quiet_failing_hook(journal_txn *txn, void *arg, const void *key, size
 static void hook_failure_without_message_and_full_map(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 1);
     ar_error err;
     assert_int_equal(journal_set_hook(j, JDB_QUEUE, quiet_failing_hook, NULL), AR_OK);
@@ -1789,7 +1769,7 @@ static void hook_failure_without_message_and_full_map(void **state)
     assert_value(j, JDB_MEMORY, "m:h", "H");
     free(log.huge);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- cursors in the writer's transaction ------------------------------------------------ */
@@ -1874,7 +1854,7 @@ out:
 static void txn_cursor_walks_and_seeks(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     journal_batch *b = journal_batch_new();
     for (int i = 0; i < 10; i++) {
@@ -1901,7 +1881,7 @@ static void txn_cursor_walks_and_seeks(void **state)
     assert_value(j, JDB_APPROVALS, "k12", "changed!");
     assert_value(j, JDB_APPROVALS, "k13", "val-k13");
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- callbacks whose argument the batch owns ----------------------------------------------- */
@@ -1947,7 +1927,7 @@ static int heap_apply(journal_txn *txn, void *arg, ar_error *err)
 static void owned_arg_freed_on_success(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     struct owned_arg a = { 0 };
     journal_batch *b = journal_batch_new();
@@ -1978,13 +1958,13 @@ static void owned_arg_freed_on_success(void **state)
     assert_int_equal(c.runs, 1);
     assert_int_equal(c.frees, 1);
     sem_destroy(&done);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void owned_arg_freed_on_failure(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     assert_int_equal(put_str(j, JDB_CACHE, "taken", "first"), AR_OK);
 
@@ -2025,7 +2005,7 @@ static void owned_arg_freed_on_failure(void **state)
     assert_int_equal(r.frees, 1);
 
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static void owned_arg_freed_when_never_committed(void **state)
@@ -2055,7 +2035,7 @@ static void owned_arg_freed_when_never_committed(void **state)
 static void owned_arg_freed_once_after_reruns(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 1);
     size_t huge_len = (size_t)2 << 20;
     char *huge = calloc(1, huge_len);
@@ -2085,7 +2065,7 @@ static void owned_arg_freed_once_after_reruns(void **state)
     journal_close(j);
     destroy_gate(&g);
     free(huge);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 
@@ -2094,7 +2074,7 @@ static void owned_arg_freed_once_after_reruns(void **state)
 static void older_environment_gets_new_databases(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     /* Only "meta" with schema version 1, as an older build left it. */
     MDB_env *env;
     MDB_txn *txn;
@@ -2117,7 +2097,7 @@ static void older_environment_gets_new_databases(void **state)
     assert_value(j, JDB_COUNTERS, "defs", "[]");
     assert_absent(j, JDB_CONNECTORS, "defs"); /* its own database */
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* ---- completion, direct batches, appends ------------------------------------------------- */
@@ -2180,7 +2160,7 @@ static int post_sem(journal_txn *txn, void *arg, ar_error *err)
 static void done_callbacks_run_in_order_off_the_writer(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     static struct order_log log;
     memset(&log, 0, sizeof log);
@@ -2257,7 +2237,7 @@ static void done_callbacks_run_in_order_off_the_writer(void **state)
     sem_destroy(&log.holding);
     sem_destroy(&log.hold);
     pthread_mutex_destroy(&log.mu);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int count_runs(journal_txn *txn, void *arg, ar_error *err)
@@ -2274,7 +2254,7 @@ static int count_runs(journal_txn *txn, void *arg, ar_error *err)
 static void plain_batches_run_directly_and_still_fail_alone(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     struct hook_log log = { .refuse = "bad" };
     assert_int_equal(journal_set_hook(j, JDB_APPROVALS, mirror_hook, &log), AR_OK);
@@ -2392,7 +2372,7 @@ static void plain_batches_run_directly_and_still_fail_alone(void **state)
     assert_int_equal(s3.regrouped - s2.regrouped, 0);
     sem_destroy(&done);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 /* journal_commit callers: every one told its own outcome, and no more wake-ups than callers
@@ -2427,7 +2407,7 @@ static void *committer_main(void *arg)
 static void commit_callers_are_each_woken_once(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     enum { CALLERS = 16 };
     pthread_t t[CALLERS];
@@ -2460,7 +2440,7 @@ static void commit_callers_are_each_woken_once(void **state)
             assert_value(j, JDB_ACTIONS, key, key);
         }
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static int put_last_in_txn(journal_txn *txn, void *arg, ar_error *err)
@@ -2476,7 +2456,7 @@ static int put_last_in_txn(journal_txn *txn, void *arg, ar_error *err)
 static void put_last_appends_or_puts(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = test_tmpdir("journal");
     journal *j = open_journal(dir, 0);
     const char *order[] = {"k05", "k07", "k06", "k07", "k01", "k09"};
     const char *vals[] = {"a", "b", "c", "d", "e", "f"};
@@ -2547,7 +2527,7 @@ static void put_last_appends_or_puts(void **state)
     assert_true(appended < 600 * 2600);
     assert_true(plain > 600 * 3200);
     journal_close(j);
-    rm_rf(dir);
+    test_rm_tree(dir);
 }
 
 static const struct CMUnitTest tests[] = {

@@ -4,6 +4,7 @@
  * steady load, and the daemon's thread. A real journal, real records with explicit times (no
  * sleeping, except the thread test waiting for its first run). */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -35,19 +36,10 @@ typedef struct fixture {
     unsigned seq;
 } fixture;
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static void open_fixture(fixture *f, bool with_counters)
 {
     memset(f, 0, sizeof *f);
-    char tmpl[] = "/tmp/aiorun-retention-XXXXXX";
-    assert_non_null(mkdtemp(tmpl));
-    f->dir = strdup(tmpl);
-    assert_non_null(f->dir);
+    f->dir = test_tmpdir("retention");
     journal_opts opts = {.dir = f->dir, .map_size_mb = 256};
     ar_error err = {0};
     if (journal_open(&opts, &f->j, &err) != AR_OK)
@@ -60,7 +52,7 @@ static void close_fixture(fixture *f)
 {
     journal_close(f->j);
     counters_free(f->c);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(f->dir);
     free(f->dir);
 }
 

@@ -3,6 +3,7 @@
  * plaintext on disk, rotation (and a crash before its commit, after it, and a SIGKILL at a
  * random moment), a vault re-keyed by another process. */
 #include "test_main.h"
+#include "test_dirs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -62,17 +63,11 @@ static void fx_init(fixture *f, bool with_key)
     fx_open_journal(f);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(path);
-}
-
 static void fx_fini(fixture *f)
 {
     journal_close(f->j);
     f->j = NULL;
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_remove_tree(f->dir);
 }
 
 static vault *open_key(fixture *f, const char *key_file)
