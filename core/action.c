@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "jsonw.h"
+
 static const char *const state_names[ACTION_STATE_COUNT] = {
     [ACTION_RECEIVED] = "RECEIVED",
     [ACTION_DENIED] = "DENIED",
@@ -122,7 +124,7 @@ int action_payload_digest(const char *action, const json_t *input, unsigned char
     json_t *doc = json_pack("{s:s, s:O}", "action", action, "input", (json_t *)input);
     if (!doc)
         return AR_E_NOMEM;
-    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *text = jsonw_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
     json_decref(doc);
     if (!text)
         return AR_E_NOMEM;
@@ -208,7 +210,7 @@ size_t action_idem_key(char *buf, size_t cap, const char *connector, const char 
 int action_batch_store(journal_batch *b, const json_t *rec)
 {
     const char *id = action_record_str(rec, "id");
-    char *text = json_dumps(rec, JSON_COMPACT);
+    char *text = jsonw_dumps(rec, JSON_COMPACT);
     if (!text)
         return AR_E_NOMEM;
     journal_batch_put(b, JDB_ACTIONS, id, strlen(id), text, strlen(text));
@@ -227,7 +229,7 @@ static int parse_record(const void *val, size_t len, json_t **out, ar_error *err
 int action_txn_store(journal_txn *txn, const json_t *rec)
 {
     const char *id = action_record_str(rec, "id");
-    char *text = json_dumps(rec, JSON_COMPACT);
+    char *text = jsonw_dumps(rec, JSON_COMPACT);
     if (!text)
         return AR_E_NOMEM;
     int rc = journal_txn_put(txn, JDB_ACTIONS, id, strlen(id), text, strlen(text));

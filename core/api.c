@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "approvals.h"
+#include "jsonw.h"
 
 /* Failed authentications allowed per client address and minute before it must wait. */
 #define AUTH_MAX_FAILURES 60
@@ -38,7 +39,7 @@ void api_set_reply_json(request *rq, unsigned status, json_t *doc /* takes */)
 {
     free(rq->reply);
     rq->reply_type = NULL;
-    rq->reply = json_dumps(doc, JSON_COMPACT);
+    rq->reply = jsonw_dumps(doc, JSON_COMPACT);
     rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
     json_decref(doc);
 }

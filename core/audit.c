@@ -27,6 +27,7 @@
 #include <sodium.h>
 
 #include "action.h"
+#include "jsonw.h"
 
 #define HASH_LEN 32
 #define SEQ_KEY_LEN 8
@@ -130,7 +131,7 @@ static int body_digest(json_t *seq, json_t *time_ms, json_t *type, json_t *actio
                              type, "action", action, "data", data);
     if (!body)
         return AR_E_NOMEM;
-    char *text = json_dumps(body, JSON_SORT_KEYS | JSON_COMPACT);
+    char *text = jsonw_dumps(body, JSON_SORT_KEYS | JSON_COMPACT);
     json_decref(body);
     if (!text)
         return AR_E_INVALID;
@@ -291,7 +292,7 @@ static char *json_text_of(const char *s, size_t len)
         plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
     if (!plain) {
         json_t *v = json_stringn(s, len);
-        char *text = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        char *text = v ? jsonw_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
         json_decref(v);
         return text;
     }
@@ -350,9 +351,9 @@ static int prepare(const char *type, const char *action_id, json_t *data, int64_
     }
     /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck).
      * Data whose objects list their keys in sorted order already is written once. */
-    if (!(ds = json_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)) ||
+    if (!(ds = jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)) ||
         !(dp = keys_in_order(data, 0) ? ds
-                                      : json_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT |
+                                      : jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT |
                                                              JSON_PRESERVE_ORDER))) {
         status = unwritable(err, type);
         goto done;
@@ -653,7 +654,7 @@ int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
     }
     if (json_object_set_new(e.doc, "data", json_null()) ||
         json_object_set_new(e.doc, "erased", json_true()) ||
-        !(text = json_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+        !(text = jsonw_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
         status = nomem(err);
     } else if ((status = journal_txn_put(txn, JDB_AUDIT, key, sizeof key, text,
                                          strlen(text))) != AR_OK) {
@@ -852,7 +853,7 @@ int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *
             /* The stored bytes as they are (an outside verifier hashes what we hashed), unless
              * they would not make one line. */
             if (wanted && (memchr(val, '\n', vlen) || memchr(val, '\r', vlen)) &&
-                !(text = json_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+                !(text = jsonw_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
                 json_decref(e.doc);
                 status = nomem(err);
                 goto done;
@@ -862,7 +863,7 @@ int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *
                 continue;
         } else {
             json_t *u = unreadable(seq_of_key(key));
-            text = u ? json_dumps(u, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            text = u ? jsonw_dumps(u, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
             json_decref(u);
             if (!text) {
                 status = nomem(err);

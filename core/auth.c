@@ -10,6 +10,7 @@
 #include "auth.h"
 
 #include "audit.h"
+#include "jsonw.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -479,7 +480,7 @@ int auth_token_create_by(auth *a, const char *by, const char *name, unsigned rol
     json_t *rec = json_pack("{s:s, s:o, s:I, s:o, s:n}", "name", name, "roles",
                             roles_to_json(roles), "created_ms", (json_int_t)now, "expires_ms",
                             expires_ms ? json_integer(expires_ms) : json_null(), "revoked_ms");
-    if (!rec || !(text = json_dumps(rec, JSON_COMPACT)) || !(b = journal_batch_new())) {
+    if (!rec || !(text = jsonw_dumps(rec, JSON_COMPACT)) || !(b = journal_batch_new())) {
         status = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory creating a token");
         goto fail;
     }
@@ -536,7 +537,7 @@ static int revoke_apply(journal_txn *txn, void *arg, ar_error *err)
     if (!record_revoked(rec)) {
         char *text = NULL;
         if (json_object_set_new(rec, "revoked_ms", json_integer(c->now_ms)) != 0 ||
-            !(text = json_dumps(rec, JSON_COMPACT)))
+            !(text = jsonw_dumps(rec, JSON_COMPACT)))
             rc = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory revoking a token");
         else
             rc = journal_txn_put(txn, JDB_TOKENS, digest, dlen, text, strlen(text));

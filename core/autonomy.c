@@ -2,6 +2,7 @@
 #include "autonomy.h"
 
 #include "audit.h"
+#include "jsonw.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -145,7 +146,7 @@ int autonomy_set(autonomy *a, const char *pattern, const char *level, const char
                                                      "at_ms", (json_int_t)ar_now_ms()));
     else
         json_object_del(next, pattern);
-    char *text = json_dumps(next, JSON_COMPACT | JSON_SORT_KEYS);
+    char *text = jsonw_dumps(next, JSON_COMPACT | JSON_SORT_KEYS);
     journal_batch *b = journal_batch_new();
     int rc = AR_E_NOMEM;
     if (text && b) {

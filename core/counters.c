@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "action.h"
+#include "jsonw.h"
 
 #define MIN_WINDOW_MS 1000LL
 #define MAX_WINDOW_MS (366LL * 24 * 3600 * 1000)
@@ -649,7 +650,7 @@ static int count_put(journal_txn *txn, const counter_def *defs, size_t n, const 
         if (rc == AR_OK && matched) {
             /* Written even when every bucket had left the ring: the entry says "counted",
              * so later puts in counted states leave the counters alone. */
-            char *text = json_dumps(entry, JSON_COMPACT);
+            char *text = jsonw_dumps(entry, JSON_COMPACT);
             if (!text)
                 goto nomem;
             rc = journal_txn_put(txn, JDB_COUNTERS, ekey, eklen, text, strlen(text));
@@ -761,7 +762,7 @@ static int cost_put(journal_txn *txn, const counter_def *defs, size_t n, const c
         changed = 1;
     }
     if (changed) {
-        char *text = json_dumps(entry, JSON_COMPACT);
+        char *text = jsonw_dumps(entry, JSON_COMPACT);
         if (!text)
             goto nomem;
         rc = journal_txn_put(txn, JDB_COUNTERS, kkey, kklen, text, strlen(text));
@@ -1023,7 +1024,7 @@ static int merge_entry(journal_txn *txn, journal_cursor *ecur, const char *key, 
         entry = json_object();
     }
     char *text = NULL;
-    if (!entry || json_object_update(entry, added) != 0 || !(text = json_dumps(entry, JSON_COMPACT)))
+    if (!entry || json_object_update(entry, added) != 0 || !(text = jsonw_dumps(entry, JSON_COMPACT)))
         rc = AR_E_NOMEM;
     else
         rc = journal_txn_put(txn, JDB_COUNTERS, key, klen, text, strlen(text));
@@ -1186,7 +1187,7 @@ int counters_install(counters *c, const counter_def *defs, size_t n, int64_t now
             goto nomem;
         m++;
     }
-    if (!(text = json_dumps(arr, JSON_COMPACT)) || !(b = journal_batch_new()))
+    if (!(text = jsonw_dumps(arr, JSON_COMPACT)) || !(b = journal_batch_new()))
         goto nomem;
     install_op op = {.defs = uniq, .n = m, .now_ms = now_ms, .defs_text = text, .rings = rings, .fresh = fresh};
     journal_batch_apply(b, apply_install, &op);

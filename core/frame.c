@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "aiorun/plugin.h"
+#include "jsonw.h"
 
 /* Bytes read per read(2) in frame_read_fd. */
 #define READ_CHUNK (64u * 1024u)
@@ -70,28 +71,25 @@ int frame_encode(frame_type type, uint32_t request_id, const json_t *payload,
         return ar_error_set(err, AR_E_INVALID, "protocol_error", "frame payload must be a JSON object");
     }
 
-    /* Size first, then dump straight behind the header: no intermediate copy of big results. */
-    size_t plen = json_dumpb(payload, NULL, 0, JSON_COMPACT);
-    if (plen == 0) {
-        json_decref(empty);
-        return ar_error_set(err, AR_E_INVALID, "protocol_error", "frame payload cannot be encoded");
-    }
-    if (plen > max) {
-        json_decref(empty);
+    /* Written once behind the header: on the stack when small (then one allocation of the
+     * exact size), else in the heap buffer it grew into (big results are not copied). */
+    char small[4096];
+    jsonw_buf text = {small, FRAME_HEADER_SIZE, sizeof small, 1};
+    int dumped = jsonw_append(&text, payload, JSON_COMPACT);
+    json_decref(empty);
+    size_t plen = text.len - FRAME_HEADER_SIZE;
+    if (dumped != 0 || plen > max) {
+        jsonw_buf_free(&text);
+        if (dumped != 0) /* not UTF-8, or out of memory (far less likely) */
+            return ar_error_set(err, AR_E_INVALID, "protocol_error", "frame payload cannot be encoded");
         return ar_error_set(err, AR_E_INVALID, "frame_too_large",
                             "frame payload of %zu bytes exceeds the limit of %zu bytes", plen, max);
     }
-    uint8_t *buf = malloc(FRAME_HEADER_SIZE + plen);
-    if (!buf) {
-        json_decref(empty);
+    uint8_t *buf = text.borrowed ? malloc(text.len) : (uint8_t *)text.data;
+    if (!buf)
         return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory for a frame of %zu bytes", plen);
-    }
-    size_t written = json_dumpb(payload, (char *)buf + FRAME_HEADER_SIZE, plen, JSON_COMPACT);
-    json_decref(empty);
-    if (written != plen) {
-        free(buf);
-        return ar_error_set(err, AR_E_INVALID, "protocol_error", "frame payload changed while encoding");
-    }
+    if (text.borrowed)
+        memcpy(buf, text.data, text.len);
     buf[0] = 'A';
     buf[1] = 'R';
     buf[2] = FRAME_PROTOCOL_VERSION;

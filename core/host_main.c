@@ -37,6 +37,7 @@
 #include "ar.h"
 #include "frame.h"
 #include "lockdown.h"
+#include "jsonw.h"
 
 /* Ports a host may be given (--port). */
 #define HOST_MAX_PORTS 64
@@ -518,7 +519,7 @@ static void serve_invoke(host_ctx *h, host_plugin *p, aiorun_call *c, const fram
         return;
     }
     json_t *input = json_object_get(f->payload, "input");
-    char *text = json_dumps(input ? input : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    char *text = jsonw_dumps(input ? input : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (!text) {
         send_result(h, f->request_id, NULL);
         return;
@@ -628,7 +629,7 @@ static void init_plugin(host_ctx *h, host_plugin *p, frame_decoder *dec, aiorun_
     if (host_secrets_load(h, secrets, why, sizeof why) != 0)
         die(HOST_EXIT_PROTOCOL, "%s", why);
 
-    char *text = json_dumps(config, JSON_COMPACT);
+    char *text = jsonw_dumps(config, JSON_COMPACT);
     if (!text)
         die(HOST_EXIT_INTERNAL, "out of memory");
     int st = AIORUN_OK;

@@ -21,6 +21,7 @@
 
 #include "action.h"
 #include "audit.h"
+#include "jsonw.h"
 
 #define DAY_MS 86400000.0
 #define KEY_BUF 512           /* LMDB's largest key is 511 bytes */
@@ -246,7 +247,7 @@ static int stub_action(journal_txn *txn, step *st, const void *id, size_t idlen,
         if (v && json_object_set(stub, kept[i], v) != 0)
             goto nomem;
     }
-    if (json_object_set_new(stub, "compacted", json_true()) != 0 || !(text = json_dumps(stub, JSON_COMPACT)))
+    if (json_object_set_new(stub, "compacted", json_true()) != 0 || !(text = jsonw_dumps(stub, JSON_COMPACT)))
         goto nomem;
     if ((rc = journal_txn_put(txn, JDB_ACTIONS, id, idlen, text, strlen(text))) != AR_OK) {
         journal_failed(err, rc, "storing a stub");

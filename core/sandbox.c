@@ -28,6 +28,7 @@
 #include "frame.h"
 #include "lockdown.h"
 #include "schema.h"
+#include "jsonw.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 30000
@@ -1157,7 +1158,7 @@ static void on_result(sandbox_proc *p, const frame *f)
             res.error_message = "the plugin's result could not be checked for secrets (out of "
                                 "memory) and was withheld";
         } else {
-            text = json_dumps(r ? r : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+            text = jsonw_dumps(r ? r : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
             if (!text) {
                 redactor_end(&rd);
                 malformed(p, "RESULT whose result cannot be encoded");

@@ -27,6 +27,7 @@
 #include "flow.h"
 #include "frame.h"
 #include "loop.h"
+#include "jsonw.h"
 
 /* Parked jobs (queued or waiting to retry) keep their parsed record while the scheduler holds
  * at most this many actions; beyond, they keep a compact entry and the record is read again
@@ -503,7 +504,7 @@ static int job_load(job *jb)
     }
     if (!jb->input_text) {
         json_t *input = json_object_get(jb->rec, "input");
-        jb->input_text = input ? json_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
+        jb->input_text = input ? jsonw_dumps(input, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");
         if (!jb->input_text)
             return AR_E_NOMEM;
     }
@@ -1504,7 +1505,7 @@ static void flow_saved(void *arg, int status, journal_batch *b, const ar_error *
 static void save_flow_event(conn *c, const char *event, json_t *event_data, journal_done_fn done, void *arg)
 {
     json_t *rec = flow_record(c);
-    char *text = rec ? json_dumps(rec, JSON_COMPACT) : NULL;
+    char *text = rec ? jsonw_dumps(rec, JSON_COMPACT) : NULL;
     json_decref(rec);
     journal_batch *b = journal_batch_new();
     if (!text || !b) {

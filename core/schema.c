@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonw.h"
+
 /* Deeper schemas are refused, deeper values are a violation: bounds the recursion. */
 #define SCHEMA_MAX_DEPTH 64
 
@@ -441,7 +443,7 @@ static int validate_type(validate_ctx *c, const json_t *type, const json_t *v)
 /* Compact JSON text of v for a message (failure path only, so it may allocate). */
 static void dump_value(char *out, size_t cap, const json_t *v)
 {
-    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *s = jsonw_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
     textbuf tb;
     tb_init(&tb, out, cap);
     tb_puts(&tb, s ? s : "(value)");
