@@ -164,31 +164,92 @@ json_t *action_time_json(const json_t *ms_value)
     return json_string(buf);
 }
 
+/* What action_render copies from a record as it is, in the API's order; then come review,
+ * compacted and the times (RENDERED_TIMES). */
+static const char *const rendered_fields[] = {"id", "connector", "action", "state", "effect",
+                                              "idempotency_key", "submitter", "input", "proposer",
+                                              "priority", "decision", "attempts", "result", "error",
+                                              "history", "resolution", "cancel_requested_by",
+                                              "approval", "validation", "cost"};
+#define N_RENDERED_FIELDS (sizeof rendered_fields / sizeof rendered_fields[0])
+static const char *const rendered_times[][2] = {{"created_at", "created_ms"}, {"updated_at", "updated_ms"},
+                                                {"finished_at", "finished_ms"}, {"deadline_at", "deadline_ms"}};
+
+/* The record's next_attempt_ms when the API shows it (only while waiting to retry). */
+static const json_t *shown_next_attempt(const json_t *rec)
+{
+    const json_t *next = json_object_get(rec, "next_attempt_ms");
+    return next && action_record_state(rec) == ACTION_RETRY_WAIT ? next : NULL;
+}
+
 json_t *action_render(const json_t *rec)
 {
-    static const char *const copied[] = {"id", "connector", "action", "state", "effect",
-                                         "idempotency_key", "submitter", "input", "proposer",
-                                         "priority", "decision", "attempts", "result", "error",
-                                         "history", "resolution", "cancel_requested_by", "approval",
-                                         "validation", "cost"};
     json_t *out = json_object();
     if (!out)
         return NULL;
-    for (size_t i = 0; i < sizeof copied / sizeof copied[0]; i++) {
-        json_t *v = json_object_get(rec, copied[i]);
-        json_object_set(out, copied[i], v ? v : json_null());
+    for (size_t i = 0; i < N_RENDERED_FIELDS; i++) {
+        json_t *v = json_object_get(rec, rendered_fields[i]);
+        json_object_set(out, rendered_fields[i], v ? v : json_null());
     }
     json_object_set_new(out, "review", json_boolean(json_is_true(json_object_get(rec, "review"))));
     /* A stub (retention.h): its input, result, history and decision were compacted away. */
     json_object_set_new(out, "compacted", json_boolean(json_is_true(json_object_get(rec, "compacted"))));
-    json_object_set_new(out, "created_at", action_time_json(json_object_get(rec, "created_ms")));
-    json_object_set_new(out, "updated_at", action_time_json(json_object_get(rec, "updated_ms")));
-    json_object_set_new(out, "finished_at", action_time_json(json_object_get(rec, "finished_ms")));
-    json_object_set_new(out, "deadline_at", action_time_json(json_object_get(rec, "deadline_ms")));
-    json_t *next = json_object_get(rec, "next_attempt_ms");
-    if (next && action_record_state(rec) == ACTION_RETRY_WAIT)
+    for (size_t i = 0; i < sizeof rendered_times / sizeof rendered_times[0]; i++)
+        json_object_set_new(out, rendered_times[i][0], action_time_json(json_object_get(rec, rendered_times[i][1])));
+    const json_t *next = shown_next_attempt(rec);
+    if (next)
         json_object_set_new(out, "next_attempt_at", action_time_json(next));
     return out;
+}
+
+/* ,"name": (or {"name": for the first member) */
+static int render_key(jsonw_buf *b, const char *name, int first)
+{
+    char text[64];
+    int n = snprintf(text, sizeof text, "%s\"%s\":", first ? "{" : ",", name);
+    return jsonw_append_raw(b, text, (size_t)n);
+}
+
+/* A field shown as true or false, whatever the record holds (absent: false). */
+static int render_flag(jsonw_buf *b, const char *name, const json_t *rec)
+{
+    int on = json_is_true(json_object_get(rec, name));
+    return render_key(b, name, 0) || jsonw_append_raw(b, on ? "true" : "false", on ? 4 : 5);
+}
+
+static int render_time(jsonw_buf *b, const char *name, const json_t *ms)
+{
+    if (render_key(b, name, 0) != 0)
+        return -1;
+    if (!json_is_integer(ms))
+        return jsonw_append_raw(b, "null", 4);
+    char t[AR_TIME_LEN];
+    ar_time_rfc3339(json_integer_value(ms), t);
+    return jsonw_append_string(b, t, strlen(t));
+}
+
+char *action_render_text(const json_t *rec)
+{
+    char stack[4096];
+    jsonw_buf b = {stack, 0, sizeof stack, 1};
+    int rc = 0;
+    for (size_t i = 0; i < N_RENDERED_FIELDS && rc == 0; i++) {
+        const json_t *v = json_object_get(rec, rendered_fields[i]);
+        rc = render_key(&b, rendered_fields[i], i == 0) ||
+             jsonw_append(&b, v ? v : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
+    }
+    if (rc == 0)
+        rc = render_flag(&b, "review", rec) || render_flag(&b, "compacted", rec);
+    for (size_t i = 0; i < sizeof rendered_times / sizeof rendered_times[0] && rc == 0; i++)
+        rc = render_time(&b, rendered_times[i][0], json_object_get(rec, rendered_times[i][1]));
+    const json_t *next = shown_next_attempt(rec);
+    if (rc == 0 && next)
+        rc = render_time(&b, "next_attempt_at", next);
+    if (rc != 0 || jsonw_append_raw(&b, "}", 1) != 0) {
+        jsonw_buf_free(&b);
+        return NULL;
+    }
+    return jsonw_take(&b);
 }
 
 /* ---- journal ------------------------------------------------------------------------------ */

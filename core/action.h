@@ -80,6 +80,11 @@ json_t *action_time_json(const json_t *ms_value);
  * RFC 3339 UTC strings; internal fields (digest, *_ms) are dropped. */
 json_t *action_render(const json_t *rec);
 
+/* The text of action_render(rec) (compact), written straight from the record without building
+ * the rendered value: every answered action goes through it. NUL-terminated, the caller frees
+ * it; NULL when out of memory or a string in the record is not UTF-8. */
+char *action_render_text(const json_t *rec);
+
 /* ---- journal keys and batch helpers ---------------------------------------------------- */
 
 /* Idempotency key, scoped per connector and per submitter (two submitters never share a key):

@@ -73,7 +73,10 @@ void api_set_reply_ar_error(request *rq, int rc, const ar_error *err)
 
 void api_set_reply_action(request *rq, unsigned status, const json_t *rec)
 {
-    api_set_reply_json(rq, status, action_render(rec));
+    free(rq->reply);
+    rq->reply_type = NULL;
+    rq->reply = action_render_text(rec);
+    rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
 }
 
 enum MHD_Result api_queue_reply(request *rq)

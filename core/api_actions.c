@@ -312,7 +312,8 @@ static void audit_submission(journal_batch *b, const json_t *rec)
         "effect", action_record_str(rec, "effect"), "submitter", action_record_str(rec, "submitter"),
         "proposer", proposer ? proposer : json_null(), "digest", action_record_str(rec, "digest"),
         "idempotency_key", action_record_str(rec, "idempotency_key")));
-    audit_batch_append(b, "decided", id, json_deep_copy(json_object_get(rec, "decision")));
+    /* A reference, not a copy: the entry's text is made here, before anything changes it. */
+    audit_batch_append(b, "decided", id, json_incref(json_object_get(rec, "decision")));
     json_t *ap = json_object_get(rec, "approval");
     if (action_record_state(rec) == ACTION_PENDING_APPROVAL && ap)
         audit_batch_append(b, "approval_requested", id, json_pack("{s:O, s:O, s:O, s:O}",

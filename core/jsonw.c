@@ -315,17 +315,45 @@ int jsonw_append(jsonw_buf *b, const json_t *v, size_t flags)
     return rc == TOO_DEEP ? append_from_jansson(b, v, flags) : -1;
 }
 
+int jsonw_append_raw(jsonw_buf *b, const char *text, size_t n)
+{
+    return put(b, text, n);
+}
+
+int jsonw_append_string(jsonw_buf *b, const char *s, size_t len)
+{
+    size_t start = b->len;
+    if (put_string(b, s, len) == 0)
+        return 0;
+    b->len = start;
+    return -1;
+}
+
+char *jsonw_take(jsonw_buf *b)
+{
+    char *out = NULL;
+    if (!b->borrowed && room(b, 1) == 0) {
+        out = b->data; /* the heap buffer itself: no copy */
+    } else if ((out = malloc(b->len + 1))) {
+        memcpy(out, b->data, b->len);
+    }
+    if (out) {
+        out[b->len] = '\0';
+        if (out == b->data)
+            b->data = NULL;
+    }
+    jsonw_buf_free(b);
+    return out;
+}
+
 char *jsonw_dumps(const json_t *v, size_t flags)
 {
     /* Most texts fit on the stack: one heap allocation, the result, in the common case. */
     char stack[4096];
     jsonw_buf b = {stack, 0, sizeof stack, 1};
-    int rc = jsonw_append(&b, v, flags);
-    char *out = rc == 0 ? malloc(b.len + 1) : NULL;
-    if (out) {
-        memcpy(out, b.data, b.len);
-        out[b.len] = '\0';
+    if (jsonw_append(&b, v, flags) != 0) {
+        jsonw_buf_free(&b);
+        return NULL;
     }
-    jsonw_buf_free(&b);
-    return out;
+    return jsonw_take(&b);
 }

@@ -42,6 +42,17 @@ char *jsonw_dumps(const json_t *v, size_t flags);
  * b->len unchanged when the value cannot be written or memory ran out. */
 int jsonw_append(jsonw_buf *b, const json_t *v, size_t flags);
 
+/* Append n bytes as they are (the caller's own JSON punctuation or text). 0 or -1. */
+int jsonw_append_raw(jsonw_buf *b, const char *text, size_t n);
+
+/* Append a string value, quoted and escaped. 0, or -1 (not UTF-8, or out of memory) with
+ * b->len unchanged. */
+int jsonw_append_string(jsonw_buf *b, const char *s, size_t len);
+
+/* The text in b as a NUL-terminated string the caller frees with free(); b is emptied (its
+ * heap memory freed or handed over). NULL when out of memory. */
+char *jsonw_take(jsonw_buf *b);
+
 /* Make room for n more bytes behind b->len. 0 or -1 (out of memory). */
 int jsonw_reserve(jsonw_buf *b, size_t n);
 

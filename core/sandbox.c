@@ -1167,6 +1167,7 @@ static void on_result(sandbox_proc *p, const frame *f)
             res.ok = 1;
             res.result_json = text;
             res.result_len = strlen(text);
+            res.result = r ? r : json_null();
         }
     } else {
         int cls = frame_class_from_name(json_string_value(json_object_get(f->payload, "class")));

@@ -111,6 +111,9 @@ typedef struct sandbox_result {
     int ok;                    /* 1: result_json is set; 0: error_class/message are set */
     const char *result_json;   /* borrowed during the callback */
     size_t result_len;
+    const json_t *result;      /* the same result as a value, borrowed during the callback (a
+                                  reader keeping it takes a reference instead of parsing the
+                                  text); NULL when only the text is known */
     int error_class;           /* an aiorun_status value */
     const char *error_message; /* borrowed during the callback */
     int64_t latency_us;

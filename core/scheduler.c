@@ -936,6 +936,16 @@ static void accept_result(job *jb, json_t *result)
 /* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
 
 /* Loop thread: the plugin answered an invoke (or crashed, or timed out). */
+/* The call's result as a value of our own: the pool's parsed value when it has one (a
+ * reference, not a copy: the frame it came in is done with it), else the text parsed. */
+static json_t *result_of(const sandbox_result *res)
+{
+    if (res->result)
+        return json_incref((json_t *)res->result);
+    json_error_t jerr;
+    return json_loadb(res->result_json, res->result_len, JSON_DECODE_ANY, &jerr);
+}
+
 static void invoke_done(void *arg, const sandbox_result *res)
 {
     job *jb = arg;
@@ -963,8 +973,7 @@ static void invoke_done(void *arg, const sandbox_result *res)
     json_object_set_new(rec, "latency_us", json_integer(res->latency_us));
     switch (classify(res)) {
     case OUT_OK: {
-        json_error_t jerr;
-        json_t *result = json_loadb(res->result_json, res->result_len, JSON_DECODE_ANY, &jerr);
+        json_t *result = result_of(res);
         history_outcome(rec, "ok", res, now);
         if (!result) {
             /* The call happened but its answer is unreadable: not a plain failure. */
@@ -1015,8 +1024,7 @@ static void lookup_done(void *arg, const sandbox_result *res)
     json_t *rec = jb->rec;
     int64_t now = ar_now_ms();
     if (res->ok) {
-        json_error_t jerr;
-        json_t *result = json_loadb(res->result_json, res->result_len, JSON_DECODE_ANY, &jerr);
+        json_t *result = result_of(res);
         history_append(rec, json_pack("{s:s, s:s, s:I, s:s}", "kind", "lookup", "key",
                                       action_record_str(rec, "idempotency_key"), "finished_ms",
                                       (json_int_t)now, "outcome", "happened"));

@@ -79,6 +79,38 @@ static void render_gives_timestamps_and_drops_internals(void **state)
     json_decref(rec);
 }
 
+/* action_render_text writes what action_render's value dumps to, for records of every shape:
+ * fields absent, a retry wait (next_attempt_at shown) or not, flags set, odd text. */
+static void render_text_is_the_rendered_value(void **state)
+{
+    (void)state;
+    const char *records[] = {
+        "{}",
+        "{\"id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"state\":\"SUCCEEDED\",\"created_ms\":1764176400123,"
+        "\"result\":{\"message\":\"caf\u00e9 \\\"quoted\\\"\\n\"},\"digest\":\"ab\",\"review\":true}",
+        "{\"state\":\"RETRY_WAIT\",\"next_attempt_ms\":1764176409000,\"deadline_ms\":1764176500000,"
+        "\"history\":[{\"kind\":\"invoke\",\"attempt\":1}],\"compacted\":true,\"priority\":-3}",
+        "{\"state\":\"READY\",\"next_attempt_ms\":1764176409000,\"finished_ms\":null,\"cost\":{\"usd\":0.25}}",
+        "{\"state\":\"RETRY_WAIT\",\"created_ms\":\"not a number\",\"review\":1,\"input\":[1,2,{}]}",
+    };
+    for (size_t i = 0; i < sizeof records / sizeof records[0]; i++) {
+        json_t *rec = json_loads(records[i], 0, NULL);
+        assert_non_null(rec);
+        json_t *rendered = action_render(rec);
+        char *expected = json_dumps(rendered, JSON_COMPACT);
+        char *got = action_render_text(rec);
+        assert_non_null(got);
+        assert_string_equal(got, expected);
+        free(expected);
+        free(got);
+        json_decref(rendered);
+        json_decref(rec);
+    }
+    json_t *bad = json_pack("{s:o}", "error", json_string_nocheck("\xff"));
+    assert_null(action_render_text(bad)); /* not UTF-8: refused, as the value's dump is */
+    json_decref(bad);
+}
+
 static void idem_key_scopes_by_connector_and_submitter(void **state)
 {
     (void)state;
@@ -207,6 +239,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(digest_ignores_key_order_but_not_values),
     cmocka_unit_test(states_round_trip_and_classify),
     cmocka_unit_test(render_gives_timestamps_and_drops_internals),
+    cmocka_unit_test(render_text_is_the_rendered_value),
     cmocka_unit_test(idem_key_scopes_by_connector_and_submitter),
     cmocka_unit_test_setup_teardown(list_pages_newest_first_until_the_end, open_journal, close_journal),
     cmocka_unit_test_setup_teardown(list_filters_by_state_and_connector, open_journal, close_journal),
