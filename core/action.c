@@ -205,9 +205,17 @@ json_t *action_render(const json_t *rec)
 /* ,"name": (or {"name": for the first member) */
 static int render_key(jsonw_buf *b, const char *name, int first)
 {
-    char text[64];
-    int n = snprintf(text, sizeof text, "%s\"%s\":", first ? "{" : ",", name);
-    return jsonw_append_raw(b, text, (size_t)n);
+    size_t n = strlen(name);
+    if (jsonw_reserve(b, n + 4) != 0)
+        return -1;
+    char *p = b->data + b->len;
+    p[0] = first ? '{' : ',';
+    p[1] = '"';
+    memcpy(p + 2, name, n);
+    p[n + 2] = '"';
+    p[n + 3] = ':';
+    b->len += n + 4;
+    return 0;
 }
 
 /* A field shown as true or false, whatever the record holds (absent: false). */
