@@ -39,10 +39,16 @@
  * a file has used them up, the files after it are not run and vote deny (policy_error, "not
  * run"). A memory overrun is collected, so the next file still runs.
  *
+ * Covers: a file's covers list is read at load (read_covers, raw reads) into its policy_file
+ * as C strings. At the start of each decision and validation, mark_uncovered compares the
+ * action's connector and action strings with them, in C; a file not covered is tallied as an
+ * abstention (or skipped by validate) without any Lua call, also inside a batch.
+ *
  * Load (validate_set) runs every chunk once and reads what it defines: decide (required),
- * validate (optional) and the counters table, converted to JSON with raw reads and parsed by
- * counters_def_parse; the set keeps the union, sorted by name. Nothing of that run survives,
- * and a policy that rewrites counters during a call changes only what that call sees.
+ * validate (optional), covers (optional) and the counters table, converted to JSON with raw
+ * reads and parsed by counters_def_parse; the set keeps the union, sorted by name. Nothing of
+ * that run survives, and a policy that rewrites counters (or covers) during a call changes
+ * only what that call sees.
  * ctx.counter(name) looks the name up in the set and asks the worker's source
  * (policy_worker_set_counters); policy_eval and the policy tests give a JSON object of values
  * as the source.
@@ -92,12 +98,33 @@
 #define LOG_LINES_PER_SECOND 20
 #define NS_PER_SEC 1000000000LL
 
+/* The names covers entries use, as the config and plugins spell them: a connector is 1 to 64
+ * of [a-z0-9_-] (config.c), an action 1 to 128 of [a-z0-9_-]. plugin.h also allows a dot in
+ * an action name, but an entry has at most one dot, so that a stray one ("shop.refund.") is
+ * an error rather than a file that silently never runs: such an action is covered by naming
+ * its whole connector. */
+#define COVER_CONNECTOR_MAX 64
+#define COVER_ACTION_MAX 128
+#define COVER_NAME_CHARS "abcdefghijklmnopqrstuvwxyz0123456789_-"
+#define COVERS_MAX 256
+
+/* One entry of a file's covers: "CONNECTOR.ACTION", or "CONNECTOR" (action_len 0: every action
+ * of the connector). Connector names have no dot, so the first dot splits the two. */
+typedef struct policy_cover {
+    char connector[COVER_CONNECTOR_MAX + 1];
+    size_t connector_len;
+    char action[COVER_ACTION_MAX + 1];
+    size_t action_len;
+} policy_cover;
+
 typedef struct policy_file {
     char name[256];
     char vote_name[256];    /* name, made valid UTF-8 (for decisions and votes) */
     char *source;
     size_t len;
     int has_validate;       /* the file defines validate (found at load) */
+    policy_cover *covers;   /* what its covers declares (found at load); owned */
+    size_t n_covers;        /* 0: no covers, the file runs for every action */
 } policy_file;
 
 struct policy_set {
@@ -108,6 +135,7 @@ struct policy_set {
     counter_def *counters;  /* the union of the files' declarations, sorted by name */
     size_t n_counters;
     int has_validate;       /* some file defines validate */
+    int has_covers;         /* some file declares covers */
     struct {                /* the decision when every file abstains, by effect (default_for) */
         policy_verdict verdict;
         char reason[sizeof(((policy_decision *)0)->reason)];
@@ -135,6 +163,8 @@ typedef struct file_state {
     int decide_ref;         /* FILE_ONCE: registry refs of decide and validate (or LUA_NOREF) */
     int validate_ref;
     size_t kept_bytes;      /* FILE_ONCE: the memory its state holds (counted in w->kept_bytes) */
+    int uncovered;          /* this decision or validation: the action is not one its covers
+                             * names, so it is not run and abstains (mark_uncovered) */
 } file_state;
 
 typedef struct mem_cap {
@@ -210,9 +240,12 @@ typedef struct run_ctx {
     const json_t *action;
     enum run_mode mode;
     const json_t *result;   /* RUN_VALIDATE: the connector's result (NULL reads as nil) */
-    /* RUN_LOAD: what the file declares (counters: a JSON object, owned; NULL: none) */
+    /* RUN_LOAD: what the file declares (counters: a JSON object, owned; NULL: none; covers:
+     * owned, n_covers entries; NULL: none) */
     int has_validate;
     json_t *counters;
+    policy_cover *covers;
+    size_t n_covers;
     enum outcome outcome;
     /* OUT_VOTE: the vote as returned (has_*: the field was given); OUT_INVALID: reason says
      * what is wrong with it */
@@ -2881,9 +2914,97 @@ static void read_validation(lua_State *L, run_ctx *c)
     c->has_rule = has_rule && rule[0];
 }
 
+/* Parse one covers entry (len bytes at s) into e. NULL: fine; otherwise what is wrong. */
+static const char *parse_cover(const char *s, size_t len, policy_cover *e)
+{
+    const char *dot = memchr(s, '.', len);
+    size_t clen = dot ? (size_t)(dot - s) : len;
+    if (clen == 0)
+        return dot ? "the connector before the dot is empty" : "it is empty";
+    if (clen > COVER_CONNECTOR_MAX)
+        return "the connector name is longer than 64 characters";
+    for (size_t i = 0; i < clen; i++)
+        if (!s[i] || !strchr(COVER_NAME_CHARS, s[i]))
+            return "a connector name is lower-case letters, digits, _ and - only";
+    memcpy(e->connector, s, clen);
+    e->connector[clen] = '\0';
+    e->connector_len = clen;
+    e->action[0] = '\0';
+    e->action_len = 0;
+    if (!dot)
+        return NULL;
+    const char *a = dot + 1;
+    size_t alen = len - clen - 1;
+    if (alen == 0)
+        return "the action after the dot is empty";
+    if (alen > COVER_ACTION_MAX)
+        return "the action name is longer than 128 characters";
+    for (size_t i = 0; i < alen; i++) {
+        if (a[i] == '.')
+            return "an entry has at most one dot, between the connector and the action (to "
+                   "cover an action whose name has a dot, name its whole connector)";
+        if (!a[i] || !strchr(COVER_NAME_CHARS, a[i]))
+            return "an action name is lower-case letters, digits, _ and - only";
+    }
+    memcpy(e->action, a, alen);
+    e->action[alen] = '\0';
+    e->action_len = alen;
+    return NULL;
+}
+
+#define COVERS_EXAMPLE "write covers = { \"CONNECTOR.ACTION\", \"CONNECTOR\", ... }, e.g. " \
+                       "covers = { \"shop.refund\", \"llm\" }"
+
+/* RUN_LOAD: the file's covers (the table on top of the stack) into c->covers: a non-empty list
+ * of valid entries (raises with what is wrong). Raw reads only. */
+static int read_covers(lua_State *L, run_ctx *c)
+{
+    int idx = lua_gettop(L);
+    lua_Unsigned n = lua_rawlen(L, idx);
+    if (n > COVERS_MAX)
+        return luaL_error(L, "covers has more than %d entries: cover whole connectors instead "
+                             "(%s)", COVERS_MAX, COVERS_EXAMPLE);
+    lua_pushnil(L);
+    if (!lua_next(L, idx))
+        return luaL_error(L, "covers is empty: name the actions the file decides on (%s), or "
+                             "remove covers to run it for every action", COVERS_EXAMPLE);
+    do {
+        lua_pop(L, 1); /* the value; the key stays for lua_next */
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
+            (lua_Unsigned)lua_tointeger(L, -1) > n)
+            return luaL_error(L, "covers must be a list of strings, not a table with a %s key "
+                                 "(%s)", lua_type(L, -1) == LUA_TSTRING ? "named" : "non-list",
+                              COVERS_EXAMPLE);
+    } while (lua_next(L, idx));
+    c->covers = calloc(n, sizeof *c->covers); /* validate_set frees it, whatever happens */
+    if (!c->covers)
+        return luaL_error(L, "not enough memory");
+    c->n_covers = n;
+    for (lua_Unsigned k = 1; k <= n; k++) {
+        int t = lua_rawgeti(L, idx, (lua_Integer)k);
+        if (t != LUA_TSTRING)
+            return luaL_error(L, "covers[%d] must be a string, got a %s (%s)", (int)k,
+                              lua_typename(L, t), COVERS_EXAMPLE);
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        const char *why = parse_cover(s, len, &c->covers[k - 1]);
+        if (why) {
+            char shown[72]; /* the entry as written, cut, with odd bytes made visible */
+            size_t m = len < sizeof shown - 1 ? len : sizeof shown - 1;
+            for (size_t i = 0; i < m; i++)
+                shown[i] = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' ? s[i] : '?';
+            shown[m] = '\0';
+            return luaL_error(L, "covers[%d] \"%s\"%s is not a valid entry: %s (%s)", (int)k,
+                              shown, len > m ? "..." : "", why, COVERS_EXAMPLE);
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
 /* RUN_LOAD, after the chunk ran in the env at env: decide must be a function, validate a
- * function or absent; counters, when there, is converted to JSON into c->counters (raises with
- * what is wrong). */
+ * function or absent; covers, when there, is read into c->covers; counters, when there, is
+ * converted to JSON into c->counters (raises with what is wrong). */
 static int check_loaded_file(lua_State *L, run_ctx *c, int env)
 {
     lua_pushliteral(L, "validate");
@@ -2893,6 +3014,15 @@ static int check_loaded_file(lua_State *L, run_ctx *c, int env)
         return luaL_error(L, "validate must be a function validate(action, result, ctx), got "
                              "a %s", lua_typename(L, t));
     c->has_validate = t == LUA_TFUNCTION;
+
+    lua_pushliteral(L, "covers");
+    t = lua_rawget(L, env);
+    if (t != LUA_TNIL && t != LUA_TTABLE)
+        return luaL_error(L, "covers must be a list of strings, got a %s (%s)",
+                          lua_typename(L, t), COVERS_EXAMPLE);
+    if (t == LUA_TTABLE)
+        read_covers(L, c);
+    lua_pop(L, 1);
 
     lua_pushliteral(L, "counters");
     t = lua_rawget(L, env);
@@ -3077,6 +3207,43 @@ static void demote_all(policy_worker *w)
     drop_views(w); /* they may be half-undone */
 }
 
+/* Whether file f's covers names the action's connector (clen bytes at conn; NULL: none, or
+ * not a string) and action (alen bytes at act; NULL likewise). No covers: every action. */
+static int file_covers(const policy_file *f, const char *conn, size_t clen, const char *act,
+                       size_t alen)
+{
+    if (!f->n_covers)
+        return 1;
+    if (!conn)
+        return 0;
+    for (size_t k = 0; k < f->n_covers; k++) {
+        const policy_cover *e = &f->covers[k];
+        if (e->connector_len == clen && memcmp(e->connector, conn, clen) == 0 &&
+            (e->action_len == 0 ||
+             (act && e->action_len == alen && memcmp(e->action, act, alen) == 0)))
+            return 1;
+    }
+    return 0;
+}
+
+/* At the start of a decision or a validation: mark the files whose covers does not name the
+ * action (file_state.uncovered). They are not run and abstain, as if decide (or validate) had
+ * returned nil: their code could not have told the action apart from another one it ignores
+ * (the same connector and action strings), and no Lua runs to find out. */
+static void mark_uncovered(policy_worker *w, const json_t *action)
+{
+    const policy_set *set = w->set;
+    if (!set->has_covers)
+        return; /* nothing marked: every file_state.uncovered stays 0 */
+    const json_t *jc = json_object_get(action, "connector");
+    const json_t *ja = json_object_get(action, "action");
+    const char *conn = json_is_string(jc) ? json_string_value(jc) : NULL;
+    const char *act = json_is_string(ja) ? json_string_value(ja) : NULL;
+    size_t clen = conn ? json_string_length(jc) : 0, alen = act ? json_string_length(ja) : 0;
+    for (size_t i = 0; i < set->count; i++)
+        w->files[i].uncovered = !file_covers(&set->files[i], conn, clen, act, alen);
+}
+
 typedef struct view_job {
     policy_worker *w;
     const json_t *action;
@@ -3090,13 +3257,14 @@ static int action_view_p(lua_State *L)
     return 0;
 }
 
-/* At the start of a decision: the action's frozen view, when some file will use it, checking
- * its depth on the way (json_too_deep's answer, without a walk of its own). 1: too deep; 0:
- * ready; -1: not made (no file uses it, or no memory: each file's call tries again). */
+/* At the start of a decision: the action's frozen view, when some file will use it (one that
+ * is covered and not private), checking its depth on the way (json_too_deep's answer, without
+ * a walk of its own). 1: too deep; 0: ready; -1: not made (no file uses it, or no memory: each
+ * file's call tries again). */
 static int action_view(policy_worker *w, const json_t *action)
 {
     size_t i = 0;
-    while (i < w->set->count && w->files[i].mode == FILE_PRIVATE)
+    while (i < w->set->count && (w->files[i].mode == FILE_PRIVATE || w->files[i].uncovered))
         i++;
     if (i == w->set->count)
         return -1;
@@ -3137,6 +3305,8 @@ static void run_ctx_init(run_ctx *c, policy_worker *w, size_t index, const json_
     c->result = result;
     c->has_validate = 0;
     c->counters = NULL;
+    c->covers = NULL;
+    c->n_covers = 0;
     c->outcome = OUT_ABSTAIN;
     c->verdict = POLICY_ALLOW;
     c->has_reason = c->has_rule = c->has_summary = 0;
@@ -3493,6 +3663,13 @@ static int validate_set(policy_set *set, ar_error *err)
         json_decref(c.counters);
         set->files[i].has_validate = c.has_validate;
         set->has_validate |= c.has_validate;
+        if (rc == AR_OK && c.n_covers) {
+            set->files[i].covers = c.covers;
+            set->files[i].n_covers = c.n_covers;
+            set->has_covers = 1;
+        } else {
+            free(c.covers);
+        }
     }
     free(declared_by);
     policy_worker_free(w);
@@ -3585,8 +3762,10 @@ void policy_set_free(policy_set *set)
 {
     if (!set)
         return;
-    for (size_t i = 0; i < set->count; i++)
+    for (size_t i = 0; i < set->count; i++) {
         free(set->files[i].source);
+        free(set->files[i].covers);
+    }
     free(set->files);
     free(set->counters);
     free(set);
@@ -3933,8 +4112,14 @@ static int run_batch_p(lua_State *L)
 {
     batch *b = lua_touserdata(L, 1);
     policy_worker *w = b->w;
-    for (; b->next < w->set->count && w->files[b->next].mode == FILE_ONCE; b->next++) {
+    for (; b->next < w->set->count &&
+           (w->files[b->next].mode == FILE_ONCE || w->files[b->next].uncovered); b->next++) {
         size_t i = b->next;
+        if (w->files[i].uncovered) { /* not run: abstains */
+            run_ctx_init(&b->c, w, i, b->action, RUN_DECIDE, NULL);
+            tally_file(w, b->t, i, &b->c, NULL);
+            continue;
+        }
         if (lua_gettop(L) != 3 || !w->action_ready) { /* first, or the views were dropped */
             lua_settop(L, 1);
             if (push_shared_view(L, w, b->action, 1, &w->action_ready) != 0) /* 2 */
@@ -4002,6 +4187,7 @@ static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
         goto out;
     }
     w->decision_time_s = now_s;
+    mark_uncovered(w, action);
     begin_call(w);
     int deep = action_view(w, action);
     if (deep < 0)
@@ -4018,6 +4204,12 @@ static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
     batch b = { .w = w, .t = &t, .action = action };
     while (b.next < set->count) {
         size_t i = b.next;
+        if (w->files[i].uncovered) { /* not run: abstains, also once the budget is gone */
+            b.next = i + 1;
+            run_ctx_init(&b.c, w, i, action, RUN_DECIDE, NULL);
+            tally_file(w, &t, i, &b.c, NULL);
+            continue;
+        }
         if (!t.stopped && w->files[i].mode == FILE_ONCE) {
             run_batch(w, &b);
             continue;
@@ -4154,10 +4346,11 @@ static int validate_at(policy_worker *w, const json_t *action, const json_t *res
     }
     const policy_set *set = w->set;
     w->decision_time_s = now_s;
+    mark_uncovered(w, action);
     begin_call(w);
     for (size_t i = 0; i < set->count; i++) {
-        if (!set->files[i].has_validate)
-            continue;
+        if (!set->files[i].has_validate || w->files[i].uncovered)
+            continue; /* an uncovered file's validate is not run: it accepts */
         const char *file = set->files[i].name;
         run_ctx c;
         run_ctx_init(&c, w, i, action, RUN_VALIDATE, result);

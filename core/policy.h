@@ -26,6 +26,14 @@
  * fails, raises an error in the policy (so a policy error: deny policy_error naming the
  * counter).
  *
+ * Covers: a file may declare covers = { "CONNECTOR.ACTION", "CONNECTOR", ... } (read at load,
+ * like counters). Its decide and validate then run only for the actions it names ("CONNECTOR":
+ * every action of that connector); for any other action the file is not run and abstains
+ * (its vote is as if it returned nil; its validate accepts). A file without covers runs for
+ * every action. A malformed covers (not a non-empty list of such strings: names of
+ * [a-z0-9_-], at most one dot) makes the set invalid, code "policy_invalid", naming the file,
+ * covers and the entry.
+ *
  * validate(action, result, ctx) (optional, per file) checks a connector's result before it is
  * accepted. It returns nil or true (accept), or rejects with false, a string (the reason), or
  * {ok = false, reason = "...", rule = "..."} ({ok = true} accepts). Every file's validate runs

@@ -1,6 +1,7 @@
 -- business_hours.lua - outside business hours, irreversible actions wait for a person.
 --
--- Covers the irreversible actions (effect "irreversible") of the connectors in CONNECTORS.
+-- Covers the irreversible actions (effect "irreversible") of the connectors in CONNECTORS
+-- (covers, built from CONNECTORS, keeps decide from running for other connectors at all).
 -- Business hours are OPEN_HOUR:00 to CLOSE_HOUR:00 UTC, Monday to Friday, except HOLIDAYS.
 -- Outside them: approve (anyone who may approve). Inside them: no opinion, so the other
 -- policies (or the default) decide alone. Every other action: no opinion (nil).
@@ -20,6 +21,12 @@
 -- Tests: business_hours_test.lua.
 
 local CONNECTORS = { shop = true, tickets = true }
+
+-- decide only runs for the actions of these connectors: covers = { "shop", "tickets" }
+covers = {}
+for name in pairs(CONNECTORS) do
+  covers[#covers + 1] = name
+end
 
 local OPEN_HOUR = 8      -- 08:00 UTC
 local CLOSE_HOUR = 18    -- until 17:59:59 UTC

@@ -1,6 +1,7 @@
 -- deny_list.lua - customers, email addresses and email domains aiorun never acts for.
 --
--- Covers every action of the connectors in CONNECTORS. It looks at two input fields:
+-- Covers every action of the connectors in CONNECTORS (covers, built from CONNECTORS, keeps
+-- decide from running for other connectors at all). It looks at two input fields:
 --   input.customer  a customer id, e.g. "C-1001"
 --   input.email     an email address, e.g. "someone@example.com"
 -- Anything listed below is denied, whatever the other policies say (a deny always wins).
@@ -16,6 +17,12 @@
 -- the audit trail. Tests: deny_list_test.lua.
 
 local CONNECTORS = { shop = true, tickets = true }
+
+-- decide only runs for the actions of these connectors: covers = { "shop", "tickets" }
+covers = {}
+for name in pairs(CONNECTORS) do
+  covers[#covers + 1] = name
+end
 
 local DENIED_CUSTOMERS = {
   ["C-1001"] = "chargeback fraud (case 2025-118)",

@@ -1,6 +1,6 @@
 -- listings.lua - new products go into the shop only after two people have seen them.
 --
--- Covers one action: shop.create_listing, whose input looks like
+-- Covers one action: shop.create_listing (covers below), whose input looks like
 --   { title = "Blue mug", price = 12.5, new_product = true }
 -- new_product is true for a product the shop has never sold, false for a new listing of a
 -- product it already sells. Every other action: no opinion (nil).
@@ -13,6 +13,8 @@
 -- Tests: listings_test.lua.
 
 local APPROVER_ROLES = { "catalog" }
+
+covers = { "shop.create_listing" }  -- decide only runs for these actions
 
 function decide(action, ctx)
   if action.connector ~= "shop" or action.action ~= "create_listing" then

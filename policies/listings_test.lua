@@ -43,4 +43,10 @@ tests = {
       input = { title = "Custom mug", new_product = false, customer = "C-2417" },
     },
     expect = { verdict = "deny", rule = "denied_customer" } },
+
+  -- listings.lua covers only shop.create_listing: for anything else its decide does not run.
+  { name = "updating a listing is not covered: a write, so the default asks a person",
+    action = { connector = "shop", action = "update_listing", effect = "write",
+               input = { title = "Blue mug", new_product = true } },
+    expect = { verdict = "approve", rule = "default", roles = {} } },
 }

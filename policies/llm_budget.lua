@@ -6,6 +6,8 @@
 -- ran was still paid for), each amount at the time it was recorded. Once that reaches the
 -- budget, finance decides whether more may be spent today.
 --
+-- Covers every action of the llm connector (covers below). Every other action: no opinion.
+--
 -- Rules:
 --   llm_budget_reached  the llm connector's calls cost DAILY_BUDGET_USD or more in the last 24
 --                       hours: every new llm action needs finance's approval (the summary
@@ -21,6 +23,8 @@
 local CONNECTOR = "llm"
 local DAILY_BUDGET_USD = 50     -- spend per rolling 24 hours made without a human
 local APPROVER_ROLES = { "finance" }
+
+covers = { CONNECTOR }          -- decide only runs for the llm connector's actions
 
 counters = {
   -- what the llm connector's calls (any action, any outcome) cost in USD in the last 24 hours

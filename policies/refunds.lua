@@ -1,8 +1,9 @@
 -- refunds.lua - how much the shop may refund on its own, and when finance must approve.
 --
--- Covers one action: shop.refund, whose input looks like
+-- Covers one action: shop.refund (covers below), whose input looks like
 --   { order = "1042", amount = 120.50, reason = "damaged in transit" }
--- with amount in the shop's currency. Every other action: no opinion (nil).
+-- with amount in the shop's currency. Every other action: no opinion (the engine does not
+-- even run decide for it; the check at the top of decide says the same).
 --
 -- Rules, checked in this order (the first that matches decides):
 --   refund_amount_invalid  the amount is missing, not a number, or not above zero: deny
@@ -18,6 +19,8 @@ local APPROVAL_ABOVE = 100    -- refunds above this need finance's approval
 local DENY_ABOVE = 10000      -- refunds above this are never made by aiorun
 local MIN_CONFIDENCE = 0.8    -- an AI proposer less sure than this needs finance's approval
 local APPROVER_ROLES = { "finance" }
+
+covers = { "shop.refund" }    -- decide only runs for these actions
 
 local function approve_by_finance(rule, reason, input, amount)
   return {

@@ -75,4 +75,15 @@ tests = {
     now = "2026-01-10T22:00:00Z",
     expect = { verdict = "approve", roles = { "finance" }, four_eyes = true,
                summary = "Refund 250.00 for order 1042" } },
+
+  -- refunds.lua covers only shop.refund: for anything else its decide does not run.
+  { name = "a refund on another connector is not refunds.lua's (covers): the default decides",
+    action = { connector = "tickets", action = "refund", effect = "write",
+               input = { order = "1042", amount = 20000 } },
+    expect = { verdict = "approve", rule = "default" } },
+
+  { name = "another shop action with an amount is not refunds.lua's either",
+    action = { connector = "shop", action = "refund_quote", effect = "read",
+               input = { order = "1042", amount = -5 } },
+    expect = { verdict = "allow", rule = "default" } },
 }

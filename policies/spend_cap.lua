@@ -6,6 +6,8 @@
 -- moment cannot both slip under the cap: the second one is decided again with the first
 -- counted.
 --
+-- Covers one action: shop.refund (covers below). Every other action: no opinion.
+--
 -- Rules:
 --   spend_cap_reached  this refund would take the 24-hour total above DAILY_CAP: finance
 --                      approves it (the summary shows the total so far)
@@ -15,6 +17,8 @@
 
 local DAILY_CAP = 500            -- refunds per rolling 24 hours made without a human
 local APPROVER_ROLES = { "finance" }
+
+covers = { "shop.refund" }       -- decide only runs for these actions
 
 counters = {
   -- the sum of input.amount of shop.refund actions approved or in flight in the last 24 hours

@@ -3178,6 +3178,306 @@ static void test_shipped_policies_run_once(void **state)
     policy_set_free(set);
 }
 
+/* ---- covers: which actions a file is run for ----------------------------------------------- */
+
+/* a_refund.lua fails whenever it runs, b_llm.lua reads a counter (the source counts the calls)
+ * and approves, c_all.lua (no covers) allows everything. prefix goes before each file's text
+ * (a top level that reads the clock keeps a file from running once). */
+static void make_covers_dir(char *dir, const char *prefix)
+{
+    char a[512], b[512], c[512];
+    snprintf(a, sizeof a, "%scovers = { 'shop.refund' }\n"
+             "function decide(a) error('a_refund ran for ' .. tostring(a.connector) .. '.' .. "
+             "tostring(a.action)) end\n", prefix);
+    snprintf(b, sizeof b, "%scovers = { 'llm' }\n"
+             "counters = { spent = {connector = 'llm', window = '24h'} }\n"
+             "function decide(a, ctx) ctx.counter('spent') "
+             "return { verdict = 'approve', rule = 'b_llm' } end\n", prefix);
+    snprintf(c, sizeof c, "%sfunction decide(a) return { verdict = 'allow', rule = 'c_all' } end\n",
+             prefix);
+    const char *files[] = { "a_refund.lua", a, "b_llm.lua", b, "c_all.lua", c, NULL };
+    make_policy_dir(dir, files);
+}
+
+/* The votes of d as "verdict,verdict,verdict" ("-" for an abstention). */
+static void vote_verdicts(const policy_decision *d, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < d->n_votes; i++) {
+        const policy_vote *vote = &d->vote_list[i];
+        const char *v = vote->abstained ? "-" : policy_verdict_name(vote->verdict);
+        size_t len = strlen(buf);
+        snprintf(buf + len, size - len, "%s%s", i ? "," : "", v);
+    }
+}
+
+static void check_covers_decisions(const char *prefix, size_t run_once)
+{
+    char dir[] = "/tmp/aiorun-pcovers-XXXXXX";
+    make_covers_dir(dir, prefix);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), run_once);
+    fake_source src = { 0 };
+    policy_worker_set_counters(w, fake_counter, &src);
+    static const struct {
+        const char *action;
+        const char *verdicts;   /* a_refund, b_llm, c_all */
+    } cases[] = {
+        /* not covered: neither a_refund (it would fail) nor b_llm (it would count) runs */
+        { "{\"connector\":\"shop\",\"action\":\"other\",\"effect\":\"read\"}", "-,-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refunds\"}", "-,-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refun\"}", "-,-,allow" },
+        { "{\"connector\":\"sho\",\"action\":\"refund\"}", "-,-,allow" },
+        { "{\"connector\":\"shop.refund\"}", "-,-,allow" },
+        { "{\"connector\":\"llmx\",\"action\":\"complete\"}", "-,-,allow" },
+        { "{\"connector\":\"ll\",\"action\":\"complete\"}", "-,-,allow" },
+        { "{\"action\":\"refund\"}", "-,-,allow" },
+        { "{\"connector\":5,\"action\":\"refund\"}", "-,-,allow" },
+        { "{\"connector\":\"shop\",\"action\":[\"refund\"]}", "-,-,allow" },
+        { "{}", "-,-,allow" },
+    };
+    policy_decision d;
+    char got[64];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        decide_text(w, cases[i].action, &d);
+        vote_verdicts(&d, got, sizeof got);
+        if (strcmp(got, cases[i].verdicts) != 0 || d.verdict != POLICY_ALLOW)
+            print_error("%s: votes %s, %s %s\n", cases[i].action, got, d.rule, d.reason);
+        assert_string_equal(got, cases[i].verdicts);
+        assert_allow(&d, "c_all", NULL);
+    }
+    assert_int_equal(src.calls, 0);
+
+    /* covered: CONNECTOR.ACTION runs the file */
+    decide_text(w, "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\"}", &d);
+    assert_policy_error(&d, "a_refund.lua", "a_refund ran for shop.refund");
+    vote_verdicts(&d, got, sizeof got);
+    assert_string_equal(got, "deny,-,allow");
+    /* CONNECTOR alone: every action of it, even one without an action name */
+    const char *llm[] = { "{\"connector\":\"llm\",\"action\":\"complete\"}",
+                          "{\"connector\":\"llm\",\"action\":\"embed\"}",
+                          "{\"connector\":\"llm\"}" };
+    for (size_t i = 0; i < sizeof llm / sizeof *llm; i++) {
+        decide_text(w, llm[i], &d);
+        assert_int_equal(d.verdict, POLICY_APPROVE);
+        assert_string_equal(d.rule, "b_llm");
+        assert_string_equal(d.file, "b_llm.lua");
+        vote_verdicts(&d, got, sizeof got);
+        assert_string_equal(got, "-,approve,allow");
+        assert_int_equal(src.calls, (int)i + 1);
+    }
+    /* skipped files still vote, in file order, as abstentions: the same JSON as nil */
+    policy_worker_set_votes_json(w, 1);
+    decide_votes(w, "{\"connector\":\"echo\",\"action\":\"echo\"}", &d);
+    json_t *want = json_loads("[{\"file\":\"a_refund.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
+                              "{\"file\":\"b_llm.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
+                              "{\"file\":\"c_all.lua\",\"verdict\":\"allow\",\"rule\":\"c_all\",\"reason\":null}]",
+                              0, NULL);
+    assert_non_null(want);
+    if (!json_equal(want, d.votes)) {
+        char *text = json_dumps(d.votes, 0);
+        print_error("votes: %s\n", text);
+        free(text);
+    }
+    assert_true(json_equal(want, d.votes));
+    json_decref(want);
+    json_decref(d.votes);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+static void test_covers_only_covered_actions_run(void **state)
+{
+    (void)state;
+    check_covers_decisions("", 3);                         /* files that run once */
+    check_covers_decisions("local loaded = os.time()\n", 0); /* files whose chunk runs per call */
+}
+
+/* A file that skips by covers decides exactly as one that returns nil for the same actions:
+ * the same verdict, rule, reason, deciding file and votes. */
+static void test_covers_same_as_returning_nil(void **state)
+{
+    (void)state;
+    char with[] = "/tmp/aiorun-pcovers-XXXXXX", without[] = "/tmp/aiorun-pcovers-XXXXXX";
+    const char *body = "function decide(a)\n"
+                       "  if a.effect == 'write' then\n"
+                       "    return { verdict = 'deny', rule = 'x_write', reason = 'no writes' }\n"
+                       "  end\n"
+                       "  return { verdict = 'approve', rule = 'x_read', roles = { 'ops' } }\n"
+                       "end\n";
+    char covered[512], checked[512];
+    snprintf(covered, sizeof covered, "covers = { 'shop.refund', 'tickets' }\n%s", body);
+    snprintf(checked, sizeof checked,
+             "local real = (function() %s return decide end)()\n"
+             "function decide(a)\n"
+             "  if not ((a.connector == 'shop' and a.action == 'refund') or a.connector == 'tickets') "
+             "then return nil end\n"
+             "  return real(a)\n"
+             "end\n", body);
+    const char *other = "function decide(a) if a.action == 'refund' then "
+                        "return { verdict = 'allow', rule = 'y_refund' } end end\n";
+    const char *files_with[] = { "x.lua", covered, "y.lua", other, NULL };
+    const char *files_without[] = { "x.lua", checked, "y.lua", other, NULL };
+    make_policy_dir(with, files_with);
+    make_policy_dir(without, files_without);
+    policy_set *a = load_dir(with), *b = load_dir(without);
+    static const char *const actions[] = {
+        "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"read\"}",
+        "{\"connector\":\"shop\",\"action\":\"refund\",\"effect\":\"write\"}",
+        "{\"connector\":\"shop\",\"action\":\"charge\",\"effect\":\"write\"}",
+        "{\"connector\":\"tickets\",\"action\":\"refund\",\"effect\":\"read\"}",
+        "{\"connector\":\"echo\",\"action\":\"refund\",\"effect\":\"irreversible\"}",
+        "{\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\"}",
+        "{\"effect\":\"write\"}",
+    };
+    ar_error err;
+    for (size_t i = 0; i < sizeof actions / sizeof *actions; i++) {
+        json_t *action = json_loads(actions[i], 0, NULL);
+        json_t *out_a = NULL, *out_b = NULL;
+        assert_int_equal(policy_eval(a, action, NULL, &out_a, &err), AR_OK);
+        assert_int_equal(policy_eval(b, action, NULL, &out_b, &err), AR_OK);
+        if (!json_equal(out_a, out_b)) {
+            char *ta = json_dumps(out_a, JSON_SORT_KEYS), *tb = json_dumps(out_b, JSON_SORT_KEYS);
+            print_error("%s:\n  covers: %s\n  nil:    %s\n", actions[i], ta, tb);
+            free(ta);
+            free(tb);
+        }
+        assert_true(json_equal(out_a, out_b));
+        json_decref(out_a);
+        json_decref(out_b);
+        json_decref(action);
+    }
+    policy_set_free(a);
+    policy_set_free(b);
+    remove_all(with);
+    remove_all(without);
+}
+
+/* Once a file has used up the decision's budget, the files after it that would run vote deny
+ * "not run"; a file the action is not for abstains, as always. */
+static void test_covers_after_budget_overrun(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcovers-XXXXXX";
+    const char *files[] = {
+        "a.lua", "function decide(a) while true do end end\n",
+        "b.lua", "covers = { 'x' }\nfunction decide(a) return nil end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    policy_decision d;
+    decide_text(w, "{\"connector\":\"y\"}", &d);
+    assert_policy_error(&d, "a.lua", "instruction budget exceeded");
+    assert_int_equal(d.n_votes, 2);
+    assert_int_equal(d.vote_list[1].abstained, 1);
+    decide_text(w, "{\"connector\":\"x\"}", &d);
+    assert_policy_error(&d, "a.lua", "instruction budget exceeded");
+    assert_int_equal(d.vote_list[1].abstained, 0);
+    assert_int_equal(d.vote_list[1].verdict, POLICY_DENY);
+    assert_non_null(strstr(d.vote_list[1].reason, "policy b.lua not run"));
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* validate follows covers too: an uncovered file's validate does not run (it accepts). */
+static void test_covers_validate(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcovers-XXXXXX";
+    const char *files[] = {
+        "a.lua", "covers = { 'shop.refund' }\nfunction decide(a) return nil end\n"
+                 "function validate(action, result) return 'a says no' end\n",
+        "b.lua", "covers = { 'llm' }\nfunction decide(a) return nil end\n"
+                 "function validate(action, result) error('b validate ran') end\n",
+        "c.lua", "function decide(a) return nil end\n"
+                 "function validate(action, result) if result.c then return 'c says no' end end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    policy_validation v;
+    validate_json(w, "{\"connector\":\"shop\",\"action\":\"refund\"}", "{}", &v);
+    assert_rejected(&v, 0, "a.lua", "a", "a says no");
+    validate_json(w, "{\"connector\":\"shop\",\"action\":\"charge\"}", "{}", &v);
+    assert_valid(&v);
+    validate_json(w, "{\"connector\":\"llm\",\"action\":\"complete\"}", "{}", &v);
+    assert_rejected(&v, 1, "b.lua", "policy_error", "b validate ran");
+    validate_json(w, "{\"connector\":\"echo\",\"action\":\"echo\"}", "{}", &v);
+    assert_valid(&v);
+    /* a file without covers validates every action */
+    validate_json(w, "{\"connector\":\"echo\",\"action\":\"echo\"}", "{\"c\":true}", &v);
+    assert_rejected(&v, 0, "c.lua", "c", "c says no");
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* Each covers, in x.lua beside a good file, makes the whole set fail to load, naming x.lua,
+ * covers, the entry and what to write. */
+static const struct {
+    const char *text;
+    const char *needle1, *needle2;
+} bad_covers[] = {
+    { "covers = 'shop.refund'\n", "covers must be a list of strings, got a string", NULL },
+    { "covers = true\n", "covers must be a list of strings, got a boolean", NULL },
+    { "covers = {}\n", "covers is empty", "remove covers" },
+    { "covers = { 5 }\n", "covers[1] must be a string, got a number", NULL },
+    { "covers = { 'shop.refund', true }\n", "covers[2] must be a string, got a boolean", NULL },
+    { "covers = { 'shop.refund', { 'llm' } }\n", "covers[2] must be a string, got a table", NULL },
+    { "covers = { 'a.b.c' }\n", "covers[1] \"a.b.c\"", "at most one dot" },
+    { "covers = { 'llm', 'shop.refund.' }\n", "covers[2] \"shop.refund.\"", "at most one dot" },
+    { "covers = { '.x' }\n", "covers[1] \".x\"", "connector before the dot is empty" },
+    { "covers = { 'x.' }\n", "covers[1] \"x.\"", "action after the dot is empty" },
+    { "covers = { '' }\n", "covers[1] \"\"", "it is empty" },
+    { "covers = { '.' }\n", "covers[1] \".\"", "connector before the dot is empty" },
+    { "covers = { 'Shop.refund' }\n", "covers[1] \"Shop.refund\"", "lower-case" },
+    { "covers = { 'shop. refund' }\n", "covers[1] \"shop. refund\"", "action name is lower-case" },
+    { "covers = { 'shop refund' }\n", "covers[1] \"shop refund\"", "connector name is lower-case" },
+    { "covers = { 'shop\\0.refund' }\n", "covers[1] \"shop?.refund\"", "lower-case" },
+    { "covers = { 'shop\\n' }\n", "covers[1] \"shop?\"", "lower-case" },
+    { "covers = { shop = 'refund' }\n", "covers must be a list of strings", "named key" },
+    { "covers = { 'llm', [3] = 'shop' }\n", "covers must be a list of strings", NULL },
+    { "covers = { string.rep('c', 65) }\n", "longer than 64", NULL },
+    { "covers = { 'c.' .. string.rep('a', 129) }\n", "longer than 128", NULL },
+};
+
+static void test_covers_invalid(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcovers-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(write_file(dir, "a.lua", "covers = { 'shop' }\n"
+                                              "function decide(a) return nil end\n"), 0);
+    for (size_t i = 0; i < sizeof bad_covers / sizeof *bad_covers; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "%sfunction decide(a) return nil end\n", bad_covers[i].text);
+        assert_int_equal(write_file(dir, "x.lua", text), 0);
+        expect_dir_invalid(dir, "policy x.lua is invalid: ", bad_covers[i].needle1,
+                           bad_covers[i].needle2);
+        /* and says what to write instead */
+        policy_set *set = NULL;
+        ar_error err;
+        ar_error_clear(&err);
+        assert_int_equal(policy_set_load(dir, NULL, &set, &err), AR_E_INVALID);
+        assert_non_null(strstr(err.message, "covers"));
+        if (!strstr(err.message, "\"CONNECTOR.ACTION\""))
+            print_error("%s\n", err.message);
+        assert_non_null(strstr(err.message, "\"CONNECTOR.ACTION\""));
+    }
+    /* the longest names and one entry per kind are fine */
+    char text[600];
+    snprintf(text, sizeof text, "covers = { string.rep('c', 64) .. '.' .. string.rep('a', 128), "
+             "'shop_1-x.refund_2-y', 'llm', 'llm' }\nfunction decide(a) return nil end\n");
+    assert_int_equal(write_file(dir, "x.lua", text), 0);
+    policy_set *set = load_dir(dir);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
@@ -3236,6 +3536,11 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_action_view_follows_each_action),
     cmocka_unit_test(test_votes_as_c_data),
     cmocka_unit_test(test_shipped_policies_run_once),
+    cmocka_unit_test(test_covers_only_covered_actions_run),
+    cmocka_unit_test(test_covers_same_as_returning_nil),
+    cmocka_unit_test(test_covers_after_budget_overrun),
+    cmocka_unit_test(test_covers_validate),
+    cmocka_unit_test(test_covers_invalid),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
