@@ -358,9 +358,27 @@ static void requeue_submission(api_server *a, request *rq)
 /* The journal's thread: the decided action is durable (or refused). Answer, or decide again.
  * The decision worker has moved on meanwhile, so a group commit carries many workers' and
  * many requests' submissions. */
-static void store_done(void *arg, int status, journal_batch *b, const ar_error *err)
+/* A submission the scheduler stored (scheduler_submit), in the state it is in now (READY, or
+ * DISPATCHED when its first attempt went in the same commit): the scheduler takes it from here
+ * and reports it (notify), so only the client is answered here. */
+static void reply_submitted(api_server *a, request *rq, const json_t *rec)
 {
-    pending_store *ps = arg;
+    rq->done_status = MHD_HTTP_CREATED;
+    if (rq->wait_ms > 0) {
+        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        rq->wait_until = ar_mono_ms() + rq->wait_ms;
+        api_waiter_add(a, rq); /* before the scheduler goes on with it */
+        return;
+    }
+    api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
+    api_resume(rq);
+}
+
+/* How a submission's commit ended. stored_rec: the record the scheduler stored
+ * (scheduler_submit), NULL when the API journaled it itself (then handed on here). */
+static void store_ended(pending_store *ps, int status, journal_batch *b, const ar_error *err,
+                        const json_t *stored_rec)
+{
     api_server *a = ps->a;
     request *rq = ps->rq;
     if (status == AR_E_EXISTS) {
@@ -375,19 +393,32 @@ static void store_done(void *arg, int status, journal_batch *b, const ar_error *
             api_set_reply_error(rq, 500, "internal", "idempotency record unreadable");
             api_resume(rq);
         }
+    } else if (status == AR_OK && stored_rec) {
+        reply_submitted(a, rq, stored_rec);
     } else if (status == AR_OK) {
         reply_stored(a, rq, ps->rec);
     } else if (status != AR_E_CONFLICT) {
         api_set_reply_ar_error(rq, status, err);
         api_resume(rq);
     }
-    journal_batch_free(b);
     json_decref(ps->rec);
     free(ps);
     if (status == AR_E_CONFLICT)
         requeue_submission(a, rq);
     else
         stores_pending_add(a, -1);
+}
+
+static void store_done(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    store_ended(arg, status, b, err, NULL);
+    journal_batch_free(b);
+}
+
+static void scheduler_stored(void *arg, int status, journal_batch *b, const ar_error *err,
+                             const json_t *rec)
+{
+    store_ended(arg, status, b, err, rec); /* b stays the scheduler's */
 }
 
 /* Decide and hand the record to the journal; store_done answers. AR_E_CONFLICT: what the
@@ -456,7 +487,17 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     ps->rec = rec;
     memcpy(ps->digest, digest, ACTION_DIGEST_LEN);
     stores_pending_add(a, +1);
-    int rc = journal_submit(a->journal, b, store_done, ps);
+    /* A READY action its connector can start at once is stored by the scheduler, with its
+     * first DISPATCHED intent in the same commit (one sync less before the call). */
+    int rc = AR_E_CLOSED;
+    if (action_record_state(rec) == ACTION_READY) {
+        pthread_rwlock_rdlock(&a->sched_lock);
+        if (scheduler_can_start(a->sched, action_record_str(rec, "connector")))
+            rc = scheduler_submit(a->sched, rec, b, scheduler_stored, ps);
+        pthread_rwlock_unlock(&a->sched_lock);
+    }
+    if (rc != AR_OK)
+        rc = journal_submit(a->journal, b, store_done, ps);
     if (rc != AR_OK) {
         ar_error err = {0};
         ar_error_set(&err, rc, rc == AR_E_CLOSED ? "shutting_down" : "internal",

@@ -10,6 +10,8 @@
  * intents of several attempts share a group commit while the processes are busy. */
 #include "scheduler.h"
 
+#include <stdatomic.h>
+
 #include <math.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -76,6 +78,11 @@ typedef struct job {
     /* a pending cancel answered once the CANCELLED record is durable */
     scheduler_cancel_fn cancel_done;
     void *cancel_arg;
+    /* scheduler_submit: the batch its record is not yet stored in (its first commit goes in
+     * it), and who hears of that commit */
+    journal_batch *joint;
+    scheduler_stored_fn stored;
+    void *stored_arg;
 } job;
 
 /* A binary min-heap of jobs that knows where each one is, so removal is O(log n). */
@@ -128,6 +135,7 @@ struct conn {
      * into JSON by the thread that asks */
     pthread_mutex_t view_lock;
     flow_snap view;
+    _Atomic int startable;          /* scheduler_can_start's hint, set by publish */
 };
 
 struct scheduler {
@@ -587,11 +595,42 @@ typedef struct transition {
     job *jb;
     int status;
     after_fn after;   /* on the loop thread once durable; NULL: the job is finished */
+    scheduler_stored_fn stored; /* the action's first commit (scheduler_submit): told first */
+    void *stored_arg;
 } transition;
+
+/* Tell scheduler_submit's caller how the batch holding the action's first commit ended. */
+static void tell_stored(scheduler_stored_fn stored, void *arg, int status, journal_batch *b,
+                        const ar_error *err, const json_t *rec)
+{
+    ar_error none = {0};
+    if (status != AR_OK && !err) {
+        if (status == AR_E_CLOSED)
+            ar_error_set(&none, status, "shutting_down", "the daemon is stopping; send it again once it is back");
+        else
+            ar_error_set(&none, status, "internal", "out of memory storing the action");
+        err = &none;
+    }
+    stored(arg, status, b, err, rec);
+}
+
+/* A job still holding its first batch that is forgotten without a commit (cannot happen on the
+ * paths start takes; kept so that the submission is answered whatever changes there). */
+static void drop_joint(job *jb)
+{
+    if (!jb->joint)
+        return;
+    journal_batch *b = jb->joint;
+    jb->joint = NULL;
+    ar_log_as("error", "scheduler", jb->id, "action %s ended before its first commit", jb->id);
+    tell_stored(jb->stored, jb->stored_arg, AR_E_NOMEM, b, NULL, jb->rec);
+    journal_batch_free(b);
+}
 
 /* Loop thread: forget a job that reached its end (or could not be journaled). */
 static void finish(job *jb)
 {
+    drop_joint(jb);
     if (jb->cancel_done) {
         jb->cancel_done(jb->cancel_arg, AR_E_NOTFOUND, jb->rec);
         jb->cancel_done = NULL;
@@ -617,12 +656,16 @@ static void transition_continue(loop_t *loop, void *arg)
     transition *t = arg;
     job *jb = t->jb;
     scheduler *s = jb->s;
-    after_fn after = t->status == AR_OK ? t->after : NULL;
+    conn *c = jb->c;
+    int refused = t->status != AR_OK;
+    after_fn after = refused ? NULL : t->after;
     free(t);
     if (after)
         after(jb);
     else
         finish(jb);
+    if (refused && c && !s->stopping)
+        pump(c); /* a place it held in the pipeline is free again (and the view shows it) */
     journaling_add(s, -1); /* after the next step is counted (see invoke_done) */
 }
 
@@ -631,9 +674,14 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
 {
     transition *t = arg;
     job *jb = t->jb;
+    if (t->stored)
+        tell_stored(t->stored, t->stored_arg, status, b, err, jb->rec);
     journal_batch_free(b);
     t->status = status;
-    if (status != AR_OK) {
+    if (status != AR_OK && t->stored) {
+        /* Its first commit: nothing of the action was stored; the caller answers (a key that
+         * won a race, counters read stale: decided again under another id). */
+    } else if (status != AR_OK) {
         /* The journal still holds the previous state, which the next start resolves; this
          * process does not act on a state it could not record. */
         ar_log_as("error", "scheduler", jb->id,
@@ -696,7 +744,10 @@ static void audit_transition(journal_batch *b, const json_t *rec)
 static void commit(job *jb, after_fn after)
 {
     transition *t = calloc(1, sizeof *t);
-    journal_batch *b = journal_batch_new();
+    /* The action's first commit carries the batch that stores its submission. */
+    scheduler_stored_fn stored = jb->joint ? jb->stored : NULL;
+    journal_batch *b = jb->joint ? jb->joint : journal_batch_new();
+    jb->joint = NULL;
     jb->place = JOB_NOWHERE;
     /* How it was recovered after a restart: audited with its next step, not stored. */
     json_t *recovered = json_incref(json_object_get(jb->rec, "recovered_how"));
@@ -707,6 +758,8 @@ static void commit(job *jb, after_fn after)
     json_decref(recovered);
     if (!t || !b || action_batch_store(b, jb->rec) != AR_OK) {
         free(t);
+        if (stored && b)
+            tell_stored(stored, jb->stored_arg, AR_E_NOMEM, b, NULL, jb->rec);
         journal_batch_free(b);
         ar_log_as("error", "scheduler", action_record_str(jb->rec, "id"), "out of memory journaling action %s",
                   action_record_str(jb->rec, "id"));
@@ -716,9 +769,13 @@ static void commit(job *jb, after_fn after)
     audit_transition(b, jb->rec);
     t->jb = jb;
     t->after = after;
+    t->stored = stored;
+    t->stored_arg = jb->stored_arg;
     journaling_add(jb->s, +1);
     if (journal_submit(jb->s->journal, b, transition_durable, t) != AR_OK) {
         journaling_add(jb->s, -1);
+        if (stored)
+            tell_stored(stored, jb->stored_arg, AR_E_CLOSED, b, NULL, jb->rec);
         journal_batch_free(b);
         free(t);
         finish(jb);
@@ -1570,6 +1627,10 @@ static void publish(conn *c)
     v->depth = c->depth;
     v->queued = c->queue.n;
     pthread_mutex_unlock(&c->view_lock);
+    atomic_store_explicit(&c->startable,
+                          !c->paused && c->queue.n == 0 && c->pipeline < c->depth &&
+                              c->breaker.state != BREAKER_OPEN && c->rate_limited_until_ms <= ar_now_ms(),
+                          memory_order_relaxed);
 }
 
 static json_t *flow_view(const config_connector *cc, flow_snap *v)
@@ -1849,6 +1910,16 @@ static job *job_new(scheduler *s, json_t *rec)
     return jb;
 }
 
+/* Loop thread: the job counts among those the scheduler holds (cancel finds it there). */
+static void job_link(job *jb)
+{
+    scheduler *s = jb->s;
+    jb->all_next = s->all;
+    if (s->all)
+        s->all->all_prev = jb;
+    s->all = jb;
+}
+
 /* Loop thread: take a job in, by the state its record is in (no pump). */
 static void accept_one(job *jb)
 {
@@ -1860,10 +1931,7 @@ static void accept_one(job *jb)
         job_free(jb);
         return;
     }
-    jb->all_next = s->all;
-    if (s->all)
-        s->all->all_prev = jb;
-    s->all = jb;
+    job_link(jb);
     int waiting = jb->rec ? action_record_state(jb->rec) == ACTION_RETRY_WAIT : jb->retry_wait;
     if (waiting) {
         arm_timer(jb);
@@ -1928,6 +1996,88 @@ int scheduler_enqueue(scheduler *s, json_t *rec)
     int rc = loop_post(s->loop, accept_job, jb);
     if (rc != AR_OK) {
         held_add(s, -1);
+        job_free(jb);
+    }
+    return rc;
+}
+
+int scheduler_can_start(scheduler *s, const char *connector)
+{
+    conn *c = s && connector ? find_conn(s, connector) : NULL;
+    return c && atomic_load_explicit(&c->startable, memory_order_relaxed);
+}
+
+/* Completion thread: a submission's batch, journaled as it was (its action READY), is durable
+ * or refused. Durable: the job is taken in like an enqueued one. */
+static void submitted_as_is(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    job *jb = arg;
+    scheduler *s = jb->s;
+    tell_stored(jb->stored, jb->stored_arg, status, b, err, jb->rec);
+    journal_batch_free(b);
+    if (status == AR_OK && s->notify)
+        s->notify(s->notify_arg, jb->rec);
+    if (status != AR_OK || loop_post(s->loop, accept_job, jb) != AR_OK) {
+        held_add(s, -1);
+        job_free(jb);
+    }
+}
+
+static void submit_as_is(job *jb)
+{
+    journal_batch *b = jb->joint;
+    jb->joint = NULL;
+    if (journal_submit(jb->s->journal, b, submitted_as_is, jb) != AR_OK) {
+        tell_stored(jb->stored, jb->stored_arg, AR_E_CLOSED, b, NULL, jb->rec);
+        journal_batch_free(b);
+        held_add(jb->s, -1);
+        job_free(jb);
+    }
+}
+
+/* Loop thread: a new action (scheduler_submit). Started at once when nothing is ahead of it
+ * and nothing holds its connector back (the checks pump makes), its DISPATCHED intent then in
+ * the batch that stores it; otherwise that batch goes as it is. */
+static void accept_submission(loop_t *loop, void *arg)
+{
+    (void)loop;
+    job *jb = arg;
+    scheduler *s = jb->s;
+    conn *c = jb->c;
+    int64_t now = ar_now_ms(), wait_ms;
+    int trial = 0;
+    const char *cls;
+    if (!c || s->stopping || c->queue.n || c->sendq_head || blocked(c, now, &wait_ms, &cls, &trial)) {
+        submit_as_is(jb);
+        if (c)
+            publish(c);
+        return;
+    }
+    job_link(jb);
+    flow_bucket_take(&c->bucket, now);
+    if (!start(jb, trial) && trial)
+        c->breaker.trials_started--;
+    publish(c);
+}
+
+int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stored_fn stored,
+                     void *arg)
+{
+    if (!s)
+        return AR_E_CLOSED;
+    job *jb = job_new(s, json_incref(rec));
+    if (!jb) {
+        json_decref(rec);
+        return AR_E_NOMEM;
+    }
+    jb->joint = b;
+    jb->stored = stored;
+    jb->stored_arg = arg;
+    held_add(s, +1); /* counted at once, as scheduler_enqueue */
+    int rc = loop_post(s->loop, accept_submission, jb);
+    if (rc != AR_OK) {
+        held_add(s, -1);
+        jb->joint = NULL; /* the caller keeps it */
         job_free(jb);
     }
     return rc;

@@ -2,7 +2,9 @@
  * scheduler.h - from READY to exactly one terminal state: dispatch, retries, reconciliation.
  *
  * One thread runs an event loop (loop.h) that owns every connector's sandbox pool. Work enters
- * with scheduler_enqueue (any thread) as a record already durable in the journal. Every step
+ * with scheduler_enqueue (any thread) as a record already durable in the journal, or with
+ * scheduler_submit as a new record with the batch that stores it (when its connector can start
+ * it at once, its first DISPATCHED intent is journaled in that same commit). Every step
  * that crosses into a plugin's process is checkpointed first:
  *   - before a call: the attempt (number, idempotency key, payload digest, deadline) is journaled
  *     with the state DISPATCHED, and only once that is synced is the call sent;
@@ -104,6 +106,30 @@ void scheduler_set_validator(scheduler *s, scheduler_validate_fn fn, void *arg);
  * actions are held, a queued one keeps only a compact entry and its record is read again from
  * the journal when its attempt starts. */
 int scheduler_enqueue(scheduler *s, json_t *rec);
+
+/* A new action's first commit, made by the scheduler (scheduler_submit): status and b as a
+ * journal_done_fn gets them (b still owned by the scheduler: read its conflict, do not free
+ * it), rec the record as stored (DISPATCHED when its first attempt went in the same commit,
+ * READY otherwise; even a terminal state, when it could not start), borrowed for the call.
+ * Runs on the journal's completion thread, before anything else happens to the action: must
+ * not block. */
+typedef void (*scheduler_stored_fn)(void *arg, int status, journal_batch *b, const ar_error *err,
+                                    const json_t *rec);
+
+/* Thread-safe, cheap: whether the connector looked free to start an action at once when last
+ * seen (nothing queued, not paused, room in its pipeline). A hint for scheduler_submit. */
+int scheduler_can_start(scheduler *s, const char *connector);
+
+/* Thread-safe. A new READY record (not journaled yet; the scheduler takes a reference of its
+ * own) with the batch that stores it (its audit entries, idempotency key and checks; taken on
+ * AR_OK). When the connector can start it at once, the first DISPATCHED intent goes into the
+ * same batch: one durable commit instead of two before the call. Otherwise the batch is
+ * submitted as it is and the action taken in once it is durable, as scheduler_enqueue. Either
+ * way stored(arg, ...) runs once the batch is durable (the notify callback after it) or
+ * refused, in which case nothing of the action was stored and the scheduler forgets it.
+ * AR_E_CLOSED or AR_E_NOMEM: nothing was taken (journal the batch yourself). */
+int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stored_fn stored,
+                     void *arg);
 
 /* Recovery also reports each action waiting for a human (PENDING_APPROVAL) with its approval's
  * "expires_ms" (0 when absent), so that the caller need not read the queue a second time. Set

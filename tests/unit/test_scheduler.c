@@ -992,6 +992,203 @@ static void recovery_reads_each_record_once_and_resumes_it(void **state)
     wait_held(0);
 }
 
+/* ---- a new action's first commit (scheduler_submit) ------------------------------------------- */
+
+typedef struct stored_answer {
+    int called;
+    int status;
+    char state[32];
+    int attempts;
+} stored_answer;
+
+static void on_stored(void *arg, int status, journal_batch *b, const ar_error *err, const json_t *rec)
+{
+    (void)b;
+    (void)err;
+    stored_answer *a = arg;
+    pthread_mutex_lock(&W.mu);
+    a->status = status;
+    snprintf(a->state, sizeof a->state, "%s", action_state_name(action_record_state(rec)));
+    a->attempts = (int)json_integer_value(json_object_get(rec, "attempts"));
+    a->called = 1;
+    pthread_cond_broadcast(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+}
+
+static void wait_stored(stored_answer *a)
+{
+    int64_t until = ar_mono_ms() + GUARD_MS;
+    pthread_mutex_lock(&W.mu);
+    while (!a->called && ar_mono_ms() < until) {
+        pthread_mutex_unlock(&W.mu);
+        usleep(2 * 1000);
+        pthread_mutex_lock(&W.mu);
+    }
+    int called = a->called;
+    pthread_mutex_unlock(&W.mu);
+    if (!called)
+        fail_msg("the submission's commit was never reported");
+}
+
+static void wait_can_start(const char *connector)
+{
+    int64_t until = ar_mono_ms() + GUARD_MS;
+    while (!scheduler_can_start(W.s, connector)) {
+        if (ar_mono_ms() > until)
+            fail_msg("connector %s never looked free to start an action", connector);
+        usleep(2 * 1000);
+    }
+}
+
+/* The submission's batch as the API makes it: the READY record and one more key of its own
+ * (here a marker in the cache; the API's are its audit entries and idempotency key). */
+static journal_batch *submission_batch(const json_t *rec, const char *marker, int marker_unless_exists)
+{
+    journal_batch *b = journal_batch_new();
+    assert_int_equal(action_batch_store(b, rec), AR_OK);
+    if (marker_unless_exists)
+        journal_batch_put_unless_exists(b, JDB_CACHE, marker, strlen(marker), "1", 1);
+    else
+        journal_batch_put(b, JDB_CACHE, marker, strlen(marker), "1", 1);
+    return b;
+}
+
+static int cache_has(const char *key)
+{
+    journal_read *r;
+    ar_error err = {0};
+    assert_int_equal(journal_read_begin(W.j, &r, &err), AR_OK);
+    const void *v;
+    size_t n;
+    int found = journal_get(r, JDB_CACHE, key, strlen(key), &v, &n) == AR_OK;
+    journal_read_end(r);
+    return found;
+}
+
+static void paused_done(void *arg, int status, const json_t *view)
+{
+    (void)view;
+    int *done = arg;
+    pthread_mutex_lock(&W.mu);
+    *done = status == AR_OK ? 1 : -1;
+    pthread_cond_broadcast(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+}
+
+static void pause_connector(const char *name, int pause)
+{
+    int done = 0;
+    assert_int_equal(scheduler_pause(W.s, name, pause, "tester", "test", paused_done, &done), AR_OK);
+    int64_t until = ar_mono_ms() + GUARD_MS;
+    for (;;) {
+        pthread_mutex_lock(&W.mu);
+        int d = done;
+        pthread_mutex_unlock(&W.mu);
+        if (d)
+            break;
+        if (ar_mono_ms() > until)
+            fail_msg("pause never became durable");
+        usleep(2 * 1000);
+    }
+}
+
+/* A connector free to start it: the action is stored together with its first DISPATCHED intent
+ * (one commit, the caller told of it in that state), never reported READY, and runs once. */
+static void submission_to_a_free_connector_is_stored_dispatched(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("a"), "");
+    char first[ACTION_ID_LEN + 1];
+    submit_write("a", 1, 0, first); /* the usual way first: the connector is then seen free */
+    wait_seen(first, "SUCCEEDED");
+    wait_can_start("a");
+    json_t *rec = make_record("a", "write_op", "{\"n\": 2}", "write", "none", NULL, 0, 0, 0);
+    char id[ACTION_ID_LEN + 1];
+    snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
+    stored_answer ans = {0};
+    assert_int_equal(scheduler_submit(W.s, rec, submission_batch(rec, "joint-marker", 0), on_stored, &ans), AR_OK);
+    json_decref(rec); /* the scheduler took a reference of its own */
+    wait_stored(&ans);
+    assert_int_equal(ans.status, AR_OK);
+    assert_string_equal(ans.state, "DISPATCHED");
+    assert_int_equal(ans.attempts, 1);
+    assert_true(cache_has("joint-marker")); /* the caller's part of the batch is durable */
+    wait_seen(id, "SUCCEEDED");
+    assert_false(seen(id, "READY"));
+    assert_int_equal(seen_count(id, "DISPATCHED"), 1);
+    json_t *done = stored(id);
+    assert_string_equal(str(done, "state"), "SUCCEEDED");
+    assert_int_equal(sent_attempts(done), 1);
+    json_decref(done);
+    wait_held(0);
+}
+
+/* A connector that cannot start it now (paused): the batch is stored as it is (READY), the
+ * caller told so, and the action runs once the connector may go on. */
+static void submission_to_a_paused_connector_is_stored_ready(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("a"), "");
+    pause_connector("a", 1);
+    json_t *rec = make_record("a", "write_op", "{\"n\": 3}", "write", "none", NULL, 0, 0, 0);
+    char id[ACTION_ID_LEN + 1];
+    snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
+    stored_answer ans = {0};
+    assert_int_equal(scheduler_submit(W.s, rec, submission_batch(rec, "ready-marker", 0), on_stored, &ans), AR_OK);
+    json_decref(rec);
+    wait_stored(&ans);
+    assert_int_equal(ans.status, AR_OK);
+    assert_string_equal(ans.state, "READY");
+    assert_int_equal(ans.attempts, 0);
+    assert_true(cache_has("ready-marker"));
+    wait_seen(id, "READY");
+    wait_held(1);
+    pause_connector("a", 0);
+    wait_seen(id, "SUCCEEDED");
+    json_t *done = stored(id);
+    assert_int_equal(sent_attempts(done), 1);
+    json_decref(done);
+    wait_held(0);
+}
+
+/* A batch the journal refuses (here a key that exists already, as when another submission
+ * with the same idempotency key won): nothing of the action is stored or run, the caller is
+ * told, and the scheduler forgets it, whether it was to start at once or not. */
+static void submission_whose_batch_is_refused_leaves_nothing(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("a"), "");
+    char first[ACTION_ID_LEN + 1];
+    submit_write("a", 1, 0, first);
+    wait_seen(first, "SUCCEEDED");
+    journal_batch *taken = journal_batch_new();
+    journal_batch_put(taken, JDB_CACHE, "taken", 5, "x", 1);
+    ar_error err = {0};
+    assert_int_equal(journal_commit(W.j, taken, &err), AR_OK);
+    journal_batch_free(taken);
+    for (int paused = 0; paused <= 1; paused++) {
+        if (paused)
+            pause_connector("a", 1);
+        else
+            wait_can_start("a");
+        json_t *rec = make_record("a", "write_op", "{\"n\": 4}", "write", "none", NULL, 0, 0, 0);
+        char id[ACTION_ID_LEN + 1];
+        snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
+        stored_answer ans = {0};
+        assert_int_equal(scheduler_submit(W.s, rec, submission_batch(rec, "taken", 1), on_stored, &ans), AR_OK);
+        json_decref(rec);
+        wait_stored(&ans);
+        assert_int_equal(ans.status, AR_E_EXISTS);
+        wait_held(0);
+        json_t *none = NULL;
+        assert_int_equal(action_load_by_id(W.j, id, &none, &err), AR_E_NOTFOUND);
+        assert_false(seen(id, "DISPATCHED"));
+        assert_false(seen(id, "READY"));
+        if (!paused)
+            wait_flow("a", 0, 0, 0); /* its place in the pipeline given back */
+    }
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(durable_attempts_wait_for_a_process_then_go_in_order, world_stop),
     cmocka_unit_test_teardown(cancel_of_an_unsent_attempt_cancels_without_sending, world_stop),
@@ -1002,6 +1199,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(the_queue_orders_by_priority_and_age, world_stop),
     cmocka_unit_test_teardown(max_inflight_counts_the_pipeline, world_stop),
     cmocka_unit_test_teardown(recovery_reads_each_record_once_and_resumes_it, world_stop),
+    cmocka_unit_test_teardown(submission_to_a_free_connector_is_stored_dispatched, world_stop),
+    cmocka_unit_test_teardown(submission_to_a_paused_connector_is_stored_ready, world_stop),
+    cmocka_unit_test_teardown(submission_whose_batch_is_refused_leaves_nothing, world_stop),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
