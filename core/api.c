@@ -112,7 +112,10 @@ void api_waiter_add(api_server *a, request *rq)
     pthread_mutex_lock(&a->wait_lock);
     rq->next = a->waiters;
     a->waiters = rq;
-    pthread_cond_signal(&a->wait_cond);
+    /* The waiter thread needs to look again only when this one is due before it wakes anyway
+     * (a wake-up per request otherwise, most of them for nothing: answers usually come first). */
+    if (rq->wait_until < a->waiter_wakes_at)
+        pthread_cond_signal(&a->wait_cond);
     pthread_mutex_unlock(&a->wait_lock);
 }
 
@@ -159,22 +162,23 @@ void api_action_changed(void *arg, const json_t *rec)
 {
     api_server *a = arg;
     action_state st = action_record_state(rec);
-    api_metrics_action(a, rec);
+    api_metrics_action(a, rec); /* before any answer: a client that asks next sees it counted */
+    if (action_state_settled(st)) {
+        request *list = api_waiters_take(a, action_record_str(rec, "id"), 0);
+        while (list) {
+            request *rq = list;
+            list = rq->next;
+            api_set_reply_action(rq, rq->done_status, rec);
+            api_resume(rq);
+        }
+    }
     /* Where an action settles is news for an operator; the steps between (ready, dispatched,
      * retry wait) are in its audit trail and, at debug level, here: at thousands of actions a
-     * second a line per step is most of what a log would hold. */
+     * second a line per step is most of what a log would hold. Written after the answers: the
+     * write(2) is not on the client's way. */
     ar_log_as(action_state_settled(st) ? "info" : "debug", "api", action_record_str(rec, "id"), "action %s %s/%s %s",
               action_record_str(rec, "id"), action_record_str(rec, "connector"), action_record_str(rec, "action"),
               action_state_name(st));
-    if (!action_state_settled(st))
-        return;
-    request *list = api_waiters_take(a, action_record_str(rec, "id"), 0);
-    while (list) {
-        request *rq = list;
-        list = rq->next;
-        api_set_reply_action(rq, rq->done_status, rec);
-        api_resume(rq);
-    }
 }
 
 /* Watch a pending approval: it expires at expires_ms (wall clock) unless decided before. */
@@ -236,11 +240,14 @@ static void *waiter_main(void *arg)
             if (e->at < next)
                 next = e->at;
         if (next == INT64_MAX) {
+            a->waiter_wakes_at = INT64_MAX;
             pthread_cond_wait(&a->wait_cond, &a->wait_lock);
+            a->waiter_wakes_at = INT64_MIN; /* awake: it looks at the list again before sleeping */
             continue;
         }
         int64_t now = ar_mono_ms();
         if (next > now) {
+            a->waiter_wakes_at = next;
             /* wait_cond uses CLOCK_MONOTONIC (see api_new). */
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -248,6 +255,7 @@ static void *waiter_main(void *arg)
             ts.tv_sec += ns / 1000000000;
             ts.tv_nsec = ns % 1000000000;
             pthread_cond_timedwait(&a->wait_cond, &a->wait_lock, &ts);
+            a->waiter_wakes_at = INT64_MIN;
             continue;
         }
         expiry *due = NULL;

@@ -337,8 +337,9 @@ static void stores_pending_add(api_server *a, int delta)
 {
     pthread_mutex_lock(&a->work_lock);
     a->stores_pending += delta;
-    if (a->stores_pending == 0)
-        pthread_cond_broadcast(&a->work_cond); /* a stopping worker may leave now */
+    if (a->stores_pending == 0 && a->workers_stopping)
+        pthread_cond_broadcast(&a->work_cond); /* a stopping worker may leave now (not before:
+                                                  it would wake every idle worker per action) */
     pthread_mutex_unlock(&a->work_lock);
 }
 

@@ -106,6 +106,8 @@ struct api_server {
     struct expiry *expiries;     /* pending approvals, by when they expire */
     int waiter_stopping;
     pthread_t waiter_thread;
+    int64_t waiter_wakes_at;       /* (wait_lock) when the waiter thread wakes by itself: INT64_MAX
+                                      asleep with nothing due, INT64_MIN awake */
     int waiter_started;
 };
 

@@ -16,7 +16,8 @@
  * wakes the journal_commit callers of its batches (only those, which pass the wake-up on to
  * one another so that the writer makes one system call per commit); and a completion thread,
  * which runs the journal_submit done callbacks, so that the writer goes straight on to the
- * next transaction.
+ * next transaction. When nothing else waits for the writer and the completion thread is idle,
+ * the writer runs a transaction's done callbacks itself (one thread hand-off less at low load).
  *
  * Reads use read-only transactions (MDB_NOTLS), from any thread.
  *
@@ -166,19 +167,21 @@ int journal_set_hook(journal *j, journal_db db, journal_hook_fn fn, void *arg);
 
 /* Commit synchronously: blocks until the batch is durable (or refused). The caller keeps the
  * batch and frees it afterwards (so a conflict's value can still be read). Returns AR_OK, AR_E_EXISTS, AR_E_FULL (code "storage_full"),
- * AR_E_NOMEM, AR_E_CLOSED or a callback's status. */
+ * AR_E_NOMEM, AR_E_CLOSED, AR_E_BUSY (called from a done callback running on the writer) or a
+ * callback's status. */
 int journal_commit(journal *j, journal_batch *b, ar_error *err);
 
 /* Commit asynchronously: done(arg, status, batch, err) runs once, on the journal's completion
- * thread (not the writer), after the transaction holding the batch is synced (or the batch is
- * refused). Done callbacks run one at a time and in order: those of one transaction in the
+ * thread (or on the writer when nothing else waits for either, see above), after the
+ * transaction holding the batch is synced (or the batch is refused). Done callbacks run one at a time and in order: those of one transaction in the
  * order their batches were queued, transactions in commit order. done owns the batch and must
  * free it (journal_batch_free); err is borrowed from the batch. It may call journal_submit (a
  * batch it submits goes to a later transaction; once journal_close began it is refused with
  * AR_E_CLOSED and stays with done), take locks, and do modest work (render a reply, log a
  * line): while it runs, later done callbacks wait, though the writer and journal_commit
  * callers do not. It must not block for long, nor call journal_commit (it would hold up every
- * later done callback for a whole commit) or journal_close (it waits for this very thread).
+ * later done callback for a whole commit; on the writer it is refused with AR_E_BUSY) or
+ * journal_close (it waits for this very thread).
  * Returns AR_OK when queued, AR_E_CLOSED after journal_close began (AR_E_NOMEM for a NULL
  * batch, AR_E_INVALID for a NULL done); when it does not return AR_OK, done is not called and
  * the caller keeps the batch. */

@@ -2530,6 +2530,115 @@ static void put_last_appends_or_puts(void **state)
     test_rm_tree(dir);
 }
 
+/* ---- done callbacks on the writer -------------------------------------------------------- */
+
+struct inline_probe {
+    journal *j;
+    int commit_status;
+    char commit_code[48];
+    sem_t done;
+};
+
+static void commit_from_done(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    (void)status;
+    (void)err;
+    struct inline_probe *p = arg;
+    journal_batch_free(b);
+    journal_batch *inner = journal_batch_new();
+    journal_batch_put(inner, JDB_CACHE, "inner", 5, "x", 1);
+    ar_error e = {0};
+    p->commit_status = journal_commit(p->j, inner, &e);
+    snprintf(p->commit_code, sizeof p->commit_code, "%s", e.code);
+    journal_batch_free(inner);
+    sem_post(&p->done);
+}
+
+/* A lone batch at rest: the writer runs its done callback itself (no hand-off), where
+ * journal_commit is refused at once (it would wait for the writer it runs on) instead of
+ * hanging. */
+static void a_lone_done_callback_runs_on_the_writer_and_cannot_commit_there(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("journal");
+    journal *j = open_journal(dir, 0);
+    struct inline_probe p = {.j = j};
+    sem_init(&p.done, 0, 0);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_CACHE, "outer", 5, "y", 1);
+    assert_int_equal(journal_submit(j, b, commit_from_done, &p), AR_OK);
+    sem_wait(&p.done);
+    assert_int_equal(p.commit_status, AR_E_BUSY);
+    assert_string_equal(p.commit_code, "internal");
+    assert_value(j, JDB_CACHE, "outer", "y");
+    assert_absent(j, JDB_CACHE, "inner");
+    assert_int_equal(put_str(j, JDB_CACHE, "after", "z"), AR_OK); /* the journal goes on */
+    sem_destroy(&p.done);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+struct done_order {
+    pthread_mutex_t mu;
+    int seen[400];
+    int n;
+    sem_t all;
+    int total;
+};
+
+struct done_order_arg {
+    struct done_order *log;
+    int index;
+};
+
+static void note_order(void *arg, int status, journal_batch *b, const ar_error *err)
+{
+    (void)err;
+    struct done_order_arg *a = arg;
+    journal_batch_free(b);
+    assert_int_equal(status, AR_OK);
+    pthread_mutex_lock(&a->log->mu);
+    a->log->seen[a->log->n++] = a->index;
+    int last = a->log->n == a->log->total;
+    pthread_mutex_unlock(&a->log->mu);
+    if (a->index % 7 == 0)
+        usleep(200); /* a slow callback now and then: later groups pile up behind it */
+    if (last)
+        sem_post(&a->log->all);
+}
+
+/* Done callbacks keep their order when some groups are reported by the writer and others by
+ * the completion thread (submissions in bursts and one at a time). */
+static void done_callbacks_keep_order_between_writer_and_completer(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("journal");
+    journal *j = open_journal(dir, 0);
+    static struct done_order log;
+    static struct done_order_arg args[400];
+    memset(&log, 0, sizeof log);
+    pthread_mutex_init(&log.mu, NULL);
+    sem_init(&log.all, 0, 0);
+    log.total = 400;
+    for (int i = 0; i < 400; i++) {
+        args[i] = (struct done_order_arg){&log, i};
+        journal_batch *b = journal_batch_new();
+        char key[16];
+        snprintf(key, sizeof key, "o%03d", i);
+        journal_batch_put(b, JDB_CACHE, key, strlen(key), "v", 1);
+        assert_int_equal(journal_submit(j, b, note_order, &args[i]), AR_OK);
+        if (i % 50 < 5)
+            usleep(3000); /* now and then one alone, at rest */
+    }
+    sem_wait(&log.all);
+    for (int i = 0; i < 400; i++)
+        assert_int_equal(log.seen[i], i);
+    sem_destroy(&log.all);
+    pthread_mutex_destroy(&log.mu);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(a_map_too_large_for_the_address_space_names_map_size),
     cmocka_unit_test(roundtrip_and_reopen),
@@ -2563,6 +2672,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(plain_batches_run_directly_and_still_fail_alone),
     cmocka_unit_test(commit_callers_are_each_woken_once),
     cmocka_unit_test(put_last_appends_or_puts),
+    cmocka_unit_test(a_lone_done_callback_runs_on_the_writer_and_cannot_commit_there),
+    cmocka_unit_test(done_callbacks_keep_order_between_writer_and_completer),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
