@@ -356,9 +356,6 @@ static void requeue_submission(api_server *a, request *rq)
     pthread_mutex_unlock(&a->work_lock);
 }
 
-/* The journal's thread: the decided action is durable (or refused). Answer, or decide again.
- * The decision worker has moved on meanwhile, so a group commit carries many workers' and
- * many requests' submissions. */
 /* A submission the scheduler stored (scheduler_submit), in the state it is in now (READY, or
  * DISPATCHED when its first attempt went in the same commit): the scheduler takes it from here
  * and reports it (notify), so only the client is answered here. */
@@ -375,8 +372,10 @@ static void reply_submitted(api_server *a, request *rq, const json_t *rec)
     api_resume(rq);
 }
 
-/* How a submission's commit ended. stored_rec: the record the scheduler stored
- * (scheduler_submit), NULL when the API journaled it itself (then handed on here). */
+/* The journal's thread: the decided action is durable (or refused). Answer, or decide again.
+ * The decision worker has moved on meanwhile, so a group commit carries many workers' and
+ * many requests' submissions. stored_rec: the record the scheduler stored (scheduler_submit),
+ * NULL when the API journaled it itself (then handed to the scheduler here). */
 static void store_ended(pending_store *ps, int status, journal_batch *b, const ar_error *err,
                         const json_t *stored_rec)
 {
