@@ -480,15 +480,15 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     }
     if (cr->n)
         journal_batch_apply(b, check_counter_reads, cr); /* before the store bumps them */
-    action_batch_store(b, rec);
     audit_submission(b, rec);
     ps->a = a;
     ps->rq = rq;
     ps->rec = rec;
     memcpy(ps->digest, digest, ACTION_DIGEST_LEN);
     stores_pending_add(a, +1);
-    /* A READY action its connector can start at once is stored by the scheduler, with its
-     * first DISPATCHED intent in the same commit (one sync less before the call). */
+    /* A READY action its connector can start at once is stored by the scheduler (which adds
+     * the record to the batch), with its first DISPATCHED intent in the same commit: one sync
+     * less before the call. */
     int rc = AR_E_CLOSED;
     if (action_record_state(rec) == ACTION_READY) {
         pthread_rwlock_rdlock(&a->sched_lock);
@@ -496,8 +496,10 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
             rc = scheduler_submit(a->sched, rec, b, scheduler_stored, ps);
         pthread_rwlock_unlock(&a->sched_lock);
     }
-    if (rc != AR_OK)
+    if (rc != AR_OK) {
+        action_batch_store(b, rec);
         rc = journal_submit(a->journal, b, store_done, ps);
+    }
     if (rc != AR_OK) {
         ar_error err = {0};
         ar_error_set(&err, rc, rc == AR_E_CLOSED ? "shutting_down" : "internal",

@@ -2007,8 +2007,8 @@ int scheduler_can_start(scheduler *s, const char *connector)
     return c && atomic_load_explicit(&c->startable, memory_order_relaxed);
 }
 
-/* Completion thread: a submission's batch, journaled as it was (its action READY), is durable
- * or refused. Durable: the job is taken in like an enqueued one. */
+/* Completion thread: a submission's batch, journaled with its action READY, is durable or
+ * refused. Durable: the job is taken in like an enqueued one. */
 static void submitted_as_is(void *arg, int status, journal_batch *b, const ar_error *err)
 {
     job *jb = arg;
@@ -2027,8 +2027,9 @@ static void submit_as_is(job *jb)
 {
     journal_batch *b = jb->joint;
     jb->joint = NULL;
-    if (journal_submit(jb->s->journal, b, submitted_as_is, jb) != AR_OK) {
-        tell_stored(jb->stored, jb->stored_arg, AR_E_CLOSED, b, NULL, jb->rec);
+    int rc = action_batch_store(b, jb->rec);
+    if (rc != AR_OK || journal_submit(jb->s->journal, b, submitted_as_is, jb) != AR_OK) {
+        tell_stored(jb->stored, jb->stored_arg, rc != AR_OK ? rc : AR_E_CLOSED, b, NULL, jb->rec);
         journal_batch_free(b);
         held_add(jb->s, -1);
         job_free(jb);
@@ -2036,8 +2037,8 @@ static void submit_as_is(job *jb)
 }
 
 /* Loop thread: a new action (scheduler_submit). Started at once when nothing is ahead of it
- * and nothing holds its connector back (the checks pump makes), its DISPATCHED intent then in
- * the batch that stores it; otherwise that batch goes as it is. */
+ * and nothing holds its connector back (the checks pump makes), its record stored DISPATCHED
+ * in the submission's batch (commit); otherwise stored READY in it (submit_as_is). */
 static void accept_submission(loop_t *loop, void *arg)
 {
     (void)loop;

@@ -121,13 +121,15 @@ typedef void (*scheduler_stored_fn)(void *arg, int status, journal_batch *b, con
 int scheduler_can_start(scheduler *s, const char *connector);
 
 /* Thread-safe. A new READY record (not journaled yet; the scheduler takes a reference of its
- * own) with the batch that stores it (its audit entries, idempotency key and checks; taken on
- * AR_OK). When the connector can start it at once, the first DISPATCHED intent goes into the
- * same batch: one durable commit instead of two before the call. Otherwise the batch is
- * submitted as it is and the action taken in once it is durable, as scheduler_enqueue. Either
+ * own) with the rest of its submission in a batch (its audit entries, idempotency key and
+ * checks; taken on AR_OK), to which the scheduler adds the record itself (action_batch_store).
+ * When the connector can start it at once, the record goes in DISPATCHED with its first
+ * attempt: one durable commit instead of two before the call. Otherwise it goes in READY and
+ * the action is taken in once it is durable, as with scheduler_enqueue. Either
  * way stored(arg, ...) runs once the batch is durable (the notify callback after it) or
  * refused, in which case nothing of the action was stored and the scheduler forgets it.
- * AR_E_CLOSED or AR_E_NOMEM: nothing was taken (journal the batch yourself). */
+ * AR_E_CLOSED or AR_E_NOMEM: nothing was taken (store the record and journal the batch
+ * yourself). */
 int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stored_fn stored,
                      void *arg);
 
