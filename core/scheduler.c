@@ -1,20 +1,22 @@
 /* scheduler.c - dispatch, retries and reconciliation, each step journaled (see scheduler.h).
  * Functions marked "loop thread" run on the scheduler's event loop; the *_durable callbacks
- * run on the journal's completion thread and only hand work back to the loop.
+ * run where the journal runs done callbacks (its completion thread, or its writer at low load)
+ * and only hand work back to the loop.
  *
  * An action's way through a connector: the ready queue (a heap by priority with aging, and a
  * second heap of the same jobs by deadline, so that expiring them costs O(log n) and nothing
  * when none is due) → the pipeline: its DISPATCHED intent journaled, then a FIFO of attempts
  * durable and waiting for an idle process (the "send queue"), then the call itself. The
  * pipeline is deeper than the process count when calls are short next to a commit, so that the
- * intents of several attempts share a group commit while the processes are busy. */
+ * intents of several attempts share a group commit while the processes are busy. A new action
+ * (scheduler_submit) that finds its connector's queue empty and nothing holding it back skips
+ * the queue: its intent goes into the batch that stores its submission (accept_submission). */
 #include "scheduler.h"
-
-#include <stdatomic.h>
 
 #include <math.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -57,7 +57,7 @@
 typedef struct scheduler scheduler;
 
 /* Called after a state change of an action is durable; rec is borrowed for the call.
- * Runs on the journal's completion thread (journal_submit's done): must not block. */
+ * Runs where the journal runs journal_submit's done callbacks (journal.h): must not block. */
 typedef void (*scheduler_notify_fn)(void *arg, const json_t *rec);
 
 /* Create the scheduler and start its thread and one sandbox pool per configured connector;
@@ -111,8 +111,8 @@ int scheduler_enqueue(scheduler *s, json_t *rec);
  * journal_done_fn gets them (b still owned by the scheduler: read its conflict, do not free
  * it), rec the record as stored (DISPATCHED when its first attempt went in the same commit,
  * READY otherwise; even a terminal state, when it could not start), borrowed for the call.
- * Runs on the journal's completion thread, before anything else happens to the action: must
- * not block. */
+ * Runs where the journal runs done callbacks (journal.h), before anything else happens to the
+ * action: must not block. */
 typedef void (*scheduler_stored_fn)(void *arg, int status, journal_batch *b, const ar_error *err,
                                     const json_t *rec);
 
