@@ -383,6 +383,22 @@ static void wait_flow(const char *connector, int inflight, int dispatching, int 
     json_decref(f);
 }
 
+/* Wait until *flag, read under mu, is set; fail after the guard, naming what never came. */
+static void wait_set(pthread_mutex_t *mu, const int *flag, const char *what)
+{
+    int64_t until = ar_mono_ms() + GUARD_MS;
+    for (;;) {
+        pthread_mutex_lock(mu);
+        int set = *flag;
+        pthread_mutex_unlock(mu);
+        if (set)
+            return;
+        if (ar_mono_ms() > until)
+            fail_msg("%s never came", what);
+        usleep(2 * 1000);
+    }
+}
+
 static void wait_held(size_t n)
 {
     int64_t until = ar_mono_ms() + GUARD_MS;
@@ -525,17 +541,7 @@ static void on_cancel(void *arg, int status, const json_t *rec)
 
 static void wait_cancel_answer(cancel_answer *a)
 {
-    int64_t until = ar_mono_ms() + GUARD_MS;
-    for (;;) {
-        pthread_mutex_lock(&a->mu);
-        int calls = a->calls;
-        pthread_mutex_unlock(&a->mu);
-        if (calls)
-            return;
-        if (ar_mono_ms() > until)
-            fail_msg("the cancel was never answered");
-        usleep(5 * 1000);
-    }
+    wait_set(&a->mu, &a->calls, "the cancel's answer");
 }
 
 /* A cancel of an attempt journaled DISPATCHED but not sent ends it CANCELLED at once: nothing
@@ -1017,17 +1023,7 @@ static void on_stored(void *arg, int status, journal_batch *b, const ar_error *e
 
 static void wait_stored(stored_answer *a)
 {
-    int64_t until = ar_mono_ms() + GUARD_MS;
-    pthread_mutex_lock(&W.mu);
-    while (!a->called && ar_mono_ms() < until) {
-        pthread_mutex_unlock(&W.mu);
-        usleep(2 * 1000);
-        pthread_mutex_lock(&W.mu);
-    }
-    int called = a->called;
-    pthread_mutex_unlock(&W.mu);
-    if (!called)
-        fail_msg("the submission's commit was never reported");
+    wait_set(&W.mu, &a->called, "the report of the submission's commit");
 }
 
 static void wait_can_start(const char *connector)
@@ -1079,17 +1075,8 @@ static void pause_connector(const char *name, int pause)
 {
     int done = 0;
     assert_int_equal(scheduler_pause(W.s, name, pause, "tester", "test", paused_done, &done), AR_OK);
-    int64_t until = ar_mono_ms() + GUARD_MS;
-    for (;;) {
-        pthread_mutex_lock(&W.mu);
-        int d = done;
-        pthread_mutex_unlock(&W.mu);
-        if (d)
-            break;
-        if (ar_mono_ms() > until)
-            fail_msg("pause never became durable");
-        usleep(2 * 1000);
-    }
+    wait_set(&W.mu, &done, "the pause made durable");
+    assert_int_equal(done, 1);
 }
 
 /* A connector free to start it: the action is stored together with its first DISPATCHED intent
