@@ -281,16 +281,40 @@ size_t action_idem_key(char *buf, size_t cap, const char *connector, const char 
  * small free blocks each time). */
 #define RECORD_STACK 4096
 
+/* An unfinished record grows at each step (attempts, history, result). It is stored with room
+ * to grow, blanks after the JSON (which every reader skips: jansson and the scheduler's raw
+ * scan alike), and appended at the end of the actions tree (MDB_APPEND: ids are in creation
+ * order), so that leaves are filled and the next versions replace it in place. Without the
+ * room an appended leaf splits at the next step; without the append, a leaf that two records
+ * nearly fill keeps one of them (BENCHMARKS.md, "Scale"). Never past what LMDB keeps inline
+ * in a 4 KiB page: a larger value would take overflow pages of its own. */
+
+static int record_text(const json_t *rec, jsonw_buf *text)
+{
+    if (jsonw_append(text, rec, JSON_COMPACT) != 0)
+        return AR_E_NOMEM;
+    size_t want = text->len + ACTION_RECORD_ROOM;
+    if (want > ACTION_RECORD_PADDED_MAX)
+        want = ACTION_RECORD_PADDED_MAX;
+    if (text->len >= want || action_state_terminal(action_record_state(rec)))
+        return AR_OK;
+    if (jsonw_reserve(text, want - text->len) != 0)
+        return AR_E_NOMEM;
+    memset(text->data + text->len, ' ', want - text->len);
+    text->len = want;
+    return AR_OK;
+}
+
 int action_batch_store(journal_batch *b, const json_t *rec)
 {
     const char *id = action_record_str(rec, "id");
     char stack[RECORD_STACK];
     jsonw_buf text = {stack, 0, sizeof stack, 1};
-    if (jsonw_append(&text, rec, JSON_COMPACT) != 0) {
+    if (record_text(rec, &text) != AR_OK) {
         jsonw_buf_free(&text);
         return AR_E_NOMEM;
     }
-    journal_batch_put(b, JDB_ACTIONS, id, strlen(id), text.data, text.len);
+    journal_batch_put_last(b, JDB_ACTIONS, id, strlen(id), text.data, text.len);
     jsonw_buf_free(&text);
     if (action_state_terminal(action_record_state(rec))) {
         journal_batch_del(b, JDB_QUEUE, id, strlen(id));
@@ -308,11 +332,11 @@ int action_txn_store(journal_txn *txn, const json_t *rec)
     const char *id = action_record_str(rec, "id");
     char stack[RECORD_STACK];
     jsonw_buf text = {stack, 0, sizeof stack, 1};
-    if (jsonw_append(&text, rec, JSON_COMPACT) != 0) {
+    if (record_text(rec, &text) != AR_OK) {
         jsonw_buf_free(&text);
         return AR_E_NOMEM;
     }
-    int rc = journal_txn_put(txn, JDB_ACTIONS, id, strlen(id), text.data, text.len);
+    int rc = journal_txn_put_last(txn, JDB_ACTIONS, id, strlen(id), text.data, text.len);
     jsonw_buf_free(&text);
     if (rc != AR_OK)
         return rc;

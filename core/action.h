@@ -95,7 +95,12 @@ size_t action_idem_key(char *buf, size_t cap, const char *connector, const char 
 #define ACTION_IDEM_VALUE_LEN (ACTION_ID_LEN + ACTION_DIGEST_LEN)
 
 /* Add "store this record" to a batch (JDB_ACTIONS), and keep JDB_QUEUE in step with its
- * state: present while non-terminal, deleted once terminal. */
+ * state: present while non-terminal, deleted once terminal. A non-terminal record's text is
+ * followed by up to ACTION_RECORD_ROOM blanks (room to grow in place, never past
+ * ACTION_RECORD_PADDED_MAX bytes): a reader of the stored bytes must allow blanks after the
+ * JSON, as json_loadb does. */
+#define ACTION_RECORD_ROOM 320
+#define ACTION_RECORD_PADDED_MAX 1990
 int action_batch_store(journal_batch *b, const json_t *rec);
 
 /* The same inside a journal apply callback (the writer's transaction): store a record (and

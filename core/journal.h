@@ -95,8 +95,9 @@ void journal_batch_put(journal_batch *b, journal_db db, const void *key, size_t 
  * ids in creation order) and a record that will not grow later: stored with LMDB's
  * MDB_APPEND, which fills pages instead of splitting them in two (about half the pages for
  * records of 1 to 2 KB). A key that turns out not to be the last is put as journal_batch_put
- * does: the result is the same either way, only the pages differ. Not for records rewritten
- * bigger later (an action's, whose growth would then split the full pages). */
+ * does: the result is the same either way, only the pages differ. A record rewritten bigger
+ * later splits the full pages it was appended to, unless it was stored with room to grow (as
+ * action_batch_store does). */
 void journal_batch_put_last(journal_batch *b, journal_db db, const void *key, size_t klen,
                             const void *val, size_t vlen);
 /* Insert unless the key exists. If it exists the whole batch is rolled back and the commit

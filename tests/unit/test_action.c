@@ -234,6 +234,84 @@ static void queue_holds_exactly_the_unfinished_actions(void **state)
     journal_read_end(r);
 }
 
+/* A stored record's bytes: version byte stripped, not NUL-terminated. */
+static size_t stored_len(journal *j, const char *id, char *out, size_t cap)
+{
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *v;
+    size_t vl;
+    assert_int_equal(journal_get(r, JDB_ACTIONS, id, strlen(id), &v, &vl), AR_OK);
+    assert_true(vl <= cap);
+    memcpy(out, v, vl);
+    journal_read_end(r);
+    return vl;
+}
+
+static void store_one(journal *j, const json_t *rec)
+{
+    journal_batch *b = journal_batch_new();
+    assert_int_equal(action_batch_store(b, rec), AR_OK);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+}
+
+/* An unfinished record is stored with room to grow (blanks after its JSON, up to the cap) and
+ * reads back the same; a finished one, and one at the cap already, without; the next version
+ * of a record replaces it whatever its size. */
+static void unfinished_records_are_stored_with_room_to_grow(void **state)
+{
+    fixture *f = *state;
+    char buf[8192];
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:i}", "id", "01ARZ3NDEKTSV4RRFFQ69G5FAA", "connector", "echo",
+                            "state", "READY", "attempts", 0);
+    char *text = json_dumps(rec, JSON_COMPACT);
+    store_one(f->j, rec);
+    size_t n = stored_len(f->j, "01ARZ3NDEKTSV4RRFFQ69G5FAA", buf, sizeof buf);
+    assert_int_equal(n, strlen(text) + ACTION_RECORD_ROOM);
+    assert_memory_equal(buf, text, strlen(text));
+    for (size_t i = strlen(text); i < n; i++)
+        assert_int_equal(buf[i], ' ');
+    json_t *back = NULL;
+    assert_int_equal(action_load_by_id(f->j, "01ARZ3NDEKTSV4RRFFQ69G5FAA", &back, NULL), AR_OK);
+    assert_true(json_equal(back, rec));
+    json_decref(back);
+    free(text);
+
+    /* Finished: no room; bigger than before: replaces it. */
+    action_record_set_state(rec, ACTION_SUCCEEDED, 1764176401000);
+    json_object_set_new(rec, "result", json_pack("{s:s}", "message", "a result longer than before"));
+    text = json_dumps(rec, JSON_COMPACT);
+    store_one(f->j, rec);
+    n = stored_len(f->j, "01ARZ3NDEKTSV4RRFFQ69G5FAA", buf, sizeof buf);
+    assert_int_equal(n, strlen(text));
+    assert_memory_equal(buf, text, n);
+    free(text);
+    json_decref(rec);
+
+    /* Near the cap: padded only up to it; beyond it: not at all. */
+    char big[2400];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    size_t sizes[] = {1800, 2300};
+    for (size_t k = 0; k < 2; k++) {
+        big[sizes[k]] = '\0';
+        json_t *r2 = json_pack("{s:s, s:s, s:s}", "id", k ? "01ARZ3NDEKTSV4RRFFQ69G5FAC" : "01ARZ3NDEKTSV4RRFFQ69G5FAB",
+                               "state", "DISPATCHED", "input", big);
+        char *t2 = json_dumps(r2, JSON_COMPACT);
+        store_one(f->j, r2);
+        n = stored_len(f->j, k ? "01ARZ3NDEKTSV4RRFFQ69G5FAC" : "01ARZ3NDEKTSV4RRFFQ69G5FAB", buf, sizeof buf);
+        assert_int_equal(n, k ? strlen(t2) : (size_t)ACTION_RECORD_PADDED_MAX);
+        json_t *b2 = NULL;
+        assert_int_equal(action_load_by_id(f->j, k ? "01ARZ3NDEKTSV4RRFFQ69G5FAC" : "01ARZ3NDEKTSV4RRFFQ69G5FAB", &b2, NULL), AR_OK);
+        assert_true(json_equal(b2, r2));
+        json_decref(b2);
+        free(t2);
+        json_decref(r2);
+        big[sizes[k]] = 'x';
+    }
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(ids_are_26_crockford_chars_and_sort_in_minting_order),
     cmocka_unit_test(digest_ignores_key_order_but_not_values),
@@ -244,6 +322,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(list_pages_newest_first_until_the_end, open_journal, close_journal),
     cmocka_unit_test_setup_teardown(list_filters_by_state_and_connector, open_journal, close_journal),
     cmocka_unit_test_setup_teardown(queue_holds_exactly_the_unfinished_actions, open_journal, close_journal),
+    cmocka_unit_test_setup_teardown(unfinished_records_are_stored_with_room_to_grow, open_journal, close_journal),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
