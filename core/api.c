@@ -37,10 +37,7 @@ void api_set_reply_text(request *rq, unsigned status, char *text, const char *ty
 
 void api_set_reply_json(request *rq, unsigned status, json_t *doc /* takes */)
 {
-    free(rq->reply);
-    rq->reply_type = NULL;
-    rq->reply = jsonw_dumps(doc, JSON_COMPACT);
-    rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    api_set_reply_text(rq, status, jsonw_dumps(doc, JSON_COMPACT), NULL);
     json_decref(doc);
 }
 
@@ -73,10 +70,7 @@ void api_set_reply_ar_error(request *rq, int rc, const ar_error *err)
 
 void api_set_reply_action(request *rq, unsigned status, const json_t *rec)
 {
-    free(rq->reply);
-    rq->reply_type = NULL;
-    rq->reply = action_render_text(rec);
-    rq->reply_status = rq->reply ? status : MHD_HTTP_INTERNAL_SERVER_ERROR;
+    api_set_reply_text(rq, status, action_render_text(rec), NULL); /* type NULL: JSON */
 }
 
 enum MHD_Result api_queue_reply(request *rq)

@@ -1488,6 +1488,15 @@ static const char *blocked(conn *c, int64_t now, int64_t *wait_ms, const char **
     return NULL;
 }
 
+/* Loop thread: start a job that blocked() let through (it took a rate-limit token and, with
+ * trial, a half-open breaker's trial). */
+static void start_now(conn *c, job *jb, int64_t now, int trial)
+{
+    flow_bucket_take(&c->bucket, now);
+    if (!start(jb, trial) && trial)
+        c->breaker.trials_started--; /* no call went out: the trial slot is still free */
+}
+
 /* Loop thread: send what the pipeline holds to idle processes, then start as many queued jobs
  * as the connector and the daemon allow. */
 static void pump(conn *c)
@@ -1519,9 +1528,7 @@ static void pump(conn *c)
         }
         job *jb = queue_pop(c);
         jb->place = JOB_NOWHERE;
-        flow_bucket_take(&c->bucket, now);
-        if (!start(jb, trial) && trial)
-            c->breaker.trials_started--; /* no call went out: the trial slot is still free */
+        start_now(c, jb, now, trial);
     }
     publish(c);
 }
@@ -2057,9 +2064,7 @@ static void accept_submission(loop_t *loop, void *arg)
         return;
     }
     job_link(jb);
-    flow_bucket_take(&c->bucket, now);
-    if (!start(jb, trial) && trial)
-        c->breaker.trials_started--;
+    start_now(c, jb, now, trial);
     publish(c);
 }
 

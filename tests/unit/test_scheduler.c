@@ -1049,6 +1049,22 @@ static journal_batch *submission_batch(const char *marker, int marker_unless_exi
     return b;
 }
 
+/* A new write action handed to scheduler_submit with a batch holding one marker of the
+ * caller's; its id into id. The report of its first commit lands in ans. */
+static void submit_new(int n, const char *marker, int marker_unless_exists, char id[ACTION_ID_LEN + 1],
+                       stored_answer *ans)
+{
+    char input[32];
+    snprintf(input, sizeof input, "{\"n\": %d}", n);
+    json_t *rec = make_record("a", "write_op", input, "write", "none", NULL, 0, 0, 0);
+    snprintf(id, ACTION_ID_LEN + 1, "%s", action_record_str(rec, "id"));
+    memset(ans, 0, sizeof *ans);
+    assert_int_equal(scheduler_submit(W.s, rec, submission_batch(marker, marker_unless_exists), on_stored, ans),
+                     AR_OK);
+    json_decref(rec); /* the scheduler took a reference of its own */
+    wait_stored(ans);
+}
+
 static int cache_has(const char *key)
 {
     journal_read *r;
@@ -1089,13 +1105,9 @@ static void submission_to_a_free_connector_is_stored_dispatched(void **state)
     submit_write("a", 1, 0, first); /* the usual way first: the connector is then seen free */
     wait_seen(first, "SUCCEEDED");
     wait_can_start("a");
-    json_t *rec = make_record("a", "write_op", "{\"n\": 2}", "write", "none", NULL, 0, 0, 0);
     char id[ACTION_ID_LEN + 1];
-    snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
-    stored_answer ans = {0};
-    assert_int_equal(scheduler_submit(W.s, rec, submission_batch("joint-marker", 0), on_stored, &ans), AR_OK);
-    json_decref(rec); /* the scheduler took a reference of its own */
-    wait_stored(&ans);
+    stored_answer ans;
+    submit_new(2, "joint-marker", 0, id, &ans);
     assert_int_equal(ans.status, AR_OK);
     assert_string_equal(ans.state, "DISPATCHED");
     assert_int_equal(ans.attempts, 1);
@@ -1117,13 +1129,9 @@ static void submission_to_a_paused_connector_is_stored_ready(void **state)
     (void)state;
     world_start(ONE_PROCESS("a"), "");
     pause_connector("a", 1);
-    json_t *rec = make_record("a", "write_op", "{\"n\": 3}", "write", "none", NULL, 0, 0, 0);
     char id[ACTION_ID_LEN + 1];
-    snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
-    stored_answer ans = {0};
-    assert_int_equal(scheduler_submit(W.s, rec, submission_batch("ready-marker", 0), on_stored, &ans), AR_OK);
-    json_decref(rec);
-    wait_stored(&ans);
+    stored_answer ans;
+    submit_new(3, "ready-marker", 0, id, &ans);
     assert_int_equal(ans.status, AR_OK);
     assert_string_equal(ans.state, "READY");
     assert_int_equal(ans.attempts, 0);
@@ -1158,13 +1166,9 @@ static void submission_whose_batch_is_refused_leaves_nothing(void **state)
             pause_connector("a", 1);
         else
             wait_can_start("a");
-        json_t *rec = make_record("a", "write_op", "{\"n\": 4}", "write", "none", NULL, 0, 0, 0);
         char id[ACTION_ID_LEN + 1];
-        snprintf(id, sizeof id, "%s", action_record_str(rec, "id"));
-        stored_answer ans = {0};
-        assert_int_equal(scheduler_submit(W.s, rec, submission_batch("taken", 1), on_stored, &ans), AR_OK);
-        json_decref(rec);
-        wait_stored(&ans);
+        stored_answer ans;
+        submit_new(4, "taken", 1, id, &ans);
         assert_int_equal(ans.status, AR_E_EXISTS);
         wait_held(0);
         json_t *none = NULL;
