@@ -121,6 +121,7 @@ typedef struct sandbox_proc {
     int recycle;                /* replace it once idle (sandbox_pool_recycle, CPU use) */
     char recycle_why[120];      /* "to pick up changed secrets", ... */
     int recycling;              /* being replaced: no new calls; others wait their turn */
+    int given_secrets;          /* its INIT carried secrets: what it sends must be redacted */
 } sandbox_proc;
 
 struct sandbox_pool {
@@ -636,6 +637,19 @@ nomem:
     return AR_E_NOMEM;
 }
 
+/* The secrets to redact from what process p sends. A process can only quote secrets it was
+ * given: one whose INIT carried none (most connectors have none) has nothing to redact, so
+ * nothing is read from the vault for it. (Changed secrets reach a process only by replacing it,
+ * whose new INIT sets given_secrets again.) */
+static int redactor_begin_for(const sandbox_proc *p, redactor *r, char *why, size_t cap)
+{
+    if (!p->given_secrets) {
+        memset(r, 0, sizeof *r);
+        return AR_OK;
+    }
+    return redactor_begin(p->pool, r, why, cap);
+}
+
 /* A plugin text with the secrets redacted, into buf (cap bytes), fetching the secrets for it.
  * When they cannot be fetched the text is withheld and a note says why. */
 static const char *redact_frame_text(const sandbox_pool *pool, const char *s, char *buf, size_t cap)
@@ -1099,6 +1113,7 @@ static void on_hello(sandbox_proc *p, const frame *f)
             return;
         }
     }
+    p->given_secrets = vs.n > 0;
     if (!(secrets = secrets_json(&vs)))
         goto nomem;
     init = json_pack("{s:s, s:O, s:O, s:I}", "connector", pool->connector, "config", pool->config,
@@ -1144,7 +1159,7 @@ static void on_result(sandbox_proc *p, const frame *f)
                                                                          : json_integer_value(ra);
     redactor rd;
     char rwhy[300], withheld[400];
-    int can_redact = redactor_begin(p->pool, &rd, rwhy, sizeof rwhy) == AR_OK;
+    int can_redact = redactor_begin_for(p, &rd, rwhy, sizeof rwhy) == AR_OK;
     res.cost = checked_cost(p->pool, can_redact ? &rd : NULL, json_object_get(f->payload, "cost"));
     if (json_is_true(ok)) {
         json_t *r = json_object_get(f->payload, "result");

@@ -236,6 +236,34 @@ static void test_secrets_redacted_in_results(void **state)
     json_decref(values);
 }
 
+/* A process given no secrets has none to quote: its results are not checked against the vault
+ * (no read per result). Secrets set later reach the connector only through new processes,
+ * and what those send is redacted again. */
+static void test_no_secrets_no_vault_read_per_result(void **state)
+{
+    (void)state;
+    harness h;
+    json_t *none = json_object();
+    json_t *values = json_pack("{s:s}", "token", "s3cr3t-t0ken");
+    test_secrets ts = {.values = none};
+    start_pool_secrets(&h, "plain_conn", FIXTURE("t_ok"), 1, "{}", 5000, &ts);
+    wait_state(&h, SANDBOX_READY);
+    int at_ready = ts.calls;
+    for (int i = 0; i < 3; i++)
+        expect_ok(&h, "ok", "{\"a\":\"s3cr3t-t0ken\"}", "{\"a\":\"s3cr3t-t0ken\"}");
+    assert_int_equal(ts.calls, at_ready);
+    /* the secret is set, and the connector's processes replaced to pick it up */
+    ts.values = values;
+    assert_int_equal(sandbox_pool_recycle(h.pool), AR_OK);
+    ts.calls = 0;
+    assert_true(run_until(&h, pred_secrets_called, &ts));
+    wait_state(&h, SANDBOX_READY);
+    expect_ok(&h, "ok", "{\"a\":\"s3cr3t-t0ken\"}", "{\"a\":\"[REDACTED]\"}");
+    stop_pool(&h);
+    json_decref(values);
+    json_decref(none);
+}
+
 static void test_lookup_without_lookup_is_invalid(void **state)
 {
     (void)state;
@@ -882,6 +910,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_secrets_delivered),
     cmocka_unit_test(test_secrets_unreadable_fail_the_start),
     cmocka_unit_test(test_secrets_redacted_in_results),
+    cmocka_unit_test(test_no_secrets_no_vault_read_per_result),
     cmocka_unit_test(test_lookup_without_lookup_is_invalid),
     cmocka_unit_test(test_lookup_roundtrip),
     cmocka_unit_test(test_errors_and_unknown_action),
