@@ -397,14 +397,17 @@ done:
 }
 
 /* Does the stored entry (val) carry chain as its "chain"? (The last occurrence of the field
- * is the entry's own: inside a string a quote is escaped.) */
+ * is the entry's own: inside a string a quote is escaped.) An entry written here ends with
+ * it, so that place is looked at first; the scan is for entries written otherwise. */
 static bool entry_has_chain(const void *val, size_t vlen, const unsigned char chain[HASH_LEN])
 {
     static const char field[] = "\"chain\":\"";
-    const size_t flen = sizeof field - 1;
+    const size_t flen = sizeof field - 1, tail = flen + 2 * HASH_LEN + 2; /* field hex "} */
     char hex[AUDIT_HASH_HEX];
     const char *p = val, *end = p + vlen, *last = NULL;
-    for (const char *at = p; (at = memmem(at, (size_t)(end - at), field, flen)); at += flen)
+    if (vlen >= tail && memcmp(end - tail, field, flen) == 0 && memcmp(end - 2, "\"}", 2) == 0)
+        last = end - tail;
+    for (const char *at = p; !last && (at = memmem(at, (size_t)(end - at), field, flen)); at += flen)
         last = at;
     if (!last || (size_t)(end - last) < flen + 2 * HASH_LEN + 1 || last[flen + 2 * HASH_LEN] != '"')
         return false;

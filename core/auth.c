@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -31,10 +32,29 @@
 #define PREFIX_LEN (sizeof AUTH_TOKEN_PREFIX - 1)
 /* The most of a presented token that is hashed; anything longer is malformed anyway. */
 #define VERIFY_MAX_INPUT 256
+/* Token records recently verified, parsed (a few clients use a few tokens): slots by digest. */
+#define SEEN_SLOTS 16
+#define SEEN_RECORD_MAX 512
+
+/* A token record as stored (its bytes) and what verification reads from it. A verification
+ * still reads the stored record every time (revocations and tokens made by aioctl count at
+ * once); only when its bytes are the ones seen before is the parse skipped. */
+typedef struct seen_record {
+    unsigned char digest[DIGEST_LEN];
+    unsigned char bytes[SEEN_RECORD_MAX];
+    size_t len;                 /* 0: empty slot */
+    char name[AUTH_NAME_MAX + 1];
+    unsigned roles;
+    bool revoked;
+    bool expires;
+    int64_t expires_ms;
+} seen_record;
 
 struct auth {
     journal *j;
     unsigned char *key; /* KEY_LEN bytes, sodium_malloc'd, read-only once loaded */
+    pthread_mutex_t seen_lock;
+    seen_record seen[SEEN_SLOTS];
 };
 
 /* ---- roles ------------------------------------------------------------------------------- */
@@ -364,6 +384,7 @@ int auth_open(journal *j, const char *key_path, auth **out, ar_error *err)
     if (!a)
         return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "out of memory opening the token store");
     a->j = j;
+    pthread_mutex_init(&a->seen_lock, NULL);
     int status;
     if (!(a->key = sodium_malloc(KEY_LEN))) {
         status = ar_error_set(err, AR_E_NOMEM, "out_of_memory", "cannot allocate guarded memory for the auth key");
@@ -388,6 +409,8 @@ void auth_free(auth *a)
     if (!a)
         return;
     sodium_free(a->key); /* wipes it; NULL is a no-op */
+    pthread_mutex_destroy(&a->seen_lock);
+    sodium_memzero(a->seen, sizeof a->seen);
     free(a);
 }
 
@@ -649,6 +672,43 @@ static bool well_formed(const char *token, size_t len)
     return bad == 0;
 }
 
+/* The record of digest, parsed into *out: from the slot when its bytes are the same. */
+static int record_fields(auth *a, const unsigned char digest[DIGEST_LEN], const void *val,
+                         size_t vlen, seen_record *out, ar_error *err)
+{
+    seen_record *slot = &a->seen[digest[0] % SEEN_SLOTS];
+    pthread_mutex_lock(&a->seen_lock);
+    bool hit = slot->len == vlen && memcmp(slot->digest, digest, DIGEST_LEN) == 0 &&
+               memcmp(slot->bytes, val, vlen) == 0;
+    if (hit)
+        *out = *slot;
+    pthread_mutex_unlock(&a->seen_lock);
+    if (hit)
+        return AR_OK;
+    json_t *rec = NULL;
+    int rc = parse_record(val, vlen, &rec, err);
+    if (rc != AR_OK)
+        return rc;
+    const char *name = json_string_value(json_object_get(rec, "name"));
+    const json_t *exp = json_object_get(rec, "expires_ms");
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "%s", name ? name : "?");
+    out->roles = roles_from_json(json_object_get(rec, "roles"));
+    out->revoked = record_revoked(rec);
+    out->expires = json_is_integer(exp);
+    out->expires_ms = json_integer_value(exp);
+    json_decref(rec);
+    if (vlen > 0 && vlen <= SEEN_RECORD_MAX) {
+        memcpy(out->digest, digest, DIGEST_LEN);
+        memcpy(out->bytes, val, vlen);
+        out->len = vlen;
+        pthread_mutex_lock(&a->seen_lock);
+        *slot = *out;
+        pthread_mutex_unlock(&a->seen_lock);
+    }
+    return AR_OK;
+}
+
 int auth_verify(auth *a, const char *token, size_t token_len, auth_identity *out, ar_error *err)
 {
     if (out)
@@ -673,11 +733,11 @@ int auth_verify(auth *a, const char *token, size_t token_len, auth_identity *out
     }
     const void *val;
     size_t vlen;
+    seen_record rec;
     rc = journal_get(r, JDB_TOKENS, digest, sizeof digest, &val, &vlen);
-    sodium_memzero(digest, sizeof digest);
-    json_t *rec = NULL;
     if (rc == AR_OK)
-        rc = parse_record(val, vlen, &rec, err);
+        rc = record_fields(a, digest, val, vlen, &rec, err);
+    sodium_memzero(digest, sizeof digest);
     journal_read_end(r);
     if (rc == AR_E_NOTFOUND)
         return ar_error_set(err, AR_E_NOTFOUND, "unauthenticated", "unknown token");
@@ -687,23 +747,19 @@ int auth_verify(auth *a, const char *token, size_t token_len, auth_identity *out
         return rc;
     }
 
-    const char *name = json_string_value(json_object_get(rec, "name"));
-    if (!name)
-        name = "?";
-    if (record_revoked(rec)) {
-        rc = ar_error_set(err, AR_E_NOTFOUND, "unauthenticated", "token %s was revoked", name);
-    } else if (record_expired(rec, ar_now_ms())) {
+    if (rec.revoked) {
+        rc = ar_error_set(err, AR_E_NOTFOUND, "unauthenticated", "token %s was revoked", rec.name);
+    } else if (rec.expires && rec.expires_ms <= ar_now_ms()) {
         char when[64];
-        ar_time_rfc3339(json_integer_value(json_object_get(rec, "expires_ms")), when);
-        rc = ar_error_set(err, AR_E_NOTFOUND, "unauthenticated", "token %s expired at %s", name, when);
+        ar_time_rfc3339(rec.expires_ms, when);
+        rc = ar_error_set(err, AR_E_NOTFOUND, "unauthenticated", "token %s expired at %s", rec.name, when);
     } else {
         if (out) {
-            snprintf(out->name, sizeof out->name, "%s", name);
-            out->roles = roles_from_json(json_object_get(rec, "roles"));
+            snprintf(out->name, sizeof out->name, "%s", rec.name);
+            out->roles = rec.roles;
         }
         ar_error_clear(err);
         rc = AR_OK;
     }
-    json_decref(rec);
     return rc;
 }
