@@ -138,7 +138,6 @@ static void answer_existing(api_server *a, request *rq, const char *id,
     snprintf(rq->action_id, sizeof rq->action_id, "%s", idz);
     if (rq->wait_ms > 0) {
         /* Register first, then look: a change landing in between is not missed. */
-        rq->wait_until = ar_mono_ms() + rq->wait_ms;
         api_waiter_add(a, rq);
         json_t *rec;
         if (action_load_by_id(a->journal, idz, &rec, NULL) == AR_OK) {
@@ -290,7 +289,6 @@ static void reply_stored(api_server *a, request *rq, json_t *rec)
     json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
     if (rq->wait_ms > 0) {
         snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
-        rq->wait_until = ar_mono_ms() + rq->wait_ms;
         api_waiter_add(a, rq); /* before the scheduler can finish it */
     }
     scheduler_enqueue(a->sched, json_incref(rec));
@@ -364,7 +362,6 @@ static void reply_submitted(api_server *a, request *rq, const json_t *rec)
     rq->done_status = MHD_HTTP_CREATED;
     if (rq->wait_ms > 0) {
         snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
-        rq->wait_until = ar_mono_ms() + rq->wait_ms;
         api_waiter_add(a, rq); /* before the scheduler goes on with it */
         return;
     }
@@ -488,12 +485,16 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     stores_pending_add(a, +1);
     /* A READY action its connector can start at once is stored by the scheduler (which adds
      * the record to the batch), with its first DISPATCHED intent in the same commit: one sync
-     * less before the call. */
+     * less before the call. So is one whose client waits for it: while the connector is busy
+     * it may wait for a place, not stored yet (no one has been answered), for a short while. */
     int rc = AR_E_CLOSED;
     if (action_record_state(rec) == ACTION_READY) {
+        int64_t hold = rq->wait_ms > 0 ? rq->wait_until - ar_mono_ms() : 0;
+        if (hold > SCHEDULER_HOLD_MAX_MS)
+            hold = SCHEDULER_HOLD_MAX_MS;
         pthread_rwlock_rdlock(&a->sched_lock);
-        if (scheduler_can_start(a->sched, action_record_str(rec, "connector")))
-            rc = scheduler_submit(a->sched, rec, b, scheduler_stored, ps);
+        if (hold > 0 || scheduler_can_start(a->sched, action_record_str(rec, "connector")))
+            rc = scheduler_submit(a->sched, rec, b, scheduler_stored, ps, hold);
         pthread_rwlock_unlock(&a->sched_lock);
     }
     if (rc != AR_OK) {
@@ -763,6 +764,7 @@ static int validate_submission(request *rq)
         return 0;
     }
     rq->wait_ms = (int)wait;
+    rq->wait_until = ar_mono_ms() + wait; /* the wait counts from the request */
     if (!json_object_get(body, "input"))
         json_object_set_new(body, "input", json_object());
     if (!json_object_get(body, "priority"))

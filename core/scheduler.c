@@ -10,7 +10,10 @@
  * pipeline is deeper than the process count when calls are short next to a commit, so that the
  * intents of several attempts share a group commit while the processes are busy. A new action
  * (scheduler_submit) that finds its connector's queue empty and nothing holding it back skips
- * the queue: its intent goes into the batch that stores its submission (accept_submission). */
+ * the queue: its intent goes into the batch that stores its submission (accept_submission).
+ * One whose client waits for its outcome may instead wait for a place, not stored yet, in the
+ * connector's hold (a FIFO behind the ready queue, for a short while): it then still goes in
+ * with its first intent, one commit instead of two, also when the connector is busy. */
 #include "scheduler.h"
 
 #include <math.h>
@@ -85,6 +88,9 @@ typedef struct job {
     journal_batch *joint;
     scheduler_stored_fn stored;
     void *stored_arg;
+    int64_t hold_ms;            /* how long it may wait in the hold, not stored (0: not at all) */
+    int64_t hold_until_mono_ms; /* in the hold: when it must be stored READY instead */
+    struct job *held_next;      /* the connector's hold */
 } job;
 
 /* A binary min-heap of jobs that knows where each one is, so removal is O(log n). */
@@ -115,6 +121,9 @@ struct conn {
     job_heap deadlines;         /* the same jobs that have a deadline, soonest first */
     job *sendq_head, *sendq_tail; /* durable DISPATCHED attempts (and lookups) waiting for a process */
     int sendq_n;
+    job *held_head, *held_tail; /* new actions not stored yet, waiting for a place (FIFO) */
+    int held_n;
+    int64_t held_due_mono_ms;   /* no hold ends before this (a lower bound; 0: none held) */
     int pipeline;               /* jobs from their start to their outcome: journaling DISPATCHED,
                                    in the send queue, or running */
     int journaling;             /* of those, DISPATCHED intents not durable yet */
@@ -169,6 +178,8 @@ static void pump(conn *c);
 static void pump_all(scheduler *s);
 static void wake_in(conn *c, int64_t delay_ms);
 static void publish(conn *c);
+static void submit_as_is(job *jb);
+static void job_link(job *jb);
 static void drain_sendq(conn *c);
 
 static int64_t mono_us(void)
@@ -1497,10 +1508,85 @@ static void start_now(conn *c, job *jb, int64_t now, int trial)
         c->breaker.trials_started--; /* no call went out: the trial slot is still free */
 }
 
+/* ---- the hold: new actions waiting for a place, not stored yet ---------------------------------- */
+
+/* Loop thread: park a new action whose client waits for its outcome, so that it can still go
+ * in with its first intent once a place is free (scheduler_submit). Its time there counts as
+ * queue wait. */
+static void hold_push(conn *c, job *jb)
+{
+    int64_t now = ar_mono_ms();
+    jb->hold_until_mono_ms = now + jb->hold_ms;
+    jb->queued_mono_ms = now;
+    jb->held_next = NULL;
+    if (c->held_tail)
+        c->held_tail->held_next = jb;
+    else
+        c->held_head = jb;
+    c->held_tail = jb;
+    c->held_n++;
+    if (!c->held_due_mono_ms || jb->hold_until_mono_ms < c->held_due_mono_ms)
+        c->held_due_mono_ms = jb->hold_until_mono_ms;
+    wake_in(c, jb->hold_ms);
+}
+
+static job *hold_pop(conn *c)
+{
+    job *jb = c->held_head;
+    if (!jb)
+        return NULL;
+    c->held_head = jb->held_next;
+    if (!c->held_head) {
+        c->held_tail = NULL;
+        c->held_due_mono_ms = 0;
+    }
+    jb->held_next = NULL;
+    c->held_n--;
+    return jb;
+}
+
+/* Loop thread: every held action whose time is up is stored READY (and queued as any other
+ * once durable; its client goes on waiting). Looks only once the earliest end may be due. */
+static void hold_expire(conn *c)
+{
+    int64_t now = ar_mono_ms(), due = 0;
+    if (!c->held_head || now < c->held_due_mono_ms)
+        return;
+    job **link = &c->held_head, *prev = NULL;
+    while (*link) {
+        job *jb = *link;
+        if (jb->hold_until_mono_ms <= now) {
+            *link = jb->held_next;
+            if (c->held_tail == jb)
+                c->held_tail = prev;
+            c->held_n--;
+            jb->held_next = NULL;
+            submit_as_is(jb);
+            continue;
+        }
+        if (!due || jb->hold_until_mono_ms < due)
+            due = jb->hold_until_mono_ms;
+        prev = jb;
+        link = &jb->held_next;
+    }
+    c->held_due_mono_ms = due;
+    if (due)
+        wake_in(c, due - now);
+}
+
+/* May a new action wait in the hold rather than be stored READY? Only for what passes soon:
+ * not while the connector is paused, its breaker open or the API asked it to wait. */
+static int may_hold(const conn *c, const job *jb, int64_t now)
+{
+    return jb->hold_ms > 0 && !c->paused && c->breaker.state != BREAKER_OPEN &&
+           c->rate_limited_until_ms <= now;
+}
+
 /* Loop thread: send what the pipeline holds to idle processes, then start as many queued jobs
- * as the connector and the daemon allow. */
+ * as the connector and the daemon allow, then (once none is queued) held ones, in order. */
 static void pump(conn *c)
 {
+    hold_expire(c);
     if (c->sendq_head && !c->s->stopping) {
         int64_t soonest = sweep_sendq(c);
         drain_sendq(c);
@@ -1528,6 +1614,19 @@ static void pump(conn *c)
         }
         job *jb = queue_pop(c);
         jb->place = JOB_NOWHERE;
+        start_now(c, jb, now, trial);
+    }
+    while (c->held_head && !c->queue.n && !c->s->stopping) {
+        int64_t now = ar_now_ms(), wait_ms;
+        int trial;
+        const char *cls;
+        if (blocked(c, now, &wait_ms, &cls, &trial)) {
+            if (wait_ms >= 0)
+                wake_in(c, wait_ms);
+            break;
+        }
+        job *jb = hold_pop(c);
+        job_link(jb);
         start_now(c, jb, now, trial);
     }
     publish(c);
@@ -1634,10 +1733,10 @@ static void publish(conn *c)
     v->dispatching = c->pipeline - c->calls;
     v->waiting = c->sendq_n;
     v->depth = c->depth;
-    v->queued = c->queue.n;
+    v->queued = c->queue.n + (size_t)c->held_n;
     pthread_mutex_unlock(&c->view_lock);
     atomic_store_explicit(&c->startable,
-                          !c->paused && c->queue.n == 0 && c->pipeline < c->depth &&
+                          !c->paused && c->queue.n == 0 && !c->held_head && c->pipeline < c->depth &&
                               c->breaker.state != BREAKER_OPEN && c->rate_limited_until_ms <= ar_now_ms(),
                           memory_order_relaxed);
 }
@@ -2057,7 +2156,13 @@ static void accept_submission(loop_t *loop, void *arg)
     int64_t now = ar_now_ms(), wait_ms;
     int trial = 0;
     const char *cls;
-    if (!c || s->stopping || c->queue.n || c->sendq_head || blocked(c, now, &wait_ms, &cls, &trial)) {
+    if (!c || s->stopping || c->queue.n || c->held_head || c->sendq_head ||
+        blocked(c, now, &wait_ms, &cls, &trial)) {
+        if (c && !s->stopping && may_hold(c, jb, now)) {
+            hold_push(c, jb);
+            pump(c); /* what blocked it may be gone already (an attempt waiting to be sent) */
+            return;
+        }
         submit_as_is(jb);
         if (c)
             publish(c);
@@ -2069,7 +2174,7 @@ static void accept_submission(loop_t *loop, void *arg)
 }
 
 int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stored_fn stored,
-                     void *arg)
+                     void *arg, int64_t hold_ms)
 {
     if (!s)
         return AR_E_CLOSED;
@@ -2081,6 +2186,7 @@ int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stor
     jb->joint = b;
     jb->stored = stored;
     jb->stored_arg = arg;
+    jb->hold_ms = hold_ms > 0 ? hold_ms : 0;
     held_add(s, +1); /* counted at once, as scheduler_enqueue */
     int rc = loop_post(s->loop, accept_submission, jb);
     if (rc != AR_OK) {
@@ -2277,6 +2383,9 @@ static void begin_stop(loop_t *loop, void *arg)
         conn *c = &s->conns[i];
         heap_clear(&c->queue);
         heap_clear(&c->deadlines);
+        /* Held actions are stored READY, as any submission that comes during the stop. */
+        for (job *jb; (jb = hold_pop(c));)
+            submit_as_is(jb);
         /* Attempts journaled but never sent go back to waiting, durably; a lookup not sent
          * changed nothing on disk. */
         while (c->sendq_head) {

@@ -128,10 +128,18 @@ int scheduler_can_start(scheduler *s, const char *connector);
  * the action is taken in once it is durable, as with scheduler_enqueue. Either
  * way stored(arg, ...) runs once the batch is durable (the notify callback after it) or
  * refused, in which case nothing of the action was stored and the scheduler forgets it.
- * AR_E_CLOSED or AR_E_NOMEM: nothing was taken (store the record and journal the batch
- * yourself). */
+ * hold_ms > 0 (its client waits for the outcome anyway): when the connector cannot start it at
+ * once only because it is busy (not paused, breaker not open, no Retry-After running), the
+ * action may wait that long, not stored, behind what is queued, and still go in DISPATCHED with
+ * its first attempt once a place is free; READY when the time is up or the daemon stops. Until
+ * then nothing of it is durable and nobody has been answered: a crash loses only what was never
+ * acknowledged. AR_E_CLOSED or AR_E_NOMEM: nothing was taken (store the record and journal the
+ * batch yourself). */
 int scheduler_submit(scheduler *s, json_t *rec, journal_batch *b, scheduler_stored_fn stored,
-                     void *arg);
+                     void *arg, int64_t hold_ms);
+/* The longest a new action should be held (scheduler_submit): enough to ride out a busy
+ * connector's queue at full load, short next to what its waiting client allows. */
+#define SCHEDULER_HOLD_MAX_MS 1000
 
 /* Recovery also reports each action waiting for a human (PENDING_APPROVAL) with its approval's
  * "expires_ms" (0 when absent), so that the caller need not read the queue a second time. Set

@@ -519,6 +519,104 @@ static void kill9_with_calls_in_flight_resolves_them_on_restart(void **state)
     json_decref(g);
 }
 
+/* ---- a waiting client's action held for a busy connector ------------------------------------- */
+
+typedef struct waiting_submit {
+    long status;
+    json_t *reply;
+} waiting_submit;
+
+static void *submit_waiting(void *arg)
+{
+    waiting_submit *w = arg;
+    w->status = harness_submit(&H, &w->reply, "{s:s, s:s, s:{s:i}, s:i}", "connector", "t_ok", "action",
+                               "sleep", "input", "ms", 10, "wait_ms", 30000);
+    return NULL;
+}
+
+static json_int_t t_ok_queued(void)
+{
+    json_t *r = NULL, *c;
+    json_int_t queued = -1;
+    size_t i;
+    harness_http(&H, "GET", "/v1/connectors", NULL, &r);
+    json_array_foreach(json_object_get(r, "connectors"), i, c)
+        if (strcmp(str(c, "name", NULL), "t_ok") == 0)
+            queued = json_integer_value(json_object_get(json_object_get(c, "flow"), "queued"));
+    json_decref(r);
+    return queued;
+}
+
+static size_t actions_listed(void)
+{
+    json_t *r = NULL;
+    harness_http(&H, "GET", "/v1/actions?limit=100", NULL, &r);
+    size_t n = json_array_size(json_object_get(r, "actions"));
+    json_decref(r);
+    return n;
+}
+
+/* Both t_ok processes busy with a sleep of ms each (no waiting client), then a waiting client's
+ * action submitted from its own thread, seen waiting in the connector's queue. */
+static void busy_then_waiting_client(int ms, pthread_t *thread, waiting_submit *w)
+{
+    for (int i = 0; i < 2; i++) {
+        json_t *r;
+        long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:i}}", "connector", "t_ok", "action", "sleep",
+                                 "input", "ms", ms);
+        assert_status(st, 201, r);
+        json_t *g = await_state(str(r, "id", NULL), "DISPATCHED");
+        assert_string_equal(str(g, "state", NULL), "DISPATCHED");
+        json_decref(g);
+        json_decref(r);
+    }
+    memset(w, 0, sizeof *w);
+    assert_int_equal(pthread_create(thread, NULL, submit_waiting, w), 0);
+    int i = 0;
+    while (t_ok_queued() != 1 && i++ < 500)
+        usleep(20 * 1000);
+    assert_int_equal(t_ok_queued(), 1);
+}
+
+/* A client waiting for its action while the connector is busy: the action waits for a place,
+ * not stored yet (the connector's queue counts it, no listing shows it), then runs as one
+ * attempt and the client gets its outcome. A kill -9 meanwhile loses only that request, which
+ * was never acknowledged: after the restart it is nowhere and nothing ran twice. */
+static void waiting_clients_action_waits_unstored_for_a_busy_connector(void **state)
+{
+    (void)state;
+    pthread_t thread;
+    waiting_submit w;
+    busy_then_waiting_client(1500, &thread, &w);
+    assert_int_equal(actions_listed(), 2);
+    pthread_join(thread, NULL);
+    assert_status(w.status, 201, w.reply);
+    assert_string_equal(str(w.reply, "state", NULL), "SUCCEEDED");
+    assert_int_equal(json_integer_value(json_object_get(w.reply, "attempts")), 1);
+    json_decref(w.reply);
+    assert_int_equal(actions_listed(), 3);
+
+    busy_then_waiting_client(3000, &thread, &w);
+    harness_kill9(&H);
+    pthread_join(thread, NULL);
+    assert_int_not_equal(w.status, 201); /* no answer: the connection went with the daemon */
+    json_decref(w.reply);
+    assert_int_equal(harness_restart(&H), 0);
+    /* the two sleeps (reads) are resumed and settle; the held action never existed */
+    json_t *r = NULL;
+    for (int i = 0; i < 750; i++) {
+        json_decref(r);
+        harness_http(&H, "GET", "/v1/actions?state=SUCCEEDED&limit=100", NULL, &r);
+        if (json_array_size(json_object_get(r, "actions")) == 5)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_int_equal(json_array_size(json_object_get(r, "actions")), 5);
+    json_decref(r);
+    assert_int_equal(actions_listed(), 5);
+    assert_int_equal(t_ok_queued(), 0);
+}
+
 static void a_second_daemon_on_the_same_data_is_refused(void **state)
 {
     (void)state;
@@ -846,6 +944,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(garbage_from_a_plugin_is_contained, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(restart_keeps_every_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(kill9_with_calls_in_flight_resolves_them_on_restart, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(waiting_clients_action_waits_unstored_for_a_busy_connector, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(a_second_daemon_on_the_same_data_is_refused, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(backup_under_load_restores_to_a_daemon_serving_every_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(other_abi_major_is_refused_and_older_minor_loads, start_default, stop_daemon),

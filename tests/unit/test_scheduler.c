@@ -1049,20 +1049,36 @@ static journal_batch *submission_batch(const char *marker, int marker_unless_exi
     return b;
 }
 
-/* A new write action handed to scheduler_submit with a batch holding one marker of the
- * caller's; its id into id. The report of its first commit lands in ans. */
-static void submit_new(int n, const char *marker, int marker_unless_exists, char id[ACTION_ID_LEN + 1],
-                       stored_answer *ans)
+/* A new write action handed to scheduler_submit (with hold_ms) with a batch holding one marker
+ * of the caller's; its id into id. The report of its first commit lands in ans, later. */
+static void submit_new_async(int n, const char *marker, int marker_unless_exists, int64_t hold_ms,
+                             char id[ACTION_ID_LEN + 1], stored_answer *ans)
 {
     char input[32];
     snprintf(input, sizeof input, "{\"n\": %d}", n);
     json_t *rec = make_record("a", "write_op", input, "write", "none", NULL, 0, 0, 0);
     snprintf(id, ACTION_ID_LEN + 1, "%s", action_record_str(rec, "id"));
     memset(ans, 0, sizeof *ans);
-    assert_int_equal(scheduler_submit(W.s, rec, submission_batch(marker, marker_unless_exists), on_stored, ans),
+    assert_int_equal(scheduler_submit(W.s, rec, submission_batch(marker, marker_unless_exists), on_stored, ans,
+                                      hold_ms),
                      AR_OK);
     json_decref(rec); /* the scheduler took a reference of its own */
+}
+
+/* The same, not held, and waiting for the report. */
+static void submit_new(int n, const char *marker, int marker_unless_exists, char id[ACTION_ID_LEN + 1],
+                       stored_answer *ans)
+{
+    submit_new_async(n, marker, marker_unless_exists, 0, id, ans);
     wait_stored(ans);
+}
+
+static int stored_called(stored_answer *ans)
+{
+    pthread_mutex_lock(&W.mu);
+    int called = ans->called;
+    pthread_mutex_unlock(&W.mu);
+    return called;
 }
 
 static int cache_has(const char *key)
@@ -1180,6 +1196,76 @@ static void submission_whose_batch_is_refused_leaves_nothing(void **state)
     }
 }
 
+/* A connector busy with a call (pipeline 1): a new action whose client waits may wait for the
+ * place, not stored (nothing of it durable, its caller not told; the flow view counts it as
+ * queued), and then goes in DISPATCHED with its first attempt, one commit, never READY. */
+static void held_submission_goes_in_with_its_first_attempt(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("a"), "");
+    assert_int_equal(scheduler_set_pipeline(W.s, "a", 1), AR_OK);
+    char blocker[ACTION_ID_LEN + 1], id[ACTION_ID_LEN + 1];
+    submit_blocker("a", blocker);
+    wait_flow("a", 1, 0, 0);
+    stored_answer ans;
+    submit_new_async(5, "held-marker", 0, GUARD_MS, id, &ans);
+    wait_flow("a", 1, 0, 1);
+    assert_false(stored_called(&ans));
+    assert_false(cache_has("held-marker"));
+    json_t *none = NULL;
+    ar_error err = {0};
+    assert_int_equal(action_load_by_id(W.j, id, &none, &err), AR_E_NOTFOUND);
+    assert_false(scheduler_can_start(W.s, "a"));
+    kill_hosts("a"); /* the blocker's call ends; the place is free once a process is back */
+    wait_stored(&ans);
+    assert_int_equal(ans.status, AR_OK);
+    assert_string_equal(ans.state, "DISPATCHED");
+    assert_int_equal(ans.attempts, 1);
+    assert_true(cache_has("held-marker"));
+    wait_seen(id, "SUCCEEDED");
+    assert_false(seen(id, "READY"));
+    json_t *done = stored(id);
+    assert_int_equal(sent_attempts(done), 1);
+    json_decref(done);
+    wait_held(0);
+}
+
+/* A held action whose time is up, or that is held when the scheduler stops, is stored READY
+ * (its caller told so) and runs like any queued one. */
+static void held_submission_is_stored_ready_when_its_time_is_up_or_at_stop(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("a"), "");
+    assert_int_equal(scheduler_set_pipeline(W.s, "a", 1), AR_OK);
+    char blocker[ACTION_ID_LEN + 1], late[ACTION_ID_LEN + 1], stopped[ACTION_ID_LEN + 1];
+    submit_blocker("a", blocker);
+    wait_flow("a", 1, 0, 0);
+    stored_answer ans, at_stop;
+    submit_new_async(6, "late-marker", 0, 150, late, &ans);
+    wait_stored(&ans);
+    assert_int_equal(ans.status, AR_OK);
+    assert_string_equal(ans.state, "READY");
+    assert_int_equal(ans.attempts, 0);
+    assert_true(cache_has("late-marker"));
+    wait_seen(late, "READY");
+    wait_flow("a", 1, 0, 1); /* queued as any other */
+    submit_new_async(7, "stop-marker", 0, GUARD_MS, stopped, &at_stop);
+    wait_flow("a", 1, 0, 2);
+    world_close_scheduler();
+    assert_true(stored_called(&at_stop));
+    assert_int_equal(at_stop.status, AR_OK);
+    assert_string_equal(at_stop.state, "READY");
+    json_t *rec = stored(stopped);
+    assert_string_equal(str(rec, "state"), "READY");
+    json_decref(rec);
+    world_open_scheduler();
+    scheduler_recovery rv;
+    ar_error err = {0};
+    assert_int_equal(scheduler_recover(W.s, &rv, &err), AR_OK);
+    wait_seen(late, "SUCCEEDED");
+    wait_seen(stopped, "SUCCEEDED");
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(durable_attempts_wait_for_a_process_then_go_in_order, world_stop),
     cmocka_unit_test_teardown(cancel_of_an_unsent_attempt_cancels_without_sending, world_stop),
@@ -1193,6 +1279,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(submission_to_a_free_connector_is_stored_dispatched, world_stop),
     cmocka_unit_test_teardown(submission_to_a_paused_connector_is_stored_ready, world_stop),
     cmocka_unit_test_teardown(submission_whose_batch_is_refused_leaves_nothing, world_stop),
+    cmocka_unit_test_teardown(held_submission_goes_in_with_its_first_attempt, world_stop),
+    cmocka_unit_test_teardown(held_submission_is_stored_ready_when_its_time_is_up_or_at_stop, world_stop),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
