@@ -219,8 +219,9 @@ static json_t *unreadable(uint64_t seq)
  * The canonical body, sorted keys, is {"action":A,"data":D,"seq":N,"time_ms":T,"type":Y}: with
  * A, D (sorted keys) and Y written by jansson exactly as it writes them inside the body, it is
  * the text body_pre + N + body_post, digested in parts. The stored entry is
- * {"seq":N,"time_ms":T,"type":Y,"action":A,"data":D',"digest":"..","chain":".."} with D' in
- * the data's own key order: the bytes the old json_dumps of the entry object produced.
+ * {"seq":N,"time_ms":T,"type":Y,"action":A,"data":D,"digest":"..","chain":".."}: the data is
+ * stored as the body has it, keys sorted (written once; entries from before this kept the
+ * data's own key order, which reads back to the same body).
  *
  * The check that what is stored reads back to the same digest (data that does not survive a
  * JSON round trip) is kept for the only data that can fail it once jansson agreed to write it
@@ -306,36 +307,12 @@ static char *json_text_of(const char *s, size_t len)
     return text;
 }
 
-/* Does every object in v list its keys in sorted order (as JSON_SORT_KEYS writes them)? Then
- * the data's own order and the canonical one are the same text. */
-static bool keys_in_order(const json_t *v, int depth)
-{
-    if (depth > 64)
-        return false; /* not worth walking: write it twice */
-    if (json_is_object(v)) {
-        const char *key, *prev = NULL;
-        json_t *item;
-        json_object_foreach((json_t *)v, key, item) {
-            if ((prev && strcmp(prev, key) >= 0) || !keys_in_order(item, depth + 1))
-                return false;
-            prev = key;
-        }
-    } else if (json_is_array(v)) {
-        size_t i;
-        json_t *item;
-        json_array_foreach(v, i, item)
-            if (!keys_in_order(item, depth + 1))
-                return false;
-    }
-    return true;
-}
-
 /* Prepare an entry (data borrowed). AR_E_INVALID (code "audit_invalid") for what cannot be an
  * entry, AR_E_NOMEM. */
 static int prepare(const char *type, const char *action_id, json_t *data, int64_t time_ms,
                    prepared *p, ar_error *err)
 {
-    char *y = NULL, *a = NULL, *ds = NULL, *dp = NULL;
+    char *y = NULL, *a = NULL, *ds = NULL;
     int status = AR_OK;
     memset(p, 0, sizeof *p);
     if (!type || !*type || (action_id && !valid_action_id(action_id)))
@@ -349,22 +326,18 @@ static int prepare(const char *type, const char *action_id, json_t *data, int64_
                               "an audit entry's %s is not UTF-8 text", y ? "action id" : "type");
         goto done;
     }
-    /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck).
-     * Data whose objects list their keys in sorted order already is written once. */
-    if (!(ds = jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS)) ||
-        !(dp = keys_in_order(data, 0) ? ds
-                                      : jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT |
-                                                             JSON_PRESERVE_ORDER))) {
+    /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck). */
+    if (!(ds = jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS))) {
         status = unwritable(err, type);
         goto done;
     }
     char t[32];
     int tn = snprintf(t, sizeof t, "%" PRId64, time_ms);
-    size_t yl = strlen(y), al = strlen(a), dsl = strlen(ds), dpl = strlen(dp);
+    size_t yl = strlen(y), al = strlen(a), dsl = strlen(ds);
     /* body_pre: {"action":A,"data":Ds,"seq":  body_post: ,"time_ms":T,"type":Y}
-     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":Dp,"digest":" */
+     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":Ds,"digest":" */
     size_t cap = (12 + al + 8 + dsl + 7) + (11 + (size_t)tn + 8 + yl + 1) +
-                 (11 + (size_t)tn + 8 + yl + 10 + al + 8 + dpl + 11) + 3;
+                 (11 + (size_t)tn + 8 + yl + 10 + al + 8 + dsl + 11) + 3;
     if (!(p->buf = malloc(cap))) {
         status = nomem(err);
         goto done;
@@ -380,7 +353,7 @@ static int prepare(const char *type, const char *action_id, json_t *data, int64_
     w++;
     p->entry_mid = w;
     w += sprintf(w, ",\"time_ms\":%s,\"type\":%s,\"action\":%s,\"data\":%s,\"digest\":\"", t, y, a,
-                 dp);
+                 ds);
     p->entry_mid_len = (size_t)(w - p->entry_mid);
     p->check = needs_check(ds);
     if (action_id) {
@@ -388,8 +361,6 @@ static int prepare(const char *type, const char *action_id, json_t *data, int64_
         memcpy(p->action_id, action_id, ACTION_ID_LEN);
     }
 done:
-    if (dp != ds)
-        free(dp);
     free(ds);
     free(a);
     free(y);
