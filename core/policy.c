@@ -322,7 +322,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && m->used - old + nsize > m->cap)
         return NULL; /* Lua collects garbage and retries, then raises LUA_ERRMEM */
-    void *p = realloc(ptr, nsize);
+    void *p = ptr ? realloc(ptr, nsize) : malloc(nsize); /* most blocks are new ones */
     if (!p)
         return nsize <= old ? ptr : NULL; /* Lua assumes shrinking never fails */
     m->used = m->used - old + nsize;
