@@ -120,6 +120,8 @@ typedef struct policy_cover {
 typedef struct policy_file {
     char name[256];
     char vote_name[256];    /* name, made valid UTF-8 (for decisions and votes) */
+    json_t *vote_json;      /* vote_name as a JSON string, shared by the votes' JSON (policy_vote
+                             * .file_json); owned (one reference); NULL: none made */
     char *source;
     size_t len;
     int has_validate;       /* the file defines validate (found at load) */
@@ -183,6 +185,7 @@ struct policy_worker {
     int votes_json;         /* policy_decide builds policy_decision.votes */
     int env_mt_ref;         /* registry ref of {__index = G, __metatable = false} */
     int ctx_ref;            /* registry ref of the ctx every call gets: empty, read-only */
+    int keys_ref;           /* registry ref of the result keys C reads (enum result_key) */
     int undo_ref;           /* registry ref of the undo log: {H, key, old value, ...} */
     int meta_ref;           /* registry ref of {H = frozen table} for frozen metatables, weak */
     int undo_n;             /* slots of the undo log in use (3 per write) */
@@ -194,6 +197,15 @@ struct policy_worker {
     int action_ready;
     int result_ready;
     struct shadow *shadows[3]; /* [slot]: what the kept view shows, as C data (view_update) */
+    /* the connector and action the files' uncovered marks were made for (mark_uncovered):
+     * the next action with the same two strings keeps them */
+    struct {
+        int valid;
+        int has_conn, has_act;  /* the field was a string */
+        size_t clen, alen;
+        char conn[COVER_CONNECTOR_MAX];
+        char act[COVER_ACTION_MAX];
+    } marked;
     /* running files once (prepare_file) */
     int sys_ref;            /* registry ref of the set of the sandbox's own tables (libraries) */
     int preparing;          /* a chunk runs once for keeps: note what makes it unfit for that */
@@ -223,6 +235,15 @@ typedef struct vote_text {
     char rule[sizeof(((policy_decision *)0)->rule)];
     char reason[sizeof(((policy_decision *)0)->reason)];
 } vote_text;
+
+/* The names of the fields of a result that C reads, as Lua strings made once per worker
+ * (policy_worker.keys_ref: a sequence in this order), so that reading a result pushes them
+ * from a table rather than interning each name again on every call. */
+enum result_key { RK_VERDICT = 1, RK_REASON, RK_RULE, RK_SUMMARY, RK_ROLES, RK_EXPIRES_IN,
+                  RK_FOUR_EYES, RK_OK, RK_COUNT = RK_OK };
+static const char *const result_key_names[RK_COUNT] = {
+    "verdict", "reason", "rule", "summary", "roles", "expires_in", "four_eyes", "ok"
+};
 
 /* What one file's decide returned (for validate: OUT_ABSTAIN accepts, OUT_VOTE rejects). */
 enum outcome { OUT_ABSTAIN, OUT_VOTE, OUT_INVALID };
@@ -301,7 +322,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && m->used - old + nsize > m->cap)
         return NULL; /* Lua collects garbage and retries, then raises LUA_ERRMEM */
-    void *p = realloc(ptr, nsize);
+    void *p = ptr ? realloc(ptr, nsize) : malloc(nsize); /* most blocks are new ones */
     if (!p)
         return nsize <= old ? ptr : NULL; /* Lua assumes shrinking never fails */
     m->used = m->used - old + nsize;
@@ -1121,6 +1142,42 @@ static int pm_gsub(lua_State *L)
     return 2;
 }
 
+/* ---- string.lower and string.upper ------------------------------------------------------ */
+
+/* string.lower/upper as Lua's own (tolower/toupper on every byte, same errors), but a string
+ * that the conversion would not change is returned as it is: no new string to make, intern and
+ * collect. Strings are values, so the caller cannot tell the difference; policies lower the
+ * text they check, and most of it is lower case already. */
+static int str_convert(lua_State *L, int (*convert)(int))
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len); /* a number becomes its string in place */
+    size_t i = 0;
+    while (i < len && convert((unsigned char)s[i]) == (unsigned char)s[i])
+        i++;
+    if (i == len) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, len);
+    memcpy(p, s, i);
+    for (; i < len; i++)
+        p[i] = (char)convert((unsigned char)s[i]);
+    luaL_pushresultsize(&b, len);
+    return 1;
+}
+
+static int sb_str_lower(lua_State *L)
+{
+    return str_convert(L, tolower);
+}
+
+static int sb_str_upper(lua_State *L)
+{
+    return str_convert(L, toupper);
+}
+
 /* ---- read-only library proxies ------------------------------------------------------------ */
 
 static int ro_newindex(lua_State *L)
@@ -1889,11 +1946,12 @@ static int setup_state(lua_State *L)
 
     static const char *const string_strip[] = { "dump", NULL };
     static const char *const math_strip[] = { "randomseed", NULL }; /* no state across calls */
-    static const luaL_Reg string_budgeted[] = {
+    static const luaL_Reg string_replaced[] = { /* budgeted matching; lower/upper: faster */
         { "find", pm_find }, { "match", pm_match_fn }, { "gmatch", pm_gmatch_fn },
-        { "gsub", pm_gsub }, { NULL, NULL }
+        { "gsub", pm_gsub }, { "lower", sb_str_lower }, { "upper", sb_str_upper },
+        { NULL, NULL }
     };
-    add_library(L, g, LUA_STRLIBNAME, luaopen_string, string_strip, string_budgeted);
+    add_library(L, g, LUA_STRLIBNAME, luaopen_string, string_strip, string_replaced);
     add_library(L, g, LUA_TABLIBNAME, luaopen_table, NULL, NULL);
     add_library(L, g, LUA_MATHLIBNAME, luaopen_math, math_strip, NULL);
     add_library(L, g, LUA_UTF8LIBNAME, luaopen_utf8, NULL, NULL);
@@ -1942,6 +2000,12 @@ static int setup_state(lua_State *L)
     lua_setfield(L, -2, "__metatable");
     w->env_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     w->ctx_ref = make_ctx(L);
+    lua_createtable(L, RK_COUNT, 0);
+    for (int k = 0; k < RK_COUNT; k++) {
+        lua_pushstring(L, result_key_names[k]);
+        lua_rawseti(L, -2, k + 1);
+    }
+    w->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, UNDO_LOG_KEPT, 0);
     w->undo_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_newtable(L);
@@ -2290,6 +2354,12 @@ static int view_refresh(lua_State *L, int idx, json_t *v, int depth)
     return rc;
 }
 
+/* json_object_foreach without looking each key's iterator up again (the same order). */
+#define OBJECT_EACH(obj, it, key, val)                                                        \
+    for (void *it = json_object_iter(obj);                                                    \
+         it && ((key) = json_object_iter_key(it), (val) = json_object_iter_value(it), 1);    \
+         it = json_object_iter_next(obj, it))
+
 /* A C copy of what an object's view shows (a shadow), so that the next action can be compared
  * with it without a call into Lua: only what changed is written to the view. The invariant:
  * while a view is kept (views_ref slot holds it), the worker's shadow for the slot describes it
@@ -2439,7 +2509,7 @@ static int shadow_same(const shadow *sh, const json_t *v)
     size_t k = 0;
     const char *key;
     json_t *val;
-    json_object_foreach((json_t *)v, key, val) {
+    OBJECT_EACH((json_t *)v, it, key, val) {
         if (json_is_null(val))
             continue;
         if (k >= sh->n || strcmp(sh->e[k].key, key) != 0 || !entry_same(&sh->e[k], val))
@@ -2462,7 +2532,7 @@ static int view_update(lua_State *L, int idx, shadow *sh, json_t *v, int depth)
     const char *key;
     json_t *val;
     size_t k = 0;
-    json_object_foreach(v, key, val) {
+    OBJECT_EACH(v, it, key, val) {
         if (json_is_null(val)) {
             if (depth + 1 > MAX_ACTION_DEPTH) {
                 rc = VIEW_TOO_DEEP;
@@ -2529,12 +2599,17 @@ static int push_shared_view(lua_State *L, policy_worker *w, const json_t *json, 
     int views = lua_gettop(L);
     lua_rawgeti(L, views, slot);
     if (*ready) {
-        lua_remove(L, views);
+        lua_replace(L, views);
+        return 0;
+    }
+    shadow **sh = &w->shadows[slot];
+    if (*sh && lua_type(L, -1) == LUA_TTABLE && shadow_same(*sh, json)) {
+        lua_replace(L, views);                        /* the kept view shows json already */
+        *ready = 1;
         return 0;
     }
     lua_pushboolean(L, 0);
     lua_rawseti(L, views, slot);                      /* detached (an existing slot: no memory) */
-    shadow **sh = &w->shadows[slot];
     int rc = -1;
     if (lua_type(L, -1) == LUA_TTABLE)
         rc = *sh ? view_update(L, -1, *sh, (json_t *)json, 1)
@@ -2554,7 +2629,7 @@ static int push_shared_view(lua_State *L, policy_worker *w, const json_t *json, 
     }
     lua_pushvalue(L, -1);
     lua_rawseti(L, views, slot);
-    lua_remove(L, views);
+    lua_replace(L, views);
     *ready = 1;
     return 0;
 }
@@ -2628,36 +2703,68 @@ static void utf8_clean(char *s)
     }
 }
 
+/* utf8_clean of the len bytes at s (s[len] is its NUL), with a fast way through the usual
+ * case: no byte is 0 or above 0x7f, so there is nothing to clean. */
+static void utf8_clean_n(char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        /* a byte with its top bit set, or a zero byte */
+        if ((x | ((x - 0x0101010101010101u) & ~x)) & 0x8080808080808080u)
+            break;
+    }
+    for (; i < len; i++)
+        if (p[i] == 0 || p[i] >= 0x80)
+            break;
+    if (i < len)
+        utf8_clean(s);
+}
+
 /* Copy the value at idx, when a string, into buf, cut to the buffer and made valid UTF-8; 0
  * nil, 1 copied, -1 not a string (*type names what it is). */
 static int copy_value(lua_State *L, int idx, char *buf, size_t size, const char **type)
 {
-    lua_pushvalue(L, idx);
-    int t = lua_type(L, -1);
-    int rc = 0;
+    int t = lua_type(L, idx);
     if (t == LUA_TSTRING) {
         size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
+        const char *s = lua_tolstring(L, idx, &len);
         if (len >= size)
             len = size - 1;
         memcpy(buf, s, len);
         buf[len] = '\0';
-        utf8_clean(buf);
-        rc = 1;
-    } else if (t != LUA_TNIL) {
-        *type = lua_typename(L, t);
-        rc = -1;
+        utf8_clean_n(buf, len);
+        return 1;
     }
-    lua_pop(L, 1);
-    return rc;
+    if (t != LUA_TNIL) {
+        *type = lua_typename(L, t);
+        return -1;
+    }
+    return 0;
+}
+
+/* Push the worker's table of result keys (see result_key); returns its index. */
+static int push_result_keys(lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, worker_of(L)->keys_ref);
+    return lua_gettop(L);
+}
+
+/* Push t[key] of the table at idx (raw), key one of the result keys (keys: their table, see
+ * push_result_keys); returns its type. */
+static int raw_field(lua_State *L, int idx, int keys, enum result_key key)
+{
+    lua_rawgeti(L, keys, key);
+    return lua_rawget(L, idx);
 }
 
 /* copy_value of the field key of the table at idx (raw). */
-static int copy_field(lua_State *L, int idx, const char *key, char *buf, size_t size,
-                      const char **type)
+static int copy_field(lua_State *L, int idx, int keys, enum result_key key, char *buf,
+                      size_t size, const char **type)
 {
-    lua_pushstring(L, key);
-    lua_rawget(L, idx);
+    raw_field(L, idx, keys, key);
     int rc = copy_value(L, -1, buf, size, type);
     lua_pop(L, 1);
     return rc;
@@ -2745,8 +2852,8 @@ static void read_result(lua_State *L, run_ctx *c)
                  lua_typename(L, t));
         return;
     }
-    lua_pushliteral(L, "verdict");
-    int vt = lua_rawget(L, idx);
+    int keys = push_result_keys(L);
+    int vt = raw_field(L, idx, keys, RK_VERDICT);
     size_t vlen = 0;
     const char *verdict = vt == LUA_TSTRING ? lua_tolstring(L, -1, &vlen) : NULL;
     int v = verdict && strlen(verdict) == vlen ? policy_verdict_from_name(verdict) : -1;
@@ -2771,24 +2878,23 @@ static void read_result(lua_State *L, run_ctx *c)
     c->verdict = (policy_verdict)v;
     const char *type = "?";
     int got;
-    if ((got = copy_field(L, idx, "reason", c->reason, sizeof c->reason, &type)) < 0) {
+    if ((got = copy_field(L, idx, keys, RK_REASON, c->reason, sizeof c->reason, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "reason must be a string, got a %s", type);
         return;
     }
     c->has_reason = got;
-    if ((got = copy_field(L, idx, "rule", c->rule, sizeof c->rule, &type)) < 0) {
+    if ((got = copy_field(L, idx, keys, RK_RULE, c->rule, sizeof c->rule, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "rule must be a string, got a %s", type);
         return;
     }
     c->has_rule = got;
-    if ((got = copy_field(L, idx, "summary", c->summary, sizeof c->summary, &type)) < 0) {
+    if ((got = copy_field(L, idx, keys, RK_SUMMARY, c->summary, sizeof c->summary, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "summary must be a string, got a %s", type);
         return;
     }
     c->has_summary = got;
 
-    lua_pushliteral(L, "roles");
-    t = lua_rawget(L, idx);
+    t = raw_field(L, idx, keys, RK_ROLES);
     if (t != LUA_TNIL && t != LUA_TTABLE) {
         snprintf(c->reason, sizeof c->reason, "roles must be an array of strings, got a %s",
                  lua_typename(L, t));
@@ -2800,8 +2906,7 @@ static void read_result(lua_State *L, run_ctx *c)
         return;
     lua_pop(L, 1);
 
-    lua_pushliteral(L, "expires_in");
-    t = lua_rawget(L, idx);
+    t = raw_field(L, idx, keys, RK_EXPIRES_IN);
     if (t != LUA_TNIL) {
         int is_int = 0;
         lua_Integer secs = t == LUA_TNUMBER ? lua_tointegerx(L, -1, &is_int) : 0;
@@ -2820,8 +2925,7 @@ static void read_result(lua_State *L, run_ctx *c)
     }
     lua_pop(L, 1);
 
-    lua_pushliteral(L, "four_eyes");
-    t = lua_rawget(L, idx);
+    t = raw_field(L, idx, keys, RK_FOUR_EYES);
     if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
         snprintf(c->reason, sizeof c->reason, "four_eyes must be a boolean, got a %s",
                  lua_typename(L, t));
@@ -2880,8 +2984,8 @@ static void read_validation(lua_State *L, run_ctx *c)
                  "{ok = ..., reason = ..., rule = ...}, got a %s", lua_typename(L, t));
         return;
     }
-    lua_pushliteral(L, "ok");
-    int ok_type = lua_rawget(L, idx);
+    int keys = push_result_keys(L);
+    int ok_type = raw_field(L, idx, keys, RK_OK);
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 1);
     if (ok_type != LUA_TBOOLEAN) {
@@ -2895,11 +2999,11 @@ static void read_validation(lua_State *L, run_ctx *c)
     char reason[sizeof c->reason] = "", rule[sizeof c->rule] = "";
     const char *type = "?";
     int has_reason, has_rule;
-    if ((has_reason = copy_field(L, idx, "reason", reason, sizeof reason, &type)) < 0) {
+    if ((has_reason = copy_field(L, idx, keys, RK_REASON, reason, sizeof reason, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "reason must be a string, got a %s", type);
         return;
     }
-    if ((has_rule = copy_field(L, idx, "rule", rule, sizeof rule, &type)) < 0) {
+    if ((has_rule = copy_field(L, idx, keys, RK_RULE, rule, sizeof rule, &type)) < 0) {
         snprintf(c->reason, sizeof c->reason, "rule must be a string, got a %s", type);
         return;
     }
@@ -3240,8 +3344,23 @@ static void mark_uncovered(policy_worker *w, const json_t *action)
     const char *conn = json_is_string(jc) ? json_string_value(jc) : NULL;
     const char *act = json_is_string(ja) ? json_string_value(ja) : NULL;
     size_t clen = conn ? json_string_length(jc) : 0, alen = act ? json_string_length(ja) : 0;
+    if (w->marked.valid && w->marked.has_conn == !!conn && w->marked.has_act == !!act &&
+        w->marked.clen == clen && w->marked.alen == alen &&
+        memcmp(w->marked.conn, conn ? conn : "", clen) == 0 &&
+        memcmp(w->marked.act, act ? act : "", alen) == 0)
+        return; /* the same names as the last time: the same marks */
     for (size_t i = 0; i < set->count; i++)
         w->files[i].uncovered = !file_covers(&set->files[i], conn, clen, act, alen);
+    /* longer names are no covers entry's: they are simply not remembered */
+    w->marked.valid = clen <= sizeof w->marked.conn && alen <= sizeof w->marked.act;
+    if (w->marked.valid) {
+        w->marked.has_conn = !!conn;
+        w->marked.has_act = !!act;
+        w->marked.clen = clen;
+        w->marked.alen = alen;
+        memcpy(w->marked.conn, conn ? conn : "", clen);
+        memcpy(w->marked.act, act ? act : "", alen);
+    }
 }
 
 typedef struct view_job {
@@ -3734,6 +3853,8 @@ int policy_set_load(const char *dir, const policy_limits *limits, policy_set **o
         snprintf(set->files[i].name, sizeof set->files[i].name, "%s", names[i]);
         memcpy(set->files[i].vote_name, set->files[i].name, sizeof set->files[i].vote_name);
         utf8_clean(set->files[i].vote_name);
+        set->files[i].vote_json = json_stringn_nocheck(set->files[i].vote_name,
+                                                       strlen(set->files[i].vote_name));
         set->count = i + 1;
         rc = read_policy_file(dirfd(d), &set->files[i], err);
         if (rc != AR_OK)
@@ -3765,6 +3886,7 @@ void policy_set_free(policy_set *set)
     for (size_t i = 0; i < set->count; i++) {
         free(set->files[i].source);
         free(set->files[i].covers);
+        json_decref(set->files[i].vote_json); /* votes' JSON still holding it keeps it */
     }
     free(set->files);
     free(set->counters);
@@ -3930,14 +4052,14 @@ static void merge_approve(approve_merge *m, const run_ctx *c)
         for (int k = 0; k < m->n_roles; k++)
             dup |= strcmp(m->roles[k], c->roles[i]) == 0;
         if (!dup)
-            memcpy(m->roles[m->n_roles++], c->roles[i], sizeof m->roles[0]);
+            memcpy(m->roles[m->n_roles++], c->roles[i], strlen(c->roles[i]) + 1);
     }
     if (c->expires_in_s && (!m->expires_in_s || c->expires_in_s < m->expires_in_s))
         m->expires_in_s = c->expires_in_s;
     m->four_eyes |= c->four_eyes;
     if (c->has_summary && !m->have_summary) {
         m->have_summary = 1;
-        memcpy(m->summary, c->summary, sizeof m->summary);
+        memcpy(m->summary, c->summary, strlen(c->summary) + 1);
     }
 }
 
@@ -4042,6 +4164,7 @@ static void tally_file(policy_worker *w, tally *t, size_t i, run_ctx *c, const c
     vote_text *text = &w->vote_texts[i];
     const char *file = w->set->files[i].name;
     vote->file = w->set->files[i].vote_name;
+    vote->file_json = w->set->files[i].vote_json;
     vote->abstained = 0;
     policy_verdict verdict = POLICY_DENY;
     if (!why && c->outcome == OUT_INVALID) {
@@ -4083,6 +4206,15 @@ static void tally_file(policy_worker *w, tally *t, size_t i, run_ctx *c, const c
     }
 }
 
+/* Record that file i, not run (its covers does not name the action), abstains: tally_file of
+ * an abstention, without a run_ctx. */
+static void tally_uncovered(policy_worker *w, size_t i)
+{
+    w->votes[i].file = w->set->files[i].vote_name;
+    w->votes[i].file_json = w->set->files[i].vote_json;
+    w->votes[i].abstained = 1;
+}
+
 /* Record that file i failed (message says why; w->fail the limit it ran over, if any). */
 static void tally_failure(policy_worker *w, tally *t, size_t i, run_ctx *c, const char *message)
 {
@@ -4105,6 +4237,11 @@ typedef struct batch {
     const json_t *action;
     size_t next;            /* the file running, or the first not run */
     uint64_t charged;       /* instructions charged before it started */
+    /* check_depth: the decision has not made the action's view yet (decide_at leaves that to
+     * the batch, sparing a protected call of its own): the batch makes it first and sets
+     * too_deep, running nothing, when the action is nested too deeply */
+    int check_depth;
+    int too_deep;
     run_ctx c;
 } batch;
 
@@ -4116,15 +4253,20 @@ static int run_batch_p(lua_State *L)
            (w->files[b->next].mode == FILE_ONCE || w->files[b->next].uncovered); b->next++) {
         size_t i = b->next;
         if (w->files[i].uncovered) { /* not run: abstains */
-            run_ctx_init(&b->c, w, i, b->action, RUN_DECIDE, NULL);
-            tally_file(w, b->t, i, &b->c, NULL);
+            tally_uncovered(w, i);
             continue;
         }
         if (lua_gettop(L) != 3 || !w->action_ready) { /* first, or the views were dropped */
             lua_settop(L, 1);
-            if (push_shared_view(L, w, b->action, 1, &w->action_ready) != 0) /* 2 */
+            if (push_shared_view(L, w, b->action, 1, &w->action_ready) != 0) { /* 2 */
+                if (b->check_depth) {
+                    b->too_deep = 1;
+                    return 0;
+                }
                 return luaL_error(L, "the action is nested deeper than %d levels",
                                   MAX_ACTION_DEPTH);
+            }
+            b->check_depth = 0;
             push_ctx(L, w);                                                  /* 3 */
         }
         w->current_file = w->set->files[i].name;
@@ -4156,6 +4298,18 @@ static void run_batch(policy_worker *w, batch *b)
         lua_settop(L, 0);
         return;
     }
+    if (b->check_depth) {
+        /* making the action's view failed (no memory) before anything ran: as when
+         * action_view fails, check the depth by a walk, then run the batch as it stands */
+        lua_settop(L, 0);
+        b->check_depth = 0;
+        if (json_too_deep(b->action, 1)) {
+            b->too_deep = 1;
+            return;
+        }
+        run_batch(w, b);
+        return;
+    }
     size_t i = b->next;
     char message[400];
     failure_message(w, status, message, sizeof message);
@@ -4176,6 +4330,13 @@ static void run_batch(policy_worker *w, batch *b)
     b->next = i + 1;
 }
 
+/* The decision on an action nested too deeply: no file runs. */
+static void set_too_deep(policy_decision *out)
+{
+    set_decision(out, POLICY_DENY, "action_invalid", "", 0,
+                 "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
+}
+
 /* policy_decide with ctx.now() returning now_s (the policy tests pin the time). */
 static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
                      policy_decision *out)
@@ -4189,29 +4350,54 @@ static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
     w->decision_time_s = now_s;
     mark_uncovered(w, action);
     begin_call(w);
-    int deep = action_view(w, action);
+    const policy_set *set = w->set;
+    /* The action's view, and with it the check of its depth, before any file runs. When the
+     * first file to run runs once, its batch makes the view first (b.check_depth). */
+    size_t first = 0;
+    while (first < set->count && w->files[first].uncovered)
+        first++;
+    int defer = first < set->count && w->files[first].mode == FILE_ONCE;
+    int deep = defer ? 0 : action_view(w, action);
     if (deep < 0)
         deep = json_too_deep(action, 1);
     if (deep) {
         end_call(w);
-        set_decision(out, POLICY_DENY, "action_invalid", "", 0,
-                     "the action is nested deeper than %d levels", MAX_ACTION_DEPTH);
+        set_too_deep(out);
         goto out;
     }
 
-    const policy_set *set = w->set;
-    tally t = { .out = out, .have_vote = 0, .approve = { .n_roles = 0, .have_summary = 0 } };
-    batch b = { .w = w, .t = &t, .action = action };
+    /* set field by field: their text buffers (kilobytes) are written before they are read */
+    tally t;
+    t.out = out;
+    t.have_vote = 0;
+    t.approve.n_roles = 0;
+    t.approve.expires_in_s = 0;
+    t.approve.four_eyes = 0;
+    t.approve.have_summary = 0;
+    t.stopped = t.stopped_by = NULL;
+    batch b;
+    b.w = w;
+    b.t = &t;
+    b.action = action;
+    b.next = 0;
+    b.charged = 0;
+    b.check_depth = defer;
+    b.too_deep = 0;
+    run_ctx_init(&b.c, w, 0, action, RUN_DECIDE, NULL);
     while (b.next < set->count) {
         size_t i = b.next;
         if (w->files[i].uncovered) { /* not run: abstains, also once the budget is gone */
             b.next = i + 1;
-            run_ctx_init(&b.c, w, i, action, RUN_DECIDE, NULL);
-            tally_file(w, &t, i, &b.c, NULL);
+            tally_uncovered(w, i);
             continue;
         }
         if (!t.stopped && w->files[i].mode == FILE_ONCE) {
             run_batch(w, &b);
+            if (b.too_deep) {
+                end_call(w);
+                set_too_deep(out);
+                goto out;
+            }
             continue;
         }
         b.next = i + 1;
@@ -4236,12 +4422,14 @@ static int decide_at(policy_worker *w, const json_t *action, int64_t now_s,
     if (!t.have_vote) {
         apply_default(set, action, out);
     } else if (out->verdict == POLICY_APPROVE) {
-        memcpy(out->roles, t.approve.roles, sizeof out->roles);
+        /* only the strings: out is zeroed, so what follows each one stays 0 */
+        for (int k = 0; k < t.approve.n_roles; k++)
+            memcpy(out->roles[k], t.approve.roles[k], strlen(t.approve.roles[k]) + 1);
         out->n_roles = t.approve.n_roles;
         out->expires_in_s = t.approve.expires_in_s;
         out->four_eyes = t.approve.four_eyes;
         if (t.approve.have_summary)
-            memcpy(out->summary, t.approve.summary, sizeof out->summary);
+            memcpy(out->summary, t.approve.summary, strlen(t.approve.summary) + 1);
     }
 out:
     if (!w || w->votes_json)
@@ -4256,6 +4444,10 @@ static json_t *vote_string(const char *s)
     return s ? json_stringn_nocheck(s, strlen(s)) : json_null();
 }
 
+/* Set key (a literal) of obj to v (a new reference, or NULL: fails), as
+ * json_object_set_new_nocheck without measuring the key. */
+#define SET_LITERAL(obj, key, v) json_object_setn_new_nocheck(obj, key, sizeof key - 1, v)
+
 json_t *policy_votes_json(const policy_decision *d)
 {
     json_t *votes = json_array();
@@ -4263,13 +4455,14 @@ json_t *policy_votes_json(const policy_decision *d)
         const policy_vote *v = &d->vote_list[i];
         json_t *vote = json_object();
         int abstained = v->abstained;
+        /* the file's name: the set's string, shared (strings are not changed once made) */
         if (!vote ||
-            json_object_set_new_nocheck(vote, "file", vote_string(v->file)) ||
-            json_object_set_new_nocheck(vote, "verdict", abstained ? json_null()
-                                        : vote_string(policy_verdict_name(v->verdict))) ||
-            json_object_set_new_nocheck(vote, "rule", vote_string(abstained ? NULL : v->rule)) ||
-            json_object_set_new_nocheck(vote, "reason",
-                                        vote_string(abstained ? NULL : v->reason)) ||
+            SET_LITERAL(vote, "file", v->file_json ? json_incref(v->file_json)
+                                                   : vote_string(v->file)) ||
+            SET_LITERAL(vote, "verdict", abstained ? json_null()
+                                         : vote_string(policy_verdict_name(v->verdict))) ||
+            SET_LITERAL(vote, "rule", vote_string(abstained ? NULL : v->rule)) ||
+            SET_LITERAL(vote, "reason", vote_string(abstained ? NULL : v->reason)) ||
             json_array_append_new(votes, vote)) {
             json_decref(vote);
             json_decref(votes);

@@ -88,6 +88,9 @@ typedef struct policy_vote {
     policy_verdict verdict;
     const char *rule;        /* NULL: the policy named none */
     const char *reason;      /* NULL: the policy gave none */
+    /* file as a JSON string, borrowed from the set (policy_votes_json shares it); NULL: none,
+     * policy_votes_json makes its own from file */
+    json_t *file_json;
 } policy_vote;
 
 typedef struct policy_decision {

@@ -9,6 +9,10 @@
 -- Messages longer than this are not echoed.
 local ECHO_MAX_LENGTH = 4096
 
+-- The sandbox's type(), kept in a local: a global is looked up through the call's environment
+-- on every use, a local is not (the usual Lua idiom; the same function either way).
+local type = type
+
 function decide(action, ctx)
   -- Rule low_confidence: an AI proposer that is itself unsure does not get to act.
   local proposer = action.proposer

@@ -2984,7 +2984,9 @@ static void test_run_once_many_writes_undone(void **state)
         "end\n",
         NULL };
     make_policy_dir(dir, files);
-    policy_set *set = load_dir(dir);
+    /* generous time: 20,000 logged writes under a sanitizer on a busy machine are not quick */
+    const policy_limits limits = { .timeout_ms = 60000 };
+    policy_set *set = load_dir_limits(dir, &limits);
     policy_worker *w = new_worker(set);
     assert_int_equal(policy_worker_files_run_once(w), 1);
     for (int i = 0; i < 3; i++) {
@@ -3478,6 +3480,363 @@ static void test_covers_invalid(void **state)
     remove_all(dir);
 }
 
+/* ---- fast paths: the same outcomes as the plain ways --------------------------------------- */
+
+/* The worker keeps the last action's covers marks while the connector and action names stay
+ * the same: every decision still runs exactly the files its own names cover. */
+static void test_covers_marks_follow_each_action(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pcovers-XXXXXX";
+    const char *files[] = {
+        "x.lua", "covers = { string.rep('c', 64) .. '.' .. string.rep('a', 128), 'shop.refund', "
+                 "'llm' }\nfunction decide(a) return { verdict = 'deny', rule = 'x' } end\n"
+                 "function validate(a, r) return 'x rejects' end\n",
+        "y.lua", "function decide(a) return { verdict = 'allow', rule = 'y' } end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    char c64[65], c65[66], a128[129], a129[130];
+    memset(c65, 'c', 65);
+    memset(a129, 'a', 129);
+    c65[65] = a129[129] = '\0';
+    memcpy(c64, c65, 64);
+    memcpy(a128, a129, 128);
+    c64[64] = a128[128] = '\0';
+    char longest[512], long_conn[512], long_act[512];
+    snprintf(longest, sizeof longest, "{\"connector\":\"%s\",\"action\":\"%s\"}", c64, a128);
+    snprintf(long_conn, sizeof long_conn, "{\"connector\":\"%s\",\"action\":\"%s\"}", c65, a128);
+    snprintf(long_act, sizeof long_act, "{\"connector\":\"%s\",\"action\":\"%s\"}", c64, a129);
+    const struct {
+        const char *action;
+        const char *verdicts;   /* x, y */
+    } cases[] = {
+        { "{\"connector\":\"shop\",\"action\":\"refund\"}", "deny,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refund\",\"input\":{\"n\":1}}", "deny,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refunds\"}", "-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refund\"}", "deny,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refunc\"}", "-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refund\"}", "deny,allow" },
+        { "{\"connector\":\"shoq\",\"action\":\"refund\"}", "-,allow" },
+        { "{\"connector\":\"shop\"}", "-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"\"}", "-,allow" },
+        { "{\"connector\":\"llm\"}", "deny,allow" },
+        { "{\"connector\":\"llm\",\"action\":\"complete\"}", "deny,allow" },
+        { "{\"connector\":\"\",\"action\":\"\"}", "-,allow" },
+        { "{}", "-,allow" },
+        { "{\"connector\":5}", "-,allow" },
+        { "{\"connector\":null,\"action\":null}", "-,allow" },
+        { "{\"connector\":\"llm\"}", "deny,allow" },
+        { "{\"connector\":\"llm\",\"action\":5}", "deny,allow" },
+        { longest, "deny,allow" },
+        { longest, "deny,allow" },
+        { long_conn, "-,allow" },
+        { longest, "deny,allow" },
+        { long_act, "-,allow" },
+        { longest, "deny,allow" },
+        { "{\"connector\":\"sh\\u0000op\",\"action\":\"refund\"}", "-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refund\\u0000\"}", "-,allow" },
+        { "{\"connector\":\"shop\",\"action\":\"refund\"}", "deny,allow" },
+        { "{\"connector\":\"shopr\",\"action\":\"efund\"}", "-,allow" },
+        { "{\"action\":\"refund\",\"connector\":\"shop\"}", "deny,allow" },
+    };
+    policy_decision d;
+    char got[64];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        json_t *action = json_loads(cases[i].action, JSON_ALLOW_NUL, NULL);
+        assert_non_null(action);
+        assert_int_equal(policy_decide(w, action, &d), AR_OK);
+        json_decref(action);
+        json_decref(d.votes);
+        vote_verdicts(&d, got, sizeof got);
+        if (strcmp(got, cases[i].verdicts) != 0)
+            print_error("case %zu %s: votes %s\n", i, cases[i].action, got);
+        assert_string_equal(got, cases[i].verdicts);
+        if (cases[i].verdicts[0] == '-') {
+            assert_allow(&d, "y", NULL);
+        } else {
+            assert_int_equal(d.verdict, POLICY_DENY);
+            assert_string_equal(d.rule, "x");
+        }
+    }
+    /* validate marks the files too: the same runs of names, and then others in between */
+    for (size_t n = 0; n < 2 * (sizeof cases / sizeof *cases); n++) {
+        size_t count = sizeof cases / sizeof *cases;
+        size_t j = n < count ? n : (n * 7 + 3) % count;
+        json_t *result = json_object();
+        json_t *action = json_loads(cases[j].action, JSON_ALLOW_NUL, NULL);
+        assert_non_null(action);
+        policy_validation v;
+        assert_int_equal(policy_validate(w, action, result, &v), AR_OK);
+        assert_int_equal(v.ok, cases[j].verdicts[0] == '-');
+        if (!v.ok)
+            assert_string_equal(v.reason, "x rejects");
+        json_decref(action);
+        json_decref(result);
+        if (n % 5 == 0) { /* and a decision in between */
+            decide_text(w, cases[0].action, &d);
+            assert_int_equal(d.verdict, POLICY_DENY);
+        }
+    }
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* An action nested too deeply is denied before any file runs, whichever way the first file to
+ * run runs (once per worker: its batch makes the action's view; its chunk on every call; no
+ * file at all), and the next action is decided as usual. */
+static void test_deep_action_denied_before_any_file(void **state)
+{
+    (void)state;
+    char body[1024] = "\"effect\":\"read\",\"input\":{\"v\":";
+    for (int i = 0; i < 40; i++)
+        strcat(body, "{\"a\":");
+    strcat(body, "1");
+    for (int i = 0; i < 40; i++)
+        strcat(body, "}");
+    strcat(body, "}}");
+    char deep[1100], deep_other[1100];
+    snprintf(deep, sizeof deep, "{\"connector\":\"llm\",%s", body);
+    snprintf(deep_other, sizeof deep_other, "{\"connector\":\"other\",%s", body);
+    const char *prefixes[] = { "", "local started = os.time()\n" }; /* run once, or not */
+    for (size_t p = 0; p < 2; p++) {
+        char dir[] = "/tmp/aiorun-pdeep-XXXXXX";
+        char b[512];
+        snprintf(b, sizeof b, "%scovers = { 'llm' }\n"
+                 "counters = { spent = {connector = 'llm', window = '24h'} }\n"
+                 "function decide(a, ctx) ctx.counter('spent')\n"
+                 "  return { verdict = 'allow', rule = 'b', reason = tostring(a.input.v) } end\n",
+                 prefixes[p]);
+        const char *files[] = {
+            "a_skip.lua", "covers = { 'shop' }\nfunction decide(a) error('a ran') end\n",
+            "b_count.lua", b,
+            NULL };
+        make_policy_dir(dir, files);
+        policy_set *set = load_dir(dir);
+        policy_worker *w = new_worker(set);
+        assert_int_equal(policy_worker_files_run_once(w), p == 0 ? 2 : 1);
+        fake_source src = { 0 };
+        policy_worker_set_counters(w, fake_counter, &src);
+        policy_decision d;
+        const char *shallow = "{\"connector\":\"llm\",\"effect\":\"read\",\"input\":{\"v\":7}}";
+        const char *order[] = { deep, shallow, deep, deep_other, shallow, deep };
+        int calls = 0;
+        for (size_t i = 0; i < sizeof order / sizeof *order; i++) {
+            decide_votes(w, order[i], &d);
+            if (order[i] == shallow) {
+                calls++;
+                assert_allow(&d, "b", "7");
+                assert_int_equal(d.n_votes, 2);
+            } else {
+                assert_int_equal(d.verdict, POLICY_DENY);
+                assert_string_equal(d.rule, "action_invalid");
+                assert_string_equal(d.reason, "the action is nested deeper than 32 levels");
+                assert_int_equal(d.policy_error, 0);
+                assert_int_equal(d.n_votes, 0);
+                assert_int_equal(json_array_size(d.votes), 0); /* no file voted */
+            }
+            assert_int_equal(src.calls, calls);
+            json_decref(d.votes);
+        }
+        policy_worker_free(w);
+        policy_set_free(set);
+        remove_all(dir);
+    }
+}
+
+/* What string.lower and string.upper give (the sandbox returns a string the conversion would not
+ * change as it is), and their errors, computed by stock Lua and by a policy: the same text. */
+static const char case_snippet[] =
+    "local function show(ok, v)\n"
+    "  if not ok then return 'error:' .. tostring(v) end\n"
+    "  return type(v) .. ':' .. v\n"
+    "end\n"
+    "local cases = { '', 'abc', 'ABC', 'MiXeD 123 !?', 'a\\0B\\0c', '\\0', 'Z',\n"
+    "  '\\195\\169\\195\\137 caf\\195\\169 CAF\\195\\137 \\255\\128', string.rep('q', 3000),\n"
+    "  string.rep('q', 2999) .. 'Q', 'Q' .. string.rep('q', 2999), 12, 1.5, -0.0, 2^63 }\n"
+    "local out = {}\n"
+    "for i, s in ipairs(cases) do\n"
+    "  local l, u = string.lower(s), string.upper(s)\n"
+    "  out[#out + 1] = show(pcall(string.lower, s)) .. '|' .. show(pcall(string.upper, s))\n"
+    "    .. '|' .. tostring(l == s) .. tostring(u == s) .. tostring(rawequal(l, s))\n"
+    "    .. tostring(#l) .. tostring(#u) .. tostring(l:upper() == u) .. tostring(u:lower() == l)\n"
+    "end\n"
+    "out[#out + 1] = show(pcall(string.lower))\n"
+    "out[#out + 1] = show(pcall(string.upper, {}))\n"
+    "out[#out + 1] = show(pcall(string.lower, nil))\n"
+    "out[#out + 1] = show(pcall(string.lower, 'aB', 'extra'))\n"
+    "out[#out + 1] = show(pcall(function() return ('AbC'):lower() .. ('AbC'):upper() end))\n"
+    "out[#out + 1] = select('#', string.lower('abc', 1, 2)) .. select('#', ('ABC'):upper())\n"
+    "local t = {}\n"
+    "t[('key'):lower()] = 1\n"
+    "out[#out + 1] = tostring(t.key) .. tostring(t[('KEY'):lower()])\n"
+    "return table.concat(out, '\\n')\n";
+
+static void test_lower_upper_match_stock_lua(void **state)
+{
+    (void)state;
+    lua_State *L = luaL_newstate();
+    assert_non_null(L);
+    luaL_openlibs(L);
+    if (luaL_loadstring(L, case_snippet) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK)
+        print_error("%s\n", lua_tostring(L, -1));
+    assert_int_equal(lua_type(L, -1), LUA_TSTRING);
+    size_t len;
+    const char *stock = lua_tolstring(L, -1, &len);
+    assert_true(len > 100);
+    static const char no_value[] =
+        "error:bad argument #1 to 'string.lower' (string expected, got no value)";
+    assert_non_null(memmem(stock, len, no_value, sizeof no_value - 1)); /* stock has NULs */
+
+    char dir[] = "/tmp/aiorun-pcase-XXXXXX";
+    char text[4096];
+    snprintf(text, sizeof text,
+             "local function run()\n%s\nend\n"
+             "function decide(a)\n"
+             "  local got, want = run(), a.input.expected\n"
+             "  if got == want then return { verdict = 'allow', rule = 'same' } end\n"
+             "  local i = 1\n"
+             "  while got:sub(i, i) == want:sub(i, i) do i = i + 1 end\n"
+             "  return { verdict = 'deny', rule = 'differs',\n"
+             "           reason = 'byte ' .. i .. ': ' .. got:sub(i, i + 80) }\n"
+             "end\n", case_snippet);
+    const char *files[] = { "case.lua", text, NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    assert_int_equal(policy_worker_files_run_once(w), 1);
+    json_t *action = json_pack("{s:s, s:{s:o}}", "effect", "read", "input", "expected",
+                               json_stringn_nocheck(stock, len));
+    assert_non_null(action);
+    policy_decision d;
+    for (int i = 0; i < 2; i++) { /* twice: the second call on the kept state */
+        assert_int_equal(policy_decide(w, action, &d), AR_OK);
+        json_decref(d.votes);
+        assert_allow(&d, "same", NULL);
+    }
+    json_decref(action);
+    lua_close(L);
+    policy_worker_free(w);
+    policy_set_free(set);
+    remove_all(dir);
+}
+
+/* policy_votes_json as it was written before votes shared their files' names: the reference
+ * the shared-name version must match byte for byte. */
+static json_t *reference_vote_string(const char *s)
+{
+    return s ? json_stringn_nocheck(s, strlen(s)) : json_null();
+}
+
+static json_t *reference_votes_json(const policy_decision *d)
+{
+    json_t *votes = json_array();
+    for (size_t i = 0; votes && d && i < d->n_votes; i++) {
+        const policy_vote *v = &d->vote_list[i];
+        json_t *vote = json_object();
+        int abstained = v->abstained;
+        assert_non_null(vote);
+        assert_int_equal(json_object_set_new_nocheck(vote, "file", reference_vote_string(v->file)), 0);
+        assert_int_equal(json_object_set_new_nocheck(vote, "verdict", abstained ? json_null()
+                         : reference_vote_string(policy_verdict_name(v->verdict))), 0);
+        assert_int_equal(json_object_set_new_nocheck(vote, "rule",
+                         reference_vote_string(abstained ? NULL : v->rule)), 0);
+        assert_int_equal(json_object_set_new_nocheck(vote, "reason",
+                         reference_vote_string(abstained ? NULL : v->reason)), 0);
+        assert_int_equal(json_array_append_new(votes, vote), 0);
+    }
+    return votes;
+}
+
+/* json_dumps(a, flags) and json_dumps(b, flags) are the same text, for a few flags. */
+static void assert_same_dumps(const json_t *a, const json_t *b)
+{
+    const size_t flags[] = { 0, JSON_COMPACT, JSON_INDENT(2) | JSON_ENSURE_ASCII,
+                             JSON_SORT_KEYS | JSON_COMPACT };
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++) {
+        char *x = json_dumps(a, flags[i]), *y = json_dumps(b, flags[i]);
+        assert_non_null(x);
+        assert_non_null(y);
+        if (strcmp(x, y) != 0)
+            print_error("votes differ:\n%s\n%s\n", x, y);
+        assert_string_equal(x, y);
+        free(x);
+        free(y);
+    }
+}
+
+static void test_votes_json_unchanged(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/aiorun-pvotes-XXXXXX";
+    const char *files[] = {
+        "a.lua", "function decide(a) return a.input.a end\n",
+        "b\xff.lua", "function decide(a) if a.input.fail then error('b fails') end "
+                     "return a.input.b end\n",
+        "c.lua", "function decide(a) return a.input.c end\n",
+        NULL };
+    make_policy_dir(dir, files);
+    policy_set *set = load_dir(dir);
+    policy_worker *w = new_worker(set);
+    static const char *const inputs[] = {
+        "{}",
+        "{\"a\":{\"verdict\":\"allow\",\"rule\":\"ra\",\"reason\":\"why a\"},"
+        "\"c\":{\"verdict\":\"deny\"}}",
+        "{\"a\":{\"verdict\":\"approve\",\"rule\":\"\",\"reason\":\"x\\u00e9y \\\"q\\\"\"},"
+        "\"b\":{\"verdict\":\"suggest\",\"reason\":\"only\\nan idea\"},\"fail\":false}",
+        "{\"fail\":true,\"c\":{\"verdict\":\"allow\",\"rule\":\"rc\"}}",
+        "{\"c\":\"garbage\"}",
+    };
+    json_t *kept[sizeof inputs / sizeof *inputs], *want[sizeof inputs / sizeof *inputs];
+    for (size_t i = 0; i < sizeof inputs / sizeof *inputs; i++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\","
+                 "\"input\":%s}", inputs[i]);
+        policy_decision d;
+        decide_votes(w, json, &d);
+        assert_int_equal(d.n_votes, 3);
+        want[i] = reference_votes_json(&d);
+        kept[i] = policy_votes_json(&d);
+        assert_non_null(kept[i]);
+        assert_same_dumps(d.votes, want[i]);
+        assert_same_dumps(kept[i], want[i]);
+        assert_true(json_equal(kept[i], want[i]));
+        /* votes made by hand, without the set's shared names, give the same JSON */
+        policy_vote copy[3];
+        memcpy(copy, d.vote_list, sizeof copy);
+        for (int k = 0; k < 3; k++)
+            copy[k].file_json = NULL;
+        policy_decision by_hand = d;
+        by_hand.vote_list = copy;
+        json_t *again = policy_votes_json(&by_hand);
+        assert_same_dumps(again, want[i]);
+        json_decref(again);
+        json_decref(d.votes);
+    }
+    char *text = json_dumps(kept[0], JSON_COMPACT);
+    assert_string_equal(text, "[{\"file\":\"a.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
+                              "{\"file\":\"b?.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
+                              "{\"file\":\"c.lua\",\"verdict\":null,\"rule\":null,\"reason\":null}]");
+    free(text);
+    /* the votes outlive the worker and the set that made them */
+    policy_worker_free(w);
+    policy_set_free(set);
+    for (size_t i = 0; i < sizeof inputs / sizeof *inputs; i++) {
+        assert_same_dumps(kept[i], want[i]);
+        json_decref(kept[i]);
+        json_decref(want[i]);
+    }
+    const char *names[] = { "a.lua", "b\xff.lua", "c.lua", NULL };
+    for (size_t i = 0; names[i]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_allow_deny_order),
     cmocka_unit_test(test_default_read_and_write),
@@ -3541,6 +3900,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_covers_after_budget_overrun),
     cmocka_unit_test(test_covers_validate),
     cmocka_unit_test(test_covers_invalid),
+    cmocka_unit_test(test_covers_marks_follow_each_action),
+    cmocka_unit_test(test_deep_action_denied_before_any_file),
+    cmocka_unit_test(test_lower_upper_match_stock_lua),
+    cmocka_unit_test(test_votes_json_unchanged),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
