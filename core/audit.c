@@ -258,8 +258,16 @@ static int unwritable(ar_error *err, const char *type)
 
 /* Could written JSON text fail to read back the same? (A NUL escaped inside a string, which
  * jansson's parser refuses in an object key, or nesting deeper than CHECK_DEPTH.) */
-static bool needs_check(const char *text)
+static bool needs_check(const char *text, size_t len)
 {
+    /* The common case at memchr speed: no escaped NUL anywhere (a backslash is rare), and too
+     * short to nest CHECK_DEPTH deep. */
+    bool nul = false;
+    const char *end = text + len;
+    for (const char *p = text; !nul && p < end && (p = memchr(p, '\\', (size_t)(end - p))); p += 2)
+        nul = end - p >= 6 && memcmp(p, "\\u0000", 6) == 0;
+    if (!nul && len <= CHECK_DEPTH)
+        return false;
     int depth = 0;
     bool in_string = false;
     for (const char *p = text; *p; p++) {
@@ -355,7 +363,7 @@ static int prepare(const char *type, const char *action_id, json_t *data, int64_
     w += sprintf(w, ",\"time_ms\":%s,\"type\":%s,\"action\":%s,\"data\":%s,\"digest\":\"", t, y, a,
                  ds);
     p->entry_mid_len = (size_t)(w - p->entry_mid);
-    p->check = needs_check(ds);
+    p->check = needs_check(ds, dsl);
     if (action_id) {
         p->about_action = true;
         memcpy(p->action_id, action_id, ACTION_ID_LEN);
