@@ -18,6 +18,9 @@
  * which runs the journal_submit done callbacks, so that the writer goes straight on to the
  * next transaction. When nothing else waits for the writer and the completion thread is idle,
  * the writer runs a transaction's done callbacks itself (one thread hand-off less at low load).
+ * Since every commit waits for the writer, it asks to run 10 nice levels above the thread that
+ * called journal_open; that takes CAP_SYS_NICE or an RLIMIT_NICE allowing it, and without
+ * either the writer keeps that thread's priority.
  *
  * Reads use read-only transactions (MDB_NOTLS), from any thread.
  *
@@ -212,7 +215,10 @@ void journal_cursor_close(journal_cursor *c);
  * batches committed, how many ran directly in the shared transaction and how many in a nested
  * transaction of their own; how many groups were run again with every batch nested (a batch
  * run directly failed); how many futex wakes the writer made for journal_commit callers (at
- * most one per commit: the callers of a group that slept wake one another). */
+ * most one per commit: the callers of a group that slept wake one another). Then, over the
+ * write transactions committed, the writer's time (monotonic clock, ns) running them (from
+ * their begin to their commit: the batches' operations, callbacks and hooks) and committing
+ * them (LMDB writing the pages and syncing them: the durable part). */
 typedef struct journal_stats {
     uint64_t commits;
     uint64_t batches;
@@ -223,6 +229,8 @@ typedef struct journal_stats {
     uint64_t nested_batches;
     uint64_t regrouped;
     uint64_t wakeups;
+    uint64_t run_ns;
+    uint64_t commit_ns;
 } journal_stats;
 void journal_get_stats(journal *j, journal_stats *out);
 

@@ -1,10 +1,13 @@
 /* test_journal.c - the durable store: roundtrips, conditional inserts, group commit, callbacks,
  * format and schema refusal, a full map, stale reader slots, async submit and close, backup,
- * hooks, cursors in the writer's transaction, a database added to an older environment. */
+ * hooks, cursors in the writer's transaction, a database added to an older environment, the
+ * writer's time in its statistics and its scheduling priority. */
 #include "test_main.h"
 #include "test_dirs.h"
 
+#include <errno.h>
 #include <ftw.h>
+#include <linux/capability.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -14,6 +17,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -2639,6 +2643,131 @@ static void done_callbacks_keep_order_between_writer_and_completer(void **state)
     test_rm_tree(dir);
 }
 
+/* ---- the writer's time and priority ------------------------------------------------------ */
+
+/* The writer's time is counted for the transactions it commits, not for one it abandons. */
+static void stats_count_the_writers_time(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("journal");
+    journal *j = open_journal(dir, 0);
+    journal_stats s0, s1, s2;
+    journal_get_stats(j, &s0);
+    for (int i = 0; i < 3; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "t%d", i);
+        assert_int_equal(put_str(j, JDB_ACTIONS, key, "v"), AR_OK);
+    }
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.commits - s0.commits, 3);
+    assert_true(s1.run_ns > s0.run_ns);       /* each began, ran a put, then committed */
+    assert_true(s1.commit_ns > s0.commit_ns); /* and was written and synced */
+
+    /* Alone and failing: the transaction is abandoned, nothing is counted. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put_unless_exists(b, JDB_ACTIONS, "t1", 2, "w", 1);
+    ar_error err;
+    assert_int_equal(journal_commit(j, b, &err), AR_E_EXISTS);
+    journal_batch_free(b);
+    journal_get_stats(j, &s2);
+    assert_int_equal(s2.commits, s1.commits);
+    assert_int_equal(s2.run_ns, s1.run_ns);
+    assert_int_equal(s2.commit_ns, s1.commit_ns);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+static int thread_nice(int *out)
+{
+    errno = 0;
+    *out = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+    return errno ? -1 : 0;
+}
+
+static int note_writer_nice(journal_txn *txn, void *arg, ar_error *err)
+{
+    (void)txn; (void)err;
+    return thread_nice(arg) == 0 ? AR_OK : AR_E_FAIL;
+}
+
+struct nice_probe {
+    int want;
+    bool ok;
+};
+
+static void *probe_nice(void *arg)
+{
+    struct nice_probe *p = arg;
+    p->ok = setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), p->want) == 0;
+    return NULL;
+}
+
+/* What a journal opened from this thread does with its writer's priority: *got, the writer's
+ * nice value, and *expected: 10 levels above this thread's when a thread started from here
+ * may raise itself that far (capped at -20), this thread's otherwise. -1 on a setup failure. */
+struct nice_check {
+    const char *dir;
+    bool drop_cap;  /* first drop CAP_SYS_NICE from this thread (and so from the writer) */
+    int got, expected;
+    int failed;
+};
+
+static void *check_writer_nice(void *arg)
+{
+    struct nice_check *c = arg;
+    c->failed = -1;
+    if (c->drop_cap) { /* capabilities are per thread: the others keep theirs */
+        struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct d[2];
+        if (syscall(SYS_capget, &h, d) != 0)
+            return NULL;
+        d[CAP_SYS_NICE / 32].effective &= ~(1u << (CAP_SYS_NICE % 32));
+        if (syscall(SYS_capset, &h, d) != 0)
+            return NULL;
+    }
+    int base;
+    if (thread_nice(&base) != 0)
+        return NULL;
+    struct nice_probe probe = { .want = base - 10 < -20 ? -20 : base - 10 };
+    pthread_t t;
+    if (pthread_create(&t, NULL, probe_nice, &probe) != 0)
+        return NULL;
+    pthread_join(t, NULL);
+    c->expected = probe.ok ? probe.want : base;
+
+    journal_opts opts = { .dir = c->dir };
+    journal *j = NULL;
+    if (journal_open(&opts, &j, NULL) != AR_OK)
+        return NULL;
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, note_writer_nice, &c->got);
+    int rc = journal_commit(j, b, NULL);
+    journal_batch_free(b);
+    journal_close(j);
+    c->failed = rc == AR_OK ? 0 : -1;
+    return NULL;
+}
+
+/* The writer asks to run 10 nice levels above the thread that opened the journal, and runs
+ * at that thread's priority when it may not (here: CAP_SYS_NICE dropped, unless RLIMIT_NICE
+ * allows it anyway: the probe says which). */
+static void writer_runs_at_a_higher_priority_when_it_may(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("journal");
+    for (int drop = 0; drop < 2; drop++) {
+        struct nice_check c = { .dir = dir, .drop_cap = drop };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, check_writer_nice, &c), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(c.failed, 0);
+        print_message("writer nice %d (expected %d)%s\n", c.got, c.expected,
+                      drop ? " without CAP_SYS_NICE" : "");
+        assert_int_equal(c.got, c.expected);
+    }
+    test_rm_tree(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(a_map_too_large_for_the_address_space_names_map_size),
     cmocka_unit_test(roundtrip_and_reopen),
@@ -2674,6 +2803,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(put_last_appends_or_puts),
     cmocka_unit_test(a_lone_done_callback_runs_on_the_writer_and_cannot_commit_there),
     cmocka_unit_test(done_callbacks_keep_order_between_writer_and_completer),
+    cmocka_unit_test(stats_count_the_writers_time),
+    cmocka_unit_test(writer_runs_at_a_higher_priority_when_it_may),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

@@ -17,8 +17,10 @@
  * (the journal's own count of write transactions), batches per commit, the exact p50/p99 of
  * one caller's commit latency. Mode journal also reports, per commit, how many callers had to
  * be woken (a futex wake each) and how many batches ran directly in the shared transaction
- * rather than nested; at the end, the bytes of the environment in use per record written
- * (per batch in mode audit), warm-up included.
+ * rather than nested, and where the writer's time per commit went: running the batches in the
+ * transaction ("run", LMDB puts) and committing it ("sync": LMDB writing the pages and syncing
+ * them); at the end, the bytes of the environment in use per record written (per batch in mode
+ * audit), warm-up included.
  *
  * Mode audit is mode journal with batches shaped like the scheduler's state changes: each
  * batch puts one record (B bytes, key in creation order, in JDB_ACTIONS) and appends R audit
@@ -240,6 +242,7 @@ int main(int argc, char **argv)
     /* the journal's commit counter at each window's edges */
     uint64_t commits_at[BENCH_MAX_RUNS + 1] = {0}, batches_at[BENCH_MAX_RUNS + 1] = {0};
     uint64_t wakeups_at[BENCH_MAX_RUNS + 1] = {0}, direct_at[BENCH_MAX_RUNS + 1] = {0};
+    uint64_t run_at[BENCH_MAX_RUNS + 1] = {0}, sync_at[BENCH_MAX_RUNS + 1] = {0};
     for (int r = 0; r <= runs; r++) {
         sleep_until(b.t0 + warm_ns + run_ns * r);
         if (!b.lmdb) {
@@ -249,6 +252,8 @@ int main(int argc, char **argv)
             batches_at[r] = st.batches;
             wakeups_at[r] = st.wakeups;
             direct_at[r] = st.direct_batches;
+            run_at[r] = st.run_ns;
+            sync_at[r] = st.commit_ns;
         }
     }
     int failed = 0;
@@ -262,6 +267,7 @@ int main(int argc, char **argv)
     }
 
     bench_series rec_s = {0}, com_s = {0}, per_commit = {0}, p50 = {0}, p99 = {0}, wakes = {0}, direct = {0};
+    bench_series run_us = {0}, sync_us = {0};
     size_t total = 0;
     for (int i = 0; i < b.callers; i++)
         total += cs[i].n;
@@ -281,6 +287,8 @@ int main(int argc, char **argv)
         bench_series_add(&per_commit, commits > 0 ? batches / commits : 0);
         bench_series_add(&wakes, commits > 0 ? (double)(wakeups_at[r + 1] - wakeups_at[r]) / commits : 0);
         bench_series_add(&direct, batches > 0 ? (double)(direct_at[r + 1] - direct_at[r]) / batches : 0);
+        bench_series_add(&run_us, commits > 0 ? (double)(run_at[r + 1] - run_at[r]) / commits / 1e3 : 0);
+        bench_series_add(&sync_us, commits > 0 ? (double)(sync_at[r + 1] - sync_at[r]) / commits / 1e3 : 0);
         bench_series_add(&p50, (double)bench_quantile(lat, n, 0.50) / 1e3);
         bench_series_add(&p99, (double)bench_quantile(lat, n, 0.99) / 1e3);
     }
@@ -295,8 +303,9 @@ int main(int argc, char **argv)
         for (int i = 0; i < b.callers; i++)
             written += cs[i].n * (size_t)(b.audit ? 1 : b.records);
         bytes_per_record = written ? (double)st.map_used / (double)written : 0;
-        fprintf(stderr, "  %5.1f wakes/commit  %3.0f%% direct  %5.0f B/%s", bench_series_median(&wakes),
-                100 * bench_series_median(&direct), bytes_per_record, b.audit ? "batch" : "record");
+        fprintf(stderr, "  %5.1f wakes/commit  %3.0f%% direct  run %5.1f + sync %5.1f us/commit  %5.0f B/%s",
+                bench_series_median(&wakes), 100 * bench_series_median(&direct), bench_series_median(&run_us),
+                bench_series_median(&sync_us), bytes_per_record, b.audit ? "batch" : "record");
     }
     fprintf(stderr, "%s%s\n", failed ? "  FAILED: " : "", error);
     json_t *out = json_pack("{s:s, s:s, s:i, s:i, s:I, s:f, s:i, s:o, s:o, s:o, s:o, s:o}",
@@ -308,6 +317,8 @@ int main(int argc, char **argv)
     if (!b.lmdb) {
         json_object_set_new(out, "wakeups_per_commit", bench_series_json(&wakes));
         json_object_set_new(out, "direct_share", bench_series_json(&direct));
+        json_object_set_new(out, "run_us_per_commit", bench_series_json(&run_us));
+        json_object_set_new(out, "sync_us_per_commit", bench_series_json(&sync_us));
         json_object_set_new(out, b.audit ? "bytes_per_batch" : "bytes_per_record", json_real(bytes_per_record));
     }
     if (failed)
