@@ -1111,6 +1111,24 @@ static void pause_connector(const char *name, int pause)
     assert_int_equal(done, 1);
 }
 
+/* The report of a first commit that carried the submission (its marker durable) with its first
+ * DISPATCHED intent; then the action runs once and is never seen READY. */
+static void expect_joint_then_once(const stored_answer *ans, const char *marker, const char *id)
+{
+    assert_int_equal(ans->status, AR_OK);
+    assert_string_equal(ans->state, "DISPATCHED");
+    assert_int_equal(ans->attempts, 1);
+    assert_true(cache_has(marker)); /* the caller's part of the batch is durable */
+    wait_seen(id, "SUCCEEDED");
+    assert_false(seen(id, "READY"));
+    assert_int_equal(seen_count(id, "DISPATCHED"), 1);
+    json_t *done = stored(id);
+    assert_string_equal(str(done, "state"), "SUCCEEDED");
+    assert_int_equal(sent_attempts(done), 1);
+    json_decref(done);
+    wait_held(0);
+}
+
 /* A connector free to start it: the action is stored together with its first DISPATCHED intent
  * (one commit, the caller told of it in that state), never reported READY, and runs once. */
 static void submission_to_a_free_connector_is_stored_dispatched(void **state)
@@ -1124,18 +1142,7 @@ static void submission_to_a_free_connector_is_stored_dispatched(void **state)
     char id[ACTION_ID_LEN + 1];
     stored_answer ans;
     submit_new(2, "joint-marker", 0, id, &ans);
-    assert_int_equal(ans.status, AR_OK);
-    assert_string_equal(ans.state, "DISPATCHED");
-    assert_int_equal(ans.attempts, 1);
-    assert_true(cache_has("joint-marker")); /* the caller's part of the batch is durable */
-    wait_seen(id, "SUCCEEDED");
-    assert_false(seen(id, "READY"));
-    assert_int_equal(seen_count(id, "DISPATCHED"), 1);
-    json_t *done = stored(id);
-    assert_string_equal(str(done, "state"), "SUCCEEDED");
-    assert_int_equal(sent_attempts(done), 1);
-    json_decref(done);
-    wait_held(0);
+    expect_joint_then_once(&ans, "joint-marker", id);
 }
 
 /* A connector that cannot start it now (paused): the batch is stored as it is (READY), the
@@ -1218,16 +1225,7 @@ static void held_submission_goes_in_with_its_first_attempt(void **state)
     assert_false(scheduler_can_start(W.s, "a"));
     kill_hosts("a"); /* the blocker's call ends; the place is free once a process is back */
     wait_stored(&ans);
-    assert_int_equal(ans.status, AR_OK);
-    assert_string_equal(ans.state, "DISPATCHED");
-    assert_int_equal(ans.attempts, 1);
-    assert_true(cache_has("held-marker"));
-    wait_seen(id, "SUCCEEDED");
-    assert_false(seen(id, "READY"));
-    json_t *done = stored(id);
-    assert_int_equal(sent_attempts(done), 1);
-    json_decref(done);
-    wait_held(0);
+    expect_joint_then_once(&ans, "held-marker", id);
 }
 
 /* A held action whose time is up, or that is held when the scheduler stops, is stored READY
