@@ -1111,14 +1111,21 @@ static void pause_connector(const char *name, int pause)
     assert_int_equal(done, 1);
 }
 
-/* The report of a first commit that carried the submission (its marker durable) with its first
- * DISPATCHED intent; then the action runs once and is never seen READY. */
-static void expect_joint_then_once(const stored_answer *ans, const char *marker, const char *id)
+/* The report of a submission's first commit: durable, the action in state with attempts, and
+ * the caller's part of the batch (its marker) durable with it. */
+static void expect_stored_as(const stored_answer *ans, const char *state, int attempts, const char *marker)
 {
     assert_int_equal(ans->status, AR_OK);
-    assert_string_equal(ans->state, "DISPATCHED");
-    assert_int_equal(ans->attempts, 1);
-    assert_true(cache_has(marker)); /* the caller's part of the batch is durable */
+    assert_string_equal(ans->state, state);
+    assert_int_equal(ans->attempts, attempts);
+    assert_true(cache_has(marker));
+}
+
+/* The report of a first commit that carried the submission with its first DISPATCHED intent;
+ * then the action runs once and is never seen READY. */
+static void expect_joint_then_once(const stored_answer *ans, const char *marker, const char *id)
+{
+    expect_stored_as(ans, "DISPATCHED", 1, marker);
     wait_seen(id, "SUCCEEDED");
     assert_false(seen(id, "READY"));
     assert_int_equal(seen_count(id, "DISPATCHED"), 1);
@@ -1155,10 +1162,7 @@ static void submission_to_a_paused_connector_is_stored_ready(void **state)
     char id[ACTION_ID_LEN + 1];
     stored_answer ans;
     submit_new(3, "ready-marker", 0, id, &ans);
-    assert_int_equal(ans.status, AR_OK);
-    assert_string_equal(ans.state, "READY");
-    assert_int_equal(ans.attempts, 0);
-    assert_true(cache_has("ready-marker"));
+    expect_stored_as(&ans, "READY", 0, "ready-marker");
     wait_seen(id, "READY");
     wait_held(1);
     pause_connector("a", 0);
@@ -1241,18 +1245,14 @@ static void held_submission_is_stored_ready_when_its_time_is_up_or_at_stop(void 
     stored_answer ans, at_stop;
     submit_new_async(6, "late-marker", 0, 150, late, &ans);
     wait_stored(&ans);
-    assert_int_equal(ans.status, AR_OK);
-    assert_string_equal(ans.state, "READY");
-    assert_int_equal(ans.attempts, 0);
-    assert_true(cache_has("late-marker"));
+    expect_stored_as(&ans, "READY", 0, "late-marker");
     wait_seen(late, "READY");
     wait_flow("a", 1, 0, 1); /* queued as any other */
     submit_new_async(7, "stop-marker", 0, GUARD_MS, stopped, &at_stop);
     wait_flow("a", 1, 0, 2);
     world_close_scheduler();
     assert_true(stored_called(&at_stop));
-    assert_int_equal(at_stop.status, AR_OK);
-    assert_string_equal(at_stop.state, "READY");
+    expect_stored_as(&at_stop, "READY", 0, "stop-marker");
     json_t *rec = stored(stopped);
     assert_string_equal(str(rec, "state"), "READY");
     json_decref(rec);
