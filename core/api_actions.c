@@ -482,6 +482,9 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     ps->rq = rq;
     ps->rec = rec;
     memcpy(ps->digest, digest, ACTION_DIGEST_LEN);
+    /* A conflict found in the transaction brings it back as the next round. Counted before it is
+     * handed over: from then on the request may be answered and freed at any moment. */
+    rq->decision_round++;
     stores_pending_add(a, +1);
     /* A READY action its connector can start at once is stored by the scheduler (which adds
      * the record to the batch), with its first DISPATCHED intent in the same commit: one sync
@@ -548,10 +551,8 @@ static void process_submission(api_server *a, decider *dc, request *rq)
             api_resume(rq);
             return;
         }
-        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT) {
-            rq->decision_round++; /* a conflict in the transaction comes back as the next round */
-            return;
-        }
+        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT)
+            return; /* rq may be answered and gone already: not to be touched */
     }
     rq->retry_after_s = 1;
     api_set_reply_error(rq, 503, "counter_contention", "the guardrail counters this action's decision reads "
