@@ -4,8 +4,8 @@
  * directly (every caller its own synced write transaction: no grouping).
  *
  *   aiorun-bench-journal [--mode journal|lmdb|audit] [--callers N] [--records R]
- *                        [--value-bytes B] [--dir PARENT] [--warmup S] [--runs N] [--duration S]
- *                        [--label NAME]
+ *                        [--value-bytes B] [--window W] [--dir PARENT] [--warmup S] [--runs N]
+ *                        [--duration S] [--label NAME]
  *
  * Each caller loops: a batch of R new records (keys in creation order across all callers, as
  * action ids are; value: B bytes; default 1 record of 1024 bytes, about an action record) in
@@ -21,6 +21,12 @@
  * transaction ("run", LMDB puts) and committing it ("sync": LMDB writing the pages and syncing
  * them); at the end, the bytes of the environment in use per record written (per batch in mode
  * audit), warm-up included.
+ *
+ * --window W (mode journal) measures a journal whose history is bounded, as retention keeps
+ * the daemon's: W records are put first (not timed), then each record put also deletes the
+ * one put W records before it, in the same batch. The file then stops growing: new pages come
+ * from the ones the deletes freed, and a sync no longer writes the file's size (its inode) as
+ * it does at every commit of a journal that grows. records/s counts the records put.
  *
  * Mode audit is mode journal with batches shaped like the scheduler's state changes: each
  * batch puts one record (B bytes, key in creation order, in JDB_ACTIONS) and appends R audit
@@ -43,6 +49,7 @@
 typedef struct bench {
     int lmdb, audit;
     int callers, records;
+    long window;              /* --window: the history kept, in records (0: all) */
     size_t value_bytes;
     char *value;
     journal *j;
@@ -63,12 +70,20 @@ typedef struct caller {
     char error[600];
 } caller;
 
-/* The next key: a 26-character, zero-padded sequence number, so keys arrive in order from all
- * callers together, as action ids do. */
-static int next_key(bench *b, char key[48])
+/* Key number n: a 26-character, zero-padded sequence number. */
+static int key_text(unsigned long long n, char key[48])
 {
-    unsigned long long n = atomic_fetch_add(&b->next_key, 1);
     return snprintf(key, 48, "%026llu", n);
+}
+
+/* The next key, so keys arrive in order from all callers together, as action ids do; its
+ * number goes to *n when n is not NULL. */
+static int next_key(bench *b, char key[48], unsigned long long *n)
+{
+    unsigned long long k = atomic_fetch_add(&b->next_key, 1);
+    if (n)
+        *n = k;
+    return key_text(k, key);
 }
 
 static int commit_lmdb(caller *c)
@@ -78,7 +93,7 @@ static int commit_lmdb(caller *c)
     int rc = mdb_txn_begin(b->env, NULL, 0, &txn);
     for (int r = 0; rc == 0 && r < b->records; r++) {
         char key[48];
-        int klen = next_key(b, key);
+        int klen = next_key(b, key, NULL);
         MDB_val k = {.mv_size = (size_t)klen, .mv_data = key}, v = {.mv_size = b->value_bytes, .mv_data = b->value};
         rc = mdb_put(txn, b->dbi, &k, &v, 0);
     }
@@ -95,7 +110,7 @@ static int commit_journal(caller *c)
     journal_batch *batch = journal_batch_new();
     if (b->audit) {
         char key[48], id[27];
-        int klen = next_key(b, key);
+        int klen = next_key(b, key, NULL);
         journal_batch_put(batch, JDB_ACTIONS, key, (size_t)klen, b->value, b->value_bytes);
         memcpy(id, key, 26); /* an action id is 26 characters, as the key is */
         id[26] = '\0';
@@ -107,8 +122,13 @@ static int commit_journal(caller *c)
     } else {
         for (int r = 0; r < b->records; r++) {
             char key[48];
-            int klen = next_key(b, key);
+            unsigned long long n;
+            int klen = next_key(b, key, &n);
             journal_batch_put(batch, JDB_CACHE, key, (size_t)klen, b->value, b->value_bytes);
+            if (b->window > 0) { /* the oldest record goes, as retention would take it */
+                klen = key_text(n - (unsigned long long)b->window, key);
+                journal_batch_del(batch, JDB_CACHE, key, (size_t)klen);
+            }
         }
     }
     ar_error err = {0};
@@ -142,6 +162,24 @@ static void *caller_main(void *arg)
     return NULL;
 }
 
+/* --window: the W records a bounded history holds before the measured puts (not timed). */
+static int prefill(bench *b, ar_error *err)
+{
+    for (long done = 0; done < b->window;) {
+        journal_batch *batch = journal_batch_new();
+        for (int i = 0; i < 1000 && done < b->window; i++, done++) {
+            char key[48];
+            int klen = next_key(b, key, NULL);
+            journal_batch_put(batch, JDB_CACHE, key, (size_t)klen, b->value, b->value_bytes);
+        }
+        int rc = journal_commit(b->j, batch, err);
+        journal_batch_free(batch);
+        if (rc != AR_OK)
+            return rc;
+    }
+    return AR_OK;
+}
+
 static void sleep_until(int64_t t)
 {
     int64_t now = bench_now_ns();
@@ -170,23 +208,27 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--duration") == 0) duration_s = bench_arg_double(a, v);
         else if (strcmp(a, "--runs") == 0) runs = (int)bench_arg_long(a, v);
         else if (strcmp(a, "--label") == 0) label = v;
+        else if (strcmp(a, "--window") == 0) b.window = bench_arg_long(a, v);
         else {
             fprintf(stderr, "usage: aiorun-bench-journal [--mode journal|lmdb|audit] [--callers N] [--records R] "
-                            "[--value-bytes B] [--dir PARENT] [--warmup S] [--runs N] [--duration S] [--label NAME]\n");
+                            "[--value-bytes B] [--window W] [--dir PARENT] [--warmup S] [--runs N] [--duration S] "
+                            "[--label NAME]\n");
             return 2;
         }
     }
     b.lmdb = strcmp(mode, "lmdb") == 0;
     b.audit = strcmp(mode, "audit") == 0;
     if ((!b.lmdb && !b.audit && strcmp(mode, "journal") != 0) || b.callers < 1 || b.records < 1 || b.value_bytes < 1 ||
-        runs < 1 || runs > BENCH_MAX_RUNS || duration_s <= 0) {
-        fprintf(stderr, "bench-journal: --mode journal|lmdb|audit; --callers, --records, --value-bytes >= 1; --runs 1..%d\n",
-                BENCH_MAX_RUNS);
+        runs < 1 || runs > BENCH_MAX_RUNS || duration_s <= 0 || b.window < 0 ||
+        (b.window > 0 && (b.lmdb || b.audit))) {
+        fprintf(stderr, "bench-journal: --mode journal|lmdb|audit; --callers, --records, --value-bytes >= 1; --runs 1..%d; "
+                        "--window >= 0, in mode journal only\n", BENCH_MAX_RUNS);
         return 2;
     }
     char auto_label[64];
     if (!label) {
-        snprintf(auto_label, sizeof auto_label, "%s-c%d-r%d", mode, b.callers, b.records);
+        snprintf(auto_label, sizeof auto_label, b.window ? "%s-c%d-r%d-w%ld" : "%s-c%d-r%d", mode, b.callers,
+                 b.records, b.window);
         label = auto_label;
     }
     b.value = malloc(b.value_bytes);
@@ -228,6 +270,10 @@ int main(int argc, char **argv)
         }
     }
 
+    if (b.window > 0 && prefill(&b, &err) != AR_OK) {
+        fprintf(stderr, "bench-journal: filling the window: %s\n", err.message);
+        return 1;
+    }
     caller *cs = calloc((size_t)b.callers, sizeof *cs);
     pthread_barrier_init(&b.start, NULL, (unsigned)b.callers + 1);
     int64_t warm_ns = (int64_t)(warmup_s * 1e9), run_ns = (int64_t)(duration_s * 1e9);
@@ -302,6 +348,8 @@ int main(int argc, char **argv)
         size_t written = 0;
         for (int i = 0; i < b.callers; i++)
             written += cs[i].n * (size_t)(b.audit ? 1 : b.records);
+        if (b.window > 0) /* what the file holds: the window */
+            written = (size_t)b.window * (size_t)b.records;
         bytes_per_record = written ? (double)st.map_used / (double)written : 0;
         fprintf(stderr, "  %5.1f wakes/commit  %3.0f%% direct  run %5.1f + sync %5.1f us/commit  %5.0f B/%s",
                 bench_series_median(&wakes), 100 * bench_series_median(&direct), bench_series_median(&run_us),
@@ -320,6 +368,7 @@ int main(int argc, char **argv)
         json_object_set_new(out, "run_us_per_commit", bench_series_json(&run_us));
         json_object_set_new(out, "sync_us_per_commit", bench_series_json(&sync_us));
         json_object_set_new(out, b.audit ? "bytes_per_batch" : "bytes_per_record", json_real(bytes_per_record));
+        json_object_set_new(out, "window", json_integer(b.window));
     }
     if (failed)
         json_object_set_new(out, "error", json_string(error));
