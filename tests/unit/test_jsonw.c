@@ -1,7 +1,11 @@
 /* test_jsonw.c - jsonw writes what json_dumps writes: random values compared with jansson byte
  * for byte under every flag combination jsonw handles, the corners one by one (every byte in a
  * string, invalid UTF-8, the integer extremes, reals, key order with shared prefixes and NULs,
- * deep nesting, a cycle), flags handed to jansson, and the buffer API. */
+ * deep nesting, a cycle), flags handed to jansson, and the buffer API. The fast paths each
+ * have their own: the word-at-a-time scan (every special byte at every position, chunk edges,
+ * stores checked against exact-size heap blocks), the sort on 8-byte key heads (random
+ * objects on both sides of the insertion-sort limit, keys alike in their first 8 bytes) and
+ * the digit count (every length at its edges). */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
