@@ -40,13 +40,76 @@ static int64_t clock_ms(clockid_t id)
 int64_t ar_now_ms(void) { return clock_ms(CLOCK_REALTIME); }
 int64_t ar_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 
+/* The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+ * civil_from_days: 400-year eras of 146097 days, years starting on March 1st so that the leap
+ * day comes last). Exact for every day an int64_t of milliseconds reaches. */
+static void civil_from_days(int64_t days, int64_t *year, int *month, int *day)
+{
+    days += 719468; /* from 0000-03-01 */
+    int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+    int64_t day_of_era = days - era * 146097;                                    /* [0, 146096] */
+    int64_t year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365; /* [0, 399] */
+    int64_t day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    int64_t march_month = (5 * day_of_year + 2) / 153;                           /* [0, 11] */
+    *day = (int)(day_of_year - (153 * march_month + 2) / 5 + 1);
+    *month = (int)(march_month < 10 ? march_month + 3 : march_month - 9);
+    *year = year_of_era + era * 400 + (*month <= 2);
+}
+
+static char *put_two_digits(char *p, int value)
+{
+    p[0] = (char)('0' + value / 10);
+    p[1] = (char)('0' + value % 10);
+    return p + 2;
+}
+
 void ar_time_rfc3339(int64_t ms, char buf[AR_TIME_LEN])
 {
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(buf, AR_TIME_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, AR_TIME_LEN - n, ".%03dZ", (int)(ms % 1000 + 1000) % 1000);
+    /* The text gmtime_r and strftime("%Y-%m-%dT%H:%M:%S") + ".%03dZ" wrote, without their cost
+     * (glibc's gmtime_r takes the process-wide time zone lock, strftime parses its format):
+     * the seconds are ms / 1000 rounded toward zero and the milliseconds
+     * (ms % 1000 + 1000) % 1000 (so -1 ms is 1970-01-01T00:00:00.999Z), the year is signed and
+     * not padded ("1-01-01", "-27-08-11", "10000-01-01"). */
+    int64_t secs = ms / 1000;
+    int64_t days = secs / 86400, second_of_day = secs % 86400;
+    if (second_of_day < 0) {
+        second_of_day += 86400;
+        days--;
+    }
+    int64_t year;
+    int month, day;
+    civil_from_days(days, &year, &month, &day);
+
+    char *p = buf;
+    uint64_t y = year < 0 ? 0 - (uint64_t)year : (uint64_t)year;
+    if (year < 0)
+        *p++ = '-';
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + y % 10);
+        y /= 10;
+    } while (y);
+    while (n)
+        *p++ = digits[--n];
+    *p++ = '-';
+    p = put_two_digits(p, month);
+    *p++ = '-';
+    p = put_two_digits(p, day);
+    *p++ = 'T';
+    p = put_two_digits(p, (int)(second_of_day / 3600));
+    *p++ = ':';
+    p = put_two_digits(p, (int)(second_of_day / 60 % 60));
+    *p++ = ':';
+    p = put_two_digits(p, (int)(second_of_day % 60));
+    int millis = (int)(ms % 1000 + 1000) % 1000;
+    p[0] = '.';
+    p[1] = (char)('0' + millis / 100);
+    p[2] = (char)('0' + millis / 10 % 10);
+    p[3] = (char)('0' + millis % 10);
+    p[4] = 'Z';
+    p[5] = '\0';
 }
 
 /* ---- logging ---------------------------------------------------------------------------- */

@@ -1,13 +1,16 @@
 /* test_ar.c - log lines (ar.h): JSON fields, escaping, invalid UTF-8, level filtering, the
- * text format, and whole lines from many threads. stderr is captured through a pipe. */
+ * text format, and whole lines from many threads. stderr is captured through a pipe. The time
+ * text (ar_time_rfc3339) against the gmtime_r + strftime implementation it replaced. */
 #include "test_main.h"
 
 #include <jansson.h>
 #include <pthread.h>
 #include <regex.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ar.h"
@@ -415,6 +418,107 @@ static void many_threads_give_whole_lines(void **state)
     free(out);
 }
 
+/* ---- ar_time_rfc3339 ---------------------------------------------------------------------- */
+
+/* The implementation ar_time_rfc3339 replaced, kept as the reference. */
+static void reference_time_rfc3339(int64_t ms, char buf[AR_TIME_LEN])
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    assert_non_null(gmtime_r(&secs, &tm));
+    size_t n = strftime(buf, AR_TIME_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, AR_TIME_LEN - n, ".%03dZ", (int)(ms % 1000 + 1000) % 1000);
+}
+
+static size_t times_checked;
+
+static void assert_time_like_reference(int64_t ms)
+{
+    char expected[AR_TIME_LEN], got[AR_TIME_LEN];
+    memset(got, 'x', sizeof got);
+    reference_time_rfc3339(ms, expected);
+    ar_time_rfc3339(ms, got);
+    if (strcmp(expected, got) != 0)
+        fail_msg("ms %lld: expected %s, got %.32s", (long long)ms, expected, got);
+    times_checked++;
+}
+
+/* ms and a few milliseconds and seconds either side of it, without overflowing. */
+static void assert_times_around(int64_t ms)
+{
+    static const int64_t offsets[] = {-86400000, -1001, -1000, -999, -1, 0, 1, 999, 1000, 1001};
+    for (size_t i = 0; i < sizeof offsets / sizeof *offsets; i++) {
+        int64_t o = offsets[i];
+        if ((o < 0 && ms < INT64_MIN - o) || (o > 0 && ms > INT64_MAX - o))
+            continue;
+        assert_time_like_reference(ms + o);
+    }
+}
+
+static uint64_t time_rng = 0x243f6a8885a308d3ull;
+
+static uint64_t time_rnd(void)
+{
+    time_rng ^= time_rng << 13;
+    time_rng ^= time_rng >> 7;
+    time_rng ^= time_rng << 17;
+    return time_rng;
+}
+
+/* The ms of year-month-day 00:00:00 UTC (timegm normalises a Feb 29 that does not exist). */
+static int64_t ms_of_date(long year, int month, int day)
+{
+    struct tm tm = {.tm_year = (int)(year - 1900), .tm_mon = month - 1, .tm_mday = day};
+    time_t t = timegm(&tm);
+    return (int64_t)t * 1000;
+}
+
+static void time_text_like_gmtime_and_strftime(void **state)
+{
+    (void)state;
+    setenv("TZ", "UTC", 1); /* the reference's gmtime_r counts leap seconds in a "right/" zone */
+    tzset();
+    times_checked = 0;
+    /* the epoch, before it (seconds round toward zero: -1 ms is 00:00:00.999), the extremes */
+    assert_times_around(0);
+    assert_times_around(-1000);
+    assert_times_around(INT64_MIN);
+    assert_times_around(INT64_MAX);
+    for (int64_t ms = -5000; ms <= 5000; ms++)
+        assert_time_like_reference(ms);
+    for (int64_t ms = INT64_MIN; ms < INT64_MIN + 3000; ms++)
+        assert_time_like_reference(ms);
+    for (int64_t ms = INT64_MAX; ms > INT64_MAX - 3000; ms--)
+        assert_time_like_reference(ms);
+    /* Dec 31 / Jan 1 of every year from -1000 to 10100 (unpadded and negative years, 10000) */
+    for (long year = -1000; year <= 10100; year++)
+        assert_times_around(ms_of_date(year, 1, 1));
+    /* leap days: Feb 28, 29 and Mar 1 (century years 1700, 1800, 1900, 2100 have none) */
+    for (long year = 1582; year <= 2600; year++) {
+        assert_times_around(ms_of_date(year, 2, 28));
+        assert_times_around(ms_of_date(year, 2, 29));
+        assert_times_around(ms_of_date(year, 3, 1));
+    }
+    /* every day of 1999-2001 and 2099-2101, each month's edges */
+    for (int64_t day = ms_of_date(1999, 1, 1); day < ms_of_date(2002, 1, 1); day += 86400000)
+        assert_times_around(day);
+    for (int64_t day = ms_of_date(2099, 1, 1); day < ms_of_date(2102, 1, 1); day += 86400000)
+        assert_times_around(day);
+    /* random instants: 1970-9999, then any int64, then any of either sign and size */
+    int64_t year_10000 = ms_of_date(10000, 1, 1);
+    for (int i = 0; i < 100000; i++)
+        assert_time_like_reference((int64_t)(time_rnd() % (uint64_t)year_10000));
+    for (int i = 0; i < 30000; i++)
+        assert_time_like_reference((int64_t)time_rnd());
+    for (int i = 0; i < 30000; i++) {
+        int64_t magnitude = (int64_t)(time_rnd() >> (1 + time_rnd() % 63));
+        assert_time_like_reference(time_rnd() & 1 ? magnitude : -magnitude);
+    }
+    assert_true(times_checked > 250000);
+    unsetenv("TZ");
+    tzset();
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(json_line_has_the_fields, reset_log),
     cmocka_unit_test_teardown(action_field_only_when_given, reset_log),
@@ -425,6 +529,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(level_filtering, reset_log),
     cmocka_unit_test_teardown(text_format_unchanged, reset_log),
     cmocka_unit_test_teardown(many_threads_give_whole_lines, reset_log),
+    cmocka_unit_test(time_text_like_gmtime_and_strftime),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)
