@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "journal.h"
 
 static harness H;
 
@@ -294,6 +295,147 @@ static void writes_nobody_allowed_wait_for_approval_by_default(void **state)
     assert_string_equal(str(r, "state", NULL), "SUCCEEDED");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(r, "result"), "n")), 5);
     json_decref(r);
+}
+
+/* ---- the record's text ------------------------------------------------------------------------ */
+
+/* What differs from run to run in a record or a reply (ids, times, durations, the policy set's
+ * version) becomes "X", recursively: what is left is each byte the daemon wrote. */
+static void normalize(json_t *v, const char *key)
+{
+    const char *k;
+    json_t *m;
+    void *tmp;
+    if (json_is_object(v)) {
+        json_object_foreach_safe(v, tmp, k, m) {
+            size_t n = strlen(k);
+            int vol = strcmp(k, "id") == 0 || strcmp(k, "policy_version") == 0 ||
+                      (n > 3 && (strcmp(k + n - 3, "_ms") == 0 || strcmp(k + n - 3, "_ns") == 0 ||
+                                 strcmp(k + n - 3, "_at") == 0));
+            if (vol && !json_is_null(m))
+                json_object_set_new(v, k, json_string("X"));
+            else if (strcmp(k, "idempotency_key") == 0 && strncmp(json_string_value(m), "aiorun-", 7) == 0)
+                json_object_set_new(v, k, json_string("aiorun-X"));
+            else
+                normalize(m, k);
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_array_foreach(v, i, m)
+            normalize(m, key);
+    }
+}
+
+static char *normalized_text(const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(text, len, 0, &jerr); /* keeps the members' order */
+    if (!v)
+        return NULL;
+    normalize(v, NULL);
+    char *out = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    return out;
+}
+
+/* Submissions that do not run (they wait, or were refused): their stored record and the reply
+ * are exactly what the submission made. Expected texts made by the daemon before the record
+ * was built without json_pack (issue 9): every stored byte must stay the same. */
+static const struct {
+    const char *token;      /* "op": the harness's operator, else the name of a submitter */
+    const char *body;
+    const char *reply;
+    const char *stored;
+} record_cases[] = {
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"write_op\",\"input\":{\"n\":-1}}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"state\":\"PENDING_APPROVAL\",\"effect\":\"write\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"input\":{\"n\":-1},\"proposer\":null,\"priority\":0,\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"approve\",\"autonomy\":\"auto\",\"reason\":\"no policy had an opinion; write actions need approval by default\",\"rule\":\"default\",\"policy\":\"\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":null,\"rule\":null,\"reason\":null}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":{\"roles\":[],\"expires_ms\":\"X\",\"summary\":\"\",\"four_eyes\":false,\"rule\":\"default\",\"policy\":\"\",\"requested_ms\":\"X\"},\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":null,\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"effect\":\"write\",\"idempotency\":\"none\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"key_given\":false,\"input\":{\"n\":-1},\"proposer\":null,\"priority\":0,\"digest\":\"40fcc510953f0ee694bb7eb23ee2f3f7619037fce6da117be0076f6b7157e635\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":null,\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"approve\",\"autonomy\":\"auto\",\"reason\":\"no policy had an opinion; write actions need approval by default\",\"rule\":\"default\",\"policy\":\"\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":null,\"rule\":null,\"reason\":null}]},\"approval\":{\"roles\":[],\"expires_ms\":\"X\",\"summary\":\"\",\"four_eyes\":false,\"rule\":\"default\",\"policy\":\"\",\"requested_ms\":\"X\"},\"state\":\"PENDING_APPROVAL\"}"},
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"write_op\",\"input\":{\"n\":7},\"idempotency_key\":\"order-7\",\"proposer\":{\"kind\":\"agent\",\"model\":\"m-1\",\"confidence\":0.5,\"prompt_ref\":\"p/1\",\"context_refs\":[\"doc:1\",\"ticket:2\"]},\"priority\":5,\"deadline_ms\":60000}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"state\":\"PENDING_APPROVAL\",\"effect\":\"write\",\"idempotency_key\":\"order-7\",\"submitter\":\"test-operator\",\"input\":{\"n\":7},\"proposer\":{\"kind\":\"agent\",\"model\":\"m-1\",\"confidence\":0.5,\"prompt_ref\":\"p/1\",\"context_refs\":[\"doc:1\",\"ticket:2\"]},\"priority\":5,\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"approve\",\"autonomy\":\"auto\",\"reason\":\"seven is a lot\",\"rule\":\"test_approve\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"approve\",\"rule\":\"test_approve\",\"reason\":\"seven is a lot\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":{\"roles\":[\"finance\"],\"expires_ms\":\"X\",\"summary\":\"write 7 needs finance\",\"four_eyes\":false,\"rule\":\"test_approve\",\"policy\":\"fixtures.lua\",\"requested_ms\":\"X\"},\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":null,\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"effect\":\"write\",\"idempotency\":\"none\",\"idempotency_key\":\"order-7\",\"submitter\":\"test-operator\",\"key_given\":true,\"input\":{\"n\":7},\"proposer\":{\"kind\":\"agent\",\"model\":\"m-1\",\"confidence\":0.5,\"prompt_ref\":\"p/1\",\"context_refs\":[\"doc:1\",\"ticket:2\"]},\"priority\":5,\"digest\":\"6ad2c417b1321704049f9c73dfaacbe73e7ea1b9a83ce6f860e92fa8d031e0d2\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":null,\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"approve\",\"autonomy\":\"auto\",\"reason\":\"seven is a lot\",\"rule\":\"test_approve\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"approve\",\"rule\":\"test_approve\",\"reason\":\"seven is a lot\"}]},\"approval\":{\"roles\":[\"finance\"],\"expires_ms\":\"X\",\"summary\":\"write 7 needs finance\",\"four_eyes\":false,\"rule\":\"test_approve\",\"policy\":\"fixtures.lua\",\"requested_ms\":\"X\"},\"state\":\"PENDING_APPROVAL\"}"},
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"sleep\",\"input\":{\"ms\":1},\"idempotency_key\":\"k-semi\",\"wait_ms\":0}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"sleep\",\"state\":\"PENDING_APPROVAL\",\"effect\":\"read\",\"idempotency_key\":\"k-semi\",\"submitter\":\"test-operator\",\"input\":{\"ms\":1},\"proposer\":null,\"priority\":0,\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"allow\",\"autonomy\":\"semi\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":{\"roles\":[],\"expires_ms\":\"X\",\"summary\":\"autonomy level semi for t_ok.sleep\",\"four_eyes\":false,\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"requested_ms\":\"X\"},\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":null,\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"sleep\",\"effect\":\"read\",\"idempotency\":\"native\",\"idempotency_key\":\"k-semi\",\"submitter\":\"test-operator\",\"key_given\":true,\"input\":{\"ms\":1},\"proposer\":null,\"priority\":0,\"digest\":\"adbba6cc79679f2f5153dd240e8d3d44c78999bc36ad16ba89337262f87fff7a\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":null,\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"approve\",\"policy_verdict\":\"allow\",\"autonomy\":\"semi\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"approval\":{\"roles\":[],\"expires_ms\":\"X\",\"summary\":\"autonomy level semi for t_ok.sleep\",\"four_eyes\":false,\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"requested_ms\":\"X\"},\"state\":\"PENDING_APPROVAL\"}"},
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"ok\",\"input\":{\"b\":[1,2,{\"z\":null,\"a\":true}],\"a\":\"x\"},\"priority\":-3}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"ok\",\"state\":\"SUGGESTED\",\"effect\":\"read\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"input\":{\"b\":[1,2,{\"z\":null,\"a\":true}],\"a\":\"x\"},\"proposer\":null,\"priority\":-3,\"decision\":{\"verdict\":\"suggest\",\"policy_verdict\":\"allow\",\"autonomy\":\"suggest\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":null,\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":\"X\",\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"ok\",\"effect\":\"read\",\"idempotency\":\"native\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"key_given\":false,\"input\":{\"b\":[1,2,{\"z\":null,\"a\":true}],\"a\":\"x\"},\"proposer\":null,\"priority\":-3,\"digest\":\"c685fc5c79cd2028b0749fa661779ba03352028030ae3c7cc18fda1ca6454483\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":\"X\",\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"suggest\",\"policy_verdict\":\"allow\",\"autonomy\":\"suggest\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"state\":\"SUGGESTED\"}"},
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"ok\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"ok\",\"state\":\"SUGGESTED\",\"effect\":\"read\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"input\":{},\"proposer\":null,\"priority\":0,\"decision\":{\"verdict\":\"suggest\",\"policy_verdict\":\"allow\",\"autonomy\":\"suggest\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":null,\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":\"X\",\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"ok\",\"effect\":\"read\",\"idempotency\":\"native\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"key_given\":false,\"input\":{},\"proposer\":null,\"priority\":0,\"digest\":\"ce65631b48f58069aac7febc4d5b0e85381c1cc0115329a1ce940fe0f75f8abe\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":\"X\",\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"suggest\",\"policy_verdict\":\"allow\",\"autonomy\":\"suggest\",\"reason\":\"fixture connector\",\"rule\":\"test_allow\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"allow\",\"rule\":\"test_allow\",\"reason\":\"fixture connector\"}]},\"state\":\"SUGGESTED\"}"},
+    {"mallory",
+     "{\"connector\":\"t_ok\",\"action\":\"sleep\",\"input\":{\"ms\":2},\"idempotency_key\":\"m-1\",\"proposer\":{}}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"sleep\",\"state\":\"DENIED\",\"effect\":\"read\",\"idempotency_key\":\"m-1\",\"submitter\":\"mallory\",\"input\":{\"ms\":2},\"proposer\":{},\"priority\":0,\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"semi\",\"reason\":\"mallory may not use fixtures\",\"rule\":\"test_submitter\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"deny\",\"rule\":\"test_submitter\",\"reason\":\"mallory may not use fixtures\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":null,\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":\"X\",\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"sleep\",\"effect\":\"read\",\"idempotency\":\"native\",\"idempotency_key\":\"m-1\",\"submitter\":\"mallory\",\"key_given\":true,\"input\":{\"ms\":2},\"proposer\":{},\"priority\":0,\"digest\":\"3ef33493cd2c1ec4bc7c0af32475f921ff8765dbd0a065636b61ad9e31ff40f0\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":\"X\",\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"semi\",\"reason\":\"mallory may not use fixtures\",\"rule\":\"test_submitter\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"deny\",\"rule\":\"test_submitter\",\"reason\":\"mallory may not use fixtures\"}]},\"state\":\"DENIED\"}"},
+    {"op",
+     "{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":\"this is forbidden\"},\"proposer\":{\"kind\":\"human\"},\"deadline_ms\":1}",
+     "{\"id\":\"X\",\"connector\":\"echo\",\"action\":\"echo\",\"state\":\"DENIED\",\"effect\":\"read\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"input\":{\"message\":\"this is forbidden\"},\"proposer\":{\"kind\":\"human\"},\"priority\":0,\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"auto\",\"reason\":\"the message contains the word \\\"forbidden\\\"\",\"rule\":\"echo_forbidden_word\",\"policy\":\"default.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":\"deny\",\"rule\":\"echo_forbidden_word\",\"reason\":\"the message contains the word \\\"forbidden\\\"\"},{\"file\":\"fixtures.lua\",\"verdict\":null,\"rule\":null,\"reason\":null}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":null,\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":\"X\",\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"echo\",\"action\":\"echo\",\"effect\":\"read\",\"idempotency\":\"native\",\"idempotency_key\":\"aiorun-X\",\"submitter\":\"test-operator\",\"key_given\":false,\"input\":{\"message\":\"this is forbidden\"},\"proposer\":{\"kind\":\"human\"},\"priority\":0,\"digest\":\"0c5d298b9783980d8068bd365ccc7922ae9868a734e4a9c0e761c8b2ed8a966c\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":\"X\",\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"auto\",\"reason\":\"the message contains the word \\\"forbidden\\\"\",\"rule\":\"echo_forbidden_word\",\"policy\":\"default.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":\"deny\",\"rule\":\"echo_forbidden_word\",\"reason\":\"the message contains the word \\\"forbidden\\\"\"},{\"file\":\"fixtures.lua\",\"verdict\":null,\"rule\":null,\"reason\":null}]},\"state\":\"DENIED\"}"},
+    {"op",
+     "{\"connector\":\"t_ok\",\"action\":\"write_op\",\"input\":{\"n\":1,\"deny_me\":true,\"note\":\"\\u00e9 \\\"q\\\" \\\\ \\u0001 \\u2028\"},\"idempotency_key\":\"\\u00fcnicode key\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"state\":\"DENIED\",\"effect\":\"write\",\"idempotency_key\":\"\xc3\xbcnicode key\",\"submitter\":\"test-operator\",\"input\":{\"n\":1,\"deny_me\":true,\"note\":\"\xc3\xa9 \\\"q\\\" \\\\ \\u0001 \xe2\x80\xa8\"},\"proposer\":null,\"priority\":0,\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"auto\",\"reason\":\"the test asked for a deny\",\"rule\":\"test_deny\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"deny\",\"rule\":\"test_deny\",\"reason\":\"the test asked for a deny\"}]},\"attempts\":0,\"result\":null,\"error\":null,\"history\":null,\"resolution\":null,\"cancel_requested_by\":null,\"approval\":null,\"validation\":null,\"cost\":null,\"review\":false,\"compacted\":false,\"created_at\":\"X\",\"updated_at\":\"X\",\"finished_at\":\"X\",\"deadline_at\":\"X\"}",
+     "{\"id\":\"X\",\"connector\":\"t_ok\",\"action\":\"write_op\",\"effect\":\"write\",\"idempotency\":\"none\",\"idempotency_key\":\"\xc3\xbcnicode key\",\"submitter\":\"test-operator\",\"key_given\":true,\"input\":{\"n\":1,\"deny_me\":true,\"note\":\"\xc3\xa9 \\\"q\\\" \\\\ \\u0001 \xe2\x80\xa8\"},\"proposer\":null,\"priority\":0,\"digest\":\"542d32ee7d7f6462006f6e0fa3434aae7fcd4618ecf5073ee6be9795545bfa41\",\"attempts\":0,\"result\":null,\"error\":null,\"created_ms\":\"X\",\"updated_ms\":\"X\",\"finished_ms\":\"X\",\"deadline_ms\":\"X\",\"decision\":{\"verdict\":\"deny\",\"policy_verdict\":\"deny\",\"autonomy\":\"auto\",\"reason\":\"the test asked for a deny\",\"rule\":\"test_deny\",\"policy\":\"fixtures.lua\",\"policy_version\":\"X\",\"duration_ns\":\"X\",\"votes\":[{\"file\":\"default.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},{\"file\":\"fixtures.lua\",\"verdict\":\"deny\",\"rule\":\"test_deny\",\"reason\":\"the test asked for a deny\"}]},\"state\":\"DENIED\"}"},
+};
+
+static void submitted_records_keep_their_text(void **state)
+{
+    (void)state;
+    harness_cleanup(&H);
+    harness_opts o = {.extra_top = "  \"approvers\": {\"finance\": [\"token:fin\"]},\n"
+                                   "  \"autonomy\": {\"t_ok.sleep\": \"semi\", \"t_ok.ok\": \"suggest\"}"};
+    assert_int_equal(harness_start(&H, &o), 0);
+    char mallory[HARNESS_TOKEN_MAX];
+    assert_int_equal(harness_token_create(&H, "mallory", "submitter", 0, mallory), 0);
+    size_t n = sizeof record_cases / sizeof record_cases[0];
+    char ids[64][40];
+    assert_true(n <= 64);
+    int mismatch = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *r = NULL;
+        const char *tok = strcmp(record_cases[i].token, "op") == 0 ? H.token : mallory;
+        long st = harness_http_as(&H, tok, "POST", "/v1/actions", record_cases[i].body, &r);
+        char *raw = r ? json_dumps(r, JSON_COMPACT) : NULL;
+        assert_non_null(raw);
+        if (st != 201)
+            fail_msg("case %zu: HTTP %ld %s", i, st, raw);
+        snprintf(ids[i], sizeof ids[i], "%s", harness_str(r, "id"));
+        char *got = normalized_text(raw, strlen(raw));
+        if (strcmp(got, record_cases[i].reply) != 0) {
+            fprintf(stderr, "case %zu reply:\n  got      %s\n  expected %s\n", i, got, record_cases[i].reply);
+            mismatch = 1;
+        }
+        free(got);
+        free(raw);
+        json_decref(r);
+    }
+    assert_int_equal(harness_stop(&H), 0);
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/var/journal", H.dir);
+    journal *j = NULL;
+    journal_opts jo = {.dir = dir, .map_size_mb = 64};
+    ar_error err = {0};
+    assert_int_equal(journal_open(&jo, &j, &err), AR_OK);
+    journal_read *rd;
+    assert_int_equal(journal_read_begin(j, &rd, &err), AR_OK);
+    for (size_t i = 0; i < n; i++) {
+        const void *val;
+        size_t vlen;
+        assert_int_equal(journal_get(rd, JDB_ACTIONS, ids[i], strlen(ids[i]), &val, &vlen), AR_OK);
+        char *got = normalized_text(val, vlen); /* the blanks of its room to grow are skipped */
+        assert_non_null(got);
+        if (strcmp(got, record_cases[i].stored) != 0) {
+            fprintf(stderr, "case %zu stored:\n  got      %s\n  expected %s\n", i, got, record_cases[i].stored);
+            mismatch = 1;
+        }
+        free(got);
+    }
+    journal_read_end(rd);
+    journal_close(j);
+    assert_int_equal(mismatch, 0);
 }
 
 /* ---- listing ---------------------------------------------------------------------------------- */
@@ -938,6 +1080,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(oversized_body_is_refused, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(policy_deny_is_stored_with_its_reason, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(writes_nobody_allowed_wait_for_approval_by_default, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(submitted_records_keep_their_text, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(listing_pages_newest_first_with_a_cursor, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(crashing_plugin_fails_its_call_and_is_restarted, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(hanging_plugin_times_out_and_others_keep_serving, start_default, stop_daemon),
