@@ -121,16 +121,20 @@ void action_id_new(char out[ACTION_ID_LEN + 1])
 
 int action_payload_digest(const char *action, const json_t *input, unsigned char out[ACTION_DIGEST_LEN])
 {
-    json_t *doc = json_pack("{s:s, s:O}", "action", action, "input", (json_t *)input);
-    if (!doc)
-        return AR_E_NOMEM;
-    char *text = jsonw_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
-    json_decref(doc);
-    if (!text)
-        return AR_E_NOMEM;
-    crypto_generichash(out, ACTION_DIGEST_LEN, (const unsigned char *)text, strlen(text), NULL, 0);
-    free(text);
-    return AR_OK;
+    /* The text of {"action": action, "input": input} with sorted keys, written directly ("action"
+     * sorts before "input"): no object to build and free. */
+    if (!action || !input)
+        return AR_E_NOMEM; /* what json_pack refused */
+    char stack[1024];
+    jsonw_buf b = {stack, 0, sizeof stack, 1};
+    int rc = jsonw_append_raw(&b, "{\"action\":", 10) || jsonw_append_string(&b, action, strlen(action)) ||
+             jsonw_append_raw(&b, ",\"input\":", 9) ||
+             jsonw_append(&b, input, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) ||
+             jsonw_append_raw(&b, "}", 1);
+    if (rc == 0)
+        crypto_generichash(out, ACTION_DIGEST_LEN, (const unsigned char *)b.data, b.len, NULL, 0);
+    jsonw_buf_free(&b);
+    return rc == 0 ? AR_OK : AR_E_NOMEM;
 }
 
 /* ---- records ------------------------------------------------------------------------------ */

@@ -19,84 +19,142 @@
 
 /* ---- submissions: the decision worker's side ---------------------------------------------- */
 
-static json_t *policy_view(const request *rq)
+/* The submission's fields a decision and its record use, looked up once (each lookup hashes
+ * the key and compares it). */
+typedef struct submission_fields {
+    json_t *connector, *action, *input, *priority, *proposer, *deadline;
+    const char *connector_s, *action_s, *given; /* given: the client's idempotency_key or NULL */
+    const char *level;                           /* autonomy_level's static string */
+} submission_fields;
+
+static void submission_fields_get(const request *rq, submission_fields *f)
 {
     const json_t *s = rq->submission;
-    json_t *view = json_pack("{s:O, s:O, s:O, s:O, s:O}",
-                             "connector", json_object_get(s, "connector"),
-                             "action", json_object_get(s, "action"),
-                             "effect", json_object_get(rq->descriptor_action, "effect"),
-                             "input", json_object_get(s, "input"),
-                             "priority", json_object_get(s, "priority"));
-    json_t *proposer = json_object_get(s, "proposer");
-    if (view) {
-        json_object_set_new(view, "proposer", proposer ? json_incref(proposer) : json_object());
-        json_object_set_new(view, "submitter", json_string(rq->who.name));
-        json_object_set_new(view, "autonomy", json_string(autonomy_level(rq->api->autonomy,
-            json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")))));
+    f->connector = json_object_get(s, "connector");
+    f->action = json_object_get(s, "action");
+    f->input = json_object_get(s, "input");
+    f->priority = json_object_get(s, "priority");
+    f->proposer = json_object_get(s, "proposer");
+    f->deadline = json_object_get(s, "deadline_ms");
+    f->connector_s = json_string_value(f->connector);
+    f->action_s = json_string_value(f->action);
+    f->given = json_string_value(json_object_get(s, "idempotency_key"));
+    f->level = NULL; /* per decision round (an operator may change it meanwhile) */
+}
+
+/* Set key (a literal) of obj to v (a new reference, or NULL: fails): what json_pack did, without
+ * parsing a format, measuring the key or checking text known to be UTF-8 (ids, hex, names). */
+#define SET_LITERAL(obj, key, v) json_object_setn_new_nocheck(obj, key, sizeof key - 1, v)
+
+static json_t *literal_string(const char *s, size_t len)
+{
+    return json_stringn_nocheck(s, len);
+}
+
+/* The keys in json_pack's order: the record's text is written in insertion order. */
+static json_t *policy_view(const request *rq, const submission_fields *f)
+{
+    json_t *view = json_object();
+    if (!view)
+        return NULL;
+    int bad = SET_LITERAL(view, "connector", json_incref(f->connector));
+    bad |= SET_LITERAL(view, "action", json_incref(f->action));
+    bad |= SET_LITERAL(view, "effect", json_incref(json_object_get(rq->descriptor_action, "effect")));
+    bad |= SET_LITERAL(view, "input", json_incref(f->input));
+    bad |= SET_LITERAL(view, "priority", json_incref(f->priority));
+    if (bad) {
+        json_decref(view);
+        return NULL;
     }
+    json_object_set_new(view, "proposer", f->proposer ? json_incref(f->proposer) : json_object());
+    json_object_set_new(view, "submitter", json_string(rq->who.name));
+    json_object_set_new(view, "autonomy", literal_string(f->level, strlen(f->level)));
     return view;
 }
 
-static json_t *new_record(const request *rq, const policy_decision *d, const policy_set *ps,
-                          const unsigned char digest[ACTION_DIGEST_LEN])
+static json_t *decision_json(const policy_decision *d, const policy_set *ps, policy_verdict v,
+                             const char *level)
 {
-    const json_t *s = rq->submission;
+    json_t *decision = json_object();
+    if (!decision)
+        return NULL;
+    const char *vn = policy_verdict_name(v), *pvn = policy_verdict_name(d->verdict);
+    int bad = SET_LITERAL(decision, "verdict", literal_string(vn, strlen(vn)));
+    bad |= SET_LITERAL(decision, "policy_verdict", literal_string(pvn, strlen(pvn)));
+    bad |= SET_LITERAL(decision, "autonomy", literal_string(level, strlen(level)));
+    bad |= SET_LITERAL(decision, "reason", json_string(d->reason));
+    bad |= SET_LITERAL(decision, "rule", json_string(d->rule));
+    bad |= SET_LITERAL(decision, "policy", json_string(d->file));
+    bad |= SET_LITERAL(decision, "policy_version", json_string(policy_set_version(ps)));
+    bad |= SET_LITERAL(decision, "duration_ns", json_integer((json_int_t)d->duration_ns));
+    if (bad) {
+        json_decref(decision);
+        return NULL;
+    }
+    return decision;
+}
+
+static json_t *new_record(const request *rq, const submission_fields *f, const policy_decision *d,
+                          const policy_set *ps, const unsigned char digest[ACTION_DIGEST_LEN])
+{
     char id[ACTION_ID_LEN + 1];
     action_id_new(id);
     char key[MAX_KEY_LEN + 16];
-    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
-    if (given)
-        snprintf(key, sizeof key, "%s", given);
-    else
-        snprintf(key, sizeof key, "aiorun-%s", id); /* every attempt of this action sends it */
+    size_t key_len;
+    if (f->given) { /* at most MAX_KEY_LEN bytes (validate_submission) */
+        key_len = strlen(f->given);
+        memcpy(key, f->given, key_len);
+    } else { /* every attempt of this action sends it */
+        memcpy(key, "aiorun-", 7);
+        memcpy(key + 7, id, ACTION_ID_LEN);
+        key_len = 7 + ACTION_ID_LEN;
+    }
     char hex[ACTION_DIGEST_LEN * 2 + 1];
     sodium_bin2hex(hex, sizeof hex, digest, ACTION_DIGEST_LEN);
     int64_t now = ar_now_ms();
-    json_t *proposer = json_object_get(s, "proposer");
-    const config_connector *cc = config_find_connector(rq->api->cfg, json_string_value(json_object_get(s, "connector")));
+    const config_connector *cc = config_find_connector(rq->api->cfg, f->connector_s);
     /* The connector's config may override what the plugin declares (a generic connector cannot
      * know whether a given API honours keys). */
-    json_t *mode = cc && cc->idempotency ? json_object_get(cc->idempotency, json_string_value(json_object_get(s, "action"))) : NULL;
+    json_t *mode = cc && cc->idempotency ? json_object_get(cc->idempotency, f->action_s) : NULL;
     if (!mode)
         mode = json_object_get(rq->descriptor_action, "idempotency");
-    json_t *deadline = json_object_get(s, "deadline_ms");
-    int64_t deadline_ms = now + (deadline ? (int64_t)json_integer_value(deadline) : (cc ? cc->deadline_ms : 300000));
-    json_t *rec = json_pack(
-        "{s:s, s:O, s:O, s:O, s:O, s:s, s:s, s:b, s:O, s:O, s:O, s:s, s:i, s:n, s:n, s:I, s:I, s:n}",
-        "id", id,
-        "connector", json_object_get(s, "connector"),
-        "action", json_object_get(s, "action"),
-        "effect", json_object_get(rq->descriptor_action, "effect"),
-        "idempotency", mode,
-        "idempotency_key", key,
-        "submitter", rq->who.name,
-        "key_given", given != NULL,
-        "input", json_object_get(s, "input"),
-        "proposer", proposer ? proposer : json_null(),
-        "priority", json_object_get(s, "priority"),
-        "digest", hex,
-        "attempts", 0,
-        "result", "error",
-        "created_ms", (json_int_t)now,
-        "updated_ms", (json_int_t)now,
-        "finished_ms");
+    int64_t deadline_ms = now + (f->deadline ? (int64_t)json_integer_value(f->deadline) : (cc ? cc->deadline_ms : 300000));
+    json_t *rec = json_object();
     if (!rec)
         return NULL;
+    int bad = SET_LITERAL(rec, "id", literal_string(id, ACTION_ID_LEN));
+    bad |= SET_LITERAL(rec, "connector", json_incref(f->connector));
+    bad |= SET_LITERAL(rec, "action", json_incref(f->action));
+    bad |= SET_LITERAL(rec, "effect", json_incref(json_object_get(rq->descriptor_action, "effect")));
+    bad |= SET_LITERAL(rec, "idempotency", json_incref(mode));
+    bad |= SET_LITERAL(rec, "idempotency_key", literal_string(key, key_len));
+    bad |= SET_LITERAL(rec, "submitter", json_string(rq->who.name));
+    bad |= SET_LITERAL(rec, "key_given", json_boolean(f->given != NULL));
+    bad |= SET_LITERAL(rec, "input", json_incref(f->input));
+    bad |= SET_LITERAL(rec, "proposer", f->proposer ? json_incref(f->proposer) : json_null());
+    bad |= SET_LITERAL(rec, "priority", json_incref(f->priority));
+    bad |= SET_LITERAL(rec, "digest", literal_string(hex, ACTION_DIGEST_LEN * 2));
+    bad |= SET_LITERAL(rec, "attempts", json_integer(0));
+    bad |= SET_LITERAL(rec, "result", json_null());
+    bad |= SET_LITERAL(rec, "error", json_null());
+    bad |= SET_LITERAL(rec, "created_ms", json_integer((json_int_t)now));
+    bad |= SET_LITERAL(rec, "updated_ms", json_integer((json_int_t)now));
+    bad |= SET_LITERAL(rec, "finished_ms", json_null());
+    if (bad) {
+        json_decref(rec);
+        return NULL;
+    }
     json_object_set_new(rec, "deadline_ms", json_integer(deadline_ms));
-    /* Graded autonomy adjusts the policies' verdict; a deny always stands. */
-    const char *level = autonomy_level(rq->api->autonomy, json_string_value(json_object_get(s, "connector")),
-                                       json_string_value(json_object_get(s, "action")));
+    /* Graded autonomy adjusts the policies' verdict; a deny always stands. The level is one of
+     * autonomy_level's static strings: its first letter tells which. */
+    const char *level = f->level;
     policy_verdict v = d->verdict;
-    if (strcmp(level, "semi") == 0 && v == POLICY_ALLOW)
+    if (level[0] == 's' && level[1] == 'e' && v == POLICY_ALLOW) /* "semi" */
         v = POLICY_APPROVE;
-    else if (strcmp(level, "suggest") == 0 && (v == POLICY_ALLOW || v == POLICY_APPROVE))
+    else if (level[0] == 's' && level[1] == 'u' && (v == POLICY_ALLOW || v == POLICY_APPROVE)) /* "suggest" */
         v = POLICY_SUGGEST;
-    json_t *decision = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}",
-        "verdict", policy_verdict_name(v), "policy_verdict", policy_verdict_name(d->verdict),
-        "autonomy", level, "reason", d->reason, "rule", d->rule, "policy", d->file,
-        "policy_version", policy_set_version(ps), "duration_ns", (json_int_t)d->duration_ns);
-    json_t *votes = policy_votes_json(d); /* built here, from the C votes: not a decision's cost */
+    json_t *decision = decision_json(d, ps, v, level);
+    json_t *votes = decision ? policy_votes_json(d) : NULL; /* built here, from the C votes: not a decision's cost */
     if (votes)
         json_object_set_new(decision, "votes", votes);
     json_object_set_new(rec, "decision", decision);
@@ -109,7 +167,7 @@ static json_t *new_record(const request *rq, const policy_decision *d, const pol
             asked.expires_in_s = 0;
             asked.four_eyes = 0;
             snprintf(asked.summary, sizeof asked.summary, "autonomy level semi for %s.%s",
-                     json_string_value(json_object_get(s, "connector")), json_string_value(json_object_get(s, "action")));
+                     f->connector_s, f->action_s);
         }
         approvals_request(rec, &asked, now, rq->api->cfg->approval_expiry_s);
     }
@@ -421,10 +479,12 @@ static void scheduler_stored(void *arg, int status, journal_batch *b, const ar_e
 /* Decide and hand the record to the journal; store_done answers. AR_E_CONFLICT: what the
  * decision read is stale already; decide again. Any other status: the request was answered
  * or will be. */
-static int decide_and_store(api_server *a, decider *dc, request *rq, const unsigned char *digest,
-                            const char *idem, size_t idem_len)
+static int decide_and_store(api_server *a, decider *dc, request *rq, submission_fields *fields,
+                            const unsigned char *digest, const char *idem, size_t idem_len)
 {
-    json_t *view = policy_view(rq);
+    submission_fields f = *fields;
+    f.level = autonomy_level(a->autonomy, f.connector_s, f.action_s); /* the view's and the record's */
+    json_t *view = policy_view(rq, &f);
     if (!view) {
         api_set_reply_error(rq, 500, "internal", "out of memory");
         api_resume(rq);
@@ -457,9 +517,9 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
     api_note_decision_time(a, d.duration_ns);
     metrics_observe(a->fam.policy_seconds, NULL, (double)d.duration_ns / 1e9);
     metrics_observe(a->fam.stage_seconds,
-                    (const char *const[]){"decision", json_string_value(json_object_get(rq->submission, "connector"))},
+                    (const char *const[]){"decision", f.connector_s},
                     (double)d.duration_ns / 1e9);
-    json_t *rec = new_record(rq, &d, dc->ps, digest);
+    json_t *rec = new_record(rq, &f, &d, dc->ps, digest);
     json_decref(d.votes);
     journal_batch *b = rec ? journal_batch_new() : NULL;
     if (!b) {
@@ -496,7 +556,7 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
         if (hold > SCHEDULER_HOLD_MAX_MS)
             hold = SCHEDULER_HOLD_MAX_MS;
         pthread_rwlock_rdlock(&a->sched_lock);
-        if (hold > 0 || scheduler_can_start(a->sched, action_record_str(rec, "connector")))
+        if (hold > 0 || scheduler_can_start(a->sched, f.connector_s))
             rc = scheduler_submit(a->sched, rec, b, scheduler_stored, ps, hold);
         pthread_rwlock_unlock(&a->sched_lock);
     }
@@ -521,12 +581,12 @@ static int decide_and_store(api_server *a, decider *dc, request *rq, const unsig
 
 static void process_submission(api_server *a, decider *dc, request *rq)
 {
-    const json_t *s = rq->submission;
-    const char *connector = json_string_value(json_object_get(s, "connector"));
-    const char *given = json_string_value(json_object_get(s, "idempotency_key"));
+    submission_fields f;
+    submission_fields_get(rq, &f);
+    const char *connector = f.connector_s;
+    const char *given = f.given;
     unsigned char digest[ACTION_DIGEST_LEN];
-    if (action_payload_digest(json_string_value(json_object_get(s, "action")),
-                              json_object_get(s, "input"), digest) != AR_OK) {
+    if (action_payload_digest(f.action_s, f.input, digest) != AR_OK) {
         api_set_reply_error(rq, 500, "internal", "out of memory");
         api_resume(rq);
         return;
@@ -551,7 +611,7 @@ static void process_submission(api_server *a, decider *dc, request *rq)
             api_resume(rq);
             return;
         }
-        if (decide_and_store(a, dc, rq, digest, idem, idem_len) != AR_E_CONFLICT)
+        if (decide_and_store(a, dc, rq, &f, digest, idem, idem_len) != AR_E_CONFLICT)
             return; /* rq may be answered and gone already: not to be touched */
     }
     rq->retry_after_s = 1;
