@@ -122,6 +122,8 @@ typedef struct policy_file {
     char vote_name[256];    /* name, made valid UTF-8 (for decisions and votes) */
     json_t *vote_json;      /* vote_name as a JSON string, shared by the votes' JSON (policy_vote
                              * .file_json); owned (one reference); NULL: none made */
+    json_t *abstain_json;   /* the file's abstention as a vote's JSON, shared likewise
+                             * (policy_vote.abstain_json); owned; NULL: none made */
     char *source;
     size_t len;
     int has_validate;       /* the file defines validate (found at load) */
@@ -3800,6 +3802,21 @@ static int validate_set(policy_set *set, ar_error *err)
 static void default_for(const policy_set *set, int kind, policy_verdict *v, char *reason,
                         size_t size);
 
+/* A file's abstention, the vote policy_votes_json writes for it: {"file": file_json, "verdict":
+ * null, "rule": null, "reason": null}. NULL when file_json is (or out of memory). */
+static json_t *abstain_vote_json(json_t *file_json)
+{
+    json_t *vote = file_json ? json_object() : NULL;
+    if (vote && (json_object_set_nocheck(vote, "file", file_json) ||
+                 json_object_set_new_nocheck(vote, "verdict", json_null()) ||
+                 json_object_set_new_nocheck(vote, "rule", json_null()) ||
+                 json_object_set_new_nocheck(vote, "reason", json_null()))) {
+        json_decref(vote);
+        vote = NULL;
+    }
+    return vote;
+}
+
 int policy_set_load(const char *dir, const policy_limits *limits, policy_set **out,
                     ar_error *err)
 {
@@ -3855,6 +3872,7 @@ int policy_set_load(const char *dir, const policy_limits *limits, policy_set **o
         utf8_clean(set->files[i].vote_name);
         set->files[i].vote_json = json_stringn_nocheck(set->files[i].vote_name,
                                                        strlen(set->files[i].vote_name));
+        set->files[i].abstain_json = abstain_vote_json(set->files[i].vote_json);
         set->count = i + 1;
         rc = read_policy_file(dirfd(d), &set->files[i], err);
         if (rc != AR_OK)
@@ -3887,6 +3905,7 @@ void policy_set_free(policy_set *set)
         free(set->files[i].source);
         free(set->files[i].covers);
         json_decref(set->files[i].vote_json); /* votes' JSON still holding it keeps it */
+        json_decref(set->files[i].abstain_json);
     }
     free(set->files);
     free(set->counters);
@@ -4165,6 +4184,7 @@ static void tally_file(policy_worker *w, tally *t, size_t i, run_ctx *c, const c
     const char *file = w->set->files[i].name;
     vote->file = w->set->files[i].vote_name;
     vote->file_json = w->set->files[i].vote_json;
+    vote->abstain_json = w->set->files[i].abstain_json;
     vote->abstained = 0;
     policy_verdict verdict = POLICY_DENY;
     if (!why && c->outcome == OUT_INVALID) {
@@ -4212,6 +4232,7 @@ static void tally_uncovered(policy_worker *w, size_t i)
 {
     w->votes[i].file = w->set->files[i].vote_name;
     w->votes[i].file_json = w->set->files[i].vote_json;
+    w->votes[i].abstain_json = w->set->files[i].abstain_json;
     w->votes[i].abstained = 1;
 }
 
@@ -4453,8 +4474,15 @@ json_t *policy_votes_json(const policy_decision *d)
     json_t *votes = json_array();
     for (size_t i = 0; votes && d && i < d->n_votes; i++) {
         const policy_vote *v = &d->vote_list[i];
-        json_t *vote = json_object();
         int abstained = v->abstained;
+        if (abstained && v->abstain_json) { /* most files abstain: one object per file, shared */
+            if (json_array_append(votes, v->abstain_json)) {
+                json_decref(votes);
+                return NULL;
+            }
+            continue;
+        }
+        json_t *vote = json_object();
         /* the file's name: the set's string, shared (strings are not changed once made) */
         if (!vote ||
             SET_LITERAL(vote, "file", v->file_json ? json_incref(v->file_json)

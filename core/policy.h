@@ -91,6 +91,10 @@ typedef struct policy_vote {
     /* file as a JSON string, borrowed from the set (policy_votes_json shares it); NULL: none,
      * policy_votes_json makes its own from file */
     json_t *file_json;
+    /* an abstention's whole vote as JSON ({"file", "verdict": null, "rule": null, "reason":
+     * null}), borrowed from the set (policy_votes_json shares it: votes are not changed once
+     * made); NULL: policy_votes_json makes its own */
+    json_t *abstain_json;
 } policy_vote;
 
 typedef struct policy_decision {

@@ -3806,8 +3806,10 @@ static void test_votes_json_unchanged(void **state)
         /* votes made by hand, without the set's shared names, give the same JSON */
         policy_vote copy[3];
         memcpy(copy, d.vote_list, sizeof copy);
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 3; k++) {
             copy[k].file_json = NULL;
+            copy[k].abstain_json = NULL;
+        }
         policy_decision by_hand = d;
         by_hand.vote_list = copy;
         json_t *again = policy_votes_json(&by_hand);
@@ -3815,6 +3817,14 @@ static void test_votes_json_unchanged(void **state)
         json_decref(again);
         json_decref(d.votes);
     }
+    /* an abstention is one object per file, shared by every decision's votes */
+    policy_decision d2;
+    decide_votes(w, "{\"connector\":\"c\",\"action\":\"a\",\"effect\":\"write\",\"input\":{}}", &d2);
+    json_t *votes2 = policy_votes_json(&d2);
+    for (size_t k = 0; k < 3; k++)
+        assert_ptr_equal(json_array_get(votes2, k), json_array_get(kept[0], k));
+    json_decref(votes2);
+    json_decref(d2.votes);
     char *text = json_dumps(kept[0], JSON_COMPACT);
     assert_string_equal(text, "[{\"file\":\"a.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
                               "{\"file\":\"b?.lua\",\"verdict\":null,\"rule\":null,\"reason\":null},"
