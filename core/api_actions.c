@@ -705,10 +705,10 @@ json_t *api_validate_result(void *arg, const json_t *rec, const json_t *result)
 
 /* ---- request validation (HTTP thread) ----------------------------------------------------- */
 
-static int check_field_type(request *rq, const json_t *body, const char *field, json_type type,
+/* v: the field's value (NULL: absent). */
+static int check_field_type(request *rq, const json_t *v, const char *field, json_type type,
                             const char *type_name, int required)
 {
-    json_t *v = json_object_get(body, field);
     if (!v) {
         if (!required)
             return 1;
@@ -762,11 +762,31 @@ static int validate_proposer(request *rq, const json_t *p)
     return 1;
 }
 
+/* The fields a submission may have, in the order of the "unknown field" message. */
+enum { F_CONNECTOR, F_ACTION, F_INPUT, F_IDEMPOTENCY_KEY, F_PROPOSER, F_PRIORITY, F_WAIT_MS,
+       F_DEADLINE_MS, N_FIELDS };
+
+/* Which known field key is, or N_FIELDS. */
+static int field_index(const char *key)
+{
+    static const char *const known[N_FIELDS] = {"connector", "action", "input", "idempotency_key",
+                                                "proposer", "priority", "wait_ms", "deadline_ms"};
+    int i;
+    switch (key[0]) { /* one comparison instead of up to eight */
+    case 'c': i = F_CONNECTOR; break;
+    case 'a': i = F_ACTION; break;
+    case 'i': i = key[1] == 'n' ? F_INPUT : F_IDEMPOTENCY_KEY; break;
+    case 'p': i = key[1] == 'r' && key[2] == 'o' ? F_PROPOSER : F_PRIORITY; break;
+    case 'w': i = F_WAIT_MS; break;
+    case 'd': i = F_DEADLINE_MS; break;
+    default: return N_FIELDS;
+    }
+    return strcmp(key, known[i]) == 0 ? i : N_FIELDS;
+}
+
 /* Parse and check the body; on success rq->submission holds it with defaults filled in. */
 static int validate_submission(request *rq)
 {
-    static const char *const known[] = {"connector", "action", "input", "idempotency_key",
-                                        "proposer", "priority", "wait_ms", "deadline_ms"};
     json_error_t jerr;
     json_t *body = json_loadb(rq->body ? rq->body : "", rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!body) {
@@ -779,58 +799,59 @@ static int validate_submission(request *rq)
         api_set_reply_error(rq, 400, "invalid_request", "request body must be a JSON object");
         return 0;
     }
+    /* One pass over the members: each field found once, not looked up by name again. */
+    json_t *f[N_FIELDS] = {0};
     const char *k;
     json_t *v;
     json_object_foreach(body, k, v) {
-        size_t i, n = sizeof known / sizeof known[0];
-        for (i = 0; i < n && strcmp(k, known[i]) != 0; i++)
-            ;
-        if (i == n) {
+        int i = field_index(k);
+        if (i == N_FIELDS) {
             api_set_reply_error(rq, 400, "invalid_request", "unknown field \"%s\" (known: connector, action, input, "
                             "idempotency_key, proposer, priority, wait_ms, deadline_ms)", k);
             return 0;
         }
+        f[i] = v;
     }
-    if (!check_field_type(rq, body, "connector", JSON_STRING, "a string", 1) ||
-        !check_field_type(rq, body, "action", JSON_STRING, "a string", 1) ||
-        !check_field_type(rq, body, "input", JSON_OBJECT, "an object", 0) ||
-        !check_field_type(rq, body, "idempotency_key", JSON_STRING, "a string", 0) ||
-        !check_field_type(rq, body, "proposer", JSON_OBJECT, "an object", 0) ||
-        !check_field_type(rq, body, "priority", JSON_INTEGER, "an integer", 0) ||
-        !check_field_type(rq, body, "wait_ms", JSON_INTEGER, "an integer", 0) ||
-        !check_field_type(rq, body, "deadline_ms", JSON_INTEGER, "an integer", 0))
+    if (!check_field_type(rq, f[F_CONNECTOR], "connector", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, f[F_ACTION], "action", JSON_STRING, "a string", 1) ||
+        !check_field_type(rq, f[F_INPUT], "input", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, f[F_IDEMPOTENCY_KEY], "idempotency_key", JSON_STRING, "a string", 0) ||
+        !check_field_type(rq, f[F_PROPOSER], "proposer", JSON_OBJECT, "an object", 0) ||
+        !check_field_type(rq, f[F_PRIORITY], "priority", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, f[F_WAIT_MS], "wait_ms", JSON_INTEGER, "an integer", 0) ||
+        !check_field_type(rq, f[F_DEADLINE_MS], "deadline_ms", JSON_INTEGER, "an integer", 0))
         return 0;
-    json_t *deadline = json_object_get(body, "deadline_ms");
+    json_t *deadline = f[F_DEADLINE_MS];
     if (deadline && (json_integer_value(deadline) < 1 || json_integer_value(deadline) > 7LL * 86400000)) {
         api_set_reply_error(rq, 400, "invalid_request", "deadline_ms (milliseconds from now) must be from 1 to %lld",
                         7LL * 86400000);
         return 0;
     }
-    const char *key = json_string_value(json_object_get(body, "idempotency_key"));
+    const char *key = json_string_value(f[F_IDEMPOTENCY_KEY]);
     if (key && (strlen(key) == 0 || strlen(key) > MAX_KEY_LEN)) {
         api_set_reply_error(rq, 400, "invalid_request", "idempotency_key must be 1 to %d bytes", MAX_KEY_LEN);
         return 0;
     }
-    json_t *proposer = json_object_get(body, "proposer");
-    if (proposer && !validate_proposer(rq, proposer))
+    if (f[F_PROPOSER] && !validate_proposer(rq, f[F_PROPOSER]))
         return 0;
-    json_int_t wait = json_integer_value(json_object_get(body, "wait_ms"));
+    json_int_t wait = json_integer_value(f[F_WAIT_MS]);
     if (wait < 0 || wait > MAX_WAIT_MS) {
         api_set_reply_error(rq, 400, "invalid_request", "wait_ms must be between 0 and %d", MAX_WAIT_MS);
         return 0;
     }
-    json_int_t prio = json_integer_value(json_object_get(body, "priority"));
+    json_int_t prio = json_integer_value(f[F_PRIORITY]);
     if (prio < -1000 || prio > 1000) {
         api_set_reply_error(rq, 400, "invalid_request", "priority must be between -1000 and 1000");
         return 0;
     }
     rq->wait_ms = (int)wait;
     rq->wait_until = ar_mono_ms() + wait; /* the wait counts from the request */
-    if (!json_object_get(body, "input"))
+    if (!f[F_INPUT])
         json_object_set_new(body, "input", json_object());
-    if (!json_object_get(body, "priority"))
+    if (!f[F_PRIORITY])
         json_object_set_new(body, "priority", json_integer(0));
-    json_object_del(body, "wait_ms");
+    if (f[F_WAIT_MS])
+        json_object_del(body, "wait_ms");
     return 1;
 }
 

@@ -239,6 +239,101 @@ static void bad_requests_get_stable_error_codes(void **state)
     json_decref(list);
 }
 
+/* Refused submissions: the whole reply (status, code, message) is what the daemon answered
+ * before validate_submission read the body in one pass (issue 9). */
+static const struct {
+    const char *body;
+    long status;
+    const char *reply;
+} refusal_cases[] = {
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"inputs\":{}}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"inputs\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"p\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"p\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"pr\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"pr\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"priorit\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"priorit\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"i\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"i\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"Connector\":\"echo\",\"action\":\"echo\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"Connector\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"idempotency_keys\":\"k\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"idempotency_keys\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"deadline\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"deadline\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"wait\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"wait\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"connector\":7,\"action\":\"echo\",\"colour\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"unknown field \\\"colour\\\" (known: connector, action, input, idempotency_key, proposer, priority, wait_ms, deadline_ms)\"}"},
+    {"{\"action\":\"echo\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"connector\\\" is required (a string)\"}"},
+    {"{\"connector\":\"echo\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"action\\\" is required (a string)\"}"},
+    {"{\"connector\":\"echo\",\"action\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"action\\\" must be a string\"}"},
+    {"{\"connector\":1,\"action\":1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"connector\\\" must be a string\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"input\":[]}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"input\\\" must be an object\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"idempotency_key\":5}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"idempotency_key\\\" must be a string\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"proposer\":\"me\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"proposer\\\" must be an object\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"priority\":1.5}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"priority\\\" must be an integer\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"wait_ms\":\"5\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"wait_ms\\\" must be an integer\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"deadline_ms\":true}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"field \\\"deadline_ms\\\" must be an integer\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"deadline_ms\":0}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"deadline_ms (milliseconds from now) must be from 1 to 604800000\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"deadline_ms\":604800001}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"deadline_ms (milliseconds from now) must be from 1 to 604800000\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"idempotency_key\":\"\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"idempotency_key must be 1 to 256 bytes\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"idempotency_key\":\"KKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKK\"}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"idempotency_key must be 1 to 256 bytes\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"proposer\":{\"kind\":\"agent\",\"mood\":\"x\"}}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"proposer: unknown field \\\"mood\\\" (known: kind, model, confidence, prompt_ref, context_refs)\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"proposer\":{\"confidence\":2}}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"proposer.confidence must be between 0 and 1\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"wait_ms\":-1}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"wait_ms must be between 0 and 60000\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"priority\":1001}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"priority must be between -1000 and 1000\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"priority\":-1001,\"wait_ms\":70000}",
+     400, "{\"error\":\"invalid_request\",\"message\":\"wait_ms must be between 0 and 60000\"}"},
+    {"{\"connector\":\"echo\",\"action\":\"echo\",\"input\":{\"message\":\"x\"},\"connector\":\"echo\"}",
+     400, "{\"error\":\"invalid_json\",\"message\":\"request body is not valid JSON: duplicate object key near '\\\"connector\\\"' at line 1, column 71\"}"},
+};
+
+static void refused_submissions_keep_their_messages(void **state)
+{
+    (void)state;
+    int mismatch = 0;
+    for (size_t i = 0; i < sizeof refusal_cases / sizeof refusal_cases[0]; i++) {
+        json_t *r = NULL;
+        long st = harness_http(&H, "POST", "/v1/actions", refusal_cases[i].body, &r);
+        char *got = r ? json_dumps(r, JSON_COMPACT) : NULL;
+        assert_non_null(got);
+        if (st != refusal_cases[i].status || strcmp(got, refusal_cases[i].reply) != 0) {
+            fprintf(stderr, "refusal %zu:\n  got      %ld %s\n  expected %ld %s\n", i, st, got,
+                    refusal_cases[i].status, refusal_cases[i].reply);
+            mismatch = 1;
+        }
+        free(got);
+        json_decref(r);
+    }
+    assert_int_equal(mismatch, 0);
+    json_t *list; /* nothing was stored */
+    assert_int_equal(harness_http(&H, "GET", "/v1/actions", NULL, &list), 200);
+    assert_int_equal(json_array_size(json_object_get(list, "actions")), 0);
+    json_decref(list);
+}
+
 static void oversized_body_is_refused(void **state)
 {
     (void)state;
@@ -1077,6 +1172,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(same_key_with_another_payload_is_a_conflict, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(concurrent_submissions_with_one_key_make_one_action, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(bad_requests_get_stable_error_codes, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(refused_submissions_keep_their_messages, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(oversized_body_is_refused, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(policy_deny_is_stored_with_its_reason, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(writes_nobody_allowed_wait_for_approval_by_default, start_default, stop_daemon),
