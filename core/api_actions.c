@@ -175,6 +175,15 @@ static json_t *new_record(const request *rq, const submission_fields *f, const p
     return rec;
 }
 
+/* out = the first ACTION_ID_LEN bytes of id (fewer at a NUL), NUL-terminated: what
+ * snprintf("%.*s") made, without parsing a format. */
+static void copy_action_id(char out[ACTION_ID_LEN + 1], const char *id)
+{
+    size_t n = strnlen(id, ACTION_ID_LEN);
+    memcpy(out, id, n);
+    out[n] = '\0';
+}
+
 /* The submission matches an existing action with the same key: same payload → that action
  * (200), another payload → 409. */
 static void answer_existing(api_server *a, request *rq, const char *id,
@@ -191,9 +200,9 @@ static void answer_existing(api_server *a, request *rq, const char *id,
         return;
     }
     char idz[ACTION_ID_LEN + 1];
-    snprintf(idz, sizeof idz, "%.*s", ACTION_ID_LEN, id);
+    copy_action_id(idz, id);
     rq->done_status = MHD_HTTP_OK;
-    snprintf(rq->action_id, sizeof rq->action_id, "%s", idz);
+    memcpy(rq->action_id, idz, sizeof idz);
     if (rq->wait_ms > 0) {
         /* Register first, then look: a change landing in between is not missed. */
         api_waiter_add(a, rq);
@@ -346,7 +355,7 @@ static void reply_stored(api_server *a, request *rq, json_t *rec)
     /* Keep what the reply needs before the scheduler may change and free its copy. */
     json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
     if (rq->wait_ms > 0) {
-        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        copy_action_id(rq->action_id, action_record_str(rec, "id"));
         api_waiter_add(a, rq); /* before the scheduler can finish it */
     }
     scheduler_enqueue(a->sched, json_incref(rec));
@@ -419,7 +428,7 @@ static void reply_submitted(api_server *a, request *rq, const json_t *rec)
 {
     rq->done_status = MHD_HTTP_CREATED;
     if (rq->wait_ms > 0) {
-        snprintf(rq->action_id, sizeof rq->action_id, "%s", action_record_str(rec, "id"));
+        copy_action_id(rq->action_id, action_record_str(rec, "id"));
         api_waiter_add(a, rq); /* before the scheduler goes on with it */
         return;
     }
