@@ -50,6 +50,14 @@ static void states_round_trip_and_classify(void **state)
         assert_int_equal(action_state_from_name(action_state_name((action_state)s)), s);
     assert_int_equal(action_state_from_name("SLEEPING"), -1);
     assert_int_equal(action_state_from_name(NULL), -1);
+    /* names sharing a first letter (the lookup tries it first), and near misses */
+    assert_int_equal(action_state_from_name("RETRY_WAIT"), ACTION_RETRY_WAIT);
+    assert_int_equal(action_state_from_name("REJECTED"), ACTION_REJECTED);
+    assert_int_equal(action_state_from_name("READY"), ACTION_READY);
+    assert_int_equal(action_state_from_name("ready"), -1);
+    assert_int_equal(action_state_from_name("READ"), -1);
+    assert_int_equal(action_state_from_name("READY "), -1);
+    assert_int_equal(action_state_from_name(""), -1);
     assert_true(action_state_terminal(ACTION_SUCCEEDED));
     assert_true(action_state_terminal(ACTION_DENIED));
     assert_true(action_state_terminal(ACTION_UNKNOWN_OUTCOME));
@@ -58,6 +66,23 @@ static void states_round_trip_and_classify(void **state)
     assert_false(action_state_terminal(ACTION_PENDING_APPROVAL));
     assert_true(action_state_settled(ACTION_PENDING_APPROVAL));
     assert_false(action_state_settled(ACTION_RETRY_WAIT));
+}
+
+/* action_record_set_state writes the members json_object_set_new wrote: same text. */
+static void set_state_writes_state_and_times(void **state)
+{
+    (void)state;
+    json_t *rec = json_pack("{s:s, s:I, s:n}", "id", "x", "updated_ms", (json_int_t)1, "finished_ms");
+    action_record_set_state(rec, ACTION_READY, 5);
+    char *text = json_dumps(rec, JSON_COMPACT);
+    assert_string_equal(text, "{\"id\":\"x\",\"updated_ms\":5,\"finished_ms\":null,\"state\":\"READY\"}");
+    free(text);
+    action_record_set_state(rec, ACTION_UNKNOWN_OUTCOME, 7);
+    text = json_dumps(rec, JSON_COMPACT);
+    assert_string_equal(text, "{\"id\":\"x\",\"updated_ms\":7,\"finished_ms\":7,\"state\":\"UNKNOWN_OUTCOME\"}");
+    free(text);
+    assert_int_equal(action_record_state(rec), ACTION_UNKNOWN_OUTCOME);
+    json_decref(rec);
 }
 
 static void render_gives_timestamps_and_drops_internals(void **state)
@@ -316,6 +341,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(ids_are_26_crockford_chars_and_sort_in_minting_order),
     cmocka_unit_test(digest_ignores_key_order_but_not_values),
     cmocka_unit_test(states_round_trip_and_classify),
+    cmocka_unit_test(set_state_writes_state_and_times),
     cmocka_unit_test(render_gives_timestamps_and_drops_internals),
     cmocka_unit_test(render_text_is_the_rendered_value),
     cmocka_unit_test(idem_key_scopes_by_connector_and_submitter),
