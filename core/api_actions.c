@@ -344,26 +344,28 @@ static void reply_stored(api_server *a, request *rq, json_t *rec)
 {
     api_action_changed(a, rec); /* logs it; nobody can be waiting on a brand-new id yet */
     rq->done_status = MHD_HTTP_CREATED;
-    if (action_record_state(rec) == ACTION_PENDING_APPROVAL)
+    action_state st = action_record_state(rec);
+    if (st == ACTION_PENDING_APPROVAL)
         api_expiry_add(a, action_record_str(rec, "id"),
                    json_integer_value(json_object_get(json_object_get(rec, "approval"), "expires_ms")));
-    if (action_record_state(rec) != ACTION_READY) {
+    if (st != ACTION_READY) {
         api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
         api_resume(rq);
         return;
     }
-    /* Keep what the reply needs before the scheduler may change and free its copy. */
-    json_t *reply_copy = rq->wait_ms > 0 ? NULL : json_deep_copy(rec);
-    if (rq->wait_ms > 0) {
+    /* The reply's text is made before the scheduler may change and free its copy (the text,
+     * not a deep copy of the record to render later). Once a waiter is added, rq may be
+     * answered and gone at any moment: not to be read after. */
+    int waits = rq->wait_ms > 0;
+    if (waits) {
         copy_action_id(rq->action_id, action_record_str(rec, "id"));
         api_waiter_add(a, rq); /* before the scheduler can finish it */
+    } else {
+        api_set_reply_action(rq, MHD_HTTP_CREATED, rec);
     }
     scheduler_enqueue(a->sched, json_incref(rec));
-    if (reply_copy) {
-        api_set_reply_action(rq, MHD_HTTP_CREATED, reply_copy);
-        json_decref(reply_copy);
+    if (!waits)
         api_resume(rq);
-    }
 }
 
 /* The audit entries of a new action, in the batch that stores it: what was proposed, by whom
