@@ -7,11 +7,13 @@
  * JSON_SORT_KEYS | JSON_COMPACT of {seq, time_ms, type, action, data}); chain =
  * BLAKE2b-256(previous chain || digest), 32 zero bytes before seq 1.
  *
- * The head is read in the writer's transaction on every append: the binary head record
- * (JDB_META, AUDIT_HEAD_KEY), written in the same transaction as each entry, checked against
- * the last entry's key and chain; nothing is cached, so the daemon and an offline aioctl append
- * to one chain. Every appended entry verifies: data that would not read back the same is
- * refused (see "appending" below for how that is found without parsing every entry).
+ * The head is read in the writer's transaction on every append, from the last entry itself:
+ * its key gives the seq, and the "chain" that ends an entry written here gives the chain (an
+ * entry of another form is parsed). Nothing is cached, so the daemon and an offline aioctl
+ * append to one chain, and nothing but the entry and its index key is written (the head record
+ * earlier versions kept in JDB_META is neither read nor written). Every appended entry
+ * verifies: data that would not read back the same is refused (see "appending" below for how
+ * that is found without parsing every entry).
  */
 #include "audit.h"
 
@@ -58,15 +60,21 @@ static void index_key(const char *action_id, uint64_t seq, unsigned char out[IND
     seq_key(seq, out + ACTION_ID_LEN);
 }
 
-/* Exactly 2*len lowercase hex digits into out[len]. */
-static bool from_hex(const char *hex, unsigned char *out, size_t len)
+/* hexlen bytes of text, exactly 2*len lowercase hex digits, into out[len]. */
+static bool from_hexn(const char *hex, size_t hexlen, unsigned char *out, size_t len)
 {
-    if (!hex || strlen(hex) != 2 * len)
+    if (hexlen != 2 * len)
         return false;
     for (size_t i = 0; i < 2 * len; i++)
         if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
             return false;
     return sodium_hex2bin(out, len, hex, 2 * len, NULL, NULL, NULL) == 0;
+}
+
+/* A string of exactly 2*len lowercase hex digits into out[len]. */
+static bool from_hex(const char *hex, unsigned char *out, size_t len)
+{
+    return hex && from_hexn(hex, strlen(hex), out, len);
 }
 
 static void to_hex(const unsigned char *bin, size_t len, char *hex, size_t cap)
@@ -213,8 +221,8 @@ static json_t *unreadable(uint64_t seq)
  *
  * An append costs the writer no JSON work: the entry is prepared as text beforehand (on the
  * caller's thread for audit_batch_append), with only seq, digest and chain left to fill in,
- * and the head (seq and chain) is read from a small binary record rather than parsed out of
- * the last entry.
+ * and the head (seq and chain) is read from the two ends of the last entry's text rather than
+ * parsed out of it.
  *
  * The canonical body, sorted keys, is {"action":A,"data":D,"seq":N,"time_ms":T,"type":Y}: with
  * A, D (sorted keys) and Y written by jansson exactly as it writes them inside the body, it is
@@ -230,7 +238,6 @@ static json_t *unreadable(uint64_t seq)
  * scan of the written data finds both; only then is the stored text parsed and digested again.
  */
 
-#define HEAD_RECORD_LEN (SEQ_KEY_LEN + HASH_LEN)
 #define CHECK_DEPTH 1000   /* deeper data gets the full check (jansson parses up to 2048) */
 
 /* An entry as text, but for its seq, digest and chain. The three parts live in buf. */
@@ -375,32 +382,41 @@ done:
     return status;
 }
 
-/* Does the stored entry (val) carry chain as its "chain"? (The last occurrence of the field
- * is the entry's own: inside a string a quote is escaped.) An entry written here ends with
- * it, so that place is looked at first; the scan is for entries written otherwise. */
-static bool entry_has_chain(const void *val, size_t vlen, const unsigned char chain[HASH_LEN])
+/* The head from the last entry as this code writes it: {"seq":N,...,"chain":"<64 hex>"} with N
+ * the seq its key names, read from the text's two ends without parsing. The tail is the
+ * top-level member: after a comma a quote opens a key (a closing quote is never followed by a
+ * letter), and a nested object's end would make the text end in "}}". False for anything
+ * else (an erased entry, which ends with "erased":true, or one written otherwise). */
+static bool head_from_tail(const void *key, size_t klen, const void *val, size_t vlen,
+                           uint64_t *seq, unsigned char chain[HASH_LEN])
 {
-    static const char field[] = "\"chain\":\"";
+    static const char field[] = ",\"chain\":\"";
     const size_t flen = sizeof field - 1, tail = flen + 2 * HASH_LEN + 2; /* field hex "} */
-    char hex[AUDIT_HASH_HEX];
-    const char *p = val, *end = p + vlen, *last = NULL;
-    if (vlen >= tail && memcmp(end - tail, field, flen) == 0 && memcmp(end - 2, "\"}", 2) == 0)
-        last = end - tail;
-    for (const char *at = p; !last && (at = memmem(at, (size_t)(end - at), field, flen)); at += flen)
-        last = at;
-    if (!last || (size_t)(end - last) < flen + 2 * HASH_LEN + 1 || last[flen + 2 * HASH_LEN] != '"')
+    char prefix[32];
+    if (klen != SEQ_KEY_LEN)
         return false;
-    to_hex(chain, HASH_LEN, hex, sizeof hex);
-    return memcmp(last + flen, hex, 2 * HASH_LEN) == 0;
+    uint64_t at = seq_of_key(key);
+    size_t plen = (size_t)snprintf(prefix, sizeof prefix, "{\"seq\":%" PRIu64 ",", at);
+    const char *text = val, *end = text + vlen;
+    if (at < 1 || vlen < plen + tail || memcmp(text, prefix, plen) != 0 ||
+        memcmp(end - tail, field, flen) != 0 || memcmp(end - 2, "\"}", 2) != 0 ||
+        !from_hexn(end - 2 - 2 * HASH_LEN, 2 * HASH_LEN, chain, HASH_LEN))
+        return false;
+    *seq = at;
+    return true;
 }
 
-/* The head from the last entry, parsed (a journal from before the head record, or one whose
- * head record does not match its last entry). */
-static int head_from_entry(const void *key, size_t klen, const void *val, size_t vlen,
-                           uint64_t *seq, unsigned char chain[HASH_LEN], ar_error *err)
+/* The head from the last entry (key, val): its seq and chain, from the tail when the entry
+ * has the form this code writes, else parsed (an erased entry, or one written otherwise).
+ * AR_E_FORMAT, code "audit_head_unreadable", when it cannot be read: the chain cannot go on
+ * from it. */
+static int head_of_last(const void *key, size_t klen, const void *val, size_t vlen,
+                        uint64_t *seq, unsigned char chain[HASH_LEN], ar_error *err)
 {
     char why[160];
     entry e = {0};
+    if (head_from_tail(key, klen, val, vlen, seq, chain))
+        return AR_OK;
     if (klen != SEQ_KEY_LEN || entry_parse(val, vlen, &e, why, sizeof why) != AR_OK ||
         e.seq != seq_of_key(key)) {
         if (klen == SEQ_KEY_LEN && e.doc)
@@ -418,15 +434,13 @@ static int head_from_entry(const void *key, size_t klen, const void *val, size_t
     return AR_OK;
 }
 
-/* The head inside the transaction: the last seq and its chain (0 and zeros when empty). The
- * head record is used when it matches the last entry (same seq, and that entry carries its
- * chain): cheap checks, no parse. Otherwise — no record yet (a journal from before it), or one
- * left behind by a writer that did not keep it — the last entry is parsed, as it always was. */
+/* The head inside the transaction: the last seq and its chain (0 and zeros when empty), from
+ * the last entry alone (head_of_last). The head record of earlier versions is not read. */
 static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
                     ar_error *err)
 {
-    const void *key, *val, *head = NULL;
-    size_t klen, vlen, hlen = 0;
+    const void *key, *val;
+    size_t klen, vlen;
     *seq = 0;
     memset(chain, 0, HASH_LEN);
     int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
@@ -438,20 +452,10 @@ static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LE
                             "cannot go on from it (run aioctl audit verify)");
     if (status != AR_OK)
         return journal_failure(err, status, "reading the audit head");
-    status = journal_txn_get(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &head, &hlen);
-    if (status != AR_OK && status != AR_E_NOTFOUND && status != AR_E_FORMAT)
-        return journal_failure(err, status, "reading the audit head");
-    if (status == AR_OK && hlen == HEAD_RECORD_LEN && klen == SEQ_KEY_LEN &&
-        memcmp(head, key, SEQ_KEY_LEN) == 0 &&
-        entry_has_chain(val, vlen, (const unsigned char *)head + SEQ_KEY_LEN)) {
-        *seq = seq_of_key(key);
-        memcpy(chain, (const unsigned char *)head + SEQ_KEY_LEN, HASH_LEN);
-        return AR_OK;
-    }
-    return head_from_entry(key, klen, val, vlen, seq, chain, err);
+    return head_of_last(key, klen, val, vlen, seq, chain, err);
 }
 
-/* Chain a prepared entry onto the head and store it, its index key and the new head. */
+/* Chain a prepared entry onto the head and store it and its index key. */
 static int append_prepared(journal_txn *txn, const prepared *p, const char *type,
                            uint64_t *seq_out, ar_error *err)
 {
@@ -499,7 +503,7 @@ static int append_prepared(journal_txn *txn, const prepared *p, const char *type
             return unwritable(err, type);
         }
     }
-    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN], head[HEAD_RECORD_LEN];
+    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN];
     seq_key(seq, key);
     status = journal_txn_put_last(txn, JDB_AUDIT, key, sizeof key, text, tlen);
     free(text);
@@ -513,11 +517,6 @@ static int append_prepared(journal_txn *txn, const prepared *p, const char *type
             AR_OK)
             return journal_failure(err, status, "indexing the audit trail");
     }
-    memcpy(head, key, SEQ_KEY_LEN);
-    memcpy(head + SEQ_KEY_LEN, chain, HASH_LEN);
-    if ((status = journal_txn_put(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), head,
-                                  sizeof head)) != AR_OK)
-        return journal_failure(err, status, "storing the audit head");
     if (seq_out)
         *seq_out = seq;
     return AR_OK;
@@ -879,6 +878,7 @@ int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_err
 {
     journal_read *r;
     journal_cursor *c;
+    unsigned char chain[HASH_LEN];
     *seq = 0;
     chain_hex[0] = '\0';
     int status = begin(j, &r, &c, JDB_AUDIT, err);
@@ -886,21 +886,17 @@ int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_err
         return status;
     const void *key, *val;
     size_t klen, vlen;
-    char why[160];
-    entry e;
     int rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
     if (rc == AR_E_NOTFOUND) {
         ar_error_clear(err);
     } else if (rc != AR_OK && rc != AR_E_FORMAT) {
         status = journal_failure(err, rc, "reading the audit head");
-    } else if (rc != AR_OK || klen != SEQ_KEY_LEN ||
-               entry_parse(val, vlen, &e, why, sizeof why) != AR_OK) {
+    } else if (rc != AR_OK) {
         status = ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
                               "the last audit entry cannot be read (run aioctl audit verify)");
-    } else {
-        *seq = seq_of_key(key);
-        to_hex(e.chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
-        json_decref(e.doc);
+    } else if ((status = head_of_last(key, klen, val, vlen, seq, chain, err)) == AR_OK) {
+        /* the head an append would go on from (txn_head) */
+        to_hex(chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
         ar_error_clear(err);
     }
     finish(r, c);

@@ -7,13 +7,14 @@
  * read inside that transaction, so appends from several threads or processes (the daemon and
  * an offline aioctl) stay in one chain.
  *
- * The head record: JDB_META, key AUDIT_HEAD_KEY, value the last seq (8 bytes big-endian) and
- * its chain (32 bytes binary), written in the same transaction as every append. An append
- * reads it by key instead of parsing the last entry, and trusts it only when it matches the
- * last entry (same seq, and the entry's "chain" is the record's); otherwise (a journal from
- * before the record, or one a writer without it appended to) the head is taken from the last
- * entry, as the entries remain the truth, and the record is written again. Erasing a body
- * (audit_txn_erase) leaves the record alone.
+ * The head (last seq and its chain) is the last entry's: its key gives the seq, and an entry as
+ * written here ends with its "chain", read from there without parsing; any other last entry
+ * (an erased one, one written otherwise) is parsed. An append writes only its entry and its
+ * index key. Earlier versions also kept a head record (JDB_META, key AUDIT_HEAD_KEY: seq and
+ * chain, 40 bytes) written with every append; it is now ignored, neither read nor written nor
+ * removed, so a journal that holds one (stale from the first append on) keeps working, and so
+ * does an older writer appending to this journal (it trusted the record only when it matched
+ * the last entry, and otherwise took the head from that entry).
  *
  * An entry (JDB_AUDIT, key: seq as 8 bytes big-endian; value: compact JSON):
  *   {"seq": n, "time_ms": t, "type": "...", "action": "<id>" | null, "data": {...},
@@ -52,14 +53,14 @@
 #include "journal.h"
 
 #define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
-#define AUDIT_HEAD_KEY "audit_head"  /* the head record's key in JDB_META (see above) */
+#define AUDIT_HEAD_KEY "audit_head"  /* earlier versions' head record in JDB_META: ignored */
 
 /* Inside a journal apply callback: append one entry (data: taken; NULL is {}; action_id NULL
  * for events about no action). *seq_out (may be NULL) receives its seq. A type that is empty,
  * an action_id that is not 26 characters, or data that does not survive a JSON round trip
  * unchanged (invalid UTF-8, a NUL in a key, nesting too deep to parse) is AR_E_INVALID, code
- * "audit_invalid"; a last entry that does not match the head record and cannot be read either
- * (the chain cannot go on from it) is AR_E_FORMAT, code "audit_head_unreadable". */
+ * "audit_invalid"; a last entry that cannot be read (the chain cannot go on from it) is
+ * AR_E_FORMAT, code "audit_head_unreadable". */
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err);
 
@@ -80,7 +81,8 @@ int audit_read_after(journal *j, uint64_t after, size_t limit, json_t **out, uin
 /* Entries whose time_ms >= since_ms, in order, written as JSON lines to fd (audit export). */
 int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *err);
 
-/* The head: the last seq (0 when empty) and its chain (hex; "" when empty). */
+/* The head: the last seq (0 when empty) and its chain (hex; "" when empty), read as an append
+ * reads it (above); a last entry that cannot be read is AR_E_FORMAT, "audit_head_unreadable". */
 int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_error *err);
 
 typedef struct audit_verify_result {

@@ -1105,82 +1105,147 @@ static int init_sodium(void **state)
     return sodium_init() < 0 ? -1 : 0;
 }
 
-/* ---- the head record -------------------------------------------------------------------- */
+/* ---- the head: from the last entry --------------------------------------------------- */
 
-/* The head record (JDB_META, AUDIT_HEAD_KEY): *found false when there is none. */
-static void head_record(journal *j, bool *found, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX])
+/* The head record earlier versions kept (JDB_META, AUDIT_HEAD_KEY): its bytes into out (40
+ * when there is one); *len 0 when there is none. */
+static void head_record(journal *j, unsigned char out[64], size_t *len)
 {
     journal_read *r;
     assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
     const void *val;
     size_t vlen;
     int rc = journal_get(r, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &val, &vlen);
-    *found = rc == AR_OK;
+    *len = 0;
     if (rc == AR_OK) {
-        assert_int_equal(vlen, 40);
-        const unsigned char *p = val;
-        *seq = 0;
-        for (int i = 0; i < 8; i++)
-            *seq = *seq << 8 | p[i];
-        hex32(p + 8, chain_hex);
+        assert_true(vlen <= 64);
+        memcpy(out, val, vlen);
+        *len = vlen;
     } else {
         assert_int_equal(rc, AR_E_NOTFOUND);
     }
     journal_read_end(r);
 }
 
-/* The head record is the last entry's seq and chain. */
-static void expect_head_record(journal *j, uint64_t want_seq)
+/* Plant a head record as earlier versions wrote it: seq (8 bytes BE) and a chain. */
+static void put_head_record(journal *j, uint64_t seq, const unsigned char chain[32])
 {
-    bool found;
-    uint64_t seq, last;
-    char chain[AUDIT_HASH_HEX], head[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_true(found);
-    assert_int_equal(audit_head(j, &last, head, NULL), AR_OK);
-    assert_int_equal(last, want_seq);
-    assert_int_equal(seq, want_seq);
-    assert_string_equal(chain, head);
+    unsigned char rec[40];
+    seq_key(seq, rec);
+    memcpy(rec + 8, chain, 32);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), rec, sizeof rec);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
 }
 
-static void delete_head_record(journal *j)
+/* audit_head is the last entry's seq and chain. */
+static void expect_head(journal *j, uint64_t want_seq)
 {
-    raw_del(j, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY));
-    bool found;
     uint64_t seq;
-    char chain[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_false(found);
+    char head[AUDIT_HASH_HEX], chain[AUDIT_HASH_HEX];
+    unsigned char raw[32];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, want_seq);
+    json_t *e = raw_entry(j, want_seq);
+    assert_non_null(e);
+    chain_field(e, raw);
+    hex32(raw, chain);
+    assert_string_equal(head, chain);
+    json_decref(e);
 }
 
-/* Every append (batch or callback, several in one batch, several batches in one commit)
- * leaves the head record matching the last entry; a failed batch leaves it alone. */
-static void head_record_follows_appends(void **state)
+/* Does the stored entry seq's text end with its "chain" member (the form read without a
+ * parse)? */
+static bool ends_with_chain(journal *j, uint64_t seq)
+{
+    unsigned char key[8];
+    seq_key(seq, key);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_AUDIT, key, sizeof key, &val, &vlen), AR_OK);
+    bool yes = vlen > 76 && memcmp((const char *)val + vlen - 76, ",\"chain\":\"", 10) == 0;
+    journal_read_end(r);
+    return yes;
+}
+
+/* Store entry last+1, chained onto entry last, as another writer might: data as given, the
+ * fields in the order given (a NULL-terminated list of the seven). */
+static void forge_next(journal *j, uint64_t last, json_t *data, const char *const *order)
+{
+    json_t *prev_e = raw_entry(j, last), *body = json_object(), *e = json_object();
+    assert_non_null(prev_e);
+    unsigned char prev[32], digest[32], chain[32];
+    char dhex[65], chex[65];
+    json_object_set_new(body, "seq", json_integer((json_int_t)last + 1));
+    json_object_set_new(body, "time_ms", json_integer(5));
+    json_object_set_new(body, "type", json_string("forged"));
+    json_object_set_new(body, "action", json_null());
+    json_object_set(body, "data", data);
+    digest_of(body, digest);
+    chain_field(prev_e, prev);
+    chain_of(prev, digest, chain);
+    hex32(digest, dhex);
+    hex32(chain, chex);
+    json_object_set_new(body, "digest", json_string(dhex));
+    json_object_set_new(body, "chain", json_string(chex));
+    for (const char *const *k = order; *k; k++)
+        json_object_set(e, *k, json_object_get(body, *k));
+    raw_put(j, last + 1, e);
+    json_decref(e);
+    json_decref(body);
+    json_decref(prev_e);
+    json_decref(data);
+}
+
+/* Appends (batches, callbacks, many in one transaction, many transactions, threads) chain
+ * from the last entry and write no head record; audit_head is the last entry's. (Was
+ * head_record_follows_appends, which checked the record followed every append.) */
+static void appends_chain_from_the_last_entry(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
-    bool found;
-    uint64_t seq;
-    char chain[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_false(found); /* nothing appended yet */
+    unsigned char rec[64];
+    size_t rlen;
     append_batch(j, "received", NULL, 3);
-    expect_head_record(j, 3);
+    expect_head(j, 3);
+    assert_true(ends_with_chain(j, 3));
     char a1[27];
     action_id(1, a1);
     append_at(j, "completed", a1, 42);
-    expect_head_record(j, 4);
+    expect_head(j, 4);
 
-    /* A failed batch: no entry, the record as it was. */
+    /* Many entries in one transaction: a batch of 60, batch appends and callbacks mixed. */
     journal_batch *b = journal_batch_new();
+    struct txn_append cb[20];
+    for (int i = 0; i < 60; i++) {
+        if (i % 3 == 2) {
+            cb[i / 3] = (struct txn_append){ .type = "completed", .id = a1, .time_ms = i };
+            journal_batch_apply(b, append_in_txn, &cb[i / 3]);
+        } else {
+            audit_batch_append(b, "dispatched", i % 2 ? a1 : NULL, json_pack("{s:i}", "i", i));
+        }
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(cb[i].seq, 4 + 3 * (uint64_t)i + 3);
+    check_format(j, 64);
+    expect_ok(j, 64);
+    expect_head(j, 64);
+
+    /* A failed batch: no entry, the head as it was. */
+    b = journal_batch_new();
     audit_batch_append(b, "received", a1, NULL);
     journal_batch_apply(b, fail_after, NULL);
     assert_int_equal(journal_commit(j, b, NULL), AR_E_CONFLICT);
     journal_batch_free(b);
-    expect_head_record(j, 4);
+    expect_head(j, 64);
 
-    /* Many threads at once (group commits). */
+    /* Many transactions, from several threads at once (group commits). */
     enum { THREADS = 4, ROUNDS = 10 };
     pthread_t t[THREADS];
     struct worker w[THREADS];
@@ -1192,96 +1257,179 @@ static void head_record_follows_appends(void **state)
         pthread_join(t[i], NULL);
         assert_int_equal(w[i].failures, 0);
     }
-    expect_head_record(j, 4 + THREADS * ROUNDS);
-    check_format(j, 4 + THREADS * ROUNDS);
-    expect_ok(j, 4 + THREADS * ROUNDS);
+    for (int i = 0; i < 5; i++)
+        append_batch(j, "received", NULL, 2);
+    uint64_t n = 64 + THREADS * ROUNDS + 10;
+    expect_head(j, n);
+    check_format(j, n);
+    expect_ok(j, n);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 0); /* never written */
     journal_close(j);
     test_rm_tree(dir);
 }
 
-/* A journal made before the head record (none there) goes on from its last entry, and gets
- * the record back. So does one whose record an older writer left behind (entries appended
- * after it) or whose chain was rewritten under it. */
-static void chain_goes_on_without_the_head_record(void **state)
+/* A journal holding the head record of an earlier version, stale or wrong in every way, goes
+ * on from its last entry and leaves the record as it was. (Was
+ * chain_goes_on_without_the_head_record, where the record was deleted and had to come back.) */
+static void an_old_head_record_is_ignored(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
-    delete_head_record(j);
+    unsigned char chain10[32], wrong[32], rec[64];
+    size_t rlen;
+    json_t *e10 = raw_entry(j, 10);
+    chain_field(e10, chain10);
+    json_decref(e10);
+    memset(wrong, 0xab, sizeof wrong);
+
+    /* Right when written (an earlier version's last append), stale after the next. */
+    put_head_record(j, 10, chain10);
     append_batch(j, "received", NULL, 2);
     check_format(j, 12);
     expect_ok(j, 12);
-    expect_head_record(j, 12);
-    delete_head_record(j);
+    expect_head(j, 12);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 40);
+    unsigned char key10[8];
+    seq_key(10, key10);
+    assert_memory_equal(rec, key10, 8); /* left as it was */
+    assert_memory_equal(rec + 8, chain10, 32);
+
+    /* Naming the last seq with another chain (which an earlier version would have refused
+     * too), and naming a seq beyond the end. */
+    put_head_record(j, 12, wrong);
     append_at(j, "completed", NULL, 7);
     check_format(j, 13);
     expect_ok(j, 13);
-    expect_head_record(j, 13);
-    /* And after a reopen (nothing cached). */
-    delete_head_record(j);
-    journal_close(j);
-    j = open_journal(dir);
+    put_head_record(j, 99, wrong);
     append_batch(j, "received", NULL, 1);
     check_format(j, 14);
     expect_ok(j, 14);
-    expect_head_record(j, 14);
+    expect_head(j, 14);
 
-    /* A writer that does not keep the record appends 15 (the record still says 14). */
-    json_t *e14 = raw_entry(j, 14);
-    json_t *e15 = json_deep_copy(e14);
-    json_object_set_new(e15, "seq", json_integer(15));
-    unsigned char digest[32], prev[32], chain[32];
-    char hex[65];
-    digest_of(e15, digest);
-    chain_field(e14, prev);
-    chain_of(prev, digest, chain);
-    hex32(digest, hex);
-    json_object_set_new(e15, "digest", json_string(hex));
-    hex32(chain, hex);
-    json_object_set_new(e15, "chain", json_string(hex));
-    raw_put(j, 15, e15);
-    json_decref(e14);
-    json_decref(e15);
+    /* And after a reopen (nothing cached), with a record of the wrong size. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), "junk", 4);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    journal_close(j);
+    j = open_journal(dir);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 15);
     expect_ok(j, 15);
+
+    /* The chain rewritten from 12 on under the record. */
+    rewrite_from(j, 12);
     append_batch(j, "received", NULL, 1);
     check_format(j, 16);
     expect_ok(j, 16);
-    expect_head_record(j, 16);
-
-    /* The chain rewritten from 12 on (the record's chain no longer the last entry's). */
-    rewrite_from(j, 12);
-    append_batch(j, "received", NULL, 1);
-    check_format(j, 17);
-    expect_ok(j, 17);
-    expect_head_record(j, 17);
+    expect_head(j, 16);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 4);
     journal_close(j);
     test_rm_tree(dir);
 }
 
-/* Erasing bodies (retention), the last entry's included, leaves the head record as it was,
- * and the chain goes on from it. */
-static void erase_leaves_the_head_record(void **state)
+/* A last entry written otherwise (fields in another order, "chain" not last, a nested
+ * "chain" in its data) is parsed, and the chain goes on from its own "chain"; one written in
+ * our order by another writer is read from its tail. One whose text ends like ours but is
+ * stored under another seq, or whose tail is not the real "chain" member, stops appends. */
+static void last_entry_written_otherwise(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
-    bool found;
+    static const char *const ours[] = {"seq", "time_ms", "type", "action", "data", "digest",
+                                       "chain", NULL};
+    static const char *const chain_first[] = {"chain", "seq", "digest", "time_ms", "type",
+                                              "action", "data", NULL};
+    forge_next(j, 10, json_pack("{s:i}", "n", 1), ours);
+    assert_true(ends_with_chain(j, 11));
+    expect_head(j, 11);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 12);
+    expect_ok(j, 12);
+
+    /* "chain" first, and the data ends with a "chain" of its own (a decoy: all zeros). */
+    forge_next(j, 12, json_pack("{s:i, s:s}", "n", 2, "chain",
+                                "0000000000000000000000000000000000000000000000000000000000000000"),
+               chain_first);
+    assert_false(ends_with_chain(j, 13));
+    expect_head(j, 13);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 14);
+    expect_ok(j, 14);
+    /* The data last, as an object ending with that decoy. */
+    static const char *const data_last[] = {"seq", "time_ms", "type", "action", "digest",
+                                            "chain", "data", NULL};
+    forge_next(j, 14, json_pack("{s:s}", "chain",
+                                "0000000000000000000000000000000000000000000000000000000000000000"),
+               data_last);
+    expect_head(j, 15);
+    append_at(j, "completed", NULL, 9);
+    check_format(j, 16);
+    expect_ok(j, 16);
+
+    /* Entry 16's text stored again as 17: it ends as ours does, but its seq is not its key. */
+    json_t *e16 = raw_entry(j, 16);
+    raw_put(j, 17, e16);
+    json_decref(e16);
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "received", NULL, NULL);
+    ar_error err;
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+    assert_int_equal(audit_head(j, &seq, head, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+
+    /* A tail that is a key ending in "chain" (x"chain), not the member: not taken. */
+    char text[256];
+    json_t *e15 = raw_entry(j, 15);
+    int n = snprintf(text, sizeof text, "{\"seq\":17,\"time_ms\":1,\"x\\\"chain\":\"%s\"}",
+                     json_string_value(json_object_get(e15, "chain")));
+    json_decref(e15);
+    unsigned char key[8];
+    seq_key(17, key);
+    journal_batch *put = journal_batch_new();
+    journal_batch_put(put, JDB_AUDIT, key, 8, text, (size_t)n);
+    assert_int_equal(journal_commit(j, put, NULL), AR_OK);
+    journal_batch_free(put);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+    journal_batch_free(b);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 17, "unreadable entry");
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Erasing bodies (retention), the last entry's included, keeps the head, and the chain goes
+ * on from an erased last entry (which ends with "erased":true: parsed). (Was
+ * erase_leaves_the_head_record, which checked the record stayed as it was.) */
+static void chain_goes_on_after_an_erased_last_entry(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
     uint64_t seq_before, seq_after;
     char before[AUDIT_HASH_HEX], after[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq_before, before);
-    assert_true(found);
+    assert_int_equal(audit_head(j, &seq_before, before, NULL), AR_OK);
     assert_int_equal(erase(j, 4, NULL), AR_OK);
     assert_int_equal(erase(j, 10, NULL), AR_OK);
-    head_record(j, &found, &seq_after, after);
-    assert_true(found);
+    assert_int_equal(audit_head(j, &seq_after, after, NULL), AR_OK);
     assert_int_equal(seq_after, seq_before);
     assert_string_equal(after, before);
     json_t *e = raw_entry(j, 10);
     assert_true(json_is_true(json_object_get(e, "erased")));
     json_decref(e);
+    assert_false(ends_with_chain(j, 10));
     append_batch(j, "received", NULL, 1);
     expect_ok(j, 11);
-    expect_head_record(j, 11);
+    expect_head(j, 11);
     json_t *e11 = raw_entry(j, 11);
     unsigned char prev[32], digest[32], chain[32], stored[32];
     assert_int_equal(sodium_hex2bin(prev, 32, before, 64, NULL, NULL, NULL), 0);
@@ -1290,6 +1438,13 @@ static void erase_leaves_the_head_record(void **state)
     chain_field(e11, stored);
     assert_memory_equal(chain, stored, 32);
     json_decref(e11);
+    /* Several appends after erasing the new last one again, over several transactions. */
+    assert_int_equal(erase(j, 11, NULL), AR_OK);
+    append_batch(j, "received", NULL, 3);
+    assert_int_equal(erase(j, 14, NULL), AR_OK);
+    append_at(j, "completed", NULL, 3);
+    expect_ok(j, 15);
+    expect_head(j, 15);
     journal_close(j);
     test_rm_tree(dir);
 }
@@ -1310,9 +1465,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unreadable_head_refuses_appends),
     cmocka_unit_test(erased_body_still_verifies),
     cmocka_unit_test(head_document_signed_and_checked),
-    cmocka_unit_test(head_record_follows_appends),
-    cmocka_unit_test(chain_goes_on_without_the_head_record),
-    cmocka_unit_test(erase_leaves_the_head_record),
+    cmocka_unit_test(appends_chain_from_the_last_entry),
+    cmocka_unit_test(an_old_head_record_is_ignored),
+    cmocka_unit_test(last_entry_written_otherwise),
+    cmocka_unit_test(chain_goes_on_after_an_erased_last_entry),
 };
 
 AR_TEST_MAIN(tests, init_sodium, NULL)
