@@ -32,6 +32,8 @@
 #include "jsonw.h"
 
 #define HASH_LEN 32
+/* How an entry's data is written (audit.h: the canonical form) */
+#define AUDIT_DATA_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)
 #define SEQ_KEY_LEN 8
 #define INDEX_KEY_LEN (ACTION_ID_LEN + SEQ_KEY_LEN)
 #define HEAD_DOMAIN "aiorun-audit-head-v1"
@@ -229,7 +231,9 @@ static json_t *unreadable(uint64_t seq)
  * the text body_pre + N + body_post, digested in parts. The stored entry is
  * {"seq":N,"time_ms":T,"type":Y,"action":A,"data":D,"digest":"..","chain":".."}: the data is
  * stored as the body has it, keys sorted (written once; entries from before this kept the
- * data's own key order, which reads back to the same body).
+ * data's own key order, which reads back to the same body). D is text either way: JSON data
+ * is written first (data_text) and then takes the path of text given by the caller
+ * (audit_batch_append_text, whose canonical form is checked only in builds without NDEBUG).
  *
  * The check that what is stored reads back to the same digest (data that does not survive a
  * JSON round trip) is kept for the only data that can fail it once jansson agreed to write it
@@ -277,12 +281,12 @@ static bool needs_check(const char *text, size_t len)
         return false;
     int depth = 0;
     bool in_string = false;
-    for (const char *p = text; *p; p++) {
+    for (const char *p = text; p < end; p++) {
         if (in_string) {
             if (*p == '\\') {
-                if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+                if (end - p >= 6 && memcmp(p, "\\u0000", 6) == 0)
                     return true;
-                if (p[1])
+                if (p + 1 < end)
                     p++;
             } else if (*p == '"') {
                 in_string = false;
@@ -299,86 +303,72 @@ static bool needs_check(const char *text, size_t len)
     return false;
 }
 
-/* A string as JSON text, as jansson writes it (a new string; NULL when it is not UTF-8 or
- * out of memory). Plain printable ASCII is quoted as it is, which is all jansson does to it. */
-static char *json_text_of(const char *s, size_t len)
+/* Prepare an entry whose data is the text data (len bytes; NULL: the data could not be
+ * written as JSON, which is refused). AR_E_INVALID (code "audit_invalid") for what cannot be
+ * an entry, AR_E_NOMEM. */
+static int prepare_text(const char *type, const char *action_id, const char *data, size_t len,
+                        int64_t time_ms, prepared *p, ar_error *err)
 {
-    bool plain = true;
-    for (size_t i = 0; i < len && plain; i++)
-        plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
-    if (!plain) {
-        json_t *v = json_stringn(s, len);
-        char *text = v ? jsonw_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-        json_decref(v);
-        return text;
-    }
-    char *text = malloc(len + 3);
-    if (text) {
-        text[0] = '"';
-        memcpy(text + 1, s, len);
-        text[len + 1] = '"';
-        text[len + 2] = '\0';
-    }
-    return text;
-}
-
-/* Prepare an entry (data borrowed). AR_E_INVALID (code "audit_invalid") for what cannot be an
- * entry, AR_E_NOMEM. */
-static int prepare(const char *type, const char *action_id, json_t *data, int64_t time_ms,
-                   prepared *p, ar_error *err)
-{
-    char *y = NULL, *a = NULL, *ds = NULL;
+    char ystack[128], astack[ACTION_ID_LEN + 8];
+    jsonw_buf y = {ystack, 0, sizeof ystack, 1}, a = {astack, 0, sizeof astack, 1};
     int status = AR_OK;
     memset(p, 0, sizeof *p);
     if (!type || !*type || (action_id && !valid_action_id(action_id)))
         return ar_error_set(err, AR_E_INVALID, "audit_invalid",
                             "an audit entry needs a type and, when about an action, its "
                             "%d-character id", ACTION_ID_LEN);
-    if (!(y = json_text_of(type, strlen(type))) ||
-        !(a = action_id ? json_text_of(action_id, ACTION_ID_LEN) : strdup("null"))) {
+    /* Quoted as jansson quotes them inside the body. */
+    if (jsonw_append_string(&y, type, strlen(type)) != 0 ||
+        (action_id ? jsonw_append_string(&a, action_id, ACTION_ID_LEN)
+                   : jsonw_append_raw(&a, "null", 4)) != 0) {
         /* (or out of memory, far less likely than a caller's bad bytes) */
         status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
-                              "an audit entry's %s is not UTF-8 text", y ? "action id" : "type");
+                              "an audit entry's %s is not UTF-8 text",
+                              y.len ? "action id" : "type");
         goto done;
     }
-    /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck). */
-    if (!(ds = jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS))) {
+    if (!data) {
         status = unwritable(err, type);
         goto done;
     }
     char t[32];
-    int tn = snprintf(t, sizeof t, "%" PRId64, time_ms);
-    size_t yl = strlen(y), al = strlen(a), dsl = strlen(ds);
-    /* body_pre: {"action":A,"data":Ds,"seq":  body_post: ,"time_ms":T,"type":Y}
-     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":Ds,"digest":" */
-    size_t cap = (12 + al + 8 + dsl + 7) + (11 + (size_t)tn + 8 + yl + 1) +
-                 (11 + (size_t)tn + 8 + yl + 10 + al + 8 + dsl + 11) + 3;
-    if (!(p->buf = malloc(cap))) {
+    size_t tl = (size_t)snprintf(t, sizeof t, "%" PRId64, time_ms);
+    /* body_pre: {"action":A,"data":D,"seq":  body_post: ,"time_ms":T,"type":Y}
+     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":D,"digest":" */
+    static const char k_action[] = "{\"action\":", k_data[] = ",\"data\":", k_seq[] = ",\"seq\":",
+                      k_time[] = ",\"time_ms\":", k_type[] = ",\"type\":", k_digest[] = ",\"digest\":\"";
+#define PUT(s, n) (memcpy(w, (s), (n)), w += (n))
+#define PUTK(k) PUT(k, sizeof k - 1)
+    size_t cap = (sizeof k_action + a.len + sizeof k_data + len + sizeof k_seq) +
+                 (sizeof k_time + tl + sizeof k_type + y.len + 1) +
+                 (sizeof k_time + tl + sizeof k_type + y.len + sizeof k_action + a.len +
+                  sizeof k_data + len + sizeof k_digest);
+    char *w = p->buf = malloc(cap);
+    if (!w) {
         status = nomem(err);
         goto done;
     }
-    char *w = p->buf;
     p->body_pre = w;
-    w += sprintf(w, "{\"action\":%s,\"data\":%s,\"seq\":", a, ds);
+    PUTK(k_action), PUT(a.data, a.len), PUTK(k_data), PUT(data, len), PUTK(k_seq);
     p->body_pre_len = (size_t)(w - p->body_pre);
-    w++;
     p->body_post = w;
-    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s}", t, y);
+    PUTK(k_time), PUT(t, tl), PUTK(k_type), PUT(y.data, y.len), PUT("}", 1);
     p->body_post_len = (size_t)(w - p->body_post);
-    w++;
     p->entry_mid = w;
-    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s,\"action\":%s,\"data\":%s,\"digest\":\"", t, y, a,
-                 ds);
+    PUTK(k_time), PUT(t, tl), PUTK(k_type), PUT(y.data, y.len);
+    PUT(",", 1), PUT(k_action + 1, sizeof k_action - 2), PUT(a.data, a.len);
+    PUTK(k_data), PUT(data, len), PUTK(k_digest);
     p->entry_mid_len = (size_t)(w - p->entry_mid);
-    p->check = needs_check(ds, dsl);
+#undef PUTK
+#undef PUT
+    p->check = needs_check(data, len);
     if (action_id) {
         p->about_action = true;
         memcpy(p->action_id, action_id, ACTION_ID_LEN);
     }
 done:
-    free(ds);
-    free(a);
-    free(y);
+    jsonw_buf_free(&y);
+    jsonw_buf_free(&a);
     return status;
 }
 
@@ -522,19 +512,31 @@ static int append_prepared(journal_txn *txn, const prepared *p, const char *type
     return AR_OK;
 }
 
+/* The data's canonical text into text (a buffer the caller owns): what prepare_text takes,
+ * or NULL when the data cannot be written (not UTF-8, out of memory). NULL data is {}. */
+static const char *data_text(jsonw_buf *text, const json_t *data)
+{
+    if (!data)
+        return jsonw_append_raw(text, "{}", 2) == 0 ? text->data : NULL;
+    return jsonw_append(text, data, AUDIT_DATA_FLAGS) == 0 ? text->data : NULL;
+}
+
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err)
 {
     prepared p = {0};
+    char stack[4096];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
     int status;
-    if (!data && !(data = json_object()))
-        return nomem(err);
+    const char *written = data_text(&text, data);
     if (!txn)
         status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
                               "an audit entry is appended inside a journal transaction");
-    else if ((status = prepare(type, action_id, data, now_ms, &p, err)) == AR_OK)
+    else if ((status = prepare_text(type, action_id, written, text.len, now_ms, &p, err)) ==
+             AR_OK)
         status = append_prepared(txn, &p, type, seq_out, err);
     prepared_fini(&p);
+    jsonw_buf_free(&text);
     json_decref(data);
     return status;
 }
@@ -581,36 +583,83 @@ static int fail_nomem(journal_txn *txn, void *arg, ar_error *err)
     return nomem(err);
 }
 
-void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
+/* Make the batch fail with status and err when it is committed. */
+static void batch_fail(journal_batch *b, int status, const ar_error *err)
+{
+    saved_error *saved = malloc(sizeof *saved);
+    if (!saved) {
+        journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
+        return;
+    }
+    saved->status = status;
+    saved->err = *err;
+    journal_batch_apply_owned(b, fail_saved, saved, free);
+}
+
+/* Add "append the entry with this data text" (NULL: unwritable data) to the batch. */
+static void batch_add(journal_batch *b, const char *type, const char *action_id,
+                      const char *data, size_t len)
 {
     if (!type)
         type = "";
     size_t tl = strlen(type);
     pending *p = malloc(sizeof *p + tl + 1);
-    if (!p || (!data && !(data = json_object()))) {
-        free(p);
-        journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
+    if (!p) {
+        journal_batch_apply(b, fail_nomem, NULL);
         return;
     }
     memcpy(p->type, type, tl + 1);
     ar_error err;
     ar_error_clear(&err);
-    int status = prepare(type, action_id, data, ar_now_ms(), &p->p, &err);
-    json_decref(data);
+    int status = prepare_text(type, action_id, data, len, ar_now_ms(), &p->p, &err);
     if (status == AR_OK) {
         journal_batch_apply_owned(b, pending_apply, p, pending_free);
         return;
     }
     prepared_fini(&p->p);
     free(p);
-    saved_error *saved = malloc(sizeof *saved);
-    if (!saved) {
-        journal_batch_apply(b, fail_nomem, NULL);
+    batch_fail(b, status, &err);
+}
+
+void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
+{
+    char stack[4096];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
+    const char *written = data_text(&text, data);
+    batch_add(b, type, action_id, written, text.len);
+    jsonw_buf_free(&text);
+    json_decref(data);
+}
+
+#ifndef NDEBUG
+/* Is text (len bytes) the canonical form of the JSON it holds? */
+static bool canonical(const char *text, size_t len)
+{
+    char stack[4096];
+    jsonw_buf again = {stack, 0, sizeof stack, 1};
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    bool same = v && jsonw_append(&again, v, AUDIT_DATA_FLAGS) == 0 && again.len == len &&
+                memcmp(again.data, text, len) == 0;
+    jsonw_buf_free(&again);
+    json_decref(v);
+    return same;
+}
+#endif
+
+void audit_batch_append_text(journal_batch *b, const char *type, const char *action_id,
+                             const char *data, size_t len)
+{
+#ifndef NDEBUG
+    if (data && !canonical(data, len)) {
+        ar_error err;
+        ar_error_set(&err, AR_E_INVALID, "audit_invalid",
+                     "the data of a \"%.64s\" audit entry is not canonical JSON text: %.*s",
+                     type ? type : "", (int)(len < 160 ? len : 160), data);
+        batch_fail(b, AR_E_INVALID, &err);
         return;
     }
-    saved->status = status;
-    saved->err = err;
-    journal_batch_apply_owned(b, fail_saved, saved, free);
+#endif
+    batch_add(b, type, action_id, data, len);
 }
 
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)

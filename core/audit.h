@@ -51,6 +51,7 @@
 
 #include "ar.h"
 #include "journal.h"
+#include "jsonw.h"
 
 #define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
 #define AUDIT_HEAD_KEY "audit_head"  /* earlier versions' head record in JDB_META: ignored */
@@ -69,6 +70,16 @@ int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, 
  * entry's text (on the caller's thread: the writer only chains it). What audit_txn_append
  * would refuse makes the batch fail with the same error when it is committed. */
 void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data);
+
+/* audit_batch_append with the data given as JSON text (len bytes, copied): its canonical form,
+ * as jsonw_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) writes it (compact, every
+ * object's keys in jansson's sorted order, strings escaped as jansson escapes them). The caller
+ * vouches for that form; builds without NDEBUG check it (parse, dump, compare) and fail the batch
+ * with code "audit_invalid" when it differs, so the test suite catches a caller that drifts.
+ * data NULL: the caller could not write its data (a value that is not UTF-8, out of memory);
+ * the batch fails with code "audit_invalid", as audit_batch_append's does for such data. */
+void audit_batch_append_text(journal_batch *b, const char *type, const char *action_id,
+                             const char *data, size_t len);
 
 /* One action's entries in order: *out a new JSON array (owned by the caller) of the entries
  * as stored (an entry that cannot be read appears as {"seq": n, "unreadable": true}). An

@@ -1105,6 +1105,164 @@ static int init_sodium(void **state)
     return sodium_init() < 0 ? -1 : 0;
 }
 
+/* ---- data given as text ------------------------------------------------------------------ */
+
+/* Commit one entry with data as text; the commit's status (err filled). */
+static int commit_text(journal *j, const char *type, const char *id, const char *text,
+                       ar_error *err)
+{
+    journal_batch *b = journal_batch_new();
+    audit_batch_append_text(b, type, id, text, text ? strlen(text) : 0);
+    int rc = journal_commit(j, b, err);
+    journal_batch_free(b);
+    return rc;
+}
+
+/* The stored data of entry seq as canonical text (a new string). */
+static char *stored_data(journal *j, uint64_t seq)
+{
+    json_t *e = raw_entry(j, seq);
+    assert_non_null(e);
+    char *text = json_dumps(json_object_get(e, "data"),
+                            JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    json_decref(e);
+    assert_non_null(text);
+    return text;
+}
+
+/* Entries whose data is given as canonical text are the entries audit_batch_append makes of
+ * the same data, verify, and chain with the others (in one batch and across batches). */
+static void text_entries_verify(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    char a1[27];
+    action_id(1, a1);
+    static const char *const texts[] = {
+        "{}",
+        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"x\":\"y\"}}",
+        "{\"b\":\"\\\"quoted\\\\ \\n\\t\\u0001 caf\xc3\xa9 \xf0\x9f\x98\x80 /\"}",
+        "{\"a\":\"nul \\u0000 inside\"}",
+        "{\"cost\":0.10000000000000001,\"n\":-42}",
+        "[1,2,3]",
+        "\"a string\"",
+        "{\"a\":1,\"ab\":2,\"b\":{\"z\":2,\"\xc3\xa9\":1}}", /* bytes order: 'z' < 0xc3 */
+    };
+    size_t n = sizeof texts / sizeof texts[0];
+    ar_error err;
+    for (size_t i = 0; i < n; i++) {
+        if (commit_text(j, "completed", i % 2 ? a1 : NULL, texts[i], &err) != AR_OK)
+            fail_msg("text %zu: %s: %s", i, err.code, err.message);
+        /* The same data through audit_batch_append. */
+        json_t *v = json_loads(texts[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        assert_non_null(v);
+        journal_batch *b = journal_batch_new();
+        audit_batch_append(b, "completed", i % 2 ? a1 : NULL, v);
+        assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+        journal_batch_free(b);
+        char *by_text = stored_data(j, 2 * i + 1), *by_json = stored_data(j, 2 * i + 2);
+        assert_string_equal(by_text, by_json);
+        free(by_text);
+        free(by_json);
+    }
+    /* Several in one batch, mixed with JSON data. */
+    journal_batch *b = journal_batch_new();
+    for (size_t i = 0; i < n; i++) {
+        audit_batch_append_text(b, "dispatched", a1, texts[i], strlen(texts[i]));
+        audit_batch_append(b, "dispatched", NULL, json_pack("{s:i}", "i", (int)i));
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    /* The text is copied: the caller's buffer may change once the call returns. */
+    char buf[] = "{\"k\":\"v\"}";
+    b = journal_batch_new();
+    audit_batch_append_text(b, "dispatched", NULL, buf, strlen(buf));
+    buf[6] = 'w';
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    check_format(j, 4 * n + 1);
+    expect_ok(j, 4 * n + 1);
+    char *last = stored_data(j, 4 * n + 1);
+    assert_string_equal(last, "{\"k\":\"v\"}");
+    free(last);
+
+    /* NULL data (a writer that failed), a key with a NUL (does not read back) and nesting
+     * deeper than jansson reads are refused in every build; nothing is stored. */
+    assert_int_equal(commit_text(j, "completed", NULL, NULL, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"k\\u0000ey\":true}", &err),
+                     AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    size_t deep = 2100;
+    char *text = malloc(2 * deep + 1);
+    memset(text, '[', deep);
+    memset(text + deep, ']', deep);
+    text[2 * deep] = '\0';
+    assert_int_equal(commit_text(j, "completed", NULL, text, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    free(text);
+    /* A bad type or action id, as with JSON data. */
+    assert_int_equal(commit_text(j, "", NULL, "{}", &err), AR_E_INVALID);
+    assert_int_equal(commit_text(j, "completed", "short", "{}", &err), AR_E_INVALID);
+    check_format(j, 4 * n + 1);
+    expect_ok(j, 4 * n + 1);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Builds without NDEBUG check that text is canonical: anything else fails the batch with
+ * "audit_invalid", and nothing of the batch is stored. (Skipped in NDEBUG builds, which trust
+ * the caller.) */
+static void non_canonical_text_fails_in_debug_builds(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip();
+#else
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    static const char *const bad[] = {
+        "{\"b\":1,\"a\":2}",                 /* keys not sorted */
+        "{\"a\":{\"z\":1,\"y\":2}}",         /* nested keys not sorted */
+        "{\"a\": 1}",                        /* not compact */
+        " {}",
+        "{\"a\":0.1}",                       /* a real jansson writes with 17 digits */
+        "{\"a\":1e2}",                       /* jansson writes 100.0 */
+        "{\"b\":{\"\xc3\xa9\":1,\"z\":2}}",  /* 0xc3 sorts after 'z' */
+        "{\"a\":1,\"a\":2}",                 /* a duplicate key */
+        "{\"a\":\"\\u00e9\"}",               /* an escape jansson does not write */
+        "{\"a\":\"\\/\"}",
+        "{\"a\":\"\xff\"}",                  /* not UTF-8 */
+        "{\"a\":1",                          /* not JSON */
+        "{}{}",
+        "",
+    };
+    ar_error err;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, "k", 1, "v", 1);
+        audit_batch_append_text(b, "completed", NULL, bad[i], strlen(bad[i]));
+        int rc = journal_commit(j, b, &err);
+        journal_batch_free(b);
+        if (rc != AR_E_INVALID || strcmp(err.code, "audit_invalid") != 0)
+            fail_msg("\"%s\" was not refused (%d)", bad[i], rc);
+    }
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "k", 1, NULL, NULL), AR_E_NOTFOUND);
+    journal_read_end(r);
+    expect_ok(j, 0);
+    /* The canonical forms of the same are taken. */
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":2,\"b\":1}", NULL), AR_OK);
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":0.10000000000000001}", NULL), AR_OK);
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":\"\xc3\xa9/\"}", NULL), AR_OK);
+    expect_ok(j, 3);
+    journal_close(j);
+    test_rm_tree(dir);
+#endif
+}
+
 /* ---- the head: from the last entry --------------------------------------------------- */
 
 /* The head record earlier versions kept (JDB_META, AUDIT_HEAD_KEY): its bytes into out (40
@@ -1465,6 +1623,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unreadable_head_refuses_appends),
     cmocka_unit_test(erased_body_still_verifies),
     cmocka_unit_test(head_document_signed_and_checked),
+    cmocka_unit_test(text_entries_verify),
+    cmocka_unit_test(non_canonical_text_fails_in_debug_builds),
     cmocka_unit_test(appends_chain_from_the_last_entry),
     cmocka_unit_test(an_old_head_record_is_ignored),
     cmocka_unit_test(last_entry_written_otherwise),
