@@ -662,6 +662,190 @@ void audit_batch_append_text(journal_batch *b, const char *type, const char *act
     batch_add(b, type, action_id, data, len);
 }
 
+/* ---- the daemon's entry data, written as text -------------------------------------------
+ *
+ * Each writer gives the text jsonw_dumps(AUDIT_DATA_FLAGS) gave for the object the daemon built
+ * with json_pack: members in sorted key order (written by hand: the keys are constants),
+ * strings (json_pack "s") quoted by jsonw, nested values (json_pack "O") written by jsonw with
+ * the same flags. json_pack failed on a NULL or non-UTF-8 "s" and on a NULL "O", and
+ * audit_batch_append then stored {} (its NULL data): so does a writer. A nested value that
+ * cannot be written made the dump fail (the batch failed): the writer fails.
+ */
+
+typedef struct data_writer {
+    jsonw_buf *out;
+    size_t start;         /* out->len before the writer began */
+    bool first;
+    bool pack_failed;     /* json_pack would have failed: the data is {} */
+    bool dump_failed;     /* the dump would have failed (unless json_pack did first) */
+} data_writer;
+
+static void dw_begin(data_writer *w, jsonw_buf *out)
+{
+    *w = (data_writer){ .out = out, .start = out->len, .first = true };
+    w->dump_failed = jsonw_append_raw(out, "{", 1) != 0;
+}
+
+/* ,"key": (key: plain ASCII, no escapes). Written after a failed dump too (the text is thrown
+ * away), so that a later member can still show json_pack failing. */
+static bool dw_key(data_writer *w, const char *key)
+{
+    char text[40];
+    size_t kl = strlen(key), n = 0;
+    if (w->pack_failed || kl + 4 > sizeof text) {
+        w->dump_failed = true;
+        return false;
+    }
+    if (!w->first)
+        text[n++] = ',';
+    text[n++] = '"';
+    memcpy(text + n, key, kl), n += kl;
+    text[n++] = '"';
+    text[n++] = ':';
+    w->first = false;
+    if (jsonw_append_raw(w->out, text, n) != 0) {
+        w->dump_failed = true;
+        return false;
+    }
+    return true;
+}
+
+/* json_pack "s" */
+static void dw_string(data_writer *w, const char *key, const char *s)
+{
+    if (w->pack_failed)
+        return;
+    if (!s || (dw_key(w, key) && jsonw_append_string(w->out, s, strlen(s)) != 0))
+        w->pack_failed = true; /* NULL, not UTF-8 (or out of memory: json_pack failed too) */
+}
+
+/* json_pack "O" */
+static void dw_value(data_writer *w, const char *key, const json_t *v)
+{
+    if (w->pack_failed)
+        return;
+    if (!v)
+        w->pack_failed = true;
+    else if (dw_key(w, key) && jsonw_append(w->out, v, AUDIT_DATA_FLAGS) != 0)
+        w->dump_failed = true;
+}
+
+static int dw_end(data_writer *w)
+{
+    if (!w->pack_failed && !w->dump_failed && jsonw_append_raw(w->out, "}", 1) == 0)
+        return 0;
+    w->out->len = w->start;
+    if (w->pack_failed)
+        return jsonw_append_raw(w->out, "{}", 2);
+    return -1;
+}
+
+/* v, or null when absent (json_pack "O" of "v ? v : json_null()") */
+static const json_t *or_null(const json_t *v)
+{
+    return v ? v : json_null();
+}
+
+int audit_data_value(jsonw_buf *out, const json_t *v)
+{
+    size_t start = out->len;
+    if (!v)
+        return jsonw_append_raw(out, "{}", 2);
+    if (jsonw_append(out, v, AUDIT_DATA_FLAGS) == 0)
+        return 0;
+    out->len = start;
+    return -1;
+}
+
+int audit_data_received(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_string(&w, "action", action_record_str(rec, "action"));
+    dw_string(&w, "connector", action_record_str(rec, "connector"));
+    dw_string(&w, "digest", action_record_str(rec, "digest"));
+    dw_string(&w, "effect", action_record_str(rec, "effect"));
+    dw_string(&w, "idempotency_key", action_record_str(rec, "idempotency_key"));
+    dw_value(&w, "proposer", or_null(json_object_get(rec, "proposer")));
+    dw_string(&w, "submitter", action_record_str(rec, "submitter"));
+    return dw_end(&w);
+}
+
+int audit_data_approval_requested(jsonw_buf *out, const json_t *rec)
+{
+    const json_t *ap = json_object_get(rec, "approval"), *four_eyes = json_object_get(ap, "four_eyes");
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "expires_ms", or_null(json_object_get(ap, "expires_ms")));
+    dw_value(&w, "four_eyes", four_eyes ? four_eyes : json_false());
+    dw_value(&w, "roles", or_null(json_object_get(ap, "roles")));
+    dw_value(&w, "summary", or_null(json_object_get(ap, "summary")));
+    return dw_end(&w);
+}
+
+int audit_data_dispatched(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", json_object_get(rec, "attempts"));
+    dw_string(&w, "digest", action_record_str(rec, "digest"));
+    dw_string(&w, "idempotency_key", action_record_str(rec, "idempotency_key"));
+    return dw_end(&w);
+}
+
+int audit_data_completed(jsonw_buf *out, const json_t *rec)
+{
+    const json_t *history = json_object_get(rec, "history");
+    const json_t *last = json_array_get(history, json_array_size(history) - 1);
+    const json_t *attempt = json_object_get(last, "attempt");
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", attempt ? attempt : json_object_get(rec, "attempts"));
+    dw_value(&w, "cost", or_null(json_object_get(last, "cost")));
+    dw_value(&w, "error_class", or_null(json_object_get(json_object_get(rec, "error"), "class")));
+    dw_value(&w, "http_status", or_null(json_object_get(last, "http_status")));
+    dw_value(&w, "latency_ms", or_null(json_object_get(last, "latency_ms")));
+    dw_value(&w, "outcome", json_object_get(last, "outcome"));
+    dw_string(&w, "state", action_state_name(action_record_state(rec)));
+    return dw_end(&w);
+}
+
+int audit_data_unknown_outcome(jsonw_buf *out, const json_t *rec)
+{
+    const char *reason = json_string_value(json_object_get(json_object_get(rec, "error"), "message"));
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", json_object_get(rec, "attempts"));
+    dw_string(&w, "reason", reason ? reason : "");
+    return dw_end(&w);
+}
+
+int audit_data_cancelled(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_string(&w, "by", action_record_str(rec, "cancel_requested_by"));
+    return dw_end(&w);
+}
+
+int audit_data_recovered(jsonw_buf *out, const json_t *how)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "how", how);
+    return dw_end(&w);
+}
+
+void audit_batch_append_data(journal_batch *b, const char *type, const char *action_id,
+                             audit_data_writer write, const json_t *arg)
+{
+    char stack[2048];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
+    int rc = write(&text, arg);
+    audit_batch_append_text(b, type, action_id, rc == 0 ? text.data : NULL, text.len);
+    jsonw_buf_free(&text);
+}
+
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
 {
     unsigned char key[SEQ_KEY_LEN];

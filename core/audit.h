@@ -81,6 +81,38 @@ void audit_batch_append(journal_batch *b, const char *type, const char *action_i
 void audit_batch_append_text(journal_batch *b, const char *type, const char *action_id,
                              const char *data, size_t len);
 
+/* The data of the daemon's own action entries, written as text straight from the action
+ * record (rec, borrowed) for audit_batch_append_text, without building a JSON tree: byte for
+ * byte the canonical text of the object the daemon used to build with json_pack (keys sorted;
+ * an absent value null where that code put null, four_eyes false; {} where json_pack failed:
+ * a needed nested value absent, e.g. no "attempts", or a string that is not UTF-8). Each
+ * appends to out and returns 0, or -1 with out as it was when a nested value cannot be written
+ * (not UTF-8, out of memory: the batch must fail, see audit_batch_append_text's NULL data).
+ *   received {action, connector, digest, effect, idempotency_key, proposer, submitter}
+ *   approval_requested {expires_ms, four_eyes, roles, summary} from rec's "approval"
+ *   dispatched {attempt, digest, idempotency_key}
+ *   completed {attempt, cost, error_class, http_status, latency_ms, outcome, state}: the last
+ *     history entry's call (its attempt, else rec's "attempts"), the error's class, the state
+ *   unknown_outcome {attempt, reason}: the error's message, "" without one
+ *   cancelled {by}: cancel_requested_by
+ *   recovered {how}: how (its argument is that value, not the record)
+ * audit_data_value writes v itself ({} when NULL): decided (the decision), validation_failed
+ * (the validation object). */
+int audit_data_value(jsonw_buf *out, const json_t *v);
+int audit_data_received(jsonw_buf *out, const json_t *rec);
+int audit_data_approval_requested(jsonw_buf *out, const json_t *rec);
+int audit_data_dispatched(jsonw_buf *out, const json_t *rec);
+int audit_data_completed(jsonw_buf *out, const json_t *rec);
+int audit_data_unknown_outcome(jsonw_buf *out, const json_t *rec);
+int audit_data_cancelled(jsonw_buf *out, const json_t *rec);
+int audit_data_recovered(jsonw_buf *out, const json_t *how);
+
+/* Append the entry whose data write(out, arg) writes (one of the above; arg borrowed), through
+ * a buffer on the stack: audit_batch_append_text of its text, or of NULL when it fails. */
+typedef int (*audit_data_writer)(jsonw_buf *out, const json_t *arg);
+void audit_batch_append_data(journal_batch *b, const char *type, const char *action_id,
+                             audit_data_writer write, const json_t *arg);
+
 /* One action's entries in order: *out a new JSON array (owned by the caller) of the entries
  * as stored (an entry that cannot be read appears as {"seq": n, "unreadable": true}). An
  * action_id that is not 26 characters is AR_E_INVALID. */

@@ -20,8 +20,10 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "action.h"
 #include "audit.h"
 #include "journal.h"
+#include "jsonw.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -1263,6 +1265,359 @@ static void non_canonical_text_fails_in_debug_builds(void **state)
 #endif
 }
 
+/* ---- the daemon's entry data: the text writers against the json_pack code they replace --- */
+
+/* The data as the daemon built it before (api_actions.c audit_submission, scheduler.c
+ * audit_transition and commit), kept here as the reference: a new tree, or NULL where
+ * json_pack failed. */
+static json_t *old_received(const json_t *rec)
+{
+    json_t *proposer = json_object_get(rec, "proposer");
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:s}",
+        "connector", action_record_str(rec, "connector"), "action", action_record_str(rec, "action"),
+        "effect", action_record_str(rec, "effect"), "submitter", action_record_str(rec, "submitter"),
+        "proposer", proposer ? proposer : json_null(), "digest", action_record_str(rec, "digest"),
+        "idempotency_key", action_record_str(rec, "idempotency_key"));
+}
+
+static json_t *old_decided(const json_t *rec)
+{
+    return json_incref(json_object_get(rec, "decision"));
+}
+
+static json_t *old_approval_requested(const json_t *rec)
+{
+    json_t *ap = json_object_get(rec, "approval");
+    return json_pack("{s:O, s:O, s:O, s:O}",
+        "roles", json_object_get(ap, "roles") ? json_object_get(ap, "roles") : json_null(),
+        "expires_ms", json_object_get(ap, "expires_ms") ? json_object_get(ap, "expires_ms") : json_null(),
+        "summary", json_object_get(ap, "summary") ? json_object_get(ap, "summary") : json_null(),
+        "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false());
+}
+
+static json_t *old_dispatched(const json_t *rec)
+{
+    return json_pack("{s:O, s:s, s:s}", "attempt", json_object_get(rec, "attempts"),
+                     "idempotency_key", action_record_str(rec, "idempotency_key"), "digest",
+                     action_record_str(rec, "digest"));
+}
+
+static json_t *old_completed(const json_t *rec)
+{
+    json_t *last = json_array_get(json_object_get(rec, "history"), json_array_size(json_object_get(rec, "history")) - 1);
+    json_t *attempt = json_object_get(rec, "attempts");
+    const json_t *error = json_object_get(rec, "error");
+    json_t *cost = json_object_get(last, "cost");
+    json_t *entry_attempt = json_object_get(last, "attempt");
+    return json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt",
+                     entry_attempt ? entry_attempt : attempt,
+                     "outcome", json_object_get(last, "outcome"),
+                     "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
+                     "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
+                     "error_class", json_object_get(error, "class") ? json_object_get(error, "class") : json_null(),
+                     "state", action_state_name(action_record_state(rec)), "cost", cost ? cost : json_null());
+}
+
+static json_t *old_validation_failed(const json_t *rec)
+{
+    return json_deep_copy(json_object_get(rec, "validation"));
+}
+
+static json_t *old_unknown_outcome(const json_t *rec)
+{
+    const json_t *error = json_object_get(rec, "error");
+    return json_pack("{s:O, s:s}", "attempt", json_object_get(rec, "attempts"), "reason",
+                     json_string_value(json_object_get(error, "message")) ? json_string_value(json_object_get(error, "message")) : "");
+}
+
+static json_t *old_cancelled(const json_t *rec)
+{
+    return json_pack("{s:s}", "by", action_record_str(rec, "cancel_requested_by"));
+}
+
+static json_t *old_recovered(const json_t *rec)
+{
+    return json_pack("{s:O}", "how", json_object_get(rec, "recovered_how"));
+}
+
+/* The new writers, called as the daemon calls them. */
+static int new_decided(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_value(out, json_object_get(rec, "decision"));
+}
+
+static int new_validation_failed(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_value(out, json_object_get(rec, "validation"));
+}
+
+static int new_recovered(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_recovered(out, json_object_get(rec, "recovered_how"));
+}
+
+static const struct data_kind {
+    const char *type;
+    json_t *(*old)(const json_t *rec);
+    audit_data_writer writer;
+} data_kinds[] = {
+    {"received", old_received, audit_data_received},
+    {"decided", old_decided, new_decided},
+    {"approval_requested", old_approval_requested, audit_data_approval_requested},
+    {"dispatched", old_dispatched, audit_data_dispatched},
+    {"completed", old_completed, audit_data_completed},
+    {"validation_failed", old_validation_failed, new_validation_failed},
+    {"unknown_outcome", old_unknown_outcome, audit_data_unknown_outcome},
+    {"cancelled", old_cancelled, audit_data_cancelled},
+    {"recovered", old_recovered, new_recovered},
+};
+#define DATA_KINDS (sizeof data_kinds / sizeof data_kinds[0])
+
+/* What audit_batch_append stored for the old data (taken): its canonical text ("{}" for NULL:
+ * json_pack failed), or NULL when it could not be written (the batch failed). */
+static char *old_text(json_t *data)
+{
+    if (!data)
+        return strdup("{}");
+    char *text = jsonw_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *by_jansson = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (text && by_jansson)
+        assert_string_equal(text, by_jansson); /* jsonw's promise, for these values too */
+    free(by_jansson);
+    json_decref(data);
+    return text;
+}
+
+/* A string that is not UTF-8 (as json_string_nocheck lets in). */
+static json_t *not_utf8(void)
+{
+    return json_string_nocheck("bad \xff\xfe bytes");
+}
+
+#define ODD "q\"uo\\te\n\t\x01\x1f caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 / \x7f"
+
+/* Record number i of the variants the writers are checked on; NULL past the last. */
+static json_t *record_variant(int i)
+{
+    json_t *rec = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i,"
+        " s:{s:s, s:s, s:f, s:s},"
+        " s:{s:s, s:s, s:s, s:s, s:s, s:i, s:[{s:s, s:s}, {s:s, s:n}], s:f},"
+        " s:{s:[s, s], s:I, s:s, s:b},"
+        " s:[{s:i, s:s}, {s:i, s:s, s:i, s:i, s:{s:f, s:s}}],"
+        " s:{s:s, s:s}, s:s, s:{s:s, s:s, s:s}, s:s}",
+        "id", "01ACTION000000000000000001", "connector", "shop", "action", "refund",
+        "effect", "write", "submitter", "agent-7", "digest", "ab12", "idempotency_key", "idem-1",
+        "state", "SUCCEEDED", "attempts", 2,
+        "proposer", "kind", "llm", "model", "m-1", "confidence", 0.93, "prompt_ref", "p/1",
+        "decision", "verdict", "allow", "policy_verdict", "allow", "rule", "small", "reason",
+        "under limit", "policy", "a.lua", "policy_version", 3, "votes", "file", "a.lua",
+        "verdict", "allow", "file", "b.lua", "verdict", "decision_ms", 0.25,
+        "approval", "roles", "finance", "ops", "expires_ms", (json_int_t)1795724304838,
+        "summary", "refund 120", "four_eyes", 1,
+        "history", "attempt", 1, "outcome", "failed", "attempt", 2, "outcome", "succeeded",
+        "http_status", 200, "latency_ms", 87, "cost", "usd", 0.1, "currency", "USD",
+        "error", "class", "timeout", "message", "the call timed out",
+        "cancel_requested_by", "alice",
+        "validation", "rule", "max", "reason", "too big", "policy", "v.lua",
+        "recovered_how", "in flight when the daemon stopped: resent");
+    assert_non_null(rec);
+    json_t *last = json_array_get(json_object_get(rec, "history"), 1);
+    switch (i) {
+    case 0: /* as built above */
+        break;
+    case 1: /* everything optional absent */
+        for (const char *const *k = (const char *const[]){"proposer", "approval", "error",
+             "validation", "decision", "connector", "action", "effect", "submitter", "digest",
+             "idempotency_key", "cancel_requested_by", "recovered_how", NULL}; *k; k++)
+            json_object_del(rec, *k);
+        json_array_clear(json_object_get(rec, "history"));
+        break;
+    case 2: /* present as null */
+        json_object_set_new(rec, "proposer", json_null());
+        json_object_set_new(rec, "decision", json_null());
+        json_object_set_new(rec, "recovered_how", json_null());
+        json_object_set_new(json_object_get(rec, "approval"), "four_eyes", json_null());
+        json_object_set_new(json_object_get(rec, "approval"), "roles", json_null());
+        json_object_set_new(last, "cost", json_null());
+        json_object_set_new(json_object_get(rec, "error"), "class", json_null());
+        json_object_set_new(json_object_get(rec, "error"), "message", json_null());
+        break;
+    case 3: /* strings needing escapes, non-ASCII, keys out of order and of every length */
+        for (const char *const *k = (const char *const[]){"connector", "action", "effect",
+             "submitter", "digest", "idempotency_key", "cancel_requested_by", NULL}; *k; k++)
+            json_object_set_new(rec, *k, json_string(ODD));
+        json_object_set_new(rec, "proposer", json_pack("{s:s, s:s, s:i, s:i, s:i, s:{s:i, s:i}}",
+                            "zz", ODD, "\xc3\xa9", ODD, "a", 1, "ab", 2, "a\xc3\xa9", 3, "k",
+                            "y", 1, "x", 2));
+        json_object_set_new(json_object_get(rec, "approval"), "summary", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "error"), "class", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "error"), "message", json_string(ODD));
+        json_object_set_new(last, "outcome", json_string(ODD));
+        json_object_set_new(rec, "recovered_how", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "validation"), "reason", json_string(ODD));
+        break;
+    case 4: /* no cost, no http_status, no latency; the call's attempt from "attempts"; an
+             * error without a class or message */
+        json_object_del(last, "cost");
+        json_object_del(last, "http_status");
+        json_object_del(last, "latency_ms");
+        json_object_del(last, "attempt");
+        json_object_set_new(rec, "error", json_object());
+        json_object_set_new(rec, "state", json_string("UNKNOWN_OUTCOME"));
+        break;
+    case 5: /* no attempt anywhere (json_pack failed: {}), no outcome */
+        json_object_del(rec, "attempts");
+        json_object_del(last, "attempt");
+        json_object_del(last, "outcome");
+        break;
+    case 6: /* odd types: numbers where strings go, strings where numbers go, a string how */
+        json_object_set_new(rec, "connector", json_integer(5));
+        json_object_set_new(rec, "submitter", json_true());
+        json_object_set_new(rec, "proposer", json_string("just a name"));
+        json_object_set_new(rec, "attempts", json_string("two"));
+        json_object_set_new(rec, "decision", json_pack("[i, s]", 1, "x"));
+        json_object_set_new(json_object_get(rec, "approval"), "expires_ms", json_integer(-1));
+        json_object_del(json_object_get(rec, "approval"), "four_eyes");
+        json_object_set_new(json_object_get(rec, "error"), "message", json_integer(3));
+        json_object_set_new(last, "attempt", json_integer(INT64_MAX));
+        json_object_set_new(last, "latency_ms", json_real(12.5));
+        json_object_set_new(rec, "recovered_how", json_pack("{s:s, s:i}", "z", "b", "a", 1));
+        json_object_set_new(rec, "state", json_string("no such state"));
+        break;
+    case 7: /* a string field that is not UTF-8: json_pack failed, {} */
+        json_object_set_new(rec, "submitter", not_utf8());
+        json_object_set_new(rec, "digest", not_utf8());
+        json_object_set_new(rec, "cancel_requested_by", not_utf8());
+        json_object_set_new(json_object_get(rec, "error"), "message", not_utf8());
+        break;
+    case 8: /* a nested value that is not UTF-8: the dump failed (the batch fails) */
+        json_object_set_new(rec, "proposer", json_pack("{s:o}", "model", not_utf8()));
+        json_object_set_new(json_object_get(rec, "approval"), "roles", json_pack("[o]", not_utf8()));
+        json_object_set_new(last, "cost", json_pack("{s:o}", "usd", not_utf8()));
+        json_object_set_new(rec, "attempts", not_utf8());
+        json_object_set_new(rec, "decision", json_pack("{s:o}", "rule", not_utf8()));
+        json_object_set_new(rec, "recovered_how", not_utf8());
+        break;
+    case 9: /* both: json_pack failed before anything was dumped, {} */
+        json_object_set_new(rec, "proposer", json_pack("{s:o}", "model", not_utf8()));
+        json_object_set_new(rec, "idempotency_key", not_utf8());
+        json_object_set_new(rec, "attempts", not_utf8());
+        json_object_del(last, "attempt");
+        json_object_del(last, "outcome");
+        break;
+    case 10: /* a NUL inside strings (a field is read up to it; nested, it is escaped) and
+              * nesting deeper than jsonw writes itself */
+        json_object_set_new(rec, "submitter", json_stringn("a\0b", 3));
+        json_object_set_new(rec, "proposer", json_pack("{s:s%}", "n", "x\0y", (size_t)3));
+        {
+            json_t *deep = json_array();
+            for (int d = 0; d < JSONW_MAX_DEPTH + 20; d++) {
+                json_t *outer = json_object();
+                json_object_set_new(outer, d % 2 ? "b" : "a", deep);
+                json_object_set_new(outer, "c", json_integer(d));
+                deep = outer;
+            }
+            json_object_set_new(rec, "decision", deep);
+        }
+        break;
+    default:
+        if (i - 11 < ACTION_STATE_COUNT) { /* every state's name */
+            json_object_set_new(rec, "state", json_string(action_state_name(i - 11)));
+            break;
+        }
+        json_decref(rec);
+        return NULL;
+    }
+    return rec;
+}
+
+/* Each writer gives byte for byte what the json_pack code stored, over every variant, and
+ * appends to what the buffer holds (which a failure leaves as it was). */
+static void data_writers_match_json_pack(void **state)
+{
+    (void)state;
+    int checked = 0, empty = 0, failed = 0;
+    json_t *rec;
+    for (int i = 0; (rec = record_variant(i)); i++) {
+        for (size_t k = 0; k < DATA_KINDS; k++) {
+            char *want = old_text(data_kinds[k].old(rec));
+            char stack[8]; /* small: the writers must grow it */
+            jsonw_buf out = {stack, 0, sizeof stack, 1};
+            assert_int_equal(jsonw_append_raw(&out, "<<", 2), 0);
+            int rc = data_kinds[k].writer(&out, rec);
+            if (!want) {
+                if (rc != -1 || out.len != 2)
+                    fail_msg("variant %d, %s: the old data could not be written; the writer "
+                             "gave %d and \"%.*s\"", i, data_kinds[k].type, rc, (int)out.len,
+                             out.data);
+                failed++;
+            } else if (rc != 0 || out.len != 2 + strlen(want) ||
+                       memcmp(out.data + 2, want, strlen(want)) != 0) {
+                fail_msg("variant %d, %s:\n old: %s\n new: %.*s (%d)", i, data_kinds[k].type,
+                         want, (int)(out.len - 2), out.data + 2, rc);
+            } else {
+                empty += strcmp(want, "{}") == 0;
+            }
+            assert_memory_equal(out.data, "<<", 2);
+            jsonw_buf_free(&out);
+            free(want);
+            checked++;
+        }
+        json_decref(rec);
+    }
+    /* The variants reach every case: matches, json_pack failures ({}) and dump failures. */
+    assert_true(checked > 20 * (int)DATA_KINDS);
+    assert_true(empty >= 10);
+    assert_true(failed >= 6);
+}
+
+/* Entries appended with the writers (audit_batch_append_data, as the daemon does) verify, and
+ * their data is what audit_batch_append stored from the json_pack trees; a writer that fails
+ * fails the batch with "audit_invalid". */
+static void written_entries_verify(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    uint64_t seq = 0;
+    json_t *rec;
+    ar_error err;
+    for (int i = 0; (rec = record_variant(i)); i++) {
+        const char *id = action_record_str(rec, "id");
+        for (size_t k = 0; k < DATA_KINDS; k++) {
+            json_t *old = data_kinds[k].old(rec);
+            char *want = old_text(json_incref(old));
+            journal_batch *b = journal_batch_new(), *ob = journal_batch_new();
+            audit_batch_append_data(b, data_kinds[k].type, id, data_kinds[k].writer, rec);
+            audit_batch_append(ob, data_kinds[k].type, id, old);
+            int rc = journal_commit(j, b, &err);
+            if (!want) {
+                assert_int_equal(rc, AR_E_INVALID);
+                assert_string_equal(err.code, "audit_invalid");
+                assert_int_equal(journal_commit(j, ob, &err), AR_E_INVALID);
+            } else {
+                if (rc != AR_OK)
+                    fail_msg("variant %d, %s: %s", i, data_kinds[k].type, err.message);
+                assert_int_equal(journal_commit(j, ob, NULL), AR_OK);
+                char *by_writer = stored_data(j, ++seq), *by_json = stored_data(j, ++seq);
+                assert_string_equal(by_writer, by_json);
+                free(by_writer);
+                free(by_json);
+            }
+            journal_batch_free(b);
+            journal_batch_free(ob);
+            free(want);
+        }
+        json_decref(rec);
+    }
+    assert_true(seq > 40);
+    check_format(j, seq);
+    expect_ok(j, seq);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
 /* ---- the head: from the last entry --------------------------------------------------- */
 
 /* The head record earlier versions kept (JDB_META, AUDIT_HEAD_KEY): its bytes into out (40
@@ -1625,6 +1980,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(head_document_signed_and_checked),
     cmocka_unit_test(text_entries_verify),
     cmocka_unit_test(non_canonical_text_fails_in_debug_builds),
+    cmocka_unit_test(data_writers_match_json_pack),
+    cmocka_unit_test(written_entries_verify),
     cmocka_unit_test(appends_chain_from_the_last_entry),
     cmocka_unit_test(an_old_head_record_is_ignored),
     cmocka_unit_test(last_entry_written_otherwise),
