@@ -62,15 +62,26 @@ static void index_key(const char *action_id, uint64_t seq, unsigned char out[IND
     seq_key(seq, out + ACTION_ID_LEN);
 }
 
-/* hexlen bytes of text, exactly 2*len lowercase hex digits, into out[len]. */
+/* A lowercase hex digit's value, -1 for anything else. */
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* hexlen bytes of text, exactly 2*len lowercase hex digits, into out[len]. One pass, not
+ * constant-time (sodium_hex2bin is, and cost every append more than the rest of reading the
+ * head): everything decoded here is public (digests, chains, heads, signatures, public keys). */
 static bool from_hexn(const char *hex, size_t hexlen, unsigned char *out, size_t len)
 {
     if (hexlen != 2 * len)
         return false;
-    for (size_t i = 0; i < 2 * len; i++)
-        if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
+    for (size_t i = 0; i < len; i++) {
+        int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
             return false;
-    return sodium_hex2bin(out, len, hex, 2 * len, NULL, NULL, NULL) == 0;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return true;
 }
 
 /* A string of exactly 2*len lowercase hex digits into out[len]. */
@@ -79,9 +90,21 @@ static bool from_hex(const char *hex, unsigned char *out, size_t len)
     return hex && from_hexn(hex, strlen(hex), out, len);
 }
 
+/* 2*len lowercase hex digits and a NUL into hex (cap >= 2*len + 1, else ""): public values
+ * only, like from_hexn (sodium_bin2hex is constant-time, and slower). */
 static void to_hex(const unsigned char *bin, size_t len, char *hex, size_t cap)
 {
-    sodium_bin2hex(hex, cap, bin, len);
+    static const char digits[] = "0123456789abcdef";
+    if (cap < 2 * len + 1) {
+        if (cap)
+            hex[0] = '\0';
+        return;
+    }
+    for (size_t i = 0; i < len; i++) {
+        hex[2 * i] = digits[bin[i] >> 4];
+        hex[2 * i + 1] = digits[bin[i] & 0xf];
+    }
+    hex[2 * len] = '\0';
 }
 
 static void hash2(const unsigned char prev[HASH_LEN], const unsigned char digest[HASH_LEN],
@@ -797,10 +820,12 @@ int audit_data_completed(jsonw_buf *out, const json_t *rec)
 {
     const json_t *history = json_object_get(rec, "history");
     const json_t *last = json_array_get(history, json_array_size(history) - 1);
+    /* the attempt the entry is about (an attempt not sent is not counted in "attempts") */
     const json_t *attempt = json_object_get(last, "attempt");
     data_writer w;
     dw_begin(&w, out);
     dw_value(&w, "attempt", attempt ? attempt : json_object_get(rec, "attempts"));
+    /* what this call cost, when the plugin said */
     dw_value(&w, "cost", or_null(json_object_get(last, "cost")));
     dw_value(&w, "error_class", or_null(json_object_get(json_object_get(rec, "error"), "class")));
     dw_value(&w, "http_status", or_null(json_object_get(last, "http_status")));

@@ -1913,6 +1913,20 @@ static void last_entry_written_otherwise(void **state)
     journal_batch_free(put);
     assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
     assert_string_equal(err.code, "audit_head_unreadable");
+
+    /* Our form, but the chain in uppercase hex: not taken from the tail, and not parsed. */
+    e16 = raw_entry(j, 16);
+    json_object_set_new(e16, "seq", json_integer(17));
+    char upper[65];
+    snprintf(upper, sizeof upper, "%s", json_string_value(json_object_get(e16, "chain")));
+    for (char *c = upper; *c; c++)
+        if (*c >= 'a' && *c <= 'f')
+            *c = (char)(*c - 'a' + 'A');
+    json_object_set_new(e16, "chain", json_string(upper));
+    raw_put(j, 17, e16);
+    json_decref(e16);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
     journal_batch_free(b);
     audit_verify_result res = verify(j, 0, NULL);
     expect_bad(&res, 17, "unreadable entry");
