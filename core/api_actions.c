@@ -369,25 +369,16 @@ static void reply_stored(api_server *a, request *rq, json_t *rec)
 }
 
 /* The audit entries of a new action, in the batch that stores it: what was proposed, by whom
- * and why (the proposer), how it was decided (every vote), and the approval it waits for. */
+ * and why (the proposer), how it was decided (every vote), and the approval it waits for. The
+ * data is written as text straight from the record (audit.h); it is made here, before anything
+ * changes the record. */
 static void audit_submission(journal_batch *b, const json_t *rec)
 {
     const char *id = action_record_str(rec, "id");
-    json_t *proposer = json_object_get(rec, "proposer");
-    audit_batch_append(b, "received", id, json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:s}",
-        "connector", action_record_str(rec, "connector"), "action", action_record_str(rec, "action"),
-        "effect", action_record_str(rec, "effect"), "submitter", action_record_str(rec, "submitter"),
-        "proposer", proposer ? proposer : json_null(), "digest", action_record_str(rec, "digest"),
-        "idempotency_key", action_record_str(rec, "idempotency_key")));
-    /* A reference, not a copy: the entry's text is made here, before anything changes it. */
-    audit_batch_append(b, "decided", id, json_incref(json_object_get(rec, "decision")));
-    json_t *ap = json_object_get(rec, "approval");
-    if (action_record_state(rec) == ACTION_PENDING_APPROVAL && ap)
-        audit_batch_append(b, "approval_requested", id, json_pack("{s:O, s:O, s:O, s:O}",
-            "roles", json_object_get(ap, "roles") ? json_object_get(ap, "roles") : json_null(),
-            "expires_ms", json_object_get(ap, "expires_ms") ? json_object_get(ap, "expires_ms") : json_null(),
-            "summary", json_object_get(ap, "summary") ? json_object_get(ap, "summary") : json_null(),
-            "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false()));
+    audit_batch_append_data(b, "received", id, audit_data_received, rec);
+    audit_batch_append_data(b, "decided", id, audit_data_value, json_object_get(rec, "decision"));
+    if (action_record_state(rec) == ACTION_PENDING_APPROVAL && json_object_get(rec, "approval"))
+        audit_batch_append_data(b, "approval_requested", id, audit_data_approval_requested, rec);
 }
 
 /* One decided submission on its way to the journal: what the commit's callback needs to

@@ -7,11 +7,13 @@
  * JSON_SORT_KEYS | JSON_COMPACT of {seq, time_ms, type, action, data}); chain =
  * BLAKE2b-256(previous chain || digest), 32 zero bytes before seq 1.
  *
- * The head is read in the writer's transaction on every append: the binary head record
- * (JDB_META, AUDIT_HEAD_KEY), written in the same transaction as each entry, checked against
- * the last entry's key and chain; nothing is cached, so the daemon and an offline aioctl append
- * to one chain. Every appended entry verifies: data that would not read back the same is
- * refused (see "appending" below for how that is found without parsing every entry).
+ * The head is read in the writer's transaction on every append, from the last entry itself:
+ * its key gives the seq, and the "chain" that ends an entry written here gives the chain (an
+ * entry of another form is parsed). Nothing is cached, so the daemon and an offline aioctl
+ * append to one chain, and nothing but the entry and its index key is written (the head record
+ * earlier versions kept in JDB_META is neither read nor written). Every appended entry
+ * verifies: data that would not read back the same is refused (see "appending" below for how
+ * that is found without parsing every entry).
  */
 #include "audit.h"
 
@@ -30,6 +32,8 @@
 #include "jsonw.h"
 
 #define HASH_LEN 32
+/* How an entry's data is written (audit.h: the canonical form) */
+#define AUDIT_DATA_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)
 #define SEQ_KEY_LEN 8
 #define INDEX_KEY_LEN (ACTION_ID_LEN + SEQ_KEY_LEN)
 #define HEAD_DOMAIN "aiorun-audit-head-v1"
@@ -58,20 +62,52 @@ static void index_key(const char *action_id, uint64_t seq, unsigned char out[IND
     seq_key(seq, out + ACTION_ID_LEN);
 }
 
-/* Exactly 2*len lowercase hex digits into out[len]. */
-static bool from_hex(const char *hex, unsigned char *out, size_t len)
+/* A lowercase hex digit's value plus one; 0 for any other byte. */
+static const unsigned char hex_value1[256] = {
+    ['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
+
+/* hexlen bytes of text, exactly 2*len lowercase hex digits, into out[len]. One pass through a
+ * table, without a branch per digit (digits and letters come at random: a branch mispredicts
+ * half the time), and not constant-time as sodium_hex2bin is, which cost every append more
+ * than the rest of reading the head: everything decoded here is public (digests, chains,
+ * heads, signatures, public keys). */
+static bool from_hexn(const char *hex, size_t hexlen, unsigned char *out, size_t len)
 {
-    if (!hex || strlen(hex) != 2 * len)
+    const unsigned char *h = (const unsigned char *)hex;
+    int bad = 0;
+    if (hexlen != 2 * len)
         return false;
-    for (size_t i = 0; i < 2 * len; i++)
-        if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
-            return false;
-    return sodium_hex2bin(out, len, hex, 2 * len, NULL, NULL, NULL) == 0;
+    for (size_t i = 0; i < len; i++) {
+        int hi = hex_value1[h[2 * i]] - 1, lo = hex_value1[h[2 * i + 1]] - 1;
+        bad |= hi | lo;
+        out[i] = (unsigned char)((unsigned)hi << 4 | (unsigned)lo);
+    }
+    return bad >= 0;
 }
 
+/* A string of exactly 2*len lowercase hex digits into out[len]. */
+static bool from_hex(const char *hex, unsigned char *out, size_t len)
+{
+    return hex && from_hexn(hex, strlen(hex), out, len);
+}
+
+/* 2*len lowercase hex digits and a NUL into hex (cap >= 2*len + 1, else ""): public values
+ * only, like from_hexn (sodium_bin2hex is constant-time, and slower). */
 static void to_hex(const unsigned char *bin, size_t len, char *hex, size_t cap)
 {
-    sodium_bin2hex(hex, cap, bin, len);
+    static const char digits[] = "0123456789abcdef";
+    if (cap < 2 * len + 1) {
+        if (cap)
+            hex[0] = '\0';
+        return;
+    }
+    for (size_t i = 0; i < len; i++) {
+        hex[2 * i] = digits[bin[i] >> 4];
+        hex[2 * i + 1] = digits[bin[i] & 0xf];
+    }
+    hex[2 * len] = '\0';
 }
 
 static void hash2(const unsigned char prev[HASH_LEN], const unsigned char digest[HASH_LEN],
@@ -213,15 +249,17 @@ static json_t *unreadable(uint64_t seq)
  *
  * An append costs the writer no JSON work: the entry is prepared as text beforehand (on the
  * caller's thread for audit_batch_append), with only seq, digest and chain left to fill in,
- * and the head (seq and chain) is read from a small binary record rather than parsed out of
- * the last entry.
+ * and the head (seq and chain) is read from the two ends of the last entry's text rather than
+ * parsed out of it.
  *
  * The canonical body, sorted keys, is {"action":A,"data":D,"seq":N,"time_ms":T,"type":Y}: with
  * A, D (sorted keys) and Y written by jansson exactly as it writes them inside the body, it is
  * the text body_pre + N + body_post, digested in parts. The stored entry is
  * {"seq":N,"time_ms":T,"type":Y,"action":A,"data":D,"digest":"..","chain":".."}: the data is
  * stored as the body has it, keys sorted (written once; entries from before this kept the
- * data's own key order, which reads back to the same body).
+ * data's own key order, which reads back to the same body). D is text either way: JSON data
+ * is written first (data_text) and then takes the path of text given by the caller
+ * (audit_batch_append_text, whose canonical form is checked only in builds without NDEBUG).
  *
  * The check that what is stored reads back to the same digest (data that does not survive a
  * JSON round trip) is kept for the only data that can fail it once jansson agreed to write it
@@ -230,7 +268,6 @@ static json_t *unreadable(uint64_t seq)
  * scan of the written data finds both; only then is the stored text parsed and digested again.
  */
 
-#define HEAD_RECORD_LEN (SEQ_KEY_LEN + HASH_LEN)
 #define CHECK_DEPTH 1000   /* deeper data gets the full check (jansson parses up to 2048) */
 
 /* An entry as text, but for its seq, digest and chain. The three parts live in buf. */
@@ -270,12 +307,12 @@ static bool needs_check(const char *text, size_t len)
         return false;
     int depth = 0;
     bool in_string = false;
-    for (const char *p = text; *p; p++) {
+    for (const char *p = text; p < end; p++) {
         if (in_string) {
             if (*p == '\\') {
-                if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+                if (end - p >= 6 && memcmp(p, "\\u0000", 6) == 0)
                     return true;
-                if (p[1])
+                if (p + 1 < end)
                     p++;
             } else if (*p == '"') {
                 in_string = false;
@@ -292,115 +329,110 @@ static bool needs_check(const char *text, size_t len)
     return false;
 }
 
-/* A string as JSON text, as jansson writes it (a new string; NULL when it is not UTF-8 or
- * out of memory). Plain printable ASCII is quoted as it is, which is all jansson does to it. */
-static char *json_text_of(const char *s, size_t len)
+/* Prepare an entry whose data is the text data (len bytes; NULL: the data could not be
+ * written as JSON, which is refused). AR_E_INVALID (code "audit_invalid") for what cannot be
+ * an entry, AR_E_NOMEM. */
+static int prepare_text(const char *type, const char *action_id, const char *data, size_t len,
+                        int64_t time_ms, prepared *p, ar_error *err)
 {
-    bool plain = true;
-    for (size_t i = 0; i < len && plain; i++)
-        plain = s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"' && s[i] != '\\';
-    if (!plain) {
-        json_t *v = json_stringn(s, len);
-        char *text = v ? jsonw_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-        json_decref(v);
-        return text;
-    }
-    char *text = malloc(len + 3);
-    if (text) {
-        text[0] = '"';
-        memcpy(text + 1, s, len);
-        text[len + 1] = '"';
-        text[len + 2] = '\0';
-    }
-    return text;
-}
-
-/* Prepare an entry (data borrowed). AR_E_INVALID (code "audit_invalid") for what cannot be an
- * entry, AR_E_NOMEM. */
-static int prepare(const char *type, const char *action_id, json_t *data, int64_t time_ms,
-                   prepared *p, ar_error *err)
-{
-    char *y = NULL, *a = NULL, *ds = NULL;
+    char ystack[128], astack[ACTION_ID_LEN + 8];
+    jsonw_buf y = {ystack, 0, sizeof ystack, 1}, a = {astack, 0, sizeof astack, 1};
     int status = AR_OK;
     memset(p, 0, sizeof *p);
     if (!type || !*type || (action_id && !valid_action_id(action_id)))
         return ar_error_set(err, AR_E_INVALID, "audit_invalid",
                             "an audit entry needs a type and, when about an action, its "
                             "%d-character id", ACTION_ID_LEN);
-    if (!(y = json_text_of(type, strlen(type))) ||
-        !(a = action_id ? json_text_of(action_id, ACTION_ID_LEN) : strdup("null"))) {
+    /* Quoted as jansson quotes them inside the body. */
+    if (jsonw_append_string(&y, type, strlen(type)) != 0 ||
+        (action_id ? jsonw_append_string(&a, action_id, ACTION_ID_LEN)
+                   : jsonw_append_raw(&a, "null", 4)) != 0) {
         /* (or out of memory, far less likely than a caller's bad bytes) */
         status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
-                              "an audit entry's %s is not UTF-8 text", y ? "action id" : "type");
+                              "an audit entry's %s is not UTF-8 text",
+                              y.len ? "action id" : "type");
         goto done;
     }
-    /* jansson refuses to write a string that is not UTF-8 (put in with json_string_nocheck). */
-    if (!(ds = jsonw_dumps(data, JSON_ENCODE_ANY | JSON_COMPACT | JSON_SORT_KEYS))) {
+    if (!data) {
         status = unwritable(err, type);
         goto done;
     }
     char t[32];
-    int tn = snprintf(t, sizeof t, "%" PRId64, time_ms);
-    size_t yl = strlen(y), al = strlen(a), dsl = strlen(ds);
-    /* body_pre: {"action":A,"data":Ds,"seq":  body_post: ,"time_ms":T,"type":Y}
-     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":Ds,"digest":" */
-    size_t cap = (12 + al + 8 + dsl + 7) + (11 + (size_t)tn + 8 + yl + 1) +
-                 (11 + (size_t)tn + 8 + yl + 10 + al + 8 + dsl + 11) + 3;
-    if (!(p->buf = malloc(cap))) {
+    size_t tl = (size_t)snprintf(t, sizeof t, "%" PRId64, time_ms);
+    /* body_pre: {"action":A,"data":D,"seq":  body_post: ,"time_ms":T,"type":Y}
+     * entry_mid: ,"time_ms":T,"type":Y,"action":A,"data":D,"digest":" */
+    static const char k_action[] = "{\"action\":", k_data[] = ",\"data\":", k_seq[] = ",\"seq\":",
+                      k_time[] = ",\"time_ms\":", k_type[] = ",\"type\":", k_digest[] = ",\"digest\":\"";
+#define PUT(s, n) (memcpy(w, (s), (n)), w += (n))
+#define PUTK(k) PUT(k, sizeof k - 1)
+    size_t cap = (sizeof k_action + a.len + sizeof k_data + len + sizeof k_seq) +
+                 (sizeof k_time + tl + sizeof k_type + y.len + 1) +
+                 (sizeof k_time + tl + sizeof k_type + y.len + sizeof k_action + a.len +
+                  sizeof k_data + len + sizeof k_digest);
+    char *w = p->buf = malloc(cap);
+    if (!w) {
         status = nomem(err);
         goto done;
     }
-    char *w = p->buf;
     p->body_pre = w;
-    w += sprintf(w, "{\"action\":%s,\"data\":%s,\"seq\":", a, ds);
+    PUTK(k_action), PUT(a.data, a.len), PUTK(k_data), PUT(data, len), PUTK(k_seq);
     p->body_pre_len = (size_t)(w - p->body_pre);
-    w++;
     p->body_post = w;
-    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s}", t, y);
+    PUTK(k_time), PUT(t, tl), PUTK(k_type), PUT(y.data, y.len), PUT("}", 1);
     p->body_post_len = (size_t)(w - p->body_post);
-    w++;
     p->entry_mid = w;
-    w += sprintf(w, ",\"time_ms\":%s,\"type\":%s,\"action\":%s,\"data\":%s,\"digest\":\"", t, y, a,
-                 ds);
+    PUTK(k_time), PUT(t, tl), PUTK(k_type), PUT(y.data, y.len);
+    PUT(",", 1), PUT(k_action + 1, sizeof k_action - 2), PUT(a.data, a.len);
+    PUTK(k_data), PUT(data, len), PUTK(k_digest);
     p->entry_mid_len = (size_t)(w - p->entry_mid);
-    p->check = needs_check(ds, dsl);
+#undef PUTK
+#undef PUT
+    p->check = needs_check(data, len);
     if (action_id) {
         p->about_action = true;
         memcpy(p->action_id, action_id, ACTION_ID_LEN);
     }
 done:
-    free(ds);
-    free(a);
-    free(y);
+    jsonw_buf_free(&y);
+    jsonw_buf_free(&a);
     return status;
 }
 
-/* Does the stored entry (val) carry chain as its "chain"? (The last occurrence of the field
- * is the entry's own: inside a string a quote is escaped.) An entry written here ends with
- * it, so that place is looked at first; the scan is for entries written otherwise. */
-static bool entry_has_chain(const void *val, size_t vlen, const unsigned char chain[HASH_LEN])
+/* The head from the last entry as this code writes it: {"seq":N,...,"chain":"<64 hex>"} with N
+ * the seq its key names, read from the text's two ends without parsing. The tail is the
+ * top-level member: after a comma a quote opens a key (a closing quote is never followed by a
+ * letter), and a nested object's end would make the text end in "}}". False for anything
+ * else (an erased entry, which ends with "erased":true, or one written otherwise). */
+static bool head_from_tail(const void *key, size_t klen, const void *val, size_t vlen,
+                           uint64_t *seq, unsigned char chain[HASH_LEN])
 {
-    static const char field[] = "\"chain\":\"";
+    static const char field[] = ",\"chain\":\"";
     const size_t flen = sizeof field - 1, tail = flen + 2 * HASH_LEN + 2; /* field hex "} */
-    char hex[AUDIT_HASH_HEX];
-    const char *p = val, *end = p + vlen, *last = NULL;
-    if (vlen >= tail && memcmp(end - tail, field, flen) == 0 && memcmp(end - 2, "\"}", 2) == 0)
-        last = end - tail;
-    for (const char *at = p; !last && (at = memmem(at, (size_t)(end - at), field, flen)); at += flen)
-        last = at;
-    if (!last || (size_t)(end - last) < flen + 2 * HASH_LEN + 1 || last[flen + 2 * HASH_LEN] != '"')
+    char prefix[32];
+    if (klen != SEQ_KEY_LEN)
         return false;
-    to_hex(chain, HASH_LEN, hex, sizeof hex);
-    return memcmp(last + flen, hex, 2 * HASH_LEN) == 0;
+    uint64_t at = seq_of_key(key);
+    size_t plen = (size_t)snprintf(prefix, sizeof prefix, "{\"seq\":%" PRIu64 ",", at);
+    const char *text = val, *end = text + vlen;
+    if (at < 1 || vlen < plen + tail || memcmp(text, prefix, plen) != 0 ||
+        memcmp(end - tail, field, flen) != 0 || memcmp(end - 2, "\"}", 2) != 0 ||
+        !from_hexn(end - 2 - 2 * HASH_LEN, 2 * HASH_LEN, chain, HASH_LEN))
+        return false;
+    *seq = at;
+    return true;
 }
 
-/* The head from the last entry, parsed (a journal from before the head record, or one whose
- * head record does not match its last entry). */
-static int head_from_entry(const void *key, size_t klen, const void *val, size_t vlen,
-                           uint64_t *seq, unsigned char chain[HASH_LEN], ar_error *err)
+/* The head from the last entry (key, val): its seq and chain, from the tail when the entry
+ * has the form this code writes, else parsed (an erased entry, or one written otherwise).
+ * AR_E_FORMAT, code "audit_head_unreadable", when it cannot be read: the chain cannot go on
+ * from it. */
+static int head_of_last(const void *key, size_t klen, const void *val, size_t vlen,
+                        uint64_t *seq, unsigned char chain[HASH_LEN], ar_error *err)
 {
     char why[160];
     entry e = {0};
+    if (head_from_tail(key, klen, val, vlen, seq, chain))
+        return AR_OK;
     if (klen != SEQ_KEY_LEN || entry_parse(val, vlen, &e, why, sizeof why) != AR_OK ||
         e.seq != seq_of_key(key)) {
         if (klen == SEQ_KEY_LEN && e.doc)
@@ -418,15 +450,13 @@ static int head_from_entry(const void *key, size_t klen, const void *val, size_t
     return AR_OK;
 }
 
-/* The head inside the transaction: the last seq and its chain (0 and zeros when empty). The
- * head record is used when it matches the last entry (same seq, and that entry carries its
- * chain): cheap checks, no parse. Otherwise — no record yet (a journal from before it), or one
- * left behind by a writer that did not keep it — the last entry is parsed, as it always was. */
+/* The head inside the transaction: the last seq and its chain (0 and zeros when empty), from
+ * the last entry alone (head_of_last). The head record of earlier versions is not read. */
 static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
                     ar_error *err)
 {
-    const void *key, *val, *head = NULL;
-    size_t klen, vlen, hlen = 0;
+    const void *key, *val;
+    size_t klen, vlen;
     *seq = 0;
     memset(chain, 0, HASH_LEN);
     int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
@@ -438,20 +468,10 @@ static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LE
                             "cannot go on from it (run aioctl audit verify)");
     if (status != AR_OK)
         return journal_failure(err, status, "reading the audit head");
-    status = journal_txn_get(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &head, &hlen);
-    if (status != AR_OK && status != AR_E_NOTFOUND && status != AR_E_FORMAT)
-        return journal_failure(err, status, "reading the audit head");
-    if (status == AR_OK && hlen == HEAD_RECORD_LEN && klen == SEQ_KEY_LEN &&
-        memcmp(head, key, SEQ_KEY_LEN) == 0 &&
-        entry_has_chain(val, vlen, (const unsigned char *)head + SEQ_KEY_LEN)) {
-        *seq = seq_of_key(key);
-        memcpy(chain, (const unsigned char *)head + SEQ_KEY_LEN, HASH_LEN);
-        return AR_OK;
-    }
-    return head_from_entry(key, klen, val, vlen, seq, chain, err);
+    return head_of_last(key, klen, val, vlen, seq, chain, err);
 }
 
-/* Chain a prepared entry onto the head and store it, its index key and the new head. */
+/* Chain a prepared entry onto the head and store it and its index key. */
 static int append_prepared(journal_txn *txn, const prepared *p, const char *type,
                            uint64_t *seq_out, ar_error *err)
 {
@@ -499,7 +519,7 @@ static int append_prepared(journal_txn *txn, const prepared *p, const char *type
             return unwritable(err, type);
         }
     }
-    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN], head[HEAD_RECORD_LEN];
+    unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN];
     seq_key(seq, key);
     status = journal_txn_put_last(txn, JDB_AUDIT, key, sizeof key, text, tlen);
     free(text);
@@ -513,29 +533,36 @@ static int append_prepared(journal_txn *txn, const prepared *p, const char *type
             AR_OK)
             return journal_failure(err, status, "indexing the audit trail");
     }
-    memcpy(head, key, SEQ_KEY_LEN);
-    memcpy(head + SEQ_KEY_LEN, chain, HASH_LEN);
-    if ((status = journal_txn_put(txn, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), head,
-                                  sizeof head)) != AR_OK)
-        return journal_failure(err, status, "storing the audit head");
     if (seq_out)
         *seq_out = seq;
     return AR_OK;
+}
+
+/* The data's canonical text into text (a buffer the caller owns): what prepare_text takes,
+ * or NULL when the data cannot be written (not UTF-8, out of memory). NULL data is {}. */
+static const char *data_text(jsonw_buf *text, const json_t *data)
+{
+    if (!data)
+        return jsonw_append_raw(text, "{}", 2) == 0 ? text->data : NULL;
+    return jsonw_append(text, data, AUDIT_DATA_FLAGS) == 0 ? text->data : NULL;
 }
 
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err)
 {
     prepared p = {0};
+    char stack[4096];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
     int status;
-    if (!data && !(data = json_object()))
-        return nomem(err);
+    const char *written = data_text(&text, data);
     if (!txn)
         status = ar_error_set(err, AR_E_INVALID, "audit_invalid",
                               "an audit entry is appended inside a journal transaction");
-    else if ((status = prepare(type, action_id, data, now_ms, &p, err)) == AR_OK)
+    else if ((status = prepare_text(type, action_id, written, text.len, now_ms, &p, err)) ==
+             AR_OK)
         status = append_prepared(txn, &p, type, seq_out, err);
     prepared_fini(&p);
+    jsonw_buf_free(&text);
     json_decref(data);
     return status;
 }
@@ -582,36 +609,269 @@ static int fail_nomem(journal_txn *txn, void *arg, ar_error *err)
     return nomem(err);
 }
 
-void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
+/* Make the batch fail with status and err when it is committed. */
+static void batch_fail(journal_batch *b, int status, const ar_error *err)
+{
+    saved_error *saved = malloc(sizeof *saved);
+    if (!saved) {
+        journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
+        return;
+    }
+    saved->status = status;
+    saved->err = *err;
+    journal_batch_apply_owned(b, fail_saved, saved, free);
+}
+
+/* Add "append the entry with this data text" (NULL: unwritable data) to the batch. */
+static void batch_add(journal_batch *b, const char *type, const char *action_id,
+                      const char *data, size_t len)
 {
     if (!type)
         type = "";
     size_t tl = strlen(type);
     pending *p = malloc(sizeof *p + tl + 1);
-    if (!p || (!data && !(data = json_object()))) {
-        free(p);
-        journal_batch_apply(b, fail_nomem, NULL); /* the batch must not commit without it */
+    if (!p) {
+        journal_batch_apply(b, fail_nomem, NULL);
         return;
     }
     memcpy(p->type, type, tl + 1);
     ar_error err;
     ar_error_clear(&err);
-    int status = prepare(type, action_id, data, ar_now_ms(), &p->p, &err);
-    json_decref(data);
+    int status = prepare_text(type, action_id, data, len, ar_now_ms(), &p->p, &err);
     if (status == AR_OK) {
         journal_batch_apply_owned(b, pending_apply, p, pending_free);
         return;
     }
     prepared_fini(&p->p);
     free(p);
-    saved_error *saved = malloc(sizeof *saved);
-    if (!saved) {
-        journal_batch_apply(b, fail_nomem, NULL);
+    batch_fail(b, status, &err);
+}
+
+void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data)
+{
+    char stack[4096];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
+    const char *written = data_text(&text, data);
+    batch_add(b, type, action_id, written, text.len);
+    jsonw_buf_free(&text);
+    json_decref(data);
+}
+
+#ifndef NDEBUG
+/* Is text (len bytes) the canonical form of the JSON it holds? */
+static bool canonical(const char *text, size_t len)
+{
+    char stack[4096];
+    jsonw_buf again = {stack, 0, sizeof stack, 1};
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    bool same = v && jsonw_append(&again, v, AUDIT_DATA_FLAGS) == 0 && again.len == len &&
+                memcmp(again.data, text, len) == 0;
+    jsonw_buf_free(&again);
+    json_decref(v);
+    return same;
+}
+#endif
+
+void audit_batch_append_text(journal_batch *b, const char *type, const char *action_id,
+                             const char *data, size_t len)
+{
+#ifndef NDEBUG
+    if (data && !canonical(data, len)) {
+        ar_error err;
+        ar_error_set(&err, AR_E_INVALID, "audit_invalid",
+                     "the data of a \"%.64s\" audit entry is not canonical JSON text: %.*s",
+                     type ? type : "", (int)(len < 160 ? len : 160), data);
+        batch_fail(b, AR_E_INVALID, &err);
         return;
     }
-    saved->status = status;
-    saved->err = err;
-    journal_batch_apply_owned(b, fail_saved, saved, free);
+#endif
+    batch_add(b, type, action_id, data, len);
+}
+
+/* ---- the daemon's entry data, written as text -------------------------------------------
+ *
+ * Each writer gives the text jsonw_dumps(AUDIT_DATA_FLAGS) gave for the object the daemon built
+ * with json_pack: members in sorted key order (written by hand: the keys are constants),
+ * strings (json_pack "s") quoted by jsonw, nested values (json_pack "O") written by jsonw with
+ * the same flags. json_pack failed on a NULL or non-UTF-8 "s" and on a NULL "O", and
+ * audit_batch_append then stored {} (its NULL data): so does a writer. A nested value that
+ * cannot be written made the dump fail (the batch failed): the writer fails.
+ */
+
+typedef struct data_writer {
+    jsonw_buf *out;
+    size_t start;         /* out->len before the writer began */
+    bool first;
+    bool pack_failed;     /* json_pack would have failed: the data is {} */
+    bool dump_failed;     /* the dump would have failed (unless json_pack did first) */
+} data_writer;
+
+static void dw_begin(data_writer *w, jsonw_buf *out)
+{
+    *w = (data_writer){ .out = out, .start = out->len, .first = true };
+    w->dump_failed = jsonw_append_raw(out, "{", 1) != 0;
+}
+
+/* ,"key": (key: plain ASCII, no escapes). Written after a failed dump too (the text is thrown
+ * away), so that a later member can still show json_pack failing. */
+static bool dw_key(data_writer *w, const char *key)
+{
+    char text[40];
+    size_t kl = strlen(key), n = 0;
+    if (w->pack_failed || kl + 4 > sizeof text) {
+        w->dump_failed = true;
+        return false;
+    }
+    if (!w->first)
+        text[n++] = ',';
+    text[n++] = '"';
+    memcpy(text + n, key, kl), n += kl;
+    text[n++] = '"';
+    text[n++] = ':';
+    w->first = false;
+    if (jsonw_append_raw(w->out, text, n) != 0) {
+        w->dump_failed = true;
+        return false;
+    }
+    return true;
+}
+
+/* json_pack "s" */
+static void dw_string(data_writer *w, const char *key, const char *s)
+{
+    if (w->pack_failed)
+        return;
+    if (!s || (dw_key(w, key) && jsonw_append_string(w->out, s, strlen(s)) != 0))
+        w->pack_failed = true; /* NULL, not UTF-8 (or out of memory: json_pack failed too) */
+}
+
+/* json_pack "O" */
+static void dw_value(data_writer *w, const char *key, const json_t *v)
+{
+    if (w->pack_failed)
+        return;
+    if (!v)
+        w->pack_failed = true;
+    else if (dw_key(w, key) && jsonw_append(w->out, v, AUDIT_DATA_FLAGS) != 0)
+        w->dump_failed = true;
+}
+
+static int dw_end(data_writer *w)
+{
+    if (!w->pack_failed && !w->dump_failed && jsonw_append_raw(w->out, "}", 1) == 0)
+        return 0;
+    w->out->len = w->start;
+    if (w->pack_failed)
+        return jsonw_append_raw(w->out, "{}", 2);
+    return -1;
+}
+
+/* v, or null when absent (json_pack "O" of "v ? v : json_null()") */
+static const json_t *or_null(const json_t *v)
+{
+    return v ? v : json_null();
+}
+
+int audit_data_value(jsonw_buf *out, const json_t *v)
+{
+    size_t start = out->len;
+    if (!v)
+        return jsonw_append_raw(out, "{}", 2);
+    if (jsonw_append(out, v, AUDIT_DATA_FLAGS) == 0)
+        return 0;
+    out->len = start;
+    return -1;
+}
+
+int audit_data_received(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_string(&w, "action", action_record_str(rec, "action"));
+    dw_string(&w, "connector", action_record_str(rec, "connector"));
+    dw_string(&w, "digest", action_record_str(rec, "digest"));
+    dw_string(&w, "effect", action_record_str(rec, "effect"));
+    dw_string(&w, "idempotency_key", action_record_str(rec, "idempotency_key"));
+    dw_value(&w, "proposer", or_null(json_object_get(rec, "proposer")));
+    dw_string(&w, "submitter", action_record_str(rec, "submitter"));
+    return dw_end(&w);
+}
+
+int audit_data_approval_requested(jsonw_buf *out, const json_t *rec)
+{
+    const json_t *ap = json_object_get(rec, "approval"), *four_eyes = json_object_get(ap, "four_eyes");
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "expires_ms", or_null(json_object_get(ap, "expires_ms")));
+    dw_value(&w, "four_eyes", four_eyes ? four_eyes : json_false());
+    dw_value(&w, "roles", or_null(json_object_get(ap, "roles")));
+    dw_value(&w, "summary", or_null(json_object_get(ap, "summary")));
+    return dw_end(&w);
+}
+
+int audit_data_dispatched(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", json_object_get(rec, "attempts"));
+    dw_string(&w, "digest", action_record_str(rec, "digest"));
+    dw_string(&w, "idempotency_key", action_record_str(rec, "idempotency_key"));
+    return dw_end(&w);
+}
+
+int audit_data_completed(jsonw_buf *out, const json_t *rec)
+{
+    const json_t *history = json_object_get(rec, "history");
+    const json_t *last = json_array_get(history, json_array_size(history) - 1);
+    /* the attempt the entry is about (an attempt not sent is not counted in "attempts") */
+    const json_t *attempt = json_object_get(last, "attempt");
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", attempt ? attempt : json_object_get(rec, "attempts"));
+    /* what this call cost, when the plugin said */
+    dw_value(&w, "cost", or_null(json_object_get(last, "cost")));
+    dw_value(&w, "error_class", or_null(json_object_get(json_object_get(rec, "error"), "class")));
+    dw_value(&w, "http_status", or_null(json_object_get(last, "http_status")));
+    dw_value(&w, "latency_ms", or_null(json_object_get(last, "latency_ms")));
+    dw_value(&w, "outcome", json_object_get(last, "outcome"));
+    dw_string(&w, "state", action_state_name(action_record_state(rec)));
+    return dw_end(&w);
+}
+
+int audit_data_unknown_outcome(jsonw_buf *out, const json_t *rec)
+{
+    const char *reason = json_string_value(json_object_get(json_object_get(rec, "error"), "message"));
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "attempt", json_object_get(rec, "attempts"));
+    dw_string(&w, "reason", reason ? reason : "");
+    return dw_end(&w);
+}
+
+int audit_data_cancelled(jsonw_buf *out, const json_t *rec)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_string(&w, "by", action_record_str(rec, "cancel_requested_by"));
+    return dw_end(&w);
+}
+
+int audit_data_recovered(jsonw_buf *out, const json_t *how)
+{
+    data_writer w;
+    dw_begin(&w, out);
+    dw_value(&w, "how", how);
+    return dw_end(&w);
+}
+
+void audit_batch_append_data(journal_batch *b, const char *type, const char *action_id,
+                             audit_data_writer write, const json_t *arg)
+{
+    char stack[2048];
+    jsonw_buf text = {stack, 0, sizeof stack, 1};
+    int rc = write(&text, arg);
+    audit_batch_append_text(b, type, action_id, rc == 0 ? text.data : NULL, text.len);
+    jsonw_buf_free(&text);
 }
 
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
@@ -879,6 +1139,7 @@ int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_err
 {
     journal_read *r;
     journal_cursor *c;
+    unsigned char chain[HASH_LEN];
     *seq = 0;
     chain_hex[0] = '\0';
     int status = begin(j, &r, &c, JDB_AUDIT, err);
@@ -886,21 +1147,17 @@ int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_err
         return status;
     const void *key, *val;
     size_t klen, vlen;
-    char why[160];
-    entry e;
     int rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
     if (rc == AR_E_NOTFOUND) {
         ar_error_clear(err);
     } else if (rc != AR_OK && rc != AR_E_FORMAT) {
         status = journal_failure(err, rc, "reading the audit head");
-    } else if (rc != AR_OK || klen != SEQ_KEY_LEN ||
-               entry_parse(val, vlen, &e, why, sizeof why) != AR_OK) {
+    } else if (rc != AR_OK) {
         status = ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
                               "the last audit entry cannot be read (run aioctl audit verify)");
-    } else {
-        *seq = seq_of_key(key);
-        to_hex(e.chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
-        json_decref(e.doc);
+    } else if ((status = head_of_last(key, klen, val, vlen, seq, chain, err)) == AR_OK) {
+        /* the head an append would go on from (txn_head) */
+        to_hex(chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
         ar_error_clear(err);
     }
     finish(r, c);

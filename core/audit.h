@@ -7,13 +7,14 @@
  * read inside that transaction, so appends from several threads or processes (the daemon and
  * an offline aioctl) stay in one chain.
  *
- * The head record: JDB_META, key AUDIT_HEAD_KEY, value the last seq (8 bytes big-endian) and
- * its chain (32 bytes binary), written in the same transaction as every append. An append
- * reads it by key instead of parsing the last entry, and trusts it only when it matches the
- * last entry (same seq, and the entry's "chain" is the record's); otherwise (a journal from
- * before the record, or one a writer without it appended to) the head is taken from the last
- * entry, as the entries remain the truth, and the record is written again. Erasing a body
- * (audit_txn_erase) leaves the record alone.
+ * The head (last seq and its chain) is the last entry's: its key gives the seq, and an entry as
+ * written here ends with its "chain", read from there without parsing; any other last entry
+ * (an erased one, one written otherwise) is parsed. An append writes only its entry and its
+ * index key. Earlier versions also kept a head record (JDB_META, key AUDIT_HEAD_KEY: seq and
+ * chain, 40 bytes) written with every append; it is now ignored, neither read nor written nor
+ * removed, so a journal that holds one (stale from the first append on) keeps working, and so
+ * does an older writer appending to this journal (it trusted the record only when it matched
+ * the last entry, and otherwise took the head from that entry).
  *
  * An entry (JDB_AUDIT, key: seq as 8 bytes big-endian; value: compact JSON):
  *   {"seq": n, "time_ms": t, "type": "...", "action": "<id>" | null, "data": {...},
@@ -50,16 +51,17 @@
 
 #include "ar.h"
 #include "journal.h"
+#include "jsonw.h"
 
 #define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
-#define AUDIT_HEAD_KEY "audit_head"  /* the head record's key in JDB_META (see above) */
+#define AUDIT_HEAD_KEY "audit_head"  /* earlier versions' head record in JDB_META: ignored */
 
 /* Inside a journal apply callback: append one entry (data: taken; NULL is {}; action_id NULL
  * for events about no action). *seq_out (may be NULL) receives its seq. A type that is empty,
  * an action_id that is not 26 characters, or data that does not survive a JSON round trip
  * unchanged (invalid UTF-8, a NUL in a key, nesting too deep to parse) is AR_E_INVALID, code
- * "audit_invalid"; a last entry that does not match the head record and cannot be read either
- * (the chain cannot go on from it) is AR_E_FORMAT, code "audit_head_unreadable". */
+ * "audit_invalid"; a last entry that cannot be read (the chain cannot go on from it) is
+ * AR_E_FORMAT, code "audit_head_unreadable". */
 int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, json_t *data,
                      int64_t now_ms, uint64_t *seq_out, ar_error *err);
 
@@ -68,6 +70,48 @@ int audit_txn_append(journal_txn *txn, const char *type, const char *action_id, 
  * entry's text (on the caller's thread: the writer only chains it). What audit_txn_append
  * would refuse makes the batch fail with the same error when it is committed. */
 void audit_batch_append(journal_batch *b, const char *type, const char *action_id, json_t *data);
+
+/* audit_batch_append with the data given as JSON text (len bytes, copied): its canonical form,
+ * as jsonw_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) writes it (compact, every
+ * object's keys in jansson's sorted order, strings escaped as jansson escapes them). The caller
+ * vouches for that form; builds without NDEBUG check it (parse, dump, compare) and fail the batch
+ * with code "audit_invalid" when it differs, so the test suite catches a caller that drifts.
+ * data NULL: the caller could not write its data (a value that is not UTF-8, out of memory);
+ * the batch fails with code "audit_invalid", as audit_batch_append's does for such data. */
+void audit_batch_append_text(journal_batch *b, const char *type, const char *action_id,
+                             const char *data, size_t len);
+
+/* The data of the daemon's own action entries, written as text straight from the action
+ * record (rec, borrowed) for audit_batch_append_text, without building a JSON tree: byte for
+ * byte the canonical text of the object the daemon used to build with json_pack (keys sorted;
+ * an absent value null where that code put null, four_eyes false; {} where json_pack failed:
+ * a needed nested value absent, e.g. no "attempts", or a string that is not UTF-8). Each
+ * appends to out and returns 0, or -1 with out as it was when a nested value cannot be written
+ * (not UTF-8, out of memory: the batch must fail, see audit_batch_append_text's NULL data).
+ *   received {action, connector, digest, effect, idempotency_key, proposer, submitter}
+ *   approval_requested {expires_ms, four_eyes, roles, summary} from rec's "approval"
+ *   dispatched {attempt, digest, idempotency_key}
+ *   completed {attempt, cost, error_class, http_status, latency_ms, outcome, state}: the last
+ *     history entry's call (its attempt, else rec's "attempts"), the error's class, the state
+ *   unknown_outcome {attempt, reason}: the error's message, "" without one
+ *   cancelled {by}: cancel_requested_by
+ *   recovered {how}: how (its argument is that value, not the record)
+ * audit_data_value writes v itself ({} when NULL): decided (the decision), validation_failed
+ * (the validation object). */
+int audit_data_value(jsonw_buf *out, const json_t *v);
+int audit_data_received(jsonw_buf *out, const json_t *rec);
+int audit_data_approval_requested(jsonw_buf *out, const json_t *rec);
+int audit_data_dispatched(jsonw_buf *out, const json_t *rec);
+int audit_data_completed(jsonw_buf *out, const json_t *rec);
+int audit_data_unknown_outcome(jsonw_buf *out, const json_t *rec);
+int audit_data_cancelled(jsonw_buf *out, const json_t *rec);
+int audit_data_recovered(jsonw_buf *out, const json_t *how);
+
+/* Append the entry whose data write(out, arg) writes (one of the above; arg borrowed), through
+ * a buffer on the stack: audit_batch_append_text of its text, or of NULL when it fails. */
+typedef int (*audit_data_writer)(jsonw_buf *out, const json_t *arg);
+void audit_batch_append_data(journal_batch *b, const char *type, const char *action_id,
+                             audit_data_writer write, const json_t *arg);
 
 /* One action's entries in order: *out a new JSON array (owned by the caller) of the entries
  * as stored (an entry that cannot be read appears as {"seq": n, "unreadable": true}). An
@@ -80,7 +124,8 @@ int audit_read_after(journal *j, uint64_t after, size_t limit, json_t **out, uin
 /* Entries whose time_ms >= since_ms, in order, written as JSON lines to fd (audit export). */
 int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *err);
 
-/* The head: the last seq (0 when empty) and its chain (hex; "" when empty). */
+/* The head: the last seq (0 when empty) and its chain (hex; "" when empty), read as an append
+ * reads it (above); a last entry that cannot be read is AR_E_FORMAT, "audit_head_unreadable". */
 int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_error *err);
 
 typedef struct audit_verify_result {

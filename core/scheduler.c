@@ -718,39 +718,27 @@ static void transition_durable(void *arg, int status, journal_batch *b, const ar
 }
 
 /* The audit entries of the state the record is being journaled in: what the scheduler did
- * (dispatched), what came back (completed, with the attempt's outcome), and how it ended. */
+ * (dispatched), what came back (completed, with the attempt's outcome), and how it ended. The
+ * data is written as text straight from the record (audit.h). */
 static void audit_transition(journal_batch *b, const json_t *rec)
 {
     const char *id = action_record_str(rec, "id");
-    json_t *last = json_array_get(json_object_get(rec, "history"), json_array_size(json_object_get(rec, "history")) - 1);
-    json_t *attempt = json_object_get(rec, "attempts");
-    const json_t *error = json_object_get(rec, "error");
+    const json_t *history = json_object_get(rec, "history");
+    const json_t *last = json_array_get(history, json_array_size(history) - 1);
     action_state st = action_record_state(rec);
     if (st == ACTION_DISPATCHED) {
-        audit_batch_append(b, "dispatched", id, json_pack("{s:O, s:s, s:s}", "attempt", attempt,
-                           "idempotency_key", action_record_str(rec, "idempotency_key"), "digest",
-                           action_record_str(rec, "digest")));
+        audit_batch_append_data(b, "dispatched", id, audit_data_dispatched, rec);
         return;
     }
-    if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED) {
-        json_t *cost = json_object_get(last, "cost"); /* what this call cost, when the plugin said */
-        /* the attempt the entry is about (an attempt not sent is not counted in "attempts") */
-        json_t *entry_attempt = json_object_get(last, "attempt");
-        audit_batch_append(b, "completed", id, json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt",
-                           entry_attempt ? entry_attempt : attempt,
-                           "outcome", json_object_get(last, "outcome"),
-                           "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
-                           "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
-                           "error_class", json_object_get(error, "class") ? json_object_get(error, "class") : json_null(),
-                           "state", action_state_name(st), "cost", cost ? cost : json_null()));
-    }
+    if (json_is_object(last) && json_object_get(last, "outcome") && st != ACTION_CANCELLED)
+        audit_batch_append_data(b, "completed", id, audit_data_completed, rec);
     if (json_is_object(json_object_get(rec, "validation")) && action_state_terminal(st))
-        audit_batch_append(b, "validation_failed", id, json_deep_copy(json_object_get(rec, "validation")));
+        audit_batch_append_data(b, "validation_failed", id, audit_data_value,
+                                json_object_get(rec, "validation"));
     if (st == ACTION_UNKNOWN_OUTCOME)
-        audit_batch_append(b, "unknown_outcome", id, json_pack("{s:O, s:s}", "attempt", attempt, "reason",
-                           json_string_value(json_object_get(error, "message")) ? json_string_value(json_object_get(error, "message")) : ""));
+        audit_batch_append_data(b, "unknown_outcome", id, audit_data_unknown_outcome, rec);
     else if (st == ACTION_CANCELLED)
-        audit_batch_append(b, "cancelled", id, json_pack("{s:s}", "by", action_record_str(rec, "cancel_requested_by")));
+        audit_batch_append_data(b, "cancelled", id, audit_data_cancelled, rec);
 }
 
 /* Journal jb's record as it is now, then run after(jb) on the loop (NULL: finish the job). */
@@ -767,7 +755,8 @@ static void commit(job *jb, after_fn after)
     json_object_del(jb->rec, "recovered_how");
     jb->recovered = 0;
     if (recovered && b)
-        audit_batch_append(b, "recovered", action_record_str(jb->rec, "id"), json_pack("{s:O}", "how", recovered));
+        audit_batch_append_data(b, "recovered", action_record_str(jb->rec, "id"), audit_data_recovered,
+                                recovered);
     json_decref(recovered);
     if (!t || !b || action_batch_store(b, jb->rec) != AR_OK) {
         free(t);

@@ -20,8 +20,10 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "action.h"
 #include "audit.h"
 #include "journal.h"
+#include "jsonw.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -1105,82 +1107,658 @@ static int init_sodium(void **state)
     return sodium_init() < 0 ? -1 : 0;
 }
 
-/* ---- the head record -------------------------------------------------------------------- */
+/* ---- data given as text ------------------------------------------------------------------ */
 
-/* The head record (JDB_META, AUDIT_HEAD_KEY): *found false when there is none. */
-static void head_record(journal *j, bool *found, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX])
+/* Commit one entry with data as text; the commit's status (err filled). */
+static int commit_text(journal *j, const char *type, const char *id, const char *text,
+                       ar_error *err)
+{
+    journal_batch *b = journal_batch_new();
+    audit_batch_append_text(b, type, id, text, text ? strlen(text) : 0);
+    int rc = journal_commit(j, b, err);
+    journal_batch_free(b);
+    return rc;
+}
+
+/* The stored data of entry seq as canonical text (a new string). */
+static char *stored_data(journal *j, uint64_t seq)
+{
+    json_t *e = raw_entry(j, seq);
+    assert_non_null(e);
+    char *text = json_dumps(json_object_get(e, "data"),
+                            JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    json_decref(e);
+    assert_non_null(text);
+    return text;
+}
+
+/* Entries whose data is given as canonical text are the entries audit_batch_append makes of
+ * the same data, verify, and chain with the others (in one batch and across batches). */
+static void text_entries_verify(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    char a1[27];
+    action_id(1, a1);
+    static const char *const texts[] = {
+        "{}",
+        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"x\":\"y\"}}",
+        "{\"b\":\"\\\"quoted\\\\ \\n\\t\\u0001 caf\xc3\xa9 \xf0\x9f\x98\x80 /\"}",
+        "{\"a\":\"nul \\u0000 inside\"}",
+        "{\"cost\":0.10000000000000001,\"n\":-42}",
+        "[1,2,3]",
+        "\"a string\"",
+        "{\"a\":1,\"ab\":2,\"b\":{\"z\":2,\"\xc3\xa9\":1}}", /* bytes order: 'z' < 0xc3 */
+    };
+    size_t n = sizeof texts / sizeof texts[0];
+    ar_error err;
+    for (size_t i = 0; i < n; i++) {
+        if (commit_text(j, "completed", i % 2 ? a1 : NULL, texts[i], &err) != AR_OK)
+            fail_msg("text %zu: %s: %s", i, err.code, err.message);
+        /* The same data through audit_batch_append. */
+        json_t *v = json_loads(texts[i], JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        assert_non_null(v);
+        journal_batch *b = journal_batch_new();
+        audit_batch_append(b, "completed", i % 2 ? a1 : NULL, v);
+        assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+        journal_batch_free(b);
+        char *by_text = stored_data(j, 2 * i + 1), *by_json = stored_data(j, 2 * i + 2);
+        assert_string_equal(by_text, by_json);
+        free(by_text);
+        free(by_json);
+    }
+    /* Several in one batch, mixed with JSON data. */
+    journal_batch *b = journal_batch_new();
+    for (size_t i = 0; i < n; i++) {
+        audit_batch_append_text(b, "dispatched", a1, texts[i], strlen(texts[i]));
+        audit_batch_append(b, "dispatched", NULL, json_pack("{s:i}", "i", (int)i));
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    /* The text is copied: the caller's buffer may change once the call returns. */
+    char buf[] = "{\"k\":\"v\"}";
+    b = journal_batch_new();
+    audit_batch_append_text(b, "dispatched", NULL, buf, strlen(buf));
+    buf[6] = 'w';
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    check_format(j, 4 * n + 1);
+    expect_ok(j, 4 * n + 1);
+    char *last = stored_data(j, 4 * n + 1);
+    assert_string_equal(last, "{\"k\":\"v\"}");
+    free(last);
+
+    /* NULL data (a writer that failed), a key with a NUL (does not read back) and nesting
+     * deeper than jansson reads are refused in every build; nothing is stored. */
+    assert_int_equal(commit_text(j, "completed", NULL, NULL, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"k\\u0000ey\":true}", &err),
+                     AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    size_t deep = 2100;
+    char *text = malloc(2 * deep + 1);
+    memset(text, '[', deep);
+    memset(text + deep, ']', deep);
+    text[2 * deep] = '\0';
+    assert_int_equal(commit_text(j, "completed", NULL, text, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_invalid");
+    free(text);
+    /* A bad type or action id, as with JSON data. */
+    assert_int_equal(commit_text(j, "", NULL, "{}", &err), AR_E_INVALID);
+    assert_int_equal(commit_text(j, "completed", "short", "{}", &err), AR_E_INVALID);
+    check_format(j, 4 * n + 1);
+    expect_ok(j, 4 * n + 1);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Builds without NDEBUG check that text is canonical: anything else fails the batch with
+ * "audit_invalid", and nothing of the batch is stored. (Skipped in NDEBUG builds, which trust
+ * the caller.) */
+static void non_canonical_text_fails_in_debug_builds(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip();
+#else
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    static const char *const bad[] = {
+        "{\"b\":1,\"a\":2}",                 /* keys not sorted */
+        "{\"a\":{\"z\":1,\"y\":2}}",         /* nested keys not sorted */
+        "{\"a\": 1}",                        /* not compact */
+        " {}",
+        "{\"a\":0.1}",                       /* a real jansson writes with 17 digits */
+        "{\"a\":1e2}",                       /* jansson writes 100.0 */
+        "{\"b\":{\"\xc3\xa9\":1,\"z\":2}}",  /* 0xc3 sorts after 'z' */
+        "{\"a\":1,\"a\":2}",                 /* a duplicate key */
+        "{\"a\":\"\\u00e9\"}",               /* an escape jansson does not write */
+        "{\"a\":\"\\/\"}",
+        "{\"a\":\"\xff\"}",                  /* not UTF-8 */
+        "{\"a\":1",                          /* not JSON */
+        "{}{}",
+        "",
+    };
+    ar_error err;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        journal_batch *b = journal_batch_new();
+        journal_batch_put(b, JDB_ACTIONS, "k", 1, "v", 1);
+        audit_batch_append_text(b, "completed", NULL, bad[i], strlen(bad[i]));
+        int rc = journal_commit(j, b, &err);
+        journal_batch_free(b);
+        if (rc != AR_E_INVALID || strcmp(err.code, "audit_invalid") != 0)
+            fail_msg("\"%s\" was not refused (%d)", bad[i], rc);
+    }
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_get(r, JDB_ACTIONS, "k", 1, NULL, NULL), AR_E_NOTFOUND);
+    journal_read_end(r);
+    expect_ok(j, 0);
+    /* The canonical forms of the same are taken. */
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":2,\"b\":1}", NULL), AR_OK);
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":0.10000000000000001}", NULL), AR_OK);
+    assert_int_equal(commit_text(j, "completed", NULL, "{\"a\":\"\xc3\xa9/\"}", NULL), AR_OK);
+    expect_ok(j, 3);
+    journal_close(j);
+    test_rm_tree(dir);
+#endif
+}
+
+/* ---- the daemon's entry data: the text writers against the json_pack code they replace --- */
+
+/* The data as the daemon built it before (api_actions.c audit_submission, scheduler.c
+ * audit_transition and commit), kept here as the reference: a new tree, or NULL where
+ * json_pack failed. */
+static json_t *old_received(const json_t *rec)
+{
+    json_t *proposer = json_object_get(rec, "proposer");
+    return json_pack("{s:s, s:s, s:s, s:s, s:O, s:s, s:s}",
+        "connector", action_record_str(rec, "connector"), "action", action_record_str(rec, "action"),
+        "effect", action_record_str(rec, "effect"), "submitter", action_record_str(rec, "submitter"),
+        "proposer", proposer ? proposer : json_null(), "digest", action_record_str(rec, "digest"),
+        "idempotency_key", action_record_str(rec, "idempotency_key"));
+}
+
+static json_t *old_decided(const json_t *rec)
+{
+    return json_incref(json_object_get(rec, "decision"));
+}
+
+static json_t *old_approval_requested(const json_t *rec)
+{
+    json_t *ap = json_object_get(rec, "approval");
+    return json_pack("{s:O, s:O, s:O, s:O}",
+        "roles", json_object_get(ap, "roles") ? json_object_get(ap, "roles") : json_null(),
+        "expires_ms", json_object_get(ap, "expires_ms") ? json_object_get(ap, "expires_ms") : json_null(),
+        "summary", json_object_get(ap, "summary") ? json_object_get(ap, "summary") : json_null(),
+        "four_eyes", json_object_get(ap, "four_eyes") ? json_object_get(ap, "four_eyes") : json_false());
+}
+
+static json_t *old_dispatched(const json_t *rec)
+{
+    return json_pack("{s:O, s:s, s:s}", "attempt", json_object_get(rec, "attempts"),
+                     "idempotency_key", action_record_str(rec, "idempotency_key"), "digest",
+                     action_record_str(rec, "digest"));
+}
+
+static json_t *old_completed(const json_t *rec)
+{
+    json_t *last = json_array_get(json_object_get(rec, "history"), json_array_size(json_object_get(rec, "history")) - 1);
+    json_t *attempt = json_object_get(rec, "attempts");
+    const json_t *error = json_object_get(rec, "error");
+    json_t *cost = json_object_get(last, "cost");
+    json_t *entry_attempt = json_object_get(last, "attempt");
+    return json_pack("{s:O, s:O, s:O, s:O, s:O, s:s, s:O}", "attempt",
+                     entry_attempt ? entry_attempt : attempt,
+                     "outcome", json_object_get(last, "outcome"),
+                     "http_status", json_object_get(last, "http_status") ? json_object_get(last, "http_status") : json_null(),
+                     "latency_ms", json_object_get(last, "latency_ms") ? json_object_get(last, "latency_ms") : json_null(),
+                     "error_class", json_object_get(error, "class") ? json_object_get(error, "class") : json_null(),
+                     "state", action_state_name(action_record_state(rec)), "cost", cost ? cost : json_null());
+}
+
+static json_t *old_validation_failed(const json_t *rec)
+{
+    return json_deep_copy(json_object_get(rec, "validation"));
+}
+
+static json_t *old_unknown_outcome(const json_t *rec)
+{
+    const json_t *error = json_object_get(rec, "error");
+    return json_pack("{s:O, s:s}", "attempt", json_object_get(rec, "attempts"), "reason",
+                     json_string_value(json_object_get(error, "message")) ? json_string_value(json_object_get(error, "message")) : "");
+}
+
+static json_t *old_cancelled(const json_t *rec)
+{
+    return json_pack("{s:s}", "by", action_record_str(rec, "cancel_requested_by"));
+}
+
+static json_t *old_recovered(const json_t *rec)
+{
+    return json_pack("{s:O}", "how", json_object_get(rec, "recovered_how"));
+}
+
+/* The new writers, called as the daemon calls them. */
+static int new_decided(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_value(out, json_object_get(rec, "decision"));
+}
+
+static int new_validation_failed(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_value(out, json_object_get(rec, "validation"));
+}
+
+static int new_recovered(jsonw_buf *out, const json_t *rec)
+{
+    return audit_data_recovered(out, json_object_get(rec, "recovered_how"));
+}
+
+static const struct data_kind {
+    const char *type;
+    json_t *(*old)(const json_t *rec);
+    audit_data_writer writer;
+} data_kinds[] = {
+    {"received", old_received, audit_data_received},
+    {"decided", old_decided, new_decided},
+    {"approval_requested", old_approval_requested, audit_data_approval_requested},
+    {"dispatched", old_dispatched, audit_data_dispatched},
+    {"completed", old_completed, audit_data_completed},
+    {"validation_failed", old_validation_failed, new_validation_failed},
+    {"unknown_outcome", old_unknown_outcome, audit_data_unknown_outcome},
+    {"cancelled", old_cancelled, audit_data_cancelled},
+    {"recovered", old_recovered, new_recovered},
+};
+#define DATA_KINDS (sizeof data_kinds / sizeof data_kinds[0])
+
+/* What audit_batch_append stored for the old data (taken): its canonical text ("{}" for NULL:
+ * json_pack failed), or NULL when it could not be written (the batch failed). */
+static char *old_text(json_t *data)
+{
+    if (!data)
+        return strdup("{}");
+    char *text = jsonw_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    char *by_jansson = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    if (text && by_jansson)
+        assert_string_equal(text, by_jansson); /* jsonw's promise, for these values too */
+    free(by_jansson);
+    json_decref(data);
+    return text;
+}
+
+/* A string that is not UTF-8 (as json_string_nocheck lets in). */
+static json_t *not_utf8(void)
+{
+    return json_string_nocheck("bad \xff\xfe bytes");
+}
+
+#define ODD "q\"uo\\te\n\t\x01\x1f caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 / \x7f"
+
+/* Record number i of the variants the writers are checked on; NULL past the last. */
+static json_t *record_variant(int i)
+{
+    json_t *rec = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i,"
+        " s:{s:s, s:s, s:f, s:s},"
+        " s:{s:s, s:s, s:s, s:s, s:s, s:i, s:[{s:s, s:s}, {s:s, s:n}], s:f},"
+        " s:{s:[s, s], s:I, s:s, s:b},"
+        " s:[{s:i, s:s}, {s:i, s:s, s:i, s:i, s:{s:f, s:s}}],"
+        " s:{s:s, s:s}, s:s, s:{s:s, s:s, s:s}, s:s}",
+        "id", "01ACTION000000000000000001", "connector", "shop", "action", "refund",
+        "effect", "write", "submitter", "agent-7", "digest", "ab12", "idempotency_key", "idem-1",
+        "state", "SUCCEEDED", "attempts", 2,
+        "proposer", "kind", "llm", "model", "m-1", "confidence", 0.93, "prompt_ref", "p/1",
+        "decision", "verdict", "allow", "policy_verdict", "allow", "rule", "small", "reason",
+        "under limit", "policy", "a.lua", "policy_version", 3, "votes", "file", "a.lua",
+        "verdict", "allow", "file", "b.lua", "verdict", "decision_ms", 0.25,
+        "approval", "roles", "finance", "ops", "expires_ms", (json_int_t)1795724304838,
+        "summary", "refund 120", "four_eyes", 1,
+        "history", "attempt", 1, "outcome", "failed", "attempt", 2, "outcome", "succeeded",
+        "http_status", 200, "latency_ms", 87, "cost", "usd", 0.1, "currency", "USD",
+        "error", "class", "timeout", "message", "the call timed out",
+        "cancel_requested_by", "alice",
+        "validation", "rule", "max", "reason", "too big", "policy", "v.lua",
+        "recovered_how", "in flight when the daemon stopped: resent");
+    assert_non_null(rec);
+    json_t *last = json_array_get(json_object_get(rec, "history"), 1);
+    switch (i) {
+    case 0: /* as built above */
+        break;
+    case 1: /* everything optional absent */
+        for (const char *const *k = (const char *const[]){"proposer", "approval", "error",
+             "validation", "decision", "connector", "action", "effect", "submitter", "digest",
+             "idempotency_key", "cancel_requested_by", "recovered_how", NULL}; *k; k++)
+            json_object_del(rec, *k);
+        json_array_clear(json_object_get(rec, "history"));
+        break;
+    case 2: /* present as null */
+        json_object_set_new(rec, "proposer", json_null());
+        json_object_set_new(rec, "decision", json_null());
+        json_object_set_new(rec, "recovered_how", json_null());
+        json_object_set_new(json_object_get(rec, "approval"), "four_eyes", json_null());
+        json_object_set_new(json_object_get(rec, "approval"), "roles", json_null());
+        json_object_set_new(last, "cost", json_null());
+        json_object_set_new(json_object_get(rec, "error"), "class", json_null());
+        json_object_set_new(json_object_get(rec, "error"), "message", json_null());
+        break;
+    case 3: /* strings needing escapes, non-ASCII, keys out of order and of every length */
+        for (const char *const *k = (const char *const[]){"connector", "action", "effect",
+             "submitter", "digest", "idempotency_key", "cancel_requested_by", NULL}; *k; k++)
+            json_object_set_new(rec, *k, json_string(ODD));
+        json_object_set_new(rec, "proposer", json_pack("{s:s, s:s, s:i, s:i, s:i, s:{s:i, s:i}}",
+                            "zz", ODD, "\xc3\xa9", ODD, "a", 1, "ab", 2, "a\xc3\xa9", 3, "k",
+                            "y", 1, "x", 2));
+        json_object_set_new(json_object_get(rec, "approval"), "summary", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "error"), "class", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "error"), "message", json_string(ODD));
+        json_object_set_new(last, "outcome", json_string(ODD));
+        json_object_set_new(rec, "recovered_how", json_string(ODD));
+        json_object_set_new(json_object_get(rec, "validation"), "reason", json_string(ODD));
+        break;
+    case 4: /* no cost, no http_status, no latency; the call's attempt from "attempts"; an
+             * error without a class or message */
+        json_object_del(last, "cost");
+        json_object_del(last, "http_status");
+        json_object_del(last, "latency_ms");
+        json_object_del(last, "attempt");
+        json_object_set_new(rec, "error", json_object());
+        json_object_set_new(rec, "state", json_string("UNKNOWN_OUTCOME"));
+        break;
+    case 5: /* no attempt anywhere (json_pack failed: {}), no outcome */
+        json_object_del(rec, "attempts");
+        json_object_del(last, "attempt");
+        json_object_del(last, "outcome");
+        break;
+    case 6: /* odd types: numbers where strings go, strings where numbers go, a string how */
+        json_object_set_new(rec, "connector", json_integer(5));
+        json_object_set_new(rec, "submitter", json_true());
+        json_object_set_new(rec, "proposer", json_string("just a name"));
+        json_object_set_new(rec, "attempts", json_string("two"));
+        json_object_set_new(rec, "decision", json_pack("[i, s]", 1, "x"));
+        json_object_set_new(json_object_get(rec, "approval"), "expires_ms", json_integer(-1));
+        json_object_del(json_object_get(rec, "approval"), "four_eyes");
+        json_object_set_new(json_object_get(rec, "error"), "message", json_integer(3));
+        json_object_set_new(last, "attempt", json_integer(INT64_MAX));
+        json_object_set_new(last, "latency_ms", json_real(12.5));
+        json_object_set_new(rec, "recovered_how", json_pack("{s:s, s:i}", "z", "b", "a", 1));
+        json_object_set_new(rec, "state", json_string("no such state"));
+        break;
+    case 7: /* a string field that is not UTF-8: json_pack failed, {} */
+        json_object_set_new(rec, "submitter", not_utf8());
+        json_object_set_new(rec, "digest", not_utf8());
+        json_object_set_new(rec, "cancel_requested_by", not_utf8());
+        json_object_set_new(json_object_get(rec, "error"), "message", not_utf8());
+        break;
+    case 8: /* a nested value that is not UTF-8: the dump failed (the batch fails) */
+        json_object_set_new(rec, "proposer", json_pack("{s:o}", "model", not_utf8()));
+        json_object_set_new(json_object_get(rec, "approval"), "roles", json_pack("[o]", not_utf8()));
+        json_object_set_new(last, "cost", json_pack("{s:o}", "usd", not_utf8()));
+        json_object_set_new(rec, "attempts", not_utf8());
+        json_object_set_new(rec, "decision", json_pack("{s:o}", "rule", not_utf8()));
+        json_object_set_new(rec, "recovered_how", not_utf8());
+        break;
+    case 9: /* both: json_pack failed before anything was dumped, {} */
+        json_object_set_new(rec, "proposer", json_pack("{s:o}", "model", not_utf8()));
+        json_object_set_new(rec, "idempotency_key", not_utf8());
+        json_object_set_new(rec, "attempts", not_utf8());
+        json_object_del(last, "attempt");
+        json_object_del(last, "outcome");
+        break;
+    case 10: /* a NUL inside strings (a field is read up to it; nested, it is escaped) and
+              * nesting deeper than jsonw writes itself */
+        json_object_set_new(rec, "submitter", json_stringn("a\0b", 3));
+        json_object_set_new(rec, "proposer", json_pack("{s:s%}", "n", "x\0y", (size_t)3));
+        {
+            json_t *deep = json_array();
+            for (int d = 0; d < JSONW_MAX_DEPTH + 20; d++) {
+                json_t *outer = json_object();
+                json_object_set_new(outer, d % 2 ? "b" : "a", deep);
+                json_object_set_new(outer, "c", json_integer(d));
+                deep = outer;
+            }
+            json_object_set_new(rec, "decision", deep);
+        }
+        break;
+    default:
+        if (i - 11 < ACTION_STATE_COUNT) { /* every state's name */
+            json_object_set_new(rec, "state", json_string(action_state_name(i - 11)));
+            break;
+        }
+        json_decref(rec);
+        return NULL;
+    }
+    return rec;
+}
+
+/* Each writer gives byte for byte what the json_pack code stored, over every variant, and
+ * appends to what the buffer holds (which a failure leaves as it was). */
+static void data_writers_match_json_pack(void **state)
+{
+    (void)state;
+    int checked = 0, empty = 0, failed = 0;
+    json_t *rec;
+    for (int i = 0; (rec = record_variant(i)); i++) {
+        for (size_t k = 0; k < DATA_KINDS; k++) {
+            char *want = old_text(data_kinds[k].old(rec));
+            char stack[8]; /* small: the writers must grow it */
+            jsonw_buf out = {stack, 0, sizeof stack, 1};
+            assert_int_equal(jsonw_append_raw(&out, "<<", 2), 0);
+            int rc = data_kinds[k].writer(&out, rec);
+            if (!want) {
+                if (rc != -1 || out.len != 2)
+                    fail_msg("variant %d, %s: the old data could not be written; the writer "
+                             "gave %d and \"%.*s\"", i, data_kinds[k].type, rc, (int)out.len,
+                             out.data);
+                failed++;
+            } else if (rc != 0 || out.len != 2 + strlen(want) ||
+                       memcmp(out.data + 2, want, strlen(want)) != 0) {
+                fail_msg("variant %d, %s:\n old: %s\n new: %.*s (%d)", i, data_kinds[k].type,
+                         want, (int)(out.len - 2), out.data + 2, rc);
+            } else {
+                empty += strcmp(want, "{}") == 0;
+            }
+            assert_memory_equal(out.data, "<<", 2);
+            jsonw_buf_free(&out);
+            free(want);
+            checked++;
+        }
+        json_decref(rec);
+    }
+    /* The variants reach every case: matches, json_pack failures ({}) and dump failures. */
+    assert_true(checked > 20 * (int)DATA_KINDS);
+    assert_true(empty >= 10);
+    assert_true(failed >= 6);
+}
+
+/* Entries appended with the writers (audit_batch_append_data, as the daemon does) verify, and
+ * their data is what audit_batch_append stored from the json_pack trees; a writer that fails
+ * fails the batch with "audit_invalid". */
+static void written_entries_verify(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = open_journal(dir);
+    uint64_t seq = 0;
+    json_t *rec;
+    ar_error err;
+    for (int i = 0; (rec = record_variant(i)); i++) {
+        const char *id = action_record_str(rec, "id");
+        for (size_t k = 0; k < DATA_KINDS; k++) {
+            json_t *old = data_kinds[k].old(rec);
+            char *want = old_text(json_incref(old));
+            journal_batch *b = journal_batch_new(), *ob = journal_batch_new();
+            audit_batch_append_data(b, data_kinds[k].type, id, data_kinds[k].writer, rec);
+            audit_batch_append(ob, data_kinds[k].type, id, old);
+            int rc = journal_commit(j, b, &err);
+            if (!want) {
+                assert_int_equal(rc, AR_E_INVALID);
+                assert_string_equal(err.code, "audit_invalid");
+                assert_int_equal(journal_commit(j, ob, &err), AR_E_INVALID);
+            } else {
+                if (rc != AR_OK)
+                    fail_msg("variant %d, %s: %s", i, data_kinds[k].type, err.message);
+                assert_int_equal(journal_commit(j, ob, NULL), AR_OK);
+                char *by_writer = stored_data(j, ++seq), *by_json = stored_data(j, ++seq);
+                assert_string_equal(by_writer, by_json);
+                free(by_writer);
+                free(by_json);
+            }
+            journal_batch_free(b);
+            journal_batch_free(ob);
+            free(want);
+        }
+        json_decref(rec);
+    }
+    assert_true(seq > 40);
+    check_format(j, seq);
+    expect_ok(j, seq);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* ---- the head: from the last entry --------------------------------------------------- */
+
+/* The head record earlier versions kept (JDB_META, AUDIT_HEAD_KEY): its bytes into out (40
+ * when there is one); *len 0 when there is none. */
+static void head_record(journal *j, unsigned char out[64], size_t *len)
 {
     journal_read *r;
     assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
     const void *val;
     size_t vlen;
     int rc = journal_get(r, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), &val, &vlen);
-    *found = rc == AR_OK;
+    *len = 0;
     if (rc == AR_OK) {
-        assert_int_equal(vlen, 40);
-        const unsigned char *p = val;
-        *seq = 0;
-        for (int i = 0; i < 8; i++)
-            *seq = *seq << 8 | p[i];
-        hex32(p + 8, chain_hex);
+        assert_true(vlen <= 64);
+        memcpy(out, val, vlen);
+        *len = vlen;
     } else {
         assert_int_equal(rc, AR_E_NOTFOUND);
     }
     journal_read_end(r);
 }
 
-/* The head record is the last entry's seq and chain. */
-static void expect_head_record(journal *j, uint64_t want_seq)
+/* Plant a head record as earlier versions wrote it: seq (8 bytes BE) and a chain. */
+static void put_head_record(journal *j, uint64_t seq, const unsigned char chain[32])
 {
-    bool found;
-    uint64_t seq, last;
-    char chain[AUDIT_HASH_HEX], head[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_true(found);
-    assert_int_equal(audit_head(j, &last, head, NULL), AR_OK);
-    assert_int_equal(last, want_seq);
-    assert_int_equal(seq, want_seq);
-    assert_string_equal(chain, head);
+    unsigned char rec[40];
+    seq_key(seq, rec);
+    memcpy(rec + 8, chain, 32);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), rec, sizeof rec);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
 }
 
-static void delete_head_record(journal *j)
+/* audit_head is the last entry's seq and chain. */
+static void expect_head(journal *j, uint64_t want_seq)
 {
-    raw_del(j, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY));
-    bool found;
     uint64_t seq;
-    char chain[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_false(found);
+    char head[AUDIT_HASH_HEX], chain[AUDIT_HASH_HEX];
+    unsigned char raw[32];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, want_seq);
+    json_t *e = raw_entry(j, want_seq);
+    assert_non_null(e);
+    chain_field(e, raw);
+    hex32(raw, chain);
+    assert_string_equal(head, chain);
+    json_decref(e);
 }
 
-/* Every append (batch or callback, several in one batch, several batches in one commit)
- * leaves the head record matching the last entry; a failed batch leaves it alone. */
-static void head_record_follows_appends(void **state)
+/* Does the stored entry seq's text end with its "chain" member (the form read without a
+ * parse)? */
+static bool ends_with_chain(journal *j, uint64_t seq)
+{
+    unsigned char key[8];
+    seq_key(seq, key);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_AUDIT, key, sizeof key, &val, &vlen), AR_OK);
+    bool yes = vlen > 76 && memcmp((const char *)val + vlen - 76, ",\"chain\":\"", 10) == 0;
+    journal_read_end(r);
+    return yes;
+}
+
+/* Store entry last+1, chained onto entry last, as another writer might: data as given, the
+ * fields in the order given (a NULL-terminated list of the seven). */
+static void forge_next(journal *j, uint64_t last, json_t *data, const char *const *order)
+{
+    json_t *prev_e = raw_entry(j, last), *body = json_object(), *e = json_object();
+    assert_non_null(prev_e);
+    unsigned char prev[32], digest[32], chain[32];
+    char dhex[65], chex[65];
+    json_object_set_new(body, "seq", json_integer((json_int_t)last + 1));
+    json_object_set_new(body, "time_ms", json_integer(5));
+    json_object_set_new(body, "type", json_string("forged"));
+    json_object_set_new(body, "action", json_null());
+    json_object_set(body, "data", data);
+    digest_of(body, digest);
+    chain_field(prev_e, prev);
+    chain_of(prev, digest, chain);
+    hex32(digest, dhex);
+    hex32(chain, chex);
+    json_object_set_new(body, "digest", json_string(dhex));
+    json_object_set_new(body, "chain", json_string(chex));
+    for (const char *const *k = order; *k; k++)
+        json_object_set(e, *k, json_object_get(body, *k));
+    raw_put(j, last + 1, e);
+    json_decref(e);
+    json_decref(body);
+    json_decref(prev_e);
+    json_decref(data);
+}
+
+/* Appends (batches, callbacks, many in one transaction, many transactions, threads) chain
+ * from the last entry and write no head record; audit_head is the last entry's. (Was
+ * head_record_follows_appends, which checked the record followed every append.) */
+static void appends_chain_from_the_last_entry(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = open_journal(dir);
-    bool found;
-    uint64_t seq;
-    char chain[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq, chain);
-    assert_false(found); /* nothing appended yet */
+    unsigned char rec[64];
+    size_t rlen;
     append_batch(j, "received", NULL, 3);
-    expect_head_record(j, 3);
+    expect_head(j, 3);
+    assert_true(ends_with_chain(j, 3));
     char a1[27];
     action_id(1, a1);
     append_at(j, "completed", a1, 42);
-    expect_head_record(j, 4);
+    expect_head(j, 4);
 
-    /* A failed batch: no entry, the record as it was. */
+    /* Many entries in one transaction: a batch of 60, batch appends and callbacks mixed. */
     journal_batch *b = journal_batch_new();
+    struct txn_append cb[20];
+    for (int i = 0; i < 60; i++) {
+        if (i % 3 == 2) {
+            cb[i / 3] = (struct txn_append){ .type = "completed", .id = a1, .time_ms = i };
+            journal_batch_apply(b, append_in_txn, &cb[i / 3]);
+        } else {
+            audit_batch_append(b, "dispatched", i % 2 ? a1 : NULL, json_pack("{s:i}", "i", i));
+        }
+    }
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(cb[i].seq, 4 + 3 * (uint64_t)i + 3);
+    check_format(j, 64);
+    expect_ok(j, 64);
+    expect_head(j, 64);
+
+    /* A failed batch: no entry, the head as it was. */
+    b = journal_batch_new();
     audit_batch_append(b, "received", a1, NULL);
     journal_batch_apply(b, fail_after, NULL);
     assert_int_equal(journal_commit(j, b, NULL), AR_E_CONFLICT);
     journal_batch_free(b);
-    expect_head_record(j, 4);
+    expect_head(j, 64);
 
-    /* Many threads at once (group commits). */
+    /* Many transactions, from several threads at once (group commits). */
     enum { THREADS = 4, ROUNDS = 10 };
     pthread_t t[THREADS];
     struct worker w[THREADS];
@@ -1192,96 +1770,193 @@ static void head_record_follows_appends(void **state)
         pthread_join(t[i], NULL);
         assert_int_equal(w[i].failures, 0);
     }
-    expect_head_record(j, 4 + THREADS * ROUNDS);
-    check_format(j, 4 + THREADS * ROUNDS);
-    expect_ok(j, 4 + THREADS * ROUNDS);
+    for (int i = 0; i < 5; i++)
+        append_batch(j, "received", NULL, 2);
+    uint64_t n = 64 + THREADS * ROUNDS + 10;
+    expect_head(j, n);
+    check_format(j, n);
+    expect_ok(j, n);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 0); /* never written */
     journal_close(j);
     test_rm_tree(dir);
 }
 
-/* A journal made before the head record (none there) goes on from its last entry, and gets
- * the record back. So does one whose record an older writer left behind (entries appended
- * after it) or whose chain was rewritten under it. */
-static void chain_goes_on_without_the_head_record(void **state)
+/* A journal holding the head record of an earlier version, stale or wrong in every way, goes
+ * on from its last entry and leaves the record as it was. (Was
+ * chain_goes_on_without_the_head_record, where the record was deleted and had to come back.) */
+static void an_old_head_record_is_ignored(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
-    delete_head_record(j);
+    unsigned char chain10[32], wrong[32], rec[64];
+    size_t rlen;
+    json_t *e10 = raw_entry(j, 10);
+    chain_field(e10, chain10);
+    json_decref(e10);
+    memset(wrong, 0xab, sizeof wrong);
+
+    /* Right when written (an earlier version's last append), stale after the next. */
+    put_head_record(j, 10, chain10);
     append_batch(j, "received", NULL, 2);
     check_format(j, 12);
     expect_ok(j, 12);
-    expect_head_record(j, 12);
-    delete_head_record(j);
+    expect_head(j, 12);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 40);
+    unsigned char key10[8];
+    seq_key(10, key10);
+    assert_memory_equal(rec, key10, 8); /* left as it was */
+    assert_memory_equal(rec + 8, chain10, 32);
+
+    /* Naming the last seq with another chain (which an earlier version would have refused
+     * too), and naming a seq beyond the end. */
+    put_head_record(j, 12, wrong);
     append_at(j, "completed", NULL, 7);
     check_format(j, 13);
     expect_ok(j, 13);
-    expect_head_record(j, 13);
-    /* And after a reopen (nothing cached). */
-    delete_head_record(j);
-    journal_close(j);
-    j = open_journal(dir);
+    put_head_record(j, 99, wrong);
     append_batch(j, "received", NULL, 1);
     check_format(j, 14);
     expect_ok(j, 14);
-    expect_head_record(j, 14);
+    expect_head(j, 14);
 
-    /* A writer that does not keep the record appends 15 (the record still says 14). */
-    json_t *e14 = raw_entry(j, 14);
-    json_t *e15 = json_deep_copy(e14);
-    json_object_set_new(e15, "seq", json_integer(15));
-    unsigned char digest[32], prev[32], chain[32];
-    char hex[65];
-    digest_of(e15, digest);
-    chain_field(e14, prev);
-    chain_of(prev, digest, chain);
-    hex32(digest, hex);
-    json_object_set_new(e15, "digest", json_string(hex));
-    hex32(chain, hex);
-    json_object_set_new(e15, "chain", json_string(hex));
-    raw_put(j, 15, e15);
-    json_decref(e14);
-    json_decref(e15);
+    /* And after a reopen (nothing cached), with a record of the wrong size. */
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_META, AUDIT_HEAD_KEY, strlen(AUDIT_HEAD_KEY), "junk", 4);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    journal_close(j);
+    j = open_journal(dir);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 15);
     expect_ok(j, 15);
+
+    /* The chain rewritten from 12 on under the record. */
+    rewrite_from(j, 12);
     append_batch(j, "received", NULL, 1);
     check_format(j, 16);
     expect_ok(j, 16);
-    expect_head_record(j, 16);
-
-    /* The chain rewritten from 12 on (the record's chain no longer the last entry's). */
-    rewrite_from(j, 12);
-    append_batch(j, "received", NULL, 1);
-    check_format(j, 17);
-    expect_ok(j, 17);
-    expect_head_record(j, 17);
+    expect_head(j, 16);
+    head_record(j, rec, &rlen);
+    assert_int_equal(rlen, 4);
     journal_close(j);
     test_rm_tree(dir);
 }
 
-/* Erasing bodies (retention), the last entry's included, leaves the head record as it was,
- * and the chain goes on from it. */
-static void erase_leaves_the_head_record(void **state)
+/* A last entry written otherwise (fields in another order, "chain" not last, a nested
+ * "chain" in its data) is parsed, and the chain goes on from its own "chain"; one written in
+ * our order by another writer is read from its tail. One whose text ends like ours but is
+ * stored under another seq, or whose tail is not the real "chain" member, stops appends. */
+static void last_entry_written_otherwise(void **state)
 {
     (void)state;
     char *dir = test_tmpdir("audit");
     journal *j = ten_entries(dir);
-    bool found;
+    static const char *const ours[] = {"seq", "time_ms", "type", "action", "data", "digest",
+                                       "chain", NULL};
+    static const char *const chain_first[] = {"chain", "seq", "digest", "time_ms", "type",
+                                              "action", "data", NULL};
+    forge_next(j, 10, json_pack("{s:i}", "n", 1), ours);
+    assert_true(ends_with_chain(j, 11));
+    expect_head(j, 11);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 12);
+    expect_ok(j, 12);
+
+    /* "chain" first, and the data ends with a "chain" of its own (a decoy: all zeros). */
+    forge_next(j, 12, json_pack("{s:i, s:s}", "n", 2, "chain",
+                                "0000000000000000000000000000000000000000000000000000000000000000"),
+               chain_first);
+    assert_false(ends_with_chain(j, 13));
+    expect_head(j, 13);
+    append_batch(j, "received", NULL, 1);
+    check_format(j, 14);
+    expect_ok(j, 14);
+    /* The data last, as an object ending with that decoy. */
+    static const char *const data_last[] = {"seq", "time_ms", "type", "action", "digest",
+                                            "chain", "data", NULL};
+    forge_next(j, 14, json_pack("{s:s}", "chain",
+                                "0000000000000000000000000000000000000000000000000000000000000000"),
+               data_last);
+    expect_head(j, 15);
+    append_at(j, "completed", NULL, 9);
+    check_format(j, 16);
+    expect_ok(j, 16);
+
+    /* Entry 16's text stored again as 17: it ends as ours does, but its seq is not its key. */
+    json_t *e16 = raw_entry(j, 16);
+    raw_put(j, 17, e16);
+    json_decref(e16);
+    journal_batch *b = journal_batch_new();
+    audit_batch_append(b, "received", NULL, NULL);
+    ar_error err;
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+    assert_int_equal(audit_head(j, &seq, head, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+
+    /* A tail that is a key ending in "chain" (x"chain), not the member: not taken. */
+    char text[256];
+    json_t *e15 = raw_entry(j, 15);
+    int n = snprintf(text, sizeof text, "{\"seq\":17,\"time_ms\":1,\"x\\\"chain\":\"%s\"}",
+                     json_string_value(json_object_get(e15, "chain")));
+    json_decref(e15);
+    unsigned char key[8];
+    seq_key(17, key);
+    journal_batch *put = journal_batch_new();
+    journal_batch_put(put, JDB_AUDIT, key, 8, text, (size_t)n);
+    assert_int_equal(journal_commit(j, put, NULL), AR_OK);
+    journal_batch_free(put);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+
+    /* Our form, but the chain in uppercase hex: not taken from the tail, and not parsed. */
+    e16 = raw_entry(j, 16);
+    json_object_set_new(e16, "seq", json_integer(17));
+    char upper[65];
+    snprintf(upper, sizeof upper, "%s", json_string_value(json_object_get(e16, "chain")));
+    for (char *c = upper; *c; c++)
+        if (*c >= 'a' && *c <= 'f')
+            *c = (char)(*c - 'a' + 'A');
+    json_object_set_new(e16, "chain", json_string(upper));
+    raw_put(j, 17, e16);
+    json_decref(e16);
+    assert_int_equal(journal_commit(j, b, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_head_unreadable");
+    journal_batch_free(b);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 17, "unreadable entry");
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Erasing bodies (retention), the last entry's included, keeps the head, and the chain goes
+ * on from an erased last entry (which ends with "erased":true: parsed). (Was
+ * erase_leaves_the_head_record, which checked the record stayed as it was.) */
+static void chain_goes_on_after_an_erased_last_entry(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
     uint64_t seq_before, seq_after;
     char before[AUDIT_HASH_HEX], after[AUDIT_HASH_HEX];
-    head_record(j, &found, &seq_before, before);
-    assert_true(found);
+    assert_int_equal(audit_head(j, &seq_before, before, NULL), AR_OK);
     assert_int_equal(erase(j, 4, NULL), AR_OK);
     assert_int_equal(erase(j, 10, NULL), AR_OK);
-    head_record(j, &found, &seq_after, after);
-    assert_true(found);
+    assert_int_equal(audit_head(j, &seq_after, after, NULL), AR_OK);
     assert_int_equal(seq_after, seq_before);
     assert_string_equal(after, before);
     json_t *e = raw_entry(j, 10);
     assert_true(json_is_true(json_object_get(e, "erased")));
     json_decref(e);
+    assert_false(ends_with_chain(j, 10));
     append_batch(j, "received", NULL, 1);
     expect_ok(j, 11);
-    expect_head_record(j, 11);
+    expect_head(j, 11);
     json_t *e11 = raw_entry(j, 11);
     unsigned char prev[32], digest[32], chain[32], stored[32];
     assert_int_equal(sodium_hex2bin(prev, 32, before, 64, NULL, NULL, NULL), 0);
@@ -1290,6 +1965,13 @@ static void erase_leaves_the_head_record(void **state)
     chain_field(e11, stored);
     assert_memory_equal(chain, stored, 32);
     json_decref(e11);
+    /* Several appends after erasing the new last one again, over several transactions. */
+    assert_int_equal(erase(j, 11, NULL), AR_OK);
+    append_batch(j, "received", NULL, 3);
+    assert_int_equal(erase(j, 14, NULL), AR_OK);
+    append_at(j, "completed", NULL, 3);
+    expect_ok(j, 15);
+    expect_head(j, 15);
     journal_close(j);
     test_rm_tree(dir);
 }
@@ -1310,9 +1992,14 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(unreadable_head_refuses_appends),
     cmocka_unit_test(erased_body_still_verifies),
     cmocka_unit_test(head_document_signed_and_checked),
-    cmocka_unit_test(head_record_follows_appends),
-    cmocka_unit_test(chain_goes_on_without_the_head_record),
-    cmocka_unit_test(erase_leaves_the_head_record),
+    cmocka_unit_test(text_entries_verify),
+    cmocka_unit_test(non_canonical_text_fails_in_debug_builds),
+    cmocka_unit_test(data_writers_match_json_pack),
+    cmocka_unit_test(written_entries_verify),
+    cmocka_unit_test(appends_chain_from_the_last_entry),
+    cmocka_unit_test(an_old_head_record_is_ignored),
+    cmocka_unit_test(last_entry_written_otherwise),
+    cmocka_unit_test(chain_goes_on_after_an_erased_last_entry),
 };
 
 AR_TEST_MAIN(tests, init_sodium, NULL)
