@@ -90,14 +90,30 @@ int frame_encode(frame_type type, uint32_t request_id, const json_t *payload,
         return ar_error_set(err, AR_E_NOMEM, "nomem", "out of memory for a frame of %zu bytes", plen);
     if (text.borrowed)
         memcpy(buf, text.data, text.len);
+    frame_seal(buf, text.len, type, request_id, max_payload, NULL); /* checked above */
+    *out = buf;
+    *out_len = FRAME_HEADER_SIZE + plen;
+    return AR_OK;
+}
+
+int frame_seal(uint8_t *buf, size_t len, frame_type type, uint32_t request_id, size_t max_payload,
+               ar_error *err)
+{
+    size_t max = effective_max(max_payload);
+    if (!type_known((unsigned)type))
+        return ar_error_set(err, AR_E_INVALID, "protocol_error", "unknown frame type %d", (int)type);
+    if (len < FRAME_HEADER_SIZE)
+        return ar_error_set(err, AR_E_INVALID, "protocol_error", "frame without room for its header");
+    size_t plen = len - FRAME_HEADER_SIZE;
+    if (plen > max)
+        return ar_error_set(err, AR_E_INVALID, "frame_too_large",
+                            "frame payload of %zu bytes exceeds the limit of %zu bytes", plen, max);
     buf[0] = 'A';
     buf[1] = 'R';
     buf[2] = FRAME_PROTOCOL_VERSION;
     buf[3] = (uint8_t)type;
     put_be32(buf + 4, request_id);
     put_be32(buf + 8, (uint32_t)plen);
-    *out = buf;
-    *out_len = FRAME_HEADER_SIZE + plen;
     return AR_OK;
 }
 

@@ -61,6 +61,14 @@ void frame_clear(frame *f);
 int frame_encode(frame_type type, uint32_t request_id, const json_t *payload,
                  size_t max_payload, uint8_t **out, size_t *out_len, ar_error *err);
 
+/* Finish a frame whose payload text the caller wrote itself (it must be a compact JSON object,
+ * as frame_encode would write it): buf holds FRAME_HEADER_SIZE bytes of room and then the text,
+ * len bytes in all. Writes the header into that room; the bytes are then frame_encode's.
+ * AR_E_INVALID (protocol_error / frame_too_large, as frame_encode) and buf untouched otherwise.
+ * Nothing is allocated; buf stays the caller's. */
+int frame_seal(uint8_t *buf, size_t len, frame_type type, uint32_t request_id, size_t max_payload,
+               ar_error *err);
+
 /* Incremental decoder; embed it and frame_decoder_init/fini. */
 typedef struct frame_decoder {
     size_t max_payload;

@@ -102,6 +102,8 @@ typedef struct sandbox_call {
     const char *idempotency_key;
     int attempt;
     int timeout_ms;            /* 0: the pool's default */
+    int input_compact;         /* 1: input_json is jsonw's JSON_COMPACT text of one value (as the
+                                * scheduler keeps it): sent as it is, not parsed and written again */
 } sandbox_call;
 
 /* Units of cost one call may report. */

@@ -1131,6 +1131,7 @@ static sandbox_call call_of(job *jb)
         .action = action_record_str(jb->rec, "action"),
         .input_json = jb->input_text,
         .input_len = strlen(jb->input_text),
+        .input_compact = 1,
         .idempotency_key = action_record_str(jb->rec, "idempotency_key"),
         .attempt = (int)rec_int(jb->rec, "attempts"),
         .timeout_ms = timeout,

@@ -100,6 +100,36 @@ static void test_roundtrip(void **state)
     free(buf);
 }
 
+/* frame_seal over text the caller wrote gives frame_encode's bytes, and refuses alike. */
+static void test_seal_matches_encode(void **state)
+{
+    (void)state;
+    json_t *payload = json_pack("{s:s, s:{s:I}}", "action", "caf\xc3\xa9", "input", "n", (json_int_t)-7);
+    uint8_t *enc;
+    size_t enc_len;
+    ar_error err;
+    assert_int_equal(frame_encode(FRAME_INVOKE, 0x01020304, payload, 0, &enc, &enc_len, &err), AR_OK);
+    const char *text = "{\"action\":\"caf\xc3\xa9\",\"input\":{\"n\":-7}}";
+    size_t len = FRAME_HEADER_SIZE + strlen(text);
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    memcpy(buf + FRAME_HEADER_SIZE, text, strlen(text));
+    assert_int_equal(frame_seal(buf, len, FRAME_INVOKE, 0x01020304, 0, &err), AR_OK);
+    assert_int_equal(len, enc_len);
+    assert_memory_equal(buf, enc, len);
+    assert_int_equal(frame_seal(buf, len, (frame_type)99, 1, 0, &err), AR_E_INVALID);
+    assert_int_equal(frame_seal(buf, len, FRAME_INVOKE, 1, strlen(text) - 1, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "frame_too_large");
+    uint8_t *enc2;
+    assert_int_equal(frame_encode(FRAME_INVOKE, 1, payload, strlen(text) - 1, &enc2, &enc_len, &err),
+                     AR_E_INVALID);
+    assert_string_equal(err.code, "frame_too_large");
+    assert_int_equal(frame_seal(buf, FRAME_HEADER_SIZE - 1, FRAME_INVOKE, 1, 0, &err), AR_E_INVALID);
+    free(buf);
+    free(enc);
+    json_decref(payload);
+}
+
 static void test_encode_refuses(void **state)
 {
     (void)state;
@@ -473,6 +503,7 @@ static void test_fd_eof_mid_frame_and_closed_peer(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_roundtrip),
+    cmocka_unit_test(test_seal_matches_encode),
     cmocka_unit_test(test_encode_refuses),
     cmocka_unit_test(test_byte_at_a_time),
     cmocka_unit_test(test_several_frames_one_feed),

@@ -14,6 +14,7 @@
 #include "ar.h"
 #include "loop.h"
 #include "sandbox.h"
+#include "jsonw.h"
 #include "sandbox_fixture.h"
 
 #define FIXTURE(name) AIORUN_BUILD_DIR "/test-plugins/" name ".so"
@@ -154,6 +155,61 @@ static void test_ok_roundtrip(void **state)
     assert_int_equal(r.http_status, 0);
     assert_int_equal(r.retry_after_ms, -1);
     rec_clear(&r);
+    stop_pool(&h);
+}
+
+static void invoke_sync(harness *h, const sandbox_call *c, call_rec *r)
+{
+    memset(r, 0, sizeof *r);
+    assert_int_equal(sandbox_pool_invoke(h->pool, c, on_done, r), AR_OK);
+    if (!run_until(h, pred_done, r))
+        fail_msg("no result for action %s", c->action);
+    assert_int_equal(r->done, 1);
+}
+
+/* The scheduler's compact input is written into the INVOKE frame as it is: the plugin must see
+ * exactly what the parse-and-write path gave it, for every kind of value. */
+static void test_compact_input_sent_as_is(void **state)
+{
+    (void)state;
+    harness h;
+    start_pool(&h, "ok_conn", FIXTURE("t_ok"), 1, "{}", 5000);
+    wait_state(&h, SANDBOX_READY);
+    const char *inputs[] = {
+        "{}",
+        "{\"a\":1,\"s\":\"caf\xc3\xa9 \\\" \\\\ \\n \\u0001 /\",\"l\":[true,null,false]}",
+        "{\"z\":-9223372036854775808,\"m\":9223372036854775807,\"r\":0.1,\"e\":1e+300,\"n\":-0.5}",
+        "{\"nested\":{\"b\":{\"c\":[[],{}]},\"a\":\"\"},\"\\u00e9t\\u00e9\":\"\xe2\x82\xac\"}",
+    };
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
+        json_t *v = json_loads(inputs[i], 0, NULL);
+        assert_non_null(v);
+        char *compact = jsonw_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        assert_non_null(compact);
+        call_rec parsed, raw;
+        sandbox_call c = {.action = "ok", .input_json = compact, .input_len = strlen(compact),
+                          .idempotency_key = "k\"\\\t\xc3\xa9", .attempt = 3};
+        invoke_sync(&h, &c, &parsed);
+        c.input_compact = 1;
+        invoke_sync(&h, &c, &raw);
+        assert_true(parsed.ok);
+        assert_true(raw.ok);
+        assert_string_equal(raw.result, parsed.result);
+        assert_string_equal(raw.result, compact);
+        rec_clear(&parsed);
+        rec_clear(&raw);
+        free(compact);
+        json_decref(v);
+    }
+    /* a key that is not UTF-8 is refused alike either way */
+    sandbox_call bad = {.action = "ok", .input_json = "{}", .input_len = 2,
+                        .idempotency_key = "\xff", .attempt = 1};
+    call_rec r = {0};
+    int parsed_rc = sandbox_pool_invoke(h.pool, &bad, on_done, &r);
+    bad.input_compact = 1;
+    assert_int_equal(sandbox_pool_invoke(h.pool, &bad, on_done, &r), parsed_rc);
+    assert_int_not_equal(parsed_rc, AR_OK);
+    assert_int_equal(r.done, 0);
     stop_pool(&h);
 }
 
@@ -906,6 +962,7 @@ static void test_bad_arguments(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_ok_roundtrip),
+    cmocka_unit_test(test_compact_input_sent_as_is),
     cmocka_unit_test(test_echo_roundtrip),
     cmocka_unit_test(test_secrets_delivered),
     cmocka_unit_test(test_secrets_unreadable_fail_the_start),
