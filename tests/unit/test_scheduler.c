@@ -1145,6 +1145,24 @@ static void submission_to_a_free_connector_is_stored_dispatched(void **state)
     char first[ACTION_ID_LEN + 1];
     submit_write("a", 1, 0, first); /* the usual way first: the connector is then seen free */
     wait_seen(first, "SUCCEEDED");
+    /* the attempt's history entry: these keys first, in this order, with these values */
+    json_t *rec = stored(first);
+    json_t *e = json_array_get(json_object_get(rec, "history"), 0);
+    const char *keys[] = {"kind", "attempt", "key", "digest", "deadline_ms", "started_ms"};
+    void *it = json_object_iter(e);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++, it = json_object_iter_next(e, it)) {
+        assert_non_null(it);
+        assert_string_equal(json_object_iter_key(it), keys[i]);
+    }
+    assert_string_equal(str(e, "kind"), "invoke");
+    assert_true(json_is_integer(json_object_get(e, "attempt")));
+    assert_int_equal(json_integer_value(json_object_get(e, "attempt")), 1);
+    assert_string_equal(str(e, "key"), str(rec, "idempotency_key"));
+    assert_string_equal(str(e, "digest"), str(rec, "digest"));
+    assert_true(json_is_integer(json_object_get(e, "deadline_ms")));
+    assert_true(json_is_integer(json_object_get(e, "started_ms")));
+    assert_true(json_integer_value(json_object_get(e, "started_ms")) > 0);
+    json_decref(rec);
     wait_can_start("a");
     char id[ACTION_ID_LEN + 1];
     stored_answer ans;
