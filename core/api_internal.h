@@ -77,6 +77,7 @@ struct api_server {
     struct api_families {
         metrics_family *actions, *stage_seconds, *policy_seconds, *errors, *retries, *auth_failures;
         metrics_family *queue_depth, *inflight, *breaker, *restarts, *serving, *journal_bytes, *journal_map;
+        metrics_family *journal_commits, *journal_batches, *journal_commit_time;
         metrics_family *drift, *cost;
     } fam;
     vault *vault;                  /* connector secrets; NULL: none wired */

@@ -57,6 +57,15 @@ int api_metrics_init(api_server *a, ar_error *err)
                                METRICS_GAUGE, none, 0, NULL, 0, &f->journal_bytes, err)) ||
         (rc = metrics_register(a->metrics, "aiorun_journal_map_bytes", "Size of the journal's map (its limit).",
                                METRICS_GAUGE, none, 0, NULL, 0, &f->journal_map, err)) ||
+        (rc = metrics_register(a->metrics, "aiorun_journal_commits_total", "Write transactions the journal "
+                               "committed (each one synced).", METRICS_COUNTER, none, 0, NULL, 0, &f->journal_commits,
+                               err)) ||
+        (rc = metrics_register(a->metrics, "aiorun_journal_batches_total", "Batches of changes the journal "
+                               "committed; a commit carries every batch waiting when it began.", METRICS_COUNTER, none,
+                               0, NULL, 0, &f->journal_batches, err)) ||
+        (rc = metrics_register(a->metrics, "aiorun_journal_commit_seconds_total", "Time the journal's writer spent "
+                               "committing: writing the pages and syncing them.", METRICS_COUNTER, none, 0, NULL, 0,
+                               &f->journal_commit_time, err)) ||
         (rc = metrics_register(a->metrics, "aiorun_cost_total", "What finished actions cost, as their plugins "
                                "reported it (all attempts), by connector and unit.", METRICS_COUNTER, cost_labels,
                                N(cost_labels), NULL, 0, &f->cost, err)) ||
@@ -151,6 +160,9 @@ void api_route_metrics(api_server *a, request *rq)
     journal_get_stats(a->journal, &js);
     metrics_set(a->fam.journal_bytes, NULL, (double)js.map_used);
     metrics_set(a->fam.journal_map, NULL, (double)js.map_size);
+    metrics_set(a->fam.journal_commits, NULL, (double)js.commits);
+    metrics_set(a->fam.journal_batches, NULL, (double)js.batches);
+    metrics_set(a->fam.journal_commit_time, NULL, (double)js.commit_ns / 1e9);
     api_set_reply_text(rq, 200, metrics_render(a->metrics), "text/plain; version=0.0.4; charset=utf-8");
 }
 

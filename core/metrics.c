@@ -107,6 +107,17 @@ static inline void atomic_add_double(_Atomic uint64_t *a, double v)
     }
 }
 
+/* Raise *a to v; never lower it (a counter mirrored from a count kept elsewhere). */
+static inline void atomic_raise_double(_Atomic uint64_t *a, double v)
+{
+    uint64_t old = atomic_load_explicit(a, memory_order_relaxed);
+    while (double_of(old) < v &&
+           !atomic_compare_exchange_weak_explicit(a, &old, bits_of(v), memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+        /* old now holds the current value: compare again */
+    }
+}
+
 static inline double atomic_get_double(_Atomic uint64_t *a)
 {
     return double_of(atomic_load_explicit(a, memory_order_relaxed));
@@ -470,10 +481,14 @@ void metrics_add(metrics_family *f, const char *const *label_values, double v)
 
 void metrics_set(metrics_family *f, const char *const *label_values, double v)
 {
-    if (!f || f->type != METRICS_GAUGE)
+    if (!f || f->type == METRICS_HISTOGRAM)
         return;
     series *s = get_series(f, label_values);
-    if (s)
+    if (!s)
+        return;
+    if (f->type == METRICS_COUNTER)
+        atomic_raise_double(&s->value, v); /* a counter never goes down */
+    else
         atomic_store_explicit(&s->value, bits_of(v), memory_order_relaxed);
 }
 

@@ -64,7 +64,8 @@ int metrics_register(metrics *m, const char *name, const char *help, metrics_typ
 /* Update the series with these label values (n_labels of them, as registered). Thread-safe.
  * A counter only goes up (a negative v is ignored). */
 void metrics_add(metrics_family *f, const char *const *label_values, double v);   /* counter, gauge */
-void metrics_set(metrics_family *f, const char *const *label_values, double v);   /* gauge */
+/* A gauge; or a counter that mirrors a count kept elsewhere: raised to v, never lowered. */
+void metrics_set(metrics_family *f, const char *const *label_values, double v);
 void metrics_observe(metrics_family *f, const char *const *label_values, double v); /* histogram */
 
 /* How many new label tuples f has dropped because it was full. Thread-safe. */

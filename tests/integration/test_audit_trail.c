@@ -280,6 +280,15 @@ static double bucket(const char *text, const char *labels, const char *le)
     return p ? atof(p + strlen(needle)) : -1;
 }
 
+/* The value of an unlabelled series: "name N" at the start of a line; -1 when missing. */
+static double plain_value(const char *text, const char *name)
+{
+    char needle[160];
+    snprintf(needle, sizeof needle, "\n%s ", name);
+    const char *p = strstr(text, needle);
+    return p ? atof(p + strlen(needle)) : -1;
+}
+
 static void metrics_pass_promtool_and_put_latencies_in_their_buckets(void **state)
 {
     (void)state;
@@ -308,6 +317,12 @@ static void metrics_pass_promtool_and_put_latencies_in_their_buckets(void **stat
     assert_true(bucket(out, "stage=\"end_to_end\",connector=\"t_ok\"", "+Inf") >= 11);
     assert_non_null(strstr(out, "aiorun_policy_evaluation_seconds_count "));
     assert_non_null(strstr(out, "aiorun_queue_depth{connector=\"t_ok\"} 0"));
+    /* Ten actions one after another, each stored at least twice (before and after its call),
+     * each time in a commit of its own: the journal's counters count them. */
+    double commits = plain_value(out, "aiorun_journal_commits_total");
+    assert_true(commits >= 20);
+    assert_true(plain_value(out, "aiorun_journal_batches_total") >= commits);
+    assert_true(plain_value(out, "aiorun_journal_commit_seconds_total") > 0);
     /* The same figures summarised per connector (and by aioctl stats). */
     json_t *stats = NULL;
     assert_int_equal(harness_http(&H, "GET", "/v1/stats", NULL, &stats), 200);

@@ -392,7 +392,7 @@ static void test_counter_never_goes_down(void **state)
     metrics_add(c, k, 5);
     metrics_add(c, k, -3);
     metrics_add(c, k, NAN);
-    metrics_set(c, k, 1);        /* set is for gauges */
+    metrics_set(c, k, 1);        /* a counter set lower stays where it is */
     metrics_observe(c, k, 1);    /* observe is for histograms */
     metrics_add(c, NULL, 1);     /* values missing: dropped */
     metrics_add(NULL, k, 1);     /* no family: nothing */
@@ -404,6 +404,22 @@ static void test_counter_never_goes_down(void **state)
     assert_true(num(entry(s, "k", "b"), "value") == 0);
     json_decref(s);
     assert_int_equal(metrics_overflow(c), 0);
+    metrics_free(m);
+}
+
+static void test_counter_set_mirrors_a_count(void **state)
+{
+    (void)state;
+    metrics *m = new_registry();
+    metrics_family *c = reg(m, "mirror_total", METRICS_COUNTER, NULL, 0, NULL, 0);
+    metrics_set(c, NULL, 7);
+    metrics_set(c, NULL, 12.5);
+    metrics_set(c, NULL, 3); /* lower: ignored */
+    metrics_set(c, NULL, NAN);
+    json_t *s = summary(m, "mirror_total");
+    assert_int_equal(json_array_size(s), 1);
+    assert_true(num(json_array_get(s, 0), "value") == 12.5);
+    json_decref(s);
     metrics_free(m);
 }
 
@@ -964,6 +980,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_label_and_help_escaping),
     cmocka_unit_test(test_number_formatting),
     cmocka_unit_test(test_counter_never_goes_down),
+    cmocka_unit_test(test_counter_set_mirrors_a_count),
     cmocka_unit_test(test_gauge_set_and_add),
     cmocka_unit_test(test_histogram_buckets_cumulative),
     cmocka_unit_test(test_quantile_prometheus_semantics),
