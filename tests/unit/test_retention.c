@@ -183,7 +183,9 @@ static size_t count_db(fixture *f, journal_db db)
 
 static retention_opts opts_days(double actions, double idem, double audit)
 {
-    return (retention_opts){.actions_days = actions, .idempotency_days = idem, .audit_bodies_days = audit};
+    /* audit entries kept for ever unless a test says otherwise */
+    return (retention_opts){.actions_days = actions, .idempotency_days = idem, .audit_bodies_days = audit,
+                            .audit_entries_days = 1e9};
 }
 
 static retention_stats run(fixture *f, const retention_opts *o, int64_t now_ms)
