@@ -948,6 +948,100 @@ static void journal_size_flat_under_steady_load(void **state)
     close_fixture(&f);
 }
 
+/* A day of a steady load as the daemon stores it: each action's record and its audit entries
+ * (received, decided, dispatched, completed) in one transaction, at the action's own times. */
+typedef struct day_load {
+    json_t **recs;
+    size_t n;
+} day_load;
+
+static int append_stories(journal_txn *txn, void *arg, ar_error *err)
+{
+    static const char *const types[] = {"received", "decided", "dispatched", "completed"};
+    const day_load *d = arg;
+    for (size_t i = 0; i < d->n; i++) {
+        const json_t *rec = d->recs[i];
+        int64_t t = (int64_t)json_integer_value(json_object_get(rec, "created_ms"));
+        for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+            json_t *data = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i}", "connector", "shop", "action", "refund",
+                                     "submitter", "agent", "idempotency_key",
+                                     action_record_str(rec, "idempotency_key"), "digest",
+                                     action_record_str(rec, "digest"), "rule", "refunds_small", "attempt", 1);
+            int rc = audit_txn_append(txn, types[k], id_of(rec), data, t + (int64_t)k * 100, NULL, err);
+            if (rc != AR_OK)
+                return rc;
+        }
+    }
+    return AR_OK;
+}
+
+enum { LOAD_DAYS = 24, LOAD_PER_DAY = 150, LOAD_WARM = 8, LOAD_CHUNK = 50 };
+
+/* LOAD_DAYS days of LOAD_PER_DAY actions, compacting at the end of each day with the audit
+ * entries kept audit_entries_days; the journal's used bytes after each day into used[]. */
+static void steady_load(double audit_entries_days, size_t used[LOAD_DAYS], size_t *audit_kept)
+{
+    fixture f;
+    open_fixture(&f, false);
+    retention_opts o = opts_days(1, 2, 2);
+    o.audit_entries_days = audit_entries_days;
+    for (int day = 0; day < LOAD_DAYS; day++) {
+        int64_t t = T0 + day * DAY;
+        for (int c = 0; c < LOAD_PER_DAY / LOAD_CHUNK; c++) {
+            json_t *recs[LOAD_CHUNK];
+            journal_batch *b = journal_batch_new();
+            for (int i = 0; i < LOAD_CHUNK; i++) {
+                int64_t at = t + (c * LOAD_CHUNK + i) * 60 * SEC;
+                char key[32];
+                snprintf(key, sizeof key, "d%d-%d-%d", day, c, i);
+                recs[i] = new_action(&f, ACTION_SUCCEEDED, at, at + 500, key);
+                assert_int_equal(action_batch_store(b, recs[i]), AR_OK);
+            }
+            day_load d = {recs, LOAD_CHUNK};
+            journal_batch_apply(b, append_stories, &d);
+            ar_error err = {0};
+            if (journal_commit(f.j, b, &err) != AR_OK)
+                fail_msg("store: %s: %s", err.code, err.message);
+            journal_batch_free(b);
+            for (int i = 0; i < LOAD_CHUNK; i++)
+                json_decref(recs[i]);
+        }
+        run(&f, &o, t + DAY - HOUR);
+        journal_stats js;
+        journal_get_stats(f.j, &js);
+        used[day] = js.map_used;
+    }
+    *audit_kept = count_db(&f, JDB_AUDIT);
+    verified(&f);
+    close_fixture(&f);
+}
+
+/* With the audit cut the journal's size stays flat under a steady load; without it (the
+ * control, entries kept for ever) it keeps growing by the erased entries. */
+static void journal_size_flat_with_the_audit_cut(void **state)
+{
+    (void)state;
+    size_t cut[LOAD_DAYS], kept[LOAD_DAYS], cut_entries, kept_entries;
+    steady_load(3, cut, &cut_entries);
+    steady_load(1e9, kept, &kept_entries);
+    print_message("journal_size_flat_with_the_audit_cut: %d actions/day (4 audit entries each), map used "
+                  "bytes per day, with the cut / without:\n", LOAD_PER_DAY);
+    for (int day = 0; day < LOAD_DAYS; day++)
+        print_message("  day %2d: %8zu / %8zu\n", day, cut[day], kept[day]);
+    print_message("  audit entries at the end: %zu / %zu\n", cut_entries, kept_entries);
+    size_t warm = cut[LOAD_WARM], max_after = 0;
+    for (int day = LOAD_WARM; day < LOAD_DAYS; day++)
+        if (cut[day] > max_after)
+            max_after = cut[day];
+    /* flat: never more than 15 % above the level at the end of the warm-up */
+    assert_true(max_after <= warm + warm * 15 / 100);
+    /* at most 3 days and a bit of entries, and the cuts' own */
+    assert_true(cut_entries <= 4 * 4 * LOAD_PER_DAY);
+    /* the control grows: every erased entry stays */
+    assert_int_equal(kept_entries, (size_t)LOAD_DAYS * LOAD_PER_DAY * 4);
+    assert_true(kept[LOAD_DAYS - 1] > kept[LOAD_WARM] + kept[LOAD_WARM] / 2);
+}
+
 /* ---- the daemon's thread ------------------------------------------------------------------ */
 
 static void worker_runs_at_once_and_stops(void **state)
@@ -992,6 +1086,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(many_actions_in_batches_and_resumed),
     cmocka_unit_test(run_stops_when_asked),
     cmocka_unit_test(journal_size_flat_under_steady_load),
+    cmocka_unit_test(journal_size_flat_with_the_audit_cut),
     cmocka_unit_test(worker_runs_at_once_and_stops),
 };
 
