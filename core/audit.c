@@ -1535,7 +1535,7 @@ static void verify_anchor(const anchor *a, const cut_seen *cut, uint64_t expecte
         memcmp(cut->chain, a->chain, HASH_LEN) != 0 || cut->through_time_ms != a->time_ms ||
         cut->time_ms != a->cut_ms) {
         bad(out, cut->seq, "the anchor is not attested by an audit_cut entry: the newest one "
-            "records %s than the anchor (through seq %" PRIu64 ")",
+            "records %s (the anchor: through seq %" PRIu64 ")",
             cut->readable ? "another cut" : "no readable cut", a->seq);
         return;
     }
