@@ -87,12 +87,21 @@ void api_route_audit_verify(api_server *a, request *rq)
         api_set_reply_ar_error(rq, rc, &err);
         return;
     }
-    if (v.ok)
-        api_set_reply_json(rq, 200, json_pack("{s:b, s:I, s:s}", "ok", 1, "entries", (json_int_t)v.entries,
-                                              "head", v.head));
-    else
-        api_set_reply_json(rq, 200, json_pack("{s:b, s:I, s:I, s:s}", "ok", 0, "entries", (json_int_t)v.entries,
-                                              "first_bad_seq", (json_int_t)v.first_bad_seq, "reason", v.reason));
+    json_t *doc = v.ok ? json_pack("{s:b, s:I, s:s}", "ok", 1, "entries", (json_int_t)v.entries, "head", v.head)
+                       : json_pack("{s:b, s:I, s:I, s:s}", "ok", 0, "entries", (json_int_t)v.entries,
+                                   "first_bad_seq", (json_int_t)v.first_bad_seq, "reason", v.reason);
+    /* Bounded history: where the trail kept starts, the cut, and a kept head too old to check. */
+    if (doc && v.ok)
+        json_object_set_new(doc, "first_seq", json_integer((json_int_t)v.first_seq));
+    if (doc && v.cut_through) {
+        json_object_set_new(doc, "cut_through", json_integer((json_int_t)v.cut_through));
+        json_object_set_new(doc, "cut_ms", json_integer((json_int_t)v.cut_ms));
+    }
+    if (doc && v.ok && v.head_unchecked) {
+        json_object_set_new(doc, "head_unchecked", json_true());
+        json_object_set_new(doc, "head_note", json_string(v.head_note));
+    }
+    api_set_reply_json(rq, 200, doc);
 }
 
 void api_route_audit_head(api_server *a, request *rq)

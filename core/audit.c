@@ -245,6 +245,76 @@ static json_t *unreadable(uint64_t seq)
     return json_pack("{s:I,s:b}", "seq", (json_int_t)seq, "unreadable", 1);
 }
 
+/* ---- the anchor ----------------------------------------------------------------------------
+ *
+ * After a cut (audit_txn_cut) the trail starts at anchor.seq + 1 and chains from anchor.chain.
+ * Stored in JDB_META under AUDIT_ANCHOR_KEY as compact JSON:
+ * {"seq":S,"chain":"<64 hex>","time_ms":T,"cut_ms":C} (S, its chain and time; C: the cut's).
+ */
+
+typedef struct anchor {
+    bool present;
+    uint64_t seq;
+    unsigned char chain[HASH_LEN];
+    int64_t time_ms, cut_ms;
+} anchor;
+
+static bool anchor_parse(const void *val, size_t vlen, anchor *a)
+{
+    json_t *doc = json_loadb(val, vlen, JSON_REJECT_DUPLICATES, NULL);
+    json_t *seq = json_object_get(doc, "seq"), *t = json_object_get(doc, "time_ms"),
+           *c = json_object_get(doc, "cut_ms");
+    bool ok = json_is_object(doc) && json_object_size(doc) == 4 && json_is_integer(seq) &&
+              json_integer_value(seq) >= 1 && json_is_integer(t) && json_is_integer(c) &&
+              from_hex(json_string_value(json_object_get(doc, "chain")), a->chain, HASH_LEN);
+    if (ok) {
+        a->present = true;
+        a->seq = (uint64_t)json_integer_value(seq);
+        a->time_ms = json_integer_value(t);
+        a->cut_ms = json_integer_value(c);
+    }
+    json_decref(doc);
+    return ok;
+}
+
+static int anchor_unreadable(ar_error *err)
+{
+    return ar_error_set(err, AR_E_FORMAT, "audit_anchor_unreadable",
+                        "the audit anchor (where the trail was cut) cannot be read: run aioctl "
+                        "audit verify");
+}
+
+/* The anchor as status (get: journal_txn_get's or journal_get's status, val/vlen its value):
+ * a->present false without one; AR_E_FORMAT (code "audit_anchor_unreadable") when malformed. */
+static int anchor_from(int get, const void *val, size_t vlen, anchor *a, ar_error *err)
+{
+    memset(a, 0, sizeof *a);
+    if (get == AR_E_NOTFOUND)
+        return AR_OK;
+    if (get == AR_E_FORMAT || (get == AR_OK && !anchor_parse(val, vlen, a)))
+        return anchor_unreadable(err);
+    if (get != AR_OK)
+        return journal_failure(err, get, "reading the audit anchor");
+    return AR_OK;
+}
+
+static int txn_anchor(journal_txn *txn, anchor *a, ar_error *err)
+{
+    const void *val = NULL;
+    size_t vlen = 0;
+    int get = journal_txn_get(txn, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), &val,
+                              &vlen);
+    return anchor_from(get, val, vlen, a, err);
+}
+
+static int read_anchor(journal_read *r, anchor *a, ar_error *err)
+{
+    const void *val = NULL;
+    size_t vlen = 0;
+    int get = journal_get(r, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), &val, &vlen);
+    return anchor_from(get, val, vlen, a, err);
+}
+
 /* ---- appending ----------------------------------------------------------------------------
  *
  * An append costs the writer no JSON work: the entry is prepared as text beforehand (on the
@@ -450,8 +520,9 @@ static int head_of_last(const void *key, size_t klen, const void *val, size_t vl
     return AR_OK;
 }
 
-/* The head inside the transaction: the last seq and its chain (0 and zeros when empty), from
- * the last entry alone (head_of_last). The head record of earlier versions is not read. */
+/* The head inside the transaction: the last seq and its chain, from the last entry alone
+ * (head_of_last); when there is none, the anchor's, else 0 and zeros. The head record of
+ * earlier versions is not read. */
 static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LEN],
                     ar_error *err)
 {
@@ -460,8 +531,16 @@ static int txn_head(journal_txn *txn, uint64_t *seq, unsigned char chain[HASH_LE
     *seq = 0;
     memset(chain, 0, HASH_LEN);
     int status = journal_txn_last(txn, JDB_AUDIT, &key, &klen, &val, &vlen);
-    if (status == AR_E_NOTFOUND)
-        return AR_OK;
+    if (status == AR_E_NOTFOUND) {
+        /* Empty: a new trail, or one cut whole (not after audit_txn_cut, whose entry stays):
+         * it goes on from the anchor. */
+        anchor a;
+        if ((status = txn_anchor(txn, &a, err)) == AR_OK && a.present) {
+            *seq = a.seq;
+            memcpy(chain, a.chain, HASH_LEN);
+        }
+        return status;
+    }
     if (status == AR_E_FORMAT)
         return ar_error_set(err, AR_E_FORMAT, "audit_head_unreadable",
                             "the last audit entry has an unknown record format: the chain "
@@ -894,6 +973,12 @@ int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
         json_decref(e.doc);
         return AR_OK;
     }
+    if (strcmp(json_string_value(json_object_get(e.doc, "type")), "audit_cut") == 0) {
+        /* audit_verify reads the newest one to check the anchor against */
+        json_decref(e.doc);
+        return ar_error_set(err, AR_E_INVALID, "audit_cut_kept",
+                            "audit entry %" PRIu64 " records a cut: its body is kept", seq);
+    }
     if (json_object_set_new(e.doc, "data", json_null()) ||
         json_object_set_new(e.doc, "erased", json_true()) ||
         !(text = jsonw_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
@@ -905,6 +990,116 @@ int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
     free(text);
     json_decref(e.doc);
     return status;
+}
+
+/* ---- cutting ------------------------------------------------------------------------------ */
+
+static int cut_refused(ar_error *err, uint64_t seq, const char *why)
+{
+    return ar_error_set(err, AR_E_FORMAT, "audit_cut_refused",
+                        "audit entry %" PRIu64 " does not verify (%s): nothing was cut (run "
+                        "aioctl audit verify)", seq, why);
+}
+
+/* Entry seq in the transaction, checked as audit_verify checks it against prev (the chain
+ * before it): parsed into *e (e->doc then owned by the caller). A cut deletes only entries
+ * that verify, so that it cannot take a damaged one out of sight. */
+static int cut_check(journal_txn *txn, uint64_t seq, const unsigned char prev[HASH_LEN], entry *e,
+                     ar_error *err)
+{
+    unsigned char key[SEQ_KEY_LEN], digest[HASH_LEN], chain[HASH_LEN];
+    const void *val;
+    size_t vlen;
+    char why[160];
+    seq_key(seq, key);
+    int status = journal_txn_get(txn, JDB_AUDIT, key, sizeof key, &val, &vlen);
+    if (status == AR_E_NOTFOUND)
+        return cut_refused(err, seq, "it is missing");
+    if (status == AR_E_FORMAT)
+        return cut_refused(err, seq, "an unknown record format");
+    if (status != AR_OK)
+        return journal_failure(err, status, "cutting the audit trail");
+    if (entry_parse(val, vlen, e, why, sizeof why) != AR_OK)
+        return cut_refused(err, seq, why);
+    const char *bad_why = NULL;
+    if (e->seq != seq) {
+        bad_why = "it is stored under another seq";
+    } else if (!(e->erased && json_is_null(e->data))) {
+        if ((status = entry_body_digest(e, digest)) != AR_OK) {
+            json_decref(e->doc);
+            return status == AR_E_NOMEM ? nomem(err) : cut_refused(err, seq, "unwritable body");
+        }
+        if (memcmp(digest, e->digest, HASH_LEN) != 0)
+            bad_why = "body digest mismatch";
+    }
+    if (!bad_why) {
+        hash2(prev, e->digest, chain);
+        if (memcmp(chain, e->chain, HASH_LEN) != 0)
+            bad_why = "chain mismatch";
+    }
+    if (bad_why) {
+        json_decref(e->doc);
+        e->doc = NULL;
+        return cut_refused(err, seq, bad_why);
+    }
+    return AR_OK;
+}
+
+int audit_txn_cut(journal_txn *txn, uint64_t through_seq, int64_t now_ms, uint64_t *seq_out,
+                  ar_error *err)
+{
+    anchor a;
+    unsigned char prev[HASH_LEN] = {0}, head[HASH_LEN];
+    uint64_t last;
+    int64_t through_time = 0;
+    int status;
+    if (!txn)
+        return ar_error_set(err, AR_E_INVALID, "audit_invalid",
+                            "a cut is made inside a journal transaction");
+    if (sodium_init() < 0)
+        return ar_error_set(err, AR_E_FAIL, "audit_crypto", "libsodium cannot be initialised");
+    if ((status = txn_anchor(txn, &a, err)) != AR_OK ||
+        (status = txn_head(txn, &last, head, err)) != AR_OK)
+        return status;
+    uint64_t first = a.present ? a.seq + 1 : 1;
+    if (a.present)
+        memcpy(prev, a.chain, HASH_LEN);
+    if (through_seq < first || through_seq > last)
+        return ar_error_set(err, AR_E_INVALID, "audit_cut_invalid",
+                            "the audit trail holds entries %" PRIu64 "..%" PRIu64 ": it cannot "
+                            "be cut through seq %" PRIu64, first, last, through_seq);
+    for (uint64_t seq = first; seq <= through_seq; seq++) {
+        entry e;
+        unsigned char key[SEQ_KEY_LEN], ikey[INDEX_KEY_LEN];
+        if ((status = cut_check(txn, seq, prev, &e, err)) != AR_OK)
+            return status;
+        memcpy(prev, e.chain, HASH_LEN);
+        through_time = json_integer_value(json_object_get(e.doc, "time_ms"));
+        seq_key(seq, key);
+        if ((status = journal_txn_del(txn, JDB_AUDIT, key, sizeof key)) == AR_OK &&
+            json_is_string(e.action)) {
+            index_key(json_string_value(e.action), seq, ikey);
+            status = journal_txn_del(txn, JDB_AUDIT_INDEX, ikey, sizeof ikey);
+        }
+        json_decref(e.doc);
+        if (status != AR_OK)
+            return journal_failure(err, status, "cutting the audit trail");
+    }
+    char hex[AUDIT_HASH_HEX], text[256];
+    to_hex(prev, HASH_LEN, hex, sizeof hex);
+    int n = snprintf(text, sizeof text,
+                     "{\"seq\":%" PRIu64 ",\"chain\":\"%s\",\"time_ms\":%" PRId64
+                     ",\"cut_ms\":%" PRId64 "}", through_seq, hex, through_time, now_ms);
+    if ((status = journal_txn_put(txn, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), text,
+                                  (size_t)n)) != AR_OK)
+        return journal_failure(err, status, "writing the audit anchor");
+    /* The chain itself attests the cut (audit_verify holds the anchor to it). With nothing
+     * left, the append goes on from the anchor just written. */
+    return audit_txn_append(txn, "audit_cut", NULL,
+                            json_pack("{s:s,s:s,s:I,s:I}", "by", "retention", "chain", hex,
+                                      "through_seq", (json_int_t)through_seq, "through_time_ms",
+                                      (json_int_t)through_time),
+                            now_ms, seq_out, err);
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
@@ -1148,8 +1343,15 @@ int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_err
     const void *key, *val;
     size_t klen, vlen;
     int rc = journal_cursor_get(c, JOURNAL_LAST, &key, &klen, &val, &vlen);
+    anchor a;
     if (rc == AR_E_NOTFOUND) {
-        ar_error_clear(err);
+        /* empty: the anchor's head when the trail was cut whole (txn_head) */
+        if ((status = read_anchor(r, &a, err)) == AR_OK && a.present) {
+            *seq = a.seq;
+            to_hex(a.chain, HASH_LEN, chain_hex, AUDIT_HASH_HEX);
+        }
+        if (status == AR_OK)
+            ar_error_clear(err);
     } else if (rc != AR_OK && rc != AR_E_FORMAT) {
         status = journal_failure(err, rc, "reading the audit head");
     } else if (rc != AR_OK) {
@@ -1178,11 +1380,37 @@ static void bad(audit_verify_result *out, uint64_t seq, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The newest audit_cut entry met on the walk (seq 0: none), to hold the anchor to. */
+typedef struct cut_seen {
+    uint64_t seq;
+    bool readable;          /* its data has through_seq, chain and through_time_ms */
+    uint64_t through_seq;
+    unsigned char chain[HASH_LEN];
+    int64_t through_time_ms, time_ms;
+} cut_seen;
+
+static void note_cut(const entry *e, cut_seen *cut)
+{
+    json_t *through = json_object_get(e->data, "through_seq"),
+           *t = json_object_get(e->data, "through_time_ms");
+    memset(cut, 0, sizeof *cut);
+    cut->seq = e->seq;
+    cut->time_ms = json_integer_value(json_object_get(e->doc, "time_ms"));
+    cut->readable = !e->erased && json_is_integer(through) && json_integer_value(through) >= 1 &&
+                    json_is_integer(t) &&
+                    from_hex(json_string_value(json_object_get(e->data, "chain")), cut->chain,
+                             HASH_LEN);
+    if (cut->readable) {
+        cut->through_seq = (uint64_t)json_integer_value(through);
+        cut->through_time_ms = json_integer_value(t);
+    }
+}
+
 /* One entry against what came before it. Returns AR_OK (out says whether it is sound) or a
  * failure status of the journal. */
 static int verify_entry(journal_read *r, uint64_t seq, const void *val, size_t vlen,
                         unsigned char prev[HASH_LEN], uint64_t expected_seq,
-                        const unsigned char *expected, audit_verify_result *out)
+                        const unsigned char *expected, cut_seen *cut, audit_verify_result *out)
 {
     entry e;
     char why[160];
@@ -1229,6 +1457,8 @@ static int verify_entry(journal_read *r, uint64_t seq, const void *val, size_t v
         bad(out, seq, "does not match the exported head");
         goto done;
     }
+    if (strcmp(json_string_value(json_object_get(e.doc, "type")), "audit_cut") == 0)
+        note_cut(&e, cut);
     memcpy(prev, chain, HASH_LEN);
     out->entries++;
     to_hex(chain, HASH_LEN, out->head, sizeof out->head);
@@ -1237,8 +1467,8 @@ done:
     return status;
 }
 
-/* Every index key names an entry of that action. */
-static int verify_index(journal_read *r, audit_verify_result *out)
+/* Every index key names an entry of that action (none below first: the cut took those). */
+static int verify_index(journal_read *r, uint64_t first, audit_verify_result *out)
 {
     journal_cursor *c;
     int status = journal_cursor_open(r, JDB_AUDIT_INDEX, &c);
@@ -1264,6 +1494,11 @@ static int verify_index(journal_read *r, audit_verify_result *out)
         size_t vlen;
         char why[160];
         entry e;
+        if (seq < first) {
+            bad(out, seq, "the action index names an entry cut by retention (action %.*s)",
+                ACTION_ID_LEN, (const char *)k);
+            break;
+        }
         seq_key(seq, skey);
         rc = journal_get(r, JDB_AUDIT, skey, sizeof skey, &val, &vlen);
         if (rc == AR_E_NOTFOUND) {
@@ -1285,6 +1520,41 @@ static int verify_index(journal_read *r, audit_verify_result *out)
     return status;
 }
 
+/* Once the kept chain is sound: the anchor must be the one the newest audit_cut entry
+ * records (else entries were deleted and the anchor made up), and an exported head at or
+ * before it is checked against it (at it) or cannot be (before it). */
+static void verify_anchor(const anchor *a, const cut_seen *cut, uint64_t expected_seq,
+                          const unsigned char *expected, audit_verify_result *out)
+{
+    if (!cut->seq) {
+        bad(out, a->seq + 1, "the anchor is not attested by an audit_cut entry: entries up to "
+            "seq %" PRIu64 " were deleted without one", a->seq);
+        return;
+    }
+    if (!cut->readable || cut->through_seq != a->seq ||
+        memcmp(cut->chain, a->chain, HASH_LEN) != 0 || cut->through_time_ms != a->time_ms ||
+        cut->time_ms != a->cut_ms) {
+        bad(out, cut->seq, "the anchor is not attested by an audit_cut entry: the newest one "
+            "records %s (the anchor: through seq %" PRIu64 ")",
+            cut->readable ? "another cut" : "no readable cut", a->seq);
+        return;
+    }
+    if (expected_seq == 0 || expected_seq > a->seq)
+        return;
+    if (expected_seq == a->seq) {
+        if (memcmp(expected, a->chain, HASH_LEN) != 0)
+            bad(out, a->seq, "does not match the exported head (the chain at the cut, seq "
+                "%" PRIu64 ")", a->seq);
+        return;
+    }
+    char when[AR_TIME_LEN];
+    ar_time_rfc3339(a->cut_ms, when);
+    out->head_unchecked = 1;
+    snprintf(out->head_note, sizeof out->head_note,
+             "the kept head (seq %" PRIu64 ") is older than the trail kept: entries up to "
+             "%" PRIu64 " were cut by retention at %s", expected_seq, a->seq, when);
+}
+
 int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
                  audit_verify_result *out, ar_error *err)
 {
@@ -1301,7 +1571,25 @@ int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
     int status = begin(j, &r, &c, JDB_AUDIT, err);
     if (status != AR_OK)
         return status;
-    uint64_t want = 1;
+    anchor a;
+    cut_seen cut = {0};
+    if ((status = read_anchor(r, &a, err)) != AR_OK) {
+        if (status != AR_E_FORMAT)
+            goto done;
+        bad(out, 1, "the audit anchor (where the trail was cut) cannot be read");
+        out->head[0] = '\0';
+        status = AR_OK;
+        ar_error_clear(err);
+        goto done;
+    }
+    /* After a cut the trail starts after the anchor and chains from it. */
+    uint64_t want = a.present ? a.seq + 1 : 1;
+    if (a.present) {
+        memcpy(prev, a.chain, HASH_LEN);
+        out->cut_through = a.seq;
+        out->cut_ms = a.cut_ms;
+    }
+    out->first_seq = want;
     const void *key, *val;
     size_t klen, vlen;
     for (int rc = journal_cursor_get(c, JOURNAL_FIRST, &key, &klen, &val, &vlen);
@@ -1320,6 +1608,11 @@ int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
             bad(out, want, "sequence gap (expected %" PRIu64 ")", want);
             break;
         }
+        if (seq < want && a.present) {
+            bad(out, seq, "an entry kept below the cut (entries up to seq %" PRIu64 " were "
+                "cut)", a.seq);
+            break;
+        }
         if (seq < want) { /* only seq 0 can come before 1 */
             bad(out, seq, "unreadable entry: seq %" PRIu64, seq);
             break;
@@ -1329,7 +1622,7 @@ int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
             break;
         }
         if ((status = verify_entry(r, seq, val, vlen, prev, expected_seq,
-                                   expected_seq ? expected : NULL, out)) != AR_OK) {
+                                   expected_seq ? expected : NULL, &cut, out)) != AR_OK) {
             journal_failure(err, status, "verifying the audit trail");
             goto done;
         }
@@ -1338,7 +1631,9 @@ int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
     if (out->ok && expected_seq >= want)
         bad(out, want, "does not match the exported head: the chain ends at seq %" PRIu64
             ", before the exported seq %" PRIu64, want - 1, expected_seq);
-    if (out->ok && (status = verify_index(r, out)) != AR_OK) {
+    if (out->ok && a.present)
+        verify_anchor(&a, &cut, expected_seq, expected, out);
+    if (out->ok && (status = verify_index(r, out->first_seq, out)) != AR_OK) {
         journal_failure(err, status, "verifying the audit index");
         goto done;
     }

@@ -26,6 +26,14 @@
  * "erased": true) while the chain still verifies. JDB_AUDIT_INDEX maps action id (26 bytes) +
  * seq (8 bytes BE) -> empty, for one action's story without a scan.
  *
+ * Bounded history (audit_txn_cut): the oldest entries may be deleted, always a prefix of the
+ * chain, with their index keys. The anchor (JDB_META, key AUDIT_ANCHOR_KEY, compact JSON
+ * {"seq": S, "chain": "<hex chain of S>", "time_ms": <S's time>, "cut_ms": <the cut's time>})
+ * then says where the trail starts (at S + 1, chaining from that chain), and an audit_cut entry
+ * appended in the same transaction records the same cut in the chain itself, so that an
+ * anchor cannot be made up without rewriting the chain (which kept heads catch). Without an
+ * anchor the trail starts at seq 1 from 32 zero bytes, as before.
+ *
  * Event types and their data (what the rest of the daemon appends; see docs/AUDIT.md):
  *   received {connector, action, effect, submitter, proposer, digest, idempotency_key}
  *   decided {verdict, policy_verdict, rule, reason, policy, policy_version, autonomy, votes}
@@ -39,6 +47,8 @@
  *   autonomy_changed {pattern, level, by}, token_created / token_revoked {name, roles, by}
  *   secret_set / secret_removed {connector, name, version, by}, vault_rotated {count, by}
  *   connector_paused / connector_resumed {connector, by, reason}, breaker {connector, from, to, why}
+ *   audit_cut {through_seq, chain, through_time_ms, by}  (audit_txn_cut: entries up to through_seq
+ *     were deleted; chain and through_time_ms are that entry's; by "retention")
  *
  * Never put a secret or a token in data.
  */
@@ -55,6 +65,7 @@
 
 #define AUDIT_HASH_HEX 65   /* 64 hex characters + NUL */
 #define AUDIT_HEAD_KEY "audit_head"  /* earlier versions' head record in JDB_META: ignored */
+#define AUDIT_ANCHOR_KEY "audit_anchor" /* JDB_META: where a cut trail starts (above) */
 
 /* Inside a journal apply callback: append one entry (data: taken; NULL is {}; action_id NULL
  * for events about no action). *seq_out (may be NULL) receives its seq. A type that is empty,
@@ -125,7 +136,10 @@ int audit_read_after(journal *j, uint64_t after, size_t limit, json_t **out, uin
 int audit_export(journal *j, int64_t since_ms, int fd, size_t *count, ar_error *err);
 
 /* The head: the last seq (0 when empty) and its chain (hex; "" when empty), read as an append
- * reads it (above); a last entry that cannot be read is AR_E_FORMAT, "audit_head_unreadable". */
+ * reads it (above); a last entry that cannot be read is AR_E_FORMAT, "audit_head_unreadable".
+ * A trail with no entry left after a cut (audit_txn_cut leaves its own entry, so only when
+ * made otherwise) has the anchor's seq and chain as its head, and appends go on from it; an
+ * anchor that cannot be read then is AR_E_FORMAT, "audit_anchor_unreadable". */
 int audit_head(journal *j, uint64_t *seq, char chain_hex[AUDIT_HASH_HEX], ar_error *err);
 
 typedef struct audit_verify_result {
@@ -139,7 +153,21 @@ typedef struct audit_verify_result {
                                        also "out of order: ..." (an entry stored under another
                                        seq's key, e.g. two entries swapped), "not in the action
                                        index", "the action index ..." (first_bad_seq: the seq the
-                                       bad index key names) */
+                                       bad index key names); after a cut also "the
+                                       anchor is not attested by an audit_cut entry: ...",
+                                       "an entry kept below the cut ...", "the action
+                                       index names an entry cut by retention ...", "the
+                                       audit anchor ... cannot be read" */
+    /* Added: bounded history. */
+    uint64_t first_seq;             /* where the trail starts: 1, or the anchor's seq + 1 */
+    uint64_t cut_through;           /* entries 1..cut_through were cut (0: never cut) */
+    int64_t cut_ms;                 /* when the last cut was made (0: never cut) */
+    int head_unchecked;             /* the exported head is older than the trail kept (its seq
+                                       is below the anchor's): it could not be checked; ok
+                                       still says whether the trail kept is sound */
+    char head_note[256];            /* why, when head_unchecked: "the kept head (seq N) is older
+                                       than the trail kept: entries up to M were cut by
+                                       retention at <RFC 3339>" */
 } audit_verify_result;
 
 /* Walk the whole chain in one read snapshot: each body (unless erased) against its digest,
@@ -149,7 +177,13 @@ typedef struct audit_verify_result {
  * before expected_seq fails too: its tail was cut). The first problem in seq order is reported;
  * the index is checked (both ways) once the chain is sound. The result says what is wrong; the
  * return status is for I/O failures only (and AR_E_INVALID, code "audit_head_invalid", for an
- * expected_head that is not 64 hex digits). */
+ * expected_head that is not 64 hex digits).
+ * With an anchor (a cut trail): the walk starts at anchor.seq + 1 from anchor.chain; once the
+ * chain kept is sound, the newest audit_cut entry in it must record the anchor's seq, chain and
+ * time, and its own time the anchor's cut_ms (else "the anchor is not attested ..."); no index
+ * key may name a seq below first_seq. An expected_seq equal to the anchor's seq is checked
+ * against the anchor's chain; one below it cannot be checked: head_unchecked and head_note
+ * say so, and ok says only whether the trail kept is sound. */
 int audit_verify(journal *j, uint64_t expected_seq, const char *expected_head,
                  audit_verify_result *out, ar_error *err);
 
@@ -171,7 +205,20 @@ int audit_head_sign(json_t *doc, const unsigned char *secret_key, ar_error *err)
 /* Added: compaction. Inside a journal apply callback, erase the body of entry seq: its "data"
  * becomes null and "erased" true; digest and chain stay, so the chain still verifies (the
  * body's digest can no longer be checked). AR_E_NOTFOUND when there is no such entry;
- * erasing an erased entry again is AR_OK. */
+ * erasing an erased entry again is AR_OK. An audit_cut entry keeps its body (verify reads
+ * it): AR_E_INVALID, code "audit_cut_kept". */
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err);
+
+/* Added: bounded history. Inside a journal apply callback, delete the entries from the first
+ * one kept (1, or the anchor's seq + 1) through through_seq, with their index keys, write the
+ * anchor (through_seq, its chain and time_ms; cut_ms = now_ms) and append an audit_cut entry
+ * at now_ms recording the same (*seq_out, may be NULL, gets its seq). Each entry is checked as
+ * audit_verify checks it before it goes: one that does not verify (missing, unreadable, body
+ * digest or chain mismatch) is AR_E_FORMAT, code "audit_cut_refused", naming it, and the
+ * callback must fail (nothing is cut). through_seq outside first kept..last: AR_E_INVALID,
+ * code "audit_cut_invalid". An anchor that cannot be read: AR_E_FORMAT,
+ * "audit_anchor_unreadable". Cost: one parse and digest per entry cut. */
+int audit_txn_cut(journal_txn *txn, uint64_t through_seq, int64_t now_ms, uint64_t *seq_out,
+                  ar_error *err);
 
 #endif

@@ -42,7 +42,7 @@ static const char *const rate_keys[] = { "per_second", "burst", NULL };
 static const char *const breaker_keys[] = { "window", "min_calls", "failure_ratio", "consecutive",
                                             "open_s", "half_open_calls", NULL };
 static const char *const retention_keys[] = { "actions_days", "idempotency_days", "audit_bodies_days",
-                                              "interval_s", NULL };
+                                              "audit_entries_days", "interval_s", NULL };
 static const char *const retry_keys[] = { "max_attempts", "initial_ms", "max_ms", "multiplier", NULL };
 
 /* ---- errors ------------------------------------------------------------------------------ */
@@ -347,8 +347,10 @@ static int parse_drift(const json_t *v, config *cfg, ar_error *err)
     return AR_OK;
 }
 
-/* retention: {actions_days, idempotency_days, audit_bodies_days, interval_s}. The days may be
- * fractions (a test compacts after seconds); the stubs must outlive the full records. */
+/* retention: {actions_days, idempotency_days, audit_bodies_days, audit_entries_days,
+ * interval_s}. The days may be fractions (a test compacts after seconds); the stubs must
+ * outlive the full records, and the audit entries their bodies. audit_entries_days not given
+ * follows a longer audit_bodies_days (a config written before it existed still loads). */
 static int parse_retention(const json_t *v, config_retention *out, ar_error *err)
 {
     if (!json_is_object(v))
@@ -356,9 +358,11 @@ static int parse_retention(const json_t *v, config_retention *out, ar_error *err
     int rc = check_keys(v, retention_keys, "retention", err);
     if (rc != AR_OK)
         return rc;
-    static const char *const days[] = {"actions_days", "idempotency_days", "audit_bodies_days"};
-    double *outs[] = {&out->actions_days, &out->idempotency_days, &out->audit_bodies_days};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const days[] = {"actions_days", "idempotency_days", "audit_bodies_days",
+                                       "audit_entries_days"};
+    double *outs[] = {&out->actions_days, &out->idempotency_days, &out->audit_bodies_days,
+                      &out->audit_entries_days};
+    for (size_t i = 0; i < sizeof days / sizeof days[0]; i++) {
         const json_t *d = json_object_get(v, days[i]);
         if (!d)
             continue;
@@ -377,6 +381,11 @@ static int parse_retention(const json_t *v, config_retention *out, ar_error *err
     if (out->idempotency_days < out->actions_days)
         return invalid(err, "retention: idempotency_days (%g) is below actions_days (%g): the idempotency "
                        "keys must outlive the actions they answer for", out->idempotency_days, out->actions_days);
+    if (!json_object_get(v, "audit_entries_days") && out->audit_entries_days < out->audit_bodies_days)
+        out->audit_entries_days = out->audit_bodies_days;
+    if (out->audit_entries_days < out->audit_bodies_days)
+        return invalid(err, "retention: audit_entries_days (%g) is below audit_bodies_days (%g): the audit "
+                       "entries must outlive their bodies", out->audit_entries_days, out->audit_bodies_days);
     return AR_OK;
 }
 
@@ -905,7 +914,8 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if ((v = json_object_get(root, "drift")) && (rc = parse_drift(v, cfg, err)))
         return rc;
     cfg->retention = (config_retention){.actions_days = 30, .idempotency_days = 90,
-                                        .audit_bodies_days = 365, .interval_s = 3600};
+                                        .audit_bodies_days = 365, .audit_entries_days = 1095,
+                                        .interval_s = 3600};
     if ((v = json_object_get(root, "retention")) && (rc = parse_retention(v, &cfg->retention, err)))
         return rc;
     /* After plugin_dir, which plugin paths are resolved against. */

@@ -22,8 +22,10 @@
  * log_level ("info": "debug", "info", "warn" or "error", any case; the daemon lets the
  * environment variable AIORUN_LOG_LEVEL override it), log_format ("json": JSON lines, or
  * "text"; see ar.h), retention {actions_days 30, idempotency_days 90, audit_bodies_days 365,
- * interval_s 3600} (bounded history, retention.h: the days are numbers above 0, fractions
- * allowed, idempotency_days >= actions_days; interval_s an integer >= 10). Relative paths are
+ * audit_entries_days 1095 (or audit_bodies_days when that is longer and audit_entries_days is
+ * not given), interval_s 3600} (bounded history, retention.h: the days are numbers above 0,
+ * fractions allowed, idempotency_days >= actions_days, audit_entries_days >=
+ * audit_bodies_days; interval_s an integer >= 10). Relative paths are
  * resolved against the directory of the config file.
  */
 #ifndef CONFIG_H
@@ -58,6 +60,7 @@ typedef struct config_retention {
     double actions_days;      /* a terminal action becomes a stub this long after it finished (30) */
     double idempotency_days;  /* the stub and its idempotency key go this long after (90) */
     double audit_bodies_days; /* audit entries lose their body ("data") this long after (365) */
+    double audit_entries_days;/* audit entries are deleted this long after (1095) */
     int interval_s;           /* the daemon compacts this often (3600) */
 } config_retention;
 

@@ -335,7 +335,8 @@ static int runtime_start(runtime *rt, const char *config_path, ar_error *err)
               "%zu marked UNKNOWN_OUTCOME", rec.resumed, rec.resent, rec.reconciled, rec.unknown);
     retention_opts ro = {.actions_days = cfg->retention.actions_days,
                          .idempotency_days = cfg->retention.idempotency_days,
-                         .audit_bodies_days = cfg->retention.audit_bodies_days};
+                         .audit_bodies_days = cfg->retention.audit_bodies_days,
+                         .audit_entries_days = cfg->retention.audit_entries_days};
     if ((rc = retention_worker_start(rt->journal, &ro, cfg->retention.interval_s, &rt->retention, err)) != AR_OK)
         return rc;
     if (cfg->policy_watch) {

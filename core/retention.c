@@ -1,4 +1,5 @@
-/* retention.c - bounded history: stubs, deletions and erased audit bodies (see retention.h).
+/* retention.c - bounded history: stubs, deletions, erased audit bodies and the oldest audit
+ * entries cut (see retention.h).
  *
  * Each transaction is one journal apply callback that reads where its walk stands from
  * JDB_META, collects up to `batch` keys with a cursor, closes the cursor, then reads and
@@ -36,8 +37,8 @@
 #define DEFER_PREFIX "retention.deferred:"      /* + action id -> "": look at it again */
 #define DEFER_PREFIX_LEN (sizeof DEFER_PREFIX - 1)
 
-enum walk { WALK_DEFERRED, WALK_FRONT, WALK_STUB, WALK_AUDIT, WALK_COUNT };
-static const char *const walk_names[WALK_COUNT] = {"deferred", "front", "stub", "audit"};
+enum walk { WALK_DEFERRED, WALK_FRONT, WALK_STUB, WALK_AUDIT, WALK_CUT, WALK_COUNT };
+static const char *const walk_names[WALK_COUNT] = {"deferred", "front", "stub", "audit", "audit cut"};
 
 typedef struct collected {
     unsigned char key[KEY_BUF];
@@ -48,9 +49,9 @@ typedef struct collected {
 typedef struct step {
     enum walk walk;
     size_t max;                         /* records to look at, 1..RETENTION_BATCH_MAX */
-    int64_t stub_before, delete_before, erase_before;
+    int64_t stub_before, delete_before, erase_before, cut_before, now_ms;
     char stub_prefix[11], delete_prefix[11];
-    size_t looked_at, stubbed, deleted, keys_deleted, deferred, audit_erased;
+    size_t looked_at, stubbed, deleted, keys_deleted, deferred, audit_erased, audit_deleted;
     int finished;                       /* the walk reached its end for this run */
     size_t n;
     collected keys[RETENTION_BATCH_MAX];
@@ -418,9 +419,11 @@ static int walk_audit(journal_txn *txn, step *st, ar_error *err)
             at_end = 1;
             break;
         }
-        /* An unreadable entry is passed over: erasing it would fail, and verify names it. */
+        /* An unreadable entry is passed over: erasing it would fail, and verify names it. An
+         * audit_cut entry keeps its body (verify holds the anchor to it). */
         const json_t *data = json_object_get(e, "data");
-        if (json_is_integer(t) && data && !json_is_null(data))
+        const char *type = json_string_value(json_object_get(e, "type"));
+        if (json_is_integer(t) && data && !json_is_null(data) && !(type && strcmp(type, "audit_cut") == 0))
             st->seqs[to_erase++] = seq_of(k);
         json_decref(e);
         last = seq_of(k);
@@ -454,17 +457,65 @@ static int walk_audit(journal_txn *txn, step *st, ar_error *err)
     return put_mark(txn, META_AUDIT, mark, 8, err);
 }
 
+/* The oldest audit entries, while older than cut_before: deleted through the last of them
+ * (audit_txn_cut), always from the first one kept, so only ever a prefix of the chain. The
+ * walk needs no mark: what it cut is gone, and it stops at the first entry not due. */
+static int walk_cut(journal_txn *txn, step *st, ar_error *err)
+{
+    journal_cursor *c;
+    int rc = journal_txn_cursor_open(txn, JDB_AUDIT, &c);
+    if (rc != AR_OK)
+        return journal_failed(err, rc, "opening the audit trail");
+    const void *k, *v;
+    size_t kl, vl, walked = 0;
+    uint64_t through = 0;
+    int at_end = 0;
+    rc = journal_cursor_get(c, JOURNAL_FIRST, &k, &kl, &v, &vl);
+    while (rc == AR_OK && walked < st->max) {
+        json_t *e = kl == 8 ? json_loadb(v, vl, 0, NULL) : NULL;
+        const json_t *t = json_object_get(e, "time_ms");
+        /* Not due, or not readable: the cut stops before it (audit_txn_cut would refuse an
+         * entry that does not verify; verify names it). */
+        bool due = json_is_integer(t) && json_integer_value(t) < st->cut_before;
+        json_decref(e);
+        if (!due) {
+            at_end = 1;
+            break;
+        }
+        through = seq_of(k);
+        walked++;
+        rc = journal_cursor_get(c, JOURNAL_NEXT, &k, &kl, &v, &vl);
+    }
+    journal_cursor_close(c);
+    if (rc == AR_E_NOTFOUND) {
+        at_end = 1;
+        rc = AR_OK;
+    }
+    if (rc != AR_OK)
+        return journal_failed(err, rc, "walking the audit trail");
+    st->looked_at += walked;
+    st->finished = at_end;
+    if (!walked)
+        return AR_OK;
+    if ((rc = audit_txn_cut(txn, through, st->now_ms, NULL, err)) != AR_OK)
+        return rc;
+    st->audit_deleted += walked;
+    return AR_OK;
+}
+
 static int step_apply(journal_txn *txn, void *arg, ar_error *err)
 {
     step *st = arg;
     st->looked_at = st->stubbed = st->deleted = st->keys_deleted = st->deferred = st->audit_erased = 0;
+    st->audit_deleted = 0;
     st->finished = 0;
     st->n = 0;
     switch (st->walk) {
     case WALK_DEFERRED: return walk_deferred(txn, st, err);
     case WALK_FRONT: return walk_front(txn, st, err);
     case WALK_STUB: return walk_stub(txn, st, err);
-    default: return walk_audit(txn, st, err);
+    case WALK_AUDIT: return walk_audit(txn, st, err);
+    default: return walk_cut(txn, st, err);
     }
 }
 
@@ -481,9 +532,11 @@ int retention_run(journal *j, const retention_opts *opts, int64_t now_ms, retent
     memset(stats, 0, sizeof *stats);
     int64_t started = ar_mono_ms();
     if (!j || !opts || !(opts->actions_days > 0) || !(opts->audit_bodies_days > 0) ||
-        !(opts->idempotency_days >= opts->actions_days))
-        return ar_error_set(err, AR_E_INVALID, "retention_invalid", "retention: the days must be above 0 "
-                            "and idempotency_days at least actions_days");
+        !(opts->idempotency_days >= opts->actions_days) || !(opts->audit_entries_days > 0) ||
+        !(opts->audit_entries_days >= opts->audit_bodies_days))
+        return ar_error_set(err, AR_E_INVALID, "retention_invalid", "retention: the days must be above 0, "
+                            "idempotency_days at least actions_days and audit_entries_days at least "
+                            "audit_bodies_days");
     step *st = calloc(1, sizeof *st);
     if (!st)
         return ar_error_set(err, AR_E_NOMEM, "out_of_memory", "retention: out of memory");
@@ -492,6 +545,8 @@ int retention_run(journal *j, const retention_opts *opts, int64_t now_ms, retent
     st->stub_before = days_before(now_ms, opts->actions_days);
     st->delete_before = days_before(now_ms, opts->idempotency_days);
     st->erase_before = days_before(now_ms, opts->audit_bodies_days);
+    st->cut_before = days_before(now_ms, opts->audit_entries_days);
+    st->now_ms = now_ms;
     action_id_time_prefix(st->stub_before, st->stub_prefix);
     action_id_time_prefix(st->delete_before, st->delete_prefix);
 
@@ -521,6 +576,7 @@ int retention_run(journal *j, const retention_opts *opts, int64_t now_ms, retent
             stats->keys_deleted += st->keys_deleted;
             stats->deferred += st->deferred;
             stats->audit_erased += st->audit_erased;
+            stats->audit_deleted += st->audit_deleted;
             finished = st->finished;
             size_t used = st->looked_at ? st->looked_at : 1; /* always progress toward the limit */
             budget = used < budget ? budget - used : 0;
@@ -568,10 +624,11 @@ static void *worker_main(void *arg)
                       s.stubbed, s.deleted, err.message, err.code[0] ? err.code : "error");
         else
             ar_log_as("info", "retention", NULL, "compaction: %zu action(s) made stubs, %zu deleted with %zu "
-                      "idempotency key(s), %zu audit bod%s erased, %zu noted for later; %zu record(s) looked "
-                      "at in %zu transaction(s), %" PRId64 " ms%s", s.stubbed, s.deleted, s.keys_deleted,
-                      s.audit_erased, s.audit_erased == 1 ? "y" : "ies", s.deferred, s.looked_at, s.transactions,
-                      s.took_ms, s.more ? "; more to do" : "");
+                      "idempotency key(s), %zu audit bod%s erased, %zu audit entr%s deleted, %zu noted for "
+                      "later; %zu record(s) looked at in %zu transaction(s), %" PRId64 " ms%s", s.stubbed,
+                      s.deleted, s.keys_deleted, s.audit_erased, s.audit_erased == 1 ? "y" : "ies",
+                      s.audit_deleted, s.audit_deleted == 1 ? "y" : "ies", s.deferred, s.looked_at,
+                      s.transactions, s.took_ms, s.more ? "; more to do" : "");
         int64_t pause = rc == AR_OK && s.more ? MORE_PAUSE_MS : w->interval_ms;
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);

@@ -1,5 +1,6 @@
 /*
- * retention.h - bounded history: compaction of old actions, idempotency keys and audit bodies.
+ * retention.h - bounded history: compaction of old actions, idempotency keys, audit bodies and
+ * the oldest audit entries.
  *
  * What a run does (retention_run), each change in the writer's transactions through the
  * journal, at most `batch` (500) records looked at per transaction so that the writer is never
@@ -17,6 +18,16 @@
  *      counters' hook drops its entries. A resubmission with that key is then a new action.
  *   3. Audit entries whose time is older than audit_bodies_days have their body erased
  *      (audit_txn_erase: digest and chain stay, so audit_verify still passes), oldest first.
+ *      audit_cut entries keep theirs.
+ *   4. Audit entries whose time is older than audit_entries_days (>= audit_bodies_days) are
+ *      deleted, oldest first and only ever a prefix of the chain: the walk starts at the first
+ *      entry kept and stops at the first one not due (or not readable), and each transaction
+ *      cuts through the last due entry it looked at (audit_txn_cut: the entries and their
+ *      index keys go, each checked first; the anchor in JDB_META says where the trail now
+ *      starts, and an audit_cut entry in the chain records the same cut, so that audit_verify
+ *      still passes from the anchor). One audit_cut entry per transaction that cut. An entry
+ *      that does not verify stops the run with audit_txn_cut's error ("audit_cut_refused"):
+ *      a cut never takes a damaged entry out of sight.
  *
  * How the walks stay cheap as history grows (ids sort by creation time, action.h), with
  * S = now - actions_days and D = now - idempotency_days:
@@ -30,11 +41,9 @@
  *     deleted) once due, and leaves the set.
  * Where each walk is (its last key, and the highest audit seq erased) is kept in JDB_META
  * under "retention.*" keys, in the same transaction as the changes, so a run resumes where
- * the last one stopped, also in another process (aioctl compact). Each walk looks at no more
- * than walk_limit records per run; stats.more then says to run again soon.
- *
- * Known limit: audit entries are never deleted (the chain must stay whole), so the journal
- * keeps growing by the erased entries (about 300 bytes per event) under a steady load.
+ * the last one stopped, also in another process (aioctl compact); the cut needs no mark (what
+ * it cut is gone). Each walk looks at no more than walk_limit records per run; stats.more then
+ * says to run again soon. With every step, the journal's size stays flat under a steady load.
  */
 #ifndef RETENTION_H
 #define RETENTION_H
@@ -52,6 +61,7 @@ typedef struct retention_opts {
     double actions_days;        /* > 0: full records of terminal actions are kept this long */
     double idempotency_days;    /* >= actions_days: stubs and their idempotency keys */
     double audit_bodies_days;   /* > 0: audit bodies */
+    double audit_entries_days;  /* >= audit_bodies_days: audit entries (the config's default 1095) */
     size_t walk_limit;          /* records each walk looks at per run; 0: RETENTION_WALK_LIMIT */
     size_t batch;               /* records per transaction; 0 or above the max: RETENTION_BATCH_MAX */
     /* Asked between transactions (may be NULL): nonzero ends the run early (stats.more set). */
@@ -66,15 +76,17 @@ typedef struct retention_stats {
     size_t keys_deleted;        /* idempotency keys deleted with them */
     size_t deferred;            /* actions noted to be looked at again (not due yet) */
     size_t audit_erased;        /* audit bodies erased */
+    size_t audit_deleted;       /* audit entries deleted (cut) */
     size_t transactions;        /* journal transactions committed */
     int more;                   /* a walk stopped at walk_limit (or should_stop): run again soon */
     int64_t took_ms;            /* wall time of the run */
 } retention_stats;
 
-/* One compaction run at now_ms (*stats filled, zeroed first). Days that are not above 0, or
- * idempotency_days below actions_days: AR_E_INVALID (code "retention_invalid"). A failing
- * commit returns the journal's status (what earlier transactions did stays done and counted
- * in *stats). */
+/* One compaction run at now_ms (*stats filled, zeroed first). Days that are not above 0,
+ * idempotency_days below actions_days, or audit_entries_days below audit_bodies_days:
+ * AR_E_INVALID (code "retention_invalid"). A failing commit returns the journal's status (what
+ * earlier transactions did stays done and counted in *stats); a cut refused by audit_txn_cut
+ * returns its error. */
 int retention_run(journal *j, const retention_opts *opts, int64_t now_ms, retention_stats *stats,
                   ar_error *err);
 

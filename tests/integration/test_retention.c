@@ -2,7 +2,8 @@
  * (fractional days): `aioctl --config compact` turns a finished action into a stub that the API
  * shows as it is (and an idempotent resubmission answers 200 with it); later it goes with its
  * idempotency key, so the same key makes a new action; the audit chain verifies throughout; the
- * daemon's own compaction thread logs its run at start and lets the daemon stop cleanly. */
+ * daemon's own compaction thread logs its run at start and lets the daemon stop cleanly; the
+ * oldest audit entries are cut while the daemon appends, and the trail still verifies. */
 #include "test_main.h"
 
 #include <stdio.h>
@@ -177,8 +178,99 @@ static void a_finished_action_becomes_a_stub_then_its_key_is_free_again(void **s
     json_decref(story);
 }
 
+/* audit bodies and entries 1.7 s: the oldest audit entries are cut */
+#define RETENTION_CUT "  \"retention\": {\"actions_days\": 0.00002, \"idempotency_days\": 0.00002, " \
+                      "\"audit_bodies_days\": 0.00002, \"audit_entries_days\": 0.00002, \"interval_s\": 3600}"
+
+static int start_cut(void **state)
+{
+    (void)state;
+    harness_opts o = {.extra_top = RETENTION_CUT};
+    return harness_start(&H, &o);
+}
+
+/* aioctl ARGS... (a NULL-terminated list after the binary): its exit status; stdout in out. */
+static int aioctl(char *out, size_t cap, char *const *args)
+{
+    char bin[512];
+    char *argv[16] = {bin};
+    size_t n = 1;
+    harness_bin(bin, sizeof bin, "aioctl");
+    for (; args[n - 1] && n < 15; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    return harness_run(&H, argv, out, cap);
+}
+
+/* The oldest audit entries are cut by `aioctl compact` while the daemon runs and appends: the
+ * chain verifies from the anchor (through the daemon too), the daemon's appends go on from it,
+ * a head kept before the cut cannot be checked (exit 6) and one kept after it can. */
+static void old_audit_entries_are_cut_and_the_trail_still_verifies(void **state)
+{
+    (void)state;
+    char head_old[600], head_new[600], out[8192];
+    snprintf(head_old, sizeof head_old, "%s/head-old.json", H.dir);
+    snprintf(head_new, sizeof head_new, "%s/head-new.json", H.dir);
+    json_t *a = submit_keyed(201);
+    char id[64];
+    snprintf(id, sizeof id, "%s", str(a, "id"));
+    json_decref(a);
+    json_decref(await_state(id, "SUCCEEDED"));
+    int rc = aioctl(out, sizeof out, (char *[]){"--config", H.config_path, "audit", "head", NULL});
+    assert_int_equal(rc, 0);
+    FILE *f = fopen(head_old, "w");
+    assert_non_null(f);
+    fputs(out, f);
+    fclose(f);
+    /* another action's entries after that head, cut with it: the kept head is before the cut */
+    json_t *c = NULL;
+    long st = harness_submit(&H, &c, "{s:s, s:s, s:{s:s}, s:s}", "connector", "echo", "action", "echo", "input",
+                             "message", "cut too", "idempotency_key", "ret-0");
+    assert_int_equal(st, 201);
+    json_decref(await_state(str(c, "id"), "SUCCEEDED"));
+    json_decref(c);
+
+    usleep(2200 * 1000);
+    json_t *report = compact();
+    if (num(report, "audit_deleted") < 3)
+        fail_msg("compact cut %lld audit entries", (long long)num(report, "audit_deleted"));
+    json_decref(report);
+
+    /* the daemon appends after the cut made by another process */
+    json_t *b = NULL;
+    st = harness_submit(&H, &b, "{s:s, s:s, s:{s:s}, s:s}", "connector", "echo", "action", "echo", "input",
+                             "message", "after the cut", "idempotency_key", "ret-2");
+    assert_int_equal(st, 201);
+    json_decref(await_state(str(b, "id"), "SUCCEEDED"));
+    json_decref(b);
+    json_t *v = NULL;
+    assert_int_equal(harness_http(&H, "GET", "/v1/audit/verify", NULL, &v), 200);
+    if (!json_is_true(json_object_get(v, "ok")))
+        fail_msg("audit chain broken: %s", str(v, "reason"));
+    assert_true(num(v, "cut_through") >= 3);
+    assert_int_equal(num(v, "first_seq"), num(v, "cut_through") + 1);
+    json_decref(v);
+
+    rc = aioctl(out, sizeof out, (char *[]){"audit", "verify", NULL});
+    if (rc != 0 || !strstr(out, "cut by retention on "))
+        fail_msg("aioctl audit verify: exit %d: %s", rc, out);
+    rc = aioctl(out, sizeof out, (char *[]){"audit", "verify", "--head", head_old, NULL});
+    if (rc != 6 || !strstr(out, "kept head NOT checked: the kept head (seq "))
+        fail_msg("aioctl audit verify --head (before the cut): exit %d: %s", rc, out);
+    rc = aioctl(out, sizeof out, (char *[]){"--config", H.config_path, "audit", "head", NULL});
+    assert_int_equal(rc, 0);
+    f = fopen(head_new, "w");
+    assert_non_null(f);
+    fputs(out, f);
+    fclose(f);
+    rc = aioctl(out, sizeof out, (char *[]){"audit", "verify", "--head", head_new, NULL});
+    if (rc != 0 || !strstr(out, "matches the kept head"))
+        fail_msg("aioctl audit verify --head (after the cut): exit %d: %s", rc, out);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(a_finished_action_becomes_a_stub_then_its_key_is_free_again, start, stop),
+    cmocka_unit_test_setup_teardown(old_audit_entries_are_cut_and_the_trail_still_verifies, start_cut, stop),
 };
 
 AR_TEST_MAIN(tests, NULL, NULL)

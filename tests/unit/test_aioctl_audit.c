@@ -354,12 +354,22 @@ static enum MHD_Result standin(void *cls, struct MHD_Connection *conn, const cha
         if (audit_verify(e->j, query_u64(conn, "seq"), head, &res, NULL) != AR_OK)
             return reply_json(conn, 400, json_pack("{s:s,s:s}", "error", "invalid_head",
                                                    "message", "bad head"));
-        if (res.ok)
-            return reply_json(conn, 200, json_pack("{s:b,s:I,s:s}", "ok", 1, "entries",
-                                                   (json_int_t)res.entries, "head", res.head));
-        return reply_json(conn, 200, json_pack("{s:b,s:I,s:s}", "ok", 0, "first_bad_seq",
-                                               (json_int_t)res.first_bad_seq, "reason",
-                                               res.reason));
+        if (!res.ok)
+            return reply_json(conn, 200, json_pack("{s:b,s:I,s:s}", "ok", 0, "first_bad_seq",
+                                                   (json_int_t)res.first_bad_seq, "reason",
+                                                   res.reason));
+        /* as core/api_audit.c answers */
+        out = json_pack("{s:b,s:I,s:s,s:I}", "ok", 1, "entries", (json_int_t)res.entries, "head",
+                        res.head, "first_seq", (json_int_t)res.first_seq);
+        if (res.cut_through) {
+            json_object_set_new(out, "cut_through", json_integer((json_int_t)res.cut_through));
+            json_object_set_new(out, "cut_ms", json_integer((json_int_t)res.cut_ms));
+        }
+        if (res.head_unchecked) {
+            json_object_set_new(out, "head_unchecked", json_true());
+            json_object_set_new(out, "head_note", json_string(res.head_note));
+        }
+        return reply_json(conn, 200, out);
     }
     const char *prefix = "/v1/actions/";
     size_t plen = strlen(prefix), ulen = strlen(url);
@@ -781,6 +791,123 @@ static int init_sodium(void **state)
     return sodium_init() < 0 ? -1 : 0;
 }
 
+/* ---- after retention cut the oldest entries ----------------------------------------------- */
+
+struct cut_req {
+    uint64_t through;
+    int64_t now_ms;
+};
+
+static int cut_cb(journal_txn *txn, void *arg, ar_error *err)
+{
+    const struct cut_req *c = arg;
+    return audit_txn_cut(txn, c->through, c->now_ms, NULL, err);
+}
+
+static void keep_head(env *e, const char *path)
+{
+    result r = RUN(e, "--config", e->config, "audit", "head");
+    expect_code(&r, 0);
+    write_text(path, r.out, 0644);
+    result_free(&r);
+}
+
+static void test_verify_after_a_cut(void **state)
+{
+    (void)state;
+    env e;
+    env_init(&e);
+    fill(&e);
+    char old_head[200], new_head[200];
+    snprintf(old_head, sizeof old_head, "%s/old.json", e.dir);
+    snprintf(new_head, sizeof new_head, "%s/new.json", e.dir);
+    keep_head(&e, old_head); /* seq 8 */
+    append_at(&e, "received", ACTION_B, json_pack("{s:s}", "connector", "shop"), ar_now_ms());
+    append_at(&e, "completed", ACTION_B, json_pack("{s:s}", "outcome", "ok"), ar_now_ms());
+    keep_head(&e, new_head); /* seq 10 */
+
+    struct cut_req c = {9, ar_now_ms()};
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, cut_cb, &c);
+    ar_error err;
+    if (journal_commit(e.j, b, &err) != AR_OK)
+        fail_msg("cut: %s: %s", err.code, err.message);
+    journal_batch_free(b);
+    char when[AR_TIME_LEN], want[256];
+    ar_time_rfc3339(c.now_ms, when);
+
+    result r = RUN(&e, "--config", e.config, "audit", "verify");
+    expect_code(&r, 0);
+    snprintf(want, sizeof want, "audit trail ok: 2 entries verified from seq 10 (1..9 cut by retention on %s), "
+             "head ", when);
+    expect_out(&r, want);
+    result_free(&r);
+
+    /* A head kept before the cut: the trail kept is sound, the head cannot be checked (6). */
+    r = RUN(&e, "--config", e.config, "audit", "verify", "--head", old_head);
+    expect_code(&r, 6);
+    expect_out(&r, "audit trail ok: 2 entries verified from seq 10");
+    snprintf(want, sizeof want, "kept head NOT checked: the kept head (seq 8) is older than the trail kept: "
+             "entries up to 9 were cut by retention at %s", when);
+    expect_out(&r, want);
+    assert_null(strstr(r.out, "matches the kept head"));
+    assert_null(strstr(r.out, "NOT sound"));
+    result_free(&r);
+    r = RUN(&e, "--config", e.config, "--json", "audit", "verify", "--head", old_head);
+    expect_code(&r, 6);
+    json_t *doc = json_loads(r.out, 0, NULL);
+    assert_true(json_is_true(json_object_get(doc, "ok")));
+    assert_true(json_is_true(json_object_get(doc, "head_unchecked")));
+    assert_int_equal(json_integer_value(json_object_get(doc, "first_seq")), 10);
+    assert_int_equal(json_integer_value(json_object_get(doc, "cut_through")), 9);
+    assert_int_equal(json_integer_value(json_object_get(doc, "cut_ms")), c.now_ms);
+    json_decref(doc);
+    result_free(&r);
+
+    /* A head kept after it checks. */
+    r = RUN(&e, "--config", e.config, "audit", "verify", "--head", new_head);
+    expect_code(&r, 0);
+    expect_out(&r, "matches the kept head of seq 10");
+    result_free(&r);
+
+    /* The same through the daemon. */
+    standin_start(&e);
+    r = RUN(&e, "audit", "verify", "--head", old_head);
+    expect_code(&r, 6);
+    expect_out(&r, want);
+    result_free(&r);
+    r = RUN(&e, "--json", "audit", "verify", "--head", old_head);
+    expect_code(&r, 6);
+    expect_out(&r, "\"head_unchecked\":true");
+    result_free(&r);
+    r = RUN(&e, "audit", "verify", "--head", new_head);
+    expect_code(&r, 0);
+    expect_out(&r, "audit trail ok: 2 entries verified from seq 10 (1..9 cut by retention on ");
+    expect_out(&r, "matches the kept head of seq 10");
+    result_free(&r);
+
+    /* Entries deleted behind the cut's back, the anchor moved by hand: not sound (1). */
+    json_t *x = raw_entry(&e, 10);
+    char text[256];
+    snprintf(text, sizeof text, "{\"seq\":10,\"chain\":\"%s\",\"time_ms\":1,\"cut_ms\":2}",
+             json_string_value(json_object_get(x, "chain")));
+    json_decref(x);
+    unsigned char key[8] = {0, 0, 0, 0, 0, 0, 0, 10}, ikey[34];
+    memcpy(ikey, ACTION_B, 26);
+    memcpy(ikey + 26, key, 8);
+    b = journal_batch_new();
+    journal_batch_del(b, JDB_AUDIT, key, sizeof key);
+    journal_batch_del(b, JDB_AUDIT_INDEX, ikey, sizeof ikey);
+    journal_batch_put(b, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), text, strlen(text));
+    assert_int_equal(journal_commit(e.j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    r = RUN(&e, "--config", e.config, "audit", "verify", "--head", old_head);
+    expect_code(&r, 1);
+    expect_out(&r, "NOT sound: seq 11: the anchor is not attested by an audit_cut entry");
+    result_free(&r);
+    env_fini(&e);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_show),
     cmocka_unit_test(test_verify_and_kept_heads),
@@ -788,6 +915,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_export),
     cmocka_unit_test(test_no_journal),
     cmocka_unit_test(test_online),
+    cmocka_unit_test(test_verify_after_a_cut),
 };
 
 AR_TEST_MAIN(tests, init_sodium, NULL)

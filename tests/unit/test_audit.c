@@ -1976,6 +1976,511 @@ static void chain_goes_on_after_an_erased_last_entry(void **state)
     test_rm_tree(dir);
 }
 
+/* ---- cutting (bounded history) ------------------------------------------------------------ */
+
+#define CUT_MS INT64_C(1800000000000)
+
+struct cut_req {
+    uint64_t through;
+    uint64_t seq;       /* the audit_cut entry's */
+};
+
+static int cut_in_txn(journal_txn *txn, void *arg, ar_error *err)
+{
+    struct cut_req *c = arg;
+    return audit_txn_cut(txn, c->through, CUT_MS, &c->seq, err);
+}
+
+/* Cut through seq `through`: the commit's status; *cut_seq the audit_cut entry's seq. */
+static int cut(journal *j, uint64_t through, uint64_t *cut_seq, ar_error *err)
+{
+    struct cut_req req = { through, 0 };
+    journal_batch *b = journal_batch_new();
+    journal_batch_apply(b, cut_in_txn, &req);
+    int rc = journal_commit(j, b, err);
+    journal_batch_free(b);
+    if (cut_seq)
+        *cut_seq = req.seq;
+    return rc;
+}
+
+/* The anchor as stored (a new reference), or NULL. */
+static json_t *anchor_doc(journal *j)
+{
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    json_t *doc = NULL;
+    if (journal_get(r, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), &val, &vlen) == AR_OK)
+        doc = json_loadb(val, vlen, 0, NULL);
+    journal_read_end(r);
+    return doc;
+}
+
+static void put_anchor(journal *j, const char *text)
+{
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY), text, strlen(text));
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+}
+
+/* The stored chain of entry seq (hex). */
+static void chain_hex_of(journal *j, uint64_t seq, char out[AUDIT_HASH_HEX])
+{
+    json_t *e = raw_entry(j, seq);
+    if (!e)
+        fail_msg("no entry %llu", (unsigned long long)seq);
+    snprintf(out, AUDIT_HASH_HEX, "%s", json_string_value(json_object_get(e, "chain")));
+    json_decref(e);
+}
+
+static size_t count_keys(journal *j, journal_db db)
+{
+    journal_read *r;
+    journal_cursor *c;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    assert_int_equal(journal_cursor_open(r, db, &c), AR_OK);
+    size_t n = 0;
+    const void *k, *v;
+    size_t kl, vl;
+    for (int rc = journal_cursor_get(c, JOURNAL_FIRST, &k, &kl, &v, &vl); rc == AR_OK;
+         rc = journal_cursor_get(c, JOURNAL_NEXT, &k, &kl, &v, &vl))
+        n++;
+    journal_cursor_close(c);
+    journal_read_end(r);
+    return n;
+}
+
+static bool index_key_present(journal *j, const char *id, uint64_t seq)
+{
+    unsigned char key[34];
+    memcpy(key, id, 26);
+    seq_key(seq, key + 26);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(j, &r, NULL), AR_OK);
+    int rc = journal_get(r, JDB_AUDIT_INDEX, key, sizeof key, NULL, NULL);
+    journal_read_end(r);
+    return rc == AR_OK;
+}
+
+/* Entries first..last are stored and chain from the chain given (hex), by the documented
+ * algorithm (independently of audit.c). */
+static void check_format_from(journal *j, const char *from_hex, uint64_t first, uint64_t last)
+{
+    unsigned char prev[32], digest[32], chain[32], stored[32];
+    assert_int_equal(sodium_hex2bin(prev, 32, from_hex, 64, NULL, NULL, NULL), 0);
+    for (uint64_t seq = first; seq <= last; seq++) {
+        json_t *e = raw_entry(j, seq);
+        if (!e)
+            fail_msg("no entry %llu", (unsigned long long)seq);
+        digest_of(e, digest);
+        chain_of(prev, digest, chain);
+        chain_field(e, stored);
+        assert_memory_equal(chain, stored, 32);
+        memcpy(prev, chain, 32);
+        json_decref(e);
+    }
+    assert_null(raw_entry(j, last + 1));
+}
+
+static void cut_prefix_verifies_from_the_anchor(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char a1[27], a2[27], chain5[AUDIT_HASH_HEX], chain10[AUDIT_HASH_HEX];
+    action_id(1, a1);
+    action_id(2, a2);
+    chain_hex_of(j, 5, chain5);
+    chain_hex_of(j, 10, chain10);
+    json_t *e5 = raw_entry(j, 5);
+    json_int_t time5 = json_integer_value(json_object_get(e5, "time_ms"));
+    json_decref(e5);
+
+    /* 1..5 go (1-3 about a1, 4-5 about a2), with their index keys; 11 records the cut. */
+    uint64_t cut_seq = 0;
+    ar_error err;
+    if (cut(j, 5, &cut_seq, &err) != AR_OK)
+        fail_msg("cut: %s: %s", err.code, err.message);
+    assert_int_equal(cut_seq, 11);
+    for (uint64_t seq = 1; seq <= 5; seq++)
+        assert_null(raw_entry(j, seq));
+    assert_false(index_key_present(j, a1, 1));
+    assert_false(index_key_present(j, a2, 4));
+    assert_false(index_key_present(j, a2, 5));
+    assert_true(index_key_present(j, a2, 6));
+    json_t *story = NULL;
+    assert_int_equal(audit_read_action(j, a2, &story, NULL), AR_OK);
+    assert_int_equal(json_array_size(story), 1);
+    json_decref(story);
+
+    json_t *anchor = anchor_doc(j);
+    assert_non_null(anchor);
+    assert_int_equal(json_integer_value(json_object_get(anchor, "seq")), 5);
+    assert_string_equal(json_string_value(json_object_get(anchor, "chain")), chain5);
+    assert_int_equal(json_integer_value(json_object_get(anchor, "time_ms")), time5);
+    assert_int_equal(json_integer_value(json_object_get(anchor, "cut_ms")), CUT_MS);
+    json_decref(anchor);
+    json_t *c = raw_entry(j, 11);
+    assert_string_equal(json_string_value(json_object_get(c, "type")), "audit_cut");
+    assert_true(json_is_null(json_object_get(c, "action")));
+    assert_int_equal(json_integer_value(json_object_get(c, "time_ms")), CUT_MS);
+    json_t *data = json_object_get(c, "data");
+    assert_int_equal(json_integer_value(json_object_get(data, "through_seq")), 5);
+    assert_string_equal(json_string_value(json_object_get(data, "chain")), chain5);
+    assert_int_equal(json_integer_value(json_object_get(data, "through_time_ms")), time5);
+    assert_string_equal(json_string_value(json_object_get(data, "by")), "retention");
+    json_decref(c);
+    check_format_from(j, chain5, 6, 11);
+    chain_hex_of(j, 10, chain5); /* entries kept are untouched */
+    assert_string_equal(chain5, chain10);
+
+    audit_verify_result res = verify(j, 0, NULL);
+    if (!res.ok)
+        fail_msg("not ok at %llu: %s", (unsigned long long)res.first_bad_seq, res.reason);
+    assert_int_equal(res.entries, 6);
+    assert_int_equal(res.first_seq, 6);
+    assert_int_equal(res.cut_through, 5);
+    assert_int_equal(res.cut_ms, CUT_MS);
+    assert_false(res.head_unchecked);
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, 11);
+    assert_string_equal(head, res.head);
+
+    /* Appends go on; a second cut (through the first cut's own entry) too. */
+    append_batch(j, "received", a1, 2);
+    expect_head(j, 13);
+    char chain11[AUDIT_HASH_HEX];
+    chain_hex_of(j, 11, chain11);
+    assert_int_equal(cut(j, 11, &cut_seq, NULL), AR_OK);
+    assert_int_equal(cut_seq, 14);
+    check_format_from(j, chain11, 12, 14);
+    res = verify(j, 0, NULL);
+    assert_true(res.ok);
+    assert_int_equal(res.entries, 3);
+    assert_int_equal(res.first_seq, 12);
+    assert_int_equal(res.cut_through, 11);
+
+    /* Refused: nothing left to cut there, or beyond the last entry; nothing changes. */
+    assert_int_equal(cut(j, 11, NULL, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_cut_invalid");
+    assert_int_equal(cut(j, 15, NULL, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_cut_invalid");
+    /* The newest audit_cut entry keeps its body. */
+    assert_int_equal(erase(j, 14, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "audit_cut_kept");
+    expect_ok(j, 3);
+
+    /* The cut survives a reopen (nothing cached). */
+    journal_close(j);
+    j = open_journal(dir);
+    append_batch(j, "received", NULL, 1);
+    expect_ok(j, 4);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Entries deleted and an anchor written by hand (no audit_cut entry), or an anchor moved on
+ * after a real cut, or taken away: each is named. */
+static void forged_anchor_is_named(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char a1[27], a2[27], chain[AUDIT_HASH_HEX], text[256];
+    action_id(1, a1);
+    action_id(2, a2);
+    chain_hex_of(j, 4, chain);
+    for (uint64_t seq = 1; seq <= 4; seq++) {
+        unsigned char key[8], ikey[34];
+        seq_key(seq, key);
+        raw_del(j, JDB_AUDIT, key, sizeof key);
+        memcpy(ikey, seq <= 3 ? a1 : a2, 26);
+        seq_key(seq, ikey + 26);
+        raw_del(j, JDB_AUDIT_INDEX, ikey, sizeof ikey);
+    }
+    /* Without an anchor that is a gap. */
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 1, "sequence gap (expected 1)");
+    snprintf(text, sizeof text, "{\"seq\":4,\"chain\":\"%s\",\"time_ms\":1,\"cut_ms\":2}", chain);
+    put_anchor(j, text);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 5, "the anchor is not attested by an audit_cut entry");
+    assert_false(res.head_unchecked);
+    /* The head is still the last entry; an append does not make the anchor good. */
+    append_batch(j, "received", NULL, 1);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 5, "the anchor is not attested by an audit_cut entry");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* A real cut through 3, then 4 and 5 deleted and the anchor moved to 5 by hand. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    assert_int_equal(cut(j, 3, NULL, NULL), AR_OK);
+    expect_ok(j, 8);
+    json_t *real = anchor_doc(j);
+    chain_hex_of(j, 5, chain);
+    for (uint64_t seq = 4; seq <= 5; seq++) {
+        unsigned char key[8], ikey[34];
+        seq_key(seq, key);
+        raw_del(j, JDB_AUDIT, key, sizeof key);
+        memcpy(ikey, a2, 26);
+        seq_key(seq, ikey + 26);
+        raw_del(j, JDB_AUDIT_INDEX, ikey, sizeof ikey);
+    }
+    snprintf(text, sizeof text, "{\"seq\":5,\"chain\":\"%s\",\"time_ms\":%lld,\"cut_ms\":%lld}", chain,
+             (long long)json_integer_value(json_object_get(real, "time_ms")), (long long)CUT_MS);
+    put_anchor(j, text);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 11, "the anchor is not attested by an audit_cut entry");
+    /* The anchor's time made up: caught too. */
+    char *again = json_dumps(real, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(real);
+    journal_close(j);
+    test_rm_tree(dir);
+
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    assert_int_equal(cut(j, 3, NULL, NULL), AR_OK);
+    real = anchor_doc(j);
+    json_object_set_new(real, "cut_ms", json_integer(CUT_MS - 1));
+    free(again);
+    again = json_dumps(real, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    put_anchor(j, again);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 11, "the anchor is not attested by an audit_cut entry");
+    /* An anchor that cannot be read; one taken away. */
+    put_anchor(j, "{\"seq\":3}");
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 1, "the audit anchor (where the trail was cut) cannot be read");
+    raw_del(j, JDB_META, AUDIT_ANCHOR_KEY, strlen(AUDIT_ANCHOR_KEY));
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 1, "sequence gap (expected 1)");
+    free(again);
+    json_decref(real);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* After a cut, tampering with what is kept is named as before; an entry that does not verify
+ * is never cut out of sight; an index key left below the cut is named. */
+static void tampering_after_a_cut_is_named(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char a1[27];
+    action_id(1, a1);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+    json_t *e = raw_entry(j, 7);
+    json_object_set_new(json_object_get(e, "data"), "n", json_integer(99));
+    raw_put(j, 7, e);
+    json_decref(e);
+    audit_verify_result res = verify(j, 0, NULL);
+    expect_bad(&res, 7, "body digest mismatch");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* The cut's own entry altered (another through_seq). */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+    e = raw_entry(j, 11);
+    json_object_set_new(json_object_get(e, "data"), "through_seq", json_integer(4));
+    raw_put(j, 11, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 11, "body digest mismatch");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* The first entry kept altered: it no longer chains from the anchor. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+    e = raw_entry(j, 6);
+    json_object_set_new(e, "chain", json_string("00000000000000000000000000000000"
+                                                 "00000000000000000000000000000000"));
+    raw_put(j, 6, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 6, "chain mismatch");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* Entry 4 altered before any cut: a cut through it is refused, nothing goes. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    e = raw_entry(j, 4);
+    json_object_set_new(json_object_get(e, "data"), "n", json_integer(99));
+    raw_put(j, 4, e);
+    json_decref(e);
+    ar_error err;
+    assert_int_equal(cut(j, 6, NULL, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_cut_refused");
+    assert_non_null(strstr(err.message, "audit entry 4 does not verify (body digest mismatch)"));
+    assert_null(anchor_doc(j));
+    e = raw_entry(j, 1);
+    assert_non_null(e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "body digest mismatch");
+    /* up to it is fine */
+    assert_int_equal(cut(j, 3, NULL, NULL), AR_OK);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 4, "body digest mismatch");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* An index key put back below the cut. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+    expect_ok(j, 6);
+    unsigned char ikey[34];
+    memcpy(ikey, a1, 26);
+    seq_key(2, ikey + 26);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT_INDEX, ikey, sizeof ikey, "", 0);
+    assert_int_equal(journal_commit(j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 2, "the action index names an entry cut by retention");
+    journal_close(j);
+    test_rm_tree(dir);
+
+    /* An old entry put back below the cut. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    e = raw_entry(j, 2);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+    raw_put(j, 2, e);
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 2, "an entry kept below the cut");
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Kept heads: before the cut they cannot be checked (and the trail is not called tampered);
+ * at the cut they check against the anchor; after it as before. */
+static void kept_heads_across_a_cut(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char h3[AUDIT_HASH_HEX], h5[AUDIT_HASH_HEX], h8[AUDIT_HASH_HEX], other[AUDIT_HASH_HEX];
+    chain_hex_of(j, 3, h3);
+    chain_hex_of(j, 5, h5);
+    chain_hex_of(j, 8, h8);
+    chain_hex_of(j, 9, other);
+    assert_int_equal(cut(j, 5, NULL, NULL), AR_OK);
+
+    audit_verify_result res = verify(j, 3, h3);
+    assert_true(res.ok);
+    assert_true(res.head_unchecked);
+    assert_int_equal(res.first_bad_seq, 0);
+    assert_int_equal(res.entries, 6);
+    char when[AR_TIME_LEN], want[256];
+    ar_time_rfc3339(CUT_MS, when);
+    snprintf(want, sizeof want, "the kept head (seq 3) is older than the trail kept: entries up to 5 "
+             "were cut by retention at %s", when);
+    assert_string_equal(res.head_note, want);
+    /* a wrong head that old cannot be told from a right one: unchecked, not tampered */
+    res = verify(j, 3, other);
+    assert_true(res.ok);
+    assert_true(res.head_unchecked);
+
+    res = verify(j, 5, h5); /* at the cut: the anchor's chain, attested */
+    assert_true(res.ok);
+    assert_false(res.head_unchecked);
+    res = verify(j, 5, other);
+    expect_bad(&res, 5, "does not match the exported head");
+    res = verify(j, 8, h8);
+    assert_true(res.ok);
+    assert_false(res.head_unchecked);
+    res = verify(j, 8, other);
+    expect_bad(&res, 8, "does not match the exported head");
+
+    /* A consistent rewrite from 7 on is caught by the head kept at 8. */
+    rewrite_from(j, 7);
+    res = verify(j, 0, NULL);
+    assert_true(res.ok);
+    res = verify(j, 8, h8);
+    expect_bad(&res, 8, "does not match the exported head");
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* Everything cut but the cut's own entry; then that one too (the append goes on from the
+ * anchor); an empty trail with an anchor has the anchor's head. */
+static void cut_of_everything_but_the_cut_entry(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char chain10[AUDIT_HASH_HEX], chain11[AUDIT_HASH_HEX];
+    chain_hex_of(j, 10, chain10);
+    uint64_t cut_seq;
+    assert_int_equal(cut(j, 10, &cut_seq, NULL), AR_OK);
+    assert_int_equal(cut_seq, 11);
+    check_format_from(j, chain10, 11, 11);
+    audit_verify_result res = verify(j, 0, NULL);
+    assert_true(res.ok);
+    assert_int_equal(res.entries, 1);
+    assert_int_equal(res.first_seq, 11);
+    chain_hex_of(j, 11, chain11);
+    assert_int_equal(cut(j, 11, &cut_seq, NULL), AR_OK);
+    assert_int_equal(cut_seq, 12);
+    check_format_from(j, chain11, 12, 12);
+    expect_ok(j, 1);
+    expect_head(j, 12);
+    assert_int_equal(count_keys(j, JDB_AUDIT_INDEX), 0);
+
+    /* The last entry taken away by hand: the head is the anchor's; verify names it. */
+    unsigned char key[8];
+    seq_key(12, key);
+    raw_del(j, JDB_AUDIT, key, sizeof key);
+    uint64_t seq;
+    char head[AUDIT_HASH_HEX];
+    assert_int_equal(audit_head(j, &seq, head, NULL), AR_OK);
+    assert_int_equal(seq, 11);
+    assert_string_equal(head, chain11);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 12, "the anchor is not attested by an audit_cut entry");
+    assert_int_equal(append_at(j, "received", NULL, 5), 12);
+    check_format_from(j, chain11, 12, 12);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
+/* A trail never cut: no anchor, verify's new fields at their neutral values. */
+static void never_cut_trail_as_before(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir("audit");
+    journal *j = ten_entries(dir);
+    char h3[AUDIT_HASH_HEX];
+    chain_hex_of(j, 3, h3);
+    audit_verify_result res = verify(j, 3, h3);
+    assert_true(res.ok);
+    assert_int_equal(res.entries, 10);
+    assert_int_equal(res.first_seq, 1);
+    assert_int_equal(res.cut_through, 0);
+    assert_int_equal(res.cut_ms, 0);
+    assert_false(res.head_unchecked);
+    assert_string_equal(res.head_note, "");
+    assert_null(anchor_doc(j));
+    check_format(j, 10);
+    journal_close(j);
+    test_rm_tree(dir);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(appends_make_one_chain),
     cmocka_unit_test(unverifiable_data_is_refused),
@@ -2000,6 +2505,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(an_old_head_record_is_ignored),
     cmocka_unit_test(last_entry_written_otherwise),
     cmocka_unit_test(chain_goes_on_after_an_erased_last_entry),
+    cmocka_unit_test(cut_prefix_verifies_from_the_anchor),
+    cmocka_unit_test(forged_anchor_is_named),
+    cmocka_unit_test(tampering_after_a_cut_is_named),
+    cmocka_unit_test(kept_heads_across_a_cut),
+    cmocka_unit_test(cut_of_everything_but_the_cut_entry),
+    cmocka_unit_test(never_cut_trail_as_before),
 };
 
 AR_TEST_MAIN(tests, init_sodium, NULL)

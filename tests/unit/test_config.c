@@ -680,7 +680,21 @@ static void retention_block(void **state)
     assert_true(cfg->retention.actions_days == 30);
     assert_true(cfg->retention.idempotency_days == 90);
     assert_true(cfg->retention.audit_bodies_days == 365);
+    assert_true(cfg->retention.audit_entries_days == 1095);
     assert_int_equal(cfg->retention.interval_s, 3600);
+    config_free(cfg);
+
+    /* audit_entries_days: fractions; equal to audit_bodies_days is enough */
+    cfg = parse_ok("{\"retention\":{\"audit_bodies_days\":0.00002,\"audit_entries_days\":0.00002}}");
+    assert_true(cfg->retention.audit_entries_days == 0.00002);
+    config_free(cfg);
+    cfg = parse_ok("{\"retention\":{\"audit_entries_days\":3650}}");
+    assert_true(cfg->retention.audit_entries_days == 3650);
+    assert_true(cfg->retention.audit_bodies_days == 365);
+    config_free(cfg);
+    /* not given: a longer audit_bodies_days (a config from before it existed) is followed */
+    cfg = parse_ok("{\"retention\":{\"audit_bodies_days\":2000}}");
+    assert_true(cfg->retention.audit_entries_days == 2000);
     config_free(cfg);
 
     cfg = parse_ok("{\"retention\":{\"actions_days\":0.0001,\"idempotency_days\":0.0002,"
@@ -699,13 +713,21 @@ static void retention_block(void **state)
     refused("{\"retention\":[]}", "retention: expected object, got array");
     refused("{\"retention\":{\"days\":1}}",
             "retention: unknown key \"days\" (known keys: actions_days, idempotency_days, audit_bodies_days, "
-            "interval_s)");
+            "audit_entries_days, interval_s)");
     refused("{\"retention\":{\"actions_days\":\"30\"}}",
             "retention.actions_days: expected a number of days above 0 (at most 36500), got string");
     refused("{\"retention\":{\"audit_bodies_days\":0}}",
             "retention.audit_bodies_days: expected a number of days above 0 (at most 36500), got 0");
     refused("{\"retention\":{\"idempotency_days\":-1}}",
             "retention.idempotency_days: expected a number of days above 0 (at most 36500), got -1");
+    refused("{\"retention\":{\"audit_entries_days\":0}}",
+            "retention.audit_entries_days: expected a number of days above 0 (at most 36500), got 0");
+    refused("{\"retention\":{\"audit_entries_days\":300}}",
+            "retention: audit_entries_days (300) is below audit_bodies_days (365): the audit entries must "
+            "outlive their bodies");
+    refused("{\"retention\":{\"audit_bodies_days\":10,\"audit_entries_days\":9.5}}",
+            "retention: audit_entries_days (9.5) is below audit_bodies_days (10): the audit entries must "
+            "outlive their bodies");
     refused("{\"retention\":{\"interval_s\":9}}", "retention.interval_s: expected integer 10..604800, got 9");
     refused("{\"retention\":{\"interval_s\":60.5}}",
             "retention.interval_s: expected integer 10..604800, got number");

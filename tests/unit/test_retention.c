@@ -183,7 +183,9 @@ static size_t count_db(fixture *f, journal_db db)
 
 static retention_opts opts_days(double actions, double idem, double audit)
 {
-    return (retention_opts){.actions_days = actions, .idempotency_days = idem, .audit_bodies_days = audit};
+    /* audit entries kept for ever unless a test says otherwise */
+    return (retention_opts){.actions_days = actions, .idempotency_days = idem, .audit_bodies_days = audit,
+                            .audit_entries_days = 1e9};
 }
 
 static retention_stats run(fixture *f, const retention_opts *o, int64_t now_ms)
@@ -391,6 +393,19 @@ static void bad_options_refused(void **state)
     assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_INVALID);
     o = opts_days(NAN, 2, 1);
     assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_INVALID);
+    /* audit entries must outlive their bodies, and be kept some time */
+    o = opts_days(30, 90, 365);
+    o.audit_entries_days = 364;
+    ar_error_clear(&err);
+    assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_INVALID);
+    assert_string_equal(err.code, "retention_invalid");
+    assert_non_null(strstr(err.message, "audit_entries_days at least audit_bodies_days"));
+    o.audit_entries_days = 0;
+    assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_INVALID);
+    o.audit_entries_days = NAN;
+    assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_INVALID);
+    o.audit_entries_days = 365; /* equal is enough */
+    assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_OK);
     close_fixture(&f);
 }
 
@@ -591,6 +606,195 @@ static void audit_bodies_erased_chain_still_verifies(void **state)
     close_fixture(&f);
 }
 
+static void seq_key(uint64_t seq, unsigned char out[8])
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(seq >> (56 - 8 * i));
+}
+
+/* ---- audit entries cut -------------------------------------------------------------------- */
+
+/* The seqs stored, in order, into seqs (at most cap); their count. */
+static size_t audit_seqs(fixture *f, uint64_t *seqs, size_t cap, size_t *cuts)
+{
+    json_t *all = NULL;
+    uint64_t next;
+    assert_int_equal(audit_read_after(f->j, 0, 100000, &all, &next, NULL), AR_OK);
+    size_t n = 0, i;
+    json_t *e;
+    *cuts = 0;
+    json_array_foreach(all, i, e) {
+        if (n < cap)
+            seqs[n] = (uint64_t)json_integer_value(json_object_get(e, "seq"));
+        n++;
+        if (strcmp(json_string_value(json_object_get(e, "type")), "audit_cut") == 0)
+            (*cuts)++;
+    }
+    json_decref(all);
+    return n;
+}
+
+static audit_verify_result verified(fixture *f)
+{
+    audit_verify_result v;
+    ar_error err = {0};
+    assert_int_equal(audit_verify(f->j, 0, NULL, &v, &err), AR_OK);
+    if (!v.ok)
+        fail_msg("audit chain broken at %llu: %s", (unsigned long long)v.first_bad_seq, v.reason);
+    return v;
+}
+
+static void audit_entries_cut_oldest_prefix_only(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, false);
+    char id[ACTION_ID_LEN + 1];
+    make_id(&f, T0 - 1200 * DAY, id);
+    int64_t times[25];
+    for (int i = 0; i < 20; i++)
+        times[i] = T0 - 1200 * DAY + i * HOUR; /* 1..20: due */
+    times[20] = T0 - DAY;                       /* 21: not due */
+    for (int i = 21; i < 25; i++)
+        times[i] = T0 - 1200 * DAY;             /* 22..25: due, but after 21 */
+    append_entries(&f, times, 25, id);
+
+    retention_opts o = opts_days(30, 90, 365);
+    o.audit_entries_days = 1095;
+    o.walk_limit = 10;
+    o.batch = 7;
+    /* At most 10 a run, 7 a transaction: 1..7 and 8..10, each cut recorded. */
+    retention_stats s = run(&f, &o, T0);
+    assert_int_equal(s.audit_deleted, 10);
+    assert_true(s.more);
+    uint64_t seqs[64];
+    size_t cuts, n = audit_seqs(&f, seqs, 64, &cuts);
+    assert_int_equal(cuts, 2);
+    assert_int_equal(n, 15 + 2);
+    assert_int_equal(seqs[0], 11);
+    audit_verify_result v = verified(&f);
+    assert_int_equal(v.first_seq, 11);
+    assert_int_equal(v.cut_through, 10);
+    assert_int_equal(v.cut_ms, T0);
+    assert_int_equal(v.entries, 17);
+    /* the index keys went with them: the action's story starts at 11 */
+    json_t *story = NULL;
+    assert_int_equal(audit_read_action(f.j, id, &story, NULL), AR_OK);
+    assert_int_equal(json_array_size(story), 15);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(story, 0), "seq")), 11);
+    json_decref(story);
+
+    /* Resumed: 11..20; then 21 is not due and the walk stops there, though 22..25 are. */
+    s = run(&f, &o, T0);
+    assert_int_equal(s.audit_deleted, 10);
+    s = run(&f, &o, T0);
+    assert_int_equal(s.audit_deleted, 0);
+    assert_false(s.more);
+    n = audit_seqs(&f, seqs, 64, &cuts);
+    assert_int_equal(cuts, 4);
+    assert_int_equal(n, 5 + 4);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(seqs[i], 21 + i);
+    v = verified(&f);
+    assert_int_equal(v.first_seq, 21);
+    assert_int_equal(v.cut_through, 20);
+
+    /* Years on everything is due, the earlier cuts' entries too: one entry is left, the
+     * last cut's. Bodies of cut entries were erased first (audit_bodies_days); an audit_cut
+     * entry never loses its body. */
+    o.walk_limit = 0;
+    o.batch = 0;
+    s = run(&f, &o, T0 + 1200 * DAY);
+    assert_int_equal(s.audit_deleted, 9);
+    n = audit_seqs(&f, seqs, 64, &cuts);
+    assert_int_equal(n, 1);
+    assert_int_equal(cuts, 1);
+    assert_int_equal(seqs[0], 30);
+    v = verified(&f);
+    assert_int_equal(v.entries, 1);
+    assert_int_equal(v.cut_through, 29);
+    assert_int_equal(count_db(&f, JDB_AUDIT_INDEX), 0);
+    close_fixture(&f);
+}
+
+/* Bodies are erased (step 3) on every entry but the audit_cut ones, which the cut needs. */
+static void audit_cut_entries_keep_their_bodies(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, false);
+    int64_t times[3] = {T0 - 40 * DAY, T0 - 40 * DAY, T0 - 5 * DAY};
+    append_entries(&f, times, 3, NULL);
+    retention_opts o = opts_days(1, 1, 10);
+    o.audit_entries_days = 30;
+    retention_stats s = run(&f, &o, T0);
+    assert_int_equal(s.audit_deleted, 2);
+    /* a year on, with entries kept long: bodies older than 10 days go, but the cut's */
+    o.audit_entries_days = 1000;
+    s = run(&f, &o, T0 + 365 * DAY);
+    assert_int_equal(s.audit_erased, 1);
+    assert_int_equal(s.audit_deleted, 0);
+    json_t *all = NULL;
+    uint64_t next;
+    assert_int_equal(audit_read_after(f.j, 0, 10, &all, &next, NULL), AR_OK);
+    assert_int_equal(json_array_size(all), 2);
+    json_t *kept = json_array_get(all, 0), *cut = json_array_get(all, 1);
+    assert_true(json_is_true(json_object_get(kept, "erased")));
+    assert_string_equal(json_string_value(json_object_get(cut, "type")), "audit_cut");
+    assert_false(json_is_true(json_object_get(cut, "erased")));
+    json_decref(all);
+    audit_verify_result v = verified(&f);
+    assert_int_equal(v.cut_through, 2);
+    close_fixture(&f);
+}
+
+/* A damaged entry in the part due stops the run with the cut's error: nothing is cut past
+ * it, and it stays for verify to name. */
+static void damaged_entry_is_not_cut(void **state)
+{
+    (void)state;
+    fixture f;
+    open_fixture(&f, false);
+    int64_t times[6];
+    for (int i = 0; i < 6; i++)
+        times[i] = T0 - 50 * DAY + i;
+    append_entries(&f, times, 6, NULL);
+    /* entry 2 altered */
+    unsigned char key[8];
+    seq_key(2, key);
+    journal_read *r;
+    assert_int_equal(journal_read_begin(f.j, &r, NULL), AR_OK);
+    const void *val;
+    size_t vlen;
+    assert_int_equal(journal_get(r, JDB_AUDIT, key, 8, &val, &vlen), AR_OK);
+    json_t *e = json_loadb(val, vlen, 0, NULL);
+    journal_read_end(r);
+    /* (a chain, not a body: step 3 erases bodies before step 4 cuts) */
+    json_object_set_new(e, "chain", json_string("00000000000000000000000000000000"
+                                                "00000000000000000000000000000000"));
+    char *text = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(e);
+    journal_batch *b = journal_batch_new();
+    journal_batch_put(b, JDB_AUDIT, key, 8, text, strlen(text));
+    assert_int_equal(journal_commit(f.j, b, NULL), AR_OK);
+    journal_batch_free(b);
+    free(text);
+
+    retention_opts o = opts_days(1, 1, 30);
+    o.audit_entries_days = 30;
+    retention_stats s;
+    ar_error err = {0};
+    assert_int_equal(retention_run(f.j, &o, T0, &s, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_cut_refused");
+    assert_int_equal(s.audit_deleted, 0);
+    audit_verify_result v;
+    assert_int_equal(audit_verify(f.j, 0, NULL, &v, &err), AR_OK);
+    assert_false(v.ok);
+    assert_int_equal(v.first_bad_seq, 2);
+    assert_int_equal(count_db(&f, JDB_AUDIT), 6);
+    close_fixture(&f);
+}
+
 /* ---- batches and resuming ----------------------------------------------------------------- */
 
 static void many_actions_in_batches_and_resumed(void **state)
@@ -744,6 +948,100 @@ static void journal_size_flat_under_steady_load(void **state)
     close_fixture(&f);
 }
 
+/* A day of a steady load as the daemon stores it: each action's record and its audit entries
+ * (received, decided, dispatched, completed) in one transaction, at the action's own times. */
+typedef struct day_load {
+    json_t **recs;
+    size_t n;
+} day_load;
+
+static int append_stories(journal_txn *txn, void *arg, ar_error *err)
+{
+    static const char *const types[] = {"received", "decided", "dispatched", "completed"};
+    const day_load *d = arg;
+    for (size_t i = 0; i < d->n; i++) {
+        const json_t *rec = d->recs[i];
+        int64_t t = (int64_t)json_integer_value(json_object_get(rec, "created_ms"));
+        for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+            json_t *data = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i}", "connector", "shop", "action", "refund",
+                                     "submitter", "agent", "idempotency_key",
+                                     action_record_str(rec, "idempotency_key"), "digest",
+                                     action_record_str(rec, "digest"), "rule", "refunds_small", "attempt", 1);
+            int rc = audit_txn_append(txn, types[k], id_of(rec), data, t + (int64_t)k * 100, NULL, err);
+            if (rc != AR_OK)
+                return rc;
+        }
+    }
+    return AR_OK;
+}
+
+enum { LOAD_DAYS = 24, LOAD_PER_DAY = 150, LOAD_WARM = 8, LOAD_CHUNK = 50 };
+
+/* LOAD_DAYS days of LOAD_PER_DAY actions, compacting at the end of each day with the audit
+ * entries kept audit_entries_days; the journal's used bytes after each day into used[]. */
+static void steady_load(double audit_entries_days, size_t used[LOAD_DAYS], size_t *audit_kept)
+{
+    fixture f;
+    open_fixture(&f, false);
+    retention_opts o = opts_days(1, 2, 2);
+    o.audit_entries_days = audit_entries_days;
+    for (int day = 0; day < LOAD_DAYS; day++) {
+        int64_t t = T0 + day * DAY;
+        for (int c = 0; c < LOAD_PER_DAY / LOAD_CHUNK; c++) {
+            json_t *recs[LOAD_CHUNK];
+            journal_batch *b = journal_batch_new();
+            for (int i = 0; i < LOAD_CHUNK; i++) {
+                int64_t at = t + (c * LOAD_CHUNK + i) * 60 * SEC;
+                char key[32];
+                snprintf(key, sizeof key, "d%d-%d-%d", day, c, i);
+                recs[i] = new_action(&f, ACTION_SUCCEEDED, at, at + 500, key);
+                assert_int_equal(action_batch_store(b, recs[i]), AR_OK);
+            }
+            day_load d = {recs, LOAD_CHUNK};
+            journal_batch_apply(b, append_stories, &d);
+            ar_error err = {0};
+            if (journal_commit(f.j, b, &err) != AR_OK)
+                fail_msg("store: %s: %s", err.code, err.message);
+            journal_batch_free(b);
+            for (int i = 0; i < LOAD_CHUNK; i++)
+                json_decref(recs[i]);
+        }
+        run(&f, &o, t + DAY - HOUR);
+        journal_stats js;
+        journal_get_stats(f.j, &js);
+        used[day] = js.map_used;
+    }
+    *audit_kept = count_db(&f, JDB_AUDIT);
+    verified(&f);
+    close_fixture(&f);
+}
+
+/* With the audit cut the journal's size stays flat under a steady load; without it (the
+ * control, entries kept for ever) it keeps growing by the erased entries. */
+static void journal_size_flat_with_the_audit_cut(void **state)
+{
+    (void)state;
+    size_t cut[LOAD_DAYS], kept[LOAD_DAYS], cut_entries, kept_entries;
+    steady_load(3, cut, &cut_entries);
+    steady_load(1e9, kept, &kept_entries);
+    print_message("journal_size_flat_with_the_audit_cut: %d actions/day (4 audit entries each), map used "
+                  "bytes per day, with the cut / without:\n", LOAD_PER_DAY);
+    for (int day = 0; day < LOAD_DAYS; day++)
+        print_message("  day %2d: %8zu / %8zu\n", day, cut[day], kept[day]);
+    print_message("  audit entries at the end: %zu / %zu\n", cut_entries, kept_entries);
+    size_t warm = cut[LOAD_WARM], max_after = 0;
+    for (int day = LOAD_WARM; day < LOAD_DAYS; day++)
+        if (cut[day] > max_after)
+            max_after = cut[day];
+    /* flat: never more than 15 % above the level at the end of the warm-up */
+    assert_true(max_after <= warm + warm * 15 / 100);
+    /* at most 3 days and a bit of entries, and the cuts' own */
+    assert_true(cut_entries <= 4 * 4 * LOAD_PER_DAY);
+    /* the control grows: every erased entry stays */
+    assert_int_equal(kept_entries, (size_t)LOAD_DAYS * LOAD_PER_DAY * 4);
+    assert_true(kept[LOAD_DAYS - 1] > kept[LOAD_WARM] + kept[LOAD_WARM] / 2);
+}
+
 /* ---- the daemon's thread ------------------------------------------------------------------ */
 
 static void worker_runs_at_once_and_stops(void **state)
@@ -782,9 +1080,13 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(bad_options_refused),
     cmocka_unit_test(counters_unchanged_by_stubs_entries_gone_with_records),
     cmocka_unit_test(audit_bodies_erased_chain_still_verifies),
+    cmocka_unit_test(audit_entries_cut_oldest_prefix_only),
+    cmocka_unit_test(audit_cut_entries_keep_their_bodies),
+    cmocka_unit_test(damaged_entry_is_not_cut),
     cmocka_unit_test(many_actions_in_batches_and_resumed),
     cmocka_unit_test(run_stops_when_asked),
     cmocka_unit_test(journal_size_flat_under_steady_load),
+    cmocka_unit_test(journal_size_flat_with_the_audit_cut),
     cmocka_unit_test(worker_runs_at_once_and_stops),
 };
 

@@ -68,6 +68,8 @@
  *   5  the action is not finished: --wait ran out, or it waits on a human (PENDING_APPROVAL),
  *      or (get) it is still in progress, or (cancel) a call is in flight and the cancel is
  *      only requested. The action is printed all the same.
+ *   6  audit verify --head: the audit trail kept is sound, but the kept head is older than
+ *      the entries retention kept (they were cut after it), so it could not be checked.
  */
 #include <errno.h>
 #include <limits.h>
@@ -242,6 +244,9 @@ static const char usage_text[] =
     "      reordering, the action index. With --head FILE (kept from audit head): the chain\n"
     "      must still have that head, which catches a rewrite from some point on; a signed\n"
     "      head is checked first (with --public-key FILE when given). Exit 1 when not sound.\n"
+    "      After retention cut the oldest entries, the chain is checked from the anchor the\n"
+    "      cut left (an audit_cut entry must record it): \"verified from seq A (1..A-1 cut by\n"
+    "      retention on DATE)\". A kept head older than the cut cannot be checked: exit 6.\n"
     "  audit head [--sign-key FILE]\n"
     "      The chain's head as a JSON document to keep elsewhere ({seq, head, time_ms});\n"
     "      with --sign-key, signed here with Ed25519 (public_key, signature).\n"
@@ -262,6 +267,8 @@ static const char usage_text[] =
     "      actions older than retention.actions_days become stubs (input, result, history\n"
     "      go), stubs older than retention.idempotency_days go with their idempotency keys,\n"
     "      audit entries older than retention.audit_bodies_days lose their bodies (the chain\n"
+    "      still verifies), and those older than retention.audit_entries_days are deleted,\n"
+    "      oldest first (an anchor and an audit_cut entry record the cut, so the chain kept\n"
     "      still verifies). Prints what it did. Safe while the daemon runs; run it as the\n"
     "      daemon's user. README.md, \"Bounded history\".\n"
     "\n"
@@ -318,7 +325,9 @@ static const char usage_text[] =
     "     secret_not_found, vault_wrong_key, vault_key_mode, backup_failed, ...)\n"
     "  5  the action is not finished: --wait ran out, or it waits on a human\n"
     "     (PENDING_APPROVAL), or (get) it is still in progress, or (cancel) a call is in\n"
-    "     flight and the cancel is only requested; it is printed all the same\n";
+    "     flight and the cancel is only requested; it is printed all the same\n"
+    "  6  audit verify --head: the trail kept is sound, but the kept head is older than\n"
+    "     the entries retention kept, so it could not be checked\n";
 
 /* Global options; any command may carry them anywhere on its line. */
 typedef struct cli {

@@ -672,24 +672,53 @@ static int cmd_show(const audit_cmd_env *env, int argc, char **argv)
 
 /* ---- verify ------------------------------------------------------------------------------- */
 
+/* What a verification found, from audit_verify or the daemon's reply (strings borrowed). */
+typedef struct verdict {
+    bool ok;
+    uint64_t entries, bad_seq;
+    const char *head, *reason;
+    uint64_t first_seq, cut_through;    /* bounded history: where the trail kept starts */
+    int64_t cut_ms;
+    bool head_unchecked;                /* the kept head is older than the trail kept */
+    const char *head_note;
+} verdict;
+
+/* The exit code for a verdict: a trail not sound first; then a kept head not checked. */
+static int verdict_exit(const verdict *v)
+{
+    if (!v->ok)
+        return AIOCTL_NOT_SUCCEEDED;
+    return v->head_unchecked ? AIOCTL_HEAD_UNCHECKED : AIOCTL_OK;
+}
+
 /* What a verification found, for people; returns the exit code. head_doc: the kept head
  * checked against, or NULL. */
-static int report_verify(bool ok, uint64_t entries, const char *head, uint64_t bad_seq,
-                         const char *reason, const json_t *head_doc)
+static int report_verify(const verdict *v, const json_t *head_doc)
 {
-    if (!ok) {
-        printf("audit trail NOT sound: seq %" PRIu64 ": ", bad_seq);
-        render_text(stdout, reason && *reason ? reason : "(no reason given)");
+    if (!v->ok) {
+        printf("audit trail NOT sound: seq %" PRIu64 ": ", v->bad_seq);
+        render_text(stdout, v->reason && *v->reason ? v->reason : "(no reason given)");
         fputc('\n', stdout);
-        return AIOCTL_NOT_SUCCEEDED;
+        return verdict_exit(v);
     }
-    printf("audit trail ok: %" PRIu64 " entr%s", entries, entries == 1 ? "y" : "ies");
-    if (head && *head) {
+    printf("audit trail ok: %" PRIu64 " entr%s", v->entries, v->entries == 1 ? "y" : "ies");
+    if (v->cut_through) {
+        char when[AR_TIME_LEN];
+        ar_time_rfc3339(v->cut_ms, when);
+        printf(" verified from seq %" PRIu64 " (1..%" PRIu64 " cut by retention on %s)",
+               v->first_seq ? v->first_seq : v->cut_through + 1, v->cut_through, when);
+    }
+    if (v->head && *v->head) {
         fputs(", head ", stdout);
-        render_text(stdout, head);
+        render_text(stdout, v->head);
     }
     fputc('\n', stdout);
-    if (head_doc) {
+    if (head_doc && v->head_unchecked) {
+        fputs("kept head NOT checked: ", stdout);
+        render_text(stdout, v->head_note && *v->head_note ? v->head_note
+                                                           : "it is older than the trail kept");
+        fputs(" (check a kept head taken after that cut)\n", stdout);
+    } else if (head_doc) {
         json_t *t = json_object_get(head_doc, "time_ms");
         char when[AR_TIME_LEN] = "-";
         if (json_is_integer(t))
@@ -698,7 +727,7 @@ static int report_verify(bool ok, uint64_t entries, const char *head, uint64_t b
                json_integer_value(json_object_get(head_doc, "seq")), when,
                json_object_get(head_doc, "signature") ? ", signature checked" : ", unsigned");
     }
-    return AIOCTL_OK;
+    return verdict_exit(v);
 }
 
 static int verify_offline(const audit_cmd_env *env, uint64_t seq, const char *head,
@@ -714,17 +743,33 @@ static int verify_offline(const audit_cmd_env *env, uint64_t seq, const char *he
         print_error(&err, "cannot verify the audit trail");
         rc = err.code[0] && strcmp(err.code, "audit_head_invalid") == 0 ? AIOCTL_USAGE
                                                                          : AIOCTL_REFUSED;
-    } else if (env->json) {
-        json_t *doc = res.ok ? json_pack("{s:b,s:I,s:s}", "ok", 1, "entries",
-                                         (json_int_t)res.entries, "head", res.head)
+        store_close(&s);
+        return rc;
+    }
+    verdict v = {.ok = res.ok, .entries = res.entries, .bad_seq = res.first_bad_seq,
+                 .head = res.head, .reason = res.reason, .first_seq = res.first_seq,
+                 .cut_through = res.cut_through, .cut_ms = res.cut_ms,
+                 .head_unchecked = res.head_unchecked != 0, .head_note = res.head_note};
+    if (env->json) {
+        /* the API's shape (core/api_audit.c) */
+        json_t *doc = res.ok ? json_pack("{s:b,s:I,s:s,s:I}", "ok", 1, "entries",
+                                         (json_int_t)res.entries, "head", res.head, "first_seq",
+                                         (json_int_t)res.first_seq)
                              : json_pack("{s:b,s:I,s:s}", "ok", 0, "first_bad_seq",
                                          (json_int_t)res.first_bad_seq, "reason", res.reason);
+        if (doc && res.cut_through) {
+            json_object_set_new(doc, "cut_through", json_integer((json_int_t)res.cut_through));
+            json_object_set_new(doc, "cut_ms", json_integer((json_int_t)res.cut_ms));
+        }
+        if (doc && res.ok && res.head_unchecked) {
+            json_object_set_new(doc, "head_unchecked", json_true());
+            json_object_set_new(doc, "head_note", json_string(res.head_note));
+        }
         rc = print_json_take(doc);
-        if (rc == AIOCTL_OK && !res.ok)
-            rc = AIOCTL_NOT_SUCCEEDED;
+        if (rc == AIOCTL_OK)
+            rc = verdict_exit(&v);
     } else {
-        rc = report_verify(res.ok, res.entries, res.head, res.first_bad_seq, res.reason,
-                           head_doc);
+        rc = report_verify(&v, head_doc);
     }
     store_close(&s);
     return rc;
@@ -745,19 +790,27 @@ static int verify_online(const audit_cmd_env *env, uint64_t seq, const char *hea
     }
     free(esc);
     if ((rc = get(env, &c, &rep, path)) == AIOCTL_OK) {
-        json_t *ok = json_object_get(rep.json, "ok");
+        const json_t *doc = rep.json;
+        json_t *ok = json_object_get(doc, "ok");
+        verdict v = {
+            .ok = json_is_true(ok),
+            .entries = (uint64_t)json_integer_value(json_object_get(doc, "entries")),
+            .bad_seq = (uint64_t)json_integer_value(json_object_get(doc, "first_bad_seq")),
+            .head = json_string_value(json_object_get(doc, "head")),
+            .reason = json_string_value(json_object_get(doc, "reason")),
+            .first_seq = (uint64_t)json_integer_value(json_object_get(doc, "first_seq")),
+            .cut_through = (uint64_t)json_integer_value(json_object_get(doc, "cut_through")),
+            .cut_ms = (int64_t)json_integer_value(json_object_get(doc, "cut_ms")),
+            .head_unchecked = json_is_true(json_object_get(doc, "head_unchecked")),
+            .head_note = json_string_value(json_object_get(doc, "head_note")),
+        };
         if (!json_is_boolean(ok)) {
             rc = answered_without("an \"ok\" verdict");
         } else if (env->json) {
             print_body(&rep);
-            rc = json_is_true(ok) ? AIOCTL_OK : AIOCTL_NOT_SUCCEEDED;
+            rc = verdict_exit(&v);
         } else {
-            rc = report_verify(json_is_true(ok),
-                               (uint64_t)json_integer_value(json_object_get(rep.json, "entries")),
-                               json_string_value(json_object_get(rep.json, "head")),
-                               (uint64_t)json_integer_value(json_object_get(rep.json,
-                                                                            "first_bad_seq")),
-                               json_string_value(json_object_get(rep.json, "reason")), head_doc);
+            rc = report_verify(&v, head_doc);
         }
     }
     reply_fini(&rep);

@@ -14,7 +14,12 @@
  *       which catches a rewrite of the chain from some point on, and a cut tail. A signed head
  *       document's signature is checked first (with --public-key FILE, as written by keygen,
  *       when given; else with the key it carries). Prints "ok" with the number of entries and
- *       the head, or the first bad seq and what is wrong there (exit 1).
+ *       the head, or the first bad seq and what is wrong there (exit 1). After retention cut
+ *       the oldest entries (core/audit.h, audit_txn_cut) the chain is checked from the anchor
+ *       the cut left, which an audit_cut entry in the chain must record: "ok: N entries
+ *       verified from seq A (1..A-1 cut by retention on DATE)". A kept head whose seq is
+ *       before the cut (below A - 1) cannot be checked: "kept head NOT checked: ..." and exit
+ *       6 (the trail kept is sound; check a head kept after the cut instead).
  *   audit head [--sign-key FILE]
  *       The head now, as a JSON document to keep elsewhere: {"seq", "head", "time_ms"}; with
  *       --sign-key FILE (a secret key from keygen) signed here, with Ed25519, adding
@@ -30,7 +35,9 @@
  *
  * Without --config the commands go to the daemon (reader, operator or approver role):
  * GET /v1/actions/{id}/audit ({"entries": [...]}), GET /v1/audit/verify[?seq=N&head=HEX]
- * ({"ok": true, "entries", "head"} or {"ok": false, "first_bad_seq", "reason"}),
+ * ({"ok": true, "entries", "head", "first_seq"} or {"ok": false, "first_bad_seq", "reason"};
+ * after a cut also "cut_through" and "cut_ms", and, for a kept head before it,
+ * "head_unchecked": true and "head_note"),
  * GET /v1/audit/head ({"seq", "head", "time_ms"}), GET /v1/audit?after=SEQ&limit=N
  * ({"entries": [...], "next": SEQ or null}; export follows the pages). With --config FILE (the
  * daemon's config) they read its data directory directly (core/audit.h), whether the daemon
@@ -42,7 +49,8 @@
  * TIME, an unreadable or malformed key or head file, a secret key file others may read,
  * keygen over an existing file, a config that cannot be loaded); 3 the daemon could not be
  * reached; 4 refused (by the daemon, or by the data directory: no journal there, not_found
- * for an action without entries, ...).
+ * for an action without entries, ...); 6 verify --head: the trail kept is sound but the kept
+ * head is older than it (cut by retention) and could not be checked.
  */
 #ifndef AIOCTL_AUDIT_CMD_H
 #define AIOCTL_AUDIT_CMD_H

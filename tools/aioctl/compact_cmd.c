@@ -71,16 +71,18 @@ int aioctl_compact_command(const char *config_path, bool json)
     retention_opts ro = {.actions_days = cfg->retention.actions_days,
                          .idempotency_days = cfg->retention.idempotency_days,
                          .audit_bodies_days = cfg->retention.audit_bodies_days,
+                         .audit_entries_days = cfg->retention.audit_entries_days,
                          .walk_limit = SIZE_MAX}; /* all that is due, in short transactions */
     if (retention_run(j, &ro, ar_now_ms(), &s, &err) != AR_OK) {
         rc = print_error(&err, "compaction failed", AIOCTL_REFUSED);
         goto done;
     }
     if (json) {
-        json_t *doc = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "data_dir", cfg->data_dir,
+        json_t *doc = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "data_dir", cfg->data_dir,
                                 "stubbed", (json_int_t)s.stubbed, "deleted", (json_int_t)s.deleted,
                                 "keys_deleted", (json_int_t)s.keys_deleted, "audit_erased",
-                                (json_int_t)s.audit_erased, "deferred", (json_int_t)s.deferred, "looked_at",
+                                (json_int_t)s.audit_erased, "audit_deleted", (json_int_t)s.audit_deleted,
+                                "deferred", (json_int_t)s.deferred, "looked_at",
                                 (json_int_t)s.looked_at, "transactions", (json_int_t)s.transactions, "took_ms",
                                 (json_int_t)s.took_ms);
         if (!doc || json_dumpf(doc, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER) != 0) {
@@ -92,12 +94,14 @@ int aioctl_compact_command(const char *config_path, bool json)
         fputc('\n', stdout);
         json_decref(doc);
     } else {
-        printf("compacted %s (actions_days %g, idempotency_days %g, audit_bodies_days %g):\n"
+        printf("compacted %s (actions_days %g, idempotency_days %g, audit_bodies_days %g, audit_entries_days %g):\n"
                "  %zu action(s) made stubs, %zu deleted with %zu idempotency key(s), %zu audit bod%s erased,\n"
+               "  %zu audit entr%s deleted (cut, with an audit_cut entry recording it),\n"
                "  %zu not due yet noted for later; %zu record(s) looked at in %zu transaction(s), %lld ms\n",
-               cfg->data_dir, ro.actions_days, ro.idempotency_days, ro.audit_bodies_days, s.stubbed, s.deleted,
-               s.keys_deleted, s.audit_erased, s.audit_erased == 1 ? "y" : "ies", s.deferred, s.looked_at,
-               s.transactions, (long long)s.took_ms);
+               cfg->data_dir, ro.actions_days, ro.idempotency_days, ro.audit_bodies_days, ro.audit_entries_days,
+               s.stubbed, s.deleted, s.keys_deleted, s.audit_erased, s.audit_erased == 1 ? "y" : "ies",
+               s.audit_deleted, s.audit_deleted == 1 ? "y" : "ies", s.deferred, s.looked_at, s.transactions,
+               (long long)s.took_ms);
     }
     rc = AIOCTL_OK;
 done:
