@@ -84,7 +84,7 @@ static json_t *settled(json_t *r)
 {
     char path[128];
     snprintf(path, sizeof path, "/v1/actions/%s", str(r, "id"));
-    for (int i = 0; i < 2400 && !terminal(str(r, "state")); i++) {
+    for (int i = 0; i < 1200 && !terminal(str(r, "state")); i++) {
         usleep(50 * 1000);
         json_t *g = NULL;
         if (harness_http(&H, "GET", path, NULL, &g) == 200) {
@@ -96,7 +96,7 @@ static json_t *settled(json_t *r)
     }
     if (!terminal(str(r, "state"))) {
         harness_print_log(&H);
-        fail_msg("action %s is still %s after 120 s", str(r, "id"), str(r, "state"));
+        fail_msg("action %s is still %s 60 s after its wait", str(r, "id"), str(r, "state"));
     }
     return r;
 }
