@@ -83,6 +83,12 @@ typedef struct job {
     /* a pending cancel answered once the CANCELLED record is durable */
     scheduler_cancel_fn cancel_done;
     void *cancel_arg;
+    /* a transition of its record is being journaled (commit to transition_continue) */
+    int committing;
+    /* a cancel that came meanwhile: answered by the step after that commit. Kept apart from
+     * cancel_done, which the journal's thread reads for the commit in flight (loop thread only) */
+    scheduler_cancel_fn cancel_after_commit;
+    void *cancel_after_commit_arg;
     /* scheduler_submit: the batch its record is not yet stored in (its first commit goes in
      * it), and who hears of that commit */
     journal_batch *joint;
@@ -673,6 +679,14 @@ static void transition_continue(loop_t *loop, void *arg)
     int refused = t->status != AR_OK;
     after_fn after = refused ? NULL : t->after;
     free(t);
+    jb->committing = 0;
+    if (jb->cancel_after_commit) {
+        /* Its next step applies the cancel (or the job ends) and answers it from here on. */
+        jb->cancel_done = jb->cancel_after_commit;
+        jb->cancel_arg = jb->cancel_after_commit_arg;
+        jb->cancel_after_commit = NULL;
+        jb->cancel_after_commit_arg = NULL;
+    }
     if (after)
         after(jb);
     else
@@ -774,7 +788,9 @@ static void commit(job *jb, after_fn after)
     t->stored = stored;
     t->stored_arg = jb->stored_arg;
     journaling_add(jb->s, +1);
+    jb->committing = 1;
     if (journal_submit(jb->s->journal, b, transition_durable, t) != AR_OK) {
+        jb->committing = 0;
         journaling_add(jb->s, -1);
         if (stored)
             tell_stored(stored, jb->stored_arg, AR_E_CLOSED, b, NULL, jb->rec);
@@ -1991,6 +2007,17 @@ static void timer_fired(loop_t *loop, void *arg)
 /* Loop thread: RETRY_WAIT is durable (or was found at start); wake up at next_attempt_ms. */
 static void arm_timer(job *jb)
 {
+    if (jb->cancel_requested) {
+        /* Cancelled while RETRY_WAIT was being journaled: it ends now, not when the timer would
+         * fire (a Retry-After may be hours away). */
+        jb->place = JOB_NOWHERE;
+        if (job_load(jb) != AR_OK) {
+            finish(jb);
+            return;
+        }
+        cancel_now(jb, "dispatched");
+        return;
+    }
     if (jb->rec)
         jb->next_attempt_ms = rec_int(jb->rec, "next_attempt_ms");
     int64_t wait = jb->next_attempt_ms - ar_now_ms();
@@ -2220,7 +2247,7 @@ static void cancel_on_loop(loop_t *loop, void *arg)
     job *jb = cr->s->all;
     while (jb && strcmp(jb->id, cr->id) != 0)
         jb = jb->all_next;
-    if (!jb || jb->cancel_done) {
+    if (!jb || jb->cancel_done || jb->cancel_after_commit) {
         cr->done(cr->arg, AR_E_NOTFOUND, jb ? jb->rec : NULL);
         free(cr);
         return;
@@ -2258,11 +2285,20 @@ static void cancel_on_loop(loop_t *loop, void *arg)
         pump(c); /* a place in the pipeline is free */
         break;
     }
-    case JOB_INFLIGHT:
     case JOB_NOWHERE:
-        /* A call is running (or a state is being journaled): it ends first; the cancel is
-         * applied at the next step (an attempt whose DISPATCHED is being journaled is then not
-         * sent). */
+        if (jb->committing) {
+            /* A state is being journaled (RETRY_WAIT, DISPATCHED, an end): the step after it
+             * applies the cancel (a waiting action ends, an attempt is not sent) and answers. A
+             * client that already read the new state must not hear "in flight". */
+            jb->cancel_after_commit = cr->done;
+            jb->cancel_after_commit_arg = cr->arg;
+            break;
+        }
+        /* Being handed around: as for a call in flight, the cancel is applied at its next step. */
+        cr->done(cr->arg, AR_E_BUSY, jb->rec);
+        break;
+    case JOB_INFLIGHT:
+        /* A call is running: it ends first; the cancel is applied at its outcome. */
         cr->done(cr->arg, AR_E_BUSY, jb->rec);
         break;
     }

@@ -171,8 +171,10 @@ int scheduler_recover(scheduler *s, scheduler_recovery *out, ar_error *err);
 /* Cancel an action the scheduler holds. Thread-safe; done(arg, status, rec) runs once, on the
  * scheduler or the journal thread: AR_OK with the CANCELLED record (durable), AR_E_BUSY with the
  * record when a call is in flight (it is cancelled when the call returns, unless it succeeded),
- * AR_E_NOTFOUND when the scheduler does not hold it (terminal, or waiting elsewhere). who: the
- * token name, recorded. */
+ * AR_E_NOTFOUND when the scheduler does not hold it (terminal, or waiting elsewhere). When one of
+ * its states is being journaled (RETRY_WAIT, DISPATCHED, an end), done waits for that commit and
+ * the step after it: AR_OK once CANCELLED, AR_E_NOTFOUND if it ended otherwise. who: the token
+ * name, recorded. */
 typedef void (*scheduler_cancel_fn)(void *arg, int status, const json_t *rec);
 int scheduler_cancel(scheduler *s, const char *id, const char *who, scheduler_cancel_fn done,
                      void *arg);

@@ -44,9 +44,16 @@ typedef struct world {
     json_t *seen;        /* id -> [state names, in the order they became durable] */
     json_t *last;        /* id -> the record as last reported */
     json_t *dispatch_order; /* ids, in the order of their first DISPATCHED */
+    /* notify sends a cancel of cancel_id the moment it is reported in cancel_in (see below) */
+    const char *cancel_in;
+    char cancel_id[ACTION_ID_LEN + 1];
+    void *cancel_answer;
+    int cancel_rc;
 } world;
 
 static world W;
+
+static void on_cancel(void *arg, int status, const json_t *rec);
 
 static void notify(void *arg, const json_t *rec)
 {
@@ -69,6 +76,12 @@ static void notify(void *arg, const json_t *rec)
     }
     json_array_append_new(list, json_string(st));
     json_object_set_new(w->last, id, json_deep_copy(rec));
+    /* A state is durable and the scheduler's loop has not taken the step after it yet: the
+     * moment a client that has just read that state may cancel in. */
+    if (w->cancel_in && !strcmp(id, w->cancel_id) && !strcmp(st, w->cancel_in)) {
+        w->cancel_in = NULL;
+        w->cancel_rc = scheduler_cancel(w->s, id, "alice", on_cancel, w->cancel_answer);
+    }
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
@@ -584,6 +597,83 @@ static void cancel_of_an_unsent_attempt_cancels_without_sending(void **state)
     assert_null(json_object_get(rec, "result"));
     json_decref(rec);
     assert_int_equal(seen_count(victim, "SUCCEEDED"), 0);
+}
+
+/* Journal a READY action and hand it to the scheduler, with a cancel to be sent the moment it
+ * is reported in state `when` (armed before the scheduler sees the action). */
+static void submit_cancelled_when(const char *connector, const char *action, const char *input, const char *effect,
+                                  const char *mode, const char *when, cancel_answer *a, char id[ACTION_ID_LEN + 1])
+{
+    json_t *rec = make_record(connector, action, input, effect, mode, NULL, 0, 0, 0);
+    snprintf(id, ACTION_ID_LEN + 1, "%s", action_record_str(rec, "id"));
+    pthread_mutex_lock(&W.mu);
+    snprintf(W.cancel_id, sizeof W.cancel_id, "%s", id);
+    W.cancel_answer = a;
+    W.cancel_rc = -1;
+    W.cancel_in = when;
+    pthread_mutex_unlock(&W.mu);
+    store(rec);
+    assert_int_equal(scheduler_enqueue(W.s, rec), AR_OK);
+}
+
+/* A cancel that comes while RETRY_WAIT is being journaled (a client read RETRY_WAIT, the loop
+ * has not armed the retry's timer yet) ends the action CANCELLED at once and says so: not "a
+ * call is in flight" with the action left waiting until its retry is due (an hour here). */
+static void cancel_while_retry_wait_is_journaled_ends_it_at_once(void **state)
+{
+    (void)state;
+    world_start("\"t\": {\"plugin\": \"" T_OK "\", \"processes\": 1, \"timeout_ms\": 600000, \"retry\": "
+                "{\"max_attempts\": 3, \"initial_ms\": 3600000, \"max_ms\": 3600000}}", "");
+    char id[32];
+    cancel_answer a = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    submit_cancelled_when("t", "fail", "{\"class\": \"retryable\", \"message\": \"later\"}", "write", "native",
+                          "RETRY_WAIT", &a, id);
+    wait_cancel_answer(&a);
+    pthread_mutex_lock(&W.mu);
+    assert_int_equal(W.cancel_rc, AR_OK);
+    pthread_mutex_unlock(&W.mu);
+    if (a.status != AR_OK)
+        fail_msg("the cancel was answered %d with the action %s, expected AR_OK and CANCELLED", a.status, a.state);
+    assert_int_equal(a.calls, 1);
+    assert_string_equal(a.state, "CANCELLED");
+    wait_seen(id, "CANCELLED");
+    json_t *rec = stored(id);
+    assert_string_equal(str(rec, "state"), "CANCELLED");
+    assert_string_equal(str(json_object_get(rec, "error"), "class"), "cancelled");
+    assert_string_equal(str(rec, "cancel_requested_by"), "alice");
+    assert_int_equal(json_integer_value(json_object_get(rec, "attempts")), 1);
+    assert_int_equal(sent_attempts(rec), 1);
+    json_decref(rec);
+    assert_int_equal(seen_count(id, "DISPATCHED"), 1);
+    /* a second cancel finds nothing */
+    cancel_answer b = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    assert_int_equal(scheduler_cancel(W.s, id, "alice", on_cancel, &b), AR_OK);
+    wait_cancel_answer(&b);
+    assert_int_equal(b.status, AR_E_NOTFOUND);
+}
+
+/* A cancel that comes while an attempt's DISPATCHED intent is being journaled waits for it: the
+ * attempt is never sent and the answer is the CANCELLED record, not "a call is in flight". */
+static void cancel_while_dispatched_is_journaled_is_answered_cancelled(void **state)
+{
+    (void)state;
+    world_start(ONE_PROCESS("t"), "");
+    char id[32];
+    cancel_answer a = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    submit_cancelled_when("t", "write_op", "{\"n\": 1}", "write", "none", "DISPATCHED", &a, id);
+    wait_cancel_answer(&a);
+    pthread_mutex_lock(&W.mu);
+    assert_int_equal(W.cancel_rc, AR_OK);
+    pthread_mutex_unlock(&W.mu);
+    if (a.status != AR_OK)
+        fail_msg("the cancel was answered %d with the action %s, expected AR_OK and CANCELLED", a.status, a.state);
+    assert_string_equal(a.state, "CANCELLED");
+    wait_seen(id, "CANCELLED");
+    json_t *rec = stored(id);
+    assert_string_equal(str(rec, "state"), "CANCELLED");
+    assert_string_equal(str(last_history_entry(rec), "outcome"), "not_sent");
+    assert_int_equal(sent_attempts(rec), 0);
+    json_decref(rec);
 }
 
 /* An attempt that waits for a process past the action's deadline fails (timeout) without being
@@ -1285,6 +1375,8 @@ static void held_submission_is_stored_ready_when_its_time_is_up_or_at_stop(void 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(durable_attempts_wait_for_a_process_then_go_in_order, world_stop),
     cmocka_unit_test_teardown(cancel_of_an_unsent_attempt_cancels_without_sending, world_stop),
+    cmocka_unit_test_teardown(cancel_while_retry_wait_is_journaled_ends_it_at_once, world_stop),
+    cmocka_unit_test_teardown(cancel_while_dispatched_is_journaled_is_answered_cancelled, world_stop),
     cmocka_unit_test_teardown(deadline_passing_while_waiting_for_a_process_fails_unsent, world_stop),
     cmocka_unit_test_teardown(graceful_stop_puts_unsent_attempts_back_to_waiting, world_stop),
     cmocka_unit_test_teardown(kill_nine_with_unsent_attempts_is_reconciled_never_repeated, world_stop),
