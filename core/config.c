@@ -27,7 +27,8 @@ static const char *const top_keys[] = {
     "listen", "data_dir", "plugin_dir", "policy_dir", "map_size_mb", "max_body_bytes",
     "decision_workers", "policy", "connectors", "tls", "auth_key_file", "max_inflight",
     "max_queue_depth", "aging_ms", "autonomy", "approvers", "approval_expiry_s", "policy_watch",
-    "vault_key_file", "vault_passphrase_file", "runtime_dir", "drift", "log_level", "log_format", "retention", NULL
+    "vault_key_file", "vault_passphrase_file", "runtime_dir", "drift", "log_level", "log_format", "retention",
+    "cpu_scheduling", NULL
 };
 static const char *const tls_keys[] = { "cert", "key", NULL };
 static const char *const policy_keys[] = { "memory_kb", "instructions", "timeout_ms",
@@ -809,6 +810,25 @@ static int parse_approvers(const json_t *v, config *cfg, ar_error *err)
     return cfg->approvers ? AR_OK : nomem(err);
 }
 
+/* cpu_scheduling: "batch" (default) | "normal" (config.h). */
+static int parse_cpu_scheduling(const json_t *root, config *cfg, ar_error *err)
+{
+    const char *policy = NULL;
+    int rc = get_string(root, "cpu_scheduling", "cpu_scheduling", &policy, err);
+    if (rc != AR_OK)
+        return rc;
+    if (!policy || strcmp(policy, "batch") == 0) {
+        cfg->cpu_batch = 1;
+        return AR_OK;
+    }
+    if (strcmp(policy, "normal") == 0) {
+        cfg->cpu_batch = 0;
+        return AR_OK;
+    }
+    char q[80];
+    return invalid(err, "cpu_scheduling: expected \"batch\" or \"normal\", got %s", quote(q, sizeof q, policy));
+}
+
 /* log_level: "debug" | "info" | "warn" | "error"; log_format: "json" | "text". */
 static int parse_logging(const json_t *root, config *cfg, ar_error *err)
 {
@@ -873,6 +893,8 @@ static int parse_root(const json_t *root, const char *base_dir, config *cfg, ar_
     if (watch && !json_is_boolean(watch))
         return invalid(err, "policy_watch: expected boolean, got %s", schema_type_name(watch));
     cfg->policy_watch = watch ? json_is_true(watch) : 1;
+    if ((rc = parse_cpu_scheduling(root, cfg, err)) != AR_OK)
+        return rc;
     if ((rc = parse_logging(root, cfg, err)) != AR_OK)
         return rc;
     if ((v0 = json_object_get(root, "autonomy")) && (rc = parse_autonomy(v0, cfg, err)))

@@ -19,6 +19,7 @@
  * ("/run/aiorun": where a root daemon puts plugin copies and the hosts' working directories),
  * max_inflight (256), max_queue_depth (10000), aging_ms (1000), autonomy {pattern: level},
  * approvers {role: [token roles or "token:NAME"]}, approval_expiry_s (86400), policy_watch (true),
+ * cpu_scheduling ("batch": the daemon's threads and sandboxes run SCHED_BATCH; or "normal"),
  * log_level ("info": "debug", "info", "warn" or "error", any case; the daemon lets the
  * environment variable AIORUN_LOG_LEVEL override it), log_format ("json": JSON lines, or
  * "text"; see ar.h), retention {actions_days 30, idempotency_days 90, audit_bodies_days 365,
@@ -114,6 +115,7 @@ typedef struct config {
     json_t *approvers;     /* owned or NULL: policy role -> ["approver", "token:alice", ...] */
     int64_t approval_expiry_s; /* a pending approval's lifetime unless the policy says (86400) */
     int policy_watch;      /* reload policies when their files change (inotify); default 1 */
+    int cpu_batch;         /* cpu_scheduling "batch" (1, default) or "normal" (0): daemon.c */
     int log_level;         /* the minimum level logged, AR_LOG_* (default AR_LOG_INFO) */
     int log_json;          /* 1: JSON lines (default), 0: text (see ar.h) */
     policy_limits policy;  /* a limit absent from the file stays 0: policy.h's default */

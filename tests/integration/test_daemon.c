@@ -2,7 +2,9 @@
  * misbehaving plugins, restarts, ABI refusal, storage_full, and aioctl's exit codes. */
 #include "test_main.h"
 
+#include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,6 +355,103 @@ static void oversized_body_is_refused(void **state)
                              "input", "message", "small", "wait_ms", 10000);
     assert_status(st, 201, r);
     json_decref(r);
+}
+
+/* ---- cpu scheduling ---------------------------------------------------------------------------- */
+
+/* How many of pid's threads run under policy, out of *total. */
+static int threads_with_policy(pid_t pid, int policy, int *total)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    int n = 0;
+    *total = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            int p = sched_getscheduler((pid_t)atoi(e->d_name));
+            if (p < 0)
+                continue; /* the thread ended meanwhile */
+            (*total)++;
+            n += (p & ~SCHED_RESET_ON_FORK) == policy;
+        }
+    closedir(d);
+    return n;
+}
+
+/* The daemon's children (its sandbox processes) under policy, out of *total. */
+static int children_with_policy(pid_t parent, int policy, int *total)
+{
+    DIR *d = opendir("/proc");
+    assert_non_null(d);
+    int n = 0;
+    *total = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int pid = atoi(e->d_name);
+        if (pid <= 0)
+            continue;
+        char path[64], line[512];
+        snprintf(path, sizeof path, "/proc/%d/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        char *ok = fgets(line, sizeof line, f);
+        fclose(f);
+        const char *after = ok ? strrchr(line, ')') : NULL; /* the name may hold spaces */
+        int ppid = 0;
+        if (!after || sscanf(after, ") %*c %d", &ppid) != 1 || ppid != (int)parent)
+            continue;
+        int p = sched_getscheduler(pid);
+        if (p < 0)
+            continue;
+        (*total)++;
+        n += (p & ~SCHED_RESET_ON_FORK) == policy;
+    }
+    closedir(d);
+    return n;
+}
+
+static void echo_once(void)
+{
+    json_t *r;
+    long st = harness_submit(&H, &r, "{s:s, s:s, s:{s:s}, s:i}", "connector", "echo", "action", "echo",
+                             "input", "message", "scheduling", "wait_ms", 10000);
+    assert_status(st, 201, r);
+    assert_string_equal(harness_str(r, "state"), "SUCCEEDED");
+    json_decref(r);
+}
+
+static void threads_and_sandboxes_run_sched_batch_unless_normal(void **state)
+{
+    (void)state;
+    /* The daemon inherits this process's policy: start from the normal one, so that "normal"
+     * below is the daemon's own doing and "batch" is the daemon's own switch. */
+    struct sched_param none = {0};
+    assert_int_equal(sched_setscheduler(0, SCHED_OTHER, &none), 0);
+    harness_cleanup(&H);
+    assert_int_equal(harness_start(&H, NULL), 0);
+    echo_once(); /* every thread and the sandboxes are up */
+    int n, total;
+    n = threads_with_policy(H.pid, SCHED_BATCH, &total);
+    assert_int_equal(n, total);
+    assert_true(total >= 5);
+    n = children_with_policy(H.pid, SCHED_BATCH, &total);
+    assert_int_equal(n, total);
+    assert_true(total >= 1);
+
+    harness_cleanup(&H);
+    harness_opts o = {.extra_top = "\"cpu_scheduling\": \"normal\""};
+    assert_int_equal(harness_start(&H, &o), 0);
+    echo_once();
+    n = threads_with_policy(H.pid, SCHED_OTHER, &total);
+    assert_int_equal(n, total);
+    assert_true(total >= 5);
+    n = children_with_policy(H.pid, SCHED_OTHER, &total);
+    assert_int_equal(n, total);
+    assert_true(total >= 1);
 }
 
 /* ---- policies --------------------------------------------------------------------------------- */
@@ -1174,6 +1273,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(bad_requests_get_stable_error_codes, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(refused_submissions_keep_their_messages, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(oversized_body_is_refused, start_default, stop_daemon),
+    cmocka_unit_test_setup_teardown(threads_and_sandboxes_run_sched_batch_unless_normal, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(policy_deny_is_stored_with_its_reason, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(writes_nobody_allowed_wait_for_approval_by_default, start_default, stop_daemon),
     cmocka_unit_test_setup_teardown(submitted_records_keep_their_text, start_default, stop_daemon),

@@ -206,7 +206,7 @@ static void unknown_keys_named(void **state)
             "map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
             "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format, "
-            "retention)");
+            "retention, cpu_scheduling)");
     refused("{\"policy\":{\"memory\":100}}",
             "policy: unknown key \"memory\" (known keys: memory_kb, instructions, timeout_ms, "
             "default_read, default_write, default_irreversible)");
@@ -219,7 +219,7 @@ static void unknown_keys_named(void **state)
             "policy_dir, map_size_mb, max_body_bytes, decision_workers, policy, connectors, tls, auth_key_file, max_inflight, "
             "max_queue_depth, aging_ms, autonomy, approvers, approval_expiry_s, "
             "policy_watch, vault_key_file, vault_passphrase_file, runtime_dir, drift, log_level, log_format, "
-            "retention)");
+            "retention, cpu_scheduling)");
 }
 
 static void wrong_types_named(void **state)
@@ -293,6 +293,24 @@ static void log_level_and_format(void **state)
     refused("{\"log_format\":\"xml\"}", "log_format: expected \"json\" or \"text\", got \"xml\"");
     refused("{\"log_format\":\"JSON\"}", "log_format: expected \"json\" or \"text\", got \"JSON\"");
     refused("{\"log_format\":false}", "log_format: expected string, got boolean");
+}
+
+static void cpu_scheduling_batch_or_normal(void **state)
+{
+    (void)state;
+    config *cfg = parse_ok("{}");
+    assert_int_equal(cfg->cpu_batch, 1);
+    config_free(cfg);
+    cfg = parse_ok("{\"cpu_scheduling\":\"normal\"}");
+    assert_int_equal(cfg->cpu_batch, 0);
+    config_free(cfg);
+    cfg = parse_ok("{\"cpu_scheduling\":\"batch\"}");
+    assert_int_equal(cfg->cpu_batch, 1);
+    config_free(cfg);
+    refused("{\"cpu_scheduling\":\"fifo\"}", "cpu_scheduling: expected \"batch\" or \"normal\", got \"fifo\"");
+    refused("{\"cpu_scheduling\":\"Batch\"}", "cpu_scheduling: expected \"batch\" or \"normal\", got \"Batch\"");
+    refused("{\"cpu_scheduling\":true}", "cpu_scheduling: expected string, got boolean");
+    refused("{\"cpu_scheduling\":\"\"}", "cpu_scheduling: must not be empty");
 }
 
 static void policy_default_verdicts(void **state)
@@ -750,6 +768,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(wrong_types_named),
     cmocka_unit_test(ranges_enforced),
     cmocka_unit_test(log_level_and_format),
+    cmocka_unit_test(cpu_scheduling_batch_or_normal),
     cmocka_unit_test(retention_block),
     cmocka_unit_test(policy_default_verdicts),
     cmocka_unit_test(non_loopback_listen_refused),
