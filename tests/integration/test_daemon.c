@@ -430,6 +430,10 @@ static void threads_and_sandboxes_run_sched_batch_unless_normal(void **state)
     /* The daemon inherits this process's policy: start from the normal one, so that "normal"
      * below is the daemon's own doing and "batch" is the daemon's own switch. */
     struct sched_param none = {0};
+    if (sched_setscheduler(0, SCHED_BATCH, &none) != 0) {
+        /* A sandbox of the machine's own (a container's seccomp) forbids it: nothing to see. */
+        skip();
+    }
     assert_int_equal(sched_setscheduler(0, SCHED_OTHER, &none), 0);
     harness_cleanup(&H);
     assert_int_equal(harness_start(&H, NULL), 0);
