@@ -979,6 +979,18 @@ int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err)
         return ar_error_set(err, AR_E_INVALID, "audit_cut_kept",
                             "audit entry %" PRIu64 " records a cut: its body is kept", seq);
     }
+    /* A body that no longer matches its digest was altered: erasing it would take the
+     * evidence out of sight (verify can only check bodies), so it stays, and so does the
+     * entry (audit_txn_cut refuses it too) until someone looks. */
+    unsigned char digest[HASH_LEN];
+    if ((status = entry_body_digest(&e, digest)) != AR_OK || memcmp(digest, e.digest, HASH_LEN) != 0) {
+        json_decref(e.doc);
+        if (status == AR_E_NOMEM)
+            return nomem(err);
+        return ar_error_set(err, AR_E_FORMAT, "audit_erase_refused",
+                            "audit entry %" PRIu64 " does not match its digest: its body is kept "
+                            "(run aioctl audit verify)", seq);
+    }
     if (json_object_set_new(e.doc, "data", json_null()) ||
         json_object_set_new(e.doc, "erased", json_true()) ||
         !(text = jsonw_dumps(e.doc, JSON_COMPACT | JSON_PRESERVE_ORDER))) {

@@ -206,7 +206,9 @@ int audit_head_sign(json_t *doc, const unsigned char *secret_key, ar_error *err)
  * becomes null and "erased" true; digest and chain stay, so the chain still verifies (the
  * body's digest can no longer be checked). AR_E_NOTFOUND when there is no such entry;
  * erasing an erased entry again is AR_OK. An audit_cut entry keeps its body (verify reads
- * it): AR_E_INVALID, code "audit_cut_kept". */
+ * it): AR_E_INVALID, code "audit_cut_kept". A body that does not match its digest (altered)
+ * is not erased: AR_E_FORMAT, code "audit_erase_refused" (retention passes over it and the
+ * cut refuses it; verify names it). */
 int audit_txn_erase(journal_txn *txn, uint64_t seq, ar_error *err);
 
 /* Added: bounded history. Inside a journal apply callback, delete the entries from the first

@@ -995,6 +995,25 @@ static void erased_body_still_verifies(void **state)
     expect_bad(&res, 3, "chain mismatch");
     journal_close(j);
     test_rm_tree(dir);
+
+    /* An altered body is not erased: the evidence stays for verify. */
+    dir = test_tmpdir("audit");
+    j = ten_entries(dir);
+    e = raw_entry(j, 5);
+    json_object_set_new(json_object_get(e, "data"), "via", json_string("someone else"));
+    raw_put(j, 5, e);
+    json_decref(e);
+    assert_int_equal(erase(j, 5, &err), AR_E_FORMAT);
+    assert_string_equal(err.code, "audit_erase_refused");
+    e = raw_entry(j, 5);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e, "data"), "via")), "someone else");
+    assert_null(json_object_get(e, "erased"));
+    json_decref(e);
+    res = verify(j, 0, NULL);
+    expect_bad(&res, 5, "body digest mismatch");
+    assert_int_equal(erase(j, 4, NULL), AR_OK); /* the others still can be */
+    journal_close(j);
+    test_rm_tree(dir);
 }
 
 /* ---- head documents --------------------------------------------------------------------- */
